@@ -1,0 +1,105 @@
+/* config.h - the resolved configuration of a run.
+ *
+ * One table in config.c drives INI parsing, `--set section.key=value` overrides, --help, the
+ * resolved printout and the hash stored in checkpoints. Unknown keys and out-of-range values are
+ * errors whose message names the key and the allowed range; nothing is clamped silently.
+ * Cross-field rules are checked by ccoe_config_validate before anything is allocated.
+ * The struct is plain data (fixed-size strings) so it can be copied and hashed.
+ */
+#ifndef CCOE_CONFIG_H
+#define CCOE_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "status.h"
+
+#define CCOE_STR 256
+
+typedef enum ccoe_norm_kind { CCOE_NORM_LAYERNORM = 0, CCOE_NORM_RMSNORM = 1 } ccoe_norm_kind;
+typedef enum ccoe_ffn_kind { CCOE_FFN_GELU = 0, CCOE_FFN_SWIGLU = 1 } ccoe_ffn_kind;
+typedef enum ccoe_block_kind { CCOE_BLOCK_PRE_LN = 0, CCOE_BLOCK_POST_LN = 1 } ccoe_block_kind;
+
+typedef struct ccoe_model_config {
+    int n_layer;      /* L   [model] layers          1..256    default 4   */
+    int n_embd;       /* C   [model] channels        8..16384  default 256 */
+    int n_head;       /* H   [model] heads, divides C                default 4   */
+    int ffn_hidden;   /* F   [model] 0 = 4*C (gelu) or 8*C/3 rounded to 64 (swiglu) */
+    int vocab_size;   /* V   [model] 0 = the tokenizer's size padded to a multiple of 64 */
+    int seq_len;      /* T   [model] max sequence length 1..65536 default 128 */
+    ccoe_norm_kind norm;   /* [model] norm = layernorm | rmsnorm */
+    ccoe_ffn_kind ffn;     /* [model] ffn = gelu | swiglu */
+    ccoe_block_kind block; /* [model] block = pre_ln | post_ln */
+    int tied_head;    /* [model] tied_head = true | false (LM head shares wte) */
+    int bias;         /* [model] bias = true | false (linear layers have biases) */
+    double init_std;  /* [model] init_std > 0, default 0.02 */
+} ccoe_model_config;
+
+typedef struct ccoe_train_config {
+    int batch_size;      /* B  [train] sequences per micro-batch 1..65536, default 8 */
+    int grad_accum;      /* [train] micro-batches per step 1..4096, default 1 */
+    long steps;          /* [train] optimizer steps 0..1e9, default 500 */
+    double lr;           /* [train] peak learning rate (0, 10], default 1e-3 */
+    double min_lr_frac;  /* [train] cosine floor as a fraction of lr [0, 1], default 0.1 */
+    long warmup;         /* [train] linear warm-up steps >= 0, default 50 */
+    double weight_decay; /* [train] AdamW decoupled decay on matrices [0, 10], default 0.1 */
+    double beta1;        /* [train] [0, 1), default 0.9 */
+    double beta2;        /* [train] [0, 1), default 0.95 */
+    double eps;          /* [train] (0, 1), default 1e-8 */
+    double grad_clip;    /* [train] global norm clip, 0 = off, default 1.0 */
+    uint64_t seed;       /* [train] seed of init, data order, noise; default 1337 */
+    long eval_every;     /* [train] steps between evaluations, 0 = only at the end; default 100 */
+    int eval_batches;    /* [train] validation batches per domain per eval, 0 = all; default 8 */
+    long ckpt_every;     /* [train] steps between checkpoints, 0 = only at the end; default 0 */
+    long log_every;      /* [train] steps between log lines >= 1; default 10 */
+    char out_dir[CCOE_STR]; /* [train] where checkpoints and metrics go; default "runs/default" */
+} ccoe_train_config;
+
+typedef struct ccoe_data_config {
+    char manifest[CCOE_STR];  /* [data] "builtin" or a manifest file path */
+    char tokenizer[64];       /* [data] "byte" */
+    double val_fraction;      /* [data] per-domain validation share (0, 0.5], default 0.1 */
+    int task_examples;        /* [data] task examples per domain at eval, 0 = none; default 200 */
+} ccoe_data_config;
+
+typedef struct ccoe_run_config {
+    int threads;              /* [run] threads per process 1..1024, default 2 */
+    char gemm[16];            /* [run] auto | ref | blis | xsmm, default auto */
+} ccoe_run_config;
+
+typedef struct ccoe_config {
+    ccoe_model_config model;
+    ccoe_train_config train;
+    ccoe_data_config data;
+    ccoe_run_config run;
+} ccoe_config;
+
+/* Fills every field with its default. */
+void ccoe_config_defaults(ccoe_config *c);
+
+/* Applies an INI file on top of c. Unknown sections/keys and bad values are errors naming the
+ * file, line, key and allowed values. */
+ccoe_status ccoe_config_load_file(ccoe_config *c, const char *path, ccoe_error *err);
+
+/* Applies INI text (as stored in a checkpoint) on top of c; `origin` names it in messages. */
+ccoe_status ccoe_config_load_string(ccoe_config *c, const char *text, const char *origin,
+                                    ccoe_error *err);
+
+/* Applies one override "section.key=value". */
+ccoe_status ccoe_config_set(ccoe_config *c, const char *assignment, ccoe_error *err);
+
+/* Cross-field rules (C % H == 0, ...) and derived defaults (ffn_hidden 0 -> resolved).
+ * vocab_size 0 is resolved by the caller from the tokenizer before validation. */
+ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err);
+
+/* The resolved config as INI text that ccoe_config_load_string reads back to an equal struct.
+ * Returns a malloc'd string (caller frees), NULL on allocation failure. */
+char *ccoe_config_to_ini(const ccoe_config *c);
+
+/* 64-bit FNV-1a of ccoe_config_to_ini's text. */
+uint64_t ccoe_config_hash(const ccoe_config *c);
+
+/* Prints every key with its type, allowed values and default. */
+void ccoe_config_print_help(FILE *f);
+
+#endif

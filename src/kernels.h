@@ -1,0 +1,80 @@
+/* kernels.h - the transformer's layers as forward/backward pairs (float, row-major).
+ *
+ * Conventions (as in llm.c): outputs first, then inputs, then sizes. Forward OVERWRITES its
+ * outputs. Backward ACCUMULATES (+=) into every gradient it writes (dinp, dweight, dbias), so
+ * gradients are zeroed once per step by the caller. N is the number of rows (tokens, B*T).
+ * Dimension letters: B batch, T time, C channels, H heads (hd = C/H), F FFN hidden, V vocab.
+ * No kernel allocates; the ones that need scratch take it from the caller.
+ * Each kernel has a double-precision reference with the same argument order in kernels_ref.h.
+ */
+#ifndef CCOE_KERNELS_H
+#define CCOE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gemm.h"
+
+/* out(B,T,C) = wte[tokens[b,t]] + wpe[t]; wte (V,C), wpe (Tmax,C). */
+void ccoe_embed_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
+                        int B, int T, int C);
+void ccoe_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                         int B, int T, int C);
+
+/* LayerNorm over C: out(N,C), mean(N), rstd(N) saved for backward; weight, bias (C). eps 1e-5. */
+void ccoe_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                            const float *weight, const float *bias, int N, int C);
+void ccoe_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                             const float *inp, const float *weight, const float *mean,
+                             const float *rstd, int N, int C);
+
+/* RMSNorm over C: out(N,C), rstd(N); weight (C). eps 1e-5. */
+void ccoe_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,
+                          int C);
+void ccoe_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                           const float *weight, const float *rstd, int N, int C);
+
+/* out(N,OC) = inp(N,IC) * weight(OC,IC)^T + bias(OC); bias may be NULL. */
+void ccoe_linear_forward(const ccoe_gemm *g, float *out, const float *inp, const float *weight,
+                         const float *bias, int N, int IC, int OC);
+/* dinp(N,IC) += dout * weight; dweight(OC,IC) += dout^T * inp; dbias(OC) += colsum(dout).
+ * dinp and/or dbias may be NULL (not wanted). */
+void ccoe_linear_backward(const ccoe_gemm *g, float *dinp, float *dweight, float *dbias,
+                          const float *dout, const float *inp, const float *weight, int N,
+                          int IC, int OC);
+
+/* Causal multi-head self-attention. qkv (B,T,3C): q = [0,C), k = [C,2C), v = [2C,3C), head h
+ * owns columns [h*hd, (h+1)*hd) of each. out (B,T,C); lse (B,H,T) the row log-sum-exp of the
+ * scaled scores, saved for backward. Scale 1/sqrt(hd). scratch: ccoe_attention_scratch_floats. */
+size_t ccoe_attention_scratch_floats(int B, int T, int C, int H, int nthreads);
+void ccoe_attention_forward(const ccoe_gemm *g, float *out, float *lse, const float *qkv,
+                            float *scratch, int B, int T, int C, int H);
+/* dqkv (B,T,3C) += gradient; out and lse from the forward. */
+void ccoe_attention_backward(const ccoe_gemm *g, float *dqkv, const float *dout, const float *qkv,
+                             const float *out, const float *lse, float *scratch, int B, int T,
+                             int C, int H);
+
+/* GELU, tanh approximation (GPT-2): out(N) = gelu(inp). */
+void ccoe_gelu_forward(float *out, const float *inp, size_t N);
+void ccoe_gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);
+
+/* SwiGLU: inp (N, 2F) = [gate | up] per row; out (N,F) = silu(gate) * up. */
+void ccoe_swiglu_forward(float *out, const float *inp, int N, int F);
+void ccoe_swiglu_backward(float *dinp, const float *inp, const float *dout, int N, int F);
+
+/* out(N) = a + b. (backward of a residual is the identity: callers add dout to both.) */
+void ccoe_residual_forward(float *out, const float *a, const float *b, size_t N);
+/* da(N) += dout; db(N) += dout. */
+void ccoe_residual_backward(float *da, float *db, const float *dout, size_t N);
+
+/* Softmax cross-entropy. logits (N,V) -> probs (N,V) (overwritten; may alias logits),
+ * losses (N) = -log p[target]; rows whose target < 0 are ignored (loss 0).
+ * Returns the sum of the losses of the counted rows. */
+double ccoe_crossentropy_forward(float *losses, float *probs, const float *logits,
+                                 const int32_t *targets, int N, int V);
+/* dlogits(N,V) = (probs - onehot(target)) * scale; rows with target < 0 get 0. OVERWRITES
+ * (dlogits may alias probs). scale is usually 1 / (number of counted rows). */
+void ccoe_crossentropy_backward(float *dlogits, const float *probs, const int32_t *targets,
+                                float scale, int N, int V);
+
+#endif

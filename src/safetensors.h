@@ -1,0 +1,57 @@
+/* safetensors.h - reading and writing safetensors files (F32 tensors + string metadata).
+ *
+ * Format: 8-byte little-endian header length n, n bytes of JSON header
+ *   {"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ...,
+ *    "__metadata__": {"key": "string", ...}}
+ * then the data. ccoe adds metadata key "ccoe.crc32" (CRC-32 of the data section, decimal) so a
+ * corrupted file is detected. Writing is atomic: a temp file in the same directory, fsync,
+ * rename; an existing file is never left half-written. Reading validates everything (header
+ * length, JSON, dtypes, offsets in range and not overlapping, file size, checksum) and returns
+ * CCOE_ERR_FORMAT with a message naming the file and the problem.
+ */
+#ifndef CCOE_SAFETENSORS_H
+#define CCOE_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+#define CCOE_ST_MAX_DIMS 4
+
+typedef struct ccoe_st_tensor {
+    const char *name;
+    int ndim;
+    int64_t shape[CCOE_ST_MAX_DIMS];
+    const float *data; /* prod(shape) floats */
+} ccoe_st_tensor;
+
+/* Writes n tensors and nmeta metadata pairs (meta[2i] key, meta[2i+1] value) atomically. */
+ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_t n,
+                          const char *const *meta, size_t nmeta, ccoe_error *err);
+
+typedef struct ccoe_st_file ccoe_st_file;
+
+/* Opens and fully validates a file (held in memory until close). */
+ccoe_status ccoe_st_open(const char *path, ccoe_st_file **out, ccoe_error *err);
+void ccoe_st_close(ccoe_st_file *f);
+
+size_t ccoe_st_count(const ccoe_st_file *f);
+const char *ccoe_st_name(const ccoe_st_file *f, size_t i);
+
+/* Finds a tensor: returns its data (or NULL if absent) and fills ndim/shape if non-NULL. */
+const float *ccoe_st_find(const ccoe_st_file *f, const char *name, int *ndim, int64_t *shape);
+
+/* Copies tensor `name` into dst after checking it exists and has exactly this shape; the error
+ * names the tensor, the expected and the found shape. */
+ccoe_status ccoe_st_read_into(const ccoe_st_file *f, const char *name, float *dst, int ndim,
+                              const int64_t *shape, ccoe_error *err);
+
+/* Metadata value for key, or NULL. */
+const char *ccoe_st_meta(const ccoe_st_file *f, const char *key);
+
+/* Atomic whole-file write helper (temp + fsync + rename), shared by other writers. */
+ccoe_status ccoe_write_file_atomic(const char *path, const void *const *parts,
+                                   const size_t *sizes, size_t nparts, ccoe_error *err);
+
+#endif

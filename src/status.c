@@ -1,0 +1,67 @@
+/* status.c - error messages and status names. */
+#include "status.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+ccoe_status ccoe_error_set(ccoe_error *err, ccoe_status status, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->status = status;
+    }
+    return status;
+}
+
+ccoe_status ccoe_error_wrap(ccoe_error *err, const char *fmt, ...)
+{
+    if (!err)
+        return CCOE_ERR_INTERNAL;
+    char prefix[512], old[sizeof err->msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err->msg, sizeof old);
+    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    return err->status;
+}
+
+void ccoe_error_clear(ccoe_error *err)
+{
+    if (err) {
+        err->status = CCOE_OK;
+        err->msg[0] = '\0';
+    }
+}
+
+const char *ccoe_status_name(ccoe_status status)
+{
+    switch (status) {
+    case CCOE_OK: return "ok";
+    case CCOE_ERR_ARG: return "usage error";
+    case CCOE_ERR_CONFIG: return "config error";
+    case CCOE_ERR_IO: return "I/O error";
+    case CCOE_ERR_FORMAT: return "format error";
+    case CCOE_ERR_NOMEM: return "out of memory";
+    case CCOE_ERR_NUMERIC: return "numeric error";
+    case CCOE_ERR_BACKEND: return "backend error";
+    case CCOE_ERR_COMM: return "communication error";
+    case CCOE_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown error";
+}
+
+int ccoe_status_exit_code(ccoe_status status)
+{
+    switch (status) {
+    case CCOE_OK: return 0;
+    case CCOE_ERR_ARG:
+    case CCOE_ERR_CONFIG: return 2;
+    default: return 1;
+    }
+}

@@ -1,0 +1,54 @@
+/* testutil.c - shared test helpers. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+
+#include "rng.h"
+
+void tu_fill_uniform(float *x, size_t n, uint64_t seed, float scale)
+{
+    ccoe_rng r;
+    ccoe_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (2.0f * ccoe_rng_uniform(&r) - 1.0f) * scale;
+}
+
+void tu_fill_uniform_d(double *x, size_t n, uint64_t seed, double scale)
+{
+    ccoe_rng r;
+    ccoe_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (2.0 * (double)ccoe_rng_uniform(&r) - 1.0) * scale;
+}
+
+void tu_to_double(double *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i];
+}
+
+void tu_to_float(float *dst, const double *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (float)src[i];
+}
+
+double tu_close_ratio(const char *what, const float *a, const double *b, size_t n, double atol,
+                      double rtol)
+{
+    double worst = 0.0;
+    size_t wi = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        double r = d / (atol + rtol * fabs(b[i]));
+        if (!(r <= worst)) { /* also catches NaN */
+            worst = isnan(r) ? INFINITY : r;
+            wi = i;
+        }
+    }
+    if (worst > 1.0)
+        fprintf(stderr, "%s: worst mismatch at %zu: got %.9g want %.9g (ratio %.3g)\n", what, wi,
+                (double)a[wi], b[wi], worst);
+    return worst;
+}
