@@ -85,11 +85,14 @@ ccoe_status ccoe_config_load_file(ccoe_config *c, const char *path, ccoe_error *
 ccoe_status ccoe_config_load_string(ccoe_config *c, const char *text, const char *origin,
                                     ccoe_error *err);
 
-/* Applies one override "section.key=value". */
+/* Applies one override "section.key=value" (blanks around key and value are dropped).
+ * The three loaders are all-or-nothing: on error c is unchanged. */
 ccoe_status ccoe_config_set(ccoe_config *c, const char *assignment, ccoe_error *err);
 
-/* Cross-field rules (C % H == 0, ...) and derived defaults (ffn_hidden 0 -> resolved).
- * vocab_size 0 is resolved by the caller from the tokenizer before validation. */
+/* Re-checks every key's range, then cross-field rules (C % H == 0, B*T fits an int, non-empty
+ * paths) and resolves derived defaults (ffn_hidden 0 -> 4*C or 8*C/3 rounded up to 64).
+ * vocab_size 0 is accepted and left 0: the caller resolves it from the tokenizer. The head size
+ * C/H has no parity rule (positions are learned, there is no rotary embedding). */
 ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err);
 
 /* The resolved config as INI text that ccoe_config_load_string reads back to an equal struct.
@@ -101,5 +104,33 @@ uint64_t ccoe_config_hash(const ccoe_config *c);
 
 /* Prints every key with its type, allowed values and default. */
 void ccoe_config_print_help(FILE *f);
+
+/* Read-only view of the key table (for tests and tools such as `ccoe help-config`). */
+typedef enum ccoe_config_type {
+    CCOE_CFG_INT,    /* int, range [min, max] */
+    CCOE_CFG_LONG,   /* long, range [min, max] */
+    CCOE_CFG_DOUBLE, /* double, range min..max, each end open if min_open / max_open */
+    CCOE_CFG_BOOL,   /* int 0/1; true/false/1/0/yes/no */
+    CCOE_CFG_STRING, /* char[size], at most max_len characters; names = allowed values or NULL */
+    CCOE_CFG_ENUM,   /* C enum stored as int; names[value] */
+    CCOE_CFG_U64     /* uint64_t, any value */
+} ccoe_config_type;
+
+typedef struct ccoe_config_key {
+    const char *section;      /* "model" */
+    const char *key;          /* "n_layer" */
+    ccoe_config_type type;
+    size_t offset;            /* of the field in ccoe_config */
+    size_t size;              /* of the field in bytes */
+    double min, max;          /* INT, LONG, DOUBLE */
+    int min_open, max_open;   /* DOUBLE: the bound itself is not allowed */
+    size_t max_len;           /* STRING: longest value in characters */
+    const char *const *names; /* ENUM names / STRING allowed values, NULL-terminated, or NULL */
+    const char *def;          /* default as INI text */
+    const char *help;
+} ccoe_config_key;
+
+/* The table, in printing order; *n receives the number of keys. */
+const ccoe_config_key *ccoe_config_keys(size_t *n);
 
 #endif

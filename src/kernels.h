@@ -45,7 +45,10 @@ void ccoe_linear_backward(const ccoe_gemm *g, float *dinp, float *dweight, float
 
 /* Causal multi-head self-attention. qkv (B,T,3C): q = [0,C), k = [C,2C), v = [2C,3C), head h
  * owns columns [h*hd, (h+1)*hd) of each. out (B,T,C); lse (B,H,T) the row log-sum-exp of the
- * scaled scores, saved for backward. Scale 1/sqrt(hd). scratch: ccoe_attention_scratch_floats. */
+ * scaled scores, saved for backward. Scale 1/sqrt(hd). scratch: ccoe_attention_scratch_floats.
+ * The kernels run g->nthreads threads, each using its own slice of scratch, so pass nthreads >=
+ * g->nthreads; about 2 * nthreads * T * (C/H + 32) floats (not T^2), non-decreasing in T, so
+ * scratch sized for the largest T serves every shorter one. */
 size_t ccoe_attention_scratch_floats(int B, int T, int C, int H, int nthreads);
 void ccoe_attention_forward(const ccoe_gemm *g, float *out, float *lse, const float *qkv,
                             float *scratch, int B, int T, int C, int H);

@@ -1,8 +1,271 @@
-/* main.c - the ccoe command line (placeholder while the core is written). */
+/* main.c - the ccoe command line. The only place that turns a status into an exit code. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-int main(void)
+#include "bench.h"
+#include "checkpoint.h"
+#include "config.h"
+#include "data.h"
+#include "eval.h"
+#include "session.h"
+#include "status.h"
+#include "train.h"
+
+static const char *k_usage =
+    "usage: ccoe COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  train CONFIG [--set section.key=value]... [--resume CKPT] [--force] [--stop-at STEP]\n"
+    "        [--time-limit SECONDS] [--progress|--no-progress] [--quiet]\n"
+    "        train the model described by CONFIG (an INI file in configs/); --stop-at and\n"
+    "        --time-limit checkpoint and exit early (resume later with --resume)\n"
+    "  eval CHECKPOINT [--set data.manifest=...] [--batches N] [--no-tasks]\n"
+    "        per-domain validation loss, perplexity and task accuracy\n"
+    "  info CHECKPOINT\n"
+    "        stored config, training state and tensors of a checkpoint\n"
+    "  bench [--shape small|tiny-wide|gpt2-124m|all] [--steps N] [--threads N] [--gemm B] [--ffn gelu|swiglu]\n"
+    "        training throughput and model-FLOP utilisation on reference shapes\n"
+    "  data write-builtin DIR\n"
+    "        write the embedded default data set as files plus a manifest\n"
+    "  help-config\n"
+    "        every config key with its allowed values and default\n";
+
+static int fail(const ccoe_error *err)
 {
-    fprintf(stderr, "ccoe: not built yet\n");
+    fprintf(stderr, "ccoe: %s: %s\n", ccoe_status_name(err->status), err->msg);
+    return ccoe_status_exit_code(err->status);
+}
+
+static int usage_error(const char *what, const char *arg)
+{
+    fprintf(stderr, "ccoe: usage error: %s%s%s\n\n%s", what, *arg ? ": " : "", arg, k_usage);
+    return 2;
+}
+
+static int parse_int_arg(const char *s, int lo, int hi, int *out)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi)
+        return 0;
+    *out = (int)v;
     return 1;
+}
+
+/* ccoe train CONFIG [flags]: returns the exit code. */
+static int cmd_train(int argc, char **argv)
+{
+    if (argc < 1 || argv[0][0] == '-')
+        return usage_error("train needs a CONFIG file", "");
+    ccoe_error err = {0};
+    ccoe_config cfg;
+    ccoe_config_defaults(&cfg);
+    if (ccoe_config_load_file(&cfg, argv[0], &err) != CCOE_OK)
+        return fail(&err);
+    ccoe_train_opts o = {.resume = NULL, .force = 0, .progress = -1, .quiet = 0};
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
+            if (ccoe_config_set(&cfg, argv[++i], &err) != CCOE_OK)
+                return fail(&err);
+        } else if (strncmp(argv[i], "--set=", 6) == 0) {
+            if (ccoe_config_set(&cfg, argv[i] + 6, &err) != CCOE_OK)
+                return fail(&err);
+        } else if (strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
+            o.resume = argv[++i];
+        } else if (strcmp(argv[i], "--force") == 0) {
+            o.force = 1;
+        } else if (strcmp(argv[i], "--stop-at") == 0 && i + 1 < argc) {
+            int v;
+            if (!parse_int_arg(argv[++i], 1, 1 << 30, &v))
+                return usage_error("--stop-at takes a step number >= 1, not", argv[i]);
+            o.stop_at = v;
+        } else if (strcmp(argv[i], "--time-limit") == 0 && i + 1 < argc) {
+            int v;
+            if (!parse_int_arg(argv[++i], 1, 1 << 30, &v))
+                return usage_error("--time-limit takes whole seconds >= 1, not", argv[i]);
+            o.time_limit = v;
+        } else if (strcmp(argv[i], "--progress") == 0) {
+            o.progress = 1;
+        } else if (strcmp(argv[i], "--no-progress") == 0) {
+            o.progress = 0;
+        } else if (strcmp(argv[i], "--quiet") == 0) {
+            o.quiet = 1;
+        } else {
+            return usage_error("unknown or incomplete train argument", argv[i]);
+        }
+    }
+    if (ccoe_config_validate(&cfg, &err) != CCOE_OK)
+        return fail(&err);
+    if (ccoe_train_run(&cfg, &o, &err) != CCOE_OK)
+        return fail(&err);
+    return 0;
+}
+
+static int cmd_eval(int argc, char **argv)
+{
+    if (argc < 1 || argv[0][0] == '-')
+        return usage_error("eval needs a CHECKPOINT file", "");
+    ccoe_error err = {0};
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    if (ccoe_checkpoint_open(argv[0], &cfg, &f, &err) != CCOE_OK)
+        return fail(&err);
+    int batches = -1, tasks = 1, rc = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
+            const char *a = argv[++i];
+            if (strncmp(a, "data.", 5) != 0 && strncmp(a, "run.", 4) != 0 &&
+                strncmp(a, "train.eval_batches", 18) != 0) {
+                ccoe_st_close(f);
+                return usage_error("eval can only override data.*, run.* and "
+                                   "train.eval_batches (the model comes from the checkpoint), "
+                                   "not",
+                                   a);
+            }
+            if (ccoe_config_set(&cfg, a, &err) != CCOE_OK) {
+                ccoe_st_close(f);
+                return fail(&err);
+            }
+        } else if (strcmp(argv[i], "--batches") == 0 && i + 1 < argc) {
+            if (!parse_int_arg(argv[++i], 0, 1 << 30, &batches)) {
+                ccoe_st_close(f);
+                return usage_error("--batches takes a whole number >= 0 (0 = all), not",
+                                   argv[i]);
+            }
+        } else if (strcmp(argv[i], "--no-tasks") == 0) {
+            tasks = 0;
+        } else {
+            ccoe_st_close(f);
+            return usage_error("unknown or incomplete eval argument", argv[i]);
+        }
+    }
+    if (batches >= 0)
+        cfg.train.eval_batches = batches;
+    ccoe_session s;
+    if (ccoe_session_open(&s, &cfg, 1, &err) != CCOE_OK) {
+        ccoe_st_close(f);
+        return fail(&err);
+    }
+    if (ccoe_checkpoint_load(f, argv[0], &s.model, NULL, NULL, &err) != CCOE_OK) {
+        rc = fail(&err);
+    } else {
+        ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
+        ccoe_eval_domains(&s.model, &s.data, &s.tok, &s.batch, s.cfg.train.eval_batches, tasks,
+                          ev);
+        printf("checkpoint %s (step %s), data %s\n", argv[0],
+               ccoe_st_meta(f, "step") ? ccoe_st_meta(f, "step") : "?", s.cfg.data.manifest);
+        ccoe_eval_print(stdout, &s.data, ev);
+    }
+    ccoe_session_close(&s);
+    ccoe_st_close(f);
+    return rc;
+}
+
+static int cmd_info(int argc, char **argv)
+{
+    if (argc != 1)
+        return usage_error("info takes exactly one CHECKPOINT", "");
+    ccoe_error err = {0};
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    if (ccoe_checkpoint_open(argv[0], &cfg, &f, &err) != CCOE_OK)
+        return fail(&err);
+    const char *keys[] = {"ccoe.version", "config_hash", "step", "data_pos", "optim.state"};
+    printf("checkpoint %s\n", argv[0]);
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        printf("  %-13s %s\n", keys[i], ccoe_st_meta(f, keys[i]) ? ccoe_st_meta(f, keys[i]) : "-");
+    size_t total = 0;
+    printf("tensors:\n");
+    for (size_t i = 0; i < ccoe_st_count(f); i++) {
+        int ndim = 0;
+        int64_t shape[CCOE_ST_MAX_DIMS] = {0};
+        const char *name = ccoe_st_name(f, i);
+        ccoe_st_find(f, name, &ndim, shape);
+        size_t numel = 1;
+        printf("  %-40s [", name);
+        for (int d = 0; d < ndim; d++) {
+            printf("%s%lld", d ? ", " : "", (long long)shape[d]);
+            numel *= (size_t)shape[d];
+        }
+        printf("]\n");
+        if (strncmp(name, "optim.", 6) != 0)
+            total += numel;
+    }
+    printf("parameters: %zu\nconfig:\n", total);
+    char *ini = ccoe_config_to_ini(&cfg);
+    printf("%s", ini ? ini : "");
+    free(ini);
+    ccoe_st_close(f);
+    return 0;
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+    ccoe_bench_opts o = {.shape = "all", .steps = 10, .threads = 2, .gemm = "auto",
+                         .ffn = "gelu"};
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
+            o.shape = argv[++i];
+        } else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
+            if (!parse_int_arg(argv[++i], 1, 100000, &o.steps))
+                return usage_error("--steps takes a whole number 1..100000, not", argv[i]);
+        } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            if (!parse_int_arg(argv[++i], 1, 1024, &o.threads))
+                return usage_error("--threads takes a whole number 1..1024, not", argv[i]);
+        } else if (strcmp(argv[i], "--gemm") == 0 && i + 1 < argc) {
+            o.gemm = argv[++i];
+        } else if (strcmp(argv[i], "--ffn") == 0 && i + 1 < argc) {
+            o.ffn = argv[++i];
+            if (strcmp(o.ffn, "gelu") != 0 && strcmp(o.ffn, "swiglu") != 0)
+                return usage_error("--ffn takes gelu or swiglu, not", o.ffn);
+        } else {
+            return usage_error("unknown or incomplete bench argument", argv[i]);
+        }
+    }
+    ccoe_error err = {0};
+    if (ccoe_bench_run(&o, stdout, &err) != CCOE_OK)
+        return fail(&err);
+    return 0;
+}
+
+static int cmd_data(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[0], "write-builtin") == 0) {
+        ccoe_error err = {0};
+        if (ccoe_data_write_builtin(argv[1], &err) != CCOE_OK)
+            return fail(&err);
+        printf("wrote the builtin data set and %s/manifest.ini\n", argv[1]);
+        return 0;
+    }
+    return usage_error("data takes: write-builtin DIR", "");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        fputs(k_usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--version") == 0) {
+        printf("ccoe %s\n", CCOE_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "train") == 0)
+        return cmd_train(argc - 2, argv + 2);
+    if (strcmp(cmd, "eval") == 0)
+        return cmd_eval(argc - 2, argv + 2);
+    if (strcmp(cmd, "info") == 0)
+        return cmd_info(argc - 2, argv + 2);
+    if (strcmp(cmd, "bench") == 0)
+        return cmd_bench(argc - 2, argv + 2);
+    if (strcmp(cmd, "data") == 0)
+        return cmd_data(argc - 2, argv + 2);
+    if (strcmp(cmd, "help-config") == 0 || strcmp(cmd, "--help-config") == 0) {
+        ccoe_config_print_help(stdout);
+        return 0;
+    }
+    return usage_error("unknown command", cmd);
 }

@@ -27,7 +27,16 @@ ccoe_status ccoe_error_wrap(ccoe_error *err, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    /* prefix + ": " + old message, truncated to the buffer */
+    size_t n = strlen(prefix);
+    if (n > sizeof err->msg - 3)
+        n = sizeof err->msg - 3;
+    memcpy(err->msg, prefix, n);
+    memcpy(err->msg + n, ": ", 2);
+    size_t room = sizeof err->msg - n - 3;
+    size_t k = strnlen(old, room);
+    memcpy(err->msg + n + 2, old, k);
+    err->msg[n + 2 + k] = '\0';
     return err->status;
 }
 

@@ -52,3 +52,48 @@ double tu_close_ratio(const char *what, const float *a, const double *b, size_t 
                 (double)a[wi], b[wi], worst);
     return worst;
 }
+
+double tu_close_ratio_d(const char *what, const double *a, const double *b, size_t n, double atol,
+                        double rtol)
+{
+    double worst = 0.0;
+    size_t wi = 0;
+    for (size_t i = 0; i < n; i++) {
+        double r = fabs(a[i] - b[i]) / (atol + rtol * fabs(b[i]));
+        if (!(r <= worst)) {
+            worst = isnan(r) ? INFINITY : r;
+            wi = i;
+        }
+    }
+    if (worst > 1.0)
+        fprintf(stderr, "%s: worst mismatch at %zu: got %.17g want %.17g (ratio %.3g)\n", what, wi,
+                a[wi], b[wi], worst);
+    return worst;
+}
+
+double tu_gradcheck(const char *what, tu_objective f, void *ctx, double *x, const double *grad,
+                    size_t n, double h, double atol, double rtol)
+{
+    double worst = 0.0, wnum = 0.0;
+    size_t wi = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x0 = x[i];
+        x[i] = x0 + h;
+        double fp = f(ctx);
+        x[i] = x0 - h;
+        double fm = f(ctx);
+        x[i] = x0;
+        double num = (fp - fm) / (2.0 * h);
+        double r = fabs(grad[i] - num) / (atol + rtol * fabs(num));
+        if (!(r <= worst)) {
+            worst = isnan(r) ? INFINITY : r;
+            wi = i;
+            wnum = num;
+        }
+    }
+    f(ctx); /* leave the state as it was (outputs of the unperturbed inputs) */
+    if (worst > 1.0)
+        fprintf(stderr, "%s: gradient mismatch at %zu: analytic %.12g numeric %.12g (ratio %.3g)\n",
+                what, wi, grad[wi], wnum, worst);
+    return worst;
+}

@@ -1,0 +1,114 @@
+/* bench.c - `ccoe bench`: training steps per second on the reference shapes. */
+#include "bench.h"
+
+#include <string.h>
+
+#include "config.h"
+#include "model.h"
+#include "optim.h"
+#include "perf.h"
+#include "rng.h"
+#include "session.h"
+
+typedef struct bench_shape {
+    const char *name;
+    int L, C, H, V, B, T;
+} bench_shape;
+
+static const bench_shape k_shapes[] = {
+    {"small", 4, 256, 4, 256, 8, 128},
+    {"tiny-wide", 6, 512, 8, 256, 8, 128},
+    {"gpt2-124m", 12, 768, 12, 50304, 4, 64},
+};
+
+static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, double peak,
+                             FILE *out, ccoe_error *err)
+{
+    ccoe_config cfg;
+    ccoe_config_defaults(&cfg);
+    cfg.model.n_layer = sh->L;
+    cfg.model.n_embd = sh->C;
+    cfg.model.n_head = sh->H;
+    cfg.model.vocab_size = sh->V;
+    cfg.model.seq_len = sh->T;
+    cfg.model.ffn_hidden = 0;
+    cfg.model.ffn = strcmp(o->ffn, "swiglu") == 0 ? CCOE_FFN_SWIGLU : CCOE_FFN_GELU;
+    cfg.train.batch_size = sh->B;
+    cfg.run.threads = o->threads;
+    snprintf(cfg.run.gemm, sizeof cfg.run.gemm, "%s", o->gemm);
+    ccoe_session s;
+    CCOE_TRY(ccoe_session_open(&s, &cfg, 0, err));
+    ccoe_adamw opt;
+    ccoe_status st = ccoe_adamw_init(&opt, s.model.num_params, err);
+    if (st != CCOE_OK) {
+        ccoe_session_close(&s);
+        return st;
+    }
+    ccoe_model *m = &s.model;
+    ccoe_model_init_weights(m, 1);
+    ccoe_rng r;
+    ccoe_rng_seed(&r, 42);
+    const int B = sh->B, T = sh->T, N = B * T;
+    for (int i = 0; i < N; i++) {
+        s.batch.tokens[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)sh->V);
+        s.batch.targets[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)sh->V);
+    }
+    double sgemm = ccoe_gemm_measure_gflops(&s.gemm, 1024, 1.0);
+    double t_fwd = 0, t_bwd = 0, t_opt = 0;
+    for (int it = -2; it < o->steps; it++) {
+        double t0 = ccoe_now();
+        ccoe_model_zero_grad(m);
+        long count;
+        ccoe_model_forward(m, s.batch.tokens, s.batch.targets, B, T, &count);
+        double t1 = ccoe_now();
+        ccoe_model_backward(m, s.batch.tokens, s.batch.targets, B, T, 1.0f / (float)count);
+        double t2 = ccoe_now();
+        double gn = ccoe_grad_norm(m->grad_block, 0, m->num_params);
+        if (gn > 1.0)
+            ccoe_grad_scale(m->grad_block, 0, m->num_params, (float)(1.0 / gn));
+        ccoe_adamw_step(&opt, m, &cfg.train, 1e-4, NULL, NULL);
+        double t3 = ccoe_now();
+        if (it >= 0) {
+            t_fwd += t1 - t0;
+            t_bwd += t2 - t1;
+            t_opt += t3 - t2;
+        }
+    }
+    double total = t_fwd + t_bwd + t_opt;
+    double tok_s = (double)N * o->steps / total;
+    double fpt = ccoe_model_train_flops_per_token(&s.cfg.model, T);
+    double gflops = tok_s * fpt * 1e-9;
+    fprintf(out,
+            "| %-9s | L%d C%d H%d V%d B%d T%d | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "
+            "%4.0f/%4.0f/%3.0f | %s |\n",
+            sh->name, sh->L, sh->C, sh->H, sh->V, B, T, (double)m->num_params / 1e6, tok_s,
+            gflops, 100.0 * gflops / sgemm, 100.0 * gflops / peak, 100.0 * t_fwd / total,
+            100.0 * t_bwd / total, 100.0 * t_opt / total, s.gemm.kernel_set);
+    fflush(out);
+    ccoe_adamw_free(&opt);
+    ccoe_session_close(&s);
+    return CCOE_OK;
+}
+
+ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
+{
+    int found = 0;
+    double peak = ccoe_measure_fma_peak(o->threads, 0.6);
+    fprintf(out, "threads %d, ffn %s, measured fp32 FMA peak %.0f GFLOP/s (%s)\n", o->threads,
+            o->ffn, peak, ccoe_simd_name());
+    fprintf(out, "| shape | dims | params | tok/s | GFLOP/s | MFU/sgemm | MFU/peak | "
+                 "fwd/bwd/opt %% | gemm |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (size_t i = 0; i < sizeof k_shapes / sizeof k_shapes[0]; i++) {
+        if (strcmp(o->shape, "all") != 0 && strcmp(o->shape, k_shapes[i].name) != 0)
+            continue;
+        found = 1;
+        CCOE_TRY(bench_one(&k_shapes[i], o, peak, out, err));
+    }
+    if (!found)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "unknown bench shape '%s': allowed small, tiny-wide, gpt2-124m, all",
+                              o->shape);
+    fprintf(out, "(MFU/sgemm: model FLOP/s over the measured 1024^3 sgemm rate of the same "
+                 "context; FLOPs per token = 6N + 12LCT)\n");
+    return CCOE_OK;
+}

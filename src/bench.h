@@ -1,0 +1,21 @@
+/* bench.h - training throughput benchmark on fixed shapes (random tokens, no data set):
+ * tokens/s and model-FLOP utilisation against the measured sgemm rate and FP32 FMA peak.
+ * A measurement tool: nothing here asserts speed. */
+#ifndef CCOE_BENCH_H
+#define CCOE_BENCH_H
+
+#include <stdio.h>
+
+#include "status.h"
+
+typedef struct ccoe_bench_opts {
+    const char *shape; /* "small", "tiny-wide", "gpt2-124m" or "all" */
+    int steps;         /* measured steps (after 2 warm-up steps) */
+    int threads;
+    const char *gemm;  /* backend name */
+    const char *ffn;   /* "gelu" or "swiglu" */
+} ccoe_bench_opts;
+
+ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err);
+
+#endif

@@ -1,0 +1,158 @@
+/* checkpoint.c - saving and loading model + optimizer + training state. */
+#include "checkpoint.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NAME_LEN (CCOE_PARAM_NAME + 16)
+
+static void fill_tensor(ccoe_st_tensor *t, const char *name, const ccoe_param *p,
+                        const float *data)
+{
+    t->name = name;
+    t->ndim = p->ndim;
+    for (int d = 0; d < CCOE_ST_MAX_DIMS; d++)
+        t->shape[d] = d < p->ndim ? p->shape[d] : 0;
+    t->data = data;
+}
+
+ccoe_status ccoe_checkpoint_save(const char *path, const ccoe_config *cfg, const ccoe_model *m,
+                                 const ccoe_adamw *opt, const ccoe_train_state *st,
+                                 ccoe_error *err)
+{
+    const int np = m->n_params;
+    const int per = opt ? 3 : 1;
+    ccoe_st_tensor *t = calloc((size_t)np * per, sizeof *t);
+    char *names = calloc((size_t)np * per, NAME_LEN);
+    char *ini = ccoe_config_to_ini(cfg);
+    ccoe_status s = CCOE_OK;
+    if (!t || !names || !ini) {
+        s = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory writing checkpoint %s", path);
+        goto done;
+    }
+    size_t n = 0;
+    for (int i = 0; i < np; i++) {
+        const ccoe_param *p = &m->params[i];
+        char *nm = names + n * NAME_LEN;
+        snprintf(nm, NAME_LEN, "%s", p->name);
+        fill_tensor(&t[n++], nm, p, m->param_block + p->offset);
+        if (opt) {
+            nm = names + n * NAME_LEN;
+            snprintf(nm, NAME_LEN, "optim.m.%s", p->name);
+            fill_tensor(&t[n++], nm, p, opt->m + p->offset);
+            nm = names + n * NAME_LEN;
+            snprintf(nm, NAME_LEN, "optim.v.%s", p->name);
+            fill_tensor(&t[n++], nm, p, opt->v + p->offset);
+        }
+    }
+    char hash[32], step[32], pos[32], rng[80], ot[32];
+    snprintf(hash, sizeof hash, "%016" PRIx64, ccoe_config_hash(cfg));
+    snprintf(step, sizeof step, "%ld", st ? st->step : 0L);
+    snprintf(pos, sizeof pos, "%" PRIu64, st ? st->data_pos : (uint64_t)0);
+    if (st)
+        snprintf(rng, sizeof rng, "%016" PRIx64 "%016" PRIx64 "%016" PRIx64 "%016" PRIx64,
+                 st->rng.s[0], st->rng.s[1], st->rng.s[2], st->rng.s[3]);
+    else
+        snprintf(rng, sizeof rng, "0");
+    snprintf(ot, sizeof ot, "%ld", opt ? opt->t : 0L);
+    const char *meta[] = {"ccoe.format", "ccoe-checkpoint", "ccoe.version", CCOE_VERSION,
+                          "config",      ini,               "config_hash",  hash,
+                          "step",        step,              "data_pos",     pos,
+                          "rng",         rng,               "optim.t",      ot,
+                          "optim.state", opt ? "adamw" : "none"};
+    s = ccoe_st_write(path, t, n, meta, sizeof meta / sizeof meta[0] / 2, err);
+done:
+    free(t);
+    free(names);
+    free(ini);
+    return s;
+}
+
+ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_file **out,
+                                 ccoe_error *err)
+{
+    ccoe_st_file *f = NULL;
+    CCOE_TRY(ccoe_st_open(path, &f, err));
+    const char *fmt = ccoe_st_meta(f, "ccoe.format");
+    const char *ini = ccoe_st_meta(f, "config");
+    if (!fmt || strcmp(fmt, "ccoe-checkpoint") != 0 || !ini) {
+        ccoe_st_close(f);
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "%s is a safetensors file but not a ccoe checkpoint (no "
+                              "ccoe.format/config metadata): pass a file written by `ccoe train`",
+                              path);
+    }
+    ccoe_config_defaults(cfg);
+    ccoe_status s = ccoe_config_load_string(cfg, ini, path, err);
+    if (s == CCOE_OK)
+        s = ccoe_config_validate(cfg, err);
+    if (s != CCOE_OK) {
+        ccoe_st_close(f);
+        return ccoe_error_wrap(err, "config stored in checkpoint %s", path);
+    }
+    *out = f;
+    return CCOE_OK;
+}
+
+static ccoe_status parse_u64(const char *s, uint64_t *v, const char *key, const char *path,
+                             ccoe_error *err)
+{
+    char *end = NULL;
+    if (!s || !*s)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT, "checkpoint %s lacks metadata '%s'", path,
+                              key);
+    *v = strtoull(s, &end, 10);
+    if (*end)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT, "checkpoint %s: metadata %s='%s' is not a "
+                              "number", path, key, s);
+    return CCOE_OK;
+}
+
+ccoe_status ccoe_checkpoint_load(const ccoe_st_file *f, const char *path, ccoe_model *m,
+                                 ccoe_adamw *opt, ccoe_train_state *st, ccoe_error *err)
+{
+    char nm[NAME_LEN];
+    for (int i = 0; i < m->n_params; i++) {
+        const ccoe_param *p = &m->params[i];
+        CCOE_TRY(ccoe_st_read_into(f, p->name, m->param_block + p->offset, p->ndim, p->shape,
+                                   err));
+        if (opt) {
+            snprintf(nm, sizeof nm, "optim.m.%s", p->name);
+            if (!ccoe_st_find(f, nm, NULL, NULL))
+                return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                      "checkpoint %s holds no optimizer state (tensor %s): "
+                                      "resume needs a checkpoint written during training",
+                                      path, nm);
+            CCOE_TRY(ccoe_st_read_into(f, nm, opt->m + p->offset, p->ndim, p->shape, err));
+            snprintf(nm, sizeof nm, "optim.v.%s", p->name);
+            CCOE_TRY(ccoe_st_read_into(f, nm, opt->v + p->offset, p->ndim, p->shape, err));
+        }
+    }
+    if (opt) {
+        uint64_t t = 0;
+        CCOE_TRY(parse_u64(ccoe_st_meta(f, "optim.t"), &t, "optim.t", path, err));
+        opt->t = (long)t;
+    }
+    if (st) {
+        uint64_t v = 0;
+        CCOE_TRY(parse_u64(ccoe_st_meta(f, "step"), &v, "step", path, err));
+        st->step = (long)v;
+        CCOE_TRY(parse_u64(ccoe_st_meta(f, "data_pos"), &st->data_pos, "data_pos", path, err));
+        const char *r = ccoe_st_meta(f, "rng");
+        if (!r || strlen(r) != 64)
+            return ccoe_error_set(err, CCOE_ERR_FORMAT, "checkpoint %s: bad rng metadata", path);
+        for (int k = 0; k < 4; k++) {
+            char word[17];
+            memcpy(word, r + 16 * k, 16);
+            word[16] = '\0';
+            char *end = NULL;
+            st->rng.s[k] = strtoull(word, &end, 16);
+            if (*end)
+                return ccoe_error_set(err, CCOE_ERR_FORMAT, "checkpoint %s: bad rng metadata",
+                                      path);
+        }
+    }
+    return CCOE_OK;
+}

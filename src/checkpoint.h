@@ -1,0 +1,42 @@
+/* checkpoint.h - model checkpoints as safetensors files.
+ *
+ * One file holds the parameters under their model names ("wte", "blocks.0.attn.qkv.weight",
+ * ...), optionally the AdamW moments ("optim.m.<name>", "optim.v.<name>"), and metadata:
+ *   ccoe.format = "ccoe-checkpoint", ccoe.version, config (the resolved INI text),
+ *   config_hash (hex), step, data_pos, rng (hex words), optim.t, plus what the caller adds.
+ * Files are written atomically (safetensors.h); a crash never leaves a half-written checkpoint.
+ */
+#ifndef CCOE_CHECKPOINT_H
+#define CCOE_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "model.h"
+#include "optim.h"
+#include "rng.h"
+#include "safetensors.h"
+#include "status.h"
+
+typedef struct ccoe_train_state {
+    long step;         /* optimizer steps completed */
+    uint64_t data_pos; /* training sequences consumed */
+    ccoe_rng rng;      /* run RNG state */
+} ccoe_train_state;
+
+/* Writes params (+ optimizer state if opt != NULL) and metadata to path atomically. */
+ccoe_status ccoe_checkpoint_save(const char *path, const ccoe_config *cfg, const ccoe_model *m,
+                                 const ccoe_adamw *opt, const ccoe_train_state *st,
+                                 ccoe_error *err);
+
+/* Opens and validates a checkpoint and parses its stored config into cfg (defaults first).
+ * The caller closes *out with ccoe_st_close. */
+ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_file **out,
+                                 ccoe_error *err);
+
+/* Copies every parameter of m from f (shapes must match), the optimizer state if opt != NULL
+ * (an error if the file has none), and the train state if st != NULL. */
+ccoe_status ccoe_checkpoint_load(const ccoe_st_file *f, const char *path, ccoe_model *m,
+                                 ccoe_adamw *opt, ccoe_train_state *st, ccoe_error *err);
+
+#endif

@@ -1,0 +1,981 @@
+/* config.c - the configuration key table and everything that walks it.
+ *
+ * One static table (key_table) lists every key with its section, type, field offset, allowed
+ * range or names, default and help. Defaults, INI parsing (libinih), `--set` overrides, the help
+ * text, the resolved INI printout and its hash all walk that table, so adding a key is one line.
+ * This file knows nothing about what the values mean beyond their ranges and the cross-field
+ * rules in ccoe_config_validate; it never allocates model memory and never exits.
+ *
+ * INI dialect (libinih, as built by Debian): `[section]`, `key = value`, comments start a line
+ * with ';' or '#', or follow whitespace with ';'. Lines are at most 199 characters (libinih's
+ * compiled-in INI_MAX_LINE); longer lines are an error, never silently split. Leading
+ * whitespace is ignored (no multi-line values). A key set twice in one file is an error.
+ * Strings are limited so that every resolved line fits and round-trips: no ';', no control
+ * characters, no leading/trailing blanks.
+ */
+#include "config.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+#define HELP_HINT "see `ccoe help-config`"
+
+static const char *const norm_names[] = {"layernorm", "rmsnorm", NULL};
+static const char *const ffn_names[] = {"gelu", "swiglu", NULL};
+static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
+static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
+
+_Static_assert(sizeof(ccoe_norm_kind) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(ccoe_ffn_kind) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(ccoe_block_kind) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(long) == 8, "long fields hold values up to 1e9 and are printed as %ld");
+
+#define FIELD(f) .offset = offsetof(ccoe_config, f), .size = sizeof(((ccoe_config *)0)->f)
+#define INT(sec, k, f, lo, hi, d, h)                                                       \
+    {.section = sec, .key = k, .type = CCOE_CFG_INT, FIELD(f), .min = lo, .max = hi, .def = d, \
+     .help = h}
+#define LONG(sec, k, f, lo, hi, d, h)                                                       \
+    {.section = sec, .key = k, .type = CCOE_CFG_LONG, FIELD(f), .min = lo, .max = hi, .def = d, \
+     .help = h}
+#define DBL(sec, k, f, lo, lo_open, hi, hi_open, d, h)                                         \
+    {.section = sec, .key = k, .type = CCOE_CFG_DOUBLE, FIELD(f), .min = lo, .max = hi,      \
+     .min_open = lo_open, .max_open = hi_open, .def = d, .help = h}
+#define BOOL(sec, k, f, d, h) \
+    {.section = sec, .key = k, .type = CCOE_CFG_BOOL, FIELD(f), .def = d, .help = h}
+#define ENUM(sec, k, f, n, d, h) \
+    {.section = sec, .key = k, .type = CCOE_CFG_ENUM, FIELD(f), .names = n, .def = d, .help = h}
+#define STR(sec, k, f, len, n, d, h)                                                         \
+    {.section = sec, .key = k, .type = CCOE_CFG_STRING, FIELD(f), .max_len = len, .names = n, \
+     .def = d, .help = h}
+#define U64(sec, k, f, d, h) \
+    {.section = sec, .key = k, .type = CCOE_CFG_U64, FIELD(f), .def = d, .help = h}
+
+/* Longest path-like string: "manifest = " + 180 characters stays under the 199-character line. */
+#define PATH_MAX_LEN 180
+
+static const ccoe_config_key key_table[] = {
+    INT("model", "n_layer", model.n_layer, 1, 256, "4", "L: transformer blocks"),
+    INT("model", "n_embd", model.n_embd, 8, 16384, "256", "C: channels (embedding width)"),
+    INT("model", "n_head", model.n_head, 1, 4096, "4", "H: attention heads; must divide n_embd"),
+    INT("model", "ffn_hidden", model.ffn_hidden, 0, 262144, "0",
+        "F: FFN hidden width; 0 = 4*C (gelu) or 8*C/3 rounded up to a multiple of 64 (swiglu)"),
+    INT("model", "vocab_size", model.vocab_size, 0, 16777216, "0",
+        "V: vocabulary; 0 = the tokenizer's size padded to a multiple of 64"),
+    INT("model", "seq_len", model.seq_len, 1, 65536, "128", "T: maximum sequence length"),
+    ENUM("model", "norm", model.norm, norm_names, "layernorm", "normalization layer"),
+    ENUM("model", "ffn", model.ffn, ffn_names, "gelu", "feed-forward kind"),
+    ENUM("model", "block", model.block, block_names, "pre_ln",
+         "norm placement: before (pre_ln) or after (post_ln) each residual branch"),
+    BOOL("model", "tied_head", model.tied_head, "true", "the LM head shares the token embedding"),
+    BOOL("model", "bias", model.bias, "true", "linear layers have biases"),
+    DBL("model", "init_std", model.init_std, 0, 1, 1, 0, "0.02",
+        "standard deviation of the normal weight init"),
+
+    INT("train", "batch_size", train.batch_size, 1, 65536, "8", "B: sequences per micro-batch"),
+    INT("train", "grad_accum", train.grad_accum, 1, 4096, "1", "micro-batches per optimizer step"),
+    LONG("train", "steps", train.steps, 0, 1e9, "500", "optimizer steps"),
+    DBL("train", "lr", train.lr, 0, 1, 10, 0, "0.001", "peak learning rate"),
+    DBL("train", "min_lr_frac", train.min_lr_frac, 0, 0, 1, 0, "0.1",
+        "cosine decay floor as a fraction of lr"),
+    LONG("train", "warmup", train.warmup, 0, 1e9, "50",
+         "linear warm-up steps (may exceed steps)"),
+    DBL("train", "weight_decay", train.weight_decay, 0, 0, 10, 0, "0.1",
+        "AdamW decoupled weight decay on matrices"),
+    DBL("train", "beta1", train.beta1, 0, 0, 1, 1, "0.9", "AdamW first-moment decay"),
+    DBL("train", "beta2", train.beta2, 0, 0, 1, 1, "0.95", "AdamW second-moment decay"),
+    DBL("train", "eps", train.eps, 0, 1, 1, 1, "1e-08", "AdamW epsilon"),
+    DBL("train", "grad_clip", train.grad_clip, 0, 0, 1e6, 0, "1",
+        "clip the global gradient norm to this; 0 = off"),
+    U64("train", "seed", train.seed, "1337", "seed of init, data order and noise"),
+    LONG("train", "eval_every", train.eval_every, 0, 1e9, "100",
+         "steps between evaluations; 0 = only at the end"),
+    INT("train", "eval_batches", train.eval_batches, 0, 1000000, "8",
+        "validation batches per domain per evaluation; 0 = all"),
+    LONG("train", "ckpt_every", train.ckpt_every, 0, 1e9, "0",
+         "steps between checkpoints; 0 = only at the end"),
+    LONG("train", "log_every", train.log_every, 1, 1e9, "10", "steps between log lines"),
+    STR("train", "out_dir", train.out_dir, PATH_MAX_LEN, NULL, "runs/default",
+        "directory for checkpoints and metrics"),
+
+    STR("data", "manifest", data.manifest, PATH_MAX_LEN, NULL, "builtin",
+        "\"builtin\" (the embedded data set) or a manifest file path"),
+    STR("data", "tokenizer", data.tokenizer, 63, NULL, "byte", "tokenizer name (\"byte\")"),
+    DBL("data", "val_fraction", data.val_fraction, 0, 1, 0.5, 0, "0.1",
+        "share of each domain held out for validation"),
+    INT("data", "task_examples", data.task_examples, 0, 1000000, "200",
+        "exact-answer task examples per domain at evaluation; 0 = none"),
+
+    INT("run", "threads", run.threads, 1, 1024, "2", "threads per process"),
+    STR("run", "gemm", run.gemm, 15, gemm_names, "auto", "matrix-multiply backend"),
+};
+
+#define NKEYS (sizeof key_table / sizeof key_table[0])
+
+const ccoe_config_key *ccoe_config_keys(size_t *n)
+{
+    if (n)
+        *n = NKEYS;
+    return key_table;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Small helpers
+ */
+
+static void *field(ccoe_config *c, const ccoe_config_key *k) { return (char *)c + k->offset; }
+static const void *cfield(const ccoe_config *c, const ccoe_config_key *k)
+{
+    return (const char *)c + k->offset;
+}
+
+/* " (where)" or "" */
+static void where_suffix(char *buf, size_t cap, const char *where)
+{
+    if (where && *where)
+        snprintf(buf, cap, " (%s)", where);
+    else
+        buf[0] = '\0';
+}
+
+/* Shortest "%.Ng" text that reads back to exactly v (as exact as %.17g, easier to read);
+ * whole numbers below 1e17 are written without an exponent (10, not 1e+01). */
+static void fmt_double(char *buf, size_t cap, double v)
+{
+    int prec = 1;
+    for (; prec < 17; prec++) {
+        snprintf(buf, cap, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    if (isfinite(v) && fabs(v) >= 1) {
+        int digits = (int)floor(log10(fabs(v))) + 1;
+        if (digits > prec && digits <= 17)
+            prec = digits;
+    }
+    snprintf(buf, cap, "%.*g", prec, v);
+}
+
+/* "1..256" or "(0, 10]" */
+static void fmt_range(char *buf, size_t cap, const ccoe_config_key *k)
+{
+    if (k->type == CCOE_CFG_DOUBLE) {
+        char lo[32], hi[32];
+        fmt_double(lo, sizeof lo, k->min);
+        fmt_double(hi, sizeof hi, k->max);
+        snprintf(buf, cap, "%c%s, %s%c", k->min_open ? '(' : '[', lo, hi, k->max_open ? ')' : ']');
+    } else {
+        snprintf(buf, cap, "%.0f..%.0f", k->min, k->max);
+    }
+}
+
+/* "a, b, c" */
+static void fmt_names(char *buf, size_t cap, const char *const *names)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; names[i] && used < cap; i++) {
+        int w = snprintf(buf + used, cap - used, "%s%s", i ? ", " : "", names[i]);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+}
+
+static size_t count_names(const char *const *names)
+{
+    size_t n = 0;
+    while (names[n])
+        n++;
+    return n;
+}
+
+static size_t levenshtein(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63)
+        la = 63;
+    if (lb > 63)
+        lb = 63;
+    size_t prev[64], cur[64];
+    for (size_t j = 0; j <= lb; j++)
+        prev[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, (lb + 1) * sizeof prev[0]);
+    }
+    return prev[lb];
+}
+
+static int str_ieq(const char *a, const char *b)
+{
+    for (; *a && *b; a++, b++)
+        if (tolower((unsigned char)*a) != tolower((unsigned char)*b))
+            return 0;
+    return *a == *b;
+}
+
+static const ccoe_config_key *find_key(const char *section, const char *key)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(key_table[i].section, section) == 0 && strcmp(key_table[i].key, key) == 0)
+            return &key_table[i];
+    return NULL;
+}
+
+static int section_exists(const char *section)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(key_table[i].section, section) == 0)
+            return 1;
+    return 0;
+}
+
+/* Best guess for a mistyped "section.key": the same key in another section, else the closest
+ * full name by edit distance if it is close enough. Returns NULL if nothing is close. */
+static const ccoe_config_key *suggest(const char *section, const char *key)
+{
+    for (size_t i = 0; i < NKEYS; i++) /* right key, wrong section */
+        if (strcmp(key_table[i].key, key) == 0)
+            return &key_table[i];
+    for (size_t i = 0; i < NKEYS; i++) /* wrong case */
+        if (str_ieq(key_table[i].key, key) &&
+            (str_ieq(key_table[i].section, section) || !*section))
+            return &key_table[i];
+    char full[160];
+    snprintf(full, sizeof full, "%s.%s", section, key);
+    const ccoe_config_key *best = NULL;
+    size_t best_d = SIZE_MAX;
+    for (size_t i = 0; i < NKEYS; i++) {
+        char cand[160];
+        snprintf(cand, sizeof cand, "%s.%s", key_table[i].section, key_table[i].key);
+        size_t d = levenshtein(full, cand);
+        if (d < best_d) {
+            best_d = d;
+            best = &key_table[i];
+        }
+    }
+    size_t len = strlen(full);
+    if (best && best_d <= 3 && best_d * 3 <= len)
+        return best;
+    return NULL;
+}
+
+static ccoe_status unknown_key_error(const char *section, const char *key, const char *where,
+                                     ccoe_error *err)
+{
+    char ws[400], hint[200] = "";
+    where_suffix(ws, sizeof ws, where);
+    const ccoe_config_key *s = suggest(section, key);
+    if (s)
+        snprintf(hint, sizeof hint, " did you mean '%s.%s'?", s->section, s->key);
+    if (!*section)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "key '%.64s'%s is outside any section: put it under its "
+                              "[section];%s " HELP_HINT,
+                              key, ws, hint);
+    if (!section_exists(section))
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "unknown section [%.64s] in key '%.64s.%.64s'%s: sections are "
+                              "[model], [train], [data], [run];%s " HELP_HINT,
+                              section, section, key, ws, hint);
+    return ccoe_error_set(err, CCOE_ERR_CONFIG, "unknown key '%.64s.%.64s'%s;%s " HELP_HINT,
+                          section, key, ws, hint);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Checking and storing one value
+ */
+
+static ccoe_status check_integer(const ccoe_config_key *k, long long v, const char *where,
+                                 ccoe_error *err)
+{
+    if ((double)v < k->min || (double)v > k->max) {
+        char ws[400], range[80];
+        where_suffix(ws, sizeof ws, where);
+        fmt_range(range, sizeof range, k);
+        return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = %lld is out of range: allowed %s%s",
+                              k->section, k->key, v, range, ws);
+    }
+    return CCOE_OK;
+}
+
+static ccoe_status check_double(const ccoe_config_key *k, double v, const char *where,
+                                ccoe_error *err)
+{
+    char ws[400], vt[40];
+    where_suffix(ws, sizeof ws, where);
+    fmt_double(vt, sizeof vt, v);
+    if (!isfinite(v))
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "%s.%s = %s is not a finite number (NaN and Inf are not allowed)%s",
+                              k->section, k->key, vt, ws);
+    int below = k->min_open ? !(v > k->min) : !(v >= k->min);
+    int above = k->max_open ? !(v < k->max) : !(v <= k->max);
+    if (below || above) {
+        char range[80];
+        fmt_range(range, sizeof range, k);
+        return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = %s is out of range: allowed %s%s",
+                              k->section, k->key, vt, range, ws);
+    }
+    return CCOE_OK;
+}
+
+/* String rules shared by parsing and validation (s is NUL-terminated). */
+static ccoe_status check_string(const ccoe_config_key *k, const char *s, const char *where,
+                                ccoe_error *err)
+{
+    char ws[400];
+    where_suffix(ws, sizeof ws, where);
+    size_t len = strlen(s);
+    if (len > k->max_len)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "%s.%s = '%.40s...' is too long (%zu characters): at most %zu "
+                              "allowed; use a shorter (e.g. relative) value%s",
+                              k->section, k->key, s, len, k->max_len, ws);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "%s.%s contains a control character (byte 0x%02x at %zu): "
+                                  "only printable text is allowed%s",
+                                  k->section, k->key, ch, i, ws);
+        if (ch == ';')
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "%s.%s = '%.80s' contains ';', which starts a comment in INI "
+                                  "files: choose a value without it%s",
+                                  k->section, k->key, s, ws);
+    }
+    if (len && (isspace((unsigned char)s[0]) || isspace((unsigned char)s[len - 1])))
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "%s.%s = '%.80s' starts or ends with whitespace, which INI files "
+                              "drop: remove it%s",
+                              k->section, k->key, s, ws);
+    if (k->names) {
+        for (size_t i = 0; k->names[i]; i++)
+            if (strcmp(s, k->names[i]) == 0)
+                return CCOE_OK;
+        char allowed[200];
+        fmt_names(allowed, sizeof allowed, k->names);
+        return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = '%.80s': allowed %s%s", k->section,
+                              k->key, s, allowed, ws);
+    }
+    return CCOE_OK;
+}
+
+/* Parses text (already stripped of surrounding blanks) into k's field of c. Nothing is stored
+ * unless the value is valid. `where` names the origin for messages ("file x.ini line 3"). */
+static ccoe_status parse_value(const ccoe_config_key *k, ccoe_config *c, const char *v,
+                               const char *where, ccoe_error *err)
+{
+    char ws[400];
+    where_suffix(ws, sizeof ws, where);
+    const char *sec = k->section, *key = k->key;
+    switch (k->type) {
+    case CCOE_CFG_INT:
+    case CCOE_CFG_LONG:
+    case CCOE_CFG_U64: {
+        const char *what = k->type == CCOE_CFG_U64 ? "a non-negative integer" : "an integer";
+        if (!*v)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s is empty: expected %s%s", sec, key,
+                                  what, ws);
+        if (k->type == CCOE_CFG_U64 && (*v == '-' || *v == '+'))
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = '%.80s' is not %s%s", sec, key,
+                                  v, what, ws);
+        char *end = NULL;
+        errno = 0;
+        long long sv = 0;
+        unsigned long long uv = 0;
+        if (k->type == CCOE_CFG_U64)
+            uv = strtoull(v, &end, 10);
+        else
+            sv = strtoll(v, &end, 10);
+        int range_err = errno == ERANGE;
+        if (end == v || isspace((unsigned char)*v))
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = '%.80s' is not a number%s", sec,
+                                  key, v, ws);
+        if (*end)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "%s.%s = '%.80s' is not %s (trailing '%.40s')%s", sec, key, v,
+                                  what, end, ws);
+        if (k->type == CCOE_CFG_U64) {
+            if (range_err)
+                return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                      "%s.%s = %.80s is out of range: allowed 0..%" PRIu64 "%s",
+                                      sec, key, v, UINT64_MAX, ws);
+            *(uint64_t *)field(c, k) = (uint64_t)uv;
+            return CCOE_OK;
+        }
+        if (range_err) {
+            char range[80];
+            fmt_range(range, sizeof range, k);
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = %.80s is out of range: allowed %s%s",
+                                  sec, key, v, range, ws);
+        }
+        CCOE_TRY(check_integer(k, sv, where, err));
+        if (k->type == CCOE_CFG_INT)
+            *(int *)field(c, k) = (int)sv;
+        else
+            *(long *)field(c, k) = (long)sv;
+        return CCOE_OK;
+    }
+    case CCOE_CFG_DOUBLE: {
+        if (!*v)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s is empty: expected a number%s", sec,
+                                  key, ws);
+        char *end = NULL;
+        errno = 0;
+        double d = strtod(v, &end);
+        if (end == v || isspace((unsigned char)*v))
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = '%.80s' is not a number%s", sec,
+                                  key, v, ws);
+        if (*end)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "%s.%s = '%.80s' is not a number (trailing '%.40s')%s", sec, key,
+                                  v, end, ws);
+        if (!isfinite(d))
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "%s.%s = '%.80s' is not a finite number (NaN, Inf and "
+                                  "overflowing values are not allowed)%s",
+                                  sec, key, v, ws);
+        CCOE_TRY(check_double(k, d, where, err));
+        *(double *)field(c, k) = d;
+        return CCOE_OK;
+    }
+    case CCOE_CFG_BOOL: {
+        static const char *const yes[] = {"true", "1", "yes"}, *const no[] = {"false", "0", "no"};
+        for (size_t i = 0; i < 3; i++) {
+            if (str_ieq(v, yes[i])) {
+                *(int *)field(c, k) = 1;
+                return CCOE_OK;
+            }
+            if (str_ieq(v, no[i])) {
+                *(int *)field(c, k) = 0;
+                return CCOE_OK;
+            }
+        }
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "%s.%s = '%.80s': allowed true, false, 1, 0, yes, no%s", sec, key, v,
+                              ws);
+    }
+    case CCOE_CFG_ENUM: {
+        for (size_t i = 0; k->names[i]; i++) {
+            if (strcmp(v, k->names[i]) == 0) {
+                *(int *)field(c, k) = (int)i;
+                return CCOE_OK;
+            }
+        }
+        char allowed[200];
+        fmt_names(allowed, sizeof allowed, k->names);
+        return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = '%.80s': allowed %s%s", sec, key, v,
+                              allowed, ws);
+    }
+    case CCOE_CFG_STRING: {
+        CCOE_TRY(check_string(k, v, where, err));
+        assert(strlen(v) < k->size);
+        char *dst = field(c, k);
+        memset(dst, 0, k->size); /* keeps the struct memcmp-comparable */
+        memcpy(dst, v, strlen(v));
+        return CCOE_OK;
+    }
+    }
+    return ccoe_error_set(err, CCOE_ERR_INTERNAL, "config key %s.%s has an unknown type", sec,
+                          key);
+}
+
+/* Checks the value stored in c for key k (validation of a struct edited in code). */
+static ccoe_status check_stored(const ccoe_config_key *k, const ccoe_config *c, ccoe_error *err)
+{
+    switch (k->type) {
+    case CCOE_CFG_INT: return check_integer(k, *(const int *)cfield(c, k), NULL, err);
+    case CCOE_CFG_LONG: return check_integer(k, *(const long *)cfield(c, k), NULL, err);
+    case CCOE_CFG_DOUBLE: return check_double(k, *(const double *)cfield(c, k), NULL, err);
+    case CCOE_CFG_U64: return CCOE_OK;
+    case CCOE_CFG_BOOL: {
+        int b = *(const int *)cfield(c, k);
+        if (b != 0 && b != 1)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = %d: allowed true (1) or false (0)",
+                                  k->section, k->key, b);
+        return CCOE_OK;
+    }
+    case CCOE_CFG_ENUM: {
+        int e = *(const int *)cfield(c, k);
+        if (e < 0 || (size_t)e >= count_names(k->names)) {
+            char allowed[200];
+            fmt_names(allowed, sizeof allowed, k->names);
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = %d is not a valid value: allowed %s",
+                                  k->section, k->key, e, allowed);
+        }
+        return CCOE_OK;
+    }
+    case CCOE_CFG_STRING: {
+        const char *s = cfield(c, k);
+        if (!memchr(s, '\0', k->size))
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s is not NUL-terminated", k->section,
+                                  k->key);
+        return check_string(k, s, NULL, err);
+    }
+    }
+    return ccoe_error_set(err, CCOE_ERR_INTERNAL, "config key %s.%s has an unknown type",
+                          k->section, k->key);
+}
+
+/* Formats k's value in c as INI text. */
+static void format_value(const ccoe_config_key *k, const ccoe_config *c, char *buf, size_t cap)
+{
+    switch (k->type) {
+    case CCOE_CFG_INT: snprintf(buf, cap, "%d", *(const int *)cfield(c, k)); return;
+    case CCOE_CFG_LONG: snprintf(buf, cap, "%ld", *(const long *)cfield(c, k)); return;
+    case CCOE_CFG_U64: snprintf(buf, cap, "%" PRIu64, *(const uint64_t *)cfield(c, k)); return;
+    case CCOE_CFG_DOUBLE: fmt_double(buf, cap, *(const double *)cfield(c, k)); return;
+    case CCOE_CFG_BOOL: snprintf(buf, cap, "%s", *(const int *)cfield(c, k) ? "true" : "false"); return;
+    case CCOE_CFG_ENUM: {
+        int e = *(const int *)cfield(c, k);
+        size_t n = count_names(k->names);
+        if (e >= 0 && (size_t)e < n)
+            snprintf(buf, cap, "%s", k->names[e]);
+        else
+            snprintf(buf, cap, "%d", e); /* invalid; reading it back reports the error */
+        return;
+    }
+    case CCOE_CFG_STRING: {
+        const char *s = cfield(c, k);
+        snprintf(buf, cap, "%.*s", (int)strnlen(s, k->size), s);
+        return;
+    }
+    }
+    buf[0] = '\0';
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Public: defaults, parsing, overrides
+ */
+
+void ccoe_config_defaults(ccoe_config *c)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < NKEYS; i++) {
+        ccoe_status st = parse_value(&key_table[i], c, key_table[i].def, "default", NULL);
+        assert(st == CCOE_OK && "every default in key_table must parse");
+        (void)st;
+    }
+}
+
+typedef struct ini_ctx {
+    ccoe_config work;   /* parsed into a copy; committed only on success */
+    const char *origin; /* "file x.ini" */
+    const char *pos;    /* reader position in the text */
+    int line;           /* line number of the line last handed to libinih */
+    int failed;
+    int fail_line; /* line of the error that set failed */
+    ccoe_status status;
+    ccoe_error *err;
+    int seen[NKEYS]; /* line where each key was set, 0 = not yet */
+} ini_ctx;
+
+static void ini_where(const ini_ctx *ctx, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s line %d", ctx->origin, ctx->line);
+}
+
+/* Feeds libinih one line at a time: counts lines, drops leading blanks (so no line is taken as
+ * a continuation) and rejects lines that would not fit its buffer instead of splitting them. */
+static char *read_line(char *buf, int num, void *stream)
+{
+    ini_ctx *ctx = stream;
+    if (ctx->failed || !*ctx->pos)
+        return NULL;
+    const char *p = ctx->pos;
+    const char *nl = strchr(p, '\n');
+    const char *end = nl ? nl : p + strlen(p);
+    ctx->pos = nl ? nl + 1 : end;
+    ctx->line++;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    while (end > p && isspace((unsigned char)end[-1]))
+        end--;
+    size_t len = (size_t)(end - p);
+    if (num < 1 || len > (size_t)num - 1) {
+        char where[400];
+        ini_where(ctx, where, sizeof where);
+        ctx->status = ccoe_error_set(ctx->err, CCOE_ERR_CONFIG,
+                                     "line too long (%zu characters; at most %d) (%s): shorten "
+                                     "the value",
+                                     len, num - 1, where);
+        ctx->failed = 1;
+        ctx->fail_line = ctx->line;
+        return NULL;
+    }
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+    return buf;
+}
+
+static ccoe_status apply_key(ccoe_config *c, const char *section, const char *key,
+                             const char *value, const char *where, int *seen_line, int line,
+                             ccoe_error *err)
+{
+    const ccoe_config_key *k = find_key(section, key);
+    if (!k)
+        return unknown_key_error(section, key, where, err);
+    size_t idx = (size_t)(k - key_table);
+    if (seen_line) {
+        if (seen_line[idx])
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "%s.%s is set twice (lines %d and %d) (%s): keep one",
+                                  k->section, k->key, seen_line[idx], line, where);
+        seen_line[idx] = line;
+    }
+    return parse_value(k, c, value, where, err);
+}
+
+static int on_key(void *user, const char *section, const char *name, const char *value)
+{
+    ini_ctx *ctx = user;
+    if (ctx->failed)
+        return 1;
+    char where[400];
+    ini_where(ctx, where, sizeof where);
+    ccoe_status st = apply_key(&ctx->work, section, name, value, where, ctx->seen, ctx->line,
+                               ctx->err);
+    if (st != CCOE_OK) {
+        ctx->status = st;
+        ctx->failed = 1;
+        ctx->fail_line = ctx->line;
+        return 0;
+    }
+    return 1;
+}
+
+ccoe_status ccoe_config_load_string(ccoe_config *c, const char *text, const char *origin,
+                                    ccoe_error *err)
+{
+    ini_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory parsing a config");
+    ctx->work = *c;
+    ctx->origin = origin && *origin ? origin : "config text";
+    ctx->pos = text ? text : "";
+    ctx->err = err;
+    int r = ini_parse_stream(read_line, ctx, on_key, ctx);
+    ccoe_status st = CCOE_OK;
+    if (r == -2) {
+        st = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory parsing %s", ctx->origin);
+    } else if (ctx->failed && (r <= 0 || r >= ctx->fail_line)) {
+        st = ctx->status;
+    } else if (r > 0) {
+        /* A line libinih could not parse: quote it. */
+        const char *p = text;
+        for (int i = 1; i < r && p; i++) {
+            p = strchr(p, '\n');
+            if (p)
+                p++;
+        }
+        int len = 0;
+        if (p)
+            while (p[len] && p[len] != '\n' && p[len] != '\r' && len < 80)
+                len++;
+        st = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                            "syntax error (%s line %d): '%.*s' is neither '[section]' nor "
+                            "'key = value'",
+                            ctx->origin, r, len, p ? p : "");
+    }
+    if (st == CCOE_OK)
+        *c = ctx->work;
+    free(ctx);
+    return st;
+}
+
+ccoe_status ccoe_config_load_file(ccoe_config *c, const char *path, ccoe_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ccoe_error_set(err, CCOE_ERR_IO, "cannot open config file '%s': %s; check the path",
+                              path, strerror(errno));
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    ccoe_status st = CCOE_OK;
+    while (buf) {
+        if (len + 1 >= cap) {
+            if (cap >= ((size_t)16 << 20)) {
+                st = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                    "config file '%s' is larger than 16 MB: is it a config?",
+                                    path);
+                break;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t got = fread(buf + len, 1, cap - 1 - len, f);
+        len += got;
+        if (got == 0) {
+            if (ferror(f))
+                st = ccoe_error_set(err, CCOE_ERR_IO, "cannot read config file '%s': %s", path,
+                                    strerror(errno));
+            break;
+        }
+    }
+    fclose(f);
+    if (!buf)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory reading config file '%s'", path);
+    if (st == CCOE_OK) {
+        buf[len] = '\0';
+        if (strlen(buf) != len) {
+            st = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                "config file '%s' contains a NUL byte: is it a text file?", path);
+        } else {
+            char origin[600];
+            snprintf(origin, sizeof origin, "file %s", path);
+            st = ccoe_config_load_string(c, buf, origin, err);
+        }
+    }
+    free(buf);
+    return st;
+}
+
+static void strip(const char **b, const char **e)
+{
+    while (*b < *e && isspace((unsigned char)**b))
+        (*b)++;
+    while (*e > *b && isspace((unsigned char)(*e)[-1]))
+        (*e)--;
+}
+
+ccoe_status ccoe_config_set(ccoe_config *c, const char *assignment, ccoe_error *err)
+{
+    const char *eq = strchr(assignment, '=');
+    if (!eq)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "--set '%.200s' has no '=': write --set section.key=value "
+                              "(e.g. --set model.n_layer=4)",
+                              assignment);
+    const char *nb = assignment, *ne = eq, *vb = eq + 1, *ve = eq + strlen(eq);
+    strip(&nb, &ne);
+    strip(&vb, &ve);
+    char name[160], value[CCOE_STR * 2], where[CCOE_STR * 2 + 200];
+    if ((size_t)(ne - nb) >= sizeof name)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG, "--set '%.80s...': key name too long; " HELP_HINT,
+                              assignment);
+    if ((size_t)(ve - vb) >= sizeof value)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "--set %.*s: value is too long (%zu characters)", (int)(ne - nb), nb,
+                              (size_t)(ve - vb));
+    memcpy(name, nb, (size_t)(ne - nb));
+    name[ne - nb] = '\0';
+    memcpy(value, vb, (size_t)(ve - vb));
+    value[ve - vb] = '\0';
+    snprintf(where, sizeof where, "--set %s=%.*s", name, 60, value);
+    char *dot = strchr(name, '.');
+    if (!dot) {
+        const ccoe_config_key *s = suggest("", name);
+        if (s)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "--set '%s': the key needs its section; did you mean "
+                                  "'%s.%s'? " HELP_HINT,
+                                  name, s->section, s->key);
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "--set '%s': expected section.key=value; " HELP_HINT, name);
+    }
+    *dot = '\0';
+    ccoe_config work = *c;
+    CCOE_TRY(apply_key(&work, name, dot + 1, value, where, NULL, 0, err));
+    *c = work;
+    return CCOE_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Validation
+ */
+
+static int swiglu_hidden(int C)
+{
+    long f = (8L * C + 1) / 3; /* 8C/3 rounded to the nearest integer */
+    return (int)((f + 63) / 64 * 64);
+}
+
+ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        CCOE_TRY(check_stored(&key_table[i], c, err));
+
+    const ccoe_model_config *m = &c->model;
+    if (m->n_embd % m->n_head != 0) {
+        char ok[160] = "";
+        size_t used = 0;
+        for (int h = 1; h <= m->n_embd && h <= 64 && used < sizeof ok; h++)
+            if (m->n_embd % h == 0) {
+                int w = snprintf(ok + used, sizeof ok - used, "%s%d", used ? ", " : "", h);
+                if (w > 0)
+                    used += (size_t)w;
+            }
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "model.n_embd = %d is not divisible by model.n_head = %d: choose "
+                              "n_head among the divisors of n_embd (%s%s) or change n_embd",
+                              m->n_embd, m->n_head, ok, m->n_embd > 64 ? ", ..." : "");
+    }
+    if ((long long)c->train.batch_size * m->seq_len > INT_MAX)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "train.batch_size * model.seq_len = %d * %d tokens per micro-batch "
+                              "exceeds %d: lower batch_size (use train.grad_accum instead)",
+                              c->train.batch_size, m->seq_len, INT_MAX);
+    if (!c->train.out_dir[0])
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "train.out_dir is empty: set it to the directory for checkpoints "
+                              "and metrics (e.g. runs/default)");
+    if (!c->data.manifest[0])
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "data.manifest is empty: set it to \"builtin\" or a manifest path");
+    if (!c->data.tokenizer[0])
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "data.tokenizer is empty: set it to \"byte\"");
+
+    if (c->model.ffn_hidden == 0) {
+        int C = m->n_embd;
+        c->model.ffn_hidden = m->ffn == CCOE_FFN_SWIGLU ? swiglu_hidden(C) : 4 * C;
+    }
+    return CCOE_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Printing and hashing: one emitter feeds either a growing string or the hash.
+ */
+
+typedef struct sink {
+    char *buf; /* NULL: hash only */
+    size_t len, cap;
+    uint64_t hash;
+    int failed;
+} sink;
+
+static void sink_put(sink *s, const char *text)
+{
+    size_t n = strlen(text);
+    for (size_t i = 0; i < n; i++) {
+        s->hash ^= (unsigned char)text[i];
+        s->hash *= 0x100000001b3ULL;
+    }
+    if (!s->buf || s->failed)
+        return;
+    if (s->len + n + 1 > s->cap) {
+        size_t cap = s->cap;
+        while (s->len + n + 1 > cap)
+            cap *= 2;
+        char *nb = realloc(s->buf, cap);
+        if (!nb) {
+            s->failed = 1;
+            return;
+        }
+        s->buf = nb;
+        s->cap = cap;
+    }
+    memcpy(s->buf + s->len, text, n + 1);
+    s->len += n;
+}
+
+static void emit_ini(const ccoe_config *c, sink *s)
+{
+    char line[CCOE_STR + 128], value[CCOE_STR + 16];
+    sink_put(s, "; ccoe resolved configuration\n");
+    const char *section = "";
+    for (size_t i = 0; i < NKEYS; i++) {
+        const ccoe_config_key *k = &key_table[i];
+        if (strcmp(k->section, section) != 0) {
+            section = k->section;
+            snprintf(line, sizeof line, "\n[%s]\n", section);
+            sink_put(s, line);
+        }
+        format_value(k, c, value, sizeof value);
+        snprintf(line, sizeof line, "%s = %s\n", k->key, value);
+        sink_put(s, line);
+    }
+}
+
+char *ccoe_config_to_ini(const ccoe_config *c)
+{
+    sink s = {.buf = malloc(2048), .cap = 2048, .hash = 0xcbf29ce484222325ULL};
+    if (!s.buf)
+        return NULL;
+    s.buf[0] = '\0';
+    emit_ini(c, &s);
+    if (s.failed) {
+        free(s.buf);
+        return NULL;
+    }
+    return s.buf;
+}
+
+uint64_t ccoe_config_hash(const ccoe_config *c)
+{
+    sink s = {.buf = NULL, .hash = 0xcbf29ce484222325ULL};
+    emit_ini(c, &s);
+    return s.hash;
+}
+
+void ccoe_config_print_help(FILE *f)
+{
+    fprintf(f, "Configuration keys. Set them in an INI file ([section] then key = value) or with\n"
+               "--set section.key=value (applied after the file). Unknown keys are errors.\n");
+    const char *section = "";
+    for (size_t i = 0; i < NKEYS; i++) {
+        const ccoe_config_key *k = &key_table[i];
+        if (strcmp(k->section, section) != 0) {
+            section = k->section;
+            fprintf(f, "\n[%s]\n", section);
+        }
+        char allowed[256];
+        switch (k->type) {
+        case CCOE_CFG_INT:
+        case CCOE_CFG_LONG: {
+            char r[80];
+            fmt_range(r, sizeof r, k);
+            snprintf(allowed, sizeof allowed, "integer %s", r);
+            break;
+        }
+        case CCOE_CFG_DOUBLE: {
+            char r[80];
+            fmt_range(r, sizeof r, k);
+            snprintf(allowed, sizeof allowed, "number %s", r);
+            break;
+        }
+        case CCOE_CFG_U64: snprintf(allowed, sizeof allowed, "integer 0..%" PRIu64, UINT64_MAX); break;
+        case CCOE_CFG_BOOL: snprintf(allowed, sizeof allowed, "true | false"); break;
+        case CCOE_CFG_ENUM: {
+            char n[200];
+            fmt_names(n, sizeof n, k->names);
+            snprintf(allowed, sizeof allowed, "one of %s", n);
+            break;
+        }
+        case CCOE_CFG_STRING:
+            if (k->names) {
+                char n[200];
+                fmt_names(n, sizeof n, k->names);
+                snprintf(allowed, sizeof allowed, "one of %s", n);
+            } else {
+                snprintf(allowed, sizeof allowed, "text, at most %zu characters", k->max_len);
+            }
+            break;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "%s.%s", k->section, k->key);
+        fprintf(f, "  %-20s default %-14s %s\n      %s\n", name, k->def, allowed, k->help);
+    }
+}

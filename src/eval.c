@@ -1,0 +1,194 @@
+/* eval.c - validation loss per domain and exact-match task accuracy by greedy decoding. */
+#include "eval.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+
+ccoe_status ccoe_batch_init(ccoe_batch *b, int maxB, int maxT, ccoe_error *err)
+{
+    size_t n = (size_t)maxB * maxT;
+    b->tokens = ccoe_aligned_calloc(n * sizeof(int32_t));
+    b->targets = ccoe_aligned_calloc(n * sizeof(int32_t));
+    b->domains = ccoe_aligned_calloc((size_t)maxB * sizeof(int32_t));
+    b->maxB = maxB;
+    b->maxT = maxT;
+    if (!b->tokens || !b->targets || !b->domains) {
+        ccoe_batch_free(b);
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate batch buffers");
+    }
+    return CCOE_OK;
+}
+
+void ccoe_batch_free(ccoe_batch *b)
+{
+    free(b->tokens);
+    free(b->targets);
+    free(b->domains);
+    b->tokens = b->targets = b->domains = NULL;
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                          const char *const *prompts, int n, int max_new, char stop,
+                          char **outs, size_t out_cap)
+{
+    const int T = b->maxT;
+    const int V = tok->ops->vocab_size(tok->self);
+    int len[CCOE_GEN_MAX], done[CCOE_GEN_MAX];
+    size_t olen[CCOE_GEN_MAX];
+    assert(n >= 0 && n <= CCOE_GEN_MAX && n <= b->maxB);
+    for (int i = 0; i < n; i++) {
+        int32_t *row = b->tokens + (size_t)i * T;
+        row[0] = CCOE_TOK_BOS;
+        size_t need = tok->ops->encode(tok->self, prompts[i], strlen(prompts[i]), row + 1,
+                                       (size_t)T - 1);
+        len[i] = 1 + (int)(need < (size_t)T - 1 ? need : (size_t)T - 1);
+        done[i] = len[i] >= T;
+        olen[i] = 0;
+        outs[i][0] = '\0';
+    }
+    for (int step = 0; step < max_new; step++) {
+        int Tc = 0, active = 0;
+        for (int i = 0; i < n; i++)
+            if (!done[i]) {
+                active = 1;
+                if (len[i] > Tc)
+                    Tc = len[i];
+            }
+        if (!active)
+            break;
+        /* rows are laid out with stride T in b->tokens; repack to stride Tc for the forward */
+        for (int i = 0; i < n; i++) {
+            int32_t *src = b->tokens + (size_t)i * T;
+            int32_t *dst = b->targets + (size_t)i * Tc;
+            for (int t = 0; t < Tc; t++)
+                dst[t] = t < len[i] ? src[t] : CCOE_TOK_PAD;
+        }
+        ccoe_model_forward(m, b->targets, NULL, n, Tc, NULL);
+        for (int i = 0; i < n; i++) {
+            if (done[i])
+                continue;
+            /* only the tokenizer's real ids are candidates (the vocab may be padded) */
+            int next = argmax(ccoe_model_logits(m, i, len[i] - 1, Tc), V);
+            char piece[16];
+            size_t k = tok->ops->decode(tok->self, &next, 1, piece, sizeof piece);
+            if (next == CCOE_TOK_EOS || (k == 1 && piece[0] == stop)) {
+                done[i] = 1;
+                continue;
+            }
+            if (olen[i] + k + 1 < out_cap) {
+                memcpy(outs[i] + olen[i], piece, k);
+                olen[i] += k;
+                outs[i][olen[i]] = '\0';
+            }
+            b->tokens[(size_t)i * T + len[i]] = next;
+            len[i]++;
+            if (len[i] >= T)
+                done[i] = 1;
+        }
+    }
+}
+
+static void eval_tasks(ccoe_model *m, const ccoe_domain *d, const ccoe_tokenizer *tok,
+                       ccoe_batch *b, ccoe_domain_eval *ev)
+{
+    enum { OUT_CAP = 256 };
+    char outbuf[CCOE_GEN_MAX][OUT_CAP];
+    char *outs[CCOE_GEN_MAX];
+    const char *prompts[CCOE_GEN_MAX];
+    int chunk = b->maxB < CCOE_GEN_MAX ? b->maxB : CCOE_GEN_MAX;
+    for (int i = 0; i < CCOE_GEN_MAX; i++)
+        outs[i] = outbuf[i];
+    for (size_t first = 0; first < d->n_tasks; first += (size_t)chunk) {
+        int n = (int)(d->n_tasks - first < (size_t)chunk ? d->n_tasks - first : (size_t)chunk);
+        int max_new = 1;
+        for (int i = 0; i < n; i++) {
+            prompts[i] = d->tasks[first + i].prompt;
+            int need = (int)strlen(d->tasks[first + i].answer) + 4;
+            if (need > max_new)
+                max_new = need;
+        }
+        ccoe_generate_greedy(m, tok, b, prompts, n, max_new, d->answer_stop, outs, OUT_CAP);
+        for (int i = 0; i < n; i++) {
+            ev->task_total++;
+            ev->task_correct += strcmp(outs[i], d->tasks[first + i].answer) == 0;
+        }
+    }
+}
+
+void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
+                       ccoe_batch *b, int max_batches, int with_tasks, ccoe_domain_eval *out)
+{
+    const int B = b->maxB, T = ds->T;
+    for (int d = 0; d < ds->n_domains; d++) {
+        ccoe_domain_eval *ev = &out[d];
+        memset(ev, 0, sizeof *ev);
+        double sum = 0.0;
+        long count = 0;
+        size_t nval = ds->domains[d].n_val;
+        for (size_t first = 0, k = 0; first < nval; first += (size_t)B, k++) {
+            if (max_batches > 0 && k >= (size_t)max_batches)
+                break;
+            int got = ccoe_data_val_batch(ds, d, first, b->tokens, b->targets, b->domains, B);
+            long c = 0;
+            sum += ccoe_model_forward(m, b->tokens, b->targets, got, T, &c);
+            count += c;
+        }
+        ev->loss = count ? sum / (double)count : NAN;
+        ev->tokens = count;
+        if (with_tasks && ds->domains[d].n_tasks > 0)
+            eval_tasks(m, &ds->domains[d], tok, b, ev);
+    }
+}
+
+void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
+{
+    fprintf(f, "%-12s %10s %10s %9s %14s\n", "domain", "val_loss", "perplexity", "tokens",
+            "task_accuracy");
+    double wsum = 0.0;
+    long wtok = 0;
+    for (int d = 0; d < ds->n_domains; d++) {
+        const ccoe_domain_eval *e = &ev[d];
+        char acc[48];
+        if (e->task_total > 0)
+            snprintf(acc, sizeof acc, "%5.1f%% (%ld/%ld)",
+                     100.0 * (double)e->task_correct / (double)e->task_total, e->task_correct,
+                     e->task_total);
+        else
+            snprintf(acc, sizeof acc, "-");
+        fprintf(f, "%-12s %10.4f %10.3f %9ld %14s\n", ds->domains[d].name, e->loss, exp(e->loss),
+                e->tokens, acc);
+        wsum += e->loss * (double)e->tokens;
+        wtok += e->tokens;
+    }
+    if (wtok > 0)
+        fprintf(f, "%-12s %10.4f %10.3f %9ld\n", "all", wsum / (double)wtok,
+                exp(wsum / (double)wtok), wtok);
+}
+
+void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
+{
+    fputc('{', f);
+    for (int d = 0; d < ds->n_domains; d++) {
+        const ccoe_domain_eval *e = &ev[d];
+        fprintf(f, "%s\"%s\":{\"loss\":%.6f,\"ppl\":%.6f,\"tokens\":%ld", d ? "," : "",
+                ds->domains[d].name, e->loss, exp(e->loss), e->tokens);
+        if (e->task_total > 0)
+            fprintf(f, ",\"acc\":%.6f,\"task_n\":%ld",
+                    (double)e->task_correct / (double)e->task_total, e->task_total);
+        fputc('}', f);
+    }
+    fputc('}', f);
+}

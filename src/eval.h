@@ -1,0 +1,47 @@
+/* eval.h - per-domain validation loss, perplexity and exact-match task accuracy. */
+#ifndef CCOE_EVAL_H
+#define CCOE_EVAL_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "data.h"
+#include "model.h"
+#include "tokenizer.h"
+
+typedef struct ccoe_domain_eval {
+    double loss;      /* mean next-token loss (nats) over the evaluated validation tokens */
+    long tokens;      /* validation tokens counted */
+    long task_total;  /* task examples evaluated (0: domain has no task) */
+    long task_correct;
+} ccoe_domain_eval;
+
+/* Caller-owned buffers for evaluation batches (sized once: maxB * maxT). */
+typedef struct ccoe_batch {
+    int32_t *tokens, *targets, *domains;
+    int maxB, maxT;
+} ccoe_batch;
+
+ccoe_status ccoe_batch_init(ccoe_batch *b, int maxB, int maxT, ccoe_error *err);
+void ccoe_batch_free(ccoe_batch *b);
+
+/* Evaluates every domain: at most max_batches validation batches of B sequences each
+ * (0 = all) and, if with_tasks, every stored task example by greedy decoding. */
+void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
+                       ccoe_batch *b, int max_batches, int with_tasks, ccoe_domain_eval *out);
+
+#define CCOE_GEN_MAX 64 /* prompts decoded together at most */
+
+/* Greedy-decodes up to max_new tokens after each prompt (n <= min(b->maxB, CCOE_GEN_MAX)); writes the
+ * decoded continuation of prompt i (stopping before `stop` or at EOS) into outs[i]. */
+void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                          const char *const *prompts, int n, int max_new, char stop,
+                          char **outs, size_t out_cap);
+
+/* Prints the per-domain table (domain, val loss, perplexity, task accuracy). */
+void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev);
+
+/* Appends {"loss":..,"ppl":..,"acc":..} per domain as one JSON object to f (no newline). */
+void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev);
+
+#endif

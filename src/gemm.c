@@ -1,0 +1,471 @@
+/* gemm.c - the GEMM layer: reference loops, BLIS and libxsmm behind ccoe_gemm_run.
+ *
+ * Everything is row-major single precision. BLIS is called through its typed expert API with
+ * explicit row/column strides, so row-major and transposed operands need no copies; the thread
+ * count travels in a per-call rntm_t (no global state is changed per call). libxsmm 1.x JIT
+ * kernels are column-major: a row-major C = op(A) op(B) is the column-major C^T = op(B)^T op(A)^T,
+ * so the operands are passed swapped. libxsmm 1.17 only handles alpha = 1, beta in {0, 1} and an
+ * untransposed first (column-major) operand, i.e. transb = 0 here; everything else falls back to
+ * BLIS. This is the only file that includes <blis.h> and <libxsmm.h>.
+ *
+ * BLIS kernel choice: Debian's runtime-dispatched BLIS 0.9 does not recognise recent CPUs (e.g.
+ * AMD Zen 5) and then silently runs its reference kernels (~35 GFLOP/s instead of ~200 per
+ * core). BLIS reads BLIS_ARCH_TYPE once, when it first initialises, so the first ccoe_gemm_init
+ * sets it (unless the user already did) before BLIS's first call, and reports what BLIS chose.
+ *
+ * Not here: batched/grouped GEMM, bf16, anything allocating memory on the call path.
+ */
+#define _GNU_SOURCE /* setenv */
+#include "gemm.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <omp.h>
+
+/* BLIS 0.9's header defines hundreds of unused static functions; keep our warnings readable. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wtype-limits"
+#include <blis.h>
+#pragma GCC diagnostic pop
+#include <libxsmm.h>
+
+/* ---- AUTO policy (measured on AMD Zen 5; see gemm_auto_uses_xsmm) ---- */
+
+/* AUTO uses libxsmm when op(B) (K x N floats) fits in this much of the 1 MiB L2 ... */
+#define CCOE_GEMM_XSMM_MAX_KN (192L * 1024L)
+/* ... or when C has at most this many rows (op(B) is then streamed only a few times). */
+#define CCOE_GEMM_XSMM_MAX_M 64
+
+/* A threaded libxsmm call splits the rows of C into blocks for OpenMP only when it has at least
+ * this many multiply-adds per thread and this many rows per thread; otherwise one thread runs it. */
+#define CCOE_GEMM_XSMM_PAR_MIN_MNK (64L * 64L * 64L)
+#define CCOE_GEMM_XSMM_PAR_MIN_ROWS 16
+
+/* ---- process-wide one-time setup (BLIS and libxsmm are process-global libraries) ---- */
+
+typedef struct gemm_global {
+    ccoe_status status;    /* outcome of the one-time setup (BLIS and libxsmm unusable if not OK) */
+    char msg[512];         /* its error message */
+    char blis_name[24];    /* bli_arch_string of the configuration BLIS runs */
+    char xsmm_name[24];    /* libxsmm target ("cpx", "hsw", ...) */
+    int xsmm_ok;           /* libxsmm can JIT on this CPU */
+} gemm_global;
+
+static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
+static gemm_global gemm_g;
+
+/* Configurations registered in Debian's x86_64 BLIS 0.9 build (intel64 + amd64 + generic);
+ * asking BLIS for any other id makes it abort. */
+static int blis_arch_is_registered(long id)
+{
+    switch (id) {
+    case BLIS_ARCH_SKX:
+    case BLIS_ARCH_KNL:
+    case BLIS_ARCH_HASWELL:
+    case BLIS_ARCH_SANDYBRIDGE:
+    case BLIS_ARCH_PENRYN:
+    case BLIS_ARCH_ZEN3:
+    case BLIS_ARCH_ZEN2:
+    case BLIS_ARCH_ZEN:
+    case BLIS_ARCH_EXCAVATOR:
+    case BLIS_ARCH_STEAMROLLER:
+    case BLIS_ARCH_PILEDRIVER:
+    case BLIS_ARCH_BULLDOZER:
+    case BLIS_ARCH_GENERIC:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The BLIS configuration this CPU should run: skx (AVX-512) where the CPU has the AVX-512
+ * subsets its kernels use, an AVX2/FMA configuration otherwise, -1 (let BLIS decide) below. */
+static long blis_arch_for_cpu(void)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        return BLIS_ARCH_SKX;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return __builtin_cpu_is("amd") ? BLIS_ARCH_ZEN3 : BLIS_ARCH_HASWELL;
+    return -1;
+}
+
+static void gemm_global_setup(void)
+{
+    gemm_global *s = &gemm_g;
+    s->status = CCOE_OK;
+
+    /* 1. Decide BLIS_ARCH_TYPE before BLIS initialises (it reads the variable exactly once). */
+    long want = -1;
+    int user_set = 0;
+    const char *env = getenv("BLIS_ARCH_TYPE");
+    if (env && env[0]) {
+        /* BLIS parses with atoi-like rules ("skx" silently becomes 0) and aborts on ids it was
+         * not built with: check the value here so that a typo becomes an error message. */
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(env, &end, 10);
+        if (errno || end == env || *end != '\0' || (v != -1 && !blis_arch_is_registered(v))) {
+            s->status = CCOE_ERR_BACKEND;
+            snprintf(s->msg, sizeof s->msg,
+                     "BLIS_ARCH_TYPE='%s' is not a BLIS architecture id this BLIS was built with; "
+                     "use an integer (%d = skx/AVX-512, %d = haswell/AVX2, %d = zen3, -1 = "
+                     "autodetect) or unset it and let ccoe choose",
+                     env, (int)BLIS_ARCH_SKX, (int)BLIS_ARCH_HASWELL, (int)BLIS_ARCH_ZEN3);
+            return;
+        }
+        want = v;
+        user_set = 1;
+    } else {
+        want = blis_arch_for_cpu();
+        if (want >= 0) {
+            char buf[16];
+            snprintf(buf, sizeof buf, "%ld", want);
+            setenv("BLIS_ARCH_TYPE", buf, 1);
+        }
+    }
+
+    /* 2. Initialise BLIS (bli_init must precede bli_arch_query_id when BLIS_ARCH_TYPE is set). */
+    bli_init();
+    arch_t got = bli_arch_query_id();
+    snprintf(s->blis_name, sizeof s->blis_name, "%s", bli_arch_string(got));
+    if (!user_set && want >= 0 && (long)got != want && got == BLIS_ARCH_GENERIC) {
+        /* Some code called BLIS before us, so it already chose its slow reference kernels. */
+        s->status = CCOE_ERR_BACKEND;
+        snprintf(s->msg, sizeof s->msg,
+                 "BLIS was initialised before ccoe_gemm_init and runs its reference kernels "
+                 "(blis:%s, about 5x slower) instead of %s; call ccoe_gemm_init before any other "
+                 "BLIS use or export BLIS_ARCH_TYPE=%ld",
+                 s->blis_name, bli_arch_string((arch_t)want), want);
+        return;
+    }
+
+    /* 3. libxsmm: JIT needs at least AVX2 here (below that it would return no kernels). */
+    libxsmm_init();
+    snprintf(s->xsmm_name, sizeof s->xsmm_name, "%s", libxsmm_get_target_arch());
+    s->xsmm_ok = libxsmm_get_target_archid() >= LIBXSMM_X86_AVX2;
+}
+
+/* ---- shared helpers ---- */
+
+/* C(M,N) = beta * C, overwriting (NaN-safe) when beta == 0. */
+static void scale_c(int M, int N, float beta, float *C, int ldc)
+{
+    for (int i = 0; i < M; i++) {
+        float *c = C + (size_t)i * ldc;
+        if (beta == 0.0f)
+            memset(c, 0, (size_t)N * sizeof *c);
+        else if (beta != 1.0f)
+            for (int j = 0; j < N; j++)
+                c[j] *= beta;
+    }
+}
+
+/* Handles the cases no backend needs to see; returns 1 when C is already final. */
+static int gemm_trivial(int transa, int transb, int M, int N, int K, float alpha, int lda,
+                        int ldb, float beta, float *C, int ldc)
+{
+    assert(M >= 0 && N >= 0 && K >= 0);
+    assert(ldc >= N || M <= 1);
+    if (M == 0 || N == 0)
+        return 1;
+    if (K == 0 || alpha == 0.0f) { /* BLAS semantics: A and B are not read */
+        scale_c(M, N, beta, C, ldc);
+        return 1;
+    }
+    assert(lda >= (transa ? M : K) || (transa ? K : M) == 1);
+    assert(ldb >= (transb ? K : N) || (transb ? N : K) == 1);
+    (void)transa;
+    (void)transb;
+    (void)lda;
+    (void)ldb;
+    return 0;
+}
+
+/* ---- reference ---- */
+
+void ccoe_gemm_ref(int transa, int transb, int M, int N, int K, float alpha, const float *A,
+                   int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (gemm_trivial(transa, transb, M, N, K, alpha, lda, ldb, beta, C, ldc))
+        return;
+    /* op(A)[i][p] and op(B)[p][j] as strides: a row-major (R, S) matrix X with leading dimension
+     * ld has X[r][s] = X[r*ld + s]; its transpose swaps the two strides. */
+    size_t ars = transa ? 1 : (size_t)lda, acs = transa ? (size_t)lda : 1;
+    size_t brs = transb ? 1 : (size_t)ldb, bcs = transb ? (size_t)ldb : 1;
+    for (int i = 0; i < M; i++) {
+        float *c = C + (size_t)i * ldc;
+        const float *a = A + (size_t)i * ars;
+        if (!transb) { /* row i of C += op(A)[i][p] * row p of B: contiguous inner loop */
+            scale_c(1, N, beta, c, ldc);
+            for (int p = 0; p < K; p++) {
+                float ap = alpha * a[(size_t)p * acs];
+                const float *b = B + (size_t)p * brs;
+                for (int j = 0; j < N; j++)
+                    c[j] += ap * b[j];
+            }
+        } else { /* dot products over rows of B (N, K) */
+            for (int j = 0; j < N; j++) {
+                const float *b = B + (size_t)j * bcs;
+                float acc = 0.0f;
+                for (int p = 0; p < K; p++)
+                    acc += a[(size_t)p * acs] * b[p];
+                c[j] = alpha * acc + (beta == 0.0f ? 0.0f : beta * c[j]);
+            }
+        }
+    }
+}
+
+/* ---- BLIS ---- */
+
+static void gemm_blis(int nthreads, int transa, int transb, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                      int ldc)
+{
+    rntm_t rntm;
+    bli_rntm_init(&rntm);
+    bli_rntm_set_num_threads(nthreads, &rntm);
+    inc_t rsa = transa ? 1 : lda, csa = transa ? lda : 1;
+    inc_t rsb = transb ? 1 : ldb, csb = transb ? ldb : 1;
+    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A, rsa, csa,
+                 (float *)B, rsb, csb, &beta, C, ldc, 1, NULL, &rntm);
+}
+
+/* ---- libxsmm ---- */
+
+/* Column-major kernel for rows [.., .. + rows) of the row-major C: m = N, n = rows, k = K,
+ * first operand B (N columns, ld ldb), second operand A (ld lda, transposed when transa).
+ * Returns NULL when libxsmm has no kernel for it. */
+static libxsmm_smmfunction xsmm_kernel(int transa, int rows, int N, int K, int lda, int ldb,
+                                       float beta, int ldc)
+{
+    const libxsmm_blasint m = N, n = rows, k = K;
+    const libxsmm_blasint xlda = ldb, xldb = lda, xldc = ldc;
+    const float one = 1.0f;
+    const int flags = (transa ? LIBXSMM_GEMM_FLAG_TRANS_B : 0) |
+                      (beta == 0.0f ? LIBXSMM_GEMM_FLAG_BETA_0 : 0);
+    const int prefetch = LIBXSMM_GEMM_PREFETCH_NONE;
+    return libxsmm_smmdispatch(m, n, k, &xlda, &xldb, &xldc, &one, &beta, &flags, &prefetch);
+}
+
+/* Whether libxsmm 1.17 can express this call at all (before asking its registry). */
+static int xsmm_expressible(int transb, float alpha, float beta)
+{
+    return !transb && alpha == 1.0f && (beta == 0.0f || beta == 1.0f);
+}
+
+/* Runs the call with libxsmm on `nthreads` threads (row blocks of C); returns 0 without touching
+ * C when libxsmm has no kernel for it. */
+static int gemm_xsmm(int nthreads, int transa, int transb, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc)
+{
+    if (!gemm_g.xsmm_ok || !xsmm_expressible(transb, alpha, beta))
+        return 0;
+    long mnk = (long)M * N * K;
+    int nt = nthreads;
+    if (nt > 1 && (mnk < CCOE_GEMM_XSMM_PAR_MIN_MNK * nt || M < CCOE_GEMM_XSMM_PAR_MIN_ROWS * nt))
+        nt = 1;
+    if (nt <= 1) {
+        libxsmm_smmfunction f = xsmm_kernel(transa, M, N, K, lda, ldb, beta, ldc);
+        if (!f)
+            return 0;
+        f(B, A, C);
+        return 1;
+    }
+    /* nt blocks of mb rows (the last one shorter): at most two distinct kernels. */
+    int mb = (M + nt - 1) / nt;
+    int last = M - (nt - 1) * mb;
+    if (last <= 0) { /* tiny M relative to nt: cannot happen given the row minimum above */
+        nt = 1;
+        mb = last = M;
+    }
+    libxsmm_smmfunction f = xsmm_kernel(transa, mb, N, K, lda, ldb, beta, ldc);
+    libxsmm_smmfunction fl = last == mb ? f : xsmm_kernel(transa, last, N, K, lda, ldb, beta, ldc);
+    if (!f || !fl)
+        return 0;
+    size_t astep = transa ? 1 : (size_t)lda; /* distance between rows of op(A) */
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int t = 0; t < nt; t++) {
+        size_t r0 = (size_t)t * mb;
+        (t == nt - 1 ? fl : f)(B, A + r0 * astep, C + r0 * ldc);
+    }
+    return 1;
+}
+
+/* ---- dispatch ---- */
+
+/* AUTO policy: libxsmm where its unpacked JIT kernels beat BLIS, BLIS for the rest.
+ * libxsmm 1.17 does no packing or cache blocking: its kernel re-reads op(B) for every few rows
+ * of C, so it runs at 200-225 GFLOP/s on one Zen 5 core while op(B) stays in the 1 MiB L2 and
+ * drops to 110-160 once it does not (1024x1024x256: 155-170 vs BLIS 195-205; 256x50304x768:
+ * 110 vs 125-140). BLIS packs, so it holds 180-205 on large problems but pays 50-60% on small
+ * ones (64^3: 57 vs 217; 128x128x64: 95-110 vs 180-200) and its thread team costs more than it
+ * gains below ~256^3. With few rows of C, op(B) is read only a few times and libxsmm wins even
+ * when it is large (64x1024x1024: 167 vs 139). */
+static int gemm_auto_uses_xsmm(int M, int N, int K)
+{
+    return (long)K * N <= CCOE_GEMM_XSMM_MAX_KN || M <= CCOE_GEMM_XSMM_MAX_M;
+}
+
+static void gemm_dispatch(const ccoe_gemm *g, int nthreads, int transa, int transb, int M, int N,
+                          int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                          float beta, float *C, int ldc)
+{
+    if (gemm_trivial(transa, transb, M, N, K, alpha, lda, ldb, beta, C, ldc))
+        return;
+    switch (g->backend) {
+    case CCOE_GEMM_REF:
+        ccoe_gemm_ref(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    case CCOE_GEMM_XSMM:
+        if (gemm_xsmm(nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+            return;
+        break;
+    case CCOE_GEMM_AUTO:
+        if (gemm_auto_uses_xsmm(M, N, K) &&
+            gemm_xsmm(nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+            return;
+        break;
+    case CCOE_GEMM_BLIS:
+        break;
+    }
+    gemm_blis(nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void ccoe_gemm_run(const ccoe_gemm *g, int transa, int transb, int M, int N, int K, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    gemm_dispatch(g, g->nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void ccoe_gemm_run_serial(const ccoe_gemm *g, int transa, int transb, int M, int N, int K,
+                          float alpha, const float *A, int lda, const float *B, int ldb,
+                          float beta, float *C, int ldc)
+{
+    gemm_dispatch(g, 1, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* ---- setup ---- */
+
+ccoe_status ccoe_gemm_init(ccoe_gemm *g, ccoe_gemm_backend backend, int nthreads, ccoe_error *err)
+{
+    memset(g, 0, sizeof *g);
+    if (backend < CCOE_GEMM_AUTO || backend > CCOE_GEMM_XSMM)
+        return ccoe_error_set(err, CCOE_ERR_ARG, "unknown GEMM backend id %d (allowed: auto, ref, "
+                              "blis, xsmm)", (int)backend);
+    if (nthreads <= 0)
+        nthreads = 1;
+    g->nthreads = nthreads;
+
+    pthread_once(&gemm_once, gemm_global_setup);
+    if (gemm_g.status != CCOE_OK && backend != CCOE_GEMM_REF) /* ref needs neither library */
+        return ccoe_error_set(err, gemm_g.status, "GEMM backend %s: %s",
+                              ccoe_gemm_backend_name(backend), gemm_g.msg);
+
+    switch (backend) {
+    case CCOE_GEMM_REF:
+        snprintf(g->kernel_set, sizeof g->kernel_set, "ref");
+        break;
+    case CCOE_GEMM_BLIS:
+        snprintf(g->kernel_set, sizeof g->kernel_set, "blis:%s", gemm_g.blis_name);
+        break;
+    case CCOE_GEMM_XSMM:
+        if (!gemm_g.xsmm_ok)
+            return ccoe_error_set(err, CCOE_ERR_BACKEND, "GEMM backend xsmm: libxsmm cannot JIT "
+                                  "kernels on this CPU (target '%s', needs AVX2 or better); use "
+                                  "backend auto or blis", gemm_g.xsmm_name);
+        snprintf(g->kernel_set, sizeof g->kernel_set, "xsmm:%s+blis:%s", gemm_g.xsmm_name,
+                 gemm_g.blis_name);
+        break;
+    case CCOE_GEMM_AUTO:
+        if (gemm_g.xsmm_ok) {
+            snprintf(g->kernel_set, sizeof g->kernel_set, "xsmm:%s+blis:%s", gemm_g.xsmm_name,
+                     gemm_g.blis_name);
+        } else { /* libxsmm unusable: AUTO resolves to BLIS */
+            backend = CCOE_GEMM_BLIS;
+            snprintf(g->kernel_set, sizeof g->kernel_set, "blis:%s", gemm_g.blis_name);
+        }
+        break;
+    }
+    g->backend = backend;
+    bli_thread_set_num_threads(nthreads);
+    omp_set_num_threads(nthreads);
+    return CCOE_OK;
+}
+
+const char *ccoe_gemm_backend_name(ccoe_gemm_backend b)
+{
+    switch (b) {
+    case CCOE_GEMM_AUTO:
+        return "auto";
+    case CCOE_GEMM_REF:
+        return "ref";
+    case CCOE_GEMM_BLIS:
+        return "blis";
+    case CCOE_GEMM_XSMM:
+        return "xsmm";
+    }
+    return "unknown";
+}
+
+ccoe_status ccoe_gemm_backend_parse(const char *s, ccoe_gemm_backend *out, ccoe_error *err)
+{
+    static const ccoe_gemm_backend all[] = {CCOE_GEMM_AUTO, CCOE_GEMM_REF, CCOE_GEMM_BLIS,
+                                            CCOE_GEMM_XSMM};
+    for (size_t i = 0; s && i < sizeof all / sizeof all[0]; i++) {
+        if (strcmp(s, ccoe_gemm_backend_name(all[i])) == 0) {
+            *out = all[i];
+            return CCOE_OK;
+        }
+    }
+    return ccoe_error_set(err, CCOE_ERR_ARG, "unknown GEMM backend '%s' (allowed: auto, ref, blis, "
+                          "xsmm)", s ? s : "(null)");
+}
+
+/* ---- benchmark ---- */
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Returns 0.0 when n <= 0 or the three n x n buffers cannot be allocated. Allocates (benchmarks
+ * only, never on a training path). */
+double ccoe_gemm_measure_gflops(const ccoe_gemm *g, int n, double seconds)
+{
+    if (n <= 0)
+        return 0.0;
+    size_t nn = (size_t)n * n, bytes = (nn * sizeof(float) + 63) / 64 * 64;
+    float *a = aligned_alloc(64, bytes), *b = aligned_alloc(64, bytes), *c = aligned_alloc(64, bytes);
+    double rate = 0.0;
+    if (a && b && c) {
+        for (size_t i = 0; i < nn; i++) {
+            a[i] = (float)((i * 7 + 3) % 13) / 13.0f - 0.5f;
+            b[i] = (float)((i * 5 + 1) % 11) / 11.0f - 0.5f;
+        }
+        ccoe_gemm_run(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
+        long reps = 0;
+        double t0 = now_seconds(), t = t0;
+        do {
+            ccoe_gemm_run(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+            reps++;
+            t = now_seconds();
+        } while (t - t0 < seconds || reps < 2);
+        rate = 2.0 * (double)n * n * n * (double)reps / (t - t0) * 1e-9;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return rate;
+}

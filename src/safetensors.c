@@ -1,0 +1,763 @@
+/* safetensors.c - F32 safetensors files: an atomic writer and a fully validating reader.
+ *
+ * Layout (https://github.com/huggingface/safetensors): 8-byte little-endian header length n,
+ * n bytes of JSON (padded with spaces so the data starts at a multiple of 8, as the reference
+ * implementation does), then the tensors' little-endian bytes, back to back. The JSON maps each
+ * tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the data
+ * section) and "__metadata__" to string pairs; ccoe adds "ccoe.crc32", the zlib CRC-32 of the
+ * data section in decimal. Files without it (e.g. written by Python) are read without the check.
+ *
+ * What this is not: a general safetensors library. Only F32 is read or written, at most
+ * CCOE_ST_MAX_DIMS dimensions, and the whole file is held in memory while open.
+ */
+#include "safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <zlib.h>
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "safetensors data is little-endian; this build assumes a little-endian host");
+_Static_assert(sizeof(float) == 4, "F32 is a 4-byte IEEE float");
+
+#define ST_MAX_HEADER ((uint64_t)100000000) /* the reference implementation's limit */
+#define ST_CRC_KEY "ccoe.crc32"
+#define ST_FIX "the file is corrupt or truncated: use an earlier checkpoint (or rewrite the file)"
+
+typedef struct st_entry {
+    char *name;
+    int ndim;
+    int64_t shape[CCOE_ST_MAX_DIMS];
+    uint64_t begin, end; /* byte offsets in the data section */
+} st_entry;
+
+struct ccoe_st_file {
+    char *path;
+    unsigned char *buf;         /* the whole file */
+    size_t size;
+    const unsigned char *data;  /* data section (inside buf, or data_copy if misaligned) */
+    size_t data_len;
+    unsigned char *data_copy;
+    st_entry *t;
+    size_t n;
+    char **meta; /* key, value, key, value, ... */
+    size_t nmeta;
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Small helpers
+ */
+
+static uint32_t crc32_of(const unsigned char *p, size_t n)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    while (n > 0) {
+        uInt chunk = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        crc = crc32(crc, p, chunk);
+        p += chunk;
+        n -= chunk;
+    }
+    return (uint32_t)crc;
+}
+
+static void put_le64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* "(2, 3)"; "()" for a scalar */
+static void fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    size_t used = (size_t)snprintf(buf, cap, "(");
+    for (int i = 0; i < ndim && used < cap; i++)
+        used += (size_t)snprintf(buf + used, cap - used, "%s%" PRId64, i ? ", " : "", shape[i]);
+    if (used < cap)
+        snprintf(buf + used, cap - used, ")");
+}
+
+__attribute__((format(printf, 3, 4))) static ccoe_status corrupt(ccoe_error *err, const char *path,
+                                                                 const char *fmt, ...)
+{
+    char msg[700];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return ccoe_error_set(err, CCOE_ERR_FORMAT, "safetensors file '%s': %s; " ST_FIX, path, msg);
+}
+
+static char *dup_str(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Atomic write
+ */
+
+static ccoe_status write_all(int fd, const void *data, size_t n, const char *path, ccoe_error *err)
+{
+    const unsigned char *p = data;
+    while (n > 0) {
+        size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
+        ssize_t w = write(fd, p, chunk);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            return ccoe_error_set(err, CCOE_ERR_IO, "cannot write '%s': %s%s", path, strerror(e),
+                                  e == ENOSPC ? "; free disk space or choose another directory"
+                                              : "");
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return CCOE_OK;
+}
+
+/* fsync the directory holding path so the rename itself is durable. */
+static ccoe_status sync_dir_of(const char *path, ccoe_error *err)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return CCOE_OK; /* the file is in place; some systems do not let us open the directory */
+    int r = fsync(fd);
+    int e = errno;
+    close(fd);
+    if (r != 0 && e == EIO)
+        return ccoe_error_set(err, CCOE_ERR_IO,
+                              "wrote '%s' but syncing its directory failed (%s): the disk may be "
+                              "failing",
+                              path, strerror(e));
+    return CCOE_OK; /* EINVAL etc.: the file system does not sync directories */
+}
+
+/* The temporary name carries the pid, so processes (ranks) never collide; two threads of one
+ * process must not write the same path at the same time. */
+ccoe_status ccoe_write_file_atomic(const char *path, const void *const *parts,
+                                   const size_t *sizes, size_t nparts, ccoe_error *err)
+{
+    char tmp[PATH_MAX];
+    int w = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (w < 0 || (size_t)w >= sizeof tmp)
+        return ccoe_error_set(err, CCOE_ERR_IO, "cannot write '%s': the path is too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        int e = errno;
+        return ccoe_error_set(err, CCOE_ERR_IO,
+                              "cannot write '%s' (creating temporary file '%s': %s); check that "
+                              "the directory exists and is writable",
+                              path, tmp, strerror(e));
+    }
+    ccoe_status st = CCOE_OK;
+    for (size_t i = 0; i < nparts && st == CCOE_OK; i++)
+        if (sizes[i] > 0)
+            st = write_all(fd, parts[i], sizes[i], path, err);
+    if (st == CCOE_OK && fsync(fd) != 0) {
+        int e = errno;
+        st = ccoe_error_set(err, CCOE_ERR_IO, "cannot write '%s' (fsync: %s)%s", path,
+                            strerror(e),
+                            e == ENOSPC ? "; free disk space or choose another directory" : "");
+    }
+    if (close(fd) != 0 && st == CCOE_OK) {
+        int e = errno;
+        st = ccoe_error_set(err, CCOE_ERR_IO, "cannot write '%s' (close: %s)", path, strerror(e));
+    }
+    if (st == CCOE_OK && rename(tmp, path) != 0) {
+        int e = errno;
+        st = ccoe_error_set(err, CCOE_ERR_IO,
+                            "cannot write '%s' (renaming '%s' into place: %s)%s", path, tmp,
+                            strerror(e),
+                            e == EISDIR ? "; the path is a directory: choose a file name" : "");
+    }
+    if (st != CCOE_OK) {
+        unlink(tmp);
+        return st;
+    }
+    return sync_dir_of(path, err);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Writing safetensors
+ */
+
+static ccoe_status check_tensor_arg(const ccoe_st_tensor *t, size_t i, uint64_t *bytes,
+                                    const char *path, ccoe_error *err)
+{
+    if (!t->name || !*t->name)
+        return ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': tensor %zu has no name", path, i);
+    if (strcmp(t->name, "__metadata__") == 0)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "writing '%s': a tensor cannot be named \"__metadata__\"", path);
+    if (t->ndim < 0 || t->ndim > CCOE_ST_MAX_DIMS)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "writing '%s': tensor '%s' has %d dimensions; 0..%d are supported",
+                              path, t->name, t->ndim, CCOE_ST_MAX_DIMS);
+    uint64_t numel = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        if (t->shape[d] < 0 || (uint64_t)t->shape[d] > ((uint64_t)1 << 53))
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "writing '%s': tensor '%s' has dimension %d = %" PRId64, path,
+                                  t->name, d, t->shape[d]);
+        if (t->shape[d] && numel > ((uint64_t)1 << 53) / (uint64_t)t->shape[d])
+            return ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': tensor '%s' is too large",
+                                  path, t->name);
+        numel *= (uint64_t)t->shape[d];
+    }
+    if (numel > 0 && !t->data)
+        return ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': tensor '%s' has no data", path,
+                              t->name);
+    *bytes = numel * 4;
+    return CCOE_OK;
+}
+
+/* Adds the number v (an integer below 2^53, exact in a double) to a JSON array. */
+static int add_int(cJSON *arr, uint64_t v)
+{
+    cJSON *num = cJSON_CreateNumber((double)v);
+    if (num && cJSON_AddItemToArray(arr, num))
+        return 1;
+    cJSON_Delete(num);
+    return 0;
+}
+
+ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_t n,
+                          const char *const *meta, size_t nmeta, ccoe_error *err)
+{
+    uint64_t *bytes = calloc(n ? n : 1, sizeof *bytes);
+    if (!bytes)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "writing '%s': out of memory", path);
+    ccoe_status st = CCOE_OK;
+    for (size_t i = 0; i < n && st == CCOE_OK; i++) {
+        st = check_tensor_arg(&tensors[i], i, &bytes[i], path, err);
+        for (size_t j = 0; j < i && st == CCOE_OK; j++)
+            if (strcmp(tensors[i].name, tensors[j].name) == 0)
+                st = ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': tensor name '%s' is used twice",
+                                    path, tensors[i].name);
+    }
+    for (size_t i = 0; i < nmeta && st == CCOE_OK; i++) {
+        if (!meta[2 * i] || !meta[2 * i + 1])
+            st = ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': metadata pair %zu has a NULL",
+                                path, i);
+        else if (strcmp(meta[2 * i], ST_CRC_KEY) == 0)
+            st = ccoe_error_set(err, CCOE_ERR_ARG,
+                                "writing '%s': metadata key \"" ST_CRC_KEY "\" is reserved", path);
+        for (size_t j = 0; j < i && st == CCOE_OK; j++)
+            if (strcmp(meta[2 * i], meta[2 * j]) == 0)
+                st = ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': metadata key '%s' is used twice",
+                                    path, meta[2 * i]);
+    }
+    if (st != CCOE_OK) {
+        free(bytes);
+        return st;
+    }
+
+    /* CRC of the data section, in tensor order */
+    uLong crc = crc32(0L, Z_NULL, 0);
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char *p = (const unsigned char *)tensors[i].data;
+        uint64_t left = bytes[i];
+        while (left > 0) {
+            uInt chunk = left > (1u << 30) ? (1u << 30) : (uInt)left;
+            crc = crc32(crc, p, chunk);
+            p += chunk;
+            left -= chunk;
+        }
+    }
+
+    /* the header: "__metadata__" first, then the tensors in the caller's order */
+    char crc_text[16];
+    snprintf(crc_text, sizeof crc_text, "%" PRIu32, (uint32_t)crc);
+    cJSON *root = cJSON_CreateObject();
+    cJSON *md = root ? cJSON_AddObjectToObject(root, "__metadata__") : NULL;
+    int ok = md != NULL;
+    for (size_t i = 0; i < nmeta && ok; i++)
+        ok = cJSON_AddStringToObject(md, meta[2 * i], meta[2 * i + 1]) != NULL;
+    ok = ok && cJSON_AddStringToObject(md, ST_CRC_KEY, crc_text) != NULL;
+    uint64_t offset = 0;
+    for (size_t i = 0; i < n && ok; i++) {
+        cJSON *t = cJSON_AddObjectToObject(root, tensors[i].name);
+        cJSON *shape = t && cJSON_AddStringToObject(t, "dtype", "F32")
+                           ? cJSON_AddArrayToObject(t, "shape")
+                           : NULL;
+        cJSON *offs = shape ? cJSON_AddArrayToObject(t, "data_offsets") : NULL;
+        ok = offs != NULL;
+        for (int d = 0; d < tensors[i].ndim && ok; d++)
+            ok = add_int(shape, (uint64_t)tensors[i].shape[d]);
+        ok = ok && add_int(offs, offset) && add_int(offs, offset + bytes[i]);
+        offset += bytes[i];
+    }
+    char *json = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (!json) {
+        free(bytes);
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "writing '%s': out of memory building the header",
+                              path);
+    }
+
+    size_t json_len = strlen(json);
+    size_t hlen = (json_len + 7) / 8 * 8;
+    unsigned char len8[8];
+    put_le64(len8, hlen);
+    static const char spaces[8] = "        ";
+    size_t nparts = n + 3;
+    const void **parts = malloc(nparts * sizeof *parts);
+    size_t *sizes = malloc(nparts * sizeof *sizes);
+    if (!parts || !sizes) {
+        free(parts);
+        free(sizes);
+        free(json);
+        free(bytes);
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "writing '%s': out of memory", path);
+    }
+    parts[0] = len8;
+    sizes[0] = 8;
+    parts[1] = json;
+    sizes[1] = json_len;
+    parts[2] = spaces;
+    sizes[2] = hlen - json_len;
+    for (size_t i = 0; i < n; i++) {
+        parts[3 + i] = tensors[i].data;
+        sizes[3 + i] = (size_t)bytes[i];
+    }
+    st = ccoe_write_file_atomic(path, parts, sizes, nparts, err);
+    free(parts);
+    free(sizes);
+    free(json);
+    free(bytes);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Reading
+ */
+
+void ccoe_st_close(ccoe_st_file *f)
+{
+    if (!f)
+        return;
+    for (size_t i = 0; i < f->n; i++)
+        free(f->t[i].name);
+    for (size_t i = 0; i < 2 * f->nmeta; i++)
+        free(f->meta[i]);
+    free(f->t);
+    free(f->meta);
+    free(f->data_copy);
+    free(f->buf);
+    free(f->path);
+    free(f);
+}
+
+static ccoe_status read_whole(const char *path, unsigned char **out, size_t *out_size,
+                              ccoe_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        return ccoe_error_set(err, CCOE_ERR_IO, "cannot open '%s': %s; check the path", path,
+                              strerror(e));
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return ccoe_error_set(err, CCOE_ERR_IO, "cannot read '%s': %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return ccoe_error_set(err, CCOE_ERR_IO, "cannot read '%s': %s", path,
+                              S_ISDIR(sb.st_mode) ? "it is a directory" : "not a regular file");
+    }
+    size_t size = (size_t)sb.st_size;
+    unsigned char *buf = malloc(size ? size : 1);
+    if (!buf) {
+        close(fd);
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot read '%s': out of memory (%zu bytes)",
+                              path, size);
+    }
+    size_t got = 0;
+    while (got < size) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            close(fd);
+            free(buf);
+            return ccoe_error_set(err, CCOE_ERR_IO, "cannot read '%s': %s", path, strerror(e));
+        }
+        if (r == 0)
+            break; /* shrank while reading: validation reports the short file */
+        got += (size_t)r;
+    }
+    close(fd);
+    *out = buf;
+    *out_size = got;
+    return CCOE_OK;
+}
+
+/* Reads a JSON number that must be an integer in [0, 2^53]. */
+static int json_uint(const cJSON *item, uint64_t *out)
+{
+    if (!cJSON_IsNumber(item))
+        return 0;
+    double v = item->valuedouble;
+    if (!(v >= 0) || v > 9007199254740992.0 || v != (double)(uint64_t)v)
+        return 0;
+    *out = (uint64_t)v;
+    return 1;
+}
+
+static ccoe_status parse_tensor(const cJSON *item, st_entry *e, uint64_t data_len,
+                                const char *path, ccoe_error *err)
+{
+    const char *name = item->string;
+    if (!cJSON_IsObject(item))
+        return corrupt(err, path, "the header entry for tensor '%s' is not an object", name);
+    const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(item, "dtype");
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(item, "shape");
+    const cJSON *offs = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
+    if (!dtype || !shape || !offs)
+        return corrupt(err, path, "tensor '%s' lacks \"%s\"", name,
+                       !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
+    if (!cJSON_IsString(dtype))
+        return corrupt(err, path, "tensor '%s': \"dtype\" is not a string", name);
+    if (strcmp(dtype->valuestring, "F32") != 0)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "safetensors file '%s': tensor '%s' has dtype %.20s; only F32 is "
+                              "supported: convert the tensors to float32 before loading",
+                              path, name, dtype->valuestring);
+    if (!cJSON_IsArray(shape))
+        return corrupt(err, path, "tensor '%s': \"shape\" is not an array", name);
+    int ndim = cJSON_GetArraySize(shape);
+    if (ndim > CCOE_ST_MAX_DIMS)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "safetensors file '%s': tensor '%s' has %d dimensions; at most %d "
+                              "are supported",
+                              path, name, ndim, CCOE_ST_MAX_DIMS);
+    e->ndim = ndim;
+    uint64_t numel = 1;
+    int d = 0;
+    const cJSON *dim;
+    cJSON_ArrayForEach(dim, shape)
+    {
+        uint64_t v;
+        if (!json_uint(dim, &v))
+            return corrupt(err, path,
+                           "tensor '%s': shape entry %d is not a non-negative integer", name, d);
+        if (v && numel > (UINT64_MAX / 4) / v)
+            return corrupt(err, path, "tensor '%s': the shape's element count overflows", name);
+        numel *= v;
+        e->shape[d++] = (int64_t)v;
+    }
+    if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 ||
+        !json_uint(cJSON_GetArrayItem(offs, 0), &e->begin) ||
+        !json_uint(cJSON_GetArrayItem(offs, 1), &e->end))
+        return corrupt(err, path,
+                       "tensor '%s': \"data_offsets\" is not a pair of non-negative integers",
+                       name);
+    if (e->end < e->begin)
+        return corrupt(err, path, "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
+                                  "] end before they begin", name, e->begin, e->end);
+    if (e->end - e->begin != numel * 4) {
+        char sh[128];
+        fmt_shape(sh, sizeof sh, e->ndim, e->shape);
+        return corrupt(err, path,
+                       "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] span %" PRIu64
+                       " bytes but shape %s needs %" PRIu64,
+                       name, e->begin, e->end, e->end - e->begin, sh, numel * 4);
+    }
+    if (e->end > data_len)
+        return corrupt(err, path,
+                       "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
+                       "] run past the end of the %" PRIu64 "-byte data section",
+                       name, e->begin, e->end, data_len);
+    return CCOE_OK;
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const st_entry *x = *(const st_entry *const *)a, *y = *(const st_entry *const *)b;
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end)
+        return x->end < y->end ? -1 : 1;
+    return 0;
+}
+
+/* Tensors must tile the data section exactly: no overlap, no gap, nothing after the last. */
+static ccoe_status check_layout(const ccoe_st_file *f, ccoe_error *err)
+{
+    const st_entry **order = malloc((f->n ? f->n : 1) * sizeof *order);
+    if (!order)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "reading '%s': out of memory", f->path);
+    for (size_t i = 0; i < f->n; i++)
+        order[i] = &f->t[i];
+    qsort(order, f->n, sizeof *order, cmp_entry);
+    ccoe_status st = CCOE_OK;
+    uint64_t pos = 0;
+    const st_entry *prev = NULL;
+    for (size_t i = 0; i < f->n && st == CCOE_OK; i++) {
+        const st_entry *e = order[i];
+        if (e->begin < pos)
+            st = corrupt(err, f->path,
+                         "tensors '%s' [%" PRIu64 ", %" PRIu64 ") and '%s' [%" PRIu64 ", %" PRIu64
+                         ") overlap",
+                         prev->name, prev->begin, prev->end, e->name, e->begin, e->end);
+        else if (e->begin > pos)
+            st = corrupt(err, f->path,
+                         "bytes [%" PRIu64 ", %" PRIu64 ") of the data section belong to no "
+                         "tensor (a gap before '%s')",
+                         pos, e->begin, e->name);
+        pos = e->end;
+        prev = e;
+    }
+    free(order);
+    if (st == CCOE_OK && pos != f->data_len)
+        st = corrupt(err, f->path,
+                     "%" PRIu64 " trailing bytes after the last tensor (data section %zu bytes, "
+                     "tensors end at %" PRIu64 ")",
+                     (uint64_t)f->data_len - pos, f->data_len, pos);
+    return st;
+}
+
+static ccoe_status parse_header(ccoe_st_file *f, const char *json, size_t hlen, ccoe_error *err)
+{
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, hlen, &end, 0);
+    if (!root)
+        return corrupt(err, f->path, "the header is not valid JSON (near byte %zu of %zu)",
+                       end && end >= json ? (size_t)(end - json) : (size_t)0, hlen);
+    ccoe_status st = CCOE_OK;
+    for (const char *p = end; p < json + hlen && st == CCOE_OK; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+            st = corrupt(err, f->path, "the header has data after its JSON object (byte %zu)",
+                         (size_t)(p - json));
+    if (st == CCOE_OK && !cJSON_IsObject(root))
+        st = corrupt(err, f->path, "the header is not a JSON object");
+    int count = st == CCOE_OK ? cJSON_GetArraySize(root) : 0;
+    if (st == CCOE_OK) {
+        f->t = calloc((size_t)count + 1, sizeof *f->t);
+        if (!f->t)
+            st = ccoe_error_set(err, CCOE_ERR_NOMEM, "reading '%s': out of memory", f->path);
+    }
+    const cJSON *item;
+    if (st == CCOE_OK) {
+        cJSON_ArrayForEach(item, root)
+        {
+            if (strcmp(item->string, "__metadata__") == 0) {
+                if (f->meta) {
+                    st = corrupt(err, f->path, "the header has two \"__metadata__\" entries");
+                    break;
+                }
+                if (!cJSON_IsObject(item)) {
+                    st = corrupt(err, f->path, "\"__metadata__\" is not an object");
+                    break;
+                }
+                int nm = cJSON_GetArraySize(item);
+                f->meta = calloc(2 * (size_t)nm + 1, sizeof *f->meta);
+                if (!f->meta) {
+                    st = ccoe_error_set(err, CCOE_ERR_NOMEM, "reading '%s': out of memory",
+                                        f->path);
+                    break;
+                }
+                const cJSON *kv;
+                cJSON_ArrayForEach(kv, item)
+                {
+                    if (!cJSON_IsString(kv)) {
+                        st = corrupt(err, f->path, "metadata value of \"%.100s\" is not a string",
+                                     kv->string);
+                        break;
+                    }
+                    f->meta[2 * f->nmeta] = dup_str(kv->string);
+                    f->meta[2 * f->nmeta + 1] = dup_str(kv->valuestring);
+                    f->nmeta++;
+                    if (!f->meta[2 * f->nmeta - 2] || !f->meta[2 * f->nmeta - 1]) {
+                        st = ccoe_error_set(err, CCOE_ERR_NOMEM, "reading '%s': out of memory",
+                                            f->path);
+                        break;
+                    }
+                }
+                if (st != CCOE_OK)
+                    break;
+                continue;
+            }
+            for (size_t j = 0; j < f->n && st == CCOE_OK; j++)
+                if (strcmp(f->t[j].name, item->string) == 0)
+                    st = corrupt(err, f->path, "tensor '%.100s' appears twice in the header",
+                                 item->string);
+            if (st != CCOE_OK)
+                break;
+            st_entry *e = &f->t[f->n];
+            st = parse_tensor(item, e, f->data_len, f->path, err);
+            if (st != CCOE_OK)
+                break;
+            e->name = dup_str(item->string);
+            if (!e->name) {
+                st = ccoe_error_set(err, CCOE_ERR_NOMEM, "reading '%s': out of memory", f->path);
+                break;
+            }
+            f->n++;
+        }
+    }
+    cJSON_Delete(root);
+    return st;
+}
+
+ccoe_status ccoe_st_open(const char *path, ccoe_st_file **out, ccoe_error *err)
+{
+    *out = NULL;
+    ccoe_st_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = dup_str(path))) {
+        free(f);
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "reading '%s': out of memory", path);
+    }
+    ccoe_status st = read_whole(path, &f->buf, &f->size, err);
+    if (st == CCOE_OK && f->size < 8)
+        st = corrupt(err, path, "it is %zu bytes long, shorter than the 8-byte header length",
+                     f->size);
+    uint64_t hlen = 0;
+    if (st == CCOE_OK) {
+        hlen = get_le64(f->buf);
+        if (hlen > ST_MAX_HEADER)
+            st = corrupt(err, path, "the header length %" PRIu64 " exceeds the 100 MB (10^8 bytes) limit",
+                         hlen);
+        else if (hlen > f->size - 8)
+            st = corrupt(err, path,
+                         "the header length %" PRIu64 " exceeds the %zu bytes after the length "
+                         "field",
+                         hlen, f->size - 8);
+        else if (hlen < 2)
+            st = corrupt(err, path, "the header length %" PRIu64 " is too short for JSON", hlen);
+    }
+    if (st == CCOE_OK) {
+        f->data_len = f->size - 8 - (size_t)hlen;
+        f->data = f->buf + 8 + hlen;
+        st = parse_header(f, (const char *)f->buf + 8, (size_t)hlen, err);
+    }
+    if (st == CCOE_OK)
+        st = check_layout(f, err);
+    const char *crc_text = st == CCOE_OK ? ccoe_st_meta(f, ST_CRC_KEY) : NULL;
+    if (crc_text) {
+        char *endp = NULL;
+        errno = 0;
+        unsigned long long want = strtoull(crc_text, &endp, 10);
+        if (!*crc_text || *endp || errno || want > UINT32_MAX || crc_text[0] == '-')
+            st = corrupt(err, path, "metadata \"" ST_CRC_KEY "\" = '%.40s' is not a CRC-32",
+                         crc_text);
+        else {
+            uint32_t got = crc32_of(f->data, f->data_len);
+            if (got != (uint32_t)want)
+                st = corrupt(err, path,
+                             "checksum mismatch: the data section's CRC-32 is %" PRIu32
+                             " but the header records %llu",
+                             got, want);
+        }
+    }
+    if (st == CCOE_OK && ((uintptr_t)f->data % sizeof(float)) != 0) {
+        /* a valid file whose data does not start at a multiple of 4: copy it aligned */
+        f->data_copy = malloc(f->data_len ? f->data_len : 1);
+        if (!f->data_copy)
+            st = ccoe_error_set(err, CCOE_ERR_NOMEM, "reading '%s': out of memory", path);
+        else {
+            memcpy(f->data_copy, f->data, f->data_len);
+            f->data = f->data_copy;
+        }
+    }
+    if (st != CCOE_OK) {
+        ccoe_st_close(f);
+        return st;
+    }
+    *out = f;
+    return CCOE_OK;
+}
+
+size_t ccoe_st_count(const ccoe_st_file *f) { return f->n; }
+
+const char *ccoe_st_name(const ccoe_st_file *f, size_t i) { return i < f->n ? f->t[i].name : NULL; }
+
+static const st_entry *find_entry(const ccoe_st_file *f, const char *name)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (strcmp(f->t[i].name, name) == 0)
+            return &f->t[i];
+    return NULL;
+}
+
+const float *ccoe_st_find(const ccoe_st_file *f, const char *name, int *ndim, int64_t *shape)
+{
+    const st_entry *e = find_entry(f, name);
+    if (!e)
+        return NULL;
+    if (ndim)
+        *ndim = e->ndim;
+    if (shape)
+        for (int d = 0; d < e->ndim; d++)
+            shape[d] = e->shape[d];
+    return (const float *)(const void *)(f->data + e->begin);
+}
+
+ccoe_status ccoe_st_read_into(const ccoe_st_file *f, const char *name, float *dst, int ndim,
+                              const int64_t *shape, ccoe_error *err)
+{
+    const st_entry *e = find_entry(f, name);
+    if (!e)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "safetensors file '%s' has no tensor '%s' (it holds %zu tensors): "
+                              "it was written for a different model or variant",
+                              f->path, name, f->n);
+    int same = e->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++)
+        same = e->shape[d] == shape[d];
+    if (!same) {
+        char want[160], found[160];
+        fmt_shape(want, sizeof want, ndim, shape);
+        fmt_shape(found, sizeof found, e->ndim, e->shape);
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "safetensors file '%s': tensor '%s' has shape %s but %s was "
+                              "expected: the file was written for a different model configuration",
+                              f->path, name, found, want);
+    }
+    if (e->end > e->begin)
+        memcpy(dst, f->data + e->begin, (size_t)(e->end - e->begin));
+    return CCOE_OK;
+}
+
+const char *ccoe_st_meta(const ccoe_st_file *f, const char *key)
+{
+    for (size_t i = 0; i < f->nmeta; i++)
+        if (strcmp(f->meta[2 * i], key) == 0)
+            return f->meta[2 * i + 1];
+    return NULL;
+}

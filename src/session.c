@@ -1,0 +1,65 @@
+/* session.c - shared setup of a run. */
+#include "session.h"
+
+#include <string.h>
+
+ccoe_status ccoe_config_resolve(ccoe_config *cfg, const ccoe_tokenizer *tok, ccoe_error *err)
+{
+    int tv = tok ? tok->ops->vocab_size(tok->self) : 0;
+    if (cfg->model.vocab_size == 0 && tok)
+        cfg->model.vocab_size = (tv + 63) / 64 * 64;
+    if (cfg->model.vocab_size < tv)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "model.vocab_size = %d is smaller than the %s tokenizer's %d ids: "
+                              "set it to 0 (automatic) or at least %d",
+                              cfg->model.vocab_size, tok->ops->name, tv, tv);
+    return ccoe_config_validate(cfg, err);
+}
+
+ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_data,
+                              ccoe_error *err)
+{
+    memset(s, 0, sizeof *s);
+    s->cfg = *cfg;
+    ccoe_status st;
+    ccoe_gemm_backend be;
+    if ((st = ccoe_gemm_backend_parse(s->cfg.run.gemm, &be, err)) != CCOE_OK)
+        return ccoe_error_wrap(err, "run.gemm");
+    if ((st = ccoe_tokenizer_init(&s->tok, s->cfg.data.tokenizer, err)) != CCOE_OK)
+        return ccoe_error_wrap(err, "data.tokenizer");
+    if (!with_data && s->cfg.model.vocab_size == 0)
+        s->cfg.model.vocab_size = (s->tok.ops->vocab_size(s->tok.self) + 63) / 64 * 64;
+    if ((st = ccoe_config_resolve(&s->cfg, with_data ? &s->tok : NULL, err)) != CCOE_OK)
+        goto fail;
+    if ((st = ccoe_gemm_init(&s->gemm, be, s->cfg.run.threads, err)) != CCOE_OK)
+        goto fail;
+    const ccoe_config *c = &s->cfg;
+    if (with_data) {
+        st = ccoe_data_load(&s->data, c->data.manifest, &s->tok, c->model.seq_len,
+                            c->data.val_fraction, c->data.task_examples, c->train.seed, err);
+        if (st != CCOE_OK)
+            goto fail;
+        s->have_data = 1;
+    }
+    st = ccoe_model_init(&s->model, &c->model, c->train.batch_size, c->model.seq_len, &s->gemm,
+                         c->run.threads, err);
+    if (st != CCOE_OK)
+        goto fail;
+    st = ccoe_batch_init(&s->batch, c->train.batch_size, c->model.seq_len, err);
+    if (st != CCOE_OK)
+        goto fail;
+    return CCOE_OK;
+fail:
+    ccoe_session_close(s);
+    return st;
+}
+
+void ccoe_session_close(ccoe_session *s)
+{
+    ccoe_batch_free(&s->batch);
+    ccoe_model_free(&s->model);
+    if (s->have_data)
+        ccoe_data_free(&s->data);
+    s->have_data = 0;
+    ccoe_tokenizer_free(&s->tok);
+}

@@ -1,0 +1,37 @@
+/* session.h - everything one process needs to run a model on data: the resolved config, the
+ * GEMM context, the tokenizer, the data set, the model and batch buffers. Shared by `train`,
+ * `eval` and `bench` so that setup exists once. */
+#ifndef CCOE_SESSION_H
+#define CCOE_SESSION_H
+
+#include "config.h"
+#include "data.h"
+#include "eval.h"
+#include "gemm.h"
+#include "model.h"
+#include "status.h"
+#include "tokenizer.h"
+
+typedef struct ccoe_session {
+    ccoe_config cfg;  /* resolved: vocab_size and ffn_hidden filled in */
+    ccoe_gemm gemm;
+    ccoe_tokenizer tok;
+    ccoe_dataset data;
+    int have_data;
+    ccoe_model model;
+    ccoe_batch batch;
+} ccoe_session;
+
+/* Resolves cfg against the tokenizer (vocab_size 0 -> tokenizer size rounded up to 64; a
+ * vocab smaller than the tokenizer's is an error) and validates it. tok may be NULL for runs
+ * without text (benchmarks), where any vocab_size >= 1 goes. */
+ccoe_status ccoe_config_resolve(ccoe_config *cfg, const ccoe_tokenizer *tok, ccoe_error *err);
+
+/* Sets up GEMM, tokenizer, (data unless with_data == 0), the model for batches of
+ * train.batch_size x model.seq_len, and batch buffers. The model's weights are NOT initialised.
+ * On failure everything already set up is released. */
+ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_data,
+                              ccoe_error *err);
+void ccoe_session_close(ccoe_session *s);
+
+#endif

@@ -1,0 +1,315 @@
+/* train.c - the dense training loop. */
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "optim.h"
+#include "perf.h"
+#include "session.h"
+
+static volatile sig_atomic_t g_stop_signal = 0;
+
+static void on_signal(int sig) { g_stop_signal = sig; }
+
+/* mkdir -p */
+static ccoe_status make_dirs(const char *path, ccoe_error *err)
+{
+    char buf[CCOE_STR + 8];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return ccoe_error_set(err, CCOE_ERR_IO, "cannot create directory %s: %s", buf,
+                                      strerror(errno));
+            *p = saved;
+            if (saved == '\0')
+                break;
+        }
+    }
+    return CCOE_OK;
+}
+
+static void format_eta(char *out, size_t cap, double seconds)
+{
+    if (!(seconds >= 0) || seconds > 360000)
+        seconds = 0;
+    long s = (long)seconds;
+    snprintf(out, cap, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+}
+
+typedef struct train_ctx {
+    ccoe_session *s;
+    ccoe_adamw opt;
+    ccoe_train_state st;
+    FILE *metrics;
+    char ckpt_path[CCOE_STR + 64];
+    double flops_per_token;
+    double peak_gflops, gemm_gflops;
+    int bar;
+} train_ctx;
+
+static ccoe_status save_checkpoint(train_ctx *t, ccoe_error *err)
+{
+    t->st.data_pos = t->s->data.pos;
+    return ccoe_checkpoint_save(t->ckpt_path, &t->s->cfg, &t->s->model, &t->opt, &t->st, err);
+}
+
+static void run_eval(train_ctx *t, int with_tasks, int print_table)
+{
+    ccoe_session *s = t->s;
+    ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
+    ccoe_eval_domains(&s->model, &s->data, &s->tok, &s->batch, s->cfg.train.eval_batches,
+                      with_tasks, ev);
+    fprintf(t->metrics, "{\"step\":%ld,\"eval\":", t->st.step);
+    ccoe_eval_json(t->metrics, &s->data, ev);
+    fputs("}\n", t->metrics);
+    fflush(t->metrics);
+    if (print_table) {
+        printf("\nper-domain evaluation after %ld steps:\n", t->st.step);
+        ccoe_eval_print(stdout, &s->data, ev);
+        fflush(stdout);
+    }
+}
+
+/* One optimizer step: grad_accum micro-batches, clip, AdamW. Returns the mean loss. */
+static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out, double lr,
+                              ccoe_error *err)
+{
+    ccoe_session *s = t->s;
+    ccoe_model *m = &s->model;
+    const ccoe_train_config *tc = &s->cfg.train;
+    const int B = tc->batch_size, T = s->cfg.model.seq_len;
+    ccoe_model_zero_grad(m);
+    double loss_sum = 0.0;
+    long tokens = 0;
+    for (int micro = 0; micro < tc->grad_accum; micro++) {
+        ccoe_data_next_batch(&s->data, s->batch.tokens, s->batch.targets, s->batch.domains, B);
+        long count = 0;
+        loss_sum += ccoe_model_forward(m, s->batch.tokens, s->batch.targets, B, T, &count);
+        tokens += count;
+        /* every training row is full, so each micro-batch counts B*T tokens */
+        ccoe_model_backward(m, s->batch.tokens, s->batch.targets, B, T,
+                            1.0f / ((float)count * (float)tc->grad_accum));
+    }
+    double loss = loss_sum / (double)tokens;
+    double gnorm = ccoe_grad_norm(m->grad_block, 0, m->num_params);
+    *loss_out = loss;
+    *gnorm_out = gnorm;
+    if (!isfinite(loss) || !isfinite(gnorm))
+        return ccoe_error_set(err, CCOE_ERR_NUMERIC,
+                              "non-finite %s at step %ld (loss %g, grad norm %g, lr %g): lower "
+                              "train.lr, raise train.warmup or set train.grad_clip; the last "
+                              "good checkpoint (if any) is kept at %s",
+                              isfinite(loss) ? "gradient norm" : "loss", t->st.step + 1, loss,
+                              gnorm, lr, t->ckpt_path);
+    if (tc->grad_clip > 0 && gnorm > tc->grad_clip)
+        ccoe_grad_scale(m->grad_block, 0, m->num_params, (float)(tc->grad_clip / gnorm));
+    ccoe_adamw_step(&t->opt, m, tc, lr, NULL, NULL);
+    return CCOE_OK;
+}
+
+static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error *err)
+{
+    ccoe_session *s = t->s;
+    const ccoe_train_config *tc = &s->cfg.train;
+    const long tokens_per_step = (long)tc->batch_size * s->cfg.model.seq_len * tc->grad_accum;
+    double window_t0 = ccoe_now(), window_tokens = 0, run_t0 = ccoe_now();
+    double tok_s = 0.0;
+    long first_step = t->st.step;
+    while (t->st.step < tc->steps) {
+        double lr = ccoe_lr_at(tc, t->st.step);
+        double loss, gnorm;
+        double t0 = ccoe_now();
+        CCOE_TRY(train_step(t, &loss, &gnorm, lr, err));
+        double dt = ccoe_now() - t0;
+        t->st.step++;
+        window_tokens += (double)tokens_per_step;
+        double step_tok_s = (double)tokens_per_step / dt;
+        double mfu = step_tok_s * t->flops_per_token * 1e-9 / t->peak_gflops;
+        fprintf(t->metrics,
+                "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tok_per_s\":%.1f,"
+                "\"mfu_peak\":%.4f,\"mfu_sgemm\":%.4f,\"step_ms\":%.3f}\n",
+                t->st.step, loss, lr, gnorm, step_tok_s, mfu,
+                step_tok_s * t->flops_per_token * 1e-9 / t->gemm_gflops, dt * 1e3);
+        int last = t->st.step == tc->steps;
+        if (!o->quiet && (t->st.step % tc->log_every == 0 || last || t->bar)) {
+            double now = ccoe_now();
+            if (now > window_t0)
+                tok_s = window_tokens / (now - window_t0);
+            double mfu_w = tok_s * t->flops_per_token * 1e-9 / t->peak_gflops;
+            double eta_s = (double)(tc->steps - t->st.step) * (double)tokens_per_step / tok_s;
+            char eta[32];
+            format_eta(eta, sizeof eta, eta_s);
+            if (t->bar) {
+                int width = 24;
+                int filled = (int)((double)width * (double)t->st.step / (double)tc->steps);
+                char bar[32];
+                for (int i = 0; i < width; i++)
+                    bar[i] = i < filled ? '#' : '.';
+                bar[width] = '\0';
+                fprintf(stderr, "\r[%s] %ld/%ld loss %.4f | %.0f tok/s | MFU %.1f%% | ETA %s  ",
+                        bar, t->st.step, tc->steps, loss, tok_s, 100.0 * mfu_w, eta);
+                if (last)
+                    fputc('\n', stderr);
+            } else {
+                fprintf(stderr,
+                        "step %6ld/%ld | loss %.4f | lr %.3g | grad %.3f | %.0f tok/s | MFU "
+                        "%.1f%% | ETA %s\n",
+                        t->st.step, tc->steps, loss, lr, gnorm, tok_s, 100.0 * mfu_w, eta);
+            }
+            fflush(stderr);
+            window_t0 = ccoe_now();
+            window_tokens = 0;
+        }
+        if (!last && tc->eval_every > 0 && t->st.step % tc->eval_every == 0) {
+            double e0 = ccoe_now();
+            run_eval(t, 0, 0);
+            window_t0 += ccoe_now() - e0; /* evaluation is not training throughput */
+        }
+        if (!last && tc->ckpt_every > 0 && t->st.step % tc->ckpt_every == 0)
+            CCOE_TRY(save_checkpoint(t, err));
+        if ((o->stop_at > 0 && t->st.step >= o->stop_at && !last) ||
+            (o->time_limit > 0 && ccoe_now() - run_t0 >= o->time_limit && !last)) {
+            CCOE_TRY(save_checkpoint(t, err));
+            if (!o->quiet)
+                fprintf(stderr, "stopping after step %ld of %ld (%s); continue with --resume %s\n",
+                        t->st.step, tc->steps, o->stop_at > 0 ? "--stop-at" : "--time-limit",
+                        t->ckpt_path);
+            return CCOE_OK;
+        }
+        if (g_stop_signal) {
+            CCOE_TRY(save_checkpoint(t, err));
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "stopped by signal %d after step %ld; checkpoint saved to %s: "
+                                  "continue with --resume %s",
+                                  (int)g_stop_signal, t->st.step, t->ckpt_path, t->ckpt_path);
+        }
+    }
+    double total = ccoe_now() - run_t0;
+    if (!o->quiet && t->st.step > first_step)
+        fprintf(stderr, "trained %ld steps in %.1f s (%.0f tok/s average incl. evaluation)\n",
+                t->st.step - first_step, total,
+                (double)(t->st.step - first_step) * (double)tokens_per_step / total);
+    CCOE_TRY(save_checkpoint(t, err));
+    run_eval(t, 1, !o->quiet);
+    if (!o->quiet)
+        printf("checkpoint: %s\nmetrics:    %s/metrics.jsonl\n", t->ckpt_path,
+               s->cfg.train.out_dir);
+    return CCOE_OK;
+}
+
+ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, ccoe_error *err)
+{
+    ccoe_config cfg = *cfg_in;
+    ccoe_st_file *resume_file = NULL;
+    ccoe_status st;
+    if (o->resume) {
+        /* the checkpoint's stored config wins over the command line for everything that shapes
+         * the run; only the step budget, logging and output knobs may change */
+        ccoe_config stored;
+        CCOE_TRY(ccoe_checkpoint_open(o->resume, &stored, &resume_file, err));
+        stored.train.steps = cfg.train.steps;
+        stored.train.log_every = cfg.train.log_every;
+        stored.train.eval_every = cfg.train.eval_every;
+        stored.train.ckpt_every = cfg.train.ckpt_every;
+        stored.run = cfg.run;
+        memcpy(stored.train.out_dir, cfg.train.out_dir, sizeof stored.train.out_dir);
+        cfg = stored;
+    }
+    char ckpt_path[CCOE_STR + 64];
+    snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", cfg.train.out_dir);
+    if (!o->resume && !o->force && access(ckpt_path, F_OK) == 0) {
+        ccoe_st_close(resume_file);
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "%s already exists: continue it with --resume %s, start over with "
+                              "--force, or choose another train.out_dir",
+                              ckpt_path, ckpt_path);
+    }
+    if ((st = make_dirs(cfg.train.out_dir, err)) != CCOE_OK) {
+        ccoe_st_close(resume_file);
+        return st;
+    }
+
+    ccoe_session s;
+    if ((st = ccoe_session_open(&s, &cfg, 1, err)) != CCOE_OK) {
+        ccoe_st_close(resume_file);
+        return st;
+    }
+    train_ctx t;
+    memset(&t, 0, sizeof t);
+    t.s = &s;
+    snprintf(t.ckpt_path, sizeof t.ckpt_path, "%s", ckpt_path);
+    if ((st = ccoe_adamw_init(&t.opt, s.model.num_params, err)) != CCOE_OK)
+        goto done;
+    ccoe_rng_seed(&t.st.rng, s.cfg.train.seed ^ 0x7261696eULL);
+    if (resume_file) {
+        st = ccoe_checkpoint_load(resume_file, o->resume, &s.model, &t.opt, &t.st, err);
+        ccoe_st_close(resume_file);
+        resume_file = NULL;
+        if (st != CCOE_OK)
+            goto done;
+        ccoe_data_seek(&s.data, t.st.data_pos);
+    } else {
+        ccoe_model_init_weights(&s.model, s.cfg.train.seed);
+        ccoe_data_seek(&s.data, 0);
+    }
+    char mpath[CCOE_STR + 64];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", s.cfg.train.out_dir);
+    t.metrics = fopen(mpath, o->resume ? "a" : "w");
+    if (!t.metrics) {
+        st = ccoe_error_set(err, CCOE_ERR_IO, "cannot open %s for writing: %s", mpath,
+                            strerror(errno));
+        goto done;
+    }
+    t.flops_per_token = ccoe_model_train_flops_per_token(&s.cfg.model, s.cfg.model.seq_len);
+    t.peak_gflops = ccoe_measure_fma_peak(s.cfg.run.threads, 0.15);
+    t.gemm_gflops = ccoe_gemm_measure_gflops(&s.gemm, 768, 0.2);
+    t.bar = o->progress < 0 ? isatty(fileno(stderr)) : o->progress;
+    if (!o->quiet) {
+        char *ini = ccoe_config_to_ini(&s.cfg);
+        fprintf(stderr, "# resolved config\n%s", ini ? ini : "");
+        free(ini);
+        fprintf(stderr,
+                "model: %.2fM parameters, %.1f MFLOP/token (train) | data: %d domains, %zu train "
+                "/ %zu val sequences of %d tokens\n"
+                "threads %d | gemm %s | fp32 peak %.0f GFLOP/s (%s, measured) | sgemm %.0f "
+                "GFLOP/s (measured)\n",
+                (double)s.model.num_params / 1e6, t.flops_per_token / 1e6, s.data.n_domains,
+                s.data.n_train, s.data.n_val, s.cfg.model.seq_len, s.cfg.run.threads,
+                s.gemm.kernel_set, t.peak_gflops, ccoe_simd_name(), t.gemm_gflops);
+        if (o->resume)
+            fprintf(stderr, "resuming %s at step %ld\n", o->resume, t.st.step);
+    }
+    fprintf(t.metrics,
+            "{\"event\":\"start\",\"step\":%ld,\"params\":%zu,\"flops_per_token\":%.0f,"
+            "\"peak_gflops\":%.1f,\"sgemm_gflops\":%.1f,\"threads\":%d,\"gemm\":\"%s\","
+            "\"config_hash\":\"%016llx\"}\n",
+            t.st.step, s.model.num_params, t.flops_per_token, t.peak_gflops, t.gemm_gflops,
+            s.cfg.run.threads, s.gemm.kernel_set, (unsigned long long)ccoe_config_hash(&s.cfg));
+    g_stop_signal = 0;
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    st = train_loop(&t, o, err);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+done:
+    if (t.metrics)
+        fclose(t.metrics);
+    ccoe_st_close(resume_file);
+    ccoe_adamw_free(&t.opt);
+    ccoe_session_close(&s);
+    return st;
+}
