@@ -59,7 +59,7 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
         double t0 = ccoe_now();
         ccoe_model_zero_grad(m);
         long count;
-        ccoe_model_forward(m, s.batch.tokens, s.batch.targets, B, T, &count);
+        ccoe_model_forward(m, s.batch.tokens, s.batch.targets, s.batch.domains, B, T, &count);
         double t1 = ccoe_now();
         ccoe_model_backward(m, s.batch.tokens, s.batch.targets, B, T, 1.0f / (float)count);
         double t2 = ccoe_now();

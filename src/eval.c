@@ -41,7 +41,7 @@ static int argmax(const float *x, int n)
 }
 
 void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
-                          const char *const *prompts, int n, int max_new, char stop,
+                          const char *const *prompts, int domain, int n, int max_new, char stop,
                           char **outs, size_t out_cap)
 {
     const int T = b->maxT;
@@ -58,6 +58,7 @@ void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
         done[i] = len[i] >= T;
         olen[i] = 0;
         outs[i][0] = '\0';
+        b->domains[i] = domain;
     }
     for (int step = 0; step < max_new; step++) {
         int Tc = 0, active = 0;
@@ -76,7 +77,7 @@ void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
             for (int t = 0; t < Tc; t++)
                 dst[t] = t < len[i] ? src[t] : CCOE_TOK_PAD;
         }
-        ccoe_model_forward(m, b->targets, NULL, n, Tc, NULL);
+        ccoe_model_forward(m, b->targets, NULL, b->domains, n, Tc, NULL);
         for (int i = 0; i < n; i++) {
             if (done[i])
                 continue;
@@ -101,8 +102,8 @@ void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
     }
 }
 
-static void eval_tasks(ccoe_model *m, const ccoe_domain *d, const ccoe_tokenizer *tok,
-                       ccoe_batch *b, ccoe_domain_eval *ev)
+static void eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
+                       const ccoe_tokenizer *tok, ccoe_batch *b, ccoe_domain_eval *ev)
 {
     enum { OUT_CAP = 256 };
     char outbuf[CCOE_GEN_MAX][OUT_CAP];
@@ -120,7 +121,8 @@ static void eval_tasks(ccoe_model *m, const ccoe_domain *d, const ccoe_tokenizer
             if (need > max_new)
                 max_new = need;
         }
-        ccoe_generate_greedy(m, tok, b, prompts, n, max_new, d->answer_stop, outs, OUT_CAP);
+        ccoe_generate_greedy(m, tok, b, prompts, domain, n, max_new, d->answer_stop, outs,
+                             OUT_CAP);
         for (int i = 0; i < n; i++) {
             ev->task_total++;
             ev->task_correct += strcmp(outs[i], d->tasks[first + i].answer) == 0;
@@ -143,13 +145,13 @@ void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokeniz
                 break;
             int got = ccoe_data_val_batch(ds, d, first, b->tokens, b->targets, b->domains, B);
             long c = 0;
-            sum += ccoe_model_forward(m, b->tokens, b->targets, got, T, &c);
+            sum += ccoe_model_forward(m, b->tokens, b->targets, b->domains, got, T, &c);
             count += c;
         }
         ev->loss = count ? sum / (double)count : NAN;
         ev->tokens = count;
         if (with_tasks && ds->domains[d].n_tasks > 0)
-            eval_tasks(m, &ds->domains[d], tok, b, ev);
+            eval_tasks(m, &ds->domains[d], d, tok, b, ev);
     }
 }
 

@@ -32,10 +32,11 @@ void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokeniz
 
 #define CCOE_GEN_MAX 64 /* prompts decoded together at most */
 
-/* Greedy-decodes up to max_new tokens after each prompt (n <= min(b->maxB, CCOE_GEN_MAX)); writes the
- * decoded continuation of prompt i (stopping before `stop` or at EOS) into outs[i]. */
+/* Greedy-decodes up to max_new tokens after each prompt (n <= min(b->maxB, CCOE_GEN_MAX));
+ * all prompts belong to `domain` (for routing). Writes the decoded continuation of prompt i
+ * (stopping before `stop` or at EOS) into outs[i]. */
 void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
-                          const char *const *prompts, int n, int max_new, char stop,
+                          const char *const *prompts, int domain, int n, int max_new, char stop,
                           char **outs, size_t out_cap);
 
 /* Prints the per-domain table (domain, val loss, perplexity, task accuracy). */

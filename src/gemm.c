@@ -232,7 +232,7 @@ static void gemm_blis(int nthreads, int transa, int transb, int M, int N, int K,
 {
     rntm_t rntm;
     bli_rntm_init(&rntm);
-    bli_rntm_set_num_threads(nthreads, &rntm);
+    bli_rntm_set_num_threads(nthreads > 1 ? nthreads : 1, &rntm);
     inc_t rsa = transa ? 1 : lda, csa = transa ? lda : 1;
     inc_t rsb = transb ? 1 : ldb, csb = transb ? ldb : 1;
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A, rsa, csa,

@@ -412,9 +412,10 @@ static const float *final_hidden(const ccoe_model *m)
     return m->cfg.block == CCOE_BLOCK_PRE_LN ? m->lnf : block_output(m, m->cfg.n_layer - 1);
 }
 
-double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets, int B,
-                          int T, long *count)
+double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets,
+                          const int32_t *domains, int B, int T, long *count)
 {
+    (void)domains; /* the dense model does not route */
     assert(B >= 1 && B <= m->maxB && T >= 1 && T <= m->maxT);
     const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T, L = m->cfg.n_layer;
     ccoe_embed_forward(m->emb, tokens, m->w.wte, m->w.wpe, B, T, C);

@@ -106,14 +106,16 @@ void ccoe_model_free(ccoe_model *m);
  * norm weights 1, biases 0. */
 void ccoe_model_init_weights(ccoe_model *m, uint64_t seed);
 
-/* Forward on tokens (B,T) (B <= maxB, T <= maxT). With targets (B,T) (entries < 0 ignored),
- * computes the loss: returns the SUM of per-token losses and sets *count to the number counted.
- * Without targets (NULL) only the logits (B,T,V) are computed; returns 0. */
-double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets, int B,
-                          int T, long *count);
+/* Forward on tokens (B,T) (B <= maxB, T <= maxT). domains (B) is each sequence's domain id
+ * (what rule-based gating routes on; may be NULL for models that do not route on it). With
+ * targets (B,T) (entries < 0 ignored), computes the loss: returns the SUM of per-token losses
+ * and sets *count to the number counted. Without targets (NULL) only the logits (B,T,V) are
+ * computed; returns 0. */
+double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets,
+                          const int32_t *domains, int B, int T, long *count);
 
-/* Backward of the last forward (which must have had targets): ACCUMULATES into the gradient
- * block d(loss_sum * scale)/d(params). */
+/* Backward of the last forward (which must have had targets, and reuses its routing):
+ * ACCUMULATES into the gradient block d(loss_sum * scale)/d(params). */
 void ccoe_model_backward(ccoe_model *m, const int32_t *tokens, const int32_t *targets, int B,
                          int T, float scale);
 

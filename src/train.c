@@ -95,7 +95,8 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
     for (int micro = 0; micro < tc->grad_accum; micro++) {
         ccoe_data_next_batch(&s->data, s->batch.tokens, s->batch.targets, s->batch.domains, B);
         long count = 0;
-        loss_sum += ccoe_model_forward(m, s->batch.tokens, s->batch.targets, B, T, &count);
+        loss_sum += ccoe_model_forward(m, s->batch.tokens, s->batch.targets, s->batch.domains, B, T,
+                                       &count);
         tokens += count;
         /* every training row is full, so each micro-batch counts B*T tokens */
         ccoe_model_backward(m, s->batch.tokens, s->batch.targets, B, T,

@@ -4,7 +4,8 @@
  * serial entry points: all four transpose combinations, odd and degenerate shapes, alpha/beta
  * variants (beta = 0 over NaN garbage), strided sub-matrix views whose surroundings must stay
  * untouched, K = 0, the serial entry inside an OpenMP parallel region, the kernel set BLIS
- * really runs (the slow reference fallback on AVX-512 CPUs is a bug), and the parse/name API.
+ * really runs (the slow reference fallback on AVX-512 CPUs is a bug), a user's BLIS_ARCH_TYPE
+ * (respected when valid, an error instead of a BLIS abort when not), and the parse/name API.
  * Speed is not asserted here (see ccoe_gemm_measure_gflops).
  */
 #include <float.h>
@@ -12,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <omp.h>
 
@@ -22,6 +26,10 @@
 
 /* Whether BLIS_ARCH_TYPE was set before this process touched it (ccoe_gemm_init may set it). */
 static int user_set_blis_arch;
+
+/* BLIS reads BLIS_ARCH_TYPE once per process, so the user-value cases run in forked children
+ * (before this process initialises anything); these hold their exit codes (0 = as expected). */
+static int child_bad_arch_rc = -1, child_user_arch_rc = -1;
 
 enum { NCTX = 4 };
 static ccoe_gemm ctx[NCTX]; /* ref, blis, xsmm, auto; all with 2 threads */
@@ -380,13 +388,82 @@ static void test_measure_gflops(void **state)
     assert_true(ccoe_gemm_measure_gflops(&ctx[3], 0, 0.02) == 0.0);
 }
 
+/* Child: an invalid BLIS_ARCH_TYPE must be an error naming the value, not a BLIS abort; the
+ * ref backend needs no BLIS and still works. */
+static int child_bad_arch(void)
+{
+    setenv("BLIS_ARCH_TYPE", "skx", 1); /* BLIS itself would silently read this as 0 */
+    ccoe_gemm g;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    if (ccoe_gemm_init(&g, CCOE_GEMM_BLIS, 1, &err) != CCOE_ERR_BACKEND)
+        return 1;
+    if (!strstr(err.msg, "BLIS_ARCH_TYPE='skx'"))
+        return 2;
+    if (ccoe_gemm_init(&g, CCOE_GEMM_AUTO, 1, &err) != CCOE_ERR_BACKEND)
+        return 3;
+    if (ccoe_gemm_init(&g, CCOE_GEMM_REF, 1, &err) != CCOE_OK)
+        return 4;
+    return 0;
+}
+
+/* Child: a valid user choice is respected and reported (3 = haswell, AVX2 kernels). */
+static int child_user_arch(void)
+{
+    setenv("BLIS_ARCH_TYPE", "3", 1);
+    ccoe_gemm g;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    if (ccoe_gemm_init(&g, CCOE_GEMM_BLIS, 1, &err) != CCOE_OK)
+        return 1;
+    if (strcmp(g.kernel_set, "blis:haswell") != 0)
+        return 2;
+    float a[2] = {1.0f, 2.0f}, b[2] = {3.0f, 4.0f}, c[1] = {NAN};
+    ccoe_gemm_run(&g, 0, 0, 1, 1, 2, 1.0f, a, 2, b, 1, 0.0f, c, 1);
+    return c[0] == 11.0f ? 0 : 3;
+}
+
+static int run_child(int (*fn)(void))
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -2;
+    if (pid == 0)
+        _exit(fn());
+    int st = 0;
+    if (waitpid(pid, &st, 0) != pid)
+        return -3;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 100 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+static void test_user_blis_arch(void **state)
+{
+    (void)state;
+    if (child_bad_arch_rc != 0)
+        fprintf(stderr, "child with BLIS_ARCH_TYPE=skx: code %d\n", child_bad_arch_rc);
+    assert_int_equal(child_bad_arch_rc, 0);
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        if (child_user_arch_rc != 0)
+            fprintf(stderr, "child with BLIS_ARCH_TYPE=3: code %d\n", child_user_arch_rc);
+        assert_int_equal(child_user_arch_rc, 0);
+    }
+}
+
 int main(void)
 {
     const char *env = getenv("BLIS_ARCH_TYPE");
     user_set_blis_arch = env && env[0];
+    child_bad_arch_rc = run_child(child_bad_arch);
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        child_user_arch_rc = run_child(child_user_arch);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_and_names),
         cmocka_unit_test(test_blis_kernel_set),
+        cmocka_unit_test(test_user_blis_arch),
         cmocka_unit_test(test_small_shapes),
         cmocka_unit_test(test_large_shapes),
         cmocka_unit_test(test_degenerate),

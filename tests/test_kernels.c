@@ -10,6 +10,7 @@
  * Not here: GEMM backends themselves (test_gemm.c) and speed (benchmarks).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -466,7 +467,8 @@ static void test_fast_embed(void **state)
     (void)state;
     fast_embed_case(2, 3, 5, 4, 111);
     fast_embed_case(1, 1, 1, 1, 112);
-    fast_embed_case(4, 33, 70, 13, 113); /* C split across threads, many repeats */
+    fast_embed_case(4, 33, 70, 13, 113); /* token ids split across threads, many repeats */
+    fast_embed_case(3, 20, 48, 1, 114);  /* one token id: one thread does all of dwte */
 }
 
 static void fast_norm_case(int rms, int N, int C, uint64_t seed)
@@ -927,6 +929,44 @@ static void test_fast_crossentropy(void **state)
     fast_crossentropy_case(6, 33, 2000.0f, 0, 216); /* huge logit spread: stable, no NaN */
 }
 
+/* The row reductions (dweight, dbias, embedding gradients, the summed loss) keep the serial
+ * order, so their results are bitwise the same on 1 and 2 threads. */
+static void test_thread_count_invariance(void **state)
+{
+    (void)state;
+    const int B = 3, T = 37, C = 80, V = 11, N = B * T;
+    size_t n = (size_t)N * C;
+    int32_t *tok = inew(N);
+    fill_tokens(tok, N, V, 231);
+    float *inp = fnew(n), *dout = fnew(n), *w = fnew(C), *mean = fnew(N), *rstd = fnew(N),
+          *out = fnew(n), *losses = fnew(N), *probs = fnew(n);
+    tu_fill_uniform(inp, n, 232, 2.0f);
+    tu_fill_uniform(dout, n, 233, 1.0f);
+    tu_fill_uniform(w, C, 234, 1.0f);
+    ccoe_layernorm_forward(out, mean, rstd, inp, w, w, N, C);
+    float *res[2][5];
+    double loss[2];
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(k + 1);
+        for (int j = 0; j < 5; j++)
+            res[k][j] = fnew(n);
+        ccoe_layernorm_backward(res[k][0], res[k][1], res[k][2], dout, inp, w, mean, rstd, N, C);
+        ccoe_embed_backward(res[k][3], res[k][4], dout, tok, B, T, C);
+        loss[k] = ccoe_crossentropy_forward(losses, probs, inp, tok, N, C);
+    }
+    omp_set_num_threads(G.nthreads);
+    for (int j = 0; j < 5; j++) {
+        assert_memory_equal(res[0][j], res[1][j], n * sizeof(float));
+        free(res[0][j]);
+        free(res[1][j]);
+    }
+    assert_true(loss[0] == loss[1]);
+    float *fl[] = {inp, dout, w, mean, rstd, out, losses, probs};
+    for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++)
+        free(fl[i]);
+    free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -951,6 +991,7 @@ int main(void)
         cmocka_unit_test(test_fast_swiglu),
         cmocka_unit_test(test_fast_residual),
         cmocka_unit_test(test_fast_crossentropy),
+        cmocka_unit_test(test_thread_count_invariance),
     };
     return cmocka_run_group_tests(tests, setup_group, NULL);
 }

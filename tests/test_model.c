@@ -43,7 +43,7 @@ static ccoe_model_config tiny_config(const variant *v)
 static double loss_at(ccoe_model *m, const int32_t *tok, const int32_t *tgt, int B, int T)
 {
     long n = 0;
-    double s = ccoe_model_forward(m, tok, tgt, B, T, &n);
+    double s = ccoe_model_forward(m, tok, tgt, NULL, B, T, &n);
     return s / (double)n;
 }
 
@@ -73,7 +73,7 @@ static void check_variant(const variant *v)
 
     ccoe_model_zero_grad(&m);
     long count = 0;
-    ccoe_model_forward(&m, tok, tgt, B, T, &count);
+    ccoe_model_forward(&m, tok, tgt, NULL, B, T, &count);
     assert_int_equal(count, B * T - 1);
     ccoe_model_backward(&m, tok, tgt, B, T, 1.0f / (float)count);
 
@@ -153,7 +153,7 @@ static void test_forward_deterministic(void **state)
     for (int rep = 0; rep < 2; rep++) {
         ccoe_model_zero_grad(&m);
         long n;
-        double l = ccoe_model_forward(&m, tok, tgt, 2, 5, &n);
+        double l = ccoe_model_forward(&m, tok, tgt, NULL, 2, 5, &n);
         assert_int_equal(n, 10);
         ccoe_model_backward(&m, tok, tgt, 2, 5, 0.1f);
         if (rep == 0) {
