@@ -45,7 +45,7 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
         return st;
     }
     ccoe_model *m = &s.model;
-    ccoe_model_init_weights(m, 1);
+    ccoe_model_init_weights(m, 1, CCOE_INIT_COPY);
     ccoe_rng r;
     ccoe_rng_seed(&r, 42);
     const int B = sh->B, T = sh->T, N = B * T;
@@ -61,7 +61,7 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
         long count;
         ccoe_model_forward(m, s.batch.tokens, s.batch.targets, s.batch.domains, B, T, &count);
         double t1 = ccoe_now();
-        ccoe_model_backward(m, s.batch.tokens, s.batch.targets, B, T, 1.0f / (float)count);
+        ccoe_model_backward(m, 1.0f / (float)count);
         double t2 = ccoe_now();
         double gn = ccoe_grad_norm(m->grad_block, 0, m->num_params);
         if (gn > 1.0)
@@ -76,7 +76,7 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
     }
     double total = t_fwd + t_bwd + t_opt;
     double tok_s = (double)N * o->steps / total;
-    double fpt = ccoe_model_train_flops_per_token(&s.cfg.model, T);
+    double fpt = ccoe_model_train_flops_per_token(&s.cfg.model, s.cfg.model.n_layer, T);
     double gflops = tok_s * fpt * 1e-9;
     fprintf(out,
             "| %-9s | L%d C%d H%d V%d B%d T%d | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "

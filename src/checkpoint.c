@@ -110,6 +110,38 @@ static ccoe_status parse_u64(const char *s, uint64_t *v, const char *key, const 
     return CCOE_OK;
 }
 
+ccoe_status ccoe_checkpoint_load_init(const ccoe_st_file *f, const char *path, ccoe_model *m,
+                                      int *missing, ccoe_error *err)
+{
+    int found[CCOE_MAX_EXPERTS] = {0}, total[CCOE_MAX_EXPERTS] = {0};
+    for (int i = 0; i < m->n_params; i++) {
+        const ccoe_param *p = &m->params[i];
+        int present = ccoe_st_find(f, p->name, NULL, NULL) != NULL;
+        if (p->expert >= 0) {
+            total[p->expert]++;
+            found[p->expert] += present;
+            if (!present)
+                continue;
+        } else if (!present) {
+            return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                  "%s lacks base tensor %s: the model it holds does not match "
+                                  "this config (compare `ccoe info %s` with the [model] section)",
+                                  path, p->name, path);
+        }
+        CCOE_TRY(ccoe_st_read_into(f, p->name, m->param_block + p->offset, p->ndim, p->shape,
+                                   err));
+    }
+    for (int e = 0; e < m->gating.n_experts; e++) {
+        if (found[e] != 0 && found[e] != total[e])
+            return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                  "%s holds only %d of the %d tensors of expert '%s': its shape "
+                                  "differs from ccoe.experts (layers or own_head)",
+                                  path, found[e], total[e], m->gating.experts[e].name);
+        missing[e] = found[e] == 0;
+    }
+    return CCOE_OK;
+}
+
 ccoe_status ccoe_checkpoint_load(const ccoe_st_file *f, const char *path, ccoe_model *m,
                                  ccoe_adamw *opt, ccoe_train_state *st, ccoe_error *err)
 {

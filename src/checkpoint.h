@@ -39,4 +39,10 @@ ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_fil
 ccoe_status ccoe_checkpoint_load(const ccoe_st_file *f, const char *path, ccoe_model *m,
                                  ccoe_adamw *opt, ccoe_train_state *st, ccoe_error *err);
 
+/* Loads parameters for a fresh run from another model's checkpoint: every base tensor must be
+ * present with the same shape; an expert whose tensors are all absent is reported in
+ * missing[e] = 1 (the caller initialises it), a partly present expert is an error. */
+ccoe_status ccoe_checkpoint_load_init(const ccoe_st_file *f, const char *path, ccoe_model *m,
+                                      int *missing, ccoe_error *err);
+
 #endif

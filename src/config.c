@@ -33,10 +33,14 @@ static const char *const norm_names[] = {"layernorm", "rmsnorm", NULL};
 static const char *const ffn_names[] = {"gelu", "swiglu", NULL};
 static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
+static const char *const form_names[] = {"none", "tail", "prefix", NULL};
+static const char *const init_names[] = {"copy", "random", NULL};
 
 _Static_assert(sizeof(ccoe_norm_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_ffn_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_block_kind) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(ccoe_form) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(ccoe_expert_init) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(long) == 8, "long fields hold values up to 1e9 and are printed as %ld");
 
 #define FIELD(f) .offset = offsetof(ccoe_config, f), .size = sizeof(((ccoe_config *)0)->f)
@@ -116,6 +120,24 @@ static const ccoe_config_key key_table[] = {
 
     INT("run", "threads", run.threads, 1, 1024, "2", "threads per process"),
     STR("run", "gemm", run.gemm, 15, gemm_names, "auto", "matrix-multiply backend"),
+
+    ENUM("ccoe", "form", ccoe.form, form_names, "none",
+         "CCoE formulation: none, tail (Eq. 4: expert replaces the last l_i blocks), prefix "
+         "(Eq. 5: experts follow the first prefix_layers blocks)"),
+    STR("ccoe", "experts", ccoe.experts, PATH_MAX_LEN, NULL, "",
+        "experts in push order as NAME:LAYERS separated by spaces, e.g. \"arith:2 code:1\""),
+    STR("ccoe", "routes", ccoe.routes, PATH_MAX_LEN, NULL, "",
+        "rule-based gating as DOMAIN:EXPERT separated by spaces; unlisted domains use the base"),
+    INT("ccoe", "prefix_layers", ccoe.prefix_layers, 0, 256, "0",
+        "l_b: shared base blocks before the experts (form = prefix)"),
+    INT("ccoe", "max_expert_layers", ccoe.max_expert_layers, 0, 256, "0",
+        "largest allowed l_i; 0 = floor(n_layer / 2)"),
+    BOOL("ccoe", "own_head", ccoe.own_head, "false",
+         "each expert owns its final norm and LM head (otherwise shared with the base)"),
+    ENUM("ccoe", "init", ccoe.init, init_names, "copy",
+         "a new expert starts as a copy of the base blocks it replaces, or random"),
+    STR("ccoe", "train_expert", ccoe.train_expert, 63, NULL, "",
+        "train only this expert (base frozen) on its domains' data; empty = train everything"),
 };
 
 #define NKEYS (sizeof key_table / sizeof key_table[0])

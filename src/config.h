@@ -67,11 +67,36 @@ typedef struct ccoe_run_config {
     char gemm[16];            /* [run] auto | ref | blis | xsmm, default auto */
 } ccoe_run_config;
 
+/* CCoE formulations (paper Section 4; papers/ccoe.md). */
+typedef enum ccoe_form {
+    CCOE_FORM_NONE = 0,  /* the base model alone */
+    CCOE_FORM_TAIL = 1,  /* Eq. 4: expert i replaces the last l_i base blocks */
+    CCOE_FORM_PREFIX = 2 /* Eq. 5: every expert follows the first prefix_layers base blocks */
+} ccoe_form;
+
+typedef enum ccoe_expert_init {
+    CCOE_INIT_COPY = 0,  /* a new expert starts as a copy of the base blocks at its position */
+    CCOE_INIT_RANDOM = 1 /* a new expert starts from the random init */
+} ccoe_expert_init;
+
+typedef struct ccoe_ccoe_config {
+    ccoe_form form;            /* [ccoe] form = none | tail | prefix */
+    char experts[CCOE_STR];    /* [ccoe] "NAME:LAYERS NAME:LAYERS ..." in push order */
+    char routes[CCOE_STR];     /* [ccoe] "DOMAIN:EXPERT ..."; unlisted domains use the base */
+    int prefix_layers;         /* [ccoe] l_b of Eq. 5 (form = prefix) */
+    int max_expert_layers;     /* [ccoe] cap on l_i; 0 = floor(L/2) */
+    int own_head;              /* [ccoe] experts own their final norm and LM head */
+    ccoe_expert_init init;     /* [ccoe] init = copy | random */
+    char train_expert[64];     /* [ccoe] "" = train everything; NAME = train only that expert,
+                                * everything else frozen, on its domains' data */
+} ccoe_ccoe_config;
+
 typedef struct ccoe_config {
     ccoe_model_config model;
     ccoe_train_config train;
     ccoe_data_config data;
     ccoe_run_config run;
+    ccoe_ccoe_config ccoe;
 } ccoe_config;
 
 /* Fills every field with its default. */

@@ -655,12 +655,29 @@ static ccoe_status manifest_parse(manifest *m, const char *path, ccoe_error *err
 
 static void reshuffle(ccoe_dataset *ds, uint64_t epoch)
 {
+    size_t n = 0;
     for (size_t i = 0; i < ds->n_train; i++)
-        ds->perm[i] = (uint32_t)i;
+        if (ds->stream_domains >> ds->train_domain[i] & 1u)
+            ds->perm[n++] = (uint32_t)i;
+    ds->n_stream = n;
     ccoe_rng r;
     ccoe_rng_seed(&r, ccoe_hash4(ds->seed, epoch, STREAM_TAG, 0));
-    ccoe_rng_shuffle(&r, ds->perm, ds->n_train);
+    ccoe_rng_shuffle(&r, ds->perm, n);
     ds->epoch = epoch;
+}
+
+ccoe_status ccoe_data_restrict(ccoe_dataset *ds, uint32_t mask, ccoe_error *err)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < ds->n_train; i++)
+        n += mask >> ds->train_domain[i] & 1u;
+    if (n == 0)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "the selected domains hold no training sequences");
+    ds->stream_domains = mask;
+    reshuffle(ds, 0);
+    ds->pos = 0;
+    return CCOE_OK;
 }
 
 static ccoe_status load_builtin(ccoe_dataset *ds, const ccoe_tokenizer *tok,
@@ -795,6 +812,7 @@ ccoe_status ccoe_data_load(ccoe_dataset *ds, const char *manifest_path, const cc
         ccoe_data_free(ds);
         return s;
     }
+    ds->stream_domains = UINT32_MAX;
     reshuffle(ds, 0);
     ds->pos = 0;
     return CCOE_OK;
@@ -833,7 +851,7 @@ int ccoe_data_domain_index(const ccoe_dataset *ds, const char *name)
 void ccoe_data_seek(ccoe_dataset *ds, uint64_t pos)
 {
     assert(ds->n_train > 0 && ds->perm); /* a loaded data set */
-    uint64_t epoch = pos / ds->n_train;
+    uint64_t epoch = pos / ds->n_stream;
     if (epoch != ds->epoch)
         reshuffle(ds, epoch);
     ds->pos = pos;
@@ -845,10 +863,10 @@ void ccoe_data_next_batch(ccoe_dataset *ds, int32_t *tokens, int32_t *targets, i
     assert(ds->n_train > 0 && ds->perm); /* a loaded data set */
     size_t T = (size_t)ds->T;
     for (int b = 0; b < B; b++) {
-        uint64_t epoch = ds->pos / ds->n_train;
+        uint64_t epoch = ds->pos / ds->n_stream;
         if (epoch != ds->epoch)
             reshuffle(ds, epoch);
-        uint32_t i = ds->perm[ds->pos % ds->n_train];
+        uint32_t i = ds->perm[ds->pos % ds->n_stream];
         const int32_t *seq = ds->train_seq + (size_t)i * (T + 1);
         memcpy(tokens + (size_t)b * T, seq, T * sizeof *tokens);
         memcpy(targets + (size_t)b * T, seq + 1, T * sizeof *targets);

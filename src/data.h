@@ -49,7 +49,9 @@ typedef struct ccoe_dataset {
     uint64_t seed;
     uint64_t pos;                   /* sequences consumed so far */
     uint64_t epoch;                 /* epoch whose permutation is in perm */
-    uint32_t *perm;                 /* (n_train) */
+    uint32_t *perm;                 /* (n_train); the first n_stream entries are the epoch's order */
+    size_t n_stream;                /* train sequences in the stream (all, or a domain subset) */
+    uint32_t stream_domains;        /* bit d set: domain d is in the training stream */
 } ccoe_dataset;
 
 /* Loads a manifest ("builtin" = the embedded default data) for sequence length T.
@@ -66,6 +68,11 @@ int ccoe_data_domain_index(const ccoe_dataset *ds, const char *name);
 /* Positions the training stream at sequence counter pos (for resume); recomputes the epoch's
  * shuffle in place. No allocation. */
 void ccoe_data_seek(ccoe_dataset *ds, uint64_t pos);
+
+/* Restricts the training stream to the domains whose bit is set in mask (all bits: every
+ * domain), e.g. to train one CCoE expert on its own domains. Repositions the stream at 0.
+ * Errors if the selected domains hold no training sequence. */
+ccoe_status ccoe_data_restrict(ccoe_dataset *ds, uint32_t mask, ccoe_error *err);
 
 /* Next B training sequences of the mixed-domain stream (shuffled per epoch by seed): tokens
  * (B,T), targets (B,T) (the next tokens), domains (B). Advances ds->pos by B. No allocation. */

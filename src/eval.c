@@ -82,7 +82,7 @@ void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
             if (done[i])
                 continue;
             /* only the tokenizer's real ids are candidates (the vocab may be padded) */
-            int next = argmax(ccoe_model_logits(m, i, len[i] - 1, Tc), V);
+            int next = argmax(ccoe_model_logits(m, i, len[i] - 1), V);
             char piece[16];
             size_t k = tok->ops->decode(tok->self, &next, 1, piece, sizeof piece);
             if (next == CCOE_TOK_EOS || (k == 1 && piece[0] == stop)) {

@@ -38,10 +38,12 @@
 
 /* ---- AUTO policy (measured on AMD Zen 5; see gemm_auto_uses_xsmm) ---- */
 
-/* AUTO uses libxsmm when op(B) (K x N floats) fits in this much of the 1 MiB L2 ... */
+/* AUTO uses libxsmm for every problem of at most this many multiply-adds (2^25, e.g. 256^3) ... */
+#define CCOE_GEMM_XSMM_SMALL_MNK (1L << 25)
+/* ... and for larger untransposed ones whose op(B) (K x N floats) fits in 3/4 of the 1 MiB L2,
+ * unless a leading dimension is a multiple of this many floats (4 KiB: cache-set aliasing). */
 #define CCOE_GEMM_XSMM_MAX_KN (192L * 1024L)
-/* ... or when C has at most this many rows (op(B) is then streamed only a few times). */
-#define CCOE_GEMM_XSMM_MAX_M 64
+#define CCOE_GEMM_XSMM_ALIAS_LD 1024
 
 /* A threaded libxsmm call splits the rows of C into blocks for OpenMP only when it has at least
  * this many multiply-adds per thread and this many rows per thread; otherwise one thread runs it. */
@@ -243,7 +245,8 @@ static void gemm_blis(int nthreads, int transa, int transb, int M, int N, int K,
 
 /* Column-major kernel for rows [.., .. + rows) of the row-major C: m = N, n = rows, k = K,
  * first operand B (N columns, ld ldb), second operand A (ld lda, transposed when transa).
- * Returns NULL when libxsmm has no kernel for it. */
+ * Returns NULL when libxsmm has no kernel for it. No cache of our own: libxsmm's registry lookup
+ * measured 18-34 ns per call, under 0.3% of even a 128x128x64 product. */
 static libxsmm_smmfunction xsmm_kernel(int transa, int rows, int N, int K, int lda, int ldb,
                                        float beta, int ldc)
 {
@@ -303,17 +306,25 @@ static int gemm_xsmm(int nthreads, int transa, int transb, int M, int N, int K, 
 
 /* ---- dispatch ---- */
 
-/* AUTO policy: libxsmm where its unpacked JIT kernels beat BLIS, BLIS for the rest.
- * libxsmm 1.17 does no packing or cache blocking: its kernel re-reads op(B) for every few rows
- * of C, so it runs at 200-225 GFLOP/s on one Zen 5 core while op(B) stays in the 1 MiB L2 and
- * drops to 110-160 once it does not (1024x1024x256: 155-170 vs BLIS 195-205; 256x50304x768:
- * 110 vs 125-140). BLIS packs, so it holds 180-205 on large problems but pays 50-60% on small
- * ones (64^3: 57 vs 217; 128x128x64: 95-110 vs 180-200) and its thread team costs more than it
- * gains below ~256^3. With few rows of C, op(B) is read only a few times and libxsmm wins even
- * when it is large (64x1024x1024: 167 vs 139). */
-static int gemm_auto_uses_xsmm(int M, int N, int K)
+/* AUTO policy: libxsmm where its unpacked JIT kernels beat BLIS, BLIS for the rest. Measured
+ * single-threaded, quiet machine and with a second process running the same GEMM on the other
+ * core (like two MPI ranks), GFLOP/s libxsmm vs BLIS:
+ * - small problems: BLIS's packing and thread setup dominate, libxsmm is 1.2-3x faster
+ *   (64^3: 217 vs 57; 128x128x64: 222 vs 110-120; 256^3: 222 vs 178; 512x512x128 with transa:
+ *   213 vs 193). Threaded BLIS is even slower there.
+ * - larger problems: libxsmm does no packing or cache blocking and re-reads op(B) for every few
+ *   rows of C. While op(B) stays in L2 it still wins or ties (1024x256x768: 207-221 vs 195;
+ *   1024x768x256: 194-206 vs 201-206); beyond that it falls behind, most under contention
+ *   (1024x1024x256: 154-176 vs 185-209; 256x50304x768: 104 vs 141; 64x3072x768 next to another
+ *   process: 116 vs 140-151); with 4 KiB leading dimensions it loses 5-15% (1024x1024x128:
+ *   189 vs 202); its transposed-A kernels trail BLIS on larger problems (768x768x1024: 122 vs
+ *   187). */
+static int gemm_auto_uses_xsmm(int transa, int M, int N, int K, int ldb, int ldc)
 {
-    return (long)K * N <= CCOE_GEMM_XSMM_MAX_KN || M <= CCOE_GEMM_XSMM_MAX_M;
+    if ((long)M * N * K <= CCOE_GEMM_XSMM_SMALL_MNK)
+        return 1;
+    return !transa && (long)K * N <= CCOE_GEMM_XSMM_MAX_KN &&
+           ldb % CCOE_GEMM_XSMM_ALIAS_LD != 0 && ldc % CCOE_GEMM_XSMM_ALIAS_LD != 0;
 }
 
 static void gemm_dispatch(const ccoe_gemm *g, int nthreads, int transa, int transb, int M, int N,
@@ -331,7 +342,7 @@ static void gemm_dispatch(const ccoe_gemm *g, int nthreads, int transa, int tran
             return;
         break;
     case CCOE_GEMM_AUTO:
-        if (gemm_auto_uses_xsmm(M, N, K) &&
+        if (gemm_auto_uses_xsmm(transa, M, N, K, ldb, ldc) &&
             gemm_xsmm(nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
             return;
         break;

@@ -16,10 +16,11 @@ static const char *k_usage =
     "usage: ccoe COMMAND [ARGS]\n"
     "\n"
     "commands:\n"
-    "  train CONFIG [--set section.key=value]... [--resume CKPT] [--force] [--stop-at STEP]\n"
-    "        [--time-limit SECONDS] [--progress|--no-progress] [--quiet]\n"
+    "  train CONFIG [--set section.key=value]... [--resume CKPT | --init-from CKPT] [--force]\n"
+    "        [--stop-at STEP] [--time-limit SECONDS] [--progress|--no-progress] [--quiet]\n"
     "        train the model described by CONFIG (an INI file in configs/); --stop-at and\n"
-    "        --time-limit checkpoint and exit early (resume later with --resume)\n"
+    "        --time-limit checkpoint and exit early (resume later with --resume); --init-from\n"
+    "        starts from another run's weights (e.g. a base model for CCoE expert training)\n"
     "  eval CHECKPOINT [--set data.manifest=...] [--batches N] [--no-tasks]\n"
     "        per-domain validation loss, perplexity and task accuracy\n"
     "  info CHECKPOINT\n"
@@ -73,6 +74,8 @@ static int cmd_train(int argc, char **argv)
                 return fail(&err);
         } else if (strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
             o.resume = argv[++i];
+        } else if (strcmp(argv[i], "--init-from") == 0 && i + 1 < argc) {
+            o.init_from = argv[++i];
         } else if (strcmp(argv[i], "--force") == 0) {
             o.force = 1;
         } else if (strcmp(argv[i], "--stop-at") == 0 && i + 1 < argc) {
@@ -95,6 +98,8 @@ static int cmd_train(int argc, char **argv)
             return usage_error("unknown or incomplete train argument", argv[i]);
         }
     }
+    if (o.resume && o.init_from)
+        return usage_error("--resume and --init-from exclude each other", "");
     if (ccoe_config_validate(&cfg, &err) != CCOE_OK)
         return fail(&err);
     if (ccoe_train_run(&cfg, &o, &err) != CCOE_OK)

@@ -1,7 +1,8 @@
-/* model.c - parameter layout and the forward/backward composition of the transformer.
+/* model.c - parameter layout and the forward/backward composition of the transformer, with
+ * CCoE paths (Eqs. 4-5) as a generalisation of the plain stack.
  *
  * The per-layer math lives in kernels.c; this file only wires layers together, carves memory
- * and initialises weights. Derivations are in papers/transformer.md.
+ * and initialises weights. Derivations are in papers/transformer.md and papers/ccoe.md.
  */
 #include "model.h"
 
@@ -16,10 +17,13 @@
 
 /* ---- parameter layout ---- */
 
-static void add_param(ccoe_model *m, size_t *off, const char *name, int block, int decay,
-                      int ndim, int64_t d0, int64_t d1)
+static void add_param(ccoe_model *m, size_t *off, const char *name, int block, int expert,
+                      int decay, int ndim, int64_t d0, int64_t d1)
 {
-    assert(m->n_params < CCOE_MAX_PARAMS);
+    if (m->n_params >= CCOE_MAX_PARAMS) { /* counted; ccoe_model_init reports it */
+        m->n_params++;
+        return;
+    }
     ccoe_param *p = &m->params[m->n_params++];
     snprintf(p->name, sizeof p->name, "%s", name);
     p->ndim = ndim;
@@ -29,53 +33,94 @@ static void add_param(ccoe_model *m, size_t *off, const char *name, int block, i
     p->offset = *off;
     p->decay = decay;
     p->block = block;
+    p->expert = expert;
     /* keep every tensor 64-byte aligned */
     *off += (p->numel + 15) & ~(size_t)15;
+}
+
+/* The tensors of one block instance under the name prefix ("blocks.3." or
+ * "experts.arith.blocks.0."). */
+static void add_block(ccoe_model *m, size_t *off, const char *prefix, int inst, int expert)
+{
+    const ccoe_model_config *c = &m->cfg;
+    const int C = c->n_embd, F = c->ffn_hidden;
+    const int ln_bias = c->norm == CCOE_NORM_LAYERNORM;
+    char name[CCOE_PARAM_NAME];
+#define P(suffix, decay, ndim, d0, d1)                                  \
+    do {                                                                \
+        snprintf(name, sizeof name, "%s%s", prefix, suffix);            \
+        add_param(m, off, name, inst, expert, decay, ndim, d0, d1);     \
+    } while (0)
+    P("ln1.weight", 0, 1, C, 0);
+    if (ln_bias)
+        P("ln1.bias", 0, 1, C, 0);
+    P("attn.qkv.weight", 1, 2, 3 * C, C);
+    if (c->bias)
+        P("attn.qkv.bias", 0, 1, 3 * C, 0);
+    P("attn.proj.weight", 1, 2, C, C);
+    if (c->bias)
+        P("attn.proj.bias", 0, 1, C, 0);
+    P("ln2.weight", 0, 1, C, 0);
+    if (ln_bias)
+        P("ln2.bias", 0, 1, C, 0);
+    P("mlp.fc.weight", 1, 2, m->F2, C);
+    if (c->bias)
+        P("mlp.fc.bias", 0, 1, m->F2, 0);
+    P("mlp.proj.weight", 1, 2, C, F);
+    if (c->bias)
+        P("mlp.proj.bias", 0, 1, C, 0);
+#undef P
+}
+
+/* Final norm (pre-LN) and untied LM head under prefix ("" or "experts.arith."). A tied head
+ * has no tensor of its own. */
+static void add_head(ccoe_model *m, size_t *off, const char *prefix, int expert, int untied)
+{
+    const ccoe_model_config *c = &m->cfg;
+    char name[CCOE_PARAM_NAME];
+    if (c->block == CCOE_BLOCK_PRE_LN) {
+        snprintf(name, sizeof name, "%slnf.weight", prefix);
+        add_param(m, off, name, -1, expert, 0, 1, c->n_embd, 0);
+        if (c->norm == CCOE_NORM_LAYERNORM) {
+            snprintf(name, sizeof name, "%slnf.bias", prefix);
+            add_param(m, off, name, -1, expert, 0, 1, c->n_embd, 0);
+        }
+    }
+    if (untied) {
+        snprintf(name, sizeof name, "%slm_head.weight", prefix);
+        add_param(m, off, name, -1, expert, 1, 2, c->vocab_size, c->n_embd);
+    }
 }
 
 static void build_layout(ccoe_model *m)
 {
     const ccoe_model_config *c = &m->cfg;
-    const int C = c->n_embd, V = c->vocab_size, T = c->seq_len, F = c->ffn_hidden;
-    const int has_ln_bias = c->norm == CCOE_NORM_LAYERNORM;
+    const ccoe_gating *gt = &m->gating;
+    const int L = c->n_layer;
+    char prefix[CCOE_PARAM_NAME];
     size_t off = 0;
-    char name[CCOE_PARAM_NAME];
     m->n_params = 0;
-    add_param(m, &off, "wte", -1, 1, 2, V, C);
-    add_param(m, &off, "wpe", -1, 1, 2, T, C);
-    for (int l = 0; l < c->n_layer; l++) {
-#define P(suffix, decay, ndim, d0, d1)                                   \
-    do {                                                                 \
-        snprintf(name, sizeof name, "blocks.%d.%s", l, suffix);          \
-        add_param(m, &off, name, l, decay, ndim, d0, d1);                \
-    } while (0)
-        P("ln1.weight", 0, 1, C, 0);
-        if (has_ln_bias)
-            P("ln1.bias", 0, 1, C, 0);
-        P("attn.qkv.weight", 1, 2, 3 * C, C);
-        if (c->bias)
-            P("attn.qkv.bias", 0, 1, 3 * C, 0);
-        P("attn.proj.weight", 1, 2, C, C);
-        if (c->bias)
-            P("attn.proj.bias", 0, 1, C, 0);
-        P("ln2.weight", 0, 1, C, 0);
-        if (has_ln_bias)
-            P("ln2.bias", 0, 1, C, 0);
-        P("mlp.fc.weight", 1, 2, m->F2, C);
-        if (c->bias)
-            P("mlp.fc.bias", 0, 1, m->F2, 0);
-        P("mlp.proj.weight", 1, 2, C, F);
-        if (c->bias)
-            P("mlp.proj.bias", 0, 1, C, 0);
-#undef P
+    add_param(m, &off, "wte", -1, -1, 1, 2, c->vocab_size, c->n_embd);
+    add_param(m, &off, "wpe", -1, -1, 1, 2, c->seq_len, c->n_embd);
+    for (int l = 0; l < L; l++) {
+        snprintf(prefix, sizeof prefix, "blocks.%d.", l);
+        add_block(m, &off, prefix, l, -1);
     }
-    if (c->block == CCOE_BLOCK_PRE_LN) {
-        add_param(m, &off, "lnf.weight", -1, 0, 1, C, 0);
-        if (has_ln_bias)
-            add_param(m, &off, "lnf.bias", -1, 0, 1, C, 0);
+    add_head(m, &off, "", -1, !c->tied_head);
+    int inst = L;
+    for (int e = 0; e < gt->n_experts; e++) {
+        m->expert_begin[e] = off;
+        for (int j = 0; j < gt->experts[e].layers; j++) {
+            snprintf(prefix, sizeof prefix, "experts.%s.blocks.%d.", gt->experts[e].name, j);
+            add_block(m, &off, prefix, inst++, e);
+        }
+        if (gt->own_head) {
+            snprintf(prefix, sizeof prefix, "experts.%s.", gt->experts[e].name);
+            /* an own head is untied: the expert's LM head is its own matrix */
+            add_head(m, &off, prefix, e, 1);
+        }
+        m->expert_end[e] = off;
     }
-    if (!c->tied_head)
-        add_param(m, &off, "lm_head.weight", -1, 1, 2, V, C);
     m->num_params = off;
 }
 
@@ -87,42 +132,81 @@ const ccoe_param *ccoe_model_find_param(const ccoe_model *m, const char *name)
     return NULL;
 }
 
-static float *tensor_at(const ccoe_model *m, float *base, const char *name)
+static float *tensor_at(const ccoe_model *m, float *base, const char *prefix, const char *suffix)
 {
-    const ccoe_param *p = ccoe_model_find_param(m, name);
+    char name[CCOE_PARAM_NAME];
+    int n = snprintf(name, sizeof name, "%s%s", prefix, suffix);
+    const ccoe_param *p = n < (int)sizeof name ? ccoe_model_find_param(m, name) : NULL;
     return p ? base + p->offset : NULL;
 }
 
-static void make_view(ccoe_model *m, float *base, ccoe_model_view *v, ccoe_block_view *blocks)
+static void block_view(const ccoe_model *m, float *base, const char *prefix, ccoe_block_view *b)
 {
-    char name[CCOE_PARAM_NAME];
-    v->wte = tensor_at(m, base, "wte");
-    v->wpe = tensor_at(m, base, "wpe");
-    v->lnf_w = tensor_at(m, base, "lnf.weight");
-    v->lnf_b = tensor_at(m, base, "lnf.bias");
-    v->lm_head = m->cfg.tied_head ? v->wte : tensor_at(m, base, "lm_head.weight");
-    v->blocks = blocks;
+    b->ln1_w = tensor_at(m, base, prefix, "ln1.weight");
+    b->ln1_b = tensor_at(m, base, prefix, "ln1.bias");
+    b->qkv_w = tensor_at(m, base, prefix, "attn.qkv.weight");
+    b->qkv_b = tensor_at(m, base, prefix, "attn.qkv.bias");
+    b->proj_w = tensor_at(m, base, prefix, "attn.proj.weight");
+    b->proj_b = tensor_at(m, base, prefix, "attn.proj.bias");
+    b->ln2_w = tensor_at(m, base, prefix, "ln2.weight");
+    b->ln2_b = tensor_at(m, base, prefix, "ln2.bias");
+    b->fc_w = tensor_at(m, base, prefix, "mlp.fc.weight");
+    b->fc_b = tensor_at(m, base, prefix, "mlp.fc.bias");
+    b->fcproj_w = tensor_at(m, base, prefix, "mlp.proj.weight");
+    b->fcproj_b = tensor_at(m, base, prefix, "mlp.proj.bias");
+}
+
+static void head_view(const ccoe_model *m, float *base, const char *prefix, int untied,
+                      ccoe_head_view *h)
+{
+    h->lnf_w = tensor_at(m, base, prefix, "lnf.weight");
+    h->lnf_b = tensor_at(m, base, prefix, "lnf.bias");
+    h->lm_head = untied ? tensor_at(m, base, prefix, "lm_head.weight")
+                        : tensor_at(m, base, "", "wte");
+}
+
+static void make_views(ccoe_model *m, float *base, ccoe_block_view *blocks, ccoe_head_view *heads)
+{
+    const ccoe_gating *gt = &m->gating;
+    char prefix[CCOE_PARAM_NAME];
     for (int l = 0; l < m->cfg.n_layer; l++) {
-        ccoe_block_view *b = &blocks[l];
-#define T_(field, suffix)                                            \
-    do {                                                             \
-        snprintf(name, sizeof name, "blocks.%d.%s", l, suffix);      \
-        b->field = tensor_at(m, base, name);                         \
-    } while (0)
-        T_(ln1_w, "ln1.weight");
-        T_(ln1_b, "ln1.bias");
-        T_(qkv_w, "attn.qkv.weight");
-        T_(qkv_b, "attn.qkv.bias");
-        T_(proj_w, "attn.proj.weight");
-        T_(proj_b, "attn.proj.bias");
-        T_(ln2_w, "ln2.weight");
-        T_(ln2_b, "ln2.bias");
-        T_(fc_w, "mlp.fc.weight");
-        T_(fc_b, "mlp.fc.bias");
-        T_(fcproj_w, "mlp.proj.weight");
-        T_(fcproj_b, "mlp.proj.bias");
-#undef T_
+        snprintf(prefix, sizeof prefix, "blocks.%d.", l);
+        block_view(m, base, prefix, &blocks[l]);
     }
+    head_view(m, base, "", !m->cfg.tied_head, &heads[0]);
+    int inst = m->cfg.n_layer;
+    for (int e = 0; e < gt->n_experts; e++) {
+        for (int j = 0; j < gt->experts[e].layers; j++) {
+            snprintf(prefix, sizeof prefix, "experts.%s.blocks.%d.", gt->experts[e].name, j);
+            block_view(m, base, prefix, &blocks[inst++]);
+        }
+        if (gt->own_head) {
+            snprintf(prefix, sizeof prefix, "experts.%s.", gt->experts[e].name);
+            head_view(m, base, prefix, 1, &heads[1 + e]);
+        }
+    }
+}
+
+/* Instances, their inputs, and the paths. */
+static void build_paths(ccoe_model *m)
+{
+    const ccoe_gating *gt = &m->gating;
+    const int L = m->cfg.n_layer;
+    for (int l = 0; l < L; l++)
+        m->inst_input[l] = l - 1;
+    m->paths[0] = (ccoe_path){.n_base = L, .first_inst = L, .n_own = 0, .head = 0};
+    int inst = L;
+    for (int e = 0; e < gt->n_experts; e++) {
+        const ccoe_expert_spec *x = &gt->experts[e];
+        for (int j = 0; j < x->layers; j++, inst++)
+            m->inst_input[inst] = j == 0 ? x->branch - 1 : inst - 1;
+        m->paths[1 + e] = (ccoe_path){.n_base = x->branch,
+                                      .first_inst = inst - x->layers,
+                                      .n_own = x->layers,
+                                      .head = gt->own_head ? 1 + e : 0};
+    }
+    m->n_paths = 1 + gt->n_experts;
+    m->n_heads = gt->own_head ? 1 + gt->n_experts : 1;
 }
 
 /* ---- activations ---- */
@@ -130,27 +214,35 @@ static void make_view(ccoe_model *m, float *base, ccoe_model_view *v, ccoe_block
 static void carve_acts(ccoe_model *m, ccoe_arena *a)
 {
     const ccoe_model_config *c = &m->cfg;
-    const size_t N = (size_t)m->maxB * m->maxT, C = c->n_embd, V = c->vocab_size;
+    const size_t B = (size_t)m->maxB, N = B * m->maxT, C = c->n_embd, V = c->vocab_size;
     const size_t F = c->ffn_hidden, F2 = m->F2, H = c->n_head;
+    m->tok_sorted = ccoe_arena_take(a, N * sizeof(int32_t));
+    m->tgt_sorted = ccoe_arena_take(a, N * sizeof(int32_t));
+    m->row_of = ccoe_arena_take(a, B * sizeof(int));
+    m->seq_at = ccoe_arena_take(a, B * sizeof(int));
+    m->row_path = ccoe_arena_take(a, B * sizeof(int));
+    m->group_path = ccoe_arena_take(a, B * sizeof(int));
+    m->group_r0 = ccoe_arena_take(a, B * sizeof(int));
+    m->group_r1 = ccoe_arena_take(a, B * sizeof(int));
     m->emb = ccoe_arena_floats(a, N * C);
-    m->acts = ccoe_arena_take(a, sizeof(ccoe_block_acts) * c->n_layer);
-    for (int l = 0; l < c->n_layer; l++) {
-        ccoe_block_acts tmp;
-        tmp.ln1 = ccoe_arena_floats(a, N * C);
-        tmp.ln1_mean = ccoe_arena_floats(a, N);
-        tmp.ln1_rstd = ccoe_arena_floats(a, N);
-        tmp.qkv = ccoe_arena_floats(a, N * 3 * C);
-        tmp.atty = ccoe_arena_floats(a, N * C);
-        tmp.lse = ccoe_arena_floats(a, (size_t)m->maxB * H * m->maxT);
-        tmp.res1 = ccoe_arena_floats(a, N * C);
-        tmp.ln2 = ccoe_arena_floats(a, N * C);
-        tmp.ln2_mean = ccoe_arena_floats(a, N);
-        tmp.ln2_rstd = ccoe_arena_floats(a, N);
-        tmp.fch = ccoe_arena_floats(a, N * F2);
-        tmp.fch_act = ccoe_arena_floats(a, N * F);
-        tmp.res2 = ccoe_arena_floats(a, N * C);
+    m->acts = ccoe_arena_take(a, sizeof(ccoe_block_acts) * (size_t)m->n_inst);
+    for (int k = 0; k < m->n_inst; k++) {
+        ccoe_block_acts t;
+        t.ln1 = ccoe_arena_floats(a, N * C);
+        t.ln1_mean = ccoe_arena_floats(a, N);
+        t.ln1_rstd = ccoe_arena_floats(a, N);
+        t.qkv = ccoe_arena_floats(a, N * 3 * C);
+        t.atty = ccoe_arena_floats(a, N * C);
+        t.lse = ccoe_arena_floats(a, B * H * m->maxT);
+        t.res1 = ccoe_arena_floats(a, N * C);
+        t.ln2 = ccoe_arena_floats(a, N * C);
+        t.ln2_mean = ccoe_arena_floats(a, N);
+        t.ln2_rstd = ccoe_arena_floats(a, N);
+        t.fch = ccoe_arena_floats(a, N * F2);
+        t.fch_act = ccoe_arena_floats(a, N * F);
+        t.res2 = ccoe_arena_floats(a, N * C);
         if (m->acts)
-            m->acts[l] = tmp;
+            m->acts[k] = t;
     }
     m->lnf = ccoe_arena_floats(a, N * C);
     m->lnf_mean = ccoe_arena_floats(a, N);
@@ -164,16 +256,20 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
     m->dqkv = ccoe_arena_floats(a, N * 3 * C);
     m->dfch = ccoe_arena_floats(a, N * F2);
     m->dfch_act = ccoe_arena_floats(a, N * F);
-    m->attn_scratch =
-        ccoe_arena_floats(a, ccoe_attention_scratch_floats(m->maxB, m->maxT, (int)C, (int)H,
-                                                           m->nthreads));
+    m->attn_scratch = ccoe_arena_floats(
+        a, ccoe_attention_scratch_floats(m->maxB, m->maxT, (int)C, (int)H, m->nthreads));
 }
 
-ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg, int maxB, int maxT,
-                            const ccoe_gemm *g, int nthreads, ccoe_error *err)
+ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg,
+                            const ccoe_gating *gating, int maxB, int maxT, const ccoe_gemm *g,
+                            int nthreads, ccoe_error *err)
 {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
+    if (gating)
+        m->gating = *gating;
+    m->gating.n_layer = cfg->n_layer;
+    m->train_path = -1;
     if (cfg->vocab_size <= 0 || cfg->ffn_hidden <= 0)
         return ccoe_error_set(err, CCOE_ERR_INTERNAL,
                               "model config not resolved (vocab_size %d, ffn_hidden %d)",
@@ -187,18 +283,34 @@ ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg, int max
     m->maxT = maxT;
     m->gemm = g;
     m->nthreads = nthreads > 0 ? nthreads : 1;
+    m->n_inst = cfg->n_layer;
+    for (int e = 0; e < m->gating.n_experts; e++)
+        m->n_inst += m->gating.experts[e].layers;
     build_layout(m);
+    if (m->n_params > CCOE_MAX_PARAMS)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "the model has %d tensors, more than the %d supported: use fewer "
+                              "layers or experts",
+                              m->n_params, CCOE_MAX_PARAMS);
 
     CCOE_TRY(ccoe_arena_alloc(&m->param_mem, m->num_params * sizeof(float), "parameters", err));
     CCOE_TRY(ccoe_arena_alloc(&m->grad_mem, m->num_params * sizeof(float), "gradients", err));
     m->param_block = (float *)m->param_mem.base;
     m->grad_block = (float *)m->grad_mem.base;
-    m->w_blocks = ccoe_aligned_calloc(sizeof(ccoe_block_view) * cfg->n_layer);
-    m->g_blocks = ccoe_aligned_calloc(sizeof(ccoe_block_view) * cfg->n_layer);
-    if (!m->w_blocks || !m->g_blocks)
-        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate block views");
-    make_view(m, m->param_block, &m->w, m->w_blocks);
-    make_view(m, m->grad_block, &m->g, m->g_blocks);
+    m->w_blocks = ccoe_aligned_calloc(sizeof(ccoe_block_view) * (size_t)m->n_inst);
+    m->g_blocks = ccoe_aligned_calloc(sizeof(ccoe_block_view) * (size_t)m->n_inst);
+    m->w_heads = ccoe_aligned_calloc(sizeof(ccoe_head_view) * (CCOE_MAX_EXPERTS + 1));
+    m->g_heads = ccoe_aligned_calloc(sizeof(ccoe_head_view) * (CCOE_MAX_EXPERTS + 1));
+    m->inst_input = ccoe_aligned_calloc(sizeof(int) * (size_t)m->n_inst);
+    if (!m->w_blocks || !m->g_blocks || !m->w_heads || !m->g_heads || !m->inst_input)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate model views");
+    build_paths(m);
+    make_views(m, m->param_block, m->w_blocks, m->w_heads);
+    make_views(m, m->grad_block, m->g_blocks, m->g_heads);
+    m->wte = tensor_at(m, m->param_block, "", "wte");
+    m->wpe = tensor_at(m, m->param_block, "", "wpe");
+    m->dwte = tensor_at(m, m->grad_block, "", "wte");
+    m->dwpe = tensor_at(m, m->grad_block, "", "wpe");
 
     ccoe_arena count;
     ccoe_arena_count(&count);
@@ -217,10 +329,15 @@ void ccoe_model_free(ccoe_model *m)
     ccoe_arena_free(&m->act_mem);
     free(m->w_blocks);
     free(m->g_blocks);
+    free(m->w_heads);
+    free(m->g_heads);
+    free(m->inst_input);
     m->w_blocks = m->g_blocks = NULL;
+    m->w_heads = m->g_heads = NULL;
+    m->inst_input = NULL;
 }
 
-void ccoe_model_init_weights(ccoe_model *m, uint64_t seed)
+void ccoe_model_init_weights(ccoe_model *m, uint64_t seed, ccoe_expert_init init)
 {
     ccoe_rng r;
     ccoe_rng_seed(&r, seed);
@@ -230,18 +347,75 @@ void ccoe_model_init_weights(ccoe_model *m, uint64_t seed)
         const ccoe_param *p = &m->params[i];
         float *x = m->param_block + p->offset;
         const char *dot = strrchr(p->name, '.');
-        int is_norm_w = strstr(p->name, "ln") && dot && strcmp(dot, ".weight") == 0;
+        const char *last = strrchr(p->name, '.');
+        /* the tensor's own name: "ln1.weight" -> check the component before ".weight" */
+        int is_norm_w = 0;
+        if (dot && strcmp(dot, ".weight") == 0) {
+            const char *q = dot;
+            while (q > p->name && q[-1] != '.')
+                q--;
+            is_norm_w = strncmp(q, "ln", 2) == 0;
+        }
+        (void)last;
         if (is_norm_w) {
             for (size_t j = 0; j < p->numel; j++)
                 x[j] = 1.0f;
         } else if (p->ndim == 1) {
             memset(x, 0, p->numel * sizeof(float));
         } else {
-            int is_resid = strstr(p->name, "attn.proj.weight") || strstr(p->name, "mlp.proj.weight");
+            int is_resid =
+                strstr(p->name, "attn.proj.weight") || strstr(p->name, "mlp.proj.weight");
             float s = is_resid ? proj_std : std;
             for (size_t j = 0; j < p->numel; j++)
                 x[j] = s * ccoe_rng_normal(&r);
         }
+    }
+    if (init == CCOE_INIT_COPY)
+        for (int e = 0; e < m->gating.n_experts; e++)
+            ccoe_model_expert_copy_base(m, e);
+}
+
+static void copy_tensor(ccoe_model *m, const char *dst, const char *src)
+{
+    const ccoe_param *d = ccoe_model_find_param(m, dst);
+    const ccoe_param *s = ccoe_model_find_param(m, src);
+    if (!d)
+        return;
+    if (!s) {
+        /* tied base head copied into an own head: the source is wte */
+        if (strstr(dst, "lm_head.weight"))
+            s = ccoe_model_find_param(m, "wte");
+        if (!s)
+            return;
+    }
+    assert(d->numel == s->numel);
+    memcpy(m->param_block + d->offset, m->param_block + s->offset, d->numel * sizeof(float));
+}
+
+void ccoe_model_expert_copy_base(ccoe_model *m, int e)
+{
+    const ccoe_expert_spec *x = &m->gating.experts[e];
+    const int L = m->cfg.n_layer;
+    for (int i = 0; i < m->n_params; i++) {
+        const ccoe_param *p = &m->params[i];
+        if (p->expert != e)
+            continue;
+        char src[CCOE_PARAM_NAME];
+        const char *rest = p->name + strlen("experts.") + strlen(x->name) + 1;
+        int j;
+        char suffix[CCOE_PARAM_NAME];
+        if (sscanf(rest, "blocks.%d.%95s", &j, suffix) == 2) {
+            /* own block j sits at base position branch + j (clamped to the base depth for
+             * Eq. 5 experts longer than what follows their prefix) */
+            int l = x->branch + j;
+            if (l > L - 1)
+                l = L - 1;
+            if (snprintf(src, sizeof src, "blocks.%d.%s", l, suffix) >= (int)sizeof src)
+                continue;
+        } else {
+            snprintf(src, sizeof src, "%.*s", (int)sizeof src - 1, rest);
+        }
+        copy_tensor(m, p->name, src);
     }
 }
 
@@ -269,6 +443,40 @@ static void norm_backward(const ccoe_model *m, float *dinp, float *dw, float *db
         ccoe_layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, m->cfg.n_embd);
     else
         ccoe_rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, m->cfg.n_embd);
+}
+
+/* ---- activations of one instance at a row range ---- */
+
+/* The instance's activations starting at sequence s0 of the sorted batch (T tokens each). */
+static ccoe_block_acts acts_at(const ccoe_model *m, int k, int s0, int T)
+{
+    const ccoe_block_acts *a = &m->acts[k];
+    const size_t r = (size_t)s0 * T, C = m->cfg.n_embd, F = m->cfg.ffn_hidden;
+    ccoe_block_acts v;
+    v.ln1 = a->ln1 + r * C;
+    v.ln1_mean = a->ln1_mean + r;
+    v.ln1_rstd = a->ln1_rstd + r;
+    v.qkv = a->qkv + r * 3 * C;
+    v.atty = a->atty + r * C;
+    v.lse = a->lse + (size_t)s0 * m->cfg.n_head * T;
+    v.res1 = a->res1 + r * C;
+    v.ln2 = a->ln2 + r * C;
+    v.ln2_mean = a->ln2_mean + r;
+    v.ln2_rstd = a->ln2_rstd + r;
+    v.fch = a->fch + r * m->F2;
+    v.fch_act = a->fch_act + r * F;
+    v.res2 = a->res2 + r * C;
+    return v;
+}
+
+/* Output of instance k (or the embedding for k = -1) at sequence s0. */
+static float *inst_output(const ccoe_model *m, int k, int s0, int T)
+{
+    const size_t r = (size_t)s0 * T * m->cfg.n_embd;
+    if (k < 0)
+        return m->emb + r;
+    const ccoe_block_acts *a = &m->acts[k];
+    return (m->cfg.block == CCOE_BLOCK_PRE_LN ? a->res2 : a->ln2) + r;
 }
 
 /* ---- FFN and attention sublayers ---- */
@@ -329,145 +537,281 @@ static void attn_backward(ccoe_model *m, const ccoe_block_view *w, ccoe_block_vi
                          3 * C);
 }
 
-/* ---- blocks ---- */
+/* ---- blocks: instance k on sorted sequences [s0, s0 + nb) ---- */
 
-static const float *block_output(const ccoe_model *m, int l)
+static void block_forward(ccoe_model *m, int k, int s0, int nb, int T)
 {
-    const ccoe_block_acts *a = &m->acts[l];
-    return m->cfg.block == CCOE_BLOCK_PRE_LN ? a->res2 : a->ln2;
-}
-
-static const float *block_input(const ccoe_model *m, int l)
-{
-    return l == 0 ? m->emb : block_output(m, l - 1);
-}
-
-static void block_forward(ccoe_model *m, int l, int B, int T)
-{
-    const ccoe_block_view *w = &m->w.blocks[l];
-    ccoe_block_acts *a = &m->acts[l];
-    const int C = m->cfg.n_embd, N = B * T;
-    const size_t NC = (size_t)N * C;
-    const float *x = block_input(m, l);
+    const ccoe_block_view *w = &m->w_blocks[k];
+    ccoe_block_acts a = acts_at(m, k, s0, T);
+    const int N = nb * T;
+    const size_t NC = (size_t)N * m->cfg.n_embd;
+    const float *x = inst_output(m, m->inst_input[k], s0, T);
     if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
-        norm_forward(m, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1_w, w->ln1_b, N);
-        attn_forward(m, w, a, a->res1, a->ln1, B, T);
-        ccoe_residual_forward(a->res1, a->res1, x, NC);
-        norm_forward(m, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, w->ln2_w, w->ln2_b, N);
-        ffn_forward(m, w, a, a->res2, a->ln2, N);
-        ccoe_residual_forward(a->res2, a->res2, a->res1, NC);
+        norm_forward(m, a.ln1, a.ln1_mean, a.ln1_rstd, x, w->ln1_w, w->ln1_b, N);
+        attn_forward(m, w, &a, a.res1, a.ln1, nb, T);
+        ccoe_residual_forward(a.res1, a.res1, x, NC);
+        norm_forward(m, a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, w->ln2_w, w->ln2_b, N);
+        ffn_forward(m, w, &a, a.res2, a.ln2, N);
+        ccoe_residual_forward(a.res2, a.res2, a.res1, NC);
     } else {
-        attn_forward(m, w, a, a->res1, x, B, T);
-        ccoe_residual_forward(a->res1, a->res1, x, NC);
-        norm_forward(m, a->ln1, a->ln1_mean, a->ln1_rstd, a->res1, w->ln1_w, w->ln1_b, N);
-        ffn_forward(m, w, a, a->res2, a->ln1, N);
-        ccoe_residual_forward(a->res2, a->res2, a->ln1, NC);
-        norm_forward(m, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2_w, w->ln2_b, N);
+        attn_forward(m, w, &a, a.res1, x, nb, T);
+        ccoe_residual_forward(a.res1, a.res1, x, NC);
+        norm_forward(m, a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, w->ln1_w, w->ln1_b, N);
+        ffn_forward(m, w, &a, a.res2, a.ln1, N);
+        ccoe_residual_forward(a.res2, a.res2, a.ln1, NC);
+        norm_forward(m, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w->ln2_w, w->ln2_b, N);
     }
 }
 
-/* On entry m->dx holds d(block output); on exit d(block input). */
-static void block_backward(ccoe_model *m, int l, int B, int T)
+/* On entry dx (at s0) holds d(block output); on exit d(block input). */
+static void block_backward(ccoe_model *m, int k, int s0, int nb, int T)
 {
-    const ccoe_block_view *w = &m->w.blocks[l];
-    ccoe_block_view *gw = &m->g.blocks[l];
-    const ccoe_block_acts *a = &m->acts[l];
-    const int C = m->cfg.n_embd, N = B * T;
-    const size_t NC = (size_t)N * C;
-    const float *x = block_input(m, l);
-    float *dx = m->dx;
+    const ccoe_block_view *w = &m->w_blocks[k];
+    ccoe_block_view *gw = &m->g_blocks[k];
+    const ccoe_block_acts a = acts_at(m, k, s0, T);
+    const int N = nb * T;
+    const size_t NC = (size_t)N * m->cfg.n_embd;
+    const float *x = inst_output(m, m->inst_input[k], s0, T);
+    float *dx = m->dx + (size_t)s0 * T * m->cfg.n_embd;
     if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
         /* res2 = res1 + FFN(LN2(res1)): dx carries d(res2) and becomes d(res1) */
         memset(m->dln, 0, NC * sizeof(float));
-        ffn_backward(m, w, gw, a, m->dln, dx, a->ln2, N);
-        norm_backward(m, dx, gw->ln2_w, gw->ln2_b, m->dln, a->res1, w->ln2_w, a->ln2_mean,
-                      a->ln2_rstd, N);
+        ffn_backward(m, w, gw, &a, m->dln, dx, a.ln2, N);
+        norm_backward(m, dx, gw->ln2_w, gw->ln2_b, m->dln, a.res1, w->ln2_w, a.ln2_mean,
+                      a.ln2_rstd, N);
         /* res1 = x + Attn(LN1(x)) */
         memset(m->dln, 0, NC * sizeof(float));
-        attn_backward(m, w, gw, a, m->dln, dx, a->ln1, B, T);
-        norm_backward(m, dx, gw->ln1_w, gw->ln1_b, m->dln, x, w->ln1_w, a->ln1_mean,
-                      a->ln1_rstd, N);
+        attn_backward(m, w, gw, &a, m->dln, dx, a.ln1, nb, T);
+        norm_backward(m, dx, gw->ln1_w, gw->ln1_b, m->dln, x, w->ln1_w, a.ln1_mean, a.ln1_rstd,
+                      N);
     } else {
         /* y = LN2(res2): dtmp = d(res2) */
         memset(m->dtmp, 0, NC * sizeof(float));
-        norm_backward(m, m->dtmp, gw->ln2_w, gw->ln2_b, dx, a->res2, w->ln2_w, a->ln2_mean,
-                      a->ln2_rstd, N);
+        norm_backward(m, m->dtmp, gw->ln2_w, gw->ln2_b, dx, a.res2, w->ln2_w, a.ln2_mean,
+                      a.ln2_rstd, N);
         /* res2 = h + FFN(h): dx = d(h) */
         memcpy(dx, m->dtmp, NC * sizeof(float));
-        ffn_backward(m, w, gw, a, dx, m->dtmp, a->ln1, N);
+        ffn_backward(m, w, gw, &a, dx, m->dtmp, a.ln1, N);
         /* h = LN1(res1): dtmp = d(res1) */
         memset(m->dtmp, 0, NC * sizeof(float));
-        norm_backward(m, m->dtmp, gw->ln1_w, gw->ln1_b, dx, a->res1, w->ln1_w, a->ln1_mean,
-                      a->ln1_rstd, N);
+        norm_backward(m, m->dtmp, gw->ln1_w, gw->ln1_b, dx, a.res1, w->ln1_w, a.ln1_mean,
+                      a.ln1_rstd, N);
         /* res1 = x + Attn(x): dx = d(x) */
         memcpy(dx, m->dtmp, NC * sizeof(float));
-        attn_backward(m, w, gw, a, dx, m->dtmp, x, B, T);
+        attn_backward(m, w, gw, &a, dx, m->dtmp, x, nb, T);
     }
+}
+
+/* ---- paths ---- */
+
+/* Last instance of path p (its output feeds the head), or -1 for the embedding. */
+static int path_last_inst(const ccoe_model *m, int p)
+{
+    const ccoe_path *pa = &m->paths[p];
+    return pa->n_own > 0 ? pa->first_inst + pa->n_own - 1 : pa->n_base - 1;
+}
+
+/* Sorts the batch rows by path: longest base prefix first (so every base block runs on a
+ * prefix of the rows), then by path id; stable in the original order. */
+static void sort_rows(ccoe_model *m, const int32_t *domains, int B)
+{
+    const ccoe_gating *gt = &m->gating;
+    int path_of[CCOE_MAX_EXPERTS + 1];
+    (void)path_of;
+    int r = 0;
+    /* order of paths: by n_base descending, then id */
+    int order[CCOE_MAX_EXPERTS + 1];
+    for (int p = 0; p < m->n_paths; p++)
+        order[p] = p;
+    for (int i = 1; i < m->n_paths; i++)
+        for (int j = i; j > 0 && m->paths[order[j]].n_base > m->paths[order[j - 1]].n_base; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    m->n_groups = 0;
+    for (int oi = 0; oi < m->n_paths; oi++) {
+        int p = order[oi];
+        int r0 = r;
+        for (int b = 0; b < B; b++) {
+            int bp = 0;
+            if (domains && m->n_paths > 1) {
+                int d = domains[b];
+                assert(d >= 0 && d < gt->n_domains);
+                bp = gt->route[d] + 1;
+            }
+            if (bp != p)
+                continue;
+            m->seq_at[r] = b;
+            m->row_of[b] = r;
+            m->row_path[r] = p;
+            r++;
+        }
+        if (r > r0) {
+            m->group_path[m->n_groups] = p;
+            m->group_r0[m->n_groups] = r0;
+            m->group_r1[m->n_groups] = r;
+            m->n_groups++;
+        }
+    }
+    assert(r == B);
 }
 
 /* ---- whole model ---- */
 
-static const float *final_hidden(const ccoe_model *m)
-{
-    return m->cfg.block == CCOE_BLOCK_PRE_LN ? m->lnf : block_output(m, m->cfg.n_layer - 1);
-}
-
 double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets,
                           const int32_t *domains, int B, int T, long *count)
 {
-    (void)domains; /* the dense model does not route */
     assert(B >= 1 && B <= m->maxB && T >= 1 && T <= m->maxT);
-    const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T, L = m->cfg.n_layer;
-    ccoe_embed_forward(m->emb, tokens, m->w.wte, m->w.wpe, B, T, C);
-    for (int l = 0; l < L; l++)
-        block_forward(m, l, B, T);
-    const float *h = block_input(m, L);
-    if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
-        norm_forward(m, m->lnf, m->lnf_mean, m->lnf_rstd, h, m->w.lnf_w, m->w.lnf_b, N);
+    const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T;
+    m->last_B = B;
+    m->last_T = T;
+    sort_rows(m, domains, B);
+    for (int r = 0; r < B; r++) {
+        const size_t src = (size_t)m->seq_at[r] * T, dst = (size_t)r * T;
+        memcpy(m->tok_sorted + dst, tokens + src, (size_t)T * sizeof(int32_t));
+        if (targets)
+            memcpy(m->tgt_sorted + dst, targets + src, (size_t)T * sizeof(int32_t));
     }
-    ccoe_linear_forward(m->gemm, m->logits, final_hidden(m), m->w.lm_head, NULL, N, C, V);
+    ccoe_embed_forward(m->emb, m->tok_sorted, m->wte, m->wpe, B, T, C);
+    /* base block l runs on the rows whose path keeps more than l base blocks (a prefix) */
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        int rows = 0;
+        while (rows < B && m->paths[m->row_path[rows]].n_base > l)
+            rows++;
+        if (rows == 0)
+            break;
+        block_forward(m, l, 0, rows, T);
+    }
+    for (int gi = 0; gi < m->n_groups; gi++) {
+        const ccoe_path *pa = &m->paths[m->group_path[gi]];
+        const int r0 = m->group_r0[gi], nb = m->group_r1[gi] - r0;
+        for (int j = 0; j < pa->n_own; j++)
+            block_forward(m, pa->first_inst + j, r0, nb, T);
+        const ccoe_head_view *h = &m->w_heads[pa->head];
+        const size_t row = (size_t)r0 * T;
+        const float *hin = inst_output(m, path_last_inst(m, m->group_path[gi]), r0, T);
+        if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
+            norm_forward(m, m->lnf + row * C, m->lnf_mean + row, m->lnf_rstd + row, hin,
+                         h->lnf_w, h->lnf_b, nb * T);
+            hin = m->lnf + row * C;
+        }
+        ccoe_linear_forward(m->gemm, m->logits + row * V, hin, h->lm_head, NULL, nb * T, C, V);
+    }
     if (count)
         *count = 0;
     if (!targets)
         return 0.0;
     long n = 0;
     for (int i = 0; i < N; i++)
-        n += targets[i] >= 0;
+        n += m->tgt_sorted[i] >= 0;
     if (count)
         *count = n;
-    return ccoe_crossentropy_forward(m->losses, m->logits, m->logits, targets, N, V);
+    return ccoe_crossentropy_forward(m->losses, m->logits, m->logits, m->tgt_sorted, N, V);
 }
 
-void ccoe_model_backward(ccoe_model *m, const int32_t *tokens, const int32_t *targets, int B,
-                         int T, float scale)
+void ccoe_model_backward(ccoe_model *m, float scale)
 {
-    const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T, L = m->cfg.n_layer;
-    const size_t NC = (size_t)N * C;
+    const int B = m->last_B, T = m->last_T;
+    const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T;
+    const int only = m->train_path;
     /* logits hold the probabilities after the forward; turn them into dlogits in place */
-    ccoe_crossentropy_backward(m->logits, m->logits, targets, scale, N, V);
-    float *dh = m->cfg.block == CCOE_BLOCK_PRE_LN ? m->dtmp : m->dx;
-    memset(dh, 0, NC * sizeof(float));
-    ccoe_linear_backward(m->gemm, dh, m->g.lm_head, NULL, m->logits, final_hidden(m),
-                         m->w.lm_head, N, C, V);
-    if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
-        memset(m->dx, 0, NC * sizeof(float));
-        norm_backward(m, m->dx, m->g.lnf_w, m->g.lnf_b, dh, block_input(m, L), m->w.lnf_w,
-                      m->lnf_mean, m->lnf_rstd, N);
+    ccoe_crossentropy_backward(m->logits, m->logits, m->tgt_sorted, scale, N, V);
+    memset(m->dx, 0, (size_t)N * C * sizeof(float));
+    /* heads and experts' own blocks, group by group: leaves d(branch input) in dx */
+    for (int gi = 0; gi < m->n_groups; gi++) {
+        const int p = m->group_path[gi];
+        if (only >= 0 && p != only)
+            continue;
+        const ccoe_path *pa = &m->paths[p];
+        const int r0 = m->group_r0[gi], nb = m->group_r1[gi] - r0, n = nb * T;
+        const size_t row = (size_t)r0 * T;
+        const ccoe_head_view *h = &m->w_heads[pa->head];
+        ccoe_head_view *gh = &m->g_heads[pa->head];
+        const float *hin = inst_output(m, path_last_inst(m, p), r0, T);
+        float *dx = m->dx + row * C;
+        float *dlogits = m->logits + row * V;
+        /* a frozen shared head (isolated training of an expert without its own head) still
+         * passes gradients through but must not change: its gradient lands in scratch only when
+         * the caller's optimizer filter skips it */
+        if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
+            memset(m->dtmp, 0, (size_t)n * C * sizeof(float));
+            ccoe_linear_backward(m->gemm, m->dtmp, gh->lm_head, NULL, dlogits, m->lnf + row * C,
+                                 h->lm_head, n, C, V);
+            norm_backward(m, dx, gh->lnf_w, gh->lnf_b, m->dtmp, hin, h->lnf_w,
+                          m->lnf_mean + row, m->lnf_rstd + row, n);
+        } else {
+            ccoe_linear_backward(m->gemm, dx, gh->lm_head, NULL, dlogits, hin, h->lm_head, n, C,
+                                 V);
+        }
+        for (int j = pa->n_own - 1; j >= 0; j--)
+            block_backward(m, pa->first_inst + j, r0, nb, T);
     }
-    for (int l = L - 1; l >= 0; l--)
-        block_backward(m, l, B, T);
-    ccoe_embed_backward(m->g.wte, m->g.wpe, m->dx, tokens, B, T, C);
+    if (only > 0)
+        return; /* the base is frozen: nothing below the expert needs a gradient */
+    for (int l = m->cfg.n_layer - 1; l >= 0; l--) {
+        int rows = 0;
+        while (rows < B && m->paths[m->row_path[rows]].n_base > l)
+            rows++;
+        if (rows > 0)
+            block_backward(m, l, 0, rows, T);
+    }
+    ccoe_embed_backward(m->dwte, m->dwpe, m->dx, m->tok_sorted, B, T, C);
 }
 
-const float *ccoe_model_logits(const ccoe_model *m, int b, int t, int T)
+const float *ccoe_model_logits(const ccoe_model *m, int b, int t)
 {
-    return m->logits + ((size_t)b * T + t) * m->cfg.vocab_size;
+    return m->logits + ((size_t)m->row_of[b] * m->last_T + t) * m->cfg.vocab_size;
 }
 
-double ccoe_model_train_flops_per_token(const ccoe_model_config *c, int T)
+double ccoe_model_train_flops_per_token(const ccoe_model_config *c, int n_blocks, int T)
 {
-    const double C = c->n_embd, V = c->vocab_size, L = c->n_layer, F = c->ffn_hidden;
+    const double C = c->n_embd, V = c->vocab_size, L = n_blocks, F = c->ffn_hidden;
     const double F2 = c->ffn == CCOE_FFN_SWIGLU ? 2.0 * F : F;
     double matmul_params = L * (3.0 * C * C + C * C + F2 * C + C * F) + V * C;
     return 6.0 * matmul_params + 12.0 * L * C * T;
+}
+
+double ccoe_model_last_flops(const ccoe_model *m)
+{
+    const ccoe_model_config *c = &m->cfg;
+    const double C = c->n_embd, V = c->vocab_size, T = m->last_T, F = c->ffn_hidden;
+    const double Pb = 3.0 * C * C + C * C + (double)m->F2 * C + C * F; /* matmul params/block */
+    double total = 0.0;
+    for (int gi = 0; gi < m->n_groups; gi++) {
+        const ccoe_path *pa = &m->paths[m->group_path[gi]];
+        const double tokens = (double)(m->group_r1[gi] - m->group_r0[gi]) * T;
+        const double blocks = pa->n_base + pa->n_own;
+        double fwd = 2.0 * (blocks * Pb + V * C) + 4.0 * blocks * C * T;
+        double bwd;
+        if (m->train_path >= 0)
+            bwd = m->group_path[gi] == m->train_path
+                      ? 2.0 * (2.0 * (pa->n_own * Pb + V * C) + 4.0 * pa->n_own * C * T)
+                      : 0.0;
+        else
+            bwd = 2.0 * fwd;
+        total += tokens * (fwd + bwd);
+    }
+    return total;
+}
+
+size_t ccoe_model_path_params(const ccoe_model *m, int path)
+{
+    const ccoe_path *pa = &m->paths[path];
+    size_t n = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const ccoe_param *p = &m->params[i];
+        int used;
+        if (p->block >= 0)
+            used = p->block < pa->n_base ||
+                   (p->block >= pa->first_inst && p->block < pa->first_inst + pa->n_own);
+        else if (p->expert < 0)
+            used = strncmp(p->name, "wte", 4) == 0 || strncmp(p->name, "wpe", 4) == 0 ||
+                   pa->head == 0;
+        else
+            used = pa->head == 1 + p->expert;
+        if (used)
+            n += p->numel;
+    }
+    return n;
 }

@@ -2,10 +2,16 @@
  *
  * All parameters live in one aligned block, gradients in a second block with the same layout,
  * activations in a third, each sized from the config and a maximum (B, T) before the first step.
- * Each transformer block's parameters are contiguous (so an expert that owns blocks is one
- * copy, one send, one safetensors slice). Order: wte (V,C), wpe (T,C), blocks 0..L-1, final
- * norm (pre-LN only), lm_head (V,C) unless tied. Tensor names are documented in papers/ and the
- * README ("wte", "blocks.3.attn.qkv.weight", ...).
+ * Order: wte (V,C), wpe (T,C), base blocks 0..L-1, base final norm (pre-LN only), lm_head (V,C)
+ * unless tied, then each CCoE expert contiguously (its blocks, then its own norm/head if
+ * configured), so an expert is one copy, one send, one safetensors slice. Tensor names
+ * ("wte", "blocks.3.attn.qkv.weight", "experts.arith.blocks.0.mlp.fc.weight", ...) are listed
+ * in the README.
+ *
+ * CCoE (Eqs. 4-5): every sequence follows the path of its domain: the base prefix, then its
+ * expert's blocks and head. Rows of a batch are sorted by path so each block runs once on a
+ * contiguous row range: base block l on the rows whose prefix is longer than l, expert blocks on
+ * their group.
  *
  * Blocks are pre-LN (x + Attn(LN(x)), then x + FFN(LN(x))) or post-LN (CCoE Eqs. 6-7:
  * h = LN(x + Attn(x)), y = LN(h + FFN(h))). Forward/backward never allocate.
@@ -18,11 +24,12 @@
 
 #include "arena.h"
 #include "config.h"
+#include "gating.h"
 #include "gemm.h"
 #include "status.h"
 
 #define CCOE_MAX_PARAMS 4096
-#define CCOE_PARAM_NAME 64
+#define CCOE_PARAM_NAME 96 /* "experts.<name, <= 32>.blocks.<j>.attn.qkv.weight" fits */
 
 /* One named tensor inside the parameter block. */
 typedef struct ccoe_param {
@@ -32,7 +39,8 @@ typedef struct ccoe_param {
     size_t offset; /* in floats from the start of the block */
     size_t numel;
     int decay;     /* AdamW weight decay applies (matrices only) */
-    int block;     /* transformer block index, or -1 for embeddings / head */
+    int block;     /* block instance index, or -1 for embeddings / heads */
+    int expert;    /* owning CCoE expert, or -1 for the base */
 } ccoe_param;
 
 /* Pointers of one transformer block into a parameter-shaped block (params or grads). NULL
@@ -46,15 +54,13 @@ typedef struct ccoe_block_view {
     float *fcproj_w, *fcproj_b; /* (C, F), (C) */
 } ccoe_block_view;
 
-typedef struct ccoe_model_view {
-    float *wte;     /* (V, C) */
-    float *wpe;     /* (T, C) */
-    float *lnf_w, *lnf_b; /* (C), pre-LN only */
-    float *lm_head; /* (V, C); == wte when tied */
-    ccoe_block_view *blocks; /* (L) */
-} ccoe_model_view;
+/* Final norm (pre-LN only) and LM head of one path. */
+typedef struct ccoe_head_view {
+    float *lnf_w, *lnf_b; /* (C) */
+    float *lm_head;       /* (V, C); == wte when tied */
+} ccoe_head_view;
 
-/* Saved activations of one block for a (B, T) forward. */
+/* Saved activations of one block instance (capacity maxB*maxT rows). */
 typedef struct ccoe_block_acts {
     float *ln1, *ln1_mean, *ln1_rstd; /* (N,C), (N), (N); post-LN: LN(x + attn) */
     float *qkv;                       /* (N, 3C) */
@@ -67,8 +73,18 @@ typedef struct ccoe_block_acts {
     float *res2;                      /* (N, C) */
 } ccoe_block_acts;
 
+/* One execution path: the base prefix, then (for an expert) the expert's own blocks, then a
+ * head. Path 0 is the base model; path 1 + e is expert e. */
+typedef struct ccoe_path {
+    int n_base;        /* base blocks 0..n_base-1 run first */
+    int first_inst;    /* first block instance of the expert's own blocks */
+    int n_own;         /* the expert's own blocks */
+    int head;          /* head index (0 = the base head) */
+} ccoe_path;
+
 typedef struct ccoe_model {
     ccoe_model_config cfg;
+    ccoe_gating gating;     /* CCoE structure (zero experts for a plain model) */
     int F2;                 /* rows of fc_w: F (gelu) or 2F (swiglu) */
     int maxB, maxT;         /* activation capacity */
     const ccoe_gemm *gemm;  /* borrowed */
@@ -77,16 +93,33 @@ typedef struct ccoe_model {
     ccoe_param params[CCOE_MAX_PARAMS];
     int n_params;           /* tensors */
     size_t num_params;      /* floats */
+    size_t expert_begin[CCOE_MAX_EXPERTS], expert_end[CCOE_MAX_EXPERTS]; /* float ranges */
+
+    int n_inst;             /* block instances: L base, then each expert's l_j in order */
+    int *inst_input;        /* (n_inst) instance whose output feeds it; -1 = the embedding */
+    int n_heads;            /* 1, or 1 + n_experts with own heads */
+    int n_paths;            /* 1 + n_experts */
+    ccoe_path paths[CCOE_MAX_EXPERTS + 1];
+    int train_path;         /* >= 0: isolated expert training; backward touches only this path */
 
     ccoe_arena param_mem, grad_mem, act_mem;
     float *param_block;     /* (num_params) */
     float *grad_block;      /* (num_params) */
-    ccoe_model_view w, g;   /* views into param_block and grad_block */
-    ccoe_block_view *w_blocks, *g_blocks;
+    float *wte, *wpe;       /* params: (V, C), (T, C) */
+    float *dwte, *dwpe;     /* grads */
+    ccoe_block_view *w_blocks, *g_blocks; /* (n_inst) */
+    ccoe_head_view *w_heads, *g_heads;    /* (n_heads) */
 
-    /* activations (capacity maxB*maxT rows) */
+    /* activations */
+    int32_t *tok_sorted, *tgt_sorted; /* (N) the batch with rows sorted by path */
+    int *row_of;            /* (maxB) sorted row of original sequence b */
+    int *seq_at;            /* (maxB) original sequence at sorted row r */
+    int *row_path;          /* (maxB) path of sorted row r */
+    int n_groups;           /* contiguous runs of rows with one path, last forward */
+    int *group_path, *group_r0, *group_r1; /* (maxB) */
+    int last_B, last_T;
     float *emb;             /* (N, C) */
-    ccoe_block_acts *acts;  /* (L) */
+    ccoe_block_acts *acts;  /* (n_inst) */
     float *lnf, *lnf_mean, *lnf_rstd; /* (N,C), (N), (N) */
     float *logits;          /* (N, V); probs after the loss, dlogits in backward */
     float *losses;          /* (N) */
@@ -97,39 +130,54 @@ typedef struct ccoe_model {
 } ccoe_model;
 
 /* Builds the layout and allocates params, grads and activations for batches up to (maxB,maxT).
- * cfg must be validated and its vocab_size resolved. */
-ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg, int maxB, int maxT,
-                            const ccoe_gemm *g, int nthreads, ccoe_error *err);
+ * cfg must be validated and its vocab_size resolved. gating (may be NULL: a plain model)
+ * adds each CCoE expert's blocks (and heads) and the domain -> path routing. */
+ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg,
+                            const ccoe_gating *gating, int maxB, int maxT, const ccoe_gemm *g,
+                            int nthreads, ccoe_error *err);
 void ccoe_model_free(ccoe_model *m);
 
 /* GPT-2 initialisation from seed: N(0, init_std), residual projections scaled by 1/sqrt(2L),
- * norm weights 1, biases 0. */
-void ccoe_model_init_weights(ccoe_model *m, uint64_t seed);
+ * norm weights 1, biases 0. With init = copy, each expert then starts as a copy of the base
+ * blocks at its position (and of the base head). */
+void ccoe_model_init_weights(ccoe_model *m, uint64_t seed, ccoe_expert_init init);
 
-/* Forward on tokens (B,T) (B <= maxB, T <= maxT). domains (B) is each sequence's domain id
- * (what rule-based gating routes on; may be NULL for models that do not route on it). With
- * targets (B,T) (entries < 0 ignored), computes the loss: returns the SUM of per-token losses
- * and sets *count to the number counted. Without targets (NULL) only the logits (B,T,V) are
- * computed; returns 0. */
+/* Copies the base blocks expert e replaces (its position in the base: blocks branch..) and the
+ * base head into expert e (the `copy` initialisation of a new expert). */
+void ccoe_model_expert_copy_base(ccoe_model *m, int e);
+
+/* Forward on tokens (B,T) (B <= maxB, T <= maxT). domains (B) is each sequence's domain id,
+ * which selects its path (may be NULL: every sequence takes the base path). With targets (B,T)
+ * (entries < 0 ignored), computes the loss: returns the SUM of per-token losses and sets
+ * *count to the number counted. Without targets (NULL) only the logits (B,T,V) are computed;
+ * returns 0. */
 double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets,
                           const int32_t *domains, int B, int T, long *count);
 
 /* Backward of the last forward (which must have had targets, and reuses its routing):
- * ACCUMULATES into the gradient block d(loss_sum * scale)/d(params). */
-void ccoe_model_backward(ccoe_model *m, const int32_t *tokens, const int32_t *targets, int B,
-                         int T, float scale);
+ * ACCUMULATES into the gradient block d(loss_sum * scale)/d(params). With train_path >= 0
+ * only that path's own parameters receive gradients (the frozen base is not differentiated). */
+void ccoe_model_backward(ccoe_model *m, float scale);
 
 /* Zeroes the gradient block. */
 void ccoe_model_zero_grad(ccoe_model *m);
 
 /* Logits row of (b, t) of the last forward: (V). */
-const float *ccoe_model_logits(const ccoe_model *m, int b, int t, int T);
+const float *ccoe_model_logits(const ccoe_model *m, int b, int t);
 
 /* Looks a parameter tensor up by name; NULL if absent. */
 const ccoe_param *ccoe_model_find_param(const ccoe_model *m, const char *name);
 
 /* Model FLOPs per trained token (forward + backward = 3x forward; matmuls incl. the LM head
- * plus causal-attention score/value products, PaLM convention 6N + 12 L C T). */
-double ccoe_model_train_flops_per_token(const ccoe_model_config *cfg, int T);
+ * plus causal-attention score/value products, PaLM convention 6N + 12 L C T) of a path with
+ * n_blocks blocks. */
+double ccoe_model_train_flops_per_token(const ccoe_model_config *cfg, int n_blocks, int T);
+
+/* Model FLOPs of the last forward + backward (per path actually taken; with train_path >= 0
+ * the backward covers only the trained expert and its head). */
+double ccoe_model_last_flops(const ccoe_model *m);
+
+/* Parameters a token of `path` uses (embeddings, its blocks, its head). */
+size_t ccoe_model_path_params(const ccoe_model *m, int path);
 
 #endif

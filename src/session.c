@@ -41,8 +41,17 @@ ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_
             goto fail;
         s->have_data = 1;
     }
-    st = ccoe_model_init(&s->model, &c->model, c->train.batch_size, c->model.seq_len, &s->gemm,
-                         c->run.threads, err);
+    {
+        char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
+        int nd = s->have_data ? s->data.n_domains : 0;
+        for (int d = 0; d < nd; d++)
+            memcpy(names[d], s->data.domains[d].name, CCOE_NAME_LEN);
+        st = ccoe_gating_build(&s->gating, c, (const char(*)[CCOE_NAME_LEN])names, nd, err);
+        if (st != CCOE_OK)
+            goto fail;
+    }
+    st = ccoe_model_init(&s->model, &c->model, &s->gating, c->train.batch_size,
+                         c->model.seq_len, &s->gemm, c->run.threads, err);
     if (st != CCOE_OK)
         goto fail;
     st = ccoe_batch_init(&s->batch, c->train.batch_size, c->model.seq_len, err);

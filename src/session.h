@@ -7,6 +7,7 @@
 #include "config.h"
 #include "data.h"
 #include "eval.h"
+#include "gating.h"
 #include "gemm.h"
 #include "model.h"
 #include "status.h"
@@ -18,6 +19,7 @@ typedef struct ccoe_session {
     ccoe_tokenizer tok;
     ccoe_dataset data;
     int have_data;
+    ccoe_gating gating; /* the CCoE task-expert matrix over the data's domains */
     ccoe_model model;
     ccoe_batch batch;
 } ccoe_session;
@@ -27,8 +29,9 @@ typedef struct ccoe_session {
  * without text (benchmarks), where any vocab_size >= 1 goes. */
 ccoe_status ccoe_config_resolve(ccoe_config *cfg, const ccoe_tokenizer *tok, ccoe_error *err);
 
-/* Sets up GEMM, tokenizer, (data unless with_data == 0), the model for batches of
- * train.batch_size x model.seq_len, and batch buffers. The model's weights are NOT initialised.
+/* Sets up GEMM, tokenizer, (data unless with_data == 0), the task-expert matrix, the model
+ * (with its CCoE experts) for batches of train.batch_size x model.seq_len, and batch buffers.
+ * The model's weights are NOT initialised.
  * On failure everything already set up is released. */
 ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_data,
                               ccoe_error *err);

@@ -55,8 +55,16 @@ typedef struct train_ctx {
     char ckpt_path[CCOE_STR + 64];
     double flops_per_token;
     double peak_gflops, gemm_gflops;
+    double step_flops;       /* model FLOPs of the last step */
+    int expert;              /* isolated expert training: its index, else -1 */
+    size_t grad_begin, grad_end; /* the trained float range of the parameter block */
     int bar;
 } train_ctx;
+
+static int only_expert(const ccoe_param *p, void *ctx)
+{
+    return p->expert == *(const int *)ctx;
+}
 
 static ccoe_status save_checkpoint(train_ctx *t, ccoe_error *err)
 {
@@ -92,6 +100,7 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
     ccoe_model_zero_grad(m);
     double loss_sum = 0.0;
     long tokens = 0;
+    t->step_flops = 0.0;
     for (int micro = 0; micro < tc->grad_accum; micro++) {
         ccoe_data_next_batch(&s->data, s->batch.tokens, s->batch.targets, s->batch.domains, B);
         long count = 0;
@@ -99,11 +108,11 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
                                        &count);
         tokens += count;
         /* every training row is full, so each micro-batch counts B*T tokens */
-        ccoe_model_backward(m, s->batch.tokens, s->batch.targets, B, T,
-                            1.0f / ((float)count * (float)tc->grad_accum));
+        ccoe_model_backward(m, 1.0f / ((float)count * (float)tc->grad_accum));
+        t->step_flops += ccoe_model_last_flops(m);
     }
     double loss = loss_sum / (double)tokens;
-    double gnorm = ccoe_grad_norm(m->grad_block, 0, m->num_params);
+    double gnorm = ccoe_grad_norm(m->grad_block, t->grad_begin, t->grad_end);
     *loss_out = loss;
     *gnorm_out = gnorm;
     if (!isfinite(loss) || !isfinite(gnorm))
@@ -114,8 +123,12 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
                               isfinite(loss) ? "gradient norm" : "loss", t->st.step + 1, loss,
                               gnorm, lr, t->ckpt_path);
     if (tc->grad_clip > 0 && gnorm > tc->grad_clip)
-        ccoe_grad_scale(m->grad_block, 0, m->num_params, (float)(tc->grad_clip / gnorm));
-    ccoe_adamw_step(&t->opt, m, tc, lr, NULL, NULL);
+        ccoe_grad_scale(m->grad_block, t->grad_begin, t->grad_end,
+                        (float)(tc->grad_clip / gnorm));
+    if (t->expert >= 0)
+        ccoe_adamw_step(&t->opt, m, tc, lr, only_expert, &t->expert);
+    else
+        ccoe_adamw_step(&t->opt, m, tc, lr, NULL, NULL);
     return CCOE_OK;
 }
 
@@ -124,7 +137,7 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
     ccoe_session *s = t->s;
     const ccoe_train_config *tc = &s->cfg.train;
     const long tokens_per_step = (long)tc->batch_size * s->cfg.model.seq_len * tc->grad_accum;
-    double window_t0 = ccoe_now(), window_tokens = 0, run_t0 = ccoe_now();
+    double window_t0 = ccoe_now(), window_tokens = 0, window_flops = 0, run_t0 = ccoe_now();
     double tok_s = 0.0;
     long first_step = t->st.step;
     while (t->st.step < tc->steps) {
@@ -135,19 +148,23 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
         double dt = ccoe_now() - t0;
         t->st.step++;
         window_tokens += (double)tokens_per_step;
+        window_flops += t->step_flops;
         double step_tok_s = (double)tokens_per_step / dt;
-        double mfu = step_tok_s * t->flops_per_token * 1e-9 / t->peak_gflops;
+        double step_gflops = t->step_flops / dt * 1e-9;
+        double mfu = step_gflops / t->peak_gflops;
         fprintf(t->metrics,
                 "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tok_per_s\":%.1f,"
                 "\"mfu_peak\":%.4f,\"mfu_sgemm\":%.4f,\"step_ms\":%.3f}\n",
-                t->st.step, loss, lr, gnorm, step_tok_s, mfu,
-                step_tok_s * t->flops_per_token * 1e-9 / t->gemm_gflops, dt * 1e3);
+                t->st.step, loss, lr, gnorm, step_tok_s, mfu, step_gflops / t->gemm_gflops,
+                dt * 1e3);
         int last = t->st.step == tc->steps;
         if (!o->quiet && (t->st.step % tc->log_every == 0 || last || t->bar)) {
             double now = ccoe_now();
-            if (now > window_t0)
+            double mfu_w = 0.0;
+            if (now > window_t0) {
                 tok_s = window_tokens / (now - window_t0);
-            double mfu_w = tok_s * t->flops_per_token * 1e-9 / t->peak_gflops;
+                mfu_w = window_flops / (now - window_t0) * 1e-9 / t->peak_gflops;
+            }
             double eta_s = (double)(tc->steps - t->st.step) * (double)tokens_per_step / tok_s;
             char eta[32];
             format_eta(eta, sizeof eta, eta_s);
@@ -171,6 +188,7 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
             fflush(stderr);
             window_t0 = ccoe_now();
             window_tokens = 0;
+            window_flops = 0;
         }
         if (!last && tc->eval_every > 0 && t->st.step % tc->eval_every == 0) {
             double e0 = ccoe_now();
@@ -250,8 +268,32 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
     memset(&t, 0, sizeof t);
     t.s = &s;
     snprintf(t.ckpt_path, sizeof t.ckpt_path, "%s", ckpt_path);
+    t.expert = -1;
+    t.grad_begin = 0;
+    t.grad_end = s.model.num_params;
     if ((st = ccoe_adamw_init(&t.opt, s.model.num_params, err)) != CCOE_OK)
         goto done;
+    if (s.cfg.ccoe.train_expert[0]) {
+        /* isolated expert training: only the expert learns, only on its domains' data */
+        int e = ccoe_gating_find_expert(&s.gating, s.cfg.ccoe.train_expert);
+        uint32_t mask = 0;
+        for (int d = 0; d < s.gating.n_domains; d++)
+            if (s.gating.route[d] == e)
+                mask |= 1u << d;
+        if (!mask) {
+            st = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                "ccoe.train_expert = %s, but no domain routes to it: add "
+                                "DOMAIN:%s to ccoe.routes",
+                                s.cfg.ccoe.train_expert, s.cfg.ccoe.train_expert);
+            goto done;
+        }
+        if ((st = ccoe_data_restrict(&s.data, mask, err)) != CCOE_OK)
+            goto done;
+        t.expert = e;
+        s.model.train_path = 1 + e;
+        t.grad_begin = s.model.expert_begin[e];
+        t.grad_end = s.model.expert_end[e];
+    }
     ccoe_rng_seed(&t.st.rng, s.cfg.train.seed ^ 0x7261696eULL);
     if (resume_file) {
         st = ccoe_checkpoint_load(resume_file, o->resume, &s.model, &t.opt, &t.st, err);
@@ -260,8 +302,23 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
         if (st != CCOE_OK)
             goto done;
         ccoe_data_seek(&s.data, t.st.data_pos);
+    } else if (o->init_from) {
+        ccoe_config other;
+        ccoe_st_file *f = NULL;
+        int missing[CCOE_MAX_EXPERTS] = {0};
+        ccoe_model_init_weights(&s.model, s.cfg.train.seed, CCOE_INIT_RANDOM);
+        st = ccoe_checkpoint_open(o->init_from, &other, &f, err);
+        if (st == CCOE_OK)
+            st = ccoe_checkpoint_load_init(f, o->init_from, &s.model, missing, err);
+        ccoe_st_close(f);
+        if (st != CCOE_OK)
+            goto done;
+        for (int e = 0; e < s.gating.n_experts; e++)
+            if (missing[e] && s.cfg.ccoe.init == CCOE_INIT_COPY)
+                ccoe_model_expert_copy_base(&s.model, e);
+        ccoe_data_seek(&s.data, 0);
     } else {
-        ccoe_model_init_weights(&s.model, s.cfg.train.seed);
+        ccoe_model_init_weights(&s.model, s.cfg.train.seed, s.cfg.ccoe.init);
         ccoe_data_seek(&s.data, 0);
     }
     char mpath[CCOE_STR + 64];
@@ -272,7 +329,8 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
                             strerror(errno));
         goto done;
     }
-    t.flops_per_token = ccoe_model_train_flops_per_token(&s.cfg.model, s.cfg.model.seq_len);
+    t.flops_per_token =
+        ccoe_model_train_flops_per_token(&s.cfg.model, s.cfg.model.n_layer, s.cfg.model.seq_len);
     t.peak_gflops = ccoe_measure_fma_peak(s.cfg.run.threads, 0.15);
     t.gemm_gflops = ccoe_gemm_measure_gflops(&s.gemm, 768, 0.2);
     t.bar = o->progress < 0 ? isatty(fileno(stderr)) : o->progress;
@@ -290,6 +348,14 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
                 s.gemm.kernel_set, t.peak_gflops, ccoe_simd_name(), t.gemm_gflops);
         if (o->resume)
             fprintf(stderr, "resuming %s at step %ld\n", o->resume, t.st.step);
+        if (o->init_from)
+            fprintf(stderr, "weights from %s\n", o->init_from);
+        if (s.gating.n_experts > 0)
+            ccoe_gating_print(stderr, &s.gating);
+        if (t.expert >= 0)
+            fprintf(stderr, "isolated training of expert '%s' (%.2fM parameters); everything "
+                            "else is frozen\n",
+                    s.gating.experts[t.expert].name, (double)(t.grad_end - t.grad_begin) / 1e6);
     }
     fprintf(t.metrics,
             "{\"event\":\"start\",\"step\":%ld,\"params\":%zu,\"flops_per_token\":%.0f,"

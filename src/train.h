@@ -9,6 +9,8 @@
 
 typedef struct ccoe_train_opts {
     const char *resume; /* checkpoint to continue from, or NULL */
+    const char *init_from; /* fresh run starting from this checkpoint's weights (its base and
+                            * any experts it has; new experts are initialised per ccoe.init) */
     int force;          /* start over even if out_dir already holds a checkpoint */
     int progress;       /* -1: progress bar if stderr is a TTY; 0: log lines; 1: bar */
     int quiet;          /* no per-step output */

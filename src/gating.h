@@ -1,0 +1,63 @@
+/* gating.h - the rule-based task-expert matrix of CCoE (paper Section 4.2).
+ *
+ * m domains x n experts. Expert j has l_j blocks; under form = tail (Eq. 4) it branches off the
+ * base at CoE layer L - l_j, under form = prefix (Eq. 5) at layer prefix_layers. pos_j is its
+ * index among the experts attached at the same CoE layer, in push order, so appending a new
+ * expert never changes an existing (l_j, pos_j). Each domain routes to exactly one path: one
+ * expert, or the base model. Built from the [ccoe] config strings and the data's domain names;
+ * the config strings are what checkpoints store.
+ */
+#ifndef CCOE_GATING_H
+#define CCOE_GATING_H
+
+#include <stdio.h>
+
+#include "config.h"
+#include "data.h"
+#include "status.h"
+
+#define CCOE_MAX_EXPERTS 64
+
+typedef struct ccoe_expert_spec {
+    char name[CCOE_NAME_LEN];
+    int layers; /* l_j */
+    int branch; /* CoE layer: base blocks run before this expert */
+    int pos;    /* position among the experts at the same CoE layer */
+} ccoe_expert_spec;
+
+typedef struct ccoe_gating {
+    ccoe_form form;
+    int n_layer;                                  /* L of the base */
+    int own_head;
+    int n_experts;
+    ccoe_expert_spec experts[CCOE_MAX_EXPERTS];
+    int n_domains;
+    char domains[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
+    int route[CCOE_MAX_DOMAINS];                  /* expert index, or -1 for the base path */
+} ccoe_gating;
+
+/* Builds and validates the matrix from cfg->ccoe for the given domains (names of the data set,
+ * in domain-id order). Errors name the offending expert/domain and the fix: unknown domain or
+ * expert in routes, a domain routed twice, duplicate expert names, l_j < 1 or > the cap,
+ * prefix_layers out of range, experts without a form. form = none gives zero experts and every
+ * domain on the base path. */
+ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
+                              const char (*domain_names)[CCOE_NAME_LEN], int n_domains,
+                              ccoe_error *err);
+
+/* Index of an expert by name, or -1. */
+int ccoe_gating_find_expert(const ccoe_gating *g, const char *name);
+
+/* Prints the m x n matrix with (l_j, pos_j) in set entries and each domain's path. */
+void ccoe_gating_print(FILE *f, const ccoe_gating *g);
+
+/* Appends "NAME:LAYERS" to cfg->ccoe.experts (push order) and routes each of the n domains to
+ * it (replacing their previous route). Errors if the strings would overflow. */
+ccoe_status ccoe_gating_config_add(ccoe_config *cfg, const char *name, int layers,
+                                   const char *const *domains, int n, ccoe_error *err);
+
+/* Removes expert NAME and every route to it from cfg->ccoe (those domains fall back to the
+ * base). */
+ccoe_status ccoe_gating_config_remove(ccoe_config *cfg, const char *name, ccoe_error *err);
+
+#endif

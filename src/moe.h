@@ -1,0 +1,297 @@
+/* moe.h - the Mixture-of-Experts layer: a drop-in replacement for a block's FFN.
+ *
+ *   out (N, C) = sum over a token's kept slots j of  weight[n, j] * Expert_{ids[n, j]}(h[n])
+ *
+ * h -> router (logits = h W_g^T, noisy gates also h W_noise^T) -> gate (variants/gate.h:
+ * softmax, topk, noisy_topk, domain) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
+ * biases optional) on contiguous per-expert row groups -> weighted combine. Auxiliary losses
+ * (Shazeer importance and load, Switch/GShard, router z-loss) are computed in forward and their
+ * gradients added in backward. Math and derivations: papers/moe.md.
+ *
+ * What it is not: it does not own memory. Parameters and gradients live in the caller's blocks
+ * (ccoe_moe_tensor_at gives the layout of the layer's region), saved activations and backward
+ * scratch are carved by the caller from its arenas (ccoe_moe_acts_carve, ccoe_moe_scratch_carve)
+ * before the first step; forward and backward never allocate. No residual: a token whose slots
+ * are all dropped gets out = 0 and the caller's residual carries h. No communication: expert
+ * parallelism belongs in mpi/.
+ *
+ * Conventions (as kernels.h): outputs first; forward OVERWRITES out; backward ACCUMULATES into
+ * dinp and the gradient region. Dimension letters: N tokens (rows), C channels, E experts, K
+ * slots per token (top-k), F expert hidden size (F2 = F, or 2F for SwiGLU's [gate | up] rows),
+ * R packed rows (<= N K).
+ */
+#ifndef CCOE_MOE_H
+#define CCOE_MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "gate.h"
+#include "gemm.h"
+#include "status.h"
+
+#define CCOE_MOE_MAX_EXPERTS CCOE_GATE_MAX_EXPERTS
+#define CCOE_MOE_MAX_DOMAINS 256
+#define CCOE_MOE_NAME 48 /* tensor names relative to the layer: "experts.511.proj.weight" */
+
+typedef enum ccoe_moe_expert_kind {
+    CCOE_MOE_GELU = 0,  /* fc (F, C) [+ bias F], GELU, proj (C, F) [+ bias C] */
+    CCOE_MOE_SWIGLU = 1 /* fc (2F, C) rows [gate | up] [+ bias 2F], SwiGLU, proj (C, F) [+ bias] */
+} ccoe_moe_expert_kind;
+
+/* Plain data (copyable, hashable). ccoe_moe_defaults fills it; ccoe_moe_validate checks it. */
+typedef struct ccoe_moe_config {
+    char gate[32];          /* softmax | topk | noisy_topk | domain */
+    int n_experts;          /* E, 1..CCOE_MOE_MAX_EXPERTS */
+    int top_k;              /* K: 1..E; softmax needs K = E, domain K = 1 */
+    int ffn_hidden;         /* F of each expert, >= 1 (fine-grained experts: small F) */
+    ccoe_moe_expert_kind expert;
+    int bias;               /* experts' linear layers have biases (router never has) */
+    int renormalize;        /* topk only: 1 (default) kept weights sum to 1, 0 = raw softmax
+                               probabilities; the other gates require 1 */
+    double capacity_factor; /* 0 = dropless, else >= 1: capacity = ceil(cf * N * K / E) rows
+                               per expert */
+    double noise_eps;       /* noisy_topk only: sigma = softplus(h W_noise) + noise_eps; 0 is
+                               Eq. 3 exactly (tensor2tensor uses 1e-2) */
+    double w_importance;    /* Shazeer: w * CV(Importance)^2 */
+    double w_load;          /* Shazeer: w * CV(Load)^2, smooth load; noisy_topk with K < E */
+    double w_switch;        /* Switch/GShard: w * E * sum_i f_i P_i */
+    double w_z;             /* router z-loss: w * mean_n logsumexp(logits_n)^2 */
+    int n_domains;          /* domain gate: entries of domain_expert */
+    int32_t domain_expert[CCOE_MOE_MAX_DOMAINS]; /* domain gate: domain d -> expert index */
+} ccoe_moe_config;
+
+/* The layer: a validated config plus the derived sizes and the parameter layout. */
+/* How the expert FFNs use the threads (ccoe_moe.schedule). */
+typedef enum ccoe_moe_schedule {
+    CCOE_MOE_SCHED_AUTO = 0, /* experts in parallel when their row groups balance, else GEMMs */
+    CCOE_MOE_SCHED_GEMM,     /* experts one after another, each GEMM on all threads */
+    CCOE_MOE_SCHED_EXPERTS   /* experts spread over the threads, single-threaded GEMMs */
+} ccoe_moe_schedule;
+
+typedef struct ccoe_moe {
+    ccoe_moe_config cfg;
+    ccoe_moe_schedule schedule; /* AUTO after init; may be changed between calls */
+    const ccoe_gate_ops *gate;
+    const ccoe_gemm *gemm;   /* borrowed */
+    int C, E, K, F, F2;
+    int maxN;                /* rows the carved buffers hold */
+    int max_rows;            /* R capacity of the packed buffers: min(maxN K, E cap(maxN)) */
+    /* parameter layout, in floats from the start of the layer's region; every tensor starts
+     * on a 16-float (64-byte) boundary */
+    size_t off_router, off_noise; /* (E, C) each, or (size_t)-1 when absent */
+    size_t off_experts;           /* expert e's tensors: [off_experts + e stride, + stride) */
+    size_t expert_stride;
+    size_t off_fc_w, off_fc_b, off_proj_w, off_proj_b; /* within an expert; -1 when absent */
+    size_t num_params;            /* floats of the whole region (padding included) */
+    int n_tensors;
+} ccoe_moe;
+
+/* One parameter tensor of the layer's region. */
+typedef struct ccoe_moe_tensor {
+    char name[CCOE_MOE_NAME]; /* "router.weight", "router.noise_weight",
+                                 "experts.3.fc.weight", "experts.3.fc.bias",
+                                 "experts.3.proj.weight", "experts.3.proj.bias" */
+    int ndim;
+    int64_t shape[2];
+    size_t offset;            /* floats from the start of the layer's region */
+    size_t numel;
+    int decay;                /* 1 for matrices (AdamW decay), 0 for biases */
+    int expert;               /* owning expert, -1 for the router */
+} ccoe_moe_tensor;
+
+/* Per-call routing context. */
+typedef struct ccoe_moe_pass {
+    int train;              /* 1: training (noisy gates draw noise); 0: evaluation, no noise */
+    uint64_t seed;          /* noise key: ccoe_hash_normal(seed, step, layer, g * E + i) */
+    uint64_t step;          /*   with g = token_offset + n the token's global index */
+    int layer;
+    int64_t token_offset;   /* global index of row 0 among all tokens of the step (rank offset
+                               and micro-batch offset included) */
+    const int32_t *domains; /* domain gate: (ceil(N / T)) domain of each sequence */
+    int T;                  /* domain gate: rows per sequence (row n has domains[n / T]) */
+} ccoe_moe_pass;
+
+/* Statistics of one forward (and the timings of the backward that follows, if passed there). */
+typedef struct ccoe_moe_stats {
+    int N, E, K;
+    int capacity;              /* rows per expert, 0 = dropless */
+    int64_t tokens_per_expert[CCOE_MOE_MAX_EXPERTS]; /* kept slots per expert (after capacity) */
+    int64_t routed_per_expert[CCOE_MOE_MAX_EXPERTS]; /* router choices per expert (before) */
+    double mean_gate_weight[CCOE_MOE_MAX_EXPERTS];   /* Importance_i / N (before capacity) */
+    int64_t dropped_slots;     /* (token, expert) slots beyond capacity */
+    int64_t dropped_tokens;    /* tokens with every slot dropped (output 0) */
+    double drop_rate;          /* dropped_slots / (N K) */
+    double gate_entropy;       /* mean over tokens of the entropy of the token's K gate weights,
+                                  normalised to sum 1 (nats; 0 for K = 1) */
+    double router_entropy;     /* mean over tokens of the entropy of softmax(logits) over all E
+                                  (0 without a router) */
+    double load_cv;            /* CV (std / mean) of tokens_per_expert */
+    double cv2_importance;     /* CV(Importance)^2 (unweighted; 0 without a router) */
+    double cv2_load;           /* CV(smooth Load)^2 (noisy_topk with K < E, else 0) */
+    double switch_value;       /* E sum_i f_i P_i (unweighted) */
+    double z_value;            /* mean_n logsumexp(logits_n)^2 (unweighted) */
+    double loss_importance, loss_load, loss_switch, loss_z; /* weighted by the coefficients */
+    double loss_aux;           /* their sum: the value ccoe_moe_forward returns */
+    int expert_parallel;       /* 1 if the experts ran in parallel (ccoe_moe_schedule) */
+    /* seconds: forward router+gate+aux, dispatch (plan+gather), experts, combine; backward
+     * combine, experts, scatter, router+gate+aux (filled when passed to ccoe_moe_backward) */
+    double t_fwd_route, t_fwd_dispatch, t_fwd_experts, t_fwd_combine;
+    double t_bwd_combine, t_bwd_experts, t_bwd_scatter, t_bwd_route;
+} ccoe_moe_stats;
+
+/* Saved state of one forward (one per MoE layer; carved by ccoe_moe_acts_carve). */
+typedef struct ccoe_moe_acts {
+    int N, rows;             /* rows of the last forward; packed rows R used */
+    int capacity;            /* of the last forward, 0 = dropless */
+    float *logits;           /* (maxN, E) clean router logits (router gates) */
+    float *noise_logits;     /* (maxN, E) h W_noise^T (noisy) */
+    float *noise;            /* (maxN, E) the standard normals used; zeros in eval (noisy) */
+    float *probs;            /* (maxN, E) softmax(logits) (router gates) */
+    float *lse;              /* (maxN) logsumexp(logits) (router gates) */
+    float *load_p;           /* (maxN, E) smooth load P(x, i) (noisy with K < E) */
+    int32_t *ids;            /* (maxN, K) chosen experts, descending score */
+    float *weights;          /* (maxN, K) gate values (before capacity) */
+    int32_t *kth;            /* (maxN) (K+1)-th expert by noisy score, -1 if none (noisy) */
+    int32_t *slot;           /* (maxN, K) packed row of each slot, -1 = dropped */
+    int32_t *row_token;      /* (R) token of each packed row */
+    int32_t *offsets;        /* (E + 1) expert e owns packed rows [offsets[e], offsets[e+1]) */
+    int32_t *cursor;         /* (E) scratch of the plan */
+    float *xin;              /* (R, C) gathered inputs */
+    float *fch;              /* (R, F2) fc outputs (pre-activation) */
+    float *fch_act;          /* (R, F) activations */
+    float *y;                /* (R, C) expert outputs, unweighted */
+    double *importance;      /* (E) sum_n G(x_n)_i */
+    double *load;            /* (E) sum_n P(x_n, i) */
+    double *frac;            /* (E) f_i: share of the N K router choices that pick i */
+    double *pmean;           /* (E) P_i: mean of softmax(logits)_i */
+} ccoe_moe_acts;
+
+/* Backward scratch (may be shared by all MoE layers of a model). */
+typedef struct ccoe_moe_scratch {
+    float *dy;               /* (R, C) weight * dout, packed */
+    float *dfch_act;         /* (R, F) */
+    float *dfch;             /* (R, F2) */
+    float *dxin;             /* (R, C) */
+    float *dweights;         /* (maxN, K) */
+    float *dlogits;          /* (maxN, E) */
+    float *dnoise_logits;    /* (maxN, E) (noisy) */
+} ccoe_moe_scratch;
+
+/* ---- setup ---- */
+
+/* Defaults: topk, E 8, K 2, F 0 (must be set), GELU, biases on, renormalize 1, dropless, no
+ * noise_eps, every aux coefficient 0, no domains. */
+void ccoe_moe_defaults(ccoe_moe_config *cfg);
+
+/* Checks every field and the cross-field rules; messages name the field, the value and the fix.
+ * Rejects (CCOE_ERR_CONFIG): unknown gate (lists the allowed names), E < 1 or too large, K < 1,
+ * K > E, softmax with K != E, domain with K != 1, F < 1, capacity_factor < 1 and != 0 (or not
+ * finite), negative or non-finite coefficients, noise options (noise_eps, w_load) on a gate
+ * without noise, w_load with K = E, renormalize = 0 on a gate other than topk, aux losses on
+ * the domain gate, a domain table that is empty or points outside [0, E). */
+ccoe_status ccoe_moe_validate(const ccoe_moe_config *cfg, ccoe_error *err);
+
+/* Validates cfg and fills m: sizes and parameter layout for inputs of C channels and at most
+ * maxN rows per call. Allocates nothing. */
+ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int maxN,
+                          const ccoe_gemm *g, ccoe_error *err);
+
+/* Checks that domain ids 0..n_domains-1 (those the data can produce) all have a table entry
+ * (domain gate only; other gates: OK). Call once at setup: forward asserts it. */
+ccoe_status ccoe_moe_check_domains(const ccoe_moe *m, int n_domains, ccoe_error *err);
+
+/* Parameter tensors, in layout order: router.weight, router.noise_weight (noisy), then for
+ * e = 0..E-1: experts.e.fc.weight, experts.e.fc.bias, experts.e.proj.weight,
+ * experts.e.proj.bias (biases when cfg.bias). i in [0, m->n_tensors). */
+void ccoe_moe_tensor_at(const ccoe_moe *m, int i, ccoe_moe_tensor *t);
+
+/* Initialises the layer's parameter region (m->num_params floats; padding zeroed): expert fc
+ * weights N(0, std), proj weights N(0, proj_std) (the residual-scaled std), biases 0, router
+ * N(0, std), noise weights 0 (Shazeer: "no signal and some noise"). Deterministic in seed. */
+void ccoe_moe_init_weights(const ccoe_moe *m, float *params, uint64_t seed, float std,
+                           float proj_std);
+
+/* Carves the saved activations (one per layer) or the backward scratch (shareable) from an
+ * arena; with a counting arena (ccoe_arena_count) only advances a.used, so one pass sizes and a
+ * second carves (the model's carve_acts pattern). Buffers a gate does not need stay NULL. */
+void ccoe_moe_acts_carve(ccoe_moe_acts *a, const ccoe_moe *m, ccoe_arena *arena);
+void ccoe_moe_scratch_carve(ccoe_moe_scratch *s, const ccoe_moe *m, ccoe_arena *arena);
+/* Bytes the two carves take (64-byte alignment padding included). */
+size_t ccoe_moe_acts_bytes(const ccoe_moe *m);
+size_t ccoe_moe_scratch_bytes(const ccoe_moe *m);
+
+/* Rows per expert for a call of N rows: ceil(capacity_factor N K / E), or 0 (dropless). */
+int ccoe_moe_capacity(const ccoe_moe *m, int N);
+
+/* ---- forward / backward ---- */
+
+/* out (N, C) = MoE(inp (N, C)); OVERWRITES out. params: the layer's region (layout above).
+ * pass: noise keys and domains; NULL means evaluation without domains (not for the domain
+ * gate). Saves in acts what backward needs (routing, stored noise, expert activations).
+ * stats (may be NULL) receives the statistics. Returns the weighted aux loss
+ * (stats->loss_aux): means over the N rows of this call. 1 <= N <= maxN. Threads: OpenMP over
+ * rows, GEMMs on m->gemm's threads (do not call from a parallel region). */
+double ccoe_moe_forward(const ccoe_moe *m, float *out, ccoe_moe_acts *acts, ccoe_moe_stats *stats,
+                        const float *inp, const float *params, const ccoe_moe_pass *pass, int N);
+
+/* Backward of the last forward on acts (same inp, params, N): ACCUMULATES
+ *   dinp (N, C) += d/dinp, grads (the layer's region in the gradient block) += d/dparams
+ * of  sum(dout * out) + aux_scale * aux,  dout (N, C) the gradient of the loss w.r.t. out
+ * (already carrying the CE scale). The model passes aux_scale = 1 / grad_accum (see
+ * papers/moe.md). stats (may be NULL) receives the backward timings. */
+void ccoe_moe_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe_moe_stats *stats,
+                       ccoe_moe_scratch *s, const float *dout, const ccoe_moe_acts *acts,
+                       const float *inp, const float *params, float aux_scale, int N);
+
+/* ---- dispatch primitives (used by forward/backward; public for tests and mpi/) ---- */
+
+/* Dispatch plan: each (token n, slot j) gets a packed row slot[n K + j] with rows of expert e
+ * contiguous in [offsets[e], offsets[e+1]), experts in index order, tokens within a group in
+ * token order; row_token[r] is the token of row r. cap > 0 keeps at most cap rows per expert,
+ * filled by priority: every token's first choice (in token order), then every second choice,
+ * ...; the rest get slot -1. cap <= 0: dropless. cursor (E) is scratch. Returns the rows used. */
+int ccoe_moe_plan(int32_t *slot, int32_t *row_token, int32_t *offsets, int32_t *cursor,
+                  const int32_t *ids, int N, int E, int K, int cap);
+/* rows (R, C): rows[r] = inp[row_token[r]]. OVERWRITES. */
+void ccoe_moe_gather(float *rows, const float *inp, const int32_t *row_token, int R, int C);
+/* out (N, C) = sum over slots j with slot >= 0 of weights[n K + j] * rows[slot[n K + j]];
+ * OVERWRITES (tokens with every slot dropped get 0). Slots are summed in order j = 0..K-1. */
+void ccoe_moe_combine(float *out, const float *rows, const int32_t *slot, const float *weights,
+                      int N, int K, int C);
+
+/* Writes the statistics as one JSON object (no newline) into buf; returns the length it needs
+ * (like snprintf), so a return >= cap means truncated. */
+int ccoe_moe_stats_json(const ccoe_moe_stats *s, char *buf, size_t cap);
+
+/* ---- double-precision reference (moe_ref.c): the oracle, never on the training path ---- */
+
+/* Routing held fixed: expert choices, capacity decisions and noise come from outside (usually
+ * from a fast forward's acts), so the reference is a smooth function of inputs and parameters
+ * and finite differences are well defined. */
+typedef struct ccoe_moe_routing {
+    const int32_t *ids;    /* (N, K) */
+    const int32_t *slot;   /* (N, K) < 0 = slot dropped by capacity; NULL = nothing dropped */
+    const int32_t *kth;    /* (N) noisy gates (load estimator) */
+    const double *noise;   /* (N, E) noisy gates */
+} ccoe_moe_routing;
+
+typedef struct ccoe_moe_aux {
+    double importance, load, switch_, z; /* weighted by the coefficients */
+    double total;
+} ccoe_moe_aux;
+
+/* Scratch doubles the reference needs (per-token buffers and E-sized sums; independent of N). */
+size_t ccoe_moe_ref_scratch_doubles(const ccoe_moe *m);
+/* out (N, C) OVERWRITTEN; aux (may be NULL) the weighted aux losses; returns aux total.
+ * params: a double copy of the layer's region (same layout). */
+double ccoe_moe_ref_forward(const ccoe_moe *m, double *out, ccoe_moe_aux *aux, const double *inp,
+                            const double *params, const ccoe_moe_routing *r, double *scratch,
+                            int N);
+/* dinp (N, C) += ..., dparams += ... of sum(dout * out) + aux_scale * aux. */
+void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, const double *dout,
+                           const double *inp, const double *params, const ccoe_moe_routing *r,
+                           double aux_scale, double *scratch, int N);
+
+#endif

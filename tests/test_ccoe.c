@@ -1,0 +1,353 @@
+/* test_ccoe.c - the CCoE formulations at tiny size: gradients of every tensor of an Eq. 4
+ * (tail) and Eq. 5 (prefix) model on mixed-domain batches against finite differences;
+ * Eq. 4 with every l_i = 0 equals the base; Eq. 5 with l_b = L - l_i equals Eq. 4; isolated
+ * expert training touches only the expert; the task-expert matrix keeps existing entries when
+ * an expert is pushed; bad gating configs are refused with clear errors. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#include "config.h"
+#include "gating.h"
+#include "gemm.h"
+#include "model.h"
+#include "rng.h"
+
+static const char k_domains[4][CCOE_NAME_LEN] = {"arith", "code", "prose", "sql"};
+
+static ccoe_gemm g_gemm;
+
+static ccoe_config base_config(ccoe_block_kind block)
+{
+    ccoe_config c;
+    ccoe_config_defaults(&c);
+    c.model.n_layer = 4;
+    c.model.n_embd = 16;
+    c.model.n_head = 2;
+    c.model.ffn_hidden = 24;
+    c.model.vocab_size = 40;
+    c.model.seq_len = 6;
+    c.model.block = block;
+    c.model.init_std = 0.3;
+    return c;
+}
+
+static void build(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, int B)
+{
+    ccoe_error err = {0};
+    if (ccoe_gating_build(gt, c, k_domains, 4, &err) != CCOE_OK)
+        fail_msg("gating: %s", err.msg);
+    assert_int_equal(ccoe_model_init(m, &c->model, gt, B, c->model.seq_len, &g_gemm, 1, &err),
+                     CCOE_OK);
+}
+
+static void fill_batch(int32_t *tok, int32_t *tgt, int32_t *dom, int B, int T, int V,
+                       uint64_t seed)
+{
+    ccoe_rng r;
+    ccoe_rng_seed(&r, seed);
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)V);
+        tgt[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)V);
+    }
+    for (int b = 0; b < B; b++)
+        dom[b] = (int32_t)((b * 3 + 1) % 4); /* every domain, interleaved */
+}
+
+static double mean_loss(ccoe_model *m, const int32_t *tok, const int32_t *tgt,
+                        const int32_t *dom, int B, int T)
+{
+    long n = 0;
+    double s = ccoe_model_forward(m, tok, tgt, dom, B, T, &n);
+    return s / (double)n;
+}
+
+/* Directional finite differences per tensor, as in test_model.c. */
+static void gradcheck(ccoe_config *c)
+{
+    const int B = 6, T = c->model.seq_len;
+    ccoe_model m;
+    ccoe_gating gt;
+    build(&m, &gt, c, B);
+    ccoe_model_init_weights(&m, 5, CCOE_INIT_RANDOM);
+    ccoe_rng r;
+    ccoe_rng_seed(&r, 17);
+    for (int i = 0; i < m.n_params; i++)
+        if (m.params[i].ndim == 1)
+            for (size_t j = 0; j < m.params[i].numel; j++)
+                m.param_block[m.params[i].offset + j] += 0.2f * (ccoe_rng_uniform(&r) - 0.5f);
+    int32_t tok[64], tgt[64], dom[8];
+    fill_batch(tok, tgt, dom, B, T, c->model.vocab_size, 3);
+    ccoe_model_zero_grad(&m);
+    long count = 0;
+    ccoe_model_forward(&m, tok, tgt, dom, B, T, &count);
+    ccoe_model_backward(&m, 1.0f / (float)count);
+    float *dir = malloc(m.num_params * sizeof(float));
+    float *saved = malloc(m.num_params * sizeof(float));
+    for (int i = 0; i < m.n_params; i++) {
+        const ccoe_param *p = &m.params[i];
+        float *w = m.param_block + p->offset;
+        const float *gw = m.grad_block + p->offset;
+        double norm = 0, analytic = 0;
+        for (size_t j = 0; j < p->numel; j++) {
+            dir[j] = ccoe_rng_uniform(&r) - 0.5f;
+            norm += (double)dir[j] * dir[j];
+        }
+        norm = sqrt(norm);
+        for (size_t j = 0; j < p->numel; j++) {
+            dir[j] = (float)(dir[j] / norm);
+            analytic += (double)dir[j] * gw[j];
+        }
+        const float h = 2e-3f;
+        memcpy(saved, w, p->numel * sizeof(float));
+        for (size_t j = 0; j < p->numel; j++)
+            w[j] = saved[j] + h * dir[j];
+        double lp = mean_loss(&m, tok, tgt, dom, B, T);
+        for (size_t j = 0; j < p->numel; j++)
+            w[j] = saved[j] - h * dir[j];
+        double lm = mean_loss(&m, tok, tgt, dom, B, T);
+        memcpy(w, saved, p->numel * sizeof(float));
+        double numeric = (lp - lm) / (2.0 * h);
+        double tol = 2e-3 + 2e-2 * fabs(numeric);
+        if (!(fabs(numeric - analytic) <= tol))
+            fprintf(stderr, "form %d: %s: analytic %.6g numeric %.6g\n", c->ccoe.form, p->name,
+                    analytic, numeric);
+        assert_true(fabs(numeric - analytic) <= tol);
+    }
+    free(dir);
+    free(saved);
+    ccoe_model_free(&m);
+}
+
+static void set_ccoe(ccoe_config *c, ccoe_form form, const char *experts, const char *routes,
+                     int prefix, int own_head)
+{
+    c->ccoe.form = form;
+    snprintf(c->ccoe.experts, sizeof c->ccoe.experts, "%s", experts);
+    snprintf(c->ccoe.routes, sizeof c->ccoe.routes, "%s", routes);
+    c->ccoe.prefix_layers = prefix;
+    c->ccoe.own_head = own_head;
+}
+
+static void test_gradcheck_tail(void **state)
+{
+    (void)state;
+    for (int block = 0; block < 2; block++)
+        for (int own = 0; own < 2; own++) {
+            ccoe_config c = base_config((ccoe_block_kind)block);
+            set_ccoe(&c, CCOE_FORM_TAIL, "a:1 b:2", "arith:a code:b sql:a", 0, own);
+            gradcheck(&c);
+        }
+}
+
+static void test_gradcheck_prefix(void **state)
+{
+    (void)state;
+    for (int own = 0; own < 2; own++) {
+        ccoe_config c = base_config(CCOE_BLOCK_PRE_LN);
+        set_ccoe(&c, CCOE_FORM_PREFIX, "a:2 b:1", "arith:a prose:b", 1, own);
+        gradcheck(&c);
+    }
+}
+
+/* logits of every (b, t) of the last forward into out (B*T*V) in original row order */
+static void logits_of(const ccoe_model *m, float *out, int B, int T)
+{
+    const int V = m->cfg.vocab_size;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            memcpy(out + ((size_t)b * T + t) * V, ccoe_model_logits(m, b, t), V * sizeof(float));
+}
+
+/* copies every tensor of src into the same-named tensor of dst (must exist) */
+static void copy_params(ccoe_model *dst, const ccoe_model *src)
+{
+    for (int i = 0; i < src->n_params; i++) {
+        const ccoe_param *p = &src->params[i];
+        const ccoe_param *q = ccoe_model_find_param(dst, p->name);
+        assert_non_null(q);
+        assert_int_equal(q->numel, p->numel);
+        memcpy(dst->param_block + q->offset, src->param_block + p->offset,
+               p->numel * sizeof(float));
+    }
+}
+
+static void test_zero_layer_experts_equal_base(void **state)
+{
+    (void)state;
+    const int B = 5, T = 6;
+    ccoe_config cb = base_config(CCOE_BLOCK_PRE_LN), ce = cb;
+    set_ccoe(&ce, CCOE_FORM_TAIL, "a:0 b:0", "arith:a code:b prose:b", 0, 0);
+    ccoe_model mb, me;
+    ccoe_gating gb, ge;
+    build(&mb, &gb, &cb, B);
+    build(&me, &ge, &ce, B);
+    ccoe_model_init_weights(&mb, 9, CCOE_INIT_RANDOM);
+    copy_params(&me, &mb);
+    int32_t tok[64], tgt[64], dom[8];
+    fill_batch(tok, tgt, dom, B, T, cb.model.vocab_size, 4);
+    float *lb = malloc((size_t)B * T * 40 * sizeof(float)), *le = malloc((size_t)B * T * 40 * sizeof(float));
+    ccoe_model_forward(&mb, tok, NULL, dom, B, T, NULL);
+    logits_of(&mb, lb, B, T);
+    ccoe_model_forward(&me, tok, NULL, dom, B, T, NULL);
+    logits_of(&me, le, B, T);
+    assert_memory_equal(lb, le, (size_t)B * T * 40 * sizeof(float));
+    free(lb);
+    free(le);
+    ccoe_model_free(&mb);
+    ccoe_model_free(&me);
+}
+
+static void test_prefix_equals_tail(void **state)
+{
+    (void)state;
+    const int B = 6, T = 6;
+    /* Eq. 4 with l = 2 on L = 4 branches at block 2; Eq. 5 with l_b = 2 and l = 2 is the same */
+    ccoe_config ct = base_config(CCOE_BLOCK_POST_LN), cp = ct;
+    set_ccoe(&ct, CCOE_FORM_TAIL, "a:2 b:2", "arith:a sql:b", 0, 1);
+    set_ccoe(&cp, CCOE_FORM_PREFIX, "a:2 b:2", "arith:a sql:b", 2, 1);
+    ccoe_model mt, mp;
+    ccoe_gating gtt, gtp;
+    build(&mt, &gtt, &ct, B);
+    build(&mp, &gtp, &cp, B);
+    ccoe_model_init_weights(&mt, 11, CCOE_INIT_RANDOM);
+    copy_params(&mp, &mt);
+    int32_t tok[64], tgt[64], dom[8];
+    fill_batch(tok, tgt, dom, B, T, ct.model.vocab_size, 5);
+    long n1, n2;
+    double l1 = ccoe_model_forward(&mt, tok, tgt, dom, B, T, &n1);
+    double l2 = ccoe_model_forward(&mp, tok, tgt, dom, B, T, &n2);
+    assert_int_equal(n1, n2);
+    assert_true(l1 == l2);
+    ccoe_model_free(&mt);
+    ccoe_model_free(&mp);
+}
+
+/* With train_path set, only the expert's tensors get gradients, and they equal the full
+ * backward's; the copy initialisation reproduces the base blocks it replaces. */
+static void test_isolated_backward(void **state)
+{
+    (void)state;
+    const int B = 6, T = 6;
+    ccoe_config c = base_config(CCOE_BLOCK_PRE_LN);
+    set_ccoe(&c, CCOE_FORM_TAIL, "a:1 b:2", "arith:a code:b", 0, 0);
+    ccoe_model m;
+    ccoe_gating gt;
+    build(&m, &gt, &c, B);
+    ccoe_model_init_weights(&m, 21, CCOE_INIT_COPY);
+    /* copy init: expert b's block 0 equals base block 2 */
+    const ccoe_param *e = ccoe_model_find_param(&m, "experts.b.blocks.0.mlp.fc.weight");
+    const ccoe_param *s = ccoe_model_find_param(&m, "blocks.2.mlp.fc.weight");
+    assert_non_null(e);
+    assert_non_null(s);
+    assert_memory_equal(m.param_block + e->offset, m.param_block + s->offset,
+                        e->numel * sizeof(float));
+    int32_t tok[64], tgt[64], dom[8];
+    fill_batch(tok, tgt, dom, B, T, c.model.vocab_size, 6);
+    float *full = malloc(m.num_params * sizeof(float));
+    ccoe_model_zero_grad(&m);
+    long n;
+    ccoe_model_forward(&m, tok, tgt, dom, B, T, &n);
+    ccoe_model_backward(&m, 1.0f);
+    memcpy(full, m.grad_block, m.num_params * sizeof(float));
+    m.train_path = 2; /* expert b */
+    ccoe_model_zero_grad(&m);
+    ccoe_model_forward(&m, tok, tgt, dom, B, T, &n);
+    ccoe_model_backward(&m, 1.0f);
+    for (int i = 0; i < m.n_params; i++) {
+        const ccoe_param *p = &m.params[i];
+        const float *gi = m.grad_block + p->offset;
+        if (p->expert == 1) {
+            assert_memory_equal(gi, full + p->offset, p->numel * sizeof(float));
+        } else if (p->block >= 0 || p->expert >= 0) {
+            for (size_t j = 0; j < p->numel; j++)
+                assert_true(gi[j] == 0.0f);
+        }
+    }
+    free(full);
+    ccoe_model_free(&m);
+}
+
+static void test_gating_matrix(void **state)
+{
+    (void)state;
+    ccoe_config c = base_config(CCOE_BLOCK_PRE_LN);
+    c.model.n_layer = 8;
+    set_ccoe(&c, CCOE_FORM_TAIL, "a:2 b:4 c:2", "arith:a code:b prose:c", 0, 0);
+    ccoe_gating g1, g2;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_gating_build(&g1, &c, k_domains, 4, &err), CCOE_OK);
+    assert_int_equal(g1.experts[0].branch, 6);
+    assert_int_equal(g1.experts[0].pos, 0);
+    assert_int_equal(g1.experts[1].branch, 4);
+    assert_int_equal(g1.experts[1].pos, 0);
+    assert_int_equal(g1.experts[2].pos, 1); /* second expert at CoE layer 6 */
+    assert_int_equal(g1.route[3], -1);      /* sql: base */
+    const char *doms[] = {"sql"};
+    assert_int_equal(ccoe_gating_config_add(&c, "d", 2, doms, 1, &err), CCOE_OK);
+    assert_int_equal(ccoe_gating_build(&g2, &c, k_domains, 4, &err), CCOE_OK);
+    for (int e = 0; e < g1.n_experts; e++) {
+        assert_string_equal(g1.experts[e].name, g2.experts[e].name);
+        assert_int_equal(g1.experts[e].layers, g2.experts[e].layers);
+        assert_int_equal(g1.experts[e].pos, g2.experts[e].pos);
+    }
+    for (int d = 0; d < 3; d++)
+        assert_int_equal(g1.route[d], g2.route[d]);
+    assert_int_equal(g2.experts[3].pos, 2); /* appended last at its CoE layer */
+    assert_int_equal(g2.route[3], 3);
+    assert_int_equal(ccoe_gating_config_remove(&c, "b", &err), CCOE_OK);
+    assert_int_equal(ccoe_gating_build(&g2, &c, k_domains, 4, &err), CCOE_OK);
+    assert_int_equal(g2.n_experts, 3);
+    assert_int_equal(g2.route[1], -1); /* code falls back to the base */
+}
+
+static void expect_bad(const char *experts, const char *routes, ccoe_form form, int prefix,
+                       const char *needle)
+{
+    ccoe_config c = base_config(CCOE_BLOCK_PRE_LN);
+    set_ccoe(&c, form, experts, routes, prefix, 0);
+    ccoe_gating g;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_gating_build(&g, &c, k_domains, 4, &err), CCOE_ERR_CONFIG);
+    if (!strstr(err.msg, needle))
+        fail_msg("message '%s' lacks '%s'", err.msg, needle);
+}
+
+static void test_bad_gating(void **state)
+{
+    (void)state;
+    expect_bad("a:1", "law:a", CCOE_FORM_TAIL, 0, "unknown domain 'law'");
+    expect_bad("a:1", "arith:zz", CCOE_FORM_TAIL, 0, "'zz'");
+    expect_bad("a:1", "arith:a arith:a", CCOE_FORM_TAIL, 0, "routed twice");
+    expect_bad("a:1 a:2", "", CCOE_FORM_TAIL, 0, "listed twice");
+    expect_bad("a:5", "", CCOE_FORM_TAIL, 0, "only 4");
+    expect_bad("a:3", "", CCOE_FORM_TAIL, 0, "cap 2");
+    expect_bad("a", "", CCOE_FORM_TAIL, 0, "LEFT:RIGHT");
+    expect_bad("a:x", "", CCOE_FORM_TAIL, 0, "layer count");
+    expect_bad("a:1", "", CCOE_FORM_PREFIX, 9, "prefix_layers");
+    expect_bad("a:1", "", CCOE_FORM_NONE, 0, "ccoe.form = none");
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    ccoe_error err = {0};
+    return ccoe_gemm_init(&g_gemm, CCOE_GEMM_REF, 1, &err) == CCOE_OK ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gradcheck_tail),
+        cmocka_unit_test(test_gradcheck_prefix),
+        cmocka_unit_test(test_zero_layer_experts_equal_base),
+        cmocka_unit_test(test_prefix_equals_tail),
+        cmocka_unit_test(test_isolated_backward),
+        cmocka_unit_test(test_gating_matrix),
+        cmocka_unit_test(test_bad_gating),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
