@@ -57,11 +57,15 @@ ccoe_status ccoe_checkpoint_save(const char *path, const ccoe_config *cfg, const
     else
         snprintf(rng, sizeof rng, "0");
     snprintf(ot, sizeof ot, "%ld", opt ? opt->t : 0L);
+    char domains[CCOE_MAX_DOMAINS * CCOE_NAME_LEN] = "";
+    for (int d = 0, used = 0; d < m->gating.n_domains; d++)
+        used += snprintf(domains + used, sizeof domains - (size_t)used, "%s%s", d ? " " : "",
+                         m->gating.domains[d]);
     const char *meta[] = {"ccoe.format", "ccoe-checkpoint", "ccoe.version", CCOE_VERSION,
                           "config",      ini,               "config_hash",  hash,
                           "step",        step,              "data_pos",     pos,
                           "rng",         rng,               "optim.t",      ot,
-                          "optim.state", opt ? "adamw" : "none"};
+                          "optim.state", opt ? "adamw" : "none", "ccoe.domains", domains};
     s = ccoe_st_write(path, t, n, meta, sizeof meta / sizeof meta[0] / 2, err);
 done:
     free(t);
@@ -108,6 +112,22 @@ static ccoe_status parse_u64(const char *s, uint64_t *v, const char *key, const 
         return ccoe_error_set(err, CCOE_ERR_FORMAT, "checkpoint %s: metadata %s='%s' is not a "
                               "number", path, key, s);
     return CCOE_OK;
+}
+
+int ccoe_checkpoint_domains(const ccoe_st_file *f, const ccoe_config *cfg,
+                            char (*names)[CCOE_NAME_LEN])
+{
+    const char *stored = ccoe_st_meta(f, "ccoe.domains");
+    if (!stored || !*stored)
+        return ccoe_gating_route_domains(cfg, names);
+    char buf[CCOE_MAX_DOMAINS * CCOE_NAME_LEN];
+    snprintf(buf, sizeof buf, "%s", stored);
+    int n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " ", &save); tok && n < CCOE_MAX_DOMAINS;
+         tok = strtok_r(NULL, " ", &save))
+        snprintf(names[n++], CCOE_NAME_LEN, "%s", tok);
+    return n;
 }
 
 ccoe_status ccoe_checkpoint_load_init(const ccoe_st_file *f, const char *path, ccoe_model *m,

@@ -3,7 +3,8 @@
  * One file holds the parameters under their model names ("wte", "blocks.0.attn.qkv.weight",
  * ...), optionally the AdamW moments ("optim.m.<name>", "optim.v.<name>"), and metadata:
  *   ccoe.format = "ccoe-checkpoint", ccoe.version, config (the resolved INI text),
- *   config_hash (hex), step, data_pos, rng (hex words), optim.t, plus what the caller adds.
+ *   config_hash (hex), step, data_pos, rng (hex words), optim.t, ccoe.domains (the data's
+ *   domain names in id order, for routing without the data).
  * Files are written atomically (safetensors.h); a crash never leaves a half-written checkpoint.
  */
 #ifndef CCOE_CHECKPOINT_H
@@ -38,6 +39,11 @@ ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_fil
  * (an error if the file has none), and the train state if st != NULL. */
 ccoe_status ccoe_checkpoint_load(const ccoe_st_file *f, const char *path, ccoe_model *m,
                                  ccoe_adamw *opt, ccoe_train_state *st, ccoe_error *err);
+
+/* The data domains of a stored model (metadata ccoe.domains; for files without it, the
+ * domains its routes name): fills names and returns how many. */
+int ccoe_checkpoint_domains(const ccoe_st_file *f, const ccoe_config *cfg,
+                            char (*names)[CCOE_NAME_LEN]);
 
 /* Loads parameters for a fresh run from another model's checkpoint: every base tensor must be
  * present with the same shape; an expert whose tensors are all absent is reported in

@@ -276,3 +276,24 @@ ccoe_status ccoe_gating_config_remove(ccoe_config *cfg, const char *name, ccoe_e
     *cfg = c;
     return CCOE_OK;
 }
+
+int ccoe_gating_route_domains(const ccoe_config *cfg, char (*names)[CCOE_NAME_LEN])
+{
+    char buf[CCOE_STR];
+    snprintf(buf, sizeof buf, "%s", cfg->ccoe.routes);
+    int n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " \t,", &save); tok && n < CCOE_MAX_DOMAINS;
+         tok = strtok_r(NULL, " \t,", &save)) {
+        char *colon = strchr(tok, ':');
+        if (colon)
+            *colon = '\0';
+        int dup = 0;
+        for (int i = 0; i < n; i++)
+            dup |= strcmp(names[i], tok) == 0;
+        if (!dup)
+            snprintf(names[n++], CCOE_NAME_LEN, "%s", tok);
+    }
+    return n;
+}
+

@@ -48,6 +48,10 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
 /* Index of an expert by name, or -1. */
 int ccoe_gating_find_expert(const ccoe_gating *g, const char *name);
 
+/* The domains named in cfg->ccoe.routes (for a stored model whose data is not loaded): fills
+ * names and returns how many. */
+int ccoe_gating_route_domains(const ccoe_config *cfg, char (*names)[CCOE_NAME_LEN]);
+
 /* Prints the m x n matrix with (l_j, pos_j) in set entries and each domain's path. */
 void ccoe_gating_print(FILE *f, const ccoe_gating *g);
 

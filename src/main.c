@@ -1,4 +1,5 @@
 /* main.c - the ccoe command line. The only place that turns a status into an exit code. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,8 @@
 #include "config.h"
 #include "data.h"
 #include "eval.h"
+#include "expert.h"
+#include "gating.h"
 #include "session.h"
 #include "status.h"
 #include "train.h"
@@ -27,6 +30,13 @@ static const char *k_usage =
     "        stored config, training state and tensors of a checkpoint\n"
     "  bench [--shape small|tiny-wide|gpt2-124m|all] [--steps N] [--threads N] [--gemm B] [--ffn gelu|swiglu]\n"
     "        training throughput and model-FLOP utilisation on reference shapes\n"
+    "  push MODEL EXPERT_FILE [--domain D]... [-o OUT]\n"
+    "        add a CCoE expert (last position of its CoE layer) or replace an expert's weights\n"
+    "  pop MODEL --expert NAME -o FILE | pop MODEL --expert NAME --remove [-o OUT]\n"
+    "        deep-copy an expert out of a model, or remove it (its domains use the base)\n"
+    "  compare A B [--only-base]\n"
+    "        compare the parameter tensors two files have in common, bit for bit (exit 0 if\n"
+    "        identical, 1 if not); --only-base skips experts.*\n"
     "  data write-builtin DIR\n"
     "        write the embedded default data set as files plus a manifest\n"
     "  help-config\n"
@@ -197,7 +207,17 @@ static int cmd_info(int argc, char **argv)
         if (strncmp(name, "optim.", 6) != 0)
             total += numel;
     }
-    printf("parameters: %zu\nconfig:\n", total);
+    printf("parameters: %zu\n", total);
+    if (cfg.ccoe.form != CCOE_FORM_NONE) {
+        char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
+        int nd = ccoe_checkpoint_domains(f, &cfg, names);
+        ccoe_gating g;
+        if (ccoe_gating_build(&g, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, &err) == CCOE_OK)
+            ccoe_gating_print(stdout, &g);
+        else
+            printf("task-expert matrix: %s\n", err.msg);
+    }
+    printf("config:\n");
     char *ini = ccoe_config_to_ini(&cfg);
     printf("%s", ini ? ini : "");
     free(ini);
@@ -234,6 +254,107 @@ static int cmd_bench(int argc, char **argv)
     return 0;
 }
 
+static int cmd_push(int argc, char **argv)
+{
+    if (argc < 2 || argv[0][0] == '-' || argv[1][0] == '-')
+        return usage_error("push needs MODEL and EXPERT_FILE", "");
+    const char *domains[CCOE_MAX_DOMAINS];
+    int n = 0;
+    const char *out = argv[0];
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--domain") == 0 && i + 1 < argc) {
+            if (n == CCOE_MAX_DOMAINS)
+                return usage_error("too many --domain arguments", "");
+            domains[n++] = argv[++i];
+        } else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc) {
+            out = argv[++i];
+        } else {
+            return usage_error("unknown or incomplete push argument", argv[i]);
+        }
+    }
+    ccoe_error err = {0};
+    if (ccoe_expert_push(argv[0], argv[1], domains, n, out, &err) != CCOE_OK)
+        return fail(&err);
+    printf("pushed %s into %s -> %s\n", argv[1], argv[0], out);
+    return 0;
+}
+
+static int cmd_pop(int argc, char **argv)
+{
+    if (argc < 1 || argv[0][0] == '-')
+        return usage_error("pop needs MODEL", "");
+    const char *name = NULL, *out = NULL;
+    int remove = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--expert") == 0 && i + 1 < argc)
+            name = argv[++i];
+        else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc)
+            out = argv[++i];
+        else if (strcmp(argv[i], "--remove") == 0)
+            remove = 1;
+        else
+            return usage_error("unknown or incomplete pop argument", argv[i]);
+    }
+    if (!name)
+        return usage_error("pop needs --expert NAME", "");
+    if (!remove && !out)
+        return usage_error("pop needs -o FILE for the expert (or --remove)", "");
+    ccoe_error err = {0};
+    ccoe_status s = remove ? ccoe_expert_remove(argv[0], name, out ? out : argv[0], &err)
+                           : ccoe_expert_pop(argv[0], name, out, &err);
+    if (s != CCOE_OK)
+        return fail(&err);
+    printf("%s expert %s of %s -> %s\n", remove ? "removed" : "copied", name, argv[0],
+           out ? out : argv[0]);
+    return 0;
+}
+
+static int cmd_compare(int argc, char **argv)
+{
+    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "--only-base") != 0))
+        return usage_error("compare takes A B [--only-base]", "");
+    int only_base = argc == 3;
+    ccoe_error err = {0};
+    ccoe_st_file *a = NULL, *b = NULL;
+    if (ccoe_st_open(argv[0], &a, &err) != CCOE_OK)
+        return fail(&err);
+    if (ccoe_st_open(argv[1], &b, &err) != CCOE_OK) {
+        ccoe_st_close(a);
+        return fail(&err);
+    }
+    size_t same = 0, differ = 0;
+    for (size_t i = 0; i < ccoe_st_count(a); i++) {
+        const char *name = ccoe_st_name(a, i);
+        if (strncmp(name, "optim.", 6) == 0 || (only_base && strncmp(name, "experts.", 8) == 0))
+            continue;
+        int na = 0, nb = 0;
+        int64_t sa[CCOE_ST_MAX_DIMS] = {0}, sb[CCOE_ST_MAX_DIMS] = {0};
+        const float *da = ccoe_st_find(a, name, &na, sa);
+        const float *db = ccoe_st_find(b, name, &nb, sb);
+        if (!db)
+            continue;
+        size_t n = 1;
+        for (int d = 0; d < na; d++)
+            n *= (size_t)sa[d];
+        if (na != nb || memcmp(sa, sb, sizeof sa) != 0 || memcmp(da, db, n * sizeof(float))) {
+            double worst = 0;
+            if (na == nb && memcmp(sa, sb, sizeof sa) == 0)
+                for (size_t j = 0; j < n; j++) {
+                    double d = fabs((double)da[j] - (double)db[j]);
+                    worst = d > worst ? d : worst;
+                }
+            printf("differs: %s (max |a-b| %g)\n", name, worst);
+            differ++;
+        } else {
+            same++;
+        }
+    }
+    printf("%zu tensors identical, %zu differ\n", same, differ);
+    ccoe_st_close(a);
+    ccoe_st_close(b);
+    return differ || same == 0 ? 1 : 0;
+}
+
 static int cmd_data(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[0], "write-builtin") == 0) {
@@ -266,6 +387,12 @@ int main(int argc, char **argv)
         return cmd_info(argc - 2, argv + 2);
     if (strcmp(cmd, "bench") == 0)
         return cmd_bench(argc - 2, argv + 2);
+    if (strcmp(cmd, "compare") == 0)
+        return cmd_compare(argc - 2, argv + 2);
+    if (strcmp(cmd, "push") == 0)
+        return cmd_push(argc - 2, argv + 2);
+    if (strcmp(cmd, "pop") == 0)
+        return cmd_pop(argc - 2, argv + 2);
     if (strcmp(cmd, "data") == 0)
         return cmd_data(argc - 2, argv + 2);
     if (strcmp(cmd, "help-config") == 0 || strcmp(cmd, "--help-config") == 0) {

@@ -1,0 +1,290 @@
+/* expert.c - pop and push of CCoE experts between checkpoint files and expert files. */
+#include "expert.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "gating.h"
+#include "model.h"
+#include "safetensors.h"
+
+/* A loaded model: config, gating, parameters, training state. */
+typedef struct loaded {
+    ccoe_config cfg;
+    ccoe_gating gating;
+    ccoe_gemm gemm;
+    ccoe_model model;
+    ccoe_train_state st;
+    char domains[CCOE_MAX_DOMAINS][CCOE_NAME_LEN]; /* the model's data domains */
+    int n_domains;
+    int have_model;
+} loaded;
+
+static ccoe_status build_model(loaded *x, const char (*names)[CCOE_NAME_LEN], int nd,
+                               ccoe_error *err)
+{
+    CCOE_TRY(ccoe_gating_build(&x->gating, &x->cfg, names, nd, err));
+    CCOE_TRY(ccoe_gemm_init(&x->gemm, CCOE_GEMM_REF, 1, err));
+    CCOE_TRY(ccoe_model_init(&x->model, &x->cfg.model, &x->gating, 1, 1, &x->gemm, 1, err));
+    x->have_model = 1;
+    return CCOE_OK;
+}
+
+static ccoe_status load_model(loaded *x, const char *path, ccoe_error *err)
+{
+    memset(x, 0, sizeof *x);
+    ccoe_st_file *f = NULL;
+    CCOE_TRY(ccoe_checkpoint_open(path, &x->cfg, &f, err));
+    x->n_domains = ccoe_checkpoint_domains(f, &x->cfg, x->domains);
+    ccoe_status s = build_model(x, (const char(*)[CCOE_NAME_LEN])x->domains, x->n_domains, err);
+    if (s == CCOE_OK)
+        s = ccoe_checkpoint_load(f, path, &x->model, NULL, &x->st, err);
+    ccoe_st_close(f);
+    return s;
+}
+
+static void loaded_free(loaded *x)
+{
+    if (x->have_model)
+        ccoe_model_free(&x->model);
+    x->have_model = 0;
+}
+
+/* The part of a parameter name after "experts.<name>." */
+static const char *relative_name(const ccoe_param *p, const char *expert)
+{
+    return p->name + strlen("experts.") + strlen(expert) + 1;
+}
+
+static const char *const k_shape_keys[] = {"n_embd", "n_head", "ffn_hidden", "vocab_size",
+                                           "seq_len", "norm", "ffn", "block", "bias"};
+
+static void shape_values(const ccoe_model_config *m, char vals[9][32])
+{
+    snprintf(vals[0], 32, "%d", m->n_embd);
+    snprintf(vals[1], 32, "%d", m->n_head);
+    snprintf(vals[2], 32, "%d", m->ffn_hidden);
+    snprintf(vals[3], 32, "%d", m->vocab_size);
+    snprintf(vals[4], 32, "%d", m->seq_len);
+    snprintf(vals[5], 32, "%d", (int)m->norm);
+    snprintf(vals[6], 32, "%d", (int)m->ffn);
+    snprintf(vals[7], 32, "%d", (int)m->block);
+    snprintf(vals[8], 32, "%d", m->bias);
+}
+
+ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char *out_path,
+                            ccoe_error *err)
+{
+    loaded x;
+    ccoe_status s = load_model(&x, model_path, err);
+    if (s != CCOE_OK) {
+        loaded_free(&x);
+        return s;
+    }
+    int e = ccoe_gating_find_expert(&x.gating, name);
+    if (e < 0) {
+        loaded_free(&x);
+        return ccoe_error_set(err, CCOE_ERR_ARG, "%s has no expert '%s' (its experts: '%s')",
+                              model_path, name, x.cfg.ccoe.experts);
+    }
+    ccoe_st_tensor t[CCOE_MAX_PARAMS / 4];
+    size_t n = 0;
+    for (int i = 0; i < x.model.n_params && n < sizeof t / sizeof t[0]; i++) {
+        const ccoe_param *p = &x.model.params[i];
+        if (p->expert != e)
+            continue;
+        t[n].name = relative_name(p, name);
+        t[n].ndim = p->ndim;
+        memset(t[n].shape, 0, sizeof t[n].shape);
+        for (int d = 0; d < p->ndim; d++)
+            t[n].shape[d] = p->shape[d];
+        t[n].data = x.model.param_block + p->offset;
+        n++;
+    }
+    char layers[16], own[8], domains[CCOE_STR] = "";
+    snprintf(layers, sizeof layers, "%d", x.gating.experts[e].layers);
+    snprintf(own, sizeof own, "%d", x.gating.own_head);
+    for (int d = 0; d < x.gating.n_domains; d++)
+        if (x.gating.route[d] == e) {
+            size_t len = strlen(domains);
+            snprintf(domains + len, sizeof domains - len, "%s%s", len ? " " : "",
+                     x.gating.domains[d]);
+        }
+    char vals[9][32];
+    shape_values(&x.cfg.model, vals);
+    const char *meta[2 * 14];
+    size_t k = 0;
+    meta[k++] = "ccoe.format";
+    meta[k++] = "ccoe-expert";
+    meta[k++] = "expert.name";
+    meta[k++] = name;
+    meta[k++] = "expert.layers";
+    meta[k++] = layers;
+    meta[k++] = "expert.own_head";
+    meta[k++] = own;
+    meta[k++] = "expert.domains";
+    meta[k++] = domains;
+    char keys[9][40];
+    for (int i = 0; i < 9; i++) {
+        snprintf(keys[i], sizeof keys[i], "model.%s", k_shape_keys[i]);
+        meta[k++] = keys[i];
+        meta[k++] = vals[i];
+    }
+    s = ccoe_st_write(out_path, t, n, meta, k / 2, err);
+    loaded_free(&x);
+    return s;
+}
+
+/* Copies every tensor of `from` into the same-named tensor of `to` (absent ones are skipped). */
+static void copy_by_name(ccoe_model *to, const ccoe_model *from)
+{
+    for (int i = 0; i < to->n_params; i++) {
+        const ccoe_param *p = &to->params[i];
+        const ccoe_param *q = ccoe_model_find_param(from, p->name);
+        if (q && q->numel == p->numel)
+            memcpy(to->param_block + p->offset, from->param_block + q->offset,
+                   p->numel * sizeof(float));
+    }
+}
+
+/* Builds the model described by cfg, fills it from `old` by name (and `fill` if given), and
+ * writes it to out_path. */
+static ccoe_status write_rebuilt(const loaded *old, const ccoe_config *cfg, const char *out_path,
+                                 const ccoe_st_file *expert_file, const char *expert_name,
+                                 const char *expert_path, ccoe_error *err)
+{
+    loaded y;
+    memset(&y, 0, sizeof y);
+    y.cfg = *cfg;
+    memcpy(y.domains, old->domains, sizeof y.domains);
+    y.n_domains = old->n_domains;
+    ccoe_status s =
+        build_model(&y, (const char(*)[CCOE_NAME_LEN])y.domains, y.n_domains, err);
+    if (s == CCOE_OK) {
+        copy_by_name(&y.model, &old->model);
+        if (expert_file) {
+            int e = ccoe_gating_find_expert(&y.gating, expert_name);
+            for (int i = 0; i < y.model.n_params && s == CCOE_OK; i++) {
+                const ccoe_param *p = &y.model.params[i];
+                if (p->expert != e)
+                    continue;
+                s = ccoe_st_read_into(expert_file, relative_name(p, expert_name),
+                                      y.model.param_block + p->offset, p->ndim, p->shape, err);
+                if (s != CCOE_OK)
+                    ccoe_error_wrap(err, "expert file %s does not fit the model", expert_path);
+            }
+        }
+    }
+    if (s == CCOE_OK)
+        s = ccoe_checkpoint_save(out_path, &y.cfg, &y.model, NULL, &old->st, err);
+    loaded_free(&y);
+    return s;
+}
+
+ccoe_status ccoe_expert_remove(const char *model_path, const char *name, const char *out_path,
+                               ccoe_error *err)
+{
+    loaded x;
+    ccoe_status s = load_model(&x, model_path, err);
+    ccoe_config cfg = x.cfg;
+    if (s == CCOE_OK)
+        s = ccoe_gating_config_remove(&cfg, name, err);
+    if (s == CCOE_OK)
+        s = write_rebuilt(&x, &cfg, out_path, NULL, NULL, NULL, err);
+    loaded_free(&x);
+    return s;
+}
+
+ccoe_status ccoe_expert_push(const char *model_path, const char *expert_path,
+                             const char *const *domains, int n, const char *out_path,
+                             ccoe_error *err)
+{
+    ccoe_st_file *f = NULL;
+    CCOE_TRY(ccoe_st_open(expert_path, &f, err));
+    loaded x;
+    memset(&x, 0, sizeof x);
+    ccoe_status s = CCOE_OK;
+    const char *fmt = ccoe_st_meta(f, "ccoe.format");
+    const char *name = ccoe_st_meta(f, "expert.name");
+    const char *layers_s = ccoe_st_meta(f, "expert.layers");
+    const char *own_s = ccoe_st_meta(f, "expert.own_head");
+    const char *doms = ccoe_st_meta(f, "expert.domains");
+    if (!fmt || strcmp(fmt, "ccoe-expert") != 0 || !name || !layers_s || !own_s || !doms) {
+        s = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                           "%s is not a ccoe expert file (written by `ccoe pop`): its metadata "
+                           "lacks ccoe.format/expert.*",
+                           expert_path);
+        goto done;
+    }
+    if ((s = load_model(&x, model_path, err)) != CCOE_OK)
+        goto done;
+    char vals[9][32];
+    shape_values(&x.cfg.model, vals);
+    for (int i = 0; i < 9; i++) {
+        char key[40];
+        snprintf(key, sizeof key, "model.%s", k_shape_keys[i]);
+        const char *v = ccoe_st_meta(f, key);
+        if (!v || strcmp(v, vals[i]) != 0) {
+            s = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                               "expert %s does not fit model %s: model.%s is %s in the expert "
+                               "file but %s in the model",
+                               expert_path, model_path, k_shape_keys[i], v ? v : "(missing)",
+                               vals[i]);
+            goto done;
+        }
+    }
+    int layers = atoi(layers_s), own = atoi(own_s);
+    ccoe_config cfg = x.cfg;
+    int e = ccoe_gating_find_expert(&x.gating, name);
+    if (e >= 0) {
+        if (x.gating.experts[e].layers != layers || x.gating.own_head != own) {
+            s = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                               "expert '%s' in %s has %d layers (own head %d) but the file has "
+                               "%d (own head %d): pop it with --remove first to push a "
+                               "different shape",
+                               name, model_path, x.gating.experts[e].layers, x.gating.own_head,
+                               layers, own);
+            goto done;
+        }
+        if (n > 0) {
+            if ((s = ccoe_gating_config_remove(&cfg, name, err)) != CCOE_OK ||
+                (s = ccoe_gating_config_add(&cfg, name, layers, domains, n, err)) != CCOE_OK)
+                goto done;
+            /* keep the expert's original push position: re-adding appended it; restore */
+            snprintf(cfg.ccoe.experts, sizeof cfg.ccoe.experts, "%s", x.cfg.ccoe.experts);
+        }
+    } else {
+        if (cfg.ccoe.form == CCOE_FORM_NONE) {
+            cfg.ccoe.form = CCOE_FORM_TAIL;
+            cfg.ccoe.own_head = own;
+        } else if (cfg.ccoe.own_head != own) {
+            s = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                               "expert %s has own_head %d but the model's experts have %d",
+                               expert_path, own, cfg.ccoe.own_head);
+            goto done;
+        }
+        const char *list[CCOE_MAX_DOMAINS];
+        char buf[CCOE_STR];
+        int cnt = n;
+        if (n > 0) {
+            for (int i = 0; i < n && i < CCOE_MAX_DOMAINS; i++)
+                list[i] = domains[i];
+        } else {
+            snprintf(buf, sizeof buf, "%s", doms);
+            char *save = NULL;
+            cnt = 0;
+            for (char *tok = strtok_r(buf, " ", &save); tok && cnt < CCOE_MAX_DOMAINS;
+                 tok = strtok_r(NULL, " ", &save))
+                list[cnt++] = tok;
+        }
+        if ((s = ccoe_gating_config_add(&cfg, name, layers, list, cnt, err)) != CCOE_OK)
+            goto done;
+    }
+    s = write_rebuilt(&x, &cfg, out_path, f, name, expert_path, err);
+done:
+    loaded_free(&x);
+    ccoe_st_close(f);
+    return s;
+}

@@ -1,0 +1,35 @@
+/* expert.h - the CCoE expert lifecycle on checkpoint files (paper Section 4.3): pop (deep-copy
+ * an expert out, or remove it) and push (add a new expert at the last position of its CoE
+ * layer, or replace an existing expert's weights).
+ *
+ * An expert file is a safetensors file with the expert's tensors under its own relative names
+ * ("blocks.0.attn.qkv.weight", ..., "lnf.weight", "lm_head.weight" with an own head) and
+ * metadata ccoe.format = "ccoe-expert", expert.name, expert.layers, expert.own_head,
+ * expert.domains (the domains routed to it) and the model shape it fits (model.* keys).
+ * Every operation reads everything first and writes its output atomically at the end, so a
+ * failure leaves every file untouched. Optimizer state is not carried into a pushed/popped model
+ * (continue training it with `ccoe train --init-from`).
+ */
+#ifndef CCOE_EXPERT_H
+#define CCOE_EXPERT_H
+
+#include "status.h"
+
+/* Writes expert `name` of the model at model_path to out_path. */
+ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char *out_path,
+                            ccoe_error *err);
+
+/* Writes the model at model_path without expert `name` (its domains fall back to the base) to
+ * out_path (which may equal model_path). */
+ccoe_status ccoe_expert_remove(const char *model_path, const char *name, const char *out_path,
+                               ccoe_error *err);
+
+/* Pushes the expert file into the model and writes the result to out_path. A new expert is
+ * appended (form none becomes tail) and routed from `domains` (n of them; n == 0: the domains
+ * stored in the expert file). An expert of the same name is replaced in place (same layers and
+ * head required); with n > 0 its routes are replaced too. */
+ccoe_status ccoe_expert_push(const char *model_path, const char *expert_path,
+                             const char *const *domains, int n, const char *out_path,
+                             ccoe_error *err);
+
+#endif
