@@ -61,7 +61,7 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
         long count;
         ccoe_model_forward(m, s.batch.tokens, s.batch.targets, s.batch.domains, B, T, &count);
         double t1 = ccoe_now();
-        ccoe_model_backward(m, 1.0f / (float)count);
+        ccoe_model_backward(m, 1.0f / (float)count, 1.0f);
         double t2 = ccoe_now();
         double gn = ccoe_grad_norm(m->grad_block, 0, m->num_params);
         if (gn > 1.0)

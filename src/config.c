@@ -27,6 +27,8 @@
 
 #include <ini.h>
 
+#include "moe.h"
+
 #define HELP_HINT "see `ccoe help-config`"
 
 static const char *const norm_names[] = {"layernorm", "rmsnorm", NULL};
@@ -35,6 +37,8 @@ static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
 static const char *const form_names[] = {"none", "tail", "prefix", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
+static const char *const moe_gate_names[] = {"none", "softmax", "topk", "noisy_topk", "domain",
+                                             NULL};
 
 _Static_assert(sizeof(ccoe_norm_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_ffn_kind) == sizeof(int), "enums are stored as int");
@@ -138,6 +142,32 @@ static const ccoe_config_key key_table[] = {
          "a new expert starts as a copy of the base blocks it replaces, or random"),
     STR("ccoe", "train_expert", ccoe.train_expert, 63, NULL, "",
         "train only this expert (base frozen) on its domains' data; empty = train everything"),
+
+    STR("moe", "gate", moe.gate, 31, moe_gate_names, "none",
+        "MoE FFNs in the base blocks: none (dense), softmax, topk, noisy_topk (Shazeer), domain "
+        "(expert = domain id)"),
+    INT("moe", "n_experts", moe.n_experts, 1, CCOE_MOE_MAX_EXPERTS, "8",
+        "E: experts per MoE layer"),
+    INT("moe", "top_k", moe.top_k, 1, CCOE_MOE_MAX_EXPERTS, "2",
+        "K: experts per token (softmax: = n_experts, domain: 1)"),
+    INT("moe", "every", moe.every, 1, 256, "1",
+        "base block l is MoE when (l + 1) % every == 0; 1 = every block"),
+    INT("moe", "expert_hidden", moe.expert_hidden, 0, 262144, "0",
+        "F of each expert; 0 = model.ffn_hidden"),
+    BOOL("moe", "renormalize", moe.renormalize, "true",
+         "topk: the kept gate weights sum to 1 (false: raw softmax probabilities)"),
+    DBL("moe", "capacity_factor", moe.capacity_factor, 0, 0, 1e6, 0, "1.25",
+        "rows per expert = ceil(cf * N * K / E); 0 = dropless, else >= 1"),
+    DBL("moe", "noise_eps", moe.noise_eps, 0, 0, 1e6, 0, "0",
+        "noisy_topk: sigma = softplus(h W_noise) + noise_eps"),
+    DBL("moe", "w_importance", moe.w_importance, 0, 0, 1e6, 0, "0",
+        "weight of Shazeer's importance loss CV(Importance)^2"),
+    DBL("moe", "w_load", moe.w_load, 0, 0, 1e6, 0, "0",
+        "weight of Shazeer's load loss CV(Load)^2 (noisy_topk with top_k < n_experts)"),
+    DBL("moe", "w_switch", moe.w_switch, 0, 0, 1e6, 0, "0.01",
+        "weight of the Switch/GShard balance loss E sum_i f_i P_i (must be 0 for gate domain)"),
+    DBL("moe", "w_z", moe.w_z, 0, 0, 1e6, 0, "0.001",
+        "weight of the router z-loss mean logsumexp^2 (must be 0 for gate domain)"),
 };
 
 #define NKEYS (sizeof key_table / sizeof key_table[0])
@@ -312,7 +342,7 @@ static ccoe_status unknown_key_error(const char *section, const char *key, const
     if (!section_exists(section))
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "unknown section [%.64s] in key '%.64s.%.64s'%s: sections are "
-                              "[model], [train], [data], [run];%s " HELP_HINT,
+                              "[model], [train], [data], [run], [ccoe], [moe];%s " HELP_HINT,
                               section, section, key, ws, hint);
     return ccoe_error_set(err, CCOE_ERR_CONFIG, "unknown key '%.64s.%.64s'%s;%s " HELP_HINT,
                           section, key, ws, hint);
@@ -828,6 +858,46 @@ ccoe_status ccoe_config_set(ccoe_config *c, const char *assignment, ccoe_error *
  * Validation
  */
 
+/* Cross-field rules of [moe] (after model.ffn_hidden is resolved). The layer's own validation
+ * (ccoe_moe_validate) checks the rules; its messages "moe: top_k = 9 ..." are rewritten to name
+ * the key as it is set ("moe.top_k = 9 ..."). */
+static ccoe_status validate_moe(const ccoe_config *c, ccoe_error *err)
+{
+    const ccoe_moe_section *s = &c->moe;
+    ccoe_moe_config mc;
+    if (!ccoe_config_moe(s, &c->model, &mc))
+        return CCOE_OK;
+    if (s->every > c->model.n_layer)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "moe.every = %d exceeds model.n_layer = %d: no block would be MoE; "
+                              "use moe.every <= n_layer or moe.gate = none",
+                              s->every, c->model.n_layer);
+    if (strcmp(s->gate, "domain") == 0 && (s->w_switch != 0.0 || s->w_z != 0.0 ||
+                                           s->w_importance != 0.0))
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "moe.gate = domain has no router, so it has no balancing losses: "
+                              "set moe.w_switch = 0, moe.w_z = 0 and moe.w_importance = 0 (now "
+                              "%g, %g, %g)",
+                              s->w_switch, s->w_z, s->w_importance);
+    ccoe_status st = ccoe_moe_validate(&mc, err);
+    if (st == CCOE_OK || !err)
+        return st;
+    /* "moe: KEY = ..." -> "moe.KEY = ..." when KEY is a [moe] key */
+    static const char *const keys[] = {"gate", "n_experts", "top_k", "renormalize",
+                                       "capacity_factor", "noise_eps", "w_importance",
+                                       "w_load", "w_switch", "w_z", NULL};
+    if (strncmp(err->msg, "moe: ", 5) == 0)
+        for (size_t i = 0; keys[i]; i++) {
+            size_t n = strlen(keys[i]);
+            if (strncmp(err->msg + 5, keys[i], n) == 0 && err->msg[5 + n] == ' ') {
+                err->msg[3] = '.';
+                memmove(err->msg + 4, err->msg + 5, strlen(err->msg + 5) + 1);
+                return st;
+            }
+        }
+    return ccoe_error_wrap(err, "[moe] gate = %s", s->gate);
+}
+
 static int swiglu_hidden(int C)
 {
     long f = (8L * C + 1) / 3; /* 8C/3 rounded to the nearest integer */
@@ -874,7 +944,40 @@ ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err)
         int C = m->n_embd;
         c->model.ffn_hidden = m->ffn == CCOE_FFN_SWIGLU ? swiglu_hidden(C) : 4 * C;
     }
-    return CCOE_OK;
+    return validate_moe(c, err);
+}
+
+int ccoe_config_moe_block(const ccoe_moe_section *moe, int l)
+{
+    return strcmp(moe->gate, "none") != 0 && moe->every >= 1 && (l + 1) % moe->every == 0;
+}
+
+int ccoe_config_moe(const ccoe_moe_section *s, const ccoe_model_config *m, ccoe_moe_config *out)
+{
+    if (strcmp(s->gate, "none") == 0)
+        return 0;
+    ccoe_moe_defaults(out);
+    snprintf(out->gate, sizeof out->gate, "%s", s->gate);
+    out->n_experts = s->n_experts;
+    out->top_k = s->top_k;
+    out->ffn_hidden = s->expert_hidden > 0 ? s->expert_hidden : m->ffn_hidden;
+    out->expert = m->ffn == CCOE_FFN_SWIGLU ? CCOE_MOE_SWIGLU : CCOE_MOE_GELU;
+    out->bias = m->bias;
+    out->renormalize = s->renormalize;
+    out->capacity_factor = s->capacity_factor;
+    out->noise_eps = s->noise_eps;
+    out->w_importance = s->w_importance;
+    out->w_load = s->w_load;
+    out->w_switch = s->w_switch;
+    out->w_z = s->w_z;
+    if (strcmp(s->gate, "domain") == 0) {
+        /* expert index = domain id; the data's domain count is checked at session setup */
+        out->n_domains = s->n_experts < CCOE_MOE_MAX_DOMAINS ? s->n_experts
+                                                             : CCOE_MOE_MAX_DOMAINS;
+        for (int d = 0; d < out->n_domains; d++)
+            out->domain_expert[d] = d;
+    }
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------------

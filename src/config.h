@@ -91,13 +91,45 @@ typedef struct ccoe_ccoe_config {
                                 * everything else frozen, on its domains' data */
 } ccoe_ccoe_config;
 
+/* Mixture-of-Experts FFNs in the base blocks (papers/moe.md, src/moe.h). gate = none is the
+ * dense model; otherwise base block l (0-based) has an MoE layer instead of its FFN when
+ * (l + 1) % every == 0 (every = 1: all blocks; every = 2: blocks 1, 3, ...). CCoE expert blocks
+ * stay dense. Experts have the model's FFN kind (model.ffn) and biases (model.bias). */
+typedef struct ccoe_moe_section {
+    char gate[32];          /* [moe] none | softmax | topk | noisy_topk | domain; default none */
+    int n_experts;          /* E [moe] 1..1024, default 8 */
+    int top_k;              /* K [moe] 1..1024, default 2 (softmax: = E, domain: 1) */
+    int every;              /* [moe] every n-th base block is MoE, 1..256, default 1 */
+    int expert_hidden;      /* [moe] F of each expert; 0 = model.ffn_hidden */
+    int renormalize;        /* [moe] topk: kept weights sum to 1; default true */
+    double capacity_factor; /* [moe] 0 = dropless, else >= 1; default 1.25 */
+    double noise_eps;       /* [moe] noisy_topk: sigma floor, default 0 */
+    double w_importance;    /* [moe] Shazeer importance loss weight, default 0 */
+    double w_load;          /* [moe] Shazeer load loss weight (noisy_topk, K < E), default 0 */
+    double w_switch;        /* [moe] Switch/GShard balance loss weight, default 0.01 */
+    double w_z;             /* [moe] router z-loss weight, default 0.001 */
+} ccoe_moe_section;
+
 typedef struct ccoe_config {
     ccoe_model_config model;
     ccoe_train_config train;
     ccoe_data_config data;
     ccoe_run_config run;
     ccoe_ccoe_config ccoe;
+    ccoe_moe_section moe;
 } ccoe_config;
+
+struct ccoe_moe_config;
+
+/* The MoE layer config of a [moe] section for a resolved model config (expert_hidden 0 ->
+ * m->ffn_hidden, expert kind and biases from the model; gate domain: the table maps domain d to
+ * expert d for d < n_experts). Returns 0 (out untouched) when moe->gate is none: a dense model;
+ * 1 otherwise. Does not validate (ccoe_config_validate does). */
+int ccoe_config_moe(const ccoe_moe_section *moe, const ccoe_model_config *m,
+                    struct ccoe_moe_config *out);
+
+/* 1 if base block l (0-based) has an MoE FFN under this section (gate != none). */
+int ccoe_config_moe_block(const ccoe_moe_section *moe, int l);
 
 /* Fills every field with its default. */
 void ccoe_config_defaults(ccoe_config *c);

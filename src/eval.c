@@ -134,9 +134,13 @@ void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokeniz
                        ccoe_batch *b, int max_batches, int with_tasks, ccoe_domain_eval *out)
 {
     const int B = b->maxB, T = ds->T;
+    const int was_train = m->train;
+    m->train = 0;
+    ccoe_model_moe_reset_totals(m);
     for (int d = 0; d < ds->n_domains; d++) {
         ccoe_domain_eval *ev = &out[d];
         memset(ev, 0, sizeof *ev);
+        ev->model = m;
         double sum = 0.0;
         long count = 0;
         size_t nval = ds->domains[d].n_val;
@@ -145,13 +149,45 @@ void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokeniz
                 break;
             int got = ccoe_data_val_batch(ds, d, first, b->tokens, b->targets, b->domains, B);
             long c = 0;
+            m->collect_moe = 1;
             sum += ccoe_model_forward(m, b->tokens, b->targets, b->domains, got, T, &c);
+            m->collect_moe = 0;
             count += c;
         }
         ev->loss = count ? sum / (double)count : NAN;
         ev->tokens = count;
         if (with_tasks && ds->domains[d].n_tasks > 0)
             eval_tasks(m, &ds->domains[d], d, tok, b, ev);
+    }
+    m->train = was_train;
+}
+
+/* One line per MoE layer from the model's totals. */
+static void print_moe(FILE *f, const ccoe_model *m)
+{
+    const int E = m->moe.E;
+    fprintf(f, "\nMoE experts (gate %s, E=%d, K=%d, capacity_factor %g; validation tokens, no "
+               "noise):\n",
+            m->moe.cfg.gate, E, m->moe.K, m->moe.cfg.capacity_factor);
+    fprintf(f, "%-6s %9s %9s %12s %14s %8s  %s\n", "layer", "tokens", "drop_rate", "gate_entropy",
+            "router_entropy", "load_cv", "tokens_per_expert");
+    for (int i = 0; i < m->n_moe; i++) {
+        const int64_t *tok = m->moe_tot_tokens + (size_t)i * E;
+        const double rows = (double)m->moe_tot_rows[i];
+        double mean = 0.0, var = 0.0;
+        for (int e = 0; e < E; e++)
+            mean += (double)tok[e] / E;
+        for (int e = 0; e < E; e++)
+            var += ((double)tok[e] - mean) * ((double)tok[e] - mean) / E;
+        const double slots = rows * m->moe.K;
+        fprintf(f, "%-6d %9.0f %9.4f %12.4f %14.4f %8.4f  ", m->moe_layer[i], rows,
+                slots > 0 ? (double)m->moe_tot_dropped[2 * i] / slots : 0.0,
+                rows > 0 ? m->moe_tot_entropy[2 * i] / rows : 0.0,
+                rows > 0 ? m->moe_tot_entropy[2 * i + 1] / rows : 0.0,
+                mean > 0 ? sqrt(var) / mean : 0.0);
+        for (int e = 0; e < E; e++)
+            fprintf(f, "%s%lld", e ? " " : "", (long long)tok[e]);
+        fputc('\n', f);
     }
 }
 
@@ -178,6 +214,8 @@ void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev
     if (wtok > 0)
         fprintf(f, "%-12s %10.4f %10.3f %9ld\n", "all", wsum / (double)wtok,
                 exp(wsum / (double)wtok), wtok);
+    if (ds->n_domains > 0 && ev[0].model && ev[0].model->n_moe > 0)
+        print_moe(f, ev[0].model);
 }
 
 void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)

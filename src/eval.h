@@ -14,6 +14,7 @@ typedef struct ccoe_domain_eval {
     long tokens;      /* validation tokens counted */
     long task_total;  /* task examples evaluated (0: domain has no task) */
     long task_correct;
+    const ccoe_model *model; /* the evaluated model (ccoe_eval_print prints its MoE totals) */
 } ccoe_domain_eval;
 
 /* Caller-owned buffers for evaluation batches (sized once: maxB * maxT). */
@@ -26,7 +27,9 @@ ccoe_status ccoe_batch_init(ccoe_batch *b, int maxB, int maxT, ccoe_error *err);
 void ccoe_batch_free(ccoe_batch *b);
 
 /* Evaluates every domain: at most max_batches validation batches of B sequences each
- * (0 = all) and, if with_tasks, every stored task example by greedy decoding. */
+ * (0 = all) and, if with_tasks, every stored task example by greedy decoding. Runs the model
+ * in evaluation mode (no routing noise; m->train restored afterwards) and leaves the MoE totals
+ * of the validation forwards in the model (ccoe_model_moe_reset_totals first). */
 void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
                        ccoe_batch *b, int max_batches, int with_tasks, ccoe_domain_eval *out);
 
@@ -39,7 +42,9 @@ void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
                           const char *const *prompts, int domain, int n, int max_new, char stop,
                           char **outs, size_t out_cap);
 
-/* Prints the per-domain table (domain, val loss, perplexity, task accuracy). */
+/* Prints the per-domain table (domain, val loss, perplexity, task accuracy), then for a model
+ * with MoE blocks one line per MoE layer: validation tokens, tokens per expert, drop rate, gate
+ * and router entropy, CV of the expert load. */
 void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev);
 
 /* Appends {"loss":..,"ppl":..,"acc":..} per domain as one JSON object to f (no newline). */

@@ -27,7 +27,8 @@ static ccoe_status build_model(loaded *x, const char (*names)[CCOE_NAME_LEN], in
 {
     CCOE_TRY(ccoe_gating_build(&x->gating, &x->cfg, names, nd, err));
     CCOE_TRY(ccoe_gemm_init(&x->gemm, CCOE_GEMM_REF, 1, err));
-    CCOE_TRY(ccoe_model_init(&x->model, &x->cfg.model, &x->gating, 1, 1, &x->gemm, 1, err));
+    CCOE_TRY(ccoe_model_init_moe(&x->model, &x->cfg.model, &x->gating, &x->cfg.moe, 1, 1, &x->gemm, 1,
+                                 err));
     x->have_model = 1;
     return CCOE_OK;
 }

@@ -63,6 +63,22 @@ static void add_block(ccoe_model *m, size_t *off, const char *prefix, int inst, 
     P("ln2.weight", 0, 1, C, 0);
     if (ln_bias)
         P("ln2.bias", 0, 1, C, 0);
+    if (m->moe_of && m->moe_of[inst] >= 0) {
+        /* the MoE layer's tensors in its own order: offsets relative to the region match */
+        const int i = m->moe_of[inst];
+        m->moe_offset[i] = *off;
+        for (int t = 0; t < m->moe.n_tensors; t++) {
+            ccoe_moe_tensor mt;
+            ccoe_moe_tensor_at(&m->moe, t, &mt);
+            const size_t at = *off;
+            snprintf(name, sizeof name, "%smoe.%s", prefix, mt.name);
+            add_param(m, off, name, inst, expert, mt.decay, mt.ndim, mt.shape[0], mt.shape[1]);
+            assert(m->n_params > CCOE_MAX_PARAMS || at == m->moe_offset[i] + mt.offset);
+            (void)at;
+        }
+        assert(m->n_params > CCOE_MAX_PARAMS || *off == m->moe_offset[i] + m->moe.num_params);
+        return;
+    }
     P("mlp.fc.weight", 1, 2, m->F2, C);
     if (c->bias)
         P("mlp.fc.bias", 0, 1, m->F2, 0);
@@ -238,11 +254,25 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
         t.ln2 = ccoe_arena_floats(a, N * C);
         t.ln2_mean = ccoe_arena_floats(a, N);
         t.ln2_rstd = ccoe_arena_floats(a, N);
-        t.fch = ccoe_arena_floats(a, N * F2);
-        t.fch_act = ccoe_arena_floats(a, N * F);
+        t.fch = t.fch_act = NULL;
+        if (m->moe_of[k] < 0) {
+            t.fch = ccoe_arena_floats(a, N * F2);
+            t.fch_act = ccoe_arena_floats(a, N * F);
+        }
         t.res2 = ccoe_arena_floats(a, N * C);
         if (m->acts)
             m->acts[k] = t;
+    }
+    if (m->n_moe > 0) {
+        m->moe_acts = ccoe_arena_take(a, sizeof(ccoe_moe_acts) * (size_t)m->n_moe);
+        for (int i = 0; i < m->n_moe; i++) {
+            ccoe_moe_acts t;
+            ccoe_moe_acts_carve(&t, &m->moe, a);
+            if (m->moe_acts)
+                m->moe_acts[i] = t;
+        }
+        ccoe_moe_scratch_carve(&m->moe_scratch, &m->moe, a);
+        m->moe_domains = ccoe_arena_take(a, B * sizeof(int32_t));
     }
     m->lnf = ccoe_arena_floats(a, N * C);
     m->lnf_mean = ccoe_arena_floats(a, N);
@@ -260,9 +290,65 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
         a, ccoe_attention_scratch_floats(m->maxB, m->maxT, (int)C, (int)H, m->nthreads));
 }
 
+/* The MoE layer and the MoE blocks (allocates the small per-block arrays; setup only). */
+static ccoe_status setup_moe(ccoe_model *m, const ccoe_moe_section *sec, ccoe_error *err)
+{
+    m->moe_of = ccoe_aligned_calloc(sizeof(int) * (size_t)m->n_inst);
+    if (!m->moe_of)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate model views");
+    for (int k = 0; k < m->n_inst; k++)
+        m->moe_of[k] = -1;
+    ccoe_moe_config lc;
+    if (!sec || !ccoe_config_moe(sec, &m->cfg, &lc))
+        return CCOE_OK;
+    if (ccoe_moe_init(&m->moe, &lc, m->cfg.n_embd, m->maxB * m->maxT, m->gemm, err) != CCOE_OK)
+        return ccoe_error_wrap(err, "[moe]");
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        if (ccoe_config_moe_block(sec, l))
+            m->moe_of[l] = m->n_moe++;
+    if (m->n_moe == 0)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "moe.every = %d selects none of the %d blocks: use moe.every <= "
+                              "model.n_layer or moe.gate = none",
+                              sec->every, m->cfg.n_layer);
+    const size_t n = (size_t)m->n_moe, E = (size_t)m->moe.E;
+    m->moe_layer = ccoe_aligned_calloc(sizeof(int) * n);
+    m->moe_offset = ccoe_aligned_calloc(sizeof(size_t) * n);
+    m->moe_stats = ccoe_aligned_calloc(sizeof(ccoe_moe_stats) * n);
+    m->moe_tot_tokens = ccoe_aligned_calloc(sizeof(int64_t) * n * E);
+    m->moe_tot_rows = ccoe_aligned_calloc(sizeof(int64_t) * n);
+    m->moe_tot_dropped = ccoe_aligned_calloc(sizeof(int64_t) * n * 2);
+    m->moe_tot_entropy = ccoe_aligned_calloc(sizeof(double) * n * 2);
+    if (!m->moe_layer || !m->moe_offset || !m->moe_stats || !m->moe_tot_tokens ||
+        !m->moe_tot_rows || !m->moe_tot_dropped || !m->moe_tot_entropy)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MoE statistics");
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        if (m->moe_of[l] >= 0)
+            m->moe_layer[m->moe_of[l]] = l;
+    return CCOE_OK;
+}
+
+void ccoe_model_moe_reset_totals(ccoe_model *m)
+{
+    const size_t n = (size_t)m->n_moe, E = (size_t)m->moe.E;
+    if (n == 0)
+        return;
+    memset(m->moe_tot_tokens, 0, sizeof(int64_t) * n * E);
+    memset(m->moe_tot_rows, 0, sizeof(int64_t) * n);
+    memset(m->moe_tot_dropped, 0, sizeof(int64_t) * n * 2);
+    memset(m->moe_tot_entropy, 0, sizeof(double) * n * 2);
+}
+
 ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg,
                             const ccoe_gating *gating, int maxB, int maxT, const ccoe_gemm *g,
                             int nthreads, ccoe_error *err)
+{
+    return ccoe_model_init_moe(m, cfg, gating, NULL, maxB, maxT, g, nthreads, err);
+}
+
+ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
+                                const ccoe_gating *gating, const ccoe_moe_section *moe, int maxB,
+                                int maxT, const ccoe_gemm *g, int nthreads, ccoe_error *err)
 {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
@@ -286,6 +372,7 @@ ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg,
     m->n_inst = cfg->n_layer;
     for (int e = 0; e < m->gating.n_experts; e++)
         m->n_inst += m->gating.experts[e].layers;
+    CCOE_TRY(setup_moe(m, moe, err));
     build_layout(m);
     if (m->n_params > CCOE_MAX_PARAMS)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
@@ -332,6 +419,19 @@ void ccoe_model_free(ccoe_model *m)
     free(m->w_heads);
     free(m->g_heads);
     free(m->inst_input);
+    free(m->moe_of);
+    free(m->moe_layer);
+    free(m->moe_offset);
+    free(m->moe_stats);
+    free(m->moe_tot_tokens);
+    free(m->moe_tot_rows);
+    free(m->moe_tot_dropped);
+    free(m->moe_tot_entropy);
+    m->moe_of = m->moe_layer = NULL;
+    m->moe_offset = NULL;
+    m->moe_stats = NULL;
+    m->moe_tot_tokens = m->moe_tot_rows = m->moe_tot_dropped = NULL;
+    m->moe_tot_entropy = NULL;
     m->w_blocks = m->g_blocks = NULL;
     m->w_heads = m->g_heads = NULL;
     m->inst_input = NULL;
@@ -346,6 +446,8 @@ void ccoe_model_init_weights(ccoe_model *m, uint64_t seed, ccoe_expert_init init
     for (int i = 0; i < m->n_params; i++) {
         const ccoe_param *p = &m->params[i];
         float *x = m->param_block + p->offset;
+        if (p->block >= 0 && m->moe_of[p->block] >= 0 && strstr(p->name, ".moe."))
+            continue; /* MoE regions: below */
         const char *dot = strrchr(p->name, '.');
         const char *last = strrchr(p->name, '.');
         /* the tensor's own name: "ln1.weight" -> check the component before ".weight" */
@@ -370,6 +472,10 @@ void ccoe_model_init_weights(ccoe_model *m, uint64_t seed, ccoe_expert_init init
                 x[j] = s * ccoe_rng_normal(&r);
         }
     }
+    for (int i = 0; i < m->n_moe; i++)
+        ccoe_moe_init_weights(&m->moe, m->param_block + m->moe_offset[i],
+                              ccoe_hash4(seed, 0x6d6f65ULL, (uint64_t)m->moe_layer[i], 0), std,
+                              proj_std);
     if (init == CCOE_INIT_COPY)
         for (int e = 0; e < m->gating.n_experts; e++)
             ccoe_model_expert_copy_base(m, e);
@@ -463,8 +569,8 @@ static ccoe_block_acts acts_at(const ccoe_model *m, int k, int s0, int T)
     v.ln2 = a->ln2 + r * C;
     v.ln2_mean = a->ln2_mean + r;
     v.ln2_rstd = a->ln2_rstd + r;
-    v.fch = a->fch + r * m->F2;
-    v.fch_act = a->fch_act + r * F;
+    v.fch = a->fch ? a->fch + r * m->F2 : NULL;
+    v.fch_act = a->fch_act ? a->fch_act + r * F : NULL;
     v.res2 = a->res2 + r * C;
     return v;
 }
@@ -511,6 +617,41 @@ static void ffn_backward(ccoe_model *m, const ccoe_block_view *w, ccoe_block_vie
     ccoe_linear_backward(m->gemm, dinp, gw->fc_w, gw->fc_b, m->dfch, inp, w->fc_w, N, C, m->F2);
 }
 
+/* out(N,C) = MoE(inp) for MoE block i (base block l on sorted rows [0, nb)); adds its aux loss
+ * to m->aux_loss. */
+static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int nb, int T)
+{
+    const int N = nb * T;
+    ccoe_moe_pass pass = {.train = m->train,
+                          .seed = m->seed,
+                          .step = m->step,
+                          .layer = m->moe_layer[i],
+                          .token_offset = m->token_offset,
+                          .domains = m->moe_domains,
+                          .T = T};
+    ccoe_moe_stats *st = &m->moe_stats[i];
+    m->aux_loss += ccoe_moe_forward(&m->moe, out, &m->moe_acts[i], st, inp,
+                                    m->param_block + m->moe_offset[i], &pass, N);
+    if (m->collect_moe) {
+        const int E = m->moe.E;
+        for (int e = 0; e < E; e++)
+            m->moe_tot_tokens[(size_t)i * E + e] += st->tokens_per_expert[e];
+        m->moe_tot_rows[i] += N;
+        m->moe_tot_dropped[2 * i] += st->dropped_slots;
+        m->moe_tot_dropped[2 * i + 1] += st->dropped_tokens;
+        m->moe_tot_entropy[2 * i] += st->gate_entropy * N;
+        m->moe_tot_entropy[2 * i + 1] += st->router_entropy * N;
+    }
+}
+
+static void moe_backward(ccoe_model *m, int i, float *dinp, const float *dout, const float *inp,
+                         float aux_scale, int nb, int T)
+{
+    ccoe_moe_backward(&m->moe, dinp, m->grad_block + m->moe_offset[i], &m->moe_stats[i],
+                      &m->moe_scratch, dout, &m->moe_acts[i], inp,
+                      m->param_block + m->moe_offset[i], aux_scale, nb * T);
+}
+
 /* out(N,C) = Proj(Attn(QKV(inp))) */
 static void attn_forward(const ccoe_model *m, const ccoe_block_view *w, ccoe_block_acts *a,
                          float *out, const float *inp, int B, int T)
@@ -542,6 +683,8 @@ static void attn_backward(ccoe_model *m, const ccoe_block_view *w, ccoe_block_vi
 static void block_forward(ccoe_model *m, int k, int s0, int nb, int T)
 {
     const ccoe_block_view *w = &m->w_blocks[k];
+    const int mi = m->moe_of[k]; /* MoE blocks are base blocks: they start at row 0 */
+    assert(mi < 0 || s0 == 0);
     ccoe_block_acts a = acts_at(m, k, s0, T);
     const int N = nb * T;
     const size_t NC = (size_t)N * m->cfg.n_embd;
@@ -551,22 +694,29 @@ static void block_forward(ccoe_model *m, int k, int s0, int nb, int T)
         attn_forward(m, w, &a, a.res1, a.ln1, nb, T);
         ccoe_residual_forward(a.res1, a.res1, x, NC);
         norm_forward(m, a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, w->ln2_w, w->ln2_b, N);
-        ffn_forward(m, w, &a, a.res2, a.ln2, N);
+        if (mi >= 0)
+            moe_forward(m, mi, a.res2, a.ln2, nb, T);
+        else
+            ffn_forward(m, w, &a, a.res2, a.ln2, N);
         ccoe_residual_forward(a.res2, a.res2, a.res1, NC);
     } else {
         attn_forward(m, w, &a, a.res1, x, nb, T);
         ccoe_residual_forward(a.res1, a.res1, x, NC);
         norm_forward(m, a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, w->ln1_w, w->ln1_b, N);
-        ffn_forward(m, w, &a, a.res2, a.ln1, N);
+        if (mi >= 0)
+            moe_forward(m, mi, a.res2, a.ln1, nb, T);
+        else
+            ffn_forward(m, w, &a, a.res2, a.ln1, N);
         ccoe_residual_forward(a.res2, a.res2, a.ln1, NC);
         norm_forward(m, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w->ln2_w, w->ln2_b, N);
     }
 }
 
 /* On entry dx (at s0) holds d(block output); on exit d(block input). */
-static void block_backward(ccoe_model *m, int k, int s0, int nb, int T)
+static void block_backward(ccoe_model *m, int k, int s0, int nb, int T, float aux_scale)
 {
     const ccoe_block_view *w = &m->w_blocks[k];
+    const int mi = m->moe_of[k];
     ccoe_block_view *gw = &m->g_blocks[k];
     const ccoe_block_acts a = acts_at(m, k, s0, T);
     const int N = nb * T;
@@ -576,7 +726,10 @@ static void block_backward(ccoe_model *m, int k, int s0, int nb, int T)
     if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
         /* res2 = res1 + FFN(LN2(res1)): dx carries d(res2) and becomes d(res1) */
         memset(m->dln, 0, NC * sizeof(float));
-        ffn_backward(m, w, gw, &a, m->dln, dx, a.ln2, N);
+        if (mi >= 0)
+            moe_backward(m, mi, m->dln, dx, a.ln2, aux_scale, nb, T);
+        else
+            ffn_backward(m, w, gw, &a, m->dln, dx, a.ln2, N);
         norm_backward(m, dx, gw->ln2_w, gw->ln2_b, m->dln, a.res1, w->ln2_w, a.ln2_mean,
                       a.ln2_rstd, N);
         /* res1 = x + Attn(LN1(x)) */
@@ -591,7 +744,10 @@ static void block_backward(ccoe_model *m, int k, int s0, int nb, int T)
                       a.ln2_rstd, N);
         /* res2 = h + FFN(h): dx = d(h) */
         memcpy(dx, m->dtmp, NC * sizeof(float));
-        ffn_backward(m, w, gw, &a, dx, m->dtmp, a.ln1, N);
+        if (mi >= 0)
+            moe_backward(m, mi, dx, m->dtmp, a.ln1, aux_scale, nb, T);
+        else
+            ffn_backward(m, w, gw, &a, dx, m->dtmp, a.ln1, N);
         /* h = LN1(res1): dtmp = d(res1) */
         memset(m->dtmp, 0, NC * sizeof(float));
         norm_backward(m, m->dtmp, gw->ln1_w, gw->ln1_b, dx, a.res1, w->ln1_w, a.ln1_mean,
@@ -672,7 +828,10 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
         memcpy(m->tok_sorted + dst, tokens + src, (size_t)T * sizeof(int32_t));
         if (targets)
             memcpy(m->tgt_sorted + dst, targets + src, (size_t)T * sizeof(int32_t));
+        if (m->n_moe > 0)
+            m->moe_domains[r] = domains ? domains[m->seq_at[r]] : 0;
     }
+    m->aux_loss = 0.0;
     ccoe_embed_forward(m->emb, m->tok_sorted, m->wte, m->wpe, B, T, C);
     /* base block l runs on the rows whose path keeps more than l base blocks (a prefix) */
     for (int l = 0; l < m->cfg.n_layer; l++) {
@@ -710,7 +869,7 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
     return ccoe_crossentropy_forward(m->losses, m->logits, m->logits, m->tgt_sorted, N, V);
 }
 
-void ccoe_model_backward(ccoe_model *m, float scale)
+void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
 {
     const int B = m->last_B, T = m->last_T;
     const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T;
@@ -745,7 +904,7 @@ void ccoe_model_backward(ccoe_model *m, float scale)
                                  V);
         }
         for (int j = pa->n_own - 1; j >= 0; j--)
-            block_backward(m, pa->first_inst + j, r0, nb, T);
+            block_backward(m, pa->first_inst + j, r0, nb, T, aux_scale);
     }
     if (only > 0)
         return; /* the base is frozen: nothing below the expert needs a gradient */
@@ -754,7 +913,7 @@ void ccoe_model_backward(ccoe_model *m, float scale)
         while (rows < B && m->paths[m->row_path[rows]].n_base > l)
             rows++;
         if (rows > 0)
-            block_backward(m, l, 0, rows, T);
+            block_backward(m, l, 0, rows, T, aux_scale);
     }
     ccoe_embed_backward(m->dwte, m->dwpe, m->dx, m->tok_sorted, B, T, C);
 }
@@ -777,12 +936,22 @@ double ccoe_model_last_flops(const ccoe_model *m)
     const ccoe_model_config *c = &m->cfg;
     const double C = c->n_embd, V = c->vocab_size, T = m->last_T, F = c->ffn_hidden;
     const double Pb = 3.0 * C * C + C * C + (double)m->F2 * C + C * F; /* matmul params/block */
+    /* an MoE block instead: the router matrices and K experts per token */
+    double Pmoe = Pb;
+    if (m->n_moe > 0) {
+        const ccoe_moe *x = &m->moe;
+        const double routers = (x->off_router != (size_t)-1) + (x->off_noise != (size_t)-1);
+        Pmoe = 4.0 * C * C + routers * x->E * C + x->K * ((double)x->F2 * C + C * x->F);
+    }
     double total = 0.0;
     for (int gi = 0; gi < m->n_groups; gi++) {
         const ccoe_path *pa = &m->paths[m->group_path[gi]];
         const double tokens = (double)(m->group_r1[gi] - m->group_r0[gi]) * T;
         const double blocks = pa->n_base + pa->n_own;
-        double fwd = 2.0 * (blocks * Pb + V * C) + 4.0 * blocks * C * T;
+        double base_moe = 0.0; /* MoE blocks among this path's base blocks */
+        for (int l = 0; l < pa->n_base; l++)
+            base_moe += m->moe_of[l] >= 0;
+        double fwd = 2.0 * (blocks * Pb + base_moe * (Pmoe - Pb) + V * C) + 4.0 * blocks * C * T;
         double bwd;
         if (m->train_path >= 0)
             bwd = m->group_path[gi] == m->train_path

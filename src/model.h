@@ -15,6 +15,12 @@
  *
  * Blocks are pre-LN (x + Attn(LN(x)), then x + FFN(LN(x))) or post-LN (CCoE Eqs. 6-7:
  * h = LN(x + Attn(x)), y = LN(h + FFN(h))). Forward/backward never allocate.
+ *
+ * Mixture of Experts ([moe], src/moe.h): base blocks selected by ccoe_config_moe_block have an
+ * MoE layer instead of the dense FFN; its tensors ("blocks.3.moe.router.weight",
+ * "blocks.3.moe.experts.5.fc.weight", ...) take the place of mlp.* in the layout, in the
+ * layer's order (ccoe_moe_tensor_at), so each MoE block's region is one contiguous range and
+ * each expert within it too. CCoE expert blocks stay dense.
  */
 #ifndef CCOE_MODEL_H
 #define CCOE_MODEL_H
@@ -26,6 +32,7 @@
 #include "config.h"
 #include "gating.h"
 #include "gemm.h"
+#include "moe.h"
 #include "status.h"
 
 #define CCOE_MAX_PARAMS 4096
@@ -68,8 +75,8 @@ typedef struct ccoe_block_acts {
     float *lse;                       /* (B, H, T) */
     float *res1;                      /* (N, C) x + attn */
     float *ln2, *ln2_mean, *ln2_rstd; /* (N,C), (N), (N); post-LN: the block output */
-    float *fch;                       /* (N, F) or (N, 2F) */
-    float *fch_act;                   /* (N, F) */
+    float *fch;                       /* (N, F) or (N, 2F); NULL for an MoE block */
+    float *fch_act;                   /* (N, F); NULL for an MoE block */
     float *res2;                      /* (N, C) */
 } ccoe_block_acts;
 
@@ -127,6 +134,29 @@ typedef struct ccoe_model {
     float *dx, *dtmp, *dln, *datty, *dqkv, *dfch, *dfch_act;
     float *attn_scratch;
     size_t act_floats;
+
+    /* Mixture of Experts (n_moe = 0: a dense model) */
+    int n_moe;              /* MoE blocks */
+    ccoe_moe moe;           /* the layer (sizes, parameter layout), shared by every MoE block */
+    int *moe_of;            /* (n_inst) index among the MoE blocks, -1 = dense FFN */
+    int *moe_layer;         /* (n_moe) base block of each MoE block */
+    size_t *moe_offset;     /* (n_moe) start of each MoE block's region in the param block */
+    ccoe_moe_acts *moe_acts;      /* (n_moe) saved state of the last forward */
+    ccoe_moe_scratch moe_scratch; /* backward scratch shared by the MoE blocks */
+    int32_t *moe_domains;   /* (maxB) domain of each sorted row (domain gate) */
+    ccoe_moe_stats *moe_stats; /* (n_moe) statistics of the last forward (and its backward) */
+    double aux_loss;        /* sum over MoE blocks of the weighted aux losses, last forward */
+    /* routing context of the next forwards (ccoe_moe_pass): set by the caller */
+    int train;              /* 1: training (noisy gates draw noise); 0 (default): evaluation */
+    uint64_t seed;          /* noise key */
+    uint64_t step;          /* optimizer step (noise key) */
+    int64_t token_offset;   /* global index of row 0 of the next forward among the step's tokens */
+    /* totals over the forwards since ccoe_model_moe_reset_totals, while collect_moe is set */
+    int collect_moe;
+    int64_t *moe_tot_tokens;  /* (n_moe, E) kept slots per expert */
+    int64_t *moe_tot_rows;    /* (n_moe) tokens routed */
+    int64_t *moe_tot_dropped; /* (n_moe, 2) dropped slots, dropped tokens */
+    double *moe_tot_entropy;  /* (n_moe, 2) token-weighted sums of gate and router entropy */
 } ccoe_model;
 
 /* Builds the layout and allocates params, grads and activations for batches up to (maxB,maxT).
@@ -135,10 +165,18 @@ typedef struct ccoe_model {
 ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg,
                             const ccoe_gating *gating, int maxB, int maxT, const ccoe_gemm *g,
                             int nthreads, ccoe_error *err);
+/* The same with Mixture-of-Experts FFNs: moe (may be NULL, or gate none: a dense model, as
+ * ccoe_model_init) selects the MoE blocks and the layer; the [moe] section must have passed
+ * ccoe_config_validate together with cfg. Anything that rebuilds a model from a stored config
+ * must use this with &config.moe, or an MoE checkpoint will not load. */
+ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
+                                const ccoe_gating *gating, const ccoe_moe_section *moe, int maxB,
+                                int maxT, const ccoe_gemm *g, int nthreads, ccoe_error *err);
 void ccoe_model_free(ccoe_model *m);
 
 /* GPT-2 initialisation from seed: N(0, init_std), residual projections scaled by 1/sqrt(2L),
- * norm weights 1, biases 0. With init = copy, each expert then starts as a copy of the base
+ * norm weights 1, biases 0; MoE regions by ccoe_moe_init_weights (router N(0, init_std), noise
+ * weights 0, expert projections the residual-scaled std). With init = copy, each expert then starts as a copy of the base
  * blocks at its position (and of the base head). */
 void ccoe_model_init_weights(ccoe_model *m, uint64_t seed, ccoe_expert_init init);
 
@@ -150,14 +188,22 @@ void ccoe_model_expert_copy_base(ccoe_model *m, int e);
  * which selects its path (may be NULL: every sequence takes the base path). With targets (B,T)
  * (entries < 0 ignored), computes the loss: returns the SUM of per-token losses and sets
  * *count to the number counted. Without targets (NULL) only the logits (B,T,V) are computed;
- * returns 0. */
+ * returns 0. MoE blocks route with the pass {train, seed, step, layer, token_offset, domains}
+ * taken from the model's fields (domains NULL: every sequence is domain 0 for the domain gate)
+ * and leave the summed aux loss in m->aux_loss (not part of the returned sum) and their
+ * statistics in m->moe_stats. */
 double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets,
                           const int32_t *domains, int B, int T, long *count);
 
 /* Backward of the last forward (which must have had targets, and reuses its routing):
- * ACCUMULATES into the gradient block d(loss_sum * scale)/d(params). With train_path >= 0
- * only that path's own parameters receive gradients (the frozen base is not differentiated). */
-void ccoe_model_backward(ccoe_model *m, float scale);
+ * ACCUMULATES into the gradient block d(loss_sum * scale + aux_loss * aux_scale)/d(params)
+ * (the trainer passes scale = 1 / (tokens * grad_accum) and aux_scale = 1 / grad_accum;
+ * papers/moe.md). With train_path >= 0 only that path's own parameters receive gradients (the
+ * frozen base is not differentiated). */
+void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale);
+
+/* Zeroes the MoE totals (the per-expert counts the evaluation prints). */
+void ccoe_model_moe_reset_totals(ccoe_model *m);
 
 /* Zeroes the gradient block. */
 void ccoe_model_zero_grad(ccoe_model *m);

@@ -50,10 +50,19 @@ ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_
         if (st != CCOE_OK)
             goto fail;
     }
-    st = ccoe_model_init(&s->model, &c->model, &s->gating, c->train.batch_size,
-                         c->model.seq_len, &s->gemm, c->run.threads, err);
+    st = ccoe_model_init_moe(&s->model, &c->model, &s->gating, &c->moe, c->train.batch_size,
+                             c->model.seq_len, &s->gemm, c->run.threads, err);
     if (st != CCOE_OK)
         goto fail;
+    if (s->model.n_moe > 0 && s->have_data &&
+        ccoe_moe_check_domains(&s->model.moe, s->data.n_domains, err) != CCOE_OK) {
+        st = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                            "moe.gate = domain sends domain d to expert d, but the data has %d "
+                            "domains and moe.n_experts = %d: set moe.n_experts >= %d",
+                            s->data.n_domains, s->model.moe.E, s->data.n_domains);
+        goto fail;
+    }
+    s->model.seed = c->train.seed;
     st = ccoe_batch_init(&s->batch, c->train.batch_size, c->model.seq_len, err);
     if (st != CCOE_OK)
         goto fail;

@@ -59,6 +59,9 @@ typedef struct train_ctx {
     int expert;              /* isolated expert training: its index, else -1 */
     size_t grad_begin, grad_end; /* the trained float range of the parameter block */
     int bar;
+    double aux;              /* mean over micro-batches of the summed MoE aux loss, last step */
+    char *json;              /* buffer for ccoe_moe_stats_json (MoE models) */
+    size_t json_cap;
 } train_ctx;
 
 static int only_expert(const ccoe_param *p, void *ctx)
@@ -70,6 +73,28 @@ static ccoe_status save_checkpoint(train_ctx *t, ccoe_error *err)
 {
     t->st.data_pos = t->s->data.pos;
     return ccoe_checkpoint_save(t->ckpt_path, &t->s->cfg, &t->s->model, &t->opt, &t->st, err);
+}
+
+/* ,"moe":[{"layer":l, <ccoe_moe_stats_json fields>}, ...] of the last micro-batch. */
+static void write_moe_stats(train_ctx *t)
+{
+    const ccoe_model *m = &t->s->model;
+    fputs(",\"moe\":[", t->metrics);
+    for (int i = 0; i < m->n_moe; i++) {
+        int n = ccoe_moe_stats_json(&m->moe_stats[i], t->json, t->json_cap);
+        if (n >= 0 && (size_t)n >= t->json_cap) { /* logging only: grow and retry once */
+            char *nb = realloc(t->json, (size_t)n + 1);
+            if (nb) {
+                t->json = nb;
+                t->json_cap = (size_t)n + 1;
+                n = ccoe_moe_stats_json(&m->moe_stats[i], t->json, t->json_cap);
+            }
+        }
+        if (n < 1 || (size_t)n >= t->json_cap)
+            continue;
+        fprintf(t->metrics, "%s{\"layer\":%d,%s", i ? "," : "", m->moe_layer[i], t->json + 1);
+    }
+    fputc(']', t->metrics);
 }
 
 static void run_eval(train_ctx *t, int with_tasks, int print_table)
@@ -98,30 +123,41 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
     const ccoe_train_config *tc = &s->cfg.train;
     const int B = tc->batch_size, T = s->cfg.model.seq_len;
     ccoe_model_zero_grad(m);
-    double loss_sum = 0.0;
+    double loss_sum = 0.0, aux_sum = 0.0;
     long tokens = 0;
     t->step_flops = 0.0;
+    /* MoE routing: training noise keyed by (seed, step, layer, token of the step) */
+    m->train = 1;
+    m->step = (uint64_t)t->st.step;
     for (int micro = 0; micro < tc->grad_accum; micro++) {
         ccoe_data_next_batch(&s->data, s->batch.tokens, s->batch.targets, s->batch.domains, B);
         long count = 0;
+        m->token_offset = (int64_t)micro * B * T;
         loss_sum += ccoe_model_forward(m, s->batch.tokens, s->batch.targets, s->batch.domains, B, T,
                                        &count);
+        aux_sum += m->aux_loss;
         tokens += count;
-        /* every training row is full, so each micro-batch counts B*T tokens */
-        ccoe_model_backward(m, 1.0f / ((float)count * (float)tc->grad_accum));
+        /* every training row is full, so each micro-batch counts B*T tokens; the aux losses
+         * are means per micro-batch (papers/moe.md, loss scaling) */
+        ccoe_model_backward(m, 1.0f / ((float)count * (float)tc->grad_accum),
+                            1.0f / (float)tc->grad_accum);
         t->step_flops += ccoe_model_last_flops(m);
     }
+    m->train = 0;
     double loss = loss_sum / (double)tokens;
     double gnorm = ccoe_grad_norm(m->grad_block, t->grad_begin, t->grad_end);
+    t->aux = aux_sum / (double)tc->grad_accum;
     *loss_out = loss;
     *gnorm_out = gnorm;
-    if (!isfinite(loss) || !isfinite(gnorm))
+    if (!isfinite(loss) || !isfinite(t->aux) || !isfinite(gnorm))
         return ccoe_error_set(err, CCOE_ERR_NUMERIC,
-                              "non-finite %s at step %ld (loss %g, grad norm %g, lr %g): lower "
-                              "train.lr, raise train.warmup or set train.grad_clip; the last "
-                              "good checkpoint (if any) is kept at %s",
-                              isfinite(loss) ? "gradient norm" : "loss", t->st.step + 1, loss,
-                              gnorm, lr, t->ckpt_path);
+                              "non-finite %s at step %ld (loss %g, MoE aux loss %g, grad norm %g, "
+                              "lr %g): lower train.lr, raise train.warmup or set "
+                              "train.grad_clip; the last good checkpoint (if any) is kept at %s",
+                              !isfinite(loss)    ? "loss"
+                              : !isfinite(t->aux) ? "MoE aux loss"
+                                                  : "gradient norm",
+                              t->st.step + 1, loss, t->aux, gnorm, lr, t->ckpt_path);
     if (tc->grad_clip > 0 && gnorm > tc->grad_clip)
         ccoe_grad_scale(m->grad_block, t->grad_begin, t->grad_end,
                         (float)(tc->grad_clip / gnorm));
@@ -152,12 +188,19 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
         double step_tok_s = (double)tokens_per_step / dt;
         double step_gflops = t->step_flops / dt * 1e-9;
         double mfu = step_gflops / t->peak_gflops;
+        int last = t->st.step == tc->steps;
         fprintf(t->metrics,
                 "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tok_per_s\":%.1f,"
-                "\"mfu_peak\":%.4f,\"mfu_sgemm\":%.4f,\"step_ms\":%.3f}\n",
+                "\"mfu_peak\":%.4f,\"mfu_sgemm\":%.4f,\"step_ms\":%.3f",
                 t->st.step, loss, lr, gnorm, step_tok_s, mfu, step_gflops / t->gemm_gflops,
                 dt * 1e3);
-        int last = t->st.step == tc->steps;
+        if (s->model.n_moe > 0) {
+            /* loss stays the CE (perplexity); the trained objective adds the aux losses */
+            fprintf(t->metrics, ",\"aux_loss\":%.6g,\"objective\":%.6f", t->aux, loss + t->aux);
+            if (t->st.step % tc->log_every == 0 || last)
+                write_moe_stats(t);
+        }
+        fputs("}\n", t->metrics);
         if (!o->quiet && (t->st.step % tc->log_every == 0 || last || t->bar)) {
             double now = ccoe_now();
             double mfu_w = 0.0;
@@ -273,6 +316,14 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
     t.grad_end = s.model.num_params;
     if ((st = ccoe_adamw_init(&t.opt, s.model.num_params, err)) != CCOE_OK)
         goto done;
+    if (s.model.n_moe > 0) {
+        t.json_cap = 4096 + (size_t)s.model.moe.E * 64;
+        t.json = malloc(t.json_cap);
+        if (!t.json) {
+            st = ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MoE log buffer");
+            goto done;
+        }
+    }
     if (s.cfg.ccoe.train_expert[0]) {
         /* isolated expert training: only the expert learns, only on its domains' data */
         int e = ccoe_gating_find_expert(&s.gating, s.cfg.ccoe.train_expert);
@@ -377,6 +428,7 @@ done:
         fclose(t.metrics);
     ccoe_st_close(resume_file);
     ccoe_adamw_free(&t.opt);
+    free(t.json);
     ccoe_session_close(&s);
     return st;
 }

@@ -84,7 +84,7 @@ static void gradcheck(ccoe_config *c)
     ccoe_model_zero_grad(&m);
     long count = 0;
     ccoe_model_forward(&m, tok, tgt, dom, B, T, &count);
-    ccoe_model_backward(&m, 1.0f / (float)count);
+    ccoe_model_backward(&m, 1.0f / (float)count, 1.0f);
     float *dir = malloc(m.num_params * sizeof(float));
     float *saved = malloc(m.num_params * sizeof(float));
     for (int i = 0; i < m.n_params; i++) {
@@ -251,12 +251,12 @@ static void test_isolated_backward(void **state)
     ccoe_model_zero_grad(&m);
     long n;
     ccoe_model_forward(&m, tok, tgt, dom, B, T, &n);
-    ccoe_model_backward(&m, 1.0f);
+    ccoe_model_backward(&m, 1.0f, 1.0f);
     memcpy(full, m.grad_block, m.num_params * sizeof(float));
     m.train_path = 2; /* expert b */
     ccoe_model_zero_grad(&m);
     ccoe_model_forward(&m, tok, tgt, dom, B, T, &n);
-    ccoe_model_backward(&m, 1.0f);
+    ccoe_model_backward(&m, 1.0f, 1.0f);
     for (int i = 0; i < m.n_params; i++) {
         const ccoe_param *p = &m.params[i];
         const float *gi = m.grad_block + p->offset;

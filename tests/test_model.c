@@ -75,7 +75,7 @@ static void check_variant(const variant *v)
     long count = 0;
     ccoe_model_forward(&m, tok, tgt, NULL, B, T, &count);
     assert_int_equal(count, B * T - 1);
-    ccoe_model_backward(&m, 1.0f / (float)count);
+    ccoe_model_backward(&m, 1.0f / (float)count, 1.0f);
 
     /* For each tensor: derivative along a random direction confined to it. */
     float *dir = calloc(m.num_params, sizeof(float));
@@ -155,7 +155,7 @@ static void test_forward_deterministic(void **state)
         long n;
         double l = ccoe_model_forward(&m, tok, tgt, NULL, 2, 5, &n);
         assert_int_equal(n, 10);
-        ccoe_model_backward(&m, 0.1f);
+        ccoe_model_backward(&m, 0.1f, 1.0f);
         if (rep == 0) {
             l1 = l;
             memcpy(g1, m.grad_block, m.num_params * sizeof(float));

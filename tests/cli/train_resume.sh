@@ -29,5 +29,7 @@ done
 pass "eval prints every domain"
 
 # info names the tensors and the config
-"$CCOE" info "$WORK/a/run/checkpoint.safetensors" | grep -q "blocks.0.attn.qkv.weight" || fail "info"
+# (captured first: `info | grep -q` fails under pipefail when grep exits before info finishes)
+info=$("$CCOE" info "$WORK/a/run/checkpoint.safetensors") || fail "info exit status"
+grep -q "blocks.0.attn.qkv.weight" <<<"$info" || fail "info"
 pass "info"

@@ -1,0 +1,53 @@
+# A Mixture-of-Experts model (noisy top-k, E 4, K 2) trains on the builtin data: the loss falls,
+# metrics.jsonl has the aux loss and per-layer expert statistics, a resumed run equals the
+# uninterrupted one bit for bit, `ccoe eval` prints the expert table; bad [moe] settings exit 2
+# naming the key.
+source "$(dirname "$0")/lib/common.sh"
+mkdir -p "$WORK/a" "$WORK/b"
+steps=40
+MOE=(--set moe.gate=noisy_topk --set moe.n_experts=4 --set moe.top_k=2 --set moe.noise_eps=0.01
+     --set moe.w_importance=0.01 --set moe.w_load=0.01)
+(cd "$WORK/a" && "$CCOE" train "$TINY" "${MOE[@]}" --set train.steps=$steps \
+   --set train.out_dir=run --set train.eval_every=20 --quiet) || fail "uninterrupted run"
+(cd "$WORK/b" && "$CCOE" train "$TINY" "${MOE[@]}" --set train.steps=$steps \
+   --set train.out_dir=run --set train.eval_every=20 --quiet --stop-at 17) || fail "first half"
+(cd "$WORK/b" && "$CCOE" train "$TINY" "${MOE[@]}" --set train.steps=$steps \
+   --set train.out_dir=run --set train.eval_every=20 --quiet \
+   --resume run/checkpoint.safetensors) || fail "resumed half"
+cmp "$WORK/a/run/checkpoint.safetensors" "$WORK/b/run/checkpoint.safetensors" \
+  || fail "resumed MoE run differs from the uninterrupted one"
+pass "MoE resume is bitwise equal"
+
+m="$WORK/a/run/metrics.jsonl"
+first=$(grep -m1 '"loss"' "$m" | sed -E 's/.*"loss":([0-9.eE+-]+).*/\1/')
+last=$(grep '"loss"' "$m" | tail -n 5 | sed -E 's/.*"loss":([0-9.eE+-]+).*/\1/' |
+       awk '{s+=$1} END {print s/NR}')
+awk -v f="$first" -v l="$last" 'BEGIN {exit !(l < f - 1.0)}' \
+  || fail "MoE loss did not fall: first $first, last-5 mean $last"
+pass "MoE loss falls ($first -> $last)"
+
+n_aux=$(grep -c '"aux_loss":[0-9]' "$m")
+[[ $n_aux -eq $steps ]] || fail "aux_loss on $n_aux of $steps step lines"
+grep '"step":40,"loss"' "$m" | grep -q '"moe":\[{"layer":0,.*"tokens_per_expert":\[[0-9,]*\].*{"layer":1,' \
+  || fail "last step line lacks the per-layer MoE statistics"
+grep '"step":40,"loss"' "$m" | grep -qE '"objective":[0-9]' || fail "objective missing"
+pass "metrics have aux_loss and expert statistics"
+
+out=$("$CCOE" eval "$WORK/a/run/checkpoint.safetensors" --batches 2 --no-tasks) || fail "eval: $out"
+grep -q "^MoE experts (gate noisy_topk, E=4, K=2" <<<"$out" || fail "eval lacks the MoE table: $out"
+grep -qE "^1 +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+  [0-9]+ [0-9]+ [0-9]+ [0-9]+$" <<<"$out" \
+  || fail "eval MoE line for layer 1 malformed: $out"
+grep -q "^sql " <<<"$out" || fail "eval lacks the domain table: $out"
+pass "eval prints expert statistics"
+
+cd "$WORK"
+expect_fail 2 "moe.top_k" -- "$CCOE" train "$TINY" --set moe.gate=topk --set moe.n_experts=4 \
+  --set moe.top_k=9 --set train.out_dir=bad
+expect_fail 2 "moe.capacity_factor" -- "$CCOE" train "$TINY" --set moe.gate=topk \
+  --set moe.capacity_factor=0.5 --set train.out_dir=bad
+expect_fail 2 "moe.noise_eps" -- "$CCOE" train "$TINY" --set moe.gate=topk \
+  --set moe.noise_eps=0.01 --set train.out_dir=bad
+expect_fail 2 "moe.gate" -- "$CCOE" train "$TINY" --set moe.gate=switch --set train.out_dir=bad
+expect_fail 2 "moe.n_experts" -- "$CCOE" train "$TINY" --set moe.gate=domain --set moe.top_k=1 \
+  --set moe.n_experts=2 --set moe.w_switch=0 --set moe.w_z=0 --set train.out_dir=bad
+pass "bad [moe] settings exit 2 naming the key"
