@@ -34,6 +34,12 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
     cfg.model.ffn_hidden = 0;
     cfg.model.ffn = strcmp(o->ffn, "swiglu") == 0 ? CCOE_FFN_SWIGLU : CCOE_FFN_GELU;
     cfg.train.batch_size = sh->B;
+    if (strcmp(o->moe, "none") != 0) {
+        snprintf(cfg.moe.gate, sizeof cfg.moe.gate, "%s", o->moe);
+        cfg.moe.n_experts = 8;
+        cfg.moe.top_k = 2;
+        cfg.moe.expert_hidden = 2 * sh->C; /* 2 experts x 2C = the dense 4C */
+    }
     cfg.run.threads = o->threads;
     snprintf(cfg.run.gemm, sizeof cfg.run.gemm, "%s", o->gemm);
     ccoe_session s;
@@ -54,7 +60,8 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
         s.batch.targets[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)sh->V);
     }
     double sgemm = ccoe_gemm_measure_gflops(&s.gemm, 1024, 1.0);
-    double t_fwd = 0, t_bwd = 0, t_opt = 0;
+    double t_fwd = 0, t_bwd = 0, t_opt = 0, flops = 0;
+    m->train = 1;
     for (int it = -2; it < o->steps; it++) {
         double t0 = ccoe_now();
         ccoe_model_zero_grad(m);
@@ -69,6 +76,7 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
         ccoe_adamw_step(&opt, m, &cfg.train, 1e-4, NULL, NULL);
         double t3 = ccoe_now();
         if (it >= 0) {
+            flops += ccoe_model_last_flops(m);
             t_fwd += t1 - t0;
             t_bwd += t2 - t1;
             t_opt += t3 - t2;
@@ -76,8 +84,7 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
     }
     double total = t_fwd + t_bwd + t_opt;
     double tok_s = (double)N * o->steps / total;
-    double fpt = ccoe_model_train_flops_per_token(&s.cfg.model, s.cfg.model.n_layer, T);
-    double gflops = tok_s * fpt * 1e-9;
+    double gflops = flops / total * 1e-9; /* active model FLOPs actually computed */
     fprintf(out,
             "| %-9s | L%d C%d H%d V%d B%d T%d | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "
             "%4.0f/%4.0f/%3.0f | %s |\n",
@@ -94,8 +101,8 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
 {
     int found = 0;
     double peak = ccoe_measure_fma_peak(o->threads, 0.6);
-    fprintf(out, "threads %d, ffn %s, measured fp32 FMA peak %.0f GFLOP/s (%s)\n", o->threads,
-            o->ffn, peak, ccoe_simd_name());
+    fprintf(out, "threads %d, ffn %s, moe %s, measured fp32 FMA peak %.0f GFLOP/s (%s)\n",
+            o->threads, o->ffn, o->moe, peak, ccoe_simd_name());
     fprintf(out, "| shape | dims | params | tok/s | GFLOP/s | MFU/sgemm | MFU/peak | "
                  "fwd/bwd/opt %% | gemm |\n|---|---|---|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof k_shapes / sizeof k_shapes[0]; i++) {

@@ -14,6 +14,8 @@ typedef struct ccoe_bench_opts {
     int threads;
     const char *gemm;  /* backend name */
     const char *ffn;   /* "gelu" or "swiglu" */
+    const char *moe;   /* "none", or a gate: every block becomes E=8, k=2 experts of hidden F/2
+                        * (the same active FLOPs per token as the dense FFN) */
 } ccoe_bench_opts;
 
 ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err);

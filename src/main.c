@@ -29,6 +29,7 @@ static const char *k_usage =
     "  info CHECKPOINT\n"
     "        stored config, training state and tensors of a checkpoint\n"
     "  bench [--shape small|tiny-wide|gpt2-124m|all] [--steps N] [--threads N] [--gemm B] [--ffn gelu|swiglu]\n"
+    "        [--moe none|softmax|topk|noisy_topk]\n"
     "        training throughput and model-FLOP utilisation on reference shapes\n"
     "  push MODEL EXPERT_FILE [--domain D]... [-o OUT]\n"
     "        add a CCoE expert (last position of its CoE layer) or replace an expert's weights\n"
@@ -228,7 +229,7 @@ static int cmd_info(int argc, char **argv)
 static int cmd_bench(int argc, char **argv)
 {
     ccoe_bench_opts o = {.shape = "all", .steps = 10, .threads = 2, .gemm = "auto",
-                         .ffn = "gelu"};
+                         .ffn = "gelu", .moe = "none"};
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
             o.shape = argv[++i];
@@ -240,6 +241,8 @@ static int cmd_bench(int argc, char **argv)
                 return usage_error("--threads takes a whole number 1..1024, not", argv[i]);
         } else if (strcmp(argv[i], "--gemm") == 0 && i + 1 < argc) {
             o.gemm = argv[++i];
+        } else if (strcmp(argv[i], "--moe") == 0 && i + 1 < argc) {
+            o.moe = argv[++i];
         } else if (strcmp(argv[i], "--ffn") == 0 && i + 1 < argc) {
             o.ffn = argv[++i];
             if (strcmp(o.ffn, "gelu") != 0 && strcmp(o.ffn, "swiglu") != 0)
