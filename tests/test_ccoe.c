@@ -57,11 +57,16 @@ static void fill_batch(int32_t *tok, int32_t *tgt, int32_t *dom, int B, int T, i
         dom[b] = (int32_t)((b * 3 + 1) % 4); /* every domain, interleaved */
 }
 
-static double mean_loss(ccoe_model *m, const int32_t *tok, const int32_t *tgt,
-                        const int32_t *dom, int B, int T)
+typedef struct batch {
+    const int32_t *tok, *tgt, *dom;
+    int B, T;
+} batch;
+
+static double mean_loss(ccoe_model *m, void *ctx)
 {
+    const batch *b = ctx;
     long n = 0;
-    double s = ccoe_model_forward(m, tok, tgt, dom, B, T, &n);
+    double s = ccoe_model_forward(m, b->tok, b->tgt, b->dom, b->B, b->T, &n);
     return s / (double)n;
 }
 
@@ -85,40 +90,10 @@ static void gradcheck(ccoe_config *c)
     long count = 0;
     ccoe_model_forward(&m, tok, tgt, dom, B, T, &count);
     ccoe_model_backward(&m, 1.0f / (float)count, 1.0f);
-    float *dir = malloc(m.num_params * sizeof(float));
-    float *saved = malloc(m.num_params * sizeof(float));
-    for (int i = 0; i < m.n_params; i++) {
-        const ccoe_param *p = &m.params[i];
-        float *w = m.param_block + p->offset;
-        const float *gw = m.grad_block + p->offset;
-        double norm = 0, analytic = 0;
-        for (size_t j = 0; j < p->numel; j++) {
-            dir[j] = ccoe_rng_uniform(&r) - 0.5f;
-            norm += (double)dir[j] * dir[j];
-        }
-        norm = sqrt(norm);
-        for (size_t j = 0; j < p->numel; j++) {
-            dir[j] = (float)(dir[j] / norm);
-            analytic += (double)dir[j] * gw[j];
-        }
-        const float h = 2e-3f;
-        memcpy(saved, w, p->numel * sizeof(float));
-        for (size_t j = 0; j < p->numel; j++)
-            w[j] = saved[j] + h * dir[j];
-        double lp = mean_loss(&m, tok, tgt, dom, B, T);
-        for (size_t j = 0; j < p->numel; j++)
-            w[j] = saved[j] - h * dir[j];
-        double lm = mean_loss(&m, tok, tgt, dom, B, T);
-        memcpy(w, saved, p->numel * sizeof(float));
-        double numeric = (lp - lm) / (2.0 * h);
-        double tol = 2e-3 + 2e-2 * fabs(numeric);
-        if (!(fabs(numeric - analytic) <= tol))
-            fprintf(stderr, "form %d: %s: analytic %.6g numeric %.6g\n", c->ccoe.form, p->name,
-                    analytic, numeric);
-        assert_true(fabs(numeric - analytic) <= tol);
-    }
-    free(dir);
-    free(saved);
+    char what[32];
+    snprintf(what, sizeof what, "form %d", c->ccoe.form);
+    batch bt = {tok, tgt, dom, B, T};
+    assert_int_equal(tu_model_gradcheck(&m, mean_loss, &bt, 4321, 2e-3f, 2e-3, 2e-2, what), 0);
     ccoe_model_free(&m);
 }
 

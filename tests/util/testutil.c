@@ -3,7 +3,10 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "model.h"
 #include "rng.h"
 
 void tu_fill_uniform(float *x, size_t n, uint64_t seed, float scale)
@@ -96,4 +99,47 @@ double tu_gradcheck(const char *what, tu_objective f, void *ctx, double *x, cons
         fprintf(stderr, "%s: gradient mismatch at %zu: analytic %.12g numeric %.12g (ratio %.3g)\n",
                 what, wi, grad[wi], wnum, worst);
     return worst;
+}
+
+int tu_model_gradcheck(struct ccoe_model *m, double (*loss)(struct ccoe_model *m, void *ctx),
+                       void *ctx, uint64_t seed, float h, double atol, double rtol,
+                       const char *what)
+{
+    ccoe_rng r;
+    ccoe_rng_seed(&r, seed);
+    float *dir = malloc(m->num_params * sizeof(float));
+    float *saved = malloc(m->num_params * sizeof(float));
+    int failures = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const ccoe_param *p = &m->params[i];
+        float *w = m->param_block + p->offset;
+        const float *gw = m->grad_block + p->offset;
+        double norm = 0.0, analytic = 0.0;
+        for (size_t j = 0; j < p->numel; j++) {
+            dir[j] = ccoe_rng_uniform(&r) - 0.5f;
+            norm += (double)dir[j] * dir[j];
+        }
+        norm = sqrt(norm);
+        for (size_t j = 0; j < p->numel; j++) {
+            dir[j] = (float)(dir[j] / norm);
+            analytic += (double)dir[j] * gw[j];
+        }
+        memcpy(saved, w, p->numel * sizeof(float));
+        for (size_t j = 0; j < p->numel; j++)
+            w[j] = saved[j] + h * dir[j];
+        double lp = loss(m, ctx);
+        for (size_t j = 0; j < p->numel; j++)
+            w[j] = saved[j] - h * dir[j];
+        double lm = loss(m, ctx);
+        memcpy(w, saved, p->numel * sizeof(float));
+        double numeric = (lp - lm) / (2.0 * (double)h);
+        if (!(fabs(numeric - analytic) <= atol + rtol * fabs(numeric))) {
+            fprintf(stderr, "%s: %s: analytic %.6g numeric %.6g\n", what, p->name, analytic,
+                    numeric);
+            failures++;
+        }
+    }
+    free(dir);
+    free(saved);
+    return failures;
 }

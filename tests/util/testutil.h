@@ -44,4 +44,14 @@ double tu_gradcheck(const char *what, tu_objective f, void *ctx, double *x, cons
 #define TU_ASSERT_GRAD(what, f, ctx, x, grad, n, h, atol, rtol) \
     assert_true(tu_gradcheck((what), (f), (ctx), (x), (grad), (n), (h), (atol), (rtol)) <= 1.0)
 
+
+/* Whole-model gradient check: for every parameter tensor of m, the derivative of loss(m, ctx)
+ * along a random unit direction inside that tensor (central differences, step h) must match
+ * the gradient already in m->grad_block within atol + rtol*|numeric|. Failures are printed
+ * with `what` and the tensor name; returns how many failed. Parameters are restored. */
+struct ccoe_model;
+int tu_model_gradcheck(struct ccoe_model *m, double (*loss)(struct ccoe_model *m, void *ctx),
+                       void *ctx, uint64_t seed, float h, double atol, double rtol,
+                       const char *what);
+
 #endif
