@@ -449,8 +449,7 @@ void ccoe_model_init_weights(ccoe_model *m, uint64_t seed, ccoe_expert_init init
         if (p->block >= 0 && m->moe_of[p->block] >= 0 && strstr(p->name, ".moe."))
             continue; /* MoE regions: below */
         const char *dot = strrchr(p->name, '.');
-        const char *last = strrchr(p->name, '.');
-        /* the tensor's own name: "ln1.weight" -> check the component before ".weight" */
+        /* a norm weight: the component before ".weight" starts with "ln" */
         int is_norm_w = 0;
         if (dot && strcmp(dot, ".weight") == 0) {
             const char *q = dot;
@@ -458,7 +457,6 @@ void ccoe_model_init_weights(ccoe_model *m, uint64_t seed, ccoe_expert_init init
                 q--;
             is_norm_w = strncmp(q, "ln", 2) == 0;
         }
-        (void)last;
         if (is_norm_w) {
             for (size_t j = 0; j < p->numel; j++)
                 x[j] = 1.0f;
@@ -772,8 +770,6 @@ static int path_last_inst(const ccoe_model *m, int p)
 static void sort_rows(ccoe_model *m, const int32_t *domains, int B)
 {
     const ccoe_gating *gt = &m->gating;
-    int path_of[CCOE_MAX_EXPERTS + 1];
-    (void)path_of;
     int r = 0;
     /* order of paths: by n_base descending, then id */
     int order[CCOE_MAX_EXPERTS + 1];
@@ -890,9 +886,8 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
         const float *hin = inst_output(m, path_last_inst(m, p), r0, T);
         float *dx = m->dx + row * C;
         float *dlogits = m->logits + row * V;
-        /* a frozen shared head (isolated training of an expert without its own head) still
-         * passes gradients through but must not change: its gradient lands in scratch only when
-         * the caller's optimizer filter skips it */
+        /* with a shared head under isolated training, the head's gradient is computed (it is
+         * needed to reach the expert) but the optimizer does not apply it */
         if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
             memset(m->dtmp, 0, (size_t)n * C * sizeof(float));
             ccoe_linear_backward(m->gemm, m->dtmp, gh->lm_head, NULL, dlogits, m->lnf + row * C,
