@@ -51,3 +51,19 @@ expect_fail 2 "moe.gate" -- "$CCOE" train "$TINY" --set moe.gate=switch --set tr
 expect_fail 2 "moe.n_experts" -- "$CCOE" train "$TINY" --set moe.gate=domain --set moe.top_k=1 \
   --set moe.n_experts=2 --set moe.w_switch=0 --set moe.w_z=0 --set train.out_dir=bad
 pass "bad [moe] settings exit 2 naming the key"
+
+# a large balancing coefficient lowers the load CV during a short training run (same seed,
+# top-1 dropless: without it the router collapses onto few experts)
+cv_of() {
+  grep '"moe"' "$1/metrics.jsonl" | tail -n 1 | grep -oE '"load_cv":[0-9.eE+-]+' | cut -d: -f2 |
+    awk '{s += $1} END {print s / NR}'
+}
+for w in 0 1; do
+  "$CCOE" train "$TINY" --set train.steps=60 --set train.log_every=60 --set train.eval_every=0 \
+    --set moe.gate=topk --set moe.n_experts=4 --set moe.top_k=1 --set moe.capacity_factor=0 \
+    --set moe.w_z=0 --set moe.w_switch=$w --set train.out_dir="$WORK/bal$w" --quiet || fail "balance run $w"
+done
+cv0=$(cv_of "$WORK/bal0"); cv1=$(cv_of "$WORK/bal1")
+awk -v a="$cv0" -v b="$cv1" 'BEGIN {exit !(b < 0.5 * a)}' \
+  || fail "load CV with w_switch=1 ($cv1) is not below half of w_switch=0 ($cv0)"
+pass "balancing lowers load CV ($cv0 -> $cv1)"
