@@ -39,35 +39,6 @@ static ccoe_gemm G_BLIS, G_REF;
 
 /* ---- helpers ---- */
 
-static double *dnew(size_t n)
-{
-    double *p = calloc(n ? n : 1, sizeof *p);
-    assert_non_null(p);
-    return p;
-}
-
-static float *fnew(size_t n)
-{
-    float *p = calloc(n ? n : 1, sizeof *p);
-    assert_non_null(p);
-    return p;
-}
-
-static int32_t *inew(size_t n)
-{
-    int32_t *p = calloc(n ? n : 1, sizeof *p);
-    assert_non_null(p);
-    return p;
-}
-
-static double ddot(const double *a, const double *b, size_t n)
-{
-    double s = 0.0;
-    for (size_t i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
 static void fill_tokens(int32_t *t, size_t n, int V, uint64_t seed)
 {
     ccoe_rng r;
@@ -116,19 +87,19 @@ static double embed_obj(void *p)
 {
     embed_ctx *c = p;
     ccoe_ref_embed_forward(c->out, c->tok, c->wte, c->wpe, c->B, c->T, c->C);
-    return ddot(c->out, c->R, (size_t)c->B * c->T * c->C);
+    return tu_ddot(c->out, c->R, (size_t)c->B * c->T * c->C);
 }
 
 static void fd_embed_case(int B, int T, int C, int V, uint64_t seed)
 {
     size_t n = (size_t)B * T * C;
-    int32_t *tok = inew((size_t)B * T);
+    int32_t *tok = tu_inew((size_t)B * T);
     fill_tokens(tok, (size_t)B * T, V, seed);
-    embed_ctx c = {B, T, C, tok, dnew((size_t)V * C), dnew((size_t)(T + 1) * C), dnew(n), dnew(n)};
+    embed_ctx c = {B, T, C, tok, tu_dnew((size_t)V * C), tu_dnew((size_t)(T + 1) * C), tu_dnew(n), tu_dnew(n)};
     tu_fill_uniform_d(c.wte, (size_t)V * C, seed + 1, 1.0);
     tu_fill_uniform_d(c.wpe, (size_t)(T + 1) * C, seed + 2, 1.0);
     tu_fill_uniform_d(c.R, n, seed + 3, 1.0);
-    double *dwte = dnew((size_t)V * C), *dwpe = dnew((size_t)(T + 1) * C);
+    double *dwte = tu_dnew((size_t)V * C), *dwpe = tu_dnew((size_t)(T + 1) * C);
     embed_obj(&c);
     ccoe_ref_embed_backward(dwte, dwpe, c.R, tok, B, T, C);
     TU_ASSERT_GRAD("embed dwte", embed_obj, &c, c.wte, dwte, (size_t)V * C, FD_H, FD_ATOL, FD_RTOL);
@@ -164,18 +135,18 @@ static double norm_obj(void *p)
         ccoe_ref_rmsnorm_forward(c->out, c->rstd, c->inp, c->w, c->N, c->C);
     else
         ccoe_ref_layernorm_forward(c->out, c->mean, c->rstd, c->inp, c->w, c->b, c->N, c->C);
-    return ddot(c->out, c->R, (size_t)c->N * c->C);
+    return tu_ddot(c->out, c->R, (size_t)c->N * c->C);
 }
 
 static void fd_norm_case(int rms, int N, int C, uint64_t seed)
 {
     size_t n = (size_t)N * C;
-    norm_ctx c = {N, C, dnew(n), dnew(C), dnew(C), dnew(n), dnew(N), dnew(N), dnew(n), rms};
+    norm_ctx c = {N, C, tu_dnew(n), tu_dnew(C), tu_dnew(C), tu_dnew(n), tu_dnew(N), tu_dnew(N), tu_dnew(n), rms};
     tu_fill_uniform_d(c.inp, n, seed, 2.0);
     tu_fill_uniform_d(c.w, C, seed + 1, 1.5);
     tu_fill_uniform_d(c.b, C, seed + 2, 1.0);
     tu_fill_uniform_d(c.R, n, seed + 3, 1.0);
-    double *dinp = dnew(n), *dw = dnew(C), *db = dnew(C);
+    double *dinp = tu_dnew(n), *dw = tu_dnew(C), *db = tu_dnew(C);
     norm_obj(&c);
     if (rms)
         ccoe_ref_rmsnorm_backward(dinp, dw, c.R, c.inp, c.w, c.rstd, N, C);
@@ -229,13 +200,13 @@ static double linear_obj(void *p)
 {
     linear_ctx *c = p;
     ccoe_ref_linear_forward(c->out, c->inp, c->w, c->b, c->N, c->IC, c->OC);
-    return ddot(c->out, c->R, (size_t)c->N * c->OC);
+    return tu_ddot(c->out, c->R, (size_t)c->N * c->OC);
 }
 
 static void fd_linear_case(int N, int IC, int OC, int with_bias, uint64_t seed)
 {
-    linear_ctx c = {N,         IC, OC, dnew((size_t)N * IC), dnew((size_t)OC * IC),
-                    dnew(OC),  dnew((size_t)N * OC), dnew((size_t)N * OC)};
+    linear_ctx c = {N,         IC, OC, tu_dnew((size_t)N * IC), tu_dnew((size_t)OC * IC),
+                    tu_dnew(OC),  tu_dnew((size_t)N * OC), tu_dnew((size_t)N * OC)};
     tu_fill_uniform_d(c.inp, (size_t)N * IC, seed, 1.0);
     tu_fill_uniform_d(c.w, (size_t)OC * IC, seed + 1, 1.0);
     tu_fill_uniform_d(c.b, OC, seed + 2, 1.0);
@@ -243,7 +214,7 @@ static void fd_linear_case(int N, int IC, int OC, int with_bias, uint64_t seed)
     double *bias = c.b;
     if (!with_bias)
         c.b = NULL;
-    double *dinp = dnew((size_t)N * IC), *dw = dnew((size_t)OC * IC), *db = dnew(OC);
+    double *dinp = tu_dnew((size_t)N * IC), *dw = tu_dnew((size_t)OC * IC), *db = tu_dnew(OC);
     linear_obj(&c);
     ccoe_ref_linear_backward(dinp, dw, with_bias ? db : NULL, c.R, c.inp, c.w, N, IC, OC);
     TU_ASSERT_GRAD("linear dinp", linear_obj, &c, c.inp, dinp, (size_t)N * IC, FD_H, FD_ATOL,
@@ -281,16 +252,16 @@ static double attn_obj(void *p)
 {
     attn_ctx *c = p;
     ccoe_ref_attention_forward(c->out, c->lse, c->qkv, c->B, c->T, c->C, c->H);
-    return ddot(c->out, c->R, (size_t)c->B * c->T * c->C);
+    return tu_ddot(c->out, c->R, (size_t)c->B * c->T * c->C);
 }
 
 static void fd_attention_case(int B, int T, int C, int H, uint64_t seed)
 {
     size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C;
-    attn_ctx c = {B, T, C, H, dnew(nq), dnew(no), dnew((size_t)B * H * T), dnew(no)};
+    attn_ctx c = {B, T, C, H, tu_dnew(nq), tu_dnew(no), tu_dnew((size_t)B * H * T), tu_dnew(no)};
     tu_fill_uniform_d(c.qkv, nq, seed, 1.5);
     tu_fill_uniform_d(c.R, no, seed + 1, 1.0);
-    double *dqkv = dnew(nq);
+    double *dqkv = tu_dnew(nq);
     attn_obj(&c);
     ccoe_ref_attention_backward(dqkv, c.R, c.qkv, c.out, c.lse, B, T, C, H);
     char what[64];
@@ -326,17 +297,17 @@ static double pointwise_obj(void *p)
         ccoe_ref_swiglu_forward(c->out, c->inp, c->N, c->F);
     else
         ccoe_ref_gelu_forward(c->out, c->inp, n);
-    return ddot(c->out, c->R, n);
+    return tu_ddot(c->out, c->R, n);
 }
 
 static void fd_pointwise_case(int swiglu, int N, int F, uint64_t seed)
 {
     size_t nin = swiglu ? (size_t)N * 2 * F : (size_t)N;
     size_t nout = swiglu ? (size_t)N * F : (size_t)N;
-    pointwise_ctx c = {N, F, swiglu, dnew(nin), dnew(nout), dnew(nout)};
+    pointwise_ctx c = {N, F, swiglu, tu_dnew(nin), tu_dnew(nout), tu_dnew(nout)};
     tu_fill_uniform_d(c.inp, nin, seed, 4.0);
     tu_fill_uniform_d(c.R, nout, seed + 1, 1.0);
-    double *dinp = dnew(nin);
+    double *dinp = tu_dnew(nin);
     pointwise_obj(&c);
     if (swiglu)
         ccoe_ref_swiglu_backward(dinp, c.inp, c.R, N, F);
@@ -380,17 +351,17 @@ static double ce_obj(void *p)
 
 static void fd_crossentropy_case(int N, int V, int ignore_row, uint64_t seed)
 {
-    int32_t *tgt = inew(N);
+    int32_t *tgt = tu_inew(N);
     fill_tokens(tgt, N, V, seed);
     int counted = N;
     if (ignore_row >= 0 && ignore_row < N) {
         tgt[ignore_row] = -1;
         counted--;
     }
-    ce_ctx c = {N, V, tgt, counted > 0 ? 1.0 / counted : 1.0, dnew((size_t)N * V),
-                dnew((size_t)N * V), dnew(N)};
+    ce_ctx c = {N, V, tgt, counted > 0 ? 1.0 / counted : 1.0, tu_dnew((size_t)N * V),
+                tu_dnew((size_t)N * V), tu_dnew(N)};
     tu_fill_uniform_d(c.logits, (size_t)N * V, seed + 1, 3.0);
-    double *dl = dnew((size_t)N * V);
+    double *dl = tu_dnew((size_t)N * V);
     double loss = ce_obj(&c);
     assert_true(isfinite(loss));
     if (ignore_row >= 0 && ignore_row < N)
@@ -418,10 +389,10 @@ static void test_fd_crossentropy(void **state)
 static void fast_embed_case(int B, int T, int C, int V, uint64_t seed)
 {
     size_t n = (size_t)B * T * C, nte = (size_t)V * C, npe = (size_t)(T + 2) * C;
-    int32_t *tok = inew((size_t)B * T);
+    int32_t *tok = tu_inew((size_t)B * T);
     fill_tokens(tok, (size_t)B * T, V, seed);
-    float *wte = fnew(nte), *wpe = fnew(npe), *out = fnew(n), *dout = fnew(n);
-    double *wte_d = dnew(nte), *wpe_d = dnew(npe), *out_d = dnew(n), *dout_d = dnew(n);
+    float *wte = tu_fnew(nte), *wpe = tu_fnew(npe), *out = tu_fnew(n), *dout = tu_fnew(n);
+    double *wte_d = tu_dnew(nte), *wpe_d = tu_dnew(npe), *out_d = tu_dnew(n), *dout_d = tu_dnew(n);
     fill_pair(wte, wte_d, nte, seed + 1, 1.0f);
     fill_pair(wpe, wpe_d, npe, seed + 2, 1.0f);
     fill_pair(dout, dout_d, n, seed + 3, 1.0f);
@@ -430,11 +401,11 @@ static void fast_embed_case(int B, int T, int C, int V, uint64_t seed)
     ccoe_ref_embed_forward(out_d, tok, wte_d, wpe_d, B, T, C);
     TU_ASSERT_CLOSE("embed out", out, out_d, n, F_ATOL, F_RTOL);
 
-    float *dwte = fnew(nte), *dwpe = fnew(npe);
-    double *dwte_d = dnew(nte), *dwpe_d = dnew(npe), *want = dnew(nte > npe ? nte : npe);
+    float *dwte = tu_fnew(nte), *dwpe = tu_fnew(npe);
+    double *dwte_d = tu_dnew(nte), *dwpe_d = tu_dnew(npe), *want = tu_dnew(nte > npe ? nte : npe);
     tu_fill_uniform(dwte, nte, seed + 5, 1.0f);
     tu_fill_uniform(dwpe, npe, seed + 6, 1.0f);
-    float *dwte0 = fnew(nte), *dwpe0 = fnew(npe);
+    float *dwte0 = tu_fnew(nte), *dwpe0 = tu_fnew(npe);
     memcpy(dwte0, dwte, nte * sizeof(float));
     memcpy(dwpe0, dwpe, npe * sizeof(float));
     ccoe_embed_backward(dwte, dwpe, dout, tok, B, T, C);
@@ -476,10 +447,10 @@ static void fast_norm_case(int rms, int N, int C, uint64_t seed)
     size_t n = (size_t)N * C;
     const char *name = rms ? "rmsnorm" : "layernorm";
     char what[80];
-    float *inp = fnew(n), *w = fnew(C), *b = fnew(C), *out = fnew(n), *mean = fnew(N),
-          *rstd = fnew(N), *dout = fnew(n);
-    double *inp_d = dnew(n), *w_d = dnew(C), *b_d = dnew(C), *out_d = dnew(n), *mean_d = dnew(N),
-           *rstd_d = dnew(N), *dout_d = dnew(n);
+    float *inp = tu_fnew(n), *w = tu_fnew(C), *b = tu_fnew(C), *out = tu_fnew(n), *mean = tu_fnew(N),
+          *rstd = tu_fnew(N), *dout = tu_fnew(n);
+    double *inp_d = tu_dnew(n), *w_d = tu_dnew(C), *b_d = tu_dnew(C), *out_d = tu_dnew(n), *mean_d = tu_dnew(N),
+           *rstd_d = tu_dnew(N), *dout_d = tu_dnew(n);
     fill_pair(inp, inp_d, n, seed, 2.0f);
     /* a common offset per row exercises the two-pass variance */
     for (int r = 0; r < N; r++)
@@ -505,9 +476,9 @@ static void fast_norm_case(int rms, int N, int C, uint64_t seed)
     snprintf(what, sizeof what, "%s rstd N%d C%d", name, N, C);
     TU_ASSERT_CLOSE(what, rstd, rstd_d, N, F_ATOL, F_RTOL);
 
-    float *dinp = fnew(n), *dw = fnew(C), *db = fnew(C), *dinp0 = fnew(n), *dw0 = fnew(C),
-          *db0 = fnew(C);
-    double *dinp_d = dnew(n), *dw_d = dnew(C), *db_d = dnew(C), *want = dnew(n);
+    float *dinp = tu_fnew(n), *dw = tu_fnew(C), *db = tu_fnew(C), *dinp0 = tu_fnew(n), *dw0 = tu_fnew(C),
+          *db0 = tu_fnew(C);
+    double *dinp_d = tu_dnew(n), *dw_d = tu_dnew(C), *db_d = tu_dnew(C), *want = tu_dnew(n);
     tu_fill_uniform(dinp, n, seed + 5, 1.0f);
     tu_fill_uniform(dw, C, seed + 6, 1.0f);
     tu_fill_uniform(db, C, seed + 7, 1.0f);
@@ -568,9 +539,9 @@ static void fast_linear_case_g(const ccoe_gemm *g, int N, int IC, int OC, int wi
 {
     size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
     char what[80];
-    float *inp = fnew(ni), *w = fnew(nw), *b = fnew(OC), *out = fnew(no), *dout = fnew(no);
-    double *inp_d = dnew(ni), *w_d = dnew(nw), *b_d = dnew(OC), *out_d = dnew(no),
-           *dout_d = dnew(no);
+    float *inp = tu_fnew(ni), *w = tu_fnew(nw), *b = tu_fnew(OC), *out = tu_fnew(no), *dout = tu_fnew(no);
+    double *inp_d = tu_dnew(ni), *w_d = tu_dnew(nw), *b_d = tu_dnew(OC), *out_d = tu_dnew(no),
+           *dout_d = tu_dnew(no);
     fill_pair(inp, inp_d, ni, seed, 1.0f);
     fill_pair(w, w_d, nw, seed + 1, 1.0f);
     fill_pair(b, b_d, OC, seed + 2, 1.0f);
@@ -581,11 +552,11 @@ static void fast_linear_case_g(const ccoe_gemm *g, int N, int IC, int OC, int wi
     snprintf(what, sizeof what, "linear out N%d IC%d OC%d", N, IC, OC);
     TU_ASSERT_CLOSE(what, out, out_d, no, F_ATOL, F_RTOL);
 
-    float *dinp = fnew(ni), *dw = fnew(nw), *db = fnew(OC), *dinp0 = fnew(ni), *dw0 = fnew(nw),
-          *db0 = fnew(OC);
-    double *dinp_d = dnew(ni), *dw_d = dnew(nw), *db_d = dnew(OC);
+    float *dinp = tu_fnew(ni), *dw = tu_fnew(nw), *db = tu_fnew(OC), *dinp0 = tu_fnew(ni), *dw0 = tu_fnew(nw),
+          *db0 = tu_fnew(OC);
+    double *dinp_d = tu_dnew(ni), *dw_d = tu_dnew(nw), *db_d = tu_dnew(OC);
     size_t nmax = ni > nw ? ni : nw;
-    double *want = dnew(nmax > (size_t)OC ? nmax : (size_t)OC);
+    double *want = tu_dnew(nmax > (size_t)OC ? nmax : (size_t)OC);
     tu_fill_uniform(dinp, ni, seed + 5, 1.0f);
     tu_fill_uniform(dw, nw, seed + 6, 1.0f);
     tu_fill_uniform(db, OC, seed + 7, 1.0f);
@@ -644,12 +615,12 @@ static void fast_attention_case_g(const ccoe_gemm *g, int B, int T, int C, int H
 {
     size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C, nl = (size_t)B * H * T;
     char what[160];
-    float *qkv = fnew(nq), *out = fnew(no), *lse = fnew(nl), *dout = fnew(no), *dqkv = fnew(nq),
-          *dqkv0 = fnew(nq);
-    double *qkv_d = dnew(nq), *out_d = dnew(no), *lse_d = dnew(nl), *dout_d = dnew(no),
-           *dqkv_d = dnew(nq), *want = dnew(nq);
+    float *qkv = tu_fnew(nq), *out = tu_fnew(no), *lse = tu_fnew(nl), *dout = tu_fnew(no), *dqkv = tu_fnew(nq),
+          *dqkv0 = tu_fnew(nq);
+    double *qkv_d = tu_dnew(nq), *out_d = tu_dnew(no), *lse_d = tu_dnew(nl), *dout_d = tu_dnew(no),
+           *dqkv_d = tu_dnew(nq), *want = tu_dnew(nq);
     size_t ns = ccoe_attention_scratch_floats(B, T, C, H, g->nthreads);
-    float *scratch = fnew(ns);
+    float *scratch = tu_fnew(ns);
     fill_pair(qkv, qkv_d, nq, seed, qscale);
     fill_pair(dout, dout_d, no, seed + 1, 1.0f);
     tu_fill_uniform(out, no, seed + 2, 9.0f);
@@ -712,9 +683,9 @@ static void test_attention_causal(void **state)
     (void)state;
     const int B = 2, T = 300, C = 64, H = 2;
     size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C, nl = (size_t)B * H * T;
-    float *qkv = fnew(nq), *out1 = fnew(no), *out2 = fnew(no), *lse1 = fnew(nl),
-          *lse2 = fnew(nl);
-    float *scratch = fnew(ccoe_attention_scratch_floats(B, T, C, H, G.nthreads));
+    float *qkv = tu_fnew(nq), *out1 = tu_fnew(no), *out2 = tu_fnew(no), *lse1 = tu_fnew(nl),
+          *lse2 = tu_fnew(nl);
+    float *scratch = tu_fnew(ccoe_attention_scratch_floats(B, T, C, H, G.nthreads));
     tu_fill_uniform(qkv, nq, 171, 1.0f);
     ccoe_attention_forward(&G, out1, lse1, qkv, scratch, B, T, C, H);
     const int cases[] = {1, 127, 128, 200, T - 1};
@@ -797,10 +768,10 @@ static void fast_pointwise_case(int kind, int N, int F, float scale, uint64_t se
     size_t nout = kind == 1 ? (size_t)N * F : (size_t)N;
     const char *name = kind == 0 ? "gelu" : kind == 1 ? "swiglu" : "residual";
     char what[64];
-    float *inp = fnew(nin), *inp2 = fnew(nin), *out = fnew(nout), *dout = fnew(nout),
-          *dinp = fnew(nin), *dinp2 = fnew(nin), *dinp0 = fnew(nin), *dinp20 = fnew(nin);
-    double *inp_d = dnew(nin), *out_d = dnew(nout), *dout_d = dnew(nout), *dinp_d = dnew(nin),
-           *want = dnew(nin);
+    float *inp = tu_fnew(nin), *inp2 = tu_fnew(nin), *out = tu_fnew(nout), *dout = tu_fnew(nout),
+          *dinp = tu_fnew(nin), *dinp2 = tu_fnew(nin), *dinp0 = tu_fnew(nin), *dinp20 = tu_fnew(nin);
+    double *inp_d = tu_dnew(nin), *out_d = tu_dnew(nout), *dout_d = tu_dnew(nout), *dinp_d = tu_dnew(nin),
+           *want = tu_dnew(nin);
     fill_pair(inp, inp_d, nin, seed, scale);
     tu_fill_uniform(inp2, nin, seed + 1, scale);
     fill_pair(dout, dout_d, nout, seed + 2, 1.0f);
@@ -873,16 +844,16 @@ static void fast_crossentropy_case(int N, int V, float scale, int alias, uint64_
 {
     size_t n = (size_t)N * V;
     char what[80];
-    int32_t *tgt = inew(N);
+    int32_t *tgt = tu_inew(N);
     fill_tokens(tgt, N, V, seed);
     if (N > 2)
         tgt[N / 2] = -1;
     int counted = 0;
     for (int i = 0; i < N; i++)
         counted += tgt[i] >= 0;
-    float *logits = fnew(n), *probs = alias ? logits : fnew(n), *losses = fnew(N);
-    float *dl = alias ? probs : fnew(n);
-    double *logits_d = dnew(n), *probs_d = dnew(n), *losses_d = dnew(N), *dl_d = dnew(n);
+    float *logits = tu_fnew(n), *probs = alias ? logits : tu_fnew(n), *losses = tu_fnew(N);
+    float *dl = alias ? probs : tu_fnew(n);
+    double *logits_d = tu_dnew(n), *probs_d = tu_dnew(n), *losses_d = tu_dnew(N), *dl_d = tu_dnew(n);
     fill_pair(logits, logits_d, n, seed + 1, scale);
     if (!alias)
         tu_fill_uniform(probs, n, seed + 2, 9.0f);
@@ -936,10 +907,10 @@ static void test_thread_count_invariance(void **state)
     (void)state;
     const int B = 3, T = 37, C = 80, V = 11, N = B * T;
     size_t n = (size_t)N * C;
-    int32_t *tok = inew(N);
+    int32_t *tok = tu_inew(N);
     fill_tokens(tok, N, V, 231);
-    float *inp = fnew(n), *dout = fnew(n), *w = fnew(C), *mean = fnew(N), *rstd = fnew(N),
-          *out = fnew(n), *losses = fnew(N), *probs = fnew(n);
+    float *inp = tu_fnew(n), *dout = tu_fnew(n), *w = tu_fnew(C), *mean = tu_fnew(N), *rstd = tu_fnew(N),
+          *out = tu_fnew(n), *losses = tu_fnew(N), *probs = tu_fnew(n);
     tu_fill_uniform(inp, n, 232, 2.0f);
     tu_fill_uniform(dout, n, 233, 1.0f);
     tu_fill_uniform(w, C, 234, 1.0f);
@@ -949,7 +920,7 @@ static void test_thread_count_invariance(void **state)
     for (int k = 0; k < 2; k++) {
         omp_set_num_threads(k + 1);
         for (int j = 0; j < 5; j++)
-            res[k][j] = fnew(n);
+            res[k][j] = tu_fnew(n);
         ccoe_layernorm_backward(res[k][0], res[k][1], res[k][2], dout, inp, w, mean, rstd, N, C);
         ccoe_embed_backward(res[k][3], res[k][4], dout, tok, B, T, C);
         loss[k] = ccoe_crossentropy_forward(losses, probs, inp, tok, N, C);

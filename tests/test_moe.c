@@ -41,28 +41,6 @@ static ccoe_gemm G; /* AUTO backend, 2 threads: what the trainer uses */
 
 /* ---- helpers ---- */
 
-static double *dnew(size_t n)
-{
-    double *p = calloc(n ? n : 1, sizeof *p);
-    assert_non_null(p);
-    return p;
-}
-
-static float *fnew(size_t n)
-{
-    float *p = calloc(n ? n : 1, sizeof *p);
-    assert_non_null(p);
-    return p;
-}
-
-static double ddot(const double *a, const double *b, size_t n)
-{
-    double s = 0.0;
-    for (size_t i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
 static int setup_group(void **state)
 {
     (void)state;
@@ -150,12 +128,12 @@ static void fx_init(fx *f, const ccoe_moe_config *cfg, int C, int N, int train, 
     ccoe_moe_scratch_carve(&f->s, &f->m, &f->mem);
     assert_true(f->mem.used == ab + sb); /* sizing pass and carving pass agree */
     f->N = N;
-    f->params = fnew(f->m.num_params);
-    f->grads = fnew(f->m.num_params);
-    f->inp = fnew((size_t)N * C);
-    f->out = fnew((size_t)N * C);
-    f->dout = fnew((size_t)N * C);
-    f->dinp = fnew((size_t)N * C);
+    f->params = tu_fnew(f->m.num_params);
+    f->grads = tu_fnew(f->m.num_params);
+    f->inp = tu_fnew((size_t)N * C);
+    f->out = tu_fnew((size_t)N * C);
+    f->dout = tu_fnew((size_t)N * C);
+    f->dinp = tu_fnew((size_t)N * C);
     fill_params(&f->m, f->params, seed);
     tu_fill_uniform(f->inp, (size_t)N * C, seed + 1000, 1.0f);
     tu_fill_uniform(f->dout, (size_t)N * C, seed + 2000, 1.0f);
@@ -196,7 +174,7 @@ static void routing_from_acts(ref_routing *rr, const fx *f)
     rr->r.kth = f->a.kth;
     rr->r.noise = NULL;
     if (f->a.noise) {
-        rr->noise = dnew((size_t)f->N * f->m.E);
+        rr->noise = tu_dnew((size_t)f->N * f->m.E);
         tu_to_double(rr->noise, f->a.noise, (size_t)f->N * f->m.E);
         rr->r.noise = rr->noise;
     }
@@ -271,10 +249,10 @@ static double gate_obj(void *p)
     gate_ctx *c = p;
     if (c->load) {
         c->g->ref_load(c->out, c->ids, c->kth, &c->a);
-        return ddot(c->out, c->R, (size_t)c->a.E);
+        return tu_ddot(c->out, c->R, (size_t)c->a.E);
     }
     c->g->ref_weights(c->out, c->ids, &c->a);
-    return ddot(c->out, c->R, (size_t)c->a.K);
+    return tu_ddot(c->out, c->R, (size_t)c->a.K);
 }
 
 /* Scores the gate selects on, for one token (float, as the fast path). */
@@ -295,11 +273,11 @@ static void fd_gate_case(const char *name, int E, int K, int renorm, double eps,
     c.g = ccoe_gate_find(name);
     assert_non_null(c.g);
     int noisy = (c.g->flags & CCOE_GATE_NOISE) != 0;
-    c.logits = dnew(E);
-    c.nl = noisy ? dnew(E) : NULL;
-    c.noise = noisy ? dnew(E) : NULL;
-    c.out = dnew(E);
-    c.R = dnew(E);
+    c.logits = tu_dnew(E);
+    c.nl = noisy ? tu_dnew(E) : NULL;
+    c.noise = noisy ? tu_dnew(E) : NULL;
+    c.out = tu_dnew(E);
+    c.R = tu_dnew(E);
     tu_fill_uniform_d(c.logits, E, seed, 2.0);
     tu_fill_uniform_d(c.R, E, seed + 1, 1.0);
     if (noisy) {
@@ -312,7 +290,7 @@ static void fd_gate_case(const char *name, int E, int K, int renorm, double eps,
     float H[CCOE_GATE_MAX_EXPERTS];
     gate_scores(H, &c);
     ccoe_gate_select(c.ids, &c.kth, H, E, K);
-    double *dl = dnew(E), *dnl = dnew(E);
+    double *dl = tu_dnew(E), *dnl = tu_dnew(E);
     gate_obj(&c);
     if (load)
         c.g->ref_load_backward(dl, dnl, c.R, c.ids, c.kth, &c.a);
@@ -362,8 +340,8 @@ static void fast_gate_case(const char *name, int N, int E, int K, int renorm, fl
     assert_non_null(g);
     int noisy = (g->flags & CCOE_GATE_NOISE) != 0;
     size_t NE = (size_t)N * E, NK = (size_t)N * K;
-    float *logits = fnew(NE), *nl = fnew(NE), *noise = fnew(NE), *w = fnew(NK), *dw = fnew(NK);
-    float *dl = fnew(NE), *dnl = fnew(NE), *P = fnew(NE);
+    float *logits = tu_fnew(NE), *nl = tu_fnew(NE), *noise = tu_fnew(NE), *w = tu_fnew(NK), *dw = tu_fnew(NK);
+    float *dl = tu_fnew(NE), *dnl = tu_fnew(NE), *P = tu_fnew(NE);
     int32_t *ids = calloc(NK, sizeof *ids), *kth = calloc((size_t)N, sizeof *kth);
     assert_non_null(ids);
     assert_non_null(kth);
@@ -374,14 +352,14 @@ static void fast_gate_case(const char *name, int N, int E, int K, int renorm, fl
     tu_fill_uniform(dnl, NE, seed + 4, 1.0f);
     for (size_t i = 0; i < NE; i++)
         noise[i] = ccoe_hash_normal(seed, 1, 2, i);
-    double *dl0 = dnew(NE), *dnl0 = dnew(NE);
+    double *dl0 = tu_dnew(NE), *dnl0 = tu_dnew(NE);
     tu_to_double(dl0, dl, NE);
     tu_to_double(dnl0, dnl, NE);
     ccoe_gate_args a = {.N = N, .E = E, .K = K, .renormalize = renorm, .noise_eps = eps,
                         .logits = logits, .noise_logits = nl, .noise = noise};
     g->forward(ids, w, kth, &a);
     g->backward(dl, dnl, dw, ids, w, &a);
-    double *dload = dnew(E);
+    double *dload = tu_dnew(E);
     tu_fill_uniform_d(dload, E, seed + 5, 1.0);
     if (noisy && K < E) {
         g->load_forward(P, ids, kth, &a);
@@ -471,7 +449,7 @@ static double lref_obj(void *p)
     lref_ctx *c = p;
     double aux = ccoe_moe_ref_forward(c->m, c->out, NULL, c->inp, c->params, &c->r, c->scratch,
                                       c->N);
-    return ddot(c->out, c->R, (size_t)c->N * c->m->C) + c->aux_scale * aux;
+    return tu_ddot(c->out, c->R, (size_t)c->N * c->m->C) + c->aux_scale * aux;
 }
 
 static void fd_layer_case(const moe_case *mc, uint64_t seed)
@@ -486,7 +464,7 @@ static void fd_layer_case(const moe_case *mc, uint64_t seed)
         assert_true(st.dropped_slots > 0);
     const ccoe_moe *m = &f.m;
     size_t NC = (size_t)f.N * m->C, P = m->num_params;
-    lref_ctx c = {m, dnew(P), dnew(NC), dnew(NC), dnew(NC), dnew(ccoe_moe_ref_scratch_doubles(m)),
+    lref_ctx c = {m, tu_dnew(P), tu_dnew(NC), tu_dnew(NC), tu_dnew(NC), tu_dnew(ccoe_moe_ref_scratch_doubles(m)),
                   {0}, 0.7, f.N};
     tu_to_double(c.params, f.params, P);
     tu_to_double(c.inp, f.inp, NC);
@@ -494,7 +472,7 @@ static void fd_layer_case(const moe_case *mc, uint64_t seed)
     ref_routing rr;
     routing_from_acts(&rr, &f);
     c.r = rr.r;
-    double *dinp = dnew(NC), *dparams = dnew(P);
+    double *dinp = tu_dnew(NC), *dparams = tu_dnew(P);
     lref_obj(&c);
     ccoe_moe_ref_backward(m, dinp, dparams, c.R, c.inp, c.params, &c.r, c.aux_scale, c.scratch,
                           f.N);
@@ -617,8 +595,8 @@ static void fast_case(const moe_case *mc, ccoe_moe_schedule sched, uint64_t seed
 
     ref_routing rr;
     routing_from_acts(&rr, &f);
-    double *pd = dnew(P), *xd = dnew(NC), *od = dnew(NC), *dd = dnew(NC);
-    double *scratch = dnew(ccoe_moe_ref_scratch_doubles(m));
+    double *pd = tu_dnew(P), *xd = tu_dnew(NC), *od = tu_dnew(NC), *dd = tu_dnew(NC);
+    double *scratch = tu_dnew(ccoe_moe_ref_scratch_doubles(m));
     tu_to_double(pd, f.params, P);
     tu_to_double(xd, f.inp, NC);
     tu_to_double(dd, f.dout, NC);
@@ -639,13 +617,13 @@ static void fast_case(const moe_case *mc, ccoe_moe_schedule sched, uint64_t seed
 
     /* backward onto pre-filled gradients (it accumulates) */
     const float aux_scale = 0.75f;
-    float *g0 = fnew(P), *x0 = fnew(NC);
+    float *g0 = tu_fnew(P), *x0 = tu_fnew(NC);
     tu_fill_uniform(g0, P, seed + 50, 1.0f);
     tu_fill_uniform(x0, NC, seed + 51, 1.0f);
     memcpy(f.grads, g0, P * sizeof(float));
     memcpy(f.dinp, x0, NC * sizeof(float));
     ccoe_moe_backward(m, f.dinp, f.grads, &st, &f.s, f.dout, &f.a, f.inp, f.params, aux_scale, N);
-    double *gd = dnew(P), *dxd = dnew(NC);
+    double *gd = tu_dnew(P), *dxd = tu_dnew(NC);
     tu_to_double(gd, g0, P);
     tu_to_double(dxd, x0, NC);
     ccoe_moe_ref_backward(m, dxd, gd, dd, xd, pd, &rr.r, aux_scale, scratch, N);
@@ -716,8 +694,8 @@ static void test_identity_dispatch(void **state)
 {
     (void)state;
     const int N = 53, C = 11, E = 6, K = 3;
-    float *x = fnew((size_t)N * C), *rows = fnew((size_t)N * K * C), *out = fnew((size_t)N * C);
-    float *w = fnew((size_t)N * K);
+    float *x = tu_fnew((size_t)N * C), *rows = tu_fnew((size_t)N * K * C), *out = tu_fnew((size_t)N * C);
+    float *w = tu_fnew((size_t)N * K);
     int32_t *ids = calloc((size_t)N * K, sizeof *ids), *slot = calloc((size_t)N * K, sizeof *slot);
     int32_t *row_token = calloc((size_t)N * K, sizeof *row_token);
     int32_t offsets[E + 1], cursor[E];
@@ -795,7 +773,7 @@ static void dense_case(int swiglu, int bias)
     const float *fc_b = bias ? f.params + m->off_experts + m->off_fc_b : NULL;
     const float *pj_w = f.params + m->off_experts + m->off_proj_w;
     const float *pj_b = bias ? f.params + m->off_experts + m->off_proj_b : NULL;
-    float *h = fnew((size_t)N * F2), *act = fnew((size_t)N * F), *out = fnew((size_t)N * C);
+    float *h = tu_fnew((size_t)N * F2), *act = tu_fnew((size_t)N * F), *out = tu_fnew((size_t)N * C);
     ccoe_linear_forward(&G, h, f.inp, fc_w, fc_b, N, C, F2);
     if (swiglu)
         ccoe_swiglu_forward(act, h, N, F);
@@ -806,14 +784,14 @@ static void dense_case(int swiglu, int bias)
     size_t same = 0;
     for (size_t i = 0; i < (size_t)N * C; i++)
         same += f.out[i] == out[i];
-    double *od = dnew((size_t)N * C);
+    double *od = tu_dnew((size_t)N * C);
     tu_to_double(od, out, (size_t)N * C);
     TU_ASSERT_CLOSE("E=K=1 vs dense FFN", f.out, od, (size_t)N * C, 1e-6, 1e-6);
     printf("E=K=1 vs dense (swiglu %d): %zu of %d outputs bitwise equal\n", swiglu, same, N * C);
 
     /* backward: expert grads equal the dense FFN's; router gradient 0 (its weight is 1) */
-    float *dg = fnew(m->num_params), *dact = fnew((size_t)N * F), *dh = fnew((size_t)N * F2);
-    float *dx = fnew((size_t)N * C);
+    float *dg = tu_fnew(m->num_params), *dact = tu_fnew((size_t)N * F), *dh = tu_fnew((size_t)N * F2);
+    float *dx = tu_fnew((size_t)N * C);
     ccoe_moe_backward(m, f.dinp, f.grads, NULL, &f.s, f.dout, &f.a, f.inp, f.params, 1.0f, N);
     float *base = dg + m->off_experts;
     ccoe_linear_backward(&G, dact, base + m->off_proj_w, bias ? base + m->off_proj_b : NULL,
@@ -824,7 +802,7 @@ static void dense_case(int swiglu, int bias)
         ccoe_gelu_backward(dh, h, dact, (size_t)N * F);
     ccoe_linear_backward(&G, dx, base + m->off_fc_w, bias ? base + m->off_fc_b : NULL, dh, f.inp,
                          fc_w, N, C, F2);
-    double *want = dnew(m->num_params), *wx = dnew((size_t)N * C);
+    double *want = tu_dnew(m->num_params), *wx = tu_dnew((size_t)N * C);
     tu_to_double(want, dg, m->num_params);
     tu_to_double(wx, dx, (size_t)N * C);
     TU_ASSERT_CLOSE("E=K=1 grads vs dense", f.grads, want, m->num_params, 1e-5, 1e-5);
@@ -892,7 +870,7 @@ static void test_noise_split(void **state)
     fx_init(&f, &cfg, C, N, 1, 1100);
     f.pass.token_offset = 5000;
     ccoe_moe_forward(&f.m, f.out, &f.a, NULL, f.inp, f.params, &f.pass, N);
-    float *noise = fnew((size_t)N * E), *out = fnew((size_t)N * C);
+    float *noise = tu_fnew((size_t)N * E), *out = tu_fnew((size_t)N * C);
     int32_t *ids = calloc((size_t)N * 2, sizeof *ids);
     assert_non_null(ids);
     memcpy(noise, f.a.noise, (size_t)N * E * sizeof(float));
@@ -905,7 +883,7 @@ static void test_noise_split(void **state)
         ccoe_moe_forward(&f.m, f.out, &f.a, NULL, f.inp + (size_t)n0 * C, f.params, &f.pass, nh);
         assert_memory_equal(f.a.noise, noise + (size_t)n0 * E, (size_t)nh * E * sizeof(float));
         assert_memory_equal(f.a.ids, ids + (size_t)n0 * 2, (size_t)nh * 2 * sizeof(int32_t));
-        double *od = dnew((size_t)nh * C);
+        double *od = tu_dnew((size_t)nh * C);
         tu_to_double(od, out + (size_t)n0 * C, (size_t)nh * C);
         TU_ASSERT_CLOSE("split forward", f.out, od, (size_t)nh * C, 1e-6, 1e-6);
         free(od);
@@ -948,7 +926,7 @@ static void balance_run(const char *gate, double w_imp, double w_load, double w_
     const ccoe_moe *m = &f.m;
     float u[16];
     tu_fill_uniform(u, C, 1201, 1.0f);
-    float *g = fnew((size_t)N * C);
+    float *g = tu_fnew((size_t)N * C);
     tu_fill_uniform(g, (size_t)N * C, 1202, 1.0f);
     for (size_t i = 0; i < (size_t)N * C; i++)
         f.inp[i] = u[i % C] + 0.5f * g[i];
@@ -1121,7 +1099,7 @@ static void test_layout(void **state)
             assert_true(t.ndim == 1 && t.shape[0] == 7 && t.decay == 0);
     }
     assert_true(prev_end <= m.num_params && m.num_params - prev_end < 16);
-    float *p = fnew(m.num_params), *q = fnew(m.num_params);
+    float *p = tu_fnew(m.num_params), *q = tu_fnew(m.num_params);
     ccoe_moe_init_weights(&m, p, 42, 0.02f, 0.01f);
     ccoe_moe_init_weights(&m, q, 42, 0.02f, 0.01f);
     assert_memory_equal(p, q, m.num_params * sizeof(float));
@@ -1218,11 +1196,11 @@ static double bench_moe(const char *gate, int E, int K, int F, double cf,
 static double bench_dense(int iters)
 {
     const int N = 1024, C = 256, F = 2048;
-    float *x = fnew((size_t)N * C), *h = fnew((size_t)N * F), *a = fnew((size_t)N * F);
-    float *y = fnew((size_t)N * C), *d = fnew((size_t)N * C), *dx = fnew((size_t)N * C);
-    float *w1 = fnew((size_t)F * C), *b1 = fnew(F), *w2 = fnew((size_t)C * F), *b2 = fnew(C);
-    float *g1 = fnew((size_t)F * C), *gb1 = fnew(F), *g2 = fnew((size_t)C * F), *gb2 = fnew(C);
-    float *da = fnew((size_t)N * F), *dh = fnew((size_t)N * F);
+    float *x = tu_fnew((size_t)N * C), *h = tu_fnew((size_t)N * F), *a = tu_fnew((size_t)N * F);
+    float *y = tu_fnew((size_t)N * C), *d = tu_fnew((size_t)N * C), *dx = tu_fnew((size_t)N * C);
+    float *w1 = tu_fnew((size_t)F * C), *b1 = tu_fnew(F), *w2 = tu_fnew((size_t)C * F), *b2 = tu_fnew(C);
+    float *g1 = tu_fnew((size_t)F * C), *gb1 = tu_fnew(F), *g2 = tu_fnew((size_t)C * F), *gb2 = tu_fnew(C);
+    float *da = tu_fnew((size_t)N * F), *dh = tu_fnew((size_t)N * F);
     tu_fill_uniform(x, (size_t)N * C, 1, 1.0f);
     tu_fill_uniform(w1, (size_t)F * C, 2, 0.06f);
     tu_fill_uniform(w2, (size_t)C * F, 3, 0.03f);

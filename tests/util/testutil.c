@@ -143,3 +143,32 @@ int tu_model_gradcheck(struct ccoe_model *m, double (*loss)(struct ccoe_model *m
     free(saved);
     return failures;
 }
+
+double *tu_dnew(size_t n)
+{
+    double *p = calloc(n ? n : 1, sizeof *p);
+    assert_non_null(p);
+    return p;
+}
+
+float *tu_fnew(size_t n)
+{
+    float *p = calloc(n ? n : 1, sizeof *p);
+    assert_non_null(p);
+    return p;
+}
+
+int32_t *tu_inew(size_t n)
+{
+    int32_t *p = calloc(n ? n : 1, sizeof *p);
+    assert_non_null(p);
+    return p;
+}
+
+double tu_ddot(const double *a, const double *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}

@@ -54,4 +54,11 @@ int tu_model_gradcheck(struct ccoe_model *m, double (*loss)(struct ccoe_model *m
                        void *ctx, uint64_t seed, float h, double atol, double rtol,
                        const char *what);
 
+/* Zeroed allocations that fail the test on NULL (n may be 0); free with free(). */
+double *tu_dnew(size_t n);
+float *tu_fnew(size_t n);
+int32_t *tu_inew(size_t n);
+/* sum of a[i] * b[i] */
+double tu_ddot(const double *a, const double *b, size_t n);
+
 #endif
