@@ -172,6 +172,23 @@ static int cmd_eval(int argc, char **argv)
         printf("checkpoint %s (step %s), data %s\n", argv[0],
                ccoe_st_meta(f, "step") ? ccoe_st_meta(f, "step") : "?", s.cfg.data.manifest);
         ccoe_eval_print(stdout, &s.data, ev);
+        if (s.gating.n_experts > 0) {
+            /* the inference cost of each domain's path */
+            printf("\n%-12s %-28s %14s %16s\n", "domain", "path", "active_params",
+                   "fwd_MFLOP/token");
+            for (int d = 0; d < s.gating.n_domains; d++) {
+                int e = s.gating.route[d];
+                char path[64];
+                if (e < 0)
+                    snprintf(path, sizeof path, "base[0:%d]", s.cfg.model.n_layer);
+                else
+                    snprintf(path, sizeof path, "base[0:%d] -> %.16s", s.gating.experts[e].branch,
+                             s.gating.experts[e].name);
+                printf("%-12s %-28s %14zu %16.2f\n", s.gating.domains[d], path,
+                       ccoe_model_path_params(&s.model, e + 1),
+                       ccoe_model_path_forward_flops(&s.model, e + 1, s.cfg.model.seq_len) / 1e6);
+            }
+        }
     }
     ccoe_session_close(&s);
     ccoe_st_close(f);

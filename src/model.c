@@ -959,6 +959,28 @@ double ccoe_model_last_flops(const ccoe_model *m)
     return total;
 }
 
+double ccoe_model_path_forward_flops(const ccoe_model *m, int path, int T)
+{
+    const ccoe_path *pa = &m->paths[path];
+    const double C = m->cfg.n_embd, V = m->cfg.vocab_size;
+    double matmul = V * C; /* the LM head */
+    for (int i = 0; i < m->n_params; i++) {
+        const ccoe_param *p = &m->params[i];
+        if (p->block < 0 || p->ndim != 2)
+            continue;
+        int used = p->block < pa->n_base ||
+                   (p->block >= pa->first_inst && p->block < pa->first_inst + pa->n_own);
+        if (!used)
+            continue;
+        double n = (double)p->numel;
+        /* an MoE expert matrix is used by k of the E experts' tokens: count k/E of them */
+        if (strstr(p->name, ".moe.experts.") && m->n_moe > 0)
+            n *= (double)m->moe.K / (double)m->moe.E;
+        matmul += n;
+    }
+    return 2.0 * matmul + 4.0 * (pa->n_base + pa->n_own) * C * T;
+}
+
 size_t ccoe_model_path_params(const ccoe_model *m, int path)
 {
     const ccoe_path *pa = &m->paths[path];

@@ -223,6 +223,11 @@ double ccoe_model_train_flops_per_token(const ccoe_model_config *cfg, int n_bloc
  * the backward covers only the trained expert and its head). */
 double ccoe_model_last_flops(const ccoe_model *m);
 
+/* Forward model FLOPs per token of `path` at sequence length T (inference cost: matmuls of
+ * its blocks and head, 2 per multiply-add, plus causal-attention products as 4 L C T). MoE
+ * blocks count their k active experts. */
+double ccoe_model_path_forward_flops(const ccoe_model *m, int path, int T);
+
 /* Parameters a token of `path` uses (embeddings, its blocks, its head). */
 size_t ccoe_model_path_params(const ccoe_model *m, int path);
 

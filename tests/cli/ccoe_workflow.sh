@@ -19,12 +19,15 @@ grep -q "^differs: experts" <<<"$out" && fail "compare reports expert tensors th
 pass "base bit-identical after expert training"
 
 # 2. the expert lowers its own domain's validation loss below the base
-loss_of() { "$CCOE" eval "$1" --batches 0 --no-tasks | awk -v d="$2" '$1 == d {print $2}'; }
+loss_of() { "$CCOE" eval "$1" --batches 0 --no-tasks | awk -v d="$2" '$1 == d && !seen {print $2; seen = 1}'; }
 lb=$(loss_of "$BASE" arith); le=$(loss_of exp/checkpoint.safetensors arith)
 awk -v b="$lb" -v e="$le" 'BEGIN {exit !(e < b)}' || fail "expert arith loss $le not below base $lb"
 # other domains still take the base path: their loss is unchanged
 [[ "$(loss_of "$BASE" prose)" == "$(loss_of exp/checkpoint.safetensors prose)" ]] || fail "prose changed"
-pass "expert lowers arith loss ($lb -> $le); base domains unchanged"
+out=$("$CCOE" eval exp/checkpoint.safetensors --batches 1 --no-tasks) || fail "eval"
+grep -qE "^arith +base\[0:1\] -> arith +[0-9]+ +[0-9.]+" <<<"$out" || fail "no path cost row: $out"
+grep -qE "^prose +base\[0:2\] " <<<"$out" || fail "no base path row: $out"
+pass "expert lowers arith loss ($lb -> $le); base domains unchanged; path costs printed"
 
 # 3. pop (copy) / remove / push back: exact
 "$CCOE" pop exp/checkpoint.safetensors --expert arith -o arith.expert >/dev/null || fail "pop"
