@@ -28,9 +28,9 @@ pass "MoE loss falls ($first -> $last)"
 
 n_aux=$(grep -c '"aux_loss":[0-9]' "$m")
 [[ $n_aux -eq $steps ]] || fail "aux_loss on $n_aux of $steps step lines"
-grep '"step":40,"loss"' "$m" | grep -q '"moe":\[{"layer":0,.*"tokens_per_expert":\[[0-9,]*\].*{"layer":1,' \
+grep '"step":40,"loss"' "$m" | grep '"moe":\[{"layer":0,.*"tokens_per_expert":\[[0-9,]*\].*{"layer":1,' >/dev/null \
   || fail "last step line lacks the per-layer MoE statistics"
-grep '"step":40,"loss"' "$m" | grep -qE '"objective":[0-9]' || fail "objective missing"
+grep '"step":40,"loss"' "$m" | grep -E '"objective":[0-9]' >/dev/null || fail "objective missing"
 pass "metrics have aux_loss and expert statistics"
 
 out=$("$CCOE" eval "$WORK/a/run/checkpoint.safetensors" --batches 2 --no-tasks) || fail "eval: $out"
