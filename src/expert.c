@@ -90,9 +90,13 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
         return ccoe_error_set(err, CCOE_ERR_ARG, "%s has no expert '%s' (its experts: '%s')",
                               model_path, name, x.cfg.ccoe.experts);
     }
-    ccoe_st_tensor t[CCOE_MAX_PARAMS / 4];
+    ccoe_st_tensor *t = calloc((size_t)x.model.n_params, sizeof *t);
+    if (!t) {
+        loaded_free(&x);
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory popping expert '%s'", name);
+    }
     size_t n = 0;
-    for (int i = 0; i < x.model.n_params && n < sizeof t / sizeof t[0]; i++) {
+    for (int i = 0; i < x.model.n_params; i++) {
         const ccoe_param *p = &x.model.params[i];
         if (p->expert != e)
             continue;
@@ -134,6 +138,7 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
         meta[k++] = vals[i];
     }
     s = ccoe_st_write(out_path, t, n, meta, k / 2, err);
+    free(t);
     loaded_free(&x);
     return s;
 }
