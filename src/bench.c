@@ -21,8 +21,15 @@ static const bench_shape k_shapes[] = {
     {"gpt2-124m", 12, 768, 12, 50304, 4, 64},
 };
 
-static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, double peak,
-                             FILE *out, ccoe_error *err)
+static int only_expert0(const ccoe_param *p, void *ctx)
+{
+    (void)ctx;
+    return p->expert == 0;
+}
+
+/* One row: `isolated` trains only CCoE expert 0 (o->ccoe set), else everything. */
+static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, int isolated,
+                             double peak, FILE *out, ccoe_error *err)
 {
     ccoe_config cfg;
     ccoe_config_defaults(&cfg);
@@ -40,6 +47,15 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
         cfg.moe.top_k = 2;
         cfg.moe.expert_hidden = 2 * sh->C; /* 2 experts x 2C = the dense 4C */
     }
+    const int with_ccoe = o->ccoe && strcmp(o->ccoe, "none") != 0;
+    if (with_ccoe) {
+        char set[64];
+        snprintf(set, sizeof set, "ccoe.form=%s", o->ccoe);
+        CCOE_TRY(ccoe_config_set(&cfg, set, err));
+        snprintf(cfg.ccoe.experts, sizeof cfg.ccoe.experts, "x:%d", sh->L / 2);
+        snprintf(cfg.ccoe.routes, sizeof cfg.ccoe.routes, "d:x");
+        cfg.ccoe.prefix_layers = sh->L / 2;
+    }
     cfg.run.threads = o->threads;
     snprintf(cfg.run.gemm, sizeof cfg.run.gemm, "%s", o->gemm);
     ccoe_session s;
@@ -52,6 +68,12 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
     }
     ccoe_model *m = &s.model;
     ccoe_model_init_weights(m, 1, CCOE_INIT_COPY);
+    size_t g0 = 0, g1 = m->num_params; /* the trained range */
+    if (isolated) {
+        m->train_path = 1;
+        g0 = m->expert_begin[0];
+        g1 = m->expert_end[0];
+    }
     ccoe_rng r;
     ccoe_rng_seed(&r, 42);
     const int B = sh->B, T = sh->T, N = B * T;
@@ -59,6 +81,8 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
         s.batch.tokens[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)sh->V);
         s.batch.targets[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)sh->V);
     }
+    for (int b = 0; b < B; b++)
+        s.batch.domains[b] = 0; /* with an expert: every sequence takes its path */
     double sgemm = ccoe_gemm_measure_gflops(&s.gemm, 1024, 1.0);
     double t_fwd = 0, t_bwd = 0, t_opt = 0, flops = 0;
     m->train = 1;
@@ -70,10 +94,10 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
         double t1 = ccoe_now();
         ccoe_model_backward(m, 1.0f / (float)count, 1.0f);
         double t2 = ccoe_now();
-        double gn = ccoe_grad_norm(m->grad_block, 0, m->num_params);
+        double gn = ccoe_grad_norm(m->grad_block, g0, g1);
         if (gn > 1.0)
-            ccoe_grad_scale(m->grad_block, 0, m->num_params, (float)(1.0 / gn));
-        ccoe_adamw_step(&opt, m, &cfg.train, 1e-4, NULL, NULL);
+            ccoe_grad_scale(m->grad_block, g0, g1, (float)(1.0 / gn));
+        ccoe_adamw_step(&opt, m, &cfg.train, 1e-4, isolated ? only_expert0 : NULL, NULL);
         double t3 = ccoe_now();
         if (it >= 0) {
             flops += ccoe_model_last_flops(m);
@@ -86,9 +110,9 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, do
     double tok_s = (double)N * o->steps / total;
     double gflops = flops / total * 1e-9; /* active model FLOPs actually computed */
     fprintf(out,
-            "| %-9s | L%d C%d H%d V%d B%d T%d | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "
+            "| %-9s%s | L%d C%d H%d V%d B%d T%d | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "
             "%4.0f/%4.0f/%3.0f | %s |\n",
-            sh->name, sh->L, sh->C, sh->H, sh->V, B, T, (double)m->num_params / 1e6, tok_s,
+            sh->name, !with_ccoe ? "" : isolated ? " expert only" : " full", sh->L, sh->C, sh->H, sh->V, B, T, (double)m->num_params / 1e6, tok_s,
             gflops, 100.0 * gflops / sgemm, 100.0 * gflops / peak, 100.0 * t_fwd / total,
             100.0 * t_bwd / total, 100.0 * t_opt / total, s.gemm.kernel_set);
     fflush(out);
@@ -101,15 +125,22 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
 {
     int found = 0;
     double peak = ccoe_measure_fma_peak(o->threads, 0.6);
-    fprintf(out, "threads %d, ffn %s, moe %s, measured fp32 FMA peak %.0f GFLOP/s (%s)\n",
-            o->threads, o->ffn, o->moe, peak, ccoe_simd_name());
+    const int with_ccoe = o->ccoe && strcmp(o->ccoe, "none") != 0;
+    fprintf(out, "threads %d, ffn %s, moe %s, ccoe %s, measured fp32 FMA peak %.0f GFLOP/s (%s)\n",
+            o->threads, o->ffn, o->moe, o->ccoe ? o->ccoe : "none", peak, ccoe_simd_name());
+    if (with_ccoe)
+        fprintf(out, "one %s expert of L/2 layers serves every sequence: full training of the "
+                     "model vs isolated training of the expert (base frozen)\n",
+                o->ccoe);
     fprintf(out, "| shape | dims | params | tok/s | GFLOP/s | MFU/sgemm | MFU/peak | "
                  "fwd/bwd/opt %% | gemm |\n|---|---|---|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof k_shapes / sizeof k_shapes[0]; i++) {
         if (strcmp(o->shape, "all") != 0 && strcmp(o->shape, k_shapes[i].name) != 0)
             continue;
         found = 1;
-        CCOE_TRY(bench_one(&k_shapes[i], o, peak, out, err));
+        CCOE_TRY(bench_one(&k_shapes[i], o, 0, peak, out, err));
+        if (with_ccoe)
+            CCOE_TRY(bench_one(&k_shapes[i], o, 1, peak, out, err));
     }
     if (!found)
         return ccoe_error_set(err, CCOE_ERR_ARG,

@@ -16,6 +16,9 @@ typedef struct ccoe_bench_opts {
     const char *ffn;   /* "gelu" or "swiglu" */
     const char *moe;   /* "none", or a gate: every block becomes E=8, k=2 experts of hidden F/2
                         * (the same active FLOPs per token as the dense FFN) */
+    const char *ccoe;  /* "none", or a CCoE form (tail, prefix, ffn): one expert of L/2 layers
+                        * serves every sequence; measures full training of that model, then
+                        * isolated training of the expert (base frozen) */
 } ccoe_bench_opts;
 
 ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err);

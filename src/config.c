@@ -35,7 +35,7 @@ static const char *const norm_names[] = {"layernorm", "rmsnorm", NULL};
 static const char *const ffn_names[] = {"gelu", "swiglu", NULL};
 static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
-static const char *const form_names[] = {"none", "tail", "prefix", NULL};
+static const char *const form_names[] = {"none", "tail", "prefix", "ffn", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
 static const char *const moe_gate_names[] = {"none", "softmax", "topk", "noisy_topk", "domain",
                                              NULL};
@@ -127,7 +127,8 @@ static const ccoe_config_key key_table[] = {
 
     ENUM("ccoe", "form", ccoe.form, form_names, "none",
          "CCoE formulation: none, tail (Eq. 4: expert replaces the last l_i blocks), prefix "
-         "(Eq. 5: experts follow the first prefix_layers blocks)"),
+         "(Eq. 5: experts follow the first prefix_layers blocks), ffn (Eqs. 6-7: an expert is the "
+         "FFNs of the last l_i blocks, picked by the domain rule)"),
     STR("ccoe", "experts", ccoe.experts, PATH_MAX_LEN, NULL, "",
         "experts in push order as NAME:LAYERS separated by spaces, e.g. \"arith:2 code:1\""),
     STR("ccoe", "routes", ccoe.routes, PATH_MAX_LEN, NULL, "",
@@ -135,7 +136,7 @@ static const ccoe_config_key key_table[] = {
     INT("ccoe", "prefix_layers", ccoe.prefix_layers, 0, 256, "0",
         "l_b: shared base blocks before the experts (form = prefix)"),
     INT("ccoe", "max_expert_layers", ccoe.max_expert_layers, 0, 256, "0",
-        "largest allowed l_i; 0 = floor(n_layer / 2)"),
+        "largest allowed l_i; 0 = floor(n_layer / 2) (form = ffn: n_layer)"),
     BOOL("ccoe", "own_head", ccoe.own_head, "false",
          "each expert owns its final norm and LM head (otherwise shared with the base)"),
     ENUM("ccoe", "init", ccoe.init, init_names, "copy",

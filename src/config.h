@@ -71,7 +71,9 @@ typedef struct ccoe_run_config {
 typedef enum ccoe_form {
     CCOE_FORM_NONE = 0,  /* the base model alone */
     CCOE_FORM_TAIL = 1,  /* Eq. 4: expert i replaces the last l_i base blocks */
-    CCOE_FORM_PREFIX = 2 /* Eq. 5: every expert follows the first prefix_layers base blocks */
+    CCOE_FORM_PREFIX = 2, /* Eq. 5: every expert follows the first prefix_layers base blocks */
+    CCOE_FORM_FFN = 3     /* Eqs. 6-7: expert i is the FFNs of the last l_i base blocks;
+                           * attention and norms stay shared (FFN-level, rule-gated) */
 } ccoe_form;
 
 typedef enum ccoe_expert_init {
@@ -80,7 +82,7 @@ typedef enum ccoe_expert_init {
 } ccoe_expert_init;
 
 typedef struct ccoe_ccoe_config {
-    ccoe_form form;            /* [ccoe] form = none | tail | prefix */
+    ccoe_form form;            /* [ccoe] form = none | tail | prefix | ffn */
     char experts[CCOE_STR];    /* [ccoe] "NAME:LAYERS NAME:LAYERS ..." in push order */
     char routes[CCOE_STR];     /* [ccoe] "DOMAIN:EXPERT ..."; unlisted domains use the base */
     int prefix_layers;         /* [ccoe] l_b of Eq. 5 (form = prefix) */

@@ -21,11 +21,18 @@
  *     [domain code]
  *     jsonl = code.jsonl         ; one JSON object per line, its string field "text" a document
  *
+ *     [domain sql]
+ *     text = sql.txt
+ *     tasks = sql_tasks.jsonl    ; {"prompt": ..., "answer": GOLD_SQL, "match": "sql"}
+ *     sqlite = shop.sqlite       ; the database SQL tasks run on (opened read-only), or
+ *     ; sqlite_script = shop.sql ; SQL that builds it in memory (CREATE TABLE, INSERT, ...)
+ *
  * - Sections are `[domain NAME]`; NAME is 1-63 characters of A-Z a-z 0-9 _ . - and unique;
  *   at most CCOE_MAX_DOMAINS (32) domains.
  * - Keys: `text` and `jsonl` (document sources; each may repeat, sources are read in the order
- *   listed), `tasks` (may repeat), `answer_stop`. Any other key or section is an error. Every
- *   domain needs at least one text or jsonl source.
+ *   listed), `tasks` (may repeat), `answer_stop`, and at most one of `sqlite` / `sqlite_script`
+ *   (the domain's database, opened and checked at load). Any other key or section is an error.
+ *   Every domain needs at least one text or jsonl source.
  * - Relative paths resolve against the manifest's directory.
  * - text file: a document is a maximal run of non-blank lines, kept with its line ends; a blank
  *   line (empty, or only spaces, tabs, '\r') only separates documents.
@@ -40,7 +47,12 @@
  *   domain and is used only if that document lies wholly inside the validation sequences (the
  *   builtin set marks its examples this way); without it the example is held out by
  *   construction and always used. At most max_tasks examples per domain are kept, in file
- *   order. Other fields are ignored.
+ *   order. Optional "kind": a label (1-23 characters of A-Z a-z 0-9 _ . -) under which
+ *   evaluation reports accuracy separately ("word_small", "sql_count", ...). Optional
+ *   "match": "exact" (default) or "sql": the answer is gold SQL and a decoded answer counts as
+ *   right when it gives the same result on the domain's database (execution match, sqlexec.h);
+ *   "sql" needs the domain's `sqlite`/`sqlite_script`, and the gold SQL must run on it.
+ *   Other fields are ignored.
  *
  * Split and packing
  * -----------------
@@ -70,6 +82,7 @@
 
 #include "data_builtin.h"
 #include "rng.h"
+#include "sqlexec.h"
 
 #define STREAM_TAG 0x73747265616d0000ULL /* "stream": key of the per-epoch shuffle */
 
@@ -376,7 +389,7 @@ static int doc_held_out(const dom_build *b, size_t doc)
 /* Appends a copy of one task example; the array doubles when n_tasks reaches a power of two
  * (>= 16), so no capacity field is needed. */
 static ccoe_status add_task(ccoe_domain *dom, const char *prompt, size_t plen, const char *answer,
-                            size_t alen, ccoe_error *err)
+                            size_t alen, const char *kind, int match, ccoe_error *err)
 {
     size_t n = dom->n_tasks;
     if (n == 0 || (n >= 16 && (n & (n - 1)) == 0)) {
@@ -394,6 +407,8 @@ static ccoe_status add_task(ccoe_domain *dom, const char *prompt, size_t plen, c
         t->prompt = t->answer = NULL;
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for task examples");
     }
+    snprintf(t->kind, sizeof t->kind, "%s", kind ? kind : "");
+    t->match = match;
     dom->n_tasks++;
     return CCOE_OK;
 }
@@ -406,8 +421,50 @@ static int doc_index_ok(const cJSON *doc, size_t n_docs)
     return doc->valuedouble == (double)(size_t)doc->valuedouble;
 }
 
-static ccoe_status add_task_file(ccoe_domain *dom, const dom_build *b, const char *path,
-                                 const char *buf, size_t len, int max_tasks, ccoe_error *err)
+/* 1 if s is a valid task kind label: 1-23 characters of A-Z a-z 0-9 _ . - */
+static int kind_ok(const char *s)
+{
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '.' || s[i] == '-'))
+            return 0;
+    return n > 0 && n < CCOE_KIND_LEN;
+}
+
+/* Opens the domain's SQL database (checks that it exists and is usable); NULL-safe no-op when
+ * the domain has none. */
+static ccoe_status open_domain_db(const ccoe_domain *dom, ccoe_sqldb *db, int *open,
+                                  ccoe_error *err)
+{
+    *open = 0;
+    if (!dom->sql_db && !dom->sql_script)
+        return CCOE_OK;
+    ccoe_status s = ccoe_sqldb_open(db, dom->sql_db, dom->sql_script, err);
+    if (s != CCOE_OK) {
+        ccoe_sqldb_close(db);
+        return ccoe_error_wrap(err, "domain '%s'", dom->name);
+    }
+    *open = 1;
+    return CCOE_OK;
+}
+
+/* Checks a SQL task's gold query on the domain's database: it must run. */
+static ccoe_status check_gold_sql(ccoe_sqldb *db, const char *where, const char *gold,
+                                  ccoe_error *err)
+{
+    char *res = NULL;
+    ccoe_status s = ccoe_sqldb_query(db, gold, 0, &res, err);
+    free(res);
+    if (s != CCOE_OK)
+        return ccoe_error_wrap(err, "%s: the gold SQL '%s' does not run on the domain's database",
+                               where, gold);
+    return CCOE_OK;
+}
+
+static ccoe_status add_task_file(ccoe_domain *dom, const dom_build *b, ccoe_sqldb *db,
+                                 const char *path, const char *buf, size_t len, int max_tasks,
+                                 ccoe_error *err)
 {
     static const char expect[] = "{\"prompt\": \"...\", \"answer\": \"...\"}";
     size_t pos = 0, lineno = 0, n;
@@ -418,6 +475,11 @@ static ccoe_status add_task_file(ccoe_domain *dom, const dom_build *b, const cha
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "prompt");
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "answer");
         const cJSON *doc = cJSON_GetObjectItemCaseSensitive(j, "doc");
+        const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j, "kind");
+        const cJSON *match = cJSON_GetObjectItemCaseSensitive(j, "match");
+        int how = match && cJSON_IsString(match) && strcmp(match->valuestring, "sql") == 0
+                      ? CCOE_MATCH_SQL
+                      : CCOE_MATCH_EXACT;
         ccoe_status s = CCOE_OK;
         if (!cJSON_IsString(p) || !cJSON_IsString(a) || !p->valuestring[0] ||
             !a->valuestring[0]) {
@@ -431,14 +493,34 @@ static ccoe_status add_task_file(ccoe_domain *dom, const dom_build *b, const cha
                                "(code %d), so it could never be produced: remove it or set "
                                "another answer_stop for domain '%s'",
                                path, lineno, (int)(unsigned char)dom->answer_stop, dom->name);
+        } else if (kind && !(cJSON_IsString(kind) && kind_ok(kind->valuestring))) {
+            s = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                               "%s:%zu: \"kind\" must be a label of 1-%d characters of A-Z a-z "
+                               "0-9 _ . -",
+                               path, lineno, CCOE_KIND_LEN - 1);
+        } else if (match && !(cJSON_IsString(match) && (strcmp(match->valuestring, "exact") == 0 ||
+                                                         how == CCOE_MATCH_SQL))) {
+            s = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                               "%s:%zu: \"match\" must be \"exact\" (default) or \"sql\"", path,
+                               lineno);
+        } else if (how == CCOE_MATCH_SQL && !db) {
+            s = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                               "%s:%zu: a \"match\": \"sql\" task needs a database: add "
+                               "'sqlite = FILE' or 'sqlite_script = FILE' to [domain %s]",
+                               path, lineno, dom->name);
         } else if (doc && !doc_index_ok(doc, b->n_docs)) {
             s = ccoe_error_set(err, CCOE_ERR_FORMAT,
                                "%s:%zu: \"doc\" must be a document index 0..%zu of domain '%s'",
                                path, lineno, b->n_docs ? b->n_docs - 1 : 0, dom->name);
         } else if (dom->n_tasks < (size_t)max_tasks &&
                    (!doc || doc_held_out(b, (size_t)doc->valuedouble))) {
-            s = add_task(dom, p->valuestring, strlen(p->valuestring), a->valuestring,
-                         strlen(a->valuestring), err);
+            char where[64 + PATH_MAX];
+            snprintf(where, sizeof where, "%s:%zu", path, lineno);
+            if (how == CCOE_MATCH_SQL)
+                s = check_gold_sql(db, where, a->valuestring, err);
+            if (s == CCOE_OK)
+                s = add_task(dom, p->valuestring, strlen(p->valuestring), a->valuestring,
+                             strlen(a->valuestring), kind ? kind->valuestring : NULL, how, err);
         }
         cJSON_Delete(j);
         CCOE_TRY(s);
@@ -448,8 +530,8 @@ static ccoe_status add_task_file(ccoe_domain *dom, const dom_build *b, const cha
 
 /* ---- manifest ---- */
 
-enum { SRC_TEXT, SRC_JSONL, SRC_TASKS };
-static const char *const src_kind_name[] = {"text", "jsonl", "tasks"};
+enum { SRC_TEXT, SRC_JSONL, SRC_TASKS, SRC_SQLITE, SRC_SQLITE_SCRIPT, SRC_KINDS };
+static const char *const src_kind_name[] = {"text", "jsonl", "tasks", "sqlite", "sqlite_script"};
 
 typedef struct src_spec {
     int dom;
@@ -579,9 +661,17 @@ static ccoe_status manifest_line(manifest *m, int line, char *s, ccoe_error *err
                               "%s:%d: key '%s' before any [domain NAME] section", m->path, line,
                               key);
     const char *dname = m->names[m->n_domains - 1];
-    for (int k = SRC_TEXT; k <= SRC_TASKS; k++)
-        if (strcmp(key, src_kind_name[k]) == 0)
-            return manifest_add_src(m, k, line, value, err);
+    for (int k = SRC_TEXT; k < SRC_KINDS; k++) {
+        if (strcmp(key, src_kind_name[k]) != 0)
+            continue;
+        for (int i = 0; k >= SRC_SQLITE && i < m->n_srcs; i++)
+            if (m->srcs[i].dom == m->n_domains - 1 && m->srcs[i].kind >= SRC_SQLITE)
+                return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                      "%s:%d: [domain %s] already has a database (line %d): give "
+                                      "one 'sqlite' or 'sqlite_script' per domain",
+                                      m->path, line, dname, m->srcs[i].line);
+        return manifest_add_src(m, k, line, value, err);
+    }
     if (strcmp(key, "answer_stop") == 0) {
         char c;
         if (strcmp(value, "newline") == 0)
@@ -602,7 +692,7 @@ static ccoe_status manifest_line(manifest *m, int line, char *s, ccoe_error *err
     }
     return ccoe_error_set(err, CCOE_ERR_CONFIG,
                           "%s:%d: unknown key '%s' in [domain %s]: allowed keys are text, jsonl, "
-                          "tasks, answer_stop",
+                          "tasks, sqlite, sqlite_script, answer_stop",
                           m->path, line, key, dname);
 }
 
@@ -641,7 +731,8 @@ static ccoe_status manifest_parse(manifest *m, const char *path, ccoe_error *err
     for (int d = 0; d < m->n_domains; d++) {
         int has = 0;
         for (int i = 0; i < m->n_srcs; i++)
-            has |= m->srcs[i].dom == d && m->srcs[i].kind != SRC_TASKS;
+            has |= m->srcs[i].dom == d && (m->srcs[i].kind == SRC_TEXT ||
+                                           m->srcs[i].kind == SRC_JSONL);
         if (!has)
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "%s:%d: domain '%s' has no text: add 'text = FILE' or "
@@ -692,7 +783,15 @@ static ccoe_status load_builtin(ccoe_dataset *ds, const ccoe_tokenizer *tok,
         dom->answer_stop = bd->answer_stop;
         ds->n_domains = d + 1;
         dom_build b = {.tok = tok};
-        s = add_text_docs(&b, bd->text, bd->len, err);
+        ccoe_sqldb db;
+        int db_open = 0;
+        if (bd->sql_script && !(dom->sql_script = strdup(bd->sql_script)))
+            s = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for builtin domain '%s'",
+                               bd->name);
+        if (s == CCOE_OK)
+            s = open_domain_db(dom, &db, &db_open, err);
+        if (s == CCOE_OK)
+            s = add_text_docs(&b, bd->text, bd->len, err);
         if (s == CCOE_OK && b.n_docs != bd->n_docs)
             s = ccoe_error_set(err, CCOE_ERR_INTERNAL,
                                "builtin domain '%s': generated %zu documents, read back %zu",
@@ -704,10 +803,20 @@ static ccoe_status load_builtin(ccoe_dataset *ds, const ccoe_tokenizer *tok,
         for (size_t i = 0; s == CCOE_OK && i < bd->n_tasks && dom->n_tasks < (size_t)max_tasks;
              i++) {
             const ccoe_builtin_task *t = &bd->tasks[i];
-            if (doc_held_out(&b, t->doc))
-                s = add_task(dom, bd->text + t->offset, t->prompt_len,
-                             bd->text + t->offset + t->prompt_len, t->answer_len, err);
+            if (!doc_held_out(&b, t->doc))
+                continue;
+            s = add_task(dom, bd->text + t->offset, t->prompt_len,
+                         bd->text + t->offset + t->prompt_len, t->answer_len, t->kind, t->match,
+                         err);
+            if (s == CCOE_OK && t->match == CCOE_MATCH_SQL)
+                s = db_open ? check_gold_sql(&db, bd->name, dom->tasks[dom->n_tasks - 1].answer,
+                                             err)
+                            : ccoe_error_set(err, CCOE_ERR_INTERNAL,
+                                             "builtin domain '%s' has SQL tasks but no database",
+                                             bd->name);
         }
+        if (db_open)
+            ccoe_sqldb_close(&db);
         dom_build_free(&b);
     }
     ccoe_builtin_free(&set);
@@ -724,6 +833,28 @@ static ccoe_status load_domain_files(ccoe_dataset *ds, const manifest *m, int d,
     ds->n_domains = d + 1;
     dom_build b = {.tok = tok};
     ccoe_status s = CCOE_OK;
+    ccoe_sqldb db;
+    int db_open = 0;
+    for (int i = 0; i < m->n_srcs && s == CCOE_OK; i++) {
+        const src_spec *src = &m->srcs[i];
+        if (src->dom != d || src->kind < SRC_SQLITE)
+            continue;
+        char where[64 + PATH_MAX];
+        snprintf(where, sizeof where, "%s:%d", m->path, src->line);
+        if (src->kind == SRC_SQLITE) {
+            if (!(dom->sql_db = strdup(src->path)))
+                s = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory reading %s", m->path);
+        } else {
+            size_t len;
+            int e = read_file(src->path, &dom->sql_script, &len);
+            if (e)
+                s = ccoe_error_set(err, CCOE_ERR_IO,
+                                   "%s: cannot read sqlite_script file '%s' of domain '%s': %s",
+                                   where, src->path, dom->name, strerror(e));
+        }
+        if (s == CCOE_OK && (s = open_domain_db(dom, &db, &db_open, err)) != CCOE_OK)
+            ccoe_error_wrap(err, "%s", where);
+    }
     /* documents first (the split must be known before tasks are selected), then tasks */
     for (int pass = 0; pass < 2 && s == CCOE_OK; pass++) {
         if (pass == 1) {
@@ -735,7 +866,7 @@ static ccoe_status load_domain_files(ccoe_dataset *ds, const manifest *m, int d,
         }
         for (int i = 0; i < m->n_srcs && s == CCOE_OK; i++) {
             const src_spec *src = &m->srcs[i];
-            if (src->dom != d || (src->kind == SRC_TASKS) != (pass == 1))
+            if (src->dom != d || src->kind >= SRC_SQLITE || (src->kind == SRC_TASKS) != (pass == 1))
                 continue;
             char *buf;
             size_t len;
@@ -753,10 +884,13 @@ static ccoe_status load_domain_files(ccoe_dataset *ds, const manifest *m, int d,
             else if (src->kind == SRC_JSONL)
                 s = add_jsonl_docs(&b, src->path, buf, len, err);
             else
-                s = add_task_file(dom, &b, src->path, buf, len, max_tasks, err);
+                s = add_task_file(dom, &b, db_open ? &db : NULL, src->path, buf, len, max_tasks,
+                                  err);
             free(buf);
         }
     }
+    if (db_open)
+        ccoe_sqldb_close(&db);
     dom_build_free(&b);
     return s;
 }
@@ -829,6 +963,8 @@ void ccoe_data_free(ccoe_dataset *ds)
             free(dom->tasks[i].answer);
         }
         free(dom->tasks);
+        free(dom->sql_db);
+        free(dom->sql_script);
     }
     free(ds->train_seq);
     free(ds->train_domain);
@@ -952,6 +1088,8 @@ static ccoe_status write_tasks(const char *dir, const char *name, const ccoe_bui
         ok = prompt && answer && j && cJSON_AddStringToObject(j, "prompt", prompt) &&
              cJSON_AddStringToObject(j, "answer", answer) &&
              cJSON_AddNumberToObject(j, "doc", (double)t->doc) &&
+             (!t->kind || cJSON_AddStringToObject(j, "kind", t->kind)) &&
+             (t->match != CCOE_MATCH_SQL || cJSON_AddStringToObject(j, "match", "sql")) &&
              (line = cJSON_PrintUnformatted(j)) && buf_add(&buf, &len, &cap, line, strlen(line)) &&
              buf_add(&buf, &len, &cap, "\n", 1);
         free(prompt);
@@ -993,6 +1131,12 @@ ccoe_status ccoe_data_write_builtin(const char *dir, ccoe_error *err)
             snprintf(name, sizeof name, "%s_tasks.jsonl", bd->name);
             s = write_tasks(dir, name, bd, err);
             n = snprintf(entry, sizeof entry, "tasks = %s_tasks.jsonl\n", bd->name);
+            ok &= buf_add(&man, &len, &cap, entry, (size_t)n);
+        }
+        if (s == CCOE_OK && bd->sql_script) {
+            snprintf(name, sizeof name, "%s_db.sql", bd->name);
+            s = write_file(dir, name, bd->sql_script, strlen(bd->sql_script), err);
+            n = snprintf(entry, sizeof entry, "sqlite_script = %s_db.sql\n", bd->name);
             ok &= buf_add(&man, &len, &cap, entry, (size_t)n);
         }
         if (bd->answer_stop != '\n') {

@@ -19,10 +19,21 @@
 #define CCOE_MAX_DOMAINS 32
 #define CCOE_NAME_LEN 64
 
-/* One exact-answer task example: the model is given prompt and must produce answer. */
+#define CCOE_KIND_LEN 24 /* task kind labels: at most 23 characters */
+
+/* How a task's decoded answer is scored. */
+typedef enum ccoe_task_match {
+    CCOE_MATCH_EXACT = 0, /* the decoded text equals answer */
+    CCOE_MATCH_SQL = 1    /* answer is gold SQL: the decoded SQL, run on the domain's database,
+                             gives the same result (sqlexec.h) */
+} ccoe_task_match;
+
+/* One task example: the model is given prompt and must produce answer. */
 typedef struct ccoe_task_example {
     char *prompt; /* NUL-terminated text */
-    char *answer; /* NUL-terminated text, compared exactly after greedy decoding */
+    char *answer; /* NUL-terminated text, compared after greedy decoding as `match` says */
+    char kind[CCOE_KIND_LEN]; /* label for per-kind accuracy, e.g. "word_small"; "" = none */
+    int match;    /* ccoe_task_match */
 } ccoe_task_example;
 
 typedef struct ccoe_domain {
@@ -32,6 +43,10 @@ typedef struct ccoe_domain {
     size_t n_tasks;              /* held-out task examples (0: no task for this domain) */
     ccoe_task_example *tasks;
     char answer_stop;            /* character that ends an answer (e.g. '\n') */
+    /* the database of CCOE_MATCH_SQL tasks: a SQLite file (opened read-only) or an SQL script
+     * that builds an in-memory database; both NULL when the domain has no SQL task */
+    char *sql_db;                /* path */
+    char *sql_script;            /* SQL text */
 } ccoe_domain;
 
 typedef struct ccoe_dataset {

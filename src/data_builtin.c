@@ -10,7 +10,14 @@
  *             "upper: abc -> ABC"; task: prompt "reverse: abcde -> ", answer "edcba".
  *   code    - small Python and C functions with random identifiers, loops, ifs and returns.
  *   prose   - short English narrative paragraphs (names, places, objects, feelings).
- *   sql     - "-- comment" + query pairs over a small fake shop schema.
+ *   sql     - "-- comment" + query pairs over a small shop schema, and questions over the shop
+ *             database (shop_fill: four tables, a few dozen rows each): "-- Q: How many
+ *             customers live in Paris?\n" + the gold query on the next line; task: that
+ *             prompt, scored by running the decoded SQL on the database (execution match).
+ * Task kinds (labels for per-kind accuracy): arith "equation" (operands up to 999),
+ * "word" (operands up to 60), "word_small" (one-digit operands: the easy tier that a small
+ * model learns first); strings "reverse"/"sort"/"upper"; sql "sql_count"/"sql_list"/
+ * "sql_agg"/"sql_join".
  * Each domain's text is a sequence of documents separated by one empty line; no document
  * contains an empty line, so the text is exactly what data.c's text-file reader splits back
  * into the same documents. Every task line is unique within its domain (a prompt never repeats),
@@ -43,6 +50,7 @@ typedef struct gen {
     uint64_t *seen;      /* open-addressing set of prompt hashes (0 = empty) */
     size_t seen_cap, seen_n;
     int record_tasks;    /* 1 in the second half of the documents */
+    const struct shop_db *db; /* the sql domain's database (its questions use its values) */
 } gen;
 
 static uint64_t rnd(gen *g, uint64_t n) { return ccoe_rng_below(&g->rng, n); }
@@ -135,8 +143,10 @@ static int seen_insert(gen *g, const char *prompt, size_t n)
     return 1;
 }
 
-/* Writes "<prompt><answer>\n" as one line and records it as a task (second half only). */
-static void emit_task_line(gen *g, const char *prompt, const char *answer)
+/* Writes "<prompt><answer>\n" as one line and records it as a task of kind `kind` scored by
+ * `match` (ccoe_task_match) (second half only). */
+static void emit_task_line(gen *g, const char *prompt, const char *answer, const char *kind,
+                           int match)
 {
     ccoe_builtin_domain *d = g->dom;
     size_t offset = d->len;
@@ -156,7 +166,9 @@ static void emit_task_line(gen *g, const char *prompt, const char *answer)
     d->tasks[d->n_tasks++] = (ccoe_builtin_task){.doc = d->n_docs,
                                                  .offset = offset,
                                                  .prompt_len = (uint32_t)strlen(prompt),
-                                                 .answer_len = (uint32_t)strlen(answer)};
+                                                 .answer_len = (uint32_t)strlen(answer),
+                                                 .kind = kind,
+                                                 .match = match};
 }
 
 /* ---- shared word pools ---- */
@@ -200,9 +212,25 @@ static const char *const items[] = {"apples",   "pencils", "marbles", "books", "
 static void arith_line(gen *g)
 {
     char prompt[256], answer[32];
+    const char *kind;
     for (;;) {
-        int a, b, c;
-        if (chance(g, 72)) {
+        int a, b, c, tier = (int)rnd(g, 100);
+        if (tier < 35) { /* the easy tier: one-digit word problems */
+            const person *p = pick_person(g, NULL);
+            const char *it = PICK(g, items);
+            kind = "word_small";
+            if (chance(g, 55)) {
+                a = range(g, 1, 9), b = range(g, 1, 9), c = a + b;
+                snprintf(prompt, sizeof prompt,
+                         "%s has %d %s and buys %d more. How many %s? ", p->name, a, it, b, it);
+            } else {
+                a = range(g, 2, 9), b = range(g, 1, a), c = a - b;
+                snprintf(prompt, sizeof prompt,
+                         "%s has %d %s and loses %d. How many %s are left? ", p->name, a, it, b,
+                         it);
+            }
+        } else if (tier < 75) {
+            kind = "equation";
             int op = (int)rnd(g, 100);
             if (op < 45) {
                 a = arith_number(g);
@@ -229,6 +257,7 @@ static void arith_line(gen *g)
             const person *p = pick_person(g, NULL);
             const char *it = PICK(g, items);
             const char *pr = p->female ? "she" : "he";
+            kind = "word";
             switch (rnd(g, 6)) {
             case 0:
                 a = range(g, 1, 50), b = range(g, 1, 50), c = a + b;
@@ -274,7 +303,7 @@ static void arith_line(gen *g)
         if (seen_insert(g, prompt, strlen(prompt)))
             break;
     }
-    emit_task_line(g, prompt, answer);
+    emit_task_line(g, prompt, answer, kind, CCOE_MATCH_EXACT);
 }
 
 static void gen_arith_doc(gen *g)
@@ -317,7 +346,7 @@ static void strings_line(gen *g)
         out[len] = '\0';
         snprintf(prompt, sizeof prompt, "%s: %s -> ", name, word);
         if (seen_insert(g, prompt, strlen(prompt))) {
-            emit_task_line(g, prompt, out);
+            emit_task_line(g, prompt, out, name, CCOE_MATCH_EXACT);
             return;
         }
     }
@@ -772,13 +801,289 @@ static void sql_query(gen *g)
     }
 }
 
+/* ---- sql: the shop database and natural-language questions over it ----
+ *
+ * The database has the four tables above with a few dozen rows each (fixed seed); its SQL script
+ * (CREATE TABLE + INSERT) is the domain's sql_script, so SQL tasks are scored by running the
+ * generated query on it (execution match). Questions are "-- Q: <question>\n" followed by the
+ * gold query on one line; thresholds and names are drawn from the rows, so list questions have
+ * non-empty answers. Every question is unique within the domain: the held-out ones are never
+ * seen in training. */
+
+#define SHOP_CUSTOMERS 60
+#define SHOP_PRODUCTS 40
+#define SHOP_ORDERS 200
+#define SHOP_EMPLOYEES 30
+
+typedef struct shop_db {
+    struct { const char *name, *city; int age; char joined[16]; } cust[SHOP_CUSTOMERS];
+    struct { char name[32]; const char *category; double price; int stock; } prod[SHOP_PRODUCTS];
+    struct { int customer, product, quantity; double total; char at[16]; } ord[SHOP_ORDERS];
+    struct { const char *name, *department; int salary, manager; } emp[SHOP_EMPLOYEES];
+} shop_db;
+
+static const char *const colours[] = {"red", "blue", "green", "small", "large", "old", "wooden",
+                                      "silver"};
+static const char *const things[] = {"kite", "lamp", "chair", "ball", "clock", "guitar", "pan",
+                                     "tent", "puzzle", "racket"};
+
+static void shop_date(ccoe_rng *r, char out[16])
+{
+    int y = 2015 + (int)ccoe_rng_below(r, 10);
+    int m = 1 + (int)ccoe_rng_below(r, 12);
+    int d = 1 + (int)ccoe_rng_below(r, 28);
+    snprintf(out, 16, "%04u-%02u-%02u", (unsigned)y % 10000u, (unsigned)m % 100u, (unsigned)d % 100u);
+}
+
+static void shop_fill(shop_db *db, uint64_t seed)
+{
+    ccoe_rng r;
+    ccoe_rng_seed(&r, seed);
+    for (int i = 0; i < SHOP_CUSTOMERS; i++) {
+        db->cust[i].name = people[ccoe_rng_below(&r, sizeof people / sizeof *people)].name;
+        db->cust[i].city = cities[ccoe_rng_below(&r, sizeof cities / sizeof *cities)];
+        db->cust[i].age = 18 + (int)ccoe_rng_below(&r, 63);
+        shop_date(&r, db->cust[i].joined);
+    }
+    for (int i = 0; i < SHOP_PRODUCTS; i++) {
+        const char *c = colours[ccoe_rng_below(&r, sizeof colours / sizeof *colours)];
+        const char *t = things[ccoe_rng_below(&r, sizeof things / sizeof *things)];
+        snprintf(db->prod[i].name, sizeof db->prod[i].name, "%s %s", c, t);
+        db->prod[i].category = categories[ccoe_rng_below(&r, sizeof categories / sizeof *categories)];
+        db->prod[i].price = (double)(100 + ccoe_rng_below(&r, 9900)) / 100.0;
+        db->prod[i].stock = (int)ccoe_rng_below(&r, 201);
+    }
+    for (int i = 0; i < SHOP_ORDERS; i++) {
+        db->ord[i].customer = 1 + (int)ccoe_rng_below(&r, SHOP_CUSTOMERS);
+        db->ord[i].product = 1 + (int)ccoe_rng_below(&r, SHOP_PRODUCTS);
+        db->ord[i].quantity = 1 + (int)ccoe_rng_below(&r, 10);
+        db->ord[i].total = db->ord[i].quantity * db->prod[db->ord[i].product - 1].price;
+        shop_date(&r, db->ord[i].at);
+    }
+    for (int i = 0; i < SHOP_EMPLOYEES; i++) {
+        db->emp[i].name = people[ccoe_rng_below(&r, sizeof people / sizeof *people)].name;
+        db->emp[i].department = departments[ccoe_rng_below(&r, sizeof departments /
+                                                                 sizeof *departments)];
+        db->emp[i].salary = 100 * (20 + (int)ccoe_rng_below(&r, 71));
+        db->emp[i].manager = i == 0 ? 0 : 1 + (int)ccoe_rng_below(&r, (uint64_t)i);
+    }
+}
+
+/* Writes the database as an SQL script (CREATE TABLE + INSERT) into g's text buffer. */
+static void shop_script(gen *g, const shop_db *db)
+{
+    for (int t = 0; t < 4; t++) {
+        static const char *const types[] = {"INTEGER", "TEXT", "REAL", "DATE"};
+        emitf(g, "CREATE TABLE %s (", tables[t].name);
+        for (int i = 0; i < tables[t].n_cols; i++)
+            emitf(g, "%s%s %s%s", i ? ", " : "", tables[t].cols[i].name,
+                  types[tables[t].cols[i].kind], i == 0 ? " PRIMARY KEY" : "");
+        emit(g, ");\n");
+    }
+    for (int i = 0; i < SHOP_CUSTOMERS; i++)
+        emitf(g, "INSERT INTO customers VALUES (%d, '%s', '%s', %d, '%s');\n", i + 1,
+              db->cust[i].name, db->cust[i].city, db->cust[i].age, db->cust[i].joined);
+    for (int i = 0; i < SHOP_PRODUCTS; i++)
+        emitf(g, "INSERT INTO products VALUES (%d, '%s', '%s', %.2f, %d);\n", i + 1,
+              db->prod[i].name, db->prod[i].category, db->prod[i].price, db->prod[i].stock);
+    for (int i = 0; i < SHOP_ORDERS; i++)
+        emitf(g, "INSERT INTO orders VALUES (%d, %d, %d, %d, %.2f, '%s');\n", i + 1,
+              db->ord[i].customer, db->ord[i].product, db->ord[i].quantity, db->ord[i].total,
+              db->ord[i].at);
+    for (int i = 0; i < SHOP_EMPLOYEES; i++) {
+        char mgr[16];
+        if (db->emp[i].manager)
+            snprintf(mgr, sizeof mgr, "%d", db->emp[i].manager);
+        else
+            snprintf(mgr, sizeof mgr, "NULL");
+        emitf(g, "INSERT INTO employees VALUES (%d, '%s', '%s', %d.00, %s);\n", i + 1,
+              db->emp[i].name, db->emp[i].department, db->emp[i].salary, mgr);
+    }
+}
+
+/* Draws one question and its gold query; kind is its task kind. */
+static void sql_draw_question(gen *g, char *q, size_t qn, char *sql, size_t sn, const char **kind)
+{
+    const shop_db *db = g->db;
+    int ci = (int)rnd(g, SHOP_CUSTOMERS), pi = (int)rnd(g, SHOP_PRODUCTS);
+    int ei = (int)rnd(g, SHOP_EMPLOYEES), oi = (int)rnd(g, SHOP_ORDERS);
+    const char *city = db->cust[ci].city, *cat = db->prod[pi].category;
+    const char *dep = db->emp[ei].department;
+    int age = db->cust[ci].age, price = (int)db->prod[pi].price, stock = db->prod[pi].stock;
+    int salary = db->emp[ei].salary, total = (int)db->ord[oi].total;
+    /* thresholds below (above) the drawn row's value keep list answers non-empty */
+    int lower = (int)rnd(g, 60), upper = (int)rnd(g, 60);
+    switch (rnd(g, 25)) {
+    case 0:
+        *kind = "sql_count";
+        snprintf(q, qn, "How many customers live in %s?", city);
+        snprintf(sql, sn, "SELECT COUNT(*) FROM customers WHERE city = '%s';", city);
+        break;
+    case 1:
+        *kind = "sql_list";
+        snprintf(q, qn, "Which customers are older than %d?", age - 1 - lower % 20);
+        snprintf(sql, sn, "SELECT name FROM customers WHERE age > %d;", age - 1 - lower % 20);
+        break;
+    case 2:
+        *kind = "sql_count";
+        snprintf(q, qn, "How many customers are younger than %d?", age + upper % 20);
+        snprintf(sql, sn, "SELECT COUNT(*) FROM customers WHERE age < %d;", age + upper % 20);
+        break;
+    case 3:
+        *kind = "sql_list";
+        snprintf(q, qn, "Which customers from %s are at least %d years old?", city, age);
+        snprintf(sql, sn, "SELECT name FROM customers WHERE city = '%s' AND age >= %d;",
+                 db->cust[ci].city, age);
+        break;
+    case 4:
+        *kind = "sql_agg";
+        snprintf(q, qn, "What is the average age of customers in %s?", city);
+        snprintf(sql, sn, "SELECT AVG(age) FROM customers WHERE city = '%s';", city);
+        break;
+    case 5:
+        *kind = "sql_list";
+        snprintf(q, qn, "Which products cost more than %d?", price - 1 - lower % 10);
+        snprintf(sql, sn, "SELECT name FROM products WHERE price > %d;", price - 1 - lower % 10);
+        break;
+    case 6:
+        *kind = "sql_count";
+        snprintf(q, qn, "How many products cost less than %d?", price + 1 + upper % 10);
+        snprintf(sql, sn, "SELECT COUNT(*) FROM products WHERE price < %d;", price + 1 + upper % 10);
+        break;
+    case 7:
+        *kind = "sql_count";
+        snprintf(q, qn, "How many %s products are there?", cat);
+        snprintf(sql, sn, "SELECT COUNT(*) FROM products WHERE category = '%s';", cat);
+        break;
+    case 8: {
+        static const char *const agg[] = {"MAX", "MIN"}, *const words[] = {"highest", "lowest"};
+        int k = (int)rnd(g, 2);
+        *kind = "sql_agg";
+        snprintf(q, qn, "What is the %s price of %s products?", words[k], cat);
+        snprintf(sql, sn, "SELECT %s(price) FROM products WHERE category = '%s';", agg[k], cat);
+        break;
+    }
+    case 9:
+        *kind = "sql_list";
+        snprintf(q, qn, "Which products have fewer than %d items in stock?", stock + 1 + upper);
+        snprintf(sql, sn, "SELECT name FROM products WHERE stock < %d;", stock + 1 + upper);
+        break;
+    case 10:
+        *kind = "sql_count";
+        snprintf(q, qn, "How many products have more than %d items in stock?", stock - lower);
+        snprintf(sql, sn, "SELECT COUNT(*) FROM products WHERE stock > %d;", stock - lower);
+        break;
+    case 11:
+        *kind = "sql_agg";
+        snprintf(q, qn, "What is the total stock of %s products?", cat);
+        snprintf(sql, sn, "SELECT SUM(stock) FROM products WHERE category = '%s';", cat);
+        break;
+    case 12:
+        *kind = "sql_join";
+        snprintf(q, qn, "How many orders did customers named %s place?", db->cust[ci].name);
+        snprintf(sql, sn,
+                 "SELECT COUNT(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE "
+                 "c.name = '%s';",
+                 db->cust[ci].name);
+        break;
+    case 13:
+        *kind = "sql_join";
+        snprintf(q, qn, "What is the sum of the totals of orders from %s?", city);
+        snprintf(sql, sn,
+                 "SELECT SUM(o.total) FROM orders o JOIN customers c ON c.id = o.customer_id "
+                 "WHERE c.city = '%s';",
+                 city);
+        break;
+    case 14:
+        *kind = "sql_count";
+        snprintf(q, qn, "How many orders have a total above %d?", total - lower);
+        snprintf(sql, sn, "SELECT COUNT(*) FROM orders WHERE total > %d;", total - lower);
+        break;
+    case 15:
+        *kind = "sql_join";
+        snprintf(q, qn, "How many %s products were ordered in total?", cat);
+        snprintf(sql, sn,
+                 "SELECT SUM(o.quantity) FROM orders o JOIN products p ON p.id = o.product_id "
+                 "WHERE p.category = '%s';",
+                 cat);
+        break;
+    case 16:
+        *kind = "sql_list";
+        snprintf(q, qn, "Which employees work in %s?", dep);
+        snprintf(sql, sn, "SELECT name FROM employees WHERE department = '%s';", dep);
+        break;
+    case 17:
+        *kind = "sql_agg";
+        snprintf(q, qn, "What is the average salary in %s?", dep);
+        snprintf(sql, sn, "SELECT AVG(salary) FROM employees WHERE department = '%s';", dep);
+        break;
+    case 18:
+        *kind = "sql_list";
+        snprintf(q, qn, "Which employees earn more than %d?", salary - 100);
+        snprintf(sql, sn, "SELECT name FROM employees WHERE salary > %d;", salary - 100);
+        break;
+    case 19:
+        *kind = "sql_count";
+        snprintf(q, qn, "How many employees earn less than %d?", salary + 100);
+        snprintf(sql, sn, "SELECT COUNT(*) FROM employees WHERE salary < %d;", salary + 100);
+        break;
+    case 20: {
+        int lo = price - lower % 10, hi = price + 1 + upper % 10;
+        *kind = "sql_list";
+        snprintf(q, qn, "Which products cost between %d and %d?", lo, hi);
+        snprintf(sql, sn, "SELECT name FROM products WHERE price BETWEEN %d AND %d;", lo, hi);
+        break;
+    }
+    case 21:
+        *kind = "sql_count";
+        snprintf(q, qn, "How many orders did the customer with id %d place?", ci + 1);
+        snprintf(sql, sn, "SELECT COUNT(*) FROM orders WHERE customer_id = %d;", ci + 1);
+        break;
+    case 22:
+        *kind = "sql_list";
+        snprintf(q, qn, "What is the total of order %d?", oi + 1);
+        snprintf(sql, sn, "SELECT total FROM orders WHERE id = %d;", oi + 1);
+        break;
+    case 23:
+        *kind = "sql_join";
+        snprintf(q, qn, "Who is the manager of employee %d?", ei + 1);
+        snprintf(sql, sn,
+                 "SELECT m.name FROM employees e JOIN employees m ON m.id = e.manager_id WHERE "
+                 "e.id = %d;",
+                 ei + 1);
+        break;
+    default:
+        *kind = "sql_count";
+        snprintf(q, qn, "How many orders have a quantity of at least %d?", 1 + lower % 10);
+        snprintf(sql, sn, "SELECT COUNT(*) FROM orders WHERE quantity >= %d;", 1 + lower % 10);
+        break;
+    }
+}
+
+/* One unique question line; returns 0 (nothing written) if 64 draws found only seen ones. */
+static int sql_question(gen *g)
+{
+    char q[160], prompt[192], sql[256];
+    const char *kind = NULL;
+    for (int tries = 0; tries < 64; tries++) {
+        sql_draw_question(g, q, sizeof q, sql, sizeof sql, &kind);
+        snprintf(prompt, sizeof prompt, "-- Q: %s\n", q);
+        if (seen_insert(g, prompt, strlen(prompt))) {
+            emit_task_line(g, prompt, sql, kind, CCOE_MATCH_SQL);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void gen_sql_doc(gen *g)
 {
     if (chance(g, 15))
         sql_create(g, &PICK(g, tables));
     int n = range(g, 2, 5);
     for (int i = 0; i < n; i++)
-        sql_query(g);
+        if (!chance(g, 60) || !sql_question(g))
+            sql_query(g);
 }
 
 /* ---- driver ---- */
@@ -791,8 +1096,10 @@ typedef struct builtin_spec {
 
 static const builtin_spec specs[CCOE_BUILTIN_DOMAINS] = {
     {"arith", gen_arith_doc, 1}, {"strings", gen_strings_doc, 1}, {"code", gen_code_doc, 0},
-    {"prose", gen_prose_doc, 0}, {"sql", gen_sql_doc, 0},
+    {"prose", gen_prose_doc, 0}, {"sql", gen_sql_doc, 1},
 };
+
+#define SHOP_SEED_TAG 0x73686f70ULL /* "shop" */
 
 ccoe_status ccoe_builtin_generate(ccoe_builtin_set *set, ccoe_error *err)
 {
@@ -804,6 +1111,20 @@ ccoe_status ccoe_builtin_generate(ccoe_builtin_set *set, ccoe_error *err)
         dom->answer_stop = '\n';
         gen g = {.dom = dom};
         ccoe_rng_seed(&g.rng, ccoe_hash4(CCOE_BUILTIN_SEED, (uint64_t)d, 0, 0));
+        shop_db *db = NULL;
+        if (specs[d].doc == gen_sql_doc) {
+            db = malloc(sizeof *db);
+            if (!db)
+                return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory generating builtin "
+                                                           "domain '%s'", dom->name);
+            shop_fill(db, ccoe_hash4(CCOE_BUILTIN_SEED, SHOP_SEED_TAG, 0, 0));
+            ccoe_builtin_domain script = {0};
+            gen gs = {.dom = &script};
+            shop_script(&gs, db);
+            dom->sql_script = script.text;
+            g.oom = gs.oom;
+            g.db = db;
+        }
         while (dom->len < CCOE_BUILTIN_BYTES && !g.oom) {
             if (dom->n_docs)
                 emit(&g, "\n"); /* the empty line between documents */
@@ -812,6 +1133,7 @@ ccoe_status ccoe_builtin_generate(ccoe_builtin_set *set, ccoe_error *err)
             dom->n_docs++;
         }
         free(g.seen);
+        free(db);
         if (g.oom)
             return ccoe_error_set(err, CCOE_ERR_NOMEM,
                                   "out of memory generating builtin domain '%s'", dom->name);
@@ -824,6 +1146,7 @@ void ccoe_builtin_free(ccoe_builtin_set *set)
     for (int d = 0; d < CCOE_BUILTIN_DOMAINS; d++) {
         free(set->domains[d].text);
         free(set->domains[d].tasks);
+        free(set->domains[d].sql_script);
     }
     memset(set, 0, sizeof *set);
 }

@@ -20,6 +20,8 @@ typedef struct ccoe_builtin_task {
     size_t offset;       /* byte offset of the prompt in the domain's text */
     uint32_t prompt_len;
     uint32_t answer_len;
+    const char *kind;    /* static label: "equation", "word", "word_small", "sql", ... */
+    int match;           /* ccoe_task_match */
 } ccoe_builtin_task;
 
 typedef struct ccoe_builtin_domain {
@@ -30,6 +32,7 @@ typedef struct ccoe_builtin_domain {
     ccoe_builtin_task *tasks; /* (n_tasks) in text order; NULL when the domain has no task */
     size_t n_tasks;
     char answer_stop;
+    char *sql_script;    /* SQL that builds the database of the domain's SQL tasks, or NULL */
 } ccoe_builtin_domain;
 
 typedef struct ccoe_builtin_set {

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "arena.h"
+#include "sqlexec.h"
 
 ccoe_status ccoe_batch_init(ccoe_batch *b, int maxB, int maxT, ccoe_error *err)
 {
@@ -102,9 +103,56 @@ void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
     }
 }
 
+int ccoe_eval_score(const ccoe_task_example *t, const char *decoded, ccoe_sqldb *db,
+                    int *sql_error)
+{
+    *sql_error = 0;
+    if (t->match != CCOE_MATCH_SQL)
+        return strcmp(decoded, t->answer) == 0;
+    if (!db)
+        return 0;
+    ccoe_sql_match r = ccoe_sqldb_match(db, t->answer, decoded);
+    *sql_error = r == CCOE_SQL_PRED_ERROR;
+    return r == CCOE_SQL_MATCH;
+}
+
+void ccoe_eval_count(ccoe_domain_eval *ev, const ccoe_task_example *t, int correct, int sql_error)
+{
+    const char *name = t->kind[0] ? t->kind : t->match == CCOE_MATCH_SQL ? "sql" : "exact";
+    int k = 0;
+    while (k < ev->n_kinds && strcmp(ev->kinds[k].name, name) != 0)
+        k++;
+    if (k == ev->n_kinds) {
+        if (k == CCOE_MAX_TASK_KINDS) {
+            k = CCOE_MAX_TASK_KINDS - 1; /* the last slot collects the rest */
+            snprintf(ev->kinds[k].name, sizeof ev->kinds[k].name, "other");
+        } else {
+            snprintf(ev->kinds[k].name, sizeof ev->kinds[k].name, "%s", name);
+            ev->n_kinds++;
+        }
+    }
+    ev->task_total++;
+    ev->task_correct += correct != 0;
+    ev->kinds[k].total++;
+    ev->kinds[k].correct += correct != 0;
+    ev->kinds[k].errors += sql_error != 0;
+}
+
 static void eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
                        const ccoe_tokenizer *tok, ccoe_batch *b, ccoe_domain_eval *ev)
 {
+    ccoe_sqldb db;
+    int have_db = 0;
+    if (d->sql_db || d->sql_script) {
+        ccoe_error err;
+        have_db = ccoe_sqldb_open(&db, d->sql_db, d->sql_script, &err) == CCOE_OK;
+        if (!have_db) {
+            ccoe_sqldb_close(&db);
+            ev->sql_unavailable = 1;
+            fprintf(stderr, "warning: domain '%s': %s; its SQL tasks count as wrong\n", d->name,
+                    err.msg);
+        }
+    }
     enum { OUT_CAP = 256 };
     char outbuf[CCOE_GEN_MAX][OUT_CAP];
     char *outs[CCOE_GEN_MAX];
@@ -124,10 +172,14 @@ static void eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
         ccoe_generate_greedy(m, tok, b, prompts, domain, n, max_new, d->answer_stop, outs,
                              OUT_CAP);
         for (int i = 0; i < n; i++) {
-            ev->task_total++;
-            ev->task_correct += strcmp(outs[i], d->tasks[first + i].answer) == 0;
+            int sql_error;
+            const ccoe_task_example *t = &d->tasks[first + i];
+            int ok = ccoe_eval_score(t, outs[i], have_db ? &db : NULL, &sql_error);
+            ccoe_eval_count(ev, t, ok, sql_error);
         }
     }
+    if (have_db)
+        ccoe_sqldb_close(&db);
 }
 
 void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
@@ -214,6 +266,23 @@ void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev
     if (wtok > 0)
         fprintf(f, "%-12s %10.4f %10.3f %9ld\n", "all", wsum / (double)wtok,
                 exp(wsum / (double)wtok), wtok);
+    int any = 0;
+    for (int d = 0; d < ds->n_domains; d++)
+        any |= ev[d].n_kinds > 0;
+    if (any) {
+        fprintf(f, "\ntask accuracy by kind:\n%-12s %-16s %16s %12s\n", "domain", "kind",
+                "accuracy", "sql_errors");
+        for (int d = 0; d < ds->n_domains; d++)
+            for (int k = 0; k < ev[d].n_kinds; k++) {
+                const ccoe_kind_eval *e = &ev[d].kinds[k];
+                char acc[48], errs[24] = "-";
+                snprintf(acc, sizeof acc, "%5.1f%% (%ld/%ld)",
+                         100.0 * (double)e->correct / (double)e->total, e->correct, e->total);
+                if (e->errors || ds->domains[d].sql_db || ds->domains[d].sql_script)
+                    snprintf(errs, sizeof errs, "%ld", e->errors);
+                fprintf(f, "%-12s %-16s %16s %12s\n", ds->domains[d].name, e->name, acc, errs);
+            }
+    }
     if (ds->n_domains > 0 && ev[0].model && ev[0].model->n_moe > 0)
         print_moe(f, ev[0].model);
 }
@@ -225,9 +294,15 @@ void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
         const ccoe_domain_eval *e = &ev[d];
         fprintf(f, "%s\"%s\":{\"loss\":%.6f,\"ppl\":%.6f,\"tokens\":%ld", d ? "," : "",
                 ds->domains[d].name, e->loss, exp(e->loss), e->tokens);
-        if (e->task_total > 0)
-            fprintf(f, ",\"acc\":%.6f,\"task_n\":%ld",
+        if (e->task_total > 0) {
+            fprintf(f, ",\"acc\":%.6f,\"task_n\":%ld,\"kinds\":{",
                     (double)e->task_correct / (double)e->task_total, e->task_total);
+            for (int k = 0; k < e->n_kinds; k++)
+                fprintf(f, "%s\"%s\":{\"acc\":%.6f,\"n\":%ld}", k ? "," : "", e->kinds[k].name,
+                        (double)e->kinds[k].correct / (double)e->kinds[k].total,
+                        e->kinds[k].total);
+            fputc('}', f);
+        }
         fputc('}', f);
     }
     fputc('}', f);

@@ -9,11 +9,23 @@
 #include "model.h"
 #include "tokenizer.h"
 
+#define CCOE_MAX_TASK_KINDS 8 /* kinds counted apart per domain; further kinds count as "other" */
+
+/* Task accuracy of one task kind. */
+typedef struct ccoe_kind_eval {
+    char name[CCOE_KIND_LEN]; /* the examples' kind ("" -> "exact" or "sql" by match) */
+    long total, correct;
+    long errors;              /* SQL tasks: decoded SQL that did not run (syntax, budget, ...) */
+} ccoe_kind_eval;
+
 typedef struct ccoe_domain_eval {
     double loss;      /* mean next-token loss (nats) over the evaluated validation tokens */
     long tokens;      /* validation tokens counted */
     long task_total;  /* task examples evaluated (0: domain has no task) */
     long task_correct;
+    int n_kinds;      /* task accuracy per kind, in order of first appearance */
+    ccoe_kind_eval kinds[CCOE_MAX_TASK_KINDS];
+    int sql_unavailable; /* 1: the domain's database could not be opened (SQL tasks scored 0) */
     const ccoe_model *model; /* the evaluated model (ccoe_eval_print prints its MoE totals) */
 } ccoe_domain_eval;
 
@@ -42,12 +54,24 @@ void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
                           const char *const *prompts, int domain, int n, int max_new, char stop,
                           char **outs, size_t out_cap);
 
-/* Prints the per-domain table (domain, val loss, perplexity, task accuracy), then for a model
+/* Scores one decoded answer against a task example: exact match, or for CCOE_MATCH_SQL execution
+ * match on db (NULL: scored wrong). Returns 1 if correct; *sql_error is set to 1 when decoded
+ * SQL did not run. */
+struct ccoe_sqldb;
+int ccoe_eval_score(const ccoe_task_example *t, const char *decoded, struct ccoe_sqldb *db,
+                    int *sql_error);
+
+/* Adds one scored example to ev's totals and to its kind's. */
+void ccoe_eval_count(ccoe_domain_eval *ev, const ccoe_task_example *t, int correct, int sql_error);
+
+/* Prints the per-domain table (domain, val loss, perplexity, task accuracy), then task accuracy
+ * per domain and task kind (when some domain has tasks), then for a model
  * with MoE blocks one line per MoE layer: validation tokens, tokens per expert, drop rate, gate
  * and router entropy, CV of the expert load. */
 void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev);
 
-/* Appends {"loss":..,"ppl":..,"acc":..} per domain as one JSON object to f (no newline). */
+/* Appends {"loss":..,"ppl":..,"acc":..,"kinds":{KIND:{"acc":..,"n":..}}} per domain as one JSON
+ * object to f (no newline). */
 void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev);
 
 #endif

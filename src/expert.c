@@ -9,6 +9,7 @@
 #include "gating.h"
 #include "model.h"
 #include "safetensors.h"
+#include "train.h"
 
 /* A loaded model: config, gating, parameters, training state. */
 typedef struct loaded {
@@ -119,7 +120,7 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
         }
     char vals[9][32];
     shape_values(&x.cfg.model, vals);
-    const char *meta[2 * 14];
+    const char *meta[2 * 15];
     size_t k = 0;
     meta[k++] = "ccoe.format";
     meta[k++] = "ccoe-expert";
@@ -131,6 +132,8 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
     meta[k++] = own;
     meta[k++] = "expert.domains";
     meta[k++] = domains;
+    meta[k++] = "expert.form";
+    meta[k++] = x.cfg.ccoe.form == CCOE_FORM_FFN ? "ffn" : "blocks";
     char keys[9][40];
     for (int i = 0; i < 9; i++) {
         snprintf(keys[i], sizeof keys[i], "model.%s", k_shape_keys[i]);
@@ -242,6 +245,20 @@ ccoe_status ccoe_expert_push(const char *model_path, const char *expert_path,
         }
     }
     int layers = atoi(layers_s), own = atoi(own_s);
+    /* an Eqs. 6-7 expert is FFNs only; Eq. 4/5 experts are whole blocks (older files: blocks) */
+    const char *form_s = ccoe_st_meta(f, "expert.form");
+    const int file_ffn = form_s && strcmp(form_s, "ffn") == 0;
+    if (x.cfg.ccoe.form != CCOE_FORM_NONE && file_ffn != (x.cfg.ccoe.form == CCOE_FORM_FFN)) {
+        s = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                           "expert %s holds %s but model %s has ccoe.form = %s: push it into a "
+                           "model of the same form",
+                           expert_path, file_ffn ? "FFNs (ccoe.form = ffn)" : "whole blocks",
+                           model_path,
+                           x.cfg.ccoe.form == CCOE_FORM_FFN      ? "ffn"
+                           : x.cfg.ccoe.form == CCOE_FORM_PREFIX ? "prefix"
+                                                                 : "tail");
+        goto done;
+    }
     ccoe_config cfg = x.cfg;
     int e = ccoe_gating_find_expert(&x.gating, name);
     if (e >= 0) {
@@ -263,7 +280,7 @@ ccoe_status ccoe_expert_push(const char *model_path, const char *expert_path,
         }
     } else {
         if (cfg.ccoe.form == CCOE_FORM_NONE) {
-            cfg.ccoe.form = CCOE_FORM_TAIL;
+            cfg.ccoe.form = file_ffn ? CCOE_FORM_FFN : CCOE_FORM_TAIL;
             cfg.ccoe.own_head = own;
         } else if (cfg.ccoe.own_head != own) {
             s = ccoe_error_set(err, CCOE_ERR_FORMAT,
@@ -293,4 +310,84 @@ done:
     loaded_free(&x);
     ccoe_st_close(f);
     return s;
+}
+
+ccoe_status ccoe_expert_train(const ccoe_expert_train_opts *o, ccoe_error *err)
+{
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    CCOE_TRY(ccoe_checkpoint_open(o->model, &cfg, &f, err));
+    char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
+    int nd = ccoe_checkpoint_domains(f, &cfg, names);
+    ccoe_st_close(f);
+    ccoe_gating g;
+    CCOE_TRY(ccoe_gating_build(&g, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err));
+    const int e = ccoe_gating_find_expert(&g, o->name);
+    if (e < 0) {
+        if (o->n_domains == 0)
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "%s has no expert '%s': a new expert needs --domain D (the "
+                                  "domains it serves)",
+                                  o->model, o->name);
+        if (g.n_experts == 0) {
+            char set[64];
+            snprintf(set, sizeof set, "ccoe.form=%s", o->form ? o->form : "tail");
+            CCOE_TRY(ccoe_config_set(&cfg, set, err));
+            if (cfg.ccoe.form == CCOE_FORM_NONE)
+                return ccoe_error_set(err, CCOE_ERR_ARG,
+                                      "--form none cannot hold an expert: use tail, prefix or "
+                                      "ffn");
+        } else if (o->form) {
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "--form only applies to a model without experts; %s already "
+                                  "has experts of its form",
+                                  o->model);
+        }
+        CCOE_TRY(ccoe_gating_config_add(&cfg, o->name, o->layers > 0 ? o->layers : 1,
+                                        o->domains, o->n_domains, err));
+    } else {
+        if (o->layers > 0 && o->layers != g.experts[e].layers)
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "expert '%s' of %s has %d layers, not %d: remove it first "
+                                  "(ccoe pop --remove) to train a different size",
+                                  o->name, o->model, g.experts[e].layers, o->layers);
+        if (o->n_domains > 0) {
+            char experts[CCOE_STR];
+            snprintf(experts, sizeof experts, "%s", cfg.ccoe.experts);
+            CCOE_TRY(ccoe_gating_config_remove(&cfg, o->name, err));
+            CCOE_TRY(ccoe_gating_config_add(&cfg, o->name, g.experts[e].layers, o->domains,
+                                            o->n_domains, err));
+            memcpy(cfg.ccoe.experts, experts, sizeof experts); /* keep its push position */
+        }
+    }
+    if (strlen(o->name) >= sizeof cfg.ccoe.train_expert)
+        return ccoe_error_set(err, CCOE_ERR_ARG, "expert name '%s' is too long", o->name);
+    snprintf(cfg.ccoe.train_expert, sizeof cfg.ccoe.train_expert, "%s", o->name);
+    if (o->out_dir) {
+        if (strlen(o->out_dir) >= sizeof cfg.train.out_dir)
+            return ccoe_error_set(err, CCOE_ERR_ARG, "-o %s: path too long", o->out_dir);
+        snprintf(cfg.train.out_dir, sizeof cfg.train.out_dir, "%s", o->out_dir);
+    } else {
+        snprintf(cfg.train.out_dir, sizeof cfg.train.out_dir, "runs/expert-%.40s", o->name);
+    }
+    for (int i = 0; i < o->n_sets; i++)
+        CCOE_TRY(ccoe_config_set(&cfg, o->sets[i], err));
+    CCOE_TRY(ccoe_config_validate(&cfg, err));
+    ccoe_train_opts to = {.init_from = o->model,
+                          .force = o->force,
+                          .progress = o->progress,
+                          .quiet = o->quiet};
+    CCOE_TRY(ccoe_train_run(&cfg, &to, err));
+    if (!o->push_to)
+        return CCOE_OK;
+    char ckpt[CCOE_STR + 64], xfile[CCOE_STR + 64 + CCOE_NAME_LEN];
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", cfg.train.out_dir);
+    snprintf(xfile, sizeof xfile, "%s/%s.expert", cfg.train.out_dir, o->name);
+    CCOE_TRY(ccoe_expert_pop(ckpt, o->name, xfile, err));
+    ccoe_status s = ccoe_expert_push(o->model, xfile, o->domains, o->n_domains, o->push_to, err);
+    if (s != CCOE_OK)
+        return ccoe_error_wrap(err, "pushing the trained expert %s", xfile);
+    if (!o->quiet)
+        printf("expert file: %s\npushed into: %s\n", xfile, o->push_to);
+    return CCOE_OK;
 }

@@ -127,18 +127,28 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
         if (c->experts[0] || c->routes[0] || c->train_expert[0])
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "ccoe.experts/routes/train_expert are set but ccoe.form = none: "
-                                  "set ccoe.form = tail (Eq. 4) or prefix (Eq. 5)");
+                                  "set ccoe.form = tail (Eq. 4), prefix (Eq. 5) or ffn (Eqs. 6-7)");
         return CCOE_OK;
     }
+    if (c->form == CCOE_FORM_FFN && strcmp(cfg->moe.gate, "none") != 0)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "ccoe.form = ffn gives the last l_i blocks rule-gated FFN experts "
+                              "and cannot be combined with [moe] (moe.gate = %s): set moe.gate = "
+                              "none, or use moe.gate = domain without ccoe.form for the learned-"
+                              "layout variant",
+                              cfg->moe.gate);
     CCOE_TRY(for_each_pair(c->experts, "experts", add_expert, g, err));
-    const int cap = c->max_expert_layers > 0 ? c->max_expert_layers : L / 2;
+    /* block experts (Eqs. 4-5) default to at most half the base; FFN experts may cover all */
+    const int cap = c->max_expert_layers > 0     ? c->max_expert_layers
+                    : c->form == CCOE_FORM_FFN ? L
+                                               : L / 2;
     if (c->form == CCOE_FORM_PREFIX && (c->prefix_layers < 0 || c->prefix_layers > L))
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "ccoe.prefix_layers = %d is out of range: allowed 0..%d (n_layer)",
                               c->prefix_layers, L);
     for (int e = 0; e < g->n_experts; e++) {
         ccoe_expert_spec *x = &g->experts[e];
-        if (c->form == CCOE_FORM_TAIL && x->layers > L)
+        if ((c->form == CCOE_FORM_TAIL || c->form == CCOE_FORM_FFN) && x->layers > L)
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "ccoe.experts: expert '%s' has %d layers but the base has only "
                                   "%d (n_layer): an Eq. 4 expert replaces at most all of them",
@@ -146,10 +156,10 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
         if (x->layers > cap)
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "ccoe.experts: expert '%s' has %d layers, above the cap %d "
-                                  "(ccoe.max_expert_layers, default floor(n_layer/2)): lower it "
+                                  "(ccoe.max_expert_layers; default floor(n_layer/2), n_layer for ffn): lower it "
                                   "or raise ccoe.max_expert_layers",
                                   x->name, x->layers, cap);
-        x->branch = c->form == CCOE_FORM_TAIL ? L - x->layers : c->prefix_layers;
+        x->branch = c->form == CCOE_FORM_PREFIX ? c->prefix_layers : L - x->layers;
         x->pos = 0;
         for (int k = 0; k < e; k++)
             if (g->experts[k].branch == x->branch)
@@ -168,7 +178,8 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
 
 void ccoe_gating_print(FILE *f, const ccoe_gating *g)
 {
-    static const char *const forms[] = {"none", "tail (Eq. 4)", "prefix (Eq. 5)"};
+    static const char *const forms[] = {"none", "tail (Eq. 4)", "prefix (Eq. 5)",
+                                        "ffn (Eqs. 6-7)"};
     fprintf(f, "task-expert matrix: form %s, %d domains x %d experts (entries: l_j,pos_j)\n",
             forms[g->form], g->n_domains, g->n_experts);
     fprintf(f, "%-12s", "");
@@ -186,13 +197,23 @@ void ccoe_gating_print(FILE *f, const ccoe_gating *g)
                 fprintf(f, " %10s", ".");
             }
         }
-        int e = g->route[d];
-        if (e < 0)
-            fprintf(f, "   base[0:%d]\n", g->n_layer);
-        else
-            fprintf(f, "   base[0:%d] -> %s (%d blocks)\n", g->experts[e].branch,
-                    g->experts[e].name, g->experts[e].layers);
+        char path[96];
+        ccoe_gating_path_name(g, d, path, sizeof path);
+        fprintf(f, "   %s\n", path);
     }
+}
+
+void ccoe_gating_path_name(const ccoe_gating *g, int d, char *buf, size_t cap)
+{
+    int e = g->route[d];
+    if (e < 0)
+        snprintf(buf, cap, "base[0:%d]", g->n_layer);
+    else if (g->form == CCOE_FORM_FFN)
+        snprintf(buf, cap, "base[0:%d] + %.32s FFN[%d:%d]", g->n_layer, g->experts[e].name,
+                 g->experts[e].branch, g->n_layer);
+    else
+        snprintf(buf, cap, "base[0:%d] -> %.32s (%d)", g->experts[e].branch, g->experts[e].name,
+                 g->experts[e].layers);
 }
 
 static ccoe_status append(char *dst, size_t cap, const char *piece, const char *key,

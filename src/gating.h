@@ -1,7 +1,9 @@
 /* gating.h - the rule-based task-expert matrix of CCoE (paper Section 4.2).
  *
  * m domains x n experts. Expert j has l_j blocks; under form = tail (Eq. 4) it branches off the
- * base at CoE layer L - l_j, under form = prefix (Eq. 5) at layer prefix_layers. pos_j is its
+ * base at CoE layer L - l_j, under form = prefix (Eq. 5) at layer prefix_layers; under form = ffn
+ * (Eqs. 6-7) it is the FFNs of base blocks L - l_j .. L - 1 (CoE layer L - l_j) and the path
+ * keeps every shared attention block. pos_j is its
  * index among the experts attached at the same CoE layer, in push order, so appending a new
  * expert never changes an existing (l_j, pos_j). Each domain routes to exactly one path: one
  * expert, or the base model. Built from the [ccoe] config strings and the data's domain names;
@@ -51,6 +53,10 @@ int ccoe_gating_find_expert(const ccoe_gating *g, const char *name);
 /* The domains named in cfg->ccoe.routes (for a stored model whose data is not loaded): fills
  * names and returns how many. */
 int ccoe_gating_route_domains(const ccoe_config *cfg, char (*names)[CCOE_NAME_LEN]);
+
+/* The path domain d takes, e.g. "base[0:4]", "base[0:3] -> arith (1)" (Eqs. 4-5) or
+ * "base[0:4] + arith FFN[2:4]" (Eqs. 6-7). */
+void ccoe_gating_path_name(const ccoe_gating *g, int d, char *buf, size_t cap);
 
 /* Prints the m x n matrix with (l_j, pos_j) in set entries and each domain's path. */
 void ccoe_gating_print(FILE *f, const ccoe_gating *g);

@@ -6,6 +6,8 @@
 
 #include "bench.h"
 #include "checkpoint.h"
+#include "comm.h"
+#include "comm_mpi.h"
 #include "config.h"
 #include "data.h"
 #include "eval.h"
@@ -13,6 +15,7 @@
 #include "gating.h"
 #include "session.h"
 #include "status.h"
+#include "study.h"
 #include "train.h"
 
 static const char *k_usage =
@@ -23,13 +26,20 @@ static const char *k_usage =
     "        [--stop-at STEP] [--time-limit SECONDS] [--progress|--no-progress] [--quiet]\n"
     "        train the model described by CONFIG (an INI file in configs/); --stop-at and\n"
     "        --time-limit checkpoint and exit early (resume later with --resume); --init-from\n"
-    "        starts from another run's weights (e.g. a base model for CCoE expert training)\n"
+    "        starts from another run's weights (e.g. a base model for CCoE expert training);\n"
+    "        --train-experts all|NAME,... trains those experts in isolation, in parallel;\n"
+    "        --allreduce overlap|blocking (MPI: gradient sum during or after backward)\n"
+    "  train-expert MODEL --expert NAME [--domain D]... [--layers N] [--form tail|prefix|ffn]\n"
+    "        [--set section.key=value]... [-o OUT_DIR] [--push OUT_MODEL] [--force] [--quiet]\n"
+    "        train one CCoE expert with everything else frozen, on its domains' data only: a\n"
+    "        new expert (needs --domain; starts as a copy of the base it replaces) or an\n"
+    "        existing one (continual training); --push writes MODEL + the trained expert\n"
     "  eval CHECKPOINT [--set data.manifest=...] [--batches N] [--no-tasks]\n"
     "        per-domain validation loss, perplexity and task accuracy\n"
     "  info CHECKPOINT\n"
     "        stored config, training state and tensors of a checkpoint\n"
     "  bench [--shape small|tiny-wide|gpt2-124m|all] [--steps N] [--threads N] [--gemm B] [--ffn gelu|swiglu]\n"
-    "        [--moe none|softmax|topk|noisy_topk]\n"
+    "        [--moe none|softmax|topk|noisy_topk] [--ccoe none|tail|prefix|ffn]\n"
     "        training throughput and model-FLOP utilisation on reference shapes\n"
     "  push MODEL EXPERT_FILE [--domain D]... [-o OUT]\n"
     "        add a CCoE expert (last position of its CoE layer) or replace an expert's weights\n"
@@ -38,19 +48,48 @@ static const char *k_usage =
     "  compare A B [--only-base]\n"
     "        compare the parameter tensors two files have in common, bit for bit (exit 0 if\n"
     "        identical, 1 if not); --only-base skips experts.*\n"
+    "  study STUDY_FILE [--set section.key=value]... [--force] [--verbose]\n"
+    "        train every variant of a study (configs/study-*.ini: [study] base, budget =\n"
+    "        tokens:N | flops:N, out_dir, variants; [variant.NAME] section.key = value\n"
+    "        overrides) on the same data and budget; writes OUT_DIR/study.md, study.csv and\n"
+    "        plot data (scripts/plot_study.sh OUT_DIR draws the PNGs); --set study.KEY=V\n"
+    "        overrides a [study] key, other --set keys apply to every variant; finished runs\n"
+    "        of the same config are reused (--force retrains)\n"
     "  data write-builtin DIR\n"
     "        write the embedded default data set as files plus a manifest\n"
     "  help-config\n"
-    "        every config key with its allowed values and default\n";
+    "        every config key with its allowed values and default\n"
+    "\n"
+    "under MPI (mpirun -np P ccoe train ...) every rank trains: data parallel, or with\n"
+    "--train-experts all|NAME,... several CCoE experts at once, placed over the ranks; the\n"
+    "other commands run on rank 0 only\n";
 
+/* The communicator of this process (main sets it: serial, or MPI under mpirun). */
+static ccoe_comm *g_comm;
+
+/* Under MPI, errors name the rank; a failure every rank agreed on (comm->failed_rank >= 0) is
+ * printed by rank 0 and the failing rank only. */
 static int fail(const ccoe_error *err)
 {
-    fprintf(stderr, "ccoe: %s: %s\n", ccoe_status_name(err->status), err->msg);
+    if (g_comm && g_comm->size > 1) {
+        const int r = g_comm->rank, f = g_comm->failed_rank;
+        if (r == 0 || f < 0 || f == r)
+            fprintf(stderr, "ccoe: [rank %d] %s: %s\n", r, ccoe_status_name(err->status),
+                    err->msg);
+    } else {
+        fprintf(stderr, "ccoe: %s: %s\n", ccoe_status_name(err->status), err->msg);
+    }
     return ccoe_status_exit_code(err->status);
 }
 
+/* Usage errors come from the command line, the same on every rank: rank 0 prints. */
 static int usage_error(const char *what, const char *arg)
 {
+    if (g_comm && g_comm->size > 1) {
+        g_comm->failed_rank = 0; /* every rank fails the same way: no abort needed */
+        if (g_comm->rank != 0)
+            return 2;
+    }
     fprintf(stderr, "ccoe: usage error: %s%s%s\n\n%s", what, *arg ? ": " : "", arg, k_usage);
     return 2;
 }
@@ -73,16 +112,31 @@ static int cmd_train(int argc, char **argv)
     ccoe_error err = {0};
     ccoe_config cfg;
     ccoe_config_defaults(&cfg);
-    if (ccoe_config_load_file(&cfg, argv[0], &err) != CCOE_OK)
-        return fail(&err);
-    ccoe_train_opts o = {.resume = NULL, .force = 0, .progress = -1, .quiet = 0};
+    /* config errors may differ between ranks (a file missing on one node): agreed on below */
+    ccoe_status cst = ccoe_config_load_file(&cfg, argv[0], &err);
+    ccoe_train_opts o = {.resume = NULL, .force = 0, .progress = -1, .quiet = 0,
+                         .comm = g_comm};
+    /* test hook (tests/cli/mpi_*.sh): make one rank fail; see ccoe_train_opts */
+    if (getenv("CCOE_TEST_FAIL_MODE")) {
+        o.test_fail_mode = getenv("CCOE_TEST_FAIL_MODE");
+        o.test_fail_rank = getenv("CCOE_TEST_FAIL_RANK") ? atoi(getenv("CCOE_TEST_FAIL_RANK")) : 0;
+        o.test_fail_step = getenv("CCOE_TEST_FAIL_STEP") ? atol(getenv("CCOE_TEST_FAIL_STEP")) : 1;
+    }
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
-            if (ccoe_config_set(&cfg, argv[++i], &err) != CCOE_OK)
-                return fail(&err);
+            ++i;
+            if (cst == CCOE_OK)
+                cst = ccoe_config_set(&cfg, argv[i], &err);
         } else if (strncmp(argv[i], "--set=", 6) == 0) {
-            if (ccoe_config_set(&cfg, argv[i] + 6, &err) != CCOE_OK)
-                return fail(&err);
+            if (cst == CCOE_OK)
+                cst = ccoe_config_set(&cfg, argv[i] + 6, &err);
+        } else if (strcmp(argv[i], "--train-experts") == 0 && i + 1 < argc) {
+            o.train_experts = argv[++i];
+        } else if (strcmp(argv[i], "--allreduce") == 0 && i + 1 < argc) {
+            ++i;
+            if (strcmp(argv[i], "overlap") != 0 && strcmp(argv[i], "blocking") != 0)
+                return usage_error("--allreduce takes overlap or blocking, not", argv[i]);
+            o.allreduce_overlap = strcmp(argv[i], "overlap") == 0;
         } else if (strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
             o.resume = argv[++i];
         } else if (strcmp(argv[i], "--init-from") == 0 && i + 1 < argc) {
@@ -111,11 +165,65 @@ static int cmd_train(int argc, char **argv)
     }
     if (o.resume && o.init_from)
         return usage_error("--resume and --init-from exclude each other", "");
-    if (ccoe_config_validate(&cfg, &err) != CCOE_OK)
+    if (cst == CCOE_OK)
+        cst = ccoe_config_validate(&cfg, &err);
+    if (ccoe_comm_agree(g_comm, cst, &err) != CCOE_OK) /* collective */
         return fail(&err);
     if (ccoe_train_run(&cfg, &o, &err) != CCOE_OK)
         return fail(&err);
     return 0;
+}
+
+/* ccoe train-expert MODEL --expert NAME ... */
+static int cmd_train_expert(int argc, char **argv)
+{
+    if (argc < 1 || argv[0][0] == '-')
+        return usage_error("train-expert needs a MODEL checkpoint", "");
+    const char *domains[CCOE_MAX_DOMAINS];
+    const char **sets = calloc((size_t)argc, sizeof *sets);
+    if (!sets)
+        return 1;
+    ccoe_expert_train_opts o = {.model = argv[0], .domains = domains, .sets = sets,
+                                .progress = -1};
+    int rc = -1;
+    for (int i = 1; i < argc && rc < 0; i++) {
+        const int more = i + 1 < argc;
+        if (strcmp(argv[i], "--expert") == 0 && more) {
+            o.name = argv[++i];
+        } else if (strcmp(argv[i], "--domain") == 0 && more) {
+            if (o.n_domains == CCOE_MAX_DOMAINS)
+                rc = usage_error("too many --domain arguments", "");
+            else
+                domains[o.n_domains++] = argv[++i];
+        } else if (strcmp(argv[i], "--layers") == 0 && more) {
+            if (!parse_int_arg(argv[++i], 1, 256, &o.layers))
+                rc = usage_error("--layers takes a layer count 1..256, not", argv[i]);
+        } else if (strcmp(argv[i], "--form") == 0 && more) {
+            o.form = argv[++i];
+        } else if (strcmp(argv[i], "--set") == 0 && more) {
+            sets[o.n_sets++] = argv[++i];
+        } else if (strcmp(argv[i], "-o") == 0 && more) {
+            o.out_dir = argv[++i];
+        } else if (strcmp(argv[i], "--push") == 0 && more) {
+            o.push_to = argv[++i];
+        } else if (strcmp(argv[i], "--force") == 0) {
+            o.force = 1;
+        } else if (strcmp(argv[i], "--quiet") == 0) {
+            o.quiet = 1;
+        } else if (strcmp(argv[i], "--no-progress") == 0) {
+            o.progress = 0;
+        } else {
+            rc = usage_error("unknown or incomplete train-expert argument", argv[i]);
+        }
+    }
+    if (rc < 0 && !o.name)
+        rc = usage_error("train-expert needs --expert NAME", "");
+    if (rc < 0) {
+        ccoe_error err = {0};
+        rc = ccoe_expert_train(&o, &err) == CCOE_OK ? 0 : fail(&err);
+    }
+    free(sets);
+    return rc;
 }
 
 static int cmd_eval(int argc, char **argv)
@@ -174,17 +282,13 @@ static int cmd_eval(int argc, char **argv)
         ccoe_eval_print(stdout, &s.data, ev);
         if (s.gating.n_experts > 0) {
             /* the inference cost of each domain's path */
-            printf("\n%-12s %-28s %14s %16s\n", "domain", "path", "active_params",
+            printf("\n%-12s %-32s %14s %16s\n", "domain", "path", "active_params",
                    "fwd_MFLOP/token");
             for (int d = 0; d < s.gating.n_domains; d++) {
                 int e = s.gating.route[d];
-                char path[64];
-                if (e < 0)
-                    snprintf(path, sizeof path, "base[0:%d]", s.cfg.model.n_layer);
-                else
-                    snprintf(path, sizeof path, "base[0:%d] -> %.16s", s.gating.experts[e].branch,
-                             s.gating.experts[e].name);
-                printf("%-12s %-28s %14zu %16.2f\n", s.gating.domains[d], path,
+                char path[96];
+                ccoe_gating_path_name(&s.gating, d, path, sizeof path);
+                printf("%-12s %-32s %14zu %16.2f\n", s.gating.domains[d], path,
                        ccoe_model_path_params(&s.model, e + 1),
                        ccoe_model_path_forward_flops(&s.model, e + 1, s.cfg.model.seq_len) / 1e6);
             }
@@ -246,7 +350,7 @@ static int cmd_info(int argc, char **argv)
 static int cmd_bench(int argc, char **argv)
 {
     ccoe_bench_opts o = {.shape = "all", .steps = 10, .threads = 2, .gemm = "auto",
-                         .ffn = "gelu", .moe = "none"};
+                         .ffn = "gelu", .moe = "none", .ccoe = "none"};
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
             o.shape = argv[++i];
@@ -260,6 +364,8 @@ static int cmd_bench(int argc, char **argv)
             o.gemm = argv[++i];
         } else if (strcmp(argv[i], "--moe") == 0 && i + 1 < argc) {
             o.moe = argv[++i];
+        } else if (strcmp(argv[i], "--ccoe") == 0 && i + 1 < argc) {
+            o.ccoe = argv[++i];
         } else if (strcmp(argv[i], "--ffn") == 0 && i + 1 < argc) {
             o.ffn = argv[++i];
             if (strcmp(o.ffn, "gelu") != 0 && strcmp(o.ffn, "swiglu") != 0)
@@ -375,6 +481,35 @@ static int cmd_compare(int argc, char **argv)
     return differ || same == 0 ? 1 : 0;
 }
 
+/* ccoe study STUDY_FILE [--set k=v]... [--force] [--verbose] */
+static int cmd_study(int argc, char **argv)
+{
+    if (argc < 1 || argv[0][0] == '-')
+        return usage_error("study needs a STUDY_FILE (e.g. configs/study-default.ini)", "");
+    const char **sets = calloc((size_t)argc, sizeof *sets);
+    if (!sets)
+        return 1;
+    ccoe_study_opts o = {.sets = sets, .progress = -1};
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
+            sets[o.n_sets++] = argv[++i];
+        } else if (strncmp(argv[i], "--set=", 6) == 0) {
+            sets[o.n_sets++] = argv[i] + 6;
+        } else if (strcmp(argv[i], "--force") == 0) {
+            o.force = 1;
+        } else if (strcmp(argv[i], "--verbose") == 0) {
+            o.verbose = 1;
+        } else {
+            free(sets);
+            return usage_error("unknown or incomplete study argument", argv[i]);
+        }
+    }
+    ccoe_error err = {0};
+    ccoe_status st = ccoe_study_run(argv[0], &o, stdout, &err);
+    free(sets);
+    return st == CCOE_OK ? 0 : fail(&err);
+}
+
 static int cmd_data(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[0], "write-builtin") == 0) {
@@ -387,7 +522,40 @@ static int cmd_data(int argc, char **argv)
     return usage_error("data takes: write-builtin DIR", "");
 }
 
+static int run_command(int argc, char **argv);
+
+/* Under an MPI launcher (mpirun -np P ccoe train ...) every rank runs `train`; the other
+ * commands run on rank 0 alone. An error on one rank that the others have not agreed on (they
+ * may be waiting in a collective) ends the whole job through the communicator's abort. */
 int main(int argc, char **argv)
+{
+    static ccoe_comm comm; /* g_comm points here */
+    ccoe_comm_serial(&comm);
+    int mpi = 0;
+    if (ccoe_comm_mpi_launched()) {
+        ccoe_error err = {0};
+        if (ccoe_comm_mpi_init(&comm, &argc, &argv, &err) != CCOE_OK) {
+            fprintf(stderr, "ccoe: %s: %s\n", ccoe_status_name(err.status), err.msg);
+            return 1;
+        }
+        mpi = 1;
+    }
+    g_comm = &comm;
+    const int train = argc >= 2 && strcmp(argv[1], "train") == 0;
+    int rc = 0;
+    if (train || comm.rank == 0)
+        rc = run_command(argc, argv);
+    if (rc != 0 && comm.size > 1 && train && comm.failed_rank < 0) {
+        fflush(stdout);
+        fflush(stderr);
+        comm.ops->abort(&comm, rc); /* does not return */
+    }
+    if (mpi)
+        ccoe_comm_mpi_finalize(&comm);
+    return rc;
+}
+
+static int run_command(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
@@ -403,6 +571,8 @@ int main(int argc, char **argv)
         return cmd_train(argc - 2, argv + 2);
     if (strcmp(cmd, "eval") == 0)
         return cmd_eval(argc - 2, argv + 2);
+    if (strcmp(cmd, "train-expert") == 0)
+        return cmd_train_expert(argc - 2, argv + 2);
     if (strcmp(cmd, "info") == 0)
         return cmd_info(argc - 2, argv + 2);
     if (strcmp(cmd, "bench") == 0)
@@ -415,6 +585,8 @@ int main(int argc, char **argv)
         return cmd_pop(argc - 2, argv + 2);
     if (strcmp(cmd, "data") == 0)
         return cmd_data(argc - 2, argv + 2);
+    if (strcmp(cmd, "study") == 0)
+        return cmd_study(argc - 2, argv + 2);
     if (strcmp(cmd, "help-config") == 0 || strcmp(cmd, "--help-config") == 0) {
         ccoe_config_print_help(stdout);
         return 0;

@@ -38,12 +38,32 @@ static void add_param(ccoe_model *m, size_t *off, const char *name, int block, i
     *off += (p->numel + 15) & ~(size_t)15;
 }
 
+/* The dense FFN of a block under prefix ("blocks.3." or "experts.arith.blocks.0."); inst is
+ * the block instance, or -1 for an Eqs. 6-7 expert FFN (not an instance of its own). */
+static void add_mlp(ccoe_model *m, size_t *off, const char *prefix, int inst, int expert)
+{
+    const ccoe_model_config *c = &m->cfg;
+    const int C = c->n_embd, F = c->ffn_hidden;
+    static const char *const suffix[4] = {"mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight",
+                                          "mlp.proj.bias"};
+    const int64_t rows[4] = {m->F2, m->F2, C, C};
+    for (int t = 0; t < 4; t++) {
+        const int bias = t & 1;
+        if (bias && !c->bias)
+            continue;
+        char name[CCOE_PARAM_NAME];
+        if (snprintf(name, sizeof name, "%s%s", prefix, suffix[t]) >= (int)sizeof name)
+            name[0] = '\0'; /* cannot happen: expert names are <= 32 chars */
+        add_param(m, off, name, inst, expert, !bias, bias ? 1 : 2, rows[t], t == 0 ? C : F);
+    }
+}
+
 /* The tensors of one block instance under the name prefix ("blocks.3." or
  * "experts.arith.blocks.0."). */
 static void add_block(ccoe_model *m, size_t *off, const char *prefix, int inst, int expert)
 {
     const ccoe_model_config *c = &m->cfg;
-    const int C = c->n_embd, F = c->ffn_hidden;
+    const int C = c->n_embd;
     const int ln_bias = c->norm == CCOE_NORM_LAYERNORM;
     char name[CCOE_PARAM_NAME];
 #define P(suffix, decay, ndim, d0, d1)                                  \
@@ -79,13 +99,8 @@ static void add_block(ccoe_model *m, size_t *off, const char *prefix, int inst, 
         assert(m->n_params > CCOE_MAX_PARAMS || *off == m->moe_offset[i] + m->moe.num_params);
         return;
     }
-    P("mlp.fc.weight", 1, 2, m->F2, C);
-    if (c->bias)
-        P("mlp.fc.bias", 0, 1, m->F2, 0);
-    P("mlp.proj.weight", 1, 2, C, F);
-    if (c->bias)
-        P("mlp.proj.bias", 0, 1, C, 0);
 #undef P
+    add_mlp(m, off, prefix, inst, expert);
 }
 
 /* Final norm (pre-LN) and untied LM head under prefix ("" or "experts.arith."). A tied head
@@ -128,7 +143,10 @@ static void build_layout(ccoe_model *m)
         m->expert_begin[e] = off;
         for (int j = 0; j < gt->experts[e].layers; j++) {
             snprintf(prefix, sizeof prefix, "experts.%s.blocks.%d.", gt->experts[e].name, j);
-            add_block(m, &off, prefix, inst++, e);
+            if (gt->form == CCOE_FORM_FFN)
+                add_mlp(m, &off, prefix, -1, e);
+            else
+                add_block(m, &off, prefix, inst++, e);
         }
         if (gt->own_head) {
             snprintf(prefix, sizeof prefix, "experts.%s.", gt->experts[e].name);
@@ -181,9 +199,11 @@ static void head_view(const ccoe_model *m, float *base, const char *prefix, int 
                         : tensor_at(m, base, "", "wte");
 }
 
-static void make_views(ccoe_model *m, float *base, ccoe_block_view *blocks, ccoe_head_view *heads)
+static void make_views(ccoe_model *m, float *base, ccoe_block_view *blocks, ccoe_head_view *heads,
+                       ccoe_block_view *xffn)
 {
     const ccoe_gating *gt = &m->gating;
+    const int ffn_form = gt->form == CCOE_FORM_FFN;
     char prefix[CCOE_PARAM_NAME];
     for (int l = 0; l < m->cfg.n_layer; l++) {
         snprintf(prefix, sizeof prefix, "blocks.%d.", l);
@@ -194,7 +214,7 @@ static void make_views(ccoe_model *m, float *base, ccoe_block_view *blocks, ccoe
     for (int e = 0; e < gt->n_experts; e++) {
         for (int j = 0; j < gt->experts[e].layers; j++) {
             snprintf(prefix, sizeof prefix, "experts.%s.blocks.%d.", gt->experts[e].name, j);
-            block_view(m, base, prefix, &blocks[inst++]);
+            block_view(m, base, prefix, ffn_form ? &xffn[m->xffn_first[e] + j] : &blocks[inst++]);
         }
         if (gt->own_head) {
             snprintf(prefix, sizeof prefix, "experts.%s.", gt->experts[e].name);
@@ -210,16 +230,26 @@ static void build_paths(ccoe_model *m)
     const int L = m->cfg.n_layer;
     for (int l = 0; l < L; l++)
         m->inst_input[l] = l - 1;
-    m->paths[0] = (ccoe_path){.n_base = L, .first_inst = L, .n_own = 0, .head = 0};
+    m->paths[0] = (ccoe_path){.n_base = L, .first_inst = L, .n_own = 0, .head = 0, .ffn_expert = -1};
     int inst = L;
     for (int e = 0; e < gt->n_experts; e++) {
         const ccoe_expert_spec *x = &gt->experts[e];
+        if (gt->form == CCOE_FORM_FFN) {
+            m->paths[1 + e] = (ccoe_path){.n_base = L,
+                                          .first_inst = L,
+                                          .n_own = 0,
+                                          .head = gt->own_head ? 1 + e : 0,
+                                          .ffn_expert = e,
+                                          .ffn_from = x->branch};
+            continue;
+        }
         for (int j = 0; j < x->layers; j++, inst++)
             m->inst_input[inst] = j == 0 ? x->branch - 1 : inst - 1;
         m->paths[1 + e] = (ccoe_path){.n_base = x->branch,
                                       .first_inst = inst - x->layers,
                                       .n_own = x->layers,
-                                      .head = gt->own_head ? 1 + e : 0};
+                                      .head = gt->own_head ? 1 + e : 0,
+                                      .ffn_expert = -1};
     }
     m->n_paths = 1 + gt->n_experts;
     m->n_heads = gt->own_head ? 1 + gt->n_experts : 1;
@@ -328,6 +358,41 @@ static ccoe_status setup_moe(ccoe_model *m, const ccoe_moe_section *sec, ccoe_er
     return CCOE_OK;
 }
 
+ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err)
+{
+    m->comm = comm;
+    if (m->n_moe == 0 || !comm || comm->size <= 1)
+        return CCOE_OK;
+    /* every rank must run every MoE block in every forward: a CCoE path that leaves the base
+     * before an MoE block could give one rank no rows there while the others exchange */
+    for (int p = 0; p < m->n_paths; p++)
+        for (int i = 0; i < m->n_moe; i++)
+            if (m->paths[p].n_base <= m->moe_layer[i]) {
+                m->comm = NULL;
+                return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                      "expert parallelism on %d ranks: CCoE expert path %d leaves "
+                                      "the base before MoE block %d, so some ranks could skip "
+                                      "its token exchange; place the CCoE experts after the "
+                                      "last MoE block or run on one process",
+                                      comm->size, p, m->moe_layer[i]);
+            }
+    /* expert parallelism: contiguous expert blocks per rank; the MoE buffers grow to the rows
+     * this rank's experts may receive (from ranks with up to the largest maxB of any rank), so
+     * the activations are carved again */
+    double peer = (double)m->maxB * m->maxT;
+    CCOE_TRY(comm->ops->allreduce_max_f64(comm, &peer, 1, err));
+    CCOE_TRY(ccoe_moe_set_placement(&m->moe, comm->size, comm->rank, NULL, (int)peer, err));
+    ccoe_arena_free(&m->act_mem);
+    ccoe_arena count;
+    ccoe_arena_count(&count);
+    carve_acts(m, &count);
+    CCOE_TRY(ccoe_arena_alloc(&m->act_mem, count.used, "activations", err));
+    carve_acts(m, &m->act_mem);
+    assert(m->act_mem.used == count.used);
+    m->act_floats = count.used / sizeof(float);
+    return CCOE_OK;
+}
+
 void ccoe_model_moe_reset_totals(ccoe_model *m)
 {
     const size_t n = (size_t)m->n_moe, E = (size_t)m->moe.E;
@@ -370,8 +435,14 @@ ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
     m->gemm = g;
     m->nthreads = nthreads > 0 ? nthreads : 1;
     m->n_inst = cfg->n_layer;
-    for (int e = 0; e < m->gating.n_experts; e++)
-        m->n_inst += m->gating.experts[e].layers;
+    int n_xffn = 0;
+    for (int e = 0; e < m->gating.n_experts; e++) {
+        m->xffn_first[e] = n_xffn;
+        if (m->gating.form == CCOE_FORM_FFN)
+            n_xffn += m->gating.experts[e].layers;
+        else
+            m->n_inst += m->gating.experts[e].layers;
+    }
     CCOE_TRY(setup_moe(m, moe, err));
     build_layout(m);
     if (m->n_params > CCOE_MAX_PARAMS)
@@ -389,11 +460,14 @@ ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
     m->w_heads = ccoe_aligned_calloc(sizeof(ccoe_head_view) * (CCOE_MAX_EXPERTS + 1));
     m->g_heads = ccoe_aligned_calloc(sizeof(ccoe_head_view) * (CCOE_MAX_EXPERTS + 1));
     m->inst_input = ccoe_aligned_calloc(sizeof(int) * (size_t)m->n_inst);
-    if (!m->w_blocks || !m->g_blocks || !m->w_heads || !m->g_heads || !m->inst_input)
+    m->w_xffn = ccoe_aligned_calloc(sizeof(ccoe_block_view) * (size_t)(n_xffn + 1));
+    m->g_xffn = ccoe_aligned_calloc(sizeof(ccoe_block_view) * (size_t)(n_xffn + 1));
+    if (!m->w_blocks || !m->g_blocks || !m->w_heads || !m->g_heads || !m->inst_input ||
+        !m->w_xffn || !m->g_xffn)
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate model views");
     build_paths(m);
-    make_views(m, m->param_block, m->w_blocks, m->w_heads);
-    make_views(m, m->grad_block, m->g_blocks, m->g_heads);
+    make_views(m, m->param_block, m->w_blocks, m->w_heads, m->w_xffn);
+    make_views(m, m->grad_block, m->g_blocks, m->g_heads, m->g_xffn);
     m->wte = tensor_at(m, m->param_block, "", "wte");
     m->wpe = tensor_at(m, m->param_block, "", "wpe");
     m->dwte = tensor_at(m, m->grad_block, "", "wte");
@@ -419,6 +493,9 @@ void ccoe_model_free(ccoe_model *m)
     free(m->w_heads);
     free(m->g_heads);
     free(m->inst_input);
+    free(m->w_xffn);
+    free(m->g_xffn);
+    m->w_xffn = m->g_xffn = NULL;
     free(m->moe_of);
     free(m->moe_layer);
     free(m->moe_offset);
@@ -615,8 +692,79 @@ static void ffn_backward(ccoe_model *m, const ccoe_block_view *w, ccoe_block_vie
     ccoe_linear_backward(m->gemm, dinp, gw->fc_w, gw->fc_b, m->dfch, inp, w->fc_w, N, C, m->F2);
 }
 
+/* The FFN weights (fc/fcproj members) instance k uses on the rows of path p: an Eqs. 6-7
+ * expert's own FFN in blocks ffn_from..L-1 of its path, else the block's. */
+static ccoe_block_view *ffn_view(const ccoe_model *m, ccoe_block_view *blocks,
+                                 ccoe_block_view *xffn, int k, int p)
+{
+    const ccoe_path *pa = &m->paths[p];
+    if (pa->ffn_expert < 0 || k >= m->cfg.n_layer || k < pa->ffn_from)
+        return &blocks[k];
+    return &xffn[m->xffn_first[pa->ffn_expert] + k - pa->ffn_from];
+}
+
+/* Calls fn on each run of sorted sequences [r0, r1) within [s0, s0 + nb) that shares one FFN:
+ * the whole range, or (Eqs. 6-7, base blocks) one call per path group. */
+typedef void (*ffn_run_fn)(ccoe_model *m, int k, int p, int r0, int r1, int s0, int T, void *ctx);
+
+static void for_each_ffn_run(ccoe_model *m, int k, int s0, int nb, int T, ffn_run_fn fn, void *ctx)
+{
+    if (m->gating.form != CCOE_FORM_FFN || m->gating.n_experts == 0 || k >= m->cfg.n_layer) {
+        fn(m, k, 0, s0, s0 + nb, s0, T, ctx);
+        return;
+    }
+    for (int gi = 0; gi < m->n_groups; gi++) {
+        int r0 = m->group_r0[gi] > s0 ? m->group_r0[gi] : s0;
+        int r1 = m->group_r1[gi] < s0 + nb ? m->group_r1[gi] : s0 + nb;
+        if (r1 > r0)
+            fn(m, k, m->group_path[gi], r0, r1, s0, T, ctx);
+    }
+}
+
+/* Pointers at sequence s0 of the block's range, for one FFN run. */
+typedef struct ffn_run_io {
+    float *out;       /* forward: FFN output; backward: dinp */
+    const float *src; /* backward: dout */
+    const float *inp; /* FFN input */
+} ffn_run_io;
+
+static void ffn_run_forward(ccoe_model *m, int k, int p, int r0, int r1, int s0, int T, void *ctx)
+{
+    const ffn_run_io *io = ctx;
+    const size_t off = (size_t)(r0 - s0) * T * m->cfg.n_embd;
+    ccoe_block_acts a = acts_at(m, k, r0, T);
+    ffn_forward(m, ffn_view(m, m->w_blocks, m->w_xffn, k, p), &a, io->out + off, io->inp + off,
+                (r1 - r0) * T);
+}
+
+static void ffn_run_backward(ccoe_model *m, int k, int p, int r0, int r1, int s0, int T, void *ctx)
+{
+    const ffn_run_io *io = ctx;
+    const size_t off = (size_t)(r0 - s0) * T * m->cfg.n_embd;
+    const ccoe_block_acts a = acts_at(m, k, r0, T);
+    ffn_backward(m, ffn_view(m, m->w_blocks, m->w_xffn, k, p),
+                 ffn_view(m, m->g_blocks, m->g_xffn, k, p), &a, io->out + off, io->src + off,
+                 io->inp + off, (r1 - r0) * T);
+}
+
 /* out(N,C) = MoE(inp) for MoE block i (base block l on sorted rows [0, nb)); adds its aux loss
  * to m->aux_loss. */
+/* Expert parallelism: the MoE blocks exchange tokens when the model runs on several ranks and
+ * ccoe_model_set_comm placed the experts (a comm set directly keeps them rank-local). */
+static int moe_distributed(const ccoe_model *m)
+{
+    return m->comm && m->comm->size > 1 && m->moe.ep_size == m->comm->size;
+}
+
+/* A failed exchange inside forward/backward (which return no status): the other ranks would
+ * wait forever in the next collective, so report and end every rank (STYLE.md, Errors). */
+static void moe_comm_abort(ccoe_model *m, const ccoe_error *err)
+{
+    fprintf(stderr, "[rank %d] MoE expert parallelism: %s\n", m->comm->rank, err->msg);
+    fflush(stderr);
+    m->comm->ops->abort(m->comm, 1);
+}
+
 static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int nb, int T)
 {
     const int N = nb * T;
@@ -628,23 +776,44 @@ static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int 
                           .domains = m->moe_domains,
                           .T = T};
     ccoe_moe_stats *st = &m->moe_stats[i];
-    m->aux_loss += ccoe_moe_forward(&m->moe, out, &m->moe_acts[i], st, inp,
-                                    m->param_block + m->moe_offset[i], &pass, N);
-    if (m->collect_moe) {
+    if (moe_distributed(m)) {
+        double aux = 0.0;
+        ccoe_error err;
+        ccoe_error_clear(&err);
+        if (ccoe_moe_forward_ep(&m->moe, m->comm, out, &aux, &m->moe_acts[i], &m->moe_scratch,
+                                st, inp, m->param_block + m->moe_offset[i], &pass, N,
+                                &err) != CCOE_OK)
+            moe_comm_abort(m, &err);
+        m->aux_loss += aux;
+    } else {
+        m->aux_loss += ccoe_moe_forward(&m->moe, out, &m->moe_acts[i], st, inp,
+                                        m->param_block + m->moe_offset[i], &pass, N);
+    }
+    if (m->collect_moe) { /* st->N: the tokens the statistics cover (every rank's under EP) */
         const int E = m->moe.E;
         for (int e = 0; e < E; e++)
             m->moe_tot_tokens[(size_t)i * E + e] += st->tokens_per_expert[e];
-        m->moe_tot_rows[i] += N;
+        m->moe_tot_rows[i] += st->N;
         m->moe_tot_dropped[2 * i] += st->dropped_slots;
         m->moe_tot_dropped[2 * i + 1] += st->dropped_tokens;
-        m->moe_tot_entropy[2 * i] += st->gate_entropy * N;
-        m->moe_tot_entropy[2 * i + 1] += st->router_entropy * N;
+        m->moe_tot_entropy[2 * i] += st->gate_entropy * st->N;
+        m->moe_tot_entropy[2 * i + 1] += st->router_entropy * st->N;
     }
 }
 
 static void moe_backward(ccoe_model *m, int i, float *dinp, const float *dout, const float *inp,
                          float aux_scale, int nb, int T)
 {
+    if (moe_distributed(m)) {
+        ccoe_error err;
+        ccoe_error_clear(&err);
+        if (ccoe_moe_backward_ep(&m->moe, m->comm, dinp, m->grad_block + m->moe_offset[i],
+                                 &m->moe_stats[i], &m->moe_scratch, dout, &m->moe_acts[i], inp,
+                                 m->param_block + m->moe_offset[i], aux_scale, nb * T,
+                                 &err) != CCOE_OK)
+            moe_comm_abort(m, &err);
+        return;
+    }
     ccoe_moe_backward(&m->moe, dinp, m->grad_block + m->moe_offset[i], &m->moe_stats[i],
                       &m->moe_scratch, dout, &m->moe_acts[i], inp,
                       m->param_block + m->moe_offset[i], aux_scale, nb * T);
@@ -695,7 +864,8 @@ static void block_forward(ccoe_model *m, int k, int s0, int nb, int T)
         if (mi >= 0)
             moe_forward(m, mi, a.res2, a.ln2, nb, T);
         else
-            ffn_forward(m, w, &a, a.res2, a.ln2, N);
+            for_each_ffn_run(m, k, s0, nb, T, ffn_run_forward,
+                             &(ffn_run_io){.out = a.res2, .inp = a.ln2});
         ccoe_residual_forward(a.res2, a.res2, a.res1, NC);
     } else {
         attn_forward(m, w, &a, a.res1, x, nb, T);
@@ -704,7 +874,8 @@ static void block_forward(ccoe_model *m, int k, int s0, int nb, int T)
         if (mi >= 0)
             moe_forward(m, mi, a.res2, a.ln1, nb, T);
         else
-            ffn_forward(m, w, &a, a.res2, a.ln1, N);
+            for_each_ffn_run(m, k, s0, nb, T, ffn_run_forward,
+                             &(ffn_run_io){.out = a.res2, .inp = a.ln1});
         ccoe_residual_forward(a.res2, a.res2, a.ln1, NC);
         norm_forward(m, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w->ln2_w, w->ln2_b, N);
     }
@@ -727,7 +898,8 @@ static void block_backward(ccoe_model *m, int k, int s0, int nb, int T, float au
         if (mi >= 0)
             moe_backward(m, mi, m->dln, dx, a.ln2, aux_scale, nb, T);
         else
-            ffn_backward(m, w, gw, &a, m->dln, dx, a.ln2, N);
+            for_each_ffn_run(m, k, s0, nb, T, ffn_run_backward,
+                             &(ffn_run_io){.out = m->dln, .src = dx, .inp = a.ln2});
         norm_backward(m, dx, gw->ln2_w, gw->ln2_b, m->dln, a.res1, w->ln2_w, a.ln2_mean,
                       a.ln2_rstd, N);
         /* res1 = x + Attn(LN1(x)) */
@@ -745,7 +917,8 @@ static void block_backward(ccoe_model *m, int k, int s0, int nb, int T, float au
         if (mi >= 0)
             moe_backward(m, mi, dx, m->dtmp, a.ln1, aux_scale, nb, T);
         else
-            ffn_backward(m, w, gw, &a, dx, m->dtmp, a.ln1, N);
+            for_each_ffn_run(m, k, s0, nb, T, ffn_run_backward,
+                             &(ffn_run_io){.out = dx, .src = m->dtmp, .inp = a.ln1});
         /* h = LN1(res1): dtmp = d(res1) */
         memset(m->dtmp, 0, NC * sizeof(float));
         norm_backward(m, m->dtmp, gw->ln1_w, gw->ln1_b, dx, a.res1, w->ln1_w, a.ln1_mean,
@@ -865,6 +1038,21 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
     return ccoe_crossentropy_forward(m->losses, m->logits, m->logits, m->tgt_sorted, N, V);
 }
 
+/* The float range [*begin, *end) of block instance k's parameters, padding included. */
+static void inst_range(const ccoe_model *m, int k, size_t *begin, size_t *end)
+{
+    *begin = m->num_params;
+    *end = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const ccoe_param *p = &m->params[i];
+        if (p->block != k)
+            continue;
+        size_t e = p->offset + ((p->numel + 15) & ~(size_t)15);
+        *begin = p->offset < *begin ? p->offset : *begin;
+        *end = e > *end ? e : *end;
+    }
+}
+
 void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
 {
     const int B = m->last_B, T = m->last_T;
@@ -901,16 +1089,46 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
         for (int j = pa->n_own - 1; j >= 0; j--)
             block_backward(m, pa->first_inst + j, r0, nb, T, aux_scale);
     }
-    if (only > 0)
-        return; /* the base is frozen: nothing below the expert needs a gradient */
-    for (int l = m->cfg.n_layer - 1; l >= 0; l--) {
+    /* grad_ready: the base head and the experts are final now, unless an Eqs. 6-7 expert's
+     * FFNs are differentiated inside the base blocks below */
+    size_t rb, re, tail_begin = 0;
+    int tail_late = 0;
+    for (int p = 1; p < m->n_paths; p++)
+        tail_late |= m->paths[p].ffn_expert >= 0;
+    if (m->grad_ready) {
+        inst_range(m, m->cfg.n_layer - 1, &rb, &tail_begin);
+        if (!tail_late)
+            m->grad_ready(m->grad_ready_ctx, tail_begin, m->num_params);
+    }
+    /* the base is frozen under isolated expert training: nothing below the expert needs a
+     * gradient (Eqs. 6-7: the shared blocks above the expert's first FFN are differentiated
+     * to reach it; their gradients are not applied) */
+    int lowest = 0;
+    if (only > 0) {
+        if (m->paths[only].ffn_expert < 0)
+            return;
+        lowest = m->paths[only].ffn_from;
+    }
+    for (int l = m->cfg.n_layer - 1; l >= lowest; l--) {
         int rows = 0;
         while (rows < B && m->paths[m->row_path[rows]].n_base > l)
             rows++;
         if (rows > 0)
             block_backward(m, l, 0, rows, T, aux_scale);
+        if (m->grad_ready) {
+            inst_range(m, l, &rb, &re);
+            m->grad_ready(m->grad_ready_ctx, rb, re);
+        }
     }
+    if (m->grad_ready && tail_late)
+        m->grad_ready(m->grad_ready_ctx, tail_begin, m->num_params);
+    if (only > 0)
+        return;
     ccoe_embed_backward(m->dwte, m->dwpe, m->dx, m->tok_sorted, B, T, C);
+    if (m->grad_ready) {
+        inst_range(m, 0, &rb, &re);
+        m->grad_ready(m->grad_ready_ctx, 0, rb);
+    }
 }
 
 const float *ccoe_model_logits(const ccoe_model *m, int b, int t)
@@ -947,16 +1165,36 @@ double ccoe_model_last_flops(const ccoe_model *m)
         for (int l = 0; l < pa->n_base; l++)
             base_moe += m->moe_of[l] >= 0;
         double fwd = 2.0 * (blocks * Pb + base_moe * (Pmoe - Pb) + V * C) + 4.0 * blocks * C * T;
+        /* isolated training differentiates the head and the expert's own blocks (Eqs. 6-7: the
+         * blocks from its first FFN up) */
+        const double depth = pa->ffn_expert >= 0 ? c->n_layer - pa->ffn_from : pa->n_own;
         double bwd;
         if (m->train_path >= 0)
             bwd = m->group_path[gi] == m->train_path
-                      ? 2.0 * (2.0 * (pa->n_own * Pb + V * C) + 4.0 * pa->n_own * C * T)
+                      ? 2.0 * (2.0 * (depth * Pb + V * C) + 4.0 * depth * C * T)
                       : 0.0;
         else
             bwd = 2.0 * fwd;
         total += tokens * (fwd + bwd);
     }
     return total;
+}
+
+/* Whether parameter p is used by a token on `path` (its blocks, FFNs and head). */
+static int param_on_path(const ccoe_model *m, const ccoe_param *p, int path)
+{
+    const ccoe_path *pa = &m->paths[path];
+    if (p->block >= 0) {
+        if (p->block >= pa->first_inst && p->block < pa->first_inst + pa->n_own)
+            return 1;
+        if (p->block >= pa->n_base)
+            return 0;
+        /* Eqs. 6-7: the base FFN of a block where the path's expert FFN takes over */
+        return !(pa->ffn_expert >= 0 && p->block >= pa->ffn_from && strstr(p->name, ".mlp."));
+    }
+    if (p->expert >= 0) /* an expert's head, or (Eqs. 6-7) its FFNs */
+        return pa->ffn_expert == p->expert || (pa->head > 0 && pa->head == 1 + p->expert);
+    return strcmp(p->name, "wte") == 0 || strcmp(p->name, "wpe") == 0 || pa->head == 0;
 }
 
 double ccoe_model_path_forward_flops(const ccoe_model *m, int path, int T)
@@ -966,11 +1204,9 @@ double ccoe_model_path_forward_flops(const ccoe_model *m, int path, int T)
     double matmul = V * C; /* the LM head */
     for (int i = 0; i < m->n_params; i++) {
         const ccoe_param *p = &m->params[i];
-        if (p->block < 0 || p->ndim != 2)
-            continue;
-        int used = p->block < pa->n_base ||
-                   (p->block >= pa->first_inst && p->block < pa->first_inst + pa->n_own);
-        if (!used)
+        /* block matrices (embeddings are lookups; heads are counted above) */
+        if (p->ndim != 2 || strcmp(p->name, "wte") == 0 || strcmp(p->name, "wpe") == 0 ||
+            strstr(p->name, "lm_head.weight") || !param_on_path(m, p, path))
             continue;
         double n = (double)p->numel;
         /* an MoE expert matrix is used by k of the E experts' tokens: count k/E of them */
@@ -983,21 +1219,9 @@ double ccoe_model_path_forward_flops(const ccoe_model *m, int path, int T)
 
 size_t ccoe_model_path_params(const ccoe_model *m, int path)
 {
-    const ccoe_path *pa = &m->paths[path];
     size_t n = 0;
-    for (int i = 0; i < m->n_params; i++) {
-        const ccoe_param *p = &m->params[i];
-        int used;
-        if (p->block >= 0)
-            used = p->block < pa->n_base ||
-                   (p->block >= pa->first_inst && p->block < pa->first_inst + pa->n_own);
-        else if (p->expert < 0)
-            used = strncmp(p->name, "wte", 4) == 0 || strncmp(p->name, "wpe", 4) == 0 ||
-                   pa->head == 0;
-        else
-            used = pa->head == 1 + p->expert;
-        if (used)
-            n += p->numel;
-    }
+    for (int i = 0; i < m->n_params; i++)
+        if (param_on_path(m, &m->params[i], path))
+            n += m->params[i].numel;
     return n;
 }

@@ -11,7 +11,9 @@
  * CCoE (Eqs. 4-5): every sequence follows the path of its domain: the base prefix, then its
  * expert's blocks and head. Rows of a batch are sorted by path so each block runs once on a
  * contiguous row range: base block l on the rows whose prefix is longer than l, expert blocks on
- * their group.
+ * their group. Eqs. 6-7 (form = ffn): every path runs all L base blocks; in blocks L - l_e ..
+ * L - 1 the rows of expert e's group use the expert's FFN ("experts.<name>.blocks.<j>.mlp.*",
+ * j = 0 .. l_e - 1, contiguous like any expert) instead of the base FFN.
  *
  * Blocks are pre-LN (x + Attn(LN(x)), then x + FFN(LN(x))) or post-LN (CCoE Eqs. 6-7:
  * h = LN(x + Attn(x)), y = LN(h + FFN(h))). Forward/backward never allocate.
@@ -29,6 +31,7 @@
 #include <stdint.h>
 
 #include "arena.h"
+#include "comm.h"
 #include "config.h"
 #include "gating.h"
 #include "gemm.h"
@@ -87,6 +90,9 @@ typedef struct ccoe_path {
     int first_inst;    /* first block instance of the expert's own blocks */
     int n_own;         /* the expert's own blocks */
     int head;          /* head index (0 = the base head) */
+    int ffn_expert;    /* Eqs. 6-7: expert whose FFNs replace the base FFNs of blocks
+                        * ffn_from..L-1 on this path; -1 = none */
+    int ffn_from;
 } ccoe_path;
 
 typedef struct ccoe_model {
@@ -115,6 +121,9 @@ typedef struct ccoe_model {
     float *wte, *wpe;       /* params: (V, C), (T, C) */
     float *dwte, *dwpe;     /* grads */
     ccoe_block_view *w_blocks, *g_blocks; /* (n_inst) */
+    /* Eqs. 6-7 (form = ffn): expert e's FFN j (fc/fcproj members only) at xffn_first[e] + j */
+    ccoe_block_view *w_xffn, *g_xffn;     /* (sum of l_e) */
+    int xffn_first[CCOE_MAX_EXPERTS];
     ccoe_head_view *w_heads, *g_heads;    /* (n_heads) */
 
     /* activations */
@@ -151,6 +160,15 @@ typedef struct ccoe_model {
     uint64_t seed;          /* noise key */
     uint64_t step;          /* optimizer step (noise key) */
     int64_t token_offset;   /* global index of row 0 of the next forward among the step's tokens */
+    ccoe_comm *comm;        /* borrowed; NULL = serial (one rank). Set by the trainer. */
+    /* optional (NULL = none): ccoe_model_backward calls grad_ready(grad_ready_ctx, begin, end)
+     * as soon as the gradients of the float range [begin, end) of the gradient block are final,
+     * in this order and whatever the data: [end of base block L-1, num_params) (base head and
+     * every CCoE expert) first, then base blocks L-1 .. 0 (each its own range) and last
+     * [0, start of block 0) (wte, wpe); with train_path > 0 only the first call. The trainer
+     * starts the data-parallel gradient allreduce of finished buckets from it (src/train.c). */
+    void (*grad_ready)(void *ctx, size_t begin, size_t end);
+    void *grad_ready_ctx;
     /* totals over the forwards since ccoe_model_moe_reset_totals, while collect_moe is set */
     int collect_moe;
     int64_t *moe_tot_tokens;  /* (n_moe, E) kept slots per expert */
@@ -201,6 +219,18 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
  * papers/moe.md). With train_path >= 0 only that path's own parameters receive gradients (the
  * frozen base is not differentiated). */
 void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale);
+
+/* Sets the communicator the model runs on (borrowed; NULL = serial). For an MoE model on more
+ * than one rank this turns on expert parallelism: contiguous blocks of experts per rank
+ * (ccoe_moe_set_placement), MoE buffers resized and the activations carved again, so call it
+ * after ccoe_model_init_moe and before the first forward, on every rank (COLLECTIVE: the
+ * ranks agree on the largest batch any of them passes, maxB may differ). From then on every
+ * forward and backward of the model is COLLECTIVE on comm (each MoE block exchanges tokens);
+ * the trainer's side of the contract (which parameter regions each rank owns, gradient sums,
+ * syncing experts before a checkpoint) is in src/ep.h. Setting m->comm directly instead keeps
+ * the MoE blocks rank-local (plain data parallelism: every rank runs every expert on its own
+ * rows; capacity and aux losses per rank, not equal to the one-process run). */
+ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err);
 
 /* Zeroes the MoE totals (the per-expert counts the evaluation prints). */
 void ccoe_model_moe_reset_totals(ccoe_model *m);

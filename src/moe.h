@@ -12,8 +12,15 @@
  * (ccoe_moe_tensor_at gives the layout of the layer's region), saved activations and backward
  * scratch are carved by the caller from its arenas (ccoe_moe_acts_carve, ccoe_moe_scratch_carve)
  * before the first step; forward and backward never allocate. No residual: a token whose slots
- * are all dropped gets out = 0 and the caller's residual carries h. No communication: expert
- * parallelism belongs in mpi/.
+ * are all dropped gets out = 0 and the caller's residual carries h.
+ *
+ * Expert parallelism (ccoe_moe_set_placement, ccoe_moe_forward_ep / ccoe_moe_backward_ep): the
+ * experts are spread over the P ranks of a communicator (src/comm.h; the layer never includes
+ * <mpi.h>); each rank routes its own tokens, sends each kept (token, expert) row to the rank
+ * owning the expert (count exchange, then alltoallv), the owners run their experts and send the
+ * outputs back for the weighted combine; backward runs the same plan in reverse. Capacity,
+ * aux losses and statistics are global: the same values for any P (papers/moe.md, "Expert
+ * parallelism"). The serial functions never communicate.
  *
  * Conventions (as kernels.h): outputs first; forward OVERWRITES out; backward ACCUMULATES into
  * dinp and the gradient region. Dimension letters: N tokens (rows), C channels, E experts, K
@@ -27,6 +34,7 @@
 #include <stdint.h>
 
 #include "arena.h"
+#include "comm.h"
 #include "gate.h"
 #include "gemm.h"
 #include "status.h"
@@ -86,6 +94,13 @@ typedef struct ccoe_moe {
     size_t off_fc_w, off_fc_b, off_proj_w, off_proj_b; /* within an expert; -1 when absent */
     size_t num_params;            /* floats of the whole region (padding included) */
     int n_tensors;
+    /* expert parallelism (ccoe_moe_set_placement); ep_size = 0: not distributed */
+    int ep_size, ep_rank;         /* P and this process's rank */
+    int ep_local;                 /* experts this rank owns */
+    int max_home;                 /* rows of this rank's kept slots: maxN K (0 serially) */
+    int max_recv;                 /* rows this rank's experts can receive in one call */
+    int ep_max_peer;              /* largest N any rank passes (set_placement's max_peer_rows) */
+    int32_t ep_owner[CCOE_MOE_MAX_EXPERTS]; /* (E) rank owning expert e (all 0 serially) */
 } ccoe_moe;
 
 /* One parameter tensor of the layer's region. */
@@ -139,6 +154,15 @@ typedef struct ccoe_moe_stats {
      * combine, experts, scatter, router+gate+aux (filled when passed to ccoe_moe_backward) */
     double t_fwd_route, t_fwd_dispatch, t_fwd_experts, t_fwd_combine;
     double t_bwd_combine, t_bwd_experts, t_bwd_scatter, t_bwd_route;
+    /* expert parallelism (0 serially). N, the counts, drops, entropies, CVs and aux values
+     * above are then global (over all ranks); the timings are this rank's. */
+    int N_local;               /* this rank's tokens (N is the global count) */
+    int64_t ep_bytes_fwd;      /* bytes of token rows this rank sent to other ranks: forward */
+    int64_t ep_bytes_bwd;      /*   (dispatch + return) and backward (the same in reverse) */
+    int64_t ep_bytes_meta;     /* bytes of counts and sums this rank contributed (allgather,
+                                  allreduce; forward only) */
+    double t_fwd_exchange;     /* seconds inside collectives, waiting included (part of the */
+    double t_bwd_exchange;     /*   dispatch/combine/scatter phases above) */
 } ccoe_moe_stats;
 
 /* Saved state of one forward (one per MoE layer; carved by ccoe_moe_acts_carve). */
@@ -166,6 +190,14 @@ typedef struct ccoe_moe_acts {
     double *load;            /* (E) sum_n P(x_n, i) */
     double *frac;            /* (E) f_i: share of the N K router choices that pick i */
     double *pmean;           /* (E) P_i: mean of softmax(logits)_i */
+    /* expert parallelism (carved when m->ep_size > 0; the E-sized sums above are then global,
+     * and xin .. y hold the rows this rank's experts received, grouped by expert, within an
+     * expert by source rank and token: the global token order) */
+    int64_t N_total;         /* tokens of the call over all ranks (= N serially) */
+    int rows_home;           /* this rank's kept slots; slot[] indexes home rows */
+    float *home;             /* (maxN K, C) this rank's kept slots in send order (owner rank,
+                                expert, token): the inputs sent, then the outputs received */
+    int32_t *ep_kept;        /* (P, E) kept slots of rank p for expert e (every rank's) */
 } ccoe_moe_acts;
 
 /* Backward scratch (may be shared by all MoE layers of a model). */
@@ -177,6 +209,14 @@ typedef struct ccoe_moe_scratch {
     float *dweights;         /* (maxN, K) */
     float *dlogits;          /* (maxN, E) */
     float *dnoise_logits;    /* (maxN, E) (noisy) */
+    /* expert parallelism (carved when m->ep_size > 0) */
+    float *home;             /* (maxN K, C) dy of this rank's slots sent, then dxin received */
+    float *stage;            /* (max_recv, C) rows in arrival order (source rank, expert, token) */
+    int32_t *counts;         /* (P, 1 + K E) allgathered: each rank's N and per-(round j,
+                                expert e) router choices */
+    double *sums;            /* (4 E + 4) allreduced sums (aux losses, statistics) */
+    size_t *send_counts, *send_displs, *recv_counts, *recv_displs; /* (P) each, in floats */
+    int64_t *cursor;         /* (P) */
 } ccoe_moe_scratch;
 
 /* ---- setup ---- */
@@ -260,6 +300,84 @@ void ccoe_moe_gather(float *rows, const float *inp, const int32_t *row_token, in
  * OVERWRITES (tokens with every slot dropped get 0). Slots are summed in order j = 0..K-1. */
 void ccoe_moe_combine(float *out, const float *rows, const int32_t *slot, const float *weights,
                       int N, int K, int C);
+
+/* ---- expert parallelism (papers/moe.md, "Expert parallelism") ----
+ *
+ * Contract for a data-parallel trainer (ranks hold contiguous slices of the global batch):
+ * - Every rank holds the whole parameter region (layout unchanged) but computes, and should
+ *   update, only the experts it owns (ccoe_moe_expert_owner); the router is replicated. After
+ *   ccoe_moe_backward_ep the gradient of an owned expert is complete on its owner (it saw every
+ *   rank's tokens) and zero-contribution elsewhere: do NOT allreduce expert regions. Router
+ *   gradients are this rank's share: allreduce (sum) them with the other replicated tensors.
+ * - Gradient convention: the losses are global sums/means, so the trainer SUMS gradients over
+ *   ranks and scales the CE by the global token count (dout = dCE_global/dout); aux_scale =
+ *   1 / grad_accum as serially. A trainer that averages instead must multiply aux_scale by P
+ *   and divide the owned expert gradients by P.
+ * - Non-owned expert regions go stale; before writing a checkpoint (or evaluating with the
+ *   serial layer) broadcast each expert's region (params and optimizer moments) from its owner.
+ * - Every call is collective on the communicator: all ranks call forward (and backward) of
+ *   every MoE layer the same number of times, with any N >= 0 of their own.
+ * - Noise keys: pass->token_offset must be the global index of this rank's row 0 in the step,
+ *   so noisy gates draw the same noise for any P. */
+
+/* Places the experts on P ranks; this process is `rank`. owner (E) gives each expert's rank,
+ * NULL = contiguous blocks (rank q owns experts [floor(q E / P), floor((q + 1) E / P)); ranks
+ * may own none when P > E). max_peer_rows: the largest N any rank will pass to one call (the
+ * same value on every rank; 0 = this layer's maxN, right when every rank has the same maxN):
+ * it bounds the rows this rank's experts can receive. Resizes the layer's buffers (max_rows,
+ * max_home, max_recv): call before carving acts and scratch. P = 1 is allowed (the distributed
+ * path on one rank, which equals the serial layer bit for bit). CCOE_ERR_CONFIG for an owner
+ * outside [0, P). */
+ccoe_status ccoe_moe_set_placement(ccoe_moe *m, int P, int rank, const int32_t *owner,
+                                   int max_peer_rows, ccoe_error *err);
+
+/* The rank owning expert e (0 when not distributed). */
+int ccoe_moe_expert_owner(const ccoe_moe *m, int e);
+
+/* Expert e's parameters: floats [*begin, *end) of the layer's region (one contiguous range:
+ * its fc and proj tensors and padding). */
+void ccoe_moe_expert_span(const ccoe_moe *m, int e, size_t *begin, size_t *end);
+
+/* Distributed forward: as ccoe_moe_forward on this rank's N rows (0 <= N <= maxN, and every
+ * rank's N <= ep_max_peer: checked on every rank after the count exchange, CCOE_ERR_ARG), with
+ * capacity, aux losses and statistics over all ranks' tokens. *aux receives the global
+ * weighted aux loss (the same value on every rank, = the serial value on the concatenated
+ * batch). s: scratch (shared with backward and other layers). COLLECTIVE on comm, whose size
+ * and rank must match ccoe_moe_set_placement (CCOE_ERR_INTERNAL otherwise); CCOE_ERR_COMM when
+ * an exchange fails (the communicator is then unusable). */
+ccoe_status ccoe_moe_forward_ep(const ccoe_moe *m, ccoe_comm *comm, float *out,
+                                double *aux, ccoe_moe_acts *acts, ccoe_moe_scratch *s,
+                                ccoe_moe_stats *stats, const float *inp, const float *params,
+                                const ccoe_moe_pass *pass, int N, ccoe_error *err);
+
+/* Distributed backward of the last ccoe_moe_forward_ep: ACCUMULATES dinp (N, C) (this rank's
+ * rows), the router gradients (this rank's share of the global objective) and the gradients of
+ * the experts this rank owns (complete); non-owned expert gradients are not touched. Same
+ * objective as ccoe_moe_backward with the global aux loss. COLLECTIVE on comm. */
+ccoe_status ccoe_moe_backward_ep(const ccoe_moe *m, ccoe_comm *comm, float *dinp,
+                                 float *grads, ccoe_moe_stats *stats, ccoe_moe_scratch *s,
+                                 const float *dout, const ccoe_moe_acts *acts, const float *inp,
+                                 const float *params, float aux_scale, int N, ccoe_error *err);
+
+/* The distributed dispatch primitives (used by forward/backward; public for tests).
+ * ccoe_moe_ep_route: from acts->ids (N, K) of every rank, the global capacity decisions and
+ * the plan: acts->slot (home row or -1), rows_home, ep_kept, N_total, capacity, and the
+ * grouped layout of the rows this rank's experts receive (offsets (E + 1), rows). COLLECTIVE
+ * (one allgather of K E + 1 int32 per rank). */
+ccoe_status ccoe_moe_ep_route(const ccoe_moe *m, ccoe_comm *comm, ccoe_moe_acts *acts,
+                              ccoe_moe_scratch *s, ccoe_moe_stats *stats, int N,
+                              ccoe_error *err);
+/* rows (acts->rows, C) grouped at the owners <- home (rows_home, C) in send order; and the
+ * reverse. OVERWRITE their outputs. Bytes sent to other ranks are added to *bytes (may be NULL)
+ * and the time to *seconds (may be NULL). COLLECTIVE (one alltoallv each). */
+ccoe_status ccoe_moe_ep_to_experts(const ccoe_moe *m, ccoe_comm *comm, float *rows,
+                                   const float *home, const ccoe_moe_acts *acts,
+                                   ccoe_moe_scratch *s, int64_t *bytes, double *seconds,
+                                   ccoe_error *err);
+ccoe_status ccoe_moe_ep_to_home(const ccoe_moe *m, ccoe_comm *comm, float *home,
+                                const float *rows, const ccoe_moe_acts *acts,
+                                ccoe_moe_scratch *s, int64_t *bytes, double *seconds,
+                                ccoe_error *err);
 
 /* Writes the statistics as one JSON object (no newline) into buf; returns the length it needs
  * (like snprintf), so a return >= cap means truncated. */

@@ -42,9 +42,10 @@ ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_
         s->have_data = 1;
     }
     {
+        /* the data's domains; without data (benchmarks), the domains the routes name */
         char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
-        int nd = s->have_data ? s->data.n_domains : 0;
-        for (int d = 0; d < nd; d++)
+        int nd = s->have_data ? s->data.n_domains : ccoe_gating_route_domains(c, names);
+        for (int d = 0; s->have_data && d < nd; d++)
             memcpy(names[d], s->data.domains[d].name, CCOE_NAME_LEN);
         st = ccoe_gating_build(&s->gating, c, (const char(*)[CCOE_NAME_LEN])names, nd, err);
         if (st != CCOE_OK)

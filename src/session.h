@@ -29,7 +29,8 @@ typedef struct ccoe_session {
  * without text (benchmarks), where any vocab_size >= 1 goes. */
 ccoe_status ccoe_config_resolve(ccoe_config *cfg, const ccoe_tokenizer *tok, ccoe_error *err);
 
-/* Sets up GEMM, tokenizer, (data unless with_data == 0), the task-expert matrix, the model
+/* Sets up GEMM, tokenizer, (data unless with_data == 0), the task-expert matrix (over the
+ * data's domains, or without data over the domains ccoe.routes names), the model
  * (with its CCoE experts) for batches of train.batch_size x model.seq_len, and batch buffers.
  * The model's weights are NOT initialised.
  * On failure everything already set up is released. */

@@ -1,4 +1,25 @@
-/* train.c - the dense training loop. */
+/* train.c - the training loop, single-process or data-parallel over a ccoe_comm.
+ *
+ * Data parallelism (opts->comm with P > 1): train.batch_size stays the GLOBAL micro-batch.
+ * Every rank reads the same data stream and takes the contiguous rows [b0, b1) of each
+ * micro-batch (ccoe_comm_split), so the run does what one process would do: token counts and
+ * losses are summed over ranks, the backward scale uses the global token count, and the
+ * gradients of the replicated parameters are summed by allreduces of buckets (contiguous
+ * float ranges of at most DP_BUCKET_FLOATS) in one fixed order on every rank: with
+ * opts->allreduce_overlap non-blocking ones started from the model's grad_ready hook as soon as
+ * backward has finished them and waited after backward, by default blocking ones after
+ * backward (faster with Open MPI 4.1 on this 2-core machine: papers/mpi.md). Clipping and AdamW then run identically everywhere, so the replicas stay
+ * bit-identical (checked at the end). Rank 0 alone prints, writes metrics and checkpoints.
+ *
+ * Failures: before every step the ranks agree (one tiny allreduce) on local failures, stop
+ * signals and the time limit, so a rank that failed makes every rank return an error naming it
+ * instead of leaving the others in a collective; errors that cannot wait for the agreement
+ * are returned with comm->failed_rank = -1 and main aborts the job.
+ *
+ * Several CCoE experts at once (opts->train_experts): rank r trains the experts placed on it
+ * one after another, each exactly as `ccoe.train_expert = NAME` would (fresh optimizer, its
+ * domains' data from position 0); the experts' regions are then broadcast from their owners
+ * and rank 0 writes one checkpoint. */
 #include "train.h"
 
 #include <errno.h>
@@ -14,6 +35,8 @@
 #include "optim.h"
 #include "perf.h"
 #include "session.h"
+
+#define DP_BUCKET_FLOATS ((size_t)1 << 19) /* 2 MiB buckets: several per model to overlap */
 
 static volatile sig_atomic_t g_stop_signal = 0;
 
@@ -47,21 +70,46 @@ static void format_eta(char *out, size_t cap, double seconds)
     snprintf(out, cap, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
 }
 
+/* One bucket of the gradient allreduce: floats [begin, end) of the gradient block. */
+typedef struct dp_bucket {
+    size_t begin, end;
+    size_t ready;       /* floats of it that backward has finished this step */
+    ccoe_comm_req req;
+} dp_bucket;
+
 typedef struct train_ctx {
     ccoe_session *s;
+    ccoe_comm *comm;         /* the ranks this loop runs over (a serial one when P = 1) */
+    ccoe_comm serial;        /* used when the caller passes none, and per expert */
+    int rank, P;
+    int b0, b1;              /* this rank's rows of every global micro-batch */
     ccoe_adamw opt;
     ccoe_train_state st;
     FILE *metrics;
     char ckpt_path[CCOE_STR + 64];
     double flops_per_token;
     double peak_gflops, gemm_gflops;
-    double step_flops;       /* model FLOPs of the last step */
+    double step_flops;       /* model FLOPs of the last step, summed over ranks */
     int expert;              /* isolated expert training: its index, else -1 */
     size_t grad_begin, grad_end; /* the trained float range of the parameter block */
     int bar;
+    int quiet;               /* no printing (opts->quiet, or a rank other than 0) */
+    int expert_mode;         /* one expert of --train-experts: no checkpoints, no evaluation */
+    int eval_all_ranks;      /* MoE models may communicate inside forward: all ranks evaluate */
     double aux;              /* mean over micro-batches of the summed MoE aux loss, last step */
     char *json;              /* buffer for ccoe_moe_stats_json (MoE models) */
     size_t json_cap;
+    /* data-parallel gradient buckets, in issue order (descending offsets) */
+    dp_bucket *buckets;
+    int n_buckets, issued;
+    /* expert-parallel MoE (the model's comm spreads each MoE layer's experts over the ranks):
+     * every expert's float range, its owner; n_ep = 0 otherwise */
+    size_t (*ep_span)[2];
+    int *ep_owner;
+    int n_ep;
+    ccoe_status hook_st;     /* first failure inside the grad_ready hook */
+    ccoe_error hook_err;
+    const ccoe_train_opts *o;
 } train_ctx;
 
 static int only_expert(const ccoe_param *p, void *ctx)
@@ -69,8 +117,276 @@ static int only_expert(const ccoe_param *p, void *ctx)
     return p->expert == *(const int *)ctx;
 }
 
+static int test_hook(const train_ctx *t, const char *mode, long step)
+{
+    const ccoe_train_opts *o = t->o;
+    return o->test_fail_mode && strcmp(o->test_fail_mode, mode) == 0 &&
+           o->test_fail_rank == t->rank && (step < 0 || o->test_fail_step == step);
+}
+
+/* ---- data-parallel gradient buckets ---- */
+
+/* The expert-parallel span holding float offset `off`, or -1 (the replicated parameters). */
+static int ep_span_of(const train_ctx *t, size_t off)
+{
+    for (int i = 0; i < t->n_ep; i++)
+        if (off >= t->ep_span[i][0] && off < t->ep_span[i][1])
+            return i;
+    return -1;
+}
+
+/* Whether the gradient of p is summed over ranks. Every parameter is replicated under data
+ * parallelism except the experts of an expert-parallel MoE layer: an owner's gradient is
+ * already complete (it saw every rank's tokens) and the other ranks' is zero (src/moe.h). */
+static int param_replicated(const train_ctx *t, const ccoe_param *p)
+{
+    return ep_span_of(t, p->offset) < 0;
+}
+
+/* Expert parallelism: the spans and owners of every MoE expert (the trainer updates only the
+ * experts it owns, and gathers them from their owners before a checkpoint). */
+static ccoe_status ep_setup(train_ctx *t, ccoe_error *err)
+{
+    const ccoe_model *m = &t->s->model;
+    if (m->n_moe == 0 || !m->comm || m->comm->size <= 1 || m->moe.ep_size != m->comm->size)
+        return CCOE_OK;
+    if (t->expert >= 0)
+        return CCOE_OK; /* isolated CCoE expert training: the base (and its MoE) is frozen */
+    size_t n = (size_t)m->n_moe * (size_t)m->moe.E;
+    t->ep_span = malloc(n * sizeof *t->ep_span);
+    t->ep_owner = malloc(n * sizeof *t->ep_owner);
+    if (!t->ep_span || !t->ep_owner)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the expert placement");
+    for (int i = 0; i < m->n_moe; i++)
+        for (int e = 0; e < m->moe.E; e++) {
+            size_t b, end;
+            ccoe_moe_expert_span(&m->moe, e, &b, &end);
+            t->ep_span[t->n_ep][0] = m->moe_offset[i] + b;
+            t->ep_span[t->n_ep][1] = m->moe_offset[i] + end;
+            t->ep_owner[t->n_ep] = ccoe_moe_expert_owner(&m->moe, e);
+            t->n_ep++;
+        }
+    return CCOE_OK;
+}
+
+/* AdamW filter: isolated training's expert, and never another rank's MoE expert. */
+static int update_filter(const ccoe_param *p, void *ctx)
+{
+    const train_ctx *t = ctx;
+    if (t->expert >= 0 && p->expert != t->expert)
+        return 0;
+    int sp = ep_span_of(t, p->offset);
+    return sp < 0 || t->ep_owner[sp] == t->rank;
+}
+
+/* COLLECTIVE: every MoE expert's parameters and AdamW moments from its owner to every rank
+ * (before a checkpoint: the other ranks' copies are stale). */
+static ccoe_status ep_gather(train_ctx *t, ccoe_error *err)
+{
+    ccoe_model *m = &t->s->model;
+    for (int i = 0; i < t->n_ep; i++) {
+        size_t off = t->ep_span[i][0], len = (t->ep_span[i][1] - off) * sizeof(float);
+        int root = t->ep_owner[i];
+        CCOE_TRY(t->comm->ops->bcast(t->comm, m->param_block + off, len, root, err));
+        CCOE_TRY(t->comm->ops->bcast(t->comm, t->opt.m + off, len, root, err));
+        CCOE_TRY(t->comm->ops->bcast(t->comm, t->opt.v + off, len, root, err));
+    }
+    return CCOE_OK;
+}
+
+/* COLLECTIVE: the global gradient norm over [grad_begin, grad_end): the replicated part is the
+ * same on every rank after the allreduce; the expert-parallel experts' squares are summed over
+ * their owners. */
+static ccoe_status grad_norm(train_ctx *t, double *out, ccoe_error *err)
+{
+    const float *g = t->s->model.grad_block;
+    if (t->n_ep == 0) {
+        *out = ccoe_grad_norm(g, t->grad_begin, t->grad_end);
+        return CCOE_OK;
+    }
+    double rep = 0.0, own = 0.0;
+    size_t at = t->grad_begin;
+    for (int i = 0; i <= t->n_ep; i++) { /* spans are in increasing order */
+        size_t b = i < t->n_ep ? t->ep_span[i][0] : t->grad_end;
+        if (b > at) {
+            double x = ccoe_grad_norm(g, at, b);
+            rep += x * x;
+        }
+        if (i < t->n_ep) {
+            if (t->ep_owner[i] == t->rank) {
+                double x = ccoe_grad_norm(g, t->ep_span[i][0], t->ep_span[i][1]);
+                own += x * x;
+            }
+            at = t->ep_span[i][1];
+        }
+    }
+    CCOE_TRY(t->comm->ops->allreduce_f64(t->comm, &own, 1, err));
+    *out = sqrt(rep + own);
+    return CCOE_OK;
+}
+
+/* The buckets: the replicated parameters inside [grad_begin, grad_end) (with isolated expert
+ * training only the expert's own tensors), merged into contiguous ranges, cut into pieces of
+ * at most DP_BUCKET_FLOATS from the top, ordered by descending offset (backward finishes the
+ * top of the layout first). */
+static ccoe_status dp_plan(train_ctx *t, ccoe_error *err)
+{
+    const ccoe_model *m = &t->s->model;
+    size_t (*ranges)[2] = malloc(((size_t)m->n_params + 1) * sizeof *ranges);
+    if (!ranges)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the allreduce plan");
+    int nr = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const ccoe_param *p = &m->params[i];
+        size_t b = p->offset, e = p->offset + ((p->numel + 15) & ~(size_t)15);
+        if (b < t->grad_begin || e > t->grad_end || !param_replicated(t, p))
+            continue;
+        if (t->expert >= 0 && p->expert != t->expert)
+            continue;
+        if (nr > 0 && ranges[nr - 1][1] == b)
+            ranges[nr - 1][1] = e;
+        else {
+            ranges[nr][0] = b;
+            ranges[nr][1] = e;
+            nr++;
+        }
+    }
+    size_t nb = 0;
+    for (int r = 0; r < nr; r++)
+        nb += (ranges[r][1] - ranges[r][0] + DP_BUCKET_FLOATS - 1) / DP_BUCKET_FLOATS;
+    t->buckets = calloc(nb ? nb : 1, sizeof *t->buckets);
+    if (!t->buckets) {
+        free(ranges);
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the allreduce plan");
+    }
+    int k = 0;
+    for (int r = nr - 1; r >= 0; r--)
+        for (size_t e = ranges[r][1]; e > ranges[r][0];) {
+            size_t b = e - ranges[r][0] > DP_BUCKET_FLOATS ? e - DP_BUCKET_FLOATS : ranges[r][0];
+            t->buckets[k].begin = b;
+            t->buckets[k].end = e;
+            k++;
+            e = b;
+        }
+    t->n_buckets = k;
+    free(ranges);
+    return CCOE_OK;
+}
+
+static void dp_reset(train_ctx *t)
+{
+    for (int i = 0; i < t->n_buckets; i++)
+        t->buckets[i].ready = 0;
+    t->issued = 0;
+    t->hook_st = CCOE_OK;
+}
+
+/* Starts the buckets that are complete, in plan order (every rank starts the same sequence). */
+static void dp_issue(train_ctx *t, int all)
+{
+    ccoe_comm *c = t->comm;
+    float *g = t->s->model.grad_block;
+    while (t->hook_st == CCOE_OK && t->issued < t->n_buckets) {
+        dp_bucket *b = &t->buckets[t->issued];
+        if (!all && b->ready < b->end - b->begin)
+            break;
+        t->hook_st = c->ops->iallreduce_f32(c, g + b->begin, b->end - b->begin, &b->req,
+                                            &t->hook_err);
+        t->issued++;
+    }
+}
+
+/* The model's grad_ready hook: [begin, end) of the gradient block is final. */
+static void dp_ready(void *ctx, size_t begin, size_t end)
+{
+    train_ctx *t = ctx;
+    for (int i = t->issued; i < t->n_buckets; i++) {
+        dp_bucket *b = &t->buckets[i];
+        size_t lo = b->begin > begin ? b->begin : begin, hi = b->end < end ? b->end : end;
+        if (lo < hi)
+            b->ready += hi - lo;
+    }
+    dp_issue(t, 0);
+    /* MPI advances non-blocking collectives only inside MPI calls: give the started ones a
+     * push between blocks so they overlap the rest of backward */
+    for (int i = 0; i < t->issued && t->hook_st == CCOE_OK; i++) {
+        int done = 0;
+        if (t->buckets[i].req.n > 0)
+            t->hook_st = t->comm->ops->test(t->comm, &t->buckets[i].req, &done, &t->hook_err);
+    }
+}
+
+/* Starts what backward did not announce, then waits for every bucket. */
+static ccoe_status dp_finish(train_ctx *t, ccoe_error *err)
+{
+    if (!t->o->allreduce_overlap) { /* blocking, bucket by bucket in plan order */
+        for (; t->issued < t->n_buckets; t->issued++) {
+            const dp_bucket *b = &t->buckets[t->issued];
+            CCOE_TRY(t->comm->ops->allreduce_f32(t->comm, t->s->model.grad_block + b->begin,
+                                                 b->end - b->begin, err));
+        }
+        return CCOE_OK;
+    }
+    dp_issue(t, 1);
+    ccoe_status st = t->hook_st;
+    if (st != CCOE_OK)
+        *err = t->hook_err;
+    for (int i = 0; i < t->issued; i++) {
+        ccoe_status w = t->comm->ops->wait(t->comm, &t->buckets[i].req, st ? NULL : err);
+        if (st == CCOE_OK)
+            st = w;
+    }
+    return st;
+}
+
+/* FNV-1a over the replicated parameters: the replicas must agree bit for bit. */
+static uint64_t replicated_hash(const train_ctx *t)
+{
+    const float *w = t->s->model.param_block;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (int i = 0; i < t->n_buckets; i++) {
+        const unsigned char *p = (const unsigned char *)(w + t->buckets[i].begin);
+        size_t n = (t->buckets[i].end - t->buckets[i].begin) * sizeof(float);
+        for (size_t j = 0; j < n; j++)
+            h = (h ^ p[j]) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* COLLECTIVE: the replicas' parameters are identical (a self-verifying invariant). */
+static ccoe_status check_replicas(train_ctx *t, ccoe_error *err)
+{
+    if (t->P == 1)
+        return CCOE_OK;
+    uint64_t h = replicated_hash(t);
+    uint64_t *all = malloc((size_t)t->P * sizeof *all);
+    if (!all)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "rank %d: out of memory", t->rank);
+    ccoe_status st = t->comm->ops->allgather(t->comm, &h, all, sizeof h, err);
+    for (int r = 1; st == CCOE_OK && r < t->P; r++)
+        if (all[r] != all[0]) {
+            st = ccoe_error_set(err, CCOE_ERR_INTERNAL,
+                                "the replicated parameters of rank %d differ from rank 0's "
+                                "after step %ld (a non-deterministic reduction: please report "
+                                "this bug)",
+                                r, t->st.step);
+            t->comm->failed_rank = 0; /* every rank sees the same table */
+        }
+    free(all);
+    return st;
+}
+
+/* ---- checkpoints, metrics, evaluation (rank 0) ---- */
+
+/* COLLECTIVE (expert-parallel MoE experts are gathered first); rank 0 writes. */
 static ccoe_status save_checkpoint(train_ctx *t, ccoe_error *err)
 {
+    if (t->expert_mode)
+        return CCOE_OK;
+    if (t->n_ep > 0)
+        CCOE_TRY(ep_gather(t, err));
+    if (t->rank != 0)
+        return CCOE_OK;
     t->st.data_pos = t->s->data.pos;
     return ccoe_checkpoint_save(t->ckpt_path, &t->s->cfg, &t->s->model, &t->opt, &t->st, err);
 }
@@ -97,12 +413,17 @@ static void write_moe_stats(train_ctx *t)
     fputc(']', t->metrics);
 }
 
+/* Rank 0 evaluates (every rank when the model may communicate in forward); rank 0 writes. */
 static void run_eval(train_ctx *t, int with_tasks, int print_table)
 {
     ccoe_session *s = t->s;
+    if (t->expert_mode || (t->rank != 0 && !t->eval_all_ranks))
+        return;
     ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
     ccoe_eval_domains(&s->model, &s->data, &s->tok, &s->batch, s->cfg.train.eval_batches,
                       with_tasks, ev);
+    if (t->rank != 0)
+        return;
     fprintf(t->metrics, "{\"step\":%ld,\"eval\":", t->st.step);
     ccoe_eval_json(t->metrics, &s->data, ev);
     fputs("}\n", t->metrics);
@@ -114,103 +435,227 @@ static void run_eval(train_ctx *t, int with_tasks, int print_table)
     }
 }
 
-/* One optimizer step: grad_accum micro-batches, clip, AdamW. Returns the mean loss. */
+/* ---- one optimizer step ---- */
+
+/* The lowest rank whose flag is set (COLLECTIVE; every rank passes its own flag). */
+static ccoe_status lowest_rank(train_ctx *t, int flag, int *out, ccoe_error *err)
+{
+    double v = flag ? (double)(t->P - t->rank) : 0.0;
+    CCOE_TRY(t->comm->ops->allreduce_max_f64(t->comm, &v, 1, err));
+    *out = v > 0 ? t->P - (int)v : -1;
+    return CCOE_OK;
+}
+
+/* grad_accum micro-batches, gradient sum over ranks, clip, AdamW. Returns the mean loss.
+ * COLLECTIVE on t->comm. */
 static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out, double lr,
                               ccoe_error *err)
 {
     ccoe_session *s = t->s;
     ccoe_model *m = &s->model;
+    ccoe_comm *c = t->comm;
     const ccoe_train_config *tc = &s->cfg.train;
     const int B = tc->batch_size, T = s->cfg.model.seq_len;
+    const int b0 = t->b0, nb = t->b1 - t->b0;
     ccoe_model_zero_grad(m);
-    double loss_sum = 0.0, aux_sum = 0.0;
-    long tokens = 0;
-    t->step_flops = 0.0;
+    /* summed over ranks: loss, aux * tokens (aux losses are per-rank means), flops */
+    double sums[3] = {0.0, 0.0, 0.0};
+    double aux_sum = 0.0;
+    int64_t tokens = 0;
+    const int nan_hook = test_hook(t, "nan", t->st.step + 1);
     /* MoE routing: training noise keyed by (seed, step, layer, token of the step) */
     m->train = 1;
     m->step = (uint64_t)t->st.step;
     for (int micro = 0; micro < tc->grad_accum; micro++) {
+        /* every rank reads the whole global micro-batch and keeps its rows */
         ccoe_data_next_batch(&s->data, s->batch.tokens, s->batch.targets, s->batch.domains, B);
         long count = 0;
-        m->token_offset = (int64_t)micro * B * T;
-        loss_sum += ccoe_model_forward(m, s->batch.tokens, s->batch.targets, s->batch.domains, B, T,
-                                       &count);
-        aux_sum += m->aux_loss;
-        tokens += count;
+        double lsum = 0.0, aux = 0.0;
+        m->token_offset = ((int64_t)micro * B + b0) * T;
+        if (nb > 0) {
+            lsum = ccoe_model_forward(m, s->batch.tokens + (size_t)b0 * T,
+                                      s->batch.targets + (size_t)b0 * T, s->batch.domains + b0,
+                                      nb, T, &count);
+            aux = m->aux_loss;
+        }
+        if (nan_hook)
+            lsum = NAN;
+        int64_t gcount = count;
+        if (t->P > 1)
+            CCOE_TRY(c->ops->allreduce_i64(c, &gcount, 1, err));
+        sums[0] += lsum;
+        sums[1] += aux * (double)count;
+        aux_sum += aux;
+        tokens += gcount;
+        const int last = micro == tc->grad_accum - 1;
+        if (last && t->P > 1) {
+            dp_reset(t);
+            if (t->o->allreduce_overlap) {
+                m->grad_ready = dp_ready;
+                m->grad_ready_ctx = t;
+            }
+        }
         /* every training row is full, so each micro-batch counts B*T tokens; the aux losses
          * are means per micro-batch (papers/moe.md, loss scaling) */
-        ccoe_model_backward(m, 1.0f / ((float)count * (float)tc->grad_accum),
-                            1.0f / (float)tc->grad_accum);
-        t->step_flops += ccoe_model_last_flops(m);
+        if (nb > 0 && gcount > 0) {
+            ccoe_model_backward(m, 1.0f / ((float)gcount * (float)tc->grad_accum),
+                                1.0f / (float)tc->grad_accum);
+            sums[2] += ccoe_model_last_flops(m);
+        }
+        m->grad_ready = NULL;
+        m->grad_ready_ctx = NULL;
     }
     m->train = 0;
-    double loss = loss_sum / (double)tokens;
-    double gnorm = ccoe_grad_norm(m->grad_block, t->grad_begin, t->grad_end);
-    t->aux = aux_sum / (double)tc->grad_accum;
+    double loss, aux;
+    const int local_bad = !isfinite(sums[0]) || !isfinite(sums[1]);
+    if (t->P > 1) {
+        CCOE_TRY(dp_finish(t, err));
+        CCOE_TRY(c->ops->allreduce_f64(c, sums, 3, err));
+        loss = sums[0] / (double)tokens;
+        aux = sums[1] / (double)tokens;
+    } else {
+        loss = sums[0] / (double)tokens;
+        aux = aux_sum / (double)tc->grad_accum;
+    }
+    t->step_flops = sums[2];
+    double gnorm;
+    CCOE_TRY(grad_norm(t, &gnorm, err));
+    t->aux = aux;
     *loss_out = loss;
     *gnorm_out = gnorm;
-    if (!isfinite(loss) || !isfinite(t->aux) || !isfinite(gnorm))
+    if (!isfinite(loss) || !isfinite(t->aux) || !isfinite(gnorm)) {
+        /* every rank sees the same global values: name the rank whose own loss went bad */
+        char where[48] = "";
+        if (t->P > 1) {
+            int bad = -1;
+            CCOE_TRY(lowest_rank(t, local_bad, &bad, err));
+            if (bad >= 0)
+                snprintf(where, sizeof where, " on rank %d", bad);
+            c->failed_rank = bad >= 0 ? bad : 0; /* every rank returns this error */
+        }
         return ccoe_error_set(err, CCOE_ERR_NUMERIC,
-                              "non-finite %s at step %ld (loss %g, MoE aux loss %g, grad norm %g, "
-                              "lr %g): lower train.lr, raise train.warmup or set "
+                              "non-finite %s at step %ld%s (loss %g, MoE aux loss %g, grad norm "
+                              "%g, lr %g): lower train.lr, raise train.warmup or set "
                               "train.grad_clip; the last good checkpoint (if any) is kept at %s",
                               !isfinite(loss)    ? "loss"
                               : !isfinite(t->aux) ? "MoE aux loss"
                                                   : "gradient norm",
-                              t->st.step + 1, loss, t->aux, gnorm, lr, t->ckpt_path);
+                              t->st.step + 1, where, loss, t->aux, gnorm, lr, t->ckpt_path);
+    }
     if (tc->grad_clip > 0 && gnorm > tc->grad_clip)
         ccoe_grad_scale(m->grad_block, t->grad_begin, t->grad_end,
                         (float)(tc->grad_clip / gnorm));
-    if (t->expert >= 0)
+    if (t->n_ep > 0)
+        ccoe_adamw_step(&t->opt, m, tc, lr, update_filter, t);
+    else if (t->expert >= 0)
         ccoe_adamw_step(&t->opt, m, tc, lr, only_expert, &t->expert);
     else
         ccoe_adamw_step(&t->opt, m, tc, lr, NULL, NULL);
     return CCOE_OK;
 }
 
+/* ---- the loop ---- */
+
+/* COLLECTIVE on t->comm. A failure on one rank reaches every rank at the next agreement. */
 static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error *err)
 {
     ccoe_session *s = t->s;
+    ccoe_comm *c = t->comm;
     const ccoe_train_config *tc = &s->cfg.train;
     const long tokens_per_step = (long)tc->batch_size * s->cfg.model.seq_len * tc->grad_accum;
     double window_t0 = ccoe_now(), window_tokens = 0, window_flops = 0, run_t0 = ccoe_now();
     double tok_s = 0.0;
     long first_step = t->st.step;
-    while (t->st.step < tc->steps) {
+    ccoe_status local = CCOE_OK; /* this rank's failure since the last agreement */
+    for (;;) {
+        if (local == CCOE_OK && test_hook(t, "error", t->st.step + 1))
+            local = ccoe_error_set(err, CCOE_ERR_IO,
+                                   "test hook CCOE_TEST_FAIL_MODE=error: injected failure "
+                                   "before step %ld",
+                                   t->st.step + 1);
+        if (test_hook(t, "abort", t->st.step + 1))
+            return ccoe_error_set(err, CCOE_ERR_IO,
+                                  "test hook CCOE_TEST_FAIL_MODE=abort: injected failure before "
+                                  "step %ld, without agreement",
+                                  t->st.step + 1);
+        if (test_hook(t, "kill", t->st.step + 1))
+            raise(SIGKILL);
+        /* agreement: failures, a stop signal on any rank, rank 0's clock for --time-limit */
+        double flags[2] = {(double)g_stop_signal,
+                           t->rank == 0 && o->time_limit > 0 &&
+                                   ccoe_now() - run_t0 >= o->time_limit
+                               ? 1.0
+                               : 0.0};
+        CCOE_TRY(ccoe_comm_agree_flags(c, local, flags, 2, err));
+        if (t->st.step >= tc->steps)
+            break;
+        const int stop_signal = (int)flags[0], time_up = flags[1] > 0;
+        if (t->st.step > first_step &&
+            ((o->stop_at > 0 && t->st.step >= o->stop_at) || time_up)) {
+            CCOE_TRY(ccoe_comm_agree(c, save_checkpoint(t, err), err));
+            if (!t->quiet)
+                fprintf(stderr, "stopping after step %ld of %ld (%s); continue with --resume %s\n",
+                        t->st.step, tc->steps, o->stop_at > 0 && t->st.step >= o->stop_at
+                                                   ? "--stop-at" : "--time-limit",
+                        t->ckpt_path);
+            return CCOE_OK;
+        }
+        if (stop_signal) {
+            CCOE_TRY(ccoe_comm_agree(c, save_checkpoint(t, err), err));
+            c->failed_rank = 0; /* every rank returns this error */
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "stopped by signal %d after step %ld; checkpoint saved to %s: "
+                                  "continue with --resume %s",
+                                  stop_signal, t->st.step, t->ckpt_path, t->ckpt_path);
+        }
         double lr = ccoe_lr_at(tc, t->st.step);
         double loss, gnorm;
+        ccoe_comm_stats c0 = c->stats;
         double t0 = ccoe_now();
         CCOE_TRY(train_step(t, &loss, &gnorm, lr, err));
         double dt = ccoe_now() - t0;
+        ccoe_comm_stats c1 = c->stats;
         t->st.step++;
         window_tokens += (double)tokens_per_step;
         window_flops += t->step_flops;
         double step_tok_s = (double)tokens_per_step / dt;
-        double step_gflops = t->step_flops / dt * 1e-9;
+        double step_gflops = t->step_flops / dt * 1e-9 / t->P; /* per rank */
         double mfu = step_gflops / t->peak_gflops;
         int last = t->st.step == tc->steps;
-        fprintf(t->metrics,
-                "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tok_per_s\":%.1f,"
-                "\"mfu_peak\":%.4f,\"mfu_sgemm\":%.4f,\"step_ms\":%.3f",
-                t->st.step, loss, lr, gnorm, step_tok_s, mfu, step_gflops / t->gemm_gflops,
-                dt * 1e3);
-        if (s->model.n_moe > 0) {
-            /* loss stays the CE (perplexity); the trained objective adds the aux losses */
-            fprintf(t->metrics, ",\"aux_loss\":%.6g,\"objective\":%.6f", t->aux, loss + t->aux);
-            if (t->st.step % tc->log_every == 0 || last)
-                write_moe_stats(t);
+        double ar = (c1.allreduce_s - c0.allreduce_s) * 1e3;
+        double ex = (c1.exchange_s - c0.exchange_s) * 1e3;
+        double wt = (c1.wait_s - c0.wait_s) * 1e3;
+        double compute = dt * 1e3 - ar - ex - wt;
+        if (t->metrics) {
+            fprintf(t->metrics,
+                    "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tok_per_s\":%.1f,"
+                    "\"mfu_peak\":%.4f,\"mfu_sgemm\":%.4f,\"step_ms\":%.3f,\"compute_ms\":%.3f,"
+                    "\"allreduce_ms\":%.3f,\"exchange_ms\":%.3f,\"wait_ms\":%.3f,"
+                    "\"bytes_allreduce\":%llu,\"bytes_exchanged\":%llu",
+                    t->st.step, loss, lr, gnorm, step_tok_s, mfu, step_gflops / t->gemm_gflops,
+                    dt * 1e3, compute > 0 ? compute : 0.0, ar, ex, wt,
+                    (unsigned long long)(c1.bytes_allreduce - c0.bytes_allreduce),
+                    (unsigned long long)(c1.bytes_exchanged - c0.bytes_exchanged));
+            if (s->model.n_moe > 0) {
+                /* loss stays the CE (perplexity); the trained objective adds the aux losses */
+                fprintf(t->metrics, ",\"aux_loss\":%.6g,\"objective\":%.6f", t->aux,
+                        loss + t->aux);
+                if (t->st.step % tc->log_every == 0 || last)
+                    write_moe_stats(t);
+            }
+            fputs("}\n", t->metrics);
         }
-        fputs("}\n", t->metrics);
-        if (!o->quiet && (t->st.step % tc->log_every == 0 || last || t->bar)) {
+        if (!t->quiet && (t->st.step % tc->log_every == 0 || last || t->bar)) {
             double now = ccoe_now();
             double mfu_w = 0.0;
             if (now > window_t0) {
                 tok_s = window_tokens / (now - window_t0);
-                mfu_w = window_flops / (now - window_t0) * 1e-9 / t->peak_gflops;
+                mfu_w = window_flops / t->P / (now - window_t0) * 1e-9 / t->peak_gflops;
             }
             double eta_s = (double)(tc->steps - t->st.step) * (double)tokens_per_step / tok_s;
             char eta[32];
             format_eta(eta, sizeof eta, eta_s);
+            const char *who = t->expert_mode ? s->gating.experts[t->expert].name : NULL;
             if (t->bar) {
                 int width = 24;
                 int filled = (int)((double)width * (double)t->st.step / (double)tc->steps);
@@ -218,15 +663,17 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
                 for (int i = 0; i < width; i++)
                     bar[i] = i < filled ? '#' : '.';
                 bar[width] = '\0';
-                fprintf(stderr, "\r[%s] %ld/%ld loss %.4f | %.0f tok/s | MFU %.1f%% | ETA %s  ",
-                        bar, t->st.step, tc->steps, loss, tok_s, 100.0 * mfu_w, eta);
+                fprintf(stderr, "\r%s%s[%s] %ld/%ld loss %.4f | %.0f tok/s | MFU %.1f%% | ETA %s  ",
+                        who ? who : "", who ? " " : "", bar, t->st.step, tc->steps, loss, tok_s,
+                        100.0 * mfu_w, eta);
                 if (last)
                     fputc('\n', stderr);
             } else {
                 fprintf(stderr,
-                        "step %6ld/%ld | loss %.4f | lr %.3g | grad %.3f | %.0f tok/s | MFU "
+                        "%s%sstep %6ld/%ld | loss %.4f | lr %.3g | grad %.3f | %.0f tok/s | MFU "
                         "%.1f%% | ETA %s\n",
-                        t->st.step, tc->steps, loss, lr, gnorm, tok_s, 100.0 * mfu_w, eta);
+                        who ? who : "", who ? ": " : "", t->st.step, tc->steps, loss, lr, gnorm,
+                        tok_s, 100.0 * mfu_w, eta);
             }
             fflush(stderr);
             window_t0 = ccoe_now();
@@ -239,33 +686,314 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
             window_t0 += ccoe_now() - e0; /* evaluation is not training throughput */
         }
         if (!last && tc->ckpt_every > 0 && t->st.step % tc->ckpt_every == 0)
-            CCOE_TRY(save_checkpoint(t, err));
-        if ((o->stop_at > 0 && t->st.step >= o->stop_at && !last) ||
-            (o->time_limit > 0 && ccoe_now() - run_t0 >= o->time_limit && !last)) {
-            CCOE_TRY(save_checkpoint(t, err));
-            if (!o->quiet)
-                fprintf(stderr, "stopping after step %ld of %ld (%s); continue with --resume %s\n",
-                        t->st.step, tc->steps, o->stop_at > 0 ? "--stop-at" : "--time-limit",
-                        t->ckpt_path);
-            return CCOE_OK;
-        }
-        if (g_stop_signal) {
-            CCOE_TRY(save_checkpoint(t, err));
-            return ccoe_error_set(err, CCOE_ERR_ARG,
-                                  "stopped by signal %d after step %ld; checkpoint saved to %s: "
-                                  "continue with --resume %s",
-                                  (int)g_stop_signal, t->st.step, t->ckpt_path, t->ckpt_path);
-        }
+            local = save_checkpoint(t, err);
     }
     double total = ccoe_now() - run_t0;
-    if (!o->quiet && t->st.step > first_step)
-        fprintf(stderr, "trained %ld steps in %.1f s (%.0f tok/s average incl. evaluation)\n",
-                t->st.step - first_step, total,
+    if (!t->quiet && t->st.step > first_step)
+        fprintf(stderr, "%s%strained %ld steps in %.1f s (%.0f tok/s average incl. evaluation)\n",
+                t->expert_mode ? s->gating.experts[t->expert].name : "",
+                t->expert_mode ? ": " : "", t->st.step - first_step, total,
                 (double)(t->st.step - first_step) * (double)tokens_per_step / total);
-    CCOE_TRY(save_checkpoint(t, err));
-    run_eval(t, 1, !o->quiet);
-    if (!o->quiet)
+    if (t->expert_mode)
+        return CCOE_OK;
+    CCOE_TRY(check_replicas(t, err));
+    CCOE_TRY(ccoe_comm_agree(c, save_checkpoint(t, err), err));
+    run_eval(t, 1, !t->quiet);
+    if (!t->quiet)
         printf("checkpoint: %s\nmetrics:    %s/metrics.jsonl\n", t->ckpt_path,
+               s->cfg.train.out_dir);
+    return CCOE_OK;
+}
+
+/* ---- several experts at once ---- */
+
+/* Parses "all" or "A,B,C" into expert indices (gating order for all). */
+static ccoe_status parse_expert_list(const ccoe_gating *g, const char *spec, int *ids, int *n,
+                                     ccoe_error *err)
+{
+    *n = 0;
+    if (g->n_experts == 0)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--train-experts %s, but the model has no CCoE experts: set "
+                              "ccoe.form and ccoe.experts",
+                              spec);
+    if (strcmp(spec, "all") == 0) {
+        for (int e = 0; e < g->n_experts; e++)
+            ids[(*n)++] = e;
+        return CCOE_OK;
+    }
+    char buf[CCOE_STR];
+    snprintf(buf, sizeof buf, "%s", spec);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int e = ccoe_gating_find_expert(g, tok);
+        if (e < 0)
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "--train-experts: '%s' is not an expert of ccoe.experts (%s)",
+                                  tok, spec);
+        for (int i = 0; i < *n; i++)
+            if (ids[i] == e)
+                return ccoe_error_set(err, CCOE_ERR_ARG, "--train-experts names '%s' twice",
+                                      tok);
+        ids[(*n)++] = e;
+    }
+    if (*n == 0)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--train-experts needs 'all' or a comma-separated list of experts");
+    return CCOE_OK;
+}
+
+/* The domains routed to expert e; 0 if none. */
+static uint32_t expert_domains(const ccoe_gating *g, int e)
+{
+    uint32_t mask = 0;
+    for (int d = 0; d < g->n_domains; d++)
+        if (g->route[d] == e)
+            mask |= 1u << d;
+    return mask;
+}
+
+/* Trains one expert in isolation on this rank, as ccoe.train_expert = its name would. */
+static ccoe_status train_one_expert(train_ctx *t, int e, const ccoe_train_opts *o,
+                                    ccoe_error *err)
+{
+    ccoe_session *s = t->s;
+    ccoe_model *m = &s->model;
+    CCOE_TRY(ccoe_data_restrict(&s->data, expert_domains(&s->gating, e), err));
+    ccoe_data_seek(&s->data, 0);
+    t->expert = e;
+    m->train_path = 1 + e;
+    t->grad_begin = m->expert_begin[e];
+    t->grad_end = m->expert_end[e];
+    t->opt.t = 0; /* the expert's moments are still zero: nothing else touched them */
+    memset(&t->st, 0, sizeof t->st);
+    ccoe_rng_seed(&t->st.rng, s->cfg.train.seed ^ 0x7261696eULL);
+    char mpath[CCOE_STR + 96];
+    snprintf(mpath, sizeof mpath, "%s/metrics.%s.jsonl", s->cfg.train.out_dir,
+             s->gating.experts[e].name);
+    t->metrics = fopen(mpath, "w");
+    if (!t->metrics)
+        return ccoe_error_set(err, CCOE_ERR_IO, "rank %d: cannot open %s for writing: %s",
+                              t->rank, mpath, strerror(errno));
+    fprintf(t->metrics, "{\"event\":\"start\",\"expert\":\"%s\",\"rank\":%d,\"step\":0}\n",
+            s->gating.experts[e].name, t->rank);
+    ccoe_status st = train_loop(t, o, err);
+    fclose(t->metrics);
+    t->metrics = NULL;
+    return st;
+}
+
+/* ---- set-up ---- */
+
+static ccoe_status setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg, const ccoe_train_opts *o,
+                         ccoe_st_file **resume_file, int *have_session, ccoe_error *err)
+{
+    if (o->resume) {
+        /* the checkpoint's stored config wins over the command line for everything that shapes
+         * the run; only the step budget, logging and output knobs may change */
+        ccoe_config stored;
+        CCOE_TRY(ccoe_checkpoint_open(o->resume, &stored, resume_file, err));
+        stored.train.steps = cfg->train.steps;
+        stored.train.log_every = cfg->train.log_every;
+        stored.train.eval_every = cfg->train.eval_every;
+        stored.train.ckpt_every = cfg->train.ckpt_every;
+        stored.run = cfg->run;
+        memcpy(stored.train.out_dir, cfg->train.out_dir, sizeof stored.train.out_dir);
+        *cfg = stored;
+    }
+    if (o->train_experts && (o->resume || cfg->ccoe.train_expert[0] || o->stop_at > 0 ||
+                             o->time_limit > 0))
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--train-experts trains every listed expert to train.steps in "
+                              "one go: it excludes --resume, --stop-at, --time-limit and "
+                              "ccoe.train_expert");
+    snprintf(t->ckpt_path, sizeof t->ckpt_path, "%s/checkpoint.safetensors", cfg->train.out_dir);
+    if (t->rank == 0) {
+        if (!o->resume && !o->force && access(t->ckpt_path, F_OK) == 0)
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "%s already exists: continue it with --resume %s, start over "
+                                  "with --force, or choose another train.out_dir",
+                                  t->ckpt_path, t->ckpt_path);
+    }
+    if (t->rank == 0 || o->train_experts)
+        CCOE_TRY(make_dirs(cfg->train.out_dir, err));
+    if (test_hook(t, "file", -1))
+        snprintf(cfg->data.manifest, sizeof cfg->data.manifest, "%s",
+                 "/nonexistent/ccoe-test-hook/manifest.ini");
+    CCOE_TRY(ccoe_session_open(s, cfg, 1, err));
+    *have_session = 1;
+    t->grad_begin = 0;
+    t->grad_end = s->model.num_params;
+    CCOE_TRY(ccoe_adamw_init(&t->opt, s->model.num_params, err));
+    if (s->model.n_moe > 0) {
+        t->json_cap = 4096 + (size_t)s->model.moe.E * 64;
+        t->json = malloc(t->json_cap);
+        if (!t->json)
+            return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MoE log buffer");
+    }
+    if (s->cfg.ccoe.train_expert[0]) {
+        /* isolated expert training: only the expert learns, only on its domains' data */
+        int e = ccoe_gating_find_expert(&s->gating, s->cfg.ccoe.train_expert);
+        uint32_t mask = expert_domains(&s->gating, e);
+        if (!mask)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "ccoe.train_expert = %s, but no domain routes to it: add "
+                                  "DOMAIN:%s to ccoe.routes",
+                                  s->cfg.ccoe.train_expert, s->cfg.ccoe.train_expert);
+        CCOE_TRY(ccoe_data_restrict(&s->data, mask, err));
+        t->expert = e;
+        s->model.train_path = 1 + e;
+        t->grad_begin = s->model.expert_begin[e];
+        t->grad_end = s->model.expert_end[e];
+    }
+    ccoe_rng_seed(&t->st.rng, s->cfg.train.seed ^ 0x7261696eULL);
+    if (*resume_file) {
+        ccoe_status st = ccoe_checkpoint_load(*resume_file, o->resume, &s->model, &t->opt, &t->st,
+                                              err);
+        ccoe_st_close(*resume_file);
+        *resume_file = NULL;
+        CCOE_TRY(st);
+        ccoe_data_seek(&s->data, t->st.data_pos);
+    } else if (o->init_from) {
+        ccoe_config other;
+        ccoe_st_file *f = NULL;
+        int missing[CCOE_MAX_EXPERTS] = {0};
+        ccoe_model_init_weights(&s->model, s->cfg.train.seed, CCOE_INIT_RANDOM);
+        ccoe_status st = ccoe_checkpoint_open(o->init_from, &other, &f, err);
+        if (st == CCOE_OK)
+            st = ccoe_checkpoint_load_init(f, o->init_from, &s->model, missing, err);
+        ccoe_st_close(f);
+        CCOE_TRY(st);
+        for (int e = 0; e < s->gating.n_experts; e++)
+            if (missing[e] && s->cfg.ccoe.init == CCOE_INIT_COPY)
+                ccoe_model_expert_copy_base(&s->model, e);
+        ccoe_data_seek(&s->data, 0);
+    } else {
+        ccoe_model_init_weights(&s->model, s->cfg.train.seed, s->cfg.ccoe.init);
+        ccoe_data_seek(&s->data, 0);
+    }
+    if (t->rank == 0) {
+        char mpath[CCOE_STR + 64];
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", s->cfg.train.out_dir);
+        t->metrics = fopen(mpath, o->resume ? "a" : "w");
+        if (!t->metrics)
+            return ccoe_error_set(err, CCOE_ERR_IO, "cannot open %s for writing: %s", mpath,
+                                  strerror(errno));
+    }
+    t->flops_per_token =
+        ccoe_model_train_flops_per_token(&s->cfg.model, s->cfg.model.n_layer, s->cfg.model.seq_len);
+    t->peak_gflops = ccoe_measure_fma_peak(s->cfg.run.threads, 0.15);
+    t->gemm_gflops = ccoe_gemm_measure_gflops(&s->gemm, 768, 0.2);
+    return CCOE_OK;
+}
+
+static void print_start(train_ctx *t, const ccoe_train_opts *o)
+{
+    ccoe_session *s = t->s;
+    char *ini = ccoe_config_to_ini(&s->cfg);
+    fprintf(stderr, "# resolved config\n%s", ini ? ini : "");
+    free(ini);
+    fprintf(stderr,
+            "model: %.2fM parameters, %.1f MFLOP/token (train) | data: %d domains, %zu train "
+            "/ %zu val sequences of %d tokens\n"
+            "threads %d | gemm %s | fp32 peak %.0f GFLOP/s (%s, measured) | sgemm %.0f "
+            "GFLOP/s (measured)\n",
+            (double)s->model.num_params / 1e6, t->flops_per_token / 1e6, s->data.n_domains,
+            s->data.n_train, s->data.n_val, s->cfg.model.seq_len, s->cfg.run.threads,
+            s->gemm.kernel_set, t->peak_gflops, ccoe_simd_name(), t->gemm_gflops);
+    if (t->P > 1)
+        fprintf(stderr,
+                "%d ranks (%s): %s; %d gradient buckets of up to %.1f MiB, %s\n", t->P,
+                t->comm->ops->name,
+                o->train_experts ? "experts trained in parallel"
+                                 : "data parallel, global batch split by rows",
+                t->n_buckets, (double)DP_BUCKET_FLOATS * 4.0 / (1 << 20),
+                o->allreduce_overlap ? "non-blocking allreduce overlapped with backward"
+                                     : "blocking allreduce after backward");
+    if (o->resume)
+        fprintf(stderr, "resuming %s at step %ld\n", o->resume, t->st.step);
+    if (o->init_from)
+        fprintf(stderr, "weights from %s\n", o->init_from);
+    if (s->gating.n_experts > 0)
+        ccoe_gating_print(stderr, &s->gating);
+    if (t->expert >= 0)
+        fprintf(stderr, "isolated training of expert '%s' (%.2fM parameters); everything "
+                        "else is frozen\n",
+                s->gating.experts[t->expert].name, (double)(t->grad_end - t->grad_begin) / 1e6);
+}
+
+/* COLLECTIVE: --train-experts. */
+static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_error *err)
+{
+    ccoe_session *s = t->s;
+    ccoe_comm *world = t->comm;
+    int ids[CCOE_MAX_EXPERTS], n = 0, i0, i1;
+    ccoe_status local = parse_expert_list(&s->gating, o->train_experts, ids, &n, err);
+    for (int i = 0; local == CCOE_OK && i < n; i++)
+        if (!expert_domains(&s->gating, ids[i]))
+            local = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                   "--train-experts: no domain routes to expert '%s': add "
+                                   "DOMAIN:%s to ccoe.routes",
+                                   s->gating.experts[ids[i]].name, s->gating.experts[ids[i]].name);
+    CCOE_TRY(ccoe_comm_agree(world, local, err));
+    ccoe_comm_split(n, t->P, t->rank, &i0, &i1);
+    if (!t->quiet) {
+        fprintf(stderr, "training %d experts in parallel over %d ranks:", n, t->P);
+        for (int r = 0; r < t->P; r++) {
+            int a, b;
+            ccoe_comm_split(n, t->P, r, &a, &b);
+            fprintf(stderr, " rank %d [", r);
+            for (int i = a; i < b; i++)
+                fprintf(stderr, "%s%s", i > a ? " " : "", s->gating.experts[ids[i]].name);
+            fputc(']', stderr);
+        }
+        fputc('\n', stderr);
+    }
+    /* each expert alone, with no communication: a failure returns at once and main aborts the
+     * job (the other ranks may be training for a long time) */
+    FILE *main_metrics = t->metrics;
+    t->comm = &t->serial;
+    t->P = 1;
+    t->b0 = 0;
+    t->b1 = s->cfg.train.batch_size;
+    t->expert_mode = 1;
+    for (int i = i0; i < i1 && local == CCOE_OK; i++)
+        local = train_one_expert(t, ids[i], o, err);
+    t->metrics = main_metrics;
+    t->comm = world;
+    t->P = world->size;
+    t->expert_mode = 0;
+    if (local != CCOE_OK)
+        return local;
+    CCOE_TRY(ccoe_comm_agree(world, CCOE_OK, err));
+    /* gather: each expert's parameters and moments from its owner */
+    ccoe_model *m = &s->model;
+    for (int r = 0; r < t->P; r++) {
+        int a, b;
+        ccoe_comm_split(n, t->P, r, &a, &b);
+        for (int i = a; i < b; i++) {
+            int e = ids[i];
+            size_t off = m->expert_begin[e], len = (m->expert_end[e] - off) * sizeof(float);
+            CCOE_TRY(world->ops->bcast(world, m->param_block + off, len, r, err));
+            CCOE_TRY(world->ops->bcast(world, t->opt.m + off, len, r, err));
+            CCOE_TRY(world->ops->bcast(world, t->opt.v + off, len, r, err));
+        }
+    }
+    /* the result holds every expert trained: store it as a plain (all-trainable) model */
+    t->expert = -1;
+    m->train_path = -1;
+    s->cfg.ccoe.train_expert[0] = '\0';
+    t->st.step = s->cfg.train.steps;
+    t->st.data_pos = 0;
+    t->opt.t = s->cfg.train.steps;
+    if (t->rank == 0) {
+        t->st.data_pos = s->data.pos;
+        local = ccoe_checkpoint_save(t->ckpt_path, &s->cfg, m, &t->opt, &t->st, err);
+    }
+    CCOE_TRY(ccoe_comm_agree(world, local, err));
+    run_eval(t, 1, !t->quiet);
+    if (!t->quiet)
+        printf("checkpoint: %s\nmetrics:    %s/metrics.<expert>.jsonl\n", t->ckpt_path,
                s->cfg.train.out_dir);
     return CCOE_OK;
 }
@@ -274,153 +1002,74 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
 {
     ccoe_config cfg = *cfg_in;
     ccoe_st_file *resume_file = NULL;
-    ccoe_status st;
-    if (o->resume) {
-        /* the checkpoint's stored config wins over the command line for everything that shapes
-         * the run; only the step budget, logging and output knobs may change */
-        ccoe_config stored;
-        CCOE_TRY(ccoe_checkpoint_open(o->resume, &stored, &resume_file, err));
-        stored.train.steps = cfg.train.steps;
-        stored.train.log_every = cfg.train.log_every;
-        stored.train.eval_every = cfg.train.eval_every;
-        stored.train.ckpt_every = cfg.train.ckpt_every;
-        stored.run = cfg.run;
-        memcpy(stored.train.out_dir, cfg.train.out_dir, sizeof stored.train.out_dir);
-        cfg = stored;
-    }
-    char ckpt_path[CCOE_STR + 64];
-    snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", cfg.train.out_dir);
-    if (!o->resume && !o->force && access(ckpt_path, F_OK) == 0) {
-        ccoe_st_close(resume_file);
-        return ccoe_error_set(err, CCOE_ERR_ARG,
-                              "%s already exists: continue it with --resume %s, start over with "
-                              "--force, or choose another train.out_dir",
-                              ckpt_path, ckpt_path);
-    }
-    if ((st = make_dirs(cfg.train.out_dir, err)) != CCOE_OK) {
-        ccoe_st_close(resume_file);
-        return st;
-    }
-
     ccoe_session s;
-    if ((st = ccoe_session_open(&s, &cfg, 1, err)) != CCOE_OK) {
-        ccoe_st_close(resume_file);
-        return st;
-    }
+    int have_session = 0;
     train_ctx t;
     memset(&t, 0, sizeof t);
+    memset(&s, 0, sizeof s);
+    ccoe_comm_serial(&t.serial);
+    t.comm = o->comm ? o->comm : &t.serial;
+    t.comm->failed_rank = -1;
+    t.rank = t.comm->rank;
+    t.P = t.comm->size;
+    t.o = o;
     t.s = &s;
-    snprintf(t.ckpt_path, sizeof t.ckpt_path, "%s", ckpt_path);
     t.expert = -1;
-    t.grad_begin = 0;
-    t.grad_end = s.model.num_params;
-    if ((st = ccoe_adamw_init(&t.opt, s.model.num_params, err)) != CCOE_OK)
-        goto done;
-    if (s.model.n_moe > 0) {
-        t.json_cap = 4096 + (size_t)s.model.moe.E * 64;
-        t.json = malloc(t.json_cap);
-        if (!t.json) {
-            st = ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MoE log buffer");
-            goto done;
-        }
+    t.quiet = o->quiet || t.rank != 0;
+    ccoe_status st = setup(&t, &s, &cfg, o, &resume_file, &have_session, err);
+    /* every rank learns whether any failed, and that all configs are the same */
+    uint64_t h = have_session ? ccoe_config_hash(&s.cfg) : 0;
+    double flags[4] = {(double)(h >> 32), (double)(h & 0xffffffffu), -(double)(h >> 32),
+                       -(double)(h & 0xffffffffu)};
+    st = ccoe_comm_agree_flags(t.comm, st, flags, 4, err);
+    if (st == CCOE_OK && (flags[0] != -flags[2] || flags[1] != -flags[3])) {
+        st = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                            "the ranks resolved different configs (hash of rank %d: %016llx): "
+                            "give every rank the same config file, data and command line",
+                            t.rank, (unsigned long long)h);
+        t.comm->failed_rank = 0;
     }
-    if (s.cfg.ccoe.train_expert[0]) {
-        /* isolated expert training: only the expert learns, only on its domains' data */
-        int e = ccoe_gating_find_expert(&s.gating, s.cfg.ccoe.train_expert);
-        uint32_t mask = 0;
-        for (int d = 0; d < s.gating.n_domains; d++)
-            if (s.gating.route[d] == e)
-                mask |= 1u << d;
-        if (!mask) {
-            st = ccoe_error_set(err, CCOE_ERR_CONFIG,
-                                "ccoe.train_expert = %s, but no domain routes to it: add "
-                                "DOMAIN:%s to ccoe.routes",
-                                s.cfg.ccoe.train_expert, s.cfg.ccoe.train_expert);
-            goto done;
-        }
-        if ((st = ccoe_data_restrict(&s.data, mask, err)) != CCOE_OK)
-            goto done;
-        t.expert = e;
-        s.model.train_path = 1 + e;
-        t.grad_begin = s.model.expert_begin[e];
-        t.grad_end = s.model.expert_end[e];
-    }
-    ccoe_rng_seed(&t.st.rng, s.cfg.train.seed ^ 0x7261696eULL);
-    if (resume_file) {
-        st = ccoe_checkpoint_load(resume_file, o->resume, &s.model, &t.opt, &t.st, err);
-        ccoe_st_close(resume_file);
-        resume_file = NULL;
-        if (st != CCOE_OK)
-            goto done;
-        ccoe_data_seek(&s.data, t.st.data_pos);
-    } else if (o->init_from) {
-        ccoe_config other;
-        ccoe_st_file *f = NULL;
-        int missing[CCOE_MAX_EXPERTS] = {0};
-        ccoe_model_init_weights(&s.model, s.cfg.train.seed, CCOE_INIT_RANDOM);
-        st = ccoe_checkpoint_open(o->init_from, &other, &f, err);
+    /* the model communicates too (expert-parallel MoE layers), except while experts train
+     * independently; COLLECTIVE, then agreed on */
+    if (st == CCOE_OK && t.P > 1 && !o->train_experts) {
+        st = ccoe_model_set_comm(&s.model, t.comm, err);
         if (st == CCOE_OK)
-            st = ccoe_checkpoint_load_init(f, o->init_from, &s.model, missing, err);
-        ccoe_st_close(f);
-        if (st != CCOE_OK)
-            goto done;
-        for (int e = 0; e < s.gating.n_experts; e++)
-            if (missing[e] && s.cfg.ccoe.init == CCOE_INIT_COPY)
-                ccoe_model_expert_copy_base(&s.model, e);
-        ccoe_data_seek(&s.data, 0);
-    } else {
-        ccoe_model_init_weights(&s.model, s.cfg.train.seed, s.cfg.ccoe.init);
-        ccoe_data_seek(&s.data, 0);
+            st = ep_setup(&t, err);
+        /* an expert-parallel MoE layer exchanges tokens inside forward and backward, which a
+         * rank without rows does not run (the model needs B >= 1) */
+        if (st == CCOE_OK && s.model.n_moe > 0 && s.model.moe.ep_size == t.P &&
+            s.cfg.train.batch_size < t.P)
+            st = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                "train.batch_size = %d is the global micro-batch; with an "
+                                "expert-parallel MoE model every one of the %d ranks needs a "
+                                "sequence of it: set train.batch_size >= %d",
+                                s.cfg.train.batch_size, t.P, t.P);
+        if (st == CCOE_OK)
+            st = dp_plan(&t, err);
+        st = ccoe_comm_agree(t.comm, st, err);
     }
-    char mpath[CCOE_STR + 64];
-    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", s.cfg.train.out_dir);
-    t.metrics = fopen(mpath, o->resume ? "a" : "w");
-    if (!t.metrics) {
-        st = ccoe_error_set(err, CCOE_ERR_IO, "cannot open %s for writing: %s", mpath,
-                            strerror(errno));
+    if (st != CCOE_OK)
         goto done;
-    }
-    t.flops_per_token =
-        ccoe_model_train_flops_per_token(&s.cfg.model, s.cfg.model.n_layer, s.cfg.model.seq_len);
-    t.peak_gflops = ccoe_measure_fma_peak(s.cfg.run.threads, 0.15);
-    t.gemm_gflops = ccoe_gemm_measure_gflops(&s.gemm, 768, 0.2);
+    ccoe_comm_split(s.cfg.train.batch_size, t.P, t.rank, &t.b0, &t.b1);
+    t.eval_all_ranks = s.model.n_moe > 0 && t.P > 1;
     t.bar = o->progress < 0 ? isatty(fileno(stderr)) : o->progress;
-    if (!o->quiet) {
-        char *ini = ccoe_config_to_ini(&s.cfg);
-        fprintf(stderr, "# resolved config\n%s", ini ? ini : "");
-        free(ini);
-        fprintf(stderr,
-                "model: %.2fM parameters, %.1f MFLOP/token (train) | data: %d domains, %zu train "
-                "/ %zu val sequences of %d tokens\n"
-                "threads %d | gemm %s | fp32 peak %.0f GFLOP/s (%s, measured) | sgemm %.0f "
-                "GFLOP/s (measured)\n",
-                (double)s.model.num_params / 1e6, t.flops_per_token / 1e6, s.data.n_domains,
-                s.data.n_train, s.data.n_val, s.cfg.model.seq_len, s.cfg.run.threads,
-                s.gemm.kernel_set, t.peak_gflops, ccoe_simd_name(), t.gemm_gflops);
-        if (o->resume)
-            fprintf(stderr, "resuming %s at step %ld\n", o->resume, t.st.step);
-        if (o->init_from)
-            fprintf(stderr, "weights from %s\n", o->init_from);
-        if (s.gating.n_experts > 0)
-            ccoe_gating_print(stderr, &s.gating);
-        if (t.expert >= 0)
-            fprintf(stderr, "isolated training of expert '%s' (%.2fM parameters); everything "
-                            "else is frozen\n",
-                    s.gating.experts[t.expert].name, (double)(t.grad_end - t.grad_begin) / 1e6);
-    }
-    fprintf(t.metrics,
-            "{\"event\":\"start\",\"step\":%ld,\"params\":%zu,\"flops_per_token\":%.0f,"
-            "\"peak_gflops\":%.1f,\"sgemm_gflops\":%.1f,\"threads\":%d,\"gemm\":\"%s\","
-            "\"config_hash\":\"%016llx\"}\n",
-            t.st.step, s.model.num_params, t.flops_per_token, t.peak_gflops, t.gemm_gflops,
-            s.cfg.run.threads, s.gemm.kernel_set, (unsigned long long)ccoe_config_hash(&s.cfg));
+    if (!t.quiet)
+        print_start(&t, o);
+    if (t.metrics)
+        fprintf(t.metrics,
+                "{\"event\":\"start\",\"step\":%ld,\"params\":%zu,\"flops_per_token\":%.0f,"
+                "\"peak_gflops\":%.1f,\"sgemm_gflops\":%.1f,\"threads\":%d,\"ranks\":%d,"
+                "\"gemm\":\"%s\",\"config_hash\":\"%016llx\"}\n",
+                t.st.step, s.model.num_params, t.flops_per_token, t.peak_gflops, t.gemm_gflops,
+                s.cfg.run.threads, t.P, s.gemm.kernel_set,
+                (unsigned long long)ccoe_config_hash(&s.cfg));
     g_stop_signal = 0;
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    st = train_loop(&t, o, err);
+    st = o->train_experts ? run_experts(&t, o, err) : train_loop(&t, o, err);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
 done:
@@ -429,6 +1078,10 @@ done:
     ccoe_st_close(resume_file);
     ccoe_adamw_free(&t.opt);
     free(t.json);
-    ccoe_session_close(&s);
+    free(t.buckets);
+    free(t.ep_span);
+    free(t.ep_owner);
+    if (have_session)
+        ccoe_session_close(&s);
     return st;
 }

@@ -1,5 +1,6 @@
 /* test_ccoe.c - the CCoE formulations at tiny size: gradients of every tensor of an Eq. 4
- * (tail) and Eq. 5 (prefix) model on mixed-domain batches against finite differences;
+ * (tail), Eq. 5 (prefix) and Eqs. 6-7 (ffn) model on mixed-domain batches against finite
+ * differences; Eqs. 6-7 experts copied from the base equal the base;
  * Eq. 4 with every l_i = 0 equals the base; Eq. 5 with l_b = L - l_i equals Eq. 4; isolated
  * expert training touches only the expert; the task-expert matrix keeps existing entries when
  * an expert is pushed; bad gating configs are refused with clear errors. */
@@ -128,6 +129,18 @@ static void test_gradcheck_prefix(void **state)
     }
 }
 
+/* Eqs. 6-7: FFN-level experts in the last l_i blocks (post-LN as in the paper, and pre-LN) */
+static void test_gradcheck_ffn(void **state)
+{
+    (void)state;
+    for (int block = 0; block < 2; block++)
+        for (int own = 0; own < 2; own++) {
+            ccoe_config c = base_config((ccoe_block_kind)block);
+            set_ccoe(&c, CCOE_FORM_FFN, "a:1 b:2", "arith:a code:b sql:a", 0, own);
+            gradcheck(&c);
+        }
+}
+
 /* logits of every (b, t) of the last forward into out (B*T*V) in original row order */
 static void logits_of(const ccoe_model *m, float *out, int B, int T)
 {
@@ -174,6 +187,99 @@ static void test_zero_layer_experts_equal_base(void **state)
     free(le);
     ccoe_model_free(&mb);
     ccoe_model_free(&me);
+}
+
+/* Eqs. 6-7 experts initialised as copies of the base FFNs they replace compute the base model
+ * exactly; a trained-looking change to one expert moves only its domains' logits. */
+static void test_ffn_copy_equals_base(void **state)
+{
+    (void)state;
+    const int B = 6, T = 6, V = 40;
+    ccoe_config cb = base_config(CCOE_BLOCK_POST_LN), ce = cb;
+    set_ccoe(&ce, CCOE_FORM_FFN, "a:2 b:1", "arith:a code:b prose:b", 0, 0);
+    ccoe_model mb, me;
+    ccoe_gating gb, ge;
+    build(&mb, &gb, &cb, B);
+    build(&me, &ge, &ce, B);
+    assert_int_equal(me.n_inst, 4); /* FFN experts are no block instances */
+    ccoe_model_init_weights(&mb, 9, CCOE_INIT_RANDOM);
+    ccoe_model_init_weights(&me, 1, CCOE_INIT_RANDOM);
+    copy_params(&me, &mb);
+    for (int e = 0; e < ge.n_experts; e++)
+        ccoe_model_expert_copy_base(&me, e);
+    int32_t tok[64], tgt[64], dom[8];
+    fill_batch(tok, tgt, dom, B, T, V, 4);
+    const size_t n = (size_t)B * T * V;
+    float *lb = malloc(n * sizeof(float)), *le = malloc(n * sizeof(float));
+    ccoe_model_forward(&mb, tok, NULL, dom, B, T, NULL);
+    logits_of(&mb, lb, B, T);
+    ccoe_model_forward(&me, tok, NULL, dom, B, T, NULL);
+    logits_of(&me, le, B, T);
+    assert_memory_equal(lb, le, n * sizeof(float));
+    /* perturb expert a's FFN in block 3: only arith rows (domain 0) change */
+    const ccoe_param *p = ccoe_model_find_param(&me, "experts.a.blocks.1.mlp.fc.weight");
+    assert_non_null(p);
+    assert_int_equal(p->expert, 0);
+    me.param_block[p->offset] += 0.5f;
+    ccoe_model_forward(&me, tok, NULL, dom, B, T, NULL);
+    logits_of(&me, le, B, T);
+    for (int b = 0; b < B; b++) {
+        const size_t o = (size_t)b * T * V, len = (size_t)T * V * sizeof(float);
+        if (dom[b] == 0)
+            assert_memory_not_equal(lb + o, le + o, len);
+        else
+            assert_memory_equal(lb + o, le + o, len);
+    }
+    /* path costs: an FFN expert path has the base's size; the base FFNs it bypasses are not
+     * counted, the expert's are */
+    assert_int_equal(ccoe_model_path_params(&me, 1), ccoe_model_path_params(&me, 0));
+    assert_true(ccoe_model_path_forward_flops(&me, 1, T) == ccoe_model_path_forward_flops(&me, 0, T));
+    free(lb);
+    free(le);
+    ccoe_model_free(&mb);
+    ccoe_model_free(&me);
+}
+
+/* Eqs. 6-7 isolated training: the expert's FFN gradients equal the full backward's; blocks
+ * below the expert's first FFN and the other experts get none. */
+static void test_ffn_isolated_backward(void **state)
+{
+    (void)state;
+    const int B = 6, T = 6;
+    ccoe_config c = base_config(CCOE_BLOCK_POST_LN);
+    set_ccoe(&c, CCOE_FORM_FFN, "a:1 b:2", "arith:a code:b", 0, 0);
+    ccoe_model m;
+    ccoe_gating gt;
+    build(&m, &gt, &c, B);
+    ccoe_model_init_weights(&m, 21, CCOE_INIT_RANDOM);
+    int32_t tok[64], tgt[64], dom[8];
+    fill_batch(tok, tgt, dom, B, T, c.model.vocab_size, 6);
+    float *full = malloc(m.num_params * sizeof(float));
+    ccoe_model_zero_grad(&m);
+    long n;
+    ccoe_model_forward(&m, tok, tgt, dom, B, T, &n);
+    ccoe_model_backward(&m, 1.0f, 1.0f);
+    memcpy(full, m.grad_block, m.num_params * sizeof(float));
+    m.train_path = 2; /* expert b: FFNs of blocks 2 and 3 */
+    ccoe_model_zero_grad(&m);
+    ccoe_model_forward(&m, tok, tgt, dom, B, T, &n);
+    ccoe_model_backward(&m, 1.0f, 1.0f);
+    int checked = 0;
+    for (int i = 0; i < m.n_params; i++) {
+        const ccoe_param *p = &m.params[i];
+        const float *gi = m.grad_block + p->offset;
+        if (p->expert == 1) {
+            assert_memory_equal(gi, full + p->offset, p->numel * sizeof(float));
+            checked++;
+        } else if (p->expert == 0 || (p->block >= 0 && p->block < 2) ||
+                   strcmp(p->name, "wpe") == 0) {
+            for (size_t j = 0; j < p->numel; j++)
+                assert_true(gi[j] == 0.0f);
+        }
+    }
+    assert_int_equal(checked, 8); /* 2 FFNs x (fc, proj) x (weight, bias) */
+    free(full);
+    ccoe_model_free(&m);
 }
 
 static void test_prefix_equals_tail(void **state)
@@ -304,6 +410,17 @@ static void test_bad_gating(void **state)
     expect_bad("a:x", "", CCOE_FORM_TAIL, 0, "layer count");
     expect_bad("a:1", "", CCOE_FORM_PREFIX, 9, "prefix_layers");
     expect_bad("a:1", "", CCOE_FORM_NONE, 0, "ccoe.form = none");
+    expect_bad("a:5", "", CCOE_FORM_FFN, 0, "only 4");
+    expect_bad("a:1", "law:a", CCOE_FORM_FFN, 0, "unknown domain 'law'");
+    {
+        ccoe_config c = base_config(CCOE_BLOCK_POST_LN);
+        set_ccoe(&c, CCOE_FORM_FFN, "a:1", "arith:a", 0, 0);
+        snprintf(c.moe.gate, sizeof c.moe.gate, "topk");
+        ccoe_gating g;
+        ccoe_error err = {0};
+        assert_int_equal(ccoe_gating_build(&g, &c, k_domains, 4, &err), CCOE_ERR_CONFIG);
+        assert_non_null(strstr(err.msg, "moe.gate = none"));
+    }
 }
 
 static int setup(void **state)
@@ -318,6 +435,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradcheck_tail),
         cmocka_unit_test(test_gradcheck_prefix),
+        cmocka_unit_test(test_gradcheck_ffn),
+        cmocka_unit_test(test_ffn_copy_equals_base),
+        cmocka_unit_test(test_ffn_isolated_backward),
         cmocka_unit_test(test_zero_layer_experts_equal_base),
         cmocka_unit_test(test_prefix_equals_tail),
         cmocka_unit_test(test_isolated_backward),

@@ -1,6 +1,7 @@
 /* test_data.c - the byte tokenizer, manifest loading and its errors, the builtin data set,
  * train/validation split and packing, the shuffled training stream with seek, validation
- * batches, and the builtin task examples.
+ * batches, the builtin task examples (exact answers, kinds, SQL tasks with their database) and
+ * manifest databases (sqlite, sqlite_script).
  */
 #define _GNU_SOURCE
 #include <ftw.h>
@@ -8,9 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sqlite3.h>
+
 #include "testutil.h"
 
 #include "data.h"
+#include "sqlexec.h"
 #include "tokenizer.h"
 
 #define T_SEQ 64
@@ -148,7 +152,12 @@ static void assert_same_dataset(const ccoe_dataset *a, const ccoe_dataset *b)
         for (size_t i = 0; i < x->n_tasks; i++) {
             assert_string_equal(x->tasks[i].prompt, y->tasks[i].prompt);
             assert_string_equal(x->tasks[i].answer, y->tasks[i].answer);
+            assert_string_equal(x->tasks[i].kind, y->tasks[i].kind);
+            assert_int_equal(x->tasks[i].match, y->tasks[i].match);
         }
+        assert_true(!x->sql_script == !y->sql_script);
+        if (x->sql_script)
+            assert_string_equal(x->sql_script, y->sql_script);
     }
 }
 
@@ -290,8 +299,13 @@ static void test_builtin_domains(void **state)
     for (size_t i = 0; i < ds->n_val * row; i++)
         assert_true(ds->val_seq[i] >= 0 && ds->val_seq[i] < CCOE_TOK_PAD);
     assert_true(ds->domains[0].n_tasks == MAX_TASKS && ds->domains[1].n_tasks == MAX_TASKS);
-    for (int d = 2; d < 5; d++)
+    assert_true(ds->domains[4].n_tasks >= 80); /* sql: fewer questions fit in its 10% */
+    for (int d = 2; d < 4; d++) {
         assert_int_equal(ds->domains[d].n_tasks, 0);
+        assert_null(ds->domains[d].sql_script);
+    }
+    assert_non_null(ds->domains[4].sql_script);
+    assert_null(ds->domains[4].sql_db);
 }
 
 /* Every domain's train sequences decode to the start of its own text file and its validation
@@ -582,7 +596,7 @@ static long eval_arith(const char *prompt)
     assert_int_equal(prompt[strlen(prompt) - 1], ' ');
     if (strstr(prompt, " more") || strstr(prompt, " found "))
         return v[0] + v[1];
-    if (strstr(prompt, " gives away ") || strstr(prompt, " took "))
+    if (strstr(prompt, " gives away ") || strstr(prompt, " took ") || strstr(prompt, " loses "))
         return v[0] - v[1];
     assert_true(strstr(prompt, " bags ") || strstr(prompt, " rows of "));
     return v[0] * v[1];
@@ -615,16 +629,67 @@ static void eval_strings(const char *prompt, char *out)
     }
 }
 
-/* Every task of arith and strings: the answer is right, the line "<prompt><answer>\n" is in the
- * domain's validation text and nowhere in its train text, and prompts are unique. */
+/* Operand limits of an arith task by kind: the easy tier has one-digit operands. */
+static void check_arith_kind(const ccoe_task_example *t)
+{
+    long v[2] = {0, 0};
+    const char *p = t->prompt;
+    for (int i = 0; i < 2; i++) {
+        while (*p && (*p < '0' || *p > '9'))
+            p++;
+        v[i] = strtol(p, (char **)&p, 10);
+    }
+    if (strcmp(t->kind, "word_small") == 0) {
+        assert_true(v[0] >= 1 && v[0] <= 9 && v[1] >= 1 && v[1] <= 9);
+        assert_null(strchr(t->prompt, '='));
+    } else if (strcmp(t->kind, "equation") == 0) {
+        assert_non_null(strchr(t->prompt, '='));
+    } else {
+        assert_string_equal(t->kind, "word");
+        assert_null(strchr(t->prompt, '='));
+    }
+}
+
+/* A SQL task: "-- Q: <question>?\n" and a gold query that runs on the domain's database and,
+ * for list questions, returns at least one row. */
+static void check_sql_task(ccoe_sqldb *db, const ccoe_task_example *t)
+{
+    assert_int_equal(t->match, CCOE_MATCH_SQL);
+    assert_true(strncmp(t->prompt, "-- Q: ", 6) == 0);
+    assert_int_equal(t->prompt[strlen(t->prompt) - 1], '\n');
+    assert_int_equal(t->prompt[strlen(t->prompt) - 2], '?');
+    assert_true(strncmp(t->answer, "SELECT ", 7) == 0);
+    assert_true(strncmp(t->kind, "sql_", 4) == 0);
+    char *res = NULL;
+    ccoe_error err;
+    ccoe_status s = ccoe_sqldb_query(db, t->answer, 0, &res, &err);
+    if (s != CCOE_OK)
+        fprintf(stderr, "%s: %s\n", t->answer, err.msg);
+    assert_int_equal(s, CCOE_OK);
+    if (strcmp(t->kind, "sql_list") == 0)
+        assert_true(res[0] != '\0');
+    assert_int_equal(ccoe_sqldb_match(db, t->answer, t->answer), CCOE_SQL_MATCH);
+    free(res);
+}
+
+/* Every task of arith, strings and sql: the answer is right, the line "<prompt><answer>\n" is in
+ * the domain's validation text and nowhere in its train text, and prompts are unique. */
 static void check_builtin_tasks(const ccoe_dataset *ds, size_t want_tasks)
 {
     ccoe_tokenizer tok = byte_tok();
-    for (int d = 0; d < 2; d++) {
+    static const int task_domains[] = {0, 1, 4};
+    int kinds_seen[3] = {0, 0, 0}; /* arith: word_small, equation, word */
+    for (int k = 0; k < 3; k++) {
+        int d = task_domains[k];
+        ccoe_sqldb db;
+        ccoe_error err;
+        if (d == 4)
+            assert_int_equal(ccoe_sqldb_open(&db, NULL, ds->domains[d].sql_script, &err),
+                             CCOE_OK);
         const ccoe_domain *dom = &ds->domains[d];
-        if (want_tasks)
+        if (want_tasks && d != 4)
             assert_int_equal(dom->n_tasks, want_tasks);
-        assert_true(dom->n_tasks > 0);
+        assert_true(dom->n_tasks > 0 && (!want_tasks || dom->n_tasks <= want_tasks));
         char *train = decode_stream(&tok, ds->train_seq, dom->train_start, dom->n_train, ds->T);
         char *val = decode_stream(&tok, ds->val_seq, dom->val_start, dom->n_val, ds->T);
         /* search whole lines: "\n<prompt><answer>\n" in "\n<text>" */
@@ -637,11 +702,21 @@ static void check_builtin_tasks(const ccoe_dataset *ds, size_t want_tasks)
         for (size_t i = 0; i < dom->n_tasks; i++) {
             const ccoe_task_example *t = &dom->tasks[i];
             char want[32];
-            if (d == 0)
+            if (d == 0) {
                 snprintf(want, sizeof want, "%ld", eval_arith(t->prompt));
-            else
+                assert_string_equal(t->answer, want);
+                check_arith_kind(t);
+                kinds_seen[0] |= strcmp(t->kind, "word_small") == 0;
+                kinds_seen[1] |= strcmp(t->kind, "equation") == 0;
+                kinds_seen[2] |= strcmp(t->kind, "word") == 0;
+            } else if (d == 1) {
                 eval_strings(t->prompt, want);
-            assert_string_equal(t->answer, want);
+                assert_string_equal(t->answer, want);
+                assert_true(strncmp(t->prompt, t->kind, strlen(t->kind)) == 0);
+                assert_int_equal(t->match, CCOE_MATCH_EXACT);
+            } else {
+                check_sql_task(&db, t);
+            }
             char line[512];
             snprintf(line, sizeof line, "\n%s%s%c", t->prompt, t->answer, dom->answer_stop);
             assert_non_null(strstr(val_nl, line)); /* drawn from the held-out text */
@@ -653,7 +728,10 @@ static void check_builtin_tasks(const ccoe_dataset *ds, size_t want_tasks)
         free(val_nl);
         free(train);
         free(val);
+        if (d == 4)
+            ccoe_sqldb_close(&db);
     }
+    assert_true(kinds_seen[0] && kinds_seen[1] && kinds_seen[2]);
 }
 
 static void test_builtin_tasks(void **state)
@@ -810,6 +888,107 @@ static void test_manifest_errors(void **state)
     free(dir);
 }
 
+/* A domain with SQL tasks: the database from a script or a SQLite file, kinds and match read
+ * from the tasks file; the errors name the file, line and fix. */
+static void test_manifest_sql_tasks(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *big = filler_text(4000, "select");
+    write_text(dir, "q.txt", big);
+    write_text(dir, "db.sql", "CREATE TABLE t (id INTEGER, city TEXT);\n"
+                              "INSERT INTO t VALUES (1, 'Oslo'), (2, 'Rome'), (3, 'Oslo');\n");
+    write_text(dir, "q_tasks.jsonl",
+               "{\"prompt\": \"-- Q: How many rows are in Oslo?\\n\", \"answer\": \"SELECT "
+               "COUNT(*) FROM t WHERE city = 'Oslo';\", \"kind\": \"sql_count\", \"match\": "
+               "\"sql\"}\n"
+               "{\"prompt\": \"1+1=\", \"answer\": \"2\", \"kind\": \"equation\"}\n"
+               "{\"prompt\": \"2+2=\", \"answer\": \"4\", \"match\": \"exact\"}\n");
+    /* a real SQLite file, built from the same script */
+    char dbfile[600];
+    snprintf(dbfile, sizeof dbfile, "%s/db.sqlite", dir);
+    {
+        sqlite3 *db = NULL; /* the fixture file is written with SQLite itself */
+        assert_int_equal(sqlite3_open(dbfile, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db,
+                                      "CREATE TABLE t (id INTEGER, city TEXT);"
+                                      "INSERT INTO t VALUES (1, 'Oslo'), (2, 'Rome'), (3, 'Oslo');",
+                                      NULL, NULL, NULL),
+                         SQLITE_OK);
+        assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    }
+    ccoe_tokenizer tok = byte_tok();
+    char man[600];
+    static const char *const db_lines[] = {"sqlite_script = db.sql\n", "sqlite = db.sqlite\n"};
+    for (int k = 0; k < 2; k++) {
+        char text[256];
+        snprintf(text, sizeof text, "[domain sql]\ntext = q.txt\ntasks = q_tasks.jsonl\n%s",
+                 db_lines[k]);
+        write_text(dir, "m.ini", text);
+        snprintf(man, sizeof man, "%s/m.ini", dir);
+        ccoe_dataset ds;
+        ccoe_error err;
+        ccoe_status s = ccoe_data_load(&ds, man, &tok, 16, 0.2, 10, SEED, &err);
+        if (s)
+            fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(s, CCOE_OK);
+        const ccoe_domain *d = &ds.domains[0];
+        assert_int_equal(d->n_tasks, 3);
+        assert_string_equal(d->tasks[0].kind, "sql_count");
+        assert_int_equal(d->tasks[0].match, CCOE_MATCH_SQL);
+        assert_string_equal(d->tasks[1].kind, "equation");
+        assert_int_equal(d->tasks[1].match, CCOE_MATCH_EXACT);
+        assert_string_equal(d->tasks[2].kind, "");
+        if (k == 0) {
+            assert_non_null(d->sql_script);
+            assert_null(d->sql_db);
+        } else {
+            assert_null(d->sql_script);
+            assert_string_equal(d->sql_db, dbfile);
+        }
+        ccoe_sqldb db;
+        assert_int_equal(ccoe_sqldb_open(&db, d->sql_db, d->sql_script, &err), CCOE_OK);
+        assert_int_equal(ccoe_sqldb_match(&db, d->tasks[0].answer,
+                                          "select count(id) from t where city='Oslo'"),
+                         CCOE_SQL_MATCH);
+        ccoe_sqldb_close(&db);
+        ccoe_data_free(&ds);
+    }
+    write_text(dir, "gold_bad.jsonl",
+               "{\"prompt\": \"q\", \"answer\": \"SELECT nope FROM t;\", \"match\": \"sql\"}\n");
+    write_text(dir, "kind_bad.jsonl", "{\"prompt\": \"q\", \"answer\": \"a\", \"kind\": \"a b\"}\n");
+    write_text(dir, "match_bad.jsonl",
+               "{\"prompt\": \"q\", \"answer\": \"a\", \"match\": \"fuzzy\"}\n");
+    write_text(dir, "notadb.sqlite", "this is text, not a database; long enough to be read...\n");
+    char path[512];
+#define MANIFEST(text) \
+    (write_text(dir, "m.ini", (text)), snprintf(path, sizeof path, "%s/m.ini", dir), path)
+    expect_load_error(MANIFEST("[domain a]\ntext = q.txt\ntasks = q_tasks.jsonl\n"),
+                      CCOE_ERR_CONFIG, "q_tasks.jsonl:1", "sqlite");
+    expect_load_error(MANIFEST("[domain a]\ntext = q.txt\nsqlite_script = db.sql\n"
+                               "tasks = gold_bad.jsonl\n"),
+                      CCOE_ERR_ARG, "gold_bad.jsonl:1", "nope");
+    expect_load_error(MANIFEST("[domain a]\ntext = q.txt\ntasks = kind_bad.jsonl\n"),
+                      CCOE_ERR_FORMAT, "kind_bad.jsonl:1", "\"kind\"");
+    expect_load_error(MANIFEST("[domain a]\ntext = q.txt\ntasks = match_bad.jsonl\n"),
+                      CCOE_ERR_FORMAT, "match_bad.jsonl:1", "\"match\"");
+    expect_load_error(MANIFEST("[domain a]\ntext = q.txt\nsqlite = db.sqlite\n"
+                               "sqlite_script = db.sql\n"),
+                      CCOE_ERR_CONFIG, "m.ini:4", "one 'sqlite'");
+    expect_load_error(MANIFEST("[domain a]\ntext = q.txt\nsqlite = notadb.sqlite\n"),
+                      CCOE_ERR_FORMAT, "m.ini:3", "not a usable SQLite database");
+    expect_load_error(MANIFEST("[domain a]\ntext = q.txt\nsqlite = missing.sqlite\n"),
+                      CCOE_ERR_IO, "missing.sqlite", NULL);
+    expect_load_error(MANIFEST("[domain a]\ntext = q.txt\nsqlite_script = missing.sql\n"),
+                      CCOE_ERR_IO, "missing.sql", NULL);
+    expect_load_error(MANIFEST("[domain a]\nsqlite_script = db.sql\n"), CCOE_ERR_CONFIG,
+                      "has no text", NULL);
+#undef MANIFEST
+    free(big);
+    rm_tree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -826,6 +1005,7 @@ int main(void)
         cmocka_unit_test(test_builtin_tasks),
         cmocka_unit_test(test_manifest_load),
         cmocka_unit_test(test_manifest_errors),
+        cmocka_unit_test(test_manifest_sql_tasks),
     };
     return cmocka_run_group_tests(tests, setup_builtin, teardown_builtin);
 }

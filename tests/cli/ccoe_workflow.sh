@@ -25,7 +25,7 @@ awk -v b="$lb" -v e="$le" 'BEGIN {exit !(e < b)}' || fail "expert arith loss $le
 # other domains still take the base path: their loss is unchanged
 [[ "$(loss_of "$BASE" prose)" == "$(loss_of exp/checkpoint.safetensors prose)" ]] || fail "prose changed"
 out=$("$CCOE" eval exp/checkpoint.safetensors --batches 1 --no-tasks) || fail "eval"
-grep -qE "^arith +base\[0:1\] -> arith +[0-9]+ +[0-9.]+" <<<"$out" || fail "no path cost row: $out"
+grep -qE "^arith +base\[0:1\] -> arith \(1\) +[0-9]+ +[0-9.]+" <<<"$out" || fail "no path cost row: $out"
 grep -qE "^prose +base\[0:2\] " <<<"$out" || fail "no base path row: $out"
 pass "expert lowers arith loss ($lb -> $le); base domains unchanged; path costs printed"
 

@@ -1,0 +1,606 @@
+/* ep_cases.c - per-rank checks of the expert-parallel MoE layer and model (see ep_cases.h). */
+#include "ep_cases.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "config.h"
+#include "ep.h"
+#include "model.h"
+#include "moe.h"
+#include "optim.h"
+#include "rng.h"
+
+#define T_SEQ 4 /* rows per sequence (domain gate) */
+
+#define CHECK(cond)                                                                          \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            fprintf(stderr, "[rank %d] %s:%d: check failed: %s (%s)\n", comm->rank, __FILE__,  \
+                    __LINE__, #cond, what);                                                  \
+            fails++;                                                                         \
+        }                                                                                    \
+    } while (0)
+
+#define CHECK_OK(expr)                                                                       \
+    do {                                                                                     \
+        ccoe_status st_ = (expr);                                                            \
+        if (st_ != CCOE_OK) {                                                                \
+            fprintf(stderr, "[rank %d] %s:%d: %s failed: %s (%s)\n", comm->rank, __FILE__,     \
+                    __LINE__, #expr, err.msg, what);                                         \
+            return fails + 1;                                                                \
+        }                                                                                    \
+    } while (0)
+
+static void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        abort();
+    }
+    return p;
+}
+
+static void fill_uniform(float *x, size_t n, uint64_t seed, float scale)
+{
+    ccoe_rng r;
+    ccoe_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++)
+        x[i] = scale * (2.0f * ccoe_rng_uniform(&r) - 1.0f);
+}
+
+/* 0 if |a - b| <= atol + rtol |b| everywhere; else prints the worst element and returns 1. */
+static int close_f(int rank, const char *what, const float *a, const float *b, size_t n,
+                   double atol, double rtol)
+{
+    double worst = 0.0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double r = fabs((double)a[i] - (double)b[i]) / (atol + rtol * fabs((double)b[i]));
+        if (!(r <= worst)) { /* NaN counts as worst */
+            worst = isnan(r) ? INFINITY : r;
+            at = i;
+        }
+    }
+    if (worst <= 1.0)
+        return 0;
+    fprintf(stderr, "[rank %d] %s: element %zu is %.9g, reference %.9g\n", rank, what, at,
+            (double)a[at], (double)b[at]);
+    return 1;
+}
+
+/* ---- a layer with its memory ---- */
+
+typedef struct layer {
+    ccoe_moe m;
+    ccoe_arena mem;
+    ccoe_moe_acts a;
+    ccoe_moe_scratch s;
+} layer;
+
+/* P = 0: the serial layer. */
+static ccoe_status layer_init(layer *L, const ccoe_moe_config *cfg, const ccoe_gemm *g, int C,
+                              int maxN, int P, int rank, const int32_t *owner, ccoe_error *err)
+{
+    memset(L, 0, sizeof *L);
+    CCOE_TRY(ccoe_moe_init(&L->m, cfg, C, maxN, g, err));
+    if (P > 0)
+        CCOE_TRY(ccoe_moe_set_placement(&L->m, P, rank, owner, maxN, err));
+    size_t ab = ccoe_moe_acts_bytes(&L->m), sb = ccoe_moe_scratch_bytes(&L->m);
+    CCOE_TRY(ccoe_arena_alloc(&L->mem, ab + sb, "moe ep test", err));
+    ccoe_moe_acts_carve(&L->a, &L->m, &L->mem);
+    ccoe_moe_scratch_carve(&L->s, &L->m, &L->mem);
+    if (L->mem.used != ab + sb)
+        return ccoe_error_set(err, CCOE_ERR_INTERNAL, "sizing and carving disagree");
+    return CCOE_OK;
+}
+
+typedef struct lcase {
+    const char *gate;
+    int E, K, F;
+    int swiglu, bias, renorm;
+    double cf, w_imp, w_load, w_switch, w_z, noise_eps;
+    int train;
+} lcase;
+
+static void case_config(const lcase *c, ccoe_moe_config *cfg)
+{
+    ccoe_moe_defaults(cfg);
+    snprintf(cfg->gate, sizeof cfg->gate, "%s", c->gate);
+    cfg->n_experts = c->E;
+    cfg->top_k = c->K;
+    cfg->ffn_hidden = c->F;
+    cfg->expert = c->swiglu ? CCOE_MOE_SWIGLU : CCOE_MOE_GELU;
+    cfg->bias = c->bias;
+    cfg->renormalize = c->renorm;
+    cfg->capacity_factor = c->cf;
+    cfg->w_importance = c->w_imp;
+    cfg->w_load = c->w_load;
+    cfg->w_switch = c->w_switch;
+    cfg->w_z = c->w_z;
+    cfg->noise_eps = c->noise_eps;
+    if (strcmp(c->gate, "domain") == 0) {
+        cfg->n_domains = 4;
+        for (int d = 0; d < 4; d++)
+            cfg->domain_expert[d] = (d * 2 + 1) % c->E;
+    }
+}
+
+/* Uneven splits of n items over P ranks with an empty rank when P > 2 (the lists below), else
+ * balanced. */
+static void split_of(int n, int P, int *split, const int *const *lists, int n_lists)
+{
+    if (P <= n_lists && lists[P - 1]) {
+        int s = 0;
+        for (int r = 0; r < P; r++)
+            s += lists[P - 1][r];
+        if (s == n) {
+            memcpy(split, lists[P - 1], (size_t)P * sizeof(int));
+            return;
+        }
+    }
+    for (int r = 0; r < P; r++) {
+        int b0, b1;
+        ccoe_comm_split(n, P, r, &b0, &b1);
+        split[r] = b1 - b0;
+    }
+}
+
+static int row0_of(const int *split, int r)
+{
+    int s = 0;
+    for (int q = 0; q < r; q++)
+        s += split[q];
+    return s;
+}
+
+static int max_of(const int *split, int P)
+{
+    int m = 1;
+    for (int r = 0; r < P; r++)
+        m = split[r] > m ? split[r] : m;
+    return m;
+}
+
+/* ---- dispatch -> identity experts -> combine ---- */
+
+static int round_trip(ccoe_comm *comm, const ccoe_gemm *g, const lcase *c, const int32_t *owner,
+                      int unused_expert)
+{
+    const int P = comm->size, r = comm->rank, C = 5, K = c->K, E = c->E, Ntot = 23;
+    char what[128];
+    snprintf(what, sizeof what, "round trip E=%d K=%d cf=%g P=%d %s unused %d", E, K, c->cf, P,
+             owner ? "interleaved" : "contiguous", unused_expert);
+    int fails = 0;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    static const int s1[] = {23}, s2[] = {10, 13}, s3[] = {9, 0, 14}, s4[] = {6, 7, 0, 10};
+    const int *const lists[] = {s1, s2, s3, s4};
+    int split[64];
+    split_of(Ntot, P, split, lists, 4);
+    const int N = split[r], row0 = row0_of(split, r);
+
+    /* global routing (the same on every rank): distinct experts per token, skewed to low
+     * indexes so that capacity bites; the rows encode their global token */
+    int32_t *ids = xcalloc((size_t)Ntot * K, sizeof(int32_t));
+    float *w = xcalloc((size_t)Ntot * K, sizeof(float));
+    float *inp = xcalloc((size_t)Ntot * C, sizeof(float));
+    ccoe_rng rng;
+    ccoe_rng_seed(&rng, 77);
+    for (int n = 0; n < Ntot; n++) {
+        for (int j = 0; j < K; j++) {
+            int e, dup;
+            do {
+                int e1 = (int)ccoe_rng_below(&rng, (uint64_t)E);
+                int e2 = (int)ccoe_rng_below(&rng, (uint64_t)E);
+                e = e1 < e2 ? e1 : e2;
+                dup = e == unused_expert;
+                for (int i = 0; i < j; i++)
+                    dup |= ids[(size_t)n * K + i] == e;
+            } while (dup);
+            ids[(size_t)n * K + j] = e;
+            w[(size_t)n * K + j] = 0.25f + 0.5f * ccoe_rng_uniform(&rng);
+        }
+        for (int ch = 0; ch < C; ch++)
+            inp[(size_t)n * C + ch] = (float)n + 0.01f * (float)ch;
+    }
+    ccoe_moe_config cfg;
+    case_config(c, &cfg);
+
+    /* the serial plan on the concatenated batch */
+    layer S;
+    CHECK_OK(layer_init(&S, &cfg, g, C, Ntot, 0, 0, NULL, &err));
+    const int cap = ccoe_moe_capacity(&S.m, Ntot);
+    const int R = ccoe_moe_plan(S.a.slot, S.a.row_token, S.a.offsets, S.a.cursor, ids, Ntot, E,
+                                K, cap);
+    ccoe_moe_gather(S.a.xin, inp, S.a.row_token, R, C);
+    float *out_ref = xcalloc((size_t)Ntot * C, sizeof(float));
+    ccoe_moe_combine(out_ref, S.a.xin, S.a.slot, w, Ntot, K, C);
+
+    /* the distributed round trip on this rank's slice */
+    layer L;
+    CHECK_OK(layer_init(&L, &cfg, g, C, max_of(split, P), P, r, owner, &err));
+    ccoe_moe_acts *a = &L.a;
+    memcpy(a->ids, ids + (size_t)row0 * K, (size_t)N * K * sizeof(int32_t));
+    memcpy(a->weights, w + (size_t)row0 * K, (size_t)N * K * sizeof(float));
+    CHECK_OK(ccoe_moe_ep_route(&L.m, comm, a, &L.s, NULL, N, &err));
+    CHECK(a->N_total == Ntot);
+    CHECK(a->capacity == cap);
+    int64_t drops = 0;
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < K; j++) {
+            size_t at = (size_t)n * K + j, gat = (size_t)(row0 + n) * K + j;
+            int32_t s = a->slot[at];
+            CHECK((s >= 0) == (S.a.slot[gat] >= 0)); /* the global kept set */
+            drops += s < 0;
+            if (s >= 0)
+                memcpy(a->home + (size_t)s * C, inp + (size_t)(row0 + n) * C,
+                       (size_t)C * sizeof(float));
+        }
+    int64_t bytes = 0;
+    CHECK_OK(ccoe_moe_ep_to_experts(&L.m, comm, a->xin, a->home, a, &L.s, &bytes, NULL, &err));
+    for (int e = 0; e < E; e++) { /* each owned expert: its rows in the global token order */
+        if (ccoe_moe_expert_owner(&L.m, e) != r)
+            continue;
+        int n_e = S.a.offsets[e + 1] - S.a.offsets[e];
+        CHECK(a->offsets[e + 1] - a->offsets[e] == n_e);
+        if (e == unused_expert)
+            CHECK(n_e == 0);
+        if (a->offsets[e + 1] - a->offsets[e] == n_e)
+            CHECK(memcmp(a->xin + (size_t)a->offsets[e] * C, S.a.xin + (size_t)S.a.offsets[e] * C,
+                         (size_t)n_e * C * sizeof(float)) == 0);
+    }
+    memset(a->home, 0, (size_t)L.m.max_home * C * sizeof(float));
+    CHECK_OK(ccoe_moe_ep_to_home(&L.m, comm, a->home, a->xin, a, &L.s, &bytes, NULL, &err));
+    float *out = xcalloc((size_t)(N ? N : 1) * C, sizeof(float));
+    ccoe_moe_combine(out, a->home, a->slot, a->weights, N, K, C);
+    CHECK(memcmp(out, out_ref + (size_t)row0 * C, (size_t)N * C * sizeof(float)) == 0);
+    /* totals over ranks: the drops of the serial plan; bytes only for rows that move */
+    int64_t tot[2] = {drops, bytes};
+    CHECK_OK(comm->ops->allreduce_i64(comm, tot, 2, &err));
+    CHECK(tot[0] == (int64_t)Ntot * K - R);
+    if (c->cf > 0)
+        CHECK(tot[0] > 0); /* the case exercises global capacity */
+    CHECK(tot[1] <= 2 * (int64_t)R * C * (int64_t)sizeof(float));
+    CHECK(P > 1 ? tot[1] > 0 : tot[1] == 0);
+    free(out);
+    free(out_ref);
+    free(ids);
+    free(w);
+    free(inp);
+    ccoe_arena_free(&S.mem);
+    ccoe_arena_free(&L.mem);
+    return fails;
+}
+
+int tu_ep_round_trips(ccoe_comm *comm, const ccoe_gemm *g)
+{
+    static const lcase cap = {"topk", 5, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0};
+    static const lcase dropless = {"topk", 5, 2, 1, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 0};
+    static const lcase three = {"topk", 3, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0};
+    int32_t map[5];
+    for (int e = 0; e < 5; e++)
+        map[e] = (e + 1) % comm->size; /* interleaved */
+    int fails = 0;
+    for (int u = -1; u <= 4; u += 5) { /* u = 4: expert 4 is never chosen */
+        fails += round_trip(comm, g, &cap, NULL, u);
+        fails += round_trip(comm, g, &cap, map, u);
+        fails += round_trip(comm, g, &dropless, NULL, u);
+    }
+    fails += round_trip(comm, g, &three, NULL, -1); /* with 4 ranks one owns no expert */
+    return fails;
+}
+
+/* ---- layer equivalence ---- */
+
+static ccoe_moe_pass make_pass(const lcase *c, const int32_t *domains, int64_t offset)
+{
+    ccoe_moe_pass p;
+    memset(&p, 0, sizeof p);
+    p.train = c->train;
+    p.seed = 4321;
+    p.step = 3;
+    p.layer = 1;
+    p.token_offset = offset;
+    p.domains = domains;
+    p.T = T_SEQ;
+    return p;
+}
+
+static void fill_params(const ccoe_moe *m, float *p, uint64_t seed)
+{
+    memset(p, 0, m->num_params * sizeof(float));
+    for (int i = 0; i < m->n_tensors; i++) {
+        ccoe_moe_tensor t;
+        ccoe_moe_tensor_at(m, i, &t);
+        float scale = t.ndim == 2 ? 2.0f / sqrtf((float)t.shape[1]) : 0.3f;
+        fill_uniform(p + t.offset, t.numel, seed + 7 * (uint64_t)i, scale);
+    }
+}
+
+static int layer_case(ccoe_comm *comm, const ccoe_gemm *g, const lcase *c, int interleaved)
+{
+    const int P = comm->size, r = comm->rank, C = 8, nseq = 12, Ntot = nseq * T_SEQ;
+    char what[128];
+    snprintf(what, sizeof what, "layer %s E=%d K=%d cf=%g train=%d P=%d %s", c->gate, c->E, c->K,
+             c->cf, c->train, P, interleaved ? "interleaved" : "contiguous");
+    int fails = 0;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    static const int s1[] = {12}, s2[] = {5, 7}, s3[] = {4, 0, 8}, s4[] = {3, 3, 0, 6};
+    const int *const lists[] = {s1, s2, s3, s4};
+    int split[64];
+    split_of(nseq, P, split, lists, 4);
+    const int N = split[r] * T_SEQ, row0 = row0_of(split, r) * T_SEQ;
+    int32_t owner[CCOE_MOE_MAX_EXPERTS];
+    for (int e = 0; e < c->E; e++)
+        owner[e] = (e + 1) % P;
+
+    ccoe_moe_config cfg;
+    case_config(c, &cfg);
+    layer S;
+    CHECK_OK(layer_init(&S, &cfg, g, C, Ntot, 0, 0, NULL, &err));
+    const size_t np = S.m.num_params, NC = (size_t)Ntot * C;
+    float *params = xcalloc(np, sizeof(float)), *inp = xcalloc(NC, sizeof(float));
+    float *dout = xcalloc(NC, sizeof(float));
+    fill_params(&S.m, params, 11);
+    fill_uniform(inp, NC, 12, 1.0f);
+    fill_uniform(dout, NC, 13, 1.0f);
+    int32_t domains[64];
+    for (int b = 0; b < nseq; b++)
+        domains[b] = (int32_t)((b * 3 + 1) % 4);
+
+    /* the serial layer on the whole batch (every rank computes it) */
+    float *out_ref = xcalloc(NC, sizeof(float)), *dinp_ref = xcalloc(NC, sizeof(float));
+    float *g_ref = xcalloc(np, sizeof(float));
+    ccoe_moe_stats st_ref;
+    ccoe_moe_pass pass = make_pass(c, domains, 0);
+    double aux_ref = ccoe_moe_forward(&S.m, out_ref, &S.a, &st_ref, inp, params, &pass, Ntot);
+    ccoe_moe_backward(&S.m, dinp_ref, g_ref, &st_ref, &S.s, dout, &S.a, inp, params, 0.5f, Ntot);
+
+    /* this rank's slice */
+    layer L;
+    CHECK_OK(layer_init(&L, &cfg, g, C, max_of(split, P) * T_SEQ, P, r,
+                        interleaved ? owner : NULL, &err));
+    float *out = xcalloc(NC, sizeof(float)), *dinp = xcalloc(NC, sizeof(float));
+    float *grads = xcalloc(np, sizeof(float));
+    ccoe_moe_stats st;
+    double aux = 0.0;
+    ccoe_moe_pass lp = make_pass(c, domains + row0 / T_SEQ, row0);
+    CHECK_OK(ccoe_moe_forward_ep(&L.m, comm, out, &aux, &L.a, &L.s, &st, inp + (size_t)row0 * C,
+                                 params, &lp, N, &err));
+    CHECK_OK(ccoe_moe_backward_ep(&L.m, comm, dinp, grads, &st, &L.s, dout + (size_t)row0 * C,
+                                  &L.a, inp + (size_t)row0 * C, params, 0.5f, N, &err));
+    const size_t nc = (size_t)N * C;
+    if (P == 1) { /* the distributed path on one rank is the serial layer, bit for bit */
+        CHECK(memcmp(out, out_ref, NC * sizeof(float)) == 0);
+        CHECK(memcmp(dinp, dinp_ref, NC * sizeof(float)) == 0);
+        CHECK(memcmp(grads, g_ref, np * sizeof(float)) == 0);
+        CHECK(aux == aux_ref);
+    }
+    fails += close_f(r, what, out, out_ref + (size_t)row0 * C, nc, 1e-6, 1e-5);
+    fails += close_f(r, what, dinp, dinp_ref + (size_t)row0 * C, nc, 1e-6, 1e-5);
+    /* the aux loss: the serial value, and the same bits on every rank */
+    CHECK(fabs(aux - aux_ref) <= 1e-9 * fabs(aux_ref) + 1e-12);
+    double mm[2] = {aux, -aux};
+    CHECK_OK(comm->ops->allreduce_max_f64(comm, mm, 2, &err));
+    CHECK(mm[0] == aux && -mm[1] == aux);
+    /* global statistics */
+    CHECK(st.N == Ntot && st.N_local == N);
+    CHECK(st.capacity == st_ref.capacity);
+    CHECK(st.dropped_slots == st_ref.dropped_slots);
+    CHECK(st.dropped_tokens == st_ref.dropped_tokens);
+    for (int e = 0; e < c->E; e++) {
+        CHECK(st.tokens_per_expert[e] == st_ref.tokens_per_expert[e]);
+        CHECK(st.routed_per_expert[e] == st_ref.routed_per_expert[e]);
+    }
+    CHECK(fabs(st.gate_entropy - st_ref.gate_entropy) <= 1e-9);
+    CHECK(fabs(st.router_entropy - st_ref.router_entropy) <= 1e-9);
+    CHECK(fabs(st.load_cv - st_ref.load_cv) <= 1e-12);
+    CHECK(P > 1 ? st.ep_bytes_meta > 0 : st.ep_bytes_meta == 0);
+    /* router gradients: this rank's share, summed over ranks */
+    CHECK_OK(comm->ops->allreduce_f32(comm, grads, S.m.off_experts, &err));
+    fails += close_f(r, what, grads, g_ref, S.m.off_experts, 1e-6, 1e-5);
+    /* experts: complete on the owner, untouched elsewhere */
+    for (int e = 0; e < c->E; e++) {
+        size_t b, x;
+        ccoe_moe_expert_span(&S.m, e, &b, &x);
+        if (ccoe_moe_expert_owner(&L.m, e) == r) {
+            fails += close_f(r, what, grads + b, g_ref + b, x - b, 1e-6, 1e-5);
+        } else {
+            int zero = 1;
+            for (size_t i = b; i < x; i++)
+                zero &= grads[i] == 0.0f;
+            CHECK(zero);
+        }
+    }
+    free(out);
+    free(dinp);
+    free(grads);
+    free(out_ref);
+    free(dinp_ref);
+    free(g_ref);
+    free(params);
+    free(inp);
+    free(dout);
+    ccoe_arena_free(&S.mem);
+    ccoe_arena_free(&L.mem);
+    return fails;
+}
+
+int tu_ep_layer_cases(ccoe_comm *comm, const ccoe_gemm *g)
+{
+    static const lcase cases[] = {
+        /* gate, E, K, F, swiglu, bias, renorm, cf, w_imp, w_load, w_switch, w_z, noise_eps,
+         * train */
+        {"topk", 6, 2, 5, 0, 1, 1, 1.25, 0.1, 0, 0.05, 0.01, 0, 1},
+        {"topk", 5, 3, 4, 1, 0, 0, 0.0, 0, 0, 0.1, 0, 0, 1},
+        {"topk", 3, 1, 4, 0, 1, 1, 1.0, 0, 0, 0.1, 0.01, 0, 1},
+        {"softmax", 4, 4, 3, 0, 1, 1, 0.0, 0.1, 0, 0, 0.01, 0, 1},
+        {"noisy_topk", 6, 2, 4, 0, 1, 1, 1.0, 0.1, 0.1, 0.05, 0.01, 1e-2, 1},
+        {"noisy_topk", 6, 2, 4, 0, 1, 1, 0.0, 0.1, 0.1, 0, 0, 1e-2, 0}, /* evaluation */
+        {"domain", 5, 1, 4, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1},
+        {"domain", 5, 1, 4, 1, 1, 1, 1.0, 0, 0, 0, 0, 0, 1},
+    };
+    int fails = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fails += layer_case(comm, g, &cases[i], 0);
+        if (comm->size > 1)
+            fails += layer_case(comm, g, &cases[i], 1);
+    }
+    return fails;
+}
+
+/* ---- model equivalence ---- */
+
+enum { MB = 4, MT = 5, MV = 40 };
+
+typedef struct mcase {
+    const char *gate;
+    int E, K;
+    double cf, w_imp, w_load, w_switch, w_z, noise_eps;
+} mcase;
+
+static ccoe_status open_model(ccoe_model *m, const mcase *mc, const ccoe_gemm *g, int maxB,
+                              ccoe_error *err)
+{
+    ccoe_config c;
+    ccoe_config_defaults(&c);
+    c.model.n_layer = 2;
+    c.model.n_embd = 16;
+    c.model.n_head = 2;
+    c.model.ffn_hidden = 32;
+    c.model.vocab_size = MV;
+    c.model.seq_len = MT;
+    c.model.tied_head = 0;
+    c.model.init_std = 0.3;
+    c.train.batch_size = MB;
+    snprintf(c.moe.gate, sizeof c.moe.gate, "%s", mc->gate);
+    c.moe.n_experts = mc->E;
+    c.moe.top_k = mc->K;
+    c.moe.every = 1;
+    c.moe.expert_hidden = 12;
+    c.moe.capacity_factor = mc->cf;
+    c.moe.noise_eps = mc->noise_eps;
+    c.moe.w_importance = mc->w_imp;
+    c.moe.w_load = mc->w_load;
+    c.moe.w_switch = mc->w_switch;
+    c.moe.w_z = mc->w_z;
+    CCOE_TRY(ccoe_config_validate(&c, err));
+    CCOE_TRY(ccoe_model_init_moe(m, &c.model, NULL, &c.moe, maxB, MT, g, 1, err));
+    ccoe_model_init_weights(m, 7, CCOE_INIT_RANDOM);
+    ccoe_rng r; /* generic norm weights, biases and noise weights */
+    ccoe_rng_seed(&r, 99);
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].ndim == 1 || strstr(m->params[i].name, "noise_weight"))
+            for (size_t j = 0; j < m->params[i].numel; j++)
+                m->param_block[m->params[i].offset + j] += 0.2f * (ccoe_rng_uniform(&r) - 0.5f);
+    m->train = 1;
+    m->seed = 1234;
+    m->step = 5;
+    return CCOE_OK;
+}
+
+static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc)
+{
+    const int P = comm->size, r = comm->rank;
+    char what[128];
+    snprintf(what, sizeof what, "model %s E=%d K=%d cf=%g P=%d", mc->gate, mc->E, mc->K, mc->cf,
+             P);
+    int fails = 0;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    int32_t tok[MB * MT], tgt[MB * MT], dom[MB];
+    long count_all = 0;
+    ccoe_rng rng;
+    ccoe_rng_seed(&rng, 5);
+    for (int i = 0; i < MB * MT; i++) {
+        tok[i] = (int32_t)ccoe_rng_below(&rng, MV);
+        tgt[i] = i == 3 ? -1 : (int32_t)ccoe_rng_below(&rng, MV);
+        count_all += tgt[i] >= 0;
+    }
+    for (int b = 0; b < MB; b++)
+        dom[b] = (int32_t)((b * 3 + 2) % mc->E);
+
+    /* serial (every rank) */
+    ccoe_model S;
+    CHECK_OK(open_model(&S, mc, g, MB, &err));
+    ccoe_model_zero_grad(&S);
+    long count = 0;
+    const double loss_ref = ccoe_model_forward(&S, tok, tgt, dom, MB, MT, &count);
+    const double aux_ref = S.aux_loss;
+    ccoe_model_backward(&S, 1.0f / (float)count_all, 1.0f);
+    const double norm_ref = ccoe_grad_norm(S.grad_block, 0, S.num_params);
+
+    /* this rank's rows */
+    int b0, b1;
+    ccoe_comm_split(MB, P, r, &b0, &b1);
+    const int B = b1 - b0;
+    ccoe_model m;
+    CHECK_OK(open_model(&m, mc, g, B > 0 ? B : 1, &err));
+    CHECK_OK(ccoe_model_set_comm(&m, comm, &err));
+    ccoe_model_zero_grad(&m);
+    m.token_offset = (int64_t)b0 * MT;
+    double sums[2] = {ccoe_model_forward(&m, tok + b0 * MT, tgt + b0 * MT, dom + b0, B, MT,
+                                         &count),
+                      0.0};
+    const double aux = m.aux_loss;
+    ccoe_model_backward(&m, 1.0f / (float)count_all, 1.0f);
+    ccoe_ep_traffic tr;
+    ccoe_ep_traffic_last(&m, &tr);
+    sums[1] = (double)tr.bytes_tokens;
+    CHECK_OK(comm->ops->allreduce_f64(comm, sums, 2, &err));
+    CHECK(fabs(sums[0] - loss_ref) <= 1e-5 * fabs(loss_ref));
+    CHECK(fabs(aux - aux_ref) <= 1e-5 * fabs(aux_ref) + 1e-9);
+    CHECK(P > 1 ? sums[1] > 0 : sums[1] == 0);
+    CHECK_OK(ccoe_ep_allreduce_replicated(&m, comm, m.grad_block, 0, m.num_params, &err));
+    double norm = 0.0;
+    CHECK_OK(ccoe_ep_grad_norm(&m, comm, m.grad_block, 0, m.num_params, &norm, &err));
+    CHECK(fabs(norm - norm_ref) <= 1e-5 * norm_ref);
+    /* gradients: replicated ones summed, owned experts complete, the others untouched */
+    float *want = xcalloc(m.num_params, sizeof(float));
+    memcpy(want, S.grad_block, m.num_params * sizeof(float));
+    ccoe_ep_region regions[64];
+    int n_regions = ccoe_ep_regions(&m, regions, 64);
+    CHECK(P > 1 ? n_regions > 0 && n_regions <= 64 : n_regions == 0);
+    for (int k = 0; k < n_regions && k < 64; k++)
+        if (regions[k].owner != r)
+            memset(want + regions[k].begin, 0, (regions[k].end - regions[k].begin) * 4);
+    fails += close_f(r, what, m.grad_block, want, m.num_params, 1e-6, 1e-5);
+    /* ownership: expert tensors have owners, the rest is replicated */
+    for (int i = 0; i < m.n_params; i++) {
+        int is_expert = strstr(m.params[i].name, ".moe.experts.") != NULL;
+        int q = ccoe_ep_param_owner(&m, &m.params[i]);
+        CHECK(P > 1 ? (q >= 0) == is_expert : q == -1);
+        CHECK(ccoe_ep_param_is_local(&m.params[i], &m) == (q < 0 || q == r));
+    }
+    /* spoil the experts this rank does not own, then sync them from their owners */
+    for (int i = 0; i < m.n_params; i++)
+        if (!ccoe_ep_param_is_local(&m.params[i], &m))
+            for (size_t j = 0; j < m.params[i].numel; j++)
+                m.param_block[m.params[i].offset + j] = -7.0f;
+    CHECK_OK(ccoe_ep_sync_experts(&m, comm, m.param_block, &err));
+    CHECK(memcmp(m.param_block, S.param_block, m.num_params * sizeof(float)) == 0);
+    free(want);
+    ccoe_model_free(&m);
+    ccoe_model_free(&S);
+    return fails;
+}
+
+int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
+{
+    static const mcase cases[] = {
+        {"topk", 4, 2, 1.0, 0.1, 0, 0.05, 0.01, 0},
+        {"softmax", 3, 3, 0, 0.1, 0, 0, 0.01, 0},
+        {"noisy_topk", 4, 2, 1.25, 0.1, 0.1, 0.05, 0.01, 1e-2},
+        {"domain", 4, 1, 0, 0, 0, 0, 0, 0},
+    };
+    int fails = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        fails += model_case(comm, g, &cases[i]);
+    return fails;
+}
