@@ -2,6 +2,7 @@
 #include "checkpoint.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,6 +131,20 @@ int ccoe_checkpoint_domains(const ccoe_st_file *f, const ccoe_config *cfg,
     return n;
 }
 
+/* A stored parameter that is NaN/Inf would only surface later as a NaN loss: refuse it here. */
+static ccoe_status check_finite(const ccoe_param *p, const float *x, const char *path,
+                                ccoe_error *err)
+{
+    for (size_t j = 0; j < p->numel; j++)
+        if (!isfinite(x[j]))
+            return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                  "%s: tensor %s holds a non-finite value (%g at index %zu): the "
+                                  "run that wrote it diverged or the file is damaged; use an "
+                                  "earlier checkpoint",
+                                  path, p->name, (double)x[j], j);
+    return CCOE_OK;
+}
+
 ccoe_status ccoe_checkpoint_load_init(const ccoe_st_file *f, const char *path, ccoe_model *m,
                                       int *missing, ccoe_error *err)
 {
@@ -150,6 +165,7 @@ ccoe_status ccoe_checkpoint_load_init(const ccoe_st_file *f, const char *path, c
         }
         CCOE_TRY(ccoe_st_read_into(f, p->name, m->param_block + p->offset, p->ndim, p->shape,
                                    err));
+        CCOE_TRY(check_finite(p, m->param_block + p->offset, path, err));
     }
     for (int e = 0; e < m->gating.n_experts; e++) {
         if (found[e] != 0 && found[e] != total[e])
@@ -170,6 +186,7 @@ ccoe_status ccoe_checkpoint_load(const ccoe_st_file *f, const char *path, ccoe_m
         const ccoe_param *p = &m->params[i];
         CCOE_TRY(ccoe_st_read_into(f, p->name, m->param_block + p->offset, p->ndim, p->shape,
                                    err));
+        CCOE_TRY(check_finite(p, m->param_block + p->offset, path, err));
         if (opt) {
             snprintf(nm, sizeof nm, "optim.m.%s", p->name);
             if (!ccoe_st_find(f, nm, NULL, NULL))

@@ -320,6 +320,19 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
         a, ccoe_attention_scratch_floats(m->maxB, m->maxT, (int)C, (int)H, m->nthreads));
 }
 
+/* Sizes the activations with a counting pass, allocates them and carves them. */
+static ccoe_status alloc_acts(ccoe_model *m, ccoe_error *err)
+{
+    ccoe_arena count;
+    ccoe_arena_count(&count);
+    carve_acts(m, &count);
+    CCOE_TRY(ccoe_arena_alloc(&m->act_mem, count.used, "activations", err));
+    carve_acts(m, &m->act_mem);
+    assert(m->act_mem.used == count.used);
+    m->act_floats = count.used / sizeof(float);
+    return CCOE_OK;
+}
+
 /* The MoE layer and the MoE blocks (allocates the small per-block arrays; setup only). */
 static ccoe_status setup_moe(ccoe_model *m, const ccoe_moe_section *sec, ccoe_error *err)
 {
@@ -383,14 +396,7 @@ ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err)
     CCOE_TRY(comm->ops->allreduce_max_f64(comm, &peer, 1, err));
     CCOE_TRY(ccoe_moe_set_placement(&m->moe, comm->size, comm->rank, NULL, (int)peer, err));
     ccoe_arena_free(&m->act_mem);
-    ccoe_arena count;
-    ccoe_arena_count(&count);
-    carve_acts(m, &count);
-    CCOE_TRY(ccoe_arena_alloc(&m->act_mem, count.used, "activations", err));
-    carve_acts(m, &m->act_mem);
-    assert(m->act_mem.used == count.used);
-    m->act_floats = count.used / sizeof(float);
-    return CCOE_OK;
+    return alloc_acts(m, err);
 }
 
 void ccoe_model_moe_reset_totals(ccoe_model *m)
@@ -473,14 +479,7 @@ ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
     m->dwte = tensor_at(m, m->grad_block, "", "wte");
     m->dwpe = tensor_at(m, m->grad_block, "", "wpe");
 
-    ccoe_arena count;
-    ccoe_arena_count(&count);
-    carve_acts(m, &count);
-    CCOE_TRY(ccoe_arena_alloc(&m->act_mem, count.used, "activations", err));
-    carve_acts(m, &m->act_mem);
-    assert(m->act_mem.used == count.used);
-    m->act_floats = count.used / sizeof(float);
-    return CCOE_OK;
+    return alloc_acts(m, err);
 }
 
 void ccoe_model_free(ccoe_model *m)

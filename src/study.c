@@ -23,6 +23,7 @@
 
 #include "checkpoint.h"
 #include "config.h"
+#include "fs.h"
 #include "moe.h"
 #include "session.h"
 #include "train.h"
@@ -132,25 +133,6 @@ typedef struct study {
 } study;
 
 /* ---- small helpers ---- */
-
-static ccoe_status make_dirs(const char *path, ccoe_error *err)
-{
-    char buf[CCOE_STR + 64];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char saved = *p;
-            *p = '\0';
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return ccoe_error_set(err, CCOE_ERR_IO, "cannot create directory %s: %s", buf,
-                                      strerror(errno));
-            *p = saved;
-            if (saved == '\0')
-                break;
-        }
-    }
-    return CCOE_OK;
-}
 
 static int valid_name(const char *s)
 {
@@ -1238,7 +1220,7 @@ static ccoe_status write_plot_data(const study *S, ccoe_error *err)
 {
     char dir[CCOE_STR + 16];
     snprintf(dir, sizeof dir, "%s/plot", S->out_dir);
-    CCOE_TRY(make_dirs(dir, err));
+    CCOE_TRY(ccoe_fs_mkdirs(dir, err));
     FILE *f;
     int tokens_axis = S->bkind == BUDGET_TOKENS;
     CCOE_TRY(open_out(dir, "meta.gp", &f, err));
@@ -1532,7 +1514,7 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
     for (int i = 0; i < S->n_run; i++)
         if ((st = prepare_variant(S, &S->run[i], &base, err)) != CCOE_OK)
             goto done;
-    if ((st = make_dirs(S->out_dir, err)) != CCOE_OK)
+    if ((st = ccoe_fs_mkdirs(S->out_dir, err)) != CCOE_OK)
         goto done;
     {
         char bud[32];

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "fs.h"
 #include "optim.h"
 #include "perf.h"
 #include "session.h"
@@ -41,26 +42,6 @@
 static volatile sig_atomic_t g_stop_signal = 0;
 
 static void on_signal(int sig) { g_stop_signal = sig; }
-
-/* mkdir -p */
-static ccoe_status make_dirs(const char *path, ccoe_error *err)
-{
-    char buf[CCOE_STR + 8];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; ; p++) {
-        if (*p == '/' || *p == '\0') {
-            char saved = *p;
-            *p = '\0';
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return ccoe_error_set(err, CCOE_ERR_IO, "cannot create directory %s: %s", buf,
-                                      strerror(errno));
-            *p = saved;
-            if (saved == '\0')
-                break;
-        }
-    }
-    return CCOE_OK;
-}
 
 static void format_eta(char *out, size_t cap, double seconds)
 {
@@ -816,7 +797,7 @@ static ccoe_status setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg, const 
                                   t->ckpt_path, t->ckpt_path);
     }
     if (t->rank == 0 || o->train_experts)
-        CCOE_TRY(make_dirs(cfg->train.out_dir, err));
+        CCOE_TRY(ccoe_fs_mkdirs(cfg->train.out_dir, err));
     if (test_hook(t, "file", -1))
         snprintf(cfg->data.manifest, sizeof cfg->data.manifest, "%s",
                  "/nonexistent/ccoe-test-hook/manifest.ini");
