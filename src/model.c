@@ -399,6 +399,62 @@ ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err)
     return alloc_acts(m, err);
 }
 
+int ccoe_model_place_owner(int n_experts, int P, int e)
+{
+    for (int r = 0; r < P; r++) {
+        int e0, e1;
+        ccoe_comm_split(n_experts, P, r, &e0, &e1);
+        if (e >= e0 && e < e1)
+            return r;
+    }
+    return P - 1;
+}
+
+ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_maxB,
+                                     ccoe_error *err)
+{
+    const ccoe_gating *gt = &m->gating;
+    if (gt->n_experts == 0 || (gt->form != CCOE_FORM_TAIL && gt->form != CCOE_FORM_PREFIX))
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "CCoE expert placement needs ccoe.form = tail or prefix with at "
+                              "least one expert");
+    if (m->n_moe > 0)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "CCoE expert placement is not combined with MoE blocks (their "
+                              "expert parallelism already places the MoE experts)");
+    if (m->train_path >= 0)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "CCoE expert placement does not apply to isolated expert training");
+    if (global_maxB < 1)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG, "placement: global batch must be >= 1");
+    m->comm = comm;
+    const int P = comm->size;
+    for (int e = 0; e < gt->n_experts; e++)
+        m->place_owner[e] = ccoe_model_place_owner(gt->n_experts, P, e);
+    const size_t T = (size_t)m->maxT, C = (size_t)m->cfg.n_embd;
+    const size_t local = (size_t)m->maxB, G = (size_t)global_maxB;
+    const size_t row_f = T * (C + 1);
+    m->place_counts = calloc((size_t)P * (size_t)m->n_paths, sizeof(int32_t));
+    m->place_sc = calloc((size_t)P, sizeof(size_t));
+    m->place_sd = calloc((size_t)P, sizeof(size_t));
+    m->place_rc = calloc((size_t)P, sizeof(size_t));
+    m->place_rd = calloc((size_t)P, sizeof(size_t));
+    m->place_send = malloc(local * row_f * sizeof(float) + 64);
+    m->place_recv = malloc(G * row_f * sizeof(float) + 64);
+    m->place_send_row = malloc(local * sizeof(int) + 16);
+    m->place_recv_row = malloc(G * sizeof(int) + 16);
+    if (!m->place_counts || !m->place_sc || !m->place_sd || !m->place_rc || !m->place_rd ||
+        !m->place_send || !m->place_recv || !m->place_send_row || !m->place_recv_row)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the expert placement buffers");
+    /* activations: this rank's rows, then up to the global batch of received rows */
+    m->maxB = (int)(local + G);
+    ccoe_arena_free(&m->act_mem);
+    CCOE_TRY(alloc_acts(m, err));
+    m->place_maxB = (int)local;
+    m->place = 1;
+    return CCOE_OK;
+}
+
 void ccoe_model_moe_reset_totals(ccoe_model *m)
 {
     const size_t n = (size_t)m->n_moe, E = (size_t)m->moe.E;
@@ -495,6 +551,20 @@ void ccoe_model_free(ccoe_model *m)
     free(m->w_xffn);
     free(m->g_xffn);
     m->w_xffn = m->g_xffn = NULL;
+    free(m->place_counts);
+    free(m->place_sc);
+    free(m->place_sd);
+    free(m->place_rc);
+    free(m->place_rd);
+    free(m->place_send);
+    free(m->place_recv);
+    free(m->place_send_row);
+    free(m->place_recv_row);
+    m->place_counts = NULL;
+    m->place_sc = m->place_sd = m->place_rc = m->place_rd = NULL;
+    m->place_send = m->place_recv = NULL;
+    m->place_send_row = m->place_recv_row = NULL;
+    m->place = m->place_active = 0;
     free(m->moe_of);
     free(m->moe_layer);
     free(m->moe_offset);
@@ -937,14 +1007,9 @@ static int path_last_inst(const ccoe_model *m, int p)
     return pa->n_own > 0 ? pa->first_inst + pa->n_own - 1 : pa->n_base - 1;
 }
 
-/* Sorts the batch rows by path: longest base prefix first (so every base block runs on a
- * prefix of the rows), then by path id; stable in the original order. */
-static void sort_rows(ccoe_model *m, const int32_t *domains, int B)
+/* The order of the paths in a sorted batch: by n_base descending, then id. */
+static void path_order(const ccoe_model *m, int *order)
 {
-    const ccoe_gating *gt = &m->gating;
-    int r = 0;
-    /* order of paths: by n_base descending, then id */
-    int order[CCOE_MAX_EXPERTS + 1];
     for (int p = 0; p < m->n_paths; p++)
         order[p] = p;
     for (int i = 1; i < m->n_paths; i++)
@@ -953,6 +1018,16 @@ static void sort_rows(ccoe_model *m, const int32_t *domains, int B)
             order[j] = order[j - 1];
             order[j - 1] = t;
         }
+}
+
+/* Sorts the batch rows by path: longest base prefix first (so every base block runs on a
+ * prefix of the rows), then by path id; stable in the original order. */
+static void sort_rows(ccoe_model *m, const int32_t *domains, int B)
+{
+    const ccoe_gating *gt = &m->gating;
+    int r = 0;
+    int order[CCOE_MAX_EXPERTS + 1];
+    path_order(m, order);
     m->n_groups = 0;
     for (int oi = 0; oi < m->n_paths; oi++) {
         int p = order[oi];
@@ -981,12 +1056,234 @@ static void sort_rows(ccoe_model *m, const int32_t *domains, int B)
     assert(r == B);
 }
 
+/* ---- one group of rows: a path's own blocks and its head ---- */
+
+static void group_forward(ccoe_model *m, int p, int r0, int nb, int T)
+{
+    const int C = m->cfg.n_embd, V = m->cfg.vocab_size;
+    const ccoe_path *pa = &m->paths[p];
+    for (int j = 0; j < pa->n_own; j++)
+        block_forward(m, pa->first_inst + j, r0, nb, T);
+    const ccoe_head_view *h = &m->w_heads[pa->head];
+    const size_t row = (size_t)r0 * T;
+    const float *hin = inst_output(m, path_last_inst(m, p), r0, T);
+    if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
+        norm_forward(m, m->lnf + row * C, m->lnf_mean + row, m->lnf_rstd + row, hin, h->lnf_w,
+                     h->lnf_b, nb * T);
+        hin = m->lnf + row * C;
+    }
+    ccoe_linear_forward(m->gemm, m->logits + row * V, hin, h->lm_head, NULL, nb * T, C, V);
+}
+
+/* dlogits at the group's rows -> d(branch input) in dx at those rows (grads accumulated). */
+static void group_backward(ccoe_model *m, int p, int r0, int nb, int T, float aux_scale)
+{
+    const int C = m->cfg.n_embd, V = m->cfg.vocab_size, n = nb * T;
+    const ccoe_path *pa = &m->paths[p];
+    const size_t row = (size_t)r0 * T;
+    const ccoe_head_view *h = &m->w_heads[pa->head];
+    ccoe_head_view *gh = &m->g_heads[pa->head];
+    const float *hin = inst_output(m, path_last_inst(m, p), r0, T);
+    float *dx = m->dx + row * C;
+    float *dlogits = m->logits + row * V;
+    /* with a shared head under isolated training, the head's gradient is computed (it is
+     * needed to reach the expert) but the optimizer does not apply it */
+    if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
+        memset(m->dtmp, 0, (size_t)n * C * sizeof(float));
+        ccoe_linear_backward(m->gemm, m->dtmp, gh->lm_head, NULL, dlogits, m->lnf + row * C,
+                             h->lm_head, n, C, V);
+        norm_backward(m, dx, gh->lnf_w, gh->lnf_b, m->dtmp, hin, h->lnf_w, m->lnf_mean + row,
+                      m->lnf_rstd + row, n);
+    } else {
+        ccoe_linear_backward(m->gemm, dx, gh->lm_head, NULL, dlogits, hin, h->lm_head, n, C, V);
+    }
+    for (int j = pa->n_own - 1; j >= 0; j--)
+        block_backward(m, pa->first_inst + j, r0, nb, T, aux_scale);
+}
+
+/* ---- CCoE expert placement: rows travel to their expert's owner and back ---- */
+
+static void place_comm_abort(ccoe_model *m, const ccoe_error *err)
+{
+    fprintf(stderr, "[rank %d] CCoE expert placement: %s\n", m->comm->rank, err->msg);
+    fflush(stderr);
+    m->comm->ops->abort(m->comm, 1);
+}
+
+/* Owner of path p's rows: -1 for the base path (stays local). */
+static int place_dest(const ccoe_model *m, int p) { return p == 0 ? -1 : m->place_owner[p - 1]; }
+
+/* Whether a group computes its head here: a local base-path group or a received group. */
+static int place_head_group(const ccoe_model *m, int gi)
+{
+    return gi >= m->n_groups || place_dest(m, m->group_path[gi]) < 0;
+}
+
+/* After the base prefix on the local rows [0, B): sends every expert row's branch input and
+ * targets to the expert's owner, runs the received groups (own blocks, head) and the local
+ * base-path group's head, and returns the cross-entropy sum of those rows. */
+static double place_forward(ccoe_model *m, const int32_t *targets, int B, int T, long *count)
+{
+    ccoe_comm *c = m->comm;
+    const int P = c->size, me = c->rank, np = m->n_paths;
+    const size_t C = (size_t)m->cfg.n_embd, V = (size_t)m->cfg.vocab_size;
+    const size_t TC = (size_t)T * C, row_f = (size_t)T * (C + 1);
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    assert(targets);
+    int32_t mine[CCOE_MAX_EXPERTS + 1] = {0};
+    for (int r = 0; r < B; r++)
+        mine[m->row_path[r]]++;
+    if (c->ops->allgather(c, mine, m->place_counts, (size_t)np * sizeof(int32_t), &err) !=
+        CCOE_OK)
+        place_comm_abort(m, &err);
+    /* send: by owner rank, then sorted row order */
+    size_t at = 0;
+    int ns = 0;
+    m->place_bytes = 0;
+    for (int q = 0; q < P; q++) {
+        m->place_sd[q] = at;
+        for (int r = 0; r < B; r++) {
+            const int p = m->row_path[r];
+            if (place_dest(m, p) != q)
+                continue;
+            float *dst = m->place_send + at;
+            memcpy(dst, inst_output(m, m->paths[p].n_base - 1, r, T), TC * sizeof(float));
+            for (int t = 0; t < T; t++)
+                dst[TC + t] = (float)m->tgt_sorted[(size_t)r * T + t]; /* exact: |v| < 2^24 */
+            m->place_send_row[ns++] = r;
+            at += row_f;
+        }
+        m->place_sc[q] = at - m->place_sd[q];
+        if (q != me)
+            m->place_bytes += m->place_sc[q] * sizeof(float);
+    }
+    m->place_nsend = ns;
+    /* receive: from each rank its rows of this rank's experts, in that rank's sorted order
+     * (paths in path order); they go to model rows B.. grouped by path, then by source rank:
+     * the order of the one-process batch */
+    int order[CCOE_MAX_EXPERTS + 1];
+    path_order(m, order);
+    int R = 0, ng = 0;
+    at = 0;
+    for (int q = 0; q < P; q++) {
+        m->place_rd[q] = at;
+        for (int oi = 0; oi < np; oi++)
+            if (place_dest(m, order[oi]) == me)
+                at += (size_t)m->place_counts[(size_t)q * np + order[oi]] * row_f;
+        m->place_rc[q] = at - m->place_rd[q];
+    }
+    /* model rows of (path, source): recv_row of every received row */
+    for (int oi = 0; oi < np; oi++) {
+        const int p = order[oi];
+        if (place_dest(m, p) != me)
+            continue;
+        const int g0 = B + R;
+        for (int q = 0; q < P; q++) {
+            /* index of the first row of (q, p) in receive order */
+            size_t idx = m->place_rd[q] / row_f;
+            for (int oj = 0; oj < oi; oj++)
+                if (place_dest(m, order[oj]) == me)
+                    idx += (size_t)m->place_counts[(size_t)q * np + order[oj]];
+            const int n = m->place_counts[(size_t)q * np + p];
+            for (int j = 0; j < n; j++)
+                m->place_recv_row[idx + (size_t)j] = B + R + j;
+            R += n;
+        }
+        if (B + R > g0) {
+            const int gi = m->n_groups + ng++;
+            m->group_path[gi] = p;
+            m->group_r0[gi] = g0;
+            m->group_r1[gi] = B + R;
+        }
+    }
+    assert(B + R <= m->maxB);
+    m->place_B = B;
+    m->place_R = R;
+    m->place_n_rgroups = ng;
+    if (c->ops->alltoallv_f32(c, m->place_send, m->place_sc, m->place_sd, m->place_recv,
+                              m->place_rc, m->place_rd, &err) != CCOE_OK)
+        place_comm_abort(m, &err);
+    for (int i = 0; i < R; i++) {
+        const int row = m->place_recv_row[i];
+        const float *src = m->place_recv + (size_t)i * row_f;
+        int p = -1;
+        for (int gi = m->n_groups; gi < m->n_groups + ng; gi++)
+            if (row >= m->group_r0[gi] && row < m->group_r1[gi])
+                p = m->group_path[gi];
+        m->row_path[row] = p;
+        memcpy(inst_output(m, m->paths[p].n_base - 1, row, T), src, TC * sizeof(float));
+        for (int t = 0; t < T; t++)
+            m->tgt_sorted[(size_t)row * T + t] = (int32_t)src[TC + t];
+    }
+    double loss = 0.0;
+    long n = 0;
+    for (int gi = 0; gi < m->n_groups + ng; gi++) {
+        if (!place_head_group(m, gi))
+            continue;
+        const int r0 = m->group_r0[gi], nb = m->group_r1[gi] - r0;
+        group_forward(m, m->group_path[gi], r0, nb, T);
+        const size_t row = (size_t)r0 * T, N = (size_t)nb * T;
+        for (size_t i = 0; i < N; i++)
+            n += m->tgt_sorted[row + i] >= 0;
+        loss += ccoe_crossentropy_forward(m->losses + row, m->logits + row * V,
+                                          m->logits + row * V, m->tgt_sorted + row, (int)N,
+                                          (int)V);
+    }
+    if (count)
+        *count = n;
+    return loss;
+}
+
+/* Backward of the heads and groups place_forward ran; leaves d(branch input) of every local
+ * expert row (returned by its owner) in dx. */
+static void place_backward(ccoe_model *m, float scale, float aux_scale)
+{
+    ccoe_comm *c = m->comm;
+    const int P = c->size, me = c->rank, T = m->last_T, B = m->place_B, R = m->place_R;
+    const size_t C = (size_t)m->cfg.n_embd, V = (size_t)m->cfg.vocab_size;
+    const size_t TC = (size_t)T * C, row_f = (size_t)T * (C + 1);
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    memset(m->dx, 0, (size_t)(B + R) * TC * sizeof(float));
+    for (int gi = 0; gi < m->n_groups + m->place_n_rgroups; gi++) {
+        if (!place_head_group(m, gi))
+            continue;
+        const int r0 = m->group_r0[gi], nb = m->group_r1[gi] - r0;
+        const size_t row = (size_t)r0 * T;
+        ccoe_crossentropy_backward(m->logits + row * V, m->logits + row * V,
+                                   m->tgt_sorted + row, scale, nb * T, (int)V);
+        group_backward(m, m->group_path[gi], r0, nb, T, aux_scale);
+    }
+    /* d(branch input) of the received rows back to their ranks: the reverse exchange, T*C
+     * floats per row (the forward's counts without the targets) */
+    for (int i = 0; i < R; i++)
+        memcpy(m->place_recv + (size_t)i * TC, m->dx + (size_t)m->place_recv_row[i] * TC,
+               TC * sizeof(float));
+    for (int q = 0; q < P; q++) {
+        m->place_rd[q] = m->place_rd[q] / row_f * TC;
+        m->place_rc[q] = m->place_rc[q] / row_f * TC;
+        m->place_sd[q] = m->place_sd[q] / row_f * TC;
+        m->place_sc[q] = m->place_sc[q] / row_f * TC;
+        if (q != me)
+            m->place_bytes += m->place_rc[q] * sizeof(float);
+    }
+    if (c->ops->alltoallv_f32(c, m->place_recv, m->place_rc, m->place_rd, m->place_send,
+                              m->place_sc, m->place_sd, &err) != CCOE_OK)
+        place_comm_abort(m, &err);
+    for (int i = 0; i < m->place_nsend; i++)
+        memcpy(m->dx + (size_t)m->place_send_row[i] * TC, m->place_send + (size_t)i * TC,
+               TC * sizeof(float));
+}
+
 /* ---- whole model ---- */
 
 double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets,
                           const int32_t *domains, int B, int T, long *count)
 {
-    assert(B >= 1 && B <= m->maxB && T >= 1 && T <= m->maxT);
+    const int placed = m->place && m->place_active;
+    assert(placed ? B >= 0 && B <= m->place_maxB : B >= 1 && B <= m->maxB);
+    assert(T >= 1 && T <= m->maxT);
     const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T;
     m->last_B = B;
     m->last_T = T;
@@ -1010,21 +1307,10 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
             break;
         block_forward(m, l, 0, rows, T);
     }
-    for (int gi = 0; gi < m->n_groups; gi++) {
-        const ccoe_path *pa = &m->paths[m->group_path[gi]];
-        const int r0 = m->group_r0[gi], nb = m->group_r1[gi] - r0;
-        for (int j = 0; j < pa->n_own; j++)
-            block_forward(m, pa->first_inst + j, r0, nb, T);
-        const ccoe_head_view *h = &m->w_heads[pa->head];
-        const size_t row = (size_t)r0 * T;
-        const float *hin = inst_output(m, path_last_inst(m, m->group_path[gi]), r0, T);
-        if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
-            norm_forward(m, m->lnf + row * C, m->lnf_mean + row, m->lnf_rstd + row, hin,
-                         h->lnf_w, h->lnf_b, nb * T);
-            hin = m->lnf + row * C;
-        }
-        ccoe_linear_forward(m->gemm, m->logits + row * V, hin, h->lm_head, NULL, nb * T, C, V);
-    }
+    if (placed)
+        return place_forward(m, targets, B, T, count);
+    for (int gi = 0; gi < m->n_groups; gi++)
+        group_forward(m, m->group_path[gi], m->group_r0[gi], m->group_r1[gi] - m->group_r0[gi], T);
     if (count)
         *count = 0;
     if (!targets)
@@ -1057,36 +1343,21 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
     const int B = m->last_B, T = m->last_T;
     const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T;
     const int only = m->train_path;
-    /* logits hold the probabilities after the forward; turn them into dlogits in place */
-    ccoe_crossentropy_backward(m->logits, m->logits, m->tgt_sorted, scale, N, V);
-    memset(m->dx, 0, (size_t)N * C * sizeof(float));
-    /* heads and experts' own blocks, group by group: leaves d(branch input) in dx */
-    for (int gi = 0; gi < m->n_groups; gi++) {
-        const int p = m->group_path[gi];
-        if (only >= 0 && p != only)
-            continue;
-        const ccoe_path *pa = &m->paths[p];
-        const int r0 = m->group_r0[gi], nb = m->group_r1[gi] - r0, n = nb * T;
-        const size_t row = (size_t)r0 * T;
-        const ccoe_head_view *h = &m->w_heads[pa->head];
-        ccoe_head_view *gh = &m->g_heads[pa->head];
-        const float *hin = inst_output(m, path_last_inst(m, p), r0, T);
-        float *dx = m->dx + row * C;
-        float *dlogits = m->logits + row * V;
-        /* with a shared head under isolated training, the head's gradient is computed (it is
-         * needed to reach the expert) but the optimizer does not apply it */
-        if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
-            memset(m->dtmp, 0, (size_t)n * C * sizeof(float));
-            ccoe_linear_backward(m->gemm, m->dtmp, gh->lm_head, NULL, dlogits, m->lnf + row * C,
-                                 h->lm_head, n, C, V);
-            norm_backward(m, dx, gh->lnf_w, gh->lnf_b, m->dtmp, hin, h->lnf_w,
-                          m->lnf_mean + row, m->lnf_rstd + row, n);
-        } else {
-            ccoe_linear_backward(m->gemm, dx, gh->lm_head, NULL, dlogits, hin, h->lm_head, n, C,
-                                 V);
+    if (m->place && m->place_active) {
+        /* heads here, expert rows' d(branch input) back from their owners into dx */
+        place_backward(m, scale, aux_scale);
+    } else {
+        /* logits hold the probabilities after the forward; turn them into dlogits in place */
+        ccoe_crossentropy_backward(m->logits, m->logits, m->tgt_sorted, scale, N, V);
+        memset(m->dx, 0, (size_t)N * C * sizeof(float));
+        /* heads and experts' own blocks, group by group: leaves d(branch input) in dx */
+        for (int gi = 0; gi < m->n_groups; gi++) {
+            const int p = m->group_path[gi];
+            if (only >= 0 && p != only)
+                continue;
+            group_backward(m, p, m->group_r0[gi], m->group_r1[gi] - m->group_r0[gi], T,
+                           aux_scale);
         }
-        for (int j = pa->n_own - 1; j >= 0; j--)
-            block_backward(m, pa->first_inst + j, r0, nb, T, aux_scale);
     }
     /* grad_ready: the base head and the experts are final now, unless an Eqs. 6-7 expert's
      * FFNs are differentiated inside the base blocks below */

@@ -169,6 +169,21 @@ typedef struct ccoe_model {
      * starts the data-parallel gradient allreduce of finished buckets from it (src/train.c). */
     void (*grad_ready)(void *ctx, size_t begin, size_t end);
     void *grad_ready_ctx;
+    /* CCoE expert placement (Eqs. 4-5 over ranks; ccoe_model_set_placement). Rows
+     * [0, place_B) of the activations are this rank's sorted rows, rows [place_B, place_B +
+     * place_R) the rows other ranks (and this one) sent to the experts it owns; the received
+     * groups follow the local ones in group_* (indices n_groups .. n_groups + place_n_rgroups). */
+    int place;                 /* placement set up (P > 1, form tail or prefix) */
+    int place_active;          /* forward/backward exchange; the trainer sets it while training */
+    int place_owner[CCOE_MAX_EXPERTS]; /* rank of each CCoE expert: contiguous blocks */
+    int place_maxB;            /* local rows a forward may pass (maxB before placement) */
+    int place_B, place_R, place_n_rgroups, place_nsend;
+    int32_t *place_counts;     /* (P, n_paths) rows per path of every rank, last forward */
+    size_t *place_sc, *place_sd, *place_rc, *place_rd; /* (P) each, floats */
+    float *place_send, *place_recv;  /* exchange buffers */
+    int *place_send_row;       /* (maxB) local row of each sent row, send order */
+    int *place_recv_row;       /* (maxB) model row of each received row, receive order */
+    uint64_t place_bytes;      /* bytes sent to other ranks by the last forward + backward */
     /* totals over the forwards since ccoe_model_moe_reset_totals, while collect_moe is set */
     int collect_moe;
     int64_t *moe_tot_tokens;  /* (n_moe, E) kept slots per expert */
@@ -231,6 +246,24 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale);
  * the MoE blocks rank-local (plain data parallelism: every rank runs every expert on its own
  * rows; capacity and aux losses per rank, not equal to the one-process run). */
 ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err);
+
+/* CCoE expert placement (Eqs. 4-5 under MPI, form tail or prefix, no MoE blocks): expert e
+ * lives on rank ccoe_model_place_owner (contiguous blocks of experts per rank; a rank may own
+ * none). Sets m->comm and grows the activations to this rank's maxB plus global_maxB received
+ * rows (the received rows are at most the global batch). From then on, while m->place_active
+ * is set, forward and backward are COLLECTIVE: every rank runs the base prefix on its own rows
+ * (B = 0 allowed), sends each expert row's branch input and targets to the expert's owner
+ * (alltoallv), the owner runs the expert blocks, head and cross-entropy, and backward returns
+ * d(branch input) the same way. Base-path rows stay local. Forward must have targets (training
+ * only: evaluate with place_active = 0 after syncing the experts from their owners); the
+ * returned loss sum and count cover the rows whose loss this rank computed (its base-path rows
+ * and its received rows), so their sums over ranks are the global ones; ccoe_model_logits is
+ * not valid for expert rows. An expert's gradient is complete on its owner and zero elsewhere.
+ * Call once, after ccoe_model_init and before the first forward, on every rank. */
+ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_maxB,
+                                     ccoe_error *err);
+/* Owner rank of CCoE expert e among P ranks: contiguous blocks (ccoe_comm_split of experts). */
+int ccoe_model_place_owner(int n_experts, int P, int e);
 
 /* Zeroes the MoE totals (the per-expert counts the evaluation prints). */
 void ccoe_model_moe_reset_totals(ccoe_model *m);

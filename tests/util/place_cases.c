@@ -1,0 +1,227 @@
+/* place_cases.c - CCoE expert placement equivalence (see place_cases.h). Every rank also runs
+ * the one-process reference model on the whole batch, so no data crosses ranks outside the
+ * model's own exchange and the checked sums. */
+#include "place_cases.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "gating.h"
+#include "model.h"
+#include "optim.h"
+#include "rng.h"
+
+static const char k_domains[4][CCOE_NAME_LEN] = {"arith", "code", "prose", "sql"};
+
+typedef struct pcase {
+    ccoe_form form;
+    int post_ln, own_head, prefix, B;
+    const char *experts, *routes;
+} pcase;
+
+#define CHECK(cond)                                                                          \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            fprintf(stderr, "[rank %d] %s:%d: check failed: %s (%s)\n", comm->rank, __FILE__,  \
+                    __LINE__, #cond, what);                                                  \
+            fails++;                                                                         \
+        }                                                                                    \
+    } while (0)
+
+static ccoe_status open_model(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, const pcase *pc,
+                              const ccoe_gemm *g, int maxB, ccoe_error *err)
+{
+    ccoe_config_defaults(c);
+    c->model.n_layer = 3;
+    c->model.n_embd = 16;
+    c->model.n_head = 2;
+    c->model.ffn_hidden = 24;
+    c->model.vocab_size = 40;
+    c->model.seq_len = 5;
+    c->model.block = pc->post_ln ? CCOE_BLOCK_POST_LN : CCOE_BLOCK_PRE_LN;
+    c->model.init_std = 0.3;
+    c->train.batch_size = pc->B;
+    c->train.eps = 1e-6;
+    c->ccoe.form = pc->form;
+    snprintf(c->ccoe.experts, sizeof c->ccoe.experts, "%s", pc->experts);
+    snprintf(c->ccoe.routes, sizeof c->ccoe.routes, "%s", pc->routes);
+    c->ccoe.prefix_layers = pc->prefix;
+    c->ccoe.own_head = pc->own_head;
+    c->ccoe.max_expert_layers = 2;
+    CCOE_TRY(ccoe_config_validate(c, err));
+    CCOE_TRY(ccoe_gating_build(gt, c, k_domains, 4, err));
+    CCOE_TRY(ccoe_model_init(m, &c->model, gt, maxB, c->model.seq_len, g, 1, err));
+    ccoe_model_init_weights(m, 5, CCOE_INIT_RANDOM);
+    ccoe_rng r;
+    ccoe_rng_seed(&r, 17);
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].ndim == 1)
+            for (size_t j = 0; j < m->params[i].numel; j++)
+                m->param_block[m->params[i].offset + j] += 0.2f * (ccoe_rng_uniform(&r) - 0.5f);
+    return CCOE_OK;
+}
+
+static int owner_of(const ccoe_model *m, size_t off)
+{
+    for (int e = 0; e < m->gating.n_experts; e++)
+        if (off >= m->expert_begin[e] && off < m->expert_end[e])
+            return m->place_owner[e];
+    return -1;
+}
+
+typedef struct filt {
+    const ccoe_model *m;
+    int rank;
+} filt;
+
+static int local_filter(const ccoe_param *p, void *ctx)
+{
+    const filt *f = ctx;
+    int q = owner_of(f->m, p->offset);
+    return q < 0 || q == f->rank;
+}
+
+/* worst |a - b| / (|b| + floor) over a tensor's elements, per tensor */
+static int close_tensors(const ccoe_comm *comm, const char *what, const ccoe_model *m,
+                         const float *a, const float *b, double rel, double floor_abs)
+{
+    int fails = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const ccoe_param *p = &m->params[i];
+        /* the key bias (middle third of attn.qkv.bias) has an analytic gradient of zero
+         * (softmax ignores it): it holds rounding noise that AdamW amplifies (papers/mpi.md) */
+        const size_t C = (size_t)m->cfg.n_embd;
+        const int kbias = strstr(p->name, "attn.qkv.bias") != NULL;
+        double scale = 0.0, worst = 0.0;
+        for (size_t j = 0; j < p->numel; j++)
+            if (!kbias || j < C || j >= 2 * C)
+                scale = fmax(scale, fabs(b[p->offset + j]));
+        for (size_t j = 0; j < p->numel; j++)
+            if (!kbias || j < C || j >= 2 * C)
+                worst = fmax(worst, fabs((double)a[p->offset + j] - b[p->offset + j]));
+        if (worst > rel * scale + floor_abs) {
+            fprintf(stderr, "[rank %d] %s: %s differs by %.3g (max |ref| %.3g)\n", comm->rank,
+                    what, p->name, worst, scale);
+            fails++;
+        }
+    }
+    return fails;
+}
+
+static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
+{
+    const int P = comm->size, r = comm->rank, MB = pc->B, STEPS = 4;
+    char what[160];
+    snprintf(what, sizeof what, "form %d post_ln %d own_head %d experts '%s' B=%d P=%d",
+             (int)pc->form, pc->post_ln, pc->own_head, pc->experts, MB, P);
+    int fails = 0;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    ccoe_config cs, cp;
+    ccoe_gating gs, gp;
+    ccoe_model S, m;
+    int b0, b1;
+    ccoe_comm_split(MB, P, r, &b0, &b1);
+    const int B = b1 - b0;
+    ccoe_adamw os, op;
+    if (open_model(&S, &gs, &cs, pc, g, MB, &err) != CCOE_OK ||
+        open_model(&m, &gp, &cp, pc, g, B > 0 ? B : 1, &err) != CCOE_OK ||
+        ccoe_model_set_placement(&m, comm, MB, &err) != CCOE_OK ||
+        ccoe_adamw_init(&os, S.num_params, &err) != CCOE_OK ||
+        ccoe_adamw_init(&op, m.num_params, &err) != CCOE_OK) {
+        fprintf(stderr, "[rank %d] set-up: %s (%s)\n", r, err.msg, what);
+        comm->ops->abort(comm, 1);
+    }
+    m.place_active = 1;
+    const int T = cs.model.seq_len, V = cs.model.vocab_size;
+    int32_t tok[64 * 8], tgt[64 * 8], dom[64];
+    ccoe_rng rng;
+    ccoe_rng_seed(&rng, 11);
+    uint64_t bytes = 0;
+    int expert_rows_remote = 0;
+    for (int s = 0; s < STEPS; s++) {
+        for (int i = 0; i < MB * T; i++) {
+            tok[i] = (int32_t)ccoe_rng_below(&rng, (uint64_t)V);
+            tgt[i] = (i % 7 == 3) ? -1 : (int32_t)ccoe_rng_below(&rng, (uint64_t)V);
+        }
+        for (int b = 0; b < MB; b++)
+            dom[b] = (int32_t)((b * 3 + 1 + s) % 4);
+        /* reference */
+        ccoe_model_zero_grad(&S);
+        long cnt_ref = 0;
+        const double loss_ref = ccoe_model_forward(&S, tok, tgt, dom, MB, T, &cnt_ref);
+        ccoe_model_backward(&S, 1.0f / (float)cnt_ref, 1.0f);
+        /* placed */
+        ccoe_model_zero_grad(&m);
+        long cnt = 0;
+        double sums[2];
+        sums[0] = ccoe_model_forward(&m, tok + (size_t)b0 * T, tgt + (size_t)b0 * T, dom + b0, B,
+                                     T, &cnt);
+        sums[1] = (double)cnt;
+        if (comm->ops->allreduce_f64(comm, sums, 2, &err) != CCOE_OK)
+            comm->ops->abort(comm, 1);
+        CHECK((long)sums[1] == cnt_ref);
+        CHECK(fabs(sums[0] - loss_ref) <= 1e-5 * fabs(loss_ref));
+        ccoe_model_backward(&m, 1.0f / (float)sums[1], 1.0f);
+        bytes += m.place_bytes;
+        for (int i = 0; i < m.place_nsend; i++)
+            expert_rows_remote |= m.place_owner[m.row_path[m.place_send_row[i]] - 1] != r;
+        /* expert gradients: complete on the owner, zero elsewhere */
+        for (int e = 0; e < m.gating.n_experts; e++)
+            if (m.place_owner[e] != r)
+                for (size_t j = m.expert_begin[e]; j < m.expert_end[e]; j++)
+                    if (m.grad_block[j] != 0.0f) {
+                        CHECK(!"a non-owner holds an expert gradient");
+                        break;
+                    }
+        /* the trainer's sum: everything (experts are zero off their owners) */
+        if (comm->ops->allreduce_f32(comm, m.grad_block, m.num_params, &err) != CCOE_OK)
+            comm->ops->abort(comm, 1);
+        char w2[200];
+        snprintf(w2, sizeof w2, "%s step %d grads", what, s);
+        fails += close_tensors(comm, w2, &m, m.grad_block, S.grad_block, 1e-5, 1e-7);
+        /* AdamW: the reference everywhere; placed: replicated tensors and owned experts */
+        ccoe_adamw_step(&os, &S, &cs.train, 1e-2, NULL, NULL);
+        filt f = {&m, r};
+        ccoe_adamw_step(&op, &m, &cp.train, 1e-2, local_filter, &f);
+    }
+    /* experts from their owners, then every parameter equals the reference */
+    for (int e = 0; e < m.gating.n_experts; e++) {
+        size_t off = m.expert_begin[e], len = (m.expert_end[e] - off) * sizeof(float);
+        if (comm->ops->bcast(comm, m.param_block + off, len, m.place_owner[e], &err) != CCOE_OK)
+            comm->ops->abort(comm, 1);
+    }
+    char w3[200];
+    snprintf(w3, sizeof w3, "%s params after %d steps", what, STEPS);
+    fails += close_tensors(comm, w3, &m, m.param_block, S.param_block, 1e-5, 1e-7);
+    /* bytes: sent to other ranks exactly when some row left this rank */
+    if (P == 1)
+        CHECK(bytes == 0);
+    else if (expert_rows_remote)
+        CHECK(bytes > 0);
+    ccoe_adamw_free(&os);
+    ccoe_adamw_free(&op);
+    ccoe_model_free(&S);
+    ccoe_model_free(&m);
+    return fails;
+}
+
+int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
+{
+    static const pcase cases[] = {
+        {CCOE_FORM_TAIL, 0, 0, 0, 6, "a:1 b:2", "arith:a code:b sql:a"},
+        {CCOE_FORM_TAIL, 1, 1, 0, 7, "a:1 b:2", "arith:a code:b sql:a"},
+        /* expert c gets no rows (its owner receives nothing on P = 3, 4) */
+        {CCOE_FORM_PREFIX, 0, 1, 1, 6, "a:2 b:1 c:1", "arith:a code:b"},
+        {CCOE_FORM_PREFIX, 1, 0, 2, 5, "a:1 b:1 c:1", "arith:a code:b sql:a"},
+        /* B < P on 4 ranks: a rank without rows still exchanges */
+        {CCOE_FORM_TAIL, 0, 1, 0, 3, "a:2 b:1", "arith:a code:b prose:a"},
+    };
+    int fails = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        fails += place_case(comm, g, &cases[i]);
+    return fails;
+}

@@ -1,0 +1,16 @@
+/* place_cases.h - CCoE expert placement (ccoe_model_set_placement) equivalence cases, shared by
+ * the in-process fake-rank test (tests/test_ccoe_place.c) and the MPI one
+ * (tests/mpi/test_ccoe_place_mpi.c). */
+#ifndef CCOE_PLACE_CASES_H
+#define CCOE_PLACE_CASES_H
+
+#include "comm.h"
+#include "gemm.h"
+
+/* Forms tail and prefix, pre/post-LN, shared/own heads, an expert without rows, a rank
+ * without rows (B < P): P ranks with placed experts against the one-process model over a few
+ * AdamW steps (loss curve, gradients, parameters after the expert sync). Returns failed
+ * checks on this rank. COLLECTIVE on comm. */
+int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g);
+
+#endif
