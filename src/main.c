@@ -29,6 +29,8 @@ static const char *k_usage =
     "        starts from another run's weights (e.g. a base model for CCoE expert training);\n"
     "        --train-experts all|NAME,... trains those experts in isolation, in parallel;\n"
     "        --allreduce overlap|blocking (MPI: gradient sum during or after backward)\n"
+    "        --ccoe-placement experts|replicated (MPI: CCoE experts on their owner ranks, rows\n"
+    "          sent there after the base prefix; default replicated)\n"
     "  train-expert MODEL --expert NAME [--domain D]... [--layers N] [--form tail|prefix|ffn]\n"
     "        [--set section.key=value]... [-o OUT_DIR] [--push OUT_MODEL] [--force] [--quiet]\n"
     "        train one CCoE expert with everything else frozen, on its domains' data only: a\n"
@@ -137,6 +139,11 @@ static int cmd_train(int argc, char **argv)
             if (strcmp(argv[i], "overlap") != 0 && strcmp(argv[i], "blocking") != 0)
                 return usage_error("--allreduce takes overlap or blocking, not", argv[i]);
             o.allreduce_overlap = strcmp(argv[i], "overlap") == 0;
+        } else if (strcmp(argv[i], "--ccoe-placement") == 0 && i + 1 < argc) {
+            ++i;
+            if (strcmp(argv[i], "experts") != 0 && strcmp(argv[i], "replicated") != 0)
+                return usage_error("--ccoe-placement takes experts or replicated, not", argv[i]);
+            o.ccoe_placement = strcmp(argv[i], "experts") == 0;
         } else if (strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
             o.resume = argv[++i];
         } else if (strcmp(argv[i], "--init-from") == 0 && i + 1 < argc) {

@@ -76,6 +76,7 @@ typedef struct train_ctx {
     int bar;
     int quiet;               /* no printing (opts->quiet, or a rank other than 0) */
     int expert_mode;         /* one expert of --train-experts: no checkpoints, no evaluation */
+    int placed;              /* CCoE experts placed on owner ranks (--ccoe-placement experts) */
     int eval_all_ranks;      /* MoE models may communicate inside forward: all ranks evaluate */
     double aux;              /* mean over micro-batches of the summed MoE aux loss, last step */
     char *json;              /* buffer for ccoe_moe_stats_json (MoE models) */
@@ -150,6 +151,28 @@ static ccoe_status ep_setup(train_ctx *t, ccoe_error *err)
     return CCOE_OK;
 }
 
+/* CCoE expert placement: each CCoE expert's float range is owned by the rank that runs it
+ * (ccoe_model_set_placement); like an expert-parallel MoE expert its gradient is complete
+ * there, left out of the gradient sum, updated only there and gathered before a checkpoint. */
+static ccoe_status place_setup(train_ctx *t, ccoe_error *err)
+{
+    ccoe_model *m = &t->s->model;
+    const int E = m->gating.n_experts;
+    CCOE_TRY(ccoe_model_set_placement(m, t->comm, t->s->cfg.train.batch_size, err));
+    t->ep_span = malloc((size_t)E * sizeof *t->ep_span);
+    t->ep_owner = malloc((size_t)E * sizeof *t->ep_owner);
+    if (!t->ep_span || !t->ep_owner)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the expert placement");
+    for (int e = 0; e < E; e++) { /* experts follow each other in the layout: increasing */
+        t->ep_span[e][0] = m->expert_begin[e];
+        t->ep_span[e][1] = m->expert_end[e];
+        t->ep_owner[e] = m->place_owner[e];
+    }
+    t->n_ep = E;
+    t->placed = 1;
+    return CCOE_OK;
+}
+
 /* AdamW filter: isolated training's expert, and never another rank's MoE expert. */
 static int update_filter(const ccoe_param *p, void *ctx)
 {
@@ -162,18 +185,22 @@ static int update_filter(const ccoe_param *p, void *ctx)
 
 /* COLLECTIVE: every MoE expert's parameters and AdamW moments from its owner to every rank
  * (before a checkpoint: the other ranks' copies are stale). */
-static ccoe_status ep_gather(train_ctx *t, ccoe_error *err)
+static ccoe_status ep_gather_what(train_ctx *t, int moments, ccoe_error *err)
 {
     ccoe_model *m = &t->s->model;
     for (int i = 0; i < t->n_ep; i++) {
         size_t off = t->ep_span[i][0], len = (t->ep_span[i][1] - off) * sizeof(float);
         int root = t->ep_owner[i];
         CCOE_TRY(t->comm->ops->bcast(t->comm, m->param_block + off, len, root, err));
+        if (!moments)
+            continue;
         CCOE_TRY(t->comm->ops->bcast(t->comm, t->opt.m + off, len, root, err));
         CCOE_TRY(t->comm->ops->bcast(t->comm, t->opt.v + off, len, root, err));
     }
     return CCOE_OK;
 }
+
+static ccoe_status ep_gather(train_ctx *t, ccoe_error *err) { return ep_gather_what(t, 1, err); }
 
 /* COLLECTIVE: the global gradient norm over [grad_begin, grad_end): the replicated part is the
  * same on every rank after the allreduce; the expert-parallel experts' squares are summed over
@@ -398,7 +425,21 @@ static void write_moe_stats(train_ctx *t)
 static void run_eval(train_ctx *t, int with_tasks, int print_table)
 {
     ccoe_session *s = t->s;
-    if (t->expert_mode || (t->rank != 0 && !t->eval_all_ranks))
+    if (t->expert_mode)
+        return;
+    if (t->placed) {
+        /* rank 0 evaluates every path alone: the CCoE experts' parameters from their owners
+         * (COLLECTIVE; a failure here leaves the other ranks in the broadcast: abort) */
+        ccoe_error err;
+        ccoe_error_clear(&err);
+        if (ep_gather_what(t, 0, &err) != CCOE_OK) {
+            fprintf(stderr, "[rank %d] CCoE expert placement: %s\n", t->rank, err.msg);
+            fflush(stderr);
+            t->comm->ops->abort(t->comm, 1);
+        }
+        s->model.place_active = 0;
+    }
+    if (t->rank != 0 && !t->eval_all_ranks)
         return;
     ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
     ccoe_eval_domains(&s->model, &s->data, &s->tok, &s->batch, s->cfg.train.eval_batches,
@@ -446,6 +487,7 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
     const int nan_hook = test_hook(t, "nan", t->st.step + 1);
     /* MoE routing: training noise keyed by (seed, step, layer, token of the step) */
     m->train = 1;
+    m->place_active = t->placed; /* forward and backward exchange rows: every rank runs them */
     m->step = (uint64_t)t->st.step;
     for (int micro = 0; micro < tc->grad_accum; micro++) {
         /* every rank reads the whole global micro-batch and keeps its rows */
@@ -453,7 +495,7 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
         long count = 0;
         double lsum = 0.0, aux = 0.0;
         m->token_offset = ((int64_t)micro * B + b0) * T;
-        if (nb > 0) {
+        if (nb > 0 || t->placed) {
             lsum = ccoe_model_forward(m, s->batch.tokens + (size_t)b0 * T,
                                       s->batch.targets + (size_t)b0 * T, s->batch.domains + b0,
                                       nb, T, &count);
@@ -478,7 +520,7 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
         }
         /* every training row is full, so each micro-batch counts B*T tokens; the aux losses
          * are means per micro-batch (papers/moe.md, loss scaling) */
-        if (nb > 0 && gcount > 0) {
+        if ((nb > 0 || t->placed) && gcount > 0) {
             ccoe_model_backward(m, 1.0f / ((float)gcount * (float)tc->grad_accum),
                                 1.0f / (float)tc->grad_accum);
             sums[2] += ccoe_model_last_flops(m);
@@ -487,6 +529,7 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
         m->grad_ready_ctx = NULL;
     }
     m->train = 0;
+    m->place_active = 0;
     double loss, aux;
     const int local_bad = !isfinite(sums[0]) || !isfinite(sums[1]);
     if (t->P > 1) {
@@ -1016,6 +1059,8 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
         st = ccoe_model_set_comm(&s.model, t.comm, err);
         if (st == CCOE_OK)
             st = ep_setup(&t, err);
+        if (st == CCOE_OK && o->ccoe_placement)
+            st = place_setup(&t, err);
         /* an expert-parallel MoE layer exchanges tokens inside forward and backward, which a
          * rank without rows does not run (the model needs B >= 1) */
         if (st == CCOE_OK && s.model.n_moe > 0 && s.model.moe.ep_size == t.P &&

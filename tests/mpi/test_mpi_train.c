@@ -5,6 +5,8 @@
  *     every parameter within 1e-5 relative; the frozen base stays bit-identical;
  *   - an uneven split of the global batch (B = 3: with 4 ranks rank 0 gets no rows);
  *   - a noisy top-k MoE model with expert parallelism (experts spread over the ranks);
+ *   - CCoE expert placement (--ccoe-placement experts), tail and prefix: the same curve and
+ *     checkpoint, bytes exchanged reported;
  *   - a checkpoint written by P ranks (--stop-at) resumed on 1 rank;
  *   - a failure injected on the last rank ends every rank with an error naming it;
  *   - several CCoE experts trained at once (--train-experts all) equal each expert trained
@@ -302,6 +304,88 @@ static void test_ccoe(void)
                      "frozen base under isolated data-parallel training");
 }
 
+/* The first step's counter `key` ("bytes_exchanged", ...) of a run's metrics (rank 0 writes
+ * them), -1 if absent. */
+static long long first_step_counter(const char *run_dir, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    char p[512], line[8192];
+    path_of(p, sizeof p, run_dir, "metrics.jsonl");
+    FILE *f = fopen(p, "r");
+    long long v = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        const char *k = strstr(line, pat);
+        if (k && strstr(line, "\"loss\"")) {
+            v = atoll(k + strlen(pat));
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    return v;
+}
+
+static void test_ccoe_placement(void)
+{
+    /* --ccoe-placement experts: each CCoE expert on its owner rank, rows sent there after the
+     * base prefix; the same loss curve and checkpoint (experts gathered from their owners) as
+     * one process. Tail with B = 3 (on 4 ranks rank 0 has no rows; ranks 0 and 2 own no
+     * expert), prefix with own heads and the final evaluation (experts synced first). */
+    ccoe_config a, b;
+    ccoe_tail(&a, "place-tail");
+    set(&a, "train.batch_size=3");
+    b = a;
+    ccoe_train_opts o = {0};
+    ccoe_train_opts op = {0};
+    op.ccoe_placement = 1;
+    char ref[64], par[64];
+    snprintf(ref, sizeof ref, "place-tail-ref");
+    snprintf(par, sizeof par, "place-tail-p%d", g_comm.size);
+    with_dir(&a, ref);
+    with_dir(&b, par);
+    if (g_comm.rank == 0)
+        must_run(&a, NULL, o, ref);
+    barrier();
+    must_run(&b, &g_comm, op, par);
+    if (g_comm.rank == 0) {
+        compare_losses(ref, par, 1e-5, "placement tail");
+        compare_ckpt(ref, par, NULL, 0, 1e-5, "placement tail");
+        long long bx = first_step_counter(par, "bytes_exchanged");
+        CHECK(bx > 0, "placement tail: bytes_exchanged %lld on rank 0", bx);
+        /* the experts' gradients are no longer summed: less than the replicated run of the
+         * same model (test_ccoe) */
+        char rep[64];
+        snprintf(rep, sizeof rep, "ccoe-p%d", g_comm.size);
+        long long ar = first_step_counter(par, "bytes_allreduce");
+        long long ar_rep = first_step_counter(rep, "bytes_allreduce");
+        CHECK(ar > 0 && ar < ar_rep, "placement tail: bytes_allreduce %lld, replicated %lld",
+              ar, ar_rep);
+    }
+    tiny(&a, "place-prefix");
+    set(&a, "model.n_layer=3");
+    set(&a, "ccoe.form=prefix");
+    set(&a, "ccoe.prefix_layers=1");
+    set(&a, "ccoe.own_head=true");
+    set(&a, "ccoe.experts=arith:1 code:1");
+    set(&a, "ccoe.routes=arith:arith code:code");
+    set(&a, "train.batch_size=5");
+    set(&a, "train.grad_accum=2");
+    b = a;
+    snprintf(ref, sizeof ref, "place-prefix-ref");
+    snprintf(par, sizeof par, "place-prefix-p%d", g_comm.size);
+    with_dir(&a, ref);
+    with_dir(&b, par);
+    if (g_comm.rank == 0)
+        must_run(&a, NULL, o, ref);
+    barrier();
+    must_run(&b, &g_comm, op, par);
+    if (g_comm.rank == 0) {
+        compare_losses(ref, par, 1e-5, "placement prefix");
+        compare_ckpt(ref, par, NULL, 0, 1e-5, "placement prefix");
+    }
+}
+
 static void test_resume(void)
 {
     /* 6 steps on P ranks stopped after 3, resumed on 1 rank = the 6-step reference */
@@ -401,6 +485,7 @@ int main(int argc, char **argv)
         void (*fn)(void);
     } tests[] = {{"dense", test_dense},       {"uneven", test_uneven},
                  {"moe_ep", test_moe_ep},     {"ccoe", test_ccoe},
+                 {"ccoe_placement", test_ccoe_placement},
                  {"resume", test_resume},
                  {"failure", test_failure},   {"experts_parallel", test_experts_parallel}};
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
