@@ -1,8 +1,9 @@
 /* test_mpi_train.c - data-parallel training over the MPI communicator (run by CTest under
  * mpirun -np 2 and -np 4) against the single-process run of the same config, done inside the
  * test on a serial communicator by rank 0:
- *   - dense and CCoE (tail, full and isolated expert training) tiny models: loss curve and
- *     every parameter within 1e-5 relative; the frozen base stays bit-identical;
+ *   - dense, CCoE Eqs. 6-7 (ffn) and CCoE tail (full and isolated expert training) tiny
+ *     models: loss curve and every parameter within 1e-5 relative; the frozen base stays
+ *     bit-identical;
  *   - an uneven split of the global batch (B = 3: with 4 ranks rank 0 gets no rows);
  *   - a noisy top-k MoE model with expert parallelism (experts spread over the ranks);
  *   - CCoE expert placement (--ccoe-placement experts), tail and prefix: the same curve and
@@ -272,6 +273,25 @@ static void test_moe_ep(void)
     equivalence("moe", &a, &b, o);
 }
 
+static void test_ccoe_ffn(void)
+{
+    /* Eqs. 6-7 (FFN-level experts in post-LN blocks, rule gated), data parallel over uneven
+     * row slices, with overlapped buckets (the experts' FFN gradients finish after the shared
+     * blocks above them) */
+    ccoe_config a, b;
+    tiny(&a, "ffn");
+    set(&a, "model.n_layer=3");
+    set(&a, "model.block=post_ln");
+    set(&a, "ccoe.form=ffn");
+    set(&a, "ccoe.experts=arith:2 code:1");
+    set(&a, "ccoe.routes=arith:arith code:code");
+    set(&a, "train.batch_size=5");
+    b = a;
+    ccoe_train_opts o = {0};
+    o.allreduce_overlap = 1;
+    equivalence("ffn", &a, &b, o);
+}
+
 static void ccoe_tail(ccoe_config *c, const char *dir)
 {
     tiny(c, dir);
@@ -485,6 +505,7 @@ int main(int argc, char **argv)
         void (*fn)(void);
     } tests[] = {{"dense", test_dense},       {"uneven", test_uneven},
                  {"moe_ep", test_moe_ep},     {"ccoe", test_ccoe},
+                 {"ccoe_ffn", test_ccoe_ffn},
                  {"ccoe_placement", test_ccoe_placement},
                  {"resume", test_resume},
                  {"failure", test_failure},   {"experts_parallel", test_experts_parallel}};
