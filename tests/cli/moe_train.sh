@@ -67,3 +67,15 @@ cv0=$(cv_of "$WORK/bal0"); cv1=$(cv_of "$WORK/bal1")
 awk -v a="$cv0" -v b="$cv1" 'BEGIN {exit !(b < 0.5 * a)}' \
   || fail "load CV with w_switch=1 ($cv1) is not below half of w_switch=0 ($cv0)"
 pass "balancing lowers load CV ($cv0 -> $cv1)"
+
+# a top-1 gate whose weight is always 1 (renormalised topk, noisy top-1) gets a warning; the
+# Switch form (renormalize = false) does not
+k1=(--set moe.n_experts=4 --set moe.top_k=1 --set train.steps=1 --set train.eval_every=0
+    --set data.task_examples=0 --no-progress --force)
+out=$("$CCOE" train "$TINY" --set moe.gate=topk "${k1[@]}" --set train.out_dir="$WORK/k1a" 2>&1) || fail "top-1 run: $out"
+grep -q "router learns only from the balancing losses" <<<"$out" || fail "no top-1 warning: $out"
+out=$("$CCOE" train "$TINY" --set moe.gate=noisy_topk "${k1[@]}" --set train.out_dir="$WORK/k1b" 2>&1) || fail "noisy top-1 run: $out"
+grep -q "router learns only from the balancing losses" <<<"$out" || fail "no noisy top-1 warning: $out"
+out=$("$CCOE" train "$TINY" --set moe.gate=topk --set moe.renormalize=false "${k1[@]}" --set train.out_dir="$WORK/k1c" 2>&1) || fail "switch run: $out"
+if grep -q "warning: moe.gate" <<<"$out"; then fail "Switch top-1 warned: $out"; fi
+pass "top-1 gates with a constant weight are warned about"
