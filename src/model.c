@@ -1282,7 +1282,10 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
                           const int32_t *domains, int B, int T, long *count)
 {
     const int placed = m->place && m->place_active;
-    assert(placed ? B >= 0 && B <= m->place_maxB : B >= 1 && B <= m->maxB);
+    /* zero rows: a rank still joins the expert-parallel MoE exchanges (and the placement's) */
+    const int zero_ok = placed || moe_distributed(m);
+    (void)zero_ok;
+    assert(zero_ok ? B >= 0 && B <= (placed ? m->place_maxB : m->maxB) : B >= 1 && B <= m->maxB);
     assert(T >= 1 && T <= m->maxT);
     const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T;
     m->last_B = B;
@@ -1303,7 +1306,7 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
         int rows = 0;
         while (rows < B && m->paths[m->row_path[rows]].n_base > l)
             rows++;
-        if (rows == 0)
+        if (rows == 0 && !(B == 0 && moe_distributed(m)))
             break;
         block_forward(m, l, 0, rows, T);
     }
@@ -1383,7 +1386,7 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
         int rows = 0;
         while (rows < B && m->paths[m->row_path[rows]].n_base > l)
             rows++;
-        if (rows > 0)
+        if (rows > 0 || (B == 0 && moe_distributed(m)))
             block_backward(m, l, 0, rows, T, aux_scale);
         if (m->grad_ready) {
             inst_range(m, l, &rb, &re);

@@ -488,6 +488,9 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
     /* MoE routing: training noise keyed by (seed, step, layer, token of the step) */
     m->train = 1;
     m->place_active = t->placed; /* forward and backward exchange rows: every rank runs them */
+    /* expert-parallel MoE layers exchange tokens too: a rank without rows (B < P) runs the
+     * model on zero rows so that it takes part in every exchange */
+    const int exchange = t->placed || (t->P > 1 && m->n_moe > 0 && m->moe.ep_size == t->P);
     m->step = (uint64_t)t->st.step;
     for (int micro = 0; micro < tc->grad_accum; micro++) {
         /* every rank reads the whole global micro-batch and keeps its rows */
@@ -495,7 +498,7 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
         long count = 0;
         double lsum = 0.0, aux = 0.0;
         m->token_offset = ((int64_t)micro * B + b0) * T;
-        if (nb > 0 || t->placed) {
+        if (nb > 0 || exchange) {
             lsum = ccoe_model_forward(m, s->batch.tokens + (size_t)b0 * T,
                                       s->batch.targets + (size_t)b0 * T, s->batch.domains + b0,
                                       nb, T, &count);
@@ -520,7 +523,7 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
         }
         /* every training row is full, so each micro-batch counts B*T tokens; the aux losses
          * are means per micro-batch (papers/moe.md, loss scaling) */
-        if ((nb > 0 || t->placed) && gcount > 0) {
+        if ((nb > 0 || exchange) && gcount > 0) {
             ccoe_model_backward(m, 1.0f / ((float)gcount * (float)tc->grad_accum),
                                 1.0f / (float)tc->grad_accum);
             sums[2] += ccoe_model_last_flops(m);
@@ -1069,15 +1072,6 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
             st = ep_setup(&t, err);
         if (st == CCOE_OK && o->ccoe_placement)
             st = place_setup(&t, err);
-        /* an expert-parallel MoE layer exchanges tokens inside forward and backward, which a
-         * rank without rows does not run (the model needs B >= 1) */
-        if (st == CCOE_OK && s.model.n_moe > 0 && s.model.moe.ep_size == t.P &&
-            s.cfg.train.batch_size < t.P)
-            st = ccoe_error_set(err, CCOE_ERR_CONFIG,
-                                "train.batch_size = %d is the global micro-batch; with an "
-                                "expert-parallel MoE model every one of the %d ranks needs a "
-                                "sequence of it: set train.batch_size >= %d",
-                                s.cfg.train.batch_size, t.P, t.P);
         if (st == CCOE_OK)
             st = dp_plan(&t, err);
         st = ccoe_comm_agree(t.comm, st, err);

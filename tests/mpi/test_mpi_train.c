@@ -273,6 +273,22 @@ static void test_moe_ep(void)
     equivalence("moe", &a, &b, o);
 }
 
+static void test_moe_ep_zero_rows(void)
+{
+    /* train.batch_size = 3 < P = 4: one rank has no rows yet takes part in every MoE
+     * exchange (forward and backward); the same as one process */
+    ccoe_config a, b;
+    tiny(&a, "moe");
+    set(&a, "moe.gate=noisy_topk");
+    set(&a, "moe.n_experts=4");
+    set(&a, "moe.top_k=2");
+    set(&a, "moe.capacity_factor=0");
+    set(&a, "train.batch_size=3");
+    b = a;
+    ccoe_train_opts o = {0};
+    equivalence("moe_zero_rows", &a, &b, o);
+}
+
 static void test_ccoe_ffn(void)
 {
     /* Eqs. 6-7 (FFN-level experts in post-LN blocks, rule gated), data parallel over uneven
@@ -504,7 +520,8 @@ int main(int argc, char **argv)
         const char *name;
         void (*fn)(void);
     } tests[] = {{"dense", test_dense},       {"uneven", test_uneven},
-                 {"moe_ep", test_moe_ep},     {"ccoe", test_ccoe},
+                 {"moe_ep", test_moe_ep},     {"moe_ep_zero_rows", test_moe_ep_zero_rows},
+                 {"ccoe", test_ccoe},
                  {"ccoe_ffn", test_ccoe_ffn},
                  {"ccoe_placement", test_ccoe_placement},
                  {"resume", test_resume},
