@@ -914,6 +914,29 @@ static void attn_backward(ccoe_model *m, const ccoe_block_view *w, ccoe_block_vi
                          3 * C);
 }
 
+/* The FFN sublayer of instance k (MoE block mi >= 0, else dense / Eqs. 6-7 expert FFNs):
+ * out = FFN(inp) on sorted sequences [s0, s0 + nb). */
+static void ffn_sublayer_forward(ccoe_model *m, int k, int mi, int s0, int nb, int T, float *out,
+                                 const float *inp)
+{
+    if (mi >= 0)
+        moe_forward(m, mi, out, inp, nb, T);
+    else
+        for_each_ffn_run(m, k, s0, nb, T, ffn_run_forward, &(ffn_run_io){.out = out, .inp = inp});
+}
+
+/* dinp += dFFN/dinp^T dout; parameter gradients accumulate. */
+static void ffn_sublayer_backward(ccoe_model *m, int k, int mi, int s0, int nb, int T,
+                                  float aux_scale, float *dinp, const float *dout,
+                                  const float *inp)
+{
+    if (mi >= 0)
+        moe_backward(m, mi, dinp, dout, inp, aux_scale, nb, T);
+    else
+        for_each_ffn_run(m, k, s0, nb, T, ffn_run_backward,
+                         &(ffn_run_io){.out = dinp, .src = dout, .inp = inp});
+}
+
 /* ---- blocks: instance k on sorted sequences [s0, s0 + nb) ---- */
 
 static void block_forward(ccoe_model *m, int k, int s0, int nb, int T)
@@ -930,21 +953,13 @@ static void block_forward(ccoe_model *m, int k, int s0, int nb, int T)
         attn_forward(m, w, &a, a.res1, a.ln1, nb, T);
         ccoe_residual_forward(a.res1, a.res1, x, NC);
         norm_forward(m, a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, w->ln2_w, w->ln2_b, N);
-        if (mi >= 0)
-            moe_forward(m, mi, a.res2, a.ln2, nb, T);
-        else
-            for_each_ffn_run(m, k, s0, nb, T, ffn_run_forward,
-                             &(ffn_run_io){.out = a.res2, .inp = a.ln2});
+        ffn_sublayer_forward(m, k, mi, s0, nb, T, a.res2, a.ln2);
         ccoe_residual_forward(a.res2, a.res2, a.res1, NC);
     } else {
         attn_forward(m, w, &a, a.res1, x, nb, T);
         ccoe_residual_forward(a.res1, a.res1, x, NC);
         norm_forward(m, a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, w->ln1_w, w->ln1_b, N);
-        if (mi >= 0)
-            moe_forward(m, mi, a.res2, a.ln1, nb, T);
-        else
-            for_each_ffn_run(m, k, s0, nb, T, ffn_run_forward,
-                             &(ffn_run_io){.out = a.res2, .inp = a.ln1});
+        ffn_sublayer_forward(m, k, mi, s0, nb, T, a.res2, a.ln1);
         ccoe_residual_forward(a.res2, a.res2, a.ln1, NC);
         norm_forward(m, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w->ln2_w, w->ln2_b, N);
     }
@@ -964,11 +979,7 @@ static void block_backward(ccoe_model *m, int k, int s0, int nb, int T, float au
     if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
         /* res2 = res1 + FFN(LN2(res1)): dx carries d(res2) and becomes d(res1) */
         memset(m->dln, 0, NC * sizeof(float));
-        if (mi >= 0)
-            moe_backward(m, mi, m->dln, dx, a.ln2, aux_scale, nb, T);
-        else
-            for_each_ffn_run(m, k, s0, nb, T, ffn_run_backward,
-                             &(ffn_run_io){.out = m->dln, .src = dx, .inp = a.ln2});
+        ffn_sublayer_backward(m, k, mi, s0, nb, T, aux_scale, m->dln, dx, a.ln2);
         norm_backward(m, dx, gw->ln2_w, gw->ln2_b, m->dln, a.res1, w->ln2_w, a.ln2_mean,
                       a.ln2_rstd, N);
         /* res1 = x + Attn(LN1(x)) */
@@ -983,11 +994,7 @@ static void block_backward(ccoe_model *m, int k, int s0, int nb, int T, float au
                       a.ln2_rstd, N);
         /* res2 = h + FFN(h): dx = d(h) */
         memcpy(dx, m->dtmp, NC * sizeof(float));
-        if (mi >= 0)
-            moe_backward(m, mi, dx, m->dtmp, a.ln1, aux_scale, nb, T);
-        else
-            for_each_ffn_run(m, k, s0, nb, T, ffn_run_backward,
-                             &(ffn_run_io){.out = dx, .src = m->dtmp, .inp = a.ln1});
+        ffn_sublayer_backward(m, k, mi, s0, nb, T, aux_scale, dx, m->dtmp, a.ln1);
         /* h = LN1(res1): dtmp = d(res1) */
         memset(m->dtmp, 0, NC * sizeof(float));
         norm_backward(m, m->dtmp, gw->ln1_w, gw->ln1_b, dx, a.res1, w->ln1_w, a.ln1_mean,
