@@ -414,10 +414,14 @@ ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_
                                      ccoe_error *err)
 {
     const ccoe_gating *gt = &m->gating;
-    if (gt->n_experts == 0 || (gt->form != CCOE_FORM_TAIL && gt->form != CCOE_FORM_PREFIX))
+    if (gt->n_experts == 0 || gt->form == CCOE_FORM_NONE)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "CCoE expert placement needs ccoe.form = tail or prefix with at "
-                              "least one expert");
+                              "CCoE expert placement needs ccoe.form = tail, prefix or ffn with "
+                              "at least one expert");
+    if (gt->form == CCOE_FORM_FFN && gt->own_head)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "CCoE expert placement of FFN experts (ccoe.form = ffn) needs the "
+                              "shared head: set ccoe.own_head = false or run without placement");
     if (m->n_moe > 0)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "CCoE expert placement is not combined with MoE blocks (their "
@@ -914,24 +918,34 @@ static void attn_backward(ccoe_model *m, const ccoe_block_view *w, ccoe_block_vi
                          3 * C);
 }
 
+static int place_ffn_layer(const ccoe_model *m, int k);
+static void place_ffn_forward(ccoe_model *m, int k, int B, int T, float *out, float *inp);
+static void place_ffn_backward(ccoe_model *m, int k, int B, int T, float *dinp, float *dout,
+                               float *inp);
+
 /* The FFN sublayer of instance k (MoE block mi >= 0, else dense / Eqs. 6-7 expert FFNs):
- * out = FFN(inp) on sorted sequences [s0, s0 + nb). */
+ * out = FFN(inp) on sorted sequences [s0, s0 + nb). inp, out: rows of the instance's
+ * activations (placed Eqs. 6-7 experts use the rows past nb for the rows they receive). */
 static void ffn_sublayer_forward(ccoe_model *m, int k, int mi, int s0, int nb, int T, float *out,
-                                 const float *inp)
+                                 float *inp)
 {
     if (mi >= 0)
         moe_forward(m, mi, out, inp, nb, T);
+    else if (place_ffn_layer(m, k))
+        place_ffn_forward(m, k, nb, T, out, inp);
     else
         for_each_ffn_run(m, k, s0, nb, T, ffn_run_forward, &(ffn_run_io){.out = out, .inp = inp});
 }
 
-/* dinp += dFFN/dinp^T dout; parameter gradients accumulate. */
+/* dinp += dFFN/dinp^T dout; parameter gradients accumulate. dout and dinp are model-wide
+ * buffers (rows past nb are free scratch). */
 static void ffn_sublayer_backward(ccoe_model *m, int k, int mi, int s0, int nb, int T,
-                                  float aux_scale, float *dinp, const float *dout,
-                                  const float *inp)
+                                  float aux_scale, float *dinp, float *dout, float *inp)
 {
     if (mi >= 0)
         moe_backward(m, mi, dinp, dout, inp, aux_scale, nb, T);
+    else if (place_ffn_layer(m, k))
+        place_ffn_backward(m, k, nb, T, dinp, dout, inp);
     else
         for_each_ffn_run(m, k, s0, nb, T, ffn_run_backward,
                          &(ffn_run_io){.out = dinp, .src = dout, .inp = inp});
@@ -992,9 +1006,11 @@ static void block_backward(ccoe_model *m, int k, int s0, int nb, int T, float au
         memset(m->dtmp, 0, NC * sizeof(float));
         norm_backward(m, m->dtmp, gw->ln2_w, gw->ln2_b, dx, a.res2, w->ln2_w, a.ln2_mean,
                       a.ln2_rstd, N);
-        /* res2 = h + FFN(h): dx = d(h) */
-        memcpy(dx, m->dtmp, NC * sizeof(float));
+        /* res2 = h + FFN(h): dx = d(h) = FFN'(h)^T dtmp + dtmp (the FFN's part into zeros, as
+         * the owner of a placed Eqs. 6-7 expert computes it, then the residual) */
+        memset(dx, 0, NC * sizeof(float));
         ffn_sublayer_backward(m, k, mi, s0, nb, T, aux_scale, dx, m->dtmp, a.ln1);
+        ccoe_residual_forward(dx, dx, m->dtmp, NC);
         /* h = LN1(res1): dtmp = d(res1) */
         memset(m->dtmp, 0, NC * sizeof(float));
         norm_backward(m, m->dtmp, gw->ln1_w, gw->ln1_b, dx, a.res1, w->ln1_w, a.ln1_mean,
@@ -1117,80 +1133,86 @@ static void place_comm_abort(ccoe_model *m, const ccoe_error *err)
     m->comm->ops->abort(m->comm, 1);
 }
 
-/* Owner of path p's rows: -1 for the base path (stays local). */
-static int place_dest(const ccoe_model *m, int p) { return p == 0 ? -1 : m->place_owner[p - 1]; }
+/* The rank that computes path p's rows in exchange k, or -1 when they stay here. k < 0: Eqs.
+ * 4-5, after the base prefix (the base path stays local); k >= 0: the FFN of instance k (Eqs.
+ * 6-7: an expert's FFN from its first covered block on). */
+static int place_dest(const ccoe_model *m, int k, int p)
+{
+    if (k < 0)
+        return p == 0 ? -1 : m->place_owner[p - 1];
+    const ccoe_path *pa = &m->paths[p];
+    if (pa->ffn_expert < 0 || k < pa->ffn_from || k >= m->cfg.n_layer)
+        return -1;
+    return m->place_owner[pa->ffn_expert];
+}
 
 /* Whether a group computes its head here: a local base-path group or a received group. */
 static int place_head_group(const ccoe_model *m, int gi)
 {
-    return gi >= m->n_groups || place_dest(m, m->group_path[gi]) < 0;
+    return gi >= m->n_groups || place_dest(m, -1, m->group_path[gi]) < 0;
 }
 
-/* After the base prefix on the local rows [0, B): sends every expert row's branch input and
- * targets to the expert's owner, runs the received groups (own blocks, head) and the local
- * base-path group's head, and returns the cross-entropy sum of those rows. */
-static double place_forward(ccoe_model *m, const int32_t *targets, int B, int T, long *count)
+/* COLLECTIVE: every rank's rows per path (place_counts), once per forward. */
+static void place_count_rows(ccoe_model *m, int B)
 {
-    ccoe_comm *c = m->comm;
-    const int P = c->size, me = c->rank, np = m->n_paths;
-    const size_t C = (size_t)m->cfg.n_embd, V = (size_t)m->cfg.vocab_size;
-    const size_t TC = (size_t)T * C, row_f = (size_t)T * (C + 1);
     ccoe_error err;
     ccoe_error_clear(&err);
-    assert(targets);
     int32_t mine[CCOE_MAX_EXPERTS + 1] = {0};
     for (int r = 0; r < B; r++)
         mine[m->row_path[r]]++;
-    if (c->ops->allgather(c, mine, m->place_counts, (size_t)np * sizeof(int32_t), &err) !=
-        CCOE_OK)
+    if (m->comm->ops->allgather(m->comm, mine, m->place_counts,
+                                (size_t)m->n_paths * sizeof(int32_t), &err) != CCOE_OK)
         place_comm_abort(m, &err);
-    /* send: by owner rank, then sorted row order */
+}
+
+/* Plans exchange k (place_dest) of `unit` floats per row from place_counts. Send: this rank's
+ * rows of remote-computed paths by destination rank, then in sorted row order (place_send_row,
+ * place_sc/sd). Receive: from each rank its rows of the paths this rank computes, in that
+ * rank's sorted order; they go to model rows B.. grouped by path, then by source rank (the
+ * order of the one-process batch: place_recv_row, place_rc/rd), and the received groups follow
+ * the local ones in group_*. Returns the rows all ranks send in this exchange (the same on
+ * every rank: 0 = nothing to exchange). */
+static long place_plan(ccoe_model *m, int k, int B, size_t unit)
+{
+    const int P = m->comm->size, me = m->comm->rank, np = m->n_paths;
     size_t at = 0;
     int ns = 0;
-    m->place_bytes = 0;
     for (int q = 0; q < P; q++) {
         m->place_sd[q] = at;
-        for (int r = 0; r < B; r++) {
-            const int p = m->row_path[r];
-            if (place_dest(m, p) != q)
-                continue;
-            float *dst = m->place_send + at;
-            memcpy(dst, inst_output(m, m->paths[p].n_base - 1, r, T), TC * sizeof(float));
-            for (int t = 0; t < T; t++)
-                dst[TC + t] = (float)m->tgt_sorted[(size_t)r * T + t]; /* exact: |v| < 2^24 */
-            m->place_send_row[ns++] = r;
-            at += row_f;
-        }
+        for (int r = 0; r < B; r++)
+            if (place_dest(m, k, m->row_path[r]) == q) {
+                m->place_send_row[ns++] = r;
+                at += unit;
+            }
         m->place_sc[q] = at - m->place_sd[q];
-        if (q != me)
-            m->place_bytes += m->place_sc[q] * sizeof(float);
     }
     m->place_nsend = ns;
-    /* receive: from each rank its rows of this rank's experts, in that rank's sorted order
-     * (paths in path order); they go to model rows B.. grouped by path, then by source rank:
-     * the order of the one-process batch */
     int order[CCOE_MAX_EXPERTS + 1];
     path_order(m, order);
-    int R = 0, ng = 0;
+    long total = 0;
     at = 0;
     for (int q = 0; q < P; q++) {
         m->place_rd[q] = at;
-        for (int oi = 0; oi < np; oi++)
-            if (place_dest(m, order[oi]) == me)
-                at += (size_t)m->place_counts[(size_t)q * np + order[oi]] * row_f;
+        for (int oi = 0; oi < np; oi++) {
+            const int d = place_dest(m, k, order[oi]);
+            const int32_t n = m->place_counts[(size_t)q * np + order[oi]];
+            total += d >= 0 ? n : 0;
+            if (d == me)
+                at += (size_t)n * unit;
+        }
         m->place_rc[q] = at - m->place_rd[q];
     }
-    /* model rows of (path, source): recv_row of every received row */
+    int R = 0, ng = 0;
     for (int oi = 0; oi < np; oi++) {
         const int p = order[oi];
-        if (place_dest(m, p) != me)
+        if (place_dest(m, k, p) != me)
             continue;
         const int g0 = B + R;
         for (int q = 0; q < P; q++) {
             /* index of the first row of (q, p) in receive order */
-            size_t idx = m->place_rd[q] / row_f;
+            size_t idx = m->place_rd[q] / unit;
             for (int oj = 0; oj < oi; oj++)
-                if (place_dest(m, order[oj]) == me)
+                if (place_dest(m, k, order[oj]) == me)
                     idx += (size_t)m->place_counts[(size_t)q * np + order[oj]];
             const int n = m->place_counts[(size_t)q * np + p];
             for (int j = 0; j < n; j++)
@@ -1208,9 +1230,129 @@ static double place_forward(ccoe_model *m, const int32_t *targets, int B, int T,
     m->place_B = B;
     m->place_R = R;
     m->place_n_rgroups = ng;
-    if (c->ops->alltoallv_f32(c, m->place_send, m->place_sc, m->place_sd, m->place_recv,
-                              m->place_rc, m->place_rd, &err) != CCOE_OK)
+    return total;
+}
+
+/* COLLECTIVE: the planned exchange, place_send -> place_recv (back = 0) or the reverse. */
+static void place_exchange(ccoe_model *m, int back)
+{
+    ccoe_comm *c = m->comm;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    const size_t *sc = back ? m->place_rc : m->place_sc, *sd = back ? m->place_rd : m->place_sd;
+    const size_t *rc = back ? m->place_sc : m->place_rc, *rd = back ? m->place_sd : m->place_rd;
+    for (int q = 0; q < c->size; q++)
+        if (q != c->rank)
+            m->place_bytes += sc[q] * sizeof(float);
+    if (c->ops->alltoallv_f32(c, back ? m->place_recv : m->place_send, sc, sd,
+                              back ? m->place_send : m->place_recv, rc, rd, &err) != CCOE_OK)
         place_comm_abort(m, &err);
+}
+
+/* Copies rows between a model buffer x (rows of `unit` floats) and the exchange buffers: the
+ * sent rows (place_send_row order) or the received ones (place_recv_row order); to_buf = 1
+ * gathers x's rows into the buffer, 0 scatters the buffer into x (add = 1: x += buffer). */
+static void place_rows(const ccoe_model *m, int received, int to_buf, int add, float *x,
+                       size_t unit)
+{
+    const int n = received ? m->place_R : m->place_nsend;
+    const int *row = received ? m->place_recv_row : m->place_send_row;
+    float *buf = received ? m->place_recv : m->place_send;
+    for (int i = 0; i < n; i++) {
+        float *xr = x + (size_t)row[i] * unit, *br = buf + (size_t)i * unit;
+        if (to_buf)
+            memcpy(br, xr, unit * sizeof(float));
+        else if (add)
+            for (size_t j = 0; j < unit; j++)
+                xr[j] += br[j];
+        else
+            memcpy(xr, br, unit * sizeof(float));
+    }
+}
+
+/* Eqs. 6-7 placement: whether instance k's FFN exchanges rows (some expert covers it; the
+ * same on every rank). */
+static int place_ffn_layer(const ccoe_model *m, int k)
+{
+    if (!m->place || !m->place_active || m->gating.form != CCOE_FORM_FFN)
+        return 0;
+    for (int p = 1; p < m->n_paths; p++)
+        if (place_dest(m, k, p) >= 0)
+            return 1;
+    return 0;
+}
+
+/* out = FFN(inp) of instance k on this rank's rows [0, B): the rows of experts covering k go to
+ * the experts' owners and their outputs come back; the owner runs each expert on every rank's
+ * rows at once (rows B.. of inp and out hold what it received). */
+static void place_ffn_forward(ccoe_model *m, int k, int B, int T, float *out, float *inp)
+{
+    const size_t TC = (size_t)T * m->cfg.n_embd;
+    const ffn_run_io io = {.out = out, .inp = inp};
+    for (int gi = 0; gi < m->n_groups; gi++)
+        if (place_dest(m, k, m->group_path[gi]) < 0)
+            ffn_run_forward(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T,
+                            (void *)&io);
+    if (place_plan(m, k, B, TC) == 0)
+        return;
+    place_rows(m, 0, 1, 0, inp, TC);
+    place_exchange(m, 0);
+    place_rows(m, 1, 0, 0, inp, TC);
+    for (int gi = m->n_groups; gi < m->n_groups + m->place_n_rgroups; gi++)
+        ffn_run_forward(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T,
+                        (void *)&io);
+    place_rows(m, 1, 1, 0, out, TC);
+    place_exchange(m, 1);
+    place_rows(m, 0, 0, 0, out, TC);
+}
+
+/* dinp += dFFN/dinp^T dout of instance k, the same plan as place_ffn_forward: dout of the
+ * expert rows goes to the owners, which accumulate the experts' gradients, and d(FFN input)
+ * comes back. */
+static void place_ffn_backward(ccoe_model *m, int k, int B, int T, float *dinp, float *dout,
+                               float *inp)
+{
+    const size_t TC = (size_t)T * m->cfg.n_embd;
+    const ffn_run_io io = {.out = dinp, .src = dout, .inp = inp};
+    for (int gi = 0; gi < m->n_groups; gi++)
+        if (place_dest(m, k, m->group_path[gi]) < 0)
+            ffn_run_backward(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T,
+                             (void *)&io);
+    if (place_plan(m, k, B, TC) == 0)
+        return;
+    place_rows(m, 0, 1, 0, dout, TC);
+    place_exchange(m, 0);
+    place_rows(m, 1, 0, 0, dout, TC);
+    memset(dinp + (size_t)B * TC, 0, (size_t)m->place_R * TC * sizeof(float));
+    for (int gi = m->n_groups; gi < m->n_groups + m->place_n_rgroups; gi++)
+        ffn_run_backward(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T,
+                         (void *)&io);
+    place_rows(m, 1, 1, 0, dinp, TC);
+    place_exchange(m, 1);
+    place_rows(m, 0, 0, 1, dinp, TC);
+}
+
+/* Eqs. 4-5: after the base prefix on the local rows [0, B) (place_count_rows done): sends
+ * every expert row's branch input and targets to the expert's owner, runs the received groups
+ * (own blocks, head) and the local base-path group's head, and returns the cross-entropy sum
+ * of those rows. */
+static double place_forward(ccoe_model *m, const int32_t *targets, int B, int T, long *count)
+{
+    const size_t C = (size_t)m->cfg.n_embd, V = (size_t)m->cfg.vocab_size;
+    const size_t TC = (size_t)T * C, row_f = (size_t)T * (C + 1);
+    assert(targets);
+    (void)targets;
+    place_plan(m, -1, B, row_f);
+    for (int i = 0; i < m->place_nsend; i++) {
+        const int r = m->place_send_row[i];
+        float *dst = m->place_send + (size_t)i * row_f;
+        memcpy(dst, inst_output(m, m->paths[m->row_path[r]].n_base - 1, r, T),
+               TC * sizeof(float));
+        for (int t = 0; t < T; t++)
+            dst[TC + t] = (float)m->tgt_sorted[(size_t)r * T + t]; /* exact: |v| < 2^24 */
+    }
+    place_exchange(m, 0);
+    const int R = m->place_R, ng = m->place_n_rgroups;
     for (int i = 0; i < R; i++) {
         const int row = m->place_recv_row[i];
         const float *src = m->place_recv + (size_t)i * row_f;
@@ -1246,12 +1388,9 @@ static double place_forward(ccoe_model *m, const int32_t *targets, int B, int T,
  * expert row (returned by its owner) in dx. */
 static void place_backward(ccoe_model *m, float scale, float aux_scale)
 {
-    ccoe_comm *c = m->comm;
-    const int P = c->size, me = c->rank, T = m->last_T, B = m->place_B, R = m->place_R;
+    const int P = m->comm->size, T = m->last_T, B = m->place_B, R = m->place_R;
     const size_t C = (size_t)m->cfg.n_embd, V = (size_t)m->cfg.vocab_size;
     const size_t TC = (size_t)T * C, row_f = (size_t)T * (C + 1);
-    ccoe_error err;
-    ccoe_error_clear(&err);
     memset(m->dx, 0, (size_t)(B + R) * TC * sizeof(float));
     for (int gi = 0; gi < m->n_groups + m->place_n_rgroups; gi++) {
         if (!place_head_group(m, gi))
@@ -1264,26 +1403,26 @@ static void place_backward(ccoe_model *m, float scale, float aux_scale)
     }
     /* d(branch input) of the received rows back to their ranks: the reverse exchange, T*C
      * floats per row (the forward's counts without the targets) */
-    for (int i = 0; i < R; i++)
-        memcpy(m->place_recv + (size_t)i * TC, m->dx + (size_t)m->place_recv_row[i] * TC,
-               TC * sizeof(float));
     for (int q = 0; q < P; q++) {
         m->place_rd[q] = m->place_rd[q] / row_f * TC;
         m->place_rc[q] = m->place_rc[q] / row_f * TC;
         m->place_sd[q] = m->place_sd[q] / row_f * TC;
         m->place_sc[q] = m->place_sc[q] / row_f * TC;
-        if (q != me)
-            m->place_bytes += m->place_rc[q] * sizeof(float);
     }
-    if (c->ops->alltoallv_f32(c, m->place_recv, m->place_rc, m->place_rd, m->place_send,
-                              m->place_sc, m->place_sd, &err) != CCOE_OK)
-        place_comm_abort(m, &err);
-    for (int i = 0; i < m->place_nsend; i++)
-        memcpy(m->dx + (size_t)m->place_send_row[i] * TC, m->place_send + (size_t)i * TC,
-               TC * sizeof(float));
+    place_rows(m, 1, 1, 0, m->dx, TC);
+    place_exchange(m, 1);
+    place_rows(m, 0, 0, 0, m->dx, TC);
 }
 
 /* ---- whole model ---- */
+
+/* Whether the base blocks exchange rows (expert-parallel MoE blocks, placed Eqs. 6-7 FFNs):
+ * then a rank without rows still runs them on zero rows to join every exchange. */
+static int blocks_exchange(const ccoe_model *m)
+{
+    return moe_distributed(m) ||
+           (m->place && m->place_active && m->gating.form == CCOE_FORM_FFN);
+}
 
 double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets,
                           const int32_t *domains, int B, int T, long *count)
@@ -1307,17 +1446,21 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
             m->moe_domains[r] = domains ? domains[m->seq_at[r]] : 0;
     }
     m->aux_loss = 0.0;
+    if (placed) {
+        m->place_bytes = 0;
+        place_count_rows(m, B);
+    }
     ccoe_embed_forward(m->emb, m->tok_sorted, m->wte, m->wpe, B, T, C);
     /* base block l runs on the rows whose path keeps more than l base blocks (a prefix) */
     for (int l = 0; l < m->cfg.n_layer; l++) {
         int rows = 0;
         while (rows < B && m->paths[m->row_path[rows]].n_base > l)
             rows++;
-        if (rows == 0 && !(B == 0 && moe_distributed(m)))
+        if (rows == 0 && !(B == 0 && blocks_exchange(m)))
             break;
         block_forward(m, l, 0, rows, T);
     }
-    if (placed)
+    if (placed && m->gating.form != CCOE_FORM_FFN)
         return place_forward(m, targets, B, T, count);
     for (int gi = 0; gi < m->n_groups; gi++)
         group_forward(m, m->group_path[gi], m->group_r0[gi], m->group_r1[gi] - m->group_r0[gi], T);
@@ -1353,7 +1496,8 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
     const int B = m->last_B, T = m->last_T;
     const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T;
     const int only = m->train_path;
-    if (m->place && m->place_active) {
+    const int placed = m->place && m->place_active;
+    if (placed && m->gating.form != CCOE_FORM_FFN) {
         /* heads here, expert rows' d(branch input) back from their owners into dx */
         place_backward(m, scale, aux_scale);
     } else {
@@ -1393,7 +1537,7 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
         int rows = 0;
         while (rows < B && m->paths[m->row_path[rows]].n_base > l)
             rows++;
-        if (rows > 0 || (B == 0 && moe_distributed(m)))
+        if (rows > 0 || (B == 0 && blocks_exchange(m)))
             block_backward(m, l, 0, rows, T, aux_scale);
         if (m->grad_ready) {
             inst_range(m, l, &rb, &re);

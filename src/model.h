@@ -173,7 +173,7 @@ typedef struct ccoe_model {
      * [0, place_B) of the activations are this rank's sorted rows, rows [place_B, place_B +
      * place_R) the rows other ranks (and this one) sent to the experts it owns; the received
      * groups follow the local ones in group_* (indices n_groups .. n_groups + place_n_rgroups). */
-    int place;                 /* placement set up (P > 1, form tail or prefix) */
+    int place;                 /* placement set up (ccoe_model_set_placement) */
     int place_active;          /* forward/backward exchange; the trainer sets it while training */
     int place_owner[CCOE_MAX_EXPERTS]; /* rank of each CCoE expert: contiguous blocks */
     int place_maxB;            /* local rows a forward may pass (maxB before placement) */
@@ -247,7 +247,7 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale);
  * rows; capacity and aux losses per rank, not equal to the one-process run). */
 ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err);
 
-/* CCoE expert placement (Eqs. 4-5 under MPI, form tail or prefix, no MoE blocks): expert e
+/* CCoE expert placement (Eqs. 4-5 and 6-7 under MPI, no MoE blocks): expert e
  * lives on rank ccoe_model_place_owner (contiguous blocks of experts per rank; a rank may own
  * none). Sets m->comm and grows the activations to this rank's maxB plus global_maxB received
  * rows (the received rows are at most the global batch). From then on, while m->place_active
@@ -258,7 +258,12 @@ ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err)
  * only: evaluate with place_active = 0 after syncing the experts from their owners); the
  * returned loss sum and count cover the rows whose loss this rank computed (its base-path rows
  * and its received rows), so their sums over ranks are the global ones; ccoe_model_logits is
- * not valid for expert rows. An expert's gradient is complete on its owner and zero elsewhere.
+ * not valid for expert rows. Form ffn (Eqs. 6-7; shared head only, CCOE_ERR_CONFIG for own
+ * heads): every row runs every base block and the head on its own rank; in each block an
+ * expert covers, the expert rows' FFN input goes to the owner, which runs the expert's FFN on
+ * every rank's rows at once, and the output (backward: d(FFN input)) comes back; forward
+ * returns this rank's rows' loss as without placement. An expert's gradient is complete on
+ * its owner and zero elsewhere.
  * Call once, after ccoe_model_init and before the first forward, on every rank. */
 ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_maxB,
                                      ccoe_error *err);

@@ -28,9 +28,10 @@ typedef struct ccoe_train_opts {
                             * (default) = blocking allreduce of the buckets after backward,
                             * 10x less time in the allreduce with Open MPI 4.1 on 2 cores
                             * (papers/mpi.md) */
-    int ccoe_placement;    /* data parallelism with CCoE experts (form tail/prefix, no MoE):
-                            * 1 = each expert lives on one rank (contiguous blocks), its rows
-                            * travel there after the base prefix and back in backward
+    int ccoe_placement;    /* data parallelism with CCoE experts (no MoE blocks): 1 = each
+                            * expert lives on one rank (contiguous blocks), its rows travel
+                            * there after the base prefix (form ffn: in each covered block's
+                            * FFN) and back in backward
                             * (ccoe_model_set_placement; training only, the experts are synced
                             * from their owners before evaluation and checkpoints); 0 (default)
                             * = experts replicated, their gradients summed like the base's */

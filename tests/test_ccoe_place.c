@@ -1,9 +1,10 @@
-/* test_ccoe_place.c - CCoE expert placement (ccoe_model_set_placement, Eqs. 4-5 over ranks) on
+/* test_ccoe_place.c - CCoE expert placement (ccoe_model_set_placement, Eqs. 4-7 over ranks) on
  * 1-4 fake ranks (threads joined by tests/util/fakecomm.c): the rows of each expert's group
  * travel to the expert's owner and d(branch input) comes back; loss sums, gradients (experts
  * complete on their owners, zero elsewhere) and parameters after AdamW steps with owner-only
  * expert updates match the one-process model, for forms tail and prefix, pre/post-LN,
- * shared/own heads, an expert without rows and a rank without rows (B < P).
+ * shared/own heads, form ffn (per-block FFN exchange), an expert without rows and a rank
+ * without rows (B < P).
  * tests/mpi/test_ccoe_place_mpi.c runs the same cases over real MPI. */
 #include <stdio.h>
 

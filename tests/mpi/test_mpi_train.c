@@ -6,8 +6,8 @@
  *     bit-identical;
  *   - an uneven split of the global batch (B = 3: with 4 ranks rank 0 gets no rows);
  *   - a noisy top-k MoE model with expert parallelism (experts spread over the ranks);
- *   - CCoE expert placement (--ccoe-placement experts), tail and prefix: the same curve and
- *     checkpoint, bytes exchanged reported;
+ *   - CCoE expert placement (--ccoe-placement experts), tail, prefix and ffn (per-block
+ *     exchange): the same curve and checkpoint, bytes exchanged reported;
  *   - a checkpoint written by P ranks (--stop-at) resumed on 1 rank;
  *   - a failure injected on the last rank ends every rank with an error naming it;
  *   - several CCoE experts trained at once (--train-experts all) equal each expert trained
@@ -419,6 +419,30 @@ static void test_ccoe_placement(void)
     if (g_comm.rank == 0) {
         compare_losses(ref, par, 1e-5, "placement prefix");
         compare_ckpt(ref, par, NULL, 0, 1e-5, "placement prefix");
+    }
+    /* Eqs. 6-7: the expert rows' FFN inputs go to the owner in every covered block; B = 3
+     * (on 4 ranks rank 0 has no rows and still joins every block's exchange), overlapped
+     * buckets */
+    tiny(&a, "place-ffn");
+    set(&a, "model.n_layer=3");
+    set(&a, "model.block=post_ln");
+    set(&a, "ccoe.form=ffn");
+    set(&a, "ccoe.experts=arith:2 code:1");
+    set(&a, "ccoe.routes=arith:arith code:code");
+    set(&a, "train.batch_size=3");
+    b = a;
+    op.allreduce_overlap = 1;
+    equivalence("place-ffn", &a, &b, op);
+    if (g_comm.rank == 0) {
+        snprintf(par, sizeof par, "place-ffn-p%d", g_comm.size);
+        char rep[64];
+        snprintf(rep, sizeof rep, "ffn-p%d", g_comm.size);
+        long long bx = first_step_counter(par, "bytes_exchanged");
+        long long ar = first_step_counter(par, "bytes_allreduce");
+        long long ar_rep = first_step_counter(rep, "bytes_allreduce");
+        CHECK(bx > 0, "placement ffn: bytes_exchanged %lld on rank 0", bx);
+        CHECK(ar > 0 && ar < ar_rep, "placement ffn: bytes_allreduce %lld, replicated %lld", ar,
+              ar_rep);
     }
 }
 

@@ -44,7 +44,13 @@ static ccoe_status open_model(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, co
     c->model.block = pc->post_ln ? CCOE_BLOCK_POST_LN : CCOE_BLOCK_PRE_LN;
     c->model.init_std = 0.3;
     c->train.batch_size = pc->B;
-    c->train.eps = 1e-6;
+    /* AdamW moves an element with gradient g by lr g / (|g| + eps): near |g| = eps a rounding
+     * change of the gradient is amplified up to lr / (4 eps). The data-parallel gradient sum
+     * rounds differently for each P (here one step-0 gradient of 1.2e-6 differs by 1.9e-9 at
+     * P = 2, with or without placement), which eps = 1e-6 turned into a parameter difference
+     * of 1.5e-6 after 4 steps; eps = 1e-3 bounds the amplification by 2.5 so the parameters
+     * compare to 1e-5 like the gradients. */
+    c->train.eps = 1e-3;
     c->ccoe.form = pc->form;
     snprintf(c->ccoe.experts, sizeof c->ccoe.experts, "%s", pc->experts);
     snprintf(c->ccoe.routes, sizeof c->ccoe.routes, "%s", pc->routes);
@@ -91,17 +97,11 @@ static int close_tensors(const ccoe_comm *comm, const char *what, const ccoe_mod
     int fails = 0;
     for (int i = 0; i < m->n_params; i++) {
         const ccoe_param *p = &m->params[i];
-        /* the key bias (middle third of attn.qkv.bias) has an analytic gradient of zero
-         * (softmax ignores it): it holds rounding noise that AdamW amplifies (papers/mpi.md) */
-        const size_t C = (size_t)m->cfg.n_embd;
-        const int kbias = strstr(p->name, "attn.qkv.bias") != NULL;
         double scale = 0.0, worst = 0.0;
-        for (size_t j = 0; j < p->numel; j++)
-            if (!kbias || j < C || j >= 2 * C)
-                scale = fmax(scale, fabs(b[p->offset + j]));
-        for (size_t j = 0; j < p->numel; j++)
-            if (!kbias || j < C || j >= 2 * C)
-                worst = fmax(worst, fabs((double)a[p->offset + j] - b[p->offset + j]));
+        for (size_t j = 0; j < p->numel; j++) {
+            scale = fmax(scale, fabs(b[p->offset + j]));
+            worst = fmax(worst, fabs((double)a[p->offset + j] - b[p->offset + j]));
+        }
         if (worst > rel * scale + floor_abs) {
             fprintf(stderr, "[rank %d] %s: %s differs by %.3g (max |ref| %.3g)\n", comm->rank,
                     what, p->name, worst, scale);
@@ -209,6 +209,26 @@ static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
     return fails;
 }
 
+/* Placed FFN experts with their own heads are refused with a message naming the key (a
+ * local check before any exchange). */
+static int refusals(ccoe_comm *comm, const ccoe_gemm *g)
+{
+    const char *what = "ffn + own_head";
+    int fails = 0;
+    const pcase pc = {CCOE_FORM_FFN, 1, 1, 0, 4, "a:1", "arith:a"};
+    ccoe_config c;
+    ccoe_gating gt;
+    ccoe_model m;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    CHECK(open_model(&m, &gt, &c, &pc, g, 4, &err) == CCOE_OK);
+    CHECK(ccoe_model_set_placement(&m, comm, 4, &err) == CCOE_ERR_CONFIG);
+    CHECK(strstr(err.msg, "ccoe.own_head") != NULL);
+    CHECK(!m.place);
+    ccoe_model_free(&m);
+    return fails;
+}
+
 int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
 {
     static const pcase cases[] = {
@@ -219,8 +239,12 @@ int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
         {CCOE_FORM_PREFIX, 1, 0, 2, 5, "a:1 b:1 c:1", "arith:a code:b sql:a"},
         /* B < P on 4 ranks: a rank without rows still exchanges */
         {CCOE_FORM_TAIL, 0, 1, 0, 3, "a:2 b:1", "arith:a code:b prose:a"},
+        /* Eqs. 6-7: per-layer FFN exchange; expert c without rows; B < P */
+        {CCOE_FORM_FFN, 0, 0, 0, 6, "a:1 b:2", "arith:a code:b sql:a"},
+        {CCOE_FORM_FFN, 1, 0, 0, 7, "a:2 b:1 c:1", "arith:a code:b"},
+        {CCOE_FORM_FFN, 1, 0, 0, 3, "a:2 b:1", "arith:a code:b prose:a"},
     };
-    int fails = 0;
+    int fails = refusals(comm, g);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fails += place_case(comm, g, &cases[i]);
     return fails;

@@ -7,10 +7,11 @@
 #include "comm.h"
 #include "gemm.h"
 
-/* Forms tail and prefix, pre/post-LN, shared/own heads, an expert without rows, a rank
- * without rows (B < P): P ranks with placed experts against the one-process model over a few
- * AdamW steps (loss curve, gradients, parameters after the expert sync). Returns failed
- * checks on this rank. COLLECTIVE on comm. */
+/* Forms tail, prefix and ffn (per-block exchange), pre/post-LN, shared/own heads, an expert
+ * without rows, a rank without rows (B < P): P ranks with placed experts against the
+ * one-process model over a few AdamW steps (loss curve, gradients, parameters after the expert
+ * sync), and the refusal of placed ffn experts with own heads. Returns failed checks on this
+ * rank. COLLECTIVE on comm. */
 int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g);
 
 #endif
