@@ -829,13 +829,22 @@ static int moe_distributed(const ccoe_model *m)
     return m->comm && m->comm->size > 1 && m->moe.ep_size == m->comm->size;
 }
 
-/* A failed exchange inside forward/backward (which return no status): the other ranks would
- * wait forever in the next collective, so report and end every rank (STYLE.md, Errors). */
-static void moe_comm_abort(ccoe_model *m, const ccoe_error *err)
+/* A failed exchange inside forward/backward (which return no status): the first one is kept
+ * (ccoe_model_comm_status) and every later exchange of the model is skipped, so this rank
+ * finishes the pass without communicating and its caller ends the job (STYLE.md, Errors). */
+static void comm_failed(ccoe_model *m, const char *what, const ccoe_error *err)
 {
-    fprintf(stderr, "[rank %d] MoE expert parallelism: %s\n", m->comm->rank, err->msg);
-    fflush(stderr);
-    m->comm->ops->abort(m->comm, 1);
+    if (m->comm_status != CCOE_OK)
+        return;
+    m->comm_status = CCOE_ERR_COMM;
+    ccoe_error_set(&m->comm_err, CCOE_ERR_COMM, "%s: %s", what, err->msg);
+}
+
+ccoe_status ccoe_model_comm_status(const ccoe_model *m, ccoe_error *err)
+{
+    if (m->comm_status == CCOE_OK)
+        return CCOE_OK;
+    return ccoe_error_set(err, m->comm_status, "%s", m->comm_err.msg);
 }
 
 static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int nb, int T)
@@ -850,13 +859,17 @@ static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int 
                           .T = T};
     ccoe_moe_stats *st = &m->moe_stats[i];
     if (moe_distributed(m)) {
+        if (m->comm_status != CCOE_OK)
+            return;
         double aux = 0.0;
         ccoe_error err;
         ccoe_error_clear(&err);
         if (ccoe_moe_forward_ep(&m->moe, m->comm, out, &aux, &m->moe_acts[i], &m->moe_scratch,
                                 st, inp, m->param_block + m->moe_offset[i], &pass, N,
-                                &err) != CCOE_OK)
-            moe_comm_abort(m, &err);
+                                &err) != CCOE_OK) {
+            comm_failed(m, "MoE expert parallelism", &err);
+            return;
+        }
         m->aux_loss += aux;
     } else {
         m->aux_loss += ccoe_moe_forward(&m->moe, out, &m->moe_acts[i], st, inp,
@@ -880,11 +893,12 @@ static void moe_backward(ccoe_model *m, int i, float *dinp, const float *dout, c
     if (moe_distributed(m)) {
         ccoe_error err;
         ccoe_error_clear(&err);
-        if (ccoe_moe_backward_ep(&m->moe, m->comm, dinp, m->grad_block + m->moe_offset[i],
+        if (m->comm_status == CCOE_OK &&
+            ccoe_moe_backward_ep(&m->moe, m->comm, dinp, m->grad_block + m->moe_offset[i],
                                  &m->moe_stats[i], &m->moe_scratch, dout, &m->moe_acts[i], inp,
                                  m->param_block + m->moe_offset[i], aux_scale, nb * T,
                                  &err) != CCOE_OK)
-            moe_comm_abort(m, &err);
+            comm_failed(m, "MoE expert parallelism", &err);
         return;
     }
     ccoe_moe_backward(&m->moe, dinp, m->grad_block + m->moe_offset[i], &m->moe_stats[i],
@@ -1126,13 +1140,6 @@ static void group_backward(ccoe_model *m, int p, int r0, int nb, int T, float au
 
 /* ---- CCoE expert placement: rows travel to their expert's owner and back ---- */
 
-static void place_comm_abort(ccoe_model *m, const ccoe_error *err)
-{
-    fprintf(stderr, "[rank %d] CCoE expert placement: %s\n", m->comm->rank, err->msg);
-    fflush(stderr);
-    m->comm->ops->abort(m->comm, 1);
-}
-
 /* The rank that computes path p's rows in exchange k, or -1 when they stay here. k < 0: Eqs.
  * 4-5, after the base prefix (the base path stays local); k >= 0: the FFN of instance k (Eqs.
  * 6-7: an expert's FFN from its first covered block on). */
@@ -1160,9 +1167,14 @@ static void place_count_rows(ccoe_model *m, int B)
     int32_t mine[CCOE_MAX_EXPERTS + 1] = {0};
     for (int r = 0; r < B; r++)
         mine[m->row_path[r]]++;
-    if (m->comm->ops->allgather(m->comm, mine, m->place_counts,
-                                (size_t)m->n_paths * sizeof(int32_t), &err) != CCOE_OK)
-        place_comm_abort(m, &err);
+    const size_t n = (size_t)m->n_paths * sizeof(int32_t);
+    if (m->comm_status != CCOE_OK ||
+        m->comm->ops->allgather(m->comm, mine, m->place_counts, n, &err) != CCOE_OK) {
+        if (m->comm_status == CCOE_OK)
+            comm_failed(m, "CCoE expert placement", &err);
+        /* nothing arrives then: plans receive no rows */
+        memset(m->place_counts, 0, n * (size_t)m->comm->size);
+    }
 }
 
 /* Plans exchange k (place_dest) of `unit` floats per row from place_counts. Send: this rank's
@@ -1241,12 +1253,14 @@ static void place_exchange(ccoe_model *m, int back)
     ccoe_error_clear(&err);
     const size_t *sc = back ? m->place_rc : m->place_sc, *sd = back ? m->place_rd : m->place_sd;
     const size_t *rc = back ? m->place_sc : m->place_rc, *rd = back ? m->place_sd : m->place_rd;
+    if (m->comm_status != CCOE_OK)
+        return;
     for (int q = 0; q < c->size; q++)
         if (q != c->rank)
             m->place_bytes += sc[q] * sizeof(float);
     if (c->ops->alltoallv_f32(c, back ? m->place_recv : m->place_send, sc, sd,
                               back ? m->place_send : m->place_recv, rc, rd, &err) != CCOE_OK)
-        place_comm_abort(m, &err);
+        comm_failed(m, "CCoE expert placement", &err);
 }
 
 /* Copies rows between a model buffer x (rows of `unit` floats) and the exchange buffers: the

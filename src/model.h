@@ -184,6 +184,10 @@ typedef struct ccoe_model {
     int *place_send_row;       /* (maxB) local row of each sent row, send order */
     int *place_recv_row;       /* (maxB) model row of each received row, receive order */
     uint64_t place_bytes;      /* bytes sent to other ranks by the last forward + backward */
+    /* the first failed exchange inside forward/backward (CCOE_OK: none): from then on the
+     * model skips its exchanges (the communicator is unusable); ccoe_model_comm_status */
+    ccoe_status comm_status;
+    ccoe_error comm_err;
     /* totals over the forwards since ccoe_model_moe_reset_totals, while collect_moe is set */
     int collect_moe;
     int64_t *moe_tot_tokens;  /* (n_moe, E) kept slots per expert */
@@ -269,6 +273,12 @@ ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_
                                      ccoe_error *err);
 /* Owner rank of CCoE expert e among P ranks: contiguous blocks (ccoe_comm_split of experts). */
 int ccoe_model_place_owner(int n_experts, int P, int e);
+
+/* CCOE_OK, or the first failed exchange (CCOE_ERR_COMM, copied into err) of the forwards and
+ * backwards since the comm was set: forward and backward return no status, so the caller
+ * checks this after each of them and must end the job (the other ranks may be waiting in the
+ * exchange this rank left); the model's outputs after a failure are meaningless. */
+ccoe_status ccoe_model_comm_status(const ccoe_model *m, ccoe_error *err);
 
 /* Zeroes the MoE totals (the per-expert counts the evaluation prints). */
 void ccoe_model_moe_reset_totals(ccoe_model *m);

@@ -14,7 +14,8 @@
  * Failures: before every step the ranks agree (one tiny allreduce) on local failures, stop
  * signals and the time limit, so a rank that failed makes every rank return an error naming it
  * instead of leaving the others in a collective; errors that cannot wait for the agreement
- * are returned with comm->failed_rank = -1 and main aborts the job.
+ * are returned with comm->failed_rank = -1 and main aborts the job (among them a failed
+ * exchange inside the model's forward or backward: ccoe_model_comm_status).
  *
  * Several CCoE experts at once (opts->train_experts): rank r trains the experts placed on it
  * one after another, each exactly as `ccoe.train_expert = NAME` would (fresh optimizer, its
@@ -422,30 +423,26 @@ static void write_moe_stats(train_ctx *t)
 }
 
 /* Rank 0 evaluates (every rank when the model may communicate in forward); rank 0 writes. */
-static void run_eval(train_ctx *t, int with_tasks, int print_table)
+/* COLLECTIVE when experts are placed or the model communicates in forward. A failed exchange
+ * is returned without agreement (the other ranks may wait in it: main ends the job). */
+static ccoe_status run_eval(train_ctx *t, int with_tasks, int print_table, ccoe_error *err)
 {
     ccoe_session *s = t->s;
     if (t->expert_mode)
-        return;
+        return CCOE_OK;
     if (t->placed) {
-        /* rank 0 evaluates every path alone: the CCoE experts' parameters from their owners
-         * (COLLECTIVE; a failure here leaves the other ranks in the broadcast: abort) */
-        ccoe_error err;
-        ccoe_error_clear(&err);
-        if (ep_gather_what(t, 0, &err) != CCOE_OK) {
-            fprintf(stderr, "[rank %d] CCoE expert placement: %s\n", t->rank, err.msg);
-            fflush(stderr);
-            t->comm->ops->abort(t->comm, 1);
-        }
+        /* rank 0 evaluates every path alone: the CCoE experts' parameters from their owners */
+        CCOE_TRY(ep_gather_what(t, 0, err));
         s->model.place_active = 0;
     }
     if (t->rank != 0 && !t->eval_all_ranks)
-        return;
+        return CCOE_OK;
     ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
     ccoe_eval_domains(&s->model, &s->data, &s->tok, &s->batch, s->cfg.train.eval_batches,
                       with_tasks, ev);
+    CCOE_TRY(ccoe_model_comm_status(&s->model, err));
     if (t->rank != 0)
-        return;
+        return CCOE_OK;
     fprintf(t->metrics, "{\"step\":%ld,\"eval\":", t->st.step);
     ccoe_eval_json(t->metrics, &s->data, ev);
     fputs("}\n", t->metrics);
@@ -455,6 +452,7 @@ static void run_eval(train_ctx *t, int with_tasks, int print_table)
         ccoe_eval_print(stdout, &s->data, ev);
         fflush(stdout);
     }
+    return CCOE_OK;
 }
 
 /* ---- one optimizer step ---- */
@@ -503,6 +501,9 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
                                       s->batch.targets + (size_t)b0 * T, s->batch.domains + b0,
                                       nb, T, &count);
             aux = m->aux_loss;
+            /* a failed exchange: the other ranks may wait in it, so no agreement (main ends
+             * the job) */
+            CCOE_TRY(ccoe_model_comm_status(m, err));
         }
         if (nan_hook)
             lsum = NAN;
@@ -526,6 +527,7 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
         if ((nb > 0 || exchange) && gcount > 0) {
             ccoe_model_backward(m, 1.0f / ((float)gcount * (float)tc->grad_accum),
                                 1.0f / (float)tc->grad_accum);
+            CCOE_TRY(ccoe_model_comm_status(m, err));
             sums[2] += ccoe_model_last_flops(m);
         }
         m->grad_ready = NULL;
@@ -709,7 +711,7 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
         }
         if (!last && tc->eval_every > 0 && t->st.step % tc->eval_every == 0) {
             double e0 = ccoe_now();
-            run_eval(t, 0, 0);
+            CCOE_TRY(run_eval(t, 0, 0, err));
             window_t0 += ccoe_now() - e0; /* evaluation is not training throughput */
         }
         if (!last && tc->ckpt_every > 0 && t->st.step % tc->ckpt_every == 0)
@@ -725,7 +727,7 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
         return CCOE_OK;
     CCOE_TRY(check_replicas(t, err));
     CCOE_TRY(ccoe_comm_agree(c, save_checkpoint(t, err), err));
-    run_eval(t, 1, !t->quiet);
+    CCOE_TRY(run_eval(t, 1, !t->quiet, err));
     if (!t->quiet)
         printf("checkpoint: %s\nmetrics:    %s/metrics.jsonl\n", t->ckpt_path,
                s->cfg.train.out_dir);
@@ -1026,7 +1028,7 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
         local = ccoe_checkpoint_save(t->ckpt_path, &s->cfg, m, &t->opt, &t->st, err);
     }
     CCOE_TRY(ccoe_comm_agree(world, local, err));
-    run_eval(t, 1, !t->quiet);
+    CCOE_TRY(run_eval(t, 1, !t->quiet, err));
     if (!t->quiet)
         printf("checkpoint: %s\nmetrics:    %s/metrics.<expert>.jsonl\n", t->ckpt_path,
                s->cfg.train.out_dir);

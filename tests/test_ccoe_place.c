@@ -52,6 +52,13 @@ static void test_owner_map(void **state)
     assert_int_equal(ccoe_model_place_owner(2, 1, 1), 0);
 }
 
+static void test_comm_failure(void **state)
+{
+    (void)state;
+    assert_int_equal(tu_place_comm_failure(&G, CCOE_FORM_TAIL), 0);
+    assert_int_equal(tu_place_comm_failure(&G, CCOE_FORM_FFN), 0);
+}
+
 int main(void)
 {
     ccoe_error err;
@@ -63,6 +70,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_owner_map),
         cmocka_unit_test(test_placement_equivalence),
+        cmocka_unit_test(test_comm_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -229,6 +229,60 @@ static int refusals(ccoe_comm *comm, const ccoe_gemm *g)
     return fails;
 }
 
+/* One process whose alltoallv fails (and whose abort only counts): the placed forward keeps
+ * the first failure for ccoe_model_comm_status, communicates no more in forward or backward,
+ * and never ends the process. */
+static int g_fail_calls, g_fail_aborts;
+
+static ccoe_status failing_alltoallv(ccoe_comm *c, const float *s, const size_t *sc,
+                                     const size_t *sd, float *r, const size_t *rc,
+                                     const size_t *rd, ccoe_error *err)
+{
+    (void)c, (void)s, (void)sc, (void)sd, (void)r, (void)rc, (void)rd;
+    g_fail_calls++;
+    return ccoe_error_set(err, CCOE_ERR_COMM, "injected alltoallv failure");
+}
+
+static void counting_abort(ccoe_comm *c, int code)
+{
+    (void)c, (void)code;
+    g_fail_aborts++;
+}
+
+int tu_place_comm_failure(const ccoe_gemm *g, int form)
+{
+    ccoe_comm serial, *comm = &serial;
+    ccoe_comm_serial(&serial);
+    ccoe_comm_ops ops = *serial.ops;
+    ops.alltoallv_f32 = failing_alltoallv;
+    ops.abort = counting_abort;
+    serial.ops = &ops;
+    const char *what = "comm failure";
+    int fails = 0;
+    const pcase pc = {(ccoe_form)form, 1, 0, 0, 4, "a:2", "arith:a code:a"};
+    ccoe_config c;
+    ccoe_gating gt;
+    ccoe_model m;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    CHECK(open_model(&m, &gt, &c, &pc, g, 4, &err) == CCOE_OK);
+    CHECK(ccoe_model_set_placement(&m, comm, 4, &err) == CCOE_OK);
+    m.place_active = 1;
+    CHECK(ccoe_model_comm_status(&m, &err) == CCOE_OK);
+    int32_t tok[4 * 8] = {0}, tgt[4 * 8] = {0}, dom[4] = {0, 1, 0, 1};
+    g_fail_calls = g_fail_aborts = 0;
+    long n = 0;
+    ccoe_model_forward(&m, tok, tgt, dom, 4, c.model.seq_len, &n);
+    CHECK(ccoe_model_comm_status(&m, &err) == CCOE_ERR_COMM);
+    CHECK(strstr(err.msg, "CCoE expert placement") && strstr(err.msg, "injected alltoallv"));
+    ccoe_model_backward(&m, 1.0f, 1.0f);
+    CHECK(g_fail_calls == 1); /* nothing after the failed exchange */
+    CHECK(g_fail_aborts == 0);
+    CHECK(ccoe_model_comm_status(&m, &err) == CCOE_ERR_COMM);
+    ccoe_model_free(&m);
+    return fails;
+}
+
 int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
 {
     static const pcase cases[] = {

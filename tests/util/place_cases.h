@@ -14,4 +14,9 @@
  * rank. COLLECTIVE on comm. */
 int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g);
 
+/* A failing exchange on one process (form: a ccoe_form with experts): the first failure is
+ * kept for ccoe_model_comm_status, later exchanges are skipped, abort is never called. Returns
+ * failed checks. */
+int tu_place_comm_failure(const ccoe_gemm *g, int form);
+
 #endif
