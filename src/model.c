@@ -1296,54 +1296,47 @@ static int place_ffn_layer(const ccoe_model *m, int k)
     return 0;
 }
 
-/* out = FFN(inp) of instance k on this rank's rows [0, B): the rows of experts covering k go to
- * the experts' owners and their outputs come back; the owner runs each expert on every rank's
- * rows at once (rows B.. of inp and out hold what it received). */
-static void place_ffn_forward(ccoe_model *m, int k, int B, int T, float *out, float *inp)
+/* One FFN pass of instance k on this rank's rows [0, B) (fn: ffn_run_forward or
+ * ffn_run_backward on io): the rows of paths the instance keeps here run locally; for the
+ * rows of experts covering k, `there` (forward: FFN input; backward: d(FFN output)) goes to
+ * the experts' owners, each owner runs fn on every rank's rows of its experts at once (rows
+ * B.. of the buffers hold what it received), and `back` (forward: FFN output; backward:
+ * d(FFN input), computed into zeros and added at the origin) returns. */
+static void place_ffn_pass(ccoe_model *m, int k, int B, int T, ffn_run_fn fn,
+                           const ffn_run_io *io, float *there, float *back, int backward)
 {
     const size_t TC = (size_t)T * m->cfg.n_embd;
-    const ffn_run_io io = {.out = out, .inp = inp};
     for (int gi = 0; gi < m->n_groups; gi++)
         if (place_dest(m, k, m->group_path[gi]) < 0)
-            ffn_run_forward(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T,
-                            (void *)&io);
+            fn(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T, (void *)io);
     if (place_plan(m, k, B, TC) == 0)
         return;
-    place_rows(m, 0, 1, 0, inp, TC);
+    place_rows(m, 0, 1, 0, there, TC);
     place_exchange(m, 0);
-    place_rows(m, 1, 0, 0, inp, TC);
+    place_rows(m, 1, 0, 0, there, TC);
+    if (backward)
+        memset(back + (size_t)B * TC, 0, (size_t)m->place_R * TC * sizeof(float));
     for (int gi = m->n_groups; gi < m->n_groups + m->place_n_rgroups; gi++)
-        ffn_run_forward(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T,
-                        (void *)&io);
-    place_rows(m, 1, 1, 0, out, TC);
+        fn(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T, (void *)io);
+    place_rows(m, 1, 1, 0, back, TC);
     place_exchange(m, 1);
-    place_rows(m, 0, 0, 0, out, TC);
+    place_rows(m, 0, 0, backward, back, TC);
 }
 
-/* dinp += dFFN/dinp^T dout of instance k, the same plan as place_ffn_forward: dout of the
- * expert rows goes to the owners, which accumulate the experts' gradients, and d(FFN input)
- * comes back. */
+/* out = FFN(inp) of instance k on this rank's rows [0, B), expert rows on their owners. */
+static void place_ffn_forward(ccoe_model *m, int k, int B, int T, float *out, float *inp)
+{
+    const ffn_run_io io = {.out = out, .inp = inp};
+    place_ffn_pass(m, k, B, T, ffn_run_forward, &io, inp, out, 0);
+}
+
+/* dinp += dFFN/dinp^T dout of instance k, the plan of place_ffn_forward: the owners
+ * accumulate the experts' gradients. */
 static void place_ffn_backward(ccoe_model *m, int k, int B, int T, float *dinp, float *dout,
                                float *inp)
 {
-    const size_t TC = (size_t)T * m->cfg.n_embd;
     const ffn_run_io io = {.out = dinp, .src = dout, .inp = inp};
-    for (int gi = 0; gi < m->n_groups; gi++)
-        if (place_dest(m, k, m->group_path[gi]) < 0)
-            ffn_run_backward(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T,
-                             (void *)&io);
-    if (place_plan(m, k, B, TC) == 0)
-        return;
-    place_rows(m, 0, 1, 0, dout, TC);
-    place_exchange(m, 0);
-    place_rows(m, 1, 0, 0, dout, TC);
-    memset(dinp + (size_t)B * TC, 0, (size_t)m->place_R * TC * sizeof(float));
-    for (int gi = m->n_groups; gi < m->n_groups + m->place_n_rgroups; gi++)
-        ffn_run_backward(m, k, m->group_path[gi], m->group_r0[gi], m->group_r1[gi], 0, T,
-                         (void *)&io);
-    place_rows(m, 1, 1, 0, dinp, TC);
-    place_exchange(m, 1);
-    place_rows(m, 0, 0, 1, dinp, TC);
+    place_ffn_pass(m, k, B, T, ffn_run_backward, &io, dout, dinp, 1);
 }
 
 /* Eqs. 4-5: after the base prefix on the local rows [0, B) (place_count_rows done): sends
