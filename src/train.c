@@ -971,6 +971,16 @@ static void print_start(train_ctx *t, const ccoe_train_opts *o)
         fprintf(stderr, "placement: expert -> rank (%s experts, mpi.placement = %s): %s\n",
                 ccoe ? "CCoE" : "MoE (every MoE layer)",
                 ccoe_placement_name(s->cfg.mpi.placement), map);
+        if (ccoe && t->P <= 64) { /* what balanced evens out: each owner's training sequences */
+            double load[CCOE_MAX_EXPERTS], per_rank[64] = {0};
+            ccoe_placement_ccoe_load(&s->gating, &s->data, load);
+            for (int e = 0; e < t->n_place; e++)
+                per_rank[t->place_map[e]] += load[e];
+            fputs("placement: training sequences of each rank's experts:", stderr);
+            for (int q = 0; q < t->P; q++)
+                fprintf(stderr, " %.0f", per_rank[q]);
+            fputc('\n', stderr);
+        }
     }
     if (o->resume)
         fprintf(stderr, "resuming %s at step %ld\n", o->resume, t->st.step);

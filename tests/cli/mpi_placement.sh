@@ -2,7 +2,8 @@
 # 1-process loss curve and is printed and recorded; a map naming a rank >= P stops the job
 # with a message naming mpi.map, the entry and the fix, also when a 4-rank checkpoint is
 # resumed on 2 ranks (the checkpoint is left untouched); --set mpi.placement=... on resume
-# recomputes the map for the new rank count; bad [mpi] values exit 2 naming the key.
+# recomputes the map for the new rank count; bad [mpi] values exit 2 naming the key; balanced
+# CCoE placement evens the ranks' training sequences and follows the 1-process curve.
 source "$(dirname "$0")/lib/common.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
@@ -72,3 +73,20 @@ grep -q '"event":"placement","step":3,.*"policy":"round_robin","ranks":2,"owner"
   four/metrics.jsonl || fail "the resumed map is not in the metrics"
 same_curve one four 6 || fail "list map on 4 ranks + round_robin on 2 ranks drifts from 1 process"
 pass "a 4-rank list-map checkpoint resumes on 2 ranks with --set mpi.placement=round_robin"
+
+# balanced CCoE placement: expert a serves two domains, b and c one each; contiguous blocks
+# would put a and b together (3:1 in training sequences), balanced puts a alone; the 2-rank
+# run follows the 1-process loss curve
+ccoe=(--set ccoe.form=tail --set "ccoe.experts=a:1 b:1 c:1"
+      --set "ccoe.routes=arith:a code:a sql:b prose:c" --set train.steps=4 --set train.eval_every=0
+      --set run.threads=1 --set train.eps=1e-6 --set data.task_examples=0 --set train.batch_size=6)
+"$CCOE" train "$TINY" "${ccoe[@]}" --quiet --set train.out_dir=c-one || fail "1-process CCoE run"
+"${MPIRUN[@]}" -np 2 "$CCOE" train "$TINY" "${ccoe[@]}" --no-progress --ccoe-placement experts \
+  --set mpi.placement=balanced --set train.out_dir=c-bal > c-bal.log 2>&1 \
+  || fail "2-rank balanced CCoE run: $(cat c-bal.log)"
+grep -q '^placement: expert -> rank (CCoE experts, mpi.placement = balanced): a->0 b->1 c->1$' \
+  c-bal.log || fail "balanced map: $(grep '^placement' c-bal.log)"
+grep '^placement: training sequences' c-bal.log | awk '{a = $(NF-1); b = $NF; if (a < b) {t = a; a = b; b = t}
+  if (b <= 0 || a > 1.5 * b) exit 1}' || fail "balanced ranks are uneven: $(grep '^placement' c-bal.log)"
+same_curve c-one c-bal 4 || fail "balanced CCoE placement on 2 ranks drifts from 1 process"
+pass "balanced CCoE placement evens the ranks' training sequences and follows 1 process"
