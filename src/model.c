@@ -392,9 +392,8 @@ ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, const int32_t *o
                                       comm->size, p, m->moe_layer[i]);
             }
     /* expert parallelism: the experts on their owners (NULL: contiguous blocks per rank); the
-     * MoE buffers grow to the rows
-     * this rank's experts may receive (from ranks with up to the largest maxB of any rank), so
-     * the activations are carved again */
+     * MoE buffers grow to the rows this rank's experts may receive (from ranks with up to the
+     * largest maxB of any rank), so the activations are carved again */
     double peer = (double)m->maxB * m->maxT;
     CCOE_TRY(comm->ops->allreduce_max_f64(comm, &peer, 1, err));
     CCOE_TRY(ccoe_moe_set_placement(&m->moe, comm->size, comm->rank, owner, (int)peer, err));
