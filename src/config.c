@@ -28,6 +28,7 @@
 #include <ini.h>
 
 #include "moe.h"
+#include "placement.h"
 
 #define HELP_HINT "see `ccoe help-config`"
 
@@ -37,6 +38,8 @@ static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
 static const char *const form_names[] = {"none", "tail", "prefix", "ffn", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
+static const char *const placement_names[] = {"contiguous", "round_robin", "balanced", "list",
+                                              NULL};
 static const char *const moe_gate_names[] = {"none", "softmax", "topk", "noisy_topk", "domain",
                                              NULL};
 
@@ -45,6 +48,7 @@ _Static_assert(sizeof(ccoe_ffn_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_block_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_form) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_expert_init) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(ccoe_placement_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(long) == 8, "long fields hold values up to 1e9 and are printed as %ld");
 
 #define FIELD(f) .offset = offsetof(ccoe_config, f), .size = sizeof(((ccoe_config *)0)->f)
@@ -169,6 +173,13 @@ static const ccoe_config_key key_table[] = {
         "weight of the Switch/GShard balance loss E sum_i f_i P_i (must be 0 for gate domain)"),
     DBL("moe", "w_z", moe.w_z, 0, 0, 1e6, 0, "0.001",
         "weight of the router z-loss mean logsumexp^2 (must be 0 for gate domain)"),
+
+    ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
+         "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "
+         "(CCoE: largest-first by training tokens; MoE: contiguous) or list (mpi.map)"),
+    STR("mpi", "map", mpi.map, PATH_MAX_LEN, NULL, "",
+        "placement = list: one rank per expert, e.g. \"0,1,1,0\" (MoE: per expert index of every "
+        "MoE layer; CCoE: in ccoe.experts order); each rank below the job's rank count"),
 };
 
 #define NKEYS (sizeof key_table / sizeof key_table[0])
@@ -343,7 +354,7 @@ static ccoe_status unknown_key_error(const char *section, const char *key, const
     if (!section_exists(section))
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "unknown section [%.64s] in key '%.64s.%.64s'%s: sections are "
-                              "[model], [train], [data], [run], [ccoe], [moe];%s " HELP_HINT,
+                              "[model], [train], [data], [run], [ccoe], [moe], [mpi];%s " HELP_HINT,
                               section, section, key, ws, hint);
     return ccoe_error_set(err, CCOE_ERR_CONFIG, "unknown key '%.64s.%.64s'%s;%s " HELP_HINT,
                           section, key, ws, hint);
@@ -945,7 +956,8 @@ ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err)
         int C = m->n_embd;
         c->model.ffn_hidden = m->ffn == CCOE_FFN_SWIGLU ? swiglu_hidden(C) : 4 * C;
     }
-    return validate_moe(c, err);
+    CCOE_TRY(validate_moe(c, err));
+    return ccoe_placement_validate(&c->mpi, ccoe_placement_expert_count(c), err);
 }
 
 int ccoe_config_moe_block(const ccoe_moe_section *moe, int l)

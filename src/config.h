@@ -112,6 +112,20 @@ typedef struct ccoe_moe_section {
     double w_z;             /* [moe] router z-loss weight, default 0.001 */
 } ccoe_moe_section;
 
+/* Expert placement over MPI ranks (src/placement.h): which rank owns each expert, for the
+ * expert-parallel MoE layers and CCoE expert placement (--ccoe-placement experts). */
+typedef enum ccoe_placement_kind {
+    CCOE_PLACE_CONTIGUOUS = 0,  /* rank q owns experts [floor(q E / P), floor((q + 1) E / P)) */
+    CCOE_PLACE_ROUND_ROBIN = 1, /* expert e on rank e mod P */
+    CCOE_PLACE_BALANCED = 2,    /* CCoE: largest-first by training tokens; MoE: contiguous */
+    CCOE_PLACE_LIST = 3         /* mpi.map */
+} ccoe_placement_kind;
+
+typedef struct ccoe_mpi_config {
+    ccoe_placement_kind placement; /* [mpi] placement, default contiguous */
+    char map[CCOE_STR];            /* [mpi] map = "r0,r1,..." one rank per expert (list) */
+} ccoe_mpi_config;
+
 typedef struct ccoe_config {
     ccoe_model_config model;
     ccoe_train_config train;
@@ -119,6 +133,7 @@ typedef struct ccoe_config {
     ccoe_run_config run;
     ccoe_ccoe_config ccoe;
     ccoe_moe_section moe;
+    ccoe_mpi_config mpi;
 } ccoe_config;
 
 struct ccoe_moe_config;

@@ -31,7 +31,9 @@ static const char *k_usage =
     "        --allreduce overlap|blocking (MPI: gradient sum during or after backward)\n"
     "        --ccoe-placement experts|replicated (MPI: CCoE experts on their owner ranks, rows\n"
     "          sent there after the base prefix, or per block for form ffn; default\n"
-    "          replicated)\n"
+    "          replicated); which rank owns which expert (MoE or CCoE):\n"
+    "          --set mpi.placement=contiguous|round_robin|balanced|list and mpi.map=R0,R1,...\n"
+    "          (on --resume the checkpoint's unless set again)\n"
     "  train-expert MODEL --expert NAME [--domain D]... [--layers N] [--form tail|prefix|ffn]\n"
     "        [--set section.key=value]... [-o OUT_DIR] [--push OUT_MODEL] [--force] [--quiet]\n"
     "        train one CCoE expert with everything else frozen, on its domains' data only: a\n"
@@ -125,14 +127,23 @@ static int cmd_train(int argc, char **argv)
         o.test_fail_rank = getenv("CCOE_TEST_FAIL_RANK") ? atoi(getenv("CCOE_TEST_FAIL_RANK")) : 0;
         o.test_fail_step = getenv("CCOE_TEST_FAIL_STEP") ? atol(getenv("CCOE_TEST_FAIL_STEP")) : 1;
     }
+    /* the --set mpi.* assignments (a resumed run applies them over the checkpoint's) */
+    const char *mpi_sets[64];
+    int n_mpi_sets = 0;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
-            ++i;
+        const char *assign = NULL;
+        if (strcmp(argv[i], "--set") == 0 && i + 1 < argc)
+            assign = argv[++i];
+        else if (strncmp(argv[i], "--set=", 6) == 0)
+            assign = argv[i] + 6;
+        if (assign) {
             if (cst == CCOE_OK)
-                cst = ccoe_config_set(&cfg, argv[i], &err);
-        } else if (strncmp(argv[i], "--set=", 6) == 0) {
-            if (cst == CCOE_OK)
-                cst = ccoe_config_set(&cfg, argv[i] + 6, &err);
+                cst = ccoe_config_set(&cfg, assign, &err);
+            if (strncmp(assign, "mpi.", 4) == 0) {
+                if (n_mpi_sets == 64)
+                    return usage_error("too many --set mpi.* assignments at", assign);
+                mpi_sets[n_mpi_sets++] = assign;
+            }
         } else if (strcmp(argv[i], "--train-experts") == 0 && i + 1 < argc) {
             o.train_experts = argv[++i];
         } else if (strcmp(argv[i], "--allreduce") == 0 && i + 1 < argc) {
@@ -173,6 +184,8 @@ static int cmd_train(int argc, char **argv)
     }
     if (o.resume && o.init_from)
         return usage_error("--resume and --init-from exclude each other", "");
+    o.mpi_sets = mpi_sets;
+    o.n_mpi_sets = n_mpi_sets;
     if (cst == CCOE_OK)
         cst = ccoe_config_validate(&cfg, &err);
     if (ccoe_comm_agree(g_comm, cst, &err) != CCOE_OK) /* collective */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "placement.h"
 #include "rng.h"
 
 /* ---- parameter layout ---- */
@@ -371,7 +372,8 @@ static ccoe_status setup_moe(ccoe_model *m, const ccoe_moe_section *sec, ccoe_er
     return CCOE_OK;
 }
 
-ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err)
+ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, const int32_t *owner,
+                                ccoe_error *err)
 {
     m->comm = comm;
     if (m->n_moe == 0 || !comm || comm->size <= 1)
@@ -389,29 +391,18 @@ ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err)
                                       "last MoE block or run on one process",
                                       comm->size, p, m->moe_layer[i]);
             }
-    /* expert parallelism: contiguous expert blocks per rank; the MoE buffers grow to the rows
-     * this rank's experts may receive (from ranks with up to the largest maxB of any rank), so
-     * the activations are carved again */
+    /* expert parallelism: the experts on their owners (NULL: contiguous blocks per rank); the
+     * MoE buffers grow to the rows this rank's experts may receive (from ranks with up to the
+     * largest maxB of any rank), so the activations are carved again */
     double peer = (double)m->maxB * m->maxT;
     CCOE_TRY(comm->ops->allreduce_max_f64(comm, &peer, 1, err));
-    CCOE_TRY(ccoe_moe_set_placement(&m->moe, comm->size, comm->rank, NULL, (int)peer, err));
+    CCOE_TRY(ccoe_moe_set_placement(&m->moe, comm->size, comm->rank, owner, (int)peer, err));
     ccoe_arena_free(&m->act_mem);
     return alloc_acts(m, err);
 }
 
-int ccoe_model_place_owner(int n_experts, int P, int e)
-{
-    for (int r = 0; r < P; r++) {
-        int e0, e1;
-        ccoe_comm_split(n_experts, P, r, &e0, &e1);
-        if (e >= e0 && e < e1)
-            return r;
-    }
-    return P - 1;
-}
-
 ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_maxB,
-                                     ccoe_error *err)
+                                     const int32_t *owner, ccoe_error *err)
 {
     const ccoe_gating *gt = &m->gating;
     if (gt->n_experts == 0 || gt->form == CCOE_FORM_NONE)
@@ -431,10 +422,22 @@ ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_
                               "CCoE expert placement does not apply to isolated expert training");
     if (global_maxB < 1)
         return ccoe_error_set(err, CCOE_ERR_CONFIG, "placement: global batch must be >= 1");
-    m->comm = comm;
     const int P = comm->size;
+    int32_t contiguous[CCOE_MAX_EXPERTS];
+    if (!owner) {
+        const ccoe_mpi_config blocks = {.placement = CCOE_PLACE_CONTIGUOUS};
+        CCOE_TRY(ccoe_placement_map(&blocks, gt->n_experts, P, NULL, contiguous, err));
+        owner = contiguous;
+    }
     for (int e = 0; e < gt->n_experts; e++)
-        m->place_owner[e] = ccoe_model_place_owner(gt->n_experts, P, e);
+        if (owner[e] < 0 || owner[e] >= P)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "CCoE expert placement: expert %d is assigned to rank %d, but "
+                                  "the ranks are 0..%d",
+                                  e, (int)owner[e], P - 1);
+    m->comm = comm;
+    for (int e = 0; e < gt->n_experts; e++)
+        m->place_owner[e] = owner[e];
     const size_t T = (size_t)m->maxT, C = (size_t)m->cfg.n_embd;
     const size_t local = (size_t)m->maxB, G = (size_t)global_maxB;
     const size_t row_f = T * (C + 1);

@@ -175,7 +175,7 @@ typedef struct ccoe_model {
      * groups follow the local ones in group_* (indices n_groups .. n_groups + place_n_rgroups). */
     int place;                 /* placement set up (ccoe_model_set_placement) */
     int place_active;          /* forward/backward exchange; the trainer sets it while training */
-    int place_owner[CCOE_MAX_EXPERTS]; /* rank of each CCoE expert: contiguous blocks */
+    int place_owner[CCOE_MAX_EXPERTS]; /* rank of each CCoE expert (src/placement.h) */
     int place_maxB;            /* local rows a forward may pass (maxB before placement) */
     int place_B, place_R, place_n_rgroups, place_nsend;
     int32_t *place_counts;     /* (P, n_paths) rows per path of every rank, last forward */
@@ -240,21 +240,26 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
 void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale);
 
 /* Sets the communicator the model runs on (borrowed; NULL = serial). For an MoE model on more
- * than one rank this turns on expert parallelism: contiguous blocks of experts per rank
- * (ccoe_moe_set_placement), MoE buffers resized and the activations carved again, so call it
- * after ccoe_model_init_moe and before the first forward, on every rank (COLLECTIVE: the
+ * than one rank this turns on expert parallelism: expert e of every MoE layer on rank owner[e]
+ * (moe.E entries, the same on every rank, e.g. from ccoe_placement_map; NULL = contiguous
+ * blocks of experts per rank; ccoe_moe_set_placement), MoE buffers resized and the
+ * activations carved again, so call it after ccoe_model_init_moe and before the first
+ * forward, on every rank (COLLECTIVE: the
  * ranks agree on the largest batch any of them passes, maxB may differ). From then on every
  * forward and backward of the model is COLLECTIVE on comm (each MoE block exchanges tokens);
  * the trainer's side of the contract (which parameter regions each rank owns, gradient sums,
  * syncing experts before a checkpoint) is in src/ep.h. Setting m->comm directly instead keeps
  * the MoE blocks rank-local (plain data parallelism: every rank runs every expert on its own
  * rows; capacity and aux losses per rank, not equal to the one-process run). */
-ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err);
+ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, const int32_t *owner,
+                                ccoe_error *err);
 
-/* CCoE expert placement (Eqs. 4-5 and 6-7 under MPI, no MoE blocks): expert e
- * lives on rank ccoe_model_place_owner (contiguous blocks of experts per rank; a rank may own
- * none). Sets m->comm and grows the activations to this rank's maxB plus global_maxB received
- * rows (the received rows are at most the global batch). From then on, while m->place_active
+/* CCoE expert placement (Eqs. 4-5 and 6-7 under MPI, no MoE blocks): expert e lives on rank
+ * owner[e] (gating.n_experts entries, the same on every rank, e.g. from ccoe_placement_map;
+ * NULL = contiguous blocks of experts per rank; a rank may own none; CCOE_ERR_CONFIG for an
+ * owner outside [0, P)). Sets m->comm and grows the activations to this rank's maxB plus
+ * global_maxB received rows (the received rows are at most the global batch). From then on,
+ * while m->place_active
  * is set, forward and backward are COLLECTIVE: every rank runs the base prefix on its own rows
  * (B = 0 allowed), sends each expert row's branch input and targets to the expert's owner
  * (alltoallv), the owner runs the expert blocks, head and cross-entropy, and backward returns
@@ -270,9 +275,7 @@ ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, ccoe_error *err)
  * its owner and zero elsewhere.
  * Call once, after ccoe_model_init and before the first forward, on every rank. */
 ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_maxB,
-                                     ccoe_error *err);
-/* Owner rank of CCoE expert e among P ranks: contiguous blocks (ccoe_comm_split of experts). */
-int ccoe_model_place_owner(int n_experts, int P, int e);
+                                     const int32_t *owner, ccoe_error *err);
 
 /* CCOE_OK, or the first failed exchange (CCOE_ERR_COMM, copied into err) of the forwards and
  * backwards since the comm was set: forward and backward return no status, so the caller

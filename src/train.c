@@ -36,6 +36,7 @@
 #include "fs.h"
 #include "optim.h"
 #include "perf.h"
+#include "placement.h"
 #include "session.h"
 
 #define DP_BUCKET_FLOATS ((size_t)1 << 19) /* 2 MiB buckets: several per model to overlap */
@@ -90,6 +91,10 @@ typedef struct train_ctx {
     size_t (*ep_span)[2];
     int *ep_owner;
     int n_ep;
+    /* the expert -> rank map (src/placement.h) of the MoE layers or the CCoE experts, printed
+     * at start and recorded in the metrics; n_place = 0: nothing placed */
+    int32_t place_map[CCOE_PLACE_MAX];
+    int n_place;
     ccoe_status hook_st;     /* first failure inside the grad_ready hook */
     ccoe_error hook_err;
     const ccoe_train_opts *o;
@@ -159,7 +164,14 @@ static ccoe_status place_setup(train_ctx *t, ccoe_error *err)
 {
     ccoe_model *m = &t->s->model;
     const int E = m->gating.n_experts;
-    CCOE_TRY(ccoe_model_set_placement(m, t->comm, t->s->cfg.train.batch_size, err));
+    /* the balanced policy weighs each expert by the training sequences routed to it (the same
+     * data, hence the same map, on every rank) */
+    double load[CCOE_MAX_EXPERTS];
+    ccoe_placement_ccoe_load(&m->gating, &t->s->data, load);
+    CCOE_TRY(ccoe_placement_map(&t->s->cfg.mpi, E, t->P, load, t->place_map, err));
+    t->n_place = E;
+    CCOE_TRY(ccoe_model_set_placement(m, t->comm, t->s->cfg.train.batch_size, t->place_map,
+                                      err));
     t->ep_span = malloc((size_t)E * sizeof *t->ep_span);
     t->ep_owner = malloc((size_t)E * sizeof *t->ep_owner);
     if (!t->ep_span || !t->ep_owner)
@@ -828,7 +840,19 @@ static ccoe_status setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg, const 
         stored.train.ckpt_every = cfg->train.ckpt_every;
         stored.run = cfg->run;
         memcpy(stored.train.out_dir, cfg->train.out_dir, sizeof stored.train.out_dir);
+        /* the placement is the checkpoint's unless --set mpi.KEY=... changes it (it moves
+         * experts between ranks, not the math) */
+        for (int i = 0; i < o->n_mpi_sets; i++)
+            CCOE_TRY(ccoe_config_set(&stored, o->mpi_sets[i], err));
+        CCOE_TRY(ccoe_config_validate(&stored, err));
         *cfg = stored;
+    }
+    /* a list map must fit this job's rank count (before anything is loaded or written) */
+    if (t->P > 1 && !o->train_experts &&
+        (strcmp(cfg->moe.gate, "none") != 0 || o->ccoe_placement)) {
+        int32_t owner[CCOE_PLACE_MAX];
+        CCOE_TRY(ccoe_placement_map(&cfg->mpi, ccoe_placement_expert_count(cfg), t->P, NULL,
+                                    owner, err));
     }
     if (o->train_experts && (o->resume || cfg->ccoe.train_expert[0] || o->stop_at > 0 ||
                              o->time_limit > 0))
@@ -939,6 +963,27 @@ static void print_start(train_ctx *t, const ccoe_train_opts *o)
                 t->n_buckets, (double)DP_BUCKET_FLOATS * 4.0 / (1 << 20),
                 o->allreduce_overlap ? "non-blocking allreduce overlapped with backward"
                                      : "blocking allreduce after backward");
+    if (t->n_place > 0) {
+        const char *names[CCOE_MAX_EXPERTS];
+        int ccoe = t->placed;
+        for (int e = 0; ccoe && e < t->n_place; e++)
+            names[e] = s->gating.experts[e].name;
+        char map[4096];
+        ccoe_placement_format(t->place_map, t->n_place, ccoe ? names : NULL, map, sizeof map);
+        fprintf(stderr, "placement: expert -> rank (%s experts, mpi.placement = %s): %s\n",
+                ccoe ? "CCoE" : "MoE (every MoE layer)",
+                ccoe_placement_name(s->cfg.mpi.placement), map);
+        if (ccoe && t->P <= 64) { /* what balanced evens out: each owner's training sequences */
+            double load[CCOE_MAX_EXPERTS], per_rank[64] = {0};
+            ccoe_placement_ccoe_load(&s->gating, &s->data, load);
+            for (int e = 0; e < t->n_place; e++)
+                per_rank[t->place_map[e]] += load[e];
+            fputs("placement: training sequences of each rank's experts:", stderr);
+            for (int q = 0; q < t->P; q++)
+                fprintf(stderr, " %.0f", per_rank[q]);
+            fputc('\n', stderr);
+        }
+    }
     if (o->resume)
         fprintf(stderr, "resuming %s at step %ld\n", o->resume, t->st.step);
     if (o->init_from)
@@ -1069,7 +1114,14 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
     /* the model communicates too (expert-parallel MoE layers), except while experts train
      * independently; COLLECTIVE, then agreed on */
     if (st == CCOE_OK && t.P > 1 && !o->train_experts) {
-        st = ccoe_model_set_comm(&s.model, t.comm, err);
+        const int32_t *owner = NULL;
+        if (s.model.n_moe > 0) {
+            st = ccoe_placement_map(&s.cfg.mpi, s.model.moe.E, t.P, NULL, t.place_map, err);
+            t.n_place = s.model.moe.E;
+            owner = t.place_map;
+        }
+        if (st == CCOE_OK)
+            st = ccoe_model_set_comm(&s.model, t.comm, owner, err);
         if (st == CCOE_OK)
             st = ep_setup(&t, err);
         if (st == CCOE_OK && o->ccoe_placement)
@@ -1093,6 +1145,15 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
                 t.st.step, s.model.num_params, t.flops_per_token, t.peak_gflops, t.gemm_gflops,
                 s.cfg.run.threads, t.P, s.gemm.kernel_set,
                 (unsigned long long)ccoe_config_hash(&s.cfg));
+    if (t.metrics && t.n_place > 0) {
+        fprintf(t.metrics, "{\"event\":\"placement\",\"step\":%ld,\"experts\":\"%s\","
+                           "\"policy\":\"%s\",\"ranks\":%d,\"owner\":[",
+                t.st.step, t.placed ? "ccoe" : "moe", ccoe_placement_name(s.cfg.mpi.placement),
+                t.P);
+        for (int e = 0; e < t.n_place; e++)
+            fprintf(t.metrics, "%s%d", e ? "," : "", (int)t.place_map[e]);
+        fputs("]}\n", t.metrics);
+    }
     g_stop_signal = 0;
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);

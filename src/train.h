@@ -29,12 +29,16 @@ typedef struct ccoe_train_opts {
                             * 10x less time in the allreduce with Open MPI 4.1 on 2 cores
                             * (papers/mpi.md) */
     int ccoe_placement;    /* data parallelism with CCoE experts (no MoE blocks): 1 = each
-                            * expert lives on one rank (contiguous blocks), its rows travel
-                            * there after the base prefix (form ffn: in each covered block's
-                            * FFN) and back in backward
+                            * expert lives on one rank (mpi.placement), its rows travel there
+                            * after the base prefix (form ffn: in each covered block's FFN) and
+                            * back in backward
                             * (ccoe_model_set_placement; training only, the experts are synced
                             * from their owners before evaluation and checkpoints); 0 (default)
                             * = experts replicated, their gradients summed like the base's */
+    const char *const *mpi_sets; /* --resume: the command line's "mpi.KEY=VALUE" assignments
+                                  * (n_mpi_sets), applied over the checkpoint's [mpi] section
+                                  * (otherwise the checkpoint's placement is kept) */
+    int n_mpi_sets;
     const char *train_experts; /* "all" or "NAME,NAME,...": isolated training of several CCoE
                                 * experts at once, placed in contiguous blocks over the ranks,
                                 * each on its own domains' data with the base frozen (each

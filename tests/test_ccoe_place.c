@@ -3,8 +3,9 @@
  * travel to the expert's owner and d(branch input) comes back; loss sums, gradients (experts
  * complete on their owners, zero elsewhere) and parameters after AdamW steps with owner-only
  * expert updates match the one-process model, for forms tail and prefix, pre/post-LN,
- * shared/own heads, form ffn (per-block FFN exchange), an expert without rows and a rank
- * without rows (B < P).
+ * shared/own heads, form ffn (per-block FFN exchange), an expert without rows, a rank without
+ * rows (B < P) and non-contiguous placements (round_robin, a list map; the owner map itself:
+ * tests/test_placement.c).
  * tests/mpi/test_ccoe_place_mpi.c runs the same cases over real MPI. */
 #include <stdio.h>
 
@@ -40,18 +41,6 @@ static void test_placement_equivalence(void **state)
     }
 }
 
-static void test_owner_map(void **state)
-{
-    (void)state;
-    /* contiguous blocks; every expert has exactly one owner; E < P leaves ranks without */
-    assert_int_equal(ccoe_model_place_owner(3, 4, 0), 1);
-    assert_int_equal(ccoe_model_place_owner(3, 4, 1), 2);
-    assert_int_equal(ccoe_model_place_owner(3, 4, 2), 3);
-    assert_int_equal(ccoe_model_place_owner(4, 2, 1), 0);
-    assert_int_equal(ccoe_model_place_owner(4, 2, 2), 1);
-    assert_int_equal(ccoe_model_place_owner(2, 1, 1), 0);
-}
-
 static void test_comm_failure(void **state)
 {
     (void)state;
@@ -68,7 +57,6 @@ int main(void)
         return 1;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_owner_map),
         cmocka_unit_test(test_placement_equivalence),
         cmocka_unit_test(test_comm_failure),
     };

@@ -607,6 +607,58 @@ static void test_cross_field(void **state)
     assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
 }
 
+/* [mpi]: placement names, the map's syntax and length (its ranks are checked at run start,
+ * tests/test_placement.c, tests/cli/mpi_placement.sh) */
+static void test_mpi_placement_keys(void **state)
+{
+    (void)state;
+    expect_set_fails("mpi.placement=blocks", "allowed contiguous, round_robin, balanced, list");
+    expect_ini_fails("[mpi]\nplacement = roundrobin\n", "mpi.placement");
+    ccoe_config c;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    ccoe_config_defaults(&c);
+    assert_int_equal(c.mpi.placement, CCOE_PLACE_CONTIGUOUS);
+    assert_string_equal(c.mpi.map, "");
+    /* MoE: one entry per expert index (moe.n_experts) */
+    assert_int_equal(ccoe_config_set(&c, "moe.gate=topk", &err), CCOE_OK);
+    assert_int_equal(ccoe_config_set(&c, "moe.n_experts=4", &err), CCOE_OK);
+    assert_int_equal(ccoe_config_set(&c, "mpi.placement=list", &err), CCOE_OK);
+    expect_invalid(&c, "mpi.placement = list needs mpi.map", "4 experts");
+    assert_int_equal(ccoe_config_set(&c, "mpi.map=1,0,1", &err), CCOE_OK);
+    expect_invalid(&c, "mpi.map = '1,0,1' has 3 entries but the model has 4 experts", NULL);
+    assert_int_equal(ccoe_config_set(&c, "mpi.map=1,0,a,0", &err), CCOE_OK);
+    expect_invalid(&c, "mpi.map = '1,0,a,0': entry 2 ('a') is not a rank number", NULL);
+    assert_int_equal(ccoe_config_set(&c, "mpi.map=1,0,7,0", &err), CCOE_OK);
+    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK); /* rank 7: known at run start */
+    /* CCoE: one entry per expert of ccoe.experts */
+    ccoe_config_defaults(&c);
+    c.ccoe.form = CCOE_FORM_TAIL;
+    snprintf(c.ccoe.experts, sizeof c.ccoe.experts, "a:1 b:1");
+    c.mpi.placement = CCOE_PLACE_LIST;
+    snprintf(c.mpi.map, sizeof c.mpi.map, "1,0,1");
+    expect_invalid(&c, "has 3 entries but the model has 2 experts", NULL);
+    snprintf(c.mpi.map, sizeof c.mpi.map, "1,0");
+    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    /* round trip through the resolved INI */
+    char *ini = ccoe_config_to_ini(&c);
+    assert_non_null(ini);
+    assert_non_null(strstr(ini, "[mpi]"));
+    assert_non_null(strstr(ini, "placement = list"));
+    ccoe_config back;
+    ccoe_config_defaults(&back);
+    assert_int_equal(ccoe_config_load_string(&back, ini, "resolved", &err), CCOE_OK);
+    assert_int_equal(back.mpi.placement, CCOE_PLACE_LIST);
+    assert_string_equal(back.mpi.map, "1,0");
+    free(ini);
+    /* other policies ignore a map (but not a malformed one) */
+    c.mpi.placement = CCOE_PLACE_ROUND_ROBIN;
+    snprintf(c.mpi.map, sizeof c.mpi.map, "1,0,1,1");
+    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    snprintf(c.mpi.map, sizeof c.mpi.map, "1,,0");
+    expect_invalid(&c, "mpi.map", "entry 1");
+}
+
 static void test_help_lists_every_key(void **state)
 {
     (void)state;
@@ -642,6 +694,7 @@ int main(void)
         cmocka_unit_test(test_syntax_and_strings),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_cross_field),
+        cmocka_unit_test(test_mpi_placement_keys),
         cmocka_unit_test(test_help_lists_every_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

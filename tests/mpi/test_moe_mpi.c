@@ -63,7 +63,7 @@ static int bench(ccoe_comm *comm, const ccoe_gemm *g)
     ccoe_adamw opt;
     if (B < 1 || ccoe_config_validate(&c, &err) != CCOE_OK ||
         ccoe_model_init_moe(&m, &c.model, NULL, &c.moe, B, T, g, g->nthreads, &err) != CCOE_OK ||
-        ccoe_model_set_comm(&m, comm, &err) != CCOE_OK ||
+        ccoe_model_set_comm(&m, comm, NULL, &err) != CCOE_OK ||
         ccoe_adamw_init(&opt, m.num_params, &err) != CCOE_OK) {
         fprintf(stderr, "[rank %d] bench setup: %s (B per rank %d)\n", r, err.msg, B);
         return 1;

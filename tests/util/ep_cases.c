@@ -12,6 +12,7 @@
 #include "model.h"
 #include "moe.h"
 #include "optim.h"
+#include "placement.h"
 #include "rng.h"
 
 #define T_SEQ 4 /* rows per sequence (domain gate) */
@@ -505,13 +506,22 @@ static ccoe_status open_model(ccoe_model *m, const mcase *mc, const ccoe_gemm *g
     return CCOE_OK;
 }
 
-/* mb <= MB global rows: with mb < P some ranks have none and still join every exchange */
-static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int mb)
+/* A placement for model_case: policy, and for list the ranks taken mod P (so one case fits
+ * every rank count). */
+typedef struct mplace {
+    ccoe_placement_kind policy;
+    int list[8];
+} mplace;
+
+/* mb <= MB global rows: with mb < P some ranks have none and still join every exchange.
+ * pl: the experts' placement (NULL: contiguous, ccoe_model_set_comm's default). */
+static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int mb,
+                      const mplace *pl)
 {
     const int P = comm->size, r = comm->rank;
-    char what[128];
-    snprintf(what, sizeof what, "model %s E=%d K=%d cf=%g B=%d P=%d", mc->gate, mc->E, mc->K,
-             mc->cf, mb, P);
+    char what[160];
+    snprintf(what, sizeof what, "model %s E=%d K=%d cf=%g B=%d P=%d placement %s", mc->gate,
+             mc->E, mc->K, mc->cf, mb, P, pl ? ccoe_placement_name(pl->policy) : "default");
     int fails = 0;
     ccoe_error err;
     ccoe_error_clear(&err);
@@ -543,7 +553,19 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
     const int B = b1 - b0;
     ccoe_model m;
     CHECK_OK(open_model(&m, mc, g, B > 0 ? B : 1, &err));
-    CHECK_OK(ccoe_model_set_comm(&m, comm, &err));
+    int32_t owner[8];
+    if (pl) { /* the trainer's map function (src/placement.h) */
+        ccoe_mpi_config mpi = {.placement = pl->policy};
+        size_t used = 0;
+        for (int e = 0; e < mc->E && pl->policy == CCOE_PLACE_LIST; e++)
+            used += (size_t)snprintf(mpi.map + used, sizeof mpi.map - used, "%s%d", e ? "," : "",
+                                     pl->list[e] % P);
+        CHECK_OK(ccoe_placement_map(&mpi, mc->E, P, NULL, owner, &err));
+    }
+    CHECK_OK(ccoe_model_set_comm(&m, comm, pl ? owner : NULL, &err));
+    for (int e = 0; e < mc->E && P > 1; e++) /* the layer follows the map */
+        CHECK(ccoe_moe_expert_owner(&m.moe, e) ==
+              (pl ? owner[e] : (int)(((long long)(e + 1) * P - 1) / mc->E)));
     ccoe_model_zero_grad(&m);
     m.token_offset = (int64_t)b0 * MT;
     double sums[2] = {ccoe_model_forward(&m, tok + b0 * MT, tgt + b0 * MT, dom + b0, B, MT,
@@ -602,9 +624,16 @@ int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        fails += model_case(comm, g, &cases[i], MB);
+        fails += model_case(comm, g, &cases[i], MB, NULL);
     /* B = 3 rows: on 4 ranks one rank has none (forward and backward exchanges) */
-    fails += model_case(comm, g, &cases[2], 3);
-    fails += model_case(comm, g, &cases[0], 3);
+    fails += model_case(comm, g, &cases[2], 3, NULL);
+    fails += model_case(comm, g, &cases[0], 3, NULL);
+    /* non-contiguous placements (mpi.placement): round robin; a list map that leaves rank 1
+     * without experts on 4 ranks and gives rank 1 one expert of 4 on 2 */
+    const mplace rr = {CCOE_PLACE_ROUND_ROBIN, {0}};
+    const mplace list = {CCOE_PLACE_LIST, {3, 0, 0, 2}};
+    fails += model_case(comm, g, &cases[0], MB, &rr);
+    fails += model_case(comm, g, &cases[2], MB, &list);
+    fails += model_case(comm, g, &cases[3], 3, &list);
     return fails;
 }

@@ -20,7 +20,8 @@ int tu_ep_round_trips(ccoe_comm *comm, const ccoe_gemm *g);
 /* Layer equivalence for every gate (P = comm->size; uneven slices, one rank without tokens
  * when P > 2, contiguous and interleaved placements). */
 int tu_ep_layer_cases(ccoe_comm *comm, const ccoe_gemm *g);
-/* Model equivalence (ccoe_model_set_comm, src/ep.h) for every gate. */
+/* Model equivalence (ccoe_model_set_comm, src/ep.h) for every gate, with the default
+ * (contiguous) placement and with round_robin and list maps from ccoe_placement_map. */
 int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g);
 
 #endif

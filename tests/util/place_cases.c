@@ -12,6 +12,7 @@
 #include "gating.h"
 #include "model.h"
 #include "optim.h"
+#include "placement.h"
 #include "rng.h"
 
 static const char k_domains[4][CCOE_NAME_LEN] = {"arith", "code", "prose", "sql"};
@@ -20,6 +21,8 @@ typedef struct pcase {
     ccoe_form form;
     int post_ln, own_head, prefix, B;
     const char *experts, *routes;
+    ccoe_placement_kind policy; /* mpi.placement (0: contiguous) */
+    int list[4];                /* policy list: mpi.map, each rank taken mod P */
 } pcase;
 
 #define CHECK(cond)                                                                          \
@@ -32,7 +35,7 @@ typedef struct pcase {
     } while (0)
 
 static ccoe_status open_model(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, const pcase *pc,
-                              const ccoe_gemm *g, int maxB, ccoe_error *err)
+                              const ccoe_gemm *g, int maxB, int P, ccoe_error *err)
 {
     ccoe_config_defaults(c);
     c->model.n_layer = 3;
@@ -57,6 +60,12 @@ static ccoe_status open_model(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, co
     c->ccoe.prefix_layers = pc->prefix;
     c->ccoe.own_head = pc->own_head;
     c->ccoe.max_expert_layers = 2;
+    c->mpi.placement = pc->policy;
+    size_t used = 0;
+    for (int e = 0; pc->policy == CCOE_PLACE_LIST && pc->experts[0] && e < 4; e++)
+        if (used < sizeof c->mpi.map && ccoe_placement_expert_count(c) > e)
+            used += (size_t)snprintf(c->mpi.map + used, sizeof c->mpi.map - used, "%s%d",
+                                     e ? "," : "", pc->list[e] % P);
     CCOE_TRY(ccoe_config_validate(c, err));
     CCOE_TRY(ccoe_gating_build(gt, c, k_domains, 4, err));
     CCOE_TRY(ccoe_model_init(m, &c->model, gt, maxB, c->model.seq_len, g, 1, err));
@@ -115,8 +124,9 @@ static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
 {
     const int P = comm->size, r = comm->rank, MB = pc->B, STEPS = 4;
     char what[160];
-    snprintf(what, sizeof what, "form %d post_ln %d own_head %d experts '%s' B=%d P=%d",
-             (int)pc->form, pc->post_ln, pc->own_head, pc->experts, MB, P);
+    snprintf(what, sizeof what, "form %d post_ln %d own_head %d experts '%s' B=%d P=%d %s",
+             (int)pc->form, pc->post_ln, pc->own_head, pc->experts, MB, P,
+             ccoe_placement_name(pc->policy));
     int fails = 0;
     ccoe_error err;
     ccoe_error_clear(&err);
@@ -127,15 +137,19 @@ static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
     ccoe_comm_split(MB, P, r, &b0, &b1);
     const int B = b1 - b0;
     ccoe_adamw os, op;
-    if (open_model(&S, &gs, &cs, pc, g, MB, &err) != CCOE_OK ||
-        open_model(&m, &gp, &cp, pc, g, B > 0 ? B : 1, &err) != CCOE_OK ||
-        ccoe_model_set_placement(&m, comm, MB, &err) != CCOE_OK ||
+    int32_t owner[CCOE_MAX_EXPERTS];
+    if (open_model(&S, &gs, &cs, pc, g, MB, P, &err) != CCOE_OK ||
+        open_model(&m, &gp, &cp, pc, g, B > 0 ? B : 1, P, &err) != CCOE_OK ||
+        ccoe_placement_map(&cp.mpi, gp.n_experts, P, NULL, owner, &err) != CCOE_OK ||
+        ccoe_model_set_placement(&m, comm, MB, pc->policy ? owner : NULL, &err) != CCOE_OK ||
         ccoe_adamw_init(&os, S.num_params, &err) != CCOE_OK ||
         ccoe_adamw_init(&op, m.num_params, &err) != CCOE_OK) {
         fprintf(stderr, "[rank %d] set-up: %s (%s)\n", r, err.msg, what);
         comm->ops->abort(comm, 1);
     }
     m.place_active = 1;
+    for (int e = 0; e < gp.n_experts; e++) /* the model follows the map */
+        CHECK(m.place_owner[e] == owner[e]);
     const int T = cs.model.seq_len, V = cs.model.vocab_size;
     int32_t tok[64 * 8], tgt[64 * 8], dom[64];
     ccoe_rng rng;
@@ -215,14 +229,14 @@ static int refusals(ccoe_comm *comm, const ccoe_gemm *g)
 {
     const char *what = "ffn + own_head";
     int fails = 0;
-    const pcase pc = {CCOE_FORM_FFN, 1, 1, 0, 4, "a:1", "arith:a"};
+    const pcase pc = {CCOE_FORM_FFN, 1, 1, 0, 4, "a:1", "arith:a", CCOE_PLACE_CONTIGUOUS, {0}};
     ccoe_config c;
     ccoe_gating gt;
     ccoe_model m;
     ccoe_error err;
     ccoe_error_clear(&err);
-    CHECK(open_model(&m, &gt, &c, &pc, g, 4, &err) == CCOE_OK);
-    CHECK(ccoe_model_set_placement(&m, comm, 4, &err) == CCOE_ERR_CONFIG);
+    CHECK(open_model(&m, &gt, &c, &pc, g, 4, comm->size, &err) == CCOE_OK);
+    CHECK(ccoe_model_set_placement(&m, comm, 4, NULL, &err) == CCOE_ERR_CONFIG);
     CHECK(strstr(err.msg, "ccoe.own_head") != NULL);
     CHECK(!m.place);
     ccoe_model_free(&m);
@@ -259,14 +273,15 @@ int tu_place_comm_failure(const ccoe_gemm *g, int form)
     serial.ops = &ops;
     const char *what = "comm failure";
     int fails = 0;
-    const pcase pc = {(ccoe_form)form, 1, 0, 0, 4, "a:2", "arith:a code:a"};
+    const pcase pc = {(ccoe_form)form, 1, 0, 0, 4, "a:2", "arith:a code:a", CCOE_PLACE_CONTIGUOUS,
+                      {0}};
     ccoe_config c;
     ccoe_gating gt;
     ccoe_model m;
     ccoe_error err;
     ccoe_error_clear(&err);
-    CHECK(open_model(&m, &gt, &c, &pc, g, 4, &err) == CCOE_OK);
-    CHECK(ccoe_model_set_placement(&m, comm, 4, &err) == CCOE_OK);
+    CHECK(open_model(&m, &gt, &c, &pc, g, 4, 1, &err) == CCOE_OK);
+    CHECK(ccoe_model_set_placement(&m, comm, 4, NULL, &err) == CCOE_OK);
     m.place_active = 1;
     CHECK(ccoe_model_comm_status(&m, &err) == CCOE_OK);
     int32_t tok[4 * 8] = {0}, tgt[4 * 8] = {0}, dom[4] = {0, 1, 0, 1};
@@ -286,17 +301,30 @@ int tu_place_comm_failure(const ccoe_gemm *g, int form)
 int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
 {
     static const pcase cases[] = {
-        {CCOE_FORM_TAIL, 0, 0, 0, 6, "a:1 b:2", "arith:a code:b sql:a"},
-        {CCOE_FORM_TAIL, 1, 1, 0, 7, "a:1 b:2", "arith:a code:b sql:a"},
+        {CCOE_FORM_TAIL, 0, 0, 0, 6, "a:1 b:2", "arith:a code:b sql:a", CCOE_PLACE_CONTIGUOUS,
+         {0}},
+        {CCOE_FORM_TAIL, 1, 1, 0, 7, "a:1 b:2", "arith:a code:b sql:a", CCOE_PLACE_CONTIGUOUS,
+         {0}},
         /* expert c gets no rows (its owner receives nothing on P = 3, 4) */
-        {CCOE_FORM_PREFIX, 0, 1, 1, 6, "a:2 b:1 c:1", "arith:a code:b"},
-        {CCOE_FORM_PREFIX, 1, 0, 2, 5, "a:1 b:1 c:1", "arith:a code:b sql:a"},
+        {CCOE_FORM_PREFIX, 0, 1, 1, 6, "a:2 b:1 c:1", "arith:a code:b", CCOE_PLACE_CONTIGUOUS,
+         {0}},
+        {CCOE_FORM_PREFIX, 1, 0, 2, 5, "a:1 b:1 c:1", "arith:a code:b sql:a",
+         CCOE_PLACE_CONTIGUOUS, {0}},
         /* B < P on 4 ranks: a rank without rows still exchanges */
-        {CCOE_FORM_TAIL, 0, 1, 0, 3, "a:2 b:1", "arith:a code:b prose:a"},
-        /* Eqs. 6-7: per-layer FFN exchange; expert c without rows; B < P */
-        {CCOE_FORM_FFN, 0, 0, 0, 6, "a:1 b:2", "arith:a code:b sql:a"},
-        {CCOE_FORM_FFN, 1, 0, 0, 7, "a:2 b:1 c:1", "arith:a code:b"},
-        {CCOE_FORM_FFN, 1, 0, 0, 3, "a:2 b:1", "arith:a code:b prose:a"},
+        {CCOE_FORM_TAIL, 0, 1, 0, 3, "a:2 b:1", "arith:a code:b prose:a", CCOE_PLACE_CONTIGUOUS,
+         {0}},
+        /* non-contiguous placements (mpi.placement): round robin, and a list map (on 4 ranks
+         * rank 1 owns nothing; on 2 ranks rank 0 owns a and c, rank 1 owns b) */
+        {CCOE_FORM_TAIL, 0, 0, 0, 6, "a:1 b:2 c:1", "arith:a code:b sql:c",
+         CCOE_PLACE_ROUND_ROBIN, {0}},
+        {CCOE_FORM_PREFIX, 0, 1, 1, 6, "a:2 b:1 c:1", "arith:a code:b prose:c", CCOE_PLACE_LIST,
+         {2, 3, 0}},
+        /* Eqs. 6-7: per-layer FFN exchange; expert c without rows; B < P; a list map */
+        {CCOE_FORM_FFN, 0, 0, 0, 6, "a:1 b:2", "arith:a code:b sql:a", CCOE_PLACE_CONTIGUOUS,
+         {0}},
+        {CCOE_FORM_FFN, 1, 0, 0, 7, "a:2 b:1 c:1", "arith:a code:b", CCOE_PLACE_LIST, {1, 0, 1}},
+        {CCOE_FORM_FFN, 1, 0, 0, 3, "a:2 b:1", "arith:a code:b prose:a", CCOE_PLACE_CONTIGUOUS,
+         {0}},
     };
     int fails = refusals(comm, g);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
