@@ -95,9 +95,8 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
         ccoe_model_backward(m, 1.0f / (float)count, 1.0f);
         double t2 = ccoe_now();
         double gn = ccoe_grad_norm(m->grad_block, g0, g1);
-        if (gn > 1.0)
-            ccoe_grad_scale(m->grad_block, g0, g1, (float)(1.0 / gn));
-        ccoe_adamw_step(&opt, m, &cfg.train, 1e-4, isolated ? only_expert0 : NULL, NULL);
+        ccoe_adamw_step_scaled(&opt, m, &cfg.train, 1e-4, gn > 1.0 ? (float)(1.0 / gn) : 1.0f,
+                               isolated ? only_expert0 : NULL, NULL);
         double t3 = ccoe_now();
         if (it >= 0) {
             flops += ccoe_model_last_flops(m);

@@ -58,6 +58,7 @@ typedef struct gemm_global {
     char blis_name[24];    /* bli_arch_string of the configuration BLIS runs */
     char xsmm_name[24];    /* libxsmm target ("cpx", "hsw", ...) */
     int xsmm_ok;           /* libxsmm can JIT on this CPU */
+    int xsmm_avx512;       /* libxsmm's kernels are AVX-512 ones (the larger-problem rule) */
 } gemm_global;
 
 static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
@@ -154,6 +155,7 @@ static void gemm_global_setup(void)
     libxsmm_init();
     snprintf(s->xsmm_name, sizeof s->xsmm_name, "%s", libxsmm_get_target_arch());
     s->xsmm_ok = libxsmm_get_target_archid() >= LIBXSMM_X86_AVX2;
+    s->xsmm_avx512 = libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512;
 }
 
 /* ---- shared helpers ---- */
@@ -318,12 +320,16 @@ static int gemm_xsmm(int nthreads, int transa, int transb, int M, int N, int K, 
  *   (1024x1024x256: 154-176 vs 185-209; 256x50304x768: 104 vs 141; 64x3072x768 next to another
  *   process: 116 vs 140-151); with 4 KiB leading dimensions it loses 5-15% (1024x1024x128:
  *   189 vs 202); its transposed-A kernels trail BLIS on larger problems (768x768x1024: 122 vs
- *   187). */
+ *   187).
+ * With AVX2-only kernels (libxsmm "hsw", BLIS "zen3"/"haswell"; measured on a 2-core AMD EPYC
+ * without AVX-512, best of 15) the larger-problem rule loses: 1024x256x768 160 vs 115 (2
+ * threads) and 88 vs 66 (1 thread), 1024x256x256 182 vs 172; the small-problem rule still wins
+ * (128x128x64: 117 vs 72; 512x256x256: 194 vs 171). There only the small rule applies. */
 static int gemm_auto_uses_xsmm(int transa, int M, int N, int K, int ldb, int ldc)
 {
     if ((long)M * N * K <= CCOE_GEMM_XSMM_SMALL_MNK)
         return 1;
-    return !transa && (long)K * N <= CCOE_GEMM_XSMM_MAX_KN &&
+    return gemm_g.xsmm_avx512 && !transa && (long)K * N <= CCOE_GEMM_XSMM_MAX_KN &&
            ldb % CCOE_GEMM_XSMM_ALIAS_LD != 0 && ldc % CCOE_GEMM_XSMM_ALIAS_LD != 0;
 }
 

@@ -39,4 +39,11 @@ void ccoe_grad_scale(float *grads, size_t begin, size_t end, float s);
 void ccoe_adamw_step(ccoe_adamw *o, ccoe_model *m, const ccoe_train_config *tc, double lr,
                      int (*filter)(const ccoe_param *p, void *ctx), void *ctx);
 
+/* The same update with every gradient multiplied by gscale first (global-norm clipping fused
+ * into the update: one pass over memory instead of two; the gradient block is not modified).
+ * Bitwise equal to ccoe_grad_scale(.., gscale) followed by ccoe_adamw_step. */
+void ccoe_adamw_step_scaled(ccoe_adamw *o, ccoe_model *m, const ccoe_train_config *tc, double lr,
+                            float gscale, int (*filter)(const ccoe_param *p, void *ctx),
+                            void *ctx);
+
 #endif

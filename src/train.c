@@ -583,15 +583,14 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
                                                   : "gradient norm",
                               t->st.step + 1, where, loss, t->aux, gnorm, lr, t->ckpt_path);
     }
-    if (tc->grad_clip > 0 && gnorm > tc->grad_clip)
-        ccoe_grad_scale(m->grad_block, t->grad_begin, t->grad_end,
-                        (float)(tc->grad_clip / gnorm));
+    /* clipping is fused into the update (the gradient block itself stays unscaled) */
+    float gs = tc->grad_clip > 0 && gnorm > tc->grad_clip ? (float)(tc->grad_clip / gnorm) : 1.0f;
     if (t->n_ep > 0)
-        ccoe_adamw_step(&t->opt, m, tc, lr, update_filter, t);
+        ccoe_adamw_step_scaled(&t->opt, m, tc, lr, gs, update_filter, t);
     else if (t->expert >= 0)
-        ccoe_adamw_step(&t->opt, m, tc, lr, only_expert, &t->expert);
+        ccoe_adamw_step_scaled(&t->opt, m, tc, lr, gs, only_expert, &t->expert);
     else
-        ccoe_adamw_step(&t->opt, m, tc, lr, NULL, NULL);
+        ccoe_adamw_step_scaled(&t->opt, m, tc, lr, gs, NULL, NULL);
     return CCOE_OK;
 }
 

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "gemm.h"
 #include "model.h"
+#include "optim.h"
 #include "rng.h"
 
 typedef struct variant {
@@ -195,6 +196,85 @@ static void test_bad_shape(void **state)
     ccoe_model_free(&m);
 }
 
+/* The optimizer: the fused clipped update equals scaling the gradients and then updating, bit
+ * for bit, over several steps and with a filter; it leaves the gradients unscaled; the gradient
+ * norm matches a plain sum of squares (odd lengths, 1 and 2 threads). */
+static int even_params(const ccoe_param *p, void *ctx)
+{
+    (void)ctx;
+    return p->block % 2 == 0;
+}
+
+static void test_adamw_fused_clip(void **state)
+{
+    (void)state;
+    ccoe_gemm g;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_gemm_init(&g, CCOE_GEMM_REF, 2, &err), CCOE_OK);
+    variant v = {CCOE_BLOCK_PRE_LN, CCOE_NORM_LAYERNORM, CCOE_FFN_GELU, 0, 1};
+    ccoe_model_config mc = tiny_config(&v);
+    mc.n_embd = 64; /* enough parameters for the threaded paths */
+    mc.ffn_hidden = 256;
+    ccoe_config c;
+    ccoe_config_defaults(&c);
+    ccoe_model m;
+    assert_int_equal(ccoe_model_init(&m, &mc, NULL, 1, 7, &g, 2, &err), CCOE_OK);
+    const size_t n = m.num_params;
+    assert_true(n > 65536);
+    float *w0 = malloc(n * sizeof(float)), *g0 = malloc(n * sizeof(float));
+    float *w1 = malloc(n * sizeof(float));
+    ccoe_rng r;
+    ccoe_rng_seed(&r, 5);
+    for (size_t i = 0; i < n; i++) {
+        w0[i] = (float)ccoe_rng_normal(&r);
+        g0[i] = (float)ccoe_rng_normal(&r) * 0.01f;
+    }
+    /* the norm against a plain double loop, odd ranges */
+    const size_t ranges[][2] = {{0, n}, {3, n - 5}, {7, 40}, {11, 12}, {0, 70001}};
+    for (size_t k = 0; k < sizeof ranges / sizeof ranges[0]; k++) {
+        double s = 0.0;
+        for (size_t i = ranges[k][0]; i < ranges[k][1]; i++)
+            s += (double)g0[i] * (double)g0[i];
+        double got = ccoe_grad_norm(g0, ranges[k][0], ranges[k][1]);
+        assert_true(fabs(got - sqrt(s)) <= 1e-12 * sqrt(s));
+    }
+    for (int filtered = 0; filtered < 2; filtered++) {
+        ccoe_adamw a, b;
+        assert_int_equal(ccoe_adamw_init(&a, n, &err), CCOE_OK);
+        assert_int_equal(ccoe_adamw_init(&b, n, &err), CCOE_OK);
+        memset(a.m, 0, n * sizeof(float));
+        memset(a.v, 0, n * sizeof(float));
+        memset(b.m, 0, n * sizeof(float));
+        memset(b.v, 0, n * sizeof(float));
+        int (*f)(const ccoe_param *, void *) = filtered ? even_params : NULL;
+        memcpy(w1, w0, n * sizeof(float));
+        for (int step = 0; step < 3; step++) {
+            const float s = step == 1 ? 1.0f : 0.37f + 0.1f * (float)step;
+            /* fused */
+            memcpy(m.param_block, w0, n * sizeof(float));
+            memcpy(m.grad_block, g0, n * sizeof(float));
+            ccoe_adamw_step_scaled(&a, &m, &c.train, 1e-3, s, f, NULL);
+            assert_memory_equal(m.grad_block, g0, n * sizeof(float));
+            memcpy(w0, m.param_block, n * sizeof(float));
+            /* separate passes */
+            memcpy(m.param_block, w1, n * sizeof(float));
+            memcpy(m.grad_block, g0, n * sizeof(float));
+            ccoe_grad_scale(m.grad_block, 0, n, s);
+            ccoe_adamw_step(&b, &m, &c.train, 1e-3, f, NULL);
+            memcpy(w1, m.param_block, n * sizeof(float));
+            assert_memory_equal(w0, w1, n * sizeof(float));
+            assert_memory_equal(a.m, b.m, n * sizeof(float));
+            assert_memory_equal(a.v, b.v, n * sizeof(float));
+        }
+        ccoe_adamw_free(&a);
+        ccoe_adamw_free(&b);
+    }
+    free(w0);
+    free(g0);
+    free(w1);
+    ccoe_model_free(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -202,6 +282,7 @@ int main(void)
         cmocka_unit_test(test_gradcheck_all_variants),
         cmocka_unit_test(test_forward_deterministic),
         cmocka_unit_test(test_bad_shape),
+        cmocka_unit_test(test_adamw_fused_clip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
