@@ -434,8 +434,8 @@ static void write_moe_stats(train_ctx *t)
     fputc(']', t->metrics);
 }
 
-/* Rank 0 evaluates (every rank when the model may communicate in forward); rank 0 writes. */
-/* COLLECTIVE when experts are placed or the model communicates in forward. A failed exchange
+/* Rank 0 evaluates (every rank when the model may communicate in forward); rank 0 writes.
+ * COLLECTIVE when experts are placed or the model communicates in forward. A failed exchange
  * is returned without agreement (the other ranks may wait in it: main ends the job). */
 static ccoe_status run_eval(train_ctx *t, int with_tasks, int print_table, ccoe_error *err)
 {
