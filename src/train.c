@@ -1008,7 +1008,7 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
 {
     ccoe_session *s = t->s;
     ccoe_comm *world = t->comm;
-    int ids[CCOE_MAX_EXPERTS], n = 0, i0, i1;
+    int ids[CCOE_MAX_EXPERTS], n = 0;
     ccoe_status local = parse_expert_list(&s->gating, o->train_experts, ids, &n, err);
     for (int i = 0; local == CCOE_OK && i < n; i++)
         if (!expert_domains(&s->gating, ids[i]))
@@ -1016,16 +1016,26 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
                                    "--train-experts: no domain routes to expert '%s': add "
                                    "DOMAIN:%s to ccoe.routes",
                                    s->gating.experts[ids[i]].name, s->gating.experts[ids[i]].name);
+    /* the ranks of the listed experts ([mpi]): every expert trains for the same steps, so the
+     * work per rank is its expert count: contiguous and balanced split the list in blocks,
+     * round_robin deals it out, list takes each expert's entry of mpi.map (ccoe.experts order) */
+    int32_t owner[CCOE_MAX_EXPERTS], full[CCOE_MAX_EXPERTS];
+    if (local == CCOE_OK && s->cfg.mpi.placement == CCOE_PLACE_LIST) {
+        local = ccoe_placement_map(&s->cfg.mpi, s->gating.n_experts, t->P, NULL, full, err);
+        for (int i = 0; local == CCOE_OK && i < n; i++)
+            owner[i] = full[ids[i]];
+    } else if (local == CCOE_OK) {
+        local = ccoe_placement_map(&s->cfg.mpi, n, t->P, NULL, owner, err);
+    }
     CCOE_TRY(ccoe_comm_agree(world, local, err));
-    ccoe_comm_split(n, t->P, t->rank, &i0, &i1);
     if (!t->quiet) {
-        fprintf(stderr, "training %d experts in parallel over %d ranks:", n, t->P);
+        fprintf(stderr, "training %d experts in parallel over %d ranks (mpi.placement = %s):", n,
+                t->P, ccoe_placement_name(s->cfg.mpi.placement));
         for (int r = 0; r < t->P; r++) {
-            int a, b;
-            ccoe_comm_split(n, t->P, r, &a, &b);
             fprintf(stderr, " rank %d [", r);
-            for (int i = a; i < b; i++)
-                fprintf(stderr, "%s%s", i > a ? " " : "", s->gating.experts[ids[i]].name);
+            for (int i = 0, k = 0; i < n; i++)
+                if (owner[i] == r)
+                    fprintf(stderr, "%s%s", k++ ? " " : "", s->gating.experts[ids[i]].name);
             fputc(']', stderr);
         }
         fputc('\n', stderr);
@@ -1038,8 +1048,9 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
     t->b0 = 0;
     t->b1 = s->cfg.train.batch_size;
     t->expert_mode = 1;
-    for (int i = i0; i < i1 && local == CCOE_OK; i++)
-        local = train_one_expert(t, ids[i], o, err);
+    for (int i = 0; i < n && local == CCOE_OK; i++)
+        if (owner[i] == t->rank)
+            local = train_one_expert(t, ids[i], o, err);
     t->metrics = main_metrics;
     t->comm = world;
     t->P = world->size;
@@ -1049,16 +1060,12 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
     CCOE_TRY(ccoe_comm_agree(world, CCOE_OK, err));
     /* gather: each expert's parameters and moments from its owner */
     ccoe_model *m = &s->model;
-    for (int r = 0; r < t->P; r++) {
-        int a, b;
-        ccoe_comm_split(n, t->P, r, &a, &b);
-        for (int i = a; i < b; i++) {
-            int e = ids[i];
-            size_t off = m->expert_begin[e], len = (m->expert_end[e] - off) * sizeof(float);
-            CCOE_TRY(world->ops->bcast(world, m->param_block + off, len, r, err));
-            CCOE_TRY(world->ops->bcast(world, t->opt.m + off, len, r, err));
-            CCOE_TRY(world->ops->bcast(world, t->opt.v + off, len, r, err));
-        }
+    for (int i = 0; i < n; i++) {
+        const int e = ids[i], r = owner[i];
+        size_t off = m->expert_begin[e], len = (m->expert_end[e] - off) * sizeof(float);
+        CCOE_TRY(world->ops->bcast(world, m->param_block + off, len, r, err));
+        CCOE_TRY(world->ops->bcast(world, t->opt.m + off, len, r, err));
+        CCOE_TRY(world->ops->bcast(world, t->opt.v + off, len, r, err));
     }
     /* the result holds every expert trained: store it as a plain (all-trainable) model */
     t->expert = -1;

@@ -40,7 +40,8 @@ typedef struct ccoe_train_opts {
                                   * (otherwise the checkpoint's placement is kept) */
     int n_mpi_sets;
     const char *train_experts; /* "all" or "NAME,NAME,...": isolated training of several CCoE
-                                * experts at once, placed in contiguous blocks over the ranks,
+                                * experts at once, placed over the ranks by cfg.mpi (list:
+                                * mpi.map; otherwise blocks or round robin of the listed ones),
                                 * each on its own domains' data with the base frozen (each
                                 * equals a run with ccoe.train_expert = NAME), then gathered
                                 * into one checkpoint; NULL = off */

@@ -3,7 +3,8 @@
 # with a message naming mpi.map, the entry and the fix, also when a 4-rank checkpoint is
 # resumed on 2 ranks (the checkpoint is left untouched); --set mpi.placement=... on resume
 # recomputes the map for the new rank count; bad [mpi] values exit 2 naming the key; balanced
-# CCoE placement evens the ranks' training sequences and follows the 1-process curve.
+# CCoE placement evens the ranks' training sequences and follows the 1-process curve;
+# --train-experts trains each expert on the rank mpi.map names.
 source "$(dirname "$0")/lib/common.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
@@ -90,3 +91,12 @@ grep '^placement: training sequences' c-bal.log | awk '{a = $(NF-1); b = $NF; if
   if (b <= 0 || a > 1.5 * b) exit 1}' || fail "balanced ranks are uneven: $(grep '^placement' c-bal.log)"
 same_curve c-one c-bal 4 || fail "balanced CCoE placement on 2 ranks drifts from 1 process"
 pass "balanced CCoE placement evens the ranks' training sequences and follows 1 process"
+
+# --train-experts follows [mpi] too: a list map swaps which rank trains which expert (the
+# experts themselves are trained exactly as before: tests/mpi/test_mpi_train.c experts_parallel)
+"${MPIRUN[@]}" -np 2 "$CCOE" train "$TINY" "${ccoe[@]}" --no-progress --train-experts all \
+  --set mpi.placement=list --set mpi.map=1,1,0 --set train.out_dir=te-list > te-list.log 2>&1 \
+  || fail "--train-experts with a list map: $(cat te-list.log)"
+grep -q '^training 3 experts in parallel over 2 ranks (mpi.placement = list): rank 0 \[c\] rank 1 \[a b\]$' \
+  te-list.log || fail "--train-experts ranks: $(grep '^training' te-list.log)"
+pass "--train-experts places the experts by mpi.map"

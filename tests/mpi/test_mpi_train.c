@@ -518,6 +518,13 @@ static void test_experts_parallel(void)
         compare_ckpt("solo-code", "experts-all", "experts.code.", 0, 0.0, "expert code");
         compare_ckpt("ccoe-ref", "experts-all", NULL, 1, 0.0, "base under --train-experts");
     }
+    /* the experts on other ranks (mpi.map): the same experts, bit for bit */
+    ccoe_tail(&c, "experts-map");
+    set(&c, "mpi.placement=list");
+    set(&c, "mpi.map=1,0");
+    must_run(&c, &g_comm, o, "--train-experts all with a list map");
+    if (g_comm.rank == 0)
+        compare_ckpt("experts-all", "experts-map", NULL, 0, 0.0, "--train-experts, list map");
 }
 
 int main(int argc, char **argv)
