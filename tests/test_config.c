@@ -30,12 +30,6 @@ static void configs_dir(char *buf, size_t cap)
     snprintf(buf, cap, "%s/../configs", here);
 }
 
-#define ASSERT_MSG_HAS(err, text)                                                          \
-    do {                                                                                   \
-        if (!strstr((err).msg, (text)))                                                    \
-            fprintf(stderr, "message lacks '%s':\n  %s\n", (const char *)(text), (err).msg); \
-        assert_non_null(strstr((err).msg, (text)));                                        \
-    } while (0)
 
 static void expect_set_fails(const char *assignment, const char *must_contain)
 {
@@ -49,7 +43,7 @@ static void expect_set_fails(const char *assignment, const char *must_contain)
         fprintf(stderr, "--set %s was accepted\n", assignment);
     assert_int_equal(st, CCOE_ERR_CONFIG);
     assert_int_equal(err.status, CCOE_ERR_CONFIG);
-    ASSERT_MSG_HAS(err, must_contain);
+    TU_ASSERT_MSG_HAS(err, must_contain);
     assert_memory_equal(&c, &before, sizeof c); /* nothing applied */
 }
 
@@ -64,7 +58,7 @@ static void expect_ini_fails(const char *text, const char *must_contain)
     if (st == CCOE_OK)
         fprintf(stderr, "INI text was accepted:\n%s\n", text);
     assert_int_equal(st, CCOE_ERR_CONFIG);
-    ASSERT_MSG_HAS(err, must_contain);
+    TU_ASSERT_MSG_HAS(err, must_contain);
     assert_memory_equal(&c, &before, sizeof c); /* a failed load changes nothing */
 }
 
@@ -332,9 +326,9 @@ static void test_ini_dialect(void **state)
     /* ... but the config rejects ';' in strings, because a blank before it would start one */
     ccoe_status st = ccoe_config_load_string(&c, text, "dialect", &err);
     assert_int_equal(st, CCOE_ERR_CONFIG);
-    ASSERT_MSG_HAS(err, "train.out_dir");
-    ASSERT_MSG_HAS(err, "';'");
-    ASSERT_MSG_HAS(err, "dialect line 10");
+    TU_ASSERT_MSG_HAS(err, "train.out_dir");
+    TU_ASSERT_MSG_HAS(err, "';'");
+    TU_ASSERT_MSG_HAS(err, "dialect line 10");
 
     const char *ok = "\xef\xbb\xbf; comment\n"
                      "# another comment\n"
@@ -519,7 +513,7 @@ static void test_missing_file(void **state)
     ccoe_error_clear(&err);
     const char *path = "/nonexistent-dir/ccoe/none.ini";
     assert_int_equal(ccoe_config_load_file(&c, path, &err), CCOE_ERR_IO);
-    ASSERT_MSG_HAS(err, path);
+    TU_ASSERT_MSG_HAS(err, path);
 
     /* errors from a file name the file and line */
     char tmp[] = "/tmp/ccoe-test-config-XXXXXX";
@@ -530,9 +524,9 @@ static void test_missing_file(void **state)
     fputs("[model]\n\nn_layers = 3\n", f);
     fclose(f);
     assert_int_equal(ccoe_config_load_file(&c, tmp, &err), CCOE_ERR_CONFIG);
-    ASSERT_MSG_HAS(err, tmp);
-    ASSERT_MSG_HAS(err, "line 3");
-    ASSERT_MSG_HAS(err, "model.n_layers");
+    TU_ASSERT_MSG_HAS(err, tmp);
+    TU_ASSERT_MSG_HAS(err, "line 3");
+    TU_ASSERT_MSG_HAS(err, "model.n_layers");
     remove(tmp);
 }
 
@@ -541,9 +535,9 @@ static void expect_invalid(ccoe_config *c, const char *k1, const char *k2)
     ccoe_error err;
     ccoe_error_clear(&err);
     assert_int_equal(ccoe_config_validate(c, &err), CCOE_ERR_CONFIG);
-    ASSERT_MSG_HAS(err, k1);
+    TU_ASSERT_MSG_HAS(err, k1);
     if (k2)
-        ASSERT_MSG_HAS(err, k2);
+        TU_ASSERT_MSG_HAS(err, k2);
 }
 
 static void test_cross_field(void **state)

@@ -16,12 +16,6 @@
 
 #include "safetensors.h"
 
-#define ASSERT_MSG_HAS(err, text)                                                          \
-    do {                                                                                   \
-        if (!strstr((err).msg, (text)))                                                    \
-            fprintf(stderr, "message lacks '%s':\n  %s\n", (const char *)(text), (err).msg); \
-        assert_non_null(strstr((err).msg, (text)));                                        \
-    } while (0)
 
 static char g_dir[PATH_MAX - 128]; /* a fresh temporary directory per test */
 
@@ -133,9 +127,9 @@ static ccoe_status open_expect(const char *path, ccoe_status want, const char *m
     if (st != CCOE_OK) {
         assert_null(f);
         assert_int_equal(err.status, want);
-        ASSERT_MSG_HAS(err, path);
+        TU_ASSERT_MSG_HAS(err, path);
         if (must_contain)
-            ASSERT_MSG_HAS(err, must_contain);
+            TU_ASSERT_MSG_HAS(err, must_contain);
     }
     ccoe_st_close(f);
     return st;
@@ -306,8 +300,8 @@ static void test_truncation(void **state)
         ccoe_status st = ccoe_st_open(cut, &f, &err);
         assert_int_equal(st, CCOE_ERR_FORMAT);
         assert_null(f);
-        ASSERT_MSG_HAS(err, cut);
-        ASSERT_MSG_HAS(err, "corrupt or truncated");
+        TU_ASSERT_MSG_HAS(err, cut);
+        TU_ASSERT_MSG_HAS(err, "corrupt or truncated");
     }
     spit(cut, buf, 5);
     open_expect(cut, CCOE_ERR_FORMAT, "shorter than the 8-byte header length");
@@ -366,7 +360,7 @@ static void test_corruption(void **state)
             if (st != CCOE_OK) {
                 errors++;
                 assert_true(st == CCOE_ERR_FORMAT);
-                ASSERT_MSG_HAS(err, bad);
+                TU_ASSERT_MSG_HAS(err, bad);
             }
             ccoe_st_close(f);
             buf[pos] = old;
@@ -501,15 +495,15 @@ static void test_read_into_mismatch(void **state)
     float dst[64];
     int64_t want[2] = {4, 8};
     assert_int_equal(ccoe_st_read_into(f, "wte", dst, 2, want, &err), CCOE_ERR_FORMAT);
-    ASSERT_MSG_HAS(err, "'wte'");
-    ASSERT_MSG_HAS(err, "(4, 6)");
-    ASSERT_MSG_HAS(err, "(4, 8)");
-    ASSERT_MSG_HAS(err, path);
+    TU_ASSERT_MSG_HAS(err, "'wte'");
+    TU_ASSERT_MSG_HAS(err, "(4, 6)");
+    TU_ASSERT_MSG_HAS(err, "(4, 8)");
+    TU_ASSERT_MSG_HAS(err, path);
     int64_t want3[3] = {4, 6, 1};
     assert_int_equal(ccoe_st_read_into(f, "wte", dst, 3, want3, &err), CCOE_ERR_FORMAT);
-    ASSERT_MSG_HAS(err, "(4, 6, 1)");
+    TU_ASSERT_MSG_HAS(err, "(4, 6, 1)");
     assert_int_equal(ccoe_st_read_into(f, "nope", dst, 2, want, &err), CCOE_ERR_FORMAT);
-    ASSERT_MSG_HAS(err, "'nope'");
+    TU_ASSERT_MSG_HAS(err, "'nope'");
     ccoe_st_close(f);
 }
 
@@ -568,7 +562,7 @@ static void test_write_errors(void **state)
     path_in_dir(p, sizeof p, "w.safetensors");
     ccoe_st_tensor dup[2] = {g_t[0], g_t[0]};
     assert_int_equal(ccoe_st_write(p, dup, 2, NULL, 0, &err), CCOE_ERR_ARG);
-    ASSERT_MSG_HAS(err, "twice");
+    TU_ASSERT_MSG_HAS(err, "twice");
     ccoe_st_tensor neg = g_t[0];
     neg.shape[1] = -1;
     assert_int_equal(ccoe_st_write(p, &neg, 1, NULL, 0, &err), CCOE_ERR_ARG);
@@ -591,7 +585,7 @@ static void test_atomic_write(void **state)
     path_in_dir(p, sizeof p, "no/such/dir/x.safetensors");
     ccoe_error_clear(&err);
     assert_int_equal(ccoe_st_write(p, g_t, NT, NULL, 0, &err), CCOE_ERR_IO);
-    ASSERT_MSG_HAS(err, p);
+    TU_ASSERT_MSG_HAS(err, p);
     assert_int_equal(count_dir_entries(g_dir), 0);
 
     /* replacing an existing file: new contents, no temporary files left */
@@ -627,7 +621,7 @@ static void test_atomic_write(void **state)
     spit(inner, "keep", 4);
     ccoe_error_clear(&err);
     assert_int_equal(ccoe_st_write(sub, g_t, NT, NULL, 0, &err), CCOE_ERR_IO);
-    ASSERT_MSG_HAS(err, sub);
+    TU_ASSERT_MSG_HAS(err, sub);
     struct stat sb;
     assert_int_equal(stat(sub, &sb), 0);
     assert_true(S_ISDIR(sb.st_mode));
@@ -646,7 +640,7 @@ static void test_atomic_write(void **state)
     assert_int_equal(mkdir(tmpdir, 0755), 0);
     ccoe_error_clear(&err);
     assert_int_equal(ccoe_st_write(p, g_t, 1, NULL, 0, &err), CCOE_ERR_IO);
-    ASSERT_MSG_HAS(err, p);
+    TU_ASSERT_MSG_HAS(err, p);
     size_t after_n;
     unsigned char *after = slurp(p, &after_n);
     assert_int_equal(after_n, before_n);

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -24,6 +26,14 @@ double tu_close_ratio(const char *what, const float *a, const double *b, size_t 
 /* Asserts (CMocka) that float a matches double reference b within atol + rtol*|b|. */
 #define TU_ASSERT_CLOSE(what, a, b, n, atol, rtol) \
     assert_true(tu_close_ratio((what), (a), (b), (n), (atol), (rtol)) <= 1.0)
+
+/* Asserts (CMocka) that ccoe_error err's message contains text; prints the message if not. */
+#define TU_ASSERT_MSG_HAS(err, text)                                                       \
+    do {                                                                                   \
+        if (!strstr((err).msg, (text)))                                                    \
+            fprintf(stderr, "message lacks '%s':\n  %s\n", (const char *)(text), (err).msg); \
+        assert_non_null(strstr((err).msg, (text)));                                        \
+    } while (0)
 
 /* The same comparison with a double-precision result under test. */
 double tu_close_ratio_d(const char *what, const double *a, const double *b, size_t n, double atol,
