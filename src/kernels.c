@@ -546,12 +546,11 @@ void ccoe_swiglu_backward(float *dinp, const float *inp, const float *dout, int 
 
 void ccoe_residual_forward(float *out, const float *a, const float *b, size_t N)
 {
-    float *restrict o = out;
-    const float *restrict x = a;
-    const float *restrict y = b;
+    /* no restrict: out may be a or b (in-place residual adds); each element is read and
+     * written at the same index only, so the simd loop stays valid */
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++)
-        o[i] = x[i] + y[i];
+        out[i] = a[i] + b[i];
 }
 
 void ccoe_residual_backward(float *da, float *db, const float *dout, size_t N)

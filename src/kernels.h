@@ -65,7 +65,8 @@ void ccoe_gelu_backward(float *dinp, const float *inp, const float *dout, size_t
 void ccoe_swiglu_forward(float *out, const float *inp, int N, int F);
 void ccoe_swiglu_backward(float *dinp, const float *inp, const float *dout, int N, int F);
 
-/* out(N) = a + b. (backward of a residual is the identity: callers add dout to both.) */
+/* out(N) = a + b (out may be a or b). (backward of a residual is the identity: callers add
+ * dout to both.) */
 void ccoe_residual_forward(float *out, const float *a, const float *b, size_t N);
 /* da(N) += dout; db(N) += dout. */
 void ccoe_residual_backward(float *da, float *db, const float *dout, size_t N);
