@@ -41,15 +41,19 @@ static int argmax(const float *x, int n)
     return best;
 }
 
-void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
-                          const char *const *prompts, int domain, int n, int max_new, char stop,
-                          char **outs, size_t out_cap)
+ccoe_status ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                                 const char *const *prompts, int domain, int n, int max_new,
+                                 char stop, char **outs, size_t out_cap, ccoe_error *err)
 {
     const int T = b->maxT;
     const int V = tok->ops->vocab_size(tok->self);
-    int len[CCOE_GEN_MAX], done[CCOE_GEN_MAX];
+    int len[CCOE_GEN_MAX], done[CCOE_GEN_MAX], seq[CCOE_GEN_MAX], pos[CCOE_GEN_MAX];
+    int32_t next_tok[CCOE_GEN_MAX];
     size_t olen[CCOE_GEN_MAX];
     assert(n >= 0 && n <= CCOE_GEN_MAX && n <= b->maxB);
+    if (n == 0)
+        return CCOE_OK;
+    int Tc = 1;
     for (int i = 0; i < n; i++) {
         int32_t *row = b->tokens + (size_t)i * T;
         row[0] = CCOE_TOK_BOS;
@@ -60,30 +64,32 @@ void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
         olen[i] = 0;
         outs[i][0] = '\0';
         b->domains[i] = domain;
+        if (len[i] > Tc)
+            Tc = len[i];
     }
-    for (int step = 0; step < max_new; step++) {
-        int Tc = 0, active = 0;
-        for (int i = 0; i < n; i++)
-            if (!done[i]) {
-                active = 1;
-                if (len[i] > Tc)
-                    Tc = len[i];
-            }
-        if (!active)
-            break;
-        /* rows are laid out with stride T in b->tokens; repack to stride Tc for the forward */
-        for (int i = 0; i < n; i++) {
-            int32_t *src = b->tokens + (size_t)i * T;
-            int32_t *dst = b->targets + (size_t)i * Tc;
-            for (int t = 0; t < Tc; t++)
-                dst[t] = t < len[i] ? src[t] : CCOE_TOK_PAD;
+    /* the prompts at stride Tc (padded; causal attention keeps padding out of every prompt),
+     * then one decode step per new token: each sequence's token at its own position */
+    for (int i = 0; i < n; i++) {
+        const int32_t *src = b->tokens + (size_t)i * T;
+        int32_t *dst = b->targets + (size_t)i * Tc;
+        for (int t = 0; t < Tc; t++)
+            dst[t] = t < len[i] ? src[t] : CCOE_TOK_PAD;
+    }
+    CCOE_TRY(ccoe_model_decode_prefill(m, b->targets, b->domains, n, Tc, err));
+    int na = 0; /* sequences of the last step: seq[j] computed its token at pos[j] */
+    for (int i = 0; i < n; i++)
+        if (!done[i]) {
+            seq[na] = i;
+            pos[na++] = len[i] - 1;
         }
-        ccoe_model_forward(m, b->targets, NULL, b->domains, n, Tc, NULL);
-        for (int i = 0; i < n; i++) {
-            if (done[i])
-                continue;
+    for (int step = 0; step < max_new && na > 0; step++) {
+        if (step > 0)
+            ccoe_model_decode_step(m, next_tok, seq, pos, na);
+        int nn = 0;
+        for (int j = 0; j < na; j++) {
+            const int i = seq[j];
             /* only the tokenizer's real ids are candidates (the vocab may be padded) */
-            int next = argmax(ccoe_model_logits(m, i, len[i] - 1), V);
+            int next = argmax(ccoe_model_logits(m, step > 0 ? j : i, step > 0 ? 0 : pos[j]), V);
             char piece[16];
             size_t k = tok->ops->decode(tok->self, &next, 1, piece, sizeof piece);
             if (next == CCOE_TOK_EOS || (k == 1 && piece[0] == stop)) {
@@ -97,10 +103,17 @@ void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
             }
             b->tokens[(size_t)i * T + len[i]] = next;
             len[i]++;
-            if (len[i] >= T)
+            if (len[i] >= T) {
                 done[i] = 1;
+                continue;
+            }
+            seq[nn] = i;
+            pos[nn] = len[i] - 1;
+            next_tok[nn++] = next;
         }
+        na = nn;
     }
+    return CCOE_OK;
 }
 
 int ccoe_eval_score(const ccoe_task_example *t, const char *decoded, ccoe_sqldb *db,
@@ -138,19 +151,21 @@ void ccoe_eval_count(ccoe_domain_eval *ev, const ccoe_task_example *t, int corre
     ev->kinds[k].errors += sql_error != 0;
 }
 
-static void eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
-                       const ccoe_tokenizer *tok, ccoe_batch *b, ccoe_domain_eval *ev)
+static ccoe_status eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
+                              const ccoe_tokenizer *tok, ccoe_batch *b, ccoe_domain_eval *ev,
+                              ccoe_error *err)
 {
+    ccoe_status st = CCOE_OK;
     ccoe_sqldb db;
     int have_db = 0;
     if (d->sql_db || d->sql_script) {
-        ccoe_error err;
-        have_db = ccoe_sqldb_open(&db, d->sql_db, d->sql_script, &err) == CCOE_OK;
+        ccoe_error db_err;
+        have_db = ccoe_sqldb_open(&db, d->sql_db, d->sql_script, &db_err) == CCOE_OK;
         if (!have_db) {
             ccoe_sqldb_close(&db);
             ev->sql_unavailable = 1;
             fprintf(stderr, "warning: domain '%s': %s; its SQL tasks count as wrong\n", d->name,
-                    err.msg);
+                    db_err.msg);
         }
     }
     enum { OUT_CAP = 256 };
@@ -169,8 +184,10 @@ static void eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
             if (need > max_new)
                 max_new = need;
         }
-        ccoe_generate_greedy(m, tok, b, prompts, domain, n, max_new, d->answer_stop, outs,
-                             OUT_CAP);
+        st = ccoe_generate_greedy(m, tok, b, prompts, domain, n, max_new, d->answer_stop, outs,
+                                  OUT_CAP, err);
+        if (st != CCOE_OK)
+            break;
         for (int i = 0; i < n; i++) {
             int sql_error;
             const ccoe_task_example *t = &d->tasks[first + i];
@@ -180,11 +197,14 @@ static void eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
     }
     if (have_db)
         ccoe_sqldb_close(&db);
+    return st;
 }
 
-void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
-                       ccoe_batch *b, int max_batches, int with_tasks, ccoe_domain_eval *out)
+ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
+                              ccoe_batch *b, int max_batches, int with_tasks,
+                              ccoe_domain_eval *out, ccoe_error *err)
 {
+    ccoe_status st = CCOE_OK;
     const int B = b->maxB, T = ds->T;
     const int was_train = m->train;
     m->train = 0;
@@ -208,10 +228,11 @@ void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokeniz
         }
         ev->loss = count ? sum / (double)count : NAN;
         ev->tokens = count;
-        if (with_tasks && ds->domains[d].n_tasks > 0)
-            eval_tasks(m, &ds->domains[d], d, tok, b, ev);
+        if (with_tasks && ds->domains[d].n_tasks > 0 && st == CCOE_OK)
+            st = eval_tasks(m, &ds->domains[d], d, tok, b, ev, err);
     }
     m->train = was_train;
+    return st;
 }
 
 /* One line per MoE layer from the model's totals. */

@@ -41,18 +41,22 @@ void ccoe_batch_free(ccoe_batch *b);
 /* Evaluates every domain: at most max_batches validation batches of B sequences each
  * (0 = all) and, if with_tasks, every stored task example by greedy decoding. Runs the model
  * in evaluation mode (no routing noise; m->train restored afterwards) and leaves the MoE totals
- * of the validation forwards in the model (ccoe_model_moe_reset_totals first). */
-void ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
-                       ccoe_batch *b, int max_batches, int with_tasks, ccoe_domain_eval *out);
+ * of the validation forwards in the model (ccoe_model_moe_reset_totals first). Fails only when
+ * the decoding cache cannot be allocated (ccoe_generate_greedy). */
+ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
+                              ccoe_batch *b, int max_batches, int with_tasks,
+                              ccoe_domain_eval *out, ccoe_error *err);
 
 #define CCOE_GEN_MAX 64 /* prompts decoded together at most */
 
 /* Greedy-decodes up to max_new tokens after each prompt (n <= min(b->maxB, CCOE_GEN_MAX));
  * all prompts belong to `domain` (for routing). Writes the decoded continuation of prompt i
- * (stopping before `stop` or at EOS) into outs[i]. */
-void ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
-                          const char *const *prompts, int domain, int n, int max_new, char stop,
-                          char **outs, size_t out_cap);
+ * (stopping before `stop` or at EOS) into outs[i]. One forward over the padded prompts, then
+ * one incremental step per new token (ccoe_model_decode_step: cached keys and values).
+ * Fails only when the decoding cache cannot be allocated. */
+ccoe_status ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                                 const char *const *prompts, int domain, int n, int max_new,
+                                 char stop, char **outs, size_t out_cap, ccoe_error *err);
 
 /* Scores one decoded answer against a task example: exact match, or for CCOE_MATCH_SQL execution
  * match on db (NULL: scored wrong). Returns 1 if correct; *sql_error is set to 1 when decoded

@@ -430,6 +430,57 @@ void ccoe_attention_forward(const ccoe_gemm *g, float *out, float *lse, const fl
     }
 }
 
+void ccoe_attention_decode(float *out, const float *qkv, const float *kv, size_t row_stride,
+                           const int *rows, const int *pos, float *scratch, int n, int C, int H,
+                           int nthreads)
+{
+    const int hd = C / H;
+    const float scale = 1.0f / sqrtf((float)hd);
+    int maxlen = 1;
+    for (int i = 0; i < n; i++)
+        if (pos[i] + 1 > maxlen)
+            maxlen = pos[i] + 1;
+    int nt = nthreads > 0 ? nthreads : 1;
+#pragma omp parallel num_threads(nt)
+    {
+        float *s = scratch + (size_t)omp_get_thread_num() * maxlen;
+#pragma omp for schedule(static)
+        for (int ih = 0; ih < n * H; ih++) {
+            const int i = ih / H, h = ih % H, len = pos[i] + 1;
+            const float *restrict q = qkv + (size_t)i * 3 * C + (size_t)h * hd;
+            const float *cache = kv + (size_t)rows[i] * row_stride + (size_t)h * hd;
+            float *restrict o = out + (size_t)i * C + (size_t)h * hd;
+            float mx = -INFINITY;
+            for (int t = 0; t < len; t++) {
+                const float *restrict k = cache + (size_t)t * 2 * C;
+                float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+                for (int j = 0; j < hd; j++)
+                    d += q[j] * k[j];
+                s[t] = d * scale;
+                mx = s[t] > mx ? s[t] : mx;
+            }
+            float sum = 0.0f;
+            for (int t = 0; t < len; t++) {
+                s[t] = expf(s[t] - mx);
+                sum += s[t];
+            }
+            for (int j = 0; j < hd; j++)
+                o[j] = 0.0f;
+            for (int t = 0; t < len; t++) {
+                const float *restrict v = cache + (size_t)t * 2 * C + C;
+                const float p = s[t];
+#pragma omp simd
+                for (int j = 0; j < hd; j++)
+                    o[j] += p * v[j];
+            }
+            const float inv = 1.0f / sum;
+            for (int j = 0; j < hd; j++)
+                o[j] *= inv;
+        }
+    }
+}
+
 void ccoe_attention_backward(const ccoe_gemm *g, float *dqkv, const float *dout, const float *qkv,
                              const float *out, const float *lse, float *scratch, int B, int T,
                              int C, int H)

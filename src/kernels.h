@@ -57,6 +57,15 @@ void ccoe_attention_backward(const ccoe_gemm *g, float *dqkv, const float *dout,
                              const float *out, const float *lse, float *scratch, int B, int T,
                              int C, int H);
 
+/* Incremental decoding: one query row per sequence against that sequence's cached keys and
+ * values. For i < n: qkv row i (3C; its q part is used) attends to positions 0 .. pos[i] of
+ * cache row rows[i], which starts at kv + rows[i] * row_stride and holds (pos[i] + 1) rows of
+ * [k | v] (2C floats each; position pos[i] already written). out (n, C). Equals row pos[i] of
+ * ccoe_attention_forward on the full sequence. scratch: nthreads * (max pos + 1) floats. */
+void ccoe_attention_decode(float *out, const float *qkv, const float *kv, size_t row_stride,
+                           const int *rows, const int *pos, float *scratch, int n, int C, int H,
+                           int nthreads);
+
 /* GELU, tanh approximation (GPT-2): out(N) = gelu(inp). */
 void ccoe_gelu_forward(float *out, const float *inp, size_t N);
 void ccoe_gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);

@@ -292,12 +292,13 @@ static int cmd_eval(int argc, char **argv)
         ccoe_st_close(f);
         return fail(&err);
     }
+    ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
     if (ccoe_checkpoint_load(f, argv[0], &s.model, NULL, NULL, &err) != CCOE_OK) {
         rc = fail(&err);
+    } else if (ccoe_eval_domains(&s.model, &s.data, &s.tok, &s.batch,
+                                 s.cfg.train.eval_batches, tasks, ev, &err) != CCOE_OK) {
+        rc = fail(&err);
     } else {
-        ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
-        ccoe_eval_domains(&s.model, &s.data, &s.tok, &s.batch, s.cfg.train.eval_batches, tasks,
-                          ev);
         printf("checkpoint %s (step %s), data %s\n", argv[0],
                ccoe_st_meta(f, "step") ? ccoe_st_meta(f, "step") : "?", s.cfg.data.manifest);
         ccoe_eval_print(stdout, &s.data, ev);

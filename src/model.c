@@ -545,8 +545,11 @@ ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
     return alloc_acts(m, err);
 }
 
+static void decode_free(ccoe_model *m);
+
 void ccoe_model_free(ccoe_model *m)
 {
+    decode_free(m);
     ccoe_arena_free(&m->param_mem);
     ccoe_arena_free(&m->grad_mem);
     ccoe_arena_free(&m->act_mem);
@@ -916,14 +919,37 @@ static void moe_backward(ccoe_model *m, int i, float *dinp, const float *dout, c
                       m->param_block + m->moe_offset[i], aux_scale, nb * T);
 }
 
-/* out(N,C) = Proj(Attn(QKV(inp))) */
-static void attn_forward(const ccoe_model *m, const ccoe_block_view *w, ccoe_block_acts *a,
-                         float *out, const float *inp, int B, int T)
+/* Keys and values of instance k at cache row c, position t: (2C) = [k | v]. */
+static float *kv_at(const ccoe_model *m, int k, int c, int t)
+{
+    const size_t C2 = 2 * (size_t)m->cfg.n_embd;
+    return m->kv_cache + (((size_t)k * m->dec_maxB + c) * m->maxT + t) * C2;
+}
+
+/* Decode step: the new token of sorted rows [s0, s0 + nb) (T = 1) joins instance k's cache,
+ * then attends to its sequence's cached positions. */
+static void attn_decode(const ccoe_model *m, int k, int s0, ccoe_block_acts *a, int nb)
+{
+    const int C = m->cfg.n_embd;
+    for (int r = 0; r < nb; r++)
+        memcpy(kv_at(m, k, m->dec_step_row[s0 + r], m->dec_step_pos[s0 + r]),
+               a->qkv + (size_t)r * 3 * C + C, 2 * (size_t)C * sizeof(float));
+    ccoe_attention_decode(a->atty, a->qkv, kv_at(m, k, 0, 0), (size_t)m->maxT * 2 * C,
+                          m->dec_step_row + s0, m->dec_step_pos + s0, m->attn_scratch, nb, C,
+                          m->cfg.n_head, m->nthreads);
+}
+
+/* out(N,C) = Proj(Attn(QKV(inp))) for instance k on sorted rows [s0, s0 + B) */
+static void attn_forward(const ccoe_model *m, int k, int s0, const ccoe_block_view *w,
+                         ccoe_block_acts *a, float *out, const float *inp, int B, int T)
 {
     const int C = m->cfg.n_embd, N = B * T;
     ccoe_linear_forward(m->gemm, a->qkv, inp, w->qkv_w, w->qkv_b, N, C, 3 * C);
-    ccoe_attention_forward(m->gemm, a->atty, a->lse, a->qkv, m->attn_scratch, B, T, C,
-                           m->cfg.n_head);
+    if (m->decoding)
+        attn_decode(m, k, s0, a, B);
+    else
+        ccoe_attention_forward(m->gemm, a->atty, a->lse, a->qkv, m->attn_scratch, B, T, C,
+                               m->cfg.n_head);
     ccoe_linear_forward(m->gemm, out, a->atty, w->proj_w, w->proj_b, N, C, C);
 }
 
@@ -988,13 +1014,13 @@ static void block_forward(ccoe_model *m, int k, int s0, int nb, int T)
     const float *x = inst_output(m, m->inst_input[k], s0, T);
     if (m->cfg.block == CCOE_BLOCK_PRE_LN) {
         norm_forward(m, a.ln1, a.ln1_mean, a.ln1_rstd, x, w->ln1_w, w->ln1_b, N);
-        attn_forward(m, w, &a, a.res1, a.ln1, nb, T);
+        attn_forward(m, k, s0, w, &a, a.res1, a.ln1, nb, T);
         ccoe_residual_forward(a.res1, a.res1, x, NC);
         norm_forward(m, a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, w->ln2_w, w->ln2_b, N);
         ffn_sublayer_forward(m, k, mi, s0, nb, T, a.res2, a.ln2);
         ccoe_residual_forward(a.res2, a.res2, a.res1, NC);
     } else {
-        attn_forward(m, w, &a, a.res1, x, nb, T);
+        attn_forward(m, k, s0, w, &a, a.res1, x, nb, T);
         ccoe_residual_forward(a.res1, a.res1, x, NC);
         norm_forward(m, a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, w->ln1_w, w->ln1_b, N);
         ffn_sublayer_forward(m, k, mi, s0, nb, T, a.res2, a.ln1);
@@ -1441,6 +1467,27 @@ static int blocks_exchange(const ccoe_model *m)
            (m->place && m->place_active && m->gating.form == CCOE_FORM_FFN);
 }
 
+/* The base blocks on the sorted rows [0, B) from m->emb: block l on the rows whose path keeps
+ * more than l base blocks (a prefix). */
+static void base_forward(ccoe_model *m, int B, int T)
+{
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        int rows = 0;
+        while (rows < B && m->paths[m->row_path[rows]].n_base > l)
+            rows++;
+        if (rows == 0 && !(B == 0 && blocks_exchange(m)))
+            break;
+        block_forward(m, l, 0, rows, T);
+    }
+}
+
+/* Every group's own blocks and head (logits). */
+static void groups_forward(ccoe_model *m, int T)
+{
+    for (int gi = 0; gi < m->n_groups; gi++)
+        group_forward(m, m->group_path[gi], m->group_r0[gi], m->group_r1[gi] - m->group_r0[gi], T);
+}
+
 double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *targets,
                           const int32_t *domains, int B, int T, long *count)
 {
@@ -1468,19 +1515,10 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
         place_count_rows(m, B);
     }
     ccoe_embed_forward(m->emb, m->tok_sorted, m->wte, m->wpe, B, T, C);
-    /* base block l runs on the rows whose path keeps more than l base blocks (a prefix) */
-    for (int l = 0; l < m->cfg.n_layer; l++) {
-        int rows = 0;
-        while (rows < B && m->paths[m->row_path[rows]].n_base > l)
-            rows++;
-        if (rows == 0 && !(B == 0 && blocks_exchange(m)))
-            break;
-        block_forward(m, l, 0, rows, T);
-    }
+    base_forward(m, B, T);
     if (placed && m->gating.form != CCOE_FORM_FFN)
         return place_forward(m, targets, B, T, count);
-    for (int gi = 0; gi < m->n_groups; gi++)
-        group_forward(m, m->group_path[gi], m->group_r0[gi], m->group_r1[gi] - m->group_r0[gi], T);
+    groups_forward(m, T);
     if (count)
         *count = 0;
     if (!targets)
@@ -1491,6 +1529,95 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
     if (count)
         *count = n;
     return ccoe_crossentropy_forward(m->losses, m->logits, m->logits, m->tgt_sorted, N, V);
+}
+
+/* ---- incremental decoding ---- */
+
+static void decode_free(ccoe_model *m)
+{
+    free(m->kv_cache);
+    free(m->dec_row);
+    free(m->dec_domain);
+    free(m->dec_step_row);
+    free(m->dec_step_pos);
+    free(m->dec_step_dom);
+    m->kv_cache = NULL;
+    m->dec_row = m->dec_step_row = m->dec_step_pos = NULL;
+    m->dec_domain = m->dec_step_dom = NULL;
+    m->dec_maxB = 0;
+}
+
+ccoe_status ccoe_model_decode_prefill(ccoe_model *m, const int32_t *tokens,
+                                      const int32_t *domains, int B, int T, ccoe_error *err)
+{
+    if (m->place && m->place_active)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "decoding needs the gathered model: clear place_active first");
+    if (B < 1 || B > m->maxB || T < 1 || T > m->maxT)
+        return ccoe_error_set(err, CCOE_ERR_ARG, "decode batch (%d, %d) outside (%d, %d)", B, T,
+                              m->maxB, m->maxT);
+    const size_t C2 = 2 * (size_t)m->cfg.n_embd, C3 = 3 * (size_t)m->cfg.n_embd;
+    if (m->dec_maxB != m->maxB) {
+        decode_free(m);
+        const size_t nb = (size_t)m->maxB;
+        m->kv_cache = ccoe_aligned_calloc((size_t)m->n_inst * nb * m->maxT * C2 * sizeof(float));
+        m->dec_row = ccoe_aligned_calloc(nb * sizeof(int));
+        m->dec_domain = ccoe_aligned_calloc(nb * sizeof(int32_t));
+        m->dec_step_row = ccoe_aligned_calloc(nb * sizeof(int));
+        m->dec_step_pos = ccoe_aligned_calloc(nb * sizeof(int));
+        m->dec_step_dom = ccoe_aligned_calloc(nb * sizeof(int32_t));
+        if (!m->kv_cache || !m->dec_row || !m->dec_domain || !m->dec_step_row ||
+            !m->dec_step_pos || !m->dec_step_dom) {
+            decode_free(m);
+            return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the decoding cache");
+        }
+        m->dec_maxB = m->maxB;
+    }
+    ccoe_model_forward(m, tokens, NULL, domains, B, T, NULL);
+    /* every instance's keys and values of every row (rows an instance did not run on hold
+     * stale values that their sequences never read: a sequence keeps its path) */
+    for (int k = 0; k < m->n_inst; k++)
+        for (int r = 0; r < B; r++)
+            for (int t = 0; t < T; t++)
+                memcpy(kv_at(m, k, r, t), m->acts[k].qkv + ((size_t)r * T + t) * C3 + C2 / 2,
+                       C2 * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        m->dec_row[b] = m->row_of[b];
+        m->dec_domain[b] = domains ? domains[b] : 0;
+    }
+    m->dec_B = B;
+    m->dec_has_domains = domains != NULL;
+    return CCOE_OK;
+}
+
+void ccoe_model_decode_step(ccoe_model *m, const int32_t *tok, const int *seq, const int *pos,
+                            int n)
+{
+    assert(m->kv_cache && n >= 1 && n <= m->dec_B && !(m->place && m->place_active));
+    const int C = m->cfg.n_embd;
+    for (int j = 0; j < n; j++)
+        m->dec_step_dom[j] = m->dec_domain[seq[j]];
+    m->last_B = n;
+    m->last_T = 1;
+    sort_rows(m, m->dec_has_domains ? m->dec_step_dom : NULL, n);
+    for (int r = 0; r < n; r++) {
+        const int j = m->seq_at[r];
+        assert(seq[j] >= 0 && seq[j] < m->dec_B && pos[j] >= 0 && pos[j] < m->maxT);
+        m->tok_sorted[r] = tok[j];
+        m->dec_step_row[r] = m->dec_row[seq[j]];
+        m->dec_step_pos[r] = pos[j];
+        if (m->n_moe > 0)
+            m->moe_domains[r] = m->dec_step_dom[j];
+        const float *te = m->wte + (size_t)tok[j] * C, *pe = m->wpe + (size_t)pos[j] * C;
+        float *e = m->emb + (size_t)r * C;
+        for (int c = 0; c < C; c++)
+            e[c] = te[c] + pe[c];
+    }
+    m->aux_loss = 0.0;
+    m->decoding = 1;
+    base_forward(m, n, 1);
+    groups_forward(m, 1);
+    m->decoding = 0;
 }
 
 /* The float range [*begin, *end) of block instance k's parameters, padding included. */

@@ -188,6 +188,17 @@ typedef struct ccoe_model {
      * model skips its exchanges (the communicator is unusable); ccoe_model_comm_status */
     ccoe_status comm_status;
     ccoe_error comm_err;
+    /* incremental decoding (ccoe_model_decode_prefill / _step): the keys and values of every
+     * block instance, (n_inst, dec_maxB, maxT, 2C), allocated by the first prefill */
+    float *kv_cache;
+    int dec_maxB;
+    int decoding;              /* a decode step runs: attention reads and extends kv_cache */
+    int dec_B;                 /* sequences of the last prefill */
+    int dec_has_domains;
+    int *dec_row;              /* (dec_maxB) cache row of each prefilled sequence */
+    int32_t *dec_domain;       /* (dec_maxB) domain of each prefilled sequence */
+    int *dec_step_row, *dec_step_pos; /* (dec_maxB) cache row and position of each sorted row */
+    int32_t *dec_step_dom;     /* (dec_maxB) domain of each step row, step order */
     /* totals over the forwards since ccoe_model_moe_reset_totals, while collect_moe is set */
     int collect_moe;
     int64_t *moe_tot_tokens;  /* (n_moe, E) kept slots per expert */
@@ -282,6 +293,23 @@ ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_
  * checks this after each of them and must end the job (the other ranks may be waiting in the
  * exchange this rank left); the model's outputs after a failure are meaningless. */
 ccoe_status ccoe_model_comm_status(const ccoe_model *m, ccoe_error *err);
+
+/* Incremental decoding (greedy generation). ccoe_model_decode_prefill is ccoe_model_forward
+ * without targets on tokens (B,T) (the logits of every position as there) that also keeps the
+ * keys and values of every block, so that ccoe_model_decode_step extends the sequences one
+ * token at a time without recomputing their prefixes. Not with placement active (evaluate the
+ * gathered model); COLLECTIVE under expert-parallel MoE like the forward. The first call
+ * allocates the cache (CCOE_ERR_NOMEM). */
+ccoe_status ccoe_model_decode_prefill(ccoe_model *m, const int32_t *tokens,
+                                      const int32_t *domains, int B, int T, ccoe_error *err);
+/* One token for each of n prefilled sequences: sequence seq[j] (its index in the prefill
+ * batch, distinct) gets token tok[j] at position pos[j] < maxT; positions 0 .. pos[j] - 1 of
+ * it must have been computed (by the prefill, for positions < its T, or by earlier steps). The
+ * logits of the new token: ccoe_model_logits(m, j, 0). Equals a full forward on the extended
+ * sequences up to rounding, except that an MoE layer with capacity_factor > 0 decides its
+ * capacity over the tokens of each call. */
+void ccoe_model_decode_step(ccoe_model *m, const int32_t *tok, const int *seq, const int *pos,
+                            int n);
 
 /* Zeroes the MoE totals (the per-expert counts the evaluation prints). */
 void ccoe_model_moe_reset_totals(ccoe_model *m);

@@ -450,8 +450,8 @@ static ccoe_status run_eval(train_ctx *t, int with_tasks, int print_table, ccoe_
     if (t->rank != 0 && !t->eval_all_ranks)
         return CCOE_OK;
     ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
-    ccoe_eval_domains(&s->model, &s->data, &s->tok, &s->batch, s->cfg.train.eval_batches,
-                      with_tasks, ev);
+    CCOE_TRY(ccoe_eval_domains(&s->model, &s->data, &s->tok, &s->batch,
+                               s->cfg.train.eval_batches, with_tasks, ev, err));
     CCOE_TRY(ccoe_model_comm_status(&s->model, err));
     if (t->rank != 0)
         return CCOE_OK;

@@ -4,7 +4,8 @@
 # resumed on 2 ranks (the checkpoint is left untouched); --set mpi.placement=... on resume
 # recomputes the map for the new rank count; bad [mpi] values exit 2 naming the key; balanced
 # CCoE placement evens the ranks' training sequences and follows the 1-process curve;
-# --train-experts trains each expert on the rank mpi.map names.
+# --train-experts trains each expert on the rank mpi.map names; the final evaluation decodes
+# task answers under expert parallelism and after CCoE placement.
 source "$(dirname "$0")/lib/common.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
@@ -100,3 +101,17 @@ pass "balanced CCoE placement evens the ranks' training sequences and follows 1 
 grep -q '^training 3 experts in parallel over 2 ranks (mpi.placement = list): rank 0 \[c\] rank 1 \[a b\]$' \
   te-list.log || fail "--train-experts ranks: $(grep '^training' te-list.log)"
 pass "--train-experts places the experts by mpi.map"
+
+# the final evaluation decodes the task answers (one forward over the prompts, then cached
+# keys/values) under expert-parallel MoE (every rank decodes together) and after CCoE placement
+# (rank 0 decodes the gathered model): the jobs end and record the task accuracy
+tasks=(--set data.task_examples=6 --set train.steps=2)
+"${MPIRUN[@]}" -np 2 "$CCOE" train "$TINY" "${common[@]}" "${tasks[@]}" \
+  --set train.out_dir=ep-tasks > ep-tasks.log 2>&1 || fail "EP run with task decoding: $(cat ep-tasks.log)"
+"${MPIRUN[@]}" -np 2 "$CCOE" train "$TINY" "${ccoe[@]}" "${tasks[@]}" --quiet \
+  --ccoe-placement experts --set train.out_dir=pl-tasks > pl-tasks.log 2>&1 || fail "placed run with task decoding: $(cat pl-tasks.log)"
+for d in ep-tasks pl-tasks; do
+  grep '"eval"' "$d/metrics.jsonl" | tail -1 | grep -q '"sql":{[^}]*"task_n":6' \
+    || fail "$d: no task accuracy in the final evaluation"
+done
+pass "task decoding at the final evaluation under expert parallelism and CCoE placement"

@@ -1,0 +1,268 @@
+/* test_decode.c - incremental decoding (cached keys and values) against full forwards:
+ * ccoe_attention_decode equals the last rows of the full attention; for a dense pre-LN and a
+ * post-LN/RMSNorm/SwiGLU model, CCoE Eq. 4 (own heads), Eq. 5 and Eqs. 6-7, and MoE blocks
+ * (top-k, softmax, domain gate), every decode step's logits equal the full forward's at the
+ * same position, with sequences of different prompt lengths that leave the steps at different
+ * times; greedy generation equals greedy decoding by full recomputation. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#include "config.h"
+#include "eval.h"
+#include "gating.h"
+#include "gemm.h"
+#include "kernels.h"
+#include "model.h"
+#include "rng.h"
+#include "tokenizer.h"
+
+enum { B = 5, T = 12 };
+
+static const char k_domains[3][CCOE_NAME_LEN] = {"arith", "code", "prose"};
+
+static ccoe_gemm g_gemm;
+
+static int setup(void **state)
+{
+    (void)state;
+    ccoe_error err = {0};
+    return ccoe_gemm_init(&g_gemm, CCOE_GEMM_AUTO, 2, &err) == CCOE_OK ? 0 : -1;
+}
+
+static void test_attention_decode_kernel(void **state)
+{
+    (void)state;
+    const int Bk = 3, Tk = 37, C = 24, H = 3, nt = 2;
+    float *qkv = tu_fnew((size_t)Bk * Tk * 3 * C), *out = tu_fnew((size_t)Bk * Tk * C);
+    float *lse = tu_fnew((size_t)Bk * H * Tk);
+    float *scratch = tu_fnew(ccoe_attention_scratch_floats(Bk, Tk, C, H, nt));
+    float *kv = tu_fnew((size_t)Bk * Tk * 2 * C), *dec = tu_fnew((size_t)Bk * C);
+    float *q = tu_fnew((size_t)Bk * 3 * C), *ws = tu_fnew((size_t)nt * Tk);
+    double *want = tu_dnew((size_t)Bk * C);
+    tu_fill_uniform(qkv, (size_t)Bk * Tk * 3 * C, 7, 1.5f);
+    ccoe_attention_forward(&g_gemm, out, lse, qkv, scratch, Bk, Tk, C, H);
+    for (int b = 0; b < Bk; b++)
+        for (int t = 0; t < Tk; t++)
+            memcpy(kv + ((size_t)b * Tk + t) * 2 * C, qkv + ((size_t)b * Tk + t) * 3 * C + C,
+                   2 * (size_t)C * sizeof(float));
+    /* sequence b's query at position pos[i], in a different row order than the cache */
+    const int rows[3] = {2, 0, 1}, pos[3] = {0, 36, 17};
+    for (int i = 0; i < Bk; i++) {
+        const size_t src = ((size_t)rows[i] * Tk + pos[i]);
+        memcpy(q + (size_t)i * 3 * C, qkv + src * 3 * C, 3 * (size_t)C * sizeof(float));
+        tu_to_double(want + (size_t)i * C, out + src * C, (size_t)C);
+    }
+    ccoe_attention_decode(dec, q, kv, (size_t)Tk * 2 * C, rows, pos, ws, Bk, C, H, nt);
+    TU_ASSERT_CLOSE("attention decode", dec, want, (size_t)Bk * C, 1e-5, 1e-4);
+    free(qkv), free(out), free(lse), free(scratch), free(kv), free(dec), free(q), free(ws);
+    free(want);
+}
+
+typedef struct model_case {
+    const char *name;
+    const char *sets[12]; /* config overrides, NULL-terminated */
+} model_case;
+
+static const model_case k_cases[] = {
+    {"dense pre-LN", {NULL}},
+    {"dense post-LN rmsnorm swiglu untied",
+     {"model.block=post_ln", "model.norm=rmsnorm", "model.ffn=swiglu", "model.tied_head=false",
+      NULL}},
+    {"Eq. 4 tail, own heads",
+     {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true",
+      NULL}},
+    {"Eq. 5 prefix",
+     {"ccoe.form=prefix", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,prose:b",
+      "ccoe.prefix_layers=1", NULL}},
+    {"Eqs. 6-7 ffn post-LN",
+     {"model.block=post_ln", "ccoe.form=ffn", "ccoe.experts=a:1,b:2",
+      "ccoe.routes=arith:a,code:b", NULL}},
+    {"MoE top-2 of 4", {"moe.gate=topk", "moe.n_experts=4", "moe.top_k=2", NULL}},
+    {"MoE softmax, every 2nd block",
+     {"moe.gate=softmax", "moe.n_experts=3", "moe.top_k=3", "moe.every=2", NULL}},
+    {"MoE domain gate",
+     {"moe.gate=domain", "moe.n_experts=3", "moe.top_k=1", "moe.w_switch=0", "moe.w_z=0", NULL}},
+};
+
+static void open_case(ccoe_model *m, ccoe_gating *gt, const model_case *mc, int V)
+{
+    ccoe_config c;
+    ccoe_error err = {0};
+    ccoe_config_defaults(&c);
+    c.model.n_layer = 4;
+    c.model.n_embd = 16;
+    c.model.n_head = 2;
+    c.model.ffn_hidden = 24;
+    c.model.vocab_size = V;
+    c.model.seq_len = T;
+    c.model.init_std = 0.3;
+    c.moe.expert_hidden = 12;
+    c.moe.capacity_factor = 0; /* dropless: capacity would be decided per call */
+    for (int i = 0; mc->sets[i]; i++)
+        if (ccoe_config_set(&c, mc->sets[i], &err) != CCOE_OK)
+            fail_msg("%s: %s", mc->name, err.msg);
+    if (ccoe_config_validate(&c, &err) != CCOE_OK)
+        fail_msg("%s: %s", mc->name, err.msg);
+    if (ccoe_gating_build(gt, &c, k_domains, 3, &err) != CCOE_OK)
+        fail_msg("%s: gating: %s", mc->name, err.msg);
+    if (ccoe_model_init_moe(m, &c.model, gt, &c.moe, B, T, &g_gemm, 2, &err) != CCOE_OK)
+        fail_msg("%s: %s", mc->name, err.msg);
+    ccoe_model_init_weights(m, 31, CCOE_INIT_RANDOM);
+}
+
+/* Prompts of lengths plen[b] (padded to the longest), then steps that feed each sequence its
+ * next token of `tok` until it reaches its own end: every step's logits must equal the full
+ * forward's logits of that (sequence, position). */
+static void decode_case(const model_case *mc)
+{
+    const int V = 40;
+    ccoe_model m, ref;
+    ccoe_gating gt, gt2;
+    ccoe_error err = {0};
+    open_case(&m, &gt, mc, V);
+    open_case(&ref, &gt2, mc, V);
+    int32_t tok[B * T], dom[B], pre[B * T];
+    ccoe_rng r;
+    ccoe_rng_seed(&r, 5);
+    for (int i = 0; i < B * T; i++)
+        tok[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)V);
+    for (int b = 0; b < B; b++)
+        dom[b] = (int32_t)((b * 2 + 1) % 3);
+    const int plen[B] = {3, 1, 5, 2, 4}, end[B] = {12, 6, 9, 12, 5};
+    const int Tc = 5;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tc; t++)
+            pre[b * Tc + t] = t < plen[b] ? tok[b * T + t] : 1; /* padding: any token */
+    ccoe_model_forward(&ref, tok, NULL, dom, B, T, NULL);
+    double *want = tu_dnew((size_t)V);
+    assert_int_equal(ccoe_model_decode_prefill(&m, pre, dom, B, Tc, &err), CCOE_OK);
+    for (int b = 0; b < B; b++) {
+        tu_to_double(want, ccoe_model_logits(&ref, b, plen[b] - 1), (size_t)V);
+        if (tu_close_ratio(mc->name, ccoe_model_logits(&m, b, plen[b] - 1), want, (size_t)V,
+                           1e-4, 1e-4) > 1.0)
+            fail_msg("%s: prefill logits of sequence %d", mc->name, b);
+    }
+    int len[B], steps = 0;
+    memcpy(len, plen, sizeof len);
+    for (;;) {
+        int32_t st[B];
+        int seq[B], pos[B], n = 0;
+        for (int b = B - 1; b >= 0; b--) /* reverse order: step rows != prefill rows */
+            if (len[b] < end[b]) {
+                seq[n] = b;
+                pos[n] = len[b];
+                st[n++] = tok[b * T + len[b]];
+                len[b]++;
+            }
+        if (n == 0)
+            break;
+        ccoe_model_decode_step(&m, st, seq, pos, n);
+        steps++;
+        for (int j = 0; j < n; j++) {
+            tu_to_double(want, ccoe_model_logits(&ref, seq[j], pos[j]), (size_t)V);
+            if (tu_close_ratio(mc->name, ccoe_model_logits(&m, j, 0), want, (size_t)V, 1e-4,
+                               1e-4) > 1.0)
+                fail_msg("%s: step %d, sequence %d, position %d", mc->name, steps, seq[j],
+                         pos[j]);
+        }
+    }
+    assert_int_equal(steps, 10);
+    free(want);
+    ccoe_model_free(&m);
+    ccoe_model_free(&ref);
+}
+
+static void test_decode_equals_forward(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof k_cases / sizeof k_cases[0]; i++)
+        decode_case(&k_cases[i]);
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+/* ccoe_generate_greedy against greedy decoding by a full forward per new token. */
+static void test_generate_equals_recompute(void **state)
+{
+    (void)state;
+    ccoe_tokenizer tok;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_tokenizer_init(&tok, "byte", &err), CCOE_OK);
+    const int V = tok.ops->vocab_size(tok.self), Tg = 24, max_new = 9;
+    const model_case *cases[] = {&k_cases[0], &k_cases[2], &k_cases[4]};
+    const char *prompts[4] = {"12+7=", "ab", "reverse: xyz -> ", "q"};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        ccoe_config c;
+        ccoe_config_defaults(&c);
+        c.model.n_layer = 4;
+        c.model.n_embd = 16;
+        c.model.n_head = 2;
+        c.model.ffn_hidden = 24;
+        c.model.vocab_size = V;
+        c.model.seq_len = Tg;
+        c.model.init_std = 0.5;
+        for (int i = 0; cases[ci]->sets[i]; i++)
+            assert_int_equal(ccoe_config_set(&c, cases[ci]->sets[i], &err), CCOE_OK);
+        assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+        ccoe_gating gt;
+        ccoe_model m;
+        assert_int_equal(ccoe_gating_build(&gt, &c, k_domains, 3, &err), CCOE_OK);
+        assert_int_equal(ccoe_model_init_moe(&m, &c.model, &gt, &c.moe, 4, Tg, &g_gemm, 2, &err),
+                         CCOE_OK);
+        ccoe_model_init_weights(&m, 77, CCOE_INIT_RANDOM);
+        ccoe_batch b;
+        assert_int_equal(ccoe_batch_init(&b, 4, Tg, &err), CCOE_OK);
+        char buf[4][64], *outs[4] = {buf[0], buf[1], buf[2], buf[3]};
+        assert_int_equal(ccoe_generate_greedy(&m, &tok, &b, prompts, 0, 4, max_new, '\x01', outs,
+                                              sizeof buf[0], &err),
+                         CCOE_OK);
+        for (int i = 0; i < 4; i++) {
+            int32_t seq[32];
+            int32_t dom = 0;
+            int len = 1;
+            seq[0] = CCOE_TOK_BOS;
+            len += (int)tok.ops->encode(tok.self, prompts[i], strlen(prompts[i]), seq + 1, 31);
+            char want[64] = "";
+            size_t wl = 0;
+            for (int s = 0; s < max_new && len < Tg; s++) {
+                ccoe_model_forward(&m, seq, NULL, &dom, 1, len, NULL);
+                int next = argmax(ccoe_model_logits(&m, 0, len - 1), V);
+                char piece[16];
+                size_t k = tok.ops->decode(tok.self, &next, 1, piece, sizeof piece);
+                if (next == CCOE_TOK_EOS || (k == 1 && piece[0] == '\x01'))
+                    break;
+                memcpy(want + wl, piece, k);
+                wl += k;
+                want[wl] = '\0';
+                seq[len++] = next;
+            }
+            if (strcmp(want, outs[i]) != 0)
+                fail_msg("%s, prompt %d: generated '%s', recomputation '%s'", cases[ci]->name, i,
+                         outs[i], want);
+        }
+        ccoe_batch_free(&b);
+        ccoe_model_free(&m);
+    }
+    ccoe_tokenizer_free(&tok);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_attention_decode_kernel),
+        cmocka_unit_test(test_decode_equals_forward),
+        cmocka_unit_test(test_generate_equals_recompute),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
