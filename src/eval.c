@@ -32,7 +32,7 @@ void ccoe_batch_free(ccoe_batch *b)
     b->tokens = b->targets = b->domains = NULL;
 }
 
-static int argmax(const float *x, int n)
+int ccoe_argmax(const float *x, int n)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -88,8 +88,11 @@ ccoe_status ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_
         int nn = 0;
         for (int j = 0; j < na; j++) {
             const int i = seq[j];
-            /* only the tokenizer's real ids are candidates (the vocab may be padded) */
-            int next = argmax(ccoe_model_logits(m, step > 0 ? j : i, step > 0 ? 0 : pos[j]), V);
+            /* its last token's logits (the prefill's row i at pos[j], then step row j); only
+             * the tokenizer's real ids are candidates (the vocab may be padded) */
+            const float *lg =
+                step > 0 ? ccoe_model_logits(m, j, 0) : ccoe_model_logits(m, i, pos[j]);
+            int next = ccoe_argmax(lg, V);
             char piece[16];
             size_t k = tok->ops->decode(tok->self, &next, 1, piece, sizeof piece);
             if (next == CCOE_TOK_EOS || (k == 1 && piece[0] == stop)) {

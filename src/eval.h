@@ -47,6 +47,9 @@ ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_
                               ccoe_batch *b, int max_batches, int with_tasks,
                               ccoe_domain_eval *out, ccoe_error *err);
 
+/* Index of the largest of x[0..n) (the first on ties). */
+int ccoe_argmax(const float *x, int n);
+
 #define CCOE_GEN_MAX 64 /* prompts decoded together at most */
 
 /* Greedy-decodes up to max_new tokens after each prompt (n <= min(b->maxB, CCOE_GEN_MAX));

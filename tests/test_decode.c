@@ -88,7 +88,9 @@ static const model_case k_cases[] = {
      {"moe.gate=domain", "moe.n_experts=3", "moe.top_k=1", "moe.w_switch=0", "moe.w_z=0", NULL}},
 };
 
-static void open_case(ccoe_model *m, ccoe_gating *gt, const model_case *mc, int V)
+/* A 4-block model of the case for batches up to (maxB, Tm), random weights of std `std`. */
+static void open_case(ccoe_model *m, ccoe_gating *gt, const model_case *mc, int V, int maxB,
+                      int Tm, double std, uint64_t seed)
 {
     ccoe_config c;
     ccoe_error err = {0};
@@ -98,8 +100,8 @@ static void open_case(ccoe_model *m, ccoe_gating *gt, const model_case *mc, int 
     c.model.n_head = 2;
     c.model.ffn_hidden = 24;
     c.model.vocab_size = V;
-    c.model.seq_len = T;
-    c.model.init_std = 0.3;
+    c.model.seq_len = Tm;
+    c.model.init_std = std;
     c.moe.expert_hidden = 12;
     c.moe.capacity_factor = 0; /* dropless: capacity would be decided per call */
     for (int i = 0; mc->sets[i]; i++)
@@ -109,9 +111,9 @@ static void open_case(ccoe_model *m, ccoe_gating *gt, const model_case *mc, int 
         fail_msg("%s: %s", mc->name, err.msg);
     if (ccoe_gating_build(gt, &c, k_domains, 3, &err) != CCOE_OK)
         fail_msg("%s: gating: %s", mc->name, err.msg);
-    if (ccoe_model_init_moe(m, &c.model, gt, &c.moe, B, T, &g_gemm, 2, &err) != CCOE_OK)
+    if (ccoe_model_init_moe(m, &c.model, gt, &c.moe, maxB, Tm, &g_gemm, 2, &err) != CCOE_OK)
         fail_msg("%s: %s", mc->name, err.msg);
-    ccoe_model_init_weights(m, 31, CCOE_INIT_RANDOM);
+    ccoe_model_init_weights(m, seed, CCOE_INIT_RANDOM);
 }
 
 /* Prompts of lengths plen[b] (padded to the longest), then steps that feed each sequence its
@@ -123,8 +125,8 @@ static void decode_case(const model_case *mc)
     ccoe_model m, ref;
     ccoe_gating gt, gt2;
     ccoe_error err = {0};
-    open_case(&m, &gt, mc, V);
-    open_case(&ref, &gt2, mc, V);
+    open_case(&m, &gt, mc, V, B, T, 0.3, 31);
+    open_case(&ref, &gt2, mc, V, B, T, 0.3, 31);
     int32_t tok[B * T], dom[B], pre[B * T];
     ccoe_rng r;
     ccoe_rng_seed(&r, 5);
@@ -183,15 +185,6 @@ static void test_decode_equals_forward(void **state)
         decode_case(&k_cases[i]);
 }
 
-static int argmax(const float *x, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return best;
-}
-
 /* ccoe_generate_greedy against greedy decoding by a full forward per new token. */
 static void test_generate_equals_recompute(void **state)
 {
@@ -203,24 +196,9 @@ static void test_generate_equals_recompute(void **state)
     const model_case *cases[] = {&k_cases[0], &k_cases[2], &k_cases[4]};
     const char *prompts[4] = {"12+7=", "ab", "reverse: xyz -> ", "q"};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        ccoe_config c;
-        ccoe_config_defaults(&c);
-        c.model.n_layer = 4;
-        c.model.n_embd = 16;
-        c.model.n_head = 2;
-        c.model.ffn_hidden = 24;
-        c.model.vocab_size = V;
-        c.model.seq_len = Tg;
-        c.model.init_std = 0.5;
-        for (int i = 0; cases[ci]->sets[i]; i++)
-            assert_int_equal(ccoe_config_set(&c, cases[ci]->sets[i], &err), CCOE_OK);
-        assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
         ccoe_gating gt;
         ccoe_model m;
-        assert_int_equal(ccoe_gating_build(&gt, &c, k_domains, 3, &err), CCOE_OK);
-        assert_int_equal(ccoe_model_init_moe(&m, &c.model, &gt, &c.moe, 4, Tg, &g_gemm, 2, &err),
-                         CCOE_OK);
-        ccoe_model_init_weights(&m, 77, CCOE_INIT_RANDOM);
+        open_case(&m, &gt, cases[ci], V, 4, Tg, 0.5, 77);
         ccoe_batch b;
         assert_int_equal(ccoe_batch_init(&b, 4, Tg, &err), CCOE_OK);
         char buf[4][64], *outs[4] = {buf[0], buf[1], buf[2], buf[3]};
@@ -237,7 +215,7 @@ static void test_generate_equals_recompute(void **state)
             size_t wl = 0;
             for (int s = 0; s < max_new && len < Tg; s++) {
                 ccoe_model_forward(&m, seq, NULL, &dom, 1, len, NULL);
-                int next = argmax(ccoe_model_logits(&m, 0, len - 1), V);
+                int next = ccoe_argmax(ccoe_model_logits(&m, 0, len - 1), V);
                 char piece[16];
                 size_t k = tok.ops->decode(tok.self, &next, 1, piece, sizeof piece);
                 if (next == CCOE_TOK_EOS || (k == 1 && piece[0] == '\x01'))
