@@ -66,8 +66,9 @@ static const char *k_usage =
     "        every config key with its allowed values and default\n"
     "\n"
     "under MPI (mpirun -np P ccoe train ...) every rank trains: data parallel, or with\n"
-    "--train-experts all|NAME,... several CCoE experts at once, placed over the ranks; the\n"
-    "other commands run on rank 0 only\n";
+    "--train-experts all|NAME,... several CCoE experts at once, placed over the ranks;\n"
+    "mpirun -np P ccoe study trains each variant on all P ranks the same way; the other\n"
+    "commands run on rank 0 only\n";
 
 /* The communicator of this process (main sets it: serial, or MPI under mpirun). */
 static ccoe_comm *g_comm;
@@ -511,7 +512,7 @@ static int cmd_study(int argc, char **argv)
     const char **sets = calloc((size_t)argc, sizeof *sets);
     if (!sets)
         return 1;
-    ccoe_study_opts o = {.sets = sets, .progress = -1};
+    ccoe_study_opts o = {.sets = sets, .progress = -1, .comm = g_comm};
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
             sets[o.n_sets++] = argv[++i];
@@ -563,7 +564,9 @@ int main(int argc, char **argv)
         mpi = 1;
     }
     g_comm = &comm;
-    const int train = argc >= 2 && strcmp(argv[1], "train") == 0;
+    /* train and study run on every rank (collective); the rest on rank 0 */
+    const int train = argc >= 2 && (strcmp(argv[1], "train") == 0 ||
+                                    strcmp(argv[1], "study") == 0);
     int rc = 0;
     if (train || comm.rank == 0)
         rc = run_command(argc, argv);

@@ -22,6 +22,7 @@
 #include <ini.h>
 
 #include "checkpoint.h"
+#include "comm.h"
 #include "config.h"
 #include "fs.h"
 #include "moe.h"
@@ -925,38 +926,61 @@ static int finished_run(const study_variant *v, int *exists)
     return same;
 }
 
+/* The communicator of a study run by several ranks (mpirun -np P ccoe study), else NULL. */
+static ccoe_comm *study_comm(const ccoe_study_opts *o)
+{
+    return o->comm && o->comm->size > 1 ? o->comm : NULL;
+}
+
+/* Trains variant v (or reuses its finished run) and reads its results. COLLECTIVE with a
+ * study communicator: rank 0 decides whether to reuse and tells the others, every rank
+ * trains (data parallel, or expert parallel for MoE variants), rank 0 alone prints and reads
+ * the results, and the ranks agree on the outcome, so they return the same status. */
 static ccoe_status run_variant(study *S, study_variant *v, int idx, const ccoe_study_opts *o,
                                ccoe_error *err)
 {
-    int exists = 0;
+    ccoe_comm *c = study_comm(o);
+    const int rank0 = !c || c->rank == 0;
     const study_variant *src = v->init_from[0] ? find_variant(S->run, S->n_run, v->init_from)
                                                : NULL;
     int src_new = src && !src->reused; /* its start weights changed: retrain */
-    if (finished_run(v, &exists) && !o->force && !src_new) {
+    int have[2] = {0, 0};             /* finished run of this config, directory holds a run */
+    if (rank0)
+        have[0] = finished_run(v, &have[1]);
+    if (c)
+        CCOE_TRY(c->ops->bcast(c, have, sizeof have, 0, err));
+    if (have[0] && !o->force && !src_new) {
         v->reused = 1;
-        fprintf(stderr, "[%d/%d] %-16s %ld steps: reusing the finished run in %s\n", idx + 1,
-                S->n_run, v->name, v->steps, v->cfg.train.out_dir);
+        if (rank0)
+            fprintf(stderr, "[%d/%d] %-16s %ld steps: reusing the finished run in %s\n",
+                    idx + 1, S->n_run, v->name, v->steps, v->cfg.train.out_dir);
     } else {
-        if (exists && !o->force && !src_new)
-            return ccoe_error_set(err, CCOE_ERR_ARG,
-                                  "%s already holds a different or unfinished run of variant "
-                                  "%s: rerun with --force to retrain it, or set study.out_dir",
-                                  v->cfg.train.out_dir, v->name);
+        if (have[1] && !o->force && !src_new) {
+            ccoe_status bad = ccoe_error_set(err, CCOE_ERR_ARG,
+                                             "%s already holds a different or unfinished run of "
+                                             "variant %s: rerun with --force to retrain it, or "
+                                             "set study.out_dir",
+                                             v->cfg.train.out_dir, v->name);
+            return c ? ccoe_comm_agree(c, bad, err) : bad; /* every rank fails alike */
+        }
         char tk[32];
         human(tk, sizeof tk, (double)v->tokens);
-        fprintf(stderr, "[%d/%d] %-16s %ld steps, %s tokens, %.3g FLOPs: %s ...%s", idx + 1,
-                S->n_run, v->name, v->steps, tk, v->train_flops, v->label,
-                o->verbose ? "\n" : "");
-        fflush(stderr);
+        if (rank0) {
+            fprintf(stderr, "[%d/%d] %-16s %ld steps, %s tokens, %.3g FLOPs: %s ...%s", idx + 1,
+                    S->n_run, v->name, v->steps, tk, v->train_flops, v->label,
+                    o->verbose ? "\n" : "");
+            fflush(stderr);
+        }
         ccoe_train_opts to = {.force = 1, .progress = o->verbose ? o->progress : 0,
-                              .quiet = !o->verbose};
+                              .quiet = !o->verbose, .comm = c};
         char from[CCOE_STR + 96];
         if (v->init_from[0]) {
             if (src->skipped) {
                 v->skipped = 1;
                 snprintf(v->note, sizeof v->note, "skipped: it starts from %s, which was skipped",
                          src->name);
-                fputc('\n', stderr);
+                if (rank0)
+                    fputc('\n', stderr);
                 return CCOE_OK;
             }
             snprintf(from, sizeof from, "%s/checkpoint.safetensors", src->cfg.train.out_dir);
@@ -968,9 +992,11 @@ static ccoe_status run_variant(study *S, study_variant *v, int idx, const ccoe_s
         clock_gettime(CLOCK_MONOTONIC, &t1);
         v->wall_s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
         if (st != CCOE_OK) {
-            if (!o->verbose)
+            if (!o->verbose && rank0)
                 fputc('\n', stderr);
-            if (v->optional) {
+            /* a failure the ranks have not agreed on (c->failed_rank < 0) leaves ranks waiting:
+             * returned as it is, main ends the job */
+            if (v->optional && (!c || c->failed_rank >= 0) && st != CCOE_ERR_COMM) {
                 v->skipped = 1;
                 snprintf(v->note, sizeof v->note, "skipped (optional; training failed: %.330s)",
                          err->msg);
@@ -980,13 +1006,16 @@ static ccoe_status run_variant(study *S, study_variant *v, int idx, const ccoe_s
             return ccoe_error_wrap(err, "variant %s", v->name);
         }
     }
-    CCOE_TRY(read_metrics(S, v, err));
-    if (v->n_moe > 0)
-        CCOE_TRY(moe_load(S, v, err));
-    if (!v->reused)
-        fprintf(stderr, "%s %.1f s, mean val loss %.4f\n", o->verbose ? "  done:" : "", v->wall_s,
-                v->mean_loss);
-    return CCOE_OK;
+    ccoe_status st = CCOE_OK;
+    if (rank0) {
+        st = read_metrics(S, v, err);
+        if (st == CCOE_OK && v->n_moe > 0)
+            st = moe_load(S, v, err);
+        if (st == CCOE_OK && !v->reused)
+            fprintf(stderr, "%s %.1f s, mean val loss %.4f\n", o->verbose ? "  done:" : "",
+                    v->wall_s, v->mean_loss);
+    }
+    return c ? ccoe_comm_agree(c, st, err) : st;
 }
 
 /* ---- output ---- */
@@ -1377,7 +1406,7 @@ static void compute_gains(study *S)
     }
 }
 
-static void machine_line(char *buf, size_t cap, int threads)
+static void machine_line(char *buf, size_t cap, int threads, int ranks)
 {
     char model[160] = "unknown CPU";
     FILE *f = fopen("/proc/cpuinfo", "r");
@@ -1398,12 +1427,19 @@ static void machine_line(char *buf, size_t cap, int threads)
         fclose(f);
     }
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    snprintf(buf, cap, "Machine: %s, %ld CPUs online, %d threads per run", model, ncpu, threads);
+    if (ranks > 1)
+        snprintf(buf, cap, "Machine: %s, %ld CPUs online (rank 0's node), %d MPI ranks x %d "
+                 "threads per run", model, ncpu, ranks, threads);
+    else
+        snprintf(buf, cap, "Machine: %s, %ld CPUs online, %d threads per run", model, ncpu,
+                 threads);
 }
 
 ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out,
                            ccoe_error *err)
 {
+    ccoe_comm *c = study_comm(o);
+    const int rank0 = !c || c->rank == 0;
     study *S = calloc(1, sizeof *S);
     study_variant *decl = calloc(STUDY_MAX_VARIANTS, sizeof *decl);
     study_variant *run = calloc(STUDY_MAX_VARIANTS, sizeof *run);
@@ -1424,7 +1460,7 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
     else
         S->dir[0] = '\0';
     if ((st = parse_file(S, path, err)) != CCOE_OK)
-        goto done;
+        goto agreed;
     /* command-line overrides: study.* keys, otherwise config keys for every variant */
     for (int i = 0; i < o->n_sets; i++) {
         const char *a = o->sets[i];
@@ -1433,7 +1469,7 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
             char key[64];
             if (!eq || (size_t)(eq - a - 6) >= sizeof key) {
                 st = ccoe_error_set(err, CCOE_ERR_CONFIG, "--set '%s': write study.key=value", a);
-                goto done;
+                goto agreed;
             }
             memcpy(key, a + 6, (size_t)(eq - a - 6));
             key[eq - a - 6] = '\0';
@@ -1441,7 +1477,7 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
             S->line = 0;
             if (!on_study_key(S, "study", key, eq + 1)) {
                 st = err->status;
-                goto done;
+                goto agreed;
             }
             if (strcmp(key, "variants") == 0)
                 S->variants_cli = 1;
@@ -1449,7 +1485,7 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
         }
         if (S->n_base_sets == (int)(sizeof S->base_sets / sizeof S->base_sets[0])) {
             st = ccoe_error_set(err, CCOE_ERR_CONFIG, "too many --set overrides");
-            goto done;
+            goto agreed;
         }
         study_set *s = &S->base_sets[S->n_base_sets++];
         snprintf(s->text, sizeof s->text, "%s", a);
@@ -1465,7 +1501,7 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
     if (!S->out_dir[0])
         snprintf(S->out_dir, sizeof S->out_dir, "runs/%s", S->name);
     if ((st = parse_budget(S, err)) != CCOE_OK)
-        goto done;
+        goto agreed;
 
     /* the base config: defaults, base file (relative to the study file), inline sections */
     ccoe_config base;
@@ -1481,12 +1517,12 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
                                  S->base);
             if (st == CCOE_ERR_IO)
                 err->status = st = CCOE_ERR_CONFIG;
-            goto done;
+            goto agreed;
         }
     }
     for (int i = 0; i < S->n_base_sets; i++)
         if ((st = apply_set(S, &S->base_sets[i], "base", &base, err)) != CCOE_OK)
-            goto done;
+            goto agreed;
 
     /* the data's domains (for experts_per_domain and the tables) */
     {
@@ -1499,7 +1535,7 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
         if ((st = ccoe_config_validate(&probe, err)) != CCOE_OK ||
             (st = ccoe_session_open(&s, &probe, 1, err)) != CCOE_OK) {
             st = ccoe_error_wrap(err, "study %s: base config", path);
-            goto done;
+            goto agreed;
         }
         S->n_domains = s.data.n_domains;
         for (int d = 0; d < S->n_domains; d++) {
@@ -1510,31 +1546,44 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
         ccoe_session_close(&s);
     }
     if ((st = build_run_list(S, base.model.n_layer, err)) != CCOE_OK)
-        goto done;
+        goto agreed;
     for (int i = 0; i < S->n_run; i++)
         if ((st = prepare_variant(S, &S->run[i], &base, err)) != CCOE_OK)
-            goto done;
-    if ((st = ccoe_fs_mkdirs(S->out_dir, err)) != CCOE_OK)
+            goto agreed;
+    if (rank0)
+        st = ccoe_fs_mkdirs(S->out_dir, err);
+agreed:
+    /* every rank set the study up from the same files; agree before the first collective run
+     * (a rank that failed alone would leave the others waiting in it) */
+    if (c)
+        st = ccoe_comm_agree(c, st, err);
+    if (st != CCOE_OK)
         goto done;
-    {
+    if (rank0) {
         char bud[32];
         human(bud, sizeof bud, S->bvalue);
-        fprintf(stderr, "study %s: %d variants, budget %s %s each, output in %s\n", S->name,
+        fprintf(stderr, "study %s: %d variants, budget %s %s each, output in %s", S->name,
                 S->n_run, bud, S->bkind == BUDGET_TOKENS ? "tokens" : "FLOPs", S->out_dir);
+        if (c)
+            fprintf(stderr, ", every variant on %d ranks", c->size);
+        fputc('\n', stderr);
     }
     for (int i = 0; i < S->n_run; i++) {
         study_variant *v = &S->run[i];
         if (v->skipped) {
-            fprintf(stderr, "[%d/%d] %-16s %s\n", i + 1, S->n_run, v->name, v->note);
+            if (rank0)
+                fprintf(stderr, "[%d/%d] %-16s %s\n", i + 1, S->n_run, v->name, v->note);
             continue;
         }
         if ((st = run_variant(S, v, i, o, err)) != CCOE_OK)
             goto done;
     }
+    if (!rank0)
+        goto done;
     compute_gains(S);
     {
         char machine[300];
-        machine_line(machine, sizeof machine, base.run.threads);
+        machine_line(machine, sizeof machine, base.run.threads, c ? c->size : 1);
         FILE *f = NULL;
         if ((st = open_out(S->out_dir, "study.md", &f, err)) != CCOE_OK)
             goto done;

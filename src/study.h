@@ -25,9 +25,15 @@ typedef struct ccoe_study_opts {
     int force;    /* retrain variants whose directory holds a different or unfinished run */
     int verbose;  /* pass each variant's training output through (else one line per variant) */
     int progress; /* with verbose: -1 auto, 0 log lines, 1 progress bar */
+    struct ccoe_comm *comm; /* NULL or one rank: this process trains every variant. More ranks
+                             * (mpirun -np P ccoe study): COLLECTIVE, every rank calls
+                             * ccoe_study_run with the same file and options; each variant
+                             * trains on all ranks (ccoe_train_run with this comm: data
+                             * parallel, MoE experts spread over the ranks), rank 0 alone
+                             * prints, reads the results and writes the tables */
 } ccoe_study_opts;
 
-/* Runs the study described by the file at path and prints its Markdown table to out.
+/* Runs the study described by the file at path and prints its Markdown table to out (rank 0).
  * A variant whose directory already holds a finished run of exactly its config is reused, not
  * retrained. Bad study files are CCOE_ERR_CONFIG naming the line and key. */
 ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out,
