@@ -41,6 +41,9 @@ static const char *k_usage =
     "        existing one (continual training); --push writes MODEL + the trained expert\n"
     "  eval CHECKPOINT [--set data.manifest=...] [--batches N] [--no-tasks]\n"
     "        per-domain validation loss, perplexity and task accuracy\n"
+    "  generate CHECKPOINT [--domain D] [--max-new N] [--stop C|none] PROMPT...\n"
+    "        greedy continuation of each PROMPT (routed as domain D: the first domain by\n"
+    "        default), one line each, until C (default: the domain's answer end, a newline)\n"
     "  info CHECKPOINT\n"
     "        stored config, training state and tensors of a checkpoint\n"
     "  bench [--shape small|tiny-wide|gpt2-124m|all] [--steps N] [--threads N] [--gemm B] [--ffn gelu|swiglu]\n"
@@ -322,6 +325,100 @@ static int cmd_eval(int argc, char **argv)
     return rc;
 }
 
+/* ccoe generate CHECKPOINT [--domain D] [--max-new N] [--stop C|none] PROMPT... */
+static int cmd_generate(int argc, char **argv)
+{
+    if (argc < 1 || argv[0][0] == '-')
+        return usage_error("generate needs a CHECKPOINT file", "");
+    const char *domain = NULL, *stop_arg = NULL;
+    int max_new = 64;
+    const char **prompts = calloc((size_t)argc, sizeof *prompts);
+    int n = 0;
+    if (!prompts)
+        return 1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--domain") == 0 && i + 1 < argc) {
+            domain = argv[++i];
+        } else if (strcmp(argv[i], "--max-new") == 0 && i + 1 < argc) {
+            if (!parse_int_arg(argv[++i], 1, 1 << 20, &max_new)) {
+                free(prompts);
+                return usage_error("--max-new takes a whole number >= 1, not", argv[i]);
+            }
+        } else if (strcmp(argv[i], "--stop") == 0 && i + 1 < argc) {
+            stop_arg = argv[++i];
+            if (strcmp(stop_arg, "none") != 0 && strlen(stop_arg) != 1) {
+                free(prompts);
+                return usage_error("--stop takes one character or 'none', not", stop_arg);
+            }
+        } else if (strncmp(argv[i], "--", 2) == 0) {
+            free(prompts);
+            return usage_error("unknown or incomplete generate argument", argv[i]);
+        } else {
+            prompts[n++] = argv[i];
+        }
+    }
+    if (n == 0) {
+        free(prompts);
+        return usage_error("generate needs at least one PROMPT", "");
+    }
+    ccoe_error err = {0};
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    ccoe_session s;
+    int rc = 0, d = 0;
+    if (ccoe_checkpoint_open(argv[0], &cfg, &f, &err) != CCOE_OK) {
+        free(prompts);
+        return fail(&err);
+    }
+    if (ccoe_session_open(&s, &cfg, 1, &err) != CCOE_OK) {
+        ccoe_st_close(f);
+        free(prompts);
+        return fail(&err);
+    }
+    if (domain) {
+        while (d < s.data.n_domains && strcmp(s.data.domains[d].name, domain) != 0)
+            d++;
+        if (d == s.data.n_domains) {
+            char names[CCOE_MAX_DOMAINS * (CCOE_NAME_LEN + 1)] = "";
+            for (int k = 0; k < s.data.n_domains; k++)
+                snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s",
+                         k ? ", " : "", s.data.domains[k].name);
+            ccoe_error_set(&err, CCOE_ERR_ARG, "--domain %s: the model's data (%s) has the "
+                           "domains %s", domain, s.cfg.data.manifest, names);
+            rc = fail(&err);
+        }
+    }
+    const char stop = !stop_arg ? s.data.domains[d < s.data.n_domains ? d : 0].answer_stop
+                      : strcmp(stop_arg, "none") == 0 ? '\0' : stop_arg[0];
+    if (rc == 0 && ccoe_checkpoint_load(f, argv[0], &s.model, NULL, NULL, &err) != CCOE_OK)
+        rc = fail(&err);
+    enum { OUT_CAP = 4096 };
+    const int chunk = s.batch.maxB < CCOE_GEN_MAX ? s.batch.maxB : CCOE_GEN_MAX;
+    char *buf = rc == 0 ? malloc((size_t)chunk * OUT_CAP) : NULL;
+    char *outs[CCOE_GEN_MAX];
+    if (rc == 0 && !buf) {
+        ccoe_error_set(&err, CCOE_ERR_NOMEM, "out of memory for the generated text");
+        rc = fail(&err);
+    }
+    for (int first = 0; rc == 0 && first < n; first += chunk) {
+        const int k = n - first < chunk ? n - first : chunk;
+        for (int i = 0; i < k; i++)
+            outs[i] = buf + (size_t)i * OUT_CAP;
+        if (ccoe_generate_greedy(&s.model, &s.tok, &s.batch, prompts + first, d, k, max_new,
+                                 stop, outs, OUT_CAP, &err) != CCOE_OK) {
+            rc = fail(&err);
+            break;
+        }
+        for (int i = 0; i < k; i++)
+            printf("%s%s\n", prompts[first + i], outs[i]);
+    }
+    free(buf);
+    free(prompts);
+    ccoe_session_close(&s);
+    ccoe_st_close(f);
+    return rc;
+}
+
 static int cmd_info(int argc, char **argv)
 {
     if (argc != 1)
@@ -598,6 +695,8 @@ static int run_command(int argc, char **argv)
         return cmd_eval(argc - 2, argv + 2);
     if (strcmp(cmd, "train-expert") == 0)
         return cmd_train_expert(argc - 2, argv + 2);
+    if (strcmp(cmd, "generate") == 0)
+        return cmd_generate(argc - 2, argv + 2);
     if (strcmp(cmd, "info") == 0)
         return cmd_info(argc - 2, argv + 2);
     if (strcmp(cmd, "bench") == 0)

@@ -1,0 +1,45 @@
+# `ccoe generate`: one line per prompt, each the prompt and its greedy continuation (at most
+# --max-new bytes with --stop none, ended before the stop character otherwise); the same
+# output on a rerun; the domain routes the prompt (a CCoE model's experts give different
+# continuations for different domains); bad arguments exit 2 naming the problem.
+source "$(dirname "$0")/lib/common.sh"
+cd "$WORK"
+"$CCOE" train "$TINY" --set train.steps=6 --set train.eval_every=0 --set data.task_examples=0 \
+  --set ccoe.form=tail --set ccoe.experts=a:1,b:1 --set ccoe.routes=arith:a,prose:b \
+  --set train.out_dir=m --quiet || fail "training the model"
+ck=m/checkpoint.safetensors
+out=$("$CCOE" generate "$ck" --domain arith --max-new 7 --stop none "12+7=" "abc" "x y") \
+  || fail "generate: $out"
+[[ $(wc -l <<<"$out") -eq 3 ]] || fail "expected 3 lines: $out"
+i=0
+for p in "12+7=" "abc" "x y"; do
+  i=$((i + 1))
+  line=$(sed -n "${i}p" <<<"$out")
+  [[ $line == "$p"* ]] || fail "line $i does not start with its prompt '$p': $line"
+  (( ${#line} <= ${#p} + 7 )) || fail "line $i is longer than the prompt + 7 bytes: $line"
+done
+again=$("$CCOE" generate "$ck" --domain arith --max-new 7 --stop none "12+7=" "abc" "x y")
+[[ $again == "$out" ]] || fail "generate is not deterministic: $out vs $again"
+pass "one deterministic line per prompt, at most --max-new bytes"
+
+# ended before the stop character (the default: the domain's answer end, a newline)
+for c in e t a; do
+  line=$("$CCOE" generate "$ck" --domain prose --max-new 40 --stop "$c" "The ") || fail "--stop $c"
+  [[ ${line#The } != *"$c"* ]] || fail "--stop $c: the continuation holds '$c': $line"
+done
+pass "the continuation ends before the stop character"
+
+declare -A seen
+for d in arith strings prose; do
+  seen[$("$CCOE" generate "$ck" --domain "$d" --max-new 24 --stop none "the ")]=1
+done
+[[ ${#seen[@]} -ge 2 ]] || fail "every domain gave the same continuation: the domain does not route"
+pass "the domain routes the prompt (${#seen[@]} different continuations over 3 domains)"
+
+expect_fail 2 "--domain nope: the model's data \(builtin\) has the domains arith, strings" -- \
+  "$CCOE" generate "$ck" --domain nope "x"
+expect_fail 2 "generate needs at least one PROMPT" -- "$CCOE" generate "$ck" --domain arith
+expect_fail 2 "--max-new takes a whole number >= 1, not: 0" -- "$CCOE" generate "$ck" --max-new 0 x
+expect_fail 2 "--stop takes one character or 'none', not: ab" -- "$CCOE" generate "$ck" --stop ab x
+expect_fail 1 "cannot open 'missing.safetensors'" -- "$CCOE" generate missing.safetensors x
+pass "bad arguments exit non-zero naming the problem"
