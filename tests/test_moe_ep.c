@@ -190,6 +190,12 @@ static void test_model_equivalence(void **state)
     run_suite(tu_ep_model_cases);
 }
 
+static void test_decode(void **state)
+{
+    (void)state;
+    run_suite(tu_ep_decode_cases);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -197,6 +203,7 @@ int main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_layer_equivalence),
         cmocka_unit_test(test_model_equivalence),
+        cmocka_unit_test(test_decode),
     };
     return cmocka_run_group_tests(tests, setup_group, NULL);
 }

@@ -1,7 +1,7 @@
 /* test_moe_mpi.c - expert parallelism of the MoE layer and model over real MPI ranks
  * (mpi/comm_mpi.c): the per-rank checks of tests/util/ep_cases.c (dispatch round trip with
  * identity experts, layer equivalence for every gate, model equivalence through
- * ccoe_model_set_comm), run by CTest with -np 2 and -np 4. Exit status 0 = every check passed
+ * ccoe_model_set_comm, incremental decoding), run by CTest with -np 2 and -np 4. Exit status 0 = every check passed
  * on every rank.
  *
  * CCOE_EP_BENCH=1 instead times training steps of an MoE transformer (the `ccoe bench` small
@@ -162,7 +162,8 @@ int main(int argc, char **argv)
             int (*fn)(ccoe_comm *, const ccoe_gemm *);
         } suites[] = {{"round trip (identity experts)", tu_ep_round_trips},
                       {"layer equivalence (every gate)", tu_ep_layer_cases},
-                      {"model equivalence (every gate)", tu_ep_model_cases}};
+                      {"model equivalence (every gate)", tu_ep_model_cases},
+                      {"incremental decoding", tu_ep_decode_cases}};
         for (size_t i = 0; i < sizeof suites / sizeof suites[0]; i++) {
             int64_t f = suites[i].fn(&comm, &g);
             if (comm.ops->allreduce_i64(&comm, &f, 1, &err) != CCOE_OK) {

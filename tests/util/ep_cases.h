@@ -23,5 +23,8 @@ int tu_ep_layer_cases(ccoe_comm *comm, const ccoe_gemm *g);
 /* Model equivalence (ccoe_model_set_comm, src/ep.h) for every gate, with the default
  * (contiguous) placement and with round_robin and list maps from ccoe_placement_map. */
 int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g);
+/* Incremental decoding (ccoe_model_decode_prefill / _step) with every rank decoding the same
+ * prompts: logits equal the serial full forward's, for dropless gates. */
+int tu_ep_decode_cases(ccoe_comm *comm, const ccoe_gemm *g);
 
 #endif
