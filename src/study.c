@@ -1448,7 +1448,8 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
         free(S);
         free(decl);
         free(run);
-        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the study");
+        st = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the study");
+        return c ? ccoe_comm_agree(c, st, err) : st; /* the others wait in the set-up's */
     }
     S->decl = decl;
     S->run = run;
