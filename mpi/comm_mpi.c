@@ -237,6 +237,33 @@ static ccoe_status m_barrier(ccoe_comm *c, ccoe_error *err)
     return CCOE_OK;
 }
 
+static ccoe_status state_from(ccoe_comm *c, MPI_Comm comm, ccoe_error *err);
+
+static ccoe_status m_split(ccoe_comm *c, int color, int key, ccoe_comm *out, ccoe_error *err)
+{
+    MPI_Comm nc;
+    memset(out, 0, sizeof *out);
+    out->failed_rank = -1;
+    MPI_TRY(c, MPI_Comm_split(state(c)->comm, color, key, &nc), "MPI_Comm_split", 1, err);
+    int rc = MPI_Comm_set_errhandler(nc, MPI_ERRORS_RETURN);
+    if (rc != MPI_SUCCESS) {
+        MPI_Comm_free(&nc);
+        return mpi_fail(c, rc, "MPI_Comm_set_errhandler", 1, err);
+    }
+    return state_from(out, nc, err); /* frees nc on failure */
+}
+
+static void m_release(ccoe_comm *c)
+{
+    mpi_state *s = state(c);
+    if (!s)
+        return;
+    MPI_Comm_free(&s->comm);
+    free(s->counts);
+    free(s);
+    c->impl = NULL;
+}
+
 static void m_abort(ccoe_comm *c, int code)
 {
     MPI_Abort(MPI_COMM_WORLD, code ? code : 1);
@@ -257,6 +284,8 @@ static const ccoe_comm_ops mpi_ops = {
     .alltoallv_f32 = m_alltoallv_f32,
     .allgather = m_allgather,
     .barrier = m_barrier,
+    .split = m_split,
+    .release = m_release,
     .abort = m_abort,
 };
 
@@ -274,43 +303,51 @@ ccoe_status ccoe_comm_mpi_init(ccoe_comm *c, int *argc, char ***argv, ccoe_error
 {
     memset(c, 0, sizeof *c);
     c->failed_rank = -1;
-    mpi_state *s = calloc(1, sizeof *s);
-    if (!s)
-        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MPI communicator");
-    int inited = 0, provided = 0, rc;
+    int inited = 0, provided = 0, rc, we_initialised = 0;
     MPI_Initialized(&inited);
     if (!inited) {
         rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
-        if (rc != MPI_SUCCESS) {
-            free(s);
+        if (rc != MPI_SUCCESS)
             return ccoe_error_set(err, CCOE_ERR_COMM,
                                   "MPI_Init_thread failed (code %d): check the MPI installation "
                                   "(`mpirun --version`) and the launcher",
                                   rc);
-        }
-        s->we_initialised = 1;
+        we_initialised = 1;
     }
     /* errors come back as return codes on everything we touch */
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    rc = MPI_Comm_dup(MPI_COMM_WORLD, &s->comm);
+    MPI_Comm world;
+    rc = MPI_Comm_dup(MPI_COMM_WORLD, &world);
     if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_set_errhandler(s->comm, MPI_ERRORS_RETURN);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_rank(s->comm, &c->rank);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_size(s->comm, &c->size);
-    if (rc != MPI_SUCCESS) {
-        free(s);
+        rc = MPI_Comm_set_errhandler(world, MPI_ERRORS_RETURN);
+    if (rc != MPI_SUCCESS)
         return ccoe_error_set(err, CCOE_ERR_COMM, "setting up MPI_COMM_WORLD failed (code %d)",
                               rc);
-    }
-    size_t P = (size_t)c->size;
-    s->counts = calloc(4 * P, sizeof(int));
-    if (!s->counts) {
-        MPI_Comm_free(&s->comm);
+    CCOE_TRY(state_from(c, world, err));
+    state(c)->we_initialised = we_initialised;
+    return CCOE_OK;
+}
+
+/* c over comm (owned from now on: freed here on failure, by release/finalize later). */
+static ccoe_status state_from(ccoe_comm *c, MPI_Comm comm, ccoe_error *err)
+{
+    mpi_state *s = calloc(1, sizeof *s);
+    int rc = s ? MPI_Comm_rank(comm, &c->rank) : MPI_SUCCESS;
+    if (s && rc == MPI_SUCCESS)
+        rc = MPI_Comm_size(comm, &c->size);
+    if (s && rc == MPI_SUCCESS)
+        s->counts = calloc(4 * (size_t)c->size, sizeof(int));
+    if (!s || rc != MPI_SUCCESS || !s->counts) {
+        MPI_Comm_free(&comm);
+        if (s)
+            free(s->counts);
         free(s);
-        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MPI communicator");
+        return rc != MPI_SUCCESS
+                   ? ccoe_error_set(err, CCOE_ERR_COMM, "MPI_Comm_rank/size failed (code %d)", rc)
+                   : ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MPI communicator");
     }
+    s->comm = comm;
+    const size_t P = (size_t)c->size;
     s->displs = s->counts + P;
     s->rcounts = s->counts + 2 * P;
     s->rdispls = s->counts + 3 * P;

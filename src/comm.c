@@ -81,6 +81,16 @@ static ccoe_status serial_barrier(ccoe_comm *c, ccoe_error *err) { return CCOE_O
 
 static void serial_abort(ccoe_comm *c, int code) { exit(code); }
 
+static ccoe_status serial_split(ccoe_comm *c, int color, int key, ccoe_comm *out,
+                                ccoe_error *err)
+{
+    (void)c, (void)color, (void)key, (void)err;
+    ccoe_comm_serial(out);
+    return CCOE_OK;
+}
+
+static void serial_release(ccoe_comm *c) { (void)c; }
+
 static const ccoe_comm_ops serial_ops = {
     .name = "serial",
     .allreduce_f32 = serial_noop_f32,
@@ -95,6 +105,8 @@ static const ccoe_comm_ops serial_ops = {
     .alltoallv_f32 = serial_alltoallv_f32,
     .allgather = serial_allgather,
     .barrier = serial_barrier,
+    .split = serial_split,
+    .release = serial_release,
     .abort = serial_abort,
 };
 

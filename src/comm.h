@@ -81,6 +81,11 @@ typedef struct ccoe_comm_ops {
     ccoe_status (*allgather)(ccoe_comm *c, const void *send, void *recv, size_t n,
                              ccoe_error *err);
     ccoe_status (*barrier)(ccoe_comm *c, ccoe_error *err);
+    /* COLLECTIVE: the ranks passing the same color form a new communicator *out, ranked by
+     * key (ties by rank); free it with release. */
+    ccoe_status (*split)(ccoe_comm *c, int color, int key, ccoe_comm *out, ccoe_error *err);
+    /* Frees a communicator made by split (never the one main created). */
+    void (*release)(ccoe_comm *c);
     /* Ends every rank's process with exit code `code` (the caller prints the message first).
      * Does not return. */
     void (*abort)(ccoe_comm *c, int code);

@@ -808,17 +808,33 @@ static ccoe_status train_one_expert(train_ctx *t, int e, const ccoe_train_opts *
     t->opt.t = 0; /* the expert's moments are still zero: nothing else touched them */
     memset(&t->st, 0, sizeof t->st);
     ccoe_rng_seed(&t->st.rng, s->cfg.train.seed ^ 0x7261696eULL);
-    char mpath[CCOE_STR + 96];
-    snprintf(mpath, sizeof mpath, "%s/metrics.%s.jsonl", s->cfg.train.out_dir,
-             s->gating.experts[e].name);
-    t->metrics = fopen(mpath, "w");
-    if (!t->metrics)
-        return ccoe_error_set(err, CCOE_ERR_IO, "rank %d: cannot open %s for writing: %s",
-                              t->rank, mpath, strerror(errno));
-    fprintf(t->metrics, "{\"event\":\"start\",\"expert\":\"%s\",\"rank\":%d,\"step\":0}\n",
-            s->gating.experts[e].name, t->rank);
-    ccoe_status st = train_loop(t, o, err);
-    fclose(t->metrics);
+    /* data parallel inside a group: the allreduce buckets of this expert's tensors */
+    ccoe_status st = CCOE_OK;
+    free(t->buckets);
+    t->buckets = NULL;
+    t->n_buckets = 0;
+    if (t->P > 1)
+        st = dp_plan(t, err);
+    /* the metrics: this rank's, or its group's first rank's (t->comm: the group) */
+    t->metrics = NULL;
+    if (st == CCOE_OK && t->rank == 0) {
+        char mpath[CCOE_STR + 96];
+        snprintf(mpath, sizeof mpath, "%s/metrics.%s.jsonl", s->cfg.train.out_dir,
+                 s->gating.experts[e].name);
+        t->metrics = fopen(mpath, "w");
+        if (!t->metrics)
+            st = ccoe_error_set(err, CCOE_ERR_IO, "cannot open %s for writing: %s", mpath,
+                                strerror(errno));
+        else
+            fprintf(t->metrics,
+                    "{\"event\":\"start\",\"expert\":\"%s\",\"ranks\":%d,\"step\":0}\n",
+                    s->gating.experts[e].name, t->P);
+    }
+    st = ccoe_comm_agree(t->comm, st, err);
+    if (st == CCOE_OK)
+        st = train_loop(t, o, err);
+    if (t->metrics)
+        fclose(t->metrics);
     t->metrics = NULL;
     return st;
 }
@@ -1027,34 +1043,63 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
     } else if (local == CCOE_OK) {
         local = ccoe_placement_map(&s->cfg.mpi, n, t->P, NULL, owner, err);
     }
+    /* more ranks than experts (and no list map): expert i trains data parallel on the group
+     * of ranks [floor(i P / n), floor((i + 1) P / n)), whose first rank owns the result */
+    const int groups = local == CCOE_OK && t->P > n && s->cfg.mpi.placement != CCOE_PLACE_LIST;
+    int my_group = -1;
+    for (int i = 0; groups && i < n; i++) {
+        const int r0 = (int)((long)i * t->P / n), r1 = (int)((long)(i + 1) * t->P / n);
+        owner[i] = r0;
+        if (t->rank >= r0 && t->rank < r1)
+            my_group = i;
+    }
     CCOE_TRY(ccoe_comm_agree(world, local, err));
     if (!t->quiet) {
         fprintf(stderr, "training %d experts in parallel over %d ranks (mpi.placement = %s):", n,
                 t->P, ccoe_placement_name(s->cfg.mpi.placement));
-        for (int r = 0; r < t->P; r++) {
+        for (int i = 0; groups && i < n; i++) {
+            const int r1 = (int)((long)(i + 1) * t->P / n) - 1;
+            if (r1 > owner[i])
+                fprintf(stderr, " ranks %d-%d [%s]", owner[i], r1, s->gating.experts[ids[i]].name);
+            else
+                fprintf(stderr, " rank %d [%s]", owner[i], s->gating.experts[ids[i]].name);
+        }
+        for (int r = 0; !groups && r < t->P; r++) {
             fprintf(stderr, " rank %d [", r);
             for (int i = 0, k = 0; i < n; i++)
                 if (owner[i] == r)
                     fprintf(stderr, "%s%s", k++ ? " " : "", s->gating.experts[ids[i]].name);
             fputc(']', stderr);
         }
+        if (groups)
+            fputs(" (each group data parallel)", stderr);
         fputc('\n', stderr);
     }
-    /* each expert alone, with no communication: a failure returns at once and main aborts the
-     * job (the other ranks may be training for a long time) */
+    /* each expert on its rank alone, or on its group (communicating only inside it): a failure
+     * returns at once and main aborts the job (the other ranks may be training for long) */
+    ccoe_comm group;
+    if (groups)
+        CCOE_TRY(world->ops->split(world, my_group, t->rank, &group, err));
     FILE *main_metrics = t->metrics;
-    t->comm = &t->serial;
-    t->P = 1;
-    t->b0 = 0;
-    t->b1 = s->cfg.train.batch_size;
+    const int world_rank = t->rank, was_quiet = t->quiet;
+    t->comm = groups ? &group : &t->serial;
+    t->P = t->comm->size;
+    t->rank = t->comm->rank;
+    ccoe_comm_split(s->cfg.train.batch_size, t->P, t->rank, &t->b0, &t->b1);
+    t->quiet = was_quiet || t->rank != 0; /* a group's first rank reports */
     t->expert_mode = 1;
     for (int i = 0; i < n && local == CCOE_OK; i++)
-        if (owner[i] == t->rank)
+        if (groups ? i == my_group : owner[i] == world_rank)
             local = train_one_expert(t, ids[i], o, err);
     t->metrics = main_metrics;
     t->comm = world;
     t->P = world->size;
+    t->rank = world_rank;
+    ccoe_comm_split(s->cfg.train.batch_size, t->P, t->rank, &t->b0, &t->b1);
+    t->quiet = was_quiet;
     t->expert_mode = 0;
+    if (groups)
+        group.ops->release(&group);
     if (local != CCOE_OK)
         return local;
     CCOE_TRY(ccoe_comm_agree(world, CCOE_OK, err));

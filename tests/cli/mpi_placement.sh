@@ -4,7 +4,8 @@
 # resumed on 2 ranks (the checkpoint is left untouched); --set mpi.placement=... on resume
 # recomputes the map for the new rank count; bad [mpi] values exit 2 naming the key; balanced
 # CCoE placement evens the ranks' training sequences and follows the 1-process curve;
-# --train-experts trains each expert on the rank mpi.map names; the final evaluation decodes
+# --train-experts trains each expert on the rank mpi.map names (with more ranks than experts on
+# a group of ranks); the final evaluation decodes
 # task answers under expert parallelism and after CCoE placement.
 source "$(dirname "$0")/lib/common.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
@@ -101,6 +102,14 @@ pass "balanced CCoE placement evens the ranks' training sequences and follows 1 
 grep -q '^training 3 experts in parallel over 2 ranks (mpi.placement = list): rank 0 \[c\] rank 1 \[a b\]$' \
   te-list.log || fail "--train-experts ranks: $(grep '^training' te-list.log)"
 pass "--train-experts places the experts by mpi.map"
+
+# more ranks than experts: each expert on its own group of ranks, data parallel there
+"${MPIRUN[@]}" -np 4 "$CCOE" train "$TINY" "${ccoe[@]}" --no-progress --train-experts all \
+  --set train.out_dir=te-groups > te-groups.log 2>&1 || fail "--train-experts on 4 ranks: $(cat te-groups.log)"
+grep -q '^training 3 experts in parallel over 4 ranks (mpi.placement = contiguous): rank 0 \[a\] rank 1 \[b\] ranks 2-3 \[c\] (each group data parallel)$' \
+  te-groups.log || fail "--train-experts groups: $(grep '^training' te-groups.log)"
+head -1 te-groups/metrics.c.jsonl | grep -q '"ranks":2' || fail "expert c's metrics do not name 2 ranks"
+pass "--train-experts with more ranks than experts trains each on a group of ranks"
 
 # the final evaluation decodes the task answers (one forward over the prompts, then cached
 # keys/values) under expert-parallel MoE (every rank decodes together) and after CCoE placement

@@ -163,6 +163,17 @@ static ccoe_status f_barrier(ccoe_comm *c, ccoe_error *err)
     return CCOE_OK;
 }
 
+/* Not needed by the fake-rank tests (only --train-experts with more ranks than experts
+ * splits): an error, so a test that reaches it fails instead of hanging. */
+static ccoe_status f_split(ccoe_comm *c, int color, int key, ccoe_comm *out, ccoe_error *err)
+{
+    (void)color, (void)key, (void)out;
+    return ccoe_error_set(err, CCOE_ERR_INTERNAL, "rank %d: the fake communicator cannot split",
+                          c->rank);
+}
+
+static void f_release(ccoe_comm *c) { (void)c; }
+
 static void f_abort(ccoe_comm *c, int code)
 {
     fprintf(stderr, "fake rank %d: abort(%d)\n", c->rank, code);
@@ -182,6 +193,8 @@ static const ccoe_comm_ops fake_ops = {
     .alltoallv_f32 = f_alltoallv_f32,
     .allgather = f_allgather,
     .barrier = f_barrier,
+    .split = f_split,
+    .release = f_release,
     .abort = f_abort,
 };
 
