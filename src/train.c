@@ -1100,6 +1100,10 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
     t->expert_mode = 0;
     if (groups)
         group.ops->release(&group);
+    if (local != CCOE_OK && groups) /* rank numbers inside the message count within the group */
+        return ccoe_error_wrap(err, "expert %s (group of ranks %d-%d)",
+                               s->gating.experts[ids[my_group]].name, owner[my_group],
+                               (int)((long)(my_group + 1) * t->P / n) - 1);
     if (local != CCOE_OK)
         return local;
     CCOE_TRY(ccoe_comm_agree(world, CCOE_OK, err));
