@@ -376,9 +376,8 @@ static int cmd_generate(int argc, char **argv)
         return fail(&err);
     }
     if (domain) {
-        while (d < s.data.n_domains && strcmp(s.data.domains[d].name, domain) != 0)
-            d++;
-        if (d == s.data.n_domains) {
+        d = ccoe_data_domain_index(&s.data, domain);
+        if (d < 0) {
             char names[CCOE_MAX_DOMAINS * (CCOE_NAME_LEN + 1)] = "";
             for (int k = 0; k < s.data.n_domains; k++)
                 snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s",
@@ -388,7 +387,7 @@ static int cmd_generate(int argc, char **argv)
             rc = fail(&err);
         }
     }
-    const char stop = !stop_arg ? s.data.domains[d < s.data.n_domains ? d : 0].answer_stop
+    const char stop = !stop_arg ? s.data.domains[d >= 0 ? d : 0].answer_stop
                       : strcmp(stop_arg, "none") == 0 ? '\0' : stop_arg[0];
     if (rc == 0 && ccoe_checkpoint_load(f, argv[0], &s.model, NULL, NULL, &err) != CCOE_OK)
         rc = fail(&err);

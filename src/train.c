@@ -1019,6 +1019,10 @@ static void print_start(train_ctx *t, const ccoe_train_opts *o)
                 s->gating.experts[t->expert].name, (double)(t->grad_end - t->grad_begin) / 1e6);
 }
 
+/* --train-experts with more ranks than experts: the first rank of expert i's group (i = n:
+ * one past the last group). */
+static int group_first(int i, int P, int n) { return (int)((long)i * P / n); }
+
 /* COLLECTIVE: --train-experts. */
 static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_error *err)
 {
@@ -1048,9 +1052,8 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
     const int groups = local == CCOE_OK && t->P > n && s->cfg.mpi.placement != CCOE_PLACE_LIST;
     int my_group = -1;
     for (int i = 0; groups && i < n; i++) {
-        const int r0 = (int)((long)i * t->P / n), r1 = (int)((long)(i + 1) * t->P / n);
-        owner[i] = r0;
-        if (t->rank >= r0 && t->rank < r1)
+        owner[i] = group_first(i, t->P, n);
+        if (t->rank >= owner[i] && t->rank < group_first(i + 1, t->P, n))
             my_group = i;
     }
     CCOE_TRY(ccoe_comm_agree(world, local, err));
@@ -1058,7 +1061,7 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
         fprintf(stderr, "training %d experts in parallel over %d ranks (mpi.placement = %s):", n,
                 t->P, ccoe_placement_name(s->cfg.mpi.placement));
         for (int i = 0; groups && i < n; i++) {
-            const int r1 = (int)((long)(i + 1) * t->P / n) - 1;
+            const int r1 = group_first(i + 1, t->P, n) - 1;
             if (r1 > owner[i])
                 fprintf(stderr, " ranks %d-%d [%s]", owner[i], r1, s->gating.experts[ids[i]].name);
             else
@@ -1103,7 +1106,7 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
     if (local != CCOE_OK && groups) /* rank numbers inside the message count within the group */
         return ccoe_error_wrap(err, "expert %s (group of ranks %d-%d)",
                                s->gating.experts[ids[my_group]].name, owner[my_group],
-                               (int)((long)(my_group + 1) * t->P / n) - 1);
+                               group_first(my_group + 1, t->P, n) - 1);
     if (local != CCOE_OK)
         return local;
     CCOE_TRY(ccoe_comm_agree(world, CCOE_OK, err));
