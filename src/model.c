@@ -1608,9 +1608,12 @@ void ccoe_model_decode_step(ccoe_model *m, const int32_t *tok, const int *seq, c
         m->dec_step_pos[r] = pos[j];
         if (m->n_moe > 0)
             m->moe_domains[r] = m->dec_step_dom[j];
-        /* a one-token sequence at position pos[j]: the position table from that row on */
-        ccoe_embed_forward(m->emb + (size_t)r * C, &m->tok_sorted[r], m->wte,
-                           m->wpe + (size_t)pos[j] * C, 1, 1, C);
+        /* ccoe_embed_forward's sum at this row's own position (one call per row would open
+         * a parallel region per token: measured 20% slower task evaluation) */
+        const float *te = m->wte + (size_t)tok[j] * C, *pe = m->wpe + (size_t)pos[j] * C;
+        float *e = m->emb + (size_t)r * C;
+        for (int c = 0; c < C; c++)
+            e[c] = te[c] + pe[c];
     }
     m->aux_loss = 0.0;
     m->decoding = 1;
