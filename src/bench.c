@@ -1,6 +1,7 @@
 /* bench.c - `ccoe bench`: training steps per second on the reference shapes. */
 #include "bench.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
@@ -25,6 +26,38 @@ static int only_expert0(const ccoe_param *p, void *ctx)
 {
     (void)ctx;
     return p->expert == 0;
+}
+
+static int prof_by_time(const void *a, const void *b)
+{
+    double ta = ((const ccoe_gemm_prof_entry *)a)->seconds;
+    double tb = ((const ccoe_gemm_prof_entry *)b)->seconds;
+    return (ta < tb) - (ta > tb);
+}
+
+/* The GEMM profile of `steps` measured steps that took `total` seconds, slowest shape first. */
+static void print_profile(ccoe_gemm_prof *p, int steps, double total, FILE *out)
+{
+    qsort(p->e, (size_t)p->n, sizeof p->e[0], prof_by_time);
+    double gemm_s = 0.0;
+    for (int i = 0; i < p->n; i++)
+        gemm_s += p->e[i].seconds;
+    fprintf(out, "\n  GEMM calls by shape (C(M,N) = op(A)(M,K) op(B)(K,N); per step):\n"
+                 "  | op | M | N | K | calls | ms | GFLOP/s | %% of step |\n"
+                 "  |---|---|---|---|---|---|---|---|\n");
+    for (int i = 0; i < p->n; i++) {
+        const ccoe_gemm_prof_entry *e = &p->e[i];
+        double fl = 2.0 * e->M * e->N * e->K * (double)e->calls;
+        fprintf(out, "  | %s%s | %d | %d | %d | %.1f | %.2f | %.1f | %.1f%% |\n",
+                e->transa ? "At" : "A", e->transb ? "Bt" : "B", e->M, e->N, e->K,
+                (double)e->calls / steps, 1e3 * e->seconds / steps,
+                e->seconds > 0 ? fl / e->seconds * 1e-9 : 0.0, 100.0 * e->seconds / total);
+    }
+    fprintf(out, "  GEMMs %.1f%% of the step (%.2f ms), everything else %.2f ms per step",
+            100.0 * gemm_s / total, 1e3 * gemm_s / steps, 1e3 * (total - gemm_s) / steps);
+    if (p->dropped)
+        fprintf(out, "; %ld calls of further shapes not timed", p->dropped);
+    fprintf(out, "\n  (serial GEMMs inside parallel regions count each thread's time)\n\n");
 }
 
 /* One row: `isolated` trains only CCoE expert 0 (o->ccoe set), else everything. */
@@ -85,8 +118,16 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
         s.batch.domains[b] = 0; /* with an expert: every sequence takes its path */
     double sgemm = ccoe_gemm_measure_gflops(&s.gemm, 1024, 1.0);
     double t_fwd = 0, t_bwd = 0, t_opt = 0, flops = 0;
+    ccoe_gemm_prof *prof = NULL;
+    if (o->profile && !(prof = calloc(1, sizeof *prof))) {
+        ccoe_adamw_free(&opt);
+        ccoe_session_close(&s);
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the GEMM profile");
+    }
     m->train = 1;
     for (int it = -2; it < o->steps; it++) {
+        if (it == 0)
+            s.gemm.prof = prof; /* time the measured steps only */
         double t0 = ccoe_now();
         ccoe_model_zero_grad(m);
         long count;
@@ -114,7 +155,11 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
             sh->name, !with_ccoe ? "" : isolated ? " expert only" : " full", sh->L, sh->C, sh->H, sh->V, B, T, (double)m->num_params / 1e6, tok_s,
             gflops, 100.0 * gflops / sgemm, 100.0 * gflops / peak, 100.0 * t_fwd / total,
             100.0 * t_bwd / total, 100.0 * t_opt / total, s.gemm.kernel_set);
+    if (prof)
+        print_profile(prof, o->steps, total, out);
     fflush(out);
+    s.gemm.prof = NULL;
+    free(prof);
     ccoe_adamw_free(&opt);
     ccoe_session_close(&s);
     return CCOE_OK;

@@ -19,6 +19,8 @@ typedef struct ccoe_bench_opts {
     const char *ccoe;  /* "none", or a CCoE form (tail, prefix, ffn): one expert of L/2 layers
                         * serves every sequence; measures full training of that model, then
                         * isolated training of the expert (base frozen) */
+    int profile;       /* nonzero: after each shape, a table of its GEMM calls by shape (calls
+                        * and time per step, GFLOP/s, share of the step) */
 } ccoe_bench_opts;
 
 ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "arena.h"
+#include "rng.h"
 #include "sqlexec.h"
 
 ccoe_status ccoe_batch_init(ccoe_batch *b, int maxB, int maxT, ccoe_error *err)
@@ -41,12 +42,69 @@ int ccoe_argmax(const float *x, int n)
     return best;
 }
 
-ccoe_status ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
-                                 const char *const *prompts, int domain, int n, int max_new,
-                                 char stop, char **outs, size_t out_cap, ccoe_error *err)
+/* Most likely first; ties by id (a total order: the sample never depends on qsort). */
+static int by_prob_desc(const void *a, const void *b)
+{
+    const ccoe_token_prob *x = a, *y = b;
+    if (x->p != y->p)
+        return x->p < y->p ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int sampling_greedy(const ccoe_sampling *s)
+{
+    return !s || !(s->temperature > 0.0f) || s->top_k == 1;
+}
+
+int ccoe_sample_token(const float *logits, int V, const ccoe_sampling *s, double u,
+                      ccoe_token_prob *scratch)
+{
+    if (sampling_greedy(s))
+        return ccoe_argmax(logits, V);
+    const float mx = logits[ccoe_argmax(logits, V)];
+    const double inv_t = 1.0 / (double)s->temperature;
+    for (int i = 0; i < V; i++) {
+        scratch[i].p = (float)exp(((double)logits[i] - (double)mx) * inv_t);
+        scratch[i].id = i;
+    }
+    int n = V;
+    const int nucleus = s->top_p > 0.0f && s->top_p < 1.0f;
+    if ((s->top_k > 0 && s->top_k < V) || nucleus) {
+        qsort(scratch, (size_t)V, sizeof *scratch, by_prob_desc);
+        if (s->top_k > 0 && s->top_k < V)
+            n = s->top_k;
+        if (nucleus) {
+            double total = 0.0, cum = 0.0;
+            for (int i = 0; i < n; i++)
+                total += scratch[i].p;
+            int keep = 0;
+            while (keep < n && cum < (double)s->top_p * total)
+                cum += scratch[keep++].p;
+            n = keep > 0 ? keep : 1;
+        }
+    }
+    double total = 0.0;
+    for (int i = 0; i < n; i++)
+        total += scratch[i].p;
+    const double target = u * total;
+    double cum = 0.0;
+    for (int i = 0; i < n; i++) {
+        cum += scratch[i].p;
+        if (target < cum)
+            return scratch[i].id;
+    }
+    return scratch[n - 1].id; /* u * total rounded up to the last sum */
+}
+
+ccoe_status ccoe_generate(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                          const char *const *prompts, int domain, int n, const ccoe_gen_opts *o,
+                          char **outs, size_t out_cap, ccoe_error *err)
 {
     const int T = b->maxT;
     const int V = tok->ops->vocab_size(tok->self);
+    const int max_new = o->max_new;
+    const char stop = o->stop;
+    const ccoe_sampling *samp = &o->sample;
     int len[CCOE_GEN_MAX], done[CCOE_GEN_MAX], seq[CCOE_GEN_MAX], pos[CCOE_GEN_MAX];
     int32_t next_tok[CCOE_GEN_MAX];
     size_t olen[CCOE_GEN_MAX];
@@ -76,6 +134,10 @@ ccoe_status ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_
             dst[t] = t < len[i] ? src[t] : CCOE_TOK_PAD;
     }
     CCOE_TRY(ccoe_model_decode_prefill(m, b->targets, b->domains, n, Tc, err));
+    ccoe_token_prob *scratch = NULL; /* generation, not a training step: allocated per call */
+    if (!sampling_greedy(samp) && !(scratch = malloc((size_t)V * sizeof *scratch)))
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for sampling over %d tokens",
+                              V);
     int na = 0; /* sequences of the last step: seq[j] computed its token at pos[j] */
     for (int i = 0; i < n; i++)
         if (!done[i]) {
@@ -92,7 +154,12 @@ ccoe_status ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_
              * the tokenizer's real ids are candidates (the vocab may be padded) */
             const float *lg =
                 step > 0 ? ccoe_model_logits(m, j, 0) : ccoe_model_logits(m, i, pos[j]);
-            int next = ccoe_argmax(lg, V);
+            /* 53 uniform bits keyed by (seed, prompt, position of the new token) */
+            const double u =
+                scratch ? (double)(ccoe_hash4(samp->seed, o->first_id + (uint64_t)i,
+                                              (uint64_t)len[i], 0x5a) >> 11) * 0x1p-53
+                        : 0.0;
+            int next = ccoe_sample_token(lg, V, samp, u, scratch);
             char piece[16];
             size_t k = tok->ops->decode(tok->self, &next, 1, piece, sizeof piece);
             if (next == CCOE_TOK_EOS || (k == 1 && piece[0] == stop)) {
@@ -116,6 +183,7 @@ ccoe_status ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_
         }
         na = nn;
     }
+    free(scratch);
     return CCOE_OK;
 }
 
@@ -187,8 +255,8 @@ static ccoe_status eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
             if (need > max_new)
                 max_new = need;
         }
-        st = ccoe_generate_greedy(m, tok, b, prompts, domain, n, max_new, d->answer_stop, outs,
-                                  OUT_CAP, err);
+        const ccoe_gen_opts go = {.max_new = max_new, .stop = d->answer_stop};
+        st = ccoe_generate(m, tok, b, prompts, domain, n, &go, outs, OUT_CAP, err);
         if (st != CCOE_OK)
             break;
         for (int i = 0; i < n; i++) {

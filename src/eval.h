@@ -42,7 +42,7 @@ void ccoe_batch_free(ccoe_batch *b);
  * (0 = all) and, if with_tasks, every stored task example by greedy decoding. Runs the model
  * in evaluation mode (no routing noise; m->train restored afterwards) and leaves the MoE totals
  * of the validation forwards in the model (ccoe_model_moe_reset_totals first). Fails only when
- * the decoding cache cannot be allocated (ccoe_generate_greedy). */
+ * the decoding cache cannot be allocated (ccoe_generate). */
 ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
                               ccoe_batch *b, int max_batches, int with_tasks,
                               ccoe_domain_eval *out, ccoe_error *err);
@@ -50,16 +50,47 @@ ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_
 /* Index of the largest of x[0..n) (the first on ties). */
 int ccoe_argmax(const float *x, int n);
 
+/* How the next token is chosen from the logits. All zero: greedy (argmax). */
+typedef struct ccoe_sampling {
+    float temperature; /* <= 0: greedy; else softmax(logits / temperature) */
+    int top_k;         /* > 0: only the top_k most likely tokens are candidates */
+    float top_p;       /* in (0, 1): only the smallest set of most likely tokens whose
+                        * probability reaches top_p (nucleus); 0 or >= 1: off */
+    uint64_t seed;     /* the draw for position t of prompt i is a pure function of (seed, i, t),
+                        * so batching and chunking never change a sample */
+} ccoe_sampling;
+
+/* A candidate token and its unnormalised probability (sampling scratch). */
+typedef struct ccoe_token_prob {
+    float p;
+    int id;
+} ccoe_token_prob;
+
+/* The token that `s` picks from logits[0..V) for the uniform draw u in [0, 1): argmax when
+ * s is NULL or greedy; else the candidates (top_k, then top_p, applied to the softmax at the
+ * temperature, most likely first, ties by id) are renormalised and u is inverted through their
+ * cumulative distribution. scratch holds V entries. */
+int ccoe_sample_token(const float *logits, int V, const ccoe_sampling *s, double u,
+                      ccoe_token_prob *scratch);
+
+/* What ccoe_generate produces per prompt. */
+typedef struct ccoe_gen_opts {
+    int max_new;          /* tokens generated at most */
+    char stop;            /* the continuation ends before this character ('\0': none) or EOS */
+    ccoe_sampling sample; /* all zero: greedy */
+    uint64_t first_id;    /* prompt i draws its random numbers as prompt first_id + i */
+} ccoe_gen_opts;
+
 #define CCOE_GEN_MAX 64 /* prompts decoded together at most */
 
-/* Greedy-decodes up to max_new tokens after each prompt (n <= min(b->maxB, CCOE_GEN_MAX));
- * all prompts belong to `domain` (for routing). Writes the decoded continuation of prompt i
- * (stopping before `stop` or at EOS) into outs[i]. One forward over the padded prompts, then
- * one incremental step per new token (ccoe_model_decode_step: cached keys and values).
- * Fails only when the decoding cache cannot be allocated. */
-ccoe_status ccoe_generate_greedy(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
-                                 const char *const *prompts, int domain, int n, int max_new,
-                                 char stop, char **outs, size_t out_cap, ccoe_error *err);
+/* Decodes up to o->max_new tokens after each prompt (n <= min(b->maxB, CCOE_GEN_MAX)); all
+ * prompts belong to `domain` (for routing). Writes the decoded continuation of prompt i
+ * (stopping before o->stop or at EOS) into outs[i]. One forward over the padded prompts, then
+ * one incremental step per new token (ccoe_model_decode_step: cached keys and values). Fails
+ * only when the decoding cache or the sampling scratch cannot be allocated. */
+ccoe_status ccoe_generate(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                          const char *const *prompts, int domain, int n, const ccoe_gen_opts *o,
+                          char **outs, size_t out_cap, ccoe_error *err);
 
 /* Scores one decoded answer against a task example: exact match, or for CCOE_MATCH_SQL execution
  * match on db (NULL: scored wrong). Returns 1 if correct; *sql_error is set to 1 when decoded

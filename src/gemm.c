@@ -358,17 +358,52 @@ static void gemm_dispatch(const ccoe_gemm *g, int nthreads, int transa, int tran
     gemm_blis(nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+static double now_seconds(void);
+
+/* Adds one timed call to the profile table (serial calls may come from several threads). */
+static void prof_add(ccoe_gemm_prof *p, int transa, int transb, int M, int N, int K, double sec)
+{
+#pragma omp critical(ccoe_gemm_prof)
+    {
+        int i = 0;
+        while (i < p->n && !(p->e[i].transa == transa && p->e[i].transb == transb &&
+                             p->e[i].M == M && p->e[i].N == N && p->e[i].K == K))
+            i++;
+        if (i == p->n && p->n < CCOE_GEMM_PROF_MAX)
+            p->e[p->n++] = (ccoe_gemm_prof_entry){transa, transb, M, N, K, 0, 0.0};
+        if (i < p->n) {
+            p->e[i].calls++;
+            p->e[i].seconds += sec;
+        } else {
+            p->dropped++;
+        }
+    }
+}
+
+static void gemm_call(const ccoe_gemm *g, int nthreads, int transa, int transb, int M, int N,
+                      int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                      float beta, float *C, int ldc)
+{
+    if (!g->prof) {
+        gemm_dispatch(g, nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    double t0 = now_seconds();
+    gemm_dispatch(g, nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    prof_add(g->prof, transa, transb, M, N, K, now_seconds() - t0);
+}
+
 void ccoe_gemm_run(const ccoe_gemm *g, int transa, int transb, int M, int N, int K, float alpha,
                    const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    gemm_dispatch(g, g->nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_call(g, g->nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void ccoe_gemm_run_serial(const ccoe_gemm *g, int transa, int transb, int M, int N, int K,
                           float alpha, const float *A, int lda, const float *B, int ldb,
                           float beta, float *C, int ldc)
 {
-    gemm_dispatch(g, 1, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_call(g, 1, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* ---- setup ---- */

@@ -19,10 +19,26 @@ typedef enum ccoe_gemm_backend {
     CCOE_GEMM_XSMM      /* libxsmm where it dispatches, BLIS fall-back */
 } ccoe_gemm_backend;
 
+/* Optional per-shape timing of every call (`ccoe bench --profile`): one entry per distinct
+ * (transa, transb, M, N, K), filled in call order. Off unless a context points at a table. */
+#define CCOE_GEMM_PROF_MAX 96
+typedef struct ccoe_gemm_prof_entry {
+    int transa, transb, M, N, K;
+    long calls;
+    double seconds; /* wall time inside the GEMM layer */
+} ccoe_gemm_prof_entry;
+
+typedef struct ccoe_gemm_prof {
+    int n;                 /* entries used */
+    long dropped;          /* calls of shapes beyond CCOE_GEMM_PROF_MAX (not timed) */
+    ccoe_gemm_prof_entry e[CCOE_GEMM_PROF_MAX];
+} ccoe_gemm_prof;
+
 typedef struct ccoe_gemm {
     ccoe_gemm_backend backend; /* resolved choice */
     int nthreads;              /* threads used by one (non-serial) call */
     char kernel_set[64];       /* e.g. "blis:skx" - which kernels actually run */
+    ccoe_gemm_prof *prof;      /* NULL (the default): no timing; else every call is timed */
 } ccoe_gemm;
 
 /* Chooses and initialises the backend once; sets the thread count of BLIS and OpenMP.

@@ -1,4 +1,5 @@
 /* main.c - the ccoe command line. The only place that turns a status into an exit code. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,14 +42,18 @@ static const char *k_usage =
     "        existing one (continual training); --push writes MODEL + the trained expert\n"
     "  eval CHECKPOINT [--set data.manifest=...] [--batches N] [--no-tasks]\n"
     "        per-domain validation loss, perplexity and task accuracy\n"
-    "  generate CHECKPOINT [--domain D] [--max-new N] [--stop C|none] PROMPT...\n"
-    "        greedy continuation of each PROMPT (routed as domain D: the first domain by\n"
-    "        default), one line each, until C (default: the domain's answer end, a newline)\n"
+    "  generate CHECKPOINT [--domain D] [--max-new N] [--stop C|none] [--temperature T]\n"
+    "        [--top-k K] [--top-p P] [--seed S] PROMPT...\n"
+    "        continuation of each PROMPT (routed as domain D: the first domain by default),\n"
+    "        one line each, until C (default: the domain's answer end, a newline); greedy\n"
+    "        unless --temperature T > 0 samples (with --top-k/--top-p; the same --seed, the\n"
+    "        same text)\n"
     "  info CHECKPOINT\n"
     "        stored config, training state and tensors of a checkpoint\n"
     "  bench [--shape small|tiny-wide|gpt2-124m|all] [--steps N] [--threads N] [--gemm B] [--ffn gelu|swiglu]\n"
-    "        [--moe none|softmax|topk|noisy_topk] [--ccoe none|tail|prefix|ffn]\n"
-    "        training throughput and model-FLOP utilisation on reference shapes\n"
+    "        [--moe none|softmax|topk|noisy_topk] [--ccoe none|tail|prefix|ffn] [--profile]\n"
+    "        training throughput and model-FLOP utilisation on reference shapes; --profile\n"
+    "        adds each shape's GEMM calls by size (time per step, GFLOP/s, share of the step)\n"
     "  push MODEL EXPERT_FILE [--domain D]... [-o OUT]\n"
     "        add a CCoE expert (last position of its CoE layer) or replace an expert's weights\n"
     "  pop MODEL --expert NAME -o FILE | pop MODEL --expert NAME --remove [-o OUT]\n"
@@ -110,6 +115,17 @@ static int parse_int_arg(const char *s, int lo, int hi, int *out)
     if (!*s || *end || v < lo || v > hi)
         return 0;
     *out = (int)v;
+    return 1;
+}
+
+/* A finite number in [lo, hi]. */
+static int parse_float_arg(const char *s, double lo, double hi, float *out)
+{
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (!*s || *end || !(v >= lo && v <= hi))
+        return 0;
+    *out = (float)v;
     return 1;
 }
 
@@ -325,13 +341,15 @@ static int cmd_eval(int argc, char **argv)
     return rc;
 }
 
-/* ccoe generate CHECKPOINT [--domain D] [--max-new N] [--stop C|none] PROMPT... */
+/* ccoe generate CHECKPOINT [--domain D] [--max-new N] [--stop C|none] [--temperature T]
+ * [--top-k K] [--top-p P] [--seed S] PROMPT... */
 static int cmd_generate(int argc, char **argv)
 {
     if (argc < 1 || argv[0][0] == '-')
         return usage_error("generate needs a CHECKPOINT file", "");
     const char *domain = NULL, *stop_arg = NULL;
     int max_new = 64;
+    ccoe_sampling samp = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 1};
     const char **prompts = calloc((size_t)argc, sizeof *prompts);
     int n = 0;
     if (!prompts)
@@ -349,6 +367,31 @@ static int cmd_generate(int argc, char **argv)
             if (strcmp(stop_arg, "none") != 0 && strlen(stop_arg) != 1) {
                 free(prompts);
                 return usage_error("--stop takes one character or 'none', not", stop_arg);
+            }
+        } else if (strcmp(argv[i], "--temperature") == 0 && i + 1 < argc) {
+            if (!parse_float_arg(argv[++i], 0.0, 100.0, &samp.temperature)) {
+                free(prompts);
+                return usage_error("--temperature takes a number 0..100 (0: greedy), not",
+                                   argv[i]);
+            }
+        } else if (strcmp(argv[i], "--top-k") == 0 && i + 1 < argc) {
+            if (!parse_int_arg(argv[++i], 0, 1 << 30, &samp.top_k)) {
+                free(prompts);
+                return usage_error("--top-k takes a whole number >= 0 (0: off), not", argv[i]);
+            }
+        } else if (strcmp(argv[i], "--top-p") == 0 && i + 1 < argc) {
+            if (!parse_float_arg(argv[++i], 1e-6, 1.0, &samp.top_p)) {
+                free(prompts);
+                return usage_error("--top-p takes a number in (0, 1] (1: off), not", argv[i]);
+            }
+        } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+            char *end = NULL;
+            const char *v = argv[++i];
+            errno = 0;
+            samp.seed = strtoull(v, &end, 10);
+            if (!*v || *end || *v == '-' || errno) {
+                free(prompts);
+                return usage_error("--seed takes a whole number >= 0, not", v);
             }
         } else if (strncmp(argv[i], "--", 2) == 0) {
             free(prompts);
@@ -403,8 +446,10 @@ static int cmd_generate(int argc, char **argv)
         const int k = n - first < chunk ? n - first : chunk;
         for (int i = 0; i < k; i++)
             outs[i] = buf + (size_t)i * OUT_CAP;
-        if (ccoe_generate_greedy(&s.model, &s.tok, &s.batch, prompts + first, d, k, max_new,
-                                 stop, outs, OUT_CAP, &err) != CCOE_OK) {
+        const ccoe_gen_opts go = {.max_new = max_new, .stop = stop, .sample = samp,
+                                  .first_id = (uint64_t)first};
+        if (ccoe_generate(&s.model, &s.tok, &s.batch, prompts + first, d, k, &go, outs, OUT_CAP,
+                          &err) != CCOE_OK) {
             rc = fail(&err);
             break;
         }
@@ -489,6 +534,8 @@ static int cmd_bench(int argc, char **argv)
             o.ffn = argv[++i];
             if (strcmp(o.ffn, "gelu") != 0 && strcmp(o.ffn, "swiglu") != 0)
                 return usage_error("--ffn takes gelu or swiglu, not", o.ffn);
+        } else if (strcmp(argv[i], "--profile") == 0) {
+            o.profile = 1;
         } else {
             return usage_error("unknown or incomplete bench argument", argv[i]);
         }

@@ -3,7 +3,9 @@
  * post-LN/RMSNorm/SwiGLU model, CCoE Eq. 4 (own heads), Eq. 5 and Eqs. 6-7, and MoE blocks
  * (top-k, softmax, domain gate), every decode step's logits equal the full forward's at the
  * same position, with sequences of different prompt lengths that leave the steps at different
- * times; greedy generation equals greedy decoding by full recomputation. */
+ * times; greedy generation equals greedy decoding by full recomputation; the sampler (temperature,
+ * top-k, top-p) picks tokens with exactly the probabilities it promises, and a sampled text
+ * depends on the seed, never on batching. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -185,7 +187,7 @@ static void test_decode_equals_forward(void **state)
         decode_case(&k_cases[i]);
 }
 
-/* ccoe_generate_greedy against greedy decoding by a full forward per new token. */
+/* ccoe_generate (greedy) against greedy decoding by a full forward per new token. */
 static void test_generate_equals_recompute(void **state)
 {
     (void)state;
@@ -202,8 +204,8 @@ static void test_generate_equals_recompute(void **state)
         ccoe_batch b;
         assert_int_equal(ccoe_batch_init(&b, 4, Tg, &err), CCOE_OK);
         char buf[4][64], *outs[4] = {buf[0], buf[1], buf[2], buf[3]};
-        assert_int_equal(ccoe_generate_greedy(&m, &tok, &b, prompts, 0, 4, max_new, '\x01', outs,
-                                              sizeof buf[0], &err),
+        const ccoe_gen_opts go = {.max_new = max_new, .stop = '\x01'};
+        assert_int_equal(ccoe_generate(&m, &tok, &b, prompts, 0, 4, &go, outs, sizeof buf[0], &err),
                          CCOE_OK);
         for (int i = 0; i < 4; i++) {
             int32_t seq[32];
@@ -235,12 +237,140 @@ static void test_generate_equals_recompute(void **state)
     ccoe_tokenizer_free(&tok);
 }
 
+/* The sampler against probabilities computed here in double: for NG evenly spaced draws u,
+ * every token's share of the picks equals its renormalised candidate probability to within
+ * 1/NG, and tokens outside the candidate set are never picked. */
+static void expect_distribution(const float *lg, int V, ccoe_sampling s, const char *what)
+{
+    enum { NG = 200000 };
+    double q[16] = {0};
+    int order[16];
+    double mx = lg[ccoe_argmax(lg, V)], total = 0.0;
+    for (int i = 0; i < V; i++) {
+        order[i] = i;
+        q[i] = exp(((double)lg[i] - mx) / (double)s.temperature);
+    }
+    for (int i = 0; i < V; i++) /* insertion sort: most likely first */
+        for (int j = i; j > 0 && q[order[j]] > q[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    int n = s.top_k > 0 && s.top_k < V ? s.top_k : V;
+    for (int i = 0; i < n; i++)
+        total += q[order[i]];
+    if (s.top_p > 0.0f && s.top_p < 1.0f) {
+        double cum = 0.0;
+        int keep = 0;
+        while (keep < n && cum < (double)s.top_p * total)
+            cum += q[order[keep++]];
+        n = keep;
+        total = cum;
+    }
+    double want[16] = {0};
+    for (int i = 0; i < n; i++)
+        want[order[i]] = q[order[i]] / total;
+    long got[16] = {0};
+    ccoe_token_prob scratch[16];
+    for (int j = 0; j < NG; j++)
+        got[ccoe_sample_token(lg, V, &s, (j + 0.5) / NG, scratch)]++;
+    for (int i = 0; i < V; i++) {
+        double share = (double)got[i] / NG;
+        if (fabs(share - want[i]) > 2.0 / NG || (want[i] == 0.0 && got[i] != 0))
+            fail_msg("%s: token %d picked %.6f of the time, expected %.6f", what, i, share,
+                     want[i]);
+    }
+}
+
+static void test_sample_token(void **state)
+{
+    (void)state;
+    const float lg[7] = {2.0f, 1.0f, 0.5f, -1.0f, 2.5f, 0.0f, 1.0f};
+    const int V = 7;
+    ccoe_token_prob scratch[7];
+    /* greedy: no sampler, temperature 0, or top-k 1 -- whatever u is */
+    const ccoe_sampling t0 = {0}, k1 = {.temperature = 1.5f, .top_k = 1};
+    for (double u = 0.0; u < 1.0; u += 0.125) {
+        assert_int_equal(ccoe_sample_token(lg, V, NULL, u, scratch), 4);
+        assert_int_equal(ccoe_sample_token(lg, V, &t0, u, scratch), 4);
+        assert_int_equal(ccoe_sample_token(lg, V, &k1, u, scratch), 4);
+    }
+    expect_distribution(lg, V, (ccoe_sampling){.temperature = 1.0f}, "T=1");
+    expect_distribution(lg, V, (ccoe_sampling){.temperature = 0.5f}, "T=0.5");
+    expect_distribution(lg, V, (ccoe_sampling){.temperature = 3.0f}, "T=3");
+    expect_distribution(lg, V, (ccoe_sampling){.temperature = 1.0f, .top_k = 3}, "top-k 3");
+    expect_distribution(lg, V, (ccoe_sampling){.temperature = 1.0f, .top_p = 0.7f}, "top-p 0.7");
+    expect_distribution(lg, V, (ccoe_sampling){.temperature = 0.8f, .top_k = 5, .top_p = 0.9f},
+                        "T=0.8 top-k 5 top-p 0.9");
+    /* a tie at the top-k cut (tokens 1 and 6, third place): the lower id stays */
+    const ccoe_sampling k3 = {.temperature = 1.0f, .top_k = 3};
+    int picked1 = 0, picked6 = 0;
+    for (int j = 0; j < 1000; j++) {
+        int t = ccoe_sample_token(lg, V, &k3, (j + 0.5) / 1000, scratch);
+        picked1 |= t == 1;
+        picked6 |= t == 6;
+    }
+    assert_true(picked1);
+    assert_false(picked6);
+}
+
+/* Sampled generation: the same seed gives the same text whether a prompt is decoded alone or
+ * with others; another seed changes it; top-k 1 at any temperature is greedy. */
+static void test_generate_sampled(void **state)
+{
+    (void)state;
+    ccoe_tokenizer tok;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_tokenizer_init(&tok, "byte", &err), CCOE_OK);
+    const int V = tok.ops->vocab_size(tok.self), Tg = 24;
+    const char *prompts[4] = {"12+7=", "ab", "reverse: xyz -> ", "q"};
+    ccoe_gating gt;
+    ccoe_model m;
+    open_case(&m, &gt, &k_cases[0], V, 4, Tg, 0.5, 77);
+    ccoe_batch b;
+    assert_int_equal(ccoe_batch_init(&b, 4, Tg, &err), CCOE_OK);
+    char all[4][64], one[64], other[4][64], greedy[4][64], topk1[4][64];
+    char *outs[4] = {all[0], all[1], all[2], all[3]};
+    ccoe_gen_opts go = {.max_new = 9, .stop = '\x01',
+                        .sample = {.temperature = 1.0f, .top_k = 40, .top_p = 0.95f, .seed = 5}};
+    assert_int_equal(ccoe_generate(&m, &tok, &b, prompts, 0, 4, &go, outs, 64, &err), CCOE_OK);
+    for (int i = 0; i < 4; i++) {
+        char *o1[1] = {one};
+        ccoe_gen_opts alone = go;
+        alone.first_id = (uint64_t)i;
+        assert_int_equal(ccoe_generate(&m, &tok, &b, prompts + i, 0, 1, &alone, o1, 64, &err),
+                         CCOE_OK);
+        assert_string_equal(one, all[i]);
+    }
+    ccoe_gen_opts seed6 = go;
+    seed6.sample.seed = 6;
+    char *oo[4] = {other[0], other[1], other[2], other[3]};
+    assert_int_equal(ccoe_generate(&m, &tok, &b, prompts, 0, 4, &seed6, oo, 64, &err), CCOE_OK);
+    int differ = 0;
+    for (int i = 0; i < 4; i++)
+        differ += strcmp(other[i], all[i]) != 0;
+    assert_true(differ > 0);
+    ccoe_gen_opts g0 = {.max_new = 9, .stop = '\x01'}, k1 = go;
+    k1.sample.top_k = 1;
+    char *og[4] = {greedy[0], greedy[1], greedy[2], greedy[3]};
+    char *ok[4] = {topk1[0], topk1[1], topk1[2], topk1[3]};
+    assert_int_equal(ccoe_generate(&m, &tok, &b, prompts, 0, 4, &g0, og, 64, &err), CCOE_OK);
+    assert_int_equal(ccoe_generate(&m, &tok, &b, prompts, 0, 4, &k1, ok, 64, &err), CCOE_OK);
+    for (int i = 0; i < 4; i++)
+        assert_string_equal(topk1[i], greedy[i]);
+    ccoe_batch_free(&b);
+    ccoe_model_free(&m);
+    ccoe_tokenizer_free(&tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_decode_kernel),
         cmocka_unit_test(test_decode_equals_forward),
         cmocka_unit_test(test_generate_equals_recompute),
+        cmocka_unit_test(test_sample_token),
+        cmocka_unit_test(test_generate_sampled),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -5,7 +5,8 @@
  * variants (beta = 0 over NaN garbage), strided sub-matrix views whose surroundings must stay
  * untouched, K = 0, the serial entry inside an OpenMP parallel region, the kernel set BLIS
  * really runs (the slow reference fallback on AVX-512 CPUs is a bug), a user's BLIS_ARCH_TYPE
- * (respected when valid, an error instead of a BLIS abort when not), and the parse/name API.
+ * (respected when valid, an error instead of a BLIS abort when not), the per-shape call profile,
+ * and the parse/name API.
  * Speed is not asserted here (see ccoe_gemm_measure_gflops).
  */
 #include <float.h>
@@ -315,6 +316,83 @@ static void test_serial_in_parallel_region(void **state)
         case_free(&cs[i]);
 }
 
+static const ccoe_gemm_prof_entry *prof_find(const ccoe_gemm_prof *p, int ta, int tb, int M, int N,
+                                             int K)
+{
+    for (int i = 0; i < p->n; i++)
+        if (p->e[i].transa == ta && p->e[i].transb == tb && p->e[i].M == M && p->e[i].N == N &&
+            p->e[i].K == K)
+            return &p->e[i];
+    return NULL;
+}
+
+/* The per-shape profile (`ccoe bench --profile`): every call counted once under its exact
+ * (transa, transb, M, N, K), serial calls from several threads included; results unchanged;
+ * shapes beyond the table's size are counted as dropped, not lost silently; no table, no
+ * counting. */
+static void test_profile(void **state)
+{
+    (void)state;
+    for (int v = 0; v < NCTX; v++) {
+        ccoe_gemm g = ctx[v];
+        ccoe_gemm_prof *p = calloc(1, sizeof *p);
+        assert_non_null(p);
+        g.prof = p;
+        gcase a, b;
+        case_make(&a, 0, 1, 33, 65, 17, 1.0f, 0.0f, 1, 41);
+        case_make(&b, 1, 0, 64, 48, 32, 1.0f, 1.0f, 0, 42);
+        float *C = xmalloc(a.nc * sizeof(float));
+        for (int rep = 0; rep < 3; rep++) {
+            memcpy(C, a.C0, a.nc * sizeof(float));
+            ccoe_gemm_run(&g, 0, 1, 33, 65, 17, 1.0f, a.A, a.lda, a.B, a.ldb, 0.0f, C, a.ldc);
+            assert_true(case_check(&a, C, "profiled run"));
+        }
+        free(C);
+        int good = 1;
+#pragma omp parallel num_threads(2) reduction(&& : good)
+        for (int rep = 0; rep < 5; rep++) {
+            float *Cb = malloc(b.nc * sizeof(float));
+            if (!Cb) {
+                good = 0;
+                continue;
+            }
+            memcpy(Cb, b.C0, b.nc * sizeof(float));
+            ccoe_gemm_run_serial(&g, 1, 0, 64, 48, 32, 1.0f, b.A, b.lda, b.B, b.ldb, 1.0f, Cb,
+                                 b.ldc);
+            good = good && case_check(&b, Cb, "profiled serial run");
+            free(Cb);
+        }
+        assert_true(good);
+        assert_int_equal(p->n, 2);
+        const ccoe_gemm_prof_entry *ea = prof_find(p, 0, 1, 33, 65, 17);
+        const ccoe_gemm_prof_entry *eb = prof_find(p, 1, 0, 64, 48, 32);
+        assert_non_null(ea);
+        assert_non_null(eb);
+        assert_int_equal(ea->calls, 3);
+        assert_int_equal(eb->calls, 10); /* 5 per thread, 2 threads */
+        assert_true(ea->seconds > 0.0 && eb->seconds > 0.0);
+        assert_int_equal(p->dropped, 0);
+        case_free(&a);
+        case_free(&b);
+
+        /* more distinct shapes than the table holds: the extra calls are counted as dropped */
+        float one = 1.0f, out = 0.0f;
+        for (int k = 1; k <= CCOE_GEMM_PROF_MAX + 5; k++)
+            ccoe_gemm_run(&g, 0, 0, 1, 1, k, 1.0f, &one, k, &one, 1, 0.0f, &out, 1);
+        assert_int_equal(p->n, CCOE_GEMM_PROF_MAX);
+        assert_int_equal(p->dropped, 7); /* shapes 1x1xK, K = 95..101 (2 of the 96 used above) */
+
+        /* no table: nothing is counted */
+        g.prof = NULL;
+        const ccoe_gemm_prof_entry *e1 = prof_find(p, 0, 0, 1, 1, 1);
+        assert_non_null(e1);
+        assert_int_equal(e1->calls, 1);
+        ccoe_gemm_run(&g, 0, 0, 1, 1, 1, 1.0f, &one, 1, &one, 1, 0.0f, &out, 1);
+        assert_int_equal(e1->calls, 1);
+        free(p);
+    }
+}
+
 /* Debian's BLIS falls back to its reference kernels on CPUs it does not know: init must have
  * chosen real kernels. */
 static void test_blis_kernel_set(void **state)
@@ -468,6 +546,7 @@ int main(void)
         cmocka_unit_test(test_large_shapes),
         cmocka_unit_test(test_degenerate),
         cmocka_unit_test(test_serial_in_parallel_region),
+        cmocka_unit_test(test_profile),
         cmocka_unit_test(test_init_args),
         cmocka_unit_test(test_measure_gflops),
     };
