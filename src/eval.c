@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "arena.h"
+#include "comm.h"
 #include "rng.h"
 #include "sqlexec.h"
 
@@ -200,7 +201,8 @@ int ccoe_eval_score(const ccoe_task_example *t, const char *decoded, ccoe_sqldb 
     return r == CCOE_SQL_MATCH;
 }
 
-void ccoe_eval_count(ccoe_domain_eval *ev, const ccoe_task_example *t, int correct, int sql_error)
+/* The slot of t's kind in ev (registered on first sight, in that order). */
+static int kind_slot(ccoe_domain_eval *ev, const ccoe_task_example *t)
 {
     const char *name = t->kind[0] ? t->kind : t->match == CCOE_MATCH_SQL ? "sql" : "exact";
     int k = 0;
@@ -215,6 +217,12 @@ void ccoe_eval_count(ccoe_domain_eval *ev, const ccoe_task_example *t, int corre
             ev->n_kinds++;
         }
     }
+    return k;
+}
+
+void ccoe_eval_count(ccoe_domain_eval *ev, const ccoe_task_example *t, int correct, int sql_error)
+{
+    const int k = kind_slot(ev, t);
     ev->task_total++;
     ev->task_correct += correct != 0;
     ev->kinds[k].total++;
@@ -222,9 +230,11 @@ void ccoe_eval_count(ccoe_domain_eval *ev, const ccoe_task_example *t, int corre
     ev->kinds[k].errors += sql_error != 0;
 }
 
+/* Decodes the task examples in chunks of min(B, CCOE_GEN_MAX) prompts; this rank takes the
+ * chunks c with c % P == r (every chunk when P = 1). */
 static ccoe_status eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
-                              const ccoe_tokenizer *tok, ccoe_batch *b, ccoe_domain_eval *ev,
-                              ccoe_error *err)
+                              const ccoe_tokenizer *tok, ccoe_batch *b, int r, int P,
+                              ccoe_domain_eval *ev, ccoe_error *err)
 {
     ccoe_status st = CCOE_OK;
     ccoe_sqldb db;
@@ -246,7 +256,9 @@ static ccoe_status eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
     int chunk = b->maxB < CCOE_GEN_MAX ? b->maxB : CCOE_GEN_MAX;
     for (int i = 0; i < CCOE_GEN_MAX; i++)
         outs[i] = outbuf[i];
-    for (size_t first = 0; first < d->n_tasks; first += (size_t)chunk) {
+    for (size_t first = 0, c = 0; first < d->n_tasks; first += (size_t)chunk, c++) {
+        if (c % (size_t)P != (size_t)r)
+            continue;
         int n = (int)(d->n_tasks - first < (size_t)chunk ? d->n_tasks - first : (size_t)chunk);
         int max_new = 1;
         for (int i = 0; i < n; i++) {
@@ -271,42 +283,109 @@ static ccoe_status eval_tasks(ccoe_model *m, const ccoe_domain *d, int domain,
     return st;
 }
 
+/* Sums this rank's counts over the ranks of c (every rank's ev has the same kinds in the same
+ * order: they were registered from the task lists before any decoding). COLLECTIVE. */
+static ccoe_status reduce_counts(ccoe_comm *c, ccoe_model *m, ccoe_domain_eval *out, int nd,
+                                 double *loss_sums, ccoe_error *err)
+{
+    enum { PER = 3 + 3 * CCOE_MAX_TASK_KINDS };
+    int64_t cnt[CCOE_MAX_DOMAINS * PER];
+    for (int d = 0; d < nd; d++) {
+        int64_t *x = cnt + (size_t)d * PER;
+        x[0] = out[d].task_total;
+        x[1] = out[d].task_correct;
+        x[2] = out[d].sql_unavailable;
+        for (int k = 0; k < CCOE_MAX_TASK_KINDS; k++) {
+            x[3 + 3 * k] = out[d].kinds[k].total;
+            x[4 + 3 * k] = out[d].kinds[k].correct;
+            x[5 + 3 * k] = out[d].kinds[k].errors;
+        }
+    }
+    CCOE_TRY(c->ops->allreduce_i64(c, cnt, (size_t)nd * PER, err));
+    CCOE_TRY(c->ops->allreduce_f64(c, loss_sums, (size_t)nd * 2, err));
+    for (int d = 0; d < nd; d++) {
+        const int64_t *x = cnt + (size_t)d * PER;
+        out[d].task_total = (long)x[0];
+        out[d].task_correct = (long)x[1];
+        out[d].sql_unavailable = x[2] > 0;
+        for (int k = 0; k < CCOE_MAX_TASK_KINDS; k++) {
+            out[d].kinds[k].total = (long)x[3 + 3 * k];
+            out[d].kinds[k].correct = (long)x[4 + 3 * k];
+            out[d].kinds[k].errors = (long)x[5 + 3 * k];
+        }
+    }
+    if (m->n_moe > 0 && !ccoe_model_forward_collective(m)) {
+        const size_t n = (size_t)m->n_moe, E = (size_t)m->moe.E;
+        CCOE_TRY(c->ops->allreduce_i64(c, m->moe_tot_tokens, n * E, err));
+        CCOE_TRY(c->ops->allreduce_i64(c, m->moe_tot_rows, n, err));
+        CCOE_TRY(c->ops->allreduce_i64(c, m->moe_tot_dropped, n * 2, err));
+        CCOE_TRY(c->ops->allreduce_f64(c, m->moe_tot_entropy, n * 2, err));
+    }
+    return CCOE_OK;
+}
+
 ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
-                              ccoe_batch *b, int max_batches, int with_tasks,
+                              ccoe_batch *b, int max_batches, int with_tasks, ccoe_comm *comm,
                               ccoe_domain_eval *out, ccoe_error *err)
 {
     ccoe_status st = CCOE_OK;
-    const int B = b->maxB, T = ds->T;
+    const int B = b->maxB, T = ds->T, nd = ds->n_domains;
+    const int P = comm ? comm->size : 1, r = comm ? comm->rank : 0;
+    /* a model whose forward exchanges rows runs every round on every rank (zero rows when its
+     * round has no batch) and decodes every task chunk on every rank */
+    const int lockstep = P > 1 && ccoe_model_forward_collective(m);
     const int was_train = m->train;
+    double sums[2 * CCOE_MAX_DOMAINS]; /* per domain: loss sum, tokens counted (this rank) */
     m->train = 0;
     ccoe_model_moe_reset_totals(m);
-    for (int d = 0; d < ds->n_domains; d++) {
+    for (int d = 0; d < nd; d++) {
         ccoe_domain_eval *ev = &out[d];
         memset(ev, 0, sizeof *ev);
         ev->model = m;
+        for (size_t i = 0; with_tasks && i < ds->domains[d].n_tasks; i++)
+            kind_slot(ev, &ds->domains[d].tasks[i]); /* the same kind order on every rank */
         double sum = 0.0;
         long count = 0;
-        size_t nval = ds->domains[d].n_val;
-        for (size_t first = 0, k = 0; first < nval; first += (size_t)B, k++) {
-            if (max_batches > 0 && k >= (size_t)max_batches)
+        size_t nb = (ds->domains[d].n_val + (size_t)B - 1) / (size_t)B;
+        if (max_batches > 0 && nb > (size_t)max_batches)
+            nb = (size_t)max_batches;
+        /* batch k belongs to rank k % P; rounds of P batches */
+        for (size_t k0 = 0; k0 < nb; k0 += (size_t)P) {
+            const size_t k = k0 + (size_t)r;
+            if (k >= nb && !lockstep)
                 break;
-            int got = ccoe_data_val_batch(ds, d, first, b->tokens, b->targets, b->domains, B);
+            int got = 0;
+            if (k < nb)
+                got = ccoe_data_val_batch(ds, d, k * (size_t)B, b->tokens, b->targets,
+                                          b->domains, B);
             long c = 0;
             m->collect_moe = 1;
             sum += ccoe_model_forward(m, b->tokens, b->targets, b->domains, got, T, &c);
             m->collect_moe = 0;
             count += c;
         }
-        ev->loss = count ? sum / (double)count : NAN;
-        ev->tokens = count;
+        sums[2 * d] = sum;
+        sums[2 * d + 1] = (double)count;
         if (with_tasks && ds->domains[d].n_tasks > 0 && st == CCOE_OK)
-            st = eval_tasks(m, &ds->domains[d], d, tok, b, ev, err);
+            st = eval_tasks(m, &ds->domains[d], d, tok, b, lockstep ? 0 : r, lockstep ? 1 : P,
+                            ev, err);
     }
     m->train = was_train;
+    if (P > 1) {
+        CCOE_TRY(ccoe_comm_agree(comm, st, err));
+        if (lockstep) { /* tasks and MoE totals are already every rank's */
+            CCOE_TRY(comm->ops->allreduce_f64(comm, sums, (size_t)nd * 2, err));
+        } else {
+            CCOE_TRY(reduce_counts(comm, m, out, nd, sums, err));
+        }
+    }
+    for (int d = 0; d < nd; d++) {
+        out[d].loss = sums[2 * d + 1] > 0 ? sums[2 * d] / sums[2 * d + 1] : NAN;
+        out[d].tokens = (long)sums[2 * d + 1];
+    }
     return st;
 }
 
-/* One line per MoE layer from the model's totals. */
 static void print_moe(FILE *f, const ccoe_model *m)
 {
     const int E = m->moe.E;

@@ -41,10 +41,19 @@ void ccoe_batch_free(ccoe_batch *b);
 /* Evaluates every domain: at most max_batches validation batches of B sequences each
  * (0 = all) and, if with_tasks, every stored task example by greedy decoding. Runs the model
  * in evaluation mode (no routing noise; m->train restored afterwards) and leaves the MoE totals
- * of the validation forwards in the model (ccoe_model_moe_reset_totals first). Fails only when
- * the decoding cache cannot be allocated (ccoe_generate). */
+ * of the validation forwards in the model (ccoe_model_moe_reset_totals first).
+ *
+ * comm NULL (or one rank): this process evaluates everything. Otherwise COLLECTIVE, data
+ * parallel: validation batch k and task chunk c (min(B, CCOE_GEN_MAX) prompts) go to rank
+ * k % P and c % P, and every rank returns the totals over all ranks (losses, task counts, MoE
+ * totals). Each batch and chunk is evaluated exactly as one process would, so the counts equal
+ * a one-process evaluation's and the losses differ only by the order of the sums. A model
+ * whose forward exchanges rows (ccoe_model_forward_collective) runs every round of P batches
+ * on every rank (zero rows where a rank has none) and decodes every task on every rank.
+ * Fails when the decoding cache cannot be allocated (ccoe_generate) or, with several ranks,
+ * when any rank failed or a reduction failed. */
 ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
-                              ccoe_batch *b, int max_batches, int with_tasks,
+                              ccoe_batch *b, int max_batches, int with_tasks, ccoe_comm *comm,
                               ccoe_domain_eval *out, ccoe_error *err);
 
 /* Index of the largest of x[0..n) (the first on ties). */

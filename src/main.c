@@ -267,60 +267,64 @@ static int cmd_train_expert(int argc, char **argv)
     return rc;
 }
 
+/* ccoe eval CHECKPOINT [--set data.*|run.*|train.eval_batches=...] [--batches N] [--no-tasks];
+ * under mpirun every rank evaluates its share (ccoe_eval_domains) and rank 0 prints. */
 static int cmd_eval(int argc, char **argv)
 {
     if (argc < 1 || argv[0][0] == '-')
         return usage_error("eval needs a CHECKPOINT file", "");
-    ccoe_error err = {0};
-    ccoe_config cfg;
-    ccoe_st_file *f = NULL;
-    if (ccoe_checkpoint_open(argv[0], &cfg, &f, &err) != CCOE_OK)
-        return fail(&err);
-    int batches = -1, tasks = 1, rc = 0;
+    int batches = -1, tasks = 1, rc = 0, n_sets = 0;
+    const char *sets[64];
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
             const char *a = argv[++i];
             if (strncmp(a, "data.", 5) != 0 && strncmp(a, "run.", 4) != 0 &&
-                strncmp(a, "train.eval_batches", 18) != 0) {
-                ccoe_st_close(f);
+                strncmp(a, "train.eval_batches", 18) != 0)
                 return usage_error("eval can only override data.*, run.* and "
                                    "train.eval_batches (the model comes from the checkpoint), "
                                    "not",
                                    a);
-            }
-            if (ccoe_config_set(&cfg, a, &err) != CCOE_OK) {
-                ccoe_st_close(f);
-                return fail(&err);
-            }
+            if (n_sets == (int)(sizeof sets / sizeof sets[0]))
+                return usage_error("eval takes at most 64 --set overrides, not more at", a);
+            sets[n_sets++] = a;
         } else if (strcmp(argv[i], "--batches") == 0 && i + 1 < argc) {
-            if (!parse_int_arg(argv[++i], 0, 1 << 30, &batches)) {
-                ccoe_st_close(f);
+            if (!parse_int_arg(argv[++i], 0, 1 << 30, &batches))
                 return usage_error("--batches takes a whole number >= 0 (0 = all), not",
                                    argv[i]);
-            }
         } else if (strcmp(argv[i], "--no-tasks") == 0) {
             tasks = 0;
         } else {
-            ccoe_st_close(f);
             return usage_error("unknown or incomplete eval argument", argv[i]);
         }
     }
-    if (batches >= 0)
-        cfg.train.eval_batches = batches;
+    /* set-up on every rank, then one agreement: a failure is printed once, nobody waits */
+    ccoe_error err = {0};
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
     ccoe_session s;
-    if (ccoe_session_open(&s, &cfg, 1, &err) != CCOE_OK) {
-        ccoe_st_close(f);
-        return fail(&err);
-    }
+    int have_session = 0;
+    ccoe_status st = ccoe_checkpoint_open(argv[0], &cfg, &f, &err);
+    for (int i = 0; st == CCOE_OK && i < n_sets; i++)
+        st = ccoe_config_set(&cfg, sets[i], &err);
+    if (st == CCOE_OK && batches >= 0)
+        cfg.train.eval_batches = batches;
+    if (st == CCOE_OK && (st = ccoe_session_open(&s, &cfg, 1, &err)) == CCOE_OK)
+        have_session = 1;
+    if (st == CCOE_OK)
+        st = ccoe_checkpoint_load(f, argv[0], &s.model, NULL, NULL, &err);
+    st = ccoe_comm_agree(g_comm, st, &err); /* collective */
     ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
-    if (ccoe_checkpoint_load(f, argv[0], &s.model, NULL, NULL, &err) != CCOE_OK) {
+    if (st == CCOE_OK)
+        st = ccoe_eval_domains(&s.model, &s.data, &s.tok, &s.batch, s.cfg.train.eval_batches,
+                               tasks, g_comm, ev, &err);
+    if (st != CCOE_OK) {
         rc = fail(&err);
-    } else if (ccoe_eval_domains(&s.model, &s.data, &s.tok, &s.batch,
-                                 s.cfg.train.eval_batches, tasks, ev, &err) != CCOE_OK) {
-        rc = fail(&err);
-    } else {
+    } else if (g_comm->rank == 0) {
         printf("checkpoint %s (step %s), data %s\n", argv[0],
                ccoe_st_meta(f, "step") ? ccoe_st_meta(f, "step") : "?", s.cfg.data.manifest);
+        if (g_comm->size > 1)
+            printf("evaluated on %d ranks (batches and task chunks split between them)\n",
+                   g_comm->size);
         ccoe_eval_print(stdout, &s.data, ev);
         if (s.gating.n_experts > 0) {
             /* the inference cost of each domain's path */
@@ -336,7 +340,8 @@ static int cmd_eval(int argc, char **argv)
             }
         }
     }
-    ccoe_session_close(&s);
+    if (have_session)
+        ccoe_session_close(&s);
     ccoe_st_close(f);
     return rc;
 }
@@ -707,9 +712,10 @@ int main(int argc, char **argv)
         mpi = 1;
     }
     g_comm = &comm;
-    /* train and study run on every rank (collective); the rest on rank 0 */
+    /* train, study and eval run on every rank (collective); the rest on rank 0 */
     const int train = argc >= 2 && (strcmp(argv[1], "train") == 0 ||
-                                    strcmp(argv[1], "study") == 0);
+                                    strcmp(argv[1], "study") == 0 ||
+                                    strcmp(argv[1], "eval") == 0);
     int rc = 0;
     if (train || comm.rank == 0)
         rc = run_command(argc, argv);

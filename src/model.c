@@ -462,6 +462,13 @@ ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_
     return CCOE_OK;
 }
 
+static int moe_distributed(const ccoe_model *m);
+
+int ccoe_model_forward_collective(const ccoe_model *m)
+{
+    return (m->n_moe > 0 && moe_distributed(m)) || (m->place && m->place_active);
+}
+
 void ccoe_model_moe_reset_totals(ccoe_model *m)
 {
     const size_t n = (size_t)m->n_moe, E = (size_t)m->moe.E;

@@ -314,6 +314,10 @@ void ccoe_model_decode_step(ccoe_model *m, const int32_t *tok, const int *seq, c
 /* Zeroes the MoE totals (the per-expert counts the evaluation prints). */
 void ccoe_model_moe_reset_totals(ccoe_model *m);
 
+/* 1 if a forward exchanges rows with the other ranks (expert-parallel MoE blocks, or active
+ * CCoE placement): then every rank must run every forward, with zero rows if need be. */
+int ccoe_model_forward_collective(const ccoe_model *m);
+
 /* Zeroes the gradient block. */
 void ccoe_model_zero_grad(ccoe_model *m);
 

@@ -79,7 +79,6 @@ typedef struct train_ctx {
     int quiet;               /* no printing (opts->quiet, or a rank other than 0) */
     int expert_mode;         /* one expert of --train-experts: no checkpoints, no evaluation */
     int placed;              /* CCoE experts placed on owner ranks (--ccoe-placement experts) */
-    int eval_all_ranks;      /* MoE models may communicate inside forward: all ranks evaluate */
     double aux;              /* mean over micro-batches of the summed MoE aux loss, last step */
     char *json;              /* buffer for ccoe_moe_stats_json (MoE models) */
     size_t json_cap;
@@ -434,24 +433,27 @@ static void write_moe_stats(train_ctx *t)
     fputc(']', t->metrics);
 }
 
-/* Rank 0 evaluates (every rank when the model may communicate in forward); rank 0 writes.
- * COLLECTIVE when experts are placed or the model communicates in forward. A failed exchange
- * is returned without agreement (the other ranks may wait in it: main ends the job). */
+/* Every rank evaluates its share of the batches and tasks (ccoe_eval_domains); with placed
+ * CCoE experts rank 0 evaluates every path alone after gathering them. Rank 0 writes.
+ * COLLECTIVE. A failed exchange is returned without agreement (the other ranks may wait in
+ * it: main ends the job). */
 static ccoe_status run_eval(train_ctx *t, int with_tasks, int print_table, ccoe_error *err)
 {
     ccoe_session *s = t->s;
     if (t->expert_mode)
         return CCOE_OK;
+    ccoe_comm *split = t->comm;
     if (t->placed) {
         /* rank 0 evaluates every path alone: the CCoE experts' parameters from their owners */
         CCOE_TRY(ep_gather_what(t, 0, err));
         s->model.place_active = 0;
+        if (t->rank != 0)
+            return CCOE_OK;
+        split = NULL;
     }
-    if (t->rank != 0 && !t->eval_all_ranks)
-        return CCOE_OK;
     ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
     CCOE_TRY(ccoe_eval_domains(&s->model, &s->data, &s->tok, &s->batch,
-                               s->cfg.train.eval_batches, with_tasks, ev, err));
+                               s->cfg.train.eval_batches, with_tasks, split, ev, err));
     CCOE_TRY(ccoe_model_comm_status(&s->model, err));
     if (t->rank != 0)
         return CCOE_OK;
@@ -1191,7 +1193,6 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
     if (st != CCOE_OK)
         goto done;
     ccoe_comm_split(s.cfg.train.batch_size, t.P, t.rank, &t.b0, &t.b1);
-    t.eval_all_ranks = s.model.n_moe > 0 && t.P > 1;
     t.bar = o->progress < 0 ? isatty(fileno(stderr)) : o->progress;
     if (!t.quiet)
         print_start(&t, o);

@@ -196,6 +196,12 @@ static void test_decode(void **state)
     run_suite(tu_ep_decode_cases);
 }
 
+static void test_eval_split(void **state)
+{
+    (void)state;
+    run_suite(tu_ep_eval_cases);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -204,6 +210,7 @@ int main(void)
         cmocka_unit_test(test_layer_equivalence),
         cmocka_unit_test(test_model_equivalence),
         cmocka_unit_test(test_decode),
+        cmocka_unit_test(test_eval_split),
     };
     return cmocka_run_group_tests(tests, setup_group, NULL);
 }

@@ -22,6 +22,21 @@ grep -q '"ranks":2' two/metrics.jsonl || fail "metrics do not record 2 ranks"
 [[ $(grep -c '^' two.log) -lt 2 ]] || fail "ranks other than 0 printed (or --quiet was ignored): $(cat two.log)"
 pass "2 ranks follow the 1-process loss curve"
 
+# `mpirun ccoe eval`: every rank evaluates its share of the batches and task chunks, rank 0
+# prints the same table as one process (and nothing else is printed twice)
+"$CCOE" eval two/checkpoint.safetensors --batches 5 --set data.task_examples=9 > eval1.txt \
+  || fail "1-process eval: $(cat eval1.txt)"
+for np in 2 3; do
+  "${MPIRUN[@]}" -np $np "$CCOE" eval two/checkpoint.safetensors --batches 5 \
+    --set data.task_examples=9 > eval$np.txt 2>&1 || fail "$np-rank eval: $(cat eval$np.txt)"
+  grep -q "evaluated on $np ranks" eval$np.txt || fail "$np-rank eval does not say so: $(cat eval$np.txt)"
+  diff <(grep -v "evaluated on" eval$np.txt) eval1.txt \
+    || fail "the $np-rank evaluation table differs from one process's"
+done
+grep -qE "arith .*[0-9]+/9" eval1.txt || fail "no arith task count in the table: $(cat eval1.txt)"
+expect_fail 1 "cannot open 'nope.safetensors'" -- "${MPIRUN[@]}" -np 2 "$CCOE" eval nope.safetensors
+pass "mpirun ccoe eval splits the work and prints one process's table"
+
 # the 2-rank checkpoint (stopped early) resumed by one process
 "${MPIRUN[@]}" -np 2 "$CCOE" train "$TINY" "${common[@]}" --set train.out_dir=half --stop-at 4 \
   > half.log 2>&1 || fail "2-rank run to step 4: $(cat half.log)"

@@ -163,7 +163,8 @@ int main(int argc, char **argv)
         } suites[] = {{"round trip (identity experts)", tu_ep_round_trips},
                       {"layer equivalence (every gate)", tu_ep_layer_cases},
                       {"model equivalence (every gate)", tu_ep_model_cases},
-                      {"incremental decoding", tu_ep_decode_cases}};
+                      {"incremental decoding", tu_ep_decode_cases},
+                      {"data-parallel evaluation", tu_ep_eval_cases}};
         for (size_t i = 0; i < sizeof suites / sizeof suites[0]; i++) {
             int64_t f = suites[i].fn(&comm, &g);
             if (comm.ops->allreduce_i64(&comm, &f, 1, &err) != CCOE_OK) {

@@ -9,11 +9,13 @@
 #include "arena.h"
 #include "config.h"
 #include "ep.h"
+#include "eval.h"
 #include "model.h"
 #include "moe.h"
 #include "optim.h"
 #include "placement.h"
 #include "rng.h"
+#include "session.h"
 
 #define T_SEQ 4 /* rows per sequence (domain gate) */
 
@@ -708,5 +710,82 @@ int tu_ep_decode_cases(ccoe_comm *comm, const ccoe_gemm *g)
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fails += decode_case(comm, g, &cases[i]);
+    return fails;
+}
+
+/* ---- data-parallel evaluation ---- */
+
+static int eval_case(ccoe_comm *comm, const char *what, const char *const *sets, int n_sets,
+                     int expert_parallel)
+{
+    int fails = 0;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    ccoe_config cfg;
+    ccoe_config_defaults(&cfg);
+    static const char *const base[] = {
+        "model.n_layer=2",     "model.n_embd=32",       "model.n_head=2", "model.seq_len=32",
+        "train.batch_size=4",  "train.eval_batches=5", "data.task_examples=9",
+        "run.threads=1",       "train.seed=5"};
+    for (size_t i = 0; i < sizeof base / sizeof base[0]; i++)
+        CHECK_OK(ccoe_config_set(&cfg, base[i], &err));
+    for (int i = 0; i < n_sets; i++)
+        CHECK_OK(ccoe_config_set(&cfg, sets[i], &err));
+    ccoe_session ref, s;
+    CHECK_OK(ccoe_session_open(&ref, &cfg, 1, &err));
+    CHECK_OK(ccoe_session_open(&s, &cfg, 1, &err));
+    ccoe_model_init_weights(&ref.model, cfg.train.seed, CCOE_INIT_COPY);
+    ccoe_model_init_weights(&s.model, cfg.train.seed, CCOE_INIT_COPY);
+    if (expert_parallel)
+        CHECK_OK(ccoe_model_set_comm(&s.model, comm, NULL, &err));
+    CHECK(!expert_parallel || comm->size == 1 || ccoe_model_forward_collective(&s.model));
+    ccoe_domain_eval want[CCOE_MAX_DOMAINS], got[CCOE_MAX_DOMAINS];
+    CHECK_OK(ccoe_eval_domains(&ref.model, &ref.data, &ref.tok, &ref.batch,
+                               cfg.train.eval_batches, 1, NULL, want, &err));
+    CHECK_OK(ccoe_eval_domains(&s.model, &s.data, &s.tok, &s.batch, cfg.train.eval_batches, 1,
+                               comm, got, &err));
+    long tasks = 0;
+    for (int d = 0; d < ref.data.n_domains; d++) {
+        const ccoe_domain_eval *a = &got[d], *b = &want[d];
+        CHECK(a->tokens == b->tokens && a->tokens > 0);
+        CHECK(fabs(a->loss - b->loss) <= 1e-12 * fabs(b->loss));
+        CHECK(a->task_total == b->task_total && a->task_correct == b->task_correct);
+        CHECK(a->n_kinds == b->n_kinds && a->sql_unavailable == b->sql_unavailable);
+        for (int k = 0; k < b->n_kinds; k++)
+            CHECK(strcmp(a->kinds[k].name, b->kinds[k].name) == 0 &&
+                  a->kinds[k].total == b->kinds[k].total &&
+                  a->kinds[k].correct == b->kinds[k].correct &&
+                  a->kinds[k].errors == b->kinds[k].errors);
+        tasks += b->task_total;
+    }
+    CHECK(tasks == 27); /* 9 examples in each of the 3 task domains */
+    const ccoe_model *mr = &ref.model, *ms = &s.model;
+    CHECK(mr->n_moe == ms->n_moe);
+    for (int l = 0; l < mr->n_moe; l++) {
+        const int E = mr->moe.E;
+        CHECK(ms->moe_tot_rows[l] == mr->moe_tot_rows[l] && mr->moe_tot_rows[l] > 0);
+        for (int e = 0; e < E; e++)
+            CHECK(ms->moe_tot_tokens[(size_t)l * E + e] == mr->moe_tot_tokens[(size_t)l * E + e]);
+        for (int j = 0; j < 2; j++) {
+            CHECK(ms->moe_tot_dropped[2 * l + j] == mr->moe_tot_dropped[2 * l + j]);
+            CHECK(fabs(ms->moe_tot_entropy[2 * l + j] - mr->moe_tot_entropy[2 * l + j]) <=
+                  1e-9 * (1.0 + fabs(mr->moe_tot_entropy[2 * l + j])));
+        }
+    }
+    ccoe_session_close(&s);
+    ccoe_session_close(&ref);
+    return fails;
+}
+
+int tu_ep_eval_cases(ccoe_comm *comm, const ccoe_gemm *g)
+{
+    (void)g;
+    static const char *const moe[] = {"moe.gate=topk", "moe.n_experts=4", "moe.top_k=2",
+                                      "moe.capacity_factor=0"};
+    int fails = 0;
+    fails += eval_case(comm, "eval split, dense", NULL, 0, 0);
+    fails += eval_case(comm, "eval split, MoE (experts on every rank)", moe, 4, 0);
+    if (4 % comm->size == 0)
+        fails += eval_case(comm, "eval split, expert-parallel MoE", moe, 4, 1);
     return fails;
 }

@@ -26,5 +26,10 @@ int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g);
 /* Incremental decoding (ccoe_model_decode_prefill / _step) with every rank decoding the same
  * prompts: logits equal the serial full forward's, for dropless gates. */
 int tu_ep_decode_cases(ccoe_comm *comm, const ccoe_gemm *g);
+/* Data-parallel evaluation (ccoe_eval_domains over comm) on the builtin data: a dense model, an
+ * MoE model with every expert on every rank (batches and task chunks split, MoE totals summed)
+ * and an expert-parallel one (every rank runs every round): task counts, token counts and MoE
+ * totals equal one process's, losses to 1e-12. g is unused (the sessions make their own). */
+int tu_ep_eval_cases(ccoe_comm *comm, const ccoe_gemm *g);
 
 #endif
