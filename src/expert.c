@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "comm.h"
 #include "gating.h"
 #include "model.h"
 #include "safetensors.h"
@@ -312,7 +313,10 @@ done:
     return s;
 }
 
-ccoe_status ccoe_expert_train(const ccoe_expert_train_opts *o, ccoe_error *err)
+/* The training config of ccoe_expert_train: MODEL's config with the expert added (or its
+ * routes replaced) and ccoe.train_expert set. */
+static ccoe_status expert_train_config(const ccoe_expert_train_opts *o, ccoe_config *out,
+                                       ccoe_error *err)
 {
     ccoe_config cfg;
     ccoe_st_file *f = NULL;
@@ -373,16 +377,17 @@ ccoe_status ccoe_expert_train(const ccoe_expert_train_opts *o, ccoe_error *err)
     for (int i = 0; i < o->n_sets; i++)
         CCOE_TRY(ccoe_config_set(&cfg, o->sets[i], err));
     CCOE_TRY(ccoe_config_validate(&cfg, err));
-    ccoe_train_opts to = {.init_from = o->model,
-                          .force = o->force,
-                          .progress = o->progress,
-                          .quiet = o->quiet};
-    CCOE_TRY(ccoe_train_run(&cfg, &to, err));
-    if (!o->push_to)
-        return CCOE_OK;
+    *out = cfg;
+    return CCOE_OK;
+}
+
+/* Rank 0: pop the trained expert out of the run's checkpoint and push it into MODEL. */
+static ccoe_status expert_push_trained(const ccoe_expert_train_opts *o, const ccoe_config *cfg,
+                                       ccoe_error *err)
+{
     char ckpt[CCOE_STR + 64], xfile[CCOE_STR + 64 + CCOE_NAME_LEN];
-    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", cfg.train.out_dir);
-    snprintf(xfile, sizeof xfile, "%s/%s.expert", cfg.train.out_dir, o->name);
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", cfg->train.out_dir);
+    snprintf(xfile, sizeof xfile, "%s/%s.expert", cfg->train.out_dir, o->name);
     CCOE_TRY(ccoe_expert_pop(ckpt, o->name, xfile, err));
     ccoe_status s = ccoe_expert_push(o->model, xfile, o->domains, o->n_domains, o->push_to, err);
     if (s != CCOE_OK)
@@ -390,4 +395,26 @@ ccoe_status ccoe_expert_train(const ccoe_expert_train_opts *o, ccoe_error *err)
     if (!o->quiet)
         printf("expert file: %s\npushed into: %s\n", xfile, o->push_to);
     return CCOE_OK;
+}
+
+ccoe_status ccoe_expert_train(const ccoe_expert_train_opts *o, ccoe_error *err)
+{
+    ccoe_comm serial, *c = o->comm;
+    if (!c) {
+        ccoe_comm_serial(&serial);
+        c = &serial;
+    }
+    ccoe_config cfg;
+    /* every rank builds the config from the same files; one agreement, so a rank that failed
+     * alone (a file its node cannot read) stops all of them */
+    CCOE_TRY(ccoe_comm_agree(c, expert_train_config(o, &cfg, err), err));
+    ccoe_train_opts to = {.init_from = o->model,
+                          .force = o->force,
+                          .progress = o->progress,
+                          .quiet = o->quiet,
+                          .comm = o->comm};
+    CCOE_TRY(ccoe_train_run(&cfg, &to, err));
+    if (!o->push_to)
+        return CCOE_OK;
+    return ccoe_comm_agree(c, c->rank == 0 ? expert_push_trained(o, &cfg, err) : CCOE_OK, err);
 }

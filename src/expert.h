@@ -14,6 +14,7 @@
 #ifndef CCOE_EXPERT_H
 #define CCOE_EXPERT_H
 
+#include "comm.h"
 #include "status.h"
 
 /* Writes expert `name` of the model at model_path to out_path. */
@@ -51,6 +52,8 @@ typedef struct ccoe_expert_train_opts {
     const char *out_dir;        /* training output (default runs/expert-NAME) */
     const char *push_to;        /* NULL, or write MODEL + the trained expert here */
     int force, quiet, progress;
+    ccoe_comm *comm;            /* NULL: one process; else COLLECTIVE: the expert trains data
+                                 * parallel over comm (ccoe_train_run) and rank 0 pops + pushes */
 } ccoe_expert_train_opts;
 
 ccoe_status ccoe_expert_train(const ccoe_expert_train_opts *o, ccoe_error *err);

@@ -225,7 +225,7 @@ static int cmd_train_expert(int argc, char **argv)
     if (!sets)
         return 1;
     ccoe_expert_train_opts o = {.model = argv[0], .domains = domains, .sets = sets,
-                                .progress = -1};
+                                .progress = -1, .comm = g_comm};
     int rc = -1;
     for (int i = 1; i < argc && rc < 0; i++) {
         const int more = i + 1 < argc;
@@ -712,8 +712,9 @@ int main(int argc, char **argv)
         mpi = 1;
     }
     g_comm = &comm;
-    /* train, study and eval run on every rank (collective); the rest on rank 0 */
+    /* train, train-expert, study and eval run on every rank (collective); the rest on rank 0 */
     const int train = argc >= 2 && (strcmp(argv[1], "train") == 0 ||
+                                    strcmp(argv[1], "train-expert") == 0 ||
                                     strcmp(argv[1], "study") == 0 ||
                                     strcmp(argv[1], "eval") == 0);
     int rc = 0;

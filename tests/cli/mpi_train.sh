@@ -1,6 +1,7 @@
 # `mpirun -np 2 ccoe train` against one process: same loss curve (1e-5 relative), one
 # checkpoint that a single process resumes; a rank that fails (an error, a NaN, a missing file,
-# a kill -9) ends every rank non-zero within 30 s with a message naming the rank.
+# a kill -9) ends every rank non-zero within 30 s with a message naming the rank; `ccoe eval`
+# and `ccoe train-expert` under mpirun split their work and match one process.
 # The failures are injected with the test hook CCOE_TEST_FAIL_{MODE,RANK,STEP} (src/train.h).
 source "$(dirname "$0")/lib/common.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
@@ -36,6 +37,25 @@ done
 grep -qE "arith .*[0-9]+/9" eval1.txt || fail "no arith task count in the table: $(cat eval1.txt)"
 expect_fail 1 "cannot open 'nope.safetensors'" -- "${MPIRUN[@]}" -np 2 "$CCOE" eval nope.safetensors
 pass "mpirun ccoe eval splits the work and prints one process's table"
+
+# `mpirun ccoe train-expert`: the expert trains data parallel (the 1-process loss curve within
+# 1e-5), rank 0 pushes it; the base of the pushed model is the input base bit for bit
+xp=(--expert ar --domain arith --layers 1 --form tail "${common[@]}" --set train.steps=6)
+"$CCOE" train-expert one/checkpoint.safetensors "${xp[@]}" -o x1 --push m1.safetensors \
+  > x1.log 2>&1 || fail "1-process train-expert: $(cat x1.log)"
+"${MPIRUN[@]}" -np 2 "$CCOE" train-expert one/checkpoint.safetensors "${xp[@]}" -o x2 \
+  --push m2.safetensors > x2.log 2>&1 || fail "2-rank train-expert: $(cat x2.log)"
+paste <(losses x1) <(losses x2) | awk 'NF != 2 {exit 1}
+  {d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) {print "step " NR ": " $1 " vs " $2; exit 1}}
+  END {if (NR != 6) exit 1}' || fail "train-expert loss curves of 1 and 2 ranks differ"
+grep -q '"ranks":2' x2/metrics.jsonl || fail "2-rank train-expert metrics do not record 2 ranks"
+[[ -s m2.safetensors && -s x2/ar.expert && ! -s x2.log ]] || fail "no pushed model, or --quiet ranks printed: $(cat x2.log)"
+"$CCOE" compare one/checkpoint.safetensors m2.safetensors --only-base > cmp.txt \
+  || fail "the pushed model's base differs from the input base: $(cat cmp.txt)"
+"$CCOE" info m2.safetensors | grep -q "ar" || fail "m2 has no expert ar"
+expect_fail 1 "\[rank 0\] .*cannot open 'nope.safetensors'" -- \
+  "${MPIRUN[@]}" -np 2 "$CCOE" train-expert nope.safetensors --expert a --domain arith
+pass "mpirun ccoe train-expert trains data parallel and pushes once"
 
 # the 2-rank checkpoint (stopped early) resumed by one process
 "${MPIRUN[@]}" -np 2 "$CCOE" train "$TINY" "${common[@]}" --set train.out_dir=half --stop-at 4 \
