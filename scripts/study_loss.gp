@@ -12,7 +12,9 @@ stats dir.'/plot/curves.dat' using xcol nooutput
 set xrange [STATS_max / 2 : STATS_max]
 set title "training loss, second half (zoom)"
 plot for [i=1:nvar] dir.'/plot/curves.dat' index (i-1) using xcol:5 with lines lw 2 lc rgb col(i) title word(names, i)
-set autoscale x
+# one evaluation per variant (eval_every = 0): a range around it instead of an empty one
+stats dir.'/plot/val.dat' using xcol nooutput
+if (STATS_min == STATS_max) { set xrange [0 : 2 * STATS_max + 1] } else { set autoscale x }
 set title "held-out loss (mean over domains)"
 set ylabel "validation loss (nats)"
 plot for [i=1:nvar] dir.'/plot/val.dat' index (i-1) using xcol:4 with linespoints lw 2 pt 7 ps 0.8 lc rgb col(i) title word(names, i)
