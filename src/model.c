@@ -688,10 +688,15 @@ void ccoe_model_expert_copy_base(ccoe_model *m, int e)
 
 void ccoe_model_zero_grad(ccoe_model *m)
 {
-    /* threaded: a single thread's memset does not saturate memory bandwidth (124M: 0.5 GB) */
+    /* threaded: a single thread's memset does not saturate memory bandwidth (124M: 0.5 GB);
+     * one chunk without a parallel region (libgomp allocates every one-thread team) */
     const size_t n = m->num_params, chunk = (size_t)1 << 18;
     const long long nchunks = (long long)((n + chunk - 1) / chunk);
-#pragma omp parallel for schedule(static) if (nchunks > 1)
+    if (nchunks <= 1) {
+        memset(m->grad_block, 0, n * sizeof(float));
+        return;
+    }
+#pragma omp parallel for schedule(static)
     for (long long i = 0; i < nchunks; i++) {
         size_t lo = (size_t)i * chunk, len = n - lo < chunk ? n - lo : chunk;
         memset(m->grad_block + lo, 0, len * sizeof(float));

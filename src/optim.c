@@ -46,30 +46,37 @@ static double sum_squares(const float *g, long long n)
     return acc[0];
 }
 
+/* Thread t of nt's part of the sum of squares of g[0..n): contiguous chunks aligned to 16
+ * floats, so the result depends only on the count nt. */
+static double grad_norm_part(const float *g, long long n, int t, int nt)
+{
+    long long per = ((n + nt - 1) / nt + 15) / 16 * 16;
+    long long lo = (long long)t * per, hi = lo + per;
+    if (lo > n)
+        lo = n;
+    if (hi > n)
+        hi = n;
+    return sum_squares(g + lo, hi - lo);
+}
+
 double ccoe_grad_norm(const float *grads, size_t begin, size_t end)
 {
     enum { MAX_PARTS = 256 };
     double part[MAX_PARTS] = {0};
     long long n = (long long)(end - begin);
     const float *g = grads + begin;
+    if (n <= 65536) /* no parallel region: libgomp allocates every one-thread team */
+        return sqrt(grad_norm_part(g, n, 0, 1));
     int used = 1;
-#pragma omp parallel if (n > 65536)
+#pragma omp parallel
     {
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
         if (nt > MAX_PARTS)
             nt = MAX_PARTS;
 #pragma omp single
         used = nt;
-        if (t < nt) {
-            /* contiguous chunks aligned to 16 floats: the result depends only on the count */
-            long long per = ((n + nt - 1) / nt + 15) / 16 * 16;
-            long long lo = (long long)t * per, hi = lo + per;
-            if (lo > n)
-                lo = n;
-            if (hi > n)
-                hi = n;
-            part[t] = sum_squares(g + lo, hi - lo);
-        }
+        if (t < nt)
+            part[t] = grad_norm_part(g, n, t, nt);
     }
     double s = 0.0;
     for (int t = 0; t < used; t++) /* fixed order: deterministic for a fixed thread count */
@@ -92,19 +99,17 @@ void ccoe_adamw_step(ccoe_adamw *o, ccoe_model *m, const ccoe_train_config *tc, 
     ccoe_adamw_step_scaled(o, m, tc, lr, 1.0f, filter, ctx);
 }
 
-void ccoe_adamw_step_scaled(ccoe_adamw *o, ccoe_model *m, const ccoe_train_config *tc, double lr,
-                            float gscale, int (*filter)(const ccoe_param *p, void *ctx),
-                            void *ctx)
+typedef struct adamw_consts {
+    float b1, b2, eps, bc1, bc2, lr, gs, wd;
+} adamw_consts;
+
+/* Every (filtered) tensor's update; the loops are work-shared when called inside a parallel
+ * region, serial otherwise. */
+static void adamw_tensors(ccoe_adamw *o, ccoe_model *m, const adamw_consts *k,
+                          int (*filter)(const ccoe_param *p, void *ctx), void *ctx)
 {
-    o->t++;
-    const float b1 = (float)tc->beta1, b2 = (float)tc->beta2, eps = (float)tc->eps;
-    const float bc1 = 1.0f / (float)(1.0 - pow(tc->beta1, (double)o->t));
-    const float bc2 = 1.0f / (float)(1.0 - pow(tc->beta2, (double)o->t));
-    const float flr = (float)lr, gs = gscale;
-    const float wdc = (float)tc->weight_decay;
-    /* One parallel region for every tensor (each thread takes a static share of each): the
-     * update is elementwise, so the split does not change the result. */
-#pragma omp parallel if (o->n > 65536)
+    const float b1 = k->b1, b2 = k->b2, eps = k->eps, bc1 = k->bc1, bc2 = k->bc2;
+    const float flr = k->lr, gs = k->gs;
     for (int i = 0; i < m->n_params; i++) {
         const ccoe_param *p = &m->params[i];
         if (filter && !filter(p, ctx))
@@ -112,7 +117,7 @@ void ccoe_adamw_step_scaled(ccoe_adamw *o, ccoe_model *m, const ccoe_train_confi
         float *w = m->param_block + p->offset;
         const float *g = m->grad_block + p->offset;
         float *mm = o->m + p->offset, *vv = o->v + p->offset;
-        const float wd = p->decay ? wdc : 0.0f;
+        const float wd = p->decay ? k->wd : 0.0f;
         const long long n = (long long)p->numel;
 #pragma omp for schedule(static) nowait
         for (long long j = 0; j < n; j++) {
@@ -125,4 +130,30 @@ void ccoe_adamw_step_scaled(ccoe_adamw *o, ccoe_model *m, const ccoe_train_confi
             w[j] -= flr * (mhat / (sqrtf(vhat) + eps) + wd * w[j]);
         }
     }
+}
+
+void ccoe_adamw_step_scaled(ccoe_adamw *o, ccoe_model *m, const ccoe_train_config *tc, double lr,
+                            float gscale, int (*filter)(const ccoe_param *p, void *ctx),
+                            void *ctx)
+{
+    o->t++;
+    const adamw_consts k = {
+        .b1 = (float)tc->beta1,
+        .b2 = (float)tc->beta2,
+        .eps = (float)tc->eps,
+        .bc1 = 1.0f / (float)(1.0 - pow(tc->beta1, (double)o->t)),
+        .bc2 = 1.0f / (float)(1.0 - pow(tc->beta2, (double)o->t)),
+        .lr = (float)lr,
+        .gs = gscale,
+        .wd = (float)tc->weight_decay,
+    };
+    /* One parallel region for every tensor (each thread takes a static share of each): the
+     * update is elementwise, so the split does not change the result. Small models run it
+     * without a region (libgomp allocates every one-thread team). */
+    if (o->n <= 65536) {
+        adamw_tensors(o, m, &k, filter, ctx);
+        return;
+    }
+#pragma omp parallel
+    adamw_tensors(o, m, &k, filter, ctx);
 }

@@ -1,6 +1,7 @@
 /* test_model.c - whole-model checks: gradient of every parameter tensor against finite
- * differences of the loss (every block/norm/FFN/head variant), tiny size; no allocation growth;
- * forward determinism. The per-kernel double-precision checks live in test_kernels.c. */
+ * differences of the loss (every block/norm/FFN/head variant), tiny size; forward determinism.
+ * The per-kernel double-precision checks live in test_kernels.c; no allocation in the step is
+ * checked by test_noalloc.c. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
