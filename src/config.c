@@ -27,6 +27,7 @@
 
 #include <ini.h>
 
+#include "fs.h"
 #include "moe.h"
 #include "placement.h"
 
@@ -769,48 +770,26 @@ ccoe_status ccoe_config_load_file(ccoe_config *c, const char *path, ccoe_error *
     if (!f)
         return ccoe_error_set(err, CCOE_ERR_IO, "cannot open config file '%s': %s; check the path",
                               path, strerror(errno));
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    ccoe_status st = CCOE_OK;
-    while (buf) {
-        if (len + 1 >= cap) {
-            if (cap >= ((size_t)16 << 20)) {
-                st = ccoe_error_set(err, CCOE_ERR_CONFIG,
-                                    "config file '%s' is larger than 16 MB: is it a config?",
-                                    path);
-                break;
-            }
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + len, 1, cap - 1 - len, f);
-        len += got;
-        if (got == 0) {
-            if (ferror(f))
-                st = ccoe_error_set(err, CCOE_ERR_IO, "cannot read config file '%s': %s", path,
-                                    strerror(errno));
-            break;
-        }
-    }
+    char *buf = NULL;
+    size_t len = 0;
+    int e = ccoe_fs_read_stream(f, (size_t)16 << 20, &buf, &len);
     fclose(f);
-    if (!buf)
+    if (e == EFBIG)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "config file '%s' is larger than 16 MB: is it a config?", path);
+    if (e == ENOMEM)
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory reading config file '%s'", path);
-    if (st == CCOE_OK) {
-        buf[len] = '\0';
-        if (strlen(buf) != len) {
-            st = ccoe_error_set(err, CCOE_ERR_CONFIG,
-                                "config file '%s' contains a NUL byte: is it a text file?", path);
-        } else {
-            char origin[600];
-            snprintf(origin, sizeof origin, "file %s", path);
-            st = ccoe_config_load_string(c, buf, origin, err);
-        }
+    if (e)
+        return ccoe_error_set(err, CCOE_ERR_IO, "cannot read config file '%s': %s", path,
+                              strerror(e));
+    ccoe_status st;
+    if (strlen(buf) != len) {
+        st = ccoe_error_set(err, CCOE_ERR_CONFIG,
+                            "config file '%s' contains a NUL byte: is it a text file?", path);
+    } else {
+        char origin[600];
+        snprintf(origin, sizeof origin, "file %s", path);
+        st = ccoe_config_load_string(c, buf, origin, err);
     }
     free(buf);
     return st;

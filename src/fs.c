@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -24,4 +25,46 @@ ccoe_status ccoe_fs_mkdirs(const char *path, ccoe_error *err)
         }
     }
     return CCOE_OK;
+}
+
+int ccoe_fs_read_stream(FILE *f, size_t max, char **buf, size_t *len)
+{
+    size_t cap = 0, n = 0;
+    char *p = NULL;
+    *buf = NULL;
+    *len = 0;
+    for (;;) {
+        if (n + 1 >= cap) {
+            if (cap > max) {
+                free(p);
+                return EFBIG;
+            }
+            size_t nc = cap ? 2 * cap : 16384;
+            char *q = realloc(p, nc);
+            if (!q) {
+                free(p);
+                return ENOMEM;
+            }
+            p = q;
+            cap = nc;
+        }
+        size_t got = fread(p + n, 1, cap - 1 - n, f);
+        n += got;
+        if (got == 0) {
+            if (ferror(f)) {
+                int e = errno ? errno : EIO;
+                free(p);
+                return e;
+            }
+            break;
+        }
+    }
+    if (n > max) {
+        free(p);
+        return EFBIG;
+    }
+    p[n] = '\0';
+    *buf = p;
+    *len = n;
+    return 0;
 }

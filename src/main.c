@@ -13,6 +13,7 @@
 #include "data.h"
 #include "eval.h"
 #include "expert.h"
+#include "fs.h"
 #include "gating.h"
 #include "session.h"
 #include "status.h"
@@ -43,11 +44,11 @@ static const char *k_usage =
     "  eval CHECKPOINT [--set data.manifest=...] [--batches N] [--no-tasks]\n"
     "        per-domain validation loss, perplexity and task accuracy\n"
     "  generate CHECKPOINT [--domain D] [--max-new N] [--stop C|none] [--temperature T]\n"
-    "        [--top-k K] [--top-p P] [--seed S] PROMPT...\n"
+    "        [--top-k K] [--top-p P] [--seed S] [--prompts FILE|-] PROMPT...\n"
     "        continuation of each PROMPT (routed as domain D: the first domain by default),\n"
     "        one line each, until C (default: the domain's answer end, a newline); greedy\n"
     "        unless --temperature T > 0 samples (with --top-k/--top-p; the same --seed, the\n"
-    "        same text)\n"
+    "        same text); --prompts adds one prompt per line of FILE (- = standard input)\n"
     "  info CHECKPOINT\n"
     "        stored config, training state and tensors of a checkpoint\n"
     "  bench [--shape small|tiny-wide|gpt2-124m|all] [--steps N] [--threads N] [--gemm B] [--ffn gelu|swiglu]\n"
@@ -346,8 +347,52 @@ static int cmd_eval(int argc, char **argv)
     return rc;
 }
 
+/* Appends the lines of path ("-": standard input) to *prompts (n of them so far; grown), each
+ * a prompt (a final line without a newline counts, "\r\n" ends a line too). *text owns them. */
+static ccoe_status read_prompt_lines(const char *path, const char ***prompts, int *n, char **text,
+                                     ccoe_error *err)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f)
+        return ccoe_error_set(err, CCOE_ERR_IO, "--prompts: cannot open '%s': %s; check the path",
+                              path, strerror(errno));
+    size_t len = 0;
+    int e = ccoe_fs_read_stream(f, (size_t)256 << 20, text, &len);
+    if (f != stdin)
+        fclose(f);
+    if (e)
+        return ccoe_error_set(err, e == ENOMEM ? CCOE_ERR_NOMEM : CCOE_ERR_IO,
+                              "--prompts: cannot read '%s': %s", path,
+                              e == EFBIG ? "larger than 256 MB" : strerror(e));
+    size_t lines = 0;
+    for (size_t i = 0; i < len; i++)
+        lines += (*text)[i] == '\n' || (i + 1 == len);
+    const char **p = realloc(*prompts, (size_t)(*n + (int)lines + 1) * sizeof *p);
+    if (!p || lines > (size_t)(1 << 24)) {
+        free(*text);
+        *text = NULL;
+        if (p)
+            *prompts = p;
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "--prompts: too many lines in '%s'", path);
+    }
+    *prompts = p;
+    char *line = *text;
+    for (size_t i = 0; i < len; i++) {
+        if ((*text)[i] != '\n' && i + 1 < len)
+            continue;
+        if ((*text)[i] == '\n') {
+            (*text)[i] = '\0';
+            if (i > 0 && (*text)[i - 1] == '\r')
+                (*text)[i - 1] = '\0';
+        }
+        p[(*n)++] = line;
+        line = *text + i + 1;
+    }
+    return CCOE_OK;
+}
+
 /* ccoe generate CHECKPOINT [--domain D] [--max-new N] [--stop C|none] [--temperature T]
- * [--top-k K] [--top-p P] [--seed S] PROMPT... */
+ * [--top-k K] [--top-p P] [--seed S] [--prompts FILE|-] PROMPT... */
 static int cmd_generate(int argc, char **argv)
 {
     if (argc < 1 || argv[0][0] == '-')
@@ -355,6 +400,7 @@ static int cmd_generate(int argc, char **argv)
     const char *domain = NULL, *stop_arg = NULL;
     int max_new = 64;
     ccoe_sampling samp = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 1};
+    const char *prompt_file = NULL;
     const char **prompts = calloc((size_t)argc, sizeof *prompts);
     int n = 0;
     if (!prompts)
@@ -398,6 +444,8 @@ static int cmd_generate(int argc, char **argv)
                 free(prompts);
                 return usage_error("--seed takes a whole number >= 0, not", v);
             }
+        } else if (strcmp(argv[i], "--prompts") == 0 && i + 1 < argc) {
+            prompt_file = argv[++i];
         } else if (strncmp(argv[i], "--", 2) == 0) {
             free(prompts);
             return usage_error("unknown or incomplete generate argument", argv[i]);
@@ -405,11 +453,20 @@ static int cmd_generate(int argc, char **argv)
             prompts[n++] = argv[i];
         }
     }
+    ccoe_error err = {0};
+    char *prompt_text = NULL; /* --prompts: the file's lines, after the command line's */
+    if (prompt_file) {
+        if (read_prompt_lines(prompt_file, &prompts, &n, &prompt_text, &err) != CCOE_OK) {
+            free(prompts);
+            return fail(&err);
+        }
+    }
     if (n == 0) {
         free(prompts);
-        return usage_error("generate needs at least one PROMPT", "");
+        free(prompt_text);
+        return usage_error("generate needs at least one PROMPT (or --prompts FILE with lines)",
+                           "");
     }
-    ccoe_error err = {0};
     ccoe_config cfg;
     ccoe_st_file *f = NULL;
     ccoe_session s;
@@ -463,6 +520,7 @@ static int cmd_generate(int argc, char **argv)
     }
     free(buf);
     free(prompts);
+    free(prompt_text);
     ccoe_session_close(&s);
     ccoe_st_close(f);
     return rc;

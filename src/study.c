@@ -430,26 +430,12 @@ static ccoe_status parse_file(study *S, const char *path, ccoe_error *err)
         return ccoe_error_set(err, CCOE_ERR_CONFIG, "cannot open study file '%s': %s", path,
                               strerror(errno));
     char *text = NULL;
-    size_t cap = 0, len = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            cap = cap ? 2 * cap : 16384;
-            char *nt = cap > ((size_t)4 << 20) ? NULL : realloc(text, cap);
-            if (!nt) {
-                free(text);
-                fclose(f);
-                return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                                      "study file '%s' is larger than 4 MB or unreadable", path);
-            }
-            text = nt;
-        }
-        size_t got = fread(text + len, 1, 4096, f);
-        len += got;
-        if (got == 0)
-            break;
-    }
+    size_t len = 0;
+    int e = ccoe_fs_read_stream(f, (size_t)4 << 20, &text, &len);
     fclose(f);
-    text[len] = '\0';
+    if (e)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG, "study file '%s' is larger than 4 MB or "
+                              "unreadable (%s)", path, strerror(e));
     S->pos = text;
     S->line = 0;
     S->err = err;
