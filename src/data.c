@@ -73,6 +73,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,7 @@
 #include <cjson/cJSON.h>
 
 #include "data_builtin.h"
+#include "fs.h"
 #include "rng.h"
 #include "sqlexec.h"
 
@@ -100,44 +102,9 @@ static int read_file(const char *path, char **buf, size_t *len)
     int e = fstat(fileno(f), &st) != 0 ? (errno ? errno : EIO)
             : S_ISDIR(st.st_mode)      ? EISDIR
             : !S_ISREG(st.st_mode)     ? EINVAL
-                                       : 0;
-    if (e) {
-        fclose(f);
-        return e;
-    }
-    size_t cap = (size_t)st.st_size + 1, n = 0;
-    char *p = malloc(cap);
-    if (!p) {
-        fclose(f);
-        return ENOMEM;
-    }
-    for (;;) {
-        n += fread(p + n, 1, cap - 1 - n, f);
-        if (n < cap - 1 || feof(f))
-            break;
-        char c;
-        if (fread(&c, 1, 1, f) != 1) /* exactly st_size bytes */
-            break;
-        char *q = realloc(p, 2 * cap); /* the file grew while we read it */
-        if (!q) {
-            free(p);
-            fclose(f);
-            return ENOMEM;
-        }
-        p = q;
-        p[n++] = c;
-        cap *= 2;
-    }
-    int bad = ferror(f);
+                                       : ccoe_fs_read_stream(f, SIZE_MAX / 4, buf, len);
     fclose(f);
-    if (bad) {
-        free(p);
-        return EIO;
-    }
-    p[n] = '\0';
-    *buf = p;
-    *len = n;
-    return 0;
+    return e;
 }
 
 /* ---- one domain under construction ---- */

@@ -29,17 +29,23 @@ ccoe_status ccoe_fs_mkdirs(const char *path, ccoe_error *err)
 
 int ccoe_fs_read_stream(FILE *f, size_t max, char **buf, size_t *len)
 {
-    size_t cap = 0, n = 0;
+    size_t cap = 0, n = 0, first = 16384;
     char *p = NULL;
     *buf = NULL;
     *len = 0;
+    /* A regular file's size is a good first guess (one allocation, no copies); the loop still
+     * reads to the end, so a file that grows or shrinks meanwhile is read as it is. */
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= 0 &&
+        (unsigned long long)st.st_size < max)
+        first = (size_t)st.st_size + 2;
     for (;;) {
         if (n + 1 >= cap) {
             if (cap > max) {
                 free(p);
                 return EFBIG;
             }
-            size_t nc = cap ? 2 * cap : 16384;
+            size_t nc = cap ? 2 * cap : first;
             char *q = realloc(p, nc);
             if (!q) {
                 free(p);

@@ -50,15 +50,31 @@
 #define CCOE_GEMM_XSMM_PAR_MIN_MNK (64L * 64L * 64L)
 #define CCOE_GEMM_XSMM_PAR_MIN_ROWS 16
 
+/* ---- BLIS small-problem ("sup") path ----
+ * BLIS 0.9 sends a product to its unpacked small-problem kernels whenever one dimension is under
+ * the configuration's threshold (zen3 sgemm: m < 512, n < 200 or k < 240), so every 256-token
+ * GEMM of the GPT-2-124M shape (M = B*T = 256) ran there, reading strided operands unpacked.
+ * Measured with 2 threads on an AVX2 EPYC (zen3 kernels, GFLOP/s small-path vs packed):
+ * ABt 256x768x3072 72 vs 167, AtB 256x768x3072 112 vs 167, AB 128x3072x768 67 vs 152,
+ * AtB 256x1024x1024 103 vs 136, ABt 1024x256x64 97 vs 156; the small path wins only on really
+ * small or thin problems (16x768x768 127 vs 91, 128^3 73 vs 58, AB 4096x64x64 184 vs 140).
+ * Above this many multiply-adds, with every dimension at least the minimum, it is switched off
+ * per call (the 124M bench step went from 164-175 to 187-190 tok/s). BLIS's skx configuration
+ * has no small path (thresholds 0), so AVX-512 runs are unaffected. CCOE_BLIS_SUP=on leaves the
+ * choice to BLIS, =off never takes the small path (for rerunning the comparison). */
+#define CCOE_GEMM_BLIS_SUP_MAX_MNK (1L << 24)
+#define CCOE_GEMM_BLIS_SUP_MIN_DIM 32
+
 /* ---- process-wide one-time setup (BLIS and libxsmm are process-global libraries) ---- */
 
 typedef struct gemm_global {
     ccoe_status status;    /* outcome of the one-time setup (BLIS and libxsmm unusable if not OK) */
     char msg[512];         /* its error message */
-    char blis_name[24];    /* bli_arch_string of the configuration BLIS runs */
+    char blis_name[32];    /* bli_arch_string of BLIS's configuration (+ ",sup-on/off") */
     char xsmm_name[24];    /* libxsmm target ("cpx", "hsw", ...) */
     int xsmm_ok;           /* libxsmm can JIT on this CPU */
     int xsmm_avx512;       /* libxsmm's kernels are AVX-512 ones (the larger-problem rule) */
+    int blis_sup;          /* CCOE_BLIS_SUP: 0 auto (our policy), 1 on (BLIS decides), 2 off */
 } gemm_global;
 
 static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
@@ -136,6 +152,20 @@ static void gemm_global_setup(void)
         }
     }
 
+    /* 1b. CCOE_BLIS_SUP (auto | on | off): the small-problem policy, for measuring it. */
+    const char *sup = getenv("CCOE_BLIS_SUP");
+    if (!sup || !sup[0] || strcmp(sup, "auto") == 0) {
+        s->blis_sup = 0;
+    } else if (strcmp(sup, "on") == 0 || strcmp(sup, "off") == 0) {
+        s->blis_sup = sup[1] == 'n' ? 1 : 2;
+    } else {
+        s->status = CCOE_ERR_BACKEND;
+        snprintf(s->msg, sizeof s->msg,
+                 "CCOE_BLIS_SUP='%s' is not auto, on or off; unset it for the default (auto)",
+                 sup);
+        return;
+    }
+
     /* 2. Initialise BLIS (bli_init must precede bli_arch_query_id when BLIS_ARCH_TYPE is set). */
     bli_init();
     arch_t got = bli_arch_query_id();
@@ -150,6 +180,10 @@ static void gemm_global_setup(void)
                  s->blis_name, bli_arch_string((arch_t)want), want);
         return;
     }
+
+    if (s->blis_sup != 0) /* a non-default policy shows in every reported kernel set */
+        snprintf(s->blis_name + strlen(s->blis_name), sizeof s->blis_name - strlen(s->blis_name),
+                 ",sup-%s", s->blis_sup == 1 ? "on" : "off");
 
     /* 3. libxsmm: JIT needs at least AVX2 here (below that it would return no kernels). */
     libxsmm_init();
@@ -237,6 +271,11 @@ static void gemm_blis(int nthreads, int transa, int transb, int M, int N, int K,
     rntm_t rntm;
     bli_rntm_init(&rntm);
     bli_rntm_set_num_threads(nthreads > 1 ? nthreads : 1, &rntm);
+    if (gemm_g.blis_sup == 2 ||
+        (gemm_g.blis_sup == 0 && (long)M * N * K > CCOE_GEMM_BLIS_SUP_MAX_MNK &&
+         M >= CCOE_GEMM_BLIS_SUP_MIN_DIM && N >= CCOE_GEMM_BLIS_SUP_MIN_DIM &&
+         K >= CCOE_GEMM_BLIS_SUP_MIN_DIM))
+        bli_rntm_disable_l3_sup(&rntm);
     inc_t rsa = transa ? 1 : lda, csa = transa ? lda : 1;
     inc_t rsb = transb ? 1 : ldb, csb = transb ? ldb : 1;
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A, rsa, csa,

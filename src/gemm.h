@@ -37,7 +37,7 @@ typedef struct ccoe_gemm_prof {
 typedef struct ccoe_gemm {
     ccoe_gemm_backend backend; /* resolved choice */
     int nthreads;              /* threads used by one (non-serial) call */
-    char kernel_set[64];       /* e.g. "blis:skx" - which kernels actually run */
+    char kernel_set[80];       /* e.g. "blis:skx" - which kernels actually run */
     ccoe_gemm_prof *prof;      /* NULL (the default): no timing; else every call is timed */
 } ccoe_gemm;
 

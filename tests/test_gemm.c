@@ -30,7 +30,8 @@ static int user_set_blis_arch;
 
 /* BLIS reads BLIS_ARCH_TYPE once per process, so the user-value cases run in forked children
  * (before this process initialises anything); these hold their exit codes (0 = as expected). */
-static int child_bad_arch_rc = -1, child_user_arch_rc = -1;
+static int child_bad_arch_rc = -1, child_user_arch_rc = -1, child_bad_sup_rc = -1;
+static int child_blis_sup_rc = -1;
 
 enum { NCTX = 4 };
 static ccoe_gemm ctx[NCTX]; /* ref, blis, xsmm, auto; all with 2 threads */
@@ -216,11 +217,13 @@ static void test_small_shapes(void **state)
 }
 
 /* Shapes large enough for BLIS's blocked path, the threaded libxsmm row split, and both sides of
- * the AUTO threshold. */
+ * the AUTO threshold and of BLIS's small-problem ("sup") policy: 16x1030x1100 is large but thin
+ * (sup kept), 200x130x170 small (sup kept), the others take the packed path. */
 static void test_large_shapes(void **state)
 {
     (void)state;
-    static const int shapes[][3] = {{256, 768, 256}, {128, 1100, 300}, {200, 130, 170}};
+    static const int shapes[][3] = {{256, 768, 256}, {128, 1100, 300}, {200, 130, 170},
+                                    {16, 1030, 1100}};
     int ok = 1;
     uint64_t seed = 5000;
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
@@ -501,6 +504,43 @@ static int child_user_arch(void)
     return c[0] == 11.0f ? 0 : 3;
 }
 
+/* Child: CCOE_BLIS_SUP=off shows in the kernel set and the packed path still computes the
+ * product of a shape BLIS would otherwise send down its small path; a bad value is an error. */
+static int child_blis_sup(void)
+{
+    setenv("CCOE_BLIS_SUP", "off", 1);
+    ccoe_gemm g;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    if (ccoe_gemm_init(&g, CCOE_GEMM_BLIS, 2, &err) != CCOE_OK)
+        return 1;
+    if (!strstr(g.kernel_set, ",sup-off"))
+        return 2;
+    enum { M = 200, N = 130, K = 170 };
+    static float a[M * K], b[K * N], c[M * N], r[M * N];
+    for (int i = 0; i < M * K; i++)
+        a[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+    for (int i = 0; i < K * N; i++)
+        b[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
+    ccoe_gemm_run(&g, 0, 1, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
+    ccoe_gemm_ref(0, 1, M, N, K, 1.0f, a, K, b, K, 0.0f, r, N);
+    for (int i = 0; i < M * N; i++)
+        if (fabsf(c[i] - r[i]) > 1e-4f * (1.0f + fabsf(r[i])))
+            return 3;
+    return 0;
+}
+
+static int child_bad_sup(void)
+{
+    setenv("CCOE_BLIS_SUP", "fast", 1);
+    ccoe_gemm g;
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    if (ccoe_gemm_init(&g, CCOE_GEMM_AUTO, 1, &err) != CCOE_ERR_BACKEND)
+        return 1;
+    return strstr(err.msg, "CCOE_BLIS_SUP='fast'") ? 0 : 2;
+}
+
 static int run_child(int (*fn)(void))
 {
     fflush(stdout);
@@ -530,11 +570,24 @@ static void test_user_blis_arch(void **state)
     }
 }
 
+static void test_blis_sup_env(void **state)
+{
+    (void)state;
+    if (child_bad_sup_rc != 0)
+        fprintf(stderr, "child with CCOE_BLIS_SUP=fast: code %d\n", child_bad_sup_rc);
+    assert_int_equal(child_bad_sup_rc, 0);
+    if (child_blis_sup_rc != 0)
+        fprintf(stderr, "child with CCOE_BLIS_SUP=off: code %d\n", child_blis_sup_rc);
+    assert_int_equal(child_blis_sup_rc, 0);
+}
+
 int main(void)
 {
     const char *env = getenv("BLIS_ARCH_TYPE");
     user_set_blis_arch = env && env[0];
     child_bad_arch_rc = run_child(child_bad_arch);
+    child_bad_sup_rc = run_child(child_bad_sup);
+    child_blis_sup_rc = run_child(child_blis_sup);
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         child_user_arch_rc = run_child(child_user_arch);
@@ -542,6 +595,7 @@ int main(void)
         cmocka_unit_test(test_parse_and_names),
         cmocka_unit_test(test_blis_kernel_set),
         cmocka_unit_test(test_user_blis_arch),
+        cmocka_unit_test(test_blis_sup_env),
         cmocka_unit_test(test_small_shapes),
         cmocka_unit_test(test_large_shapes),
         cmocka_unit_test(test_degenerate),
