@@ -167,7 +167,18 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
 
 ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
 {
-    int found = 0;
+    /* Arguments and the GEMM backend first, so that a mistake is reported before any output. */
+    int known = strcmp(o->shape, "all") == 0;
+    for (size_t i = 0; i < sizeof k_shapes / sizeof k_shapes[0]; i++)
+        known |= strcmp(o->shape, k_shapes[i].name) == 0;
+    if (!known)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "unknown bench shape '%s': allowed small, tiny-wide, gpt2-124m, all",
+                              o->shape);
+    ccoe_gemm_backend backend;
+    ccoe_gemm check;
+    CCOE_TRY(ccoe_gemm_backend_parse(o->gemm, &backend, err));
+    CCOE_TRY(ccoe_gemm_init(&check, backend, o->threads, err));
     double peak = ccoe_measure_fma_peak(o->threads, 0.6);
     const int with_ccoe = o->ccoe && strcmp(o->ccoe, "none") != 0;
     fprintf(out, "threads %d, ffn %s, moe %s, ccoe %s, measured fp32 FMA peak %.0f GFLOP/s (%s)\n",
@@ -181,15 +192,10 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
     for (size_t i = 0; i < sizeof k_shapes / sizeof k_shapes[0]; i++) {
         if (strcmp(o->shape, "all") != 0 && strcmp(o->shape, k_shapes[i].name) != 0)
             continue;
-        found = 1;
         CCOE_TRY(bench_one(&k_shapes[i], o, 0, peak, out, err));
         if (with_ccoe)
             CCOE_TRY(bench_one(&k_shapes[i], o, 1, peak, out, err));
     }
-    if (!found)
-        return ccoe_error_set(err, CCOE_ERR_ARG,
-                              "unknown bench shape '%s': allowed small, tiny-wide, gpt2-124m, all",
-                              o->shape);
     fprintf(out, "(MFU/sgemm: model FLOP/s over the measured 1024^3 sgemm rate of the same "
                  "context; FLOPs per token = 6N + 12LCT)\n");
     return CCOE_OK;
