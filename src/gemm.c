@@ -54,10 +54,11 @@
  * BLIS 0.9 sends a product to its unpacked small-problem kernels whenever one dimension is under
  * the configuration's threshold (zen3 sgemm: m < 512, n < 200 or k < 240), so every 256-token
  * GEMM of the GPT-2-124M shape (M = B*T = 256) ran there, reading strided operands unpacked.
- * Measured with 2 threads on an AVX2 EPYC (zen3 kernels, GFLOP/s small-path vs packed):
- * ABt 256x768x3072 72 vs 167, AtB 256x768x3072 112 vs 167, AB 128x3072x768 67 vs 152,
- * AtB 256x1024x1024 103 vs 136, ABt 1024x256x64 97 vs 156; the small path wins only on really
- * small or thin problems (16x768x768 127 vs 91, 128^3 73 vs 58, AB 4096x64x64 184 vs 140).
+ * Measured with 2 threads on an AVX2 EPYC (zen3 kernels, GFLOP/s small path vs packed;
+ * CCOE_GEMM_BENCH=1 build/test_gemm with CCOE_BLIS_SUP=on, then off): ABt 256x768x3072 68-72 vs
+ * 148-167, AB 256x3072x768 60-67 vs 158, AtB 256x1024x1024 74-103 vs 136-158, ABt 1024x256x64
+ * 93-97 vs 149-156; the small path wins or ties only on small or thin problems (128^3 120-153
+ * vs 58-110, AtB 16x768x768 114-130 vs 95-103, AB 4096x64x64 172-184 vs 140).
  * Above this many multiply-adds, with every dimension at least the minimum, it is switched off
  * per call (the 124M bench step went from 164-175 to 187-190 tok/s). BLIS's skx configuration
  * has no small path (thresholds 0), so AVX-512 runs are unaffected. CCOE_BLIS_SUP=on leaves the

@@ -21,6 +21,7 @@
 #include <omp.h>
 
 #include "gemm.h"
+#include "perf.h"
 #include "testutil.h"
 
 #define SENTINEL 12345.0f
@@ -581,6 +582,56 @@ static void test_blis_sup_env(void **state)
     assert_int_equal(child_blis_sup_rc, 0);
 }
 
+/* Benchmark, not a test (CCOE_GEMM_BENCH=1 only; nothing is asserted on time): GFLOP/s of the
+ * BLIS context (2 threads, best of 3 batches of about 0.3 s) for the shapes behind the
+ * small-problem ("sup") policy in src/gemm.c. Run it once per CCOE_BLIS_SUP value to compare:
+ *   CCOE_GEMM_BENCH=1 CCOE_BLIS_SUP=on  build/test_gemm
+ *   CCOE_GEMM_BENCH=1 CCOE_BLIS_SUP=off build/test_gemm      (and unset: the policy itself) */
+static void test_bench(void **state)
+{
+    (void)state;
+    const char *env = getenv("CCOE_GEMM_BENCH");
+    if (!env || strcmp(env, "1") != 0)
+        skip();
+    static const int shapes[][3] = {
+        {16, 768, 768},   {32, 768, 768},   {64, 768, 768},   {128, 768, 768}, {256, 768, 3072},
+        {256, 3072, 768}, {128, 3072, 768}, {32, 3072, 768},  {768, 768, 64},  {1024, 256, 64},
+        {128, 128, 128},  {256, 256, 256},  {4096, 64, 64},   {64, 64, 4096},  {256, 1024, 1024}};
+    static const char *ops[] = {"AB", "ABt", "AtB"};
+    const ccoe_gemm *g = &ctx[1];
+    size_t cap = (size_t)4096 * 3072;
+    float *A = malloc(cap * sizeof *A), *B = malloc(cap * sizeof *B), *C = malloc(cap * sizeof *C);
+    assert_non_null(A);
+    assert_non_null(B);
+    assert_non_null(C);
+    for (size_t i = 0; i < cap; i++)
+        A[i] = B[i] = C[i] = (float)(i % 7) * 0.1f;
+    printf("GEMM bench, %s, 2 threads (GFLOP/s, best of 3)\n| op | M | N | K | GFLOP/s |\n"
+           "|---|---|---|---|---|\n",
+           g->kernel_set);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        const double flop = 2.0 * M * N * K;
+        const long reps = (long)(6e9 / flop) + 1;
+        for (int o = 0; o < 3; o++) {
+            const int ta = o == 2, tb = o == 1;
+            double best = 1e30;
+            for (int t = 0; t < 3; t++) {
+                double t0 = ccoe_now();
+                for (long r = 0; r < reps; r++)
+                    ccoe_gemm_run(g, ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, 0.0f,
+                                  C, N);
+                double d = (ccoe_now() - t0) / (double)reps;
+                best = d < best ? d : best;
+            }
+            printf("| %s | %d | %d | %d | %.1f |\n", ops[o], M, N, K, flop / best * 1e-9);
+        }
+    }
+    free(A);
+    free(B);
+    free(C);
+}
+
 int main(void)
 {
     const char *env = getenv("BLIS_ARCH_TYPE");
@@ -603,6 +654,7 @@ int main(void)
         cmocka_unit_test(test_profile),
         cmocka_unit_test(test_init_args),
         cmocka_unit_test(test_measure_gflops),
+        cmocka_unit_test(test_bench),
     };
     return cmocka_run_group_tests(tests, setup_contexts, NULL);
 }
