@@ -69,20 +69,6 @@ pass "--prompts FILE and --prompts - add one prompt per line"
 
 expect_fail 2 "--temperature takes a number 0..100 \\(0: greedy\\), not: -1" -- \
   "$CCOE" generate "$ck" --temperature -1 x
-# --prompts: one prompt per line of a file (CRLF too) or of standard input, after the
-# command line's; the same continuations as on the command line
-printf '12+7=\r\nabc\nx y' > prompts.txt
-fromfile=$("$CCOE" generate "$ck" --domain arith --max-new 7 --stop none --prompts prompts.txt) \
-  || fail "--prompts: $fromfile"
-[[ $fromfile == "$out" ]] || fail "--prompts gave other lines than the command line: $fromfile"
-fromstdin=$(printf 'abc\nx y\n' | "$CCOE" generate "$ck" --domain arith --max-new 7 --stop none \
-  --prompts - "12+7=") || fail "--prompts -: $fromstdin"
-[[ $fromstdin == "$out" ]] || fail "--prompts - gave other lines than the command line: $fromstdin"
-expect_fail 1 "--prompts: cannot open 'nope.txt'" -- "$CCOE" generate "$ck" --prompts nope.txt
-: > empty.txt
-expect_fail 2 "generate needs at least one PROMPT" -- "$CCOE" generate "$ck" --prompts empty.txt
-pass "--prompts FILE and --prompts - add one prompt per line"
-
 expect_fail 2 "--temperature takes a number 0..100 \\(0: greedy\\), not: nan" -- \
   "$CCOE" generate "$ck" --temperature nan x
 expect_fail 2 "--top-p takes a number in \\(0, 1\\] \\(1: off\\), not: 1.5" -- \
