@@ -1069,13 +1069,20 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
             else
                 fprintf(stderr, " rank %d [%s]", owner[i], s->gating.experts[ids[i]].name);
         }
+        int idle = 0;
         for (int r = 0; !groups && r < t->P; r++) {
             fprintf(stderr, " rank %d [", r);
-            for (int i = 0, k = 0; i < n; i++)
+            int k = 0;
+            for (int i = 0; i < n; i++)
                 if (owner[i] == r)
                     fprintf(stderr, "%s%s", k++ ? " " : "", s->gating.experts[ids[i]].name);
-            fputc(']', stderr);
+            fputs(k ? "]" : "idle]", stderr);
+            idle += k == 0;
         }
+        if (idle)
+            fprintf(stderr, " (%d idle rank%s: name %s in mpi.map, or drop mpi.placement = list "
+                            "so that spare ranks join the experts' groups)",
+                    idle, idle == 1 ? "" : "s", idle == 1 ? "it" : "them");
         if (groups)
             fputs(" (each group data parallel)", stderr);
         fputc('\n', stderr);

@@ -103,6 +103,14 @@ grep -q '^training 3 experts in parallel over 2 ranks (mpi.placement = list): ra
   te-list.log || fail "--train-experts ranks: $(grep '^training' te-list.log)"
 pass "--train-experts places the experts by mpi.map"
 
+# a list map that leaves a rank out: the rank is reported idle, with the fix
+"${MPIRUN[@]}" -np 3 "$CCOE" train "$TINY" "${ccoe[@]}" --no-progress --train-experts all \
+  --set mpi.placement=list --set mpi.map=1,1,0 --set train.steps=2 --set train.out_dir=te-idle \
+  > te-idle.log 2>&1 || fail "--train-experts with an idle rank: $(cat te-idle.log)"
+grep -q '^training 3 experts in parallel over 3 ranks (mpi.placement = list): rank 0 \[c\] rank 1 \[a b\] rank 2 \[idle\] (1 idle rank: name it in mpi.map, or drop mpi.placement = list so that spare ranks join the experts. groups)$' \
+  te-idle.log || fail "idle rank not reported: $(grep '^training' te-idle.log)"
+pass "--train-experts names a rank the list map leaves idle"
+
 # more ranks than experts: each expert on its own group of ranks, data parallel there
 "${MPIRUN[@]}" -np 4 "$CCOE" train "$TINY" "${ccoe[@]}" --no-progress --train-experts all \
   --set train.out_dir=te-groups > te-groups.log 2>&1 || fail "--train-experts on 4 ranks: $(cat te-groups.log)"
