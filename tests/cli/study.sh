@@ -2,7 +2,8 @@
 # the tiny test model writes the Markdown table and the CSV with the documented columns and
 # finite numbers; every variant gets the same token budget (or, with budget = flops:N, the same
 # FLOPs up to one step); a second run reuses the finished runs; scripts/plot_study.sh draws the
-# PNGs (when gnuplot is installed); bad study files exit 2 naming the problem.
+# PNGs (when gnuplot is installed); every shipped configs/study-*.ini runs at one step per
+# variant; bad study files exit 2 naming the problem.
 source "$(dirname "$0")/lib/common.sh"
 cd "$WORK"
 cat > tiny-study.ini <<INI
@@ -69,6 +70,19 @@ if command -v gnuplot > /dev/null; then
 else
   echo "skip: gnuplot not installed (scripts/setup.sh installs gnuplot-nox)"
 fi
+
+# every shipped study file (configs/study-*.ini) is valid and runs: one step per variant, no
+# task decoding, one evaluation batch
+for f in "$SRC"/configs/study-*.ini; do
+  n=$(basename "$f" .ini)
+  "$CCOE" study "$f" --set study.budget=tokens:1024 --set study.out_dir="shipped-$n" \
+    --set train.eval_every=0 --set train.eval_batches=1 --set data.task_examples=0 \
+    > "shipped-$n.txt" 2>&1 || fail "$n: $(tail -5 "shipped-$n.txt")"
+  rows=$(tail -n +2 "shipped-$n/study.csv" | wc -l)
+  want=$(grep -c '^\[variant\.' "$f")
+  [[ $rows -ge $want ]] || fail "$n: $rows rows in study.csv for $want variants"
+done
+pass "every shipped study file runs (one step per variant)"
 
 bad() { # bad NAME PATTERN: study file bad-NAME.ini must exit 2 with PATTERN
   expect_fail 2 "$2" -- "$CCOE" study "bad-$1.ini"
