@@ -1081,7 +1081,7 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
         }
         if (idle)
             fprintf(stderr, " (%d idle rank%s: name %s in mpi.map, or drop mpi.placement = list "
-                            "so that spare ranks join the experts' groups)",
+                            "to use every rank)",
                     idle, idle == 1 ? "" : "s", idle == 1 ? "it" : "them");
         if (groups)
             fputs(" (each group data parallel)", stderr);

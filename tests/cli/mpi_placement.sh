@@ -107,7 +107,7 @@ pass "--train-experts places the experts by mpi.map"
 "${MPIRUN[@]}" -np 3 "$CCOE" train "$TINY" "${ccoe[@]}" --no-progress --train-experts all \
   --set mpi.placement=list --set mpi.map=1,1,0 --set train.steps=2 --set train.out_dir=te-idle \
   > te-idle.log 2>&1 || fail "--train-experts with an idle rank: $(cat te-idle.log)"
-grep -q '^training 3 experts in parallel over 3 ranks (mpi.placement = list): rank 0 \[c\] rank 1 \[a b\] rank 2 \[idle\] (1 idle rank: name it in mpi.map, or drop mpi.placement = list so that spare ranks join the experts. groups)$' \
+grep -q '^training 3 experts in parallel over 3 ranks (mpi.placement = list): rank 0 \[c\] rank 1 \[a b\] rank 2 \[idle\] (1 idle rank: name it in mpi.map, or drop mpi.placement = list to use every rank)$' \
   te-idle.log || fail "idle rank not reported: $(grep '^training' te-idle.log)"
 pass "--train-experts names a rank the list map leaves idle"
 
