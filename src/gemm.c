@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <omp.h>
 
@@ -35,6 +34,8 @@
 #include <blis.h>
 #pragma GCC diagnostic pop
 #include <libxsmm.h>
+
+#include "perf.h"
 
 /* ---- AUTO policy (measured on AMD Zen 5; see gemm_auto_uses_xsmm) ---- */
 
@@ -398,8 +399,6 @@ static void gemm_dispatch(const ccoe_gemm *g, int nthreads, int transa, int tran
     gemm_blis(nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-static double now_seconds(void);
-
 /* Adds one timed call to the profile table (serial calls may come from several threads). */
 static void prof_add(ccoe_gemm_prof *p, int transa, int transb, int M, int N, int K, double sec)
 {
@@ -428,9 +427,9 @@ static void gemm_call(const ccoe_gemm *g, int nthreads, int transa, int transb, 
         gemm_dispatch(g, nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    double t0 = now_seconds();
+    double t0 = ccoe_now();
     gemm_dispatch(g, nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    prof_add(g->prof, transa, transb, M, N, K, now_seconds() - t0);
+    prof_add(g->prof, transa, transb, M, N, K, ccoe_now() - t0);
 }
 
 void ccoe_gemm_run(const ccoe_gemm *g, int transa, int transb, int M, int N, int K, float alpha,
@@ -525,13 +524,6 @@ ccoe_status ccoe_gemm_backend_parse(const char *s, ccoe_gemm_backend *out, ccoe_
 
 /* ---- benchmark ---- */
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Returns 0.0 when n <= 0 or the three n x n buffers cannot be allocated. Allocates (benchmarks
  * only, never on a training path). */
 double ccoe_gemm_measure_gflops(const ccoe_gemm *g, int n, double seconds)
@@ -548,11 +540,11 @@ double ccoe_gemm_measure_gflops(const ccoe_gemm *g, int n, double seconds)
         }
         ccoe_gemm_run(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
         long reps = 0;
-        double t0 = now_seconds(), t = t0;
+        double t0 = ccoe_now(), t = t0;
         do {
             ccoe_gemm_run(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
             reps++;
-            t = now_seconds();
+            t = ccoe_now();
         } while (t - t0 < seconds || reps < 2);
         rate = 2.0 * (double)n * n * n * (double)reps / (t - t0) * 1e-9;
     }

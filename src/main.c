@@ -364,29 +364,30 @@ static ccoe_status read_prompt_lines(const char *path, const char ***prompts, in
         return ccoe_error_set(err, e == ENOMEM ? CCOE_ERR_NOMEM : CCOE_ERR_IO,
                               "--prompts: cannot read '%s': %s", path,
                               e == EFBIG ? "larger than 256 MB" : strerror(e));
+    char *t = *text;
     size_t lines = 0;
     for (size_t i = 0; i < len; i++)
-        lines += (*text)[i] == '\n' || (i + 1 == len);
-    const char **p = realloc(*prompts, (size_t)(*n + (int)lines + 1) * sizeof *p);
-    if (!p || lines > (size_t)(1 << 24)) {
-        free(*text);
+        lines += t[i] == '\n' || i + 1 == len;
+    const char **p = lines > (size_t)(1 << 24)
+                         ? NULL
+                         : realloc(*prompts, (size_t)(*n + (int)lines + 1) * sizeof *p);
+    if (!p) {
+        free(t);
         *text = NULL;
-        if (p)
-            *prompts = p;
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "--prompts: too many lines in '%s'", path);
     }
     *prompts = p;
-    char *line = *text;
+    char *line = t;
     for (size_t i = 0; i < len; i++) {
-        if ((*text)[i] != '\n' && i + 1 < len)
+        if (t[i] != '\n' && i + 1 < len)
             continue;
-        if ((*text)[i] == '\n') {
-            (*text)[i] = '\0';
-            if (i > 0 && (*text)[i - 1] == '\r')
-                (*text)[i - 1] = '\0';
+        if (t[i] == '\n') {
+            t[i] = '\0';
+            if (i > 0 && t[i - 1] == '\r')
+                t[i - 1] = '\0';
         }
         p[(*n)++] = line;
-        line = *text + i + 1;
+        line = t + i + 1;
     }
     return CCOE_OK;
 }

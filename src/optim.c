@@ -5,6 +5,10 @@
 #include <omp.h>
 #include <string.h>
 
+/* Up to this many floats the gradient norm and AdamW run without a parallel region: too little
+ * work to share, and libgomp allocates a team for every region it opens. */
+#define OPTIM_SERIAL_MAX 65536
+
 ccoe_status ccoe_adamw_init(ccoe_adamw *o, size_t num_params, ccoe_error *err)
 {
     memset(o, 0, sizeof *o);
@@ -65,7 +69,7 @@ double ccoe_grad_norm(const float *grads, size_t begin, size_t end)
     double part[MAX_PARTS] = {0};
     long long n = (long long)(end - begin);
     const float *g = grads + begin;
-    if (n <= 65536) /* no parallel region: libgomp allocates every one-thread team */
+    if (n <= OPTIM_SERIAL_MAX)
         return sqrt(grad_norm_part(g, n, 0, 1));
     int used = 1;
 #pragma omp parallel
@@ -148,9 +152,8 @@ void ccoe_adamw_step_scaled(ccoe_adamw *o, ccoe_model *m, const ccoe_train_confi
         .wd = (float)tc->weight_decay,
     };
     /* One parallel region for every tensor (each thread takes a static share of each): the
-     * update is elementwise, so the split does not change the result. Small models run it
-     * without a region (libgomp allocates every one-thread team). */
-    if (o->n <= 65536) {
+     * update is elementwise, so the split does not change the result. */
+    if (o->n <= OPTIM_SERIAL_MAX) {
         adamw_tensors(o, m, &k, filter, ctx);
         return;
     }
