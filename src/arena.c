@@ -1,6 +1,7 @@
 /* arena.c - aligned bump allocation for parameters, gradients, optimizer state, activations. */
 #include "arena.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,8 +24,64 @@ void ccoe_arena_count(ccoe_arena *a)
     a->used = 0;
 }
 
+/* The "Key: N kB" value of /proc/meminfo in bytes, or -1. */
+static double meminfo_bytes(const char *key)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    double v = -1;
+    size_t n = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, key, n) == 0 && line[n] == ':') {
+            v = strtod(line + n + 1, NULL) * 1024.0;
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+/* One number from a cgroup v2 file ("max" and absent files: -1). */
+static double cgroup_value(const char *file)
+{
+    FILE *f = fopen(file, "r");
+    if (!f)
+        return -1;
+    char buf[64] = "";
+    double v = -1;
+    if (fgets(buf, sizeof buf, f) && strncmp(buf, "max", 3) != 0)
+        v = strtod(buf, NULL);
+    fclose(f);
+    return v;
+}
+
+double ccoe_memory_available(void)
+{
+    double avail = meminfo_bytes("MemAvailable");
+    double swap = meminfo_bytes("SwapFree");
+    if (avail >= 0 && swap > 0)
+        avail += swap;
+    double limit = cgroup_value("/sys/fs/cgroup/memory.max");
+    double used = cgroup_value("/sys/fs/cgroup/memory.current");
+    if (limit > 0 && used >= 0 && (avail < 0 || limit - used < avail))
+        avail = limit > used ? limit - used : 0;
+    return avail;
+}
+
 ccoe_status ccoe_arena_alloc(ccoe_arena *a, size_t bytes, const char *what, ccoe_error *err)
 {
+    /* the buffer is zeroed at once, so memory the system cannot give would end in the OOM
+     * killer rather than a failed allocation: check large requests first */
+    if (bytes >= ((size_t)256 << 20)) {
+        double avail = ccoe_memory_available();
+        if (avail >= 0 && (double)bytes > avail)
+            return ccoe_error_set(err, CCOE_ERR_NOMEM,
+                                  "cannot allocate %.1f MiB for %s: only %.1f MiB of memory is "
+                                  "available: reduce the model or batch size",
+                                  (double)bytes / (1024.0 * 1024.0), what,
+                                  avail / (1024.0 * 1024.0));
+    }
     a->base = ccoe_aligned_calloc(bytes);
     if (!a->base)
         return ccoe_error_set(err, CCOE_ERR_NOMEM,

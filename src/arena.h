@@ -25,6 +25,10 @@ void ccoe_arena_count(ccoe_arena *a);
 /* Allocates one zeroed, CCOE_ALIGN-aligned block of bytes (rounded up) and resets used. */
 ccoe_status ccoe_arena_alloc(ccoe_arena *a, size_t bytes, const char *what, ccoe_error *err);
 
+/* Bytes this process can still get: MemAvailable + SwapFree, or less under a cgroup v2 memory
+ * limit; -1 if unknown. ccoe_arena_alloc refuses large requests above it. */
+double ccoe_memory_available(void);
+
 /* Carves bytes (aligned to CCOE_ALIGN); returns NULL while counting. A real arena that runs out
  * is an internal error (the layout pass and the carve pass disagree): returns NULL and the caller
  * asserts. */

@@ -1,4 +1,11 @@
-/* checkpoint.c - saving and loading model + optimizer + training state. */
+/* checkpoint.c - saving and loading model + optimizer + training state.
+ *
+ * Everything read back is checked before it is used: the file's checksum covers the whole file
+ * (safetensors.c); the stored config passes the config's own validation; the model it describes
+ * must fit in the file before anything of that size is allocated; every stored number is a
+ * plain decimal in its range (a step, data position or optimizer step count that is negative or
+ * inconsistent is an error, not a run with a negative learning rate or NaN moments).
+ */
 #include "checkpoint.h"
 
 #include <inttypes.h>
@@ -75,11 +82,41 @@ done:
     return s;
 }
 
-ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_file **out,
-                                 ccoe_error *err)
+/* A lower bound on the parameters the stored config describes (the embedding and, per base
+ * layer, the attention's query and output projections and the FFN's two matrices), against the
+ * floats the file holds: a config that cannot be in the file is refused before the caller
+ * allocates a model of its size. */
+static ccoe_status check_model_fits(const ccoe_st_file *f, const ccoe_config *cfg,
+                                    const char *path, ccoe_error *err)
+{
+    const ccoe_model_config *mc = &cfg->model;
+    double C = mc->n_embd, per_layer = 2.0 * C * C + 2.0 * C * (double)mc->ffn_hidden;
+    double need = (double)mc->vocab_size * C + (double)mc->n_layer * per_layer;
+    double have = 0;
+    for (size_t i = 0; i < ccoe_st_count(f); i++) {
+        int nd = 0;
+        int64_t sh[CCOE_ST_MAX_DIMS];
+        ccoe_st_find(f, ccoe_st_name(f, i), &nd, sh);
+        double numel = 1;
+        for (int d = 0; d < nd; d++)
+            numel *= (double)sh[d];
+        have += numel;
+    }
+    if (need > have)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "checkpoint %s: its stored config describes a model of at least "
+                              "%.0f parameters (n_layer %d, n_embd %d, vocab_size %d), but the "
+                              "file holds only %.0f values: the config and the tensors do not "
+                              "belong together; use another checkpoint",
+                              path, need, mc->n_layer, mc->n_embd, mc->vocab_size, have);
+    return CCOE_OK;
+}
+
+static ccoe_status open_flags(const char *path, unsigned flags, ccoe_config *cfg,
+                              ccoe_st_file **out, ccoe_error *err)
 {
     ccoe_st_file *f = NULL;
-    CCOE_TRY(ccoe_st_open(path, &f, err));
+    CCOE_TRY(ccoe_st_open_flags(path, flags, &f, err));
     const char *fmt = ccoe_st_meta(f, "ccoe.format");
     const char *ini = ccoe_st_meta(f, "config");
     if (!fmt || strcmp(fmt, "ccoe-checkpoint") != 0 || !ini) {
@@ -97,21 +134,45 @@ ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_fil
         ccoe_st_close(f);
         return ccoe_error_wrap(err, "config stored in checkpoint %s", path);
     }
+    s = check_model_fits(f, cfg, path, err);
+    if (s != CCOE_OK) {
+        ccoe_st_close(f);
+        return s;
+    }
     *out = f;
     return CCOE_OK;
 }
 
-static ccoe_status parse_u64(const char *s, uint64_t *v, const char *key, const char *path,
-                             ccoe_error *err)
+ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_file **out,
+                                 ccoe_error *err)
 {
-    char *end = NULL;
+    return open_flags(path, 0, cfg, out, err);
+}
+
+#define STORED_MAX ((uint64_t)1 << 53) /* above any step count or data position a run reaches */
+
+/* A stored count: decimal digits only (no sign, blanks or exponent), at most max. */
+static ccoe_status parse_count(const char *s, uint64_t max, uint64_t *v, const char *key,
+                               const char *path, ccoe_error *err)
+{
     if (!s || !*s)
         return ccoe_error_set(err, CCOE_ERR_FORMAT, "checkpoint %s lacks metadata '%s'", path,
                               key);
-    *v = strtoull(s, &end, 10);
-    if (*end)
-        return ccoe_error_set(err, CCOE_ERR_FORMAT, "checkpoint %s: metadata %s='%s' is not a "
-                              "number", path, key, s);
+    uint64_t x = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9' || p - s > 19)
+            return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                  "checkpoint %s: metadata %s = '%.40s' is not a non-negative "
+                                  "integer: the file is damaged; use an earlier checkpoint",
+                                  path, key, s);
+        x = x * 10 + (uint64_t)(*p - '0');
+    }
+    if (x > max)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "checkpoint %s: metadata %s = %.40s is out of range (at most %" PRIu64
+                              "): the file is damaged; use an earlier checkpoint",
+                              path, key, s, max);
+    *v = x;
     return CCOE_OK;
 }
 
@@ -199,16 +260,28 @@ ccoe_status ccoe_checkpoint_load(const ccoe_st_file *f, const char *path, ccoe_m
             CCOE_TRY(ccoe_st_read_into(f, nm, opt->v + p->offset, p->ndim, p->shape, err));
         }
     }
+    uint64_t step = 0;
+    if (opt || st)
+        CCOE_TRY(parse_count(ccoe_st_meta(f, "step"), STORED_MAX, &step, "step", path, err));
     if (opt) {
+        /* AdamW's step count: at most the run's steps; 0 only while the moments are zero (its
+         * bias correction divides by 1 - beta^t) */
         uint64_t t = 0;
-        CCOE_TRY(parse_u64(ccoe_st_meta(f, "optim.t"), &t, "optim.t", path, err));
+        CCOE_TRY(parse_count(ccoe_st_meta(f, "optim.t"), step, &t, "optim.t", path, err));
+        if (t == 0)
+            for (size_t j = 0; j < m->num_params; j++)
+                if (opt->m[j] != 0.0f || opt->v[j] != 0.0f)
+                    return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                          "checkpoint %s: optim.t = 0 but the optimizer moments "
+                                          "are not zero: the file is damaged; use an earlier "
+                                          "checkpoint",
+                                          path);
         opt->t = (long)t;
     }
     if (st) {
-        uint64_t v = 0;
-        CCOE_TRY(parse_u64(ccoe_st_meta(f, "step"), &v, "step", path, err));
-        st->step = (long)v;
-        CCOE_TRY(parse_u64(ccoe_st_meta(f, "data_pos"), &st->data_pos, "data_pos", path, err));
+        st->step = (long)step;
+        CCOE_TRY(parse_count(ccoe_st_meta(f, "data_pos"), STORED_MAX, &st->data_pos, "data_pos",
+                             path, err));
         const char *r = ccoe_st_meta(f, "rng");
         if (!r || strlen(r) != 64)
             return ccoe_error_set(err, CCOE_ERR_FORMAT, "checkpoint %s: bad rng metadata", path);
@@ -224,4 +297,165 @@ ccoe_status ccoe_checkpoint_load(const ccoe_st_file *f, const char *path, ccoe_m
         }
     }
     return CCOE_OK;
+}
+
+/* ---- compare and reseal ---- */
+
+static size_t numel_of(int ndim, const int64_t *shape)
+{
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++)
+        n *= (size_t)shape[d];
+    return n;
+}
+
+static int skipped_by(int mode, const char *name)
+{
+    if ((mode & CCOE_CMP_PARAMS) && strncmp(name, "optim.", 6) == 0)
+        return 1;
+    return mode == CCOE_CMP_BASE && strncmp(name, "experts.", 8) == 0;
+}
+
+int ccoe_checkpoint_compare(const ccoe_st_file *a, const ccoe_st_file *b, int mode, FILE *out,
+                            ccoe_compare_result *res)
+{
+    ccoe_compare_result r = {0};
+    for (size_t i = 0; i < ccoe_st_count(a); i++) {
+        const char *name = ccoe_st_name(a, i);
+        if (skipped_by(mode, name)) {
+            r.skipped++;
+            continue;
+        }
+        int na = 0, nb = 0;
+        int64_t sa[CCOE_ST_MAX_DIMS] = {0}, sb[CCOE_ST_MAX_DIMS] = {0};
+        const float *da = ccoe_st_find(a, name, &na, sa);
+        const float *db = ccoe_st_find(b, name, &nb, sb);
+        if (!db) {
+            fprintf(out, "only in A: %s\n", name);
+            r.only_a++;
+            continue;
+        }
+        size_t n = numel_of(na, sa);
+        if (na != nb || memcmp(sa, sb, sizeof sa) != 0) {
+            fprintf(out, "differs: %s (shape", name);
+            for (int d = 0; d < na; d++)
+                fprintf(out, "%s%lld", d ? " x " : " ", (long long)sa[d]);
+            fprintf(out, " vs");
+            for (int d = 0; d < nb; d++)
+                fprintf(out, "%s%lld", d ? " x " : " ", (long long)sb[d]);
+            fprintf(out, ")\n");
+            r.differ++;
+        } else if (n && memcmp(da, db, n * sizeof(float)) != 0) {
+            double worst = 0;
+            size_t at = 0;
+            for (size_t j = 0; j < n; j++) {
+                double d = fabs((double)da[j] - (double)db[j]);
+                if (d > worst || (d != d && worst == worst)) {
+                    worst = d;
+                    at = j;
+                }
+            }
+            fprintf(out, "differs: %s (max |a-b| %g at index %zu)\n", name, worst, at);
+            r.differ++;
+        } else {
+            r.same++;
+        }
+    }
+    for (size_t i = 0; i < ccoe_st_count(b); i++) {
+        const char *name = ccoe_st_name(b, i);
+        if (skipped_by(mode, name))
+            r.skipped++;
+        else if (!ccoe_st_find(a, name, NULL, NULL)) {
+            fprintf(out, "only in B: %s\n", name);
+            r.only_b++;
+        }
+    }
+    if (!(mode & CCOE_CMP_PARAMS)) {
+        for (size_t i = 0; i < ccoe_st_meta_count(a); i++) {
+            const char *k = ccoe_st_meta_key(a, i);
+            if (ccoe_st_is_checksum_key(k))
+                continue;
+            const char *vb = ccoe_st_meta(b, k);
+            if (!vb)
+                fprintf(out, "metadata only in A: %s\n", k);
+            else if (strcmp(ccoe_st_meta(a, k), vb) != 0)
+                fprintf(out, "metadata differs: %s\n", k);
+            else {
+                r.meta_same++;
+                continue;
+            }
+            r.meta_differ++;
+        }
+        for (size_t i = 0; i < ccoe_st_meta_count(b); i++) {
+            const char *k = ccoe_st_meta_key(b, i);
+            if (!ccoe_st_is_checksum_key(k) && !ccoe_st_meta(a, k)) {
+                fprintf(out, "metadata only in B: %s\n", k);
+                r.meta_differ++;
+            }
+        }
+    }
+    fprintf(out, "%zu tensors identical, %zu differ, %zu only in A, %zu only in B", r.same,
+            r.differ, r.only_a, r.only_b);
+    if (mode & CCOE_CMP_PARAMS)
+        fprintf(out, "; not compared: %zu tensors of optimizer state%s, the tensors only in one "
+                     "file, the metadata\n",
+                r.skipped, mode == CCOE_CMP_BASE ? " and experts" : "");
+    else
+        fprintf(out, "; metadata: %zu keys identical, %zu differ (checksums not compared)\n",
+                r.meta_same, r.meta_differ);
+    if (res)
+        *res = r;
+    int identical = r.differ == 0 && r.same > 0;
+    if (!(mode & CCOE_CMP_PARAMS))
+        identical = identical && r.only_a == 0 && r.only_b == 0 && r.meta_differ == 0;
+    return identical;
+}
+
+ccoe_status ccoe_checkpoint_reseal(const char *in, const char *out, char *note, size_t note_cap,
+                                   ccoe_error *err)
+{
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    CCOE_TRY(open_flags(in, CCOE_ST_ALLOW_UNCHECKED, &cfg, &f, err));
+    const int checked = ccoe_st_checked(f);
+    const size_t n = ccoe_st_count(f), nm = ccoe_st_meta_count(f);
+    ccoe_st_tensor *t = calloc(n ? n : 1, sizeof *t);
+    const char **meta = calloc(2 * nm + 1, sizeof *meta);
+    ccoe_status s = CCOE_OK;
+    if (!t || !meta)
+        s = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory resealing %s", in);
+    for (size_t i = 0; i < n && s == CCOE_OK; i++) {
+        t[i].name = ccoe_st_name(f, i);
+        t[i].data = ccoe_st_find(f, t[i].name, &t[i].ndim, t[i].shape);
+        size_t cnt = numel_of(t[i].ndim, t[i].shape);
+        for (size_t j = 0; j < cnt && s == CCOE_OK; j++)
+            if (!isfinite(t[i].data[j]))
+                s = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                   "%s: tensor %s holds a non-finite value at index %zu: not "
+                                   "resealed",
+                                   in, t[i].name, j);
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < nm && s == CCOE_OK; i++) {
+        const char *key = ccoe_st_meta_key(f, i);
+        if (ccoe_st_is_checksum_key(key))
+            continue;
+        meta[2 * k] = key;
+        meta[2 * k + 1] = ccoe_st_meta(f, key);
+        k++;
+    }
+    if (s == CCOE_OK)
+        s = ccoe_st_write(out, t, n, meta, k, err);
+    if (s == CCOE_OK && note)
+        snprintf(note, note_cap, "%s",
+                 checked == CCOE_ST_CHECK_FILE   ? "it already had a whole-file checksum"
+                 : checked == CCOE_ST_CHECK_DATA ? "its data checksum matched; its header could "
+                                                   "not be verified beyond the config and "
+                                                   "layout checks"
+                                                 : "it had no checksum: only the layout, config "
+                                                   "and values could be checked");
+    free(t);
+    free(meta);
+    ccoe_st_close(f);
+    return s;
 }

@@ -51,4 +51,29 @@ int ccoe_checkpoint_domains(const ccoe_st_file *f, const ccoe_config *cfg,
 ccoe_status ccoe_checkpoint_load_init(const ccoe_st_file *f, const char *path, ccoe_model *m,
                                       int *missing, ccoe_error *err);
 
+/* What ccoe_checkpoint_compare compares: everything (0), or only the parameters (tensors that
+ * are not optimizer state; tensors in one file only are listed but not counted; metadata is
+ * not compared), optionally without the experts' tensors (experts.*). */
+enum { CCOE_CMP_ALL = 0, CCOE_CMP_PARAMS = 1, CCOE_CMP_BASE = 3 };
+
+typedef struct ccoe_compare_result {
+    size_t same, differ, only_a, only_b; /* tensors */
+    size_t meta_same, meta_differ;       /* metadata keys (the checksum keys are not compared) */
+    size_t skipped;                      /* tensors the mode left out */
+} ccoe_compare_result;
+
+/* Compares two open safetensors files bit for bit and prints one line per difference
+ * ("differs: NAME (max |a-b| X)", "only in A: NAME", "metadata differs: KEY", ...) and a
+ * summary that names what was skipped. Returns 1 if everything compared is identical (and at
+ * least one tensor was compared), else 0. */
+int ccoe_checkpoint_compare(const ccoe_st_file *a, const ccoe_st_file *b, int mode, FILE *out,
+                            ccoe_compare_result *res);
+
+/* Rewrites the ccoe checkpoint `in` (a file without the whole-file checksum: an older ccoe
+ * wrote it) to `out` (may equal in) with the checksum, after every check a load makes: the data
+ * checksum if it has one, the stored config, shapes and finite values. `note` receives what
+ * could be verified. */
+ccoe_status ccoe_checkpoint_reseal(const char *in, const char *out, char *note, size_t note_cap,
+                                   ccoe_error *err);
+
 #endif

@@ -59,9 +59,13 @@ static const char *k_usage =
     "        add a CCoE expert (last position of its CoE layer) or replace an expert's weights\n"
     "  pop MODEL --expert NAME -o FILE | pop MODEL --expert NAME --remove [-o OUT]\n"
     "        deep-copy an expert out of a model, or remove it (its domains use the base)\n"
-    "  compare A B [--only-base]\n"
-    "        compare the parameter tensors two files have in common, bit for bit (exit 0 if\n"
-    "        identical, 1 if not); --only-base skips experts.*\n"
+    "  compare A B [--params | --only-base]\n"
+    "        compare two files bit for bit: every tensor (optimizer state included), the\n"
+    "        tensor sets and the metadata (exit 0 if identical, 1 if not); --params compares\n"
+    "        only the parameter tensors both hold; --only-base also skips experts.*\n"
+    "  reseal CHECKPOINT [-o OUT]\n"
+    "        check a checkpoint that has no whole-file checksum (an older ccoe wrote it) as a\n"
+    "        load would and rewrite it with one (in place unless -o)\n"
     "  study STUDY_FILE [--set section.key=value]... [--force] [--verbose]\n"
     "        train every variant of a study (configs/study-*.ini: [study] base, budget =\n"
     "        tokens:N | flops:N, out_dir, variants; [variant.NAME] section.key = value\n"
@@ -538,6 +542,8 @@ static int cmd_info(int argc, char **argv)
         return fail(&err);
     const char *keys[] = {"ccoe.version", "config_hash", "step", "data_pos", "optim.state"};
     printf("checkpoint %s\n", argv[0]);
+    printf("  %-13s whole file, CRC-32 %s, verified\n", "checksum",
+           ccoe_st_meta(f, "ccoe.file_crc32"));
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         printf("  %-13s %s\n", keys[i], ccoe_st_meta(f, keys[i]) ? ccoe_st_meta(f, keys[i]) : "-");
     size_t total = 0;
@@ -667,9 +673,13 @@ static int cmd_pop(int argc, char **argv)
 
 static int cmd_compare(int argc, char **argv)
 {
-    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "--only-base") != 0))
-        return usage_error("compare takes A B [--only-base]", "");
-    int only_base = argc == 3;
+    int mode = CCOE_CMP_ALL;
+    if (argc == 3 && strcmp(argv[2], "--only-base") == 0)
+        mode = CCOE_CMP_BASE;
+    else if (argc == 3 && strcmp(argv[2], "--params") == 0)
+        mode = CCOE_CMP_PARAMS;
+    else if (argc != 2)
+        return usage_error("compare takes A B [--params | --only-base]", "");
     ccoe_error err = {0};
     ccoe_st_file *a = NULL, *b = NULL;
     if (ccoe_st_open(argv[0], &a, &err) != CCOE_OK)
@@ -678,37 +688,26 @@ static int cmd_compare(int argc, char **argv)
         ccoe_st_close(a);
         return fail(&err);
     }
-    size_t same = 0, differ = 0;
-    for (size_t i = 0; i < ccoe_st_count(a); i++) {
-        const char *name = ccoe_st_name(a, i);
-        if (strncmp(name, "optim.", 6) == 0 || (only_base && strncmp(name, "experts.", 8) == 0))
-            continue;
-        int na = 0, nb = 0;
-        int64_t sa[CCOE_ST_MAX_DIMS] = {0}, sb[CCOE_ST_MAX_DIMS] = {0};
-        const float *da = ccoe_st_find(a, name, &na, sa);
-        const float *db = ccoe_st_find(b, name, &nb, sb);
-        if (!db)
-            continue;
-        size_t n = 1;
-        for (int d = 0; d < na; d++)
-            n *= (size_t)sa[d];
-        if (na != nb || memcmp(sa, sb, sizeof sa) != 0 || memcmp(da, db, n * sizeof(float))) {
-            double worst = 0;
-            if (na == nb && memcmp(sa, sb, sizeof sa) == 0)
-                for (size_t j = 0; j < n; j++) {
-                    double d = fabs((double)da[j] - (double)db[j]);
-                    worst = d > worst ? d : worst;
-                }
-            printf("differs: %s (max |a-b| %g)\n", name, worst);
-            differ++;
-        } else {
-            same++;
-        }
-    }
-    printf("%zu tensors identical, %zu differ\n", same, differ);
+    int same = ccoe_checkpoint_compare(a, b, mode, stdout, NULL);
     ccoe_st_close(a);
     ccoe_st_close(b);
-    return differ || same == 0 ? 1 : 0;
+    return same ? 0 : 1;
+}
+
+/* ccoe reseal IN [-o OUT] */
+static int cmd_reseal(int argc, char **argv)
+{
+    const char *out = argc >= 1 ? argv[0] : NULL;
+    if (argc == 3 && strcmp(argv[1], "-o") == 0)
+        out = argv[2];
+    else if (argc != 1)
+        return usage_error("reseal takes CHECKPOINT [-o OUT]", "");
+    ccoe_error err = {0};
+    char note[200] = "";
+    if (ccoe_checkpoint_reseal(argv[0], out, note, sizeof note, &err) != CCOE_OK)
+        return fail(&err);
+    printf("resealed %s -> %s with a whole-file checksum; %s\n", argv[0], out, note);
+    return 0;
 }
 
 /* ccoe study STUDY_FILE [--set k=v]... [--force] [--verbose] */
@@ -815,6 +814,8 @@ static int run_command(int argc, char **argv)
         return cmd_bench(argc - 2, argv + 2);
     if (strcmp(cmd, "compare") == 0)
         return cmd_compare(argc - 2, argv + 2);
+    if (strcmp(cmd, "reseal") == 0)
+        return cmd_reseal(argc - 2, argv + 2);
     if (strcmp(cmd, "push") == 0)
         return cmd_push(argc - 2, argv + 2);
     if (strcmp(cmd, "pop") == 0)

@@ -4,12 +4,17 @@
  * n bytes of JSON (padded with spaces so the data starts at a multiple of 8, as the reference
  * implementation does), then the tensors' little-endian bytes, back to back. The JSON maps each
  * tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the data
- * section) and "__metadata__" to string pairs; ccoe adds "ccoe.crc32", the zlib CRC-32 of the
- * data section in decimal. Files without it (e.g. written by Python) are read without the check.
+ * section) and "__metadata__" to string pairs. ccoe adds "ccoe.file_crc32": the zlib CRC-32, in
+ * 8 lowercase hex digits, of the whole file as written with those 8 digits set to '0' - so the
+ * length field, the header (every tensor's shape and offsets, every metadata value) and the data
+ * are all covered. ccoe_st_open refuses a file without it; ccoe_st_open_flags with
+ * CCOE_ST_ALLOW_UNCHECKED reads foreign files (Python's safetensors writes none) and those of
+ * older ccoe versions, which carried "ccoe.crc32" over the data section only (still checked).
  *
  * What this is not: a general safetensors library. Only F32 is read or written, at most
  * CCOE_ST_MAX_DIMS dimensions, and the whole file is held in memory while open.
  */
+#define _GNU_SOURCE /* memmem */
 #include "safetensors.h"
 
 #include <errno.h>
@@ -20,7 +25,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <signal.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -31,7 +40,10 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 _Static_assert(sizeof(float) == 4, "F32 is a 4-byte IEEE float");
 
 #define ST_MAX_HEADER ((uint64_t)100000000) /* the reference implementation's limit */
-#define ST_CRC_KEY "ccoe.crc32"
+#define ST_CRC_KEY "ccoe.crc32"           /* older files: CRC-32 of the data section, decimal */
+#define ST_FILE_CRC_KEY "ccoe.file_crc32" /* CRC-32 of the whole file, 8 hex digits */
+#define ST_FILE_CRC_FIELD "\"" ST_FILE_CRC_KEY "\":\"" /* how the writer spells it */
+#define ST_CRC_HEX 8
 #define ST_FIX "the file is corrupt or truncated: use an earlier checkpoint (or rewrite the file)"
 
 typedef struct st_entry {
@@ -52,15 +64,18 @@ struct ccoe_st_file {
     size_t n;
     char **meta; /* key, value, key, value, ... */
     size_t nmeta;
+    const st_entry **by_name; /* the tensors sorted by name: lookup and the duplicate check */
+    int checked;     /* CCOE_ST_CHECK_FILE, _DATA or _NONE */
 };
 
 /* ---------------------------------------------------------------------------------------------
  * Small helpers
  */
 
-static uint32_t crc32_of(const unsigned char *p, size_t n)
+/* Continues CRC-32 `crc` over p[0..n). */
+static uint32_t crc32_more(uint32_t crc_in, const unsigned char *p, size_t n)
 {
-    uLong crc = crc32(0L, Z_NULL, 0);
+    uLong crc = crc_in;
     while (n > 0) {
         uInt chunk = n > (1u << 30) ? (1u << 30) : (uInt)n;
         crc = crc32(crc, p, chunk);
@@ -68,6 +83,11 @@ static uint32_t crc32_of(const unsigned char *p, size_t n)
         n -= chunk;
     }
     return (uint32_t)crc;
+}
+
+static uint32_t crc32_of(const unsigned char *p, size_t n)
+{
+    return crc32_more((uint32_t)crc32(0L, Z_NULL, 0), p, n);
 }
 
 static void put_le64(unsigned char *p, uint64_t v)
@@ -163,16 +183,35 @@ static ccoe_status sync_dir_of(const char *path, ccoe_error *err)
     return CCOE_OK; /* EINVAL etc.: the file system does not sync directories */
 }
 
-/* The temporary name carries the pid, so processes (ranks) never collide; two threads of one
- * process must not write the same path at the same time. */
+/* 64 unpredictable bits for a temporary name (getrandom; the clock and pid if it fails). */
+static uint64_t random_word(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, GRND_NONBLOCK) == (ssize_t)sizeof v)
+        return v;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16);
+}
+
+/* The temporary file is "PATH.tmp.PID.RANDOM", created with O_EXCL | O_NOFOLLOW: a file or
+ * symlink planted under a predictable name cannot redirect the write, and processes (ranks)
+ * never collide. Two threads of one process must not write the same path at the same time. */
 ccoe_status ccoe_write_file_atomic(const char *path, const void *const *parts,
                                    const size_t *sizes, size_t nparts, ccoe_error *err)
 {
     char tmp[PATH_MAX];
-    int w = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (w < 0 || (size_t)w >= sizeof tmp)
-        return ccoe_error_set(err, CCOE_ERR_IO, "cannot write '%s': the path is too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    int fd = -1;
+    for (int attempt = 0; attempt < 16 && fd < 0; attempt++) {
+        int w = snprintf(tmp, sizeof tmp, "%s" CCOE_TMP_INFIX "%ld.%016" PRIx64, path,
+                         (long)getpid(), random_word());
+        if (w < 0 || (size_t)w >= sizeof tmp)
+            return ccoe_error_set(err, CCOE_ERR_IO, "cannot write '%s': the path is too long",
+                                  path);
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
     if (fd < 0) {
         int e = errno;
         return ccoe_error_set(err, CCOE_ERR_IO,
@@ -206,6 +245,75 @@ ccoe_status ccoe_write_file_atomic(const char *path, const void *const *parts,
         return st;
     }
     return sync_dir_of(path, err);
+}
+
+/* "PID.HEX16" (this version) or "PID" (older ones): the pid, or -1 if the tail is neither. */
+static long tmp_owner_pid(const char *tail)
+{
+    char *end = NULL;
+    if (*tail < '1' || *tail > '9')
+        return -1;
+    errno = 0;
+    long pid = strtol(tail, &end, 10);
+    if (errno || pid <= 0)
+        return -1;
+    if (*end == '\0')
+        return pid;
+    if (*end != '.' || strlen(end + 1) != 16)
+        return -1;
+    for (const char *h = end + 1; *h; h++)
+        if (!((*h >= '0' && *h <= '9') || (*h >= 'a' && *h <= 'f')))
+            return -1;
+    return pid;
+}
+
+int ccoe_remove_stale_temps(const char *path, double min_age, FILE *log)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    char prefix[NAME_MAX + 16];
+    int plen = snprintf(prefix, sizeof prefix, "%s" CCOE_TMP_INFIX, base);
+    if (plen < 0 || (size_t)plen >= sizeof prefix || !*base)
+        return 0;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) {
+        if (dfd >= 0)
+            close(dfd);
+        return 0;
+    }
+    int removed = 0;
+    time_t now = time(NULL);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, prefix, (size_t)plen) != 0)
+            continue;
+        long pid = tmp_owner_pid(de->d_name + plen);
+        struct stat sb;
+        if (pid <= 0 || pid == (long)getpid() ||
+            fstatat(dfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode) ||
+            sb.st_uid != geteuid() || difftime(now, sb.st_mtime) < min_age)
+            continue;
+        /* a live process of that pid on this machine may still be writing it */
+        if (kill((pid_t)pid, 0) == 0 || errno == EPERM)
+            continue;
+        if (unlinkat(dfd, de->d_name, 0) == 0) {
+            removed++;
+            if (log)
+                fprintf(log,
+                        "removed %s/%s (%.1f MiB), a temporary file a killed run left behind\n",
+                        dir, de->d_name, (double)sb.st_size / (1024.0 * 1024.0));
+        }
+    }
+    closedir(d);
+    return removed;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -270,9 +378,11 @@ ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_
         if (!meta[2 * i] || !meta[2 * i + 1])
             st = ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': metadata pair %zu has a NULL",
                                 path, i);
-        else if (strcmp(meta[2 * i], ST_CRC_KEY) == 0)
+        else if (strcmp(meta[2 * i], ST_CRC_KEY) == 0 || strstr(meta[2 * i], ST_FILE_CRC_KEY))
             st = ccoe_error_set(err, CCOE_ERR_ARG,
-                                "writing '%s': metadata key \"" ST_CRC_KEY "\" is reserved", path);
+                                "writing '%s': metadata key \"%s\" is reserved (it holds or names "
+                                "the checksum)",
+                                path, meta[2 * i]);
         for (size_t j = 0; j < i && st == CCOE_OK; j++)
             if (strcmp(meta[2 * i], meta[2 * j]) == 0)
                 st = ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': metadata key '%s' is used twice",
@@ -283,28 +393,14 @@ ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_
         return st;
     }
 
-    /* CRC of the data section, in tensor order */
-    uLong crc = crc32(0L, Z_NULL, 0);
-    for (size_t i = 0; i < n; i++) {
-        const unsigned char *p = (const unsigned char *)tensors[i].data;
-        uint64_t left = bytes[i];
-        while (left > 0) {
-            uInt chunk = left > (1u << 30) ? (1u << 30) : (uInt)left;
-            crc = crc32(crc, p, chunk);
-            p += chunk;
-            left -= chunk;
-        }
-    }
-
-    /* the header: "__metadata__" first, then the tensors in the caller's order */
-    char crc_text[16];
-    snprintf(crc_text, sizeof crc_text, "%" PRIu32, (uint32_t)crc);
+    /* the header: "__metadata__" first (the checksum's placeholder in it), then the tensors in
+     * the caller's order */
     cJSON *root = cJSON_CreateObject();
     cJSON *md = root ? cJSON_AddObjectToObject(root, "__metadata__") : NULL;
     int ok = md != NULL;
     for (size_t i = 0; i < nmeta && ok; i++)
         ok = cJSON_AddStringToObject(md, meta[2 * i], meta[2 * i + 1]) != NULL;
-    ok = ok && cJSON_AddStringToObject(md, ST_CRC_KEY, crc_text) != NULL;
+    ok = ok && cJSON_AddStringToObject(md, ST_FILE_CRC_KEY, "00000000") != NULL;
     uint64_t offset = 0;
     for (size_t i = 0; i < n && ok; i++) {
         cJSON *t = cJSON_AddObjectToObject(root, tensors[i].name);
@@ -331,6 +427,24 @@ ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_
     unsigned char len8[8];
     put_le64(len8, hlen);
     static const char spaces[8] = "        ";
+    /* the whole-file CRC with the placeholder in place, then written into it */
+    char *field = strstr(json, ST_FILE_CRC_FIELD);
+    if (!field || strstr(field + 1, ST_FILE_CRC_FIELD)) {
+        free(json);
+        free(bytes);
+        return ccoe_error_set(err, CCOE_ERR_INTERNAL,
+                              "writing '%s': the header does not hold the checksum field exactly "
+                              "once",
+                              path);
+    }
+    uint32_t crc = crc32_of(len8, 8);
+    crc = crc32_more(crc, (const unsigned char *)json, json_len);
+    crc = crc32_more(crc, (const unsigned char *)spaces, hlen - json_len);
+    for (size_t i = 0; i < n; i++)
+        crc = crc32_more(crc, (const unsigned char *)tensors[i].data, (size_t)bytes[i]);
+    char hex[ST_CRC_HEX + 1];
+    snprintf(hex, sizeof hex, "%08" PRIx32, crc);
+    memcpy(field + strlen(ST_FILE_CRC_FIELD), hex, ST_CRC_HEX);
     size_t nparts = n + 3;
     const void **parts = malloc(nparts * sizeof *parts);
     size_t *sizes = malloc(nparts * sizeof *sizes);
@@ -372,6 +486,7 @@ void ccoe_st_close(ccoe_st_file *f)
     for (size_t i = 0; i < 2 * f->nmeta; i++)
         free(f->meta[i]);
     free(f->t);
+    free(f->by_name);
     free(f->meta);
     free(f->data_copy);
     free(f->buf);
@@ -600,6 +715,12 @@ static ccoe_status parse_header(ccoe_st_file *f, const char *json, size_t hlen, 
                                      kv->string);
                         break;
                     }
+                    for (size_t j = 0; j < f->nmeta && st == CCOE_OK; j++)
+                        if (strcmp(f->meta[2 * j], kv->string) == 0)
+                            st = corrupt(err, f->path, "metadata key \"%.100s\" appears twice",
+                                         kv->string);
+                    if (st != CCOE_OK)
+                        break;
                     f->meta[2 * f->nmeta] = dup_str(kv->string);
                     f->meta[2 * f->nmeta + 1] = dup_str(kv->valuestring);
                     f->nmeta++;
@@ -613,12 +734,6 @@ static ccoe_status parse_header(ccoe_st_file *f, const char *json, size_t hlen, 
                     break;
                 continue;
             }
-            for (size_t j = 0; j < f->n && st == CCOE_OK; j++)
-                if (strcmp(f->t[j].name, item->string) == 0)
-                    st = corrupt(err, f->path, "tensor '%.100s' appears twice in the header",
-                                 item->string);
-            if (st != CCOE_OK)
-                break;
             st_entry *e = &f->t[f->n];
             st = parse_tensor(item, e, f->data_len, f->path, err);
             if (st != CCOE_OK)
@@ -635,7 +750,94 @@ static ccoe_status parse_header(ccoe_st_file *f, const char *json, size_t hlen, 
     return st;
 }
 
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp((*(const st_entry *const *)a)->name, (*(const st_entry *const *)b)->name);
+}
+
+/* Sorts the tensors by name into f->by_name; two tensors of one name make the file corrupt. */
+static ccoe_status index_names(ccoe_st_file *f, ccoe_error *err)
+{
+    f->by_name = malloc((f->n ? f->n : 1) * sizeof *f->by_name);
+    if (!f->by_name)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "reading '%s': out of memory", f->path);
+    for (size_t i = 0; i < f->n; i++)
+        f->by_name[i] = &f->t[i];
+    qsort(f->by_name, f->n, sizeof *f->by_name, cmp_name);
+    for (size_t i = 1; i < f->n; i++)
+        if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0)
+            return corrupt(err, f->path, "tensor '%.100s' appears twice in the header",
+                           f->by_name[i]->name);
+    return CCOE_OK;
+}
+
+/* Checks "ccoe.file_crc32": the CRC-32 of the whole file with the value's 8 digits read as
+ * '0'. The raw header must spell the field exactly as the writer does, once, so the digits
+ * checked are the ones the parsed metadata holds. */
+static ccoe_status check_file_crc(ccoe_st_file *f, const char *want_hex, size_t hlen,
+                                  ccoe_error *err)
+{
+    size_t flen = strlen(ST_FILE_CRC_FIELD);
+    const unsigned char *h = f->buf + 8, *field = NULL;
+    for (const unsigned char *p = h; p < h + hlen;) {
+        const unsigned char *q = memmem(p, (size_t)(h + hlen - p), ST_FILE_CRC_FIELD, flen);
+        if (!q)
+            break;
+        if (field)
+            return corrupt(err, f->path, "the header spells \"" ST_FILE_CRC_KEY "\" twice");
+        field = q;
+        p = q + 1;
+    }
+    int hex_ok = strlen(want_hex) == ST_CRC_HEX;
+    for (int i = 0; hex_ok && i < ST_CRC_HEX; i++)
+        hex_ok = (want_hex[i] >= '0' && want_hex[i] <= '9') || (want_hex[i] >= 'a' && want_hex[i] <= 'f');
+    if (!hex_ok)
+        return corrupt(err, f->path, "metadata \"" ST_FILE_CRC_KEY "\" = '%.40s' is not 8 hex digits",
+                       want_hex);
+    const unsigned char *digits = field ? field + flen : NULL;
+    if (!digits || digits + ST_CRC_HEX >= h + hlen || digits[ST_CRC_HEX] != '"' ||
+        memcmp(digits, want_hex, ST_CRC_HEX) != 0)
+        return corrupt(err, f->path,
+                       "the header does not spell its checksum field as ccoe writes it");
+    static const unsigned char zeros[ST_CRC_HEX] = "00000000";
+    size_t at = (size_t)(digits - f->buf);
+    uint32_t got = crc32_of(f->buf, at);
+    got = crc32_more(got, zeros, ST_CRC_HEX);
+    got = crc32_more(got, f->buf + at + ST_CRC_HEX, f->size - at - ST_CRC_HEX);
+    char got_hex[ST_CRC_HEX + 1];
+    snprintf(got_hex, sizeof got_hex, "%08" PRIx32, got);
+    if (memcmp(got_hex, want_hex, ST_CRC_HEX) != 0)
+        return corrupt(err, f->path,
+                       "checksum mismatch: the file's CRC-32 is %s but its header records %s", got_hex,
+                       want_hex);
+    return CCOE_OK;
+}
+
+/* The older checksum, "ccoe.crc32": the CRC-32 of the data section in decimal. */
+static ccoe_status check_data_crc(ccoe_st_file *f, const char *crc_text, ccoe_error *err)
+{
+    char *endp = NULL;
+    errno = 0;
+    unsigned long long want = strtoull(crc_text, &endp, 10);
+    if (!*crc_text || *endp || errno || want > UINT32_MAX || crc_text[0] == '-')
+        return corrupt(err, f->path, "metadata \"" ST_CRC_KEY "\" = '%.40s' is not a CRC-32",
+                       crc_text);
+    uint32_t got = crc32_of(f->data, f->data_len);
+    if (got != (uint32_t)want)
+        return corrupt(err, f->path,
+                       "checksum mismatch: the data section's CRC-32 is %" PRIu32
+                       " but the header records %llu",
+                       got, want);
+    return CCOE_OK;
+}
+
 ccoe_status ccoe_st_open(const char *path, ccoe_st_file **out, ccoe_error *err)
+{
+    return ccoe_st_open_flags(path, 0, out, err);
+}
+
+ccoe_status ccoe_st_open_flags(const char *path, unsigned flags, ccoe_st_file **out,
+                               ccoe_error *err)
 {
     *out = NULL;
     ccoe_st_file *f = calloc(1, sizeof *f);
@@ -668,22 +870,23 @@ ccoe_status ccoe_st_open(const char *path, ccoe_st_file **out, ccoe_error *err)
     }
     if (st == CCOE_OK)
         st = check_layout(f, err);
-    const char *crc_text = st == CCOE_OK ? ccoe_st_meta(f, ST_CRC_KEY) : NULL;
-    if (crc_text) {
-        char *endp = NULL;
-        errno = 0;
-        unsigned long long want = strtoull(crc_text, &endp, 10);
-        if (!*crc_text || *endp || errno || want > UINT32_MAX || crc_text[0] == '-')
-            st = corrupt(err, path, "metadata \"" ST_CRC_KEY "\" = '%.40s' is not a CRC-32",
-                         crc_text);
-        else {
-            uint32_t got = crc32_of(f->data, f->data_len);
-            if (got != (uint32_t)want)
-                st = corrupt(err, path,
-                             "checksum mismatch: the data section's CRC-32 is %" PRIu32
-                             " but the header records %llu",
-                             got, want);
-        }
+    if (st == CCOE_OK)
+        st = index_names(f, err);
+    const char *file_crc = st == CCOE_OK ? ccoe_st_meta(f, ST_FILE_CRC_KEY) : NULL;
+    const char *data_crc = st == CCOE_OK ? ccoe_st_meta(f, ST_CRC_KEY) : NULL;
+    if (file_crc) {
+        st = check_file_crc(f, file_crc, (size_t)hlen, err);
+        f->checked = CCOE_ST_CHECK_FILE;
+    } else if (st == CCOE_OK && !(flags & CCOE_ST_ALLOW_UNCHECKED)) {
+        st = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                            "safetensors file '%s' has no whole-file checksum (metadata \"" ST_FILE_CRC_KEY
+                            "\"), so its header cannot be verified: ccoe did not write it, an "
+                            "older ccoe did, or the header is damaged. If you trust the file, "
+                            "`ccoe reseal %s` checks what it can and adds the checksum",
+                            path, path);
+    } else if (data_crc) {
+        st = check_data_crc(f, data_crc, err);
+        f->checked = CCOE_ST_CHECK_DATA;
     }
     if (st == CCOE_OK && ((uintptr_t)f->data % sizeof(float)) != 0) {
         /* a valid file whose data does not start at a multiple of 4: copy it aligned */
@@ -707,12 +910,13 @@ size_t ccoe_st_count(const ccoe_st_file *f) { return f->n; }
 
 const char *ccoe_st_name(const ccoe_st_file *f, size_t i) { return i < f->n ? f->t[i].name : NULL; }
 
+int ccoe_st_checked(const ccoe_st_file *f) { return f->checked; }
+
 static const st_entry *find_entry(const ccoe_st_file *f, const char *name)
 {
-    for (size_t i = 0; i < f->n; i++)
-        if (strcmp(f->t[i].name, name) == 0)
-            return &f->t[i];
-    return NULL;
+    const st_entry key = {.name = (char *)name}, *kp = &key;
+    const st_entry **hit = bsearch(&kp, f->by_name, f->n, sizeof *f->by_name, cmp_name);
+    return hit ? *hit : NULL;
 }
 
 const float *ccoe_st_find(const ccoe_st_file *f, const char *name, int *ndim, int64_t *shape)
@@ -752,6 +956,18 @@ ccoe_status ccoe_st_read_into(const ccoe_st_file *f, const char *name, float *ds
     if (e->end > e->begin)
         memcpy(dst, f->data + e->begin, (size_t)(e->end - e->begin));
     return CCOE_OK;
+}
+
+size_t ccoe_st_meta_count(const ccoe_st_file *f) { return f->nmeta; }
+
+const char *ccoe_st_meta_key(const ccoe_st_file *f, size_t i)
+{
+    return i < f->nmeta ? f->meta[2 * i] : NULL;
+}
+
+int ccoe_st_is_checksum_key(const char *key)
+{
+    return strcmp(key, ST_CRC_KEY) == 0 || strcmp(key, ST_FILE_CRC_KEY) == 0;
 }
 
 const char *ccoe_st_meta(const ccoe_st_file *f, const char *key)

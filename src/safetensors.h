@@ -3,17 +3,19 @@
  * Format: 8-byte little-endian header length n, n bytes of JSON header
  *   {"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ...,
  *    "__metadata__": {"key": "string", ...}}
- * then the data. ccoe adds metadata key "ccoe.crc32" (CRC-32 of the data section, decimal) so a
- * corrupted file is detected. Writing is atomic: a temp file in the same directory, fsync,
- * rename; an existing file is never left half-written. Reading validates everything (header
- * length, JSON, dtypes, offsets in range and not overlapping, file size, checksum) and returns
- * CCOE_ERR_FORMAT with a message naming the file and the problem.
+ * then the data. ccoe adds metadata key "ccoe.file_crc32" (CRC-32 of the whole file, header
+ * included) so any damaged byte is detected. Writing is atomic: an exclusively created temp file
+ * in the same directory, fsync, rename; an existing file is never left half-written. Reading
+ * validates everything (header length, JSON, dtypes, offsets in range and not overlapping,
+ * unique names, file size, checksum) and returns CCOE_ERR_FORMAT with a message naming the file
+ * and the problem.
  */
 #ifndef CCOE_SAFETENSORS_H
 #define CCOE_SAFETENSORS_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "status.h"
 
@@ -32,9 +34,21 @@ ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_
 
 typedef struct ccoe_st_file ccoe_st_file;
 
-/* Opens and fully validates a file (held in memory until close). */
+/* Opens and fully validates a file (held in memory until close); a file without the whole-file
+ * checksum is an error. */
 ccoe_status ccoe_st_open(const char *path, ccoe_st_file **out, ccoe_error *err);
+
+/* The same; with CCOE_ST_ALLOW_UNCHECKED a file without the whole-file checksum (written by
+ * another program or an older ccoe) is read, its data checked if it has the older data-only
+ * checksum. Only for importing a file the user vouches for. */
+#define CCOE_ST_ALLOW_UNCHECKED 1u
+ccoe_status ccoe_st_open_flags(const char *path, unsigned flags, ccoe_st_file **out,
+                               ccoe_error *err);
 void ccoe_st_close(ccoe_st_file *f);
+
+/* What the checksum of an open file covered. */
+enum { CCOE_ST_CHECK_NONE = 0, CCOE_ST_CHECK_DATA = 1, CCOE_ST_CHECK_FILE = 2 };
+int ccoe_st_checked(const ccoe_st_file *f);
 
 size_t ccoe_st_count(const ccoe_st_file *f);
 const char *ccoe_st_name(const ccoe_st_file *f, size_t i);
@@ -47,11 +61,23 @@ const float *ccoe_st_find(const ccoe_st_file *f, const char *name, int *ndim, in
 ccoe_status ccoe_st_read_into(const ccoe_st_file *f, const char *name, float *dst, int ndim,
                               const int64_t *shape, ccoe_error *err);
 
-/* Metadata value for key, or NULL. */
+/* Metadata value for key, or NULL; the i-th key (file order), or NULL past the end. */
 const char *ccoe_st_meta(const ccoe_st_file *f, const char *key);
+size_t ccoe_st_meta_count(const ccoe_st_file *f);
+const char *ccoe_st_meta_key(const ccoe_st_file *f, size_t i);
 
-/* Atomic whole-file write helper (temp + fsync + rename), shared by other writers. */
+/* 1 for the metadata keys that hold a file's checksum (they differ whenever anything does). */
+int ccoe_st_is_checksum_key(const char *key);
+
+/* Atomic whole-file write helper (temp + fsync + rename), shared by other writers. The
+ * temporary file is PATH CCOE_TMP_INFIX PID.RANDOM, created exclusively. */
+#define CCOE_TMP_INFIX ".tmp."
 ccoe_status ccoe_write_file_atomic(const char *path, const void *const *parts,
                                    const size_t *sizes, size_t nparts, ccoe_error *err);
+
+/* Removes the temporary files of path that killed writers left: only regular files (not
+ * symlinks) of this user named like the writer's, at least min_age seconds old, whose pid is not
+ * a live process here. Says what it removed on log (if non-NULL); returns how many. */
+int ccoe_remove_stale_temps(const char *path, double min_age, FILE *log);
 
 #endif

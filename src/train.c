@@ -887,6 +887,10 @@ static ccoe_status setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg, const 
     }
     if (t->rank == 0 || o->train_experts)
         CCOE_TRY(ccoe_fs_mkdirs(cfg->train.out_dir, err));
+    /* a run killed while writing its checkpoint left a full-size temporary file: remove those
+     * that are a minute old and whose writer is gone (before this run writes any) */
+    if (t->rank == 0)
+        ccoe_remove_stale_temps(t->ckpt_path, 60, stderr);
     if (test_hook(t, "file", -1))
         snprintf(cfg->data.manifest, sizeof cfg->data.manifest, "%s",
                  "/nonexistent/ccoe-test-hook/manifest.ini");

@@ -1,6 +1,7 @@
 /* test_safetensors.c - safetensors round trip, the on-disk layout, corruption and truncation
  * detection, hand-made invalid files, compatibility with files written by Python, and the
  * atomic writer's behaviour on failure. */
+#define _GNU_SOURCE /* memmem */
 #include "testutil.h"
 
 #include <dirent.h>
@@ -8,7 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -90,6 +95,7 @@ static unsigned char *slurp(const char *path, size_t *size)
 
 static void spit(const char *path, const void *data, size_t n)
 {
+    unlink(path); /* a fresh file: rewriting in place makes ext4 flush it (auto_da_alloc) */
     FILE *f = fopen(path, "wb");
     assert_non_null(f);
     if (n)
@@ -115,12 +121,15 @@ static void write_raw(const char *path, const char *json, size_t pad_to, const v
     free(buf);
 }
 
+/* open_expect's flags: hand-made files carry no checksum and are opened as foreign files */
+static unsigned g_open_flags;
+
 static ccoe_status open_expect(const char *path, ccoe_status want, const char *must_contain)
 {
     ccoe_st_file *f = NULL;
     ccoe_error err;
     ccoe_error_clear(&err);
-    ccoe_status st = ccoe_st_open(path, &f, &err);
+    ccoe_status st = ccoe_st_open_flags(path, g_open_flags, &f, &err);
     if (st != want)
         fprintf(stderr, "open %s: status %d, want %d: %s\n", path, st, want, err.msg);
     assert_int_equal(st, want);
@@ -209,7 +218,9 @@ static void test_round_trip(void **state)
     assert_string_equal(ccoe_st_meta(f, "format"), "pt");
     assert_string_equal(ccoe_st_meta(f, "ccoe.config"), "[model]\nn_layer = 2\n");
     assert_string_equal(ccoe_st_meta(f, "ccoe.step"), "42");
-    assert_non_null(ccoe_st_meta(f, "ccoe.crc32"));
+    assert_non_null(ccoe_st_meta(f, "ccoe.file_crc32"));
+    assert_null(ccoe_st_meta(f, "ccoe.crc32"));
+    assert_int_equal(ccoe_st_checked(f), CCOE_ST_CHECK_FILE);
     assert_null(ccoe_st_meta(f, "nope"));
     ccoe_st_close(f);
     ccoe_st_close(NULL);
@@ -246,8 +257,9 @@ static void test_layout(void **state)
     cJSON *md = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
     assert_true(cJSON_IsObject(md));
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(md, "format")->valuestring, "pt");
-    cJSON *crc = cJSON_GetObjectItemCaseSensitive(md, "ccoe.crc32");
+    cJSON *crc = cJSON_GetObjectItemCaseSensitive(md, "ccoe.file_crc32");
     assert_true(cJSON_IsString(crc));
+    assert_int_equal(strlen(crc->valuestring), 8);
     uint64_t off = 0;
     for (size_t i = 0; i < NT; i++) {
         cJSON *t = cJSON_GetObjectItemCaseSensitive(root, g_t[i].name);
@@ -270,10 +282,15 @@ static void test_layout(void **state)
             assert_memory_equal(buf + 8 + hlen + off, g_t[i].data, numel * 4);
         off += numel * 4;
     }
-    /* the stored checksum is zlib's CRC-32 of the data section */
+    /* the stored checksum is zlib's CRC-32 of the whole file with its own 8 digits as '0' */
     char want[16];
-    snprintf(want, sizeof want, "%lu", crc32(0L, buf + 8 + hlen, (unsigned)data_len));
-    assert_string_equal(crc->valuestring, want);
+    snprintf(want, sizeof want, "%s", crc->valuestring);
+    char *digits = memmem(buf, size, "\"ccoe.file_crc32\":\"", 19);
+    assert_non_null(digits);
+    memcpy(digits + 19, "00000000", 8);
+    char got[16];
+    snprintf(got, sizeof got, "%08lx", crc32(0L, buf, (unsigned)size));
+    assert_string_equal(got, want);
     cJSON_Delete(root);
     free(json);
     free(buf);
@@ -342,9 +359,31 @@ static void test_corruption(void **state)
     spit(bad, buf, size);
     open_expect(bad, CCOE_OK, NULL);
 
-    /* flipping any byte of the length or header never crashes; it is an error or (if the
-     * change is harmless, e.g. inside padding or a metadata string) still a valid file */
-    int errors = 0;
+    /* every one-bit flip of the length field or the header is caught (the checksum covers the
+     * whole file, so a damaged step, learning rate or shape cannot load) */
+    for (size_t pos = 0; pos < 8 + hlen; pos++)
+        for (int bit = 0; bit < 8; bit++) {
+            buf[pos] ^= (unsigned char)(1u << bit);
+            spit(bad, buf, size);
+            ccoe_st_file *f = NULL;
+            ccoe_error err;
+            ccoe_status st = ccoe_st_open(bad, &f, &err);
+            if (st == CCOE_OK)
+                fprintf(stderr, "header byte %zu bit %d flipped: still opens\n", pos, bit);
+            assert_int_equal(st, CCOE_ERR_FORMAT);
+            assert_null(f);
+            buf[pos] ^= (unsigned char)(1u << bit);
+        }
+    /* renaming the checksum key does not turn the check off */
+    char *key = memmem(buf, 8 + hlen, "ccoe.file_crc32", 15);
+    assert_non_null(key);
+    key[0] = 'x';
+    spit(bad, buf, size);
+    open_expect(bad, CCOE_ERR_FORMAT, "no whole-file checksum");
+    key[0] = 'c';
+
+    /* replacing any byte of the length or header never crashes and is always an error */
+    int errors = 0, tries = 0;
     for (size_t pos = 0; pos < 8 + hlen; pos++) {
         for (int v = 0; v < 3; v++) {
             unsigned char old = buf[pos];
@@ -352,6 +391,7 @@ static void test_corruption(void **state)
             if (old == repl[v])
                 continue;
             buf[pos] = repl[v];
+            tries++;
             spit(bad, buf, size);
             ccoe_st_file *f = NULL;
             ccoe_error err;
@@ -366,7 +406,7 @@ static void test_corruption(void **state)
             buf[pos] = old;
         }
     }
-    assert_true(errors > (int)(8 + hlen)); /* most damage is detected */
+    assert_int_equal(errors, tries);
 
     /* header length field: huge, larger than the file */
     unsigned char save[8];
@@ -385,6 +425,7 @@ static void test_corruption(void **state)
 static void test_handmade_invalid(void **state)
 {
     (void)state;
+    g_open_flags = CCOE_ST_ALLOW_UNCHECKED;
     char p[PATH_MAX];
     path_in_dir(p, sizeof p, "h.safetensors");
     float data[8] = {1, 2, 3, 4, 5, 6, 7, 8};
@@ -450,6 +491,14 @@ static void test_handmade_invalid(void **state)
     open_expect(p, CCOE_ERR_FORMAT, "not a string");
     write_raw(p, "{\"__metadata__\":{\"ccoe.crc32\":\"12x\"}}", 8, NULL, 0);
     open_expect(p, CCOE_ERR_FORMAT, "not a CRC-32");
+    write_raw(p, "{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 8, NULL, 0);
+    open_expect(p, CCOE_ERR_FORMAT, "appears twice");
+    write_raw(p, "{\"__metadata__\":{\"ccoe.file_crc32\":\"0000000g\"}}", 8, NULL, 0);
+    open_expect(p, CCOE_ERR_FORMAT, "8 hex digits");
+    write_raw(p, "{\"__metadata__\":{\"ccoe.file_crc32\" : \"00000000\"}}", 8, NULL, 0);
+    open_expect(p, CCOE_ERR_FORMAT, "as ccoe writes it");
+    write_raw(p, "{\"__metadata__\":{\"ccoe.file_crc32\":\"00000000\"}}", 8, NULL, 0);
+    open_expect(p, CCOE_ERR_FORMAT, "checksum mismatch");
 
     /* valid corner cases: no padding (data not 4-aligned), scalar, zero-size tensors */
     write_raw(p, "{\"s\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]},"
@@ -458,7 +507,8 @@ static void test_handmade_invalid(void **state)
               1, data, 12);
     ccoe_st_file *f = NULL;
     ccoe_error err;
-    assert_int_equal(ccoe_st_open(p, &f, &err), CCOE_OK);
+    assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED, &f, &err), CCOE_OK);
+    assert_int_equal(ccoe_st_checked(f), CCOE_ST_CHECK_NONE);
     int ndim = -1;
     int64_t shape[4];
     const float *s = ccoe_st_find(f, "s", &ndim, shape);
@@ -481,6 +531,7 @@ static void test_handmade_invalid(void **state)
     path_in_dir(p, sizeof p, "does-not-exist.safetensors");
     open_expect(p, CCOE_ERR_IO, "No such file");
     open_expect(g_dir, CCOE_ERR_IO, "directory");
+    g_open_flags = 0;
 }
 
 static void test_read_into_mismatch(void **state)
@@ -527,7 +578,11 @@ static void test_python_compat(void **state)
     ccoe_st_file *f = NULL;
     ccoe_error err;
     ccoe_error_clear(&err);
-    ccoe_status st = ccoe_st_open(p, &f, &err);
+    /* without a checksum it opens only as a foreign file */
+    assert_int_equal(ccoe_st_open(p, &f, &err), CCOE_ERR_FORMAT);
+    TU_ASSERT_MSG_HAS(err, "no whole-file checksum");
+    TU_ASSERT_MSG_HAS(err, "ccoe reseal");
+    ccoe_status st = ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED, &f, &err);
     if (st != CCOE_OK)
         fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(st, CCOE_OK);
@@ -547,7 +602,7 @@ static void test_python_compat(void **state)
     write_raw(p, "{\"weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[12,36]},"
                  "\"bias\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}",
               0, data, sizeof data);
-    assert_int_equal(ccoe_st_open(p, &f, &err), CCOE_OK);
+    assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED, &f, &err), CCOE_OK);
     assert_int_equal(ccoe_st_read_into(f, "weight", w, 2, ws, &err), CCOE_OK);
     assert_true(w[5] == 6.0f);
     ccoe_st_close(f);
@@ -631,15 +686,21 @@ static void test_atomic_write(void **state)
     assert_int_equal(count_dir_entries(g_dir), 3); /* ckpt, out.txt, adir: no temp file */
     assert_int_equal(count_dir_entries(sub), 1);
 
-    /* a failed write over an existing file leaves it byte-identical: make the temporary path
-     * a directory so creating the temp file fails */
+    /* a write that fails midway (the file size limit) leaves the existing file byte-identical
+     * and no temporary file */
     size_t before_n;
     unsigned char *before = slurp(p, &before_n);
-    char tmpdir[PATH_MAX + 64];
-    snprintf(tmpdir, sizeof tmpdir, "%s.tmp.%ld", p, (long)getpid());
-    assert_int_equal(mkdir(tmpdir, 0755), 0);
+    struct rlimit old_lim, small;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old_lim), 0);
+    small = old_lim;
+    small.rlim_cur = 100;
+    void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
     ccoe_error_clear(&err);
-    assert_int_equal(ccoe_st_write(p, g_t, 1, NULL, 0, &err), CCOE_ERR_IO);
+    ccoe_status st = ccoe_st_write(p, g_t, NT, NULL, 0, &err);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old_lim), 0);
+    signal(SIGXFSZ, old_sig);
+    assert_int_equal(st, CCOE_ERR_IO);
     TU_ASSERT_MSG_HAS(err, p);
     size_t after_n;
     unsigned char *after = slurp(p, &after_n);
@@ -647,7 +708,83 @@ static void test_atomic_write(void **state)
     assert_memory_equal(after, before, before_n);
     free(before);
     free(after);
-    rmdir(tmpdir);
+    assert_int_equal(count_dir_entries(g_dir), 3);
+    open_expect(p, CCOE_OK, NULL);
+
+    /* a symlink planted under the temporary names an older version used does not redirect the
+     * write */
+    char victim[PATH_MAX], planted[PATH_MAX + 64];
+    path_in_dir(victim, sizeof victim, "victim");
+    spit(victim, "precious", 8);
+    snprintf(planted, sizeof planted, "%s.tmp.%ld", p, (long)getpid());
+    assert_int_equal(symlink(victim, planted), 0);
+    write_good(p);
+    got = slurp(victim, &n);
+    assert_int_equal(n, 8);
+    assert_memory_equal(got, "precious", 8);
+    free(got);
+    open_expect(p, CCOE_OK, NULL);
+    assert_int_equal(unlink(planted), 0);
+    assert_int_equal(unlink(victim), 0);
+}
+
+/* Stale temporary files of a killed writer are removed; nothing else is. */
+static void test_stale_temps(void **state)
+{
+    (void)state;
+    char p[PATH_MAX];
+    path_in_dir(p, sizeof p, "checkpoint.safetensors");
+    write_good(p);
+    /* pids above the kernel's limit (2^22) belong to no process */
+    static const char *const stale[] = {".tmp.999999999.0123456789abcdef", ".tmp.999999998"};
+    static const char *const keep[] = {
+        ".tmp.999999997.0123456789abcdeX", /* not a name the writer makes */
+        ".tmpx.999999996",
+        ".tmp.999999995.fresh",
+    };
+    char name[PATH_MAX + 64];
+    struct timespec old_times[2] = {{.tv_sec = time(NULL) - 3600}, {.tv_sec = time(NULL) - 3600}};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(name, sizeof name, "%s%s", p, stale[i]);
+        spit(name, "partial", 7);
+        assert_int_equal(utimensat(AT_FDCWD, name, old_times, 0), 0);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "%s%s", p, keep[i]);
+        spit(name, "other", 5);
+        assert_int_equal(utimensat(AT_FDCWD, name, old_times, 0), 0);
+    }
+    /* a recent one (its writer may be on another machine), ours, a live process's, a symlink */
+    snprintf(name, sizeof name, "%s.tmp.999999994.0123456789abcdef", p);
+    spit(name, "recent", 6);
+    snprintf(name, sizeof name, "%s.tmp.%ld.0123456789abcdef", p, (long)getpid());
+    spit(name, "mine", 4);
+    assert_int_equal(utimensat(AT_FDCWD, name, old_times, 0), 0);
+    snprintf(name, sizeof name, "%s.tmp.1.0123456789abcdef", p);
+    spit(name, "init's", 6);
+    assert_int_equal(utimensat(AT_FDCWD, name, old_times, 0), 0);
+    char target[PATH_MAX];
+    path_in_dir(target, sizeof target, "target");
+    spit(target, "t", 1);
+    snprintf(name, sizeof name, "%s.tmp.999999993.0123456789abcdef", p);
+    assert_int_equal(symlink(target, name), 0);
+    int before = count_dir_entries(g_dir);
+    char log[4096] = "";
+    FILE *mem = fmemopen(log, sizeof log - 1, "w");
+    assert_non_null(mem);
+    assert_int_equal(ccoe_remove_stale_temps(p, 600, mem), 2);
+    fclose(mem);
+    assert_non_null(strstr(log, "999999999.0123456789abcdef"));
+    assert_non_null(strstr(log, "killed run"));
+    assert_int_equal(count_dir_entries(g_dir), before - 2);
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(name, sizeof name, "%s%s", p, stale[i]);
+        assert_int_equal(access(name, F_OK), -1);
+    }
+    assert_int_equal(access(target, F_OK), 0);
+    /* with no minimum age the recent one goes too; a second pass finds nothing */
+    assert_int_equal(ccoe_remove_stale_temps(p, 0, NULL), 1);
+    assert_int_equal(ccoe_remove_stale_temps(p, 0, NULL), 0);
     open_expect(p, CCOE_OK, NULL);
 }
 
@@ -663,6 +800,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_python_compat, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_write_errors, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_atomic_write, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_stale_temps, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,6 +30,21 @@ cp "$ck" flip.safetensors
 printf '\xff' | dd of=flip.safetensors bs=1 seek=$((size - 100)) conv=notrunc status=none
 expect_fail 1 "CRC|checksum|corrupt" -- "$CCOE" eval flip.safetensors
 expect_fail 1 "CRC|checksum|corrupt" -- "$CCOE" train "$TINY" --set train.out_dir=run --resume flip.safetensors
+# the header is covered too: a changed digit of the stored learning rate is caught
+cp "$ck" lr.safetensors
+off=$(grep -boa 'lr = [0-9]' lr.safetensors | head -1 | cut -d: -f1)
+[[ -n "$off" ]] || fail "no 'lr = ' in the checkpoint header"
+digit=$(dd if=lr.safetensors bs=1 skip=$((off + 5)) count=1 status=none)
+printf '%s' "$(( (digit + 1) % 10 ))" | dd of=lr.safetensors bs=1 seek=$((off + 5)) conv=notrunc status=none
+expect_fail 1 "checksum mismatch" -- "$CCOE" eval lr.safetensors
+expect_fail 1 "checksum mismatch" -- "$CCOE" train "$TINY" --set train.out_dir=run --resume lr.safetensors
+# renaming the checksum key does not switch the check off; reseal is the way to accept a file
+sed 's/ccoe\.file_crc32/ccoe.file_xxxxx/' "$ck" > renamed.safetensors
+expect_fail 1 "no whole-file checksum.*ccoe reseal" -- "$CCOE" eval renamed.safetensors
+"$CCOE" reseal renamed.safetensors -o resealed.safetensors > reseal.txt || fail "reseal: $(cat reseal.txt)"
+grep -q "no checksum" reseal.txt || fail "reseal does not say what it could verify: $(cat reseal.txt)"
+"$CCOE" compare "$ck" resealed.safetensors --params > /dev/null || fail "reseal changed tensors"
+"$CCOE" info resealed.safetensors | grep -q "checksum .*whole file" || fail "info does not show the checksum"
 expect_fail 1 "nonexistent" -- "$CCOE" eval nonexistent.safetensors
 [[ "$(sha256sum "$ck" run/metrics.jsonl)" == "$sum_before" ]] || fail "a failed command changed the run"
 pass "checkpoint errors"

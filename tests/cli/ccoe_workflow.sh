@@ -34,7 +34,11 @@ pass "expert lowers arith loss ($lb -> $le); base domains unchanged; path costs 
 "$CCOE" pop exp/checkpoint.safetensors --expert arith --remove -o stripped.safetensors >/dev/null || fail "remove"
 "$CCOE" info stripped.safetensors | grep "experts\." >/dev/null && fail "removed expert still present"
 "$CCOE" push stripped.safetensors arith.expert -o again.safetensors >/dev/null || fail "push"
-"$CCOE" compare exp/checkpoint.safetensors again.safetensors >/dev/null || fail "push/pop round trip not exact"
+"$CCOE" compare exp/checkpoint.safetensors again.safetensors --params >/dev/null || fail "push/pop round trip not exact"
+# the full comparison sees what --params leaves out: the training run's optimizer state
+out=$("$CCOE" compare exp/checkpoint.safetensors again.safetensors) && fail "files with different tensor sets compare identical"
+grep -q "^only in A: optim\.m\." <<<"$out" || fail "compare does not report tensors only in A: $out"
+grep -q "metadata differs: optim.state" <<<"$out" || fail "compare does not report metadata: $out"
 "$CCOE" pop again.safetensors --expert arith -o arith2.expert >/dev/null || fail "pop again"
 cmp arith.expert arith2.expert || fail "expert files differ after a round trip"
 [[ "$(loss_of again.safetensors arith)" == "$le" ]] || fail "pushed model evaluates differently"
@@ -49,7 +53,7 @@ pass "pop/push round trip bitwise"
 "$CCOE" info both.safetensors > both.txt
 grep -E "^arith " both.txt | grep "1,0" >/dev/null || fail "arith entry changed: $(cat both.txt)"
 grep -E "^strings " both.txt | grep "1,1" >/dev/null || fail "strings not appended at position 1: $(cat both.txt)"
-"$CCOE" compare again.safetensors both.safetensors >/dev/null || fail "push changed existing tensors"
+"$CCOE" compare again.safetensors both.safetensors --params >/dev/null || fail "push changed existing tensors"
 pass "push appends; existing gating entries and weights unchanged"
 
 # 5. continual training: pop copy -> train the copy -> push back into the same slot
