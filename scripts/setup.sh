@@ -13,7 +13,7 @@ packages=(
   libcmocka-dev        # CMocka (unit tests)
   libinih-dev          # INI parser (configs, manifests)
   libcjson-dev         # JSON (safetensors headers, JSONL data)
-  zlib1g-dev           # CRC-32 of checkpoint data
+  zlib1g-dev           # CRC-32 of checkpoint files
   gnuplot-nox          # PNG plots of studies (scripts/plot_study.sh)
   libsqlite3-dev       # SQL tasks: generated SQL is scored by running it (SQLite)
   python3 ca-certificates  # scripts/build_corpora.sh (extraction; npm is needed only there)
