@@ -6,10 +6,11 @@
  * This file knows nothing about what the values mean beyond their ranges and the cross-field
  * rules in ccoe_config_validate; it never allocates model memory and never exits.
  *
- * INI dialect (libinih, as built by Debian): `[section]`, `key = value`, comments start a line
- * with ';' or '#', or follow whitespace with ';'. Lines are at most 199 characters (libinih's
- * compiled-in INI_MAX_LINE); longer lines are an error, never silently split. Leading
- * whitespace is ignored (no multi-line values). A key set twice in one file is an error.
+ * INI dialect (libinih, as built by Debian, read through iniread.h): `[section]`, `key = value`,
+ * comments start a line with ';' or '#', or follow whitespace with ';'. Lines are at most 199
+ * characters (libinih's compiled-in INI_MAX_LINE); longer lines are an error, never silently
+ * split. Leading whitespace is ignored (no multi-line values). A key set twice in one file is
+ * an error.
  * Strings are limited so that every resolved line fits and round-trips: no ';', no control
  * characters, no leading/trailing blanks.
  */
@@ -25,9 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <ini.h>
-
 #include "fs.h"
+#include "iniread.h"
 #include "moe.h"
 #include "placement.h"
 
@@ -639,128 +639,33 @@ void ccoe_config_defaults(ccoe_config *c)
     }
 }
 
-typedef struct ini_ctx {
-    ccoe_config work;   /* parsed into a copy; committed only on success */
-    const char *origin; /* "file x.ini" */
-    const char *pos;    /* reader position in the text */
-    int line;           /* line number of the line last handed to libinih */
-    int failed;
-    int fail_line; /* line of the error that set failed */
-    ccoe_status status;
-    ccoe_error *err;
-    int seen[NKEYS]; /* line where each key was set, 0 = not yet */
-} ini_ctx;
-
-static void ini_where(const ini_ctx *ctx, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "%s line %d", ctx->origin, ctx->line);
-}
-
-/* Feeds libinih one line at a time: counts lines, drops leading blanks (so no line is taken as
- * a continuation) and rejects lines that would not fit its buffer instead of splitting them. */
-static char *read_line(char *buf, int num, void *stream)
-{
-    ini_ctx *ctx = stream;
-    if (ctx->failed || !*ctx->pos)
-        return NULL;
-    const char *p = ctx->pos;
-    const char *nl = strchr(p, '\n');
-    const char *end = nl ? nl : p + strlen(p);
-    ctx->pos = nl ? nl + 1 : end;
-    ctx->line++;
-    while (p < end && (*p == ' ' || *p == '\t'))
-        p++;
-    while (end > p && isspace((unsigned char)end[-1]))
-        end--;
-    size_t len = (size_t)(end - p);
-    if (num < 1 || len > (size_t)num - 1) {
-        char where[400];
-        ini_where(ctx, where, sizeof where);
-        ctx->status = ccoe_error_set(ctx->err, CCOE_ERR_CONFIG,
-                                     "line too long (%zu characters; at most %d) (%s): shorten "
-                                     "the value",
-                                     len, num - 1, where);
-        ctx->failed = 1;
-        ctx->fail_line = ctx->line;
-        return NULL;
-    }
-    memcpy(buf, p, len);
-    buf[len] = '\0';
-    return buf;
-}
-
 static ccoe_status apply_key(ccoe_config *c, const char *section, const char *key,
-                             const char *value, const char *where, int *seen_line, int line,
-                             ccoe_error *err)
+                             const char *value, const char *where, ccoe_error *err)
 {
     const ccoe_config_key *k = find_key(section, key);
     if (!k)
         return unknown_key_error(section, key, where, err);
-    size_t idx = (size_t)(k - key_table);
-    if (seen_line) {
-        if (seen_line[idx])
-            return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                                  "%s.%s is set twice (lines %d and %d) (%s): keep one",
-                                  k->section, k->key, seen_line[idx], line, where);
-        seen_line[idx] = line;
-    }
     return parse_value(k, c, value, where, err);
 }
 
-static int on_key(void *user, const char *section, const char *name, const char *value)
+static ccoe_status on_ini_key(void *user, const char *section, const char *key,
+                              const char *value, const char *where, int line, ccoe_error *err)
 {
-    ini_ctx *ctx = user;
-    if (ctx->failed)
-        return 1;
-    char where[400];
-    ini_where(ctx, where, sizeof where);
-    ccoe_status st = apply_key(&ctx->work, section, name, value, where, ctx->seen, ctx->line,
-                               ctx->err);
-    if (st != CCOE_OK) {
-        ctx->status = st;
-        ctx->failed = 1;
-        ctx->fail_line = ctx->line;
-        return 0;
-    }
-    return 1;
+    (void)line;
+    return apply_key(user, section, key, value, where, err);
 }
 
 ccoe_status ccoe_config_load_string(ccoe_config *c, const char *text, const char *origin,
                                     ccoe_error *err)
 {
-    ini_ctx *ctx = calloc(1, sizeof *ctx);
-    if (!ctx)
+    ccoe_config *work = malloc(sizeof *work); /* parsed into a copy; committed on success */
+    if (!work)
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory parsing a config");
-    ctx->work = *c;
-    ctx->origin = origin && *origin ? origin : "config text";
-    ctx->pos = text ? text : "";
-    ctx->err = err;
-    int r = ini_parse_stream(read_line, ctx, on_key, ctx);
-    ccoe_status st = CCOE_OK;
-    if (r == -2) {
-        st = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory parsing %s", ctx->origin);
-    } else if (ctx->failed && (r <= 0 || r >= ctx->fail_line)) {
-        st = ctx->status;
-    } else if (r > 0) {
-        /* A line libinih could not parse: quote it. */
-        const char *p = text;
-        for (int i = 1; i < r && p; i++) {
-            p = strchr(p, '\n');
-            if (p)
-                p++;
-        }
-        int len = 0;
-        if (p)
-            while (p[len] && p[len] != '\n' && p[len] != '\r' && len < 80)
-                len++;
-        st = ccoe_error_set(err, CCOE_ERR_CONFIG,
-                            "syntax error (%s line %d): '%.*s' is neither '[section]' nor "
-                            "'key = value'",
-                            ctx->origin, r, len, p ? p : "");
-    }
+    *work = *c;
+    ccoe_status st = ccoe_ini_parse(text, origin, on_ini_key, NULL, work, err);
     if (st == CCOE_OK)
-        *c = ctx->work;
-    free(ctx);
+        *c = *work;
+    free(work);
     return st;
 }
 
@@ -840,7 +745,7 @@ ccoe_status ccoe_config_set(ccoe_config *c, const char *assignment, ccoe_error *
     }
     *dot = '\0';
     ccoe_config work = *c;
-    CCOE_TRY(apply_key(&work, name, dot + 1, value, where, NULL, 0, err));
+    CCOE_TRY(apply_key(&work, name, dot + 1, value, where, err));
     *c = work;
     return CCOE_OK;
 }

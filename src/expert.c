@@ -320,6 +320,9 @@ static ccoe_status expert_train_config(const ccoe_expert_train_opts *o, ccoe_con
 {
     ccoe_config cfg;
     ccoe_st_file *f = NULL;
+    /* the name becomes a folder (runs/expert-NAME) and a file (NAME.expert): check it before
+     * anything is created */
+    CCOE_TRY(ccoe_gating_check_name(o->name, err));
     CCOE_TRY(ccoe_checkpoint_open(o->model, &cfg, &f, err));
     char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
     int nd = ccoe_checkpoint_domains(f, &cfg, names);

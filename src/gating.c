@@ -29,20 +29,35 @@ static ccoe_status for_each_pair(const char *text, const char *key, pair_fn fn, 
     return CCOE_OK;
 }
 
+ccoe_status ccoe_gating_check_name(const char *name, ccoe_error *err)
+{
+    /* names become tensor names (experts.NAME.*) and file names (NAME.expert, expert-NAME):
+     * no '/', and not "." or ".." */
+    int dots = 1;
+    for (const char *p = name; *p; p++) {
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-' && *p != '.')
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "ccoe.experts: expert name '%s' may only hold letters, digits "
+                                  "and _ - .", name);
+        dots = dots && *p == '.';
+    }
+    if (!*name || dots)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "ccoe.experts: expert name '%s' needs a letter, digit, '_' or '-'",
+                              name);
+    if (strlen(name) > 32)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "ccoe.experts: expert name '%s' is longer than 32 characters", name);
+    return CCOE_OK;
+}
+
 static ccoe_status add_expert(void *ctx, const char *name, const char *layers, ccoe_error *err)
 {
     ccoe_gating *g = ctx;
     if (g->n_experts >= CCOE_MAX_EXPERTS)
         return ccoe_error_set(err, CCOE_ERR_CONFIG, "ccoe.experts: more than %d experts",
                               CCOE_MAX_EXPERTS);
-    for (const char *p = name; *p; p++)
-        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-' && *p != '.')
-            return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                                  "ccoe.experts: expert name '%s' may only hold letters, digits "
-                                  "and _ - .", name);
-    if (strlen(name) > 32)
-        return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "ccoe.experts: expert name '%s' is longer than 32 characters", name);
+    CCOE_TRY(ccoe_gating_check_name(name, err));
     if (ccoe_gating_find_expert(g, name) >= 0)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "ccoe.experts: expert '%s' is listed twice: expert names are unique",

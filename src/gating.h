@@ -63,6 +63,10 @@ void ccoe_gating_print(FILE *f, const ccoe_gating *g);
 
 /* Appends "NAME:LAYERS" to cfg->ccoe.experts (push order) and routes each of the n domains to
  * it (replacing their previous route). Errors if the strings would overflow. */
+/* An expert name: 1-32 letters, digits, '_', '-', '.', not only dots (it names tensors and
+ * files). */
+ccoe_status ccoe_gating_check_name(const char *name, ccoe_error *err);
+
 ccoe_status ccoe_gating_config_add(ccoe_config *cfg, const char *name, int layers,
                                    const char *const *domains, int n, ccoe_error *err);
 

@@ -19,12 +19,12 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
-#include <ini.h>
 
 #include "checkpoint.h"
 #include "comm.h"
 #include "config.h"
 #include "fs.h"
+#include "iniread.h"
 #include "moe.h"
 #include "session.h"
 #include "train.h"
@@ -127,7 +127,6 @@ typedef struct study {
     double dom_share[CCOE_MAX_DOMAINS];  /* of the training sequences */
     int dom_task[CCOE_MAX_DOMAINS];      /* domain has an exact-answer task */
     /* parsing */
-    const char *pos;
     int line;
     int failed;
     ccoe_error *err;
@@ -218,34 +217,16 @@ static study_variant *declare_variant(study *S, const char *vname)
     return v;
 }
 
-static char *read_line(char *str, int num, void *stream)
+/* libinih reports no empty section: register [variant.NAME] headers here */
+static ccoe_status on_study_section(void *user, const char *section, const char *where, int line,
+                                    ccoe_error *err)
 {
-    study *S = stream;
-    if (!*S->pos)
-        return NULL;
-    int i = 0;
-    while (i < num - 1 && S->pos[i] && S->pos[i] != '\n')
-        i++;
-    if (S->pos[i] == '\n' && i < num - 1)
-        i++;
-    memcpy(str, S->pos, (size_t)i);
-    str[i] = '\0';
-    S->pos += i;
-    S->line++;
-    /* libinih reports no empty section: register [variant.NAME] headers here */
-    const char *p = str;
-    while (*p == ' ' || *p == '\t')
-        p++;
-    if (strncmp(p, "[variant.", 9) == 0 && !S->failed) {
-        char name[128];
-        size_t n = strcspn(p + 9, "]");
-        if (p[9 + n] == ']' && n < sizeof name) {
-            memcpy(name, p + 9, n);
-            name[n] = '\0';
-            declare_variant(S, name);
-        }
-    }
-    return str;
+    (void)where;
+    study *S = user;
+    S->line = line;
+    if (strncmp(section, "variant.", 8) == 0 && !declare_variant(S, section + 8))
+        return err->status;
+    return CCOE_OK;
 }
 
 static int parse_fail(study *S, ccoe_status st, const char *fmt, ...)
@@ -289,8 +270,16 @@ static int on_study_key(void *user, const char *section, const char *key, const 
     if (S->failed)
         return 1;
     if (strcmp(section, "study") == 0) {
-        if (strcmp(key, "name") == 0)
+        if (strcmp(key, "name") == 0) {
+            /* it names the default output folder runs/NAME: no '/', no '..' */
+            if (strlen(value) >= sizeof S->name || !valid_name(value))
+                return parse_fail(S, CCOE_ERR_CONFIG,
+                                  "study.name = '%.80s': a study name is 1-%zu letters, digits, "
+                                  "'_' or '-' (it names the folder runs/NAME; set study.out_dir "
+                                  "for another place)",
+                                  value, sizeof S->name - 1);
             return copy_value(S, S->name, sizeof S->name, key, value);
+        }
         if (strcmp(key, "description") == 0)
             return copy_value(S, S->description, sizeof S->description, key, value);
         if (strcmp(key, "base") == 0) {
@@ -383,6 +372,16 @@ static int on_study_key(void *user, const char *section, const char *key, const 
                       section, secs);
 }
 
+static ccoe_status on_study_ini_key(void *user, const char *section, const char *key,
+                                    const char *value, const char *where, int line,
+                                    ccoe_error *err)
+{
+    (void)where;
+    study *S = user;
+    S->line = line;
+    return on_study_key(S, section, key, value) ? CCOE_OK : err->status;
+}
+
 static ccoe_status parse_budget(study *S, ccoe_error *err)
 {
     const char *b = S->budget, *colon = strchr(b, ':');
@@ -436,18 +435,15 @@ static ccoe_status parse_file(study *S, const char *path, ccoe_error *err)
     if (e)
         return ccoe_error_set(err, CCOE_ERR_CONFIG, "study file '%s' is larger than 4 MB or "
                               "unreadable (%s)", path, strerror(e));
-    S->pos = text;
     S->line = 0;
     S->err = err;
-    int r = ini_parse_stream(read_line, S, on_study_key, S);
-    ccoe_status st = CCOE_OK;
-    if (S->failed)
-        st = err->status;
-    else if (r != 0)
-        st = ccoe_error_set(err, CCOE_ERR_CONFIG,
-                            "study %s line %d: syntax error: expected '[section]' or 'key = "
-                            "value'",
-                            path, r);
+    char origin[CCOE_STR + 16];
+    snprintf(origin, sizeof origin, "study %s", path);
+    ccoe_status st = strlen(text) != len
+                         ? ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                          "study file '%s' contains a NUL byte: is it a text file?",
+                                          path)
+                         : ccoe_ini_parse(text, origin, on_study_ini_key, on_study_section, S, err);
     free(text);
     return st;
 }

@@ -55,4 +55,9 @@ expect_fail 2 "needs --domain" -- "$CCOE" train-expert "$BASE" --expert nope
 expect_fail 2 "only 2" -- "$CCOE" train-expert "$BASE" --expert big --domain code --layers 3 --form ffn -o big
 expect_fail 2 "unknown domain 'law'" -- "$CCOE" train-expert "$BASE" --expert l --domain law --form ffn -o l
 expect_fail 2 "has 2 layers, not 1" -- "$CCOE" train-expert model2.safetensors --expert arith --layers 1
+# an expert name that would leave runs/ is refused before any folder is made
+mkdir -p names/a && (cd names/a && expect_fail 2 "expert name '../../x'" -- \
+  "$CCOE" train-expert "$WORK/$BASE" --expert ../../x --domain code --form ffn --set train.steps=1) || fail "../../x"
+expect_fail 2 "expert name '..'" -- "$CCOE" train-expert "$BASE" --expert .. --domain code --form ffn
+[[ -z "$(find names -mindepth 2)" && ! -e runs ]] || fail "a refused expert name created folders: $(find names runs 2>/dev/null)"
 pass "bad inputs"

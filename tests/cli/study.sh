@@ -101,6 +101,22 @@ printf '[study]\nbudget = tokens:100\nvariants = a\n[variant.a]\n[variant.b]\n' 
 bad unlisted "\[variant.b\] is not listed"
 printf '[study]\nbase = %s\nbudget = tokens:10\nvariants = a\n[variant.a]\n' "$TINY" > bad-small.ini
 bad small "less than one step"
+# study files follow the config reader's rules: no silently split long line, no repeated key,
+# the right line in messages, a name that stays inside runs/
+long=$(printf 'x%.0s' $(seq 1 260))
+printf '[study]\ndescription = %s\nout_dir = elsewhere\nbudget = tokens:100\nvariants = a\n[variant.a]\n' "$long" > bad-long.ini
+bad long "line too long.*line 2"
+[[ ! -e elsewhere ]] || fail "a long line moved the study's out_dir"
+printf '[study]\nbudget = tokens:100\nbudget = tokens:200\nvariants = a\n[variant.a]\n' > bad-twice.ini
+bad twice "study.budget is set twice (lines 2 and 3)"
+printf '[study]\nbudget = tokens:100\nvariants = a\n[variant.a]\nmoe.gate = topk\nmoe.gate = softmax\n' > bad-twice2.ini
+bad twice2 "variant.a.moe.gate is set twice (lines 5 and 6)"
+printf '[study]\n  description = one\n\n; comment\nbogus = 1\n' > bad-line.ini
+bad line "line 5: unknown key study.bogus"
+printf '[study]\nname = ../../escaped\nbudget = tokens:100\nvariants = a\n[variant.a]\n' > bad-name.ini
+bad name "study.name = '../../escaped'"
+expect_fail 2 "study.name" -- "$CCOE" study bad-key.ini --set study.name=../x
+[[ ! -e ../../escaped && ! -e runs ]] || fail "a bad study name created a folder"
 expect_fail 2 "cannot open study file" -- "$CCOE" study missing.ini
 expect_fail 2 "study needs a STUDY_FILE" -- "$CCOE" study
 pass "bad study files exit 2 naming the problem"
