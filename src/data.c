@@ -423,10 +423,16 @@ static ccoe_status check_gold_sql(ccoe_sqldb *db, const char *where, const char 
     char *res = NULL;
     ccoe_status s = ccoe_sqldb_query(db, gold, 0, &res, err);
     free(res);
-    if (s != CCOE_OK)
-        return ccoe_error_wrap(err, "%s: the gold SQL '%s' does not run on the domain's database",
-                               where, gold);
-    return CCOE_OK;
+    if (s == CCOE_OK)
+        return CCOE_OK;
+    ccoe_error_wrap(err, "%s: the gold SQL '%s' does not run on the domain's database: fix the "
+                         "task file or the database",
+                    where, gold);
+    /* the sandbox calls a bad query a bad argument; here it is bad data, not a usage error */
+    s = s == CCOE_ERR_NOMEM ? CCOE_ERR_NOMEM : CCOE_ERR_FORMAT;
+    if (err)
+        err->status = s;
+    return s;
 }
 
 static ccoe_status add_task_file(ccoe_domain *dom, const dom_build *b, ccoe_sqldb *db,

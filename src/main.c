@@ -98,7 +98,7 @@ static int fail(const ccoe_error *err)
     } else {
         fprintf(stderr, "ccoe: %s: %s\n", ccoe_status_name(err->status), err->msg);
     }
-    return ccoe_status_exit_code(err->status);
+    return ccoe_error_exit_code(err);
 }
 
 /* Usage errors come from the command line, the same on every rank: rank 0 prints. */

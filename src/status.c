@@ -13,6 +13,7 @@ ccoe_status ccoe_error_set(ccoe_error *err, ccoe_status status, const char *fmt,
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
         err->status = status;
+        err->signal = 0;
     }
     return status;
 }
@@ -44,6 +45,7 @@ void ccoe_error_clear(ccoe_error *err)
 {
     if (err) {
         err->status = CCOE_OK;
+        err->signal = 0;
         err->msg[0] = '\0';
     }
 }
@@ -61,8 +63,16 @@ const char *ccoe_status_name(ccoe_status status)
     case CCOE_ERR_BACKEND: return "backend error";
     case CCOE_ERR_COMM: return "communication error";
     case CCOE_ERR_INTERNAL: return "internal error";
+    case CCOE_ERR_STOPPED: return "stopped";
     }
     return "unknown error";
+}
+
+int ccoe_error_exit_code(const ccoe_error *err)
+{
+    if (err->status == CCOE_ERR_STOPPED && err->signal > 0 && err->signal < 64)
+        return 128 + err->signal;
+    return ccoe_status_exit_code(err->status);
 }
 
 int ccoe_status_exit_code(ccoe_status status)

@@ -18,11 +18,13 @@ typedef enum ccoe_status {
     CCOE_ERR_NUMERIC,  /* NaN/Inf in loss or gradients */
     CCOE_ERR_BACKEND,  /* GEMM backend unavailable */
     CCOE_ERR_COMM,     /* communication (MPI) failure */
-    CCOE_ERR_INTERNAL  /* should not happen: a bug */
+    CCOE_ERR_INTERNAL, /* should not happen: a bug */
+    CCOE_ERR_STOPPED   /* stopped by a signal (after saving what can be resumed) */
 } ccoe_status;
 
 typedef struct ccoe_error {
     ccoe_status status;
+    int signal; /* CCOE_ERR_STOPPED: the signal; ccoe_error_set clears it */
     char msg[1024];
 } ccoe_error;
 
@@ -42,6 +44,10 @@ const char *ccoe_status_name(ccoe_status status);
 
 /* Process exit code for a status (0 for CCOE_OK, 2 for usage/config, 1 otherwise). */
 int ccoe_status_exit_code(ccoe_status status);
+
+/* Exit code of an error: ccoe_status_exit_code, except 128 + the signal for CCOE_ERR_STOPPED
+ * (130 for SIGINT, 143 for SIGTERM: what shells and batch systems report for a signal). */
+int ccoe_error_exit_code(const ccoe_error *err);
 
 /* Evaluates expr (a ccoe_status); returns it from the enclosing function if it is not CCOE_OK. */
 #define CCOE_TRY(expr)                          \

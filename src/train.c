@@ -645,10 +645,13 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
         if (stop_signal) {
             CCOE_TRY(ccoe_comm_agree(c, save_checkpoint(t, err), err));
             c->failed_rank = 0; /* every rank returns this error */
-            return ccoe_error_set(err, CCOE_ERR_ARG,
-                                  "stopped by signal %d after step %ld; checkpoint saved to %s: "
-                                  "continue with --resume %s",
-                                  stop_signal, t->st.step, t->ckpt_path, t->ckpt_path);
+            ccoe_error_set(err, CCOE_ERR_STOPPED,
+                           "stopped by signal %d (%s) after step %ld; checkpoint saved to %s: "
+                           "continue with --resume %s",
+                           stop_signal, strsignal(stop_signal), t->st.step, t->ckpt_path,
+                           t->ckpt_path);
+            err->signal = stop_signal;
+            return CCOE_ERR_STOPPED;
         }
         double lr = ccoe_lr_at(tc, t->st.step);
         double loss, gnorm;

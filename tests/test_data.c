@@ -967,7 +967,7 @@ static void test_manifest_sql_tasks(void **state)
                       CCOE_ERR_CONFIG, "q_tasks.jsonl:1", "sqlite");
     expect_load_error(MANIFEST("[domain a]\ntext = q.txt\nsqlite_script = db.sql\n"
                                "tasks = gold_bad.jsonl\n"),
-                      CCOE_ERR_ARG, "gold_bad.jsonl:1", "nope");
+                      CCOE_ERR_FORMAT, "gold_bad.jsonl:1", "nope"); /* bad data: exit 1 */
     expect_load_error(MANIFEST("[domain a]\ntext = q.txt\ntasks = kind_bad.jsonl\n"),
                       CCOE_ERR_FORMAT, "kind_bad.jsonl:1", "\"kind\"");
     expect_load_error(MANIFEST("[domain a]\ntext = q.txt\ntasks = match_bad.jsonl\n"),

@@ -33,3 +33,26 @@ pass "eval prints every domain"
 info=$("$CCOE" info "$WORK/a/run/checkpoint.safetensors") || fail "info exit status"
 grep -q "blocks.0.attn.qkv.weight" <<<"$info" || fail "info"
 pass "info"
+
+# SIGTERM (a batch system's time limit) saves a checkpoint and exits 128 + 15, the code shells
+# and batch systems report for a signal; the run then resumes
+mkdir -p "$WORK/t"
+(cd "$WORK/t" && exec "$CCOE" train "$TINY" --set train.steps=100000 --set train.out_dir=run \
+   --set train.eval_every=0 --set train.log_every=1 > out.txt 2> err.txt) &
+pid=$!
+for _ in $(seq 1 600); do
+  [[ -s "$WORK/t/run/metrics.jsonl" ]] && break
+  sleep 0.1
+done
+[[ -s "$WORK/t/run/metrics.jsonl" ]] || fail "the run to stop logged no step"
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+[[ $rc -eq 143 ]] || fail "SIGTERM: exit $rc, expected 143: $(cat "$WORK/t/err.txt")"
+grep -q "stopped by signal 15" "$WORK/t/err.txt" || fail "SIGTERM message: $(cat "$WORK/t/err.txt")"
+grep -q "usage error" "$WORK/t/err.txt" && fail "SIGTERM is labelled a usage error"
+step=$("$CCOE" info "$WORK/t/run/checkpoint.safetensors" | awk '$1 == "step" {print $2}')
+[[ "$step" -ge 1 ]] || fail "no checkpoint after SIGTERM"
+(cd "$WORK/t" && "$CCOE" train "$TINY" --set train.steps=$((step + 2)) --set train.out_dir=run \
+   --quiet --resume run/checkpoint.safetensors) || fail "resume after SIGTERM"
+pass "SIGTERM: checkpoint, exit 143, resume"
