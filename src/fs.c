@@ -142,3 +142,53 @@ FILE *ccoe_fs_fopen_input(const char *path, const char *what, ccoe_error *err)
     }
     return f;
 }
+
+FILE *ccoe_fs_open_output(const char *path, int append, const char *what, ccoe_error *err)
+{
+    /* O_NONBLOCK: a FIFO without a reader fails at once (ENXIO) instead of waiting; O_TRUNC is
+     * applied only once the path is known to be a regular file */
+    int fd;
+    do
+        fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY |
+                            (append ? O_APPEND : 0),
+                  0666);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ELOOP)
+            ccoe_error_set(err, CCOE_ERR_IO,
+                           "%s '%s' is a symbolic link: refusing to write through it; remove it "
+                           "or choose another train.out_dir",
+                           what, path);
+        else if (e == ENXIO)
+            ccoe_error_set(err, CCOE_ERR_IO, "%s '%s' is not a regular file (a FIFO or socket): "
+                           "remove it", what, path);
+        else
+            ccoe_error_set(err, CCOE_ERR_IO, "cannot open %s '%s' for writing: %s", what, path,
+                           strerror(e));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+        close(fd);
+        ccoe_error_set(err, CCOE_ERR_IO, "%s '%s' is not a regular file (%s): remove it", what,
+                       path, file_kind(st.st_mode));
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0 || (!append && ftruncate(fd, 0) != 0)) {
+        int e = errno;
+        close(fd);
+        ccoe_error_set(err, CCOE_ERR_IO, "cannot open %s '%s' for writing: %s", what, path,
+                       strerror(e));
+        return NULL;
+    }
+    FILE *f = fdopen(fd, append ? "ab" : "wb");
+    if (!f) {
+        int e = errno;
+        close(fd);
+        ccoe_error_set(err, CCOE_ERR_IO, "cannot open %s '%s' for writing: %s", what, path,
+                       strerror(e));
+    }
+    return f;
+}
