@@ -149,7 +149,7 @@ FILE *ccoe_fs_open_output(const char *path, int append, const char *what, ccoe_e
      * applied only once the path is known to be a regular file */
     int fd;
     do
-        fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY |
+        fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY |
                             (append ? O_APPEND : 0),
                   0666);
     while (fd < 0 && errno == EINTR);
@@ -183,7 +183,7 @@ FILE *ccoe_fs_open_output(const char *path, int append, const char *what, ccoe_e
                        strerror(e));
         return NULL;
     }
-    FILE *f = fdopen(fd, append ? "ab" : "wb");
+    FILE *f = fdopen(fd, append ? "a+b" : "w+b");
     if (!f) {
         int e = errno;
         close(fd);

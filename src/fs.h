@@ -29,7 +29,8 @@ FILE *ccoe_fs_fopen_input(const char *path, const char *what, ccoe_error *err);
 /* Opens an output file the run owns (metrics.jsonl) for writing: appended to (append) or
  * created/truncated, mode 0666 before umask. Never follows a symbolic link at path (a planted
  * link is refused, its target untouched) and refuses anything but a regular file. what names
- * the file in messages. Returns a stream, or NULL with err set (CCOE_ERR_IO). */
+ * the file in messages. Returns a stream (readable too: "a+"/"w+"), or NULL with err set
+ * (CCOE_ERR_IO). */
 FILE *ccoe_fs_open_output(const char *path, int append, const char *what, ccoe_error *err);
 
 #endif

@@ -448,6 +448,41 @@ static ccoe_status metrics_close(train_ctx *t, ccoe_status st, ccoe_error *err)
     return CCOE_OK;
 }
 
+/* On --resume (rank 0): cuts the metrics back to what the checkpoint holds, so that every
+ * step appears once: the lines up to the first one of a step after `step` (logged by the run
+ * after its last checkpoint, trained again now) or a partly written one (a killed run) stay,
+ * the rest is dropped. Lines are in step order; one without a step is kept. */
+static ccoe_status metrics_trim(train_ctx *t, long step, ccoe_error *err)
+{
+    FILE *f = t->metrics;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long long keep = 0, dropped = 0; /* bytes kept; lines dropped */
+    rewind(f);
+    while ((n = getline(&line, &cap, f)) > 0) {
+        const char *k = strstr(line, "\"step\":");
+        if (dropped || line[n - 1] != '\n' || (k && strtol(k + 7, NULL, 10) > step))
+            dropped++;
+        else
+            keep += n;
+    }
+    free(line);
+    int e = ferror(f) ? (errno ? errno : EIO) : 0;
+    if (!e && dropped && (fflush(f) != 0 || ftruncate(fileno(f), (off_t)keep) != 0))
+        e = errno ? errno : EIO;
+    if (!e && fseek(f, 0, SEEK_END) != 0)
+        e = errno ? errno : EIO;
+    if (e)
+        return ccoe_error_set(err, CCOE_ERR_IO, "cannot trim the metrics file '%s' to step %ld "
+                              "on --resume: %s", t->metrics_path, step, strerror(e));
+    if (dropped && !t->quiet)
+        fprintf(stderr, "resume: dropped %lld line%s after step %ld from %s (logged after the "
+                        "checkpoint; trained again now)\n",
+                dropped, dropped == 1 ? "" : "s", step, t->metrics_path);
+    return CCOE_OK;
+}
+
 /* ,"moe":[{"layer":l, <ccoe_moe_stats_json fields>}, ...] of the last micro-batch. */
 static void write_moe_stats(train_ctx *t)
 {
@@ -984,6 +1019,8 @@ static ccoe_status setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg, const 
         t->metrics = ccoe_fs_open_output(t->metrics_path, o->resume != NULL, "metrics file", err);
         if (!t->metrics)
             return err->status;
+        if (o->resume)
+            CCOE_TRY(metrics_trim(t, t->st.step, err));
     }
     t->flops_per_token =
         ccoe_model_train_flops_per_token(&s->cfg.model, s->cfg.model.n_layer, s->cfg.model.seq_len);
