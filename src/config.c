@@ -671,10 +671,9 @@ ccoe_status ccoe_config_load_string(ccoe_config *c, const char *text, const char
 
 ccoe_status ccoe_config_load_file(ccoe_config *c, const char *path, ccoe_error *err)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = ccoe_fs_fopen_input(path, "config file", err);
     if (!f)
-        return ccoe_error_set(err, CCOE_ERR_IO, "cannot open config file '%s': %s; check the path",
-                              path, strerror(errno));
+        return err ? err->status : CCOE_ERR_IO;
     char *buf = NULL;
     size_t len = 0;
     int e = ccoe_fs_read_stream(f, (size_t)16 << 20, &buf, &len);

@@ -90,21 +90,22 @@
 
 /* ---- files ---- */
 
-/* Reads a whole file into a NUL-terminated malloc'd buffer; on failure returns errno. */
-static int read_file(const char *path, char **buf, size_t *len)
+/* Reads a whole user-named file (a regular file: ccoe_fs_open_input) into a NUL-terminated
+ * malloc'd buffer; what names it in messages. */
+static ccoe_status read_file(const char *path, const char *what, char **buf, size_t *len,
+                             ccoe_error *err)
 {
     *buf = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
+    FILE *f = ccoe_fs_fopen_input(path, what, err);
     if (!f)
-        return errno ? errno : EIO;
-    struct stat st;
-    int e = fstat(fileno(f), &st) != 0 ? (errno ? errno : EIO)
-            : S_ISDIR(st.st_mode)      ? EISDIR
-            : !S_ISREG(st.st_mode)     ? EINVAL
-                                       : ccoe_fs_read_stream(f, SIZE_MAX / 4, buf, len);
+        return err->status;
+    int e = ccoe_fs_read_stream(f, SIZE_MAX / 4, buf, len);
     fclose(f);
-    return e;
+    if (e)
+        return ccoe_error_set(err, e == ENOMEM ? CCOE_ERR_NOMEM : CCOE_ERR_IO,
+                              "cannot read %s '%s': %s", what, path, strerror(e));
+    return CCOE_OK;
 }
 
 /* ---- one domain under construction ---- */
@@ -675,12 +676,8 @@ static ccoe_status manifest_parse(manifest *m, const char *path, ccoe_error *err
     m->path = path;
     char *buf;
     size_t len;
-    int e = read_file(path, &buf, &len);
-    if (e)
-        return ccoe_error_set(err, CCOE_ERR_IO,
-                              "cannot read manifest '%s': %s; give the path of a manifest file "
-                              "or 'builtin'",
-                              path, strerror(e));
+    if (read_file(path, "manifest", &buf, &len, err) != CCOE_OK)
+        return ccoe_error_wrap(err, "data.manifest (the path of a manifest file or 'builtin')");
     ccoe_status s = CCOE_OK;
     char *p = buf;
     for (int line = 1; s == CCOE_OK && p < buf + len; line++) {
@@ -819,11 +816,9 @@ static ccoe_status load_domain_files(ccoe_dataset *ds, const manifest *m, int d,
                 s = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory reading %s", m->path);
         } else {
             size_t len;
-            int e = read_file(src->path, &dom->sql_script, &len);
-            if (e)
-                s = ccoe_error_set(err, CCOE_ERR_IO,
-                                   "%s: cannot read sqlite_script file '%s' of domain '%s': %s",
-                                   where, src->path, dom->name, strerror(e));
+            s = read_file(src->path, "sqlite_script file", &dom->sql_script, &len, err);
+            if (s != CCOE_OK)
+                ccoe_error_wrap(err, "%s: domain '%s'", where, dom->name);
         }
         if (s == CCOE_OK && (s = open_domain_db(dom, &db, &db_open, err)) != CCOE_OK)
             ccoe_error_wrap(err, "%s", where);
@@ -843,13 +838,13 @@ static ccoe_status load_domain_files(ccoe_dataset *ds, const manifest *m, int d,
                 continue;
             char *buf;
             size_t len;
-            int e = read_file(src->path, &buf, &len);
-            if (e) {
-                s = ccoe_error_set(err, CCOE_ERR_IO,
-                                   "%s:%d: cannot read %s file '%s' of domain '%s': %s (relative "
-                                   "paths are resolved against the manifest's directory)",
-                                   m->path, src->line, src_kind_name[src->kind], src->path,
-                                   dom->name, strerror(e));
+            char what[32];
+            snprintf(what, sizeof what, "%s file", src_kind_name[src->kind]);
+            s = read_file(src->path, what, &buf, &len, err);
+            if (s != CCOE_OK) {
+                ccoe_error_wrap(err, "%s:%d: domain '%s' (relative paths are resolved against "
+                                "the manifest's directory)",
+                                m->path, src->line, dom->name);
                 break;
             }
             if (src->kind == SRC_TEXT)

@@ -356,10 +356,9 @@ static int cmd_eval(int argc, char **argv)
 static ccoe_status read_prompt_lines(const char *path, const char ***prompts, int *n, char **text,
                                      ccoe_error *err)
 {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    FILE *f = strcmp(path, "-") == 0 ? stdin : ccoe_fs_fopen_input(path, NULL, err);
     if (!f)
-        return ccoe_error_set(err, CCOE_ERR_IO, "--prompts: cannot open '%s': %s; check the path",
-                              path, strerror(errno));
+        return ccoe_error_wrap(err, "--prompts");
     size_t len = 0;
     int e = ccoe_fs_read_stream(f, (size_t)256 << 20, text, &len);
     if (f != stdin)

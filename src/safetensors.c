@@ -35,6 +35,8 @@
 #include <cjson/cJSON.h>
 #include <zlib.h>
 
+#include "fs.h"
+
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "safetensors data is little-endian; this build assumes a little-endian host");
 _Static_assert(sizeof(float) == 4, "F32 is a 4-byte IEEE float");
@@ -497,22 +499,14 @@ void ccoe_st_close(ccoe_st_file *f)
 static ccoe_status read_whole(const char *path, unsigned char **out, size_t *out_size,
                               ccoe_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        return ccoe_error_set(err, CCOE_ERR_IO, "cannot open '%s': %s; check the path", path,
-                              strerror(e));
-    }
+    int fd = ccoe_fs_open_input(path, NULL, err); /* a regular file, or an error at once */
+    if (fd < 0)
+        return err ? err->status : CCOE_ERR_IO;
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int e = errno;
         close(fd);
         return ccoe_error_set(err, CCOE_ERR_IO, "cannot read '%s': %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return ccoe_error_set(err, CCOE_ERR_IO, "cannot read '%s': %s", path,
-                              S_ISDIR(sb.st_mode) ? "it is a directory" : "not a regular file");
     }
     size_t size = (size_t)sb.st_size;
     unsigned char *buf = malloc(size ? size : 1);

@@ -20,8 +20,11 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
+
+#include "fs.h"
 
 #define PROGRESS_EVERY 1000 /* VM instructions between progress-handler calls */
 
@@ -382,6 +385,12 @@ ccoe_status ccoe_sqldb_open_limits(ccoe_sqldb *db, const char *path, const char 
     if (!path && !script)
         return ccoe_error_set(err, CCOE_ERR_ARG, "no SQLite database: give a file or a script");
     const char *what = path ? path : "(in-memory database)";
+    if (path) { /* a FIFO or device is refused at once, not waited on by SQLite's open */
+        int fd = ccoe_fs_open_input(path, "SQLite database", err);
+        if (fd < 0)
+            return err ? err->status : CCOE_ERR_IO;
+        close(fd);
+    }
     int rc = path ? sqlite3_open_v2(path, &db->db, SQLITE_OPEN_READONLY, NULL)
                   : sqlite3_open_v2(":memory:", &db->db,
                                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_MEMORY, NULL);

@@ -424,10 +424,9 @@ static int split_words(char *s, char **words, int cap)
 
 static ccoe_status parse_file(study *S, const char *path, ccoe_error *err)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = ccoe_fs_fopen_input(path, "study file", err);
     if (!f)
-        return ccoe_error_set(err, CCOE_ERR_CONFIG, "cannot open study file '%s': %s", path,
-                              strerror(errno));
+        return err->status = CCOE_ERR_CONFIG;
     char *text = NULL;
     size_t len = 0;
     int e = ccoe_fs_read_stream(f, (size_t)4 << 20, &text, &len);
@@ -712,10 +711,9 @@ static ccoe_status read_metrics(study *S, study_variant *v, ccoe_error *err)
 {
     char path[CCOE_STR + 64];
     snprintf(path, sizeof path, "%s/metrics.jsonl", v->cfg.train.out_dir);
-    FILE *f = fopen(path, "r");
+    FILE *f = ccoe_fs_fopen_input(path, "metrics file", err);
     if (!f)
-        return ccoe_error_set(err, CCOE_ERR_IO, "variant %s: cannot read %s: %s", v->name, path,
-                              strerror(errno));
+        return ccoe_error_wrap(err, "variant %s", v->name);
     char *line = NULL;
     size_t cap = 0;
     double sum_ms = 0, sum_comm = 0;

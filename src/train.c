@@ -68,7 +68,8 @@ typedef struct train_ctx {
     int b0, b1;              /* this rank's rows of every global micro-batch */
     ccoe_adamw opt;
     ccoe_train_state st;
-    FILE *metrics;
+    FILE *metrics;           /* rank 0: metrics_path, opened by ccoe_fs_open_output */
+    char metrics_path[CCOE_STR + 96];
     char ckpt_path[CCOE_STR + 64];
     double flops_per_token;
     double peak_gflops, gemm_gflops;
@@ -411,6 +412,77 @@ static ccoe_status save_checkpoint(train_ctx *t, ccoe_error *err)
     return ccoe_checkpoint_save(t->ckpt_path, &t->s->cfg, &t->s->model, &t->opt, &t->st, err);
 }
 
+/* Flushes the metrics (rank 0; OK elsewhere): a failed write or flush (disk full, quota, I/O
+ * error) fails the run instead of leaving a silently truncated log. */
+static ccoe_status metrics_flush(train_ctx *t, ccoe_error *err)
+{
+    if (!t->metrics)
+        return CCOE_OK;
+    /* a write that failed inside fprintf left its errno (called right after the writes) */
+    if (!ferror(t->metrics)) {
+        errno = 0;
+        if (fflush(t->metrics) == 0)
+            return CCOE_OK;
+    }
+    int e = errno ? errno : EIO;
+    return ccoe_error_set(err, CCOE_ERR_IO, "cannot write the metrics file '%s': %s",
+                          t->metrics_path, strerror(e));
+}
+
+/* Closes the metrics (rank 0); st is the run's status, a close failure replaces an OK one. */
+static ccoe_status metrics_close(train_ctx *t, ccoe_status st, ccoe_error *err)
+{
+    if (!t->metrics)
+        return st;
+    ccoe_status fl = metrics_flush(t, st == CCOE_OK ? err : NULL);
+    errno = 0;
+    int bad = fclose(t->metrics) != 0;
+    t->metrics = NULL;
+    if (st != CCOE_OK)
+        return st;
+    if (fl != CCOE_OK)
+        return fl;
+    if (bad)
+        return ccoe_error_set(err, CCOE_ERR_IO, "cannot write the metrics file '%s': %s",
+                              t->metrics_path, strerror(errno ? errno : EIO));
+    return CCOE_OK;
+}
+
+/* On --resume (rank 0): cuts the metrics back to what the checkpoint holds, so that every
+ * step appears once: the lines up to the first one of a step after `step` (logged by the run
+ * after its last checkpoint, trained again now) or a partly written one (a killed run) stay,
+ * the rest is dropped. Lines are in step order; one without a step is kept. */
+static ccoe_status metrics_trim(train_ctx *t, long step, ccoe_error *err)
+{
+    FILE *f = t->metrics;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long long keep = 0, dropped = 0; /* bytes kept; lines dropped */
+    rewind(f);
+    while ((n = getline(&line, &cap, f)) > 0) {
+        const char *k = strstr(line, "\"step\":");
+        if (dropped || line[n - 1] != '\n' || (k && strtol(k + 7, NULL, 10) > step))
+            dropped++;
+        else
+            keep += n;
+    }
+    free(line);
+    int e = ferror(f) ? (errno ? errno : EIO) : 0;
+    if (!e && dropped && (fflush(f) != 0 || ftruncate(fileno(f), (off_t)keep) != 0))
+        e = errno ? errno : EIO;
+    if (!e && fseek(f, 0, SEEK_END) != 0)
+        e = errno ? errno : EIO;
+    if (e)
+        return ccoe_error_set(err, CCOE_ERR_IO, "cannot trim the metrics file '%s' to step %ld "
+                              "on --resume: %s", t->metrics_path, step, strerror(e));
+    if (dropped && !t->quiet)
+        fprintf(stderr, "resume: dropped %lld line%s after step %ld from %s (logged after the "
+                        "checkpoint; trained again now)\n",
+                dropped, dropped == 1 ? "" : "s", step, t->metrics_path);
+    return CCOE_OK;
+}
+
 /* ,"moe":[{"layer":l, <ccoe_moe_stats_json fields>}, ...] of the last micro-batch. */
 static void write_moe_stats(train_ctx *t)
 {
@@ -459,8 +531,7 @@ static ccoe_status run_eval(train_ctx *t, int with_tasks, int print_table, ccoe_
         return CCOE_OK;
     fprintf(t->metrics, "{\"step\":%ld,\"eval\":", t->st.step);
     ccoe_eval_json(t->metrics, &s->data, ev);
-    fputs("}\n", t->metrics);
-    fflush(t->metrics);
+    fputs("}\n", t->metrics); /* the caller flushes (metrics_flush) */
     if (print_table) {
         printf("\nper-domain evaluation after %ld steps:\n", t->st.step);
         ccoe_eval_print(stdout, &s->data, ev);
@@ -689,6 +760,8 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
                     write_moe_stats(t);
             }
             fputs("}\n", t->metrics);
+            /* every step's line on disk, or the run fails (at the next agreement) saying why */
+            local = metrics_flush(t, err);
         }
         if (!t->quiet && (t->st.step % tc->log_every == 0 || last || t->bar)) {
             double now = ccoe_now();
@@ -728,9 +801,11 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
         if (!last && tc->eval_every > 0 && t->st.step % tc->eval_every == 0) {
             double e0 = ccoe_now();
             CCOE_TRY(run_eval(t, 0, 0, err));
+            if (local == CCOE_OK)
+                local = metrics_flush(t, err);
             window_t0 += ccoe_now() - e0; /* evaluation is not training throughput */
         }
-        if (!last && tc->ckpt_every > 0 && t->st.step % tc->ckpt_every == 0)
+        if (local == CCOE_OK && !last && tc->ckpt_every > 0 && t->st.step % tc->ckpt_every == 0)
             local = save_checkpoint(t, err);
     }
     double total = ccoe_now() - run_t0;
@@ -744,6 +819,7 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
     CCOE_TRY(check_replicas(t, err));
     CCOE_TRY(ccoe_comm_agree(c, save_checkpoint(t, err), err));
     CCOE_TRY(run_eval(t, 1, !t->quiet, err));
+    CCOE_TRY(ccoe_comm_agree(c, metrics_flush(t, err), err));
     if (!t->quiet)
         printf("checkpoint: %s\nmetrics:    %s/metrics.jsonl\n", t->ckpt_path,
                s->cfg.train.out_dir);
@@ -823,13 +899,11 @@ static ccoe_status train_one_expert(train_ctx *t, int e, const ccoe_train_opts *
     /* the metrics: this rank's, or its group's first rank's (t->comm: the group) */
     t->metrics = NULL;
     if (st == CCOE_OK && t->rank == 0) {
-        char mpath[CCOE_STR + 96];
-        snprintf(mpath, sizeof mpath, "%s/metrics.%s.jsonl", s->cfg.train.out_dir,
-                 s->gating.experts[e].name);
-        t->metrics = fopen(mpath, "w");
+        snprintf(t->metrics_path, sizeof t->metrics_path, "%s/metrics.%s.jsonl",
+                 s->cfg.train.out_dir, s->gating.experts[e].name);
+        t->metrics = ccoe_fs_open_output(t->metrics_path, 0, "metrics file", err);
         if (!t->metrics)
-            st = ccoe_error_set(err, CCOE_ERR_IO, "cannot open %s for writing: %s", mpath,
-                                strerror(errno));
+            st = err->status;
         else
             fprintf(t->metrics,
                     "{\"event\":\"start\",\"expert\":\"%s\",\"ranks\":%d,\"step\":0}\n",
@@ -838,10 +912,7 @@ static ccoe_status train_one_expert(train_ctx *t, int e, const ccoe_train_opts *
     st = ccoe_comm_agree(t->comm, st, err);
     if (st == CCOE_OK)
         st = train_loop(t, o, err);
-    if (t->metrics)
-        fclose(t->metrics);
-    t->metrics = NULL;
-    return st;
+    return metrics_close(t, st, err);
 }
 
 /* ---- set-up ---- */
@@ -950,12 +1021,13 @@ static ccoe_status setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg, const 
         ccoe_data_seek(&s->data, 0);
     }
     if (t->rank == 0) {
-        char mpath[CCOE_STR + 64];
-        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", s->cfg.train.out_dir);
-        t->metrics = fopen(mpath, o->resume ? "a" : "w");
+        snprintf(t->metrics_path, sizeof t->metrics_path, "%s/metrics.jsonl",
+                 s->cfg.train.out_dir);
+        t->metrics = ccoe_fs_open_output(t->metrics_path, o->resume != NULL, "metrics file", err);
         if (!t->metrics)
-            return ccoe_error_set(err, CCOE_ERR_IO, "cannot open %s for writing: %s", mpath,
-                                  strerror(errno));
+            return err->status;
+        if (o->resume)
+            CCOE_TRY(metrics_trim(t, t->st.step, err));
     }
     t->flops_per_token =
         ccoe_model_train_flops_per_token(&s->cfg.model, s->cfg.model.n_layer, s->cfg.model.seq_len);
@@ -1100,6 +1172,8 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
     if (groups)
         CCOE_TRY(world->ops->split(world, my_group, t->rank, &group, err));
     FILE *main_metrics = t->metrics;
+    char main_path[sizeof t->metrics_path];
+    memcpy(main_path, t->metrics_path, sizeof main_path);
     const int world_rank = t->rank, was_quiet = t->quiet;
     t->comm = groups ? &group : &t->serial;
     t->P = t->comm->size;
@@ -1111,6 +1185,7 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
         if (groups ? i == my_group : owner[i] == world_rank)
             local = train_one_expert(t, ids[i], o, err);
     t->metrics = main_metrics;
+    memcpy(t->metrics_path, main_path, sizeof main_path);
     t->comm = world;
     t->P = world->size;
     t->rank = world_rank;
@@ -1148,6 +1223,7 @@ static ccoe_status run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_erro
     }
     CCOE_TRY(ccoe_comm_agree(world, local, err));
     CCOE_TRY(run_eval(t, 1, !t->quiet, err));
+    CCOE_TRY(ccoe_comm_agree(world, metrics_flush(t, err), err));
     if (!t->quiet)
         printf("checkpoint: %s\nmetrics:    %s/metrics.<expert>.jsonl\n", t->ckpt_path,
                s->cfg.train.out_dir);
@@ -1237,8 +1313,7 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
 done:
-    if (t.metrics)
-        fclose(t.metrics);
+    st = metrics_close(&t, st, err);
     ccoe_st_close(resume_file);
     ccoe_adamw_free(&t.opt);
     free(t.json);
