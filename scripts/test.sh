@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs the whole test suite (CMocka units, command-line
-# tests and the MPI tests under mpirun) with CTest.
+# tests and the MPI tests under mpirun) with CTest. Arguments go to ctest (e.g. -R test_gemm).
+#
+# Then the sanitizer stage: a second build in build-asan/ with -DCCOE_SANITIZE=ON
+# (AddressSanitizer, LeakSanitizer, UBSan) runs the unit and MPI tests again; the command-line
+# tests (cli_*, long studies) and the Slurm test are left out. Any sanitizer report fails the
+# test: ASAN_OPTIONS and UBSAN_OPTIONS below halt on the first error. Open MPI's own leaks are
+# suppressed by tests/sanitizer/lsan.supp (CMakeLists.txt gives it to the MPI tests).
+# CCOE_TEST_SANITIZE=0 skips the stage.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 "$here/scripts/setup.sh" "$here/build"
@@ -8,3 +15,23 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 cd "$here/build"
 ctest --output-on-failure --timeout 900 "$@"
+
+if [[ ${CCOE_TEST_SANITIZE:-1} == 0 ]]; then
+  echo "test: sanitizer stage skipped (CCOE_TEST_SANITIZE=0)" >&2
+  exit 0
+fi
+asan="$here/build-asan"
+mkdir -p "$asan"
+log="$asan/build.log"
+echo "test: sanitizer stage (ASan + UBSan build in $asan)" >&2
+if ! { cmake -S "$here" -B "$asan" -DCCOE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+       cmake --build "$asan" -j "$(nproc)"; } >"$log" 2>&1; then
+  tail -n 40 "$log" >&2
+  echo "test: the sanitizer build failed; the full log is $log" >&2
+  exit 1
+fi
+# Options given by the caller come last and win.
+export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_leaks=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+cd "$asan"
+ctest --output-on-failure --timeout 900 -j "$(nproc)" -E '^(cli_|slurm_)' "$@"

@@ -379,10 +379,14 @@ static void test_profile(void **state)
         case_free(&a);
         case_free(&b);
 
-        /* more distinct shapes than the table holds: the extra calls are counted as dropped */
-        float one = 1.0f, out = 0.0f;
-        for (int k = 1; k <= CCOE_GEMM_PROF_MAX + 5; k++)
-            ccoe_gemm_run(&g, 0, 0, 1, 1, k, 1.0f, &one, k, &one, 1, 0.0f, &out, 1);
+        /* more distinct shapes than the table holds: the extra calls are counted as dropped
+         * (A is 1 x K and B is K x 1: both read K floats) */
+        enum { KMAX = CCOE_GEMM_PROF_MAX + 5 };
+        float ones[KMAX], out = 0.0f;
+        for (int k = 0; k < KMAX; k++)
+            ones[k] = 1.0f;
+        for (int k = 1; k <= KMAX; k++)
+            ccoe_gemm_run(&g, 0, 0, 1, 1, k, 1.0f, ones, k, ones, 1, 0.0f, &out, 1);
         assert_int_equal(p->n, CCOE_GEMM_PROF_MAX);
         assert_int_equal(p->dropped, 7); /* shapes 1x1xK, K = 95..101 (2 of the 96 used above) */
 
@@ -391,7 +395,7 @@ static void test_profile(void **state)
         const ccoe_gemm_prof_entry *e1 = prof_find(p, 0, 0, 1, 1, 1);
         assert_non_null(e1);
         assert_int_equal(e1->calls, 1);
-        ccoe_gemm_run(&g, 0, 0, 1, 1, 1, 1.0f, &one, 1, &one, 1, 0.0f, &out, 1);
+        ccoe_gemm_run(&g, 0, 0, 1, 1, 1, 1.0f, ones, 1, ones, 1, 0.0f, &out, 1);
         assert_int_equal(e1->calls, 1);
         free(p);
     }
