@@ -84,9 +84,7 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int started, stop;
-} g_wd = {.timeout = CCOE_WD_DEFAULT_TIMEOUT,
-          .mu = PTHREAD_MUTEX_INITIALIZER,
-          .cv = PTHREAD_COND_INITIALIZER};
+} g_wd = {.timeout = CCOE_WD_DEFAULT_TIMEOUT, .mu = PTHREAD_MUTEX_INITIALIZER};
 
 static double wd_timeout(void) { return atomic_load_explicit(&g_wd.timeout, memory_order_relaxed); }
 
@@ -169,8 +167,19 @@ static void wd_start_monitor(void)
 {
     if (g_wd.started)
         return;
+    /* the monitor's sleeps are timed on CLOCK_MONOTONIC (the default CLOCK_REALTIME deadline
+     * computed from a monotonic clock would lie in the past: the thread would spin) */
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0)
+        return;
+    int ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+             pthread_cond_init(&g_wd.cv, &ca) == 0;
+    pthread_condattr_destroy(&ca);
     /* a missing monitor only loses the in-transfer case; the arrival checks still work */
-    g_wd.started = pthread_create(&g_wd.thread, NULL, wd_monitor, NULL) == 0;
+    if (ok && pthread_create(&g_wd.thread, NULL, wd_monitor, NULL) == 0)
+        g_wd.started = 1;
+    else if (ok)
+        pthread_cond_destroy(&g_wd.cv);
 }
 
 static void wd_stop_monitor(void)
@@ -182,7 +191,9 @@ static void wd_stop_monitor(void)
     pthread_cond_signal(&g_wd.cv);
     pthread_mutex_unlock(&g_wd.mu);
     pthread_join(g_wd.thread, NULL);
+    pthread_cond_destroy(&g_wd.cv);
     g_wd.started = 0;
+    g_wd.stop = 0;
 }
 
 static void wd_sleep(double s)
