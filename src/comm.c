@@ -117,6 +117,13 @@ void ccoe_comm_serial(ccoe_comm *c)
     c->rank = 0;
     c->size = 1;
     c->failed_rank = -1;
+    c->step = -1;
+}
+
+void ccoe_comm_set_timeout(ccoe_comm *c, double seconds)
+{
+    if (c->ops->set_timeout)
+        c->ops->set_timeout(c, seconds);
 }
 
 ccoe_status ccoe_comm_agree_flags(ccoe_comm *c, ccoe_status local, double *flags, int n,

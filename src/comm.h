@@ -89,6 +89,14 @@ typedef struct ccoe_comm_ops {
     /* Ends every rank's process with exit code `code` (the caller prints the message first).
      * Does not return. */
     void (*abort)(ccoe_comm *c, int code);
+    /* Optional (NULL: no watchdog, as in the serial communicator). Sets the collective
+     * watchdog's timeout in seconds (0 = off) for this process's communicators: a rank that
+     * waits longer than that in one operation prints which operation, c->phase and step, how
+     * long, and which ranks had not arrived, then ends every rank with CCOE_EXIT_WATCHDOG
+     * (src/watchdog.h). Every rank must pass the same value at the same point of the program
+     * (between operations, with no non-blocking operation pending): it changes the messages
+     * the ranks exchange. */
+    void (*set_timeout)(ccoe_comm *c, double seconds);
 } ccoe_comm_ops;
 
 struct ccoe_comm {
@@ -100,6 +108,11 @@ struct ccoe_comm {
      * collective and the processes can exit normally, no abort needed): the lowest failing
      * rank; -1 otherwise */
     int failed_rank;
+    /* what the caller is doing, named in the watchdog's message ("allreduce of gradients"):
+     * a string that outlives the communicator, or NULL; and the training step (< 0: none).
+     * Plain stores by the caller: no communication. */
+    const char *phase;
+    long step;
 };
 
 /* The single-process communicator (rank 0 of 1). Always available. */
@@ -116,6 +129,17 @@ ccoe_status ccoe_comm_agree(ccoe_comm *c, ccoe_status local, ccoe_error *err);
  * ranks (e.g. a stop signal seen by any rank). COLLECTIVE. */
 ccoe_status ccoe_comm_agree_flags(ccoe_comm *c, ccoe_status local, double *flags, int n,
                                   ccoe_error *err);
+
+/* Sets the watchdog timeout (ops->set_timeout) if the communicator has one. Every rank at the
+ * same point with the same value (see set_timeout). */
+void ccoe_comm_set_timeout(ccoe_comm *c, double seconds);
+
+/* Names the caller's current phase and step for the watchdog's message (c->phase, c->step). */
+static inline void ccoe_comm_phase(ccoe_comm *c, const char *phase, long step)
+{
+    c->phase = phase;
+    c->step = step;
+}
 
 /* Rows [*b0, *b1) of a batch of B rows that rank r of P takes: contiguous, balanced
  * (sizes differ by at most one; a rank may get none when B < P). */

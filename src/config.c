@@ -181,6 +181,9 @@ static const ccoe_config_key key_table[] = {
     STR("mpi", "map", mpi.map, PATH_MAX_LEN, NULL, "",
         "placement = list: one rank per expert, e.g. \"0,1,1,0\" (MoE: per expert index of every "
         "MoE layer; CCoE: in ccoe.experts order); each rank below the job's rank count"),
+    DBL("mpi", "timeout", mpi.timeout, 0, 0, 1e6, 0, "300",
+        "collective watchdog: a rank that waits longer than this many seconds in one MPI "
+        "operation names the ranks it waits for and ends the job with exit code 3; 0 = off"),
 };
 
 #define NKEYS (sizeof key_table / sizeof key_table[0])

@@ -124,6 +124,8 @@ typedef enum ccoe_placement_kind {
 typedef struct ccoe_mpi_config {
     ccoe_placement_kind placement; /* [mpi] placement, default contiguous */
     char map[CCOE_STR];            /* [mpi] map = "r0,r1,..." one rank per expert (list) */
+    double timeout;                /* [mpi] collective watchdog, seconds [0, 1e6], 0 = off;
+                                    * default 300 (src/watchdog.h, mpi/comm_mpi.c) */
 } ccoe_mpi_config;
 
 typedef struct ccoe_config {

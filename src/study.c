@@ -900,6 +900,7 @@ static int finished_run(const study_variant *v, int *exists)
     if (ccoe_checkpoint_open(path, &stored, &f, &e) != CCOE_OK)
         return 0;
     const char *step = ccoe_st_meta(f, "step");
+    stored.mpi.timeout = v->cfg.mpi.timeout; /* the watchdog belongs to the job, not the run */
     int same = ccoe_config_hash(&stored) == ccoe_config_hash(&v->cfg) && step &&
                atol(step) == v->steps;
     ccoe_st_close(f);

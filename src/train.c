@@ -402,6 +402,8 @@ static ccoe_status check_replicas(train_ctx *t, ccoe_error *err)
 /* COLLECTIVE (expert-parallel MoE experts are gathered first); rank 0 writes. */
 static ccoe_status save_checkpoint(train_ctx *t, ccoe_error *err)
 {
+    /* the ranks wait for rank 0's write in the agreement that follows */
+    ccoe_comm_phase(t->comm, "checkpoint save (rank 0 writes)", t->st.step);
     if (t->expert_mode)
         return CCOE_OK;
     if (t->n_ep > 0)
@@ -512,6 +514,7 @@ static void write_moe_stats(train_ctx *t)
 static ccoe_status run_eval(train_ctx *t, int with_tasks, int print_table, ccoe_error *err)
 {
     ccoe_session *s = t->s;
+    ccoe_comm_phase(t->comm, "evaluation", t->st.step);
     if (t->expert_mode)
         return CCOE_OK;
     ccoe_comm *split = t->comm;
@@ -575,7 +578,9 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
      * model on zero rows so that it takes part in every exchange */
     const int exchange = t->placed || (t->P > 1 && m->n_moe > 0 && m->moe.ep_size == t->P);
     m->step = (uint64_t)t->st.step;
+    const long step = t->st.step + 1;
     for (int micro = 0; micro < tc->grad_accum; micro++) {
+        ccoe_comm_phase(c, "forward/backward exchange", step);
         /* every rank reads the whole global micro-batch and keeps its rows */
         ccoe_data_next_batch(&s->data, s->batch.tokens, s->batch.targets, s->batch.domains, B);
         long count = 0;
@@ -593,8 +598,10 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
         if (nan_hook)
             lsum = NAN;
         int64_t gcount = count;
+        ccoe_comm_phase(c, "token count", step);
         if (t->P > 1)
             CCOE_TRY(c->ops->allreduce_i64(c, &gcount, 1, err));
+        ccoe_comm_phase(c, "forward/backward exchange", step);
         sums[0] += lsum;
         sums[1] += aux * (double)count;
         aux_sum += aux;
@@ -623,7 +630,9 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
     double loss, aux;
     const int local_bad = !isfinite(sums[0]) || !isfinite(sums[1]);
     if (t->P > 1) {
+        ccoe_comm_phase(c, "allreduce of gradients", step);
         CCOE_TRY(dp_finish(t, err));
+        ccoe_comm_phase(c, "loss sums", step);
         CCOE_TRY(c->ops->allreduce_f64(c, sums, 3, err));
         loss = sums[0] / (double)tokens;
         aux = sums[1] / (double)tokens;
@@ -633,6 +642,7 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
     }
     t->step_flops = sums[2];
     double gnorm;
+    ccoe_comm_phase(c, "gradient norm", step);
     CCOE_TRY(grad_norm(t, &gnorm, err));
     t->aux = aux;
     *loss_out = loss;
@@ -699,6 +709,7 @@ static ccoe_status train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error
                                    ccoe_now() - run_t0 >= o->time_limit
                                ? 1.0
                                : 0.0};
+        ccoe_comm_phase(c, "agreement before the step", t->st.step + 1);
         CCOE_TRY(ccoe_comm_agree_flags(c, local, flags, 2, err));
         if (t->st.step >= tc->steps)
             break;
@@ -930,6 +941,7 @@ static ccoe_status setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg, const 
         stored.train.eval_every = cfg->train.eval_every;
         stored.train.ckpt_every = cfg->train.ckpt_every;
         stored.run = cfg->run;
+        stored.mpi.timeout = cfg->mpi.timeout; /* a property of this job, not of the run */
         memcpy(stored.train.out_dir, cfg->train.out_dir, sizeof stored.train.out_dir);
         /* the placement is the checkpoint's unless --set mpi.KEY=... changes it (it moves
          * experts between ranks, not the math) */
@@ -1261,6 +1273,9 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
                             t.rank, (unsigned long long)h);
         t.comm->failed_rank = 0;
     }
+    /* every rank has the same config now: the same watchdog timeout, set at the same point */
+    if (st == CCOE_OK)
+        ccoe_comm_set_timeout(t.comm, s.cfg.mpi.timeout);
     /* the model communicates too (expert-parallel MoE layers), except while experts train
      * independently; COLLECTIVE, then agreed on */
     if (st == CCOE_OK && t.P > 1 && !o->train_experts) {
