@@ -39,6 +39,8 @@ static int setup(void **state)
     g_cfg.model.seq_len = 16;
     g_cfg.train.batch_size = 2;
     g_cfg.train.steps = 3;
+    g_cfg.train.eval_batches = 1; /* the final evaluation: one batch, no task decoding */
+    g_cfg.data.task_examples = 0;
     snprintf(g_cfg.train.out_dir, sizeof g_cfg.train.out_dir, "%s/run", g_dir);
     ccoe_error err = {0};
     if (ccoe_config_validate(&g_cfg, &err) != CCOE_OK)
