@@ -534,6 +534,53 @@ static void test_handmade_invalid(void **state)
     g_open_flags = 0;
 }
 
+/* 200k tensors: the duplicate check and lookups stay fast (sorted names, not all pairs). */
+static void test_many_tensors(void **state)
+{
+    (void)state;
+    char p[PATH_MAX];
+    path_in_dir(p, sizeof p, "many.safetensors");
+    const int n = 200000;
+    size_t cap = (size_t)n * 64 + 64, used = 0;
+    char *json = malloc(cap);
+    assert_non_null(json);
+    used += (size_t)snprintf(json + used, cap - used, "{");
+    for (int i = 0; i < n; i++)
+        used += (size_t)snprintf(json + used, cap - used,
+                                 "%s\"t%06d\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}",
+                                 i ? "," : "", i);
+    snprintf(json + used, cap - used, "}");
+    write_raw(p, json, 8, NULL, 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ccoe_st_file *f = NULL;
+    ccoe_error err;
+    assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED, &f, &err), CCOE_OK);
+    assert_int_equal(ccoe_st_count(f), (size_t)n);
+    for (int i = 0; i < n; i += 997) {
+        char name[16];
+        snprintf(name, sizeof name, "t%06d", i);
+        assert_non_null(ccoe_st_find(f, name, NULL, NULL));
+    }
+    assert_null(ccoe_st_find(f, "t2000000", NULL, NULL));
+    ccoe_st_close(f);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    /* all pairs would be 2e10 comparisons (minutes); sorting is well under a second */
+    assert_true((double)(t1.tv_sec - t0.tv_sec) < 20.0);
+    /* the same header with one name repeated at the end */
+    json[used] = '\0'; /* drop the closing brace */
+    char *dup = malloc(cap + 128);
+    assert_non_null(dup);
+    snprintf(dup, cap + 128, "%s,\"t000007\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+             json);
+    write_raw(p, dup, 8, NULL, 0);
+    g_open_flags = CCOE_ST_ALLOW_UNCHECKED;
+    open_expect(p, CCOE_ERR_FORMAT, "'t000007' appears twice");
+    g_open_flags = 0;
+    free(dup);
+    free(json);
+}
+
 static void test_read_into_mismatch(void **state)
 {
     (void)state;
@@ -796,6 +843,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_truncation, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_corruption, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_handmade_invalid, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_many_tensors, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_read_into_mismatch, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_python_compat, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_write_errors, setup_dir, teardown_dir),
