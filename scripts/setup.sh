@@ -16,6 +16,7 @@ packages=(
   zlib1g-dev           # CRC-32 of checkpoint files
   gnuplot-nox          # PNG plots of studies (scripts/plot_study.sh)
   libsqlite3-dev       # SQL tasks: generated SQL is scored by running it (SQLite)
+  libpcre2-dev         # PCRE2: the BPE tokenizers' pre-tokenizer regexes (Unicode classes)
   python3 ca-certificates  # scripts/build_corpora.sh (extraction; npm is needed only there)
 )
 missing=()

@@ -121,7 +121,9 @@ static const ccoe_config_key key_table[] = {
 
     STR("data", "manifest", data.manifest, PATH_MAX_LEN, NULL, "builtin",
         "\"builtin\" (the embedded data set) or a manifest file path"),
-    STR("data", "tokenizer", data.tokenizer, 63, NULL, "byte", "tokenizer name (\"byte\")"),
+    STR("data", "tokenizer", data.tokenizer, PATH_MAX_LEN, NULL, "byte",
+        "\"byte\", or a directory with a byte-level BPE: vocab.json + merges.txt (GPT-2) or "
+        "tokenizer.json"),
     DBL("data", "val_fraction", data.val_fraction, 0, 1, 0.5, 0, "0.1",
         "share of each domain held out for validation"),
     INT("data", "task_examples", data.task_examples, 0, 1000000, "200",
@@ -836,7 +838,8 @@ ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err)
                               "data.manifest is empty: set it to \"builtin\" or a manifest path");
     if (!c->data.tokenizer[0])
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "data.tokenizer is empty: set it to \"byte\"");
+                              "data.tokenizer is empty: set it to \"byte\" or a BPE tokenizer "
+                              "directory");
 
     if (c->model.ffn_hidden == 0) {
         int C = m->n_embd;

@@ -57,7 +57,7 @@ typedef struct ccoe_train_config {
 
 typedef struct ccoe_data_config {
     char manifest[CCOE_STR];  /* [data] "builtin" or a manifest file path */
-    char tokenizer[64];       /* [data] "byte" */
+    char tokenizer[CCOE_STR]; /* [data] "byte" or a BPE tokenizer directory */
     double val_fraction;      /* [data] per-domain validation share (0, 0.5], default 0.1 */
     int task_examples;        /* [data] task examples per domain at eval, 0 = none; default 200 */
 } ccoe_data_config;

@@ -167,8 +167,8 @@ static ccoe_status append_doc(dom_build *b, const char *text, size_t len, ccoe_e
         ops->encode(b->tok->self, text, len, b->ids + b->n + 1, k);
     }
     b->doc_start[b->n_docs++] = b->n;
-    b->ids[b->n] = CCOE_TOK_BOS;
-    b->ids[b->n + 1 + k] = CCOE_TOK_EOS;
+    b->ids[b->n] = b->tok->bos;
+    b->ids[b->n + 1 + k] = b->tok->eos;
     b->n += k + 2;
     return CCOE_OK;
 }
@@ -873,11 +873,12 @@ ccoe_status ccoe_data_load(ccoe_dataset *ds, const char *manifest_path, const cc
                               "no data manifest given: use 'builtin' or a manifest file path");
     if (!tok || !tok->ops)
         return ccoe_error_set(err, CCOE_ERR_ARG, "no tokenizer given (ccoe_tokenizer_init first)");
-    if (tok->ops->vocab_size(tok->self) <= CCOE_TOK_SEP)
+    if (tok->bos < 0 || tok->eos < 0 || tok->pad < 0)
         return ccoe_error_set(err, CCOE_ERR_ARG,
-                              "tokenizer '%s' has %d ids but the data module needs the specials "
-                              "BOS/EOS/PAD/SEP (ids up to %d)",
-                              tok->ops->name, tok->ops->vocab_size(tok->self), CCOE_TOK_SEP);
+                              "the %s tokenizer has no end-of-text token (<|endoftext|>, "
+                              "<|end_of_text|> or </s>) but the data module needs one between "
+                              "documents: use a tokenizer that has one",
+                              tok->ops->name);
     if (T < 1)
         return ccoe_error_set(err, CCOE_ERR_ARG, "sequence length T = %d: must be >= 1", T);
     if (!(val_fraction > 0.0 && val_fraction < 1.0))

@@ -115,7 +115,7 @@ ccoe_status ccoe_generate(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
     int Tc = 1;
     for (int i = 0; i < n; i++) {
         int32_t *row = b->tokens + (size_t)i * T;
-        row[0] = CCOE_TOK_BOS;
+        row[0] = tok->bos;
         size_t need = tok->ops->encode(tok->self, prompts[i], strlen(prompts[i]), row + 1,
                                        (size_t)T - 1);
         len[i] = 1 + (int)(need < (size_t)T - 1 ? need : (size_t)T - 1);
@@ -132,7 +132,7 @@ ccoe_status ccoe_generate(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
         const int32_t *src = b->tokens + (size_t)i * T;
         int32_t *dst = b->targets + (size_t)i * Tc;
         for (int t = 0; t < Tc; t++)
-            dst[t] = t < len[i] ? src[t] : CCOE_TOK_PAD;
+            dst[t] = t < len[i] ? src[t] : tok->pad;
     }
     CCOE_TRY(ccoe_model_decode_prefill(m, b->targets, b->domains, n, Tc, err));
     ccoe_token_prob *scratch = NULL; /* generation, not a training step: allocated per call */
@@ -163,7 +163,7 @@ ccoe_status ccoe_generate(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
             int next = ccoe_sample_token(lg, V, samp, u, scratch);
             char piece[16];
             size_t k = tok->ops->decode(tok->self, &next, 1, piece, sizeof piece);
-            if (next == CCOE_TOK_EOS || (k == 1 && piece[0] == stop)) {
+            if (next == tok->eos || (k == 1 && piece[0] == stop)) {
                 done[i] = 1;
                 continue;
             }

@@ -18,6 +18,7 @@
 #include "session.h"
 #include "status.h"
 #include "study.h"
+#include "tokenizer.h"
 #include "train.h"
 
 static const char *k_usage =
@@ -75,6 +76,11 @@ static const char *k_usage =
     "        of the same config are reused (--force retrains)\n"
     "  data write-builtin DIR\n"
     "        write the embedded default data set as files plus a manifest\n"
+    "  tokenizer encode TOKENIZER [FILE|-] | tokenizer decode TOKENIZER [FILE|-]\n"
+    "        encode: the token ids of each line of FILE (standard input if absent or -),\n"
+    "        space separated, one output line per input line; decode: the inverse (a line of\n"
+    "        ids back to its text); TOKENIZER is byte or a directory with vocab.json +\n"
+    "        merges.txt or tokenizer.json (scripts/fetch_gpt2_tokenizer.sh fetches GPT-2's)\n"
     "  help-config\n"
     "        every config key with its allowed values and default\n"
     "\n"
@@ -750,6 +756,147 @@ static int cmd_data(int argc, char **argv)
     return usage_error("data takes: write-builtin DIR", "");
 }
 
+/* Writes v in decimal to f (ids are printed by the million: no printf per id). */
+static void put_id(FILE *f, int32_t v)
+{
+    char b[16];
+    int n = 0;
+    uint32_t u = v < 0 ? (uint32_t)0 - (uint32_t)v : (uint32_t)v;
+    do
+        b[n++] = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (v < 0)
+        b[n++] = '-';
+    while (n)
+        putc_unlocked(b[--n], f);
+}
+
+/* ccoe tokenizer encode|decode TOKENIZER [FILE|-]: one output line per input line. */
+static int cmd_tokenizer(int argc, char **argv)
+{
+    if (argc < 2 || argc > 3 || (strcmp(argv[0], "encode") != 0 && strcmp(argv[0], "decode") != 0))
+        return usage_error("tokenizer takes: encode TOKENIZER [FILE|-] or decode TOKENIZER "
+                           "[FILE|-]", "");
+    const int enc = strcmp(argv[0], "encode") == 0;
+    const char *path = argc == 3 ? argv[2] : "-";
+    ccoe_error err = {0};
+    ccoe_tokenizer tok;
+    if (ccoe_tokenizer_init(&tok, argv[1], &err) != CCOE_OK)
+        return fail(&err);
+    FILE *in = stdin;
+    if (strcmp(path, "-") != 0 && !(in = ccoe_fs_fopen_input(path, "input file", &err))) {
+        ccoe_tokenizer_free(&tok);
+        return fail(&err);
+    }
+    static char obuf[1 << 16];
+    setvbuf(stdout, obuf, _IOFBF, sizeof obuf);
+    char *line = NULL, *text = NULL;
+    size_t line_cap = 0, text_cap = 0, ids_cap = 0, lineno = 0;
+    int32_t *ids = NULL;
+    ssize_t n;
+    int rc = 0;
+    while ((n = getline(&line, &line_cap, in)) >= 0) {
+        lineno++;
+        size_t len = (size_t)n;
+        if (len && line[len - 1] == '\n')
+            len--;
+        if (enc) {
+            size_t k = tok.ops->encode(tok.self, line, len, ids, ids_cap);
+            if (k > ids_cap) {
+                int32_t *p = realloc(ids, k * sizeof *p);
+                if (!p) {
+                    ccoe_error_set(&err, CCOE_ERR_NOMEM, "out of memory encoding line %zu",
+                                   lineno);
+                    rc = fail(&err);
+                    goto done;
+                }
+                ids = p;
+                ids_cap = k;
+                tok.ops->encode(tok.self, line, len, ids, ids_cap);
+            }
+            for (size_t i = 0; i < k; i++) {
+                if (i)
+                    putc_unlocked(' ', stdout);
+                put_id(stdout, ids[i]);
+            }
+            putc_unlocked('\n', stdout);
+            continue;
+        }
+        line[len] = '\0';
+        size_t k = 0;
+        for (char *p = line, *end;; p = end) {
+            while (*p == ' ' || *p == '\t' || *p == '\r')
+                p++;
+            if (!*p)
+                break;
+            errno = 0;
+            long v = strtol(p, &end, 10);
+            if (end == p || errno || v < INT32_MIN || v > INT32_MAX ||
+                (*end && *end != ' ' && *end != '\t' && *end != '\r')) {
+                ccoe_error_set(&err, CCOE_ERR_FORMAT,
+                               "%s line %zu: '%.20s' is not a token id: decode takes lines of "
+                               "space-separated ids (what encode prints)",
+                               path, lineno, p);
+                rc = fail(&err);
+                goto done;
+            }
+            if (k == ids_cap) {
+                size_t c = ids_cap ? 2 * ids_cap : 1024;
+                int32_t *q = realloc(ids, c * sizeof *q);
+                if (!q) {
+                    ccoe_error_set(&err, CCOE_ERR_NOMEM, "out of memory decoding line %zu",
+                                   lineno);
+                    rc = fail(&err);
+                    goto done;
+                }
+                ids = q;
+                ids_cap = c;
+            }
+            ids[k++] = (int32_t)v;
+        }
+        size_t cap = text_cap ? text_cap : 4096, got = 0;
+        for (;;) {
+            if (cap > text_cap) {
+                char *q = realloc(text, cap);
+                if (!q) {
+                    ccoe_error_set(&err, CCOE_ERR_NOMEM, "out of memory decoding line %zu",
+                                   lineno);
+                    rc = fail(&err);
+                    goto done;
+                }
+                text = q;
+                text_cap = cap;
+            }
+            if (ccoe_tokenizer_decode(&tok, ids, k, text, text_cap, &got, &err) != CCOE_OK) {
+                ccoe_error_wrap(&err, "%s line %zu", path, lineno);
+                rc = fail(&err);
+                goto done;
+            }
+            if (got + 1 < text_cap)
+                break;
+            cap = 2 * text_cap;
+        }
+        fwrite(text, 1, got, stdout);
+        putc_unlocked('\n', stdout);
+    }
+    if (ferror(in)) {
+        ccoe_error_set(&err, CCOE_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+        rc = fail(&err);
+    }
+done:
+    if (fflush(stdout) != 0 && rc == 0) {
+        ccoe_error_set(&err, CCOE_ERR_IO, "cannot write the output: %s", strerror(errno));
+        rc = fail(&err);
+    }
+    free(line);
+    free(text);
+    free(ids);
+    if (in != stdin)
+        fclose(in);
+    ccoe_tokenizer_free(&tok);
+    return rc;
+}
+
 static int run_command(int argc, char **argv);
 
 /* Under an MPI launcher (mpirun -np P ccoe train ...) every rank runs `train`; the other
@@ -823,6 +970,8 @@ static int run_command(int argc, char **argv)
         return cmd_data(argc - 2, argv + 2);
     if (strcmp(cmd, "study") == 0)
         return cmd_study(argc - 2, argv + 2);
+    if (strcmp(cmd, "tokenizer") == 0)
+        return cmd_tokenizer(argc - 2, argv + 2);
     if (strcmp(cmd, "help-config") == 0 || strcmp(cmd, "--help-config") == 0) {
         ccoe_config_print_help(stdout);
         return 0;
