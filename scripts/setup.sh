@@ -17,6 +17,7 @@ packages=(
   gnuplot-nox          # PNG plots of studies (scripts/plot_study.sh)
   libsqlite3-dev       # SQL tasks: generated SQL is scored by running it (SQLite)
   libpcre2-dev         # PCRE2: the BPE tokenizers' pre-tokenizer regexes (Unicode classes)
+  python3-regex        # tests: GPT-2's encoder.py, a reference for the BPE tokenizer
   python3 ca-certificates  # scripts/build_corpora.sh (extraction; npm is needed only there)
 )
 missing=()

@@ -779,6 +779,7 @@ static int cmd_tokenizer(int argc, char **argv)
                            "[FILE|-]", "");
     const int enc = strcmp(argv[0], "encode") == 0;
     const char *path = argc == 3 ? argv[2] : "-";
+    const char *name = strcmp(path, "-") == 0 ? "standard input" : path;
     ccoe_error err = {0};
     ccoe_tokenizer tok;
     if (ccoe_tokenizer_init(&tok, argv[1], &err) != CCOE_OK)
@@ -836,7 +837,7 @@ static int cmd_tokenizer(int argc, char **argv)
                 ccoe_error_set(&err, CCOE_ERR_FORMAT,
                                "%s line %zu: '%.20s' is not a token id: decode takes lines of "
                                "space-separated ids (what encode prints)",
-                               path, lineno, p);
+                               name, lineno, p);
                 rc = fail(&err);
                 goto done;
             }
@@ -868,7 +869,7 @@ static int cmd_tokenizer(int argc, char **argv)
                 text_cap = cap;
             }
             if (ccoe_tokenizer_decode(&tok, ids, k, text, text_cap, &got, &err) != CCOE_OK) {
-                ccoe_error_wrap(&err, "%s line %zu", path, lineno);
+                ccoe_error_wrap(&err, "%s line %zu", name, lineno);
                 rc = fail(&err);
                 goto done;
             }
@@ -880,7 +881,7 @@ static int cmd_tokenizer(int argc, char **argv)
         putc_unlocked('\n', stdout);
     }
     if (ferror(in)) {
-        ccoe_error_set(&err, CCOE_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+        ccoe_error_set(&err, CCOE_ERR_IO, "cannot read %s: %s", name, strerror(errno));
         rc = fail(&err);
     }
 done:

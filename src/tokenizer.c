@@ -100,11 +100,11 @@ ccoe_status ccoe_tokenizer_decode(const ccoe_tokenizer *tok, const int32_t *ids,
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= V ||
             (tok->ops->id_known && !tok->ops->id_known(tok->self, ids[i])))
-            return ccoe_error_set(err, CCOE_ERR_ARG,
-                                  "unknown token id %ld at position %zu: the %s tokenizer's ids "
-                                  "are 0..%d%s",
-                                  (long)ids[i], i, tok->ops->name, V - 1,
-                                  tok->ops->id_known ? " (not all of them used)" : "");
+            return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                  "unknown token id %ld at position %zu: the %s tokenizer has "
+                                  "no such id (its ids are below %d): were these ids made by "
+                                  "another tokenizer?",
+                                  (long)ids[i], i, tok->ops->name, V);
     }
     *len = tok->ops->decode(tok->self, ids, n, out, cap);
     return CCOE_OK;
