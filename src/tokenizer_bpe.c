@@ -346,8 +346,11 @@ static ccoe_status add_vocab(bpe *t, const cJSON *vocab, ccoe_error *err)
             break;
         }
         int32_t id = (int32_t)e->valuedouble;
-        if (id < t->V && t->tok_len[id] != UINT32_MAX)
-            continue; /* an added token (its text is literal) */
+        int added = 0;
+        for (int i = 0; id < t->V && t->tok_len[id] != UINT32_MAX && i < t->n_specials; i++)
+            added |= t->specials[i].id == id;
+        if (added)
+            continue; /* an added token: it keeps its literal text */
         size_t n = strlen(s);
         if (n + 1 > buf_cap) {
             buf_cap = 2 * n + 64;
