@@ -161,16 +161,19 @@ ccoe_status ccoe_generate(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
                                               (uint64_t)len[i], 0x5a) >> 11) * 0x1p-53
                         : 0.0;
             int next = ccoe_sample_token(lg, V, samp, u, scratch);
-            char piece[16];
+            char piece[1024]; /* a BPE token is many bytes: the stop may be inside it */
             size_t k = tok->ops->decode(tok->self, &next, 1, piece, sizeof piece);
-            if (next == tok->eos || (k == 1 && piece[0] == stop)) {
-                done[i] = 1;
-                continue;
-            }
-            if (olen[i] + k + 1 < out_cap) {
+            const char *at = memchr(piece, stop, k);
+            if (at)
+                k = (size_t)(at - piece); /* its text up to the stop is kept */
+            if (next != tok->eos && olen[i] + k + 1 < out_cap) {
                 memcpy(outs[i] + olen[i], piece, k);
                 olen[i] += k;
                 outs[i][olen[i]] = '\0';
+            }
+            if (next == tok->eos || at) {
+                done[i] = 1;
+                continue;
             }
             b->tokens[(size_t)i * T + len[i]] = next;
             len[i]++;
