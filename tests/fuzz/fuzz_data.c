@@ -29,7 +29,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define MAX_FILES 8
+#define MAX_FILES 12
 #define T_SEQ 8
 #define B_ROWS 3
 
