@@ -17,6 +17,7 @@ packages=(
   gnuplot-nox          # PNG plots of studies (scripts/plot_study.sh)
   libsqlite3-dev       # SQL tasks: generated SQL is scored by running it (SQLite)
   python3 ca-certificates  # scripts/build_corpora.sh (extraction; npm is needed only there)
+  clang libclang-rt-14-dev libomp-14-dev  # libFuzzer harnesses (scripts/fuzz.sh, tests/fuzz)
 )
 missing=()
 for p in "${packages[@]}"; do
