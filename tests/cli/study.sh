@@ -115,7 +115,8 @@ printf '[study]\n  description = one\n\n; comment\nbogus = 1\n' > bad-line.ini
 bad line "line 5: unknown key study.bogus"
 printf '[study]\nname = ../../escaped\nbudget = tokens:100\nvariants = a\n[variant.a]\n' > bad-name.ini
 bad name "study.name = '../../escaped'"
-expect_fail 2 "study.name" -- "$CCOE" study bad-key.ini --set study.name=../x
+printf '[study]\nbudget = tokens:100\nvariants = a\n[variant.a]\n' > named.ini
+expect_fail 2 "study.name = '../x'" -- "$CCOE" study named.ini --set study.name=../x
 [[ ! -e ../../escaped && ! -e runs ]] || fail "a bad study name created a folder"
 expect_fail 2 "cannot open study file" -- "$CCOE" study missing.ini
 expect_fail 2 "study needs a STUDY_FILE" -- "$CCOE" study
