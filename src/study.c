@@ -1228,10 +1228,8 @@ static ccoe_status open_out(const char *dir, const char *name, FILE **f, ccoe_er
 {
     char path[CCOE_STR + 128];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    *f = fopen(path, "w");
-    if (!*f)
-        return ccoe_error_set(err, CCOE_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-    return CCOE_OK;
+    *f = ccoe_fs_open_output(path, 0, "study output file", err); /* never through a symlink */
+    return *f ? CCOE_OK : err->status;
 }
 
 /* The data behind scripts/plot_study.sh (gnuplot): OUT/plot/{meta.gp, curves.dat, val.dat,
