@@ -19,6 +19,7 @@ packages=(
   libpcre2-dev         # PCRE2: the BPE tokenizers' pre-tokenizer regexes (Unicode classes)
   python3-regex        # tests: GPT-2's encoder.py, a reference for the BPE tokenizer
   python3 ca-certificates  # scripts/build_corpora.sh (extraction; npm is needed only there)
+  clang libclang-rt-14-dev libomp-14-dev  # libFuzzer harnesses (scripts/fuzz.sh, tests/fuzz)
 )
 missing=()
 for p in "${packages[@]}"; do

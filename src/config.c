@@ -28,6 +28,7 @@
 
 #include "fs.h"
 #include "iniread.h"
+#include "gate.h"
 #include "moe.h"
 #include "placement.h"
 
@@ -41,8 +42,22 @@ static const char *const form_names[] = {"none", "tail", "prefix", "ffn", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
 static const char *const placement_names[] = {"contiguous", "round_robin", "balanced", "list",
                                               NULL};
-static const char *const moe_gate_names[] = {"none", "softmax", "topk", "noisy_topk", "domain",
-                                             NULL};
+/* moe.gate: "none" and every gate of the registry (variants/gate_registry.c), filled in once
+ * by gate_names_fill before the table is first read, so a new gate needs no line here. */
+#define MOE_GATE_NAMES_CAP 32
+static const char *moe_gate_names[MOE_GATE_NAMES_CAP + 2] = {"none", NULL};
+
+static void gate_names_fill(void)
+{
+    static int filled;
+    if (filled)
+        return;
+    int n = ccoe_gate_count();
+    assert(n <= MOE_GATE_NAMES_CAP && "raise MOE_GATE_NAMES_CAP");
+    for (int i = 0; i < n && i < MOE_GATE_NAMES_CAP; i++)
+        moe_gate_names[1 + i] = ccoe_gate_at(i)->name;
+    filled = 1;
+}
 
 _Static_assert(sizeof(ccoe_norm_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_ffn_kind) == sizeof(int), "enums are stored as int");
@@ -152,8 +167,8 @@ static const ccoe_config_key key_table[] = {
         "train only this expert (base frozen) on its domains' data; empty = train everything"),
 
     STR("moe", "gate", moe.gate, 31, moe_gate_names, "none",
-        "MoE FFNs in the base blocks: none (dense), softmax, topk, noisy_topk (Shazeer), domain "
-        "(expert = domain id)"),
+        "MoE FFNs in the base blocks: none (dense) or a gate of variants/ (softmax, topk, "
+        "noisy_topk: Shazeer; domain: expert = domain id)"),
     INT("moe", "n_experts", moe.n_experts, 1, CCOE_MOE_MAX_EXPERTS, "8",
         "E: experts per MoE layer"),
     INT("moe", "top_k", moe.top_k, 1, CCOE_MOE_MAX_EXPERTS, "2",
@@ -192,6 +207,7 @@ static const ccoe_config_key key_table[] = {
 
 const ccoe_config_key *ccoe_config_keys(size_t *n)
 {
+    gate_names_fill();
     if (n)
         *n = NKEYS;
     return key_table;
@@ -300,6 +316,7 @@ static int str_ieq(const char *a, const char *b)
 
 static const ccoe_config_key *find_key(const char *section, const char *key)
 {
+    gate_names_fill();
     for (size_t i = 0; i < NKEYS; i++)
         if (strcmp(key_table[i].section, section) == 0 && strcmp(key_table[i].key, key) == 0)
             return &key_table[i];
@@ -636,6 +653,7 @@ static void format_value(const ccoe_config_key *k, const ccoe_config *c, char *b
 
 void ccoe_config_defaults(ccoe_config *c)
 {
+    gate_names_fill();
     memset(c, 0, sizeof *c);
     for (size_t i = 0; i < NKEYS; i++) {
         ccoe_status st = parse_value(&key_table[i], c, key_table[i].def, "default", NULL);

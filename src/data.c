@@ -84,6 +84,7 @@
 #include "data_builtin.h"
 #include "fs.h"
 #include "rng.h"
+#include "safetensors.h"
 #include "sqlexec.h"
 
 #define STREAM_TAG 0x73747265616d0000ULL /* "stream": key of the per-epoch shuffle */
@@ -1013,14 +1014,10 @@ static ccoe_status write_file(const char *dir, const char *name, const char *dat
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
         return ccoe_error_set(err, CCOE_ERR_IO, "path too long: '%s/%s'", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return ccoe_error_set(err, CCOE_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
-    int ok = fwrite(data, 1, len, f) == len;
-    ok &= fclose(f) == 0;
-    if (!ok)
-        return ccoe_error_set(err, CCOE_ERR_IO, "error writing '%s' (disk full?)", path);
-    return CCOE_OK;
+    /* atomic: a symbolic link planted at path is replaced, never written through */
+    const void *parts[1] = {data};
+    const size_t sizes[1] = {len};
+    return ccoe_write_file_atomic(path, parts, sizes, 1, err);
 }
 
 /* Appends s to a growing buffer; 0 on allocation failure. */

@@ -9,8 +9,7 @@
  * BLIS. This is the only file that includes <blis.h> and <libxsmm.h>.
  *
  * BLIS kernel choice: Debian's runtime-dispatched BLIS 0.9 does not recognise recent CPUs (e.g.
- * AMD Zen 5) and then silently runs its reference kernels (~35 GFLOP/s instead of ~200 per
- * core). BLIS reads BLIS_ARCH_TYPE once, when it first initialises, so the first ccoe_gemm_init
+ * AMD Zen 5) and then silently runs its reference kernels, several times slower. BLIS reads BLIS_ARCH_TYPE once, when it first initialises, so the first ccoe_gemm_init
  * sets it (unless the user already did) before BLIS's first call, and reports what BLIS chose.
  *
  * Not here: batched/grouped GEMM, bf16, anything allocating memory on the call path.
@@ -37,7 +36,7 @@
 
 #include "perf.h"
 
-/* ---- AUTO policy (measured on AMD Zen 5; see gemm_auto_uses_xsmm) ---- */
+/* ---- AUTO policy (see gemm_auto_uses_xsmm; papers/kernels.md has the measurements) ---- */
 
 /* AUTO uses libxsmm for every problem of at most this many multiply-adds (2^25, e.g. 256^3) ... */
 #define CCOE_GEMM_XSMM_SMALL_MNK (1L << 25)
@@ -54,16 +53,12 @@
 /* ---- BLIS small-problem ("sup") path ----
  * BLIS 0.9 sends a product to its unpacked small-problem kernels whenever one dimension is under
  * the configuration's threshold (zen3 sgemm: m < 512, n < 200 or k < 240), so every 256-token
- * GEMM of the GPT-2-124M shape (M = B*T = 256) ran there, reading strided operands unpacked.
- * Measured with 2 threads on an AVX2 EPYC (zen3 kernels, GFLOP/s small path vs packed;
- * CCOE_GEMM_BENCH=1 build/test_gemm with CCOE_BLIS_SUP=on, then off): ABt 256x768x3072 68-72 vs
- * 148-167, AB 256x3072x768 60-67 vs 158, AtB 256x1024x1024 74-103 vs 136-158, ABt 1024x256x64
- * 93-97 vs 149-156; the small path wins or ties only on small or thin problems (128^3 120-153
- * vs 58-110, AtB 16x768x768 114-130 vs 95-103, AB 4096x64x64 172-184 vs 140).
- * Above this many multiply-adds, with every dimension at least the minimum, it is switched off
- * per call (the 124M bench step went from 164-175 to 187-190 tok/s). BLIS's skx configuration
- * has no small path (thresholds 0), so AVX-512 runs are unaffected. CCOE_BLIS_SUP=on leaves the
- * choice to BLIS, =off never takes the small path (for rerunning the comparison). */
+ * GEMM of the GPT-2-124M shape (M = B*T = 256) ran there, reading strided operands unpacked,
+ * at about half the packed path's speed; the small path wins or ties only on small or thin
+ * problems (papers/kernels.md). Above this many multiply-adds, with every dimension at least
+ * the minimum, it is switched off per call. BLIS's skx configuration has no small path
+ * (thresholds 0), so AVX-512 runs are unaffected. CCOE_BLIS_SUP=on leaves the choice to BLIS,
+ * =off never takes the small path (for rerunning the comparison). */
 #define CCOE_GEMM_BLIS_SUP_MAX_MNK (1L << 24)
 #define CCOE_GEMM_BLIS_SUP_MIN_DIM 32
 
@@ -289,7 +284,7 @@ static void gemm_blis(int nthreads, int transa, int transb, int M, int N, int K,
 /* Column-major kernel for rows [.., .. + rows) of the row-major C: m = N, n = rows, k = K,
  * first operand B (N columns, ld ldb), second operand A (ld lda, transposed when transa).
  * Returns NULL when libxsmm has no kernel for it. No cache of our own: libxsmm's registry lookup
- * measured 18-34 ns per call, under 0.3% of even a 128x128x64 product. */
+ * costs a tiny fraction of even a small product. */
 static libxsmm_smmfunction xsmm_kernel(int transa, int rows, int N, int K, int lda, int ldb,
                                        float beta, int ldc)
 {
@@ -349,23 +344,15 @@ static int gemm_xsmm(int nthreads, int transa, int transb, int M, int N, int K, 
 
 /* ---- dispatch ---- */
 
-/* AUTO policy: libxsmm where its unpacked JIT kernels beat BLIS, BLIS for the rest. Measured
- * single-threaded, quiet machine and with a second process running the same GEMM on the other
- * core (like two MPI ranks), GFLOP/s libxsmm vs BLIS:
- * - small problems: BLIS's packing and thread setup dominate, libxsmm is 1.2-3x faster
- *   (64^3: 217 vs 57; 128x128x64: 222 vs 110-120; 256^3: 222 vs 178; 512x512x128 with transa:
- *   213 vs 193). Threaded BLIS is even slower there.
+/* AUTO policy: libxsmm where its unpacked JIT kernels beat BLIS, BLIS for the rest
+ * (papers/kernels.md has the measurements behind it):
+ * - small problems: BLIS's packing and thread setup dominate, libxsmm is faster.
  * - larger problems: libxsmm does no packing or cache blocking and re-reads op(B) for every few
- *   rows of C. While op(B) stays in L2 it still wins or ties (1024x256x768: 207-221 vs 195;
- *   1024x768x256: 194-206 vs 201-206); beyond that it falls behind, most under contention
- *   (1024x1024x256: 154-176 vs 185-209; 256x50304x768: 104 vs 141; 64x3072x768 next to another
- *   process: 116 vs 140-151); with 4 KiB leading dimensions it loses 5-15% (1024x1024x128:
- *   189 vs 202); its transposed-A kernels trail BLIS on larger problems (768x768x1024: 122 vs
- *   187).
- * With AVX2-only kernels (libxsmm "hsw", BLIS "zen3"/"haswell"; measured on a 2-core AMD EPYC
- * without AVX-512, best of 15) the larger-problem rule loses: 1024x256x768 160 vs 115 (2
- * threads) and 88 vs 66 (1 thread), 1024x256x256 182 vs 172; the small-problem rule still wins
- * (128x128x64: 117 vs 72; 512x256x256: 194 vs 171). There only the small rule applies. */
+ *   rows of C. While op(B) stays in L2 it still wins or ties with AVX-512 kernels; beyond that
+ *   it falls behind, most under contention, and also with 4 KiB leading dimensions (cache-set
+ *   aliasing) and with transposed A.
+ * With AVX2-only kernels (libxsmm "hsw", BLIS "zen3"/"haswell") the larger-problem rule loses
+ * and only the small rule applies. */
 static int gemm_auto_uses_xsmm(int transa, int M, int N, int K, int ldb, int ldc)
 {
     if ((long)M * N * K <= CCOE_GEMM_XSMM_SMALL_MNK)

@@ -83,8 +83,8 @@ void ccoe_embed_forward(float *out, const int32_t *tokens, const float *wte, con
 
 /* Tokens repeat, so rows of dwte collide. Each thread owns a contiguous range of token ids (and
  * of positions) and scans all rows, adding only what it owns: no races, each row sums in the
- * serial order. Splitting by column instead (each thread half of every row) measured 2-4x
- * slower on 2 threads: the hardware prefetchers pull the other thread's half of the rows. The
+ * serial order. Splitting by column instead (each thread half of every row) is several times
+ * slower: the hardware prefetchers pull the other thread's half of the rows. The
  * token range balances only as well as the token ids do; at worst it runs at serial speed. */
 void ccoe_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                          int B, int T, int C)
@@ -332,8 +332,8 @@ static void transpose_scaled(float *restrict dst, int ld, const float *restrict 
  * lse[i0..i0+m) and 1 / rowsum to inv[0..m) (the caller scales O = S V by it: m x hd work
  * instead of m x n). Row i sees keys 0..i. Rows are short (T <= ~1k), so per-row loop overhead
  * matters: the loops run over that count rounded up to 16 (still within ld) with the extra
- * entries set to -inf, in explicit blocks of 16 lanes with lane-wise partial max/sum (measured
- * ~1.4x faster than `omp simd` reductions, whose prologues and remainders dominate here). */
+ * entries set to -inf, in explicit blocks of 16 lanes with lane-wise partial max/sum (faster
+ * than `omp simd` reductions, whose prologues and remainders dominate here). */
 static void attn_softmax_rows(float *S, int ld, float *lse, float *inv, int i0, int m, int n)
 {
     for (int r = 0; r < m; r++) {

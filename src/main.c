@@ -14,6 +14,7 @@
 #include "eval.h"
 #include "expert.h"
 #include "fs.h"
+#include "gate.h"
 #include "gating.h"
 #include "session.h"
 #include "status.h"
@@ -53,7 +54,7 @@ static const char *k_usage =
     "  info CHECKPOINT\n"
     "        stored config, training state and tensors of a checkpoint\n"
     "  bench [--shape small|tiny-wide|gpt2-124m|all] [--steps N] [--threads N] [--gemm B] [--ffn gelu|swiglu]\n"
-    "        [--moe none|softmax|topk|noisy_topk] [--ccoe none|tail|prefix|ffn] [--profile]\n"
+    "        [--moe none|GATE] [--ccoe none|tail|prefix|ffn] [--profile]\n"
     "        training throughput and model-FLOP utilisation on reference shapes; --profile\n"
     "        adds each shape's GEMM calls by size (time per step, GFLOP/s, share of the step)\n"
     "  push MODEL EXPERT_FILE [--domain D]... [-o OUT]\n"
@@ -108,6 +109,14 @@ static int fail(const ccoe_error *err)
 }
 
 /* Usage errors come from the command line, the same on every rank: rank 0 prints. */
+/* The usage text, and the gates the registry holds (variants/gate_registry.c). */
+static void print_usage(FILE *out)
+{
+    char gates[256];
+    ccoe_gate_list_names(gates, sizeof gates);
+    fprintf(out, "%sGATE (moe.gate, --moe): %s\n", k_usage, gates);
+}
+
 static int usage_error(const char *what, const char *arg)
 {
     if (g_comm && g_comm->size > 1) {
@@ -115,7 +124,8 @@ static int usage_error(const char *what, const char *arg)
         if (g_comm->rank != 0)
             return 2;
     }
-    fprintf(stderr, "ccoe: usage error: %s%s%s\n\n%s", what, *arg ? ": " : "", arg, k_usage);
+    fprintf(stderr, "ccoe: usage error: %s%s%s\n\n", what, *arg ? ": " : "", arg);
+    print_usage(stderr);
     return 2;
 }
 
@@ -603,6 +613,8 @@ static int cmd_bench(int argc, char **argv)
             o.gemm = argv[++i];
         } else if (strcmp(argv[i], "--moe") == 0 && i + 1 < argc) {
             o.moe = argv[++i];
+            if (strcmp(o.moe, "none") != 0 && !ccoe_gate_find(o.moe))
+                return usage_error("--moe takes none or a gate (listed below), not", o.moe);
         } else if (strcmp(argv[i], "--ccoe") == 0 && i + 1 < argc) {
             o.ccoe = argv[++i];
         } else if (strcmp(argv[i], "--ffn") == 0 && i + 1 < argc) {
@@ -939,7 +951,7 @@ static int run_command(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
-        fputs(k_usage, argc < 2 ? stderr : stdout);
+        print_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];

@@ -856,7 +856,8 @@ static int moe_distributed(const ccoe_model *m)
 
 /* A failed exchange inside forward/backward (which return no status): the first one is kept
  * (ccoe_model_comm_status) and every later exchange of the model is skipped, so this rank
- * finishes the pass without communicating and its caller ends the job (STYLE.md, Errors). */
+ * finishes the pass without communicating and its caller ends the job (status.h: library code
+ * never exits). */
 static void comm_failed(ccoe_model *m, const char *what, const ccoe_error *err)
 {
     if (m->comm_status != CCOE_OK)
@@ -1621,7 +1622,7 @@ void ccoe_model_decode_step(ccoe_model *m, const int32_t *tok, const int *seq, c
         if (m->n_moe > 0)
             m->moe_domains[r] = m->dec_step_dom[j];
         /* ccoe_embed_forward's sum at this row's own position (one call per row would open
-         * a parallel region per token: measured 20% slower task evaluation) */
+         * a parallel region per token, which slows task evaluation markedly) */
         const float *te = m->wte + (size_t)tok[j] * C, *pe = m->wpe + (size_t)pos[j] * C;
         float *e = m->emb + (size_t)r * C;
         for (int c = 0; c < C; c++)

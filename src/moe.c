@@ -35,10 +35,9 @@
 #define ABSENT ((size_t)-1)
 #define CV_EPS 1e-10 /* CV^2 = var / (mean^2 + CV_EPS), as tensor2tensor's cv_squared */
 /* AUTO schedule: experts in parallel when the busiest thread gets at most this many times the
- * balanced share of rows. Measured (Zen 5, 2 threads, C 256, F 1024, groups of ~256 rows):
- * single-threaded GEMMs run at ~140 GFLOP/s each while both threads work, one threaded GEMM at
- * ~235, so the parallel schedule wins while the busiest thread holds < 140 * 2 / 235 = 1.2 times
- * its balanced share. */
+ * balanced share of rows: two single-threaded GEMMs at once beat one threaded GEMM until the
+ * imbalance costs more than threading gains (papers/kernels.md derives 1.2 from measured
+ * rates). */
 #define CCOE_MOE_PAR_SLACK 1.2
 
 static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }

@@ -160,17 +160,24 @@ static ccoe_status write_all(int fd, const void *data, size_t n, const char *pat
     return CCOE_OK;
 }
 
+/* The directory part of path ("." for a bare name); returns the file name part. */
+static const char *split_dir(const char *path, char *dir, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, cap, ".");
+    else if (slash == path)
+        snprintf(dir, cap, "/");
+    else
+        snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+    return slash ? slash + 1 : path;
+}
+
 /* fsync the directory holding path so the rename itself is durable. */
 static ccoe_status sync_dir_of(const char *path, ccoe_error *err)
 {
     char dir[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == path)
-        snprintf(dir, sizeof dir, "/");
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    split_dir(path, dir, sizeof dir);
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return CCOE_OK; /* the file is in place; some systems do not let us open the directory */
@@ -272,14 +279,7 @@ static long tmp_owner_pid(const char *tail)
 int ccoe_remove_stale_temps(const char *path, double min_age, FILE *log)
 {
     char dir[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    const char *base = slash ? slash + 1 : path;
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == path)
-        snprintf(dir, sizeof dir, "/");
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    const char *base = split_dir(path, dir, sizeof dir);
     char prefix[NAME_MAX + 16];
     int plen = snprintf(prefix, sizeof prefix, "%s" CCOE_TMP_INFIX, base);
     if (plen < 0 || (size_t)plen >= sizeof prefix || !*base)

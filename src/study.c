@@ -612,37 +612,47 @@ static double active_params(const ccoe_model *m, int path)
     return n;
 }
 
-/* Builds the variant's config (base + overrides + sweep/expert sugar + budget) and measures its
- * model (parameters, FLOPs per token). A config error of an optional variant marks it skipped. */
-static ccoe_status prepare_variant(study *S, study_variant *v, const ccoe_config *base,
-                                   ccoe_error *err)
+/* The variant's config for one step: base + overrides + expert sugar (one expert per domain of
+ * S->domains) + its output directory, validated. */
+static ccoe_status variant_config(study *S, const study_variant *v, const ccoe_config *base,
+                                  ccoe_config *cfg, ccoe_error *err)
 {
-    ccoe_config cfg = *base;
+    *cfg = *base;
     char where[80];
     snprintf(where, sizeof where, "[variant.%s]", v->name);
     ccoe_status st = CCOE_OK;
     for (int i = 0; i < v->n_sets && st == CCOE_OK; i++)
-        st = apply_set(S, &v->sets[i], where, &cfg, err);
+        st = apply_set(S, &v->sets[i], where, cfg, err);
     if (st == CCOE_OK && v->experts_per_domain > 0) {
-        if (cfg.ccoe.form == CCOE_FORM_NONE)
+        if (cfg->ccoe.form == CCOE_FORM_NONE)
             st = ccoe_error_set(err, CCOE_ERR_CONFIG,
                                 "study %s line %d: [variant.%s] has experts_per_domain but "
                                 "ccoe.form = none: set ccoe.form = tail, prefix or ffn",
                                 S->path, v->line, v->name);
-        cfg.ccoe.experts[0] = cfg.ccoe.routes[0] = '\0';
+        cfg->ccoe.experts[0] = cfg->ccoe.routes[0] = '\0';
         for (int d = 0; d < S->n_domains && st == CCOE_OK; d++) {
             const char *dn = S->domains[d];
-            st = ccoe_gating_config_add(&cfg, dn, v->experts_per_domain, &dn, 1, err);
+            st = ccoe_gating_config_add(cfg, dn, v->experts_per_domain, &dn, 1, err);
         }
     }
     if (st == CCOE_OK) {
         char od[2 * CCOE_STR];
         snprintf(od, sizeof od, "train.out_dir=%s/%s", S->out_dir, v->name);
-        st = ccoe_config_set(&cfg, od, err);
+        st = ccoe_config_set(cfg, od, err);
     }
-    cfg.train.steps = 1;
+    cfg->train.steps = 1;
     if (st == CCOE_OK)
-        st = ccoe_config_validate(&cfg, err);
+        st = ccoe_config_validate(cfg, err);
+    return st;
+}
+
+/* Builds the variant's config (base + overrides + sweep/expert sugar + budget) and measures its
+ * model (parameters, FLOPs per token). A config error of an optional variant marks it skipped. */
+static ccoe_status prepare_variant(study *S, study_variant *v, const ccoe_config *base,
+                                   ccoe_error *err)
+{
+    ccoe_config cfg;
+    ccoe_status st = variant_config(S, v, base, &cfg, err);
     ccoe_session s;
     if (st == CCOE_OK)
         st = ccoe_session_open(&s, &cfg, 1, err);
@@ -1218,10 +1228,8 @@ static ccoe_status open_out(const char *dir, const char *name, FILE **f, ccoe_er
 {
     char path[CCOE_STR + 128];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    *f = fopen(path, "w");
-    if (!*f)
-        return ccoe_error_set(err, CCOE_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-    return CCOE_OK;
+    *f = ccoe_fs_open_output(path, 0, "study output file", err); /* never through a symlink */
+    return *f ? CCOE_OK : err->status;
 }
 
 /* The data behind scripts/plot_study.sh (gnuplot): OUT/plot/{meta.gp, curves.dat, val.dat,
@@ -1416,24 +1424,46 @@ static void machine_line(char *buf, size_t cap, int threads, int ranks)
                  threads);
 }
 
-ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out,
-                           ccoe_error *err)
+/* A zeroed study with its variant arrays, or NULL when out of memory. */
+static study *study_new(void)
 {
-    ccoe_comm *c = study_comm(o);
-    const int rank0 = !c || c->rank == 0;
     study *S = calloc(1, sizeof *S);
     study_variant *decl = calloc(STUDY_MAX_VARIANTS, sizeof *decl);
     study_variant *run = calloc(STUDY_MAX_VARIANTS, sizeof *run);
-    ccoe_status st = CCOE_OK;
     if (!S || !decl || !run) {
         free(S);
         free(decl);
         free(run);
-        st = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the study");
-        return c ? ccoe_comm_agree(c, st, err) : st; /* the others wait in the set-up's */
+        return NULL;
     }
     S->decl = decl;
     S->run = run;
+    return S;
+}
+
+static void study_free(study *S)
+{
+    if (!S)
+        return;
+    for (int i = 0; i < STUDY_MAX_VARIANTS; i++) {
+        study_variant *v = &S->run[i];
+        free(v->c_step.v);
+        free(v->c_loss.v);
+        free(v->v_step.v);
+        free(v->v_loss.v);
+        free(v->load);
+    }
+    free(S->decl);
+    free(S->run);
+    free(S);
+}
+
+/* Reads the study file, applies the command-line overrides and builds the base config (defaults,
+ * base file relative to the study file, the base --set overrides). Touches no data. */
+static ccoe_status study_setup(study *S, const char *path, const ccoe_study_opts *o,
+                               ccoe_config *base, ccoe_error *err)
+{
+    ccoe_status st;
     snprintf(S->path, sizeof S->path, "%s", path);
     snprintf(S->dir, sizeof S->dir, "%s", path);
     char *slash = strrchr(S->dir, '/');
@@ -1442,33 +1472,28 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
     else
         S->dir[0] = '\0';
     if ((st = parse_file(S, path, err)) != CCOE_OK)
-        goto agreed;
+        return st;
     /* command-line overrides: study.* keys, otherwise config keys for every variant */
     for (int i = 0; i < o->n_sets; i++) {
         const char *a = o->sets[i];
         if (strncmp(a, "study.", 6) == 0) {
             const char *eq = strchr(a, '=');
             char key[64];
-            if (!eq || (size_t)(eq - a - 6) >= sizeof key) {
-                st = ccoe_error_set(err, CCOE_ERR_CONFIG, "--set '%s': write study.key=value", a);
-                goto agreed;
-            }
+            if (!eq || (size_t)(eq - a - 6) >= sizeof key)
+                return ccoe_error_set(err, CCOE_ERR_CONFIG, "--set '%s': write study.key=value",
+                                      a);
             memcpy(key, a + 6, (size_t)(eq - a - 6));
             key[eq - a - 6] = '\0';
             S->err = err;
             S->line = 0;
-            if (!on_study_key(S, "study", key, eq + 1)) {
-                st = err->status;
-                goto agreed;
-            }
+            if (!on_study_key(S, "study", key, eq + 1))
+                return err->status;
             if (strcmp(key, "variants") == 0)
                 S->variants_cli = 1;
             continue;
         }
-        if (S->n_base_sets == (int)(sizeof S->base_sets / sizeof S->base_sets[0])) {
-            st = ccoe_error_set(err, CCOE_ERR_CONFIG, "too many --set overrides");
-            goto agreed;
-        }
+        if (S->n_base_sets == (int)(sizeof S->base_sets / sizeof S->base_sets[0]))
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "too many --set overrides");
         study_set *s = &S->base_sets[S->n_base_sets++];
         snprintf(s->text, sizeof s->text, "%s", a);
         s->line = 0;
@@ -1483,28 +1508,68 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
     if (!S->out_dir[0])
         snprintf(S->out_dir, sizeof S->out_dir, "runs/%s", S->name);
     if ((st = parse_budget(S, err)) != CCOE_OK)
-        goto agreed;
+        return st;
 
     /* the base config: defaults, base file (relative to the study file), inline sections */
-    ccoe_config base;
-    ccoe_config_defaults(&base);
+    ccoe_config_defaults(base);
     if (S->base[0]) {
         char bpath[2 * CCOE_STR];
         if (S->base[0] == '/')
             snprintf(bpath, sizeof bpath, "%s", S->base);
         else
             snprintf(bpath, sizeof bpath, "%s%s", S->dir, S->base);
-        if ((st = ccoe_config_load_file(&base, bpath, err)) != CCOE_OK) {
+        if ((st = ccoe_config_load_file(base, bpath, err)) != CCOE_OK) {
             st = ccoe_error_wrap(err, "study %s line %d (base = %s)", path, S->base_line,
                                  S->base);
             if (st == CCOE_ERR_IO)
                 err->status = st = CCOE_ERR_CONFIG;
-            goto agreed;
+            return st;
         }
     }
     for (int i = 0; i < S->n_base_sets; i++)
-        if ((st = apply_set(S, &S->base_sets[i], "base", &base, err)) != CCOE_OK)
-            goto agreed;
+        if ((st = apply_set(S, &S->base_sets[i], "base", base, err)) != CCOE_OK)
+            return st;
+    return CCOE_OK;
+}
+
+ccoe_status ccoe_study_check(const char *path, const ccoe_study_opts *o, ccoe_error *err)
+{
+    static const ccoe_study_opts none = {0};
+    study *S = study_new();
+    if (!S)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the study");
+    ccoe_config base, cfg;
+    ccoe_status st = study_setup(S, path, o ? o : &none, &base, err);
+    if (st == CCOE_OK)
+        st = build_run_list(S, base.model.n_layer, err);
+    for (int i = 0; i < S->n_run && st == CCOE_OK; i++) {
+        study_variant *v = &S->run[i];
+        st = variant_config(S, v, &base, &cfg, err);
+        if (st != CCOE_OK && v->optional && (st == CCOE_ERR_CONFIG || st == CCOE_ERR_ARG)) {
+            ccoe_error_clear(err);
+            st = CCOE_OK;
+        } else if (st != CCOE_OK) {
+            st = ccoe_error_wrap(err, "variant %s", v->name);
+        }
+    }
+    study_free(S);
+    return st;
+}
+
+ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out,
+                           ccoe_error *err)
+{
+    ccoe_comm *c = study_comm(o);
+    const int rank0 = !c || c->rank == 0;
+    study *S = study_new();
+    ccoe_status st = CCOE_OK;
+    if (!S) {
+        st = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the study");
+        return c ? ccoe_comm_agree(c, st, err) : st; /* the others wait in the set-up's */
+    }
+    ccoe_config base;
+    if ((st = study_setup(S, path, o, &base, err)) != CCOE_OK)
+        goto agreed;
 
     /* the data's domains (for experts_per_domain and the tables) */
     {
@@ -1583,16 +1648,6 @@ agreed:
                 S->out_dir, S->out_dir, S->out_dir);
     }
 done:
-    for (int i = 0; i < STUDY_MAX_VARIANTS; i++) {
-        study_variant *v = &run[i];
-        free(v->c_step.v);
-        free(v->c_loss.v);
-        free(v->v_step.v);
-        free(v->v_loss.v);
-        free(v->load);
-    }
-    free(decl);
-    free(run);
-    free(S);
+    study_free(S);
     return st;
 }

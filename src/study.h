@@ -39,4 +39,11 @@ typedef struct ccoe_study_opts {
 ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out,
                            ccoe_error *err);
 
+/* Checks a study file without training or reading data: the [study] keys, the budget, the base
+ * config (read relative to the study file), every variant's overrides and the run list, with
+ * ccoe_study_run's messages (o: its --set overrides; NULL = none). A variant's one-expert-per-
+ * domain sugar is not expanded (the domains come from the data), and budgets are not turned into
+ * steps. Writes nothing. */
+ccoe_status ccoe_study_check(const char *path, const ccoe_study_opts *o, ccoe_error *err);
+
 #endif

@@ -32,16 +32,9 @@ static int setup(void **state)
     snprintf(g_dir, sizeof g_dir, "/tmp/ccoe-test-ckpt-XXXXXX");
     if (!mkdtemp(g_dir))
         return -1;
-    ccoe_config_defaults(&g_cfg);
-    g_cfg.model.n_layer = 1;
-    g_cfg.model.n_embd = 16;
-    g_cfg.model.n_head = 2;
-    g_cfg.model.seq_len = 16;
-    g_cfg.train.batch_size = 2;
-    g_cfg.train.steps = 3;
-    g_cfg.train.eval_batches = 1; /* the final evaluation: one batch, no task decoding */
-    g_cfg.data.task_examples = 0;
-    snprintf(g_cfg.train.out_dir, sizeof g_cfg.train.out_dir, "%s/run", g_dir);
+    char out[128];
+    snprintf(out, sizeof out, "%s/run", g_dir);
+    tu_tiny_train_config(&g_cfg, out, 3);
     ccoe_error err = {0};
     if (ccoe_config_validate(&g_cfg, &err) != CCOE_OK)
         return -1;

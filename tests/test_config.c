@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "gate.h"
 
 /* Directory of the checked-in configs: $CCOE_SOURCE_DIR/configs, else next to this file. */
 static void configs_dir(char *buf, size_t cap)
@@ -675,9 +676,47 @@ static void test_help_lists_every_key(void **state)
     free(buf);
 }
 
+/* moe.gate takes "none" and exactly the registry's gates (variants/gate_registry.c): a new gate
+ * is a config value without an edit of config.c; help-config lists it. */
+static void test_gate_names_from_registry(void **state)
+{
+    (void)state;
+    size_t n;
+    const ccoe_config_key *keys = ccoe_config_keys(&n);
+    const ccoe_config_key *gate = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(keys[i].section, "moe") == 0 && strcmp(keys[i].key, "gate") == 0)
+            gate = &keys[i];
+    assert_non_null(gate);
+    assert_non_null(gate->names);
+    assert_string_equal(gate->names[0], "none");
+    int count = 0;
+    while (gate->names[1 + count])
+        count++;
+    assert_int_equal(count, ccoe_gate_count());
+    for (int g = 0; g < ccoe_gate_count(); g++) {
+        const char *name = ccoe_gate_at(g)->name;
+        assert_string_equal(gate->names[1 + g], name);
+        ccoe_config c;
+        ccoe_config_defaults(&c);
+        char set[64];
+        snprintf(set, sizeof set, "moe.gate=%s", name);
+        ccoe_error err;
+        assert_int_equal(ccoe_config_set(&c, set, &err), CCOE_OK);
+        assert_string_equal(c.moe.gate, name);
+    }
+    ccoe_config c;
+    ccoe_config_defaults(&c);
+    ccoe_error err;
+    assert_int_equal(ccoe_config_set(&c, "moe.gate=nosuchgate", &err), CCOE_ERR_CONFIG);
+    for (int g = 0; g < ccoe_gate_count(); g++)
+        TU_ASSERT_MSG_HAS(err, ccoe_gate_at(g)->name);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gate_names_from_registry),
         cmocka_unit_test(test_defaults_valid),
         cmocka_unit_test(test_config_files_load),
         cmocka_unit_test(test_round_trip_and_hash),

@@ -69,23 +69,6 @@ int __wrap_rename(const char *from, const char *to)
 
 static char g_dir[64];
 
-static ccoe_config tiny(const char *out, long steps)
-{
-    ccoe_config cfg;
-    ccoe_config_defaults(&cfg);
-    cfg.model.n_layer = 1;
-    cfg.model.n_embd = 16;
-    cfg.model.n_head = 2;
-    cfg.model.seq_len = 16;
-    cfg.train.batch_size = 2;
-    cfg.train.steps = steps;
-    cfg.train.eval_every = 0;
-    cfg.train.eval_batches = 1;  /* the final evaluation: one batch, no task decoding */
-    cfg.data.task_examples = 0;
-    snprintf(cfg.train.out_dir, sizeof cfg.train.out_dir, "%s/%s", g_dir, out);
-    return cfg;
-}
-
 /* Runs training in a child: to `steps` in folder `out`, resuming from `resume` if non-NULL,
  * with `fault` armed. Returns the wait status. */
 static int run_child(const char *out, long steps, const char *resume, enum fault fault)
@@ -95,7 +78,10 @@ static int run_child(const char *out, long steps, const char *resume, enum fault
     assert_true(pid >= 0);
     if (pid == 0) {
         g_fault = fault;
-        ccoe_config cfg = tiny(out, steps);
+        ccoe_config cfg;
+        char dir[160];
+        snprintf(dir, sizeof dir, "%s/%s", g_dir, out);
+        tu_tiny_train_config(&cfg, dir, steps);
         ccoe_error err = {0};
         if (ccoe_config_validate(&cfg, &err) != CCOE_OK)
             _exit(10);
@@ -108,20 +94,6 @@ static int run_child(const char *out, long steps, const char *resume, enum fault
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     return status;
-}
-
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    rewind(f);
-    unsigned char *buf = malloc((size_t)size + 1);
-    assert_int_equal(fread(buf, 1, (size_t)size, f), (size_t)size);
-    fclose(f);
-    *n = (size_t)size;
-    return buf;
 }
 
 static long step_of(const char *path)
@@ -147,9 +119,9 @@ static void test_kill_during_checkpoint_write(void **state)
     snprintf(ck, sizeof ck, "%s/run/checkpoint.safetensors", g_dir);
     assert_int_equal(run_child("run", 3, NULL, FAULT_NONE), 0);
     size_t n3, n6;
-    unsigned char *b3 = slurp(ck, &n3);
+    unsigned char *b3 = tu_slurp(ck, &n3);
     assert_int_equal(run_child("run", 6, ck, FAULT_NONE), 0);
-    unsigned char *b6 = slurp(ck, &n6);
+    unsigned char *b6 = tu_slurp(ck, &n6);
     assert_true(n6 > 0 && (n3 != n6 || memcmp(b3, b6, n6) != 0));
 
     static const struct {
@@ -176,7 +148,7 @@ static void test_kill_during_checkpoint_write(void **state)
             fail_msg("%s: the checkpoint holds step %ld, expected %ld", cases[i].name, step,
                      cases[i].step_after);
         size_t n;
-        unsigned char *b = slurp(ck, &n);
+        unsigned char *b = tu_slurp(ck, &n);
         /* byte for byte the 3-step checkpoint, or the complete 6-step one */
         if (cases[i].step_after == 3)
             assert_true(n == n3 && memcmp(b, b3, n) == 0);
@@ -185,7 +157,7 @@ static void test_kill_during_checkpoint_write(void **state)
         free(b);
         /* resuming gives the uninterrupted run's checkpoint exactly */
         assert_int_equal(run_child("run", 6, ck, FAULT_NONE), 0);
-        b = slurp(ck, &n);
+        b = tu_slurp(ck, &n);
         if (!(n == n6 && memcmp(b, b6, n) == 0))
             fail_msg("%s: the resumed run's checkpoint differs from the uninterrupted one",
                      cases[i].name);

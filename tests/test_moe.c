@@ -434,6 +434,32 @@ static void test_fast_gates(void **state)
     fast_gate_case("noisy_topk", 9, 4, 4, 1, 0.0f, 307);
 }
 
+/* Every learned gate of the registry, with shapes its flags allow: a gate added to
+ * variants/gate_registry.c is checked by finite differences and fast-vs-reference here without
+ * an edit of this file (the hand-written cases above cover each gate's corners). */
+static void test_registry_gates(void **state)
+{
+    (void)state;
+    int checked = 0;
+    for (int i = 0; i < ccoe_gate_count(); i++) {
+        const ccoe_gate_ops *g = ccoe_gate_at(i);
+        if (!(g->flags & CCOE_GATE_ROUTER))
+            continue; /* rule-based: no gradient (the domain gate has its own tests) */
+        const int E = 6;
+        const int K = (g->flags & CCOE_GATE_ALL_EXPERTS) ? E : (g->flags & CCOE_GATE_ONE_EXPERT) ? 1 : 2;
+        for (uint64_t s = 0; s < 2; s++) {
+            fd_gate_case(g->name, E, K, 1, 0.0, 0, 700 + 10 * (uint64_t)i + s);
+            if (g->load_forward)
+                fd_gate_case(g->name, E, K, 1, 0.0, 1, 800 + 10 * (uint64_t)i + s);
+            if (g->flags & CCOE_GATE_RENORM_OPT)
+                fd_gate_case(g->name, E, K, 0, 0.0, 0, 900 + 10 * (uint64_t)i + s);
+        }
+        fast_gate_case(g->name, 29, E, K, 1, 0.0f, 1000 + (uint64_t)i);
+        checked++;
+    }
+    assert_true(checked >= 3); /* softmax, topk, noisy_topk at least */
+}
+
 /* ======================= 2. the reference layer vs finite differences ======================= */
 
 typedef struct lref_ctx {
@@ -1291,6 +1317,7 @@ int main(void)
         cmocka_unit_test(test_gate_select),
         cmocka_unit_test(test_fd_gates),
         cmocka_unit_test(test_fast_gates),
+        cmocka_unit_test(test_registry_gates),
         cmocka_unit_test(test_fd_layer),
         cmocka_unit_test(test_fast_vs_ref),
         cmocka_unit_test(test_identity_dispatch),

@@ -44,7 +44,8 @@ expect_fail 1 "no whole-file checksum.*ccoe reseal" -- "$CCOE" eval renamed.safe
 "$CCOE" reseal renamed.safetensors -o resealed.safetensors > reseal.txt || fail "reseal: $(cat reseal.txt)"
 grep -q "no checksum" reseal.txt || fail "reseal does not say what it could verify: $(cat reseal.txt)"
 "$CCOE" compare "$ck" resealed.safetensors --params > /dev/null || fail "reseal changed tensors"
-"$CCOE" info resealed.safetensors | grep -q "checksum .*whole file" || fail "info does not show the checksum"
+info=$("$CCOE" info resealed.safetensors) || fail "info of the resealed file"
+grep -q "checksum .*whole file" <<<"$info" || fail "info does not show the checksum: $info"
 expect_fail 1 "nonexistent" -- "$CCOE" eval nonexistent.safetensors
 [[ "$(sha256sum "$ck" run/metrics.jsonl)" == "$sum_before" ]] || fail "a failed command changed the run"
 pass "checkpoint errors"

@@ -40,3 +40,14 @@ out=$( (ulimit -f 4; trap '' XFSZ; "${T[@]}" "$CCOE" train "$TINY" --set train.s
 grep -q "cannot write the metrics file 'run2/metrics.jsonl': File too large" <<<"$out" \
   || fail "expected the write error named: $out"
 pass "a failed metrics write fails the run with the reason"
+
+# the other outputs are not written through symbolic links either: the builtin data set (atomic
+# replace) and a study's report files
+mkdir -p bi && echo precious > victim.txt && ln -s "$PWD/victim.txt" bi/manifest.ini
+"$CCOE" data write-builtin bi > /dev/null || fail "write-builtin over a symlink"
+[[ "$(cat victim.txt)" == precious && ! -L bi/manifest.ini ]] || fail "write-builtin wrote through a symlink"
+printf '[study]\nbase = %s\nbudget = tokens:1024\nvariants = a\nout_dir = st\n[variant.a]\ntrain.eval_batches = 1\ndata.task_examples = 0\n' "$TINY" > s.ini
+mkdir -p st && ln -s "$PWD/victim.txt" st/study.md
+expect_fail 1 "symbolic link" -- "$CCOE" study s.ini
+[[ "$(cat victim.txt)" == precious ]] || fail "the study report was written through a symlink"
+pass "data and study outputs are not written through symbolic links"

@@ -52,7 +52,8 @@ grep -q '"ranks":2' x2/metrics.jsonl || fail "2-rank train-expert metrics do not
 [[ -s m2.safetensors && -s x2/ar.expert && ! -s x2.log ]] || fail "no pushed model, or --quiet ranks printed: $(cat x2.log)"
 "$CCOE" compare one/checkpoint.safetensors m2.safetensors --only-base > cmp.txt \
   || fail "the pushed model's base differs from the input base: $(cat cmp.txt)"
-"$CCOE" info m2.safetensors | grep -q "ar" || fail "m2 has no expert ar"
+info=$("$CCOE" info m2.safetensors) || fail "info m2.safetensors"
+grep -q "ar" <<<"$info" || fail "m2 has no expert ar"
 expect_fail 1 "\[rank 0\] .*cannot open 'nope.safetensors'" -- \
   "${MPIRUN[@]}" -np 2 "$CCOE" train-expert nope.safetensors --expert a --domain arith
 pass "mpirun ccoe train-expert trains data parallel and pushes once"

@@ -108,14 +108,15 @@ printf '[study]\ndescription = %s\nout_dir = elsewhere\nbudget = tokens:100\nvar
 bad long "line too long.*line 2"
 [[ ! -e elsewhere ]] || fail "a long line moved the study's out_dir"
 printf '[study]\nbudget = tokens:100\nbudget = tokens:200\nvariants = a\n[variant.a]\n' > bad-twice.ini
-bad twice "study.budget is set twice (lines 2 and 3)"
+bad twice "study.budget is set twice \(lines 2 and 3\)"
 printf '[study]\nbudget = tokens:100\nvariants = a\n[variant.a]\nmoe.gate = topk\nmoe.gate = softmax\n' > bad-twice2.ini
-bad twice2 "variant.a.moe.gate is set twice (lines 5 and 6)"
+bad twice2 "variant.a.moe.gate is set twice \(lines 5 and 6\)"
 printf '[study]\n  description = one\n\n; comment\nbogus = 1\n' > bad-line.ini
 bad line "line 5: unknown key study.bogus"
 printf '[study]\nname = ../../escaped\nbudget = tokens:100\nvariants = a\n[variant.a]\n' > bad-name.ini
 bad name "study.name = '../../escaped'"
-expect_fail 2 "study.name" -- "$CCOE" study bad-key.ini --set study.name=../x
+printf '[study]\nbudget = tokens:100\nvariants = a\n[variant.a]\n' > named.ini
+expect_fail 2 "study.name = '../x'" -- "$CCOE" study named.ini --set study.name=../x
 [[ ! -e ../../escaped && ! -e runs ]] || fail "a bad study name created a folder"
 expect_fail 2 "cannot open study file" -- "$CCOE" study missing.ini
 expect_fail 2 "study needs a STUDY_FILE" -- "$CCOE" study

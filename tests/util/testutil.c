@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "model.h"
 #include "rng.h"
 
@@ -171,4 +172,35 @@ double tu_ddot(const double *a, const double *b, size_t n)
     for (size_t i = 0; i < n; i++)
         s += a[i] * b[i];
     return s;
+}
+
+unsigned char *tu_slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    rewind(f);
+    unsigned char *buf = malloc((size_t)size + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)size, f), (size_t)size);
+    fclose(f);
+    *n = (size_t)size;
+    return buf;
+}
+
+void tu_tiny_train_config(ccoe_config *cfg, const char *out_dir, long steps)
+{
+    ccoe_config_defaults(cfg);
+    cfg->model.n_layer = 1;
+    cfg->model.n_embd = 16;
+    cfg->model.n_head = 2;
+    cfg->model.seq_len = 16;
+    cfg->train.batch_size = 2;
+    cfg->train.steps = steps;
+    cfg->train.eval_every = 0;
+    cfg->train.eval_batches = 1;
+    cfg->data.task_examples = 0;
+    snprintf(cfg->train.out_dir, sizeof cfg->train.out_dir, "%s", out_dir);
 }

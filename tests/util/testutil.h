@@ -71,4 +71,13 @@ int32_t *tu_inew(size_t n);
 /* sum of a[i] * b[i] */
 double tu_ddot(const double *a, const double *b, size_t n);
 
+/* The whole file at path (malloc'd, caller frees; one spare byte); *n its size. Fails the test
+ * if it cannot be read. */
+unsigned char *tu_slurp(const char *path, size_t *n);
+
+struct ccoe_config;
+/* A 1-layer, 16-wide model on the builtin data, `steps` steps into out_dir, evaluated on one
+ * batch without task decoding at the end: the quickest run that trains and checkpoints. */
+void tu_tiny_train_config(struct ccoe_config *cfg, const char *out_dir, long steps);
+
 #endif

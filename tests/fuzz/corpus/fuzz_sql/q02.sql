@@ -1,0 +1,1 @@
+SELECT c.name, count(*) FROM city c JOIN person p ON p.city_id = c.id GROUP BY c.name HAVING count(*) > 0

@@ -1,0 +1,1 @@
+SELECT country, sum(pop), avg(pop) FROM city GROUP BY country ORDER BY 2 DESC LIMIT 1;

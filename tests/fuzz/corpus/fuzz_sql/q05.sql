@@ -1,0 +1,1 @@
+SELECT name, row_number() OVER (PARTITION BY country ORDER BY pop DESC) FROM city

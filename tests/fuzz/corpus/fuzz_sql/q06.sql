@@ -1,0 +1,1 @@
+SELECT substr(name, 2, 3), upper(name), length(name), replace(name, 'a', 'bb') FROM person WHERE name LIKE '%a%'

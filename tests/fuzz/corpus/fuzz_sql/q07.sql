@@ -1,0 +1,1 @@
+SELECT name FROM big UNION SELECT name FROM person WHERE city_id IS NULL

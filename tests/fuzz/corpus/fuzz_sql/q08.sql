@@ -1,0 +1,1 @@
+SELECT date('2024-02-28', '+1 day'), strftime('%Y', '2020-01-01'), coalesce(NULL, age, 0) FROM person

@@ -1,0 +1,1 @@
+SELECT * FROM city WHERE id IN (SELECT city_id FROM person) AND pop BETWEEN 1 AND 3000000

@@ -1,0 +1,1 @@
+SELECT CASE WHEN age IS NULL THEN 'none' ELSE printf('%.1f', age) END FROM person ORDER BY id

@@ -1,0 +1,3 @@
+CREATE TABLE t (a); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) INSERT INTO t SELECT i FROM n;
+-- script
+SELECT count(*), max(a) FROM t
