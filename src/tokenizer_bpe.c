@@ -320,6 +320,13 @@ static ccoe_status set_token(bpe *t, int32_t id, const char *b, size_t n, const 
     return CCOE_OK;
 }
 
+/* Whether v is a whole number in 0..MAX_IDS-1 (range first: casting a huge double is undefined). */
+static int json_id(const cJSON *v)
+{
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < MAX_IDS &&
+           v->valuedouble == (double)(int32_t)v->valuedouble;
+}
+
 /* Adds the model vocabulary (a JSON object token -> id); ids that are added tokens are skipped
  * (they hold their literal text). */
 static ccoe_status add_vocab(bpe *t, const cJSON *vocab, ccoe_error *err)
@@ -337,8 +344,7 @@ static ccoe_status add_vocab(bpe *t, const cJSON *vocab, ccoe_error *err)
     cJSON_ArrayForEach(e, vocab)
     {
         const char *s = e->string;
-        if (!cJSON_IsNumber(e) || e->valuedouble != (double)(long)e->valuedouble ||
-            e->valuedouble < 0 || e->valuedouble >= MAX_IDS) {
+        if (!json_id(e)) {
             st = ccoe_error_set(err, CCOE_ERR_FORMAT,
                                 "%s: vocabulary entry '%.40s' has no whole-number id in "
                                 "0..%d: the file is corrupt; fetch it again",
@@ -731,8 +737,7 @@ static ccoe_status open_hf(bpe *t, const char *dir, ccoe_error *err)
     {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
         const char *content = json_str(e, "content");
-        if (!content || !cJSON_IsNumber(id) || id->valuedouble < 0 ||
-            id->valuedouble >= MAX_IDS || id->valuedouble != (double)(long)id->valuedouble) {
+        if (!content || !json_id(id)) {
             st = ccoe_error_set(err, CCOE_ERR_FORMAT,
                                 "%s: an added token lacks a content string or a whole-number "
                                 "id: the file is corrupt; fetch it again",
