@@ -159,15 +159,18 @@ static ccoe_status parse_count(const char *s, uint64_t max, uint64_t *v, const c
         return ccoe_error_set(err, CCOE_ERR_FORMAT, "checkpoint %s lacks metadata '%s'", path,
                               key);
     uint64_t x = 0;
+    int too_big = 0;
     for (const char *p = s; *p; p++) {
-        if (*p < '0' || *p > '9' || p - s > 19)
+        if (*p < '0' || *p > '9')
             return ccoe_error_set(err, CCOE_ERR_FORMAT,
                                   "checkpoint %s: metadata %s = '%.40s' is not a non-negative "
                                   "integer: the file is damaged; use an earlier checkpoint",
                                   path, key, s);
-        x = x * 10 + (uint64_t)(*p - '0');
+        if (x <= max) /* max < 2^60: no overflow below */
+            x = x * 10 + (uint64_t)(*p - '0');
+        too_big = too_big || x > max;
     }
-    if (x > max)
+    if (too_big)
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
                               "checkpoint %s: metadata %s = %.40s is out of range (at most %" PRIu64
                               "): the file is damaged; use an earlier checkpoint",

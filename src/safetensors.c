@@ -264,7 +264,7 @@ static long tmp_owner_pid(const char *tail)
         return -1;
     errno = 0;
     long pid = strtol(tail, &end, 10);
-    if (errno || pid <= 0)
+    if (errno || pid <= 0 || pid > INT_MAX) /* not a pid_t: not a name the writer makes */
         return -1;
     if (*end == '\0')
         return pid;

@@ -108,6 +108,7 @@ static void test_stored_numbers_are_range_checked(void **state)
         {"step", "3 ", "step = '3 ' is not"},
         {"step", "+3", "step = '+3' is not"},
         {"step", "99999999999999999999", "step = 99999999999999999999 is out of range"},
+        {"step", "18446744073709551626", "step = 18446744073709551626 is out of range"}, /* 2^64+10 */
         {"optim.t", "-1", "optim.t = '-1' is not"},
         {"optim.t", "4", "optim.t = 4 is out of range (at most 3)"},
         {"optim.t", "0", "optim.t = 0 but the optimizer moments are not zero"},
