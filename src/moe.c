@@ -980,6 +980,17 @@ void ccoe_moe_router_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe
                              params + m->off_noise, N, C, E);
 }
 
+/* The backward phase times of st from the clock at the start (t0) and at the end of each phase:
+ * combine, experts, scatter, gate and router. */
+void ccoe_moe_backward_times(ccoe_moe_stats *st, double t0, double t1, double t2, double t3,
+                             double t4)
+{
+    st->t_bwd_combine = t1 - t0;
+    st->t_bwd_experts = t2 - t1;
+    st->t_bwd_scatter = t3 - t2;
+    st->t_bwd_route = t4 - t3;
+}
+
 void ccoe_moe_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe_moe_stats *stats,
                        ccoe_moe_scratch *s, const float *dout, const ccoe_moe_acts *a,
                        const float *inp, const float *params, float aux_scale, int N)
@@ -1003,12 +1014,8 @@ void ccoe_moe_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe_moe_st
     /* 4. gate and router, with the aux-loss gradients */
     ccoe_moe_router_backward(m, dinp, grads, s, a, inp, params, aux_scale, N, N);
     double t4 = omp_get_wtime();
-    if (stats) {
-        stats->t_bwd_combine = t1 - t0;
-        stats->t_bwd_experts = t2 - t1;
-        stats->t_bwd_scatter = t3 - t2;
-        stats->t_bwd_route = t4 - t3;
-    }
+    if (stats)
+        ccoe_moe_backward_times(stats, t0, t1, t2, t3, t4);
 }
 
 /* ---- statistics as JSON ---- */

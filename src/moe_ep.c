@@ -264,6 +264,18 @@ static void ep_regroup(const ccoe_moe *m, const ccoe_moe_acts *a, ccoe_moe_scrat
     }
 }
 
+/* After an exchange started at t0: adds the time since to *seconds and the bytes of the floats
+ * sent to the other ranks (counts: floats per rank) to *bytes; either may be NULL. */
+static void ep_account(const ccoe_moe *m, const size_t *counts, double t0, int64_t *bytes,
+                       double *seconds)
+{
+    if (seconds)
+        *seconds += omp_get_wtime() - t0;
+    if (bytes)
+        for (int q = 0; q < m->ep_size; q++)
+            *bytes += q == m->ep_rank ? 0 : (int64_t)(counts[q] * sizeof(float));
+}
+
 ccoe_status ccoe_moe_ep_to_experts(const ccoe_moe *m, ccoe_comm *comm, float *rows,
                                    const float *home, const ccoe_moe_acts *a,
                                    ccoe_moe_scratch *s, int64_t *bytes, double *seconds,
@@ -275,11 +287,7 @@ ccoe_status ccoe_moe_ep_to_experts(const ccoe_moe *m, ccoe_comm *comm, float *ro
     if (comm->ops->alltoallv_f32(comm, home, s->send_counts, s->send_displs, s->stage,
                                  s->recv_counts, s->recv_displs, err) != CCOE_OK)
         return comm_failed(err, "dispatch to the experts' ranks (alltoallv)");
-    if (seconds)
-        *seconds += omp_get_wtime() - t0;
-    if (bytes)
-        for (int q = 0; q < m->ep_size; q++)
-            *bytes += q == m->ep_rank ? 0 : (int64_t)(s->send_counts[q] * sizeof(float));
+    ep_account(m, s->send_counts, t0, bytes, seconds);
     ep_regroup(m, a, s, rows, s->stage, 1);
     return CCOE_OK;
 }
@@ -296,11 +304,7 @@ ccoe_status ccoe_moe_ep_to_home(const ccoe_moe *m, ccoe_comm *comm, float *home,
     if (comm->ops->alltoallv_f32(comm, s->stage, s->recv_counts, s->recv_displs, home,
                                  s->send_counts, s->send_displs, err) != CCOE_OK)
         return comm_failed(err, "return to the tokens' ranks (alltoallv)");
-    if (seconds)
-        *seconds += omp_get_wtime() - t0;
-    if (bytes)
-        for (int p = 0; p < m->ep_size; p++)
-            *bytes += p == m->ep_rank ? 0 : (int64_t)(s->recv_counts[p] * sizeof(float));
+    ep_account(m, s->recv_counts, t0, bytes, seconds);
     return CCOE_OK;
 }
 
@@ -430,10 +434,7 @@ ccoe_status ccoe_moe_backward_ep(const ccoe_moe *m, ccoe_comm *comm, float *dinp
     ccoe_moe_router_backward(m, dinp, grads, s, a, inp, params, aux_scale, N, a->N_total);
     double t4 = omp_get_wtime();
     if (stats) {
-        stats->t_bwd_combine = t1 - t0;
-        stats->t_bwd_experts = t2 - t1;
-        stats->t_bwd_scatter = t3 - t2;
-        stats->t_bwd_route = t4 - t3;
+        ccoe_moe_backward_times(stats, t0, t1, t2, t3, t4);
         stats->ep_bytes_bwd = bytes;
         stats->t_bwd_exchange = tx;
     }

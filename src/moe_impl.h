@@ -33,6 +33,8 @@ void ccoe_moe_experts_backward(const ccoe_moe *m, float *grads, ccoe_moe_scratch
                                const ccoe_moe_acts *a, const float *params);
 void ccoe_moe_scatter_backward(float *dinp, const float *dx, const int32_t *slot, int N, int K,
                                int C);
+void ccoe_moe_backward_times(ccoe_moe_stats *st, double t0, double t1, double t2, double t3,
+                             double t4);
 void ccoe_moe_router_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe_moe_scratch *s,
                               const ccoe_moe_acts *a, const float *inp, const float *params,
                               float aux_scale, int N, int64_t Ntot);

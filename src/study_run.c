@@ -37,6 +37,16 @@ static int dvec_push(dvec *d, double x)
     return 1;
 }
 
+/* An optional variant that could not run: marked skipped with why and the error's message in
+ * its note, the error cleared. Returns CCOE_OK (the study goes on). */
+static ccoe_status skip_variant(study_variant *v, const char *why, ccoe_error *err)
+{
+    v->skipped = 1;
+    snprintf(v->note, sizeof v->note, "skipped (optional; %s: %.330s)", why, err->msg);
+    ccoe_error_clear(err);
+    return CCOE_OK;
+}
+
 static void describe(const study_variant *v, const ccoe_config *c, char *buf, size_t cap)
 {
     if (v->label[0]) {
@@ -99,11 +109,7 @@ ccoe_status ccoe_study_prepare_variant(study *S, study_variant *v, const ccoe_co
         st = ccoe_session_open(&s, &cfg, 1, err);
     if (st != CCOE_OK) {
         if (v->optional && (st == CCOE_ERR_CONFIG || st == CCOE_ERR_ARG)) {
-            v->skipped = 1;
-            snprintf(v->note, sizeof v->note, "skipped (optional; this build rejects it: %.330s)",
-                     err->msg);
-            ccoe_error_clear(err);
-            return CCOE_OK;
+            return skip_variant(v, "this build rejects it", err);
         }
         return ccoe_error_wrap(err, "variant %s", v->name);
     }
@@ -429,11 +435,7 @@ ccoe_status ccoe_study_run_variant(study *S, study_variant *v, int idx, const cc
             /* a failure the ranks have not agreed on (c->failed_rank < 0) leaves ranks waiting:
              * returned as it is, main ends the job */
             if (v->optional && (!c || c->failed_rank >= 0) && st != CCOE_ERR_COMM) {
-                v->skipped = 1;
-                snprintf(v->note, sizeof v->note, "skipped (optional; training failed: %.330s)",
-                         err->msg);
-                ccoe_error_clear(err);
-                return CCOE_OK;
+                return skip_variant(v, "training failed", err);
             }
             return ccoe_error_wrap(err, "variant %s", v->name);
         }

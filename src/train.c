@@ -352,12 +352,7 @@ ccoe_status ccoe_train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error *
         return CCOE_OK;
     CCOE_TRY(ccoe_train_check_replicas(t, err));
     CCOE_TRY(ccoe_comm_agree(c, ccoe_train_save_checkpoint(t, err), err));
-    CCOE_TRY(ccoe_train_run_eval(t, 1, !t->quiet, err));
-    CCOE_TRY(ccoe_comm_agree(c, ccoe_train_metrics_flush(t, err), err));
-    if (!t->quiet)
-        printf("checkpoint: %s\nmetrics:    %s/metrics.jsonl\n", t->ckpt_path,
-               s->cfg.train.out_dir);
-    return CCOE_OK;
+    return ccoe_train_final_report(t, "metrics.jsonl", err);
 }
 
 ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, ccoe_error *err)

@@ -222,10 +222,5 @@ ccoe_status ccoe_train_run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_
         local = ccoe_checkpoint_save(t->ckpt_path, &s->cfg, m, &t->opt, &t->st, err);
     }
     CCOE_TRY(ccoe_comm_agree(world, local, err));
-    CCOE_TRY(ccoe_train_run_eval(t, 1, !t->quiet, err));
-    CCOE_TRY(ccoe_comm_agree(world, ccoe_train_metrics_flush(t, err), err));
-    if (!t->quiet)
-        printf("checkpoint: %s\nmetrics:    %s/metrics.<expert>.jsonl\n", t->ckpt_path,
-               s->cfg.train.out_dir);
-    return CCOE_OK;
+    return ccoe_train_final_report(t, "metrics.<expert>.jsonl", err);
 }

@@ -94,6 +94,7 @@ ccoe_status ccoe_train_metrics_close(train_ctx *t, ccoe_status st, ccoe_error *e
 ccoe_status ccoe_train_metrics_trim(train_ctx *t, long step, ccoe_error *err);
 void ccoe_train_write_moe_stats(train_ctx *t);
 ccoe_status ccoe_train_run_eval(train_ctx *t, int with_tasks, int print_table, ccoe_error *err);
+ccoe_status ccoe_train_final_report(train_ctx *t, const char *metrics_name, ccoe_error *err);
 void ccoe_train_print_start(train_ctx *t, const ccoe_train_opts *o);
 
 /* ---- train_experts.c ---- */

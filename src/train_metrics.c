@@ -93,6 +93,19 @@ ccoe_status ccoe_train_metrics_trim(train_ctx *t, long step, ccoe_error *err)
     return CCOE_OK;
 }
 
+/* The end of a run, after its last checkpoint: the final evaluation (with tasks; its table
+ * printed unless quiet), the metrics flushed (agreed on over t->comm) and where the checkpoint
+ * and the metrics (out_dir/metrics_name) are. COLLECTIVE. */
+ccoe_status ccoe_train_final_report(train_ctx *t, const char *metrics_name, ccoe_error *err)
+{
+    CCOE_TRY(ccoe_train_run_eval(t, 1, !t->quiet, err));
+    CCOE_TRY(ccoe_comm_agree(t->comm, ccoe_train_metrics_flush(t, err), err));
+    if (!t->quiet)
+        printf("checkpoint: %s\nmetrics:    %s/%s\n", t->ckpt_path, t->s->cfg.train.out_dir,
+               metrics_name);
+    return CCOE_OK;
+}
+
 /* ,"moe":[{"layer":l, <ccoe_moe_stats_json fields>}, ...] of the last micro-batch. */
 void ccoe_train_write_moe_stats(train_ctx *t)
 {
