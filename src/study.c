@@ -12,25 +12,13 @@
  */
 #include "study.h"
 
-#include <errno.h>
-#include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
-#include <cjson/cJSON.h>
-
-#include "checkpoint.h"
 #include "comm.h"
 #include "config.h"
 #include "fs.h"
-#include "iniread.h"
-#include "moe.h"
 #include "session.h"
-#include "train.h"
 #include "study_impl.h"
 
 /* A zeroed study with its variant arrays, or NULL when out of memory. */

@@ -4,11 +4,9 @@
  * Not here: the results themselves (study_run.c reads them back). */
 #include "study_impl.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fs.h"

@@ -5,11 +5,9 @@
  * Not here: the training loop (train.c), the tables (study_report.c). */
 #include "study_impl.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 

@@ -33,17 +33,14 @@
  * (the metrics file, evaluation, the start-up report), train_experts.c (--train-experts). */
 #include "train.h"
 
-#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "checkpoint.h"
-#include "fs.h"
 #include "optim.h"
 #include "perf.h"
 #include "placement.h"
