@@ -469,6 +469,7 @@ static float *expert_grad(const ccoe_moe *m, float *grads, int e, size_t off)
     return off == ABSENT ? NULL : grads + m->off_experts + (size_t)e * m->expert_stride + off;
 }
 
+/* The gate's arguments for rows [0, N) of acts (pass: domains and T; NULL in backward). */
 ccoe_gate_args ccoe_moe_gate_args(const ccoe_moe *m, const ccoe_moe_acts *a,
                                   const ccoe_moe_pass *pass, int N)
 {

@@ -34,6 +34,8 @@ static void fmt_or_dash(char *buf, size_t cap, int digits, int plus, const char 
         snprintf(buf, cap, "-");
 }
 
+/* The Markdown report (study.md, and stdout): the comparison table, the held-out loss per
+ * domain, and where they apply the expert load and sweep tables and the notes per variant. */
 void ccoe_study_write_markdown(const study *S, FILE *f, const char *machine)
 {
     char a[32], b[32], c[32], d[32];
@@ -179,6 +181,7 @@ void ccoe_study_write_markdown(const study *S, FILE *f, const char *machine)
             "excluded); comm = share of step time spent communicating (0 in one process).\n");
 }
 
+/* study.csv: the header line, then one row per variant. */
 void ccoe_study_write_csv(const study *S, FILE *f)
 {
     fprintf(f, "variant,label,status,steps,tokens,train_flops,total_params,active_params,"
@@ -239,6 +242,7 @@ void ccoe_study_write_csv(const study *S, FILE *f)
     }
 }
 
+/* Opens dir/name for writing (never through a symlink). */
 ccoe_status ccoe_study_open_out(const char *dir, const char *name, FILE **f, ccoe_error *err)
 {
     char path[CCOE_STR + 128];
@@ -388,6 +392,8 @@ ccoe_status ccoe_study_write_plot_data(const study *S, ccoe_error *err)
     return CCOE_OK;
 }
 
+/* Sweep gains: for each sweep point, the drop in mean validation loss per parameter added since
+ * the previous point (the first against study.gain_reference or the first plain variant). */
 void ccoe_study_compute_gains(study *S)
 {
     const study_variant *prev = NULL;
@@ -410,6 +416,7 @@ void ccoe_study_compute_gains(study *S)
     }
 }
 
+/* The report's machine line: CPU model, CPUs online, ranks and threads per run. */
 void ccoe_study_machine_line(char *buf, size_t cap, int threads, int ranks)
 {
     char model[160] = "unknown CPU";

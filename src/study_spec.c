@@ -128,6 +128,9 @@ static int copy_value(study *S, char *dst, size_t cap, const char *key, const ch
     return 1;
 }
 
+/* A key of the study file (or a study.KEY=VALUE of the command line): [study] keys, variant
+ * keys and overrides, base overrides. Returns 0 on a failure (S->failed, the error in S->err),
+ * 1 otherwise. */
 int ccoe_study_on_key(void *user, const char *section, const char *key, const char *value)
 {
     study *S = user;
@@ -246,6 +249,7 @@ static ccoe_status on_study_ini_key(void *user, const char *section, const char 
     return ccoe_study_on_key(S, section, key, value) ? CCOE_OK : err->status;
 }
 
+/* study.budget (tokens:N or flops:N) into S->bkind and S->bvalue. */
 ccoe_status ccoe_study_parse_budget(study *S, ccoe_error *err)
 {
     const char *b = S->budget, *colon = strchr(b, ':');
@@ -286,6 +290,7 @@ static int split_words(char *s, char **words, int cap)
     return n;
 }
 
+/* Reads the study file at path through the INI reader into S. */
 ccoe_status ccoe_study_parse_file(study *S, const char *path, ccoe_error *err)
 {
     FILE *f = ccoe_fs_fopen_input(path, "study file", err);
@@ -413,6 +418,7 @@ ccoe_status ccoe_study_build_run_list(study *S, int n_layer, ccoe_error *err)
     return CCOE_OK;
 }
 
+/* Applies one override to cfg; a failure names the study file's line (or --set) and where. */
 ccoe_status ccoe_study_apply_set(const study *S, const study_set *s, const char *where,
                                  ccoe_config *cfg, ccoe_error *err)
 {

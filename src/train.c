@@ -56,6 +56,8 @@ static int only_expert(const ccoe_param *p, void *ctx)
     return p->expert == *(const int *)ctx;
 }
 
+/* Whether the test hook of opts (test_fail_*) fires here: this mode, this rank, and this step
+ * (step < 0: at any). */
 int ccoe_train_test_hook(const train_ctx *t, const char *mode, long step)
 {
     const ccoe_train_opts *o = t->o;

@@ -110,6 +110,7 @@ ccoe_status ccoe_train_ep_gather_what(train_ctx *t, int moments, ccoe_error *err
     return CCOE_OK;
 }
 
+/* COLLECTIVE: ccoe_train_ep_gather_what with the AdamW moments. */
 ccoe_status ccoe_train_ep_gather(train_ctx *t, ccoe_error *err)
 {
     return ccoe_train_ep_gather_what(t, 1, err);
@@ -194,6 +195,7 @@ ccoe_status ccoe_train_dp_plan(train_ctx *t, ccoe_error *err)
     return CCOE_OK;
 }
 
+/* Before a step's last backward: no bucket ready or started, no hook failure. */
 void ccoe_train_dp_reset(train_ctx *t)
 {
     for (int i = 0; i < t->n_buckets; i++)

@@ -13,6 +13,7 @@
 #include "perf.h"
 #include "placement.h"
 
+/* seconds as H:MM:SS (0:00:00 when unknown or beyond 100 hours). */
 void ccoe_train_format_eta(char *out, size_t cap, double seconds)
 {
     if (!(seconds >= 0) || seconds > 360000)
@@ -163,6 +164,8 @@ ccoe_status ccoe_train_run_eval(train_ctx *t, int with_tasks, int print_table, c
     return CCOE_OK;
 }
 
+/* The start-up report on stderr: resolved config, model and data sizes, machine rates, ranks
+ * and placement, what the run continues from, warnings about the config. */
 void ccoe_train_print_start(train_ctx *t, const ccoe_train_opts *o)
 {
     ccoe_session *s = t->s;

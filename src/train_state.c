@@ -29,6 +29,10 @@ ccoe_status ccoe_train_save_checkpoint(train_ctx *t, ccoe_error *err)
     return ccoe_checkpoint_save(t->ckpt_path, &t->s->cfg, &t->s->model, &t->opt, &t->st, err);
 }
 
+/* Sets up a run: the config (a resumed checkpoint's, with the knobs a resume may change), the
+ * output directory, the session, the optimizer, isolated expert training's range, the weights
+ * and data position (resume, --init-from or fresh), the metrics file (rank 0) and the machine
+ * rates. Sets *have_session once the session is open (the caller closes it). */
 ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
                              const ccoe_train_opts *o, ccoe_st_file **resume_file,
                              int *have_session, ccoe_error *err)
