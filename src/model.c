@@ -16,6 +16,10 @@
 #include "placement.h"
 #include "rng.h"
 
+/* Whether the CCoE experts are FFNs of base blocks (form flag CCOE_FF_EXPERT_FFN, Eqs. 6-7)
+ * rather than whole blocks of their own (Eqs. 4-5). */
+static int experts_are_ffns(const ccoe_model *m) { return ccoe_form_expert_ffn(m->gating.ops); }
+
 /* ---- parameter layout ---- */
 
 static void add_param(ccoe_model *m, size_t *off, const char *name, int block, int expert,
@@ -144,7 +148,7 @@ static void build_layout(ccoe_model *m)
         m->expert_begin[e] = off;
         for (int j = 0; j < gt->experts[e].layers; j++) {
             snprintf(prefix, sizeof prefix, "experts.%s.blocks.%d.", gt->experts[e].name, j);
-            if (gt->form == CCOE_FORM_FFN)
+            if (experts_are_ffns(m))
                 add_mlp(m, &off, prefix, -1, e);
             else
                 add_block(m, &off, prefix, inst++, e);
@@ -204,7 +208,7 @@ static void make_views(ccoe_model *m, float *base, ccoe_block_view *blocks, ccoe
                        ccoe_block_view *xffn)
 {
     const ccoe_gating *gt = &m->gating;
-    const int ffn_form = gt->form == CCOE_FORM_FFN;
+    const int ffn_form = experts_are_ffns(m);
     char prefix[CCOE_PARAM_NAME];
     for (int l = 0; l < m->cfg.n_layer; l++) {
         snprintf(prefix, sizeof prefix, "blocks.%d.", l);
@@ -235,7 +239,7 @@ static void build_paths(ccoe_model *m)
     int inst = L;
     for (int e = 0; e < gt->n_experts; e++) {
         const ccoe_expert_spec *x = &gt->experts[e];
-        if (gt->form == CCOE_FORM_FFN) {
+        if (experts_are_ffns(m)) {
             m->paths[1 + e] = (ccoe_path){.n_base = L,
                                           .first_inst = L,
                                           .n_own = 0,
@@ -405,14 +409,12 @@ ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_
                                      const int32_t *owner, ccoe_error *err)
 {
     const ccoe_gating *gt = &m->gating;
-    if (gt->n_experts == 0 || gt->form == CCOE_FORM_NONE)
+    if (gt->n_experts == 0 || !gt->ops)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "CCoE expert placement needs ccoe.form = tail, prefix or ffn with "
                               "at least one expert");
-    if (gt->form == CCOE_FORM_FFN && gt->own_head)
-        return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "CCoE expert placement of FFN experts (ccoe.form = ffn) needs the "
-                              "shared head: set ccoe.own_head = false or run without placement");
+    if (gt->ops->validate_placement)
+        CCOE_TRY(gt->ops->validate_placement(gt->own_head, err));
     if (m->n_moe > 0)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "CCoE expert placement is not combined with MoE blocks (their "
@@ -514,7 +516,7 @@ ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
     int n_xffn = 0;
     for (int e = 0; e < m->gating.n_experts; e++) {
         m->xffn_first[e] = n_xffn;
-        if (m->gating.form == CCOE_FORM_FFN)
+        if (experts_are_ffns(m))
             n_xffn += m->gating.experts[e].layers;
         else
             m->n_inst += m->gating.experts[e].layers;
@@ -807,7 +809,7 @@ typedef void (*ffn_run_fn)(ccoe_model *m, int k, int p, int r0, int r1, int s0, 
 
 static void for_each_ffn_run(ccoe_model *m, int k, int s0, int nb, int T, ffn_run_fn fn, void *ctx)
 {
-    if (m->gating.form != CCOE_FORM_FFN || m->gating.n_experts == 0 || k >= m->cfg.n_layer) {
+    if (!experts_are_ffns(m) || m->gating.n_experts == 0 || k >= m->cfg.n_layer) {
         fn(m, k, 0, s0, s0 + nb, s0, T, ctx);
         return;
     }
@@ -1337,7 +1339,7 @@ static void place_rows(const ccoe_model *m, int received, int to_buf, int add, f
  * same on every rank). */
 static int place_ffn_layer(const ccoe_model *m, int k)
 {
-    if (!m->place || !m->place_active || m->gating.form != CCOE_FORM_FFN)
+    if (!m->place || !m->place_active || m->gating.ops->exchange != CCOE_EXCHANGE_FFN)
         return 0;
     for (int p = 1; p < m->n_paths; p++)
         if (place_dest(m, k, p) >= 0)
@@ -1477,7 +1479,7 @@ static void place_backward(ccoe_model *m, float scale, float aux_scale)
 static int blocks_exchange(const ccoe_model *m)
 {
     return moe_distributed(m) ||
-           (m->place && m->place_active && m->gating.form == CCOE_FORM_FFN);
+           (m->place && m->place_active && m->gating.ops->exchange == CCOE_EXCHANGE_FFN);
 }
 
 /* The base blocks on the sorted rows [0, B) from m->emb: block l on the rows whose path keeps
@@ -1529,7 +1531,7 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
     }
     ccoe_embed_forward(m->emb, m->tok_sorted, m->wte, m->wpe, B, T, C);
     base_forward(m, B, T);
-    if (placed && m->gating.form != CCOE_FORM_FFN)
+    if (placed && m->gating.ops->exchange == CCOE_EXCHANGE_BRANCH)
         return place_forward(m, targets, B, T, count);
     groups_forward(m, T);
     if (count)
@@ -1656,7 +1658,7 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
     const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T;
     const int only = m->train_path;
     const int placed = m->place && m->place_active;
-    if (placed && m->gating.form != CCOE_FORM_FFN) {
+    if (placed && m->gating.ops->exchange == CCOE_EXCHANGE_BRANCH) {
         /* heads here, expert rows' d(branch input) back from their owners into dx */
         place_backward(m, scale, aux_scale);
     } else {

@@ -573,13 +573,13 @@ static void describe(const study_variant *v, const ccoe_config *c, char *buf, si
     if (strcmp(c->moe.gate, "none") != 0 && len < cap)
         len += (size_t)snprintf(buf + len, cap - len, ", MoE %s E%d K%d", c->moe.gate,
                                 c->moe.n_experts, c->moe.top_k);
-    if (c->ccoe.form != CCOE_FORM_NONE && len < cap) {
+    if (ccoe_form_of(c) && len < cap) {
         static const char *const forms[] = {"none", "tail (Eq. 4)", "prefix (Eq. 5)",
                                             "ffn (Eqs. 6-7)"};
         int f = (int)c->ccoe.form;
         len += (size_t)snprintf(buf + len, cap - len, ", CCoE %s",
                                 f >= 0 && f < 4 ? forms[f] : "?");
-        if (c->ccoe.form == CCOE_FORM_PREFIX && len < cap)
+        if ((ccoe_form_of(c)->flags & CCOE_FF_PREFIX_LAYERS) && len < cap)
             len += (size_t)snprintf(buf + len, cap - len, " l_b=%d", c->ccoe.prefix_layers);
         if (v->experts_per_domain > 0 && len < cap)
             snprintf(buf + len, cap - len, " l_i=%d per domain", v->experts_per_domain);
@@ -624,7 +624,7 @@ static ccoe_status variant_config(study *S, const study_variant *v, const ccoe_c
     for (int i = 0; i < v->n_sets && st == CCOE_OK; i++)
         st = apply_set(S, &v->sets[i], where, cfg, err);
     if (st == CCOE_OK && v->experts_per_domain > 0) {
-        if (cfg->ccoe.form == CCOE_FORM_NONE)
+        if (!ccoe_form_of(cfg))
             st = ccoe_error_set(err, CCOE_ERR_CONFIG,
                                 "study %s line %d: [variant.%s] has experts_per_domain but "
                                 "ccoe.form = none: set ccoe.form = tail, prefix or ffn",
@@ -1575,7 +1575,7 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
     {
         ccoe_config probe = base;
         probe.train.steps = 1;
-        probe.ccoe.form = CCOE_FORM_NONE;
+        probe.ccoe.form = (ccoe_form)0; /* none: the base model alone */
         probe.ccoe.experts[0] = probe.ccoe.routes[0] = '\0';
         snprintf(probe.moe.gate, sizeof probe.moe.gate, "none");
         ccoe_session s;
