@@ -181,9 +181,9 @@ static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
         CHECK((long)sums[1] == cnt_ref);
         CHECK(fabs(sums[0] - loss_ref) <= 1e-5 * fabs(loss_ref));
         ccoe_model_backward(&m, 1.0f / (float)sums[1], 1.0f);
-        bytes += m.place_bytes;
-        for (int i = 0; i < m.place_nsend; i++)
-            expert_rows_remote |= m.place_owner[m.row_path[m.place_send_row[i]] - 1] != r;
+        bytes += m.rx.bytes;
+        for (int i = 0; i < m.rx.nsend; i++)
+            expert_rows_remote |= m.place_owner[m.row_path[m.rx.send_row[i]] - 1] != r;
         /* expert gradients: complete on the owner, zero elsewhere */
         for (int e = 0; e < m.gating.n_experts; e++)
             if (m.place_owner[e] != r)
