@@ -724,9 +724,7 @@ void model_group_backward(ccoe_model *m, int p, int r0, int nb, int T, float aux
         block_backward(m, pa->first_inst + j, r0, nb, T, aux_scale);
 }
 
-/* ---- CCoE expert placement: rows travel to their expert's owner and back ---- */
-
-/* ---- whole model ---- */
+/* ---- whole model (CCoE expert placement's passes: model_place.c) ---- */
 
 /* Whether the base blocks exchange rows (expert-parallel MoE blocks, placed Eqs. 6-7 FFNs):
  * then a rank without rows still runs them on zero rows to join every exchange. */
@@ -799,8 +797,6 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
         *count = n;
     return ccoe_crossentropy_forward(m->losses, m->logits, m->logits, m->tgt_sorted, N, V);
 }
-
-/* ---- incremental decoding ---- */
 
 void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
 {
