@@ -339,10 +339,12 @@ static ccoe_status expert_train_config(const ccoe_expert_train_opts *o, ccoe_con
             char set[64];
             snprintf(set, sizeof set, "ccoe.form=%s", o->form ? o->form : "tail");
             CCOE_TRY(ccoe_config_set(&cfg, set, err));
-            if (!ccoe_form_of(&cfg))
+            if (!ccoe_form_of(&cfg)) {
+                char forms[128];
+                ccoe_form_list_names(forms, sizeof forms);
                 return ccoe_error_set(err, CCOE_ERR_ARG,
-                                      "--form none cannot hold an expert: use tail, prefix or "
-                                      "ffn");
+                                      "--form none cannot hold an expert: use one of %s", forms);
+            }
         } else if (o->form) {
             return ccoe_error_set(err, CCOE_ERR_ARG,
                                   "--form only applies to a model without experts; %s already "

@@ -141,10 +141,18 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
     g->ops = ccoe_form_of(cfg);
     const ccoe_form_ops *f = g->ops;
     if (!f) {
-        if (c->experts[0] || c->routes[0] || c->train_expert[0])
+        if (c->experts[0] || c->routes[0] || c->train_expert[0]) {
+            char forms[256] = "";
+            for (int i = 0; i < ccoe_form_count(); i++) {
+                const size_t n = strlen(forms);
+                snprintf(forms + n, sizeof forms - n, "%s%s", i ? ", " : "",
+                         ccoe_form_at(i)->title);
+            }
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "ccoe.experts/routes/train_expert are set but ccoe.form = none: "
-                                  "set ccoe.form = tail (Eq. 4), prefix (Eq. 5) or ffn (Eqs. 6-7)");
+                                  "set ccoe.form to one of %s",
+                                  forms);
+        }
         return CCOE_OK;
     }
     if (f->validate)

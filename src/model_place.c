@@ -14,10 +14,14 @@ ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_
                                      const int32_t *owner, ccoe_error *err)
 {
     const ccoe_gating *gt = &m->gating;
-    if (gt->n_experts == 0 || !gt->ops)
+    if (gt->n_experts == 0 || !gt->ops) {
+        char forms[128];
+        ccoe_form_list_names(forms, sizeof forms);
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "CCoE expert placement needs ccoe.form = tail, prefix or ffn with "
-                              "at least one expert");
+                              "CCoE expert placement needs a ccoe.form (%s) with at least one "
+                              "expert",
+                              forms);
+    }
     if (gt->ops->validate_placement)
         CCOE_TRY(gt->ops->validate_placement(gt->own_head, err));
     if (m->n_moe > 0)
