@@ -236,7 +236,8 @@ static void test_form_registry(void **state)
         if (ccoe_config_set(&k, set, &err) != CCOE_OK)
             fail_msg("config refuses registered form '%s': %s", fo->name, err.msg);
         assert_ptr_equal(ccoe_form_of(&k), fo);
-        /* above the default cap: refused naming the cap */
+        /* above the default cap: refused naming the cap (or, past a form's layer limit, the
+         * limit: "only L") */
         const int L = k.model.n_layer, over = fo->default_cap(L) + 1;
         char experts[32], needle[32];
         snprintf(experts, sizeof experts, "a:%d", over);
@@ -244,11 +245,9 @@ static void test_form_registry(void **state)
         set_ccoe(&k, fo->id, experts, "arith:a", prefix_for(fo, L, 0), 0);
         ccoe_gating g;
         const ccoe_status st = ccoe_gating_build(&g, &k, k_domains, 4, &err);
-        if (over <= L || !fo->layer_limit) {
-            assert_int_equal(st, CCOE_ERR_CONFIG);
-            if (!strstr(err.msg, needle) && !strstr(err.msg, "only"))
-                fail_msg("form %s: '%s' lacks '%s'", fo->name, err.msg, needle);
-        }
+        assert_int_equal(st, CCOE_ERR_CONFIG);
+        if (!strstr(err.msg, needle) && !strstr(err.msg, "only"))
+            fail_msg("form %s: '%s' lacks '%s'", fo->name, err.msg, needle);
     }
     assert_null(ccoe_form_at(ccoe_form_count()));
     assert_null(ccoe_form_at(-1));
