@@ -134,7 +134,7 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
     meta[k++] = "expert.domains";
     meta[k++] = domains;
     meta[k++] = "expert.form";
-    meta[k++] = x.cfg.ccoe.form == CCOE_FORM_FFN ? "ffn" : "blocks";
+    meta[k++] = x.gating.ops ? x.gating.ops->file_kind : "blocks";
     char keys[9][40];
     for (int i = 0; i < 9; i++) {
         snprintf(keys[i], sizeof keys[i], "model.%s", k_shape_keys[i]);
@@ -248,16 +248,15 @@ ccoe_status ccoe_expert_push(const char *model_path, const char *expert_path,
     int layers = atoi(layers_s), own = atoi(own_s);
     /* an Eqs. 6-7 expert is FFNs only; Eq. 4/5 experts are whole blocks (older files: blocks) */
     const char *form_s = ccoe_st_meta(f, "expert.form");
-    const int file_ffn = form_s && strcmp(form_s, "ffn") == 0;
-    if (x.cfg.ccoe.form != CCOE_FORM_NONE && file_ffn != (x.cfg.ccoe.form == CCOE_FORM_FFN)) {
+    const char *file_kind = form_s && strcmp(form_s, "ffn") == 0 ? "ffn" : "blocks";
+    const int file_ffn = strcmp(file_kind, "ffn") == 0;
+    const ccoe_form_ops *model_form = ccoe_form_of(&x.cfg);
+    if (model_form && strcmp(file_kind, model_form->file_kind) != 0) {
         s = ccoe_error_set(err, CCOE_ERR_FORMAT,
                            "expert %s holds %s but model %s has ccoe.form = %s: push it into a "
                            "model of the same form",
                            expert_path, file_ffn ? "FFNs (ccoe.form = ffn)" : "whole blocks",
-                           model_path,
-                           x.cfg.ccoe.form == CCOE_FORM_FFN      ? "ffn"
-                           : x.cfg.ccoe.form == CCOE_FORM_PREFIX ? "prefix"
-                                                                 : "tail");
+                           model_path, model_form->name);
         goto done;
     }
     ccoe_config cfg = x.cfg;
@@ -280,8 +279,8 @@ ccoe_status ccoe_expert_push(const char *model_path, const char *expert_path,
             snprintf(cfg.ccoe.experts, sizeof cfg.ccoe.experts, "%s", x.cfg.ccoe.experts);
         }
     } else {
-        if (cfg.ccoe.form == CCOE_FORM_NONE) {
-            cfg.ccoe.form = file_ffn ? CCOE_FORM_FFN : CCOE_FORM_TAIL;
+        if (!model_form) {
+            cfg.ccoe.form = ccoe_form_for_file_kind(file_kind)->id;
             cfg.ccoe.own_head = own;
         } else if (cfg.ccoe.own_head != own) {
             s = ccoe_error_set(err, CCOE_ERR_FORMAT,
@@ -340,10 +339,12 @@ static ccoe_status expert_train_config(const ccoe_expert_train_opts *o, ccoe_con
             char set[64];
             snprintf(set, sizeof set, "ccoe.form=%s", o->form ? o->form : "tail");
             CCOE_TRY(ccoe_config_set(&cfg, set, err));
-            if (cfg.ccoe.form == CCOE_FORM_NONE)
+            if (!ccoe_form_of(&cfg)) {
+                char forms[128];
+                ccoe_form_list_names(forms, sizeof forms);
                 return ccoe_error_set(err, CCOE_ERR_ARG,
-                                      "--form none cannot hold an expert: use tail, prefix or "
-                                      "ffn");
+                                      "--form none cannot hold an expert: use one of %s", forms);
+            }
         } else if (o->form) {
             return ccoe_error_set(err, CCOE_ERR_ARG,
                                   "--form only applies to a model without experts; %s already "

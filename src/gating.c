@@ -138,43 +138,42 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
         snprintf(g->domains[d], CCOE_NAME_LEN, "%s", domain_names[d]);
         g->route[d] = -1;
     }
-    if (c->form == CCOE_FORM_NONE) {
-        if (c->experts[0] || c->routes[0] || c->train_expert[0])
+    g->ops = ccoe_form_of(cfg);
+    const ccoe_form_ops *f = g->ops;
+    if (!f) {
+        if (c->experts[0] || c->routes[0] || c->train_expert[0]) {
+            char forms[256] = "";
+            for (int i = 0; i < ccoe_form_count(); i++) {
+                const size_t n = strlen(forms);
+                snprintf(forms + n, sizeof forms - n, "%s%s", i ? ", " : "",
+                         ccoe_form_at(i)->title);
+            }
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "ccoe.experts/routes/train_expert are set but ccoe.form = none: "
-                                  "set ccoe.form = tail (Eq. 4), prefix (Eq. 5) or ffn (Eqs. 6-7)");
+                                  "set ccoe.form to one of %s",
+                                  forms);
+        }
         return CCOE_OK;
     }
-    if (c->form == CCOE_FORM_FFN && strcmp(cfg->moe.gate, "none") != 0)
-        return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "ccoe.form = ffn gives the last l_i blocks rule-gated FFN experts "
-                              "and cannot be combined with [moe] (moe.gate = %s): set moe.gate = "
-                              "none, or use moe.gate = domain without ccoe.form for the learned-"
-                              "layout variant",
-                              cfg->moe.gate);
+    if (f->validate)
+        CCOE_TRY(f->validate(cfg, err));
     CCOE_TRY(for_each_pair(c->experts, "experts", add_expert, g, err));
-    /* block experts (Eqs. 4-5) default to at most half the base; FFN experts may cover all */
-    const int cap = c->max_expert_layers > 0     ? c->max_expert_layers
-                    : c->form == CCOE_FORM_FFN ? L
-                                               : L / 2;
-    if (c->form == CCOE_FORM_PREFIX && (c->prefix_layers < 0 || c->prefix_layers > L))
-        return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "ccoe.prefix_layers = %d is out of range: allowed 0..%d (n_layer)",
-                              c->prefix_layers, L);
+    const int cap = c->max_expert_layers > 0 ? c->max_expert_layers : f->default_cap(L);
+    const int limit = f->layer_limit ? f->layer_limit(L) : -1;
     for (int e = 0; e < g->n_experts; e++) {
         ccoe_expert_spec *x = &g->experts[e];
-        if ((c->form == CCOE_FORM_TAIL || c->form == CCOE_FORM_FFN) && x->layers > L)
+        if (limit >= 0 && x->layers > limit)
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "ccoe.experts: expert '%s' has %d layers but the base has only "
                                   "%d (n_layer): an Eq. 4 expert replaces at most all of them",
-                                  x->name, x->layers, L);
+                                  x->name, x->layers, limit);
         if (x->layers > cap)
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "ccoe.experts: expert '%s' has %d layers, above the cap %d "
                                   "(ccoe.max_expert_layers; default floor(n_layer/2), n_layer for ffn): lower it "
                                   "or raise ccoe.max_expert_layers",
                                   x->name, x->layers, cap);
-        x->branch = c->form == CCOE_FORM_PREFIX ? c->prefix_layers : L - x->layers;
+        x->branch = f->branch(c, L, x->layers);
         x->pos = 0;
         for (int k = 0; k < e; k++)
             if (g->experts[k].branch == x->branch)
@@ -193,10 +192,8 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
 
 void ccoe_gating_print(FILE *f, const ccoe_gating *g)
 {
-    static const char *const forms[] = {"none", "tail (Eq. 4)", "prefix (Eq. 5)",
-                                        "ffn (Eqs. 6-7)"};
     fprintf(f, "task-expert matrix: form %s, %d domains x %d experts (entries: l_j,pos_j)\n",
-            forms[g->form], g->n_domains, g->n_experts);
+            g->ops ? g->ops->title : "none", g->n_domains, g->n_experts);
     fprintf(f, "%-12s", "");
     for (int e = 0; e < g->n_experts; e++)
         fprintf(f, " %10.10s", g->experts[e].name);
@@ -221,14 +218,11 @@ void ccoe_gating_print(FILE *f, const ccoe_gating *g)
 void ccoe_gating_path_name(const ccoe_gating *g, int d, char *buf, size_t cap)
 {
     int e = g->route[d];
-    if (e < 0)
+    if (e < 0 || !g->ops)
         snprintf(buf, cap, "base[0:%d]", g->n_layer);
-    else if (g->form == CCOE_FORM_FFN)
-        snprintf(buf, cap, "base[0:%d] + %.32s FFN[%d:%d]", g->n_layer, g->experts[e].name,
-                 g->experts[e].branch, g->n_layer);
     else
-        snprintf(buf, cap, "base[0:%d] -> %.32s (%d)", g->experts[e].branch, g->experts[e].name,
-                 g->experts[e].layers);
+        g->ops->path_name(buf, cap, g->experts[e].name, g->experts[e].branch,
+                          g->experts[e].layers, g->n_layer);
 }
 
 static ccoe_status append(char *dst, size_t cap, const char *piece, const char *key,

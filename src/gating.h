@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "data.h"
+#include "form.h"
 #include "status.h"
 
 #define CCOE_MAX_EXPERTS 64
@@ -29,6 +30,7 @@ typedef struct ccoe_expert_spec {
 
 typedef struct ccoe_gating {
     ccoe_form form;
+    const ccoe_form_ops *ops;                     /* the form's table; NULL: form = none */
     int n_layer;                                  /* L of the base */
     int own_head;
     int n_experts;

@@ -579,7 +579,7 @@ static int cmd_info(int argc, char **argv)
             total += numel;
     }
     printf("parameters: %zu\n", total);
-    if (cfg.ccoe.form != CCOE_FORM_NONE) {
+    if (ccoe_form_of(&cfg)) {
         char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
         int nd = ccoe_checkpoint_domains(f, &cfg, names);
         ccoe_gating g;

@@ -36,6 +36,7 @@
 #include "gating.h"
 #include "gemm.h"
 #include "moe.h"
+#include "row_exchange.h"
 #include "status.h"
 
 #define CCOE_MAX_PARAMS 4096
@@ -170,20 +171,16 @@ typedef struct ccoe_model {
     void (*grad_ready)(void *ctx, size_t begin, size_t end);
     void *grad_ready_ctx;
     /* CCoE expert placement (Eqs. 4-5 over ranks; ccoe_model_set_placement). Rows
-     * [0, place_B) of the activations are this rank's sorted rows, rows [place_B, place_B +
-     * place_R) the rows other ranks (and this one) sent to the experts it owns; the received
-     * groups follow the local ones in group_* (indices n_groups .. n_groups + place_n_rgroups). */
+     * [0, rx.B) of the activations are this rank's sorted rows, rows [rx.B, rx.B + rx.R) the
+     * rows other ranks (and this one) sent to the experts it owns; the received groups follow
+     * the local ones in group_* (indices n_groups .. n_groups + rx.n_rgroups). */
     int place;                 /* placement set up (ccoe_model_set_placement) */
     int place_active;          /* forward/backward exchange; the trainer sets it while training */
     int place_owner[CCOE_MAX_EXPERTS]; /* rank of each CCoE expert (src/placement.h) */
     int place_maxB;            /* local rows a forward may pass (maxB before placement) */
-    int place_B, place_R, place_n_rgroups, place_nsend;
-    int32_t *place_counts;     /* (P, n_paths) rows per path of every rank, last forward */
-    size_t *place_sc, *place_sd, *place_rc, *place_rd; /* (P) each, floats */
-    float *place_send, *place_recv;  /* exchange buffers */
-    int *place_send_row;       /* (maxB) local row of each sent row, send order */
-    int *place_recv_row;       /* (maxB) model row of each received row, receive order */
-    uint64_t place_bytes;      /* bytes sent to other ranks by the last forward + backward */
+    /* the rows' exchange (plan of the last exchange; rx.B local rows, rx.R received, rx.bytes
+     * sent to other ranks by the last forward + backward) */
+    ccoe_row_exchange rx;
     /* the first failed exchange inside forward/backward (CCOE_OK: none): from then on the
      * model skips its exchanges (the communicator is unusable); ccoe_model_comm_status */
     ccoe_status comm_status;

@@ -76,7 +76,7 @@ int ccoe_placement_expert_count(const ccoe_config *c)
 {
     if (strcmp(c->moe.gate, "none") != 0)
         return c->moe.n_experts;
-    if (c->ccoe.form == CCOE_FORM_NONE)
+    if (!ccoe_form_of(c))
         return 0;
     int n = 0;
     for (const char *p = c->ccoe.experts; *p;) {

@@ -172,7 +172,7 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
     {
         ccoe_config probe = base;
         probe.train.steps = 1;
-        probe.ccoe.form = CCOE_FORM_NONE;
+        probe.ccoe.form = (ccoe_form)0; /* none: the base model alone */
         probe.ccoe.experts[0] = probe.ccoe.routes[0] = '\0';
         snprintf(probe.moe.gate, sizeof probe.moe.gate, "none");
         ccoe_session s;

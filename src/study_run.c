@@ -56,13 +56,13 @@ static void describe(const study_variant *v, const ccoe_config *c, char *buf, si
     if (strcmp(c->moe.gate, "none") != 0 && len < cap)
         len += (size_t)snprintf(buf + len, cap - len, ", MoE %s E%d K%d", c->moe.gate,
                                 c->moe.n_experts, c->moe.top_k);
-    if (c->ccoe.form != CCOE_FORM_NONE && len < cap) {
+    if (ccoe_form_of(c) && len < cap) {
         static const char *const forms[] = {"none", "tail (Eq. 4)", "prefix (Eq. 5)",
                                             "ffn (Eqs. 6-7)"};
         int f = (int)c->ccoe.form;
         len += (size_t)snprintf(buf + len, cap - len, ", CCoE %s",
                                 f >= 0 && f < 4 ? forms[f] : "?");
-        if (c->ccoe.form == CCOE_FORM_PREFIX && len < cap)
+        if ((ccoe_form_of(c)->flags & CCOE_FF_PREFIX_LAYERS) && len < cap)
             len += (size_t)snprintf(buf + len, cap - len, " l_b=%d", c->ccoe.prefix_layers);
         if (v->experts_per_domain > 0 && len < cap)
             snprintf(buf + len, cap - len, " l_i=%d per domain", v->experts_per_domain);

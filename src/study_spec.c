@@ -442,7 +442,7 @@ ccoe_status ccoe_study_variant_config(study *S, const study_variant *v, const cc
     for (int i = 0; i < v->n_sets && st == CCOE_OK; i++)
         st = ccoe_study_apply_set(S, &v->sets[i], where, cfg, err);
     if (st == CCOE_OK && v->experts_per_domain > 0) {
-        if (cfg->ccoe.form == CCOE_FORM_NONE)
+        if (!ccoe_form_of(cfg))
             st = ccoe_error_set(err, CCOE_ERR_CONFIG,
                                 "study %s line %d: [variant.%s] has experts_per_domain but "
                                 "ccoe.form = none: set ccoe.form = tail, prefix or ffn",

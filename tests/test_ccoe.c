@@ -12,6 +12,7 @@
 #include "testutil.h"
 
 #include "config.h"
+#include "form.h"
 #include "gating.h"
 #include "gemm.h"
 #include "model.h"
@@ -108,15 +109,28 @@ static void set_ccoe(ccoe_config *c, ccoe_form form, const char *experts, const 
     c->ccoe.own_head = own_head;
 }
 
-static void test_gradcheck_tail(void **state)
+/* ccoe.prefix_layers for a form: L - deepest for forms that branch at prefix_layers (Eq. 5),
+ * so every expert ends at the last base block as under tail and ffn; 0 for the others. */
+static int prefix_for(const ccoe_form_ops *f, int L, int deepest)
+{
+    return (f->flags & CCOE_FF_PREFIX_LAYERS) ? L - deepest : 0;
+}
+
+/* Every registered form (variants/forms.def), pre- and post-LN, shared and own heads, on
+ * mixed-domain batches: every tensor against finite differences. A new form is checked
+ * without edits here. */
+static void test_gradcheck_forms(void **state)
 {
     (void)state;
-    for (int block = 0; block < 2; block++)
-        for (int own = 0; own < 2; own++) {
-            ccoe_config c = base_config((ccoe_block_kind)block);
-            set_ccoe(&c, CCOE_FORM_TAIL, "a:1 b:2", "arith:a code:b sql:a", 0, own);
-            gradcheck(&c);
-        }
+    for (int f = 0; f < ccoe_form_count(); f++)
+        for (int block = 0; block < 2; block++)
+            for (int own = 0; own < 2; own++) {
+                const ccoe_form_ops *fo = ccoe_form_at(f);
+                ccoe_config c = base_config((ccoe_block_kind)block);
+                set_ccoe(&c, fo->id, "a:1 b:2", "arith:a code:b sql:a",
+                         prefix_for(fo, c.model.n_layer, 2), own);
+                gradcheck(&c);
+            }
 }
 
 static void test_gradcheck_prefix(void **state)
@@ -129,17 +143,6 @@ static void test_gradcheck_prefix(void **state)
     }
 }
 
-/* Eqs. 6-7: FFN-level experts in the last l_i blocks (post-LN as in the paper, and pre-LN) */
-static void test_gradcheck_ffn(void **state)
-{
-    (void)state;
-    for (int block = 0; block < 2; block++)
-        for (int own = 0; own < 2; own++) {
-            ccoe_config c = base_config((ccoe_block_kind)block);
-            set_ccoe(&c, CCOE_FORM_FFN, "a:1 b:2", "arith:a code:b sql:a", 0, own);
-            gradcheck(&c);
-        }
-}
 
 /* logits of every (b, t) of the last forward into out (B*T*V) in original row order */
 static void logits_of(const ccoe_model *m, float *out, int B, int T)
@@ -161,6 +164,93 @@ static void copy_params(ccoe_model *dst, const ccoe_model *src)
         memcpy(dst->param_block + q->offset, src->param_block + p->offset,
                p->numel * sizeof(float));
     }
+}
+
+/* Every registered form: experts initialised as copies of the base (CCOE_INIT_COPY's
+ * contract: each expert starts as the base at its position) compute the base model's logits
+ * exactly, pre- and post-LN, shared and own heads; the plain base model is the reference. */
+static void test_forms_copy_equals_base(void **state)
+{
+    (void)state;
+    const int B = 6, T = 6, V = 40;
+    for (int f = 0; f < ccoe_form_count(); f++)
+        for (int block = 0; block < 2; block++)
+            for (int own = 0; own < 2; own++) {
+                const ccoe_form_ops *fo = ccoe_form_at(f);
+                ccoe_config cb = base_config((ccoe_block_kind)block), ce = cb;
+                set_ccoe(&ce, fo->id, "a:2 b:2", "arith:a code:b prose:b",
+                         prefix_for(fo, cb.model.n_layer, 2), own);
+                ccoe_model mb, me;
+                ccoe_gating gb, ge;
+                build(&mb, &gb, &cb, B);
+                build(&me, &ge, &ce, B);
+                ccoe_model_init_weights(&mb, 9, CCOE_INIT_RANDOM);
+                ccoe_model_init_weights(&me, 1, CCOE_INIT_RANDOM);
+                copy_params(&me, &mb);
+                for (int e = 0; e < ge.n_experts; e++)
+                    ccoe_model_expert_copy_base(&me, e);
+                int32_t tok[64], tgt[64], dom[8];
+                fill_batch(tok, tgt, dom, B, T, V, 4);
+                const size_t n = (size_t)B * T * V;
+                float *lb = malloc(n * sizeof(float)), *le = malloc(n * sizeof(float));
+                ccoe_model_forward(&mb, tok, NULL, dom, B, T, NULL);
+                logits_of(&mb, lb, B, T);
+                ccoe_model_forward(&me, tok, NULL, dom, B, T, NULL);
+                logits_of(&me, le, B, T);
+                if (memcmp(lb, le, n * sizeof(float)) != 0)
+                    fail_msg("form %s block %d own_head %d: copied experts differ from the base",
+                             fo->name, block, own);
+                free(lb);
+                free(le);
+                ccoe_model_free(&mb);
+                ccoe_model_free(&me);
+            }
+}
+
+/* The registry (variants/form_registry.c): names, ids and lookups agree, every form's name is
+ * a ccoe.form value the config accepts with its id, and each form refuses an expert above its
+ * default cap with the cap's message. */
+static void test_form_registry(void **state)
+{
+    (void)state;
+    char names[256];
+    ccoe_form_list_names(names, sizeof names);
+    assert_true(ccoe_form_count() >= 3);
+    assert_null(ccoe_form_find("none"));
+    assert_null(ccoe_form_find("nope"));
+    assert_null(ccoe_form_by_id((ccoe_form)0));
+    ccoe_config c = base_config(CCOE_BLOCK_PRE_LN);
+    assert_null(ccoe_form_of(&c)); /* default ccoe.form = none */
+    for (int f = 0; f < ccoe_form_count(); f++) {
+        const ccoe_form_ops *fo = ccoe_form_at(f);
+        assert_non_null(fo);
+        assert_ptr_equal(ccoe_form_find(fo->name), fo);
+        assert_ptr_equal(ccoe_form_by_id(fo->id), fo);
+        assert_non_null(strstr(names, fo->name));
+        assert_non_null(ccoe_form_for_file_kind(fo->file_kind));
+        assert_true(fo->default_cap && fo->branch && fo->path_name && fo->title && fo->help);
+        char set[64];
+        snprintf(set, sizeof set, "ccoe.form=%s", fo->name);
+        ccoe_error err = {0};
+        ccoe_config k = base_config(CCOE_BLOCK_PRE_LN);
+        if (ccoe_config_set(&k, set, &err) != CCOE_OK)
+            fail_msg("config refuses registered form '%s': %s", fo->name, err.msg);
+        assert_ptr_equal(ccoe_form_of(&k), fo);
+        /* above the default cap: refused naming the cap (or, past a form's layer limit, the
+         * limit: "only L") */
+        const int L = k.model.n_layer, over = fo->default_cap(L) + 1;
+        char experts[32], needle[32];
+        snprintf(experts, sizeof experts, "a:%d", over);
+        snprintf(needle, sizeof needle, "cap %d", fo->default_cap(L));
+        set_ccoe(&k, fo->id, experts, "arith:a", prefix_for(fo, L, 0), 0);
+        ccoe_gating g;
+        const ccoe_status st = ccoe_gating_build(&g, &k, k_domains, 4, &err);
+        assert_int_equal(st, CCOE_ERR_CONFIG);
+        if (!strstr(err.msg, needle) && !strstr(err.msg, "only"))
+            fail_msg("form %s: '%s' lacks '%s'", fo->name, err.msg, needle);
+    }
+    assert_null(ccoe_form_at(ccoe_form_count()));
+    assert_null(ccoe_form_at(-1));
 }
 
 static void test_zero_layer_experts_equal_base(void **state)
@@ -433,9 +523,10 @@ static int setup(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gradcheck_tail),
+        cmocka_unit_test(test_form_registry),
+        cmocka_unit_test(test_gradcheck_forms),
         cmocka_unit_test(test_gradcheck_prefix),
-        cmocka_unit_test(test_gradcheck_ffn),
+        cmocka_unit_test(test_forms_copy_equals_base),
         cmocka_unit_test(test_ffn_copy_equals_base),
         cmocka_unit_test(test_ffn_isolated_backward),
         cmocka_unit_test(test_zero_layer_experts_equal_base),

@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "eval.h"
+#include "form.h"
 #include "gating.h"
 #include "gemm.h"
 #include "kernels.h"
@@ -185,6 +186,28 @@ static void test_decode_equals_forward(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof k_cases / sizeof k_cases[0]; i++)
         decode_case(&k_cases[i]);
+}
+
+/* Every registered CCoE form (variants/forms.def), pre- and post-LN, own heads and shared: the
+ * same decode-versus-forward check, so a new form is covered without edits here. */
+static void test_decode_forms(void **state)
+{
+    (void)state;
+    for (int f = 0; f < ccoe_form_count(); f++)
+        for (int v = 0; v < 4; v++) {
+            const ccoe_form_ops *fo = ccoe_form_at(f);
+            char form[64], name[96];
+            snprintf(form, sizeof form, "ccoe.form=%s", fo->name);
+            snprintf(name, sizeof name, "form %s, %s, %s head", fo->name,
+                     v & 1 ? "post-LN" : "pre-LN", v & 2 ? "own" : "shared");
+            model_case mc = {name,
+                             {form, "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b",
+                              v & 1 ? "model.block=post_ln" : "model.block=pre_ln",
+                              v & 2 ? "ccoe.own_head=true" : "ccoe.own_head=false",
+                              (fo->flags & CCOE_FF_PREFIX_LAYERS) ? "ccoe.prefix_layers=2" : NULL,
+                              NULL}};
+            decode_case(&mc);
+        }
 }
 
 /* ccoe_generate (greedy) against greedy decoding by a full forward per new token. */
@@ -368,6 +391,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_decode_kernel),
         cmocka_unit_test(test_decode_equals_forward),
+        cmocka_unit_test(test_decode_forms),
         cmocka_unit_test(test_generate_equals_recompute),
         cmocka_unit_test(test_sample_token),
         cmocka_unit_test(test_generate_sampled),

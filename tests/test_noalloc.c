@@ -19,6 +19,7 @@
 #include "testutil.h"
 
 #include "config.h"
+#include "form.h"
 #include "model.h"
 #include "optim.h"
 #include "session.h"
@@ -216,6 +217,32 @@ static void test_step_allocates_nothing(void **state)
     assert_int_equal(fails, 0);
 }
 
+/* Every registered CCoE form (variants/forms.def), full and isolated expert training: a new
+ * form is checked without edits here. */
+static void test_forms_allocate_nothing(void **state)
+{
+    (void)state;
+    int fails = 0;
+    for (int f = 0; f < ccoe_form_count(); f++)
+        for (int isolated = 0; isolated < 2; isolated++) {
+            const ccoe_form_ops *fo = ccoe_form_at(f);
+            char form[64];
+            snprintf(form, sizeof form, "ccoe.form=%s", fo->name);
+            const char *sets[4] = {form, "ccoe.experts=a:2,b:1", "ccoe.routes=arith:a,code:b",
+                                   "ccoe.prefix_layers=2"};
+            const int n_sets = (fo->flags & CCOE_FF_PREFIX_LAYERS) ? 4 : 3;
+            char first[96];
+            long lib = 0;
+            long n = steps_allocations(sets, n_sets, isolated, first, sizeof first, &lib);
+            if (n != 0) {
+                fprintf(stderr, "form %s%s: %ld allocations in 3 training steps (first: %s)\n",
+                        fo->name, isolated ? ", isolated" : "", n, first);
+                fails++;
+            }
+        }
+    assert_int_equal(fails, 0);
+}
+
 /* The counters see ccoe's calls as ccoe's (or the test above could never fail). */
 static void test_wrappers_count(void **state)
 {
@@ -237,6 +264,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_wrappers_count),
         cmocka_unit_test(test_step_allocates_nothing),
+        cmocka_unit_test(test_forms_allocate_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

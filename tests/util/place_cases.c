@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "form.h"
 #include "gating.h"
 #include "model.h"
 #include "optim.h"
@@ -180,9 +181,9 @@ static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
         CHECK((long)sums[1] == cnt_ref);
         CHECK(fabs(sums[0] - loss_ref) <= 1e-5 * fabs(loss_ref));
         ccoe_model_backward(&m, 1.0f / (float)sums[1], 1.0f);
-        bytes += m.place_bytes;
-        for (int i = 0; i < m.place_nsend; i++)
-            expert_rows_remote |= m.place_owner[m.row_path[m.place_send_row[i]] - 1] != r;
+        bytes += m.rx.bytes;
+        for (int i = 0; i < m.rx.nsend; i++)
+            expert_rows_remote |= m.place_owner[m.row_path[m.rx.send_row[i]] - 1] != r;
         /* expert gradients: complete on the owner, zero elsewhere */
         for (int e = 0; e < m.gating.n_experts; e++)
             if (m.place_owner[e] != r)
@@ -329,5 +330,15 @@ int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
     int fails = refusals(comm, g);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fails += place_case(comm, g, &cases[i]);
+    /* every registered form (variants/forms.def), pre- and post-LN, shared head: a new form is
+     * checked without edits here */
+    for (int f = 0; f < ccoe_form_count(); f++)
+        for (int post_ln = 0; post_ln < 2; post_ln++) {
+            const ccoe_form_ops *fo = ccoe_form_at(f);
+            const pcase pc = {fo->id, post_ln, 0, (fo->flags & CCOE_FF_PREFIX_LAYERS) ? 1 : 0, 6,
+                              "a:1 b:2 c:1", "arith:a code:b sql:c", CCOE_PLACE_CONTIGUOUS,
+                              {0}};
+            fails += place_case(comm, g, &pc);
+        }
     return fails;
 }
