@@ -189,10 +189,14 @@ static void opt_takes(const ccoe_cli_opt *o, char *buf, size_t cap)
     char list[512] = "";
     if (o->choices_fn)
         o->choices_fn(list, sizeof list);
-    else if (o->choices)
-        for (const char *p = o->choices; *p; p++)
-            snprintf(list + strlen(list), sizeof list - strlen(list), "%s",
-                     *p == '|' ? ", " : (char[]){*p, 0});
+    else if (o->choices) /* "a|b" -> "a, b" */
+        for (size_t i = 0, n = 0; o->choices[i] && n + 3 < sizeof list; i++) {
+            if (o->choices[i] == '|')
+                list[n++] = ',', list[n++] = ' ';
+            else
+                list[n++] = o->choices[i];
+            list[n] = '\0';
+        }
     switch (o->kind) {
     case CCOE_OPT_INT:
     case CCOE_OPT_UINT:
