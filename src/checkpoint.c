@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gating.h"
+
 #define NAME_LEN (CCOE_PARAM_NAME + 16)
 
 static void fill_tensor(ccoe_st_tensor *t, const char *name, const ccoe_param *p,
@@ -461,4 +463,73 @@ ccoe_status ccoe_checkpoint_reseal(const char *in, const char *out, char *note, 
     free(meta);
     ccoe_st_close(f);
     return s;
+}
+
+ccoe_status ccoe_checkpoint_print_info(FILE *out, const char *path, ccoe_error *err)
+{
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    ccoe_status st = ccoe_checkpoint_open(path, &cfg, &f, err);
+    if (st != CCOE_OK)
+        return st;
+    const char *keys[] = {"ccoe.version", "config_hash", "step", "data_pos", "optim.state"};
+    fprintf(out, "checkpoint %s\n", path);
+    fprintf(out, "  %-13s whole file, CRC-32 %s, verified\n", "checksum",
+            ccoe_st_meta(f, "ccoe.file_crc32"));
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        fprintf(out, "  %-13s %s\n", keys[i],
+                ccoe_st_meta(f, keys[i]) ? ccoe_st_meta(f, keys[i]) : "-");
+    size_t total = 0;
+    fprintf(out, "tensors:\n");
+    for (size_t i = 0; i < ccoe_st_count(f); i++) {
+        int ndim = 0;
+        int64_t shape[CCOE_ST_MAX_DIMS] = {0};
+        const char *name = ccoe_st_name(f, i);
+        ccoe_st_find(f, name, &ndim, shape);
+        size_t numel = 1;
+        fprintf(out, "  %-40s [", name);
+        for (int d = 0; d < ndim; d++) {
+            fprintf(out, "%s%lld", d ? ", " : "", (long long)shape[d]);
+            numel *= (size_t)shape[d];
+        }
+        fprintf(out, "]\n");
+        if (strncmp(name, "optim.", 6) != 0)
+            total += numel;
+    }
+    fprintf(out, "parameters: %zu\n", total);
+    if (ccoe_form_of(&cfg)) {
+        char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
+        int nd = ccoe_checkpoint_domains(f, &cfg, names);
+        ccoe_gating g;
+        ccoe_error gerr = {0}; /* a matrix that cannot be built is shown, not a failure */
+        if (ccoe_gating_build(&g, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, &gerr) ==
+            CCOE_OK)
+            ccoe_gating_print(out, &g);
+        else
+            fprintf(out, "task-expert matrix: %s\n", gerr.msg);
+    }
+    fprintf(out, "config:\n");
+    char *ini = ccoe_config_to_ini(&cfg);
+    fprintf(out, "%s", ini ? ini : "");
+    free(ini);
+    ccoe_st_close(f);
+    return CCOE_OK;
+}
+
+ccoe_status ccoe_checkpoint_compare_files(const char *path_a, const char *path_b, int mode,
+                                          FILE *out, int *same, ccoe_error *err)
+{
+    ccoe_st_file *a = NULL, *b = NULL;
+    *same = 0;
+    ccoe_status st = ccoe_st_open(path_a, &a, err);
+    if (st != CCOE_OK)
+        return st;
+    if ((st = ccoe_st_open(path_b, &b, err)) != CCOE_OK) {
+        ccoe_st_close(a);
+        return st;
+    }
+    *same = ccoe_checkpoint_compare(a, b, mode, out, NULL);
+    ccoe_st_close(a);
+    ccoe_st_close(b);
+    return CCOE_OK;
 }

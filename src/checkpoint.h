@@ -11,6 +11,7 @@
 #define CCOE_CHECKPOINT_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "config.h"
 #include "model.h"
@@ -68,6 +69,18 @@ typedef struct ccoe_compare_result {
  * least one tensor was compared), else 0. */
 int ccoe_checkpoint_compare(const ccoe_st_file *a, const ccoe_st_file *b, int mode, FILE *out,
                             ccoe_compare_result *res);
+
+/* ccoe_checkpoint_compare of the safetensors files at path_a and path_b (opened and checked
+ * as ccoe_st_open does): *same = its result. Fails only when a file cannot be opened. */
+ccoe_status ccoe_checkpoint_compare_files(const char *path_a, const char *path_b, int mode,
+                                          FILE *out, int *same, ccoe_error *err);
+
+/* Prints what a checkpoint holds to out (`ccoe info`): its checksum, version, config hash,
+ * step, data position and optimizer state, every tensor with its shape, the parameter count
+ * (optimizer state excluded), the task-expert matrix of a CCoE model (or why it cannot be
+ * built) and the stored config as INI text. Fails when the file cannot be opened as a
+ * checkpoint (ccoe_checkpoint_open). */
+ccoe_status ccoe_checkpoint_print_info(FILE *out, const char *path, ccoe_error *err);
 
 /* Rewrites the ccoe checkpoint `in` (a file without the whole-file checksum: an older ccoe
  * wrote it) to `out` (may equal in) with the checksum, after every check a load makes: the data

@@ -2,12 +2,14 @@
 #include "eval.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "arena.h"
 #include "comm.h"
+#include "fs.h"
 #include "rng.h"
 #include "sqlexec.h"
 
@@ -480,4 +482,71 @@ void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
         fputc('}', f);
     }
     fputc('}', f);
+}
+
+ccoe_status ccoe_eval_read_prompts(const char *path, const char ***prompts, int *n, char **text,
+                                   ccoe_error *err)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : ccoe_fs_fopen_input(path, NULL, err);
+    if (!f)
+        return ccoe_error_wrap(err, "--prompts");
+    size_t len = 0;
+    int e = ccoe_fs_read_stream(f, (size_t)256 << 20, text, &len);
+    if (f != stdin)
+        fclose(f);
+    if (e)
+        return ccoe_error_set(err, e == ENOMEM ? CCOE_ERR_NOMEM : CCOE_ERR_IO,
+                              "--prompts: cannot read '%s': %s", path,
+                              e == EFBIG ? "larger than 256 MB" : strerror(e));
+    char *t = *text;
+    size_t lines = 0;
+    for (size_t i = 0; i < len; i++)
+        lines += t[i] == '\n' || i + 1 == len;
+    const char **p = lines > (size_t)(1 << 24)
+                         ? NULL
+                         : realloc(*prompts, (size_t)(*n + (int)lines + 1) * sizeof *p);
+    if (!p) {
+        free(t);
+        *text = NULL;
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "--prompts: too many lines in '%s'", path);
+    }
+    *prompts = p;
+    char *line = t;
+    for (size_t i = 0; i < len; i++) {
+        if (t[i] != '\n' && i + 1 < len)
+            continue;
+        if (t[i] == '\n') {
+            t[i] = '\0';
+            if (i > 0 && t[i - 1] == '\r')
+                t[i - 1] = '\0';
+        }
+        p[(*n)++] = line;
+        line = t + i + 1;
+    }
+    return CCOE_OK;
+}
+
+ccoe_status ccoe_generate_print(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                                const char *const *prompts, int n, int domain,
+                                const ccoe_gen_opts *o, FILE *out, ccoe_error *err)
+{
+    enum { OUT_CAP = 4096 }; /* bytes of one continuation, its NUL included */
+    const int chunk = b->maxB < CCOE_GEN_MAX ? b->maxB : CCOE_GEN_MAX;
+    char *buf = malloc((size_t)chunk * OUT_CAP);
+    char *outs[CCOE_GEN_MAX];
+    if (!buf)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the generated text");
+    ccoe_status st = CCOE_OK;
+    for (int first = 0; st == CCOE_OK && first < n; first += chunk) {
+        const int k = n - first < chunk ? n - first : chunk;
+        for (int i = 0; i < k; i++)
+            outs[i] = buf + (size_t)i * OUT_CAP;
+        ccoe_gen_opts go = *o;
+        go.first_id = o->first_id + (uint64_t)first; /* prompt i draws as prompt first_id + i */
+        st = ccoe_generate(m, tok, b, prompts + first, domain, k, &go, outs, OUT_CAP, err);
+        for (int i = 0; st == CCOE_OK && i < k; i++)
+            fprintf(out, "%s%s\n", prompts[first + i], outs[i]);
+    }
+    free(buf);
+    return st;
 }

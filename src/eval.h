@@ -101,6 +101,23 @@ ccoe_status ccoe_generate(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *
                           const char *const *prompts, int domain, int n, const ccoe_gen_opts *o,
                           char **outs, size_t out_cap, ccoe_error *err);
 
+/* Appends the lines of path ("-": standard input) to *prompts (n of them so far; the array is
+ * grown with realloc), each a prompt: a final line without a newline counts, and "\r\n" ends a
+ * line too. *text receives the buffer that owns them (the caller frees it and *prompts). Errors
+ * name --prompts and the file. */
+ccoe_status ccoe_eval_read_prompts(const char *path, const char ***prompts, int *n, char **text,
+                                   ccoe_error *err);
+
+/* Generates the continuation of every prompt (any n) in chunks of min(b->maxB, CCOE_GEN_MAX)
+ * through ccoe_generate, prompt i drawing its random numbers as prompt o->first_id + i (the
+ * same text however it is chunked), and prints each prompt followed by its continuation, one
+ * line each, to out as each chunk finishes (a continuation holds at most 4095 bytes). Fails as
+ * ccoe_generate does, or when the text buffers cannot be allocated; the chunks before a
+ * failure are printed. */
+ccoe_status ccoe_generate_print(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                                const char *const *prompts, int n, int domain,
+                                const ccoe_gen_opts *o, FILE *out, ccoe_error *err);
+
 /* Scores one decoded answer against a task example: exact match, or for CCOE_MATCH_SQL execution
  * match on db (NULL: scored wrong). Returns 1 if correct; *sql_error is set to 1 when decoded
  * SQL did not run. */

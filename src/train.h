@@ -45,9 +45,10 @@ typedef struct ccoe_train_opts {
                                 * each on its own domains' data with the base frozen (each
                                 * equals a run with ccoe.train_expert = NAME), then gathered
                                 * into one checkpoint; NULL = off */
-    /* Test hook (tests only; main fills it from CCOE_TEST_FAIL_RANK / _STEP / _MODE): rank
-     * test_fail_rank fails at step test_fail_step (1-based) with mode "error" (a local error
-     * reported through the per-step agreement), "nan" (a non-finite local loss), "abort" (an
+    /* Test hook (tests only; src/cmd_testhook.c fills it from CCOE_TEST_FAIL_RANK / _STEP /
+     * _MODE in a build with CCOE_TEST_HOOKS): rank test_fail_rank fails at step
+     * test_fail_step (1-based) with mode "error" (a local error reported through the per-step
+     * agreement), "nan" (a non-finite local loss), "abort" (an
      * error returned without agreement: main aborts the job), "kill" (SIGKILL to itself) or
      * "file" (at start-up: its data manifest is a missing file). NULL mode = off. */
     const char *test_fail_mode;

@@ -5,7 +5,8 @@
  * same position, with sequences of different prompt lengths that leave the steps at different
  * times; greedy generation equals greedy decoding by full recomputation; the sampler (temperature,
  * top-k, top-p) picks tokens with exactly the probabilities it promises, and a sampled text
- * depends on the seed, never on batching. */
+ * depends on the seed, never on batching or on how ccoe_generate_print chunks the prompts;
+ * prompt files are read line by line. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -386,6 +387,83 @@ static void test_generate_sampled(void **state)
     ccoe_tokenizer_free(&tok);
 }
 
+/* ccoe_generate_print: any number of prompts, chunked by the batch, prints each prompt and the
+ * continuation ccoe_generate gives it decoded alone as prompt i (sampled: the draws follow the
+ * prompt, not the chunk), however many fit in a chunk. */
+static void test_generate_print_chunks(void **state)
+{
+    (void)state;
+    ccoe_tokenizer tok;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_tokenizer_init(&tok, "byte", &err), CCOE_OK);
+    const int V = tok.ops->vocab_size(tok.self), Tg = 24;
+    const char *prompts[5] = {"12+7=", "ab", "reverse: xyz -> ", "q", "3*3="};
+    ccoe_gating gt;
+    ccoe_model m;
+    open_case(&m, &gt, &k_cases[0], V, 4, Tg, 0.5, 78);
+    const ccoe_gen_opts go = {.max_new = 7, .stop = '\x01',
+                              .sample = {.temperature = 1.0f, .top_k = 20, .seed = 3}};
+    ccoe_batch b4, b2;
+    assert_int_equal(ccoe_batch_init(&b4, 4, Tg, &err), CCOE_OK);
+    assert_int_equal(ccoe_batch_init(&b2, 2, Tg, &err), CCOE_OK);
+    char want[1024] = "";
+    for (int i = 0; i < 5; i++) {
+        char one[64], *o1[1] = {one};
+        ccoe_gen_opts alone = go;
+        alone.first_id = (uint64_t)i;
+        assert_int_equal(ccoe_generate(&m, &tok, &b4, prompts + i, 0, 1, &alone, o1, 64, &err),
+                         CCOE_OK);
+        snprintf(want + strlen(want), sizeof want - strlen(want), "%s%s\n", prompts[i], one);
+    }
+    ccoe_batch *batches[2] = {&b4, &b2}; /* chunks of 4 + 1, and of 2 + 2 + 1 */
+    for (int k = 0; k < 2; k++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        assert_non_null(f);
+        assert_int_equal(ccoe_generate_print(&m, &tok, batches[k], prompts, 5, 0, &go, f, &err),
+                         CCOE_OK);
+        fclose(f);
+        assert_string_equal(text, want);
+        free(text);
+    }
+    ccoe_batch_free(&b4);
+    ccoe_batch_free(&b2);
+    ccoe_model_free(&m);
+    ccoe_tokenizer_free(&tok);
+}
+
+/* ccoe_eval_read_prompts appends a file's lines: "\r\n" ends a line, an empty line is a prompt,
+ * a last line without a newline counts; a missing file names --prompts and the file. */
+static void test_read_prompts(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/ccoe-prompts-XXXXXX";
+    const int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("a\r\nb\n\nc", f);
+    fclose(f);
+    const char **prompts = malloc(sizeof *prompts);
+    prompts[0] = "x";
+    int n = 1;
+    char *text = NULL;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_eval_read_prompts(path, &prompts, &n, &text, &err), CCOE_OK);
+    const char *want[5] = {"x", "a", "b", "", "c"};
+    assert_int_equal(n, 5);
+    for (int i = 0; i < 5; i++)
+        assert_string_equal(prompts[i], want[i]);
+    free(text);
+    text = NULL;
+    remove(path);
+    assert_int_not_equal(ccoe_eval_read_prompts(path, &prompts, &n, &text, &err), CCOE_OK);
+    assert_non_null(strstr(err.msg, "--prompts"));
+    assert_non_null(strstr(err.msg, path));
+    assert_int_equal(n, 5);
+    free(prompts);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -395,6 +473,8 @@ int main(void)
         cmocka_unit_test(test_generate_equals_recompute),
         cmocka_unit_test(test_sample_token),
         cmocka_unit_test(test_generate_sampled),
+        cmocka_unit_test(test_generate_print_chunks),
+        cmocka_unit_test(test_read_prompts),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -1,0 +1,58 @@
+/* cmd_bench.c - `ccoe bench`: training throughput and model-FLOP utilisation on reference
+ * shapes (bench.c). Rank 0 only. */
+#include <stdio.h>
+
+#include "bench.h"
+#include "cli.h"
+#include "gate.h"
+
+/* --moe: none or a registered gate (variants/gate_registry.c). */
+static void moe_choices(char *buf, size_t cap)
+{
+    char gates[256];
+    ccoe_gate_list_names(gates, sizeof gates);
+    snprintf(buf, cap, "none, %s", gates);
+}
+
+static const ccoe_cli_opt k_bench_opts[] = {
+    {"--shape", CCOE_OPT_STRING, "small|tiny-wide|gpt2-124m|all", .def = "all",
+     .help = "the reference shape(s) measured"},
+    {"--steps", CCOE_OPT_INT, "N", 1, 100000, .def = "10", .help = "measured steps per shape"},
+    {"--threads", CCOE_OPT_INT, "N", 1, 1024, .def = "2", .help = "OpenMP threads"},
+    {"--gemm", CCOE_OPT_STRING, "B", .def = "auto", .help = "the GEMM backend"},
+    {"--ffn", CCOE_OPT_STRING, "gelu|swiglu", .def = "gelu", .choices = "gelu|swiglu",
+     .takes = "gelu or swiglu", .help = "the FFN of every block"},
+    {"--moe", CCOE_OPT_STRING, "none|GATE", .def = "none", .choices_fn = moe_choices,
+     .help = "every block an MoE of 8 experts, top-2, with this gate"},
+    {"--ccoe", CCOE_OPT_STRING, "none|tail|prefix|ffn", .def = "none",
+     .help = "one CCoE expert of this form: full vs isolated expert training"},
+    {"--profile", CCOE_OPT_FLAG,
+     .help = "each shape's GEMM calls by size (time per step, GFLOP/s, share of the step)"},
+};
+
+static int run_bench(const ccoe_cli_args *a)
+{
+    const ccoe_bench_opts o = {.shape = ccoe_cli_str(a, "--shape"),
+                               .steps = (int)ccoe_cli_int(a, "--steps"),
+                               .threads = (int)ccoe_cli_int(a, "--threads"),
+                               .gemm = ccoe_cli_str(a, "--gemm"),
+                               .ffn = ccoe_cli_str(a, "--ffn"),
+                               .moe = ccoe_cli_str(a, "--moe"),
+                               .ccoe = ccoe_cli_str(a, "--ccoe"),
+                               .profile = ccoe_cli_flag(a, "--profile") > 0};
+    ccoe_error err = {0};
+    if (ccoe_bench_run(&o, stdout, &err) != CCOE_OK)
+        return ccoe_cli_fail(a, &err);
+    return 0;
+}
+
+const ccoe_cli_cmd ccoe_cmd_bench = {
+    .name = "bench",
+    .args = "",
+    .summary = "training throughput and model-FLOP utilisation on reference shapes",
+    .opts = k_bench_opts,
+    .n_opts = sizeof k_bench_opts / sizeof k_bench_opts[0],
+    .min_pos = 0,
+    .max_pos = 0,
+    .run = run_bench,
+};
