@@ -16,6 +16,7 @@
 #include "fs.h"
 #include "gate.h"
 #include "gating.h"
+#include "hf.h"
 #include "session.h"
 #include "status.h"
 #include "study.h"
@@ -82,6 +83,12 @@ static const char *k_usage =
     "        space separated, one output line per input line; decode: the inverse (a line of\n"
     "        ids back to its text); TOKENIZER is byte or a directory with vocab.json +\n"
     "        merges.txt or tokenizer.json (scripts/fetch_gpt2_tokenizer.sh fetches GPT-2's)\n"
+    "  import HF_DIR -o BASE.safetensors [--tokenizer DIR|byte] [--force]\n"
+    "        a Hugging Face GPT-2 directory (config.json, model.safetensors or its shards;\n"
+    "        F32/F16/BF16) as a ccoe checkpoint; its tokenizer files go to BASE.tokenizer/\n"
+    "  export MODEL [--path base|EXPERT|all] -o HF_DIR\n"
+    "        one complete model (the base, or the base with EXPERT in place; all: each in\n"
+    "        HF_DIR/NAME) as a Hugging Face GPT-2 directory (GPT2LMHeadModel, F32)\n"
     "  help-config\n"
     "        every config key with its allowed values and default\n"
     "\n"
@@ -985,6 +992,10 @@ static int run_command(int argc, char **argv)
         return cmd_study(argc - 2, argv + 2);
     if (strcmp(cmd, "tokenizer") == 0)
         return cmd_tokenizer(argc - 2, argv + 2);
+    if (strcmp(cmd, "import") == 0)
+        return ccoe_cmd_import(argc - 2, argv + 2);
+    if (strcmp(cmd, "export") == 0)
+        return ccoe_cmd_export(argc - 2, argv + 2);
     if (strcmp(cmd, "help-config") == 0 || strcmp(cmd, "--help-config") == 0) {
         ccoe_config_print_help(stdout);
         return 0;
