@@ -674,6 +674,7 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
 /* ---- export ---- */
 
 typedef struct loaded {
+    const char *path;
     ccoe_config cfg;
     ccoe_gating gating;
     ccoe_gemm gemm;
@@ -762,7 +763,7 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     if (s == CCOE_OK && log)
         fprintf(log, "exported %s path %s (%d blocks, head %s) -> %s (GPT2LMHeadModel, %zu "
                      "tensors)\n",
-                "model", p == 0 ? "base" : m->gating.experts[p - 1].name,
+                x->path, p == 0 ? "base" : m->gating.experts[p - 1].name,
                 m->paths[p].n_base + m->paths[p].n_own,
                 m->w_heads[m->paths[p].head].lm_head == m->wte ? "tied" : "untied", dst, n);
     free(st);
@@ -777,6 +778,7 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
     loaded *x = calloc(1, sizeof *x);
     if (!x)
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory");
+    x->path = o->model;
     ccoe_status s = load_model(x, o->model, err);
     const char *want = o->path ? o->path : "base";
     const ccoe_model *m = &x->model;
