@@ -1,4 +1,5 @@
-/* cmd_import.c - `ccoe import HF_DIR -o BASE.safetensors [--tokenizer DIR|byte] [--force]`. */
+/* cmd_import.c - `ccoe import HF_DIR -o BASE.safetensors [--tokenizer DIR|byte]
+ * [--data MANIFEST] [--force]`. */
 #include <stdio.h>
 #include <string.h>
 
@@ -12,6 +13,8 @@ int ccoe_cmd_import(int argc, char **argv)
             o.out = argv[++i];
         else if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc)
             o.tokenizer = argv[++i];
+        else if (strcmp(argv[i], "--data") == 0 && i + 1 < argc)
+            o.manifest = argv[++i];
         else if (strcmp(argv[i], "--force") == 0)
             o.force = 1;
         else if (argv[i][0] != '-' && !o.hf_dir)
@@ -19,7 +22,7 @@ int ccoe_cmd_import(int argc, char **argv)
         else {
             fprintf(stderr, "ccoe: usage error: unknown or incomplete import argument: %s\n"
                             "usage: ccoe import HF_DIR -o BASE.safetensors [--tokenizer DIR|byte] "
-                            "[--force]\n",
+                            "[--data MANIFEST] [--force]\n",
                     argv[i]);
             return 2;
         }
@@ -27,7 +30,7 @@ int ccoe_cmd_import(int argc, char **argv)
     if (!o.hf_dir || !o.out) {
         fprintf(stderr, "ccoe: usage error: import needs HF_DIR and -o BASE.safetensors\n"
                         "usage: ccoe import HF_DIR -o BASE.safetensors [--tokenizer DIR|byte] "
-                        "[--force]\n");
+                        "[--data MANIFEST] [--force]\n");
         return 2;
     }
     ccoe_error err = {0};

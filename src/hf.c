@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "data.h"
 #include "fs.h"
 #include "gating.h"
 #include "hf_internal.h"
@@ -487,6 +488,29 @@ static void print_config(const ccoe_config *cfg, FILE *log)
     free(ini);
 }
 
+/* The domain names of the manifest, which the checkpoint records (ccoe.domains) so that
+ * experts can be routed and pushed without the data, as for a trained base. Read with the
+ * byte tokenizer: the names do not depend on it and this skips encoding the text. */
+static ccoe_status manifest_domains(const ccoe_config *cfg, char (*names)[CCOE_NAME_LEN],
+                                    int *n, ccoe_error *err)
+{
+    ccoe_tokenizer byte;
+    CCOE_TRY(ccoe_tokenizer_init(&byte, "byte", err));
+    ccoe_dataset ds;
+    ccoe_status s = ccoe_data_load(&ds, cfg->data.manifest, &byte, cfg->model.seq_len,
+                                   cfg->data.val_fraction, 0, cfg->train.seed, err);
+    if (s == CCOE_OK) {
+        *n = ds.n_domains;
+        for (int d = 0; d < ds.n_domains; d++)
+            memcpy(names[d], ds.domains[d].name, CCOE_NAME_LEN);
+        ccoe_data_free(&ds);
+    } else {
+        ccoe_error_wrap(err, "data.manifest %s", cfg->data.manifest);
+    }
+    ccoe_tokenizer_free(&byte);
+    return s;
+}
+
 /* Which architecture config.json names; refuses the ones ccoe does not map. */
 static ccoe_status check_arch(const cJSON *c, const char *path, ccoe_error *err)
 {
@@ -633,12 +657,26 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
         if (s == CCOE_OK)
             snprintf(cfg.data.tokenizer, sizeof cfg.data.tokenizer, "%s", abs);
     }
+    if (s == CCOE_OK && o->manifest) {
+        if (strlen(o->manifest) >= 180)
+            s = ccoe_error_set(err, CCOE_ERR_ARG, "--data %s: path longer than 179 characters",
+                               o->manifest);
+        else
+            snprintf(cfg.data.manifest, sizeof cfg.data.manifest, "%s", o->manifest);
+    }
     if (s == CCOE_OK)
         s = ccoe_config_validate(&cfg, err);
+    char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
+    int nd = 0;
+    if (s == CCOE_OK)
+        s = manifest_domains(&cfg, names, &nd, err);
+    ccoe_gating gating;
+    if (s == CCOE_OK)
+        s = ccoe_gating_build(&gating, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err);
     if (s == CCOE_OK)
         s = ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, err);
-    if (s == CCOE_OK &&
-        (s = ccoe_model_init_moe(m, &cfg.model, NULL, &cfg.moe, 1, 1, &gemm, 1, err)) == CCOE_OK)
+    if (s == CCOE_OK && (s = ccoe_model_init_moe(m, &cfg.model, &gating, &cfg.moe, 1, 1, &gemm,
+                                                 1, err)) == CCOE_OK)
         have_model = 1;
     if (s == CCOE_OK)
         s = hf_gpt2_fill(w, m, err);

@@ -30,6 +30,8 @@ typedef struct ccoe_hf_import_opts {
     const char *hf_dir;    /* the Hugging Face model directory */
     const char *out;       /* the ccoe checkpoint to write */
     const char *tokenizer; /* NULL: HF_DIR's own tokenizer files; else "byte" or a directory */
+    const char *manifest;  /* data.manifest of the checkpoint (NULL: builtin); its domains
+                            * are recorded for routing experts */
     int force;             /* replace an existing OUT (and a differing tokenizer copy) */
 } ccoe_hf_import_opts;
 
