@@ -175,6 +175,12 @@ ccoe_status hf_get(const hf_weights *w, const char *name, int ndim, int64_t d0, 
                               "incomplete or belong to another config; use the model's complete "
                               "weights",
                               w->dir, name, want, w->n_files == 1 ? w->names[0] : "every shard");
+    if (!t->data)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "%s: tensor '%s' has dtype %s; import reads F32, F16 and BF16 "
+                              "weights: convert the model to one of them (transformers: "
+                              "model.to(torch.float32).save_pretrained(dir))",
+                              t->file, name, t->dtype);
     int same = t->ndim == ndim && t->shape[0] == d0 && (ndim == 1 || t->shape[1] == d1);
     if (!same) {
         char got[96] = "[";
@@ -213,8 +219,11 @@ static ccoe_status open_file(hf_weights *w, const char *name, ccoe_error *err)
     char *path = w->names[w->n_files];
     if (!join(path, HF_PATH, w->dir, name))
         return ccoe_error_set(err, CCOE_ERR_ARG, "%s: path too long", w->dir);
-    ccoe_status s = ccoe_st_open_flags(path, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF,
-                                       &w->files[w->n_files], err);
+    /* other dtypes are read for buffers that are not parameters (a BOOL causal mask); a
+     * parameter of such a dtype is refused by hf_get */
+    ccoe_status s = ccoe_st_open_flags(
+        path, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF | CCOE_ST_ALLOW_OTHER,
+        &w->files[w->n_files], err);
     if (s != CCOE_OK)
         return s;
     w->n_files++;

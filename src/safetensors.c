@@ -59,9 +59,13 @@ typedef struct st_entry {
     size_t conv;         /* half dtypes: float offset of the converted values in conv_buf */
 } st_entry;
 
-enum { ST_F32 = 0, ST_F16 = 1, ST_BF16 = 2 };
-static const char *const st_dtype_names[] = {"F32", "F16", "BF16"};
-static const int st_dtype_bytes[] = {4, 2, 2};
+/* F32, the half dtypes (CCOE_ST_ALLOW_HALF), then the others (CCOE_ST_ALLOW_OTHER: indexed
+ * and checked for layout, never converted) */
+enum { ST_F32 = 0, ST_F16 = 1, ST_BF16 = 2, ST_N_FLOAT = 3, ST_N_DTYPES = 15 };
+static const char *const st_dtype_names[ST_N_DTYPES] = {
+    "F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL",
+    "F8_E4M3", "F8_E5M2"};
+static const int st_dtype_bytes[ST_N_DTYPES] = {4, 2, 2, 8, 8, 4, 2, 1, 8, 4, 2, 1, 1, 1, 1};
 
 struct ccoe_st_file {
     char *path;
@@ -588,10 +592,12 @@ static ccoe_status parse_tensor(const cJSON *item, st_entry *e, uint64_t data_le
     if (!cJSON_IsString(dtype))
         return corrupt(err, path, "tensor '%s': \"dtype\" is not a string", name);
     e->dtype = -1;
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < ST_N_DTYPES; k++)
         if (strcmp(dtype->valuestring, st_dtype_names[k]) == 0)
             e->dtype = k;
-    if (e->dtype > ST_F32 && !(flags & CCOE_ST_ALLOW_HALF))
+    if (e->dtype > ST_F32 && e->dtype < ST_N_FLOAT && !(flags & CCOE_ST_ALLOW_HALF))
+        e->dtype = -1;
+    if (e->dtype >= ST_N_FLOAT && !(flags & CCOE_ST_ALLOW_OTHER))
         e->dtype = -1;
     if (e->dtype < 0)
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
@@ -897,7 +903,7 @@ static ccoe_status convert_half(ccoe_st_file *f, ccoe_error *err)
 {
     size_t total = 0;
     for (size_t i = 0; i < f->n; i++)
-        if (f->t[i].dtype != ST_F32) {
+        if (f->t[i].dtype == ST_F16 || f->t[i].dtype == ST_BF16) {
             f->t[i].conv = total;
             total += (size_t)((f->t[i].end - f->t[i].begin) / 2);
         }
@@ -910,7 +916,7 @@ static ccoe_status convert_half(ccoe_st_file *f, ccoe_error *err)
                               f->path, total);
     for (size_t i = 0; i < f->n; i++) {
         const st_entry *e = &f->t[i];
-        if (e->dtype == ST_F32)
+        if (e->dtype != ST_F16 && e->dtype != ST_BF16)
             continue;
         const unsigned char *p = f->data + e->begin;
         float *dst = f->conv_buf + e->conv;
@@ -1023,6 +1029,8 @@ const float *ccoe_st_find(const ccoe_st_file *f, const char *name, int *ndim, in
     if (shape)
         for (int d = 0; d < e->ndim; d++)
             shape[d] = e->shape[d];
+    if (e->dtype >= ST_N_FLOAT)
+        return NULL;
     if (e->dtype != ST_F32)
         return f->conv_buf ? f->conv_buf + e->conv : NULL;
     return (const float *)(const void *)(f->data + e->begin);
@@ -1055,6 +1063,11 @@ ccoe_status ccoe_st_read_into(const ccoe_st_file *f, const char *name, float *ds
                               "expected: the file was written for a different model configuration",
                               f->path, name, found, want);
     }
+    if (e->dtype >= ST_N_FLOAT)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "safetensors file '%s': tensor '%s' has dtype %s, not a float: "
+                              "it was written for a different model or variant",
+                              f->path, name, st_dtype_names[e->dtype]);
     if (e->dtype != ST_F32) {
         if (e->end > e->begin)
             memcpy(dst, f->conv_buf + e->conv, (size_t)(e->end - e->begin) / 2 * sizeof(float));

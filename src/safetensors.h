@@ -50,6 +50,10 @@ ccoe_status ccoe_st_open(const char *path, ccoe_st_file **out, ccoe_error *err);
 /* With CCOE_ST_ALLOW_HALF, F16 and BF16 tensors are read too, converted to float32 at open
  * (exact); lookups return the converted floats and ccoe_st_dtype names the stored dtype. */
 #define CCOE_ST_ALLOW_HALF 2u
+/* With CCOE_ST_ALLOW_OTHER, tensors of the other safetensors dtypes (F64, integers, BOOL, F8)
+ * are accepted and layout-checked but hold no float data: ccoe_st_find returns NULL for them
+ * and ccoe_st_dtype names the dtype (a foreign file's non-parameter buffers). */
+#define CCOE_ST_ALLOW_OTHER 4u
 ccoe_status ccoe_st_open_flags(const char *path, unsigned flags, ccoe_st_file **out,
                                ccoe_error *err);
 void ccoe_st_close(ccoe_st_file *f);
@@ -64,7 +68,7 @@ const char *ccoe_st_name(const ccoe_st_file *f, size_t i);
 /* Finds a tensor: returns its data (or NULL if absent) and fills ndim/shape if non-NULL. */
 const float *ccoe_st_find(const ccoe_st_file *f, const char *name, int *ndim, int64_t *shape);
 
-/* The stored dtype of a tensor ("F32", "F16", "BF16"), or NULL if absent. */
+/* The stored dtype of a tensor ("F32", "F16", "BF16", ...), or NULL if absent. */
 const char *ccoe_st_dtype(const ccoe_st_file *f, const char *name);
 
 /* IEEE half and bfloat16 (their bits) to float: exact, Inf and NaN kept. */

@@ -72,15 +72,16 @@ static void copy(const char *from, const char *to)
 
 /* ---- an independent safetensors writer (any dtype) ---- */
 
-enum { DT_F32, DT_F16, DT_BF16, DT_F64 };
-static const char *const k_dt[] = {"F32", "F16", "BF16", "F64"};
-static const int k_dt_bytes[] = {4, 2, 2, 8};
+enum { DT_F32, DT_F16, DT_BF16, DT_F64, DT_BOOL };
+static const char *const k_dt[] = {"F32", "F16", "BF16", "F64", "BOOL"};
+static const int k_dt_bytes[] = {4, 2, 2, 8, 1};
 
 typedef struct tt {
     char name[96];
     int ndim;
     int64_t shape[4];
     float *data; /* values exactly representable in every dtype used */
+    int own;     /* 1 + this tensor's dtype; 0: the file's */
 } tt;
 
 static size_t numel(const tt *t)
@@ -111,9 +112,10 @@ static void write_st(const char *path, const tt *t, int n, int dtype)
     size_t off = 0, len = 0;
     len += (size_t)sprintf(hdr + len, "{\"__metadata__\":{\"format\":\"pt\"}");
     for (int i = 0; i < n; i++) {
-        size_t bytes = numel(&t[i]) * (size_t)k_dt_bytes[dtype];
+        const int dt = t[i].own ? t[i].own - 1 : dtype;
+        size_t bytes = numel(&t[i]) * (size_t)k_dt_bytes[dt];
         len += (size_t)sprintf(hdr + len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t[i].name,
-                               k_dt[dtype]);
+                               k_dt[dt]);
         for (int d = 0; d < t[i].ndim; d++)
             len += (size_t)sprintf(hdr + len, "%s%lld", d ? "," : "", (long long)t[i].shape[d]);
         len += (size_t)sprintf(hdr + len, "],\"data_offsets\":[%zu,%zu]}", off, off + bytes);
@@ -128,15 +130,19 @@ static void write_st(const char *path, const tt *t, int n, int dtype)
     for (int i = 0; i < n; i++)
         for (size_t k = 0; k < numel(&t[i]); k++) {
             float v = t[i].data[k];
-            if (dtype == DT_F32) {
+            const int dt = t[i].own ? t[i].own - 1 : dtype;
+            if (dt == DT_BOOL) {
+                unsigned char c = v != 0;
+                fwrite(&c, 1, 1, f);
+            } else if (dt == DT_F32) {
                 fwrite(&v, 4, 1, f);
-            } else if (dtype == DT_F64) {
+            } else if (dt == DT_F64) {
                 double d = v;
                 fwrite(&d, 8, 1, f);
             } else {
                 uint32_t b;
                 memcpy(&b, &v, 4);
-                uint16_t h = dtype == DT_F16 ? to_f16(v) : (uint16_t)(b >> 16);
+                uint16_t h = dt == DT_F16 ? to_f16(v) : (uint16_t)(b >> 16);
                 fwrite(&h, 2, 1, f);
             }
         }
@@ -153,7 +159,7 @@ typedef struct gpt2_opts {
     int shards;            /* 1: model.safetensors; > 1: an index and that many shards */
     int tie;               /* tie_word_embeddings */
     int store_head;        /* lm_head.weight stored (tied: a copy of wte) */
-    int buffers;           /* attn.bias / attn.masked_bias */
+    int buffers;           /* attn.bias / attn.masked_bias (2: the mask as BOOL) */
     const char *extra_cfg; /* appended to config.json's members, or NULL */
     uint64_t seed;
 } gpt2_opts;
@@ -240,6 +246,8 @@ static void gpt2_tensors(const gpt2_opts *o, gpt2_dir *g)
             for (int i = 0; i < o->P; i++)
                 for (int j = 0; j <= i; j++)
                     b->data[i * o->P + j] = 1;
+            if (o->buffers == 2)
+                b->own = 1 + DT_BOOL;
             b = add(g, o->prefix, "", 0, 1, 0, s++);
             snprintf(b->name, sizeof b->name, "%sh.%d.attn.masked_bias", o->prefix, l);
             b->data[0] = -16384.0f;
@@ -398,8 +406,8 @@ static void test_layouts_and_round_trips(void **state)
     o.dtype = DT_BF16;
     o.shards = 2;
     o.store_head = 1;
-    o.buffers = 1;
-    cases[n++] = (typeof(cases[0])){"no prefix, BF16, 2 shards, tied head stored, buffers", o};
+    o.buffers = 2;
+    cases[n++] = (typeof(cases[0])){"no prefix, BF16, 2 shards, tied head stored, BOOL mask buffers", o};
     o = base_opts();
     o.dtype = DT_F16;
     o.shards = 3;
@@ -774,7 +782,8 @@ static void test_refusals(void **state)
         {"untied without lm_head", m_untied_no_head, CCOE_ERR_FORMAT, "tie_word_embeddings",
          "lm_head.weight"},
         {"no weights", m_no_weights, CCOE_ERR_IO, "neither model.safetensors", "safetensors"},
-        {"F64 dtype", m_f64, CCOE_ERR_FORMAT, "dtype F64", "F16 and BF16"},
+        {"F64 dtype", m_f64, CCOE_ERR_FORMAT, "'transformer.wte.weight' has dtype F64",
+         "F32, F16 and BF16"},
         {"truncated file", m_truncated, CCOE_ERR_FORMAT, "model.safetensors", "truncated"},
         {"index names the wrong shard", m_index_wrong, CCOE_ERR_FORMAT, "index", "do not belong"},
         {"no tokenizer", m_no_tokenizer, CCOE_ERR_IO, "no tokenizer files", "--tokenizer"},
