@@ -442,8 +442,6 @@ static ccoe_status write_byte_tokenizer(const char *dir, ccoe_error *err)
             u[0] = (char)(0xC0 | (cp[b] >> 6));
             u[1] = (char)(0x80 | (cp[b] & 0x3F));
         }
-        if (b == '"' || b == '\\') { /* cJSON escapes them itself */
-        }
         ok = cJSON_AddNumberToObject(v, u, b) != NULL;
     }
     static const char *const specials[] = {"<|bos|>", "<|endoftext|>", "<|pad|>", "<|sep|>"};

@@ -26,6 +26,7 @@
 #include "hf.h"
 #include "model.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 static char g_dir[64];
 static char g_src[1024]; /* the source tree (CCOE_SOURCE_DIR) */
@@ -960,6 +961,61 @@ static void test_export_refuses_other_blocks(void **state)
     assert_false(exists(out));
 }
 
+/* A byte-tokenizer model exports GPT-2 tokenizer files that encode every byte to ccoe's byte id
+ * (vocab.json of the 256 byte stand-ins, no merges), and imports back. */
+static void test_export_byte_tokenizer(void **state)
+{
+    (void)state;
+    ccoe_config cfg;
+    ccoe_config_defaults(&cfg);
+    const char *sets[] = {"model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.seq_len=8",
+                          "model.vocab_size=320", "data.tokenizer=byte"};
+    ccoe_error err = {0};
+    for (size_t i = 0; i < 6; i++)
+        assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+    ccoe_gemm gemm;
+    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+    static ccoe_model m;
+    assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err),
+                     CCOE_OK);
+    ccoe_model_init_weights(&m, 3, CCOE_INIT_RANDOM);
+    char ck[256], out[256], ck2[256];
+    snprintf(ck, sizeof ck, "%s/byte.safetensors", g_dir);
+    snprintf(out, sizeof out, "%s/byte-hf", g_dir);
+    snprintf(ck2, sizeof ck2, "%s/byte-again.safetensors", g_dir);
+    assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+    ccoe_model_free(&m);
+    ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
+    assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_OK);
+    ccoe_tokenizer bpe, byte;
+    ccoe_status s = ccoe_tokenizer_init(&bpe, out, &err);
+    if (s != CCOE_OK)
+        fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(s, CCOE_OK);
+    assert_int_equal(ccoe_tokenizer_init(&byte, "byte", &err), CCOE_OK);
+    char text[256];
+    for (int i = 0; i < 256; i++)
+        text[i] = (char)(255 - i); /* every byte, invalid UTF-8 included */
+    int32_t a[600], b[600];
+    size_t na = bpe.ops->encode(bpe.self, text, sizeof text, a, 600);
+    size_t nb = byte.ops->encode(byte.self, text, sizeof text, b, 600);
+    assert_int_equal(na, 256);
+    assert_int_equal(nb, 256);
+    assert_memory_equal(a, b, 256 * sizeof a[0]);
+    ccoe_tokenizer_free(&bpe);
+    ccoe_tokenizer_free(&byte);
+    assert_int_equal(import(out, ck2, &err), CCOE_OK);
+    ccoe_st_file *x = NULL, *y = NULL;
+    assert_int_equal(ccoe_st_open(ck, &x, &err), CCOE_OK);
+    assert_int_equal(ccoe_st_open(ck2, &y, &err), CCOE_OK);
+    FILE *devnull = fopen("/dev/null", "w");
+    assert_int_equal(ccoe_checkpoint_compare(x, y, CCOE_CMP_PARAMS, devnull, NULL), 1);
+    fclose(devnull);
+    ccoe_st_close(x);
+    ccoe_st_close(y);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -969,6 +1025,7 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_export_ccoe_paths),
         cmocka_unit_test(test_export_refuses_other_blocks),
+        cmocka_unit_test(test_export_byte_tokenizer),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
