@@ -361,6 +361,8 @@ static int same_file(const char *a, const char *b)
     return ok;
 }
 
+/* Removes dir and what it holds (files, and directories of files: what import and export
+ * build; symbolic links are unlinked, never followed). */
 static void remove_tree_files(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -368,9 +370,16 @@ static void remove_tree_files(const char *dir)
         return;
     struct dirent *de;
     char p[HF_PATH];
-    while ((de = readdir(d)))
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && join(p, sizeof p, dir, de->d_name))
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+            !join(p, sizeof p, dir, de->d_name))
+            continue;
+        struct stat sb;
+        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
+            remove_tree_files(p);
+        else
             unlink(p);
+    }
     closedir(d);
     rmdir(dir);
 }
@@ -828,19 +837,26 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
     const char *want = o->path ? o->path : "base";
     const ccoe_model *m = &x->model;
     if (s == CCOE_OK && strcmp(want, "all") == 0) {
+        /* every path into one temporary directory, renamed into place at the end */
+        char tmp[HF_PATH] = "";
         if (!dir_free(o->out_dir))
             s = ccoe_error_set(err, CCOE_ERR_IO,
                                "%s exists and is not empty: choose another -o or remove it",
                                o->out_dir);
-        else if (mkdir(o->out_dir, 0777) != 0)
-            s = ccoe_error_set(err, CCOE_ERR_IO, "cannot create %s: %s", o->out_dir,
-                               strerror(errno));
+        else
+            s = make_temp_dir(o->out_dir, tmp, sizeof tmp, err);
         for (int p = 0; s == CCOE_OK && p < m->n_paths; p++) {
             char dst[HF_PATH];
-            snprintf(dst, sizeof dst, "%s/%s", o->out_dir,
-                     p == 0 ? "base" : m->gating.experts[p - 1].name);
-            s = export_path(x, p, dst, log, err);
+            if (!join(dst, sizeof dst, tmp, p == 0 ? "base" : m->gating.experts[p - 1].name))
+                s = ccoe_error_set(err, CCOE_ERR_ARG, "-o %s: path too long", o->out_dir);
+            else
+                s = export_path(x, p, dst, log, err);
         }
+        if (s == CCOE_OK && rename(tmp, o->out_dir) != 0)
+            s = ccoe_error_set(err, CCOE_ERR_IO, "cannot rename %s to %s: %s", tmp, o->out_dir,
+                               strerror(errno));
+        if (s != CCOE_OK && tmp[0])
+            remove_tree_files(tmp);
     } else if (s == CCOE_OK) {
         int p = -1;
         if (strcmp(want, "base") == 0)
