@@ -1,4 +1,5 @@
-/* safetensors.h - reading and writing safetensors files (F32 tensors + string metadata).
+/* safetensors.h - reading and writing safetensors files (F32 tensors + string metadata; F16 and
+ * BF16 read as float32, other dtypes as opaque buffers, on request: foreign files to import).
  *
  * Format: 8-byte little-endian header length n, n bytes of JSON header
  *   {"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ...,

@@ -523,6 +523,44 @@ static void test_half_conversion(void **state)
         assert_true((double)got == want);
         assert_int_equal(signbit(got) != 0, sign);
     }
+    /* a half file is refused unless asked for, then read as floats; BOOL only as a buffer */
+    tt t[2] = {{.name = "a", .ndim = 2, .shape = {3, 5}}, {.name = "m", .ndim = 1, .shape = {4}}};
+    t[0].data = rand_k64(15, 3);
+    t[1].data = rand_k64(4, 4);
+    t[1].own = 1 + DT_BOOL;
+    char p[128];
+    snprintf(p, sizeof p, "%s/half.safetensors", g_dir);
+    for (int dt = DT_F16; dt <= DT_BF16; dt++) {
+        write_st(p, t, 1, dt);
+        ccoe_st_file *f = NULL;
+        ccoe_error err = {0};
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED, &f, &err), CCOE_ERR_FORMAT);
+        TU_ASSERT_MSG_HAS(err, "only F32 is supported");
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF, &f, &err),
+                         CCOE_OK);
+        assert_string_equal(ccoe_st_dtype(f, "a"), k_dt[dt]);
+        assert_memory_equal(ccoe_st_find(f, "a", NULL, NULL), t[0].data, 15 * sizeof(float));
+        float back[15];
+        const int64_t sh[2] = {3, 5};
+        assert_int_equal(ccoe_st_read_into(f, "a", back, 2, sh, &err), CCOE_OK);
+        assert_memory_equal(back, t[0].data, sizeof back);
+        ccoe_st_close(f);
+        write_st(p, t, 2, dt);
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF, &f, &err),
+                         CCOE_ERR_FORMAT);
+        TU_ASSERT_MSG_HAS(err, "dtype BOOL");
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF |
+                                                   CCOE_ST_ALLOW_OTHER, &f, &err),
+                         CCOE_OK);
+        assert_string_equal(ccoe_st_dtype(f, "m"), "BOOL");
+        assert_null(ccoe_st_find(f, "m", NULL, NULL));
+        const int64_t s4[1] = {4};
+        assert_int_equal(ccoe_st_read_into(f, "m", back, 1, s4, &err), CCOE_ERR_FORMAT);
+        TU_ASSERT_MSG_HAS(err, "not a float");
+        ccoe_st_close(f);
+    }
+    free(t[0].data);
+    free(t[1].data);
     for (uint32_t h = 0; h < 65536; h += 7) {
         uint32_t bits = h << 16;
         float want;
