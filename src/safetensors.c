@@ -11,8 +11,10 @@
  * CCOE_ST_ALLOW_UNCHECKED reads foreign files (Python's safetensors writes none) and those of
  * older ccoe versions, which carried "ccoe.crc32" over the data section only (still checked).
  *
- * What this is not: a general safetensors library. Only F32 is read or written, at most
- * CCOE_ST_MAX_DIMS dimensions, and the whole file is held in memory while open.
+ * What this is not: a general safetensors library. Only F32 is written; F32 is read, and with
+ * CCOE_ST_ALLOW_HALF also F16 and BF16 (converted to float32 once, at open, exactly: every half
+ * value is a float). At most CCOE_ST_MAX_DIMS dimensions; the whole file is held in memory while
+ * open.
  */
 #define _GNU_SOURCE /* memmem */
 #include "safetensors.h"
@@ -53,7 +55,17 @@ typedef struct st_entry {
     int ndim;
     int64_t shape[CCOE_ST_MAX_DIMS];
     uint64_t begin, end; /* byte offsets in the data section */
+    int dtype;           /* ST_F32, ST_F16, ST_BF16 */
+    size_t conv;         /* half dtypes: float offset of the converted values in conv_buf */
 } st_entry;
+
+/* F32, the half dtypes (CCOE_ST_ALLOW_HALF), then the others (CCOE_ST_ALLOW_OTHER: indexed
+ * and checked for layout, never converted) */
+enum { ST_F32 = 0, ST_F16 = 1, ST_BF16 = 2, ST_N_FLOAT = 3, ST_N_DTYPES = 15 };
+static const char *const st_dtype_names[ST_N_DTYPES] = {
+    "F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL",
+    "F8_E4M3", "F8_E5M2"};
+static const int st_dtype_bytes[ST_N_DTYPES] = {4, 2, 2, 8, 8, 4, 2, 1, 8, 4, 2, 1, 1, 1, 1};
 
 struct ccoe_st_file {
     char *path;
@@ -68,6 +80,7 @@ struct ccoe_st_file {
     size_t nmeta;
     const st_entry **by_name; /* the tensors sorted by name: lookup and the duplicate check */
     int checked;     /* CCOE_ST_CHECK_FILE, _DATA or _NONE */
+    float *conv_buf; /* the F16/BF16 tensors converted to float32 (CCOE_ST_ALLOW_HALF) */
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -362,8 +375,9 @@ static int add_int(cJSON *arr, uint64_t v)
     return 0;
 }
 
-ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_t n,
-                          const char *const *meta, size_t nmeta, ccoe_error *err)
+static ccoe_status st_write(const char *path, const ccoe_st_tensor *tensors, size_t n,
+                            const char *const *meta, size_t nmeta, int with_crc,
+                            ccoe_error *err)
 {
     uint64_t *bytes = calloc(n ? n : 1, sizeof *bytes);
     if (!bytes)
@@ -398,11 +412,11 @@ ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_
     /* the header: "__metadata__" first (the checksum's placeholder in it), then the tensors in
      * the caller's order */
     cJSON *root = cJSON_CreateObject();
-    cJSON *md = root ? cJSON_AddObjectToObject(root, "__metadata__") : NULL;
-    int ok = md != NULL;
+    cJSON *md = root && (with_crc || nmeta) ? cJSON_AddObjectToObject(root, "__metadata__") : NULL;
+    int ok = root && (md || (!with_crc && !nmeta));
     for (size_t i = 0; i < nmeta && ok; i++)
         ok = cJSON_AddStringToObject(md, meta[2 * i], meta[2 * i + 1]) != NULL;
-    ok = ok && cJSON_AddStringToObject(md, ST_FILE_CRC_KEY, "00000000") != NULL;
+    ok = ok && (!with_crc || cJSON_AddStringToObject(md, ST_FILE_CRC_KEY, "00000000") != NULL);
     uint64_t offset = 0;
     for (size_t i = 0; i < n && ok; i++) {
         cJSON *t = cJSON_AddObjectToObject(root, tensors[i].name);
@@ -431,7 +445,7 @@ ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_
     static const char spaces[8] = "        ";
     /* the whole-file CRC with the placeholder in place, then written into it */
     char *field = strstr(json, ST_FILE_CRC_FIELD);
-    if (!field || strstr(field + 1, ST_FILE_CRC_FIELD)) {
+    if (with_crc && (!field || strstr(field + 1, ST_FILE_CRC_FIELD))) {
         free(json);
         free(bytes);
         return ccoe_error_set(err, CCOE_ERR_INTERNAL,
@@ -439,14 +453,16 @@ ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_
                               "once",
                               path);
     }
-    uint32_t crc = crc32_of(len8, 8);
-    crc = crc32_more(crc, (const unsigned char *)json, json_len);
-    crc = crc32_more(crc, (const unsigned char *)spaces, hlen - json_len);
-    for (size_t i = 0; i < n; i++)
-        crc = crc32_more(crc, (const unsigned char *)tensors[i].data, (size_t)bytes[i]);
-    char hex[ST_CRC_HEX + 1];
-    snprintf(hex, sizeof hex, "%08" PRIx32, crc);
-    memcpy(field + strlen(ST_FILE_CRC_FIELD), hex, ST_CRC_HEX);
+    if (with_crc) {
+        uint32_t crc = crc32_of(len8, 8);
+        crc = crc32_more(crc, (const unsigned char *)json, json_len);
+        crc = crc32_more(crc, (const unsigned char *)spaces, hlen - json_len);
+        for (size_t i = 0; i < n; i++)
+            crc = crc32_more(crc, (const unsigned char *)tensors[i].data, (size_t)bytes[i]);
+        char hex[ST_CRC_HEX + 1];
+        snprintf(hex, sizeof hex, "%08" PRIx32, crc);
+        memcpy(field + strlen(ST_FILE_CRC_FIELD), hex, ST_CRC_HEX);
+    }
     size_t nparts = n + 3;
     const void **parts = malloc(nparts * sizeof *parts);
     size_t *sizes = malloc(nparts * sizeof *sizes);
@@ -475,6 +491,18 @@ ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_
     return st;
 }
 
+ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_t n,
+                          const char *const *meta, size_t nmeta, ccoe_error *err)
+{
+    return st_write(path, tensors, n, meta, nmeta, 1, err);
+}
+
+ccoe_status ccoe_st_write_plain(const char *path, const ccoe_st_tensor *tensors, size_t n,
+                                const char *const *meta, size_t nmeta, ccoe_error *err)
+{
+    return st_write(path, tensors, n, meta, nmeta, 0, err);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Reading
  */
@@ -491,6 +519,7 @@ void ccoe_st_close(ccoe_st_file *f)
     free(f->by_name);
     free(f->meta);
     free(f->data_copy);
+    free(f->conv_buf);
     free(f->buf);
     free(f->path);
     free(f);
@@ -549,7 +578,7 @@ static int json_uint(const cJSON *item, uint64_t *out)
 }
 
 static ccoe_status parse_tensor(const cJSON *item, st_entry *e, uint64_t data_len,
-                                const char *path, ccoe_error *err)
+                                unsigned flags, const char *path, ccoe_error *err)
 {
     const char *name = item->string;
     if (!cJSON_IsObject(item))
@@ -562,11 +591,21 @@ static ccoe_status parse_tensor(const cJSON *item, st_entry *e, uint64_t data_le
                        !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
     if (!cJSON_IsString(dtype))
         return corrupt(err, path, "tensor '%s': \"dtype\" is not a string", name);
-    if (strcmp(dtype->valuestring, "F32") != 0)
+    e->dtype = -1;
+    for (int k = 0; k < ST_N_DTYPES; k++)
+        if (strcmp(dtype->valuestring, st_dtype_names[k]) == 0)
+            e->dtype = k;
+    if (e->dtype > ST_F32 && e->dtype < ST_N_FLOAT && !(flags & CCOE_ST_ALLOW_HALF))
+        e->dtype = -1;
+    if (e->dtype >= ST_N_FLOAT && !(flags & CCOE_ST_ALLOW_OTHER))
+        e->dtype = -1;
+    if (e->dtype < 0)
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                              "safetensors file '%s': tensor '%s' has dtype %.20s; only F32 is "
+                              "safetensors file '%s': tensor '%s' has dtype %.20s; only %s "
                               "supported: convert the tensors to float32 before loading",
-                              path, name, dtype->valuestring);
+                              path, name, dtype->valuestring,
+                              flags & CCOE_ST_ALLOW_HALF ? "F32, F16 and BF16 are" : "F32 is");
+    const uint64_t esize = (uint64_t)st_dtype_bytes[e->dtype];
     if (!cJSON_IsArray(shape))
         return corrupt(err, path, "tensor '%s': \"shape\" is not an array", name);
     int ndim = cJSON_GetArraySize(shape);
@@ -599,13 +638,13 @@ static ccoe_status parse_tensor(const cJSON *item, st_entry *e, uint64_t data_le
     if (e->end < e->begin)
         return corrupt(err, path, "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
                                   "] end before they begin", name, e->begin, e->end);
-    if (e->end - e->begin != numel * 4) {
+    if (e->end - e->begin != numel * esize) {
         char sh[128];
         fmt_shape(sh, sizeof sh, e->ndim, e->shape);
         return corrupt(err, path,
                        "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] span %" PRIu64
                        " bytes but shape %s needs %" PRIu64,
-                       name, e->begin, e->end, e->end - e->begin, sh, numel * 4);
+                       name, e->begin, e->end, e->end - e->begin, sh, numel * esize);
     }
     if (e->end > data_len)
         return corrupt(err, path,
@@ -661,7 +700,8 @@ static ccoe_status check_layout(const ccoe_st_file *f, ccoe_error *err)
     return st;
 }
 
-static ccoe_status parse_header(ccoe_st_file *f, const char *json, size_t hlen, ccoe_error *err)
+static ccoe_status parse_header(ccoe_st_file *f, const char *json, size_t hlen, unsigned flags,
+                                ccoe_error *err)
 {
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, hlen, &end, 0);
@@ -729,7 +769,7 @@ static ccoe_status parse_header(ccoe_st_file *f, const char *json, size_t hlen, 
                 continue;
             }
             st_entry *e = &f->t[f->n];
-            st = parse_tensor(item, e, f->data_len, f->path, err);
+            st = parse_tensor(item, e, f->data_len, flags, f->path, err);
             if (st != CCOE_OK)
                 break;
             e->name = dup_str(item->string);
@@ -825,6 +865,70 @@ static ccoe_status check_data_crc(ccoe_st_file *f, const char *crc_text, ccoe_er
     return CCOE_OK;
 }
 
+float ccoe_f16_to_f32(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h >> 15) << 31, ex = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t bits;
+    if (ex == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13); /* Inf, NaN (payload kept) */
+    } else if (ex != 0) {
+        bits = sign | ((ex + 112) << 23) | (man << 13); /* rebias 15 -> 127 */
+    } else if (man == 0) {
+        bits = sign; /* signed zero */
+    } else {
+        /* subnormal half: man * 2^-24, normal as a float */
+        int e = -1;
+        uint32_t m = man;
+        do {
+            e++;
+            m <<= 1;
+        } while (!(m & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((m & 0x3ff) << 13);
+    }
+    float v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+float ccoe_bf16_to_f32(uint16_t h)
+{
+    const uint32_t bits = (uint32_t)h << 16; /* bfloat16 is the top half of a float */
+    float v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+/* Converts every F16/BF16 tensor to float32 into one buffer, so lookups return floats. */
+static ccoe_status convert_half(ccoe_st_file *f, ccoe_error *err)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < f->n; i++)
+        if (f->t[i].dtype == ST_F16 || f->t[i].dtype == ST_BF16) {
+            f->t[i].conv = total;
+            total += (size_t)((f->t[i].end - f->t[i].begin) / 2);
+        }
+    if (total == 0)
+        return CCOE_OK;
+    f->conv_buf = malloc(total * sizeof *f->conv_buf);
+    if (!f->conv_buf)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM,
+                              "reading '%s': out of memory converting %zu half-precision values",
+                              f->path, total);
+    for (size_t i = 0; i < f->n; i++) {
+        const st_entry *e = &f->t[i];
+        if (e->dtype != ST_F16 && e->dtype != ST_BF16)
+            continue;
+        const unsigned char *p = f->data + e->begin;
+        float *dst = f->conv_buf + e->conv;
+        const size_t cnt = (size_t)((e->end - e->begin) / 2);
+        for (size_t k = 0; k < cnt; k++) {
+            const uint16_t h = (uint16_t)(p[2 * k] | (p[2 * k + 1] << 8));
+            dst[k] = e->dtype == ST_F16 ? ccoe_f16_to_f32(h) : ccoe_bf16_to_f32(h);
+        }
+    }
+    return CCOE_OK;
+}
+
 ccoe_status ccoe_st_open(const char *path, ccoe_st_file **out, ccoe_error *err)
 {
     return ccoe_st_open_flags(path, 0, out, err);
@@ -860,7 +964,7 @@ ccoe_status ccoe_st_open_flags(const char *path, unsigned flags, ccoe_st_file **
     if (st == CCOE_OK) {
         f->data_len = f->size - 8 - (size_t)hlen;
         f->data = f->buf + 8 + hlen;
-        st = parse_header(f, (const char *)f->buf + 8, (size_t)hlen, err);
+        st = parse_header(f, (const char *)f->buf + 8, (size_t)hlen, flags, err);
     }
     if (st == CCOE_OK)
         st = check_layout(f, err);
@@ -892,6 +996,8 @@ ccoe_status ccoe_st_open_flags(const char *path, unsigned flags, ccoe_st_file **
             f->data = f->data_copy;
         }
     }
+    if (st == CCOE_OK)
+        st = convert_half(f, err);
     if (st != CCOE_OK) {
         ccoe_st_close(f);
         return st;
@@ -923,7 +1029,17 @@ const float *ccoe_st_find(const ccoe_st_file *f, const char *name, int *ndim, in
     if (shape)
         for (int d = 0; d < e->ndim; d++)
             shape[d] = e->shape[d];
+    if (e->dtype >= ST_N_FLOAT)
+        return NULL;
+    if (e->dtype != ST_F32)
+        return f->conv_buf ? f->conv_buf + e->conv : NULL;
     return (const float *)(const void *)(f->data + e->begin);
+}
+
+const char *ccoe_st_dtype(const ccoe_st_file *f, const char *name)
+{
+    const st_entry *e = find_entry(f, name);
+    return e ? st_dtype_names[e->dtype] : NULL;
 }
 
 ccoe_status ccoe_st_read_into(const ccoe_st_file *f, const char *name, float *dst, int ndim,
@@ -947,8 +1063,17 @@ ccoe_status ccoe_st_read_into(const ccoe_st_file *f, const char *name, float *ds
                               "expected: the file was written for a different model configuration",
                               f->path, name, found, want);
     }
-    if (e->end > e->begin)
+    if (e->dtype >= ST_N_FLOAT)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "safetensors file '%s': tensor '%s' has dtype %s, not a float: "
+                              "it was written for a different model or variant",
+                              f->path, name, st_dtype_names[e->dtype]);
+    if (e->dtype != ST_F32) {
+        if (e->end > e->begin)
+            memcpy(dst, f->conv_buf + e->conv, (size_t)(e->end - e->begin) / 2 * sizeof(float));
+    } else if (e->end > e->begin) {
         memcpy(dst, f->data + e->begin, (size_t)(e->end - e->begin));
+    }
     return CCOE_OK;
 }
 

@@ -1,4 +1,5 @@
-/* safetensors.h - reading and writing safetensors files (F32 tensors + string metadata).
+/* safetensors.h - reading and writing safetensors files (F32 tensors + string metadata; F16 and
+ * BF16 read as float32, other dtypes as opaque buffers, on request: foreign files to import).
  *
  * Format: 8-byte little-endian header length n, n bytes of JSON header
  *   {"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ...,
@@ -32,6 +33,11 @@ typedef struct ccoe_st_tensor {
 ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_t n,
                           const char *const *meta, size_t nmeta, ccoe_error *err);
 
+/* The same without ccoe's checksum (metadata only what the caller gives): the plain format
+ * other programs write, for exports (Hugging Face's loaders check "format" = "pt"). */
+ccoe_status ccoe_st_write_plain(const char *path, const ccoe_st_tensor *tensors, size_t n,
+                                const char *const *meta, size_t nmeta, ccoe_error *err);
+
 typedef struct ccoe_st_file ccoe_st_file;
 
 /* Opens and fully validates a file (held in memory until close); a file without the whole-file
@@ -42,6 +48,13 @@ ccoe_status ccoe_st_open(const char *path, ccoe_st_file **out, ccoe_error *err);
  * another program or an older ccoe) is read, its data checked if it has the older data-only
  * checksum. Only for importing a file the user vouches for. */
 #define CCOE_ST_ALLOW_UNCHECKED 1u
+/* With CCOE_ST_ALLOW_HALF, F16 and BF16 tensors are read too, converted to float32 at open
+ * (exact); lookups return the converted floats and ccoe_st_dtype names the stored dtype. */
+#define CCOE_ST_ALLOW_HALF 2u
+/* With CCOE_ST_ALLOW_OTHER, tensors of the other safetensors dtypes (F64, integers, BOOL, F8)
+ * are accepted and layout-checked but hold no float data: ccoe_st_find returns NULL for them
+ * and ccoe_st_dtype names the dtype (a foreign file's non-parameter buffers). */
+#define CCOE_ST_ALLOW_OTHER 4u
 ccoe_status ccoe_st_open_flags(const char *path, unsigned flags, ccoe_st_file **out,
                                ccoe_error *err);
 void ccoe_st_close(ccoe_st_file *f);
@@ -55,6 +68,13 @@ const char *ccoe_st_name(const ccoe_st_file *f, size_t i);
 
 /* Finds a tensor: returns its data (or NULL if absent) and fills ndim/shape if non-NULL. */
 const float *ccoe_st_find(const ccoe_st_file *f, const char *name, int *ndim, int64_t *shape);
+
+/* The stored dtype of a tensor ("F32", "F16", "BF16", ...), or NULL if absent. */
+const char *ccoe_st_dtype(const ccoe_st_file *f, const char *name);
+
+/* IEEE half and bfloat16 (their bits) to float: exact, Inf and NaN kept. */
+float ccoe_f16_to_f32(uint16_t h);
+float ccoe_bf16_to_f32(uint16_t h);
 
 /* Copies tensor `name` into dst after checking it exists and has exactly this shape; the error
  * names the tensor, the expected and the found shape. */

@@ -485,6 +485,8 @@ static ccoe_status add_merge(bpe *t, const char *a, size_t na, const char *b, si
 
 static const merge_entry *find_merge(const bpe *t, int32_t a, int32_t b)
 {
+    if (t->merge_cap == 0) /* a vocabulary without merges (byte-level ids only) */
+        return NULL;
     uint64_t key = pair_key(a, b);
     for (size_t j = pair_slot(key, t->merge_cap);; j = (j + 1) & (t->merge_cap - 1)) {
         if (t->merges[j].key == key)

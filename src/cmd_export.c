@@ -1,0 +1,37 @@
+/* cmd_export.c - `ccoe export`: a ccoe model as Hugging Face GPT-2 directories (src/hf.c does the
+ * work). Rank 0 only. */
+#include <stdio.h>
+
+#include "cli.h"
+#include "hf.h"
+
+static const ccoe_cli_opt k_export_opts[] = {
+    {"-o", CCOE_OPT_PATH, "HF_DIR", .help = "the directory to write",
+     .flags = CCOE_OPT_REQUIRED},
+    {"--path", CCOE_OPT_STRING, "base|EXPERT|all", .def = "base",
+     .help = "the base, the base with EXPERT in place, or all: each path in HF_DIR/NAME"},
+};
+
+static int run_export(const ccoe_cli_args *a)
+{
+    ccoe_hf_export_opts o = {0};
+    o.model = a->pos[0];
+    o.out_dir = ccoe_cli_str(a, "-o");
+    o.path = ccoe_cli_val_of(a, "--path")->count ? ccoe_cli_str(a, "--path") : NULL;
+    ccoe_error err = {0};
+    if (ccoe_hf_export(&o, stdout, &err) != CCOE_OK)
+        return ccoe_cli_fail(a, &err);
+    return 0;
+}
+
+const ccoe_cli_cmd ccoe_cmd_export = {
+    .name = "export",
+    .args = "MODEL",
+    .summary = "a ccoe model as a Hugging Face GPT-2 directory (GPT2LMHeadModel, F32)",
+    .opts = k_export_opts,
+    .n_opts = sizeof k_export_opts / sizeof k_export_opts[0],
+    .min_pos = 1,
+    .max_pos = 1,
+    .pos_error = "export takes exactly one MODEL",
+    .run = run_export,
+};

@@ -1,0 +1,84 @@
+/* hf_internal.h - what hf.c (directories, files, tokenizers) shares with the per-architecture
+ * layouts (hf_gpt2.c). */
+#ifndef CCOE_HF_INTERNAL_H
+#define CCOE_HF_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cjson/cJSON.h>
+
+#include "config.h"
+#include "model.h"
+#include "safetensors.h"
+#include "status.h"
+
+#define HF_MAX_SHARDS 256
+#define HF_PATH 4096
+
+/* The weights of a Hugging Face directory: one file, or the shards of an index. */
+typedef struct hf_weights {
+    char dir[HF_PATH];
+    int n_files;
+    ccoe_st_file *files[HF_MAX_SHARDS];
+    char names[HF_MAX_SHARDS][HF_PATH]; /* each file's path, for messages */
+} hf_weights;
+
+/* A tensor of the directory: data (float32), its file, shape. */
+typedef struct hf_tensor {
+    const float *data;
+    const char *file;
+    const char *dtype;
+    int ndim;
+    int64_t shape[CCOE_ST_MAX_DIMS];
+} hf_tensor;
+
+/* Finds name in any of the files; 0 if absent. */
+int hf_find(const hf_weights *w, const char *name, hf_tensor *t);
+
+/* Finds name and checks its shape (ndim dims, d0 [, d1]) and that every value is finite;
+ * errors name the file, the tensor, the expected shape and the fix. */
+ccoe_status hf_get(const hf_weights *w, const char *name, int ndim, int64_t d0, int64_t d1,
+                   hf_tensor *t, ccoe_error *err);
+
+/* config.json helpers: an integer / number / boolean / string member (absent: def, or an
+ * error when required). */
+ccoe_status hf_cfg_int(const cJSON *c, const char *path, const char *key, int required, long def,
+                       long lo, long hi, long *out, ccoe_error *err);
+ccoe_status hf_cfg_num(const cJSON *c, const char *path, const char *key, double def,
+                       double *out, ccoe_error *err);
+ccoe_status hf_cfg_bool(const cJSON *c, const char *path, const char *key, int def, int *out,
+                        ccoe_error *err);
+const char *hf_cfg_str(const cJSON *c, const char *key);
+
+/* A tensor to export: name, shape, data (owned by the caller). */
+typedef struct hf_out_tensor {
+    char name[128];
+    int ndim;
+    int64_t shape[2];
+    const float *data;
+} hf_out_tensor;
+
+/* ---- GPT-2 (hf_gpt2.c) ---- */
+
+/* Reads GPT-2's config.json into mc (norm, ffn, block, bias, shape), refusing options ccoe
+ * does not implement. */
+ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *mc,
+                           ccoe_error *err);
+
+/* Checks every tensor of w belongs to a GPT-2 of this config (known parameters, and the
+ * attention-mask buffers it ignores), copies the parameters into m (Conv1D weights
+ * transposed into ccoe's (out, in) layout) and decides the head: *tied = 1 if the head is
+ * the token embedding. Call before building m with mc->tied_head = *tied: hf_gpt2_head
+ * decides that first. */
+ccoe_status hf_gpt2_head(const hf_weights *w, const cJSON *c, const char *cfg_path,
+                         int *tied, FILE *log, ccoe_error *err);
+ccoe_status hf_gpt2_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err);
+
+/* The tensors and config.json of path p of m as a GPT2LMHeadModel: *out (malloc'd, *n of
+ * them) point into *buf (malloc'd); *config is the JSON text (malloc'd). */
+ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out, size_t *n,
+                           float **buf, char **config, FILE *log, ccoe_error *err);
+
+#endif

@@ -1,0 +1,65 @@
+# `ccoe import` / `ccoe export` on the committed tiny GPT-2 (tests/fixtures/hf-gpt2-tiny, the
+# original checkpoint naming with mask buffers): import prints the derived config, copies the
+# tokenizer; the derived config trains further (--init-from); train-expert trains an expert on
+# the imported base with the base frozen and pushes it; eval runs on both; export writes the
+# base and the expert's path as Hugging Face directories; importing the exported base gives the
+# same parameters bit for bit; bad input is refused with the file named and nothing written.
+source "$(dirname "$0")/lib/common.sh"
+cd "$WORK"
+HF="$SRC/tests/fixtures/hf-gpt2-tiny"
+
+out=$("$CCOE" import "$HF" -o base.safetensors) || fail "import: $out"
+grep -q "^imported .* (GPT2LMHeadModel, 11088 parameters, 1 file, head tied to wte)" <<<"$out" || fail "import summary: $out"
+grep -q "^  vocab_size = 265$" <<<"$out" || fail "derived vocab_size: $out"
+grep -q "^  tokenizer = $(realpath "$WORK")/base.tokenizer$" <<<"$out" || fail "derived tokenizer: $out"
+cmp -s "$HF/vocab.json" base.tokenizer/vocab.json || fail "vocab.json not copied"
+cmp -s "$HF/merges.txt" base.tokenizer/merges.txt || fail "merges.txt not copied"
+pass "import: derived config printed, tokenizer copied"
+
+# the printed [model] section is a config: train the imported base a few steps further
+{ sed -n 's/^  //p' <<<"$out" | sed -n '/^\[model\]/,/^\[data\]/p' | grep -v '^\[data\]'
+  printf '[data]\ntokenizer = %s/base.tokenizer\n' "$WORK"
+  printf '[train]\nsteps = 3\nbatch_size = 2\nwarmup = 0\neval_every = 0\nlog_every = 1\nout_dir = tr\n'
+} >base.ini
+"$CCOE" train base.ini --init-from base.safetensors --quiet >train.log 2>&1 || fail "train from the import: $(cat train.log)"
+[[ -f tr/checkpoint.safetensors ]] || fail "no trained checkpoint"
+"$CCOE" compare base.safetensors tr/checkpoint.safetensors --params >/dev/null && fail "training changed nothing"
+pass "the imported base trains (--init-from)"
+
+"$CCOE" train-expert base.safetensors --expert arith --domain arith --layers 1 --set train.steps=3 \
+  --set train.batch_size=2 --set train.eval_every=0 -o ex --push with.safetensors --quiet >te.log 2>&1 \
+  || fail "train-expert on the import: $(cat te.log)"
+"$CCOE" compare base.safetensors with.safetensors --only-base >/dev/null || fail "the frozen base changed"
+ev=$("$CCOE" eval with.safetensors --batches 1 --no-tasks) || fail "eval: $ev"
+grep -qE "^arith +[0-9.]+ " <<<"$ev" || fail "eval rows: $ev"
+"$CCOE" eval base.safetensors --batches 1 --no-tasks >/dev/null || fail "eval of the import"
+pass "train-expert on the imported base (base bit-identical), eval"
+
+out=$("$CCOE" export with.safetensors -o hf-base) || fail "export base: $out"
+out=$("$CCOE" export with.safetensors --path arith -o hf-arith) || fail "export arith: $out"
+for d in hf-base hf-arith; do
+  for f in config.json model.safetensors vocab.json merges.txt; do
+    [[ -f $d/$f ]] || fail "$d/$f missing"
+  done
+  grep -q '"GPT2LMHeadModel"' $d/config.json || fail "$d/config.json"
+done
+"$CCOE" import hf-base -o again.safetensors >/dev/null || fail "import of the export"
+"$CCOE" compare base.safetensors again.safetensors --params >/dev/null || fail "import(export(base)) differs"
+"$CCOE" import hf-arith -o arith-path.safetensors >/dev/null || fail "import of the expert path"
+"$CCOE" compare base.safetensors arith-path.safetensors --params >/dev/null \
+  && fail "the expert path exported as the base"
+pass "export base and expert path; import(export(base)) bit-identical"
+
+# bad input: nothing written
+expect_fail 1 "nodir has no config.json" -- "$CCOE" import nodir -o x.safetensors
+mkdir llama && echo '{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}' >llama/config.json
+expect_fail 1 'model_type "llama" .*not yet supported' -- "$CCOE" import llama -o x.safetensors
+mkdir trunc && cp "$HF"/*.json "$HF"/merges.txt trunc/ && head -c 30000 "$HF/model.safetensors" >trunc/model.safetensors
+expect_fail 1 "trunc/model.safetensors.*(truncated|corrupt)" -- "$CCOE" import trunc -o x.safetensors
+[[ ! -e x.safetensors && ! -e x.tokenizer ]] || fail "a refused import left output"
+expect_fail 1 "exists: choose another -o or pass --force" -- "$CCOE" import "$HF" -o base.safetensors
+expect_fail 1 "hf-base exists and is not empty" -- "$CCOE" export with.safetensors -o hf-base
+expect_fail 2 "has no expert 'zz': --path takes base, all, arith" -- "$CCOE" export with.safetensors --path zz -o hf-zz
+[[ ! -e hf-zz ]] || fail "a refused export left output"
+expect_fail 2 "import needs HF_DIR" -- "$CCOE" import
+pass "bad input refused, nothing written"

@@ -1,0 +1,1069 @@
+/* test_hf.c - `ccoe import` / `ccoe export` of Hugging Face GPT-2 directories.
+ *
+ * The test writes its own tiny HF directories (config.json, safetensors written here by a
+ * writer independent of ccoe's, F32/F16/BF16, one file or shards with an index, with and
+ * without the "transformer." prefix, tied heads stored or omitted, untied heads, the
+ * attention-mask buffers) and checks: every ccoe tensor is the HF tensor (Conv1D weights
+ * transposed), import -> export -> import is bit-identical, the export reproduces the HF
+ * tensors, a CCoE expert's path exports as a complete GPT-2, every refusal names the file and
+ * the tensor and leaves no output, and the logits of the committed fixture
+ * tests/fixtures/hf-gpt2-tiny/ match an independent float64 forward
+ * (tests/fixtures/gen_hf_gpt2_tiny.py) to 1e-4.
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#include "checkpoint.h"
+#include "config.h"
+#include "gating.h"
+#include "hf.h"
+#include "model.h"
+#include "safetensors.h"
+#include "tokenizer.h"
+
+static char g_dir[64];
+static char g_src[1024]; /* the source tree (CCOE_SOURCE_DIR) */
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/ccoe-test-hf-XXXXXX");
+    if (!mkdtemp(g_dir))
+        return -1;
+    const char *s = getenv("CCOE_SOURCE_DIR");
+    snprintf(g_src, sizeof g_src, "%s", s ? s : ".");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int exists(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void copy(const char *from, const char *to)
+{
+    char cmd[3000];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ---- an independent safetensors writer (any dtype) ---- */
+
+enum { DT_F32, DT_F16, DT_BF16, DT_F64, DT_BOOL };
+static const char *const k_dt[] = {"F32", "F16", "BF16", "F64", "BOOL"};
+static const int k_dt_bytes[] = {4, 2, 2, 8, 1};
+
+typedef struct tt {
+    char name[96];
+    int ndim;
+    int64_t shape[4];
+    float *data; /* values exactly representable in every dtype used */
+    int own;     /* 1 + this tensor's dtype; 0: the file's */
+} tt;
+
+static size_t numel(const tt *t)
+{
+    size_t n = 1;
+    for (int d = 0; d < t->ndim; d++)
+        n *= (size_t)t->shape[d];
+    return n;
+}
+
+/* f32 -> f16 bits for 0 and normal half values (all the test uses). */
+static uint16_t to_f16(float v)
+{
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    if ((b & 0x7fffffffu) == 0)
+        return (uint16_t)(b >> 16);
+    if ((b & 0x7f800000u) == 0x7f800000u) /* Inf / NaN */
+        return (uint16_t)(((b >> 16) & 0x8000u) | 0x7c00u | ((b & 0x7fffffu) ? 0x200u : 0u));
+    int e = (int)((b >> 23) & 0xff) - 127 + 15;
+    return (uint16_t)(((b >> 16) & 0x8000u) | ((uint32_t)e << 10) | ((b >> 13) & 0x3ffu));
+}
+
+static void write_st(const char *path, const tt *t, int n, int dtype)
+{
+    char *hdr = malloc(1 << 20);
+    assert_non_null(hdr);
+    size_t off = 0, len = 0;
+    len += (size_t)sprintf(hdr + len, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (int i = 0; i < n; i++) {
+        const int dt = t[i].own ? t[i].own - 1 : dtype;
+        size_t bytes = numel(&t[i]) * (size_t)k_dt_bytes[dt];
+        len += (size_t)sprintf(hdr + len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t[i].name,
+                               k_dt[dt]);
+        for (int d = 0; d < t[i].ndim; d++)
+            len += (size_t)sprintf(hdr + len, "%s%lld", d ? "," : "", (long long)t[i].shape[d]);
+        len += (size_t)sprintf(hdr + len, "],\"data_offsets\":[%zu,%zu]}", off, off + bytes);
+        off += bytes;
+    }
+    len += (size_t)sprintf(hdr + len, "}");
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    uint64_t hl = len;
+    fwrite(&hl, 8, 1, f);
+    fwrite(hdr, 1, len, f);
+    for (int i = 0; i < n; i++)
+        for (size_t k = 0; k < numel(&t[i]); k++) {
+            float v = t[i].data[k];
+            const int dt = t[i].own ? t[i].own - 1 : dtype;
+            if (dt == DT_BOOL) {
+                unsigned char c = v != 0;
+                fwrite(&c, 1, 1, f);
+            } else if (dt == DT_F32) {
+                fwrite(&v, 4, 1, f);
+            } else if (dt == DT_F64) {
+                double d = v;
+                fwrite(&d, 8, 1, f);
+            } else {
+                uint32_t b;
+                memcpy(&b, &v, 4);
+                uint16_t h = dt == DT_F16 ? to_f16(v) : (uint16_t)(b >> 16);
+                fwrite(&h, 2, 1, f);
+            }
+        }
+    assert_int_equal(fclose(f), 0);
+    free(hdr);
+}
+
+/* ---- tiny GPT-2 directories ---- */
+
+typedef struct gpt2_opts {
+    int L, C, H, P, V, F;  /* F: 0 = n_inner null (4C) */
+    const char *prefix;    /* "transformer." or "" */
+    int dtype;
+    int shards;            /* 1: model.safetensors; > 1: an index and that many shards */
+    int tie;               /* tie_word_embeddings */
+    int store_head;        /* lm_head.weight stored (tied: a copy of wte) */
+    int buffers;           /* attn.bias / attn.masked_bias (2: the mask as BOOL) */
+    const char *extra_cfg; /* appended to config.json's members, or NULL */
+    uint64_t seed;
+} gpt2_opts;
+
+typedef struct gpt2_dir {
+    tt t[256];
+    int n;
+    int F;
+} gpt2_dir;
+
+static float *rand_k64(size_t n, uint64_t seed)
+{
+    /* k/64, |k| < 128: exact in F32, F16 and BF16 */
+    float *x = malloc(n * sizeof *x);
+    assert_non_null(x);
+    uint64_t s = seed * 2654435761u + 12345;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        int k = (int)((s >> 33) % 255) - 127;
+        x[i] = (float)k / 64.0f;
+    }
+    return x;
+}
+
+static tt *add(gpt2_dir *g, const char *prefix, const char *name, int ndim, int64_t d0,
+               int64_t d1, uint64_t seed)
+{
+    tt *t = &g->t[g->n++];
+    snprintf(t->name, sizeof t->name, "%s%s", prefix, name);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = d1;
+    t->data = rand_k64(numel(t), seed);
+    return t;
+}
+
+static const tt *find_tt(const gpt2_dir *g, const char *name)
+{
+    for (int i = 0; i < g->n; i++)
+        if (strcmp(g->t[i].name, name) == 0)
+            return &g->t[i];
+    return NULL;
+}
+
+static void free_dir(gpt2_dir *g)
+{
+    for (int i = 0; i < g->n; i++)
+        free(g->t[i].data);
+    g->n = 0;
+}
+
+/* Builds the tensors of o into g (no files). */
+static void gpt2_tensors(const gpt2_opts *o, gpt2_dir *g)
+{
+    memset(g, 0, sizeof *g);
+    const int C = o->C, F = o->F ? o->F : 4 * o->C;
+    g->F = F;
+    uint64_t s = o->seed;
+    add(g, o->prefix, "wte.weight", 2, o->V, C, s++);
+    add(g, o->prefix, "wpe.weight", 2, o->P, C, s++);
+    char nm[96];
+    for (int l = 0; l < o->L; l++) {
+#define B(suffix, nd, d0, d1)                               \
+    snprintf(nm, sizeof nm, "h.%d." suffix, l);             \
+    add(g, o->prefix, nm, nd, d0, d1, s++)
+        B("ln_1.weight", 1, C, 0);
+        B("ln_1.bias", 1, C, 0);
+        B("attn.c_attn.weight", 2, C, 3 * C);
+        B("attn.c_attn.bias", 1, 3 * C, 0);
+        B("attn.c_proj.weight", 2, C, C);
+        B("attn.c_proj.bias", 1, C, 0);
+        B("ln_2.weight", 1, C, 0);
+        B("ln_2.bias", 1, C, 0);
+        B("mlp.c_fc.weight", 2, C, F);
+        B("mlp.c_fc.bias", 1, F, 0);
+        B("mlp.c_proj.weight", 2, F, C);
+        B("mlp.c_proj.bias", 1, C, 0);
+        if (o->buffers) {
+            tt *b = add(g, o->prefix, "", 4, 1, 1, s++);
+            snprintf(b->name, sizeof b->name, "%sh.%d.attn.bias", o->prefix, l);
+            b->shape[2] = b->shape[3] = o->P;
+            free(b->data);
+            b->data = calloc((size_t)o->P * o->P, sizeof(float));
+            for (int i = 0; i < o->P; i++)
+                for (int j = 0; j <= i; j++)
+                    b->data[i * o->P + j] = 1;
+            if (o->buffers == 2)
+                b->own = 1 + DT_BOOL;
+            b = add(g, o->prefix, "", 0, 1, 0, s++);
+            snprintf(b->name, sizeof b->name, "%sh.%d.attn.masked_bias", o->prefix, l);
+            b->data[0] = -16384.0f;
+        }
+#undef B
+    }
+    add(g, o->prefix, "ln_f.weight", 1, C, 0, s++);
+    add(g, o->prefix, "ln_f.bias", 1, C, 0, s++);
+    if (o->store_head) {
+        tt *h = add(g, "", "lm_head.weight", 2, o->V, C, s++);
+        if (o->tie)
+            memcpy(h->data, g->t[0].data, numel(h) * sizeof(float));
+    }
+}
+
+/* Writes g as the directory dir with o's config (and the fixture's tokenizer files). */
+static void gpt2_write(const char *dir, const gpt2_opts *o, const gpt2_dir *g)
+{
+    mkdir(dir, 0777);
+    char p[512], cfg[2048];
+    char inner[32];
+    if (o->F)
+        snprintf(inner, sizeof inner, "%d", o->F);
+    else
+        snprintf(inner, sizeof inner, "null");
+    /* extra members first: cJSON finds the first of two equal keys */
+    snprintf(cfg, sizeof cfg,
+             "{%s%s\"architectures\": [\"GPT2LMHeadModel\"], \"model_type\": \"gpt2\", "
+             "\"activation_function\": \"gelu_new\", \"n_layer\": %d, \"n_embd\": %d, "
+             "\"n_head\": %d, \"n_positions\": %d, \"n_ctx\": %d, \"n_inner\": %s, "
+             "\"vocab_size\": %d, \"layer_norm_epsilon\": 1e-05, \"tie_word_embeddings\": %s}",
+             o->extra_cfg ? o->extra_cfg : "", o->extra_cfg ? ", " : "", o->L, o->C, o->H, o->P,
+             o->P, inner, o->V, o->tie ? "true" : "false");
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    write_text(p, cfg);
+    if (o->shards <= 1) {
+        snprintf(p, sizeof p, "%s/model.safetensors", dir);
+        write_st(p, g->t, g->n, o->dtype);
+    } else {
+        char *idx = malloc(1 << 16);
+        size_t len = (size_t)sprintf(idx, "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {");
+        int per = (g->n + o->shards - 1) / o->shards;
+        for (int k = 0; k < o->shards; k++) {
+            int a = k * per, b = a + per < g->n ? a + per : g->n;
+            snprintf(p, sizeof p, "%s/model-%05d-of-%05d.safetensors", dir, k + 1, o->shards);
+            write_st(p, g->t + a, b - a, o->dtype);
+            for (int i = a; i < b; i++)
+                len += (size_t)sprintf(idx + len, "%s\"%s\": \"model-%05d-of-%05d.safetensors\"",
+                                       i ? ", " : "", g->t[i].name, k + 1, o->shards);
+        }
+        sprintf(idx + len, "}}");
+        snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+        write_text(p, idx);
+        free(idx);
+    }
+    char from[1200];
+    snprintf(from, sizeof from, "%s/tests/fixtures/hf-gpt2-tiny/vocab.json", g_src);
+    snprintf(p, sizeof p, "%s/vocab.json", dir);
+    copy(from, p);
+    snprintf(from, sizeof from, "%s/tests/fixtures/hf-gpt2-tiny/merges.txt", g_src);
+    snprintf(p, sizeof p, "%s/merges.txt", dir);
+    copy(from, p);
+}
+
+static gpt2_opts base_opts(void)
+{
+    return (gpt2_opts){.L = 2, .C = 16, .H = 4, .P = 8, .V = 272, .prefix = "transformer.",
+                       .dtype = DT_F32, .shards = 1, .tie = 1, .seed = 7};
+}
+
+static ccoe_status import(const char *hf, const char *out, ccoe_error *err)
+{
+    ccoe_hf_import_opts o = {.hf_dir = hf, .out = out};
+    memset(err, 0, sizeof *err);
+    return ccoe_hf_import(&o, NULL, err);
+}
+
+/* Every ccoe tensor of the checkpoint equals its HF source (matrices transposed). */
+static void check_matches(const char *ck, const gpt2_opts *o, const gpt2_dir *g)
+{
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
+    assert_int_equal(cfg.model.n_layer, o->L);
+    assert_int_equal(cfg.model.n_embd, o->C);
+    assert_int_equal(cfg.model.n_head, o->H);
+    assert_int_equal(cfg.model.seq_len, o->P);
+    assert_int_equal(cfg.model.vocab_size, o->V);
+    assert_int_equal(cfg.model.ffn_hidden, g->F);
+    assert_int_equal(cfg.model.tied_head, o->tie);
+    const char *pre = o->prefix;
+    char hn[128], cn[128];
+    struct { const char *hf, *ccoe; int transposed; } map[] = {
+        {"ln_1.weight", "ln1.weight", 0},        {"ln_1.bias", "ln1.bias", 0},
+        {"attn.c_attn.weight", "attn.qkv.weight", 1}, {"attn.c_attn.bias", "attn.qkv.bias", 0},
+        {"attn.c_proj.weight", "attn.proj.weight", 1}, {"attn.c_proj.bias", "attn.proj.bias", 0},
+        {"ln_2.weight", "ln2.weight", 0},        {"ln_2.bias", "ln2.bias", 0},
+        {"mlp.c_fc.weight", "mlp.fc.weight", 1}, {"mlp.c_fc.bias", "mlp.fc.bias", 0},
+        {"mlp.c_proj.weight", "mlp.proj.weight", 1}, {"mlp.c_proj.bias", "mlp.proj.bias", 0}};
+    size_t checked = 0;
+    for (int l = 0; l < o->L; l++)
+        for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
+            snprintf(hn, sizeof hn, "%sh.%d.%s", pre, l, map[k].hf);
+            snprintf(cn, sizeof cn, "blocks.%d.%s", l, map[k].ccoe);
+            const tt *h = find_tt(g, hn);
+            int nd = 0;
+            int64_t sh[4];
+            const float *c = ccoe_st_find(f, cn, &nd, sh);
+            assert_non_null(h);
+            assert_non_null(c);
+            if (map[k].transposed) {
+                /* HF Conv1D (in, out) against ccoe (out, in) */
+                assert_int_equal(sh[0], h->shape[1]);
+                assert_int_equal(sh[1], h->shape[0]);
+                for (int64_t i = 0; i < h->shape[0]; i++)
+                    for (int64_t j = 0; j < h->shape[1]; j++)
+                        assert_true(c[j * h->shape[0] + i] == h->data[i * h->shape[1] + j]);
+            } else {
+                assert_memory_equal(c, h->data, numel(h) * sizeof(float));
+            }
+            checked++;
+        }
+    snprintf(hn, sizeof hn, "%swte.weight", pre);
+    assert_memory_equal(ccoe_st_find(f, "wte", NULL, NULL), find_tt(g, hn)->data,
+                        (size_t)o->V * o->C * sizeof(float));
+    snprintf(hn, sizeof hn, "%swpe.weight", pre);
+    assert_memory_equal(ccoe_st_find(f, "wpe", NULL, NULL), find_tt(g, hn)->data,
+                        (size_t)o->P * o->C * sizeof(float));
+    snprintf(hn, sizeof hn, "%sln_f.bias", pre);
+    assert_memory_equal(ccoe_st_find(f, "lnf.bias", NULL, NULL), find_tt(g, hn)->data,
+                        (size_t)o->C * sizeof(float));
+    const float *head = ccoe_st_find(f, "lm_head.weight", NULL, NULL);
+    if (o->tie) {
+        assert_null(head);
+    } else {
+        assert_non_null(head);
+        assert_memory_equal(head, find_tt(g, "lm_head.weight")->data,
+                            (size_t)o->V * o->C * sizeof(float));
+    }
+    assert_int_equal(checked, (size_t)o->L * 12);
+    ccoe_st_close(f);
+}
+
+/* Import of each layout variant, then export, then import again: bit-identical parameters, and
+ * the exported file holds the HF tensors themselves (under save_pretrained's names). */
+static void test_layouts_and_round_trips(void **state)
+{
+    (void)state;
+    struct { const char *what; gpt2_opts o; } cases[8];
+    int n = 0;
+    gpt2_opts o = base_opts();
+    cases[n++] = (typeof(cases[0])){"transformer. prefix, F32, tied head omitted", o};
+    o = base_opts();
+    o.prefix = "";
+    o.dtype = DT_BF16;
+    o.shards = 2;
+    o.store_head = 1;
+    o.buffers = 2;
+    cases[n++] = (typeof(cases[0])){"no prefix, BF16, 2 shards, tied head stored, BOOL mask buffers", o};
+    o = base_opts();
+    o.dtype = DT_F16;
+    o.shards = 3;
+    o.tie = 0;
+    o.store_head = 1;
+    o.F = 24;
+    o.L = 3;
+    cases[n++] = (typeof(cases[0])){"F16, 3 shards, untied head, n_inner 24", o};
+    o = base_opts();
+    o.prefix = "";
+    o.tie = 0;
+    o.store_head = 1;
+    o.buffers = 1;
+    o.extra_cfg = "\"activation_function\": \"gelu_pytorch_tanh\"";
+    cases[n++] = (typeof(cases[0])){"no prefix, untied, gelu_pytorch_tanh", o};
+    for (int c = 0; c < n; c++) {
+        fprintf(stderr, "case %d: %s\n", c, cases[c].what);
+        char hf[256], ck[256], ex[256], ck2[256], p[300];
+        snprintf(hf, sizeof hf, "%s/layout%d", g_dir, c);
+        snprintf(ck, sizeof ck, "%s/layout%d.safetensors", g_dir, c);
+        snprintf(ex, sizeof ex, "%s/layout%d-export", g_dir, c);
+        snprintf(ck2, sizeof ck2, "%s/layout%d-again.safetensors", g_dir, c);
+        gpt2_dir g;
+        gpt2_tensors(&cases[c].o, &g);
+        gpt2_write(hf, &cases[c].o, &g);
+        ccoe_error err;
+        ccoe_status s = import(hf, ck, &err);
+        if (s != CCOE_OK)
+            fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(s, CCOE_OK);
+        snprintf(p, sizeof p, "%s/layout%d.tokenizer/vocab.json", g_dir, c);
+        assert_true(exists(p));
+        check_matches(ck, &cases[c].o, &g);
+
+        ccoe_hf_export_opts eo = {.model = ck, .out_dir = ex};
+        s = ccoe_hf_export(&eo, NULL, &err);
+        if (s != CCOE_OK)
+            fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(s, CCOE_OK);
+        /* the export: plain safetensors (no ccoe checksum, format pt), save_pretrained names */
+        snprintf(p, sizeof p, "%s/model.safetensors", ex);
+        ccoe_st_file *f = NULL;
+        assert_int_equal(ccoe_st_open(p, &f, &err), CCOE_ERR_FORMAT); /* no ccoe checksum */
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED, &f, &err), CCOE_OK);
+        assert_int_equal(ccoe_st_checked(f), CCOE_ST_CHECK_NONE);
+        assert_string_equal(ccoe_st_meta(f, "format"), "pt");
+        size_t want = 0;
+        for (int i = 0; i < g.n; i++) {
+            const char *name = g.t[i].name;
+            if (strstr(name, ".attn.bias") || strstr(name, "masked_bias"))
+                continue; /* buffers are not exported */
+            if (strcmp(name, "lm_head.weight") == 0 && cases[c].o.tie)
+                continue; /* tied: save_pretrained omits it */
+            char en[128];
+            if (strcmp(name, "lm_head.weight") == 0 || cases[c].o.prefix[0])
+                snprintf(en, sizeof en, "%s", name);
+            else
+                snprintf(en, sizeof en, "transformer.%s", name);
+            int nd = 0;
+            int64_t sh[4];
+            const float *d = ccoe_st_find(f, en, &nd, sh);
+            if (!d)
+                fprintf(stderr, "export lacks %s\n", en);
+            assert_non_null(d);
+            assert_int_equal(nd, g.t[i].ndim);
+            for (int k = 0; k < nd; k++)
+                assert_int_equal(sh[k], g.t[i].shape[k]);
+            assert_memory_equal(d, g.t[i].data, numel(&g.t[i]) * sizeof(float));
+            want++;
+        }
+        assert_int_equal(ccoe_st_count(f), want);
+        ccoe_st_close(f);
+        snprintf(p, sizeof p, "%s/config.json", ex);
+        assert_true(exists(p));
+        snprintf(p, sizeof p, "%s/merges.txt", ex);
+        assert_true(exists(p));
+
+        s = import(ex, ck2, &err);
+        if (s != CCOE_OK)
+            fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(s, CCOE_OK);
+        ccoe_st_file *a = NULL, *b = NULL;
+        assert_int_equal(ccoe_st_open(ck, &a, &err), CCOE_OK);
+        assert_int_equal(ccoe_st_open(ck2, &b, &err), CCOE_OK);
+        ccoe_compare_result r;
+        FILE *devnull = fopen("/dev/null", "w");
+        assert_int_equal(ccoe_checkpoint_compare(a, b, CCOE_CMP_PARAMS, devnull, &r), 1);
+        fclose(devnull);
+        assert_int_equal(r.differ + r.only_a + r.only_b, 0);
+        ccoe_st_close(a);
+        ccoe_st_close(b);
+        free_dir(&g);
+    }
+}
+
+/* Half-precision conversion: every F16 bit pattern against its definition; BF16 = the top
+ * half of a float. */
+static void test_half_conversion(void **state)
+{
+    (void)state;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const int sign = h >> 15, ex = (h >> 10) & 31, man = h & 1023;
+        float got = ccoe_f16_to_f32((uint16_t)h);
+        if (ex == 31) {
+            assert_true(man ? isnan(got) : isinf(got));
+            assert_int_equal(signbit(got) != 0, sign);
+            continue;
+        }
+        double want = ex ? ldexp(1024 + man, ex - 25) : ldexp(man, -24);
+        if (sign)
+            want = -want;
+        assert_true((double)got == want);
+        assert_int_equal(signbit(got) != 0, sign);
+    }
+    /* a half file is refused unless asked for, then read as floats; BOOL only as a buffer */
+    tt t[2] = {{.name = "a", .ndim = 2, .shape = {3, 5}}, {.name = "m", .ndim = 1, .shape = {4}}};
+    t[0].data = rand_k64(15, 3);
+    t[1].data = rand_k64(4, 4);
+    t[1].own = 1 + DT_BOOL;
+    char p[128];
+    snprintf(p, sizeof p, "%s/half.safetensors", g_dir);
+    for (int dt = DT_F16; dt <= DT_BF16; dt++) {
+        write_st(p, t, 1, dt);
+        ccoe_st_file *f = NULL;
+        ccoe_error err = {0};
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED, &f, &err), CCOE_ERR_FORMAT);
+        TU_ASSERT_MSG_HAS(err, "only F32 is supported");
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF, &f, &err),
+                         CCOE_OK);
+        assert_string_equal(ccoe_st_dtype(f, "a"), k_dt[dt]);
+        assert_memory_equal(ccoe_st_find(f, "a", NULL, NULL), t[0].data, 15 * sizeof(float));
+        float back[15];
+        const int64_t sh[2] = {3, 5};
+        assert_int_equal(ccoe_st_read_into(f, "a", back, 2, sh, &err), CCOE_OK);
+        assert_memory_equal(back, t[0].data, sizeof back);
+        ccoe_st_close(f);
+        write_st(p, t, 2, dt);
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF, &f, &err),
+                         CCOE_ERR_FORMAT);
+        TU_ASSERT_MSG_HAS(err, "dtype BOOL");
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF |
+                                                   CCOE_ST_ALLOW_OTHER, &f, &err),
+                         CCOE_OK);
+        assert_string_equal(ccoe_st_dtype(f, "m"), "BOOL");
+        assert_null(ccoe_st_find(f, "m", NULL, NULL));
+        const int64_t s4[1] = {4};
+        assert_int_equal(ccoe_st_read_into(f, "m", back, 1, s4, &err), CCOE_ERR_FORMAT);
+        TU_ASSERT_MSG_HAS(err, "not a float");
+        ccoe_st_close(f);
+    }
+    free(t[0].data);
+    free(t[1].data);
+    for (uint32_t h = 0; h < 65536; h += 7) {
+        uint32_t bits = h << 16;
+        float want;
+        memcpy(&want, &bits, 4);
+        float got = ccoe_bf16_to_f32((uint16_t)h);
+        assert_true(memcmp(&got, &want, 4) == 0);
+    }
+}
+
+/* Logits of the committed fixture against the independent float64 forward. */
+static void test_fixture_logits(void **state)
+{
+    (void)state;
+    char hf[1200], ck[256], exp_path[1300];
+    snprintf(hf, sizeof hf, "%s/tests/fixtures/hf-gpt2-tiny", g_src);
+    snprintf(ck, sizeof ck, "%s/fixture.safetensors", g_dir);
+    snprintf(exp_path, sizeof exp_path, "%s/expected_logits.txt", hf);
+    ccoe_error err;
+    ccoe_status s = import(hf, ck, &err);
+    if (s != CCOE_OK)
+        fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(s, CCOE_OK);
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
+    ccoe_gemm gemm;
+    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+    static ccoe_model m;
+    assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, cfg.model.seq_len,
+                                         &gemm, 1, &err),
+                     CCOE_OK);
+    assert_int_equal(ccoe_checkpoint_load(f, ck, &m, NULL, NULL, &err), CCOE_OK);
+    ccoe_st_close(f);
+    FILE *e = fopen(exp_path, "r");
+    assert_non_null(e);
+    static char line[1 << 16];
+    int32_t ids[64];
+    int T = 0, rows = 0;
+    const int V = cfg.model.vocab_size;
+    double worst = 0;
+    while (fgets(line, sizeof line, e)) {
+        if (line[0] == '#')
+            continue;
+        char *p = line;
+        if (strncmp(line, "seq ", 4) == 0) {
+            p = strchr(line, ':') + 1;
+            T = 0;
+            char *end;
+            for (long v = strtol(p, &end, 10); end != p; v = strtol(p, &end, 10)) {
+                ids[T++] = (int32_t)v;
+                p = end;
+            }
+            assert_true(T >= 1 && T <= cfg.model.seq_len);
+            ccoe_model_forward(&m, ids, NULL, NULL, 1, T, NULL);
+            continue;
+        }
+        assert_int_equal(strncmp(line, "row ", 4), 0);
+        int pos = atoi(line + 4);
+        assert_true(pos >= 0 && pos < T);
+        const float *lg = ccoe_model_logits(&m, 0, pos);
+        p = strchr(line, ':') + 1;
+        for (int v = 0; v < V; v++) {
+            char *end;
+            double want = strtod(p, &end);
+            assert_true(end != p);
+            p = end;
+            double d = fabs((double)lg[v] - want);
+            if (d > worst)
+                worst = d;
+        }
+        rows++;
+    }
+    fclose(e);
+    fprintf(stderr, "fixture: %d logit rows, largest |ccoe - float64 reference| = %.3g\n", rows,
+            worst);
+    assert_true(rows >= 5);
+    assert_true(worst < 1e-4);
+    ccoe_model_free(&m);
+}
+
+/* ---- refusals: each names the problem, and nothing is written ---- */
+
+typedef void (*mutate_fn)(const char *dir, gpt2_opts *o, gpt2_dir *g);
+
+static void m_no_config(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    unlink(p);
+}
+static void m_bad_json(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    write_text(p, "{\"model_type\": \"gpt2\", \"n_layer\": ");
+}
+static void m_cfg(const char *dir, const char *text)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    write_text(p, text);
+}
+static void m_llama(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    m_cfg(dir, "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\"}");
+}
+static void m_qwen2(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    m_cfg(dir, "{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\"}");
+}
+static void m_mistral(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    m_cfg(dir, "{\"architectures\": [\"MistralForCausalLM\"], \"model_type\": \"mistral\"}");
+}
+static void m_bert(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    m_cfg(dir, "{\"architectures\": [\"BertModel\"], \"model_type\": \"bert\"}");
+}
+static void rewrite(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+    gpt2_write(dir, o, g);
+}
+static void m_gelu(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    o->extra_cfg = "\"activation_function\": \"gelu\"";
+    rewrite(dir, o, g);
+}
+static void m_eps(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    o->extra_cfg = "\"layer_norm_epsilon\": 1e-06";
+    rewrite(dir, o, g);
+}
+static void m_cross(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    o->extra_cfg = "\"add_cross_attention\": true";
+    rewrite(dir, o, g);
+}
+static void m_missing(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    for (int i = 0; i < g->n; i++)
+        if (strcmp(g->t[i].name, "transformer.h.1.mlp.c_fc.bias") == 0) {
+            free(g->t[i].data);
+            g->t[i] = g->t[--g->n];
+        }
+    rewrite(dir, o, g);
+}
+static void m_shape(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    tt *t = (tt *)find_tt(g, "transformer.h.0.attn.c_attn.weight");
+    int64_t a = t->shape[0];
+    t->shape[0] = t->shape[1]; /* stored as a Linear (out, in) instead of Conv1D */
+    t->shape[1] = a;
+    rewrite(dir, o, g);
+}
+static void m_nan(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    ((tt *)find_tt(g, "transformer.h.1.attn.c_proj.weight"))->data[5] = NAN;
+    rewrite(dir, o, g);
+}
+static void m_inf(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    ((tt *)find_tt(g, "transformer.wpe.weight"))->data[3] = -INFINITY;
+    o->dtype = DT_F16;
+    rewrite(dir, o, g);
+}
+static void m_unexpected(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    add(g, "transformer.", "h.0.attn.q_proj.weight", 2, o->C, o->C, 99);
+    rewrite(dir, o, g);
+}
+static void m_extra_layer(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    add(g, "transformer.", "h.2.ln_1.weight", 1, o->C, 0, 98); /* n_layer = 2 */
+    rewrite(dir, o, g);
+}
+static void m_untied_no_head(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    o->tie = 0;
+    rewrite(dir, o, g);
+}
+static void m_no_weights(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+}
+static void m_f64(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    o->dtype = DT_F64;
+    rewrite(dir, o, g);
+}
+static void m_truncated(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    struct stat sb;
+    stat(p, &sb);
+    assert_int_equal(truncate(p, sb.st_size - 10), 0);
+}
+static void m_index_wrong(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+    o->shards = 2;
+    gpt2_write(dir, o, g);
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    /* point the first tensor at the second shard */
+    FILE *f = fopen(p, "r");
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    char *q = strstr(buf, "model-00001-of-00002");
+    q[10] = '2';
+    write_text(p, buf);
+}
+static void m_no_tokenizer(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/merges.txt", dir);
+    unlink(p);
+}
+static void m_small_vocab(const char *dir, gpt2_opts *o, gpt2_dir *g)
+{
+    o->V = 200; /* the tokenizer has 265 ids */
+    free_dir(g);
+    gpt2_tensors(o, g);
+    rewrite(dir, o, g);
+}
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    struct { const char *what; mutate_fn fn; ccoe_status st; const char *m1, *m2; } cases[] = {
+        {"no config.json", m_no_config, CCOE_ERR_IO, "has no config.json", "Hugging Face"},
+        {"config.json not JSON", m_bad_json, CCOE_ERR_FORMAT, "config.json", "not a JSON"},
+        {"llama", m_llama, CCOE_ERR_FORMAT, "\"llama\"", "not yet supported"},
+        {"qwen2", m_qwen2, CCOE_ERR_FORMAT, "Qwen2ForCausalLM", "not yet supported"},
+        {"mistral", m_mistral, CCOE_ERR_FORMAT, "\"mistral\"", "not yet supported"},
+        {"bert", m_bert, CCOE_ERR_FORMAT, "\"bert\"", "supports"},
+        {"exact gelu", m_gelu, CCOE_ERR_FORMAT, "activation_function \"gelu\"", "tanh"},
+        {"eps", m_eps, CCOE_ERR_FORMAT, "layer_norm_epsilon", "1e-5"},
+        {"cross attention", m_cross, CCOE_ERR_FORMAT, "add_cross_attention", "not supported"},
+        {"missing tensor", m_missing, CCOE_ERR_FORMAT, "'transformer.h.1.mlp.c_fc.bias'", "missing"},
+        {"transposed c_attn", m_shape, CCOE_ERR_FORMAT, "'transformer.h.0.attn.c_attn.weight'",
+         "has shape [48, 16] but config.json implies [16, 48]"},
+        {"NaN", m_nan, CCOE_ERR_NUMERIC, "'transformer.h.1.attn.c_proj.weight' holds NaN",
+         "model.safetensors"},
+        {"Inf (F16)", m_inf, CCOE_ERR_NUMERIC, "'transformer.wpe.weight' holds Inf", "element 3"},
+        {"unexpected tensor", m_unexpected, CCOE_ERR_FORMAT, "'transformer.h.0.attn.q_proj.weight'",
+         "not part of a GPT2LMHeadModel"},
+        {"block past n_layer", m_extra_layer, CCOE_ERR_FORMAT, "'transformer.h.2.ln_1.weight'",
+         "n_layer = 2"},
+        {"untied without lm_head", m_untied_no_head, CCOE_ERR_FORMAT, "tie_word_embeddings",
+         "lm_head.weight"},
+        {"no weights", m_no_weights, CCOE_ERR_IO, "neither model.safetensors", "safetensors"},
+        {"F64 dtype", m_f64, CCOE_ERR_FORMAT, "'transformer.wte.weight' has dtype F64",
+         "F32, F16 and BF16"},
+        {"truncated file", m_truncated, CCOE_ERR_FORMAT, "model.safetensors", "truncated"},
+        {"index names the wrong shard", m_index_wrong, CCOE_ERR_FORMAT, "index", "do not belong"},
+        {"no tokenizer", m_no_tokenizer, CCOE_ERR_IO, "no tokenizer files", "--tokenizer"},
+        {"tokenizer larger than vocab", m_small_vocab, CCOE_ERR_FORMAT, "265 ids",
+         "vocab_size = 200"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        fprintf(stderr, "refusal %zu: %s\n", c, cases[c].what);
+        char hf[256], ck[256], tok[256];
+        snprintf(hf, sizeof hf, "%s/bad%zu", g_dir, c);
+        snprintf(ck, sizeof ck, "%s/bad%zu.safetensors", g_dir, c);
+        snprintf(tok, sizeof tok, "%s/bad%zu.tokenizer", g_dir, c);
+        gpt2_opts o = base_opts();
+        gpt2_dir g;
+        gpt2_tensors(&o, &g);
+        gpt2_write(hf, &o, &g);
+        cases[c].fn(hf, &o, &g);
+        ccoe_error err;
+        ccoe_status s = import(hf, ck, &err);
+        if (s != cases[c].st)
+            fprintf(stderr, "status %d, want %d: %s\n", s, cases[c].st, err.msg);
+        assert_int_equal(s, cases[c].st);
+        TU_ASSERT_MSG_HAS(err, cases[c].m1);
+        TU_ASSERT_MSG_HAS(err, cases[c].m2);
+        assert_false(exists(ck));
+        assert_false(exists(tok));
+        free_dir(&g);
+    }
+    /* an existing output is kept unless forced */
+    char hf[256], ck[256];
+    snprintf(hf, sizeof hf, "%s/exists", g_dir);
+    snprintf(ck, sizeof ck, "%s/exists.safetensors", g_dir);
+    gpt2_opts o = base_opts();
+    gpt2_dir g;
+    gpt2_tensors(&o, &g);
+    gpt2_write(hf, &o, &g);
+    write_text(ck, "keep me");
+    ccoe_error err;
+    assert_int_equal(import(hf, ck, &err), CCOE_ERR_IO);
+    TU_ASSERT_MSG_HAS(err, "--force");
+    ccoe_hf_import_opts io = {.hf_dir = hf, .out = ck, .force = 1};
+    assert_int_equal(ccoe_hf_import(&io, NULL, &err), CCOE_OK);
+    free_dir(&g);
+}
+
+/* A CCoE model: each path exports as a complete GPT-2 whose blocks are the path's (base
+ * prefix, then the expert's own blocks; form ffn: the expert's FFNs swapped in) and whose head
+ * is the path's; importing that export gives the path's tensors bit for bit. */
+static void test_export_ccoe_paths(void **state)
+{
+    (void)state;
+    const char *forms[][4] = {
+        {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true"},
+        {"ccoe.form=ffn", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=false"},
+    };
+    for (int fi = 0; fi < 2; fi++) {
+        ccoe_config cfg;
+        ccoe_config_defaults(&cfg);
+        const char *sets[] = {"model.n_layer=4", "model.n_embd=16", "model.n_head=2",
+                              "model.seq_len=8", "model.vocab_size=272"};
+        ccoe_error err = {0};
+        for (size_t i = 0; i < 5; i++)
+            assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+        for (int i = 0; i < 4; i++)
+            assert_int_equal(ccoe_config_set(&cfg, forms[fi][i], &err), CCOE_OK);
+        char tokcfg[1300];
+        snprintf(tokcfg, sizeof tokcfg, "data.tokenizer=%s/tests/fixtures/hf-gpt2-tiny", g_src);
+        assert_int_equal(ccoe_config_set(&cfg, tokcfg, &err), CCOE_OK);
+        assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+        const char names[3][CCOE_NAME_LEN] = {"arith", "code", "prose"};
+        ccoe_gating gt;
+        if (ccoe_gating_build(&gt, &cfg, names, 3, &err) != CCOE_OK)
+            fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(err.status, CCOE_OK);
+        ccoe_gemm gemm;
+        assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+        static ccoe_model m;
+        assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, &gt, &cfg.moe, 2, 8, &gemm, 1, &err),
+                         CCOE_OK);
+        ccoe_model_init_weights(&m, 5, CCOE_INIT_RANDOM);
+        char ck[256], out[256];
+        snprintf(ck, sizeof ck, "%s/ccoe%d.safetensors", g_dir, fi);
+        snprintf(out, sizeof out, "%s/ccoe%d-all", g_dir, fi);
+        assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+        ccoe_hf_export_opts eo = {.model = ck, .path = "all", .out_dir = out};
+        ccoe_status s = ccoe_hf_export(&eo, NULL, &err);
+        if (s != CCOE_OK)
+            fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(s, CCOE_OK);
+        for (int p = 0; p < m.n_paths; p++) {
+            char dir[300], ck2[320];
+            snprintf(dir, sizeof dir, "%s/%s", out, p ? m.gating.experts[p - 1].name : "base");
+            snprintf(ck2, sizeof ck2, "%s.safetensors", dir);
+            s = import(dir, ck2, &err);
+            if (s != CCOE_OK)
+                fprintf(stderr, "%s\n", err.msg);
+            assert_int_equal(s, CCOE_OK);
+            ccoe_config c2;
+            ccoe_st_file *f = NULL;
+            assert_int_equal(ccoe_checkpoint_open(ck2, &c2, &f, &err), CCOE_OK);
+            const ccoe_path *pa = &m.paths[p];
+            assert_int_equal(c2.model.n_layer, pa->n_base + pa->n_own);
+            const ccoe_head_view *hv = &m.w_heads[pa->head];
+            assert_int_equal(c2.model.tied_head, hv->lm_head == m.wte);
+            const size_t C = 16, F = 64;
+            for (int l = 0; l < c2.model.n_layer; l++) {
+                const int inst = l < pa->n_base ? l : pa->first_inst + (l - pa->n_base);
+                const ccoe_block_view *b = &m.w_blocks[inst], *ffn = b;
+                if (pa->ffn_expert >= 0 && l >= pa->ffn_from)
+                    ffn = &m.w_xffn[m.xffn_first[pa->ffn_expert] + l - pa->ffn_from];
+                char nm[96];
+                snprintf(nm, sizeof nm, "blocks.%d.attn.qkv.weight", l);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->qkv_w, 3 * C * C * 4);
+                snprintf(nm, sizeof nm, "blocks.%d.ln2.bias", l);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->ln2_b, C * 4);
+                snprintf(nm, sizeof nm, "blocks.%d.mlp.fc.weight", l);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), ffn->fc_w, F * C * 4);
+                snprintf(nm, sizeof nm, "blocks.%d.mlp.proj.bias", l);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), ffn->fcproj_b, C * 4);
+            }
+            assert_memory_equal(ccoe_st_find(f, "lnf.weight", NULL, NULL), hv->lnf_w, C * 4);
+            if (hv->lm_head != m.wte)
+                assert_memory_equal(ccoe_st_find(f, "lm_head.weight", NULL, NULL), hv->lm_head,
+                                    272 * C * 4);
+            ccoe_st_close(f);
+        }
+        /* one path by name; an unknown one is refused naming the choices */
+        char one[256];
+        snprintf(one, sizeof one, "%s/ccoe%d-b", g_dir, fi);
+        eo = (ccoe_hf_export_opts){.model = ck, .path = "b", .out_dir = one};
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_OK);
+        eo.path = "zz";
+        snprintf(one, sizeof one, "%s/ccoe%d-zz", g_dir, fi);
+        eo.out_dir = one;
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_ARG);
+        TU_ASSERT_MSG_HAS(err, "base, all, a, b");
+        assert_false(exists(one));
+        /* an existing non-empty directory is not overwritten */
+        eo.path = "base";
+        eo.out_dir = out;
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_IO);
+        TU_ASSERT_MSG_HAS(err, "not empty");
+        ccoe_model_free(&m);
+    }
+}
+
+/* A model GPT-2 cannot express is refused by export. */
+static void test_export_refuses_other_blocks(void **state)
+{
+    (void)state;
+    ccoe_config cfg;
+    ccoe_config_defaults(&cfg);
+    const char *sets[] = {"model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.seq_len=8",
+                          "model.vocab_size=272", "model.norm=rmsnorm"};
+    ccoe_error err = {0};
+    for (size_t i = 0; i < 6; i++)
+        assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+    ccoe_gemm gemm;
+    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+    static ccoe_model m;
+    assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err),
+                     CCOE_OK);
+    ccoe_model_init_weights(&m, 5, CCOE_INIT_RANDOM);
+    char ck[256], out[256];
+    snprintf(ck, sizeof ck, "%s/rms.safetensors", g_dir);
+    snprintf(out, sizeof out, "%s/rms-hf", g_dir);
+    assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+    ccoe_model_free(&m);
+    ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
+    assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_CONFIG);
+    TU_ASSERT_MSG_HAS(err, "model.norm = rmsnorm");
+    TU_ASSERT_MSG_HAS(err, "GPT2LMHeadModel");
+    assert_false(exists(out));
+}
+
+/* A byte-tokenizer model exports GPT-2 tokenizer files that encode every byte to ccoe's byte id
+ * (vocab.json of the 256 byte stand-ins, no merges), and imports back. */
+static void test_export_byte_tokenizer(void **state)
+{
+    (void)state;
+    ccoe_config cfg;
+    ccoe_config_defaults(&cfg);
+    const char *sets[] = {"model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.seq_len=8",
+                          "model.vocab_size=320", "data.tokenizer=byte"};
+    ccoe_error err = {0};
+    for (size_t i = 0; i < 6; i++)
+        assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+    ccoe_gemm gemm;
+    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+    static ccoe_model m;
+    assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err),
+                     CCOE_OK);
+    ccoe_model_init_weights(&m, 3, CCOE_INIT_RANDOM);
+    char ck[256], out[256], ck2[256];
+    snprintf(ck, sizeof ck, "%s/byte.safetensors", g_dir);
+    snprintf(out, sizeof out, "%s/byte-hf", g_dir);
+    snprintf(ck2, sizeof ck2, "%s/byte-again.safetensors", g_dir);
+    assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+    ccoe_model_free(&m);
+    ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
+    assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_OK);
+    ccoe_tokenizer bpe, byte;
+    ccoe_status s = ccoe_tokenizer_init(&bpe, out, &err);
+    if (s != CCOE_OK)
+        fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(s, CCOE_OK);
+    assert_int_equal(ccoe_tokenizer_init(&byte, "byte", &err), CCOE_OK);
+    char text[256];
+    for (int i = 0; i < 256; i++)
+        text[i] = (char)(255 - i); /* every byte, invalid UTF-8 included */
+    int32_t a[600], b[600];
+    size_t na = bpe.ops->encode(bpe.self, text, sizeof text, a, 600);
+    size_t nb = byte.ops->encode(byte.self, text, sizeof text, b, 600);
+    assert_int_equal(na, 256);
+    assert_int_equal(nb, 256);
+    assert_memory_equal(a, b, 256 * sizeof a[0]);
+    ccoe_tokenizer_free(&bpe);
+    ccoe_tokenizer_free(&byte);
+    assert_int_equal(import(out, ck2, &err), CCOE_OK);
+    ccoe_st_file *x = NULL, *y = NULL;
+    assert_int_equal(ccoe_st_open(ck, &x, &err), CCOE_OK);
+    assert_int_equal(ccoe_st_open(ck2, &y, &err), CCOE_OK);
+    FILE *devnull = fopen("/dev/null", "w");
+    assert_int_equal(ccoe_checkpoint_compare(x, y, CCOE_CMP_PARAMS, devnull, NULL), 1);
+    fclose(devnull);
+    ccoe_st_close(x);
+    ccoe_st_close(y);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_half_conversion),
+        cmocka_unit_test(test_layouts_and_round_trips),
+        cmocka_unit_test(test_fixture_logits),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_export_ccoe_paths),
+        cmocka_unit_test(test_export_refuses_other_blocks),
+        cmocka_unit_test(test_export_byte_tokenizer),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
