@@ -510,14 +510,6 @@ static int parse(const ccoe_cli_cmd *c, int argc, char **argv, ccoe_cli_args *a)
         v->last = i;
         v->str = val;
     }
-    for (int k = 0; k < c->n_opts; k++) {
-        const ccoe_cli_opt *o = &c->opts[k];
-        if ((o->flags & CCOE_OPT_REQUIRED) && a->vals[k].count == 0) {
-            snprintf(msg, sizeof msg, "%s needs %s %s", c->name, o->name,
-                     o->metavar ? o->metavar : "");
-            return usage_error(c, a->comm, msg, "");
-        }
-    }
     if (a->n_pos < c->min_pos) {
         if (c->pos_error)
             return usage_error(c, a->comm, c->pos_error, "");
@@ -528,6 +520,14 @@ static int parse(const ccoe_cli_cmd *c, int argc, char **argv, ccoe_cli_args *a)
         snprintf(msg, sizeof msg, "%s takes %s%s, not also", c->name,
                  c->max_pos ? "only " : "no arguments", c->max_pos ? c->args : "");
         return usage_error(c, a->comm, msg, a->pos[c->max_pos]);
+    }
+    for (int k = 0; k < c->n_opts; k++) {
+        const ccoe_cli_opt *o = &c->opts[k];
+        if ((o->flags & CCOE_OPT_REQUIRED) && a->vals[k].count == 0) {
+            snprintf(msg, sizeof msg, "%s needs %s %s", c->name, o->name,
+                     o->metavar ? o->metavar : "");
+            return usage_error(c, a->comm, msg, "");
+        }
     }
     return -1;
 }

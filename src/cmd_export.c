@@ -32,6 +32,6 @@ const ccoe_cli_cmd ccoe_cmd_export = {
     .n_opts = sizeof k_export_opts / sizeof k_export_opts[0],
     .min_pos = 1,
     .max_pos = 1,
-    .pos_error = "export takes exactly one MODEL",
+    .pos_error = "export needs MODEL and -o HF_DIR",
     .run = run_export,
 };

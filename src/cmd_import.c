@@ -40,6 +40,6 @@ const ccoe_cli_cmd ccoe_cmd_import = {
     .n_opts = sizeof k_import_opts / sizeof k_import_opts[0],
     .min_pos = 1,
     .max_pos = 1,
-    .pos_error = "import takes exactly one HF_DIR",
+    .pos_error = "import needs HF_DIR and -o BASE.safetensors",
     .run = run_import,
 };
