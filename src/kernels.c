@@ -16,7 +16,7 @@
 #include <omp.h>
 #include <string.h>
 
-#define NORM_EPS 1e-5f
+#define NORM_EPS 1e-5f /* the epsilon of the forms without one (GPT-2's LayerNorm) */
 #define GELU_K0 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_K1 0.044715f
 
@@ -120,6 +120,12 @@ void ccoe_embed_backward(float *dwte, float *dwpe, const float *dout, const int3
 void ccoe_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                             const float *weight, const float *bias, int N, int C)
 {
+    ccoe_layernorm_forward_eps(out, mean, rstd, inp, weight, bias, N, C, NORM_EPS);
+}
+
+void ccoe_layernorm_forward_eps(float *out, float *mean, float *rstd, const float *inp,
+                                const float *weight, const float *bias, int N, int C, float eps)
+{
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *restrict x = inp + (size_t)n * C;
@@ -135,7 +141,7 @@ void ccoe_layernorm_forward(float *out, float *mean, float *rstd, const float *i
             float d = x[c] - m;
             v += d * d;
         }
-        float rs = 1.0f / sqrtf(v / (float)C + NORM_EPS);
+        float rs = 1.0f / sqrtf(v / (float)C + eps);
         for (int c = 0; c < C; c++)
             o[c] = (x[c] - m) * rs * weight[c] + bias[c];
         mean[n] = m;
@@ -189,6 +195,12 @@ void ccoe_layernorm_backward(float *dinp, float *dweight, float *dbias, const fl
 void ccoe_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,
                           int C)
 {
+    ccoe_rmsnorm_forward_eps(out, rstd, inp, weight, N, C, NORM_EPS);
+}
+
+void ccoe_rmsnorm_forward_eps(float *out, float *rstd, const float *inp, const float *weight,
+                              int N, int C, float eps)
+{
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *restrict x = inp + (size_t)n * C;
@@ -197,7 +209,7 @@ void ccoe_rmsnorm_forward(float *out, float *rstd, const float *inp, const float
 #pragma omp simd reduction(+ : ss)
         for (int c = 0; c < C; c++)
             ss += x[c] * x[c];
-        float rs = 1.0f / sqrtf(ss / (float)C + NORM_EPS);
+        float rs = 1.0f / sqrtf(ss / (float)C + eps);
         for (int c = 0; c < C; c++)
             o[c] = x[c] * rs * weight[c];
         rstd[n] = rs;

@@ -21,16 +21,23 @@ void ccoe_embed_forward(float *out, const int32_t *tokens, const float *wte, con
 void ccoe_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                          int B, int T, int C);
 
-/* LayerNorm over C: out(N,C), mean(N), rstd(N) saved for backward; weight, bias (C). eps 1e-5. */
+/* LayerNorm over C: out(N,C), mean(N), rstd(N) saved for backward; weight, bias (C).
+ * rstd = 1 / sqrt(var + eps); the form without eps uses 1e-5 (GPT-2's). Backward needs only
+ * the saved rstd, so it takes no eps. */
 void ccoe_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                             const float *weight, const float *bias, int N, int C);
+void ccoe_layernorm_forward_eps(float *out, float *mean, float *rstd, const float *inp,
+                                const float *weight, const float *bias, int N, int C, float eps);
 void ccoe_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                              const float *inp, const float *weight, const float *mean,
                              const float *rstd, int N, int C);
 
-/* RMSNorm over C: out(N,C), rstd(N); weight (C). eps 1e-5. */
+/* RMSNorm over C: out(N,C), rstd(N) = 1 / sqrt(mean(x^2) + eps); weight (C). The form without
+ * eps uses 1e-5; LLaMA/Qwen2 configs give rms_norm_eps (1e-5 or 1e-6). */
 void ccoe_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,
                           int C);
+void ccoe_rmsnorm_forward_eps(float *out, float *rstd, const float *inp, const float *weight,
+                              int N, int C, float eps);
 void ccoe_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
                            const float *weight, const float *rstd, int N, int C);
 

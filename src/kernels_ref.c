@@ -44,6 +44,13 @@ void ccoe_ref_embed_backward(double *dwte, double *dwpe, const double *dout,
 void ccoe_ref_layernorm_forward(double *out, double *mean, double *rstd, const double *inp,
                                 const double *weight, const double *bias, int N, int C)
 {
+    ccoe_ref_layernorm_forward_eps(out, mean, rstd, inp, weight, bias, N, C, REF_EPS);
+}
+
+void ccoe_ref_layernorm_forward_eps(double *out, double *mean, double *rstd, const double *inp,
+                                    const double *weight, const double *bias, int N, int C,
+                                    double eps)
+{
     for (int n = 0; n < N; n++) {
         const double *x = inp + (size_t)n * C;
         double *o = out + (size_t)n * C;
@@ -55,7 +62,7 @@ void ccoe_ref_layernorm_forward(double *out, double *mean, double *rstd, const d
         for (int c = 0; c < C; c++)
             v += (x[c] - m) * (x[c] - m);
         v /= C;
-        double rs = 1.0 / sqrt(v + REF_EPS);
+        double rs = 1.0 / sqrt(v + eps);
         for (int c = 0; c < C; c++)
             o[c] = (x[c] - m) * rs * weight[c] + bias[c];
         mean[n] = m;
@@ -94,6 +101,12 @@ void ccoe_ref_layernorm_backward(double *dinp, double *dweight, double *dbias, c
 void ccoe_ref_rmsnorm_forward(double *out, double *rstd, const double *inp, const double *weight,
                               int N, int C)
 {
+    ccoe_ref_rmsnorm_forward_eps(out, rstd, inp, weight, N, C, REF_EPS);
+}
+
+void ccoe_ref_rmsnorm_forward_eps(double *out, double *rstd, const double *inp,
+                                  const double *weight, int N, int C, double eps)
+{
     for (int n = 0; n < N; n++) {
         const double *x = inp + (size_t)n * C;
         double *o = out + (size_t)n * C;
@@ -101,7 +114,7 @@ void ccoe_ref_rmsnorm_forward(double *out, double *rstd, const double *inp, cons
         for (int c = 0; c < C; c++)
             ms += x[c] * x[c];
         ms /= C;
-        double rs = 1.0 / sqrt(ms + REF_EPS);
+        double rs = 1.0 / sqrt(ms + eps);
         for (int c = 0; c < C; c++)
             o[c] = x[c] * rs * weight[c];
         rstd[n] = rs;

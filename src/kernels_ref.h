@@ -19,8 +19,13 @@ void ccoe_ref_layernorm_forward(double *out, double *mean, double *rstd, const d
 void ccoe_ref_layernorm_backward(double *dinp, double *dweight, double *dbias, const double *dout,
                                  const double *inp, const double *weight, const double *mean,
                                  const double *rstd, int N, int C);
+void ccoe_ref_layernorm_forward_eps(double *out, double *mean, double *rstd, const double *inp,
+                                    const double *weight, const double *bias, int N, int C,
+                                    double eps);
 void ccoe_ref_rmsnorm_forward(double *out, double *rstd, const double *inp, const double *weight,
                               int N, int C);
+void ccoe_ref_rmsnorm_forward_eps(double *out, double *rstd, const double *inp,
+                                  const double *weight, int N, int C, double eps);
 void ccoe_ref_rmsnorm_backward(double *dinp, double *dweight, const double *dout,
                                const double *inp, const double *weight, const double *rstd, int N,
                                int C);
