@@ -37,6 +37,19 @@ void ccoe_ref_attention_forward(double *out, double *lse, const double *qkv, int
                                 int H);
 void ccoe_ref_attention_backward(double *dqkv, const double *dout, const double *qkv,
                                  const double *out, const double *lse, int B, int T, int C, int H);
+/* GQA: the same layout as ccoe_gqa_forward / _backward. */
+void ccoe_ref_gqa_forward(double *out, double *lse, const double *qkv, int B, int T, int H,
+                          int Hkv, int hd);
+void ccoe_ref_gqa_backward(double *dqkv, const double *dout, const double *qkv, const double *out,
+                           const double *lse, int B, int T, int H, int Hkv, int hd);
+/* RoPE: exact tables cos(p theta^(-2i/hd)), sin(...) in double, and the rotation of
+ * ccoe_rope_forward / _backward (out may be inp; dinp may be dout, replacing it). */
+void ccoe_ref_rope_table(double *cos, double *sin, int Tmax, int hd, double theta);
+void ccoe_ref_rope_forward(double *out, const double *inp, const double *cos, const double *sin,
+                           int B, int T, int pos0, int nh, int hd, int stride);
+void ccoe_ref_rope_backward(double *dinp, const double *dout, const double *cos,
+                            const double *sin, int B, int T, int pos0, int nh, int hd,
+                            int stride);
 void ccoe_ref_gelu_forward(double *out, const double *inp, size_t N);
 void ccoe_ref_gelu_backward(double *dinp, const double *inp, const double *dout, size_t N);
 void ccoe_ref_swiglu_forward(double *out, const double *inp, int N, int F);
