@@ -7,7 +7,8 @@
  * (tests/test_rope_gqa.c). `--quick` runs every kernel once at a small shape: the smoke test
  * registered with CTest, which keeps this file compiling and running.
  *
- * Usage: bench_kernels [--quick] [--threads N] [--batch B] [--reps R]
+ * Usage: bench_kernels [--quick] [--threads N] [--batch B] [--reps R] [--seq T]
+ * (--seq T: only that sequence length instead of 128 and 512)
  * Attention FLOPs are the causal count of the two forward products, 4 B H hd T(T+1)/2, and 2.5
  * times that for the backward (five products of the same size); decode counts 4 H hd (pos + 1)
  * per sequence. RoPE moves memory rather than computing: it is reported in GB/s of the q and k
@@ -160,7 +161,7 @@ static void bench_shape(const ccoe_gemm *g, int reps, int B, int T, int H, int H
 
 int main(int argc, char **argv)
 {
-    int quick = 0, threads = 2, B = 4, reps = 20;
+    int quick = 0, threads = 2, B = 4, reps = 20, seq = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick"))
             quick = 1;
@@ -170,14 +171,16 @@ int main(int argc, char **argv)
             B = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seq") && i + 1 < argc)
+            seq = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_kernels [--quick] [--threads N] [--batch B] [--reps R]"
-                            "\n  (unknown argument '%s')\n", argv[i]);
+            fprintf(stderr, "usage: bench_kernels [--quick] [--threads N] [--batch B] [--reps R] "
+                            "[--seq T]\n  (unknown argument '%s')\n", argv[i]);
             return 2;
         }
     }
-    if (threads < 1 || B < 1 || reps < 1) {
-        fprintf(stderr, "bench_kernels: --threads, --batch and --reps must be >= 1\n");
+    if (threads < 1 || B < 1 || reps < 1 || seq < 0) {
+        fprintf(stderr, "bench_kernels: --threads, --batch, --reps and --seq must be >= 1\n");
         return 2;
     }
     ccoe_gemm g;
@@ -195,8 +198,8 @@ int main(int argc, char **argv)
         bench_shape(&g, 1, 2, 37, 14, 14, 64);
         return 0;
     }
-    const int Ts[] = {128, 512};
-    for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+    const int Ts[] = {128, 512, seq};
+    for (size_t i = seq ? 2 : 0; i < (seq ? 3 : 2); i++) {
         bench_shape(&g, reps, B, Ts[i], 14, 2, 64);  /* Qwen2-0.5B: 14 query heads, 2 kv heads */
         bench_shape(&g, reps, B, Ts[i], 14, 14, 64); /* the same width as multi-head attention */
     }
