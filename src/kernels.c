@@ -650,6 +650,7 @@ static inline void rope_row(float *o, const float *x, const float *restrict cs,
 void ccoe_rope_forward(float *out, const float *inp, const float *cos_t, const float *sin_t,
                        int B, int T, int pos0, int nh, int hd, int stride)
 {
+    assert(hd >= 2 && hd % 2 == 0);
     const int half = hd / 2;
 #pragma omp parallel for schedule(static)
     for (int bt = 0; bt < B * T; bt++) {
@@ -662,6 +663,7 @@ void ccoe_rope_forward(float *out, const float *inp, const float *cos_t, const f
 void ccoe_rope_forward_at(float *out, const float *inp, const float *cos_t, const float *sin_t,
                           const int *pos, int N, int nh, int hd, int stride)
 {
+    assert(hd >= 2 && hd % 2 == 0);
     const int half = hd / 2;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -674,6 +676,7 @@ void ccoe_rope_forward_at(float *out, const float *inp, const float *cos_t, cons
 void ccoe_rope_backward(float *dinp, const float *dout, const float *cos_t, const float *sin_t,
                         int B, int T, int pos0, int nh, int hd, int stride)
 {
+    assert(hd >= 2 && hd % 2 == 0);
     const int half = hd / 2, acc = dinp != dout;
 #pragma omp parallel for schedule(static)
     for (int bt = 0; bt < B * T; bt++) {

@@ -3,7 +3,8 @@
  * Conventions (as in llm.c): outputs first, then inputs, then sizes. Forward OVERWRITES its
  * outputs. Backward ACCUMULATES (+=) into every gradient it writes (dinp, dweight, dbias), so
  * gradients are zeroed once per step by the caller. N is the number of rows (tokens, B*T).
- * Dimension letters: B batch, T time, C channels, H heads (hd = C/H), F FFN hidden, V vocab.
+ * Dimension letters: B batch, T time, C channels, H heads (hd = C/H), Hkv key/value heads
+ * (grouped-query attention), F FFN hidden, V vocab.
  * No kernel allocates; the ones that need scratch take it from the caller.
  * Each kernel has a double-precision reference with the same argument order in kernels_ref.h.
  */
