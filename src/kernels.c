@@ -12,11 +12,12 @@
  */
 #include "kernels.h"
 
+#include <assert.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
-#define NORM_EPS 1e-5f
+#define NORM_EPS 1e-5f /* the epsilon of the forms without one (GPT-2's LayerNorm) */
 #define GELU_K0 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_K1 0.044715f
 
@@ -120,6 +121,12 @@ void ccoe_embed_backward(float *dwte, float *dwpe, const float *dout, const int3
 void ccoe_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                             const float *weight, const float *bias, int N, int C)
 {
+    ccoe_layernorm_forward_eps(out, mean, rstd, inp, weight, bias, N, C, NORM_EPS);
+}
+
+void ccoe_layernorm_forward_eps(float *out, float *mean, float *rstd, const float *inp,
+                                const float *weight, const float *bias, int N, int C, float eps)
+{
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *restrict x = inp + (size_t)n * C;
@@ -135,7 +142,7 @@ void ccoe_layernorm_forward(float *out, float *mean, float *rstd, const float *i
             float d = x[c] - m;
             v += d * d;
         }
-        float rs = 1.0f / sqrtf(v / (float)C + NORM_EPS);
+        float rs = 1.0f / sqrtf(v / (float)C + eps);
         for (int c = 0; c < C; c++)
             o[c] = (x[c] - m) * rs * weight[c] + bias[c];
         mean[n] = m;
@@ -189,6 +196,12 @@ void ccoe_layernorm_backward(float *dinp, float *dweight, float *dbias, const fl
 void ccoe_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,
                           int C)
 {
+    ccoe_rmsnorm_forward_eps(out, rstd, inp, weight, N, C, NORM_EPS);
+}
+
+void ccoe_rmsnorm_forward_eps(float *out, float *rstd, const float *inp, const float *weight,
+                              int N, int C, float eps)
+{
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *restrict x = inp + (size_t)n * C;
@@ -197,7 +210,7 @@ void ccoe_rmsnorm_forward(float *out, float *rstd, const float *inp, const float
 #pragma omp simd reduction(+ : ss)
         for (int c = 0; c < C; c++)
             ss += x[c] * x[c];
-        float rs = 1.0f / sqrtf(ss / (float)C + NORM_EPS);
+        float rs = 1.0f / sqrtf(ss / (float)C + eps);
         for (int c = 0; c < C; c++)
             o[c] = x[c] * rs * weight[c];
         rstd[n] = rs;
@@ -271,18 +284,23 @@ void ccoe_linear_backward(const ccoe_gemm *g, float *dinp, float *dweight, float
     }
 }
 
-/* ---- causal self-attention ----
- * Per (b, h) (one thread each), query rows in tiles of up to ATTN_TILE rows; tile [i0, i1) sees
- * keys [0, i1). All GEMMs are small and single-threaded, shaped so that the libxsmm backend can
- * take them (libxsmm 1.17 needs an untransposed row-major B and alpha = 1; BLIS's packing costs
- * about half the time at these sizes): K^T (pre-scaled by 1/sqrt(hd)) and V^T are transposed
- * once per (b, h) into scratch.
+/* ---- causal self-attention, grouped-query (multi-head when Hkv == H) ----
+ * Per (b, kv head g) (one thread each), for each of the H / Hkv query heads h of the group
+ * (h = g * (H / Hkv) + r, the grouping of Hugging Face's repeat_kv), query rows in tiles of up to
+ * ATTN_TILE rows; tile [i0, i1) sees keys [0, i1). All GEMMs are small and single-threaded,
+ * shaped so that the libxsmm backend can take them (libxsmm 1.17 needs an untransposed row-major
+ * B and alpha = 1; BLIS's packing costs about half the time at these sizes): K^T (pre-scaled by
+ * 1/sqrt(hd)) and V^T are transposed once per (b, g) into scratch and serve every head of the
+ * group.
  *   forward:  S = Q_t (s K)^T; causal mask + row softmax in place (lse saved); O_t = P V
  *             (P unnormalised, O_t's rows scaled by 1 / rowsum afterwards).
  *   backward: P = exp(S - lse); dP = dO_t V^T; dS = s P (dP - D), D_i = dO_i . O_i;
- *             dQ_t += dS K; dK += dS^T Q_t; dV += P^T dO_t   (straight into dqkv: each (b, h)
- *             owns its columns, so threads never collide).
- * Masked entries are exact zeros, so a later token never changes an earlier output. */
+ *             dQ_t += dS K; dK += dS^T Q_t; dV += P^T dO_t   (straight into dqkv: each (b, g)
+ *             owns its k and v columns and the q columns of its heads, so threads never
+ *             collide; dK and dV sum over the group's heads in head order).
+ * Masked entries are exact zeros, so a later token never changes an earlier output. With
+ * Hkv == H every group is one head and the operations are those of plain multi-head attention,
+ * in the same order. */
 
 /* Per-thread scratch layout: Kt (hd, ld), Vt (hd, ld), P (tile, ld), dP (tile, ld), D (tile)
  * (the forward uses Kt, P, and D for the row sums' inverses). */
@@ -293,10 +311,10 @@ typedef struct attn_layout {
 
 static int round16(int n) { return (n + 15) / 16 * 16; }
 
-static attn_layout attn_layout_of(int T, int C, int H)
+static attn_layout attn_layout_of(int T, int hd)
 {
     attn_layout a;
-    a.hd = C / H;
+    a.hd = hd;
     a.ld = round16(T);
     a.tile = T < ATTN_TILE ? T : ATTN_TILE;
     size_t kv = (size_t)a.hd * a.ld, blk = (size_t)a.tile * a.ld;
@@ -309,10 +327,15 @@ static attn_layout attn_layout_of(int T, int C, int H)
     return a;
 }
 
+size_t ccoe_gqa_scratch_floats(int B, int T, int H, int Hkv, int hd, int nthreads)
+{
+    (void)B, (void)H, (void)Hkv;
+    return (size_t)(nthreads > 0 ? nthreads : 1) * attn_layout_of(T, hd).per_thread;
+}
+
 size_t ccoe_attention_scratch_floats(int B, int T, int C, int H, int nthreads)
 {
-    (void)B;
-    return (size_t)(nthreads > 0 ? nthreads : 1) * attn_layout_of(T, C, H).per_thread;
+    return ccoe_gqa_scratch_floats(B, T, H, H, C / H, nthreads);
 }
 
 /* dst(hd, ld): dst[d][j] = alpha * src[j * stride + d] for j < T, in blocks of 16 rows. */
@@ -393,11 +416,12 @@ static void attn_dscores_rows(float *P, float *dP, int ld, const float *lse, con
     }
 }
 
-void ccoe_attention_forward(const ccoe_gemm *g, float *out, float *lse, const float *qkv,
-                            float *scratch, int B, int T, int C, int H)
+void ccoe_gqa_forward(const ccoe_gemm *g, float *out, float *lse, const float *qkv,
+                      float *scratch, int B, int T, int H, int Hkv, int hd)
 {
-    attn_layout a = attn_layout_of(T, C, H);
-    int hd = a.hd, C3 = 3 * C, ld = a.ld, tile = a.tile;
+    assert(H > 0 && Hkv > 0 && H % Hkv == 0);
+    attn_layout a = attn_layout_of(T, hd);
+    const int W = (H + 2 * Hkv) * hd, C = H * hd, ld = a.ld, tile = a.tile, rep = H / Hkv;
     float scale = 1.0f / sqrtf((float)hd);
     int nt = g->nthreads > 0 ? g->nthreads : 1;
 #pragma omp parallel num_threads(nt)
@@ -405,36 +429,47 @@ void ccoe_attention_forward(const ccoe_gemm *g, float *out, float *lse, const fl
         float *ws = scratch + (size_t)omp_get_thread_num() * a.per_thread;
         float *Kt = ws + a.kt, *S = ws + a.p, *inv = ws + a.d;
 #pragma omp for schedule(static)
-        for (int bh = 0; bh < B * H; bh++) {
-            int b = bh / H, h = bh % H;
-            const float *q = qkv + (size_t)b * T * C3 + (size_t)h * hd;
-            const float *v = q + 2 * C;
-            float *o = out + (size_t)b * T * C + (size_t)h * hd;
-            float *l = lse + (size_t)bh * T;
-            transpose_scaled(Kt, ld, q + C, C3, T, hd, scale);
-            for (int i0 = 0; i0 < T; i0 += tile) {
-                int m = T - i0 < tile ? T - i0 : tile, n = i0 + m;
-                ccoe_gemm_run_serial(g, 0, 0, m, n, hd, 1.0f, q + (size_t)i0 * C3, C3, Kt, ld,
-                                     0.0f, S, ld);
-                attn_softmax_rows(S, ld, l, inv, i0, m, n);
-                float *ot = o + (size_t)i0 * C;
-                ccoe_gemm_run_serial(g, 0, 0, m, hd, n, 1.0f, S, ld, v, C3, 0.0f, ot, C);
-                for (int r = 0; r < m; r++) {
-                    float *restrict orow = ot + (size_t)r * C;
-                    float ir = inv[r];
-                    for (int d = 0; d < hd; d++)
-                        orow[d] *= ir;
+        for (int bg = 0; bg < B * Hkv; bg++) {
+            int b = bg / Hkv, kvh = bg % Hkv;
+            const float *row0 = qkv + (size_t)b * T * W;
+            const float *k = row0 + (size_t)(H + kvh) * hd;
+            const float *v = row0 + (size_t)(H + Hkv + kvh) * hd;
+            transpose_scaled(Kt, ld, k, W, T, hd, scale);
+            for (int h = kvh * rep; h < (kvh + 1) * rep; h++) {
+                const float *q = row0 + (size_t)h * hd;
+                float *o = out + (size_t)b * T * C + (size_t)h * hd;
+                float *l = lse + ((size_t)b * H + h) * T;
+                for (int i0 = 0; i0 < T; i0 += tile) {
+                    int m = T - i0 < tile ? T - i0 : tile, n = i0 + m;
+                    ccoe_gemm_run_serial(g, 0, 0, m, n, hd, 1.0f, q + (size_t)i0 * W, W, Kt, ld,
+                                         0.0f, S, ld);
+                    attn_softmax_rows(S, ld, l, inv, i0, m, n);
+                    float *ot = o + (size_t)i0 * C;
+                    ccoe_gemm_run_serial(g, 0, 0, m, hd, n, 1.0f, S, ld, v, W, 0.0f, ot, C);
+                    for (int r = 0; r < m; r++) {
+                        float *restrict orow = ot + (size_t)r * C;
+                        float ir = inv[r];
+                        for (int d = 0; d < hd; d++)
+                            orow[d] *= ir;
+                    }
                 }
             }
         }
     }
 }
 
-void ccoe_attention_decode(float *out, const float *qkv, const float *kv, size_t row_stride,
-                           const int *rows, const int *pos, float *scratch, int n, int C, int H,
-                           int nthreads)
+void ccoe_attention_forward(const ccoe_gemm *g, float *out, float *lse, const float *qkv,
+                            float *scratch, int B, int T, int C, int H)
 {
-    const int hd = C / H;
+    ccoe_gqa_forward(g, out, lse, qkv, scratch, B, T, H, H, C / H);
+}
+
+void ccoe_gqa_decode(float *out, const float *qkv, const float *kv, size_t row_stride,
+                     const int *rows, const int *pos, float *scratch, int n, int H, int Hkv,
+                     int hd, int nthreads)
+{
+    assert(H > 0 && Hkv > 0 && H % Hkv == 0);
+    const int W = (H + 2 * Hkv) * hd, C = H * hd, KV = Hkv * hd, rep = H / Hkv;
     const float scale = 1.0f / sqrtf((float)hd);
     int maxlen = 1;
     for (int i = 0; i < n; i++)
@@ -447,12 +482,12 @@ void ccoe_attention_decode(float *out, const float *qkv, const float *kv, size_t
 #pragma omp for schedule(static)
         for (int ih = 0; ih < n * H; ih++) {
             const int i = ih / H, h = ih % H, len = pos[i] + 1;
-            const float *restrict q = qkv + (size_t)i * 3 * C + (size_t)h * hd;
-            const float *cache = kv + (size_t)rows[i] * row_stride + (size_t)h * hd;
+            const float *restrict q = qkv + (size_t)i * W + (size_t)h * hd;
+            const float *cache = kv + (size_t)rows[i] * row_stride + (size_t)(h / rep) * hd;
             float *restrict o = out + (size_t)i * C + (size_t)h * hd;
             float mx = -INFINITY;
             for (int t = 0; t < len; t++) {
-                const float *restrict k = cache + (size_t)t * 2 * C;
+                const float *restrict k = cache + (size_t)t * 2 * KV;
                 float d = 0.0f;
 #pragma omp simd reduction(+ : d)
                 for (int j = 0; j < hd; j++)
@@ -468,7 +503,7 @@ void ccoe_attention_decode(float *out, const float *qkv, const float *kv, size_t
             for (int j = 0; j < hd; j++)
                 o[j] = 0.0f;
             for (int t = 0; t < len; t++) {
-                const float *restrict v = cache + (size_t)t * 2 * C + C;
+                const float *restrict v = cache + (size_t)t * 2 * KV + KV;
                 const float p = s[t];
 #pragma omp simd
                 for (int j = 0; j < hd; j++)
@@ -481,12 +516,20 @@ void ccoe_attention_decode(float *out, const float *qkv, const float *kv, size_t
     }
 }
 
-void ccoe_attention_backward(const ccoe_gemm *g, float *dqkv, const float *dout, const float *qkv,
-                             const float *out, const float *lse, float *scratch, int B, int T,
-                             int C, int H)
+void ccoe_attention_decode(float *out, const float *qkv, const float *kv, size_t row_stride,
+                           const int *rows, const int *pos, float *scratch, int n, int C, int H,
+                           int nthreads)
 {
-    attn_layout a = attn_layout_of(T, C, H);
-    int hd = a.hd, C3 = 3 * C, ld = a.ld, tile = a.tile;
+    ccoe_gqa_decode(out, qkv, kv, row_stride, rows, pos, scratch, n, H, H, C / H, nthreads);
+}
+
+void ccoe_gqa_backward(const ccoe_gemm *g, float *dqkv, const float *dout, const float *qkv,
+                       const float *out, const float *lse, float *scratch, int B, int T, int H,
+                       int Hkv, int hd)
+{
+    assert(H > 0 && Hkv > 0 && H % Hkv == 0);
+    attn_layout a = attn_layout_of(T, hd);
+    const int W = (H + 2 * Hkv) * hd, C = H * hd, ld = a.ld, tile = a.tile, rep = H / Hkv;
     float scale = 1.0f / sqrtf((float)hd);
     int nt = g->nthreads > 0 ? g->nthreads : 1;
 #pragma omp parallel num_threads(nt)
@@ -494,37 +537,152 @@ void ccoe_attention_backward(const ccoe_gemm *g, float *dqkv, const float *dout,
         float *ws = scratch + (size_t)omp_get_thread_num() * a.per_thread;
         float *Kt = ws + a.kt, *Vt = ws + a.vt, *P = ws + a.p, *dP = ws + a.dp, *D = ws + a.d;
 #pragma omp for schedule(static)
-        for (int bh = 0; bh < B * H; bh++) {
-            int b = bh / H, h = bh % H;
-            size_t qoff = (size_t)b * T * C3 + (size_t)h * hd;
-            size_t ooff = (size_t)b * T * C + (size_t)h * hd;
-            const float *q = qkv + qoff, *k = q + C;
-            float *dq = dqkv + qoff, *dk = dq + C, *dv = dq + 2 * C;
-            const float *o = out + ooff, *dO = dout + ooff;
-            const float *l = lse + (size_t)bh * T;
-            transpose_scaled(Kt, ld, k, C3, T, hd, scale);
-            transpose_scaled(Vt, ld, q + 2 * C, C3, T, hd, 1.0f);
-            for (int i0 = 0; i0 < T; i0 += tile) {
-                int m = T - i0 < tile ? T - i0 : tile, n = i0 + m;
-                const float *qt = q + (size_t)i0 * C3, *dot = dO + (size_t)i0 * C;
-                ccoe_gemm_run_serial(g, 0, 0, m, n, hd, 1.0f, qt, C3, Kt, ld, 0.0f, P, ld);
-                ccoe_gemm_run_serial(g, 0, 0, m, n, hd, 1.0f, dot, C, Vt, ld, 0.0f, dP, ld);
-                for (int r = 0; r < m; r++) {
-                    const float *restrict orow = o + (size_t)(i0 + r) * C;
-                    const float *restrict drow = dot + (size_t)r * C;
-                    float dd = 0.0f;
+        for (int bg = 0; bg < B * Hkv; bg++) {
+            int b = bg / Hkv, kvh = bg % Hkv;
+            size_t row0 = (size_t)b * T * W;
+            size_t koff = row0 + (size_t)(H + kvh) * hd, voff = koff + (size_t)Hkv * hd;
+            const float *k = qkv + koff;
+            float *dk = dqkv + koff, *dv = dqkv + voff;
+            transpose_scaled(Kt, ld, k, W, T, hd, scale);
+            transpose_scaled(Vt, ld, qkv + voff, W, T, hd, 1.0f);
+            for (int h = kvh * rep; h < (kvh + 1) * rep; h++) {
+                size_t qoff = row0 + (size_t)h * hd;
+                size_t ooff = (size_t)b * T * C + (size_t)h * hd;
+                const float *q = qkv + qoff;
+                float *dq = dqkv + qoff;
+                const float *o = out + ooff, *dO = dout + ooff;
+                const float *l = lse + ((size_t)b * H + h) * T;
+                for (int i0 = 0; i0 < T; i0 += tile) {
+                    int m = T - i0 < tile ? T - i0 : tile, n = i0 + m;
+                    const float *qt = q + (size_t)i0 * W, *dot = dO + (size_t)i0 * C;
+                    ccoe_gemm_run_serial(g, 0, 0, m, n, hd, 1.0f, qt, W, Kt, ld, 0.0f, P, ld);
+                    ccoe_gemm_run_serial(g, 0, 0, m, n, hd, 1.0f, dot, C, Vt, ld, 0.0f, dP, ld);
+                    for (int r = 0; r < m; r++) {
+                        const float *restrict orow = o + (size_t)(i0 + r) * C;
+                        const float *restrict drow = dot + (size_t)r * C;
+                        float dd = 0.0f;
 #pragma omp simd reduction(+ : dd)
-                    for (int d = 0; d < hd; d++)
-                        dd += drow[d] * orow[d];
-                    D[r] = dd;
+                        for (int d = 0; d < hd; d++)
+                            dd += drow[d] * orow[d];
+                        D[r] = dd;
+                    }
+                    attn_dscores_rows(P, dP, ld, l, D, scale, i0, m, n);
+                    ccoe_gemm_run_serial(g, 0, 0, m, hd, n, 1.0f, dP, ld, k, W, 1.0f,
+                                         dq + (size_t)i0 * W, W);
+                    ccoe_gemm_run_serial(g, 1, 0, n, hd, m, 1.0f, dP, ld, qt, W, 1.0f, dk, W);
+                    ccoe_gemm_run_serial(g, 1, 0, n, hd, m, 1.0f, P, ld, dot, C, 1.0f, dv, W);
                 }
-                attn_dscores_rows(P, dP, ld, l, D, scale, i0, m, n);
-                ccoe_gemm_run_serial(g, 0, 0, m, hd, n, 1.0f, dP, ld, k, C3, 1.0f,
-                                     dq + (size_t)i0 * C3, C3);
-                ccoe_gemm_run_serial(g, 1, 0, n, hd, m, 1.0f, dP, ld, qt, C3, 1.0f, dk, C3);
-                ccoe_gemm_run_serial(g, 1, 0, n, hd, m, 1.0f, P, ld, dot, C, 1.0f, dv, C3);
             }
         }
+    }
+}
+
+void ccoe_attention_backward(const ccoe_gemm *g, float *dqkv, const float *dout, const float *qkv,
+                             const float *out, const float *lse, float *scratch, int B, int T,
+                             int C, int H)
+{
+    ccoe_gqa_backward(g, dqkv, dout, qkv, out, lse, scratch, B, T, H, H, C / H);
+}
+
+/* ---- rotary position embeddings ----
+ * Rows are independent: one thread per block of rows; within a head the pairs (i, i + half) are
+ * unit-stride in both halves, so the loop vectorises. `omp simd` asserts what the compiler
+ * cannot prove: out is inp or disjoint from it, and each lane reads its two inputs before
+ * writing its two outputs. */
+
+ccoe_status ccoe_rope_table_init(float *cos_t, float *sin_t, int Tmax, int hd, double theta,
+                                 ccoe_error *err)
+{
+    if (hd < 2 || hd % 2 != 0)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "RoPE head size %d: rotate-half pairs need an even head size >= 2 "
+                              "(n_embd / n_head)", hd);
+    if (Tmax < 1)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "RoPE table of %d positions: give at least one (the context "
+                              "length)", Tmax);
+    if (!isfinite(theta) || theta <= 0.0)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "rope_theta %g: use a finite base > 0 (10000 for LLaMA 2, 1e6 "
+                              "for Qwen2)", theta);
+    const int half = hd / 2;
+    const float base = (float)theta;
+    for (int i = 0; i < half; i++) {
+        /* transformers: arange(0, dim, 2).float() / dim, base ** that, 1.0 / that, in float32 */
+        float e = (float)(2 * i) / (float)hd;
+        float inv = 1.0f / (float)pow((double)base, (double)e);
+        for (int p = 0; p < Tmax; p++) {
+            float ang = (float)p * inv; /* inv_freq @ position_ids in float32 */
+            cos_t[(size_t)p * half + i] = (float)cos((double)ang);
+            sin_t[(size_t)p * half + i] = (float)sin((double)ang);
+        }
+    }
+    return CCOE_OK;
+}
+
+/* Rotates the nh heads of one row by the angles of table row cs, sn (half each); sign +1 is the
+ * forward rotation, -1 its inverse. acc: o += R x instead of o = R x. */
+static inline void rope_row(float *o, const float *x, const float *restrict cs,
+                            const float *restrict sn, int nh, int hd, float sign, int acc)
+{
+    const int half = hd / 2;
+    for (int h = 0; h < nh; h++) {
+        float *oh = o + (size_t)h * hd;
+        const float *xh = x + (size_t)h * hd;
+        if (acc) {
+#pragma omp simd
+            for (int i = 0; i < half; i++) {
+                float x1 = xh[i], x2 = xh[i + half], c = cs[i], s = sign * sn[i];
+                oh[i] += x1 * c - x2 * s;
+                oh[i + half] += x2 * c + x1 * s;
+            }
+        } else {
+#pragma omp simd
+            for (int i = 0; i < half; i++) {
+                float x1 = xh[i], x2 = xh[i + half], c = cs[i], s = sign * sn[i];
+                oh[i] = x1 * c - x2 * s;
+                oh[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+void ccoe_rope_forward(float *out, const float *inp, const float *cos_t, const float *sin_t,
+                       int B, int T, int pos0, int nh, int hd, int stride)
+{
+    assert(hd >= 2 && hd % 2 == 0);
+    const int half = hd / 2;
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < B * T; bt++) {
+        size_t p = (size_t)(pos0 + bt % T) * half;
+        rope_row(out + (size_t)bt * stride, inp + (size_t)bt * stride, cos_t + p, sin_t + p, nh,
+                 hd, 1.0f, 0);
+    }
+}
+
+void ccoe_rope_forward_at(float *out, const float *inp, const float *cos_t, const float *sin_t,
+                          const int *pos, int N, int nh, int hd, int stride)
+{
+    assert(hd >= 2 && hd % 2 == 0);
+    const int half = hd / 2;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        size_t p = (size_t)pos[n] * half;
+        rope_row(out + (size_t)n * stride, inp + (size_t)n * stride, cos_t + p, sin_t + p, nh,
+                 hd, 1.0f, 0);
+    }
+}
+
+void ccoe_rope_backward(float *dinp, const float *dout, const float *cos_t, const float *sin_t,
+                        int B, int T, int pos0, int nh, int hd, int stride)
+{
+    assert(hd >= 2 && hd % 2 == 0);
+    const int half = hd / 2, acc = dinp != dout;
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < B * T; bt++) {
+        size_t p = (size_t)(pos0 + bt % T) * half;
+        rope_row(dinp + (size_t)bt * stride, dout + (size_t)bt * stride, cos_t + p, sin_t + p,
+                 nh, hd, -1.0f, acc);
     }
 }
 

@@ -44,6 +44,13 @@ void ccoe_ref_embed_backward(double *dwte, double *dwpe, const double *dout,
 void ccoe_ref_layernorm_forward(double *out, double *mean, double *rstd, const double *inp,
                                 const double *weight, const double *bias, int N, int C)
 {
+    ccoe_ref_layernorm_forward_eps(out, mean, rstd, inp, weight, bias, N, C, REF_EPS);
+}
+
+void ccoe_ref_layernorm_forward_eps(double *out, double *mean, double *rstd, const double *inp,
+                                    const double *weight, const double *bias, int N, int C,
+                                    double eps)
+{
     for (int n = 0; n < N; n++) {
         const double *x = inp + (size_t)n * C;
         double *o = out + (size_t)n * C;
@@ -55,7 +62,7 @@ void ccoe_ref_layernorm_forward(double *out, double *mean, double *rstd, const d
         for (int c = 0; c < C; c++)
             v += (x[c] - m) * (x[c] - m);
         v /= C;
-        double rs = 1.0 / sqrt(v + REF_EPS);
+        double rs = 1.0 / sqrt(v + eps);
         for (int c = 0; c < C; c++)
             o[c] = (x[c] - m) * rs * weight[c] + bias[c];
         mean[n] = m;
@@ -94,6 +101,12 @@ void ccoe_ref_layernorm_backward(double *dinp, double *dweight, double *dbias, c
 void ccoe_ref_rmsnorm_forward(double *out, double *rstd, const double *inp, const double *weight,
                               int N, int C)
 {
+    ccoe_ref_rmsnorm_forward_eps(out, rstd, inp, weight, N, C, REF_EPS);
+}
+
+void ccoe_ref_rmsnorm_forward_eps(double *out, double *rstd, const double *inp,
+                                  const double *weight, int N, int C, double eps)
+{
     for (int n = 0; n < N; n++) {
         const double *x = inp + (size_t)n * C;
         double *o = out + (size_t)n * C;
@@ -101,7 +114,7 @@ void ccoe_ref_rmsnorm_forward(double *out, double *rstd, const double *inp, cons
         for (int c = 0; c < C; c++)
             ms += x[c] * x[c];
         ms /= C;
-        double rs = 1.0 / sqrt(ms + REF_EPS);
+        double rs = 1.0 / sqrt(ms + eps);
         for (int c = 0; c < C; c++)
             o[c] = x[c] * rs * weight[c];
         rstd[n] = rs;
@@ -314,4 +327,146 @@ void ccoe_ref_crossentropy_backward(double *dlogits, const double *probs, const 
             dlogits[(size_t)n * V + v] = t >= 0 ? (p - (v == t ? 1.0 : 0.0)) * scale : 0.0;
         }
     }
+}
+
+/* ---- grouped-query attention: query head h reads kv head h / (H / Hkv) ---- */
+
+/* Row width W = (H + 2 Hkv) hd; column offsets of q head h, k and v of kv head kvh. */
+static size_t gqa_q(int h, int hd) { return (size_t)h * hd; }
+static size_t gqa_k(int kvh, int H, int hd) { return (size_t)(H + kvh) * hd; }
+static size_t gqa_v(int kvh, int H, int Hkv, int hd) { return (size_t)(H + Hkv + kvh) * hd; }
+
+static double gqa_score(const double *qkv, int b, int i, int j, int h, int T, int H, int Hkv,
+                        int hd)
+{
+    size_t W = (size_t)(H + 2 * Hkv) * hd;
+    const double *q = qkv + ((size_t)b * T + i) * W + gqa_q(h, hd);
+    const double *k = qkv + ((size_t)b * T + j) * W + gqa_k(h / (H / Hkv), H, hd);
+    double s = 0.0;
+    for (int d = 0; d < hd; d++)
+        s += q[d] * k[d];
+    return s / sqrt((double)hd);
+}
+
+void ccoe_ref_gqa_forward(double *out, double *lse, const double *qkv, int B, int T, int H,
+                          int Hkv, int hd)
+{
+    size_t W = (size_t)(H + 2 * Hkv) * hd, C = (size_t)H * hd;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                double m = -INFINITY;
+                for (int j = 0; j <= i; j++)
+                    m = fmax(m, gqa_score(qkv, b, i, j, h, T, H, Hkv, hd));
+                double s = 0.0;
+                for (int j = 0; j <= i; j++)
+                    s += exp(gqa_score(qkv, b, i, j, h, T, H, Hkv, hd) - m);
+                double l = m + log(s);
+                double *o = out + ((size_t)b * T + i) * C + gqa_q(h, hd);
+                for (int d = 0; d < hd; d++)
+                    o[d] = 0.0;
+                for (int j = 0; j <= i; j++) {
+                    double p = exp(gqa_score(qkv, b, i, j, h, T, H, Hkv, hd) - l);
+                    const double *v =
+                        qkv + ((size_t)b * T + j) * W + gqa_v(h / (H / Hkv), H, Hkv, hd);
+                    for (int d = 0; d < hd; d++)
+                        o[d] += p * v[d];
+                }
+                lse[((size_t)b * H + h) * T + i] = l;
+            }
+}
+
+void ccoe_ref_gqa_backward(double *dqkv, const double *dout, const double *qkv, const double *out,
+                           const double *lse, int B, int T, int H, int Hkv, int hd)
+{
+    (void)out; /* D_i is formed from P and dP directly, independent of the saved output */
+    double scale = 1.0 / sqrt((double)hd);
+    size_t W = (size_t)(H + 2 * Hkv) * hd, C = (size_t)H * hd;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int kvh = h / (H / Hkv);
+            for (int i = 0; i < T; i++) {
+                double l = lse[((size_t)b * H + h) * T + i];
+                const double *dO = dout + ((size_t)b * T + i) * C + gqa_q(h, hd);
+                const double *q = qkv + ((size_t)b * T + i) * W + gqa_q(h, hd);
+                double *dq = dqkv + ((size_t)b * T + i) * W + gqa_q(h, hd);
+                double D = 0.0; /* D_i = sum_j P_ij dP_ij */
+                for (int j = 0; j <= i; j++) {
+                    const double *v = qkv + ((size_t)b * T + j) * W + gqa_v(kvh, H, Hkv, hd);
+                    double p = exp(gqa_score(qkv, b, i, j, h, T, H, Hkv, hd) - l);
+                    double dp = 0.0;
+                    for (int d = 0; d < hd; d++)
+                        dp += dO[d] * v[d];
+                    D += p * dp;
+                }
+                for (int j = 0; j <= i; j++) {
+                    size_t rj = ((size_t)b * T + j) * W;
+                    const double *k = qkv + rj + gqa_k(kvh, H, hd);
+                    const double *v = qkv + rj + gqa_v(kvh, H, Hkv, hd);
+                    double *dk = dqkv + rj + gqa_k(kvh, H, hd);
+                    double *dv = dqkv + rj + gqa_v(kvh, H, Hkv, hd);
+                    double p = exp(gqa_score(qkv, b, i, j, h, T, H, Hkv, hd) - l);
+                    double dp = 0.0;
+                    for (int d = 0; d < hd; d++)
+                        dp += dO[d] * v[d];
+                    double ds = p * (dp - D);
+                    for (int d = 0; d < hd; d++) {
+                        dq[d] += scale * ds * k[d];
+                        dk[d] += scale * ds * q[d];
+                        dv[d] += p * dO[d];
+                    }
+                }
+            }
+        }
+}
+
+/* ---- rotary position embeddings (rotate-half) ---- */
+
+void ccoe_ref_rope_table(double *cos_t, double *sin_t, int Tmax, int hd, double theta)
+{
+    int half = hd / 2;
+    for (int p = 0; p < Tmax; p++)
+        for (int i = 0; i < half; i++) {
+            double ang = p * pow(theta, -2.0 * i / hd);
+            cos_t[(size_t)p * half + i] = cos(ang);
+            sin_t[(size_t)p * half + i] = sin(ang);
+        }
+}
+
+/* o = R(sign * angle) x on the nh heads of one row (x may be o). acc: o += instead. */
+static void ref_rope_row(double *o, const double *x, const double *c, const double *s, int nh,
+                         int hd, double sign, int acc)
+{
+    int half = hd / 2;
+    for (int h = 0; h < nh; h++)
+        for (int i = 0; i < half; i++) {
+            double x1 = x[h * hd + i], x2 = x[h * hd + i + half];
+            double y1 = x1 * c[i] - x2 * sign * s[i], y2 = x2 * c[i] + x1 * sign * s[i];
+            o[h * hd + i] = acc ? o[h * hd + i] + y1 : y1;
+            o[h * hd + i + half] = acc ? o[h * hd + i + half] + y2 : y2;
+        }
+}
+
+void ccoe_ref_rope_forward(double *out, const double *inp, const double *cos_t,
+                           const double *sin_t, int B, int T, int pos0, int nh, int hd, int stride)
+{
+    int half = hd / 2;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            size_t r = ((size_t)b * T + t) * stride, p = (size_t)(pos0 + t) * half;
+            ref_rope_row(out + r, inp + r, cos_t + p, sin_t + p, nh, hd, 1.0, 0);
+        }
+}
+
+void ccoe_ref_rope_backward(double *dinp, const double *dout, const double *cos_t,
+                            const double *sin_t, int B, int T, int pos0, int nh, int hd,
+                            int stride)
+{
+    int half = hd / 2;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            size_t r = ((size_t)b * T + t) * stride, p = (size_t)(pos0 + t) * half;
+            ref_rope_row(dinp + r, dout + r, cos_t + p, sin_t + p, nh, hd, -1.0,
+                         dinp != dout);
+        }
 }

@@ -19,8 +19,13 @@ void ccoe_ref_layernorm_forward(double *out, double *mean, double *rstd, const d
 void ccoe_ref_layernorm_backward(double *dinp, double *dweight, double *dbias, const double *dout,
                                  const double *inp, const double *weight, const double *mean,
                                  const double *rstd, int N, int C);
+void ccoe_ref_layernorm_forward_eps(double *out, double *mean, double *rstd, const double *inp,
+                                    const double *weight, const double *bias, int N, int C,
+                                    double eps);
 void ccoe_ref_rmsnorm_forward(double *out, double *rstd, const double *inp, const double *weight,
                               int N, int C);
+void ccoe_ref_rmsnorm_forward_eps(double *out, double *rstd, const double *inp,
+                                  const double *weight, int N, int C, double eps);
 void ccoe_ref_rmsnorm_backward(double *dinp, double *dweight, const double *dout,
                                const double *inp, const double *weight, const double *rstd, int N,
                                int C);
@@ -32,6 +37,19 @@ void ccoe_ref_attention_forward(double *out, double *lse, const double *qkv, int
                                 int H);
 void ccoe_ref_attention_backward(double *dqkv, const double *dout, const double *qkv,
                                  const double *out, const double *lse, int B, int T, int C, int H);
+/* GQA: the same layout as ccoe_gqa_forward / _backward. */
+void ccoe_ref_gqa_forward(double *out, double *lse, const double *qkv, int B, int T, int H,
+                          int Hkv, int hd);
+void ccoe_ref_gqa_backward(double *dqkv, const double *dout, const double *qkv, const double *out,
+                           const double *lse, int B, int T, int H, int Hkv, int hd);
+/* RoPE: exact tables cos(p theta^(-2i/hd)), sin(...) in double, and the rotation of
+ * ccoe_rope_forward / _backward (out may be inp; dinp may be dout, replacing it). */
+void ccoe_ref_rope_table(double *cos, double *sin, int Tmax, int hd, double theta);
+void ccoe_ref_rope_forward(double *out, const double *inp, const double *cos, const double *sin,
+                           int B, int T, int pos0, int nh, int hd, int stride);
+void ccoe_ref_rope_backward(double *dinp, const double *dout, const double *cos,
+                            const double *sin, int B, int T, int pos0, int nh, int hd,
+                            int stride);
 void ccoe_ref_gelu_forward(double *out, const double *inp, size_t N);
 void ccoe_ref_gelu_backward(double *dinp, const double *inp, const double *dout, size_t N);
 void ccoe_ref_swiglu_forward(double *out, const double *inp, int N, int F);
