@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gate.h"
+
 /* Splits "a:b c:d" into pairs; calls fn for each. Returns the first error. */
 typedef ccoe_status (*pair_fn)(void *ctx, const char *left, const char *right, ccoe_error *err);
 
@@ -145,7 +147,7 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
                                   "set ccoe.form = tail (Eq. 4), prefix (Eq. 5) or ffn (Eqs. 6-7)");
         return CCOE_OK;
     }
-    if (c->form == CCOE_FORM_FFN && strcmp(cfg->moe.gate, "none") != 0)
+    if (c->form == CCOE_FORM_FFN && !ccoe_gate_is_none(cfg->moe.gate))
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "ccoe.form = ffn gives the last l_i blocks rule-gated FFN experts "
                               "and cannot be combined with [moe] (moe.gate = %s): set moe.gate = "

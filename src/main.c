@@ -113,7 +113,7 @@ static int fail(const ccoe_error *err)
 static void print_usage(FILE *out)
 {
     char gates[256];
-    ccoe_gate_list_names(gates, sizeof gates);
+    ccoe_gate_list_names(gates, sizeof gates, 0);
     fprintf(out, "%sGATE (moe.gate, --moe): %s\n", k_usage, gates);
 }
 
@@ -228,7 +228,7 @@ static int cmd_train(int argc, char **argv)
     o.mpi_sets = mpi_sets;
     o.n_mpi_sets = n_mpi_sets;
     if (cst == CCOE_OK)
-        cst = ccoe_config_validate(&cfg, &err);
+        cst = ccoe_session_validate(&cfg, &err);
     if (ccoe_comm_agree(g_comm, cst, &err) != CCOE_OK) /* collective */
         return fail(&err);
     if (ccoe_train_run(&cfg, &o, &err) != CCOE_OK)
@@ -613,7 +613,7 @@ static int cmd_bench(int argc, char **argv)
             o.gemm = argv[++i];
         } else if (strcmp(argv[i], "--moe") == 0 && i + 1 < argc) {
             o.moe = argv[++i];
-            if (strcmp(o.moe, "none") != 0 && !ccoe_gate_find(o.moe))
+            if (!ccoe_gate_is_none(o.moe) && !ccoe_gate_find(o.moe))
                 return usage_error("--moe takes none or a gate (listed below), not", o.moe);
         } else if (strcmp(argv[i], "--ccoe") == 0 && i + 1 < argc) {
             o.ccoe = argv[++i];

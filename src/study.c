@@ -570,7 +570,7 @@ static void describe(const study_variant *v, const ccoe_config *c, char *buf, si
     }
     size_t len = 0;
     len += (size_t)snprintf(buf, cap, "L%d C%d", c->model.n_layer, c->model.n_embd);
-    if (strcmp(c->moe.gate, "none") != 0 && len < cap)
+    if (!ccoe_gate_is_none(c->moe.gate) && len < cap)
         len += (size_t)snprintf(buf + len, cap - len, ", MoE %s E%d K%d", c->moe.gate,
                                 c->moe.n_experts, c->moe.top_k);
     if (c->ccoe.form != CCOE_FORM_NONE && len < cap) {
@@ -642,7 +642,7 @@ static ccoe_status variant_config(study *S, const study_variant *v, const ccoe_c
     }
     cfg->train.steps = 1;
     if (st == CCOE_OK)
-        st = ccoe_config_validate(cfg, err);
+        st = ccoe_session_validate(cfg, err);
     return st;
 }
 
@@ -701,7 +701,7 @@ static ccoe_status prepare_variant(study *S, study_variant *v, const ccoe_config
     v->steps = cfg.train.steps;
     v->tokens = (long)(steps * tps);
     v->train_flops = steps * tps * v->flops_per_token;
-    if ((st = ccoe_config_validate(&cfg, err)) != CCOE_OK)
+    if ((st = ccoe_session_validate(&cfg, err)) != CCOE_OK)
         return ccoe_error_wrap(err, "variant %s with %ld steps", v->name, v->steps);
     v->cfg = cfg;
     char desc[sizeof v->label];
@@ -1577,9 +1577,9 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
         probe.train.steps = 1;
         probe.ccoe.form = CCOE_FORM_NONE;
         probe.ccoe.experts[0] = probe.ccoe.routes[0] = '\0';
-        snprintf(probe.moe.gate, sizeof probe.moe.gate, "none");
+        snprintf(probe.moe.gate, sizeof probe.moe.gate, "%s", CCOE_GATE_NONE);
         ccoe_session s;
-        if ((st = ccoe_config_validate(&probe, err)) != CCOE_OK ||
+        if ((st = ccoe_session_validate(&probe, err)) != CCOE_OK ||
             (st = ccoe_session_open(&s, &probe, 1, err)) != CCOE_OK) {
             st = ccoe_error_wrap(err, "study %s: base config", path);
             goto agreed;

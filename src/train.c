@@ -947,12 +947,12 @@ static ccoe_status setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg, const 
          * experts between ranks, not the math) */
         for (int i = 0; i < o->n_mpi_sets; i++)
             CCOE_TRY(ccoe_config_set(&stored, o->mpi_sets[i], err));
-        CCOE_TRY(ccoe_config_validate(&stored, err));
+        CCOE_TRY(ccoe_session_validate(&stored, err));
         *cfg = stored;
     }
     /* a list map must fit this job's rank count (before anything is loaded or written) */
     if (t->P > 1 && !o->train_experts &&
-        (strcmp(cfg->moe.gate, "none") != 0 || o->ccoe_placement)) {
+        (!ccoe_gate_is_none(cfg->moe.gate) || o->ccoe_placement)) {
         int32_t owner[CCOE_PLACE_MAX];
         CCOE_TRY(ccoe_placement_map(&cfg->mpi, ccoe_placement_expert_count(cfg), t->P, NULL,
                                     owner, err));
@@ -1099,13 +1099,14 @@ static void print_start(train_ctx *t, const ccoe_train_opts *o)
     if (s->gating.n_experts > 0)
         ccoe_gating_print(stderr, &s->gating);
     const ccoe_moe_config *mc = &s->model.moe.cfg;
-    if (s->model.n_moe > 0 && mc->top_k == 1 &&
-        ((strcmp(mc->gate, "topk") == 0 && mc->renormalize) || strcmp(mc->gate, "noisy_topk") == 0))
+    const unsigned gf = s->model.n_moe > 0 ? s->model.moe.gate->flags : 0;
+    const int renorm_opt = (gf & CCOE_GATE_RENORM_OPT) != 0;
+    if ((gf & CCOE_GATE_K1_CONSTANT) && mc->top_k == 1 && (!renorm_opt || mc->renormalize))
         fprintf(stderr,
                 "warning: moe.gate = %s with moe.top_k = 1%s: the kept expert's weight is always "
                 "1, so the router learns only from the balancing losses; use moe.gate = topk "
                 "with moe.renormalize = false (Switch) or moe.top_k >= 2\n",
-                mc->gate, strcmp(mc->gate, "topk") == 0 ? " and renormalize" : "");
+                mc->gate, renorm_opt ? " and renormalize" : "");
     if (t->expert >= 0)
         fprintf(stderr, "isolated training of expert '%s' (%.2fM parameters); everything "
                         "else is frozen\n",

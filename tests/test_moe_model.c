@@ -15,6 +15,7 @@
 #include "gemm.h"
 #include "model.h"
 #include "rng.h"
+#include "session.h"
 
 enum { B = 3, T = 7 };
 
@@ -58,7 +59,7 @@ static void open_model(ccoe_model *m, ccoe_config *c, ccoe_gemm *g)
 {
     ccoe_error err = {0};
     assert_int_equal(ccoe_gemm_init(g, CCOE_GEMM_REF, 1, &err), CCOE_OK);
-    if (ccoe_config_validate(c, &err) != CCOE_OK)
+    if (ccoe_session_validate(c, &err) != CCOE_OK)
         fail_msg("validate: %s", err.msg);
     if (ccoe_model_init_moe(m, &c->model, NULL, &c->moe, B, T, g, 1, &err) != CCOE_OK)
         fail_msg("model: %s", err.msg);
@@ -308,7 +309,7 @@ static void expect_invalid(const char *const *sets, const char *needle)
     ccoe_error err = {0};
     for (int i = 0; sets[i]; i++)
         assert_int_equal(ccoe_config_set(&c, sets[i], &err), CCOE_OK);
-    ccoe_status st = ccoe_config_validate(&c, &err);
+    ccoe_status st = ccoe_session_validate(&c, &err);
     if (st != CCOE_ERR_CONFIG || !strstr(err.msg, needle))
         fail_msg("expected a config error naming '%s', got %d: %s", needle, st, err.msg);
 }
@@ -320,9 +321,9 @@ static void test_validate(void **state)
     ccoe_config_defaults(&c);
     ccoe_error err = {0};
     assert_string_equal(c.moe.gate, "none");
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     assert_int_equal(ccoe_config_set(&c, "moe.gate=noisy_topk", &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     assert_int_equal(ccoe_config_set(&c, "moe.gate=switch", &err), CCOE_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "moe.gate"));
 
@@ -346,7 +347,7 @@ static void test_validate(void **state)
     ccoe_config_defaults(&c);
     assert_int_equal(ccoe_config_set(&c, "moe.top_k=9", &err), CCOE_OK);
     assert_int_equal(ccoe_config_set(&c, "moe.n_experts=4", &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
 }
 
 int main(void)

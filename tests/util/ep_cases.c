@@ -493,7 +493,7 @@ static ccoe_status open_model(ccoe_model *m, const mcase *mc, const ccoe_gemm *g
     c.moe.w_load = mc->w_load;
     c.moe.w_switch = mc->w_switch;
     c.moe.w_z = mc->w_z;
-    CCOE_TRY(ccoe_config_validate(&c, err));
+    CCOE_TRY(ccoe_session_validate(&c, err));
     CCOE_TRY(ccoe_model_init_moe(m, &c.model, NULL, &c.moe, maxB, MT, g, 1, err));
     ccoe_model_init_weights(m, 7, CCOE_INIT_RANDOM);
     ccoe_rng r; /* generic norm weights, biases and noise weights */
