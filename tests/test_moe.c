@@ -1043,7 +1043,13 @@ static void test_validate(void **state)
     c = ok, c.n_experts = CCOE_MOE_MAX_EXPERTS + 1;
     expect_bad(&c, "n_experts");
     c = ok, snprintf(c.gate, sizeof c.gate, "switch");
-    expect_bad(&c, "unknown gate 'switch' (allowed: softmax, topk, noisy_topk, domain)");
+    {
+        /* today "(allowed: softmax, topk, noisy_topk, domain)": the registry's names */
+        char names[256], want[320];
+        ccoe_gate_list_names(names, sizeof names, 0);
+        snprintf(want, sizeof want, "unknown gate 'switch' (allowed: %s)", names);
+        expect_bad(&c, want);
+    }
     c = ok, c.w_switch = -0.01;
     expect_bad(&c, "w_switch = -0.01");
     c = ok, c.w_importance = -1.0;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "moe_cases.h"
 
 #include "config.h"
 #include "gemm.h"
@@ -141,6 +142,29 @@ static void test_gradcheck_gates(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         gradcheck_case(&cases[i]);
+}
+
+/* Every gate of the registry through the whole model: its dropless case of
+ * tests/util/moe_cases.c (top_k and balancing losses from the gate's flags), checked by finite
+ * differences. A gate added to variants/gates.def is checked here without an edit. */
+static void test_gradcheck_registry(void **state)
+{
+    (void)state;
+    tu_moe_case reg[TU_MOE_MAX_REGISTRY_CASES];
+    int n = tu_moe_registry_cases(reg, TU_MOE_MAX_REGISTRY_CASES, 0, 0, 0), gates = 0;
+    assert_true(n >= ccoe_gate_count());
+    const char *last = "";
+    for (int i = 0; i < n; i++) {
+        const tu_moe_case *c = &reg[i];
+        if (c->cf != 0.0 || !c->train || strcmp(c->gate, last) == 0)
+            continue;
+        last = c->gate;
+        moe_case mc = {c->gate, c->E, c->K, 1, CCOE_BLOCK_PRE_LN, 0.0, c->w_imp, c->w_load,
+                       c->w_switch, c->w_z, c->noise_eps};
+        gradcheck_case(&mc);
+        gates++;
+    }
+    assert_int_equal(gates, ccoe_gate_count());
 }
 
 /* topk with E = 1, K = 1, expert_hidden = F, dropless, no aux: the dense model's loss and
@@ -358,6 +382,7 @@ int main(void)
         cmocka_unit_test(test_one_expert_is_dense),
         cmocka_unit_test(test_noise_and_stats),
         cmocka_unit_test(test_gradcheck_gates),
+        cmocka_unit_test(test_gradcheck_registry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
