@@ -10,7 +10,8 @@ ccoe_status ccoe_session_validate(ccoe_config *cfg, ccoe_error *err)
 {
     CCOE_TRY(ccoe_config_validate(cfg, err));
     CCOE_TRY(ccoe_moe_config_check(cfg, err));
-    return ccoe_placement_config_check(cfg, err);
+    CCOE_TRY(ccoe_placement_config_check(cfg, err));
+    return ccoe_gating_config_check(cfg, err);
 }
 
 ccoe_status ccoe_config_resolve(ccoe_config *cfg, const ccoe_tokenizer *tok, ccoe_error *err)

@@ -26,10 +26,11 @@ typedef struct ccoe_session {
 
 /* Validates a whole config, section by section, each by its owner: ccoe_config_validate (the
  * schema: per-key ranges, the rules of [model], [train] and [data], derived defaults such as
- * ffn_hidden), then ccoe_moe_config_check ([moe], moe.c) and ccoe_placement_config_check
- * ([mpi], placement.c). The [ccoe] rules need the data's domains and are checked where the
- * task-expert matrix is built (ccoe_gating_build, at ccoe_session_open). Every path that
- * accepts a config calls this: file load and --set (main.c), study variants, checkpoints. */
+ * ffn_hidden), then ccoe_moe_config_check ([moe], moe.c), ccoe_placement_config_check
+ * ([mpi], placement.c) and ccoe_gating_config_check ([ccoe], gating.c: the task-expert matrix
+ * over the domains the routes name; ccoe_session_open checks it again over the data's
+ * domains). Every path that accepts a config calls this: file load and --set (main.c), study
+ * variants, checkpoints. */
 ccoe_status ccoe_session_validate(ccoe_config *cfg, ccoe_error *err);
 
 /* Resolves cfg against the tokenizer (vocab_size 0 -> tokenizer size rounded up to 64; a
