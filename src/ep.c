@@ -1,6 +1,6 @@
 /* ep.c - expert parallelism at the model level: parameter ownership, replicated-gradient
  * sums, the global gradient norm, expert synchronisation, exchange counters (see ep.h).
- * Everything communicates through the comm table; the token exchange itself is in moe.c. */
+ * Everything communicates through the comm table; the token exchange itself is in moe_ep.c. */
 #include "ep.h"
 
 #include <math.h>

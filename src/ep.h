@@ -22,7 +22,7 @@
  * Every forward is collective: all ranks run the same number of forwards (evaluation too), or
  * one rank evaluates alone after ccoe_ep_sync_experts with m->comm set to NULL meanwhile (the
  * serial MoE path fits the resized buffers).
- * What it is not: the exchange itself (src/moe.c) or MPI (mpi/).
+ * What it is not: the exchange itself (src/moe_ep.c) or MPI (mpi/).
  */
 #ifndef CCOE_EP_H
 #define CCOE_EP_H

@@ -166,7 +166,7 @@ typedef struct ccoe_model {
      * in this order and whatever the data: [end of base block L-1, num_params) (base head and
      * every CCoE expert) first, then base blocks L-1 .. 0 (each its own range) and last
      * [0, start of block 0) (wte, wpe); with train_path > 0 only the first call. The trainer
-     * starts the data-parallel gradient allreduce of finished buckets from it (src/train.c). */
+     * starts the data-parallel gradient allreduce of finished buckets from it (src/train_dp.c). */
     void (*grad_ready)(void *ctx, size_t begin, size_t end);
     void *grad_ready_ctx;
     /* CCoE expert placement (Eqs. 4-5 over ranks; ccoe_model_set_placement). Rows

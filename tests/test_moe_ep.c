@@ -1,4 +1,4 @@
-/* test_moe_ep.c - expert parallelism of the MoE layer (src/moe.c, src/ep.c) on 1-4 fake ranks:
+/* test_moe_ep.c - expert parallelism of the MoE layer (src/moe_ep.c, src/ep.c) on 1-4 fake ranks:
  * threads of this process joined by the in-process communicator of tests/util/fakecomm.c, so
  * the dispatch logic is checked without mpirun (tests/mpi/test_moe_mpi.c runs the same checks
  * over real MPI).

@@ -1,0 +1,155 @@
+/* train_state.c - the trainer's persistent state: set-up of a run (a resumed checkpoint's
+ * config and state, weights from --init-from, or fresh weights; the optimizer, isolated expert
+ * training's range, the metrics file) and checkpoint saves.
+ * Not here: the checkpoint format (checkpoint.c), the loop that decides when to save (train.c). */
+#include "train_impl.h"
+
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "fs.h"
+#include "perf.h"
+#include "placement.h"
+
+/* COLLECTIVE (expert-parallel MoE experts are gathered first); rank 0 writes. */
+ccoe_status ccoe_train_save_checkpoint(train_ctx *t, ccoe_error *err)
+{
+    /* the ranks wait for rank 0's write in the agreement that follows */
+    ccoe_comm_phase(t->comm, "checkpoint save (rank 0 writes)", t->st.step);
+    if (t->expert_mode)
+        return CCOE_OK;
+    if (t->n_ep > 0)
+        CCOE_TRY(ccoe_train_ep_gather(t, err));
+    if (t->rank != 0)
+        return CCOE_OK;
+    t->st.data_pos = t->s->data.pos;
+    return ccoe_checkpoint_save(t->ckpt_path, &t->s->cfg, &t->s->model, &t->opt, &t->st, err);
+}
+
+/* Sets up a run: the config (a resumed checkpoint's, with the knobs a resume may change), the
+ * output directory, the session, the optimizer, isolated expert training's range, the weights
+ * and data position (resume, --init-from or fresh), the metrics file (rank 0) and the machine
+ * rates. Sets *have_session once the session is open (the caller closes it). */
+ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
+                             const ccoe_train_opts *o, ccoe_st_file **resume_file,
+                             int *have_session, ccoe_error *err)
+{
+    if (o->resume) {
+        /* the checkpoint's stored config wins over the command line for everything that shapes
+         * the run; only the step budget, logging and output knobs may change */
+        ccoe_config stored;
+        CCOE_TRY(ccoe_checkpoint_open(o->resume, &stored, resume_file, err));
+        stored.train.steps = cfg->train.steps;
+        stored.train.log_every = cfg->train.log_every;
+        stored.train.eval_every = cfg->train.eval_every;
+        stored.train.ckpt_every = cfg->train.ckpt_every;
+        stored.run = cfg->run;
+        stored.mpi.timeout = cfg->mpi.timeout; /* a property of this job, not of the run */
+        memcpy(stored.train.out_dir, cfg->train.out_dir, sizeof stored.train.out_dir);
+        /* the placement is the checkpoint's unless --set mpi.KEY=... changes it (it moves
+         * experts between ranks, not the math) */
+        for (int i = 0; i < o->n_mpi_sets; i++)
+            CCOE_TRY(ccoe_config_set(&stored, o->mpi_sets[i], err));
+        CCOE_TRY(ccoe_session_validate(&stored, err));
+        *cfg = stored;
+    }
+    /* a list map must fit this job's rank count (before anything is loaded or written) */
+    if (t->P > 1 && !o->train_experts &&
+        (!ccoe_gate_is_none(cfg->moe.gate) || o->ccoe_placement)) {
+        int32_t owner[CCOE_PLACE_MAX];
+        CCOE_TRY(ccoe_placement_map(&cfg->mpi, ccoe_placement_expert_count(cfg), t->P, NULL,
+                                    owner, err));
+    }
+    if (o->train_experts && (o->resume || cfg->ccoe.train_expert[0] || o->stop_at > 0 ||
+                             o->time_limit > 0))
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--train-experts trains every listed expert to train.steps in "
+                              "one go: it excludes --resume, --stop-at, --time-limit and "
+                              "ccoe.train_expert");
+    snprintf(t->ckpt_path, sizeof t->ckpt_path, "%s/checkpoint.safetensors", cfg->train.out_dir);
+    if (t->rank == 0) {
+        if (!o->resume && !o->force && access(t->ckpt_path, F_OK) == 0)
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "%s already exists: continue it with --resume %s, start over "
+                                  "with --force, or choose another train.out_dir",
+                                  t->ckpt_path, t->ckpt_path);
+    }
+    if (t->rank == 0 || o->train_experts)
+        CCOE_TRY(ccoe_fs_mkdirs(cfg->train.out_dir, err));
+    /* a run killed while writing its checkpoint left a full-size temporary file: remove those
+     * that are a minute old and whose writer is gone (before this run writes any) */
+    if (t->rank == 0)
+        ccoe_remove_stale_temps(t->ckpt_path, 60, stderr);
+    if (ccoe_train_test_hook(t, "file", -1))
+        snprintf(cfg->data.manifest, sizeof cfg->data.manifest, "%s",
+                 "/nonexistent/ccoe-test-hook/manifest.ini");
+    CCOE_TRY(ccoe_session_open(s, cfg, 1, err));
+    *have_session = 1;
+    t->grad_begin = 0;
+    t->grad_end = s->model.num_params;
+    CCOE_TRY(ccoe_adamw_init(&t->opt, s->model.num_params, err));
+    if (s->model.n_moe > 0) {
+        t->json_cap = 4096 + (size_t)s->model.moe.E * 64;
+        t->json = malloc(t->json_cap);
+        if (!t->json)
+            return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MoE log buffer");
+    }
+    if (s->cfg.ccoe.train_expert[0]) {
+        /* isolated expert training: only the expert learns, only on its domains' data */
+        int e = ccoe_gating_find_expert(&s->gating, s->cfg.ccoe.train_expert);
+        uint32_t mask = ccoe_train_expert_domains(&s->gating, e);
+        if (!mask)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "ccoe.train_expert = %s, but no domain routes to it: add "
+                                  "DOMAIN:%s to ccoe.routes",
+                                  s->cfg.ccoe.train_expert, s->cfg.ccoe.train_expert);
+        CCOE_TRY(ccoe_data_restrict(&s->data, mask, err));
+        t->expert = e;
+        s->model.train_path = 1 + e;
+        t->grad_begin = s->model.expert_begin[e];
+        t->grad_end = s->model.expert_end[e];
+    }
+    ccoe_rng_seed(&t->st.rng, s->cfg.train.seed ^ 0x7261696eULL);
+    if (*resume_file) {
+        ccoe_status st = ccoe_checkpoint_load(*resume_file, o->resume, &s->model, &t->opt, &t->st,
+                                              err);
+        ccoe_st_close(*resume_file);
+        *resume_file = NULL;
+        CCOE_TRY(st);
+        ccoe_data_seek(&s->data, t->st.data_pos);
+    } else if (o->init_from) {
+        ccoe_config other;
+        ccoe_st_file *f = NULL;
+        int missing[CCOE_MAX_EXPERTS] = {0};
+        ccoe_model_init_weights(&s->model, s->cfg.train.seed, CCOE_INIT_RANDOM);
+        ccoe_status st = ccoe_checkpoint_open(o->init_from, &other, &f, err);
+        if (st == CCOE_OK)
+            st = ccoe_checkpoint_load_init(f, o->init_from, &s->model, missing, err);
+        ccoe_st_close(f);
+        CCOE_TRY(st);
+        for (int e = 0; e < s->gating.n_experts; e++)
+            if (missing[e] && s->cfg.ccoe.init == CCOE_INIT_COPY)
+                ccoe_model_expert_copy_base(&s->model, e);
+        ccoe_data_seek(&s->data, 0);
+    } else {
+        ccoe_model_init_weights(&s->model, s->cfg.train.seed, s->cfg.ccoe.init);
+        ccoe_data_seek(&s->data, 0);
+    }
+    if (t->rank == 0) {
+        snprintf(t->metrics_path, sizeof t->metrics_path, "%s/metrics.jsonl",
+                 s->cfg.train.out_dir);
+        t->metrics = ccoe_fs_open_output(t->metrics_path, o->resume != NULL, "metrics file", err);
+        if (!t->metrics)
+            return err->status;
+        if (o->resume)
+            CCOE_TRY(ccoe_train_metrics_trim(t, t->st.step, err));
+    }
+    t->flops_per_token =
+        ccoe_model_train_flops_per_token(&s->cfg.model, s->cfg.model.n_layer, s->cfg.model.seq_len);
+    t->peak_gflops = ccoe_measure_fma_peak(s->cfg.run.threads, 0.15);
+    t->gemm_gflops = ccoe_gemm_measure_gflops(&s->gemm, 768, 0.2);
+    return CCOE_OK;
+}
