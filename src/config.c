@@ -181,7 +181,8 @@ static const ccoe_config_key key_table[] = {
     INT("moe", "n_experts", moe.n_experts, 1, CCOE_GATE_MAX_EXPERTS, "8",
         "E: experts per MoE layer"),
     INT("moe", "top_k", moe.top_k, 1, CCOE_GATE_MAX_EXPERTS, "2",
-        "K: experts per token (softmax: = n_experts, domain: 1)"),
+        "K: experts per token (= n_experts for a gate that weights every expert, 1 for a "
+        "one-expert gate)"),
     INT("moe", "every", moe.every, 1, 256, "1",
         "base block l is MoE when (l + 1) % every == 0; 1 = every block"),
     INT("moe", "expert_hidden", moe.expert_hidden, 0, 262144, "0",

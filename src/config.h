@@ -100,7 +100,7 @@ typedef struct ccoe_ccoe_config {
  * (l + 1) % every == 0 (every = 1: all blocks; every = 2: blocks 1, 3, ...). CCoE expert blocks
  * stay dense. Experts have the model's FFN kind (model.ffn) and biases (model.bias). */
 typedef struct ccoe_moe_section {
-    char gate[32];          /* [moe] none | softmax | topk | noisy_topk | domain; default none */
+    char gate[32];          /* [moe] none or a gate of variants/gates.def; default none */
     int n_experts;          /* E [moe] 1..1024, default 8 */
     int top_k;              /* K [moe] 1..1024, default 2 (softmax: = E, domain: 1) */
     int every;              /* [moe] every n-th base block is MoE, 1..256, default 1 */
