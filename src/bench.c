@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "gate.h"
 #include "model.h"
 #include "optim.h"
 #include "perf.h"
@@ -74,11 +75,21 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
     cfg.model.ffn_hidden = 0;
     cfg.model.ffn = strcmp(o->ffn, "swiglu") == 0 ? CCOE_FFN_SWIGLU : CCOE_FFN_GELU;
     cfg.train.batch_size = sh->B;
-    if (strcmp(o->moe, "none") != 0) {
+    if (!ccoe_gate_is_none(o->moe)) {
+        /* 8 experts; K as the gate allows (its flags), each expert 4C / K wide so that the K
+         * active experts cost the dense FFN's 4C; gates without a router get no router losses */
+        const ccoe_gate_ops *g = ccoe_gate_find(o->moe);
+        if (!g)
+            return ccoe_error_set(err, CCOE_ERR_ARG, "bench --moe %s: not a gate of the registry",
+                                  o->moe);
         snprintf(cfg.moe.gate, sizeof cfg.moe.gate, "%s", o->moe);
         cfg.moe.n_experts = 8;
-        cfg.moe.top_k = 2;
-        cfg.moe.expert_hidden = 2 * sh->C; /* 2 experts x 2C = the dense 4C */
+        cfg.moe.top_k = (g->flags & CCOE_GATE_ALL_EXPERTS) ? 8
+                        : (g->flags & CCOE_GATE_ONE_EXPERT) ? 1
+                                                            : 2;
+        cfg.moe.expert_hidden = 4 * sh->C / cfg.moe.top_k;
+        if (!(g->flags & CCOE_GATE_ROUTER))
+            cfg.moe.w_switch = cfg.moe.w_z = cfg.moe.w_importance = 0.0;
     }
     const int with_ccoe = o->ccoe && strcmp(o->ccoe, "none") != 0;
     if (with_ccoe) {

@@ -1,10 +1,11 @@
 /* checkpoint.c - saving and loading model + optimizer + training state.
  *
  * Everything read back is checked before it is used: the file's checksum covers the whole file
- * (safetensors.c); the stored config passes the config's own validation; the model it describes
- * must fit in the file before anything of that size is allocated; every stored number is a
- * plain decimal in its range (a step, data position or optimizer step count that is negative or
- * inconsistent is an error, not a run with a negative learning rate or NaN moments).
+ * (safetensors.c); the stored config passes the whole validation (ccoe_session_validate); the
+ * model it describes must fit in the file before anything of that size is allocated; every
+ * stored number is a plain decimal in its range (a step, data position or optimizer step count
+ * that is negative or inconsistent is an error, not a run with a negative learning rate or NaN
+ * moments).
  */
 #include "checkpoint.h"
 
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include "gating.h"
+#include "session.h"
 
 #define NAME_LEN (CCOE_PARAM_NAME + 16)
 
@@ -131,7 +133,7 @@ static ccoe_status open_flags(const char *path, unsigned flags, ccoe_config *cfg
     ccoe_config_defaults(cfg);
     ccoe_status s = ccoe_config_load_string(cfg, ini, path, err);
     if (s == CCOE_OK)
-        s = ccoe_config_validate(cfg, err);
+        s = ccoe_session_validate(cfg, err);
     if (s != CCOE_OK) {
         ccoe_st_close(f);
         return ccoe_error_wrap(err, "config stored in checkpoint %s", path);

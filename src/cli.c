@@ -292,7 +292,7 @@ static void print_usage(FILE *out)
                  "variant on all P ranks the same way; eval splits its\nbatches over the "
                  "ranks; the other commands run on rank 0 only\n");
     char gates[256];
-    ccoe_gate_list_names(gates, sizeof gates);
+    ccoe_gate_list_names(gates, sizeof gates, 0);
     fprintf(out, "GATE (moe.gate, --moe): %s\n", gates);
 }
 

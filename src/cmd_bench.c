@@ -9,9 +9,7 @@
 /* --moe: none or a registered gate (variants/gate_registry.c). */
 static void moe_choices(char *buf, size_t cap)
 {
-    char gates[256];
-    ccoe_gate_list_names(gates, sizeof gates);
-    snprintf(buf, cap, "none, %s", gates);
+    ccoe_gate_list_names(buf, cap, 1);
 }
 
 static const ccoe_cli_opt k_bench_opts[] = {

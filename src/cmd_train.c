@@ -7,6 +7,7 @@
 #include "config.h"
 #include "data.h"
 #include "expert.h"
+#include "session.h"
 #include "train.h"
 
 #define MAX_MPI_SETS 64 /* --set mpi.* assignments a resumed run applies over the checkpoint */
@@ -78,7 +79,7 @@ static int run_train(const ccoe_cli_args *a)
     for (int i = 0; st == CCOE_OK && i < n_sets; i++)
         st = ccoe_config_set(&cfg, sets[i], &err);
     if (st == CCOE_OK)
-        st = ccoe_config_validate(&cfg, &err);
+        st = ccoe_session_validate(&cfg, &err);
     if (ccoe_comm_agree(a->comm, st, &err) != CCOE_OK) /* collective */
         return ccoe_cli_fail(a, &err);
     if (ccoe_train_run(&cfg, &o, &err) != CCOE_OK)

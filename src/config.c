@@ -3,8 +3,11 @@
  * One static table (key_table) lists every key with its section, type, field offset, allowed
  * range or names, default and help. Defaults, INI parsing (libinih), `--set` overrides, the help
  * text, the resolved INI printout and its hash all walk that table, so adding a key is one line.
- * This file knows nothing about what the values mean beyond their ranges and the cross-field
- * rules in ccoe_config_validate; it never allocates model memory and never exits.
+ * This file is the schema: keys, parsing, printing, hashing, per-key ranges and the few
+ * cross-field rules of [model], [train] and [data] (ccoe_config_validate). The cross-field rules
+ * of [moe], [mpi] and [ccoe] belong to their modules (moe.c, placement.c, gating.c) and are run
+ * by ccoe_session_validate (session.c); this file includes none of their headers. It never
+ * allocates model memory and never exits.
  *
  * INI dialect (libinih, as built by Debian, read through iniread.h): `[section]`, `key = value`,
  * comments start a line with ';' or '#', or follow whitespace with ';'. Lines are at most 199
@@ -29,8 +32,6 @@
 #include "fs.h"
 #include "iniread.h"
 #include "gate.h"
-#include "moe.h"
-#include "placement.h"
 
 #define HELP_HINT "see `ccoe help-config`"
 
@@ -42,10 +43,17 @@ static const char *const form_names[] = {"none", "tail", "prefix", "ffn", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
 static const char *const placement_names[] = {"contiguous", "round_robin", "balanced", "list",
                                               NULL};
-/* moe.gate: "none" and every gate of the registry (variants/gate_registry.c), filled in once
+/* moe.gate: "none" and every gate of the registry (variants/gates.def), filled in once
  * by gate_names_fill before the table is first read, so a new gate needs no line here. */
 #define MOE_GATE_NAMES_CAP 32
-static const char *moe_gate_names[MOE_GATE_NAMES_CAP + 2] = {"none", NULL};
+static const char *moe_gate_names[MOE_GATE_NAMES_CAP + 2] = {CCOE_GATE_NONE, NULL};
+
+/* The help line of a moe.gate value: the gate's own (its ops table), or that of "none". */
+static const char *gate_help(const char *name)
+{
+    const ccoe_gate_ops *g = ccoe_gate_find(name);
+    return g ? g->help : "no MoE layer: every base block keeps its dense FFN";
+}
 
 static void gate_names_fill(void)
 {
@@ -166,13 +174,15 @@ static const ccoe_config_key key_table[] = {
     STR("ccoe", "train_expert", ccoe.train_expert, 63, NULL, "",
         "train only this expert (base frozen) on its domains' data; empty = train everything"),
 
-    STR("moe", "gate", moe.gate, 31, moe_gate_names, "none",
-        "MoE FFNs in the base blocks: none (dense) or a gate of variants/ (softmax, topk, "
-        "noisy_topk: Shazeer; domain: expert = domain id)"),
-    INT("moe", "n_experts", moe.n_experts, 1, CCOE_MOE_MAX_EXPERTS, "8",
+    {.section = "moe", .key = "gate", .type = CCOE_CFG_STRING, FIELD(moe.gate), .max_len = 31,
+     .names = moe_gate_names, .def = CCOE_GATE_NONE, .name_help = gate_help,
+     .help = "MoE FFNs in the base blocks: none (dense) or a gate of the registry "
+             "(variants/gates.def):"},
+    INT("moe", "n_experts", moe.n_experts, 1, CCOE_GATE_MAX_EXPERTS, "8",
         "E: experts per MoE layer"),
-    INT("moe", "top_k", moe.top_k, 1, CCOE_MOE_MAX_EXPERTS, "2",
-        "K: experts per token (softmax: = n_experts, domain: 1)"),
+    INT("moe", "top_k", moe.top_k, 1, CCOE_GATE_MAX_EXPERTS, "2",
+        "K: experts per token (= n_experts for a gate that weights every expert, 1 for a "
+        "one-expert gate)"),
     INT("moe", "every", moe.every, 1, 256, "1",
         "base block l is MoE when (l + 1) % every == 0; 1 = every block"),
     INT("moe", "expert_hidden", moe.expert_hidden, 0, 262144, "0",
@@ -776,46 +786,6 @@ ccoe_status ccoe_config_set(ccoe_config *c, const char *assignment, ccoe_error *
  * Validation
  */
 
-/* Cross-field rules of [moe] (after model.ffn_hidden is resolved). The layer's own validation
- * (ccoe_moe_validate) checks the rules; its messages "moe: top_k = 9 ..." are rewritten to name
- * the key as it is set ("moe.top_k = 9 ..."). */
-static ccoe_status validate_moe(const ccoe_config *c, ccoe_error *err)
-{
-    const ccoe_moe_section *s = &c->moe;
-    ccoe_moe_config mc;
-    if (!ccoe_config_moe(s, &c->model, &mc))
-        return CCOE_OK;
-    if (s->every > c->model.n_layer)
-        return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "moe.every = %d exceeds model.n_layer = %d: no block would be MoE; "
-                              "use moe.every <= n_layer or moe.gate = none",
-                              s->every, c->model.n_layer);
-    if (strcmp(s->gate, "domain") == 0 && (s->w_switch != 0.0 || s->w_z != 0.0 ||
-                                           s->w_importance != 0.0))
-        return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "moe.gate = domain has no router, so it has no balancing losses: "
-                              "set moe.w_switch = 0, moe.w_z = 0 and moe.w_importance = 0 (now "
-                              "%g, %g, %g)",
-                              s->w_switch, s->w_z, s->w_importance);
-    ccoe_status st = ccoe_moe_validate(&mc, err);
-    if (st == CCOE_OK || !err)
-        return st;
-    /* "moe: KEY = ..." -> "moe.KEY = ..." when KEY is a [moe] key */
-    static const char *const keys[] = {"gate", "n_experts", "top_k", "renormalize",
-                                       "capacity_factor", "noise_eps", "w_importance",
-                                       "w_load", "w_switch", "w_z", NULL};
-    if (strncmp(err->msg, "moe: ", 5) == 0)
-        for (size_t i = 0; keys[i]; i++) {
-            size_t n = strlen(keys[i]);
-            if (strncmp(err->msg + 5, keys[i], n) == 0 && err->msg[5 + n] == ' ') {
-                err->msg[3] = '.';
-                memmove(err->msg + 4, err->msg + 5, strlen(err->msg + 5) + 1);
-                return st;
-            }
-        }
-    return ccoe_error_wrap(err, "[moe] gate = %s", s->gate);
-}
-
 static int swiglu_hidden(int C)
 {
     long f = (8L * C + 1) / 3; /* 8C/3 rounded to the nearest integer */
@@ -824,6 +794,7 @@ static int swiglu_hidden(int C)
 
 ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err)
 {
+    gate_names_fill();
     for (size_t i = 0; i < NKEYS; i++)
         CCOE_TRY(check_stored(&key_table[i], c, err));
 
@@ -863,41 +834,12 @@ ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err)
         int C = m->n_embd;
         c->model.ffn_hidden = m->ffn == CCOE_FFN_SWIGLU ? swiglu_hidden(C) : 4 * C;
     }
-    CCOE_TRY(validate_moe(c, err));
-    return ccoe_placement_validate(&c->mpi, ccoe_placement_expert_count(c), err);
+    return CCOE_OK;
 }
 
 int ccoe_config_moe_block(const ccoe_moe_section *moe, int l)
 {
-    return strcmp(moe->gate, "none") != 0 && moe->every >= 1 && (l + 1) % moe->every == 0;
-}
-
-int ccoe_config_moe(const ccoe_moe_section *s, const ccoe_model_config *m, ccoe_moe_config *out)
-{
-    if (strcmp(s->gate, "none") == 0)
-        return 0;
-    ccoe_moe_defaults(out);
-    snprintf(out->gate, sizeof out->gate, "%s", s->gate);
-    out->n_experts = s->n_experts;
-    out->top_k = s->top_k;
-    out->ffn_hidden = s->expert_hidden > 0 ? s->expert_hidden : m->ffn_hidden;
-    out->expert = m->ffn == CCOE_FFN_SWIGLU ? CCOE_MOE_SWIGLU : CCOE_MOE_GELU;
-    out->bias = m->bias;
-    out->renormalize = s->renormalize;
-    out->capacity_factor = s->capacity_factor;
-    out->noise_eps = s->noise_eps;
-    out->w_importance = s->w_importance;
-    out->w_load = s->w_load;
-    out->w_switch = s->w_switch;
-    out->w_z = s->w_z;
-    if (strcmp(s->gate, "domain") == 0) {
-        /* expert index = domain id; the data's domain count is checked at session setup */
-        out->n_domains = s->n_experts < CCOE_MOE_MAX_DOMAINS ? s->n_experts
-                                                             : CCOE_MOE_MAX_DOMAINS;
-        for (int d = 0; d < out->n_domains; d++)
-            out->domain_expert[d] = d;
-    }
-    return 1;
+    return !ccoe_gate_is_none(moe->gate) && moe->every >= 1 && (l + 1) % moe->every == 0;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -979,6 +921,7 @@ void ccoe_config_print_help(FILE *f)
 {
     fprintf(f, "Configuration keys. Set them in an INI file ([section] then key = value) or with\n"
                "--set section.key=value (applied after the file). Unknown keys are errors.\n");
+    gate_names_fill();
     const char *section = "";
     for (size_t i = 0; i < NKEYS; i++) {
         const ccoe_config_key *k = &key_table[i];
@@ -1022,5 +965,7 @@ void ccoe_config_print_help(FILE *f)
         char name[64];
         snprintf(name, sizeof name, "%s.%s", k->section, k->key);
         fprintf(f, "  %-20s default %-14s %s\n      %s\n", name, k->def, allowed, k->help);
+        for (size_t j = 0; k->name_help && k->names && k->names[j]; j++)
+            fprintf(f, "        %-12s %s\n", k->names[j], k->name_help(k->names[j]));
     }
 }

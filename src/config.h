@@ -3,7 +3,9 @@
  * One table in config.c drives INI parsing, `--set section.key=value` overrides, --help, the
  * resolved printout and the hash stored in checkpoints. Unknown keys and out-of-range values are
  * errors whose message names the key and the allowed range; nothing is clamped silently.
- * Cross-field rules are checked by ccoe_config_validate before anything is allocated.
+ * Per-key ranges and the cross-field rules of [model], [train] and [data] are checked by
+ * ccoe_config_validate; those of [moe], [mpi] and [ccoe] by their modules, all run by
+ * ccoe_session_validate (session.h) before anything is allocated.
  * The struct is plain data (fixed-size strings) so it can be copied and hashed.
  */
 #ifndef CCOE_CONFIG_H
@@ -98,7 +100,7 @@ typedef struct ccoe_ccoe_config {
  * (l + 1) % every == 0 (every = 1: all blocks; every = 2: blocks 1, 3, ...). CCoE expert blocks
  * stay dense. Experts have the model's FFN kind (model.ffn) and biases (model.bias). */
 typedef struct ccoe_moe_section {
-    char gate[32];          /* [moe] none | softmax | topk | noisy_topk | domain; default none */
+    char gate[32];          /* [moe] none or a gate of variants/gates.def; default none */
     int n_experts;          /* E [moe] 1..1024, default 8 */
     int top_k;              /* K [moe] 1..1024, default 2 (softmax: = E, domain: 1) */
     int every;              /* [moe] every n-th base block is MoE, 1..256, default 1 */
@@ -138,15 +140,6 @@ typedef struct ccoe_config {
     ccoe_mpi_config mpi;
 } ccoe_config;
 
-struct ccoe_moe_config;
-
-/* The MoE layer config of a [moe] section for a resolved model config (expert_hidden 0 ->
- * m->ffn_hidden, expert kind and biases from the model; gate domain: the table maps domain d to
- * expert d for d < n_experts). Returns 0 (out untouched) when moe->gate is none: a dense model;
- * 1 otherwise. Does not validate (ccoe_config_validate does). */
-int ccoe_config_moe(const ccoe_moe_section *moe, const ccoe_model_config *m,
-                    struct ccoe_moe_config *out);
-
 /* 1 if base block l (0-based) has an MoE FFN under this section (gate != none). */
 int ccoe_config_moe_block(const ccoe_moe_section *moe, int l);
 
@@ -165,8 +158,10 @@ ccoe_status ccoe_config_load_string(ccoe_config *c, const char *text, const char
  * The three loaders are all-or-nothing: on error c is unchanged. */
 ccoe_status ccoe_config_set(ccoe_config *c, const char *assignment, ccoe_error *err);
 
-/* Re-checks every key's range, then cross-field rules (C % H == 0, B*T fits an int, non-empty
- * paths) and resolves derived defaults (ffn_hidden 0 -> 4*C or 8*C/3 rounded up to 64).
+/* Re-checks every key's range, then the cross-field rules of [model], [train] and [data]
+ * (C % H == 0, B*T fits an int, non-empty paths) and resolves derived defaults (ffn_hidden 0 ->
+ * 4*C or 8*C/3 rounded up to 64). The rules of [moe], [mpi] and [ccoe] are not checked here:
+ * a config is valid once ccoe_session_validate (session.h) accepts it.
  * vocab_size 0 is accepted and left 0: the caller resolves it from the tokenizer. The head size
  * C/H has no parity rule (positions are learned, there is no rotary embedding). */
 ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err);
@@ -204,6 +199,8 @@ typedef struct ccoe_config_key {
     const char *const *names; /* ENUM names / STRING allowed values, NULL-terminated, or NULL */
     const char *def;          /* default as INI text */
     const char *help;
+    /* Optional: one line of help for each allowed name (help-config lists them), or NULL. */
+    const char *(*name_help)(const char *name);
 } ccoe_config_key;
 
 /* The table, in printing order; *n receives the number of keys. */

@@ -10,6 +10,7 @@
 #include "gating.h"
 #include "model.h"
 #include "safetensors.h"
+#include "session.h"
 #include "train.h"
 
 /* A loaded model: config, gating, parameters, training state. */
@@ -380,7 +381,7 @@ static ccoe_status expert_train_config(const ccoe_expert_train_opts *o, ccoe_con
     }
     for (int i = 0; i < o->n_sets; i++)
         CCOE_TRY(ccoe_config_set(&cfg, o->sets[i], err));
-    CCOE_TRY(ccoe_config_validate(&cfg, err));
+    CCOE_TRY(ccoe_session_validate(&cfg, err));
     *out = cfg;
     return CCOE_OK;
 }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gate.h"
+
 /* Splits "a:b c:d" into pairs; calls fn for each. Returns the first error. */
 typedef ccoe_status (*pair_fn)(void *ctx, const char *left, const char *right, ccoe_error *err);
 
@@ -327,3 +329,11 @@ int ccoe_gating_route_domains(const ccoe_config *cfg, char (*names)[CCOE_NAME_LE
     return n;
 }
 
+
+ccoe_status ccoe_gating_config_check(const ccoe_config *cfg, ccoe_error *err)
+{
+    char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
+    int nd = ccoe_gating_route_domains(cfg, names);
+    ccoe_gating g;
+    return ccoe_gating_build(&g, cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err);
+}

@@ -49,6 +49,12 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
                               const char (*domain_names)[CCOE_NAME_LEN], int n_domains,
                               ccoe_error *err);
 
+/* The cross-field rules of the [ccoe] section of cfg that need no data: ccoe_gating_build over
+ * the domains ccoe.routes names (ccoe_gating_route_domains), the matrix discarded. Whether
+ * those domains exist in the data is checked when the session builds the matrix from it. Run
+ * by ccoe_session_validate. */
+ccoe_status ccoe_gating_config_check(const ccoe_config *cfg, ccoe_error *err);
+
 /* Index of an expert by name, or -1. */
 int ccoe_gating_find_expert(const ccoe_gating *g, const char *name);
 

@@ -104,7 +104,7 @@ static ccoe_status setup_moe(ccoe_model *m, const ccoe_moe_section *sec, ccoe_er
     for (int k = 0; k < m->n_inst; k++)
         m->moe_of[k] = -1;
     ccoe_moe_config lc;
-    if (!sec || !ccoe_config_moe(sec, &m->cfg, &lc))
+    if (!sec || !ccoe_moe_config_from_section(sec, &m->cfg, &lc))
         return CCOE_OK;
     if (ccoe_moe_init(&m->moe, &lc, m->cfg.n_embd, m->maxB * m->maxT, m->gemm, err) != CCOE_OK)
         return ccoe_error_wrap(err, "[moe]");

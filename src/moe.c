@@ -66,7 +66,7 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
     const ccoe_gate_ops *g = ccoe_gate_find(c->gate);
     if (!g) {
         char names[256];
-        ccoe_gate_list_names(names, sizeof names);
+        ccoe_gate_list_names(names, sizeof names, 0);
         return bad(err, "unknown gate '%.31s' (allowed: %s)", c->gate, names);
     }
     const int E = c->n_experts, K = c->top_k;
@@ -134,6 +134,77 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
                    c->n_domains, g->name);
     }
     return CCOE_OK;
+}
+
+int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_config *m,
+                                 ccoe_moe_config *out)
+{
+    if (ccoe_gate_is_none(s->gate))
+        return 0;
+    const ccoe_gate_ops *g = ccoe_gate_find(s->gate);
+    ccoe_moe_defaults(out);
+    snprintf(out->gate, sizeof out->gate, "%s", s->gate);
+    out->n_experts = s->n_experts;
+    out->top_k = s->top_k;
+    out->ffn_hidden = s->expert_hidden > 0 ? s->expert_hidden : m->ffn_hidden;
+    out->expert = m->ffn == CCOE_FFN_SWIGLU ? CCOE_MOE_SWIGLU : CCOE_MOE_GELU;
+    out->bias = m->bias;
+    out->renormalize = s->renormalize;
+    out->capacity_factor = s->capacity_factor;
+    out->noise_eps = s->noise_eps;
+    out->w_importance = s->w_importance;
+    out->w_load = s->w_load;
+    out->w_switch = s->w_switch;
+    out->w_z = s->w_z;
+    if (g && (g->flags & CCOE_GATE_DOMAIN)) {
+        /* expert index = domain id; the data's domain count is checked at session setup */
+        out->n_domains = s->n_experts < CCOE_MOE_MAX_DOMAINS ? s->n_experts
+                                                             : CCOE_MOE_MAX_DOMAINS;
+        for (int d = 0; d < out->n_domains; d++)
+            out->domain_expert[d] = d;
+    }
+    return 1;
+}
+
+/* Cross-field rules of [moe] (after model.ffn_hidden is resolved). The layer's own validation
+ * (ccoe_moe_validate) checks the rules; its messages "moe: top_k = 9 ..." are rewritten to name
+ * the key as it is set ("moe.top_k = 9 ..."). */
+ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
+{
+    const ccoe_moe_section *s = &c->moe;
+    ccoe_moe_config mc;
+    if (!ccoe_moe_config_from_section(s, &c->model, &mc))
+        return CCOE_OK;
+    const ccoe_gate_ops *g = ccoe_gate_find(s->gate);
+    if (s->every > c->model.n_layer)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "moe.every = %d exceeds model.n_layer = %d: no block would be MoE; "
+                              "use moe.every <= n_layer or moe.gate = none",
+                              s->every, c->model.n_layer);
+    if (g && !(g->flags & CCOE_GATE_ROUTER) &&
+        (s->w_switch != 0.0 || s->w_z != 0.0 || s->w_importance != 0.0))
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "moe.gate = %s has no router, so it has no balancing losses: "
+                              "set moe.w_switch = 0, moe.w_z = 0 and moe.w_importance = 0 (now "
+                              "%g, %g, %g)",
+                              g->name, s->w_switch, s->w_z, s->w_importance);
+    ccoe_status st = ccoe_moe_validate(&mc, err);
+    if (st == CCOE_OK || !err)
+        return st;
+    /* "moe: KEY = ..." -> "moe.KEY = ..." when KEY is a [moe] key */
+    static const char *const keys[] = {"gate", "n_experts", "top_k", "renormalize",
+                                       "capacity_factor", "noise_eps", "w_importance",
+                                       "w_load", "w_switch", "w_z", NULL};
+    if (strncmp(err->msg, "moe: ", 5) == 0)
+        for (size_t i = 0; keys[i]; i++) {
+            size_t n = strlen(keys[i]);
+            if (strncmp(err->msg + 5, keys[i], n) == 0 && err->msg[5 + n] == ' ') {
+                err->msg[3] = '.';
+                memmove(err->msg + 4, err->msg + 5, strlen(err->msg + 5) + 1);
+                return st;
+            }
+        }
+    return ccoe_error_wrap(err, "[moe] gate = %s", s->gate);
 }
 
 int ccoe_moe_capacity(const ccoe_moe *m, int N)

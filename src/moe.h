@@ -35,6 +35,7 @@
 
 #include "arena.h"
 #include "comm.h"
+#include "config.h"
 #include "gate.h"
 #include "gemm.h"
 #include "status.h"
@@ -232,6 +233,19 @@ void ccoe_moe_defaults(ccoe_moe_config *cfg);
  * without noise, w_load with K = E, renormalize = 0 on a gate other than topk, aux losses on
  * the domain gate, a domain table that is empty or points outside [0, E). */
 ccoe_status ccoe_moe_validate(const ccoe_moe_config *cfg, ccoe_error *err);
+
+/* The MoE layer config of a [moe] section for a resolved model config (expert_hidden 0 ->
+ * m->ffn_hidden, expert kind and biases from the model; a gate with CCOE_GATE_DOMAIN: the table
+ * maps domain d to expert d for d < n_experts). Returns 0 (out untouched) when sec->gate is
+ * none: a dense model; 1 otherwise. Does not validate (ccoe_moe_config_check does). */
+int ccoe_moe_config_from_section(const ccoe_moe_section *sec, const ccoe_model_config *m,
+                                 ccoe_moe_config *out);
+
+/* The cross-field rules of the [moe] section of c (model.ffn_hidden resolved, every key in
+ * range: after ccoe_config_validate): moe.every against model.n_layer, no balancing losses on
+ * a gate without a router, then ccoe_moe_validate of the layer config with its messages
+ * naming the keys ("moe.top_k = 9 ..."). OK when moe.gate = none. */
+ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err);
 
 /* Validates cfg and fills m: sizes and parameter layout for inputs of C channels and at most
  * maxN rows per call. Allocates nothing. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "data.h"
+#include "gate.h"
 #include "gating.h"
 
 const char *ccoe_placement_name(ccoe_placement_kind k)
@@ -74,7 +75,7 @@ ccoe_status ccoe_placement_parse_map(const char *map, int32_t *owner, int cap, i
 
 int ccoe_placement_expert_count(const ccoe_config *c)
 {
-    if (strcmp(c->moe.gate, "none") != 0)
+    if (!ccoe_gate_is_none(c->moe.gate))
         return c->moe.n_experts;
     if (!ccoe_form_of(c))
         return 0;
@@ -106,6 +107,11 @@ static ccoe_status list_length(const ccoe_mpi_config *mpi, int n, int E, ccoe_er
                               "expert",
                               mpi->map, n, E);
     return CCOE_OK;
+}
+
+ccoe_status ccoe_placement_config_check(const ccoe_config *c, ccoe_error *err)
+{
+    return ccoe_placement_validate(&c->mpi, ccoe_placement_expert_count(c), err);
 }
 
 ccoe_status ccoe_placement_validate(const ccoe_mpi_config *mpi, int n_experts, ccoe_error *err)

@@ -38,6 +38,10 @@ int ccoe_placement_expert_count(const ccoe_config *c);
  * placement = list a map with exactly n_experts entries (n_experts > 0). */
 ccoe_status ccoe_placement_validate(const ccoe_mpi_config *mpi, int n_experts, ccoe_error *err);
 
+/* The cross-field rules of the [mpi] section of c: ccoe_placement_validate with the expert
+ * count of c (ccoe_placement_expert_count). Run by ccoe_session_validate. */
+ccoe_status ccoe_placement_config_check(const ccoe_config *c, ccoe_error *err);
+
 /* Owner of each of E experts on P ranks (owner: E entries). load (E, or NULL): the balanced
  * policy's per-expert load (NULL: no a-priori load, contiguous). CCOE_ERR_CONFIG for a list map
  * whose length is not E or which names a rank >= P (the message names mpi.map, the entry, P and

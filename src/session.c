@@ -3,6 +3,17 @@
 
 #include <string.h>
 
+#include "moe.h"
+#include "placement.h"
+
+ccoe_status ccoe_session_validate(ccoe_config *cfg, ccoe_error *err)
+{
+    CCOE_TRY(ccoe_config_validate(cfg, err));
+    CCOE_TRY(ccoe_moe_config_check(cfg, err));
+    CCOE_TRY(ccoe_placement_config_check(cfg, err));
+    return ccoe_gating_config_check(cfg, err);
+}
+
 ccoe_status ccoe_config_resolve(ccoe_config *cfg, const ccoe_tokenizer *tok, ccoe_error *err)
 {
     int tv = tok ? tok->ops->vocab_size(tok->self) : 0;
@@ -13,7 +24,7 @@ ccoe_status ccoe_config_resolve(ccoe_config *cfg, const ccoe_tokenizer *tok, cco
                               "model.vocab_size = %d is smaller than the %s tokenizer's %d ids: "
                               "set it to 0 (automatic) or at least %d",
                               cfg->model.vocab_size, tok->ops->name, tv, tv);
-    return ccoe_config_validate(cfg, err);
+    return ccoe_session_validate(cfg, err);
 }
 
 ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_data,

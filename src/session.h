@@ -24,6 +24,15 @@ typedef struct ccoe_session {
     ccoe_batch batch;
 } ccoe_session;
 
+/* Validates a whole config, section by section, each by its owner: ccoe_config_validate (the
+ * schema: per-key ranges, the rules of [model], [train] and [data], derived defaults such as
+ * ffn_hidden), then ccoe_moe_config_check ([moe], moe.c), ccoe_placement_config_check
+ * ([mpi], placement.c) and ccoe_gating_config_check ([ccoe], gating.c: the task-expert matrix
+ * over the domains the routes name; ccoe_session_open checks it again over the data's
+ * domains). Every path that accepts a config calls this: file load and --set (main.c), study
+ * variants, checkpoints. */
+ccoe_status ccoe_session_validate(ccoe_config *cfg, ccoe_error *err);
+
 /* Resolves cfg against the tokenizer (vocab_size 0 -> tokenizer size rounded up to 64; a
  * vocab smaller than the tokenizer's is an error) and validates it. tok may be NULL for runs
  * without text (benchmarks), where any vocab_size >= 1 goes. */

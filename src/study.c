@@ -174,9 +174,9 @@ ccoe_status ccoe_study_run(const char *path, const ccoe_study_opts *o, FILE *out
         probe.train.steps = 1;
         probe.ccoe.form = (ccoe_form)0; /* none: the base model alone */
         probe.ccoe.experts[0] = probe.ccoe.routes[0] = '\0';
-        snprintf(probe.moe.gate, sizeof probe.moe.gate, "none");
+        snprintf(probe.moe.gate, sizeof probe.moe.gate, "%s", CCOE_GATE_NONE);
         ccoe_session s;
-        if ((st = ccoe_config_validate(&probe, err)) != CCOE_OK ||
+        if ((st = ccoe_session_validate(&probe, err)) != CCOE_OK ||
             (st = ccoe_session_open(&s, &probe, 1, err)) != CCOE_OK) {
             st = ccoe_error_wrap(err, "study %s: base config", path);
             goto agreed;

@@ -53,7 +53,7 @@ static void describe(const study_variant *v, const ccoe_config *c, char *buf, si
     }
     size_t len = 0;
     len += (size_t)snprintf(buf, cap, "L%d C%d", c->model.n_layer, c->model.n_embd);
-    if (strcmp(c->moe.gate, "none") != 0 && len < cap)
+    if (!ccoe_gate_is_none(c->moe.gate) && len < cap)
         len += (size_t)snprintf(buf + len, cap - len, ", MoE %s E%d K%d", c->moe.gate,
                                 c->moe.n_experts, c->moe.top_k);
     if (ccoe_form_of(c) && len < cap) {
@@ -146,7 +146,7 @@ ccoe_status ccoe_study_prepare_variant(study *S, study_variant *v, const ccoe_co
     v->steps = cfg.train.steps;
     v->tokens = (long)(steps * tps);
     v->train_flops = steps * tps * v->flops_per_token;
-    if ((st = ccoe_config_validate(&cfg, err)) != CCOE_OK)
+    if ((st = ccoe_session_validate(&cfg, err)) != CCOE_OK)
         return ccoe_error_wrap(err, "variant %s with %ld steps", v->name, v->steps);
     v->cfg = cfg;
     char desc[sizeof v->label];

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "fs.h"
 #include "iniread.h"
+#include "session.h"
 
 static int valid_name(const char *s)
 {
@@ -460,6 +461,6 @@ ccoe_status ccoe_study_variant_config(study *S, const study_variant *v, const cc
     }
     cfg->train.steps = 1;
     if (st == CCOE_OK)
-        st = ccoe_config_validate(cfg, err);
+        st = ccoe_session_validate(cfg, err);
     return st;
 }

@@ -217,13 +217,14 @@ void ccoe_train_print_start(train_ctx *t, const ccoe_train_opts *o)
     if (s->gating.n_experts > 0)
         ccoe_gating_print(stderr, &s->gating);
     const ccoe_moe_config *mc = &s->model.moe.cfg;
-    if (s->model.n_moe > 0 && mc->top_k == 1 &&
-        ((strcmp(mc->gate, "topk") == 0 && mc->renormalize) || strcmp(mc->gate, "noisy_topk") == 0))
+    const unsigned gf = s->model.n_moe > 0 ? s->model.moe.gate->flags : 0;
+    const int renorm_opt = (gf & CCOE_GATE_RENORM_OPT) != 0;
+    if ((gf & CCOE_GATE_K1_CONSTANT) && mc->top_k == 1 && (!renorm_opt || mc->renormalize))
         fprintf(stderr,
                 "warning: moe.gate = %s with moe.top_k = 1%s: the kept expert's weight is always "
                 "1, so the router learns only from the balancing losses; use moe.gate = topk "
                 "with moe.renormalize = false (Switch) or moe.top_k >= 2\n",
-                mc->gate, strcmp(mc->gate, "topk") == 0 ? " and renormalize" : "");
+                mc->gate, renorm_opt ? " and renormalize" : "");
     if (t->expert >= 0)
         fprintf(stderr, "isolated training of expert '%s' (%.2fM parameters); everything "
                         "else is frozen\n",

@@ -53,12 +53,12 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
          * experts between ranks, not the math) */
         for (int i = 0; i < o->n_mpi_sets; i++)
             CCOE_TRY(ccoe_config_set(&stored, o->mpi_sets[i], err));
-        CCOE_TRY(ccoe_config_validate(&stored, err));
+        CCOE_TRY(ccoe_session_validate(&stored, err));
         *cfg = stored;
     }
     /* a list map must fit this job's rank count (before anything is loaded or written) */
     if (t->P > 1 && !o->train_experts &&
-        (strcmp(cfg->moe.gate, "none") != 0 || o->ccoe_placement)) {
+        (!ccoe_gate_is_none(cfg->moe.gate) || o->ccoe_placement)) {
         int32_t owner[CCOE_PLACE_MAX];
         CCOE_TRY(ccoe_placement_map(&cfg->mpi, ccoe_placement_expert_count(cfg), t->P, NULL,
                                     owner, err));

@@ -20,6 +20,7 @@
 #include "checkpoint.h"
 #include "config.h"
 #include "safetensors.h"
+#include "session.h"
 #include "train.h"
 
 static char g_dir[64];
@@ -36,7 +37,7 @@ static int setup(void **state)
     snprintf(out, sizeof out, "%s/run", g_dir);
     tu_tiny_train_config(&g_cfg, out, 3);
     ccoe_error err = {0};
-    if (ccoe_config_validate(&g_cfg, &err) != CCOE_OK)
+    if (ccoe_session_validate(&g_cfg, &err) != CCOE_OK)
         return -1;
     ccoe_train_opts o = {.progress = 0, .quiet = 1};
     if (ccoe_train_run(&g_cfg, &o, &err) != CCOE_OK) {
@@ -141,7 +142,7 @@ static void test_config_checked_against_the_file_before_allocation(void **state)
     big.model.n_layer = 8;
     big.model.ffn_hidden = 0;
     ccoe_error err = {0};
-    assert_int_equal(ccoe_config_validate(&big, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&big, &err), CCOE_OK);
     big.model.vocab_size = 320;
     char *ini = ccoe_config_to_ini(&big);
     assert_non_null(ini);

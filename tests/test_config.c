@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "gate.h"
+#include "session.h"
 
 /* Directory of the checked-in configs: $CCOE_SOURCE_DIR/configs, else next to this file. */
 static void configs_dir(char *buf, size_t cap)
@@ -83,7 +84,7 @@ static void test_defaults_valid(void **state)
     assert_string_equal(c.data.tokenizer, "byte");
     assert_string_equal(c.run.gemm, "auto");
     ccoe_error err;
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     assert_int_equal(c.model.ffn_hidden, 4 * 256);
     assert_int_equal(c.model.vocab_size, 0); /* left for the caller to resolve */
 
@@ -128,7 +129,7 @@ static void test_config_files_load(void **state)
         ccoe_error_clear(&err);
         ccoe_status st = ccoe_config_load_file(&c, path, &err);
         if (st == CCOE_OK)
-            st = ccoe_config_validate(&c, &err);
+            st = ccoe_session_validate(&c, &err);
         if (st != CCOE_OK)
             fprintf(stderr, "%s: %s\n", path, err.msg);
         assert_int_equal(st, CCOE_OK);
@@ -201,7 +202,7 @@ static void test_round_trip_and_hash(void **state)
     ccoe_config c;
     ccoe_config_defaults(&c);
     ccoe_error err;
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     check_round_trip(&c);
     uint64_t h0 = ccoe_config_hash(&c);
 
@@ -221,7 +222,7 @@ static void test_round_trip_and_hash(void **state)
     }
     c.train.weight_decay = 0.1 + 0.2; /* needs all 17 digits */
     c.train.eps = nextafter(1e-8, 1.0);
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     check_round_trip(&c);
     assert_true(ccoe_config_hash(&c) != h0);
 
@@ -536,7 +537,7 @@ static void expect_invalid(ccoe_config *c, const char *k1, const char *k2)
 {
     ccoe_error err;
     ccoe_error_clear(&err);
-    assert_int_equal(ccoe_config_validate(c, &err), CCOE_ERR_CONFIG);
+    assert_int_equal(ccoe_session_validate(c, &err), CCOE_ERR_CONFIG);
     TU_ASSERT_MSG_HAS(err, k1);
     if (k2)
         TU_ASSERT_MSG_HAS(err, k2);
@@ -580,17 +581,17 @@ static void test_cross_field(void **state)
     /* ffn_hidden resolution */
     ccoe_config_defaults(&c);
     assert_int_equal(ccoe_config_set(&c, "model.ffn=swiglu", &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     assert_int_equal(c.model.ffn_hidden, 704); /* round(8*256/3) = 683 -> 704 */
     ccoe_config_defaults(&c);
     assert_int_equal(ccoe_config_set(&c, "model.ffn=swiglu", &err), CCOE_OK);
     assert_int_equal(ccoe_config_set(&c, "model.n_embd=32", &err), CCOE_OK);
     assert_int_equal(ccoe_config_set(&c, "model.n_head=2", &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     assert_int_equal(c.model.ffn_hidden, 128); /* round(85.3) = 85 -> 128 */
     ccoe_config_defaults(&c);
     assert_int_equal(ccoe_config_set(&c, "model.ffn_hidden=100", &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     assert_int_equal(c.model.ffn_hidden, 100); /* explicit values are kept */
 
     /* allowed: warmup beyond steps, eval_every beyond steps, zero steps */
@@ -598,9 +599,9 @@ static void test_cross_field(void **state)
     c.train.steps = 10;
     c.train.warmup = 100;
     c.train.eval_every = 1000;
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     c.train.steps = 0;
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
 }
 
 /* [mpi]: placement names, the map's syntax and length (its ranks are checked at run start,
@@ -626,7 +627,7 @@ static void test_mpi_placement_keys(void **state)
     assert_int_equal(ccoe_config_set(&c, "mpi.map=1,0,a,0", &err), CCOE_OK);
     expect_invalid(&c, "mpi.map = '1,0,a,0': entry 2 ('a') is not a rank number", NULL);
     assert_int_equal(ccoe_config_set(&c, "mpi.map=1,0,7,0", &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK); /* rank 7: known at run start */
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK); /* rank 7: known at run start */
     /* CCoE: one entry per expert of ccoe.experts */
     ccoe_config_defaults(&c);
     c.ccoe.form = CCOE_FORM_TAIL;
@@ -635,7 +636,7 @@ static void test_mpi_placement_keys(void **state)
     snprintf(c.mpi.map, sizeof c.mpi.map, "1,0,1");
     expect_invalid(&c, "has 3 entries but the model has 2 experts", NULL);
     snprintf(c.mpi.map, sizeof c.mpi.map, "1,0");
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     /* round trip through the resolved INI */
     char *ini = ccoe_config_to_ini(&c);
     assert_non_null(ini);
@@ -650,7 +651,7 @@ static void test_mpi_placement_keys(void **state)
     /* other policies ignore a map (but not a malformed one) */
     c.mpi.placement = CCOE_PLACE_ROUND_ROBIN;
     snprintf(c.mpi.map, sizeof c.mpi.map, "1,0,1,1");
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     snprintf(c.mpi.map, sizeof c.mpi.map, "1,,0");
     expect_invalid(&c, "mpi.map", "entry 1");
 }

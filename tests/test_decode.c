@@ -22,6 +22,7 @@
 #include "kernels.h"
 #include "model.h"
 #include "rng.h"
+#include "session.h"
 #include "tokenizer.h"
 
 enum { B = 5, T = 12 };
@@ -111,7 +112,7 @@ static void open_case(ccoe_model *m, ccoe_gating *gt, const model_case *mc, int 
     for (int i = 0; mc->sets[i]; i++)
         if (ccoe_config_set(&c, mc->sets[i], &err) != CCOE_OK)
             fail_msg("%s: %s", mc->name, err.msg);
-    if (ccoe_config_validate(&c, &err) != CCOE_OK)
+    if (ccoe_session_validate(&c, &err) != CCOE_OK)
         fail_msg("%s: %s", mc->name, err.msg);
     if (ccoe_gating_build(gt, &c, k_domains, 3, &err) != CCOE_OK)
         fail_msg("%s: gating: %s", mc->name, err.msg);

@@ -22,6 +22,7 @@
 #include "checkpoint.h"
 #include "config.h"
 #include "safetensors.h"
+#include "session.h"
 #include "train.h"
 
 enum fault { FAULT_NONE, FAULT_WRITE, FAULT_FSYNC, FAULT_BEFORE_RENAME, FAULT_AFTER_RENAME };
@@ -83,7 +84,7 @@ static int run_child(const char *out, long steps, const char *resume, enum fault
         snprintf(dir, sizeof dir, "%s/%s", g_dir, out);
         tu_tiny_train_config(&cfg, dir, steps);
         ccoe_error err = {0};
-        if (ccoe_config_validate(&cfg, &err) != CCOE_OK)
+        if (ccoe_session_validate(&cfg, &err) != CCOE_OK)
             _exit(10);
         ccoe_train_opts o = {.progress = 0, .quiet = 1, .resume = resume, .force = !resume};
         ccoe_status s = ccoe_train_run(&cfg, &o, &err);

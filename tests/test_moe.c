@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "moe_cases.h"
 
 #include "gate.h"
 #include "gemm.h"
@@ -53,39 +54,10 @@ static int setup_group(void **state)
     return 0;
 }
 
-/* One test configuration. */
-typedef struct moe_case {
-    const char *gate;
-    int N, C, E, K, F;
-    int swiglu, bias, renorm;
-    double cf;
-    double w_imp, w_load, w_switch, w_z, noise_eps;
-    int train;
-    int expect_drops; /* the case must drop slots (capacity actually bites) */
-} moe_case;
+/* One test configuration (tests/util/moe_cases.h). */
+typedef tu_moe_case moe_case;
 
-static void case_config(const moe_case *c, ccoe_moe_config *cfg)
-{
-    ccoe_moe_defaults(cfg);
-    snprintf(cfg->gate, sizeof cfg->gate, "%s", c->gate);
-    cfg->n_experts = c->E;
-    cfg->top_k = c->K;
-    cfg->ffn_hidden = c->F;
-    cfg->expert = c->swiglu ? CCOE_MOE_SWIGLU : CCOE_MOE_GELU;
-    cfg->bias = c->bias;
-    cfg->renormalize = c->renorm;
-    cfg->capacity_factor = c->cf;
-    cfg->w_importance = c->w_imp;
-    cfg->w_load = c->w_load;
-    cfg->w_switch = c->w_switch;
-    cfg->w_z = c->w_z;
-    cfg->noise_eps = c->noise_eps;
-    if (strcmp(c->gate, "domain") == 0) {
-        cfg->n_domains = 4;
-        for (int d = 0; d < 4; d++)
-            cfg->domain_expert[d] = (d * 2 + 1) % c->E; /* d -> 1, 3, 0, 2 for E = 5 */
-    }
-}
+static void case_config(const moe_case *c, ccoe_moe_config *cfg) { tu_moe_case_config(c, cfg); }
 
 /* A layer with its memory: parameters, gradients, saved activations, scratch, I/O buffers. */
 typedef struct fx {
@@ -435,7 +407,7 @@ static void test_fast_gates(void **state)
 }
 
 /* Every learned gate of the registry, with shapes its flags allow: a gate added to
- * variants/gate_registry.c is checked by finite differences and fast-vs-reference here without
+ * variants/gates.def is checked by finite differences and fast-vs-reference here without
  * an edit of this file (the hand-written cases above cover each gate's corners). */
 static void test_registry_gates(void **state)
 {
@@ -443,8 +415,11 @@ static void test_registry_gates(void **state)
     int checked = 0;
     for (int i = 0; i < ccoe_gate_count(); i++) {
         const ccoe_gate_ops *g = ccoe_gate_at(i);
-        if (!(g->flags & CCOE_GATE_ROUTER))
-            continue; /* rule-based: no gradient (the domain gate has its own tests) */
+        if (!(g->flags & CCOE_GATE_ROUTER)) {
+            /* rule-based: no gradient; the registry layer tests below still check it */
+            tu_gate_skip(g, "gate finite differences", "no router (CCOE_GATE_ROUTER unset)");
+            continue;
+        }
         const int E = 6;
         const int K = (g->flags & CCOE_GATE_ALL_EXPERTS) ? E : (g->flags & CCOE_GATE_ONE_EXPERT) ? 1 : 2;
         for (uint64_t s = 0; s < 2; s++) {
@@ -565,7 +540,8 @@ static void check_invariants(const moe_case *mc, const fx *f, const ccoe_moe_sta
     if (mc->expect_drops)
         assert_true(st->dropped_slots > 0);
     int64_t dropped_tokens = 0, routed[CCOE_MOE_MAX_EXPERTS] = {0};
-    int normalised = mc->renorm || strcmp(mc->gate, "topk") != 0;
+    /* weights sum to 1 unless a gate that honours renormalize = 0 has it off */
+    int normalised = mc->renorm || !(ccoe_gate_find(mc->gate)->flags & CCOE_GATE_RENORM_OPT);
     for (int n = 0; n < N; n++) {
         const int32_t *id = f->a.ids + (size_t)n * K, *sl = f->a.slot + (size_t)n * K;
         const float *w = f->a.weights + (size_t)n * K;
@@ -710,6 +686,27 @@ static void test_fast_vs_ref(void **state)
     for (int k = 0; k < 3; k++)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
             fast_case(&cases[i], sched[k], 600 + 10 * i);
+}
+
+/* Every gate of the registry through the whole layer (tests/util/moe_cases.c builds its cases
+ * from the gate's flags): the reference against finite differences, the fast layer against
+ * the reference under each schedule. A gate added to variants/gates.def is checked here
+ * without an edit. */
+static void test_registry_layers(void **state)
+{
+    (void)state;
+    tu_moe_case cases[TU_MOE_MAX_REGISTRY_CASES];
+    int n = tu_moe_registry_cases(cases, TU_MOE_MAX_REGISTRY_CASES, 9, 5, 3);
+    assert_true(n >= ccoe_gate_count());
+    for (int i = 0; i < n; i++)
+        fd_layer_case(&cases[i], 1100 + 10 * (uint64_t)i);
+    n = tu_moe_registry_cases(cases, TU_MOE_MAX_REGISTRY_CASES, 37, 24, 19);
+    assert_true(n >= ccoe_gate_count());
+    const ccoe_moe_schedule sched[3] = {CCOE_MOE_SCHED_AUTO, CCOE_MOE_SCHED_GEMM,
+                                        CCOE_MOE_SCHED_EXPERTS};
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < n; i++)
+            fast_case(&cases[i], sched[k], 1300 + 10 * (uint64_t)i);
 }
 
 /* ======================= 4. invariants ======================= */
@@ -1046,7 +1043,13 @@ static void test_validate(void **state)
     c = ok, c.n_experts = CCOE_MOE_MAX_EXPERTS + 1;
     expect_bad(&c, "n_experts");
     c = ok, snprintf(c.gate, sizeof c.gate, "switch");
-    expect_bad(&c, "unknown gate 'switch' (allowed: softmax, topk, noisy_topk, domain)");
+    {
+        /* today "(allowed: softmax, topk, noisy_topk, domain)": the registry's names */
+        char names[256], want[320];
+        ccoe_gate_list_names(names, sizeof names, 0);
+        snprintf(want, sizeof want, "unknown gate 'switch' (allowed: %s)", names);
+        expect_bad(&c, want);
+    }
     c = ok, c.w_switch = -0.01;
     expect_bad(&c, "w_switch = -0.01");
     c = ok, c.w_importance = -1.0;
@@ -1185,7 +1188,7 @@ static double bench_moe(const char *gate, int E, int K, int F, double cf,
 {
     const int N = 1024, C = 256;
     moe_case mc = {gate, N, C, E, K, F, 0, 1, 1, cf, 0.01, 0.0, 0.01, 0.001, 0.0, 1, 0};
-    if (strcmp(gate, "noisy_topk") == 0)
+    if (ccoe_gate_find(gate)->flags & CCOE_GATE_NOISE)
         mc.w_load = 0.01;
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
@@ -1320,6 +1323,7 @@ int main(void)
         cmocka_unit_test(test_registry_gates),
         cmocka_unit_test(test_fd_layer),
         cmocka_unit_test(test_fast_vs_ref),
+        cmocka_unit_test(test_registry_layers),
         cmocka_unit_test(test_identity_dispatch),
         cmocka_unit_test(test_dense_equivalence),
         cmocka_unit_test(test_domain_gate),

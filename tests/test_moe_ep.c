@@ -24,6 +24,7 @@
 #include "testutil.h"
 #include "ep_cases.h"
 #include "fakecomm.h"
+#include "moe_cases.h"
 
 #include "gemm.h"
 #include "moe.h"
@@ -44,36 +45,10 @@ static int setup_group(void **state)
     return 0;
 }
 
-typedef struct lcase {
-    const char *gate;
-    int E, K, F;
-    int swiglu, bias, renorm;
-    double cf, w_imp, w_load, w_switch, w_z, noise_eps;
-    int train;
-} lcase;
+/* A layer case (tests/util/moe_cases.h); N and C stay 0: the checks size their own. */
+typedef tu_moe_case lcase;
 
-static void case_config(const lcase *c, ccoe_moe_config *cfg)
-{
-    ccoe_moe_defaults(cfg);
-    snprintf(cfg->gate, sizeof cfg->gate, "%s", c->gate);
-    cfg->n_experts = c->E;
-    cfg->top_k = c->K;
-    cfg->ffn_hidden = c->F;
-    cfg->expert = c->swiglu ? CCOE_MOE_SWIGLU : CCOE_MOE_GELU;
-    cfg->bias = c->bias;
-    cfg->renormalize = c->renorm;
-    cfg->capacity_factor = c->cf;
-    cfg->w_importance = c->w_imp;
-    cfg->w_load = c->w_load;
-    cfg->w_switch = c->w_switch;
-    cfg->w_z = c->w_z;
-    cfg->noise_eps = c->noise_eps;
-    if (strcmp(c->gate, "domain") == 0) {
-        cfg->n_domains = 4;
-        for (int d = 0; d < 4; d++)
-            cfg->domain_expert[d] = (d * 2 + 1) % c->E;
-    }
-}
+static void case_config(const lcase *c, ccoe_moe_config *cfg) { tu_moe_case_config(c, cfg); }
 
 /* ---- placement ---- */
 
@@ -81,7 +56,7 @@ static void test_placement(void **state)
 {
     (void)state;
     ccoe_moe_config cfg;
-    lcase c = {"topk", 8, 2, 4, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0};
+    lcase c = {"topk", 0, 0, 8, 2, 4, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
     case_config(&c, &cfg);
     ccoe_error err;
     ccoe_error_clear(&err);

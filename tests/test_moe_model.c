@@ -10,11 +10,13 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "moe_cases.h"
 
 #include "config.h"
 #include "gemm.h"
 #include "model.h"
 #include "rng.h"
+#include "session.h"
 
 enum { B = 3, T = 7 };
 
@@ -58,7 +60,7 @@ static void open_model(ccoe_model *m, ccoe_config *c, ccoe_gemm *g)
 {
     ccoe_error err = {0};
     assert_int_equal(ccoe_gemm_init(g, CCOE_GEMM_REF, 1, &err), CCOE_OK);
-    if (ccoe_config_validate(c, &err) != CCOE_OK)
+    if (ccoe_session_validate(c, &err) != CCOE_OK)
         fail_msg("validate: %s", err.msg);
     if (ccoe_model_init_moe(m, &c->model, NULL, &c->moe, B, T, g, 1, &err) != CCOE_OK)
         fail_msg("model: %s", err.msg);
@@ -140,6 +142,29 @@ static void test_gradcheck_gates(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         gradcheck_case(&cases[i]);
+}
+
+/* Every gate of the registry through the whole model: its dropless case of
+ * tests/util/moe_cases.c (top_k and balancing losses from the gate's flags), checked by finite
+ * differences. A gate added to variants/gates.def is checked here without an edit. */
+static void test_gradcheck_registry(void **state)
+{
+    (void)state;
+    tu_moe_case reg[TU_MOE_MAX_REGISTRY_CASES];
+    int n = tu_moe_registry_cases(reg, TU_MOE_MAX_REGISTRY_CASES, 0, 0, 0), gates = 0;
+    assert_true(n >= ccoe_gate_count());
+    const char *last = "";
+    for (int i = 0; i < n; i++) {
+        const tu_moe_case *c = &reg[i];
+        if (c->cf != 0.0 || !c->train || strcmp(c->gate, last) == 0)
+            continue;
+        last = c->gate;
+        moe_case mc = {c->gate, c->E, c->K, 1, CCOE_BLOCK_PRE_LN, 0.0, c->w_imp, c->w_load,
+                       c->w_switch, c->w_z, c->noise_eps};
+        gradcheck_case(&mc);
+        gates++;
+    }
+    assert_int_equal(gates, ccoe_gate_count());
 }
 
 /* topk with E = 1, K = 1, expert_hidden = F, dropless, no aux: the dense model's loss and
@@ -308,7 +333,7 @@ static void expect_invalid(const char *const *sets, const char *needle)
     ccoe_error err = {0};
     for (int i = 0; sets[i]; i++)
         assert_int_equal(ccoe_config_set(&c, sets[i], &err), CCOE_OK);
-    ccoe_status st = ccoe_config_validate(&c, &err);
+    ccoe_status st = ccoe_session_validate(&c, &err);
     if (st != CCOE_ERR_CONFIG || !strstr(err.msg, needle))
         fail_msg("expected a config error naming '%s', got %d: %s", needle, st, err.msg);
 }
@@ -320,9 +345,9 @@ static void test_validate(void **state)
     ccoe_config_defaults(&c);
     ccoe_error err = {0};
     assert_string_equal(c.moe.gate, "none");
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     assert_int_equal(ccoe_config_set(&c, "moe.gate=noisy_topk", &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
     assert_int_equal(ccoe_config_set(&c, "moe.gate=switch", &err), CCOE_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "moe.gate"));
 
@@ -346,7 +371,7 @@ static void test_validate(void **state)
     ccoe_config_defaults(&c);
     assert_int_equal(ccoe_config_set(&c, "moe.top_k=9", &err), CCOE_OK);
     assert_int_equal(ccoe_config_set(&c, "moe.n_experts=4", &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&c, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&c, &err), CCOE_OK);
 }
 
 int main(void)
@@ -357,6 +382,7 @@ int main(void)
         cmocka_unit_test(test_one_expert_is_dense),
         cmocka_unit_test(test_noise_and_stats),
         cmocka_unit_test(test_gradcheck_gates),
+        cmocka_unit_test(test_gradcheck_registry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -127,7 +127,7 @@ static long steps_allocations(const char *const *sets, int n_sets, int isolated,
     for (int i = 0; i < n_sets; i++)
         if (ccoe_config_set(&cfg, sets[i], &err) != CCOE_OK)
             fail_msg("%s: %s", sets[i], err.msg);
-    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&cfg, &err), CCOE_OK);
     ccoe_session s;
     if (ccoe_session_open(&s, &cfg, 1, &err) != CCOE_OK)
         fail_msg("session: %s", err.msg);

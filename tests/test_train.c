@@ -28,7 +28,7 @@ static void test_nan_loss_stops_cleanly(void **state)
     cfg.train.batch_size = 2;
     cfg.train.steps = 5;
     ccoe_error err = {0};
-    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+    assert_int_equal(ccoe_session_validate(&cfg, &err), CCOE_OK);
 
     /* a checkpoint whose final-norm weight holds a NaN is refused at load, naming it */
     ccoe_session s;

@@ -1,13 +1,14 @@
 /* form_ffn.c - Eqs. 6-7: expert i is the FFNs of the last l_i base blocks; attention and norms
  * stay shared (FFN-level, rule-gated). */
 #include "form.h"
+#include "gate.h"
 
 #include <stdio.h>
 #include <string.h>
 
 static ccoe_status ffn_validate(const ccoe_config *cfg, ccoe_error *err)
 {
-    if (strcmp(cfg->moe.gate, "none") != 0)
+    if (!ccoe_gate_is_none(cfg->moe.gate))
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "ccoe.form = ffn gives the last l_i blocks rule-gated FFN experts "
                               "and cannot be combined with [moe] (moe.gate = %s): set moe.gate = "

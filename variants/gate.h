@@ -2,7 +2,15 @@
  *
  * A gate turns router logits into, per token, K expert ids and K weights. Each variant lives in
  * one file of variants/ and exports one const ccoe_gate_ops; gate_registry.c maps names to
- * tables. The MoE layer (src/moe.c) owns everything around the gate: the router GEMMs
+ * tables.
+ *
+ * Adding a gate `x` takes exactly two steps:
+ *   1. a new file variants/gate_x.c defining `const ccoe_gate_ops ccoe_gate_x_ops` with
+ *      .name = "x" and the flags below that describe it (CMake picks up the file by its glob);
+ *   2. one line `CCOE_GATE(x)` in variants/gates.def.
+ * Nothing else names gates: config validation, `ccoe help-config`, the usage text, `bench` and
+ * the gate tests (tests/test_moe.c, tests/test_moe_ep.c, tests/util/moe_cases.c) read the
+ * registry and decide what applies to a gate from its flags and hooks. The MoE layer (src/moe.c) owns everything around the gate: the router GEMMs
  * (logits = h W_g^T, noise logits = h W_noise^T), the noise draws, capacity, the experts and
  * the auxiliary losses. Math and derivations: papers/moe.md.
  *
@@ -28,6 +36,14 @@
 #define CCOE_GATE_ONE_EXPERT 8u   /* exactly one expert per token: K must be 1 */
 #define CCOE_GATE_DOMAIN 16u      /* routes by the token's domain through a table, no router */
 #define CCOE_GATE_RENORM_OPT 32u  /* honours renormalize = 0 (keep full-softmax probabilities) */
+/* With K = 1 the kept expert's weight is always 1 (always for noisy gates; for gates with
+ * CCOE_GATE_RENORM_OPT when renormalize = 1), so the router learns only from the balancing
+ * losses; `ccoe train` warns about it. */
+#define CCOE_GATE_K1_CONSTANT 64u
+
+/* The value of moe.gate that means "no MoE layer": the dense model. Not a gate of the
+ * registry; ccoe_gate_is_none is the one place that tests for it. */
+#define CCOE_GATE_NONE "none"
 
 /* Everything a gate reads, for rows [0, N). Pointers a gate does not use may be NULL. */
 typedef struct ccoe_gate_args {
@@ -90,19 +106,21 @@ typedef struct ccoe_gate_ops {
                               const int32_t *ids, int32_t kth, const ccoe_gate_ref_args *a);
 } ccoe_gate_ops;
 
-/* The variants (one file each). */
-extern const ccoe_gate_ops ccoe_gate_softmax_ops;
-extern const ccoe_gate_ops ccoe_gate_topk_ops;
-extern const ccoe_gate_ops ccoe_gate_noisy_topk_ops;
-extern const ccoe_gate_ops ccoe_gate_domain_ops;
+/* The variants (one file each), declared from the list in gates.def. */
+#define CCOE_GATE(x) extern const ccoe_gate_ops ccoe_gate_##x##_ops;
+#include "gates.def"
+#undef CCOE_GATE
 
-/* Registry: the table named `name`, or NULL. */
+/* Registry: the table named `name`, or NULL (also for "none" and NULL). */
 const ccoe_gate_ops *ccoe_gate_find(const char *name);
+/* 1 if name is CCOE_GATE_NONE ("none": no MoE layer), else 0. */
+int ccoe_gate_is_none(const char *name);
 /* Number of registered gates and the i-th table (for listing allowed names). */
 int ccoe_gate_count(void);
 const ccoe_gate_ops *ccoe_gate_at(int i);
-/* Writes "softmax, topk, ..." into buf (always NUL-terminated). */
-void ccoe_gate_list_names(char *buf, size_t cap);
+/* Writes "softmax, topk, ..." into buf (always NUL-terminated); with_none = 1 puts "none"
+ * first. */
+void ccoe_gate_list_names(char *buf, size_t cap, int with_none);
 
 /* ---- helpers shared by the variants (gate_common.c) ---- */
 

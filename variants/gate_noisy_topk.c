@@ -207,7 +207,7 @@ static void noisy_ref_load_backward(double *dlogits, double *dnoise_logits, cons
 const ccoe_gate_ops ccoe_gate_noisy_topk_ops = {
     .name = "noisy_topk",
     .help = "noisy top-k gating (Eq. 3, Shazeer et al. 2017), noise only in training",
-    .flags = CCOE_GATE_ROUTER | CCOE_GATE_NOISE,
+    .flags = CCOE_GATE_ROUTER | CCOE_GATE_NOISE | CCOE_GATE_K1_CONSTANT,
     .forward = noisy_forward,
     .backward = noisy_backward,
     .load_forward = noisy_load_forward,

@@ -117,7 +117,7 @@ static void topk_ref_backward(double *dlogits, double *dnoise_logits, const doub
 const ccoe_gate_ops ccoe_gate_topk_ops = {
     .name = "topk",
     .help = "softmax top-k without noise (renormalize = true: kept weights sum to 1)",
-    .flags = CCOE_GATE_ROUTER | CCOE_GATE_RENORM_OPT,
+    .flags = CCOE_GATE_ROUTER | CCOE_GATE_RENORM_OPT | CCOE_GATE_K1_CONSTANT,
     .forward = topk_forward,
     .backward = topk_backward,
     .load_forward = NULL,

@@ -49,3 +49,11 @@ grep -q "checksum .*whole file" <<<"$info" || fail "info does not show the check
 expect_fail 1 "nonexistent" -- "$CCOE" eval nonexistent.safetensors
 [[ "$(sha256sum "$ck" run/metrics.jsonl)" == "$sum_before" ]] || fail "a failed command changed the run"
 pass "checkpoint errors"
+
+# the gate names come from the registry alone: help-config lists "none" and the gates the usage
+# text lists (it once printed "one of none" when help-config ran before any other table use)
+gates=$("$CCOE" help 2>&1 | sed -n 's/^GATE (moe.gate, --moe): //p')
+[[ -n "$gates" ]] || fail "the usage text lists no gates"
+"$CCOE" help-config | grep -q "^  moe.gate .* one of none, $gates\$" \
+  || fail "help-config does not list the gates ($gates): $("$CCOE" help-config | grep moe.gate)"
+pass "gate names listed from the registry"

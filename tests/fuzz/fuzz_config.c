@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "fuzz_common.h"
+#include "session.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -28,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (st != CCOE_OK) {
         if (memcmp(&c, &before, sizeof c) != 0 || !err.msg[0])
             abort(); /* a failed load changed the config, or did not say why */
-    } else if (ccoe_config_validate(&c, &err) == CCOE_OK) {
+    } else if (ccoe_session_validate(&c, &err) == CCOE_OK) {
         char *ini = ccoe_config_to_ini(&c);
         if (!ini)
             abort();

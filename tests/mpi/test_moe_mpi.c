@@ -24,6 +24,7 @@
 #include "optim.h"
 #include "perf.h"
 #include "rng.h"
+#include "session.h"
 
 static int env_int(const char *name, int dflt)
 {
@@ -61,7 +62,7 @@ static int bench(ccoe_comm *comm, const ccoe_gemm *g)
     const int B = b1 - b0;
     ccoe_model m;
     ccoe_adamw opt;
-    if (B < 1 || ccoe_config_validate(&c, &err) != CCOE_OK ||
+    if (B < 1 || ccoe_session_validate(&c, &err) != CCOE_OK ||
         ccoe_model_init_moe(&m, &c.model, NULL, &c.moe, B, T, g, g->nthreads, &err) != CCOE_OK ||
         ccoe_model_set_comm(&m, comm, NULL, &err) != CCOE_OK ||
         ccoe_adamw_init(&opt, m.num_params, &err) != CCOE_OK) {

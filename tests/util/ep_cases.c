@@ -1,6 +1,8 @@
 /* ep_cases.c - per-rank checks of the expert-parallel MoE layer and model (see ep_cases.h). */
 #include "ep_cases.h"
 
+#include "moe_cases.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,36 +104,10 @@ static ccoe_status layer_init(layer *L, const ccoe_moe_config *cfg, const ccoe_g
     return CCOE_OK;
 }
 
-typedef struct lcase {
-    const char *gate;
-    int E, K, F;
-    int swiglu, bias, renorm;
-    double cf, w_imp, w_load, w_switch, w_z, noise_eps;
-    int train;
-} lcase;
+/* A layer case (tests/util/moe_cases.h); N and C stay 0: the checks size their own. */
+typedef tu_moe_case lcase;
 
-static void case_config(const lcase *c, ccoe_moe_config *cfg)
-{
-    ccoe_moe_defaults(cfg);
-    snprintf(cfg->gate, sizeof cfg->gate, "%s", c->gate);
-    cfg->n_experts = c->E;
-    cfg->top_k = c->K;
-    cfg->ffn_hidden = c->F;
-    cfg->expert = c->swiglu ? CCOE_MOE_SWIGLU : CCOE_MOE_GELU;
-    cfg->bias = c->bias;
-    cfg->renormalize = c->renorm;
-    cfg->capacity_factor = c->cf;
-    cfg->w_importance = c->w_imp;
-    cfg->w_load = c->w_load;
-    cfg->w_switch = c->w_switch;
-    cfg->w_z = c->w_z;
-    cfg->noise_eps = c->noise_eps;
-    if (strcmp(c->gate, "domain") == 0) {
-        cfg->n_domains = 4;
-        for (int d = 0; d < 4; d++)
-            cfg->domain_expert[d] = (d * 2 + 1) % c->E;
-    }
-}
+static void case_config(const lcase *c, ccoe_moe_config *cfg) { tu_moe_case_config(c, cfg); }
 
 /* Uneven splits of n items over P ranks with an empty rank when P > 2 (the lists below), else
  * balanced. */
@@ -282,9 +258,9 @@ static int round_trip(ccoe_comm *comm, const ccoe_gemm *g, const lcase *c, const
 
 int tu_ep_round_trips(ccoe_comm *comm, const ccoe_gemm *g)
 {
-    static const lcase cap = {"topk", 5, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0};
-    static const lcase dropless = {"topk", 5, 2, 1, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 0};
-    static const lcase three = {"topk", 3, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0};
+    static const lcase cap = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0};
+    static const lcase dropless = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 0, 0};
+    static const lcase three = {"topk", 0, 0, 3, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0};
     int32_t map[5];
     for (int e = 0; e < 5; e++)
         map[e] = (e + 1) % comm->size; /* interleaved */
@@ -438,22 +414,34 @@ static int layer_case(ccoe_comm *comm, const ccoe_gemm *g, const lcase *c, int i
 int tu_ep_layer_cases(ccoe_comm *comm, const ccoe_gemm *g)
 {
     static const lcase cases[] = {
-        /* gate, E, K, F, swiglu, bias, renorm, cf, w_imp, w_load, w_switch, w_z, noise_eps,
-         * train */
-        {"topk", 6, 2, 5, 0, 1, 1, 1.25, 0.1, 0, 0.05, 0.01, 0, 1},
-        {"topk", 5, 3, 4, 1, 0, 0, 0.0, 0, 0, 0.1, 0, 0, 1},
-        {"topk", 3, 1, 4, 0, 1, 1, 1.0, 0, 0, 0.1, 0.01, 0, 1},
-        {"softmax", 4, 4, 3, 0, 1, 1, 0.0, 0.1, 0, 0, 0.01, 0, 1},
-        {"noisy_topk", 6, 2, 4, 0, 1, 1, 1.0, 0.1, 0.1, 0.05, 0.01, 1e-2, 1},
-        {"noisy_topk", 6, 2, 4, 0, 1, 1, 0.0, 0.1, 0.1, 0, 0, 1e-2, 0}, /* evaluation */
-        {"domain", 5, 1, 4, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1},
-        {"domain", 5, 1, 4, 1, 1, 1, 1.0, 0, 0, 0, 0, 0, 1},
+        /* gate, N, C (unused), E, K, F, swiglu, bias, renorm, cf, w_imp, w_load, w_switch,
+         * w_z, noise_eps, train, expect_drops (unused) */
+        {"topk", 0, 0, 6, 2, 5, 0, 1, 1, 1.25, 0.1, 0, 0.05, 0.01, 0, 1, 0},
+        {"topk", 0, 0, 5, 3, 4, 1, 0, 0, 0.0, 0, 0, 0.1, 0, 0, 1, 0},
+        {"topk", 0, 0, 3, 1, 4, 0, 1, 1, 1.0, 0, 0, 0.1, 0.01, 0, 1, 0},
+        {"softmax", 0, 0, 4, 4, 3, 0, 1, 1, 0.0, 0.1, 0, 0, 0.01, 0, 1, 0},
+        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 1.0, 0.1, 0.1, 0.05, 0.01, 1e-2, 1, 0},
+        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 0.0, 0.1, 0.1, 0, 0, 1e-2, 0, 0}, /* evaluation */
+        {"domain", 0, 0, 5, 1, 4, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0},
+        {"domain", 0, 0, 5, 1, 4, 1, 1, 1, 1.0, 0, 0, 0, 0, 0, 1, 0},
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         fails += layer_case(comm, g, &cases[i], 0);
         if (comm->size > 1)
             fails += layer_case(comm, g, &cases[i], 1);
+    }
+    /* every gate of the registry, with the cases its flags allow (moe_cases.c) */
+    lcase reg[TU_MOE_MAX_REGISTRY_CASES];
+    int n = tu_moe_registry_cases(reg, TU_MOE_MAX_REGISTRY_CASES, 0, 0, 4);
+    if (n < ccoe_gate_count()) {
+        fprintf(stderr, "[rank %d] registry layer cases: %d cases\n", comm->rank, n);
+        return fails + 1;
+    }
+    for (int i = 0; i < n; i++) {
+        fails += layer_case(comm, g, &reg[i], 0);
+        if (comm->size > 1)
+            fails += layer_case(comm, g, &reg[i], 1);
     }
     return fails;
 }
@@ -467,6 +455,31 @@ typedef struct mcase {
     int E, K;
     double cf, w_imp, w_load, w_switch, w_z, noise_eps;
 } mcase;
+
+/* The model case of a registry layer case (its gate, E, K, capacity and loss weights). */
+static mcase mcase_of(const lcase *c)
+{
+    return (mcase){c->gate, c->E, c->K, c->cf, c->w_imp, c->w_load, c->w_switch, c->w_z,
+                   c->noise_eps};
+}
+
+/* The registry's layer cases (moe_cases.c) with a given capacity factor (0: dropless), the
+ * first such case of each gate, as model cases; returns their number, -1 on failure. */
+static int registry_models(mcase *out, int cap, int dropless)
+{
+    lcase reg[TU_MOE_MAX_REGISTRY_CASES];
+    int n = tu_moe_registry_cases(reg, TU_MOE_MAX_REGISTRY_CASES, 0, 0, 4), k = 0;
+    if (n < 0)
+        return -1;
+    for (int i = 0; i < n && k < cap; i++) {
+        if ((reg[i].cf == 0.0) != dropless || !reg[i].train)
+            continue;
+        if (k > 0 && strcmp(out[k - 1].gate, reg[i].gate) == 0)
+            continue;
+        out[k++] = mcase_of(&reg[i]);
+    }
+    return k;
+}
 
 static ccoe_status open_model(ccoe_model *m, const mcase *mc, const ccoe_gemm *g, int maxB,
                               ccoe_error *err)
@@ -493,7 +506,7 @@ static ccoe_status open_model(ccoe_model *m, const mcase *mc, const ccoe_gemm *g
     c.moe.w_load = mc->w_load;
     c.moe.w_switch = mc->w_switch;
     c.moe.w_z = mc->w_z;
-    CCOE_TRY(ccoe_config_validate(&c, err));
+    CCOE_TRY(ccoe_session_validate(&c, err));
     CCOE_TRY(ccoe_model_init_moe(m, &c.model, NULL, &c.moe, maxB, MT, g, 1, err));
     ccoe_model_init_weights(m, 7, CCOE_INIT_RANDOM);
     ccoe_rng r; /* generic norm weights, biases and noise weights */
@@ -637,6 +650,16 @@ int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
     fails += model_case(comm, g, &cases[0], MB, &rr);
     fails += model_case(comm, g, &cases[2], MB, &list);
     fails += model_case(comm, g, &cases[3], 3, &list);
+    /* every gate of the registry, with a capacity and every balancing loss it has */
+    mcase reg[TU_MOE_MAX_REGISTRY_CASES];
+    int n = registry_models(reg, TU_MOE_MAX_REGISTRY_CASES, 0);
+    if (n < ccoe_gate_count()) {
+        fprintf(stderr, "[rank %d] registry model cases: %d of %d gates\n", comm->rank, n,
+                ccoe_gate_count());
+        return fails + 1;
+    }
+    for (int i = 0; i < n; i++)
+        fails += model_case(comm, g, &reg[i], MB, NULL);
     return fails;
 }
 
@@ -710,6 +733,16 @@ int tu_ep_decode_cases(ccoe_comm *comm, const ccoe_gemm *g)
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fails += decode_case(comm, g, &cases[i]);
+    /* every gate of the registry, dropless */
+    mcase reg[TU_MOE_MAX_REGISTRY_CASES];
+    int n = registry_models(reg, TU_MOE_MAX_REGISTRY_CASES, 1);
+    if (n < ccoe_gate_count()) {
+        fprintf(stderr, "[rank %d] registry decode cases: %d of %d gates\n", comm->rank, n,
+                ccoe_gate_count());
+        return fails + 1;
+    }
+    for (int i = 0; i < n; i++)
+        fails += decode_case(comm, g, &reg[i]);
     return fails;
 }
 

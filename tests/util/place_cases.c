@@ -15,6 +15,7 @@
 #include "optim.h"
 #include "placement.h"
 #include "rng.h"
+#include "session.h"
 
 static const char k_domains[4][CCOE_NAME_LEN] = {"arith", "code", "prose", "sql"};
 
@@ -67,7 +68,7 @@ static ccoe_status open_model(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, co
         if (used < sizeof c->mpi.map && ccoe_placement_expert_count(c) > e)
             used += (size_t)snprintf(c->mpi.map + used, sizeof c->mpi.map - used, "%s%d",
                                      e ? "," : "", pc->list[e] % P);
-    CCOE_TRY(ccoe_config_validate(c, err));
+    CCOE_TRY(ccoe_session_validate(c, err));
     CCOE_TRY(ccoe_gating_build(gt, c, k_domains, 4, err));
     CCOE_TRY(ccoe_model_init(m, &c->model, gt, maxB, c->model.seq_len, g, 1, err));
     ccoe_model_init_weights(m, 5, CCOE_INIT_RANDOM);
