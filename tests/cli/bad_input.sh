@@ -54,6 +54,7 @@ pass "checkpoint errors"
 # text lists (it once printed "one of none" when help-config ran before any other table use)
 gates=$("$CCOE" help 2>&1 | sed -n 's/^GATE (moe.gate, --moe): //p')
 [[ -n "$gates" ]] || fail "the usage text lists no gates"
-"$CCOE" help-config | grep -q "^  moe.gate .* one of none, $gates\$" \
-  || fail "help-config does not list the gates ($gates): $("$CCOE" help-config | grep moe.gate)"
+hc=$("$CCOE" help-config) || fail "help-config failed"
+grep -q "^  moe.gate .* one of none, $gates\$" <<<"$hc" \
+  || fail "help-config does not list the gates ($gates): $(grep moe.gate <<<"$hc")"
 pass "gate names listed from the registry"
