@@ -24,6 +24,8 @@ typedef struct dp_bucket {
     ccoe_comm_req req;
 } dp_bucket;
 
+/* One run of the trainer: the session it trains, the ranks, the optimizer and the run state,
+ * the output files, the gradient buckets and the placement of experts on ranks. */
 typedef struct train_ctx {
     ccoe_session *s;
     ccoe_comm *comm;         /* the ranks this loop runs over (a serial one when P = 1) */
