@@ -7,6 +7,7 @@
 
 #include "bench.h"
 #include "checkpoint.h"
+#include "cmd_tokenizer_train.h"
 #include "comm.h"
 #include "comm_mpi.h"
 #include "config.h"
@@ -82,6 +83,8 @@ static const char *k_usage =
     "        space separated, one output line per input line; decode: the inverse (a line of\n"
     "        ids back to its text); TOKENIZER is byte or a directory with vocab.json +\n"
     "        merges.txt or tokenizer.json (scripts/fetch_gpt2_tokenizer.sh fetches GPT-2's)\n"
+    "  tokenizer train FILE... --vocab N -o DIR [--min-frequency N] [--special TOK]...\n"
+    "        [--no-special]: learn a byte-level BPE from text files (tokenizer train --help)\n"
     "  help-config\n"
     "        every config key with its allowed values and default\n"
     "\n"
@@ -786,6 +789,8 @@ static void put_id(FILE *f, int32_t v)
 /* ccoe tokenizer encode|decode TOKENIZER [FILE|-]: one output line per input line. */
 static int cmd_tokenizer(int argc, char **argv)
 {
+    if (argc >= 1 && strcmp(argv[0], "train") == 0)
+        return ccoe_cmd_tokenizer_train(argc - 1, argv + 1);
     if (argc < 2 || argc > 3 || (strcmp(argv[0], "encode") != 0 && strcmp(argv[0], "decode") != 0))
         return usage_error("tokenizer takes: encode TOKENIZER [FILE|-] or decode TOKENIZER "
                            "[FILE|-]", "");
