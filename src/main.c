@@ -7,6 +7,7 @@
 
 #include "bench.h"
 #include "checkpoint.h"
+#include "checkpoint_tokenizer.h"
 #include "cmd_tokenizer_train.h"
 #include "comm.h"
 #include "comm_mpi.h"
@@ -45,7 +46,9 @@ static const char *k_usage =
     "        new expert (needs --domain; starts as a copy of the base it replaces) or an\n"
     "        existing one (continual training); --push writes MODEL + the trained expert\n"
     "  eval CHECKPOINT [--set data.manifest=...] [--batches N] [--no-tasks]\n"
-    "        per-domain validation loss, perplexity and task accuracy\n"
+    "        per-domain validation loss, perplexity and task accuracy (and bits per byte\n"
+    "        with a BPE tokenizer); --text FILE [--domain D]: loss (nats/token), bits per\n"
+    "        byte and perplexity of one text file under the model's own tokenizer\n"
     "  generate CHECKPOINT [--domain D] [--max-new N] [--stop C|none] [--temperature T]\n"
     "        [--top-k K] [--top-p P] [--seed S] [--prompts FILE|-] PROMPT...\n"
     "        continuation of each PROMPT (routed as domain D: the first domain by default),\n"
@@ -298,7 +301,7 @@ static int cmd_eval(int argc, char **argv)
     if (argc < 1 || argv[0][0] == '-')
         return usage_error("eval needs a CHECKPOINT file", "");
     int batches = -1, tasks = 1, rc = 0, n_sets = 0;
-    const char *sets[64];
+    const char *sets[64], *text = NULL, *text_domain = NULL; /* --text FILE [--domain D] */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
             const char *a = argv[++i];
@@ -317,10 +320,16 @@ static int cmd_eval(int argc, char **argv)
                                    argv[i]);
         } else if (strcmp(argv[i], "--no-tasks") == 0) {
             tasks = 0;
+        } else if (strcmp(argv[i], "--text") == 0 && i + 1 < argc) {
+            text = argv[++i];
+        } else if (strcmp(argv[i], "--domain") == 0 && i + 1 < argc) {
+            text_domain = argv[++i];
         } else {
             return usage_error("unknown or incomplete eval argument", argv[i]);
         }
     }
+    if (text_domain && !text)
+        return usage_error("eval --domain D goes with --text FILE", text_domain);
     /* set-up on every rank, then one agreement: a failure is printed once, nobody waits */
     ccoe_error err = {0};
     ccoe_config cfg;
@@ -332,11 +341,24 @@ static int cmd_eval(int argc, char **argv)
         st = ccoe_config_set(&cfg, sets[i], &err);
     if (st == CCOE_OK && batches >= 0)
         cfg.train.eval_batches = batches;
+    if (st == CCOE_OK) /* --set data.tokenizer must name the model's own tokenizer */
+        st = ccoe_ckpt_tok_check(f, argv[0], cfg.data.tokenizer, &err);
     if (st == CCOE_OK && (st = ccoe_session_open(&s, &cfg, 1, &err)) == CCOE_OK)
         have_session = 1;
     if (st == CCOE_OK)
         st = ccoe_checkpoint_load(f, argv[0], &s.model, NULL, NULL, &err);
     st = ccoe_comm_agree(g_comm, st, &err); /* collective */
+    if (st == CCOE_OK && text) { /* one text file's loss and bits per byte (ccoe_eval_text) */
+        ccoe_text_eval te;
+        st = ccoe_eval_text_file(&s.model, &s.tok, &s.batch, &s.data, text, text_domain, &te,
+                                 &err);
+        rc = st != CCOE_OK ? fail(&err) : 0;
+        if (st == CCOE_OK && g_comm->rank == 0)
+            ccoe_eval_text_print(stdout, text, text_domain, s.cfg.data.tokenizer, &te);
+        ccoe_session_close(&s);
+        ccoe_st_close(f);
+        return rc;
+    }
     ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
     if (st == CCOE_OK)
         st = ccoe_eval_domains(&s.model, &s.data, &s.tok, &s.batch, s.cfg.train.eval_batches,
@@ -564,6 +586,9 @@ static int cmd_info(int argc, char **argv)
            ccoe_st_meta(f, "ccoe.file_crc32"));
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         printf("  %-13s %s\n", keys[i], ccoe_st_meta(f, keys[i]) ? ccoe_st_meta(f, keys[i]) : "-");
+    char tok[CCOE_STR * 2];
+    ccoe_ckpt_tok_describe(f, tok, sizeof tok);
+    printf("  %-13s %s\n", "tokenizer", tok);
     size_t total = 0;
     printf("tensors:\n");
     for (size_t i = 0; i < ccoe_st_count(f); i++) {
