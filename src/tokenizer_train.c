@@ -631,7 +631,9 @@ ccoe_status ccoe_bpe_trainer_run(ccoe_bpe_trainer *t, ccoe_bpe_train_stats *stat
                 return nomem(err);
     }
     const int target = t->opts.vocab_size;
-    t->merges = malloc((size_t)(target - t->n_tok + 1) * sizeof *t->merges);
+    /* a merge whose token already exists adds no id: there may be more merges than new ids */
+    int merges_cap = target - t->n_tok + 1;
+    t->merges = malloc((size_t)merges_cap * sizeof *t->merges);
     if (!t->merges)
         return nomem(err);
     char buf[2 * CCOE_BPE_TRAIN_MAX_TOKEN];
@@ -648,6 +650,13 @@ ccoe_status ccoe_bpe_trainer_run(ccoe_bpe_trainer *t, ccoe_bpe_train_stats *stat
         int32_t z = e >= 0 ? (int32_t)t->tok_map.val[e] : add_token(t, buf, la + lb, 1);
         if (z < 0)
             return nomem(err);
+        if (t->n_merges == merges_cap) {
+            void *p = realloc(t->merges, 2 * (size_t)merges_cap * sizeof *t->merges);
+            if (!p)
+                return nomem(err);
+            t->merges = p;
+            merges_cap *= 2;
+        }
         t->merges[t->n_merges][0] = a;
         t->merges[t->n_merges][1] = b;
         t->n_merges++;
