@@ -8,6 +8,7 @@
  * moments).
  */
 #include "checkpoint.h"
+#include "checkpoint_tokenizer.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -39,6 +40,7 @@ ccoe_status ccoe_checkpoint_save(const char *path, const ccoe_config *cfg, const
     ccoe_st_tensor *t = calloc((size_t)np * per, sizeof *t);
     char *names = calloc((size_t)np * per, NAME_LEN);
     char *ini = ccoe_config_to_ini(cfg);
+    ccoe_tok_record tok = {0};
     ccoe_status s = CCOE_OK;
     if (!t || !names || !ini) {
         s = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory writing checkpoint %s", path);
@@ -73,13 +75,20 @@ ccoe_status ccoe_checkpoint_save(const char *path, const ccoe_config *cfg, const
     for (int d = 0, used = 0; d < m->gating.n_domains; d++)
         used += snprintf(domains + used, sizeof domains - (size_t)used, "%s%s", d ? " " : "",
                          m->gating.domains[d]);
-    const char *meta[] = {"ccoe.format", "ccoe-checkpoint", "ccoe.version", CCOE_VERSION,
-                          "config",      ini,               "config_hash",  hash,
-                          "step",        step,              "data_pos",     pos,
-                          "rng",         rng,               "optim.t",      ot,
-                          "optim.state", opt ? "adamw" : "none", "ccoe.domains", domains};
-    s = ccoe_st_write(path, t, n, meta, sizeof meta / sizeof meta[0] / 2, err);
+    const char *meta[2 * (10 + 4 + CCOE_TOK_MAX_FILES)] = {
+        "ccoe.format", "ccoe-checkpoint", "ccoe.version", CCOE_VERSION,
+        "config",      ini,               "config_hash",  hash,
+        "step",        step,              "data_pos",     pos,
+        "rng",         rng,               "optim.t",      ot,
+        "optim.state", opt ? "adamw" : "none", "ccoe.domains", domains};
+    /* the tokenizer travels with the model (checkpoint_tokenizer.h) */
+    if ((s = ccoe_tok_record_read(&tok, cfg->data.tokenizer, err)) != CCOE_OK) {
+        ccoe_error_wrap(err, "writing checkpoint %s: data.tokenizer", path);
+        goto done;
+    }
+    s = ccoe_st_write(path, t, n, meta, 10 + ccoe_tok_record_meta(&tok, meta + 20, 4 + CCOE_TOK_MAX_FILES), err);
 done:
+    ccoe_tok_record_free(&tok);
     free(t);
     free(names);
     free(ini);
@@ -150,7 +159,13 @@ static ccoe_status open_flags(const char *path, unsigned flags, ccoe_config *cfg
 ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_file **out,
                                  ccoe_error *err)
 {
-    return open_flags(path, 0, cfg, out, err);
+    CCOE_TRY(open_flags(path, 0, cfg, out, err));
+    ccoe_status s = ccoe_ckpt_tok_resolve(*out, path, cfg, stderr, err);
+    if (s != CCOE_OK) {
+        ccoe_st_close(*out);
+        *out = NULL;
+    }
+    return s;
 }
 
 #define STORED_MAX ((uint64_t)1 << 53) /* above any step count or data position a run reaches */
@@ -481,6 +496,9 @@ ccoe_status ccoe_checkpoint_print_info(FILE *out, const char *path, ccoe_error *
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         fprintf(out, "  %-13s %s\n", keys[i],
                 ccoe_st_meta(f, keys[i]) ? ccoe_st_meta(f, keys[i]) : "-");
+    char tok[CCOE_STR * 2];
+    ccoe_ckpt_tok_describe(f, tok, sizeof tok);
+    fprintf(out, "  %-13s %s\n", "tokenizer", tok);
     size_t total = 0;
     fprintf(out, "tensors:\n");
     for (size_t i = 0; i < ccoe_st_count(f); i++) {

@@ -4,7 +4,10 @@
  * ...), optionally the AdamW moments ("optim.m.<name>", "optim.v.<name>"), and metadata:
  *   ccoe.format = "ccoe-checkpoint", ccoe.version, config (the resolved INI text),
  *   config_hash (hex), step, data_pos, rng (hex words), optim.t, ccoe.domains (the data's
- *   domain names in id order, for routing without the data).
+ *   domain names in id order, for routing without the data), and the tokenizer record
+ *   ccoe.tokenizer.* (checkpoint_tokenizer.h: kind, path, hash and the files themselves).
+ * Opening a checkpoint resolves its tokenizer (a missing directory is replaced by the embedded
+ * copy, unpacked into the cache; the stored config's data.tokenizer then names that copy).
  * Files are written atomically (safetensors.h); a crash never leaves a half-written checkpoint.
  */
 #ifndef CCOE_CHECKPOINT_H

@@ -23,7 +23,7 @@ static const ccoe_cli_cmd *const k_cmds[] = {
     &ccoe_cmd_push,     &ccoe_cmd_pop,
     &ccoe_cmd_compare,  &ccoe_cmd_reseal,
     &ccoe_cmd_study,    &ccoe_cmd_data_write_builtin,
-    &ccoe_cmd_tokenizer_encode, &ccoe_cmd_tokenizer_decode,
+    &ccoe_cmd_tokenizer_encode, &ccoe_cmd_tokenizer_decode, &ccoe_cmd_tokenizer_train,
     &ccoe_cmd_import,   &ccoe_cmd_export,
     &ccoe_cmd_help_config,
 };

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "checkpoint_tokenizer.h"
 #include "cli.h"
 #include "eval.h"
 #include "gating.h"
@@ -21,6 +22,11 @@ static const ccoe_cli_opt k_eval_opts[] = {
     {"--batches", CCOE_OPT_INT, "N", 0, 1 << 30, .takes = "a whole number >= 0 (0 = all)",
      .help = "validation batches per domain (default: the checkpoint's train.eval_batches)"},
     {"--no-tasks", CCOE_OPT_FLAG, .help = "skip the task examples (loss and perplexity only)"},
+    {"--text", CCOE_OPT_PATH, "FILE",
+     .help = "instead: loss (nats/token), bits per byte and perplexity of one text file under "
+             "the model's own tokenizer"},
+    {"--domain", CCOE_OPT_STRING, "D", .help = "with --text: route the text as domain D "
+                                                "(default: the base path)"},
 };
 
 /* Prints the inference cost of each domain's path (CCoE models). */
@@ -55,7 +61,10 @@ static int run_eval(const ccoe_cli_args *a)
             return ccoe_cli_usage_error(a, "eval takes at most 64 --set overrides, not more at",
                                         s);
     }
-    const char *path = a->pos[0];
+    const char *path = a->pos[0], *text = ccoe_cli_str(a, "--text"),
+               *text_domain = ccoe_cli_str(a, "--domain");
+    if (text_domain && !text)
+        return ccoe_cli_usage_error(a, "eval --domain D goes with --text FILE", text_domain);
     /* set-up on every rank, then one agreement: a failure is printed once, nobody waits */
     ccoe_error err = {0};
     ccoe_config cfg;
@@ -67,11 +76,24 @@ static int run_eval(const ccoe_cli_args *a)
         st = ccoe_config_set(&cfg, sets[i], &err);
     if (st == CCOE_OK && ccoe_cli_flag(a, "--batches"))
         cfg.train.eval_batches = (int)ccoe_cli_int(a, "--batches");
+    if (st == CCOE_OK) /* --set data.tokenizer must name the model's own tokenizer */
+        st = ccoe_ckpt_tok_check(f, path, cfg.data.tokenizer, &err);
     if (st == CCOE_OK && (st = ccoe_session_open(&s, &cfg, 1, &err)) == CCOE_OK)
         have_session = 1;
     if (st == CCOE_OK)
         st = ccoe_checkpoint_load(f, path, &s.model, NULL, NULL, &err);
     st = ccoe_comm_agree(a->comm, st, &err); /* collective */
+    if (st == CCOE_OK && text) { /* one text file's loss and bits per byte (ccoe_eval_text) */
+        ccoe_text_eval te;
+        st = ccoe_eval_text_file(&s.model, &s.tok, &s.batch, &s.data, text, text_domain, &te,
+                                 &err);
+        rc = st != CCOE_OK ? ccoe_cli_fail(a, &err) : 0;
+        if (st == CCOE_OK && a->comm->rank == 0)
+            ccoe_eval_text_print(stdout, text, text_domain, s.cfg.data.tokenizer, &te);
+        ccoe_session_close(&s);
+        ccoe_st_close(f);
+        return rc;
+    }
     ccoe_domain_eval ev[CCOE_MAX_DOMAINS];
     if (st == CCOE_OK)
         st = ccoe_eval_domains(&s.model, &s.data, &s.tok, &s.batch, s.cfg.train.eval_batches,
@@ -97,7 +119,8 @@ static int run_eval(const ccoe_cli_args *a)
 const ccoe_cli_cmd ccoe_cmd_eval = {
     .name = "eval",
     .args = "CHECKPOINT",
-    .summary = "per-domain validation loss, perplexity and task accuracy",
+    .summary = "per-domain validation loss, perplexity and task accuracy (bits per byte with a "
+               "BPE tokenizer)",
     .details = "Under MPI the validation batches and task chunks are split over the ranks.\n",
     .opts = k_eval_opts,
     .n_opts = sizeof k_eval_opts / sizeof k_eval_opts[0],

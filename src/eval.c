@@ -13,6 +13,8 @@
 #include "rng.h"
 #include "sqlexec.h"
 
+#define CCOE_LN2 0.693147180559945309417232121458176568
+
 ccoe_status ccoe_batch_init(ccoe_batch *b, int maxB, int maxT, ccoe_error *err)
 {
     size_t n = (size_t)maxB * maxT;
@@ -307,7 +309,7 @@ static ccoe_status reduce_counts(ccoe_comm *c, ccoe_model *m, ccoe_domain_eval *
         }
     }
     CCOE_TRY(c->ops->allreduce_i64(c, cnt, (size_t)nd * PER, err));
-    CCOE_TRY(c->ops->allreduce_f64(c, loss_sums, (size_t)nd * 2, err));
+    CCOE_TRY(c->ops->allreduce_f64(c, loss_sums, (size_t)nd * 3, err));
     for (int d = 0; d < nd; d++) {
         const int64_t *x = cnt + (size_t)d * PER;
         out[d].task_total = (long)x[0];
@@ -329,6 +331,26 @@ static ccoe_status reduce_counts(ccoe_comm *c, ccoe_model *m, ccoe_domain_eval *
     return CCOE_OK;
 }
 
+int32_t *ccoe_eval_token_bytes(const ccoe_tokenizer *tok, int V)
+{
+    int32_t *n = calloc((size_t)(V > 0 ? V : 1), sizeof *n);
+    char buf[4096];
+    const int tv = tok->ops->vocab_size(tok->self);
+    for (int32_t i = 0; n && i < V && i < tv; i++)
+        n[i] = (int32_t)tok->ops->decode(tok->self, &i, 1, buf, sizeof buf);
+    return n;
+}
+
+/* The text bytes of the counted targets (>= 0) of B rows of T. */
+static double target_bytes(const int32_t *tok_bytes, int V, const int32_t *targets, int B, int T)
+{
+    double n = 0.0;
+    for (size_t i = 0; i < (size_t)B * (size_t)T; i++)
+        if (targets[i] >= 0 && targets[i] < V)
+            n += tok_bytes[targets[i]];
+    return n;
+}
+
 ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_tokenizer *tok,
                               ccoe_batch *b, int max_batches, int with_tasks, ccoe_comm *comm,
                               ccoe_domain_eval *out, ccoe_error *err)
@@ -340,7 +362,16 @@ ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_
      * round has no batch) and decodes every task chunk on every rank */
     const int lockstep = P > 1 && ccoe_model_forward_collective(m);
     const int was_train = m->train;
-    double sums[2 * CCOE_MAX_DOMAINS]; /* per domain: loss sum, tokens counted (this rank) */
+    /* per domain: loss sum, tokens counted, their text bytes (this rank) */
+    double sums[3 * CCOE_MAX_DOMAINS];
+    /* bits per byte needs each target's bytes: only for tokenizers other than the byte one
+     * (there it is the loss / ln 2 and the table stays as it was) */
+    int32_t *tok_bytes = NULL;
+    if (tok && tok->ops != &ccoe_byte_tokenizer_ops) {
+        tok_bytes = ccoe_eval_token_bytes(tok, m->cfg.vocab_size);
+        if (!tok_bytes)
+            return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the token byte table");
+    }
     m->train = 0;
     ccoe_model_moe_reset_totals(m);
     for (int d = 0; d < nd; d++) {
@@ -349,7 +380,8 @@ ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_
         ev->model = m;
         for (size_t i = 0; with_tasks && i < ds->domains[d].n_tasks; i++)
             kind_slot(ev, &ds->domains[d].tasks[i]); /* the same kind order on every rank */
-        double sum = 0.0;
+        ev->bpb_shown = tok_bytes != NULL;
+        double sum = 0.0, bytes = 0.0;
         long count = 0;
         size_t nb = (ds->domains[d].n_val + (size_t)B - 1) / (size_t)B;
         if (max_batches > 0 && nb > (size_t)max_batches)
@@ -368,25 +400,31 @@ ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_
             sum += ccoe_model_forward(m, b->tokens, b->targets, b->domains, got, T, &c);
             m->collect_moe = 0;
             count += c;
+            if (tok_bytes)
+                bytes += target_bytes(tok_bytes, m->cfg.vocab_size, b->targets, got, T);
         }
-        sums[2 * d] = sum;
-        sums[2 * d + 1] = (double)count;
+        sums[3 * d] = sum;
+        sums[3 * d + 1] = (double)count;
+        sums[3 * d + 2] = bytes;
         if (with_tasks && ds->domains[d].n_tasks > 0 && st == CCOE_OK)
             st = eval_tasks(m, &ds->domains[d], d, tok, b, lockstep ? 0 : r, lockstep ? 1 : P,
                             ev, err);
     }
     m->train = was_train;
+    free(tok_bytes);
     if (P > 1) {
         CCOE_TRY(ccoe_comm_agree(comm, st, err));
         if (lockstep) { /* tasks and MoE totals are already every rank's */
-            CCOE_TRY(comm->ops->allreduce_f64(comm, sums, (size_t)nd * 2, err));
+            CCOE_TRY(comm->ops->allreduce_f64(comm, sums, (size_t)nd * 3, err));
         } else {
             CCOE_TRY(reduce_counts(comm, m, out, nd, sums, err));
         }
     }
     for (int d = 0; d < nd; d++) {
-        out[d].loss = sums[2 * d + 1] > 0 ? sums[2 * d] / sums[2 * d + 1] : NAN;
-        out[d].tokens = (long)sums[2 * d + 1];
+        out[d].loss = sums[3 * d + 1] > 0 ? sums[3 * d] / sums[3 * d + 1] : NAN;
+        out[d].tokens = (long)sums[3 * d + 1];
+        out[d].bytes = sums[3 * d + 2];
+        out[d].bpb = sums[3 * d + 2] > 0 ? sums[3 * d] / CCOE_LN2 / sums[3 * d + 2] : NAN;
     }
     return st;
 }
@@ -419,8 +457,42 @@ static void print_moe(FILE *f, const ccoe_model *m)
     }
 }
 
+static void print_kinds_and_moe(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev);
+
+static void eval_print_bpb(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
+{
+    fprintf(f, "%-12s %10s %10s %8s %9s %14s\n", "domain", "val_loss", "perplexity", "bpb",
+            "tokens", "task_accuracy");
+    double wsum = 0.0, wbytes = 0.0;
+    long wtok = 0;
+    for (int d = 0; d < ds->n_domains; d++) {
+        const ccoe_domain_eval *e = &ev[d];
+        char acc[48];
+        if (e->task_total > 0)
+            snprintf(acc, sizeof acc, "%5.1f%% (%ld/%ld)",
+                     100.0 * (double)e->task_correct / (double)e->task_total, e->task_correct,
+                     e->task_total);
+        else
+            snprintf(acc, sizeof acc, "-");
+        fprintf(f, "%-12s %10.4f %10.3f %8.4f %9ld %14s\n", ds->domains[d].name, e->loss,
+                exp(e->loss), e->bpb, e->tokens, acc);
+        wsum += e->loss * (double)e->tokens;
+        wtok += e->tokens;
+        wbytes += e->bytes;
+    }
+    if (wtok > 0)
+        fprintf(f, "%-12s %10.4f %10.3f %8.4f %9ld\n", "all", wsum / (double)wtok,
+                exp(wsum / (double)wtok), wbytes > 0 ? wsum / CCOE_LN2 / wbytes : NAN, wtok);
+    print_kinds_and_moe(f, ds, ev);
+}
+
 void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
 {
+    const int bpb = ds->n_domains > 0 && ev[0].bpb_shown;
+    if (bpb) { /* the figure that compares tokenizers: total nats / ln 2 / text bytes */
+        eval_print_bpb(f, ds, ev);
+        return;
+    }
     fprintf(f, "%-12s %10s %10s %9s %14s\n", "domain", "val_loss", "perplexity", "tokens",
             "task_accuracy");
     double wsum = 0.0;
@@ -442,6 +514,11 @@ void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev
     if (wtok > 0)
         fprintf(f, "%-12s %10.4f %10.3f %9ld\n", "all", wsum / (double)wtok,
                 exp(wsum / (double)wtok), wtok);
+    print_kinds_and_moe(f, ds, ev);
+}
+
+static void print_kinds_and_moe(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
+{
     int any = 0;
     for (int d = 0; d < ds->n_domains; d++)
         any |= ev[d].n_kinds > 0;
@@ -470,6 +547,8 @@ void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
         const ccoe_domain_eval *e = &ev[d];
         fprintf(f, "%s\"%s\":{\"loss\":%.6f,\"ppl\":%.6f,\"tokens\":%ld", d ? "," : "",
                 ds->domains[d].name, e->loss, exp(e->loss), e->tokens);
+        if (e->bpb_shown)
+            fprintf(f, ",\"bpb\":%.6f", e->bpb);
         if (e->task_total > 0) {
             fprintf(f, ",\"acc\":%.6f,\"task_n\":%ld,\"kinds\":{",
                     (double)e->task_correct / (double)e->task_total, e->task_total);
@@ -549,4 +628,134 @@ ccoe_status ccoe_generate_print(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_b
     }
     free(buf);
     return st;
+}
+
+/* ---- held-out loss of one text ---- */
+
+ccoe_status ccoe_eval_text(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                           const char *text, size_t len, int domain, ccoe_text_eval *out,
+                           ccoe_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->text_bytes = len;
+    const int B = b->maxB, T = b->maxT, V = m->cfg.vocab_size;
+    /* ids: the start-of-text id (so the first token is predicted too), then the text's */
+    const size_t cap = len + 2;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    int32_t *tok_bytes = ccoe_eval_token_bytes(tok, V);
+    if (!ids || !tok_bytes) {
+        free(ids);
+        free(tok_bytes);
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory encoding the text (%zu bytes)",
+                              len);
+    }
+    size_t n = 0;
+    if (tok->bos >= 0)
+        ids[n++] = tok->bos;
+    size_t need = tok->ops->encode(tok->self, text, len, ids + n, cap - n);
+    assert(need <= cap - n); /* every id stands for at least one byte */
+    n += need;
+    out->n_ids = n;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V) {
+            free(ids);
+            free(tok_bytes);
+            return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                  "the tokenizer produced id %ld, beyond the model's vocabulary "
+                                  "(%d): the model was not trained with this tokenizer",
+                                  (long)ids[i], V);
+        }
+    /* windows of T targets, side by side (stride T): window w predicts ids[w*T+1 .. w*T+T]
+     * from ids[w*T ..]; the first token of each window sees only its own window */
+    const size_t n_pred = n > 0 ? n - 1 : 0, n_win = (n_pred + (size_t)T - 1) / (size_t)T;
+    const int was_train = m->train;
+    m->train = 0;
+    double sum = 0.0, bytes = 0.0;
+    long count = 0;
+    for (size_t w0 = 0; w0 < n_win; w0 += (size_t)B) {
+        int rows = (int)(n_win - w0 < (size_t)B ? n_win - w0 : (size_t)B);
+        for (int r = 0; r < rows; r++) {
+            const size_t s0 = (w0 + (size_t)r) * (size_t)T;
+            for (int t = 0; t < T; t++) {
+                const size_t i = s0 + (size_t)t;
+                const int ok = i + 1 < n;
+                b->tokens[(size_t)r * T + t] = i < n ? ids[i] : (tok->pad >= 0 ? tok->pad : 0);
+                b->targets[(size_t)r * T + t] = ok ? ids[i + 1] : -1;
+            }
+            b->domains[r] = domain >= 0 ? domain : 0;
+        }
+        long c = 0;
+        sum += ccoe_model_forward(m, b->tokens, b->targets, domain >= 0 ? b->domains : NULL,
+                                  rows, T, &c);
+        count += c;
+        bytes += target_bytes(tok_bytes, V, b->targets, rows, T);
+    }
+    m->train = was_train;
+    free(ids);
+    free(tok_bytes);
+    out->tokens = count;
+    out->nats = sum;
+    out->bytes = bytes;
+    out->loss = count > 0 ? sum / (double)count : NAN;
+    out->ppl = exp(out->loss);
+    out->bpb = bytes > 0 ? sum / CCOE_LN2 / bytes : NAN;
+    if (!isfinite(sum))
+        return ccoe_error_set(err, CCOE_ERR_NUMERIC,
+                              "the loss of the text is not finite (%g): the model's weights are "
+                              "damaged",
+                              sum);
+    return CCOE_OK;
+}
+
+ccoe_status ccoe_eval_text_file(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                                const ccoe_dataset *ds, const char *path, const char *domain,
+                                ccoe_text_eval *out, ccoe_error *err)
+{
+    int d = -1;
+    if (domain) {
+        d = ds ? ccoe_data_domain_index(ds, domain) : -1;
+        if (d < 0) {
+            char names[CCOE_MAX_DOMAINS * (CCOE_NAME_LEN + 2)] = "";
+            for (int k = 0; ds && k < ds->n_domains; k++)
+                snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s",
+                         k ? ", " : "", ds->domains[k].name);
+            return ccoe_error_set(err, CCOE_ERR_ARG,
+                                  "--domain %s: the model's data has the domains %s: give one "
+                                  "of them (or no --domain: the base path)",
+                                  domain, names[0] ? names : "(none)");
+        }
+    }
+    FILE *f = ccoe_fs_fopen_input(path, "--text file", err);
+    if (!f)
+        return err->status;
+    char *text = NULL;
+    size_t len = 0;
+    int e = ccoe_fs_read_stream(f, (size_t)1 << 32, &text, &len);
+    fclose(f);
+    if (e) {
+        free(text);
+        return ccoe_error_set(err, e == ENOMEM ? CCOE_ERR_NOMEM : CCOE_ERR_IO,
+                              "--text: cannot read '%s': %s", path,
+                              e == EFBIG ? "larger than 4 GB" : strerror(e));
+    }
+    if (len == 0) {
+        free(text);
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--text %s is empty: give a file with text to score", path);
+    }
+    ccoe_status st = ccoe_eval_text(m, tok, b, text, len, d, out, err);
+    free(text);
+    return st;
+}
+
+void ccoe_eval_text_print(FILE *f, const char *path, const char *domain, const char *tokenizer,
+                          const ccoe_text_eval *e)
+{
+    fprintf(f, "text %s: %zu bytes, %zu ids (%.3f bytes/id), tokenizer %s, path %s\n", path,
+            e->text_bytes, e->n_ids, e->n_ids ? (double)e->text_bytes / (double)e->n_ids : 0.0,
+            tokenizer, domain ? domain : "base");
+    fprintf(f, "%-10s %12s %10s %12s %10s\n", "tokens", "nats/token", "bpb", "perplexity",
+            "bytes");
+    fprintf(f, "%-10ld %12.4f %10.4f %12.3f %10.0f\n", e->tokens, e->loss, e->bpb, e->ppl,
+            e->bytes);
 }

@@ -27,6 +27,10 @@ typedef struct ccoe_domain_eval {
     ccoe_kind_eval kinds[CCOE_MAX_TASK_KINDS];
     int sql_unavailable; /* 1: the domain's database could not be opened (SQL tasks scored 0) */
     const ccoe_model *model; /* the evaluated model (ccoe_eval_print prints its MoE totals) */
+    /* bits per byte (total nats / ln 2 / text bytes of the counted targets): computed, printed
+     * and logged for tokenizers other than the byte one (bpb_shown = 1) */
+    int bpb_shown;
+    double bytes, bpb;
 } ccoe_domain_eval;
 
 /* Caller-owned buffers for evaluation batches (sized once: maxB * maxT). */
@@ -137,5 +141,38 @@ void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev
 /* Appends {"loss":..,"ppl":..,"acc":..,"kinds":{KIND:{"acc":..,"n":..}}} per domain as one JSON
  * object to f (no newline). */
 void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev);
+
+/* Each id's text bytes (the tokenizer's decode of it alone; 0 for specials and ids beyond the
+ * tokenizer) for ids 0..V-1; malloc'd (NULL when out of memory). */
+int32_t *ccoe_eval_token_bytes(const ccoe_tokenizer *tok, int V);
+
+/* The held-out loss of one text under the model's tokenizer. */
+typedef struct ccoe_text_eval {
+    size_t text_bytes; /* the text's length */
+    size_t n_ids;      /* its ids, the start-of-text id included */
+    long tokens;       /* targets scored */
+    double nats;       /* their summed loss */
+    double bytes;      /* their text bytes (= text_bytes when the tokenizer has a BOS id) */
+    double loss;       /* nats / tokens */
+    double bpb;        /* bits per byte: nats / ln 2 / bytes (compares tokenizers) */
+    double ppl;        /* exp(loss) */
+} ccoe_text_eval;
+
+/* Encodes text (with the tokenizer's start-of-text id first, when it has one, so every text
+ * token is predicted) and scores it in windows of b->maxT targets side by side, b->maxB at a
+ * time, routed as domain (< 0: the base path). Evaluation mode; not collective (every rank
+ * that calls it computes the same). */
+ccoe_status ccoe_eval_text(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                           const char *text, size_t len, int domain, ccoe_text_eval *out,
+                           ccoe_error *err);
+
+/* ccoe_eval_text of the file path, domain named (NULL: the base path) among ds's domains. */
+ccoe_status ccoe_eval_text_file(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
+                                const ccoe_dataset *ds, const char *path, const char *domain,
+                                ccoe_text_eval *out, ccoe_error *err);
+
+/* Prints the text's figures: tokens, nats/token, bits per byte, perplexity. */
+void ccoe_eval_text_print(FILE *f, const char *path, const char *domain, const char *tokenizer,
+                          const ccoe_text_eval *e);
 
 #endif

@@ -64,4 +64,18 @@ ccoe_status ccoe_bpe_open(void **self, const char *dir, ccoe_error *err);
 /* The end-of-text id of an opened BPE (-1 if none). */
 int32_t ccoe_bpe_eot(const void *self);
 
+/* GPT-2's bytes-to-unicode alphabet: cp_of[b] is the code point that stands for byte b in
+ * vocab.json and merges.txt. */
+void ccoe_bpe_byte_alphabet(int cp_of[256]);
+
+/* The encoder's pre-tokenizer alone (PCRE2, UTF + UCP): pattern NULL is GPT-2's. split calls fn
+ * on each pre-token of text[0..n) in order (regex matches; each run of bytes that are not UTF-8
+ * as one pre-token); special tokens are not cut out (the caller does that). Not thread-safe:
+ * one per thread. */
+typedef struct ccoe_pretok ccoe_pretok;
+ccoe_status ccoe_pretok_init(ccoe_pretok **p, const char *pattern, ccoe_error *err);
+void ccoe_pretok_split(ccoe_pretok *p, const char *text, size_t n,
+                       void (*fn)(void *ctx, const char *w, size_t n), void *ctx);
+void ccoe_pretok_free(ccoe_pretok *p);
+
 #endif

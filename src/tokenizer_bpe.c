@@ -11,7 +11,8 @@
  * every occurrence left to right, until no pair has a rank (GPT-2's encoder.py). A cache maps
  * pre-tokens to their ids. Decoding concatenates each id's bytes (added tokens: their text).
  *
- * Not here: training a BPE, normalizers other than NFC (taken as already applied: the input is
+ * Not here: training a BPE (tokenizer_train.c, which shares the pre-tokenizer: ccoe_pretok_*),
+ * normalizers other than NFC (taken as already applied: the input is
  * not normalized), add_prefix_space, SentencePiece-style (non byte-level) BPE. One instance is
  * not thread-safe: encode updates the cache and PCRE2's match data.
  */
@@ -970,29 +971,50 @@ static void encode_word(bpe *t, const char *w, size_t n, sink *s)
     }
 }
 
-/* Pre-tokenizes text[0..n) (no special tokens inside) and encodes each piece. */
-static void encode_plain(bpe *t, const char *text, size_t n, sink *s)
+/* Splits text[0..n) (no special tokens inside) into pre-tokens with re and calls fn on each:
+ * the regex's matches, and each run of bytes that are not UTF-8 (no pattern matches them) as a
+ * pre-token of its own. Shared by the encoder and the trainer (ccoe_pretok_split). */
+static void split_pretokens(const pcre2_code *re, pcre2_match_data *md, int jit, const char *text,
+                            size_t n, void (*fn)(void *ctx, const char *w, size_t n), void *ctx)
 {
     size_t off = 0;
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
     while (off < n) {
-        int rc = t->jit ? pcre2_jit_match(t->re, (PCRE2_SPTR)text, n, off, 0, t->md, NULL)
-                        : pcre2_match(t->re, (PCRE2_SPTR)text, n, off, 0, t->md, NULL);
+        int rc = jit ? pcre2_jit_match(re, (PCRE2_SPTR)text, n, off, 0, md, NULL)
+                     : pcre2_match(re, (PCRE2_SPTR)text, n, off, 0, md, NULL);
         if (rc < 0) { /* no match in the rest (bytes that are not UTF-8) */
-            encode_word(t, text + off, n - off, s);
+            fn(ctx, text + off, n - off);
             return;
         }
         size_t b = ov[0], e = ov[1];
         if (b > off) /* skipped bytes: not UTF-8 */
-            encode_word(t, text + off, b - off, s);
+            fn(ctx, text + off, b - off);
         if (e == b) { /* an empty match (not in the patterns we know): one character on */
             e = b + 1;
             while (e < n && ((unsigned char)text[e] & 0xC0) == 0x80)
                 e++;
         }
-        encode_word(t, text + b, e - b, s);
+        fn(ctx, text + b, e - b);
         off = e;
     }
+}
+
+typedef struct encode_ctx {
+    bpe *t;
+    sink *s;
+} encode_ctx;
+
+static void encode_piece(void *ctx, const char *w, size_t n)
+{
+    encode_ctx *c = ctx;
+    encode_word(c->t, w, n, c->s);
+}
+
+/* Pre-tokenizes text[0..n) (no special tokens inside) and encodes each piece. */
+static void encode_plain(bpe *t, const char *text, size_t n, sink *s)
+{
+    encode_ctx c = {.t = t, .s = s};
+    split_pretokens(t->re, t->md, t->jit, text, n, encode_piece, &c);
 }
 
 static size_t bpe_encode(const void *self, const char *text, size_t len, int32_t *out,
@@ -1059,3 +1081,44 @@ const ccoe_tokenizer_ops ccoe_bpe_tokenizer_ops = {
     .id_known = bpe_id_known,
     .destroy = bpe_destroy,
 };
+
+/* ---- the pre-tokenizer alone (for training) ---- */
+
+struct ccoe_pretok {
+    bpe t; /* only path, re, md and jit are used */
+};
+
+ccoe_status ccoe_pretok_init(ccoe_pretok **p, const char *pattern, ccoe_error *err)
+{
+    *p = calloc(1, sizeof **p);
+    if (!*p)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory compiling the pre-tokenizer");
+    snprintf((*p)->t.path, sizeof (*p)->t.path, "pre-tokenizer");
+    ccoe_status st = compile_pattern(&(*p)->t, pattern ? pattern : GPT2_PATTERN, err);
+    if (st != CCOE_OK) {
+        ccoe_pretok_free(*p);
+        *p = NULL;
+    }
+    return st;
+}
+
+void ccoe_pretok_split(ccoe_pretok *p, const char *text, size_t n,
+                       void (*fn)(void *ctx, const char *w, size_t n), void *ctx)
+{
+    split_pretokens(p->t.re, p->t.md, p->t.jit, text, n, fn, ctx);
+}
+
+void ccoe_pretok_free(ccoe_pretok *p)
+{
+    if (p) {
+        pcre2_match_data_free(p->t.md);
+        pcre2_code_free(p->t.re);
+        free(p);
+    }
+}
+
+void ccoe_bpe_byte_alphabet(int cp_of[256])
+{
+    int byte_of[324];
+    byte_alphabet(cp_of, byte_of);
+}

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "checkpoint_tokenizer.h"
 #include "fs.h"
 #include "perf.h"
 #include "placement.h"
@@ -42,6 +43,7 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
          * the run; only the step budget, logging and output knobs may change */
         ccoe_config stored;
         CCOE_TRY(ccoe_checkpoint_open(o->resume, &stored, resume_file, err));
+        CCOE_TRY(ccoe_ckpt_tok_check(*resume_file, o->resume, cfg->data.tokenizer, err));
         stored.train.steps = cfg->train.steps;
         stored.train.log_every = cfg->train.log_every;
         stored.train.eval_every = cfg->train.eval_every;
@@ -126,6 +128,8 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
         int missing[CCOE_MAX_EXPERTS] = {0};
         ccoe_model_init_weights(&s->model, s->cfg.train.seed, CCOE_INIT_RANDOM);
         ccoe_status st = ccoe_checkpoint_open(o->init_from, &other, &f, err);
+        if (st == CCOE_OK)
+            st = ccoe_ckpt_tok_check(f, o->init_from, s->cfg.data.tokenizer, err);
         if (st == CCOE_OK)
             st = ccoe_checkpoint_load_init(f, o->init_from, &s->model, missing, err);
         ccoe_st_close(f);
