@@ -29,9 +29,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "form.h"
 #include "fs.h"
-#include "iniread.h"
 #include "gate.h"
+#include "iniread.h"
 
 #define HELP_HINT "see `ccoe help-config`"
 
@@ -39,7 +40,6 @@ static const char *const norm_names[] = {"layernorm", "rmsnorm", NULL};
 static const char *const ffn_names[] = {"gelu", "swiglu", NULL};
 static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
-static const char *const form_names[] = {"none", "tail", "prefix", "ffn", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
 static const char *const placement_names[] = {"contiguous", "round_robin", "balanced", "list",
                                               NULL};
@@ -47,6 +47,11 @@ static const char *const placement_names[] = {"contiguous", "round_robin", "bala
  * by gate_names_fill before the table is first read, so a new gate needs no line here. */
 #define MOE_GATE_NAMES_CAP 32
 static const char *moe_gate_names[MOE_GATE_NAMES_CAP + 2] = {CCOE_GATE_NONE, NULL};
+/* ccoe.form: "none" (id 0) and every form of the registry (variants/forms.def) at its stored
+ * id, filled in by the same function. */
+#define CCOE_FORM_NAMES_CAP 16
+static const char *form_names[CCOE_FORM_NAMES_CAP + 2] = {"none", NULL};
+static char form_help[1024] = "CCoE formulation"; /* and each form's own help */
 
 /* The help line of a moe.gate value: the gate's own (its ops table), or that of "none". */
 static const char *gate_help(const char *name)
@@ -64,6 +69,16 @@ static void gate_names_fill(void)
     assert(n <= MOE_GATE_NAMES_CAP && "raise MOE_GATE_NAMES_CAP");
     for (int i = 0; i < n && i < MOE_GATE_NAMES_CAP; i++)
         moe_gate_names[1 + i] = ccoe_gate_at(i)->name;
+    const int nf = ccoe_form_count();
+    assert(nf <= CCOE_FORM_NAMES_CAP && "raise CCOE_FORM_NAMES_CAP");
+    for (int i = 0; i < nf && i < CCOE_FORM_NAMES_CAP; i++) {
+        const ccoe_form_ops *f = ccoe_form_at(i);
+        assert((int)f->id == i + 1 && "forms.def lists the forms in the order of their ids");
+        form_names[(int)f->id] = f->name;
+        const size_t len = strlen(form_help);
+        snprintf(form_help + len, sizeof form_help - len, "%s %s (%s)", i ? "," : ": none,",
+                 f->name, f->help);
+    }
     filled = 1;
 }
 
@@ -155,10 +170,7 @@ static const ccoe_config_key key_table[] = {
     INT("run", "threads", run.threads, 1, 1024, "2", "threads per process"),
     STR("run", "gemm", run.gemm, 15, gemm_names, "auto", "matrix-multiply backend"),
 
-    ENUM("ccoe", "form", ccoe.form, form_names, "none",
-         "CCoE formulation: none, tail (Eq. 4: expert replaces the last l_i blocks), prefix "
-         "(Eq. 5: experts follow the first prefix_layers blocks), ffn (Eqs. 6-7: an expert is the "
-         "FFNs of the last l_i blocks, picked by the domain rule)"),
+    ENUM("ccoe", "form", ccoe.form, form_names, "none", form_help),
     STR("ccoe", "experts", ccoe.experts, PATH_MAX_LEN, NULL, "",
         "experts in push order as NAME:LAYERS separated by spaces, e.g. \"arith:2 code:1\""),
     STR("ccoe", "routes", ccoe.routes, PATH_MAX_LEN, NULL, "",

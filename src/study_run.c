@@ -57,11 +57,7 @@ static void describe(const study_variant *v, const ccoe_config *c, char *buf, si
         len += (size_t)snprintf(buf + len, cap - len, ", MoE %s E%d K%d", c->moe.gate,
                                 c->moe.n_experts, c->moe.top_k);
     if (ccoe_form_of(c) && len < cap) {
-        static const char *const forms[] = {"none", "tail (Eq. 4)", "prefix (Eq. 5)",
-                                            "ffn (Eqs. 6-7)"};
-        int f = (int)c->ccoe.form;
-        len += (size_t)snprintf(buf + len, cap - len, ", CCoE %s",
-                                f >= 0 && f < 4 ? forms[f] : "?");
+        len += (size_t)snprintf(buf + len, cap - len, ", CCoE %s", ccoe_form_of(c)->title);
         if ((ccoe_form_of(c)->flags & CCOE_FF_PREFIX_LAYERS) && len < cap)
             len += (size_t)snprintf(buf + len, cap - len, " l_b=%d", c->ccoe.prefix_layers);
         if (v->experts_per_domain > 0 && len < cap)

@@ -443,11 +443,14 @@ ccoe_status ccoe_study_variant_config(study *S, const study_variant *v, const cc
     for (int i = 0; i < v->n_sets && st == CCOE_OK; i++)
         st = ccoe_study_apply_set(S, &v->sets[i], where, cfg, err);
     if (st == CCOE_OK && v->experts_per_domain > 0) {
-        if (!ccoe_form_of(cfg))
+        if (!ccoe_form_of(cfg)) {
+            char forms[128];
+            ccoe_form_list_names(forms, sizeof forms);
             st = ccoe_error_set(err, CCOE_ERR_CONFIG,
                                 "study %s line %d: [variant.%s] has experts_per_domain but "
-                                "ccoe.form = none: set ccoe.form = tail, prefix or ffn",
-                                S->path, v->line, v->name);
+                                "ccoe.form = none: set ccoe.form to one of %s",
+                                S->path, v->line, v->name, forms);
+        }
         cfg->ccoe.experts[0] = cfg->ccoe.routes[0] = '\0';
         for (int d = 0; d < S->n_domains && st == CCOE_OK; d++) {
             const char *dn = S->domains[d];
