@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gating.h"
+#include "taskmap.h"
 #include "session.h"
 
 #define NAME_LEN (CCOE_PARAM_NAME + 16)
@@ -72,9 +72,9 @@ ccoe_status ccoe_checkpoint_save(const char *path, const ccoe_config *cfg, const
         snprintf(rng, sizeof rng, "0");
     snprintf(ot, sizeof ot, "%ld", opt ? opt->t : 0L);
     char domains[CCOE_MAX_DOMAINS * CCOE_NAME_LEN] = "";
-    for (int d = 0, used = 0; d < m->gating.n_domains; d++)
+    for (int d = 0, used = 0; d < m->taskmap.n_domains; d++)
         used += snprintf(domains + used, sizeof domains - (size_t)used, "%s%s", d ? " " : "",
-                         m->gating.domains[d]);
+                         m->taskmap.domains[d]);
     const char *meta[2 * (10 + 4 + CCOE_TOK_MAX_FILES)] = {
         "ccoe.format", "ccoe-checkpoint", "ccoe.version", CCOE_VERSION,
         "config",      ini,               "config_hash",  hash,
@@ -203,7 +203,7 @@ int ccoe_checkpoint_domains(const ccoe_st_file *f, const ccoe_config *cfg,
 {
     const char *stored = ccoe_st_meta(f, "ccoe.domains");
     if (!stored || !*stored)
-        return ccoe_gating_route_domains(cfg, names);
+        return ccoe_taskmap_route_domains(cfg, names);
     char buf[CCOE_MAX_DOMAINS * CCOE_NAME_LEN];
     snprintf(buf, sizeof buf, "%s", stored);
     int n = 0;
@@ -250,12 +250,12 @@ ccoe_status ccoe_checkpoint_load_init(const ccoe_st_file *f, const char *path, c
                                    err));
         CCOE_TRY(check_finite(p, m->param_block + p->offset, path, err));
     }
-    for (int e = 0; e < m->gating.n_experts; e++) {
+    for (int e = 0; e < m->taskmap.n_experts; e++) {
         if (found[e] != 0 && found[e] != total[e])
             return ccoe_error_set(err, CCOE_ERR_FORMAT,
                                   "%s holds only %d of the %d tensors of expert '%s': its shape "
                                   "differs from ccoe.experts (layers or own_head)",
-                                  path, found[e], total[e], m->gating.experts[e].name);
+                                  path, found[e], total[e], m->taskmap.experts[e].name);
         missing[e] = found[e] == 0;
     }
     return CCOE_OK;
@@ -520,11 +520,11 @@ ccoe_status ccoe_checkpoint_print_info(FILE *out, const char *path, ccoe_error *
     if (ccoe_form_of(&cfg)) {
         char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
         int nd = ccoe_checkpoint_domains(f, &cfg, names);
-        ccoe_gating g;
+        ccoe_taskmap g;
         ccoe_error gerr = {0}; /* a matrix that cannot be built is shown, not a failure */
-        if (ccoe_gating_build(&g, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, &gerr) ==
+        if (ccoe_taskmap_build(&g, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, &gerr) ==
             CCOE_OK)
-            ccoe_gating_print(out, &g);
+            ccoe_taskmap_print(out, &g);
         else
             fprintf(out, "task-expert matrix: %s\n", gerr.msg);
     }

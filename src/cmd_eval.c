@@ -9,7 +9,7 @@
 #include "checkpoint_tokenizer.h"
 #include "cli.h"
 #include "eval.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "session.h"
 
 #define MAX_EVAL_SETS 64
@@ -33,11 +33,11 @@ static const ccoe_cli_opt k_eval_opts[] = {
 static void print_paths(const ccoe_session *s)
 {
     printf("\n%-12s %-32s %14s %16s\n", "domain", "path", "active_params", "fwd_MFLOP/token");
-    for (int d = 0; d < s->gating.n_domains; d++) {
-        int e = s->gating.route[d];
+    for (int d = 0; d < s->taskmap.n_domains; d++) {
+        int e = s->taskmap.route[d];
         char path[96];
-        ccoe_gating_path_name(&s->gating, d, path, sizeof path);
-        printf("%-12s %-32s %14zu %16.2f\n", s->gating.domains[d], path,
+        ccoe_taskmap_path_name(&s->taskmap, d, path, sizeof path);
+        printf("%-12s %-32s %14zu %16.2f\n", s->taskmap.domains[d], path,
                ccoe_model_path_params(&s->model, e + 1),
                ccoe_model_path_forward_flops(&s->model, e + 1, s->cfg.model.seq_len) / 1e6);
     }
@@ -107,7 +107,7 @@ static int run_eval(const ccoe_cli_args *a)
             printf("evaluated on %d ranks (batches and task chunks split between them)\n",
                    a->comm->size);
         ccoe_eval_print(stdout, &s.data, ev);
-        if (s.gating.n_experts > 0)
+        if (s.taskmap.n_experts > 0)
             print_paths(&s);
     }
     if (have_session)

@@ -1,10 +1,10 @@
 /* cmd_expert.c - `ccoe push` and `ccoe pop`: CCoE experts into and out of a model file
- * (expert.c does the work). Rank 0 only. */
+ * (expert_file.c does the work). Rank 0 only. */
 #include <stdio.h>
 
 #include "cli.h"
 #include "data.h"
-#include "expert.h"
+#include "expert_file.h"
 
 static const ccoe_cli_opt k_push_opts[] = {
     {"--domain", CCOE_OPT_STRING, "D", .help = "route this domain to the expert",

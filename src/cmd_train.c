@@ -1,12 +1,12 @@
 /* cmd_train.c - `ccoe train` and `ccoe train-expert`: the command lines of the trainer
- * (train.c) and of isolated CCoE expert training (expert.c). Both are collective under MPI. */
+ * (train.c) and of isolated CCoE expert training (expert_file.c). Both are collective under MPI. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "config.h"
 #include "data.h"
-#include "expert.h"
+#include "expert_file.h"
 #include "session.h"
 #include "train.h"
 

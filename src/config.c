@@ -5,7 +5,7 @@
  * text, the resolved INI printout and its hash all walk that table, so adding a key is one line.
  * This file is the schema: keys, parsing, printing, hashing, per-key ranges and the few
  * cross-field rules of [model], [train] and [data] (ccoe_config_validate). The cross-field rules
- * of [moe], [mpi] and [ccoe] belong to their modules (moe.c, placement.c, gating.c) and are run
+ * of [moe], [mpi] and [ccoe] belong to their modules (moe.c, placement.c, taskmap.c) and are run
  * by ccoe_session_validate (session.c); this file includes none of their headers. It never
  * allocates model memory and never exits.
  *

@@ -15,7 +15,7 @@
 #include "checkpoint.h"
 #include "data.h"
 #include "fs.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "hf_internal.h"
 #include "tokenizer.h"
 
@@ -686,9 +686,9 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
     int nd = 0;
     if (s == CCOE_OK)
         s = manifest_domains(&cfg, names, &nd, err);
-    ccoe_gating gating;
+    ccoe_taskmap gating;
     if (s == CCOE_OK)
-        s = ccoe_gating_build(&gating, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err);
+        s = ccoe_taskmap_build(&gating, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err);
     if (s == CCOE_OK)
         s = ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, err);
     if (s == CCOE_OK && (s = ccoe_model_init_moe(m, &cfg.model, &gating, &cfg.moe, 1, 1, &gemm,
@@ -730,7 +730,7 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
 typedef struct loaded {
     const char *path;
     ccoe_config cfg;
-    ccoe_gating gating;
+    ccoe_taskmap taskmap;
     ccoe_gemm gemm;
     ccoe_model model;
     char domains[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
@@ -742,12 +742,12 @@ static ccoe_status load_model(loaded *x, const char *path, ccoe_error *err)
     ccoe_st_file *f = NULL;
     CCOE_TRY(ccoe_checkpoint_open(path, &x->cfg, &f, err));
     int nd = ccoe_checkpoint_domains(f, &x->cfg, x->domains);
-    ccoe_status s = ccoe_gating_build(&x->gating, &x->cfg, (const char(*)[CCOE_NAME_LEN])x->domains,
+    ccoe_status s = ccoe_taskmap_build(&x->taskmap, &x->cfg, (const char(*)[CCOE_NAME_LEN])x->domains,
                                       nd, err);
     if (s == CCOE_OK)
         s = ccoe_gemm_init(&x->gemm, CCOE_GEMM_REF, 1, err);
     if (s == CCOE_OK &&
-        (s = ccoe_model_init_moe(&x->model, &x->cfg.model, &x->gating, &x->cfg.moe, 1, 1,
+        (s = ccoe_model_init_moe(&x->model, &x->cfg.model, &x->taskmap, &x->cfg.moe, 1, 1,
                                  &x->gemm, 1, err)) == CCOE_OK)
         x->have_model = 1;
     if (s == CCOE_OK)
@@ -817,7 +817,7 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     if (s == CCOE_OK && log)
         fprintf(log, "exported %s path %s (%d blocks, head %s) -> %s (GPT2LMHeadModel, %zu "
                      "tensors)\n",
-                x->path, p == 0 ? "base" : m->gating.experts[p - 1].name,
+                x->path, p == 0 ? "base" : m->taskmap.experts[p - 1].name,
                 m->paths[p].n_base + m->paths[p].n_own,
                 m->w_heads[m->paths[p].head].lm_head == m->wte ? "tied" : "untied", dst, n);
     free(st);
@@ -847,7 +847,7 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
             s = make_temp_dir(o->out_dir, tmp, sizeof tmp, err);
         for (int p = 0; s == CCOE_OK && p < m->n_paths; p++) {
             char dst[HF_PATH];
-            if (!join(dst, sizeof dst, tmp, p == 0 ? "base" : m->gating.experts[p - 1].name))
+            if (!join(dst, sizeof dst, tmp, p == 0 ? "base" : m->taskmap.experts[p - 1].name))
                 s = ccoe_error_set(err, CCOE_ERR_ARG, "-o %s: path too long", o->out_dir);
             else
                 s = export_path(x, p, dst, log, err);
@@ -861,14 +861,14 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
         int p = -1;
         if (strcmp(want, "base") == 0)
             p = 0;
-        for (int e = 0; p < 0 && e < m->gating.n_experts; e++)
-            if (strcmp(m->gating.experts[e].name, want) == 0)
+        for (int e = 0; p < 0 && e < m->taskmap.n_experts; e++)
+            if (strcmp(m->taskmap.experts[e].name, want) == 0)
                 p = 1 + e;
         if (p < 0) {
             char names[512] = "";
-            for (int e = 0; e < m->gating.n_experts; e++)
+            for (int e = 0; e < m->taskmap.n_experts; e++)
                 snprintf(names + strlen(names), sizeof names - strlen(names), ", %s",
-                         m->gating.experts[e].name);
+                         m->taskmap.experts[e].name);
             s = ccoe_error_set(err, CCOE_ERR_ARG,
                                "%s has no expert '%s': --path takes base, all%s", o->model, want,
                                names);

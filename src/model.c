@@ -181,21 +181,21 @@ void ccoe_model_moe_reset_totals(ccoe_model *m)
 }
 
 ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg,
-                            const ccoe_gating *gating, int maxB, int maxT, const ccoe_gemm *g,
+                            const ccoe_taskmap *gating, int maxB, int maxT, const ccoe_gemm *g,
                             int nthreads, ccoe_error *err)
 {
     return ccoe_model_init_moe(m, cfg, gating, NULL, maxB, maxT, g, nthreads, err);
 }
 
 ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
-                                const ccoe_gating *gating, const ccoe_moe_section *moe, int maxB,
+                                const ccoe_taskmap *gating, const ccoe_moe_section *moe, int maxB,
                                 int maxT, const ccoe_gemm *g, int nthreads, ccoe_error *err)
 {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     if (gating)
-        m->gating = *gating;
-    m->gating.n_layer = cfg->n_layer;
+        m->taskmap = *gating;
+    m->taskmap.n_layer = cfg->n_layer;
     m->train_path = -1;
     if (cfg->vocab_size <= 0 || cfg->ffn_hidden <= 0)
         return ccoe_error_set(err, CCOE_ERR_INTERNAL,
@@ -212,12 +212,12 @@ ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
     m->nthreads = nthreads > 0 ? nthreads : 1;
     m->n_inst = cfg->n_layer;
     int n_xffn = 0;
-    for (int e = 0; e < m->gating.n_experts; e++) {
+    for (int e = 0; e < m->taskmap.n_experts; e++) {
         m->xffn_first[e] = n_xffn;
         if (model_experts_are_ffns(m))
-            n_xffn += m->gating.experts[e].layers;
+            n_xffn += m->taskmap.experts[e].layers;
         else
-            m->n_inst += m->gating.experts[e].layers;
+            m->n_inst += m->taskmap.experts[e].layers;
     }
     CCOE_TRY(setup_moe(m, moe, err));
     model_build_layout(m);
@@ -376,7 +376,7 @@ static ccoe_block_view *ffn_view(const ccoe_model *m, ccoe_block_view *blocks,
 
 static void for_each_ffn_run(ccoe_model *m, int k, int s0, int nb, int T, ffn_run_fn fn, void *ctx)
 {
-    if (!model_experts_are_ffns(m) || m->gating.n_experts == 0 || k >= m->cfg.n_layer) {
+    if (!model_experts_are_ffns(m) || m->taskmap.n_experts == 0 || k >= m->cfg.n_layer) {
         fn(m, k, 0, s0, s0 + nb, s0, T, ctx);
         return;
     }
@@ -647,7 +647,7 @@ void model_path_order(const ccoe_model *m, int *order)
  * prefix of the rows), then by path id; stable in the original order. */
 void model_sort_rows(ccoe_model *m, const int32_t *domains, int B)
 {
-    const ccoe_gating *gt = &m->gating;
+    const ccoe_taskmap *gt = &m->taskmap;
     int r = 0;
     int order[CCOE_MAX_EXPERTS + 1];
     model_path_order(m, order);
@@ -731,7 +731,7 @@ void model_group_backward(ccoe_model *m, int p, int r0, int nb, int T, float aux
 static int blocks_exchange(const ccoe_model *m)
 {
     return moe_distributed(m) ||
-           (m->place && m->place_active && m->gating.ops->exchange == CCOE_EXCHANGE_FFN);
+           (m->place && m->place_active && m->taskmap.ops->exchange == CCOE_EXCHANGE_FFN);
 }
 
 /* The base blocks on the sorted rows [0, B) from m->emb: block l on the rows whose path keeps
@@ -783,7 +783,7 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
     }
     ccoe_embed_forward(m->emb, m->tok_sorted, m->wte, m->wpe, B, T, C);
     model_base_forward(m, B, T);
-    if (placed && m->gating.ops->exchange == CCOE_EXCHANGE_BRANCH)
+    if (placed && m->taskmap.ops->exchange == CCOE_EXCHANGE_BRANCH)
         return model_place_forward(m, targets, B, T, count);
     model_groups_forward(m, T);
     if (count)
@@ -804,7 +804,7 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
     const int C = m->cfg.n_embd, V = m->cfg.vocab_size, N = B * T;
     const int only = m->train_path;
     const int placed = m->place && m->place_active;
-    if (placed && m->gating.ops->exchange == CCOE_EXCHANGE_BRANCH) {
+    if (placed && m->taskmap.ops->exchange == CCOE_EXCHANGE_BRANCH) {
         /* heads here, expert rows' d(branch input) back from their owners into dx */
         model_place_backward(m, scale, aux_scale);
     } else {

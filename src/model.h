@@ -33,7 +33,7 @@
 #include "arena.h"
 #include "comm.h"
 #include "config.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "gemm.h"
 #include "moe.h"
 #include "row_exchange.h"
@@ -98,7 +98,7 @@ typedef struct ccoe_path {
 
 typedef struct ccoe_model {
     ccoe_model_config cfg;
-    ccoe_gating gating;     /* CCoE structure (zero experts for a plain model) */
+    ccoe_taskmap taskmap;    /* CCoE structure (zero experts for a plain model) */
     int F2;                 /* rows of fc_w: F (gelu) or 2F (swiglu) */
     int maxB, maxT;         /* activation capacity */
     const ccoe_gemm *gemm;  /* borrowed */
@@ -208,14 +208,14 @@ typedef struct ccoe_model {
  * cfg must be validated and its vocab_size resolved. gating (may be NULL: a plain model)
  * adds each CCoE expert's blocks (and heads) and the domain -> path routing. */
 ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg,
-                            const ccoe_gating *gating, int maxB, int maxT, const ccoe_gemm *g,
+                            const ccoe_taskmap *gating, int maxB, int maxT, const ccoe_gemm *g,
                             int nthreads, ccoe_error *err);
 /* The same with Mixture-of-Experts FFNs: moe (may be NULL, or gate none: a dense model, as
  * ccoe_model_init) selects the MoE blocks and the layer; the [moe] section must have passed
  * ccoe_config_validate together with cfg. Anything that rebuilds a model from a stored config
  * must use this with &config.moe, or an MoE checkpoint will not load. */
 ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
-                                const ccoe_gating *gating, const ccoe_moe_section *moe, int maxB,
+                                const ccoe_taskmap *gating, const ccoe_moe_section *moe, int maxB,
                                 int maxT, const ccoe_gemm *g, int nthreads, ccoe_error *err);
 void ccoe_model_free(ccoe_model *m);
 
@@ -256,7 +256,7 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale);
  * ranks agree on the largest batch any of them passes, maxB may differ). From then on every
  * forward and backward of the model is COLLECTIVE on comm (each MoE block exchanges tokens);
  * the trainer's side of the contract (which parameter regions each rank owns, gradient sums,
- * syncing experts before a checkpoint) is in src/ep.h. Setting m->comm directly instead keeps
+ * syncing experts before a checkpoint) is in src/moe_ep_train.h. Setting m->comm directly instead keeps
  * the MoE blocks rank-local (plain data parallelism: every rank runs every expert on its own
  * rows; capacity and aux losses per rank, not equal to the one-process run). */
 ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, const int32_t *owner,

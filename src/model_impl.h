@@ -18,7 +18,7 @@
  * rather than whole blocks of their own (Eqs. 4-5). */
 static inline int model_experts_are_ffns(const ccoe_model *m)
 {
-    return ccoe_form_expert_ffn(m->gating.ops);
+    return ccoe_form_expert_ffn(m->taskmap.ops);
 }
 
 /* Output of instance k (or the embedding for k = -1) at sequence s0. */

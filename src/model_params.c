@@ -122,7 +122,7 @@ static void add_head(ccoe_model *m, size_t *off, const char *prefix, int expert,
 void model_build_layout(ccoe_model *m)
 {
     const ccoe_model_config *c = &m->cfg;
-    const ccoe_gating *gt = &m->gating;
+    const ccoe_taskmap *gt = &m->taskmap;
     const int L = c->n_layer;
     char prefix[CCOE_PARAM_NAME];
     size_t off = 0;
@@ -198,7 +198,7 @@ static void head_view(const ccoe_model *m, float *base, const char *prefix, int 
 void model_make_views(ccoe_model *m, float *base, ccoe_block_view *blocks, ccoe_head_view *heads,
                        ccoe_block_view *xffn)
 {
-    const ccoe_gating *gt = &m->gating;
+    const ccoe_taskmap *gt = &m->taskmap;
     const int ffn_form = model_experts_are_ffns(m);
     char prefix[CCOE_PARAM_NAME];
     for (int l = 0; l < m->cfg.n_layer; l++) {
@@ -222,7 +222,7 @@ void model_make_views(ccoe_model *m, float *base, ccoe_block_view *blocks, ccoe_
 /* Instances, their inputs, and the paths. */
 void model_build_paths(ccoe_model *m)
 {
-    const ccoe_gating *gt = &m->gating;
+    const ccoe_taskmap *gt = &m->taskmap;
     const int L = m->cfg.n_layer;
     for (int l = 0; l < L; l++)
         m->inst_input[l] = l - 1;
@@ -304,7 +304,7 @@ void ccoe_model_init_weights(ccoe_model *m, uint64_t seed, ccoe_expert_init init
                               ccoe_hash4(seed, 0x6d6f65ULL, (uint64_t)m->moe_layer[i], 0), std,
                               proj_std);
     if (init == CCOE_INIT_COPY)
-        for (int e = 0; e < m->gating.n_experts; e++)
+        for (int e = 0; e < m->taskmap.n_experts; e++)
             ccoe_model_expert_copy_base(m, e);
 }
 
@@ -327,7 +327,7 @@ static void copy_tensor(ccoe_model *m, const char *dst, const char *src)
 
 void ccoe_model_expert_copy_base(ccoe_model *m, int e)
 {
-    const ccoe_expert_spec *x = &m->gating.experts[e];
+    const ccoe_expert_spec *x = &m->taskmap.experts[e];
     const int L = m->cfg.n_layer;
     for (int i = 0; i < m->n_params; i++) {
         const ccoe_param *p = &m->params[i];

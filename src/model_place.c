@@ -13,7 +13,7 @@
 ccoe_status ccoe_model_set_placement(ccoe_model *m, ccoe_comm *comm, int global_maxB,
                                      const int32_t *owner, ccoe_error *err)
 {
-    const ccoe_gating *gt = &m->gating;
+    const ccoe_taskmap *gt = &m->taskmap;
     if (gt->n_experts == 0 || !gt->ops) {
         char forms[128];
         ccoe_form_list_names(forms, sizeof forms);
@@ -130,7 +130,7 @@ static void place_exchange(ccoe_model *m, int back)
  * same on every rank). */
 int model_place_ffn_layer(const ccoe_model *m, int k)
 {
-    if (!m->place || !m->place_active || m->gating.ops->exchange != CCOE_EXCHANGE_FFN)
+    if (!m->place || !m->place_active || m->taskmap.ops->exchange != CCOE_EXCHANGE_FFN)
         return 0;
     for (int p = 1; p < m->n_paths; p++)
         if (place_dest(m, k, p) >= 0)

@@ -7,7 +7,7 @@
 
 #include "data.h"
 #include "gate.h"
-#include "gating.h"
+#include "taskmap.h"
 
 const char *ccoe_placement_name(ccoe_placement_kind k)
 {
@@ -192,7 +192,7 @@ ccoe_status ccoe_placement_map(const ccoe_mpi_config *mpi, int E, int P, const d
     return CCOE_OK;
 }
 
-void ccoe_placement_ccoe_load(const ccoe_gating *gt, const ccoe_dataset *ds, double *load)
+void ccoe_placement_ccoe_load(const ccoe_taskmap *gt, const ccoe_dataset *ds, double *load)
 {
     for (int e = 0; e < gt->n_experts; e++)
         load[e] = 0.0;

@@ -18,7 +18,7 @@
 #include "config.h"
 #include "status.h"
 
-struct ccoe_gating;
+struct ccoe_taskmap;
 struct ccoe_dataset;
 
 /* Most experts a map can hold (the larger of the MoE and CCoE limits). */
@@ -51,7 +51,7 @@ ccoe_status ccoe_placement_map(const ccoe_mpi_config *mpi, int E, int P, const d
 
 /* The balanced policy's load of each CCoE expert: the training sequences of the domains routed
  * to it (load: gt->n_experts entries). */
-void ccoe_placement_ccoe_load(const struct ccoe_gating *gt, const struct ccoe_dataset *ds,
+void ccoe_placement_ccoe_load(const struct ccoe_taskmap *gt, const struct ccoe_dataset *ds,
                               double *load);
 
 /* "0->0 1->1 2->0" (names: "arith->0 ..." when names is not NULL); truncated to cap. */

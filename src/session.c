@@ -11,7 +11,7 @@ ccoe_status ccoe_session_validate(ccoe_config *cfg, ccoe_error *err)
     CCOE_TRY(ccoe_config_validate(cfg, err));
     CCOE_TRY(ccoe_moe_config_check(cfg, err));
     CCOE_TRY(ccoe_placement_config_check(cfg, err));
-    return ccoe_gating_config_check(cfg, err);
+    return ccoe_taskmap_config_check(cfg, err);
 }
 
 ccoe_status ccoe_config_resolve(ccoe_config *cfg, const ccoe_tokenizer *tok, ccoe_error *err)
@@ -55,14 +55,14 @@ ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_
     {
         /* the data's domains; without data (benchmarks), the domains the routes name */
         char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
-        int nd = s->have_data ? s->data.n_domains : ccoe_gating_route_domains(c, names);
+        int nd = s->have_data ? s->data.n_domains : ccoe_taskmap_route_domains(c, names);
         for (int d = 0; s->have_data && d < nd; d++)
             memcpy(names[d], s->data.domains[d].name, CCOE_NAME_LEN);
-        st = ccoe_gating_build(&s->gating, c, (const char(*)[CCOE_NAME_LEN])names, nd, err);
+        st = ccoe_taskmap_build(&s->taskmap, c, (const char(*)[CCOE_NAME_LEN])names, nd, err);
         if (st != CCOE_OK)
             goto fail;
     }
-    st = ccoe_model_init_moe(&s->model, &c->model, &s->gating, &c->moe, c->train.batch_size,
+    st = ccoe_model_init_moe(&s->model, &c->model, &s->taskmap, &c->moe, c->train.batch_size,
                              c->model.seq_len, &s->gemm, c->run.threads, err);
     if (st != CCOE_OK)
         goto fail;

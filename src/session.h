@@ -7,7 +7,7 @@
 #include "config.h"
 #include "data.h"
 #include "eval.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "gemm.h"
 #include "model.h"
 #include "status.h"
@@ -19,7 +19,7 @@ typedef struct ccoe_session {
     ccoe_tokenizer tok;
     ccoe_dataset data;
     int have_data;
-    ccoe_gating gating; /* the CCoE task-expert matrix over the data's domains */
+    ccoe_taskmap taskmap; /* the CCoE task-expert matrix over the data's domains */
     ccoe_model model;
     ccoe_batch batch;
 } ccoe_session;
@@ -27,7 +27,7 @@ typedef struct ccoe_session {
 /* Validates a whole config, section by section, each by its owner: ccoe_config_validate (the
  * schema: per-key ranges, the rules of [model], [train] and [data], derived defaults such as
  * ffn_hidden), then ccoe_moe_config_check ([moe], moe.c), ccoe_placement_config_check
- * ([mpi], placement.c) and ccoe_gating_config_check ([ccoe], gating.c: the task-expert matrix
+ * ([mpi], placement.c) and ccoe_taskmap_config_check ([ccoe], taskmap.c: the task-expert matrix
  * over the domains the routes name; ccoe_session_open checks it again over the data's
  * domains). Every path that accepts a config calls this: file load and --set (main.c), study
  * variants, checkpoints. */

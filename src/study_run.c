@@ -111,7 +111,7 @@ ccoe_status ccoe_study_prepare_variant(study *S, study_variant *v, const ccoe_co
     const int T = s.cfg.model.seq_len;
     double fwd = 0, act = 0;
     for (int d = 0; d < S->n_domains; d++) {
-        int path = s.gating.n_domains > d ? s.gating.route[d] + 1 : 0;
+        int path = s.taskmap.n_domains > d ? s.taskmap.route[d] + 1 : 0;
         fwd += S->dom_share[d] * ccoe_model_path_forward_flops(m, path, T);
         act += S->dom_share[d] * ccoe_study_active_params(m, path);
     }

@@ -454,7 +454,7 @@ ccoe_status ccoe_study_variant_config(study *S, const study_variant *v, const cc
         cfg->ccoe.experts[0] = cfg->ccoe.routes[0] = '\0';
         for (int d = 0; d < S->n_domains && st == CCOE_OK; d++) {
             const char *dn = S->domains[d];
-            st = ccoe_gating_config_add(cfg, dn, v->experts_per_domain, &dn, 1, err);
+            st = ccoe_taskmap_config_add(cfg, dn, v->experts_per_domain, &dn, 1, err);
         }
     }
     if (st == CCOE_OK) {

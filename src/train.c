@@ -306,7 +306,7 @@ ccoe_status ccoe_train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error *
             double eta_s = (double)(tc->steps - t->st.step) * (double)tokens_per_step / tok_s;
             char eta[32];
             ccoe_train_format_eta(eta, sizeof eta, eta_s);
-            const char *who = t->expert_mode ? s->gating.experts[t->expert].name : NULL;
+            const char *who = t->expert_mode ? s->taskmap.experts[t->expert].name : NULL;
             if (t->bar) {
                 int width = 24;
                 int filled = (int)((double)width * (double)t->st.step / (double)tc->steps);
@@ -344,7 +344,7 @@ ccoe_status ccoe_train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error *
     double total = ccoe_now() - run_t0;
     if (!t->quiet && t->st.step > first_step)
         fprintf(stderr, "%s%strained %ld steps in %.1f s (%.0f tok/s average incl. evaluation)\n",
-                t->expert_mode ? s->gating.experts[t->expert].name : "",
+                t->expert_mode ? s->taskmap.experts[t->expert].name : "",
                 t->expert_mode ? ": " : "", t->st.step - first_step, total,
                 (double)(t->st.step - first_step) * (double)tokens_per_step / total);
     if (t->expert_mode)

@@ -60,11 +60,11 @@ ccoe_status ccoe_train_ep_setup(train_ctx *t, ccoe_error *err)
 ccoe_status ccoe_train_place_setup(train_ctx *t, ccoe_error *err)
 {
     ccoe_model *m = &t->s->model;
-    const int E = m->gating.n_experts;
+    const int E = m->taskmap.n_experts;
     /* the balanced policy weighs each expert by the training sequences routed to it (the same
      * data, hence the same map, on every rank) */
     double load[CCOE_MAX_EXPERTS];
-    ccoe_placement_ccoe_load(&m->gating, &t->s->data, load);
+    ccoe_placement_ccoe_load(&m->taskmap, &t->s->data, load);
     CCOE_TRY(ccoe_placement_map(&t->s->cfg.mpi, E, t->P, load, t->place_map, err));
     t->n_place = E;
     CCOE_TRY(ccoe_model_set_placement(m, t->comm, t->s->cfg.train.batch_size, t->place_map,

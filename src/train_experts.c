@@ -14,7 +14,7 @@
 #include "placement.h"
 
 /* Parses "all" or "A,B,C" into expert indices (gating order for all). */
-static ccoe_status parse_expert_list(const ccoe_gating *g, const char *spec, int *ids, int *n,
+static ccoe_status parse_expert_list(const ccoe_taskmap *g, const char *spec, int *ids, int *n,
                                      ccoe_error *err)
 {
     *n = 0;
@@ -32,7 +32,7 @@ static ccoe_status parse_expert_list(const ccoe_gating *g, const char *spec, int
     snprintf(buf, sizeof buf, "%s", spec);
     char *save = NULL;
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int e = ccoe_gating_find_expert(g, tok);
+        int e = ccoe_taskmap_find_expert(g, tok);
         if (e < 0)
             return ccoe_error_set(err, CCOE_ERR_ARG,
                                   "--train-experts: '%s' is not an expert of ccoe.experts (%s)",
@@ -50,7 +50,7 @@ static ccoe_status parse_expert_list(const ccoe_gating *g, const char *spec, int
 }
 
 /* The domains routed to expert e; 0 if none. */
-uint32_t ccoe_train_expert_domains(const ccoe_gating *g, int e)
+uint32_t ccoe_train_expert_domains(const ccoe_taskmap *g, int e)
 {
     uint32_t mask = 0;
     for (int d = 0; d < g->n_domains; d++)
@@ -65,7 +65,7 @@ static ccoe_status train_one_expert(train_ctx *t, int e, const ccoe_train_opts *
 {
     ccoe_session *s = t->s;
     ccoe_model *m = &s->model;
-    CCOE_TRY(ccoe_data_restrict(&s->data, ccoe_train_expert_domains(&s->gating, e), err));
+    CCOE_TRY(ccoe_data_restrict(&s->data, ccoe_train_expert_domains(&s->taskmap, e), err));
     ccoe_data_seek(&s->data, 0);
     t->expert = e;
     m->train_path = 1 + e;
@@ -85,14 +85,14 @@ static ccoe_status train_one_expert(train_ctx *t, int e, const ccoe_train_opts *
     t->metrics = NULL;
     if (st == CCOE_OK && t->rank == 0) {
         snprintf(t->metrics_path, sizeof t->metrics_path, "%s/metrics.%s.jsonl",
-                 s->cfg.train.out_dir, s->gating.experts[e].name);
+                 s->cfg.train.out_dir, s->taskmap.experts[e].name);
         t->metrics = ccoe_fs_open_output(t->metrics_path, 0, "metrics file", err);
         if (!t->metrics)
             st = err->status;
         else
             fprintf(t->metrics,
                     "{\"event\":\"start\",\"expert\":\"%s\",\"ranks\":%d,\"step\":0}\n",
-                    s->gating.experts[e].name, t->P);
+                    s->taskmap.experts[e].name, t->P);
     }
     st = ccoe_comm_agree(t->comm, st, err);
     if (st == CCOE_OK)
@@ -110,19 +110,19 @@ ccoe_status ccoe_train_run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_
     ccoe_session *s = t->s;
     ccoe_comm *world = t->comm;
     int ids[CCOE_MAX_EXPERTS], n = 0;
-    ccoe_status local = parse_expert_list(&s->gating, o->train_experts, ids, &n, err);
+    ccoe_status local = parse_expert_list(&s->taskmap, o->train_experts, ids, &n, err);
     for (int i = 0; local == CCOE_OK && i < n; i++)
-        if (!ccoe_train_expert_domains(&s->gating, ids[i]))
+        if (!ccoe_train_expert_domains(&s->taskmap, ids[i]))
             local = ccoe_error_set(err, CCOE_ERR_CONFIG,
                                    "--train-experts: no domain routes to expert '%s': add "
                                    "DOMAIN:%s to ccoe.routes",
-                                   s->gating.experts[ids[i]].name, s->gating.experts[ids[i]].name);
+                                   s->taskmap.experts[ids[i]].name, s->taskmap.experts[ids[i]].name);
     /* the ranks of the listed experts ([mpi]): every expert trains for the same steps, so the
      * work per rank is its expert count: contiguous and balanced split the list in blocks,
      * round_robin deals it out, list takes each expert's entry of mpi.map (ccoe.experts order) */
     int32_t owner[CCOE_MAX_EXPERTS], full[CCOE_MAX_EXPERTS];
     if (local == CCOE_OK && s->cfg.mpi.placement == CCOE_PLACE_LIST) {
-        local = ccoe_placement_map(&s->cfg.mpi, s->gating.n_experts, t->P, NULL, full, err);
+        local = ccoe_placement_map(&s->cfg.mpi, s->taskmap.n_experts, t->P, NULL, full, err);
         for (int i = 0; local == CCOE_OK && i < n; i++)
             owner[i] = full[ids[i]];
     } else if (local == CCOE_OK) {
@@ -144,9 +144,9 @@ ccoe_status ccoe_train_run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_
         for (int i = 0; groups && i < n; i++) {
             const int r1 = group_first(i + 1, t->P, n) - 1;
             if (r1 > owner[i])
-                fprintf(stderr, " ranks %d-%d [%s]", owner[i], r1, s->gating.experts[ids[i]].name);
+                fprintf(stderr, " ranks %d-%d [%s]", owner[i], r1, s->taskmap.experts[ids[i]].name);
             else
-                fprintf(stderr, " rank %d [%s]", owner[i], s->gating.experts[ids[i]].name);
+                fprintf(stderr, " rank %d [%s]", owner[i], s->taskmap.experts[ids[i]].name);
         }
         int idle = 0;
         for (int r = 0; !groups && r < t->P; r++) {
@@ -154,7 +154,7 @@ ccoe_status ccoe_train_run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_
             int k = 0;
             for (int i = 0; i < n; i++)
                 if (owner[i] == r)
-                    fprintf(stderr, "%s%s", k++ ? " " : "", s->gating.experts[ids[i]].name);
+                    fprintf(stderr, "%s%s", k++ ? " " : "", s->taskmap.experts[ids[i]].name);
             fputs(k ? "]" : "idle]", stderr);
             idle += k == 0;
         }
@@ -196,7 +196,7 @@ ccoe_status ccoe_train_run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_
         group.ops->release(&group);
     if (local != CCOE_OK && groups) /* rank numbers inside the message count within the group */
         return ccoe_error_wrap(err, "expert %s (group of ranks %d-%d)",
-                               s->gating.experts[ids[my_group]].name, owner[my_group],
+                               s->taskmap.experts[ids[my_group]].name, owner[my_group],
                                group_first(my_group + 1, t->P, n) - 1);
     if (local != CCOE_OK)
         return local;

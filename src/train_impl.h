@@ -100,6 +100,6 @@ ccoe_status ccoe_train_final_report(train_ctx *t, const char *metrics_name, ccoe
 void ccoe_train_print_start(train_ctx *t, const ccoe_train_opts *o);
 
 /* ---- train_experts.c ---- */
-uint32_t ccoe_train_expert_domains(const ccoe_gating *g, int e);
+uint32_t ccoe_train_expert_domains(const ccoe_taskmap *g, int e);
 ccoe_status ccoe_train_run_experts(train_ctx *t, const ccoe_train_opts *o, ccoe_error *err);
 #endif

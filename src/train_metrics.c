@@ -193,7 +193,7 @@ void ccoe_train_print_start(train_ctx *t, const ccoe_train_opts *o)
         const char *names[CCOE_MAX_EXPERTS];
         int ccoe = t->placed;
         for (int e = 0; ccoe && e < t->n_place; e++)
-            names[e] = s->gating.experts[e].name;
+            names[e] = s->taskmap.experts[e].name;
         char map[4096];
         ccoe_placement_format(t->place_map, t->n_place, ccoe ? names : NULL, map, sizeof map);
         fprintf(stderr, "placement: expert -> rank (%s experts, mpi.placement = %s): %s\n",
@@ -201,7 +201,7 @@ void ccoe_train_print_start(train_ctx *t, const ccoe_train_opts *o)
                 ccoe_placement_name(s->cfg.mpi.placement), map);
         if (ccoe && t->P <= 64) { /* what balanced evens out: each owner's training sequences */
             double load[CCOE_MAX_EXPERTS], per_rank[64] = {0};
-            ccoe_placement_ccoe_load(&s->gating, &s->data, load);
+            ccoe_placement_ccoe_load(&s->taskmap, &s->data, load);
             for (int e = 0; e < t->n_place; e++)
                 per_rank[t->place_map[e]] += load[e];
             fputs("placement: training sequences of each rank's experts:", stderr);
@@ -214,8 +214,8 @@ void ccoe_train_print_start(train_ctx *t, const ccoe_train_opts *o)
         fprintf(stderr, "resuming %s at step %ld\n", o->resume, t->st.step);
     if (o->init_from)
         fprintf(stderr, "weights from %s\n", o->init_from);
-    if (s->gating.n_experts > 0)
-        ccoe_gating_print(stderr, &s->gating);
+    if (s->taskmap.n_experts > 0)
+        ccoe_taskmap_print(stderr, &s->taskmap);
     const ccoe_moe_config *mc = &s->model.moe.cfg;
     const unsigned gf = s->model.n_moe > 0 ? s->model.moe.gate->flags : 0;
     const int renorm_opt = (gf & CCOE_GATE_RENORM_OPT) != 0;
@@ -228,5 +228,5 @@ void ccoe_train_print_start(train_ctx *t, const ccoe_train_opts *o)
     if (t->expert >= 0)
         fprintf(stderr, "isolated training of expert '%s' (%.2fM parameters); everything "
                         "else is frozen\n",
-                s->gating.experts[t->expert].name, (double)(t->grad_end - t->grad_begin) / 1e6);
+                s->taskmap.experts[t->expert].name, (double)(t->grad_end - t->grad_begin) / 1e6);
 }

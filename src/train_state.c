@@ -101,8 +101,8 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
     }
     if (s->cfg.ccoe.train_expert[0]) {
         /* isolated expert training: only the expert learns, only on its domains' data */
-        int e = ccoe_gating_find_expert(&s->gating, s->cfg.ccoe.train_expert);
-        uint32_t mask = ccoe_train_expert_domains(&s->gating, e);
+        int e = ccoe_taskmap_find_expert(&s->taskmap, s->cfg.ccoe.train_expert);
+        uint32_t mask = ccoe_train_expert_domains(&s->taskmap, e);
         if (!mask)
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "ccoe.train_expert = %s, but no domain routes to it: add "
@@ -134,7 +134,7 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
             st = ccoe_checkpoint_load_init(f, o->init_from, &s->model, missing, err);
         ccoe_st_close(f);
         CCOE_TRY(st);
-        for (int e = 0; e < s->gating.n_experts; e++)
+        for (int e = 0; e < s->taskmap.n_experts; e++)
             if (missing[e] && s->cfg.ccoe.init == CCOE_INIT_COPY)
                 ccoe_model_expert_copy_base(&s->model, e);
         ccoe_data_seek(&s->data, 0);

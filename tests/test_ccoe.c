@@ -13,7 +13,7 @@
 
 #include "config.h"
 #include "form.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "gemm.h"
 #include "model.h"
 #include "rng.h"
@@ -37,10 +37,10 @@ static ccoe_config base_config(ccoe_block_kind block)
     return c;
 }
 
-static void build(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, int B)
+static void build(ccoe_model *m, ccoe_taskmap *gt, ccoe_config *c, int B)
 {
     ccoe_error err = {0};
-    if (ccoe_gating_build(gt, c, k_domains, 4, &err) != CCOE_OK)
+    if (ccoe_taskmap_build(gt, c, k_domains, 4, &err) != CCOE_OK)
         fail_msg("gating: %s", err.msg);
     assert_int_equal(ccoe_model_init(m, &c->model, gt, B, c->model.seq_len, &g_gemm, 1, &err),
                      CCOE_OK);
@@ -77,7 +77,7 @@ static void gradcheck(ccoe_config *c)
 {
     const int B = 6, T = c->model.seq_len;
     ccoe_model m;
-    ccoe_gating gt;
+    ccoe_taskmap gt;
     build(&m, &gt, c, B);
     ccoe_model_init_weights(&m, 5, CCOE_INIT_RANDOM);
     ccoe_rng r;
@@ -181,7 +181,7 @@ static void test_forms_copy_equals_base(void **state)
                 set_ccoe(&ce, fo->id, "a:2 b:2", "arith:a code:b prose:b",
                          prefix_for(fo, cb.model.n_layer, 2), own);
                 ccoe_model mb, me;
-                ccoe_gating gb, ge;
+                ccoe_taskmap gb, ge;
                 build(&mb, &gb, &cb, B);
                 build(&me, &ge, &ce, B);
                 ccoe_model_init_weights(&mb, 9, CCOE_INIT_RANDOM);
@@ -243,8 +243,8 @@ static void test_form_registry(void **state)
         snprintf(experts, sizeof experts, "a:%d", over);
         snprintf(needle, sizeof needle, "cap %d", fo->default_cap(L));
         set_ccoe(&k, fo->id, experts, "arith:a", prefix_for(fo, L, 0), 0);
-        ccoe_gating g;
-        const ccoe_status st = ccoe_gating_build(&g, &k, k_domains, 4, &err);
+        ccoe_taskmap g;
+        const ccoe_status st = ccoe_taskmap_build(&g, &k, k_domains, 4, &err);
         assert_int_equal(st, CCOE_ERR_CONFIG);
         if (!strstr(err.msg, needle) && !strstr(err.msg, "only"))
             fail_msg("form %s: '%s' lacks '%s'", fo->name, err.msg, needle);
@@ -260,7 +260,7 @@ static void test_zero_layer_experts_equal_base(void **state)
     ccoe_config cb = base_config(CCOE_BLOCK_PRE_LN), ce = cb;
     set_ccoe(&ce, CCOE_FORM_TAIL, "a:0 b:0", "arith:a code:b prose:b", 0, 0);
     ccoe_model mb, me;
-    ccoe_gating gb, ge;
+    ccoe_taskmap gb, ge;
     build(&mb, &gb, &cb, B);
     build(&me, &ge, &ce, B);
     ccoe_model_init_weights(&mb, 9, CCOE_INIT_RANDOM);
@@ -288,7 +288,7 @@ static void test_ffn_copy_equals_base(void **state)
     ccoe_config cb = base_config(CCOE_BLOCK_POST_LN), ce = cb;
     set_ccoe(&ce, CCOE_FORM_FFN, "a:2 b:1", "arith:a code:b prose:b", 0, 0);
     ccoe_model mb, me;
-    ccoe_gating gb, ge;
+    ccoe_taskmap gb, ge;
     build(&mb, &gb, &cb, B);
     build(&me, &ge, &ce, B);
     assert_int_equal(me.n_inst, 4); /* FFN experts are no block instances */
@@ -339,7 +339,7 @@ static void test_ffn_isolated_backward(void **state)
     ccoe_config c = base_config(CCOE_BLOCK_POST_LN);
     set_ccoe(&c, CCOE_FORM_FFN, "a:1 b:2", "arith:a code:b", 0, 0);
     ccoe_model m;
-    ccoe_gating gt;
+    ccoe_taskmap gt;
     build(&m, &gt, &c, B);
     ccoe_model_init_weights(&m, 21, CCOE_INIT_RANDOM);
     int32_t tok[64], tgt[64], dom[8];
@@ -381,7 +381,7 @@ static void test_prefix_equals_tail(void **state)
     set_ccoe(&ct, CCOE_FORM_TAIL, "a:2 b:2", "arith:a sql:b", 0, 1);
     set_ccoe(&cp, CCOE_FORM_PREFIX, "a:2 b:2", "arith:a sql:b", 2, 1);
     ccoe_model mt, mp;
-    ccoe_gating gtt, gtp;
+    ccoe_taskmap gtt, gtp;
     build(&mt, &gtt, &ct, B);
     build(&mp, &gtp, &cp, B);
     ccoe_model_init_weights(&mt, 11, CCOE_INIT_RANDOM);
@@ -406,7 +406,7 @@ static void test_isolated_backward(void **state)
     ccoe_config c = base_config(CCOE_BLOCK_PRE_LN);
     set_ccoe(&c, CCOE_FORM_TAIL, "a:1 b:2", "arith:a code:b", 0, 0);
     ccoe_model m;
-    ccoe_gating gt;
+    ccoe_taskmap gt;
     build(&m, &gt, &c, B);
     ccoe_model_init_weights(&m, 21, CCOE_INIT_COPY);
     /* copy init: expert b's block 0 equals base block 2 */
@@ -448,9 +448,9 @@ static void test_gating_matrix(void **state)
     ccoe_config c = base_config(CCOE_BLOCK_PRE_LN);
     c.model.n_layer = 8;
     set_ccoe(&c, CCOE_FORM_TAIL, "a:2 b:4 c:2", "arith:a code:b prose:c", 0, 0);
-    ccoe_gating g1, g2;
+    ccoe_taskmap g1, g2;
     ccoe_error err = {0};
-    assert_int_equal(ccoe_gating_build(&g1, &c, k_domains, 4, &err), CCOE_OK);
+    assert_int_equal(ccoe_taskmap_build(&g1, &c, k_domains, 4, &err), CCOE_OK);
     assert_int_equal(g1.experts[0].branch, 6);
     assert_int_equal(g1.experts[0].pos, 0);
     assert_int_equal(g1.experts[1].branch, 4);
@@ -458,8 +458,8 @@ static void test_gating_matrix(void **state)
     assert_int_equal(g1.experts[2].pos, 1); /* second expert at CoE layer 6 */
     assert_int_equal(g1.route[3], -1);      /* sql: base */
     const char *doms[] = {"sql"};
-    assert_int_equal(ccoe_gating_config_add(&c, "d", 2, doms, 1, &err), CCOE_OK);
-    assert_int_equal(ccoe_gating_build(&g2, &c, k_domains, 4, &err), CCOE_OK);
+    assert_int_equal(ccoe_taskmap_config_add(&c, "d", 2, doms, 1, &err), CCOE_OK);
+    assert_int_equal(ccoe_taskmap_build(&g2, &c, k_domains, 4, &err), CCOE_OK);
     for (int e = 0; e < g1.n_experts; e++) {
         assert_string_equal(g1.experts[e].name, g2.experts[e].name);
         assert_int_equal(g1.experts[e].layers, g2.experts[e].layers);
@@ -469,8 +469,8 @@ static void test_gating_matrix(void **state)
         assert_int_equal(g1.route[d], g2.route[d]);
     assert_int_equal(g2.experts[3].pos, 2); /* appended last at its CoE layer */
     assert_int_equal(g2.route[3], 3);
-    assert_int_equal(ccoe_gating_config_remove(&c, "b", &err), CCOE_OK);
-    assert_int_equal(ccoe_gating_build(&g2, &c, k_domains, 4, &err), CCOE_OK);
+    assert_int_equal(ccoe_taskmap_config_remove(&c, "b", &err), CCOE_OK);
+    assert_int_equal(ccoe_taskmap_build(&g2, &c, k_domains, 4, &err), CCOE_OK);
     assert_int_equal(g2.n_experts, 3);
     assert_int_equal(g2.route[1], -1); /* code falls back to the base */
 }
@@ -480,9 +480,9 @@ static void expect_bad(const char *experts, const char *routes, ccoe_form form, 
 {
     ccoe_config c = base_config(CCOE_BLOCK_PRE_LN);
     set_ccoe(&c, form, experts, routes, prefix, 0);
-    ccoe_gating g;
+    ccoe_taskmap g;
     ccoe_error err = {0};
-    assert_int_equal(ccoe_gating_build(&g, &c, k_domains, 4, &err), CCOE_ERR_CONFIG);
+    assert_int_equal(ccoe_taskmap_build(&g, &c, k_domains, 4, &err), CCOE_ERR_CONFIG);
     if (!strstr(err.msg, needle))
         fail_msg("message '%s' lacks '%s'", err.msg, needle);
 }
@@ -506,9 +506,9 @@ static void test_bad_gating(void **state)
         ccoe_config c = base_config(CCOE_BLOCK_POST_LN);
         set_ccoe(&c, CCOE_FORM_FFN, "a:1", "arith:a", 0, 0);
         snprintf(c.moe.gate, sizeof c.moe.gate, "topk");
-        ccoe_gating g;
+        ccoe_taskmap g;
         ccoe_error err = {0};
-        assert_int_equal(ccoe_gating_build(&g, &c, k_domains, 4, &err), CCOE_ERR_CONFIG);
+        assert_int_equal(ccoe_taskmap_build(&g, &c, k_domains, 4, &err), CCOE_ERR_CONFIG);
         assert_non_null(strstr(err.msg, "moe.gate = none"));
     }
 }

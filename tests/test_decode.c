@@ -17,7 +17,7 @@
 #include "config.h"
 #include "eval.h"
 #include "form.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "model.h"
@@ -94,7 +94,7 @@ static const model_case k_cases[] = {
 };
 
 /* A 4-block model of the case for batches up to (maxB, Tm), random weights of std `std`. */
-static void open_case(ccoe_model *m, ccoe_gating *gt, const model_case *mc, int V, int maxB,
+static void open_case(ccoe_model *m, ccoe_taskmap *gt, const model_case *mc, int V, int maxB,
                       int Tm, double std, uint64_t seed)
 {
     ccoe_config c;
@@ -114,7 +114,7 @@ static void open_case(ccoe_model *m, ccoe_gating *gt, const model_case *mc, int 
             fail_msg("%s: %s", mc->name, err.msg);
     if (ccoe_session_validate(&c, &err) != CCOE_OK)
         fail_msg("%s: %s", mc->name, err.msg);
-    if (ccoe_gating_build(gt, &c, k_domains, 3, &err) != CCOE_OK)
+    if (ccoe_taskmap_build(gt, &c, k_domains, 3, &err) != CCOE_OK)
         fail_msg("%s: gating: %s", mc->name, err.msg);
     if (ccoe_model_init_moe(m, &c.model, gt, &c.moe, maxB, Tm, &g_gemm, 2, &err) != CCOE_OK)
         fail_msg("%s: %s", mc->name, err.msg);
@@ -128,7 +128,7 @@ static void decode_case(const model_case *mc)
 {
     const int V = 40;
     ccoe_model m, ref;
-    ccoe_gating gt, gt2;
+    ccoe_taskmap gt, gt2;
     ccoe_error err = {0};
     open_case(&m, &gt, mc, V, B, T, 0.3, 31);
     open_case(&ref, &gt2, mc, V, B, T, 0.3, 31);
@@ -223,7 +223,7 @@ static void test_generate_equals_recompute(void **state)
     const model_case *cases[] = {&k_cases[0], &k_cases[2], &k_cases[4]};
     const char *prompts[4] = {"12+7=", "ab", "reverse: xyz -> ", "q"};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        ccoe_gating gt;
+        ccoe_taskmap gt;
         ccoe_model m;
         open_case(&m, &gt, cases[ci], V, 4, Tg, 0.5, 77);
         ccoe_batch b;
@@ -349,7 +349,7 @@ static void test_generate_sampled(void **state)
     assert_int_equal(ccoe_tokenizer_init(&tok, "byte", &err), CCOE_OK);
     const int V = tok.ops->vocab_size(tok.self), Tg = 24;
     const char *prompts[4] = {"12+7=", "ab", "reverse: xyz -> ", "q"};
-    ccoe_gating gt;
+    ccoe_taskmap gt;
     ccoe_model m;
     open_case(&m, &gt, &k_cases[0], V, 4, Tg, 0.5, 77);
     ccoe_batch b;
@@ -399,7 +399,7 @@ static void test_generate_print_chunks(void **state)
     assert_int_equal(ccoe_tokenizer_init(&tok, "byte", &err), CCOE_OK);
     const int V = tok.ops->vocab_size(tok.self), Tg = 24;
     const char *prompts[5] = {"12+7=", "ab", "reverse: xyz -> ", "q", "3*3="};
-    ccoe_gating gt;
+    ccoe_taskmap gt;
     ccoe_model m;
     open_case(&m, &gt, &k_cases[0], V, 4, Tg, 0.5, 78);
     const ccoe_gen_opts go = {.max_new = 7, .stop = '\x01',

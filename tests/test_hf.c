@@ -22,7 +22,7 @@
 
 #include "checkpoint.h"
 #include "config.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "hf.h"
 #include "model.h"
 #include "safetensors.h"
@@ -893,8 +893,8 @@ static void test_export_ccoe_paths(void **state)
         assert_int_equal(ccoe_config_set(&cfg, tokcfg, &err), CCOE_OK);
         assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
         const char names[3][CCOE_NAME_LEN] = {"arith", "code", "prose"};
-        ccoe_gating gt;
-        if (ccoe_gating_build(&gt, &cfg, names, 3, &err) != CCOE_OK)
+        ccoe_taskmap gt;
+        if (ccoe_taskmap_build(&gt, &cfg, names, 3, &err) != CCOE_OK)
             fprintf(stderr, "%s\n", err.msg);
         assert_int_equal(err.status, CCOE_OK);
         ccoe_gemm gemm;
@@ -914,7 +914,7 @@ static void test_export_ccoe_paths(void **state)
         assert_int_equal(s, CCOE_OK);
         for (int p = 0; p < m.n_paths; p++) {
             char dir[300], ck2[320];
-            snprintf(dir, sizeof dir, "%s/%s", out, p ? m.gating.experts[p - 1].name : "base");
+            snprintf(dir, sizeof dir, "%s/%s", out, p ? m.taskmap.experts[p - 1].name : "base");
             snprintf(ck2, sizeof ck2, "%s.safetensors", dir);
             s = import(dir, ck2, &err);
             if (s != CCOE_OK)

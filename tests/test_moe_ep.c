@@ -1,4 +1,4 @@
-/* test_moe_ep.c - expert parallelism of the MoE layer (src/moe_ep.c, src/ep.c) on 1-4 fake ranks:
+/* test_moe_ep.c - expert parallelism of the MoE layer (src/moe_ep.c, src/moe_ep_train.c) on 1-4 fake ranks:
  * threads of this process joined by the in-process communicator of tests/util/fakecomm.c, so
  * the dispatch logic is checked without mpirun (tests/mpi/test_moe_mpi.c runs the same checks
  * over real MPI).
@@ -14,7 +14,7 @@
  *   P = 1 through the distributed path equals the serial layer bit for bit.
  * - Model equivalence: a tiny transformer with MoE blocks under ccoe_model_set_comm on 1, 2 and
  *   4 ranks matches the serial model's loss, aux loss and every gradient after the
- *   replicated-gradient sum; the gradient norm, parameter ownership and expert sync of ep.h.
+ *   replicated-gradient sum; the gradient norm, parameter ownership and expert sync of moe_ep_train.h.
  */
 #include <math.h>
 #include <stdio.h>

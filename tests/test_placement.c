@@ -9,7 +9,7 @@
 #include "comm.h"
 #include "config.h"
 #include "data.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "placement.h"
 
 
@@ -156,9 +156,9 @@ static void test_ccoe_load(void **state)
     c.ccoe.form = CCOE_FORM_TAIL;
     snprintf(c.ccoe.experts, sizeof c.ccoe.experts, "a:1 b:1 c:1");
     snprintf(c.ccoe.routes, sizeof c.ccoe.routes, "arith:a code:b sql:a");
-    ccoe_gating gt;
+    ccoe_taskmap gt;
     ccoe_error err;
-    assert_int_equal(ccoe_gating_build(&gt, &c, names, 4, &err), CCOE_OK);
+    assert_int_equal(ccoe_taskmap_build(&gt, &c, names, 4, &err), CCOE_OK);
     static ccoe_dataset ds; /* only the per-domain counts matter */
     memset(&ds, 0, sizeof ds);
     ds.n_domains = 4;

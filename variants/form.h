@@ -6,8 +6,8 @@
  * domains uses, and where expert placement (src/placement.h) exchanges rows between ranks.
  * Each form lives in one file of variants/ (form_tail.c, ...) and exports one const
  * ccoe_form_ops; forms.def lists them, and form_registry.c builds the registry from that list.
- * The model (src/model.c), the task-expert matrix (src/gating.c), expert files
- * (src/expert.c) and placement read the table, never the form's enum value.
+ * The model (src/model.c), the task-expert matrix (src/taskmap.c), expert files
+ * (src/expert_file.c) and placement read the table, never the form's enum value.
  *
  * The stored id is ccoe_config.ccoe.form (config.h's CCOE_FORM_* values; 0 = none, no form).
  */
@@ -41,7 +41,7 @@ typedef struct ccoe_form_ops {
     const char *help;  /* one line for messages and --help */
     ccoe_form id;      /* the stored ccoe.form value */
     unsigned flags;    /* CCOE_FORM_* */
-    /* expert.form of an expert file (src/expert.c): "blocks" or "ffn". Experts move between
+    /* expert.form of an expert file (src/expert_file.c): "blocks" or "ffn". Experts move between
      * models whose forms have the same file kind. */
     const char *file_kind;
     ccoe_form_exchange exchange;

@@ -17,7 +17,7 @@
 
 #include "comm_mpi.h"
 #include "config.h"
-#include "ep.h"
+#include "moe_ep_train.h"
 #include "ep_cases.h"
 #include "gemm.h"
 #include "model.h"
@@ -33,7 +33,7 @@ static int env_int(const char *name, int dflt)
 }
 
 /* One training step per iteration: forward + backward on this rank's rows, the gradient sum
- * over ranks (the whole block: simple and exact, see src/ep.h), AdamW. */
+ * over ranks (the whole block: simple and exact, see src/moe_ep_train.h), AdamW. */
 static int bench(ccoe_comm *comm, const ccoe_gemm *g)
 {
     const int P = comm->size, r = comm->rank;

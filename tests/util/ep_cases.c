@@ -10,7 +10,7 @@
 
 #include "arena.h"
 #include "config.h"
-#include "ep.h"
+#include "moe_ep_train.h"
 #include "eval.h"
 #include "model.h"
 #include "moe.h"

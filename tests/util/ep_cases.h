@@ -20,7 +20,7 @@ int tu_ep_round_trips(ccoe_comm *comm, const ccoe_gemm *g);
 /* Layer equivalence for every gate (P = comm->size; uneven slices, one rank without tokens
  * when P > 2, contiguous and interleaved placements). */
 int tu_ep_layer_cases(ccoe_comm *comm, const ccoe_gemm *g);
-/* Model equivalence (ccoe_model_set_comm, src/ep.h) for every gate, with the default
+/* Model equivalence (ccoe_model_set_comm, src/moe_ep_train.h) for every gate, with the default
  * (contiguous) placement and with round_robin and list maps from ccoe_placement_map. */
 int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g);
 /* Incremental decoding (ccoe_model_decode_prefill / _step) with every rank decoding the same

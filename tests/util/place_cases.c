@@ -10,7 +10,7 @@
 
 #include "config.h"
 #include "form.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "model.h"
 #include "optim.h"
 #include "placement.h"
@@ -36,7 +36,7 @@ typedef struct pcase {
         }                                                                                    \
     } while (0)
 
-static ccoe_status open_model(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, const pcase *pc,
+static ccoe_status open_model(ccoe_model *m, ccoe_taskmap *gt, ccoe_config *c, const pcase *pc,
                               const ccoe_gemm *g, int maxB, int P, ccoe_error *err)
 {
     ccoe_config_defaults(c);
@@ -69,7 +69,7 @@ static ccoe_status open_model(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, co
             used += (size_t)snprintf(c->mpi.map + used, sizeof c->mpi.map - used, "%s%d",
                                      e ? "," : "", pc->list[e] % P);
     CCOE_TRY(ccoe_session_validate(c, err));
-    CCOE_TRY(ccoe_gating_build(gt, c, k_domains, 4, err));
+    CCOE_TRY(ccoe_taskmap_build(gt, c, k_domains, 4, err));
     CCOE_TRY(ccoe_model_init(m, &c->model, gt, maxB, c->model.seq_len, g, 1, err));
     ccoe_model_init_weights(m, 5, CCOE_INIT_RANDOM);
     ccoe_rng r;
@@ -83,7 +83,7 @@ static ccoe_status open_model(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, co
 
 static int owner_of(const ccoe_model *m, size_t off)
 {
-    for (int e = 0; e < m->gating.n_experts; e++)
+    for (int e = 0; e < m->taskmap.n_experts; e++)
         if (off >= m->expert_begin[e] && off < m->expert_end[e])
             return m->place_owner[e];
     return -1;
@@ -133,7 +133,7 @@ static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
     ccoe_error err;
     ccoe_error_clear(&err);
     ccoe_config cs, cp;
-    ccoe_gating gs, gp;
+    ccoe_taskmap gs, gp;
     ccoe_model S, m;
     int b0, b1;
     ccoe_comm_split(MB, P, r, &b0, &b1);
@@ -186,7 +186,7 @@ static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
         for (int i = 0; i < m.rx.nsend; i++)
             expert_rows_remote |= m.place_owner[m.row_path[m.rx.send_row[i]] - 1] != r;
         /* expert gradients: complete on the owner, zero elsewhere */
-        for (int e = 0; e < m.gating.n_experts; e++)
+        for (int e = 0; e < m.taskmap.n_experts; e++)
             if (m.place_owner[e] != r)
                 for (size_t j = m.expert_begin[e]; j < m.expert_end[e]; j++)
                     if (m.grad_block[j] != 0.0f) {
@@ -205,7 +205,7 @@ static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
         ccoe_adamw_step(&op, &m, &cp.train, 1e-2, local_filter, &f);
     }
     /* experts from their owners, then every parameter equals the reference */
-    for (int e = 0; e < m.gating.n_experts; e++) {
+    for (int e = 0; e < m.taskmap.n_experts; e++) {
         size_t off = m.expert_begin[e], len = (m.expert_end[e] - off) * sizeof(float);
         if (comm->ops->bcast(comm, m.param_block + off, len, m.place_owner[e], &err) != CCOE_OK)
             comm->ops->abort(comm, 1);
@@ -233,7 +233,7 @@ static int refusals(ccoe_comm *comm, const ccoe_gemm *g)
     int fails = 0;
     const pcase pc = {CCOE_FORM_FFN, 1, 1, 0, 4, "a:1", "arith:a", CCOE_PLACE_CONTIGUOUS, {0}};
     ccoe_config c;
-    ccoe_gating gt;
+    ccoe_taskmap gt;
     ccoe_model m;
     ccoe_error err;
     ccoe_error_clear(&err);
@@ -278,7 +278,7 @@ int tu_place_comm_failure(const ccoe_gemm *g, int form)
     const pcase pc = {(ccoe_form)form, 1, 0, 0, 4, "a:2", "arith:a code:a", CCOE_PLACE_CONTIGUOUS,
                       {0}};
     ccoe_config c;
-    ccoe_gating gt;
+    ccoe_taskmap gt;
     ccoe_model m;
     ccoe_error err;
     ccoe_error_clear(&err);

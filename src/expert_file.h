@@ -1,4 +1,4 @@
-/* expert.h - the CCoE expert lifecycle on checkpoint files (paper Section 4.3): pop (deep-copy
+/* expert_file.h - the CCoE expert lifecycle on checkpoint files (paper Section 4.3): pop (deep-copy
  * an expert out, or remove it) and push (add a new expert at the last position of its CoE
  * layer, or replace an existing expert's weights).
  *
@@ -11,8 +11,8 @@
  * failure leaves every file untouched. Optimizer state is not carried into a pushed/popped model
  * (continue training it with `ccoe train --init-from`).
  */
-#ifndef CCOE_EXPERT_H
-#define CCOE_EXPERT_H
+#ifndef CCOE_EXPERT_FILE_H
+#define CCOE_EXPERT_FILE_H
 
 #include "comm.h"
 #include "status.h"

@@ -1,5 +1,5 @@
-/* gating.c - parsing, validation and printing of the task-expert matrix. */
-#include "gating.h"
+/* taskmap.c - parsing, validation and printing of the task-expert matrix. */
+#include "taskmap.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -31,7 +31,7 @@ static ccoe_status for_each_pair(const char *text, const char *key, pair_fn fn, 
     return CCOE_OK;
 }
 
-ccoe_status ccoe_gating_check_name(const char *name, ccoe_error *err)
+ccoe_status ccoe_taskmap_check_name(const char *name, ccoe_error *err)
 {
     /* names become tensor names (experts.NAME.*) and file names (NAME.expert, expert-NAME):
      * no '/', and not "." or ".." */
@@ -55,12 +55,12 @@ ccoe_status ccoe_gating_check_name(const char *name, ccoe_error *err)
 
 static ccoe_status add_expert(void *ctx, const char *name, const char *layers, ccoe_error *err)
 {
-    ccoe_gating *g = ctx;
+    ccoe_taskmap *g = ctx;
     if (g->n_experts >= CCOE_MAX_EXPERTS)
         return ccoe_error_set(err, CCOE_ERR_CONFIG, "ccoe.experts: more than %d experts",
                               CCOE_MAX_EXPERTS);
-    CCOE_TRY(ccoe_gating_check_name(name, err));
-    if (ccoe_gating_find_expert(g, name) >= 0)
+    CCOE_TRY(ccoe_taskmap_check_name(name, err));
+    if (ccoe_taskmap_find_expert(g, name) >= 0)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "ccoe.experts: expert '%s' is listed twice: expert names are unique",
                               name);
@@ -77,7 +77,7 @@ static ccoe_status add_expert(void *ctx, const char *name, const char *layers, c
     return CCOE_OK;
 }
 
-static int find_domain(const ccoe_gating *g, const char *name)
+static int find_domain(const ccoe_taskmap *g, const char *name)
 {
     for (int d = 0; d < g->n_domains; d++)
         if (strcmp(g->domains[d], name) == 0)
@@ -87,7 +87,7 @@ static int find_domain(const ccoe_gating *g, const char *name)
 
 static ccoe_status add_route(void *ctx, const char *domain, const char *expert, ccoe_error *err)
 {
-    ccoe_gating *g = ctx;
+    ccoe_taskmap *g = ctx;
     int d = find_domain(g, domain);
     if (d < 0) {
         char names[512] = "";
@@ -106,7 +106,7 @@ static ccoe_status add_route(void *ctx, const char *domain, const char *expert, 
         g->route[d] = -2; /* explicitly base; turned into -1 below */
         return CCOE_OK;
     }
-    int e = ccoe_gating_find_expert(g, expert);
+    int e = ccoe_taskmap_find_expert(g, expert);
     if (e < 0)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "ccoe.routes: domain '%s' routes to expert '%s', which ccoe.experts "
@@ -115,7 +115,7 @@ static ccoe_status add_route(void *ctx, const char *domain, const char *expert, 
     return CCOE_OK;
 }
 
-int ccoe_gating_find_expert(const ccoe_gating *g, const char *name)
+int ccoe_taskmap_find_expert(const ccoe_taskmap *g, const char *name)
 {
     for (int e = 0; e < g->n_experts; e++)
         if (strcmp(g->experts[e].name, name) == 0)
@@ -123,7 +123,7 @@ int ccoe_gating_find_expert(const ccoe_gating *g, const char *name)
     return -1;
 }
 
-ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
+ccoe_status ccoe_taskmap_build(ccoe_taskmap *g, const ccoe_config *cfg,
                               const char (*domain_names)[CCOE_NAME_LEN], int n_domains,
                               ccoe_error *err)
 {
@@ -185,14 +185,14 @@ ccoe_status ccoe_gating_build(ccoe_gating *g, const ccoe_config *cfg,
     for (int d = 0; d < n_domains; d++)
         if (g->route[d] == -2)
             g->route[d] = -1;
-    if (c->train_expert[0] && ccoe_gating_find_expert(g, c->train_expert) < 0)
+    if (c->train_expert[0] && ccoe_taskmap_find_expert(g, c->train_expert) < 0)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "ccoe.train_expert = '%s' is not an expert of ccoe.experts",
                               c->train_expert);
     return CCOE_OK;
 }
 
-void ccoe_gating_print(FILE *f, const ccoe_gating *g)
+void ccoe_taskmap_print(FILE *f, const ccoe_taskmap *g)
 {
     fprintf(f, "task-expert matrix: form %s, %d domains x %d experts (entries: l_j,pos_j)\n",
             g->ops ? g->ops->title : "none", g->n_domains, g->n_experts);
@@ -212,12 +212,12 @@ void ccoe_gating_print(FILE *f, const ccoe_gating *g)
             }
         }
         char path[96];
-        ccoe_gating_path_name(g, d, path, sizeof path);
+        ccoe_taskmap_path_name(g, d, path, sizeof path);
         fprintf(f, "   %s\n", path);
     }
 }
 
-void ccoe_gating_path_name(const ccoe_gating *g, int d, char *buf, size_t cap)
+void ccoe_taskmap_path_name(const ccoe_taskmap *g, int d, char *buf, size_t cap)
 {
     int e = g->route[d];
     if (e < 0 || !g->ops)
@@ -267,7 +267,7 @@ static ccoe_status filter_routes(ccoe_config *cfg, const char *const *drop, int 
     return CCOE_OK;
 }
 
-ccoe_status ccoe_gating_config_add(ccoe_config *cfg, const char *name, int layers,
+ccoe_status ccoe_taskmap_config_add(ccoe_config *cfg, const char *name, int layers,
                                    const char *const *domains, int n, ccoe_error *err)
 {
     ccoe_config c = *cfg;
@@ -284,7 +284,7 @@ ccoe_status ccoe_gating_config_add(ccoe_config *cfg, const char *name, int layer
     return CCOE_OK;
 }
 
-ccoe_status ccoe_gating_config_remove(ccoe_config *cfg, const char *name, ccoe_error *err)
+ccoe_status ccoe_taskmap_config_remove(ccoe_config *cfg, const char *name, ccoe_error *err)
 {
     ccoe_config c = *cfg;
     char in[CCOE_STR], out[CCOE_STR] = "";
@@ -309,7 +309,7 @@ ccoe_status ccoe_gating_config_remove(ccoe_config *cfg, const char *name, ccoe_e
     return CCOE_OK;
 }
 
-int ccoe_gating_route_domains(const ccoe_config *cfg, char (*names)[CCOE_NAME_LEN])
+int ccoe_taskmap_route_domains(const ccoe_config *cfg, char (*names)[CCOE_NAME_LEN])
 {
     char buf[CCOE_STR];
     snprintf(buf, sizeof buf, "%s", cfg->ccoe.routes);
@@ -330,10 +330,10 @@ int ccoe_gating_route_domains(const ccoe_config *cfg, char (*names)[CCOE_NAME_LE
 }
 
 
-ccoe_status ccoe_gating_config_check(const ccoe_config *cfg, ccoe_error *err)
+ccoe_status ccoe_taskmap_config_check(const ccoe_config *cfg, ccoe_error *err)
 {
     char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
-    int nd = ccoe_gating_route_domains(cfg, names);
-    ccoe_gating g;
-    return ccoe_gating_build(&g, cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err);
+    int nd = ccoe_taskmap_route_domains(cfg, names);
+    ccoe_taskmap g;
+    return ccoe_taskmap_build(&g, cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err);
 }

@@ -1,4 +1,4 @@
-/* ep.h - expert parallelism at the model level: the trainer's side of the contract.
+/* moe_ep_train.h - expert parallelism at the model level: the trainer's side of the contract.
  *
  * With ccoe_model_set_comm on P > 1 ranks, every MoE block places its experts on the ranks
  * (contiguous blocks; src/moe.h) and exchanges tokens inside forward and backward. Every rank
@@ -24,8 +24,8 @@
  * serial MoE path fits the resized buffers).
  * What it is not: the exchange itself (src/moe_ep.c) or MPI (mpi/).
  */
-#ifndef CCOE_EP_H
-#define CCOE_EP_H
+#ifndef CCOE_MOE_EP_TRAIN_H
+#define CCOE_MOE_EP_TRAIN_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
-/* ep.c - expert parallelism at the model level: parameter ownership, replicated-gradient
- * sums, the global gradient norm, expert synchronisation, exchange counters (see ep.h).
+/* moe_ep_train.c - expert parallelism at the model level: parameter ownership, replicated-gradient
+ * sums, the global gradient norm, expert synchronisation, exchange counters (see moe_ep_train.h).
  * Everything communicates through the comm table; the token exchange itself is in moe_ep.c. */
-#include "ep.h"
+#include "moe_ep_train.h"
 
 #include <math.h>
 #include <string.h>

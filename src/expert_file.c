@@ -1,5 +1,5 @@
-/* expert.c - pop and push of CCoE experts between checkpoint files and expert files. */
-#include "expert.h"
+/* expert_file.c - pop and push of CCoE experts between checkpoint files and expert files. */
+#include "expert_file.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,7 +7,7 @@
 
 #include "checkpoint.h"
 #include "comm.h"
-#include "gating.h"
+#include "taskmap.h"
 #include "model.h"
 #include "safetensors.h"
 #include "session.h"
@@ -16,7 +16,7 @@
 /* A loaded model: config, gating, parameters, training state. */
 typedef struct loaded {
     ccoe_config cfg;
-    ccoe_gating gating;
+    ccoe_taskmap taskmap;
     ccoe_gemm gemm;
     ccoe_model model;
     ccoe_train_state st;
@@ -28,9 +28,9 @@ typedef struct loaded {
 static ccoe_status build_model(loaded *x, const char (*names)[CCOE_NAME_LEN], int nd,
                                ccoe_error *err)
 {
-    CCOE_TRY(ccoe_gating_build(&x->gating, &x->cfg, names, nd, err));
+    CCOE_TRY(ccoe_taskmap_build(&x->taskmap, &x->cfg, names, nd, err));
     CCOE_TRY(ccoe_gemm_init(&x->gemm, CCOE_GEMM_REF, 1, err));
-    CCOE_TRY(ccoe_model_init_moe(&x->model, &x->cfg.model, &x->gating, &x->cfg.moe, 1, 1, &x->gemm, 1,
+    CCOE_TRY(ccoe_model_init_moe(&x->model, &x->cfg.model, &x->taskmap, &x->cfg.moe, 1, 1, &x->gemm, 1,
                                  err));
     x->have_model = 1;
     return CCOE_OK;
@@ -87,7 +87,7 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
         loaded_free(&x);
         return s;
     }
-    int e = ccoe_gating_find_expert(&x.gating, name);
+    int e = ccoe_taskmap_find_expert(&x.taskmap, name);
     if (e < 0) {
         loaded_free(&x);
         return ccoe_error_set(err, CCOE_ERR_ARG, "%s has no expert '%s' (its experts: '%s')",
@@ -112,13 +112,13 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
         n++;
     }
     char layers[16], own[8], domains[CCOE_STR] = "";
-    snprintf(layers, sizeof layers, "%d", x.gating.experts[e].layers);
-    snprintf(own, sizeof own, "%d", x.gating.own_head);
-    for (int d = 0; d < x.gating.n_domains; d++)
-        if (x.gating.route[d] == e) {
+    snprintf(layers, sizeof layers, "%d", x.taskmap.experts[e].layers);
+    snprintf(own, sizeof own, "%d", x.taskmap.own_head);
+    for (int d = 0; d < x.taskmap.n_domains; d++)
+        if (x.taskmap.route[d] == e) {
             size_t len = strlen(domains);
             snprintf(domains + len, sizeof domains - len, "%s%s", len ? " " : "",
-                     x.gating.domains[d]);
+                     x.taskmap.domains[d]);
         }
     char vals[9][32];
     shape_values(&x.cfg.model, vals);
@@ -135,7 +135,7 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
     meta[k++] = "expert.domains";
     meta[k++] = domains;
     meta[k++] = "expert.form";
-    meta[k++] = x.gating.ops ? x.gating.ops->file_kind : "blocks";
+    meta[k++] = x.taskmap.ops ? x.taskmap.ops->file_kind : "blocks";
     char keys[9][40];
     for (int i = 0; i < 9; i++) {
         snprintf(keys[i], sizeof keys[i], "model.%s", k_shape_keys[i]);
@@ -176,7 +176,7 @@ static ccoe_status write_rebuilt(const loaded *old, const ccoe_config *cfg, cons
     if (s == CCOE_OK) {
         copy_by_name(&y.model, &old->model);
         if (expert_file) {
-            int e = ccoe_gating_find_expert(&y.gating, expert_name);
+            int e = ccoe_taskmap_find_expert(&y.taskmap, expert_name);
             for (int i = 0; i < y.model.n_params && s == CCOE_OK; i++) {
                 const ccoe_param *p = &y.model.params[i];
                 if (p->expert != e)
@@ -201,7 +201,7 @@ ccoe_status ccoe_expert_remove(const char *model_path, const char *name, const c
     ccoe_status s = load_model(&x, model_path, err);
     ccoe_config cfg = x.cfg;
     if (s == CCOE_OK)
-        s = ccoe_gating_config_remove(&cfg, name, err);
+        s = ccoe_taskmap_config_remove(&cfg, name, err);
     if (s == CCOE_OK)
         s = write_rebuilt(&x, &cfg, out_path, NULL, NULL, NULL, err);
     loaded_free(&x);
@@ -261,20 +261,20 @@ ccoe_status ccoe_expert_push(const char *model_path, const char *expert_path,
         goto done;
     }
     ccoe_config cfg = x.cfg;
-    int e = ccoe_gating_find_expert(&x.gating, name);
+    int e = ccoe_taskmap_find_expert(&x.taskmap, name);
     if (e >= 0) {
-        if (x.gating.experts[e].layers != layers || x.gating.own_head != own) {
+        if (x.taskmap.experts[e].layers != layers || x.taskmap.own_head != own) {
             s = ccoe_error_set(err, CCOE_ERR_FORMAT,
                                "expert '%s' in %s has %d layers (own head %d) but the file has "
                                "%d (own head %d): pop it with --remove first to push a "
                                "different shape",
-                               name, model_path, x.gating.experts[e].layers, x.gating.own_head,
+                               name, model_path, x.taskmap.experts[e].layers, x.taskmap.own_head,
                                layers, own);
             goto done;
         }
         if (n > 0) {
-            if ((s = ccoe_gating_config_remove(&cfg, name, err)) != CCOE_OK ||
-                (s = ccoe_gating_config_add(&cfg, name, layers, domains, n, err)) != CCOE_OK)
+            if ((s = ccoe_taskmap_config_remove(&cfg, name, err)) != CCOE_OK ||
+                (s = ccoe_taskmap_config_add(&cfg, name, layers, domains, n, err)) != CCOE_OK)
                 goto done;
             /* keep the expert's original push position: re-adding appended it; restore */
             snprintf(cfg.ccoe.experts, sizeof cfg.ccoe.experts, "%s", x.cfg.ccoe.experts);
@@ -303,7 +303,7 @@ ccoe_status ccoe_expert_push(const char *model_path, const char *expert_path,
                  tok = strtok_r(NULL, " ", &save))
                 list[cnt++] = tok;
         }
-        if ((s = ccoe_gating_config_add(&cfg, name, layers, list, cnt, err)) != CCOE_OK)
+        if ((s = ccoe_taskmap_config_add(&cfg, name, layers, list, cnt, err)) != CCOE_OK)
             goto done;
     }
     s = write_rebuilt(&x, &cfg, out_path, f, name, expert_path, err);
@@ -322,14 +322,14 @@ static ccoe_status expert_train_config(const ccoe_expert_train_opts *o, ccoe_con
     ccoe_st_file *f = NULL;
     /* the name becomes a folder (runs/expert-NAME) and a file (NAME.expert): check it before
      * anything is created */
-    CCOE_TRY(ccoe_gating_check_name(o->name, err));
+    CCOE_TRY(ccoe_taskmap_check_name(o->name, err));
     CCOE_TRY(ccoe_checkpoint_open(o->model, &cfg, &f, err));
     char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
     int nd = ccoe_checkpoint_domains(f, &cfg, names);
     ccoe_st_close(f);
-    ccoe_gating g;
-    CCOE_TRY(ccoe_gating_build(&g, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err));
-    const int e = ccoe_gating_find_expert(&g, o->name);
+    ccoe_taskmap g;
+    CCOE_TRY(ccoe_taskmap_build(&g, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err));
+    const int e = ccoe_taskmap_find_expert(&g, o->name);
     if (e < 0) {
         if (o->n_domains == 0)
             return ccoe_error_set(err, CCOE_ERR_ARG,
@@ -352,7 +352,7 @@ static ccoe_status expert_train_config(const ccoe_expert_train_opts *o, ccoe_con
                                   "has experts of its form",
                                   o->model);
         }
-        CCOE_TRY(ccoe_gating_config_add(&cfg, o->name, o->layers > 0 ? o->layers : 1,
+        CCOE_TRY(ccoe_taskmap_config_add(&cfg, o->name, o->layers > 0 ? o->layers : 1,
                                         o->domains, o->n_domains, err));
     } else {
         if (o->layers > 0 && o->layers != g.experts[e].layers)
@@ -363,8 +363,8 @@ static ccoe_status expert_train_config(const ccoe_expert_train_opts *o, ccoe_con
         if (o->n_domains > 0) {
             char experts[CCOE_STR];
             snprintf(experts, sizeof experts, "%s", cfg.ccoe.experts);
-            CCOE_TRY(ccoe_gating_config_remove(&cfg, o->name, err));
-            CCOE_TRY(ccoe_gating_config_add(&cfg, o->name, g.experts[e].layers, o->domains,
+            CCOE_TRY(ccoe_taskmap_config_remove(&cfg, o->name, err));
+            CCOE_TRY(ccoe_taskmap_config_add(&cfg, o->name, g.experts[e].layers, o->domains,
                                             o->n_domains, err));
             memcpy(cfg.ccoe.experts, experts, sizeof experts); /* keep its push position */
         }
