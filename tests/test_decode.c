@@ -111,7 +111,8 @@ static const model_case k_cases[] = {
     {"rope gqa Eqs. 6-7 ffn post-LN",
      {ROPE_SETS, "model.block=post_ln", "ccoe.form=ffn", "ccoe.experts=a:1,b:2",
       "ccoe.routes=arith:a,code:b", NULL}},
-    {"rope gqa MoE top-2 of 4", {ROPE_SETS, "moe.gate=topk", "moe.n_experts=4", "moe.top_k=2", NULL}},
+    {"rope gqa MoE top-2 of 4",
+     {ROPE_SETS, "moe.gate=topk", "moe.n_experts=4", "moe.top_k=2", NULL}},
 };
 
 /* A 4-block model of the case for batches up to (maxB, Tm), random weights of std `std`. */
