@@ -249,6 +249,16 @@ ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tenso
                               : mc->ffn != CCOE_FFN_GELU      ? "model.ffn = swiglu"
                               : mc->block != CCOE_BLOCK_PRE_LN ? "model.block = post_ln"
                                                                : "MoE blocks");
+    if (mc->pos != CCOE_POS_LEARNED || ccoe_model_kv_heads(mc) != mc->n_head ||
+        (float)mc->norm_eps != 1e-5f)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "the model (%s) cannot be expressed as a GPT2LMHeadModel, which "
+                              "has learned positions, one key/value head per head and "
+                              "LayerNorm epsilon 1e-5; export supports those models only",
+                              mc->pos != CCOE_POS_LEARNED ? "model.pos = rope"
+                              : ccoe_model_kv_heads(mc) != mc->n_head
+                                  ? "model.n_kv_head != model.n_head"
+                                  : "model.norm_eps != 1e-5");
     const ccoe_path *pa = &m->paths[p];
     const int L = pa->n_base + pa->n_own;
     const int64_t C = mc->n_embd, F = mc->ffn_hidden, V = mc->vocab_size, T = mc->seq_len;
