@@ -669,7 +669,8 @@ static void m_llama(const char *dir, gpt2_opts *o, gpt2_dir *g)
 }
 static void m_qwen2(const char *dir, gpt2_opts *o, gpt2_dir *g)
 {
-    m_cfg(dir, "{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\"}");
+    m_cfg(dir, "{\"architectures\": [\"Qwen2ForTokenClassification\"], "
+                   "\"model_type\": \"qwen2\"}");
 }
 static void m_mistral(const char *dir, gpt2_opts *o, gpt2_dir *g)
 {
@@ -801,9 +802,12 @@ static void test_refusals(void **state)
     struct { const char *what; mutate_fn fn; ccoe_status st; const char *m1, *m2; } cases[] = {
         {"no config.json", m_no_config, CCOE_ERR_IO, "has no config.json", "Hugging Face"},
         {"config.json not JSON", m_bad_json, CCOE_ERR_FORMAT, "config.json", "not a JSON"},
-        {"llama", m_llama, CCOE_ERR_FORMAT, "\"llama\"", "not yet supported"},
-        {"qwen2", m_qwen2, CCOE_ERR_FORMAT, "Qwen2ForCausalLM", "not yet supported"},
-        {"mistral", m_mistral, CCOE_ERR_FORMAT, "\"mistral\"", "not yet supported"},
+        {"llama without its keys", m_llama, CCOE_ERR_FORMAT, "\"num_hidden_layers\"",
+         "required"},
+        {"qwen2 of another class", m_qwen2, CCOE_ERR_FORMAT, "Qwen2ForTokenClassification",
+         "Qwen2ForCausalLM"},
+        {"mistral without its keys", m_mistral, CCOE_ERR_FORMAT, "\"num_hidden_layers\"",
+         "required"},
         {"bert", m_bert, CCOE_ERR_FORMAT, "\"bert\"", "supports"},
         {"exact gelu", m_gelu, CCOE_ERR_FORMAT, "activation_function \"gelu\"", "tanh"},
         {"eps", m_eps, CCOE_ERR_FORMAT, "layer_norm_epsilon", "1e-5"},
