@@ -36,6 +36,7 @@
 #define HELP_HINT "see `ccoe help-config`"
 
 static const char *const norm_names[] = {"layernorm", "rmsnorm", NULL};
+static const char *const pos_names[] = {"learned", "rope", NULL};
 static const char *const ffn_names[] = {"gelu", "swiglu", NULL};
 static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
@@ -70,6 +71,7 @@ static void gate_names_fill(void)
 _Static_assert(sizeof(ccoe_norm_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_ffn_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_block_kind) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(ccoe_pos_kind) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_form) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_expert_init) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(ccoe_placement_kind) == sizeof(int), "enums are stored as int");
@@ -113,6 +115,17 @@ static const ccoe_config_key key_table[] = {
          "norm placement: before (pre_ln) or after (post_ln) each residual branch"),
     BOOL("model", "tied_head", model.tied_head, "true", "the LM head shares the token embedding"),
     BOOL("model", "bias", model.bias, "true", "linear layers have biases"),
+    ENUM("model", "pos", model.pos, pos_names, "learned",
+         "positions: learned table wpe added to the embedding, or rope (rotary on q and k in "
+         "Hugging Face's rotate-half convention; no wpe)"),
+    DBL("model", "rope_theta", model.rope_theta, 0, 1, 1e12, 0, "10000",
+        "RoPE base theta (frequencies theta^(-2i/head_size)); used when pos = rope"),
+    INT("model", "n_kv_head", model.n_kv_head, 0, 4096, "0",
+        "Hkv: key/value heads (grouped-query attention); 0 = n_head; must divide n_head"),
+    BOOL("model", "qkv_bias", model.qkv_bias, "false",
+         "biases on the q/k/v projection only (Qwen2), whatever model.bias says"),
+    DBL("model", "norm_eps", model.norm_eps, 0, 1, 1e-2, 0, "1e-05",
+        "epsilon of LayerNorm / RMSNorm (HF layer_norm_epsilon / rms_norm_eps)"),
     DBL("model", "init_std", model.init_std, 0, 1, 1, 0, "0.02",
         "standard deviation of the normal weight init"),
 
@@ -813,6 +826,16 @@ ccoe_status ccoe_config_validate(ccoe_config *c, ccoe_error *err)
                               "n_head among the divisors of n_embd (%s%s) or change n_embd",
                               m->n_embd, m->n_head, ok, m->n_embd > 64 ? ", ..." : "");
     }
+    if (m->n_kv_head != 0 && m->n_head % m->n_kv_head != 0)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "model.n_kv_head = %d does not divide model.n_head = %d: choose "
+                              "n_kv_head among the divisors of n_head (or 0 = n_head)",
+                              m->n_kv_head, m->n_head);
+    if (m->pos == CCOE_POS_ROPE && (m->n_embd / m->n_head) % 2 != 0)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "model.pos = rope needs an even head size, but model.n_embd / "
+                              "model.n_head = %d / %d = %d: change n_embd or n_head",
+                              m->n_embd, m->n_head, m->n_embd / m->n_head);
     if ((long long)c->train.batch_size * m->seq_len > INT_MAX)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "train.batch_size * model.seq_len = %d * %d tokens per micro-batch "

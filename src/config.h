@@ -21,6 +21,7 @@
 typedef enum ccoe_norm_kind { CCOE_NORM_LAYERNORM = 0, CCOE_NORM_RMSNORM = 1 } ccoe_norm_kind;
 typedef enum ccoe_ffn_kind { CCOE_FFN_GELU = 0, CCOE_FFN_SWIGLU = 1 } ccoe_ffn_kind;
 typedef enum ccoe_block_kind { CCOE_BLOCK_PRE_LN = 0, CCOE_BLOCK_POST_LN = 1 } ccoe_block_kind;
+typedef enum ccoe_pos_kind { CCOE_POS_LEARNED = 0, CCOE_POS_ROPE = 1 } ccoe_pos_kind;
 
 typedef struct ccoe_model_config {
     int n_layer;      /* L   [model] layers          1..256    default 4   */
@@ -34,8 +35,19 @@ typedef struct ccoe_model_config {
     ccoe_block_kind block; /* [model] block = pre_ln | post_ln */
     int tied_head;    /* [model] tied_head = true | false (LM head shares wte) */
     int bias;         /* [model] bias = true | false (linear layers have biases) */
+    ccoe_pos_kind pos;     /* [model] pos = learned (wpe table) | rope (rotary, no wpe) */
+    double rope_theta;     /* [model] rope_theta > 0, default 10000 (RoPE base) */
+    int n_kv_head;    /* Hkv [model] key/value heads, 0 = n_head; divides n_head (GQA) */
+    int qkv_bias;     /* [model] qkv_bias = true | false: biases on q/k/v only (Qwen2) */
+    double norm_eps;  /* [model] norm_eps in (0, 1e-2], default 1e-5 (LayerNorm / RMSNorm) */
     double init_std;  /* [model] init_std > 0, default 0.02 */
 } ccoe_model_config;
+
+/* Key/value heads of a model config: model.n_kv_head, 0 meaning n_head. */
+static inline int ccoe_model_kv_heads(const ccoe_model_config *m)
+{
+    return m->n_kv_head > 0 ? m->n_kv_head : m->n_head;
+}
 
 typedef struct ccoe_train_config {
     int batch_size;      /* B  [train] sequences per micro-batch 1..65536, default 8 */

@@ -75,8 +75,12 @@ void ccoe_embed_forward(float *out, const int32_t *tokens, const float *wte, con
 #pragma omp parallel for schedule(static)
     for (int bt = 0; bt < B * T; bt++) {
         const float *restrict we = wte + (size_t)tokens[bt] * C;
-        const float *restrict wp = wpe + (size_t)(bt % T) * C;
         float *restrict o = out + (size_t)bt * C;
+        if (!wpe) { /* no position table (rotary positions act inside attention) */
+            memcpy(o, we, (size_t)C * sizeof(float));
+            continue;
+        }
+        const float *restrict wp = wpe + (size_t)(bt % T) * C;
         for (int c = 0; c < C; c++)
             o[c] = we[c] + wp[c];
     }
@@ -107,7 +111,7 @@ void ccoe_embed_backward(float *dwte, float *dwpe, const float *dout, const int3
                 for (int c = 0; c < C; c++)
                     dwe[c] += d[c];
             }
-            if (pos >= p0 && pos < p1) {
+            if (dwpe && pos >= p0 && pos < p1) {
                 float *restrict dwp = dwpe + (size_t)pos * C;
                 for (int c = 0; c < C; c++)
                     dwp[c] += d[c];

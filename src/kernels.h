@@ -16,7 +16,8 @@
 
 #include "gemm.h"
 
-/* out(B,T,C) = wte[tokens[b,t]] + wpe[t]; wte (V,C), wpe (Tmax,C). */
+/* out(B,T,C) = wte[tokens[b,t]] + wpe[t]; wte (V,C), wpe (Tmax,C) or NULL (no position
+ * table: out = wte[tokens]; the backward then leaves dwpe, also NULL, alone). */
 void ccoe_embed_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
                         int B, int T, int C);
 void ccoe_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,

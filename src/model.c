@@ -23,7 +23,7 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
 {
     const ccoe_model_config *c = &m->cfg;
     const size_t B = (size_t)m->maxB, N = B * m->maxT, C = c->n_embd, V = c->vocab_size;
-    const size_t F = c->ffn_hidden, F2 = m->F2, H = c->n_head;
+    const size_t F = c->ffn_hidden, F2 = m->F2, H = c->n_head, W = m->W;
     m->tok_sorted = ccoe_arena_take(a, N * sizeof(int32_t));
     m->tgt_sorted = ccoe_arena_take(a, N * sizeof(int32_t));
     m->row_of = ccoe_arena_take(a, B * sizeof(int));
@@ -39,7 +39,7 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
         t.ln1 = ccoe_arena_floats(a, N * C);
         t.ln1_mean = ccoe_arena_floats(a, N);
         t.ln1_rstd = ccoe_arena_floats(a, N);
-        t.qkv = ccoe_arena_floats(a, N * 3 * C);
+        t.qkv = ccoe_arena_floats(a, N * W);
         t.atty = ccoe_arena_floats(a, N * C);
         t.lse = ccoe_arena_floats(a, B * H * m->maxT);
         t.res1 = ccoe_arena_floats(a, N * C);
@@ -75,11 +75,16 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
     m->dtmp = ccoe_arena_floats(a, N * C);
     m->dln = ccoe_arena_floats(a, N * C);
     m->datty = ccoe_arena_floats(a, N * C);
-    m->dqkv = ccoe_arena_floats(a, N * 3 * C);
+    m->dqkv = ccoe_arena_floats(a, N * W);
     m->dfch = ccoe_arena_floats(a, N * F2);
     m->dfch_act = ccoe_arena_floats(a, N * F);
     m->attn_scratch = ccoe_arena_floats(
-        a, ccoe_attention_scratch_floats(m->maxB, m->maxT, (int)C, (int)H, m->nthreads));
+        a, ccoe_gqa_scratch_floats(m->maxB, m->maxT, (int)H, m->Hkv, m->hd, m->nthreads));
+    m->rope_cos = m->rope_sin = NULL;
+    if (c->pos == CCOE_POS_ROPE) {
+        m->rope_cos = ccoe_arena_floats(a, (size_t)m->maxT * (m->hd / 2));
+        m->rope_sin = ccoe_arena_floats(a, (size_t)m->maxT * (m->hd / 2));
+    }
 }
 
 /* Sizes the activations with a counting pass, allocates them and carves them. */
@@ -92,6 +97,9 @@ ccoe_status model_alloc_acts(ccoe_model *m, ccoe_error *err)
     carve_acts(m, &m->act_mem);
     assert(m->act_mem.used == count.used);
     m->act_floats = count.used / sizeof(float);
+    if (m->rope_cos)
+        CCOE_TRY(ccoe_rope_table_init(m->rope_cos, m->rope_sin, m->maxT, m->hd,
+                                      m->cfg.rope_theta, err));
     return CCOE_OK;
 }
 
@@ -206,6 +214,14 @@ ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
                               "batch shape B=%d T=%d does not fit model.seq_len=%d", maxB, maxT,
                               cfg->seq_len);
     m->F2 = cfg->ffn == CCOE_FFN_SWIGLU ? 2 * cfg->ffn_hidden : cfg->ffn_hidden;
+    m->Hkv = ccoe_model_kv_heads(cfg);
+    m->hd = cfg->n_embd / cfg->n_head;
+    m->W = (cfg->n_head + 2 * m->Hkv) * m->hd;
+    if (cfg->n_head % m->Hkv != 0 || (cfg->pos == CCOE_POS_ROPE && m->hd % 2 != 0))
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "model.n_kv_head = %d must divide model.n_head = %d, and "
+                              "model.pos = rope needs an even head size (n_embd / n_head = %d)",
+                              cfg->n_kv_head, cfg->n_head, m->hd);
     m->maxB = maxB;
     m->maxT = maxT;
     m->gemm = g;
@@ -291,10 +307,11 @@ void ccoe_model_free(ccoe_model *m)
 static void norm_forward(const ccoe_model *m, float *out, float *mean, float *rstd,
                          const float *inp, const float *w, const float *b, int N)
 {
+    const float eps = (float)m->cfg.norm_eps;
     if (m->cfg.norm == CCOE_NORM_LAYERNORM)
-        ccoe_layernorm_forward(out, mean, rstd, inp, w, b, N, m->cfg.n_embd);
+        ccoe_layernorm_forward_eps(out, mean, rstd, inp, w, b, N, m->cfg.n_embd, eps);
     else
-        ccoe_rmsnorm_forward(out, rstd, inp, w, N, m->cfg.n_embd);
+        ccoe_rmsnorm_forward_eps(out, rstd, inp, w, N, m->cfg.n_embd, eps);
 }
 
 static void norm_backward(const ccoe_model *m, float *dinp, float *dw, float *db,
@@ -318,7 +335,7 @@ static ccoe_block_acts acts_at(const ccoe_model *m, int k, int s0, int T)
     v.ln1 = a->ln1 + r * C;
     v.ln1_mean = a->ln1_mean + r;
     v.ln1_rstd = a->ln1_rstd + r;
-    v.qkv = a->qkv + r * 3 * C;
+    v.qkv = a->qkv + r * m->W;
     v.atty = a->atty + r * C;
     v.lse = a->lse + (size_t)s0 * m->cfg.n_head * T;
     v.res1 = a->res1 + r * C;
@@ -494,33 +511,50 @@ static void moe_backward(ccoe_model *m, int i, float *dinp, const float *dout, c
                       m->param_block + m->moe_offset[i], aux_scale, nb * T);
 }
 
-/* out(N,C) = Proj(Attn(QKV(inp))) for instance k on sorted rows [s0, s0 + B) */
+/* out(N,C) = Proj(Attn(QKV(inp))) for instance k on sorted rows [s0, s0 + B). The qkv rows are
+ * W = (H + 2 Hkv) hd wide, [q | k | v]; with model.pos = rope, q and k (the first H + Hkv heads)
+ * are rotated in place after the projection, at positions 0..T-1 (training, prefill) or at each
+ * row's cache position (decode step), so the cache and attention's backward see the rotated
+ * ones. */
 static void attn_forward(const ccoe_model *m, int k, int s0, const ccoe_block_view *w,
                          ccoe_block_acts *a, float *out, const float *inp, int B, int T)
 {
-    const int C = m->cfg.n_embd, N = B * T;
-    ccoe_linear_forward(m->gemm, a->qkv, inp, w->qkv_w, w->qkv_b, N, C, 3 * C);
+    const int C = m->cfg.n_embd, N = B * T, H = m->cfg.n_head;
+    ccoe_linear_forward(m->gemm, a->qkv, inp, w->qkv_w, w->qkv_b, N, C, m->W);
+    if (m->rope_cos) {
+        if (m->decoding)
+            ccoe_rope_forward_at(a->qkv, a->qkv, m->rope_cos, m->rope_sin, m->dec_step_pos + s0,
+                                 N, H + m->Hkv, m->hd, m->W);
+        else
+            ccoe_rope_forward(a->qkv, a->qkv, m->rope_cos, m->rope_sin, B, T, 0, H + m->Hkv,
+                              m->hd, m->W);
+    }
     if (m->decoding)
         model_attn_decode(m, k, s0, a, B);
     else
-        ccoe_attention_forward(m->gemm, a->atty, a->lse, a->qkv, m->attn_scratch, B, T, C,
-                               m->cfg.n_head);
+        ccoe_gqa_forward(m->gemm, a->atty, a->lse, a->qkv, m->attn_scratch, B, T, H, m->Hkv,
+                         m->hd);
     ccoe_linear_forward(m->gemm, out, a->atty, w->proj_w, w->proj_b, N, C, C);
 }
 
+/* The backward of attn_forward: attention's gradient of the rotated q, k is turned into that
+ * of the projected ones by the inverse rotation (in place in dqkv). */
 static void attn_backward(ccoe_model *m, const ccoe_block_view *w, ccoe_block_view *gw,
                           const ccoe_block_acts *a, float *dinp, const float *dout,
                           const float *inp, int B, int T)
 {
-    const int C = m->cfg.n_embd, N = B * T;
+    const int C = m->cfg.n_embd, N = B * T, H = m->cfg.n_head;
     memset(m->datty, 0, (size_t)N * C * sizeof(float));
     ccoe_linear_backward(m->gemm, m->datty, gw->proj_w, gw->proj_b, dout, a->atty, w->proj_w, N,
                          C, C);
-    memset(m->dqkv, 0, (size_t)N * 3 * C * sizeof(float));
-    ccoe_attention_backward(m->gemm, m->dqkv, m->datty, a->qkv, a->atty, a->lse,
-                            m->attn_scratch, B, T, C, m->cfg.n_head);
+    memset(m->dqkv, 0, (size_t)N * m->W * sizeof(float));
+    ccoe_gqa_backward(m->gemm, m->dqkv, m->datty, a->qkv, a->atty, a->lse, m->attn_scratch, B, T,
+                      H, m->Hkv, m->hd);
+    if (m->rope_cos)
+        ccoe_rope_backward(m->dqkv, m->dqkv, m->rope_cos, m->rope_sin, B, T, 0, H + m->Hkv,
+                           m->hd, m->W);
     ccoe_linear_backward(m->gemm, dinp, gw->qkv_w, gw->qkv_b, m->dqkv, inp, w->qkv_w, N, C,
-                         3 * C);
+                         m->W);
 }
 
 /* The FFN sublayer of instance k (MoE block mi >= 0, else dense / Eqs. 6-7 expert FFNs):

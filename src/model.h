@@ -100,6 +100,7 @@ typedef struct ccoe_model {
     ccoe_model_config cfg;
     ccoe_gating gating;     /* CCoE structure (zero experts for a plain model) */
     int F2;                 /* rows of fc_w: F (gelu) or 2F (swiglu) */
+    int Hkv, hd, W;         /* key/value heads, head size, qkv row width (H + 2 Hkv) hd */
     int maxB, maxT;         /* activation capacity */
     const ccoe_gemm *gemm;  /* borrowed */
     int nthreads;
@@ -143,6 +144,7 @@ typedef struct ccoe_model {
     /* backward scratch */
     float *dx, *dtmp, *dln, *datty, *dqkv, *dfch, *dfch_act;
     float *attn_scratch;
+    float *rope_cos, *rope_sin; /* (maxT, hd / 2) each when model.pos = rope, else NULL */
     size_t act_floats;
 
     /* Mixture of Experts (n_moe = 0: a dense model) */

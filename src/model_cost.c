@@ -10,7 +10,9 @@ double ccoe_model_train_flops_per_token(const ccoe_model_config *c, int n_blocks
 {
     const double C = c->n_embd, V = c->vocab_size, L = n_blocks, F = c->ffn_hidden;
     const double F2 = c->ffn == CCOE_FFN_SWIGLU ? 2.0 * F : F;
-    double matmul_params = L * (3.0 * C * C + C * C + F2 * C + C * F) + V * C;
+    /* q (C) and k, v (Hkv hd each) rows of the fused projection */
+    const double Wqkv = C + 2.0 * ccoe_model_kv_heads(c) * (c->n_embd / c->n_head);
+    double matmul_params = L * (Wqkv * C + C * C + F2 * C + C * F) + V * C;
     return 6.0 * matmul_params + 12.0 * L * C * T;
 }
 
@@ -18,13 +20,14 @@ double ccoe_model_last_flops(const ccoe_model *m)
 {
     const ccoe_model_config *c = &m->cfg;
     const double C = c->n_embd, V = c->vocab_size, T = m->last_T, F = c->ffn_hidden;
-    const double Pb = 3.0 * C * C + C * C + (double)m->F2 * C + C * F; /* matmul params/block */
+    const double Wqkv = m->W; /* rows of the fused q|k|v projection */
+    const double Pb = Wqkv * C + C * C + (double)m->F2 * C + C * F; /* matmul params/block */
     /* an MoE block instead: the router matrices and K experts per token */
     double Pmoe = Pb;
     if (m->n_moe > 0) {
         const ccoe_moe *x = &m->moe;
         const double routers = (x->off_router != (size_t)-1) + (x->off_noise != (size_t)-1);
-        Pmoe = 4.0 * C * C + routers * x->E * C + x->K * ((double)x->F2 * C + C * x->F);
+        Pmoe = Wqkv * C + C * C + routers * x->E * C + x->K * ((double)x->F2 * C + C * x->F);
     }
     double total = 0.0;
     for (int gi = 0; gi < m->n_groups; gi++) {

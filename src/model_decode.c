@@ -9,10 +9,11 @@
 #include "kernels.h"
 #include "model_impl.h"
 
-/* Keys and values of instance k at cache row c, position t: (2C) = [k | v]. */
+/* Keys and values of instance k at cache row c, position t: (2 Hkv hd) = [k | v] (k rotated
+ * when model.pos = rope). */
 static float *kv_at(const ccoe_model *m, int k, int c, int t)
 {
-    const size_t C2 = 2 * (size_t)m->cfg.n_embd;
+    const size_t C2 = 2 * (size_t)m->Hkv * m->hd;
     return m->kv_cache + (((size_t)k * m->dec_maxB + c) * m->maxT + t) * C2;
 }
 
@@ -21,12 +22,13 @@ static float *kv_at(const ccoe_model *m, int k, int c, int t)
 void model_attn_decode(const ccoe_model *m, int k, int s0, ccoe_block_acts *a, int nb)
 {
     const int C = m->cfg.n_embd;
+    const size_t KV = 2 * (size_t)m->Hkv * m->hd;
     for (int r = 0; r < nb; r++)
         memcpy(kv_at(m, k, m->dec_step_row[s0 + r], m->dec_step_pos[s0 + r]),
-               a->qkv + (size_t)r * 3 * C + C, 2 * (size_t)C * sizeof(float));
-    ccoe_attention_decode(a->atty, a->qkv, kv_at(m, k, 0, 0), (size_t)m->maxT * 2 * C,
-                          m->dec_step_row + s0, m->dec_step_pos + s0, m->attn_scratch, nb, C,
-                          m->cfg.n_head, m->nthreads);
+               a->qkv + (size_t)r * m->W + C, KV * sizeof(float));
+    ccoe_gqa_decode(a->atty, a->qkv, kv_at(m, k, 0, 0), (size_t)m->maxT * KV,
+                    m->dec_step_row + s0, m->dec_step_pos + s0, m->attn_scratch, nb,
+                    m->cfg.n_head, m->Hkv, m->hd, m->nthreads);
 }
 
 void model_decode_free(ccoe_model *m)
@@ -52,7 +54,7 @@ ccoe_status ccoe_model_decode_prefill(ccoe_model *m, const int32_t *tokens,
     if (B < 1 || B > m->maxB || T < 1 || T > m->maxT)
         return ccoe_error_set(err, CCOE_ERR_ARG, "decode batch (%d, %d) outside (%d, %d)", B, T,
                               m->maxB, m->maxT);
-    const size_t C2 = 2 * (size_t)m->cfg.n_embd, C3 = 3 * (size_t)m->cfg.n_embd;
+    const size_t C2 = 2 * (size_t)m->Hkv * m->hd, C3 = (size_t)m->W, C = m->cfg.n_embd;
     if (m->dec_maxB != m->maxB) {
         model_decode_free(m);
         const size_t nb = (size_t)m->maxB;
@@ -75,7 +77,7 @@ ccoe_status ccoe_model_decode_prefill(ccoe_model *m, const int32_t *tokens,
     for (int k = 0; k < m->n_inst; k++)
         for (int r = 0; r < B; r++)
             for (int t = 0; t < T; t++)
-                memcpy(kv_at(m, k, r, t), m->acts[k].qkv + ((size_t)r * T + t) * C3 + C2 / 2,
+                memcpy(kv_at(m, k, r, t), m->acts[k].qkv + ((size_t)r * T + t) * C3 + C,
                        C2 * sizeof(float));
     for (int b = 0; b < B; b++) {
         m->dec_row[b] = m->row_of[b];
@@ -106,10 +108,15 @@ void ccoe_model_decode_step(ccoe_model *m, const int32_t *tok, const int *seq, c
             m->moe_domains[r] = m->dec_step_dom[j];
         /* ccoe_embed_forward's sum at this row's own position (one call per row would open
          * a parallel region per token, which slows task evaluation markedly) */
-        const float *te = m->wte + (size_t)tok[j] * C, *pe = m->wpe + (size_t)pos[j] * C;
+        const float *te = m->wte + (size_t)tok[j] * C;
         float *e = m->emb + (size_t)r * C;
-        for (int c = 0; c < C; c++)
-            e[c] = te[c] + pe[c];
+        if (m->wpe) {
+            const float *pe = m->wpe + (size_t)pos[j] * C;
+            for (int c = 0; c < C; c++)
+                e[c] = te[c] + pe[c];
+        } else {
+            memcpy(e, te, (size_t)C * sizeof(float));
+        }
     }
     m->aux_loss = 0.0;
     m->decoding = 1;

@@ -70,9 +70,11 @@ static void add_block(ccoe_model *m, size_t *off, const char *prefix, int inst, 
     P("ln1.weight", 0, 1, C, 0);
     if (ln_bias)
         P("ln1.bias", 0, 1, C, 0);
-    P("attn.qkv.weight", 1, 2, 3 * C, C);
-    if (c->bias)
-        P("attn.qkv.bias", 0, 1, 3 * C, 0);
+    /* rows [q (H hd) | k (Hkv hd) | v (Hkv hd)], each head's rows contiguous */
+    const int W = (c->n_head + 2 * ccoe_model_kv_heads(c)) * (C / c->n_head);
+    P("attn.qkv.weight", 1, 2, W, C);
+    if (c->bias || c->qkv_bias)
+        P("attn.qkv.bias", 0, 1, W, 0);
     P("attn.proj.weight", 1, 2, C, C);
     if (c->bias)
         P("attn.proj.bias", 0, 1, C, 0);
@@ -128,7 +130,8 @@ void model_build_layout(ccoe_model *m)
     size_t off = 0;
     m->n_params = 0;
     add_param(m, &off, "wte", -1, -1, 1, 2, c->vocab_size, c->n_embd);
-    add_param(m, &off, "wpe", -1, -1, 1, 2, c->seq_len, c->n_embd);
+    if (c->pos == CCOE_POS_LEARNED)
+        add_param(m, &off, "wpe", -1, -1, 1, 2, c->seq_len, c->n_embd);
     for (int l = 0; l < L; l++) {
         snprintf(prefix, sizeof prefix, "blocks.%d.", l);
         add_block(m, &off, prefix, l, -1);
