@@ -571,12 +571,12 @@ static void test_half_conversion(void **state)
 }
 
 /* Logits of the committed fixture against the independent float64 forward. */
-static void test_fixture_logits(void **state)
+/* The logits of fixture tests/fixtures/NAME against its float64 reference, to 1e-4. */
+static void fixture_logits(const char *name)
 {
-    (void)state;
     char hf[1200], ck[256], exp_path[1300];
-    snprintf(hf, sizeof hf, "%s/tests/fixtures/hf-gpt2-tiny", g_src);
-    snprintf(ck, sizeof ck, "%s/fixture.safetensors", g_dir);
+    snprintf(hf, sizeof hf, "%s/tests/fixtures/%s", g_src, name);
+    snprintf(ck, sizeof ck, "%s/fixture-%s.safetensors", g_dir, name);
     snprintf(exp_path, sizeof exp_path, "%s/expected_logits.txt", hf);
     ccoe_error err;
     ccoe_status s = import(hf, ck, &err);
@@ -634,11 +634,31 @@ static void test_fixture_logits(void **state)
         rows++;
     }
     fclose(e);
-    fprintf(stderr, "fixture: %d logit rows, largest |ccoe - float64 reference| = %.3g\n", rows,
-            worst);
+    fprintf(stderr, "fixture %s: %d logit rows, largest |ccoe - float64 reference| = %.3g\n",
+            name, rows, worst);
     assert_true(rows >= 5);
     assert_true(worst < 1e-4);
     ccoe_model_free(&m);
+}
+
+static void test_fixture_logits(void **state)
+{
+    (void)state;
+    fixture_logits("hf-gpt2-tiny");
+}
+
+/* LLaMA: GQA (4 heads over 2), untied head, rotary_emb.inv_freq buffers skipped; Qwen2: one
+ * key/value head, q/k/v biases, tied head, rope_theta 1e6 (gen_hf_llama_tiny.py). */
+static void test_fixture_logits_llama(void **state)
+{
+    (void)state;
+    fixture_logits("hf-llama-tiny");
+}
+
+static void test_fixture_logits_qwen2(void **state)
+{
+    (void)state;
+    fixture_logits("hf-qwen2-tiny");
 }
 
 /* ---- refusals: each names the problem, and nothing is written ---- */
@@ -1064,6 +1084,8 @@ int main(void)
         cmocka_unit_test(test_half_conversion),
         cmocka_unit_test(test_layouts_and_round_trips),
         cmocka_unit_test(test_fixture_logits),
+        cmocka_unit_test(test_fixture_logits_llama),
+        cmocka_unit_test(test_fixture_logits_qwen2),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_export_ccoe_paths),
         cmocka_unit_test(test_export_refuses_other_blocks),
