@@ -1007,30 +1007,45 @@ static void test_export_ccoe_paths(void **state)
 static void test_export_refuses_other_blocks(void **state)
 {
     (void)state;
-    ccoe_config cfg;
-    ccoe_config_defaults(&cfg);
-    const char *sets[] = {"model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.seq_len=8",
-                          "model.vocab_size=272", "model.norm=rmsnorm"};
-    ccoe_error err = {0};
-    for (size_t i = 0; i < 6; i++)
-        assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
-    ccoe_gemm gemm;
-    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
-    static ccoe_model m;
-    assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err),
-                     CCOE_OK);
-    ccoe_model_init_weights(&m, 5, CCOE_INIT_RANDOM);
-    char ck[256], out[256];
-    snprintf(ck, sizeof ck, "%s/rms.safetensors", g_dir);
-    snprintf(out, sizeof out, "%s/rms-hf", g_dir);
-    assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
-    ccoe_model_free(&m);
-    ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
-    assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_CONFIG);
-    TU_ASSERT_MSG_HAS(err, "model.norm = rmsnorm");
-    TU_ASSERT_MSG_HAS(err, "GPT2LMHeadModel");
-    assert_false(exists(out));
+    struct { const char *sets[4]; const char *m1, *m2; } cases[] = {
+        {{"model.norm=rmsnorm"}, "model.norm = rmsnorm", "GPT2LMHeadModel"},
+        {{"model.pos=rope"}, "model.pos = rope", "LlamaForCausalLM"},
+        {{"model.n_kv_head=1"}, "model.n_kv_head < n_head", "GPT2LMHeadModel"},
+        {{"model.norm_eps=1e-6"}, "model.norm_eps", "GPT2LMHeadModel"},
+        {{"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope", "model.bias=true"},
+         "model.bias = true", "LlamaForCausalLM"},
+        {{"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope", "model.block=post_ln"},
+         "model.block = post_ln", "Qwen2ForCausalLM"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        fprintf(stderr, "export refusal %zu: %s\n", c, cases[c].m1);
+        ccoe_config cfg;
+        ccoe_config_defaults(&cfg);
+        const char *sets[] = {"model.n_layer=1", "model.n_embd=16", "model.n_head=2",
+                              "model.seq_len=8", "model.vocab_size=272"};
+        ccoe_error err = {0};
+        for (size_t i = 0; i < 5; i++)
+            assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+        for (size_t i = 0; i < 4 && cases[c].sets[i]; i++)
+            assert_int_equal(ccoe_config_set(&cfg, cases[c].sets[i], &err), CCOE_OK);
+        assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+        ccoe_gemm gemm;
+        assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+        static ccoe_model m;
+        assert_int_equal(
+            ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err), CCOE_OK);
+        ccoe_model_init_weights(&m, 5, CCOE_INIT_RANDOM);
+        char ck[256], out[256];
+        snprintf(ck, sizeof ck, "%s/other%zu.safetensors", g_dir, c);
+        snprintf(out, sizeof out, "%s/other%zu-hf", g_dir, c);
+        assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+        ccoe_model_free(&m);
+        ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_CONFIG);
+        TU_ASSERT_MSG_HAS(err, cases[c].m1);
+        TU_ASSERT_MSG_HAS(err, cases[c].m2);
+        assert_false(exists(out));
+    }
 }
 
 /* A byte-tokenizer model exports GPT-2 tokenizer files that encode every byte to ccoe's byte id
