@@ -62,10 +62,26 @@ static const char *relative_name(const ccoe_param *p, const char *expert)
     return p->name + strlen("experts.") + strlen(expert) + 1;
 }
 
-static const char *const k_shape_keys[] = {"n_embd", "n_head", "ffn_hidden", "vocab_size",
-                                           "seq_len", "norm", "ffn", "block", "bias"};
+/* The model keys an expert file records and a model must match. The last five came with the
+ * RoPE/GQA blocks: a file without them was written for learned positions, Hkv = n_head, no
+ * q/k/v-only bias and the default epsilon (shape_values of legacy_config). */
+#define N_SHAPE_KEYS 14
+static const char *const k_shape_keys[N_SHAPE_KEYS] = {
+    "n_embd", "n_head", "ffn_hidden", "vocab_size", "seq_len",    "norm",    "ffn",
+    "block",  "bias",   "pos",        "n_kv_head",  "qkv_bias",   "rope_theta", "norm_eps"};
 
-static void shape_values(const ccoe_model_config *m, char vals[9][32])
+static ccoe_model_config legacy_config(const ccoe_model_config *m)
+{
+    ccoe_model_config l = *m;
+    l.pos = CCOE_POS_LEARNED;
+    l.n_kv_head = 0;
+    l.qkv_bias = 0;
+    l.rope_theta = 10000.0;
+    l.norm_eps = 1e-5;
+    return l;
+}
+
+static void shape_values(const ccoe_model_config *m, char vals[N_SHAPE_KEYS][32])
 {
     snprintf(vals[0], 32, "%d", m->n_embd);
     snprintf(vals[1], 32, "%d", m->n_head);
@@ -76,6 +92,11 @@ static void shape_values(const ccoe_model_config *m, char vals[9][32])
     snprintf(vals[6], 32, "%d", (int)m->ffn);
     snprintf(vals[7], 32, "%d", (int)m->block);
     snprintf(vals[8], 32, "%d", m->bias);
+    snprintf(vals[9], 32, "%d", (int)m->pos);
+    snprintf(vals[10], 32, "%d", ccoe_model_kv_heads(m));
+    snprintf(vals[11], 32, "%d", m->qkv_bias);
+    snprintf(vals[12], 32, "%.17g", m->rope_theta);
+    snprintf(vals[13], 32, "%.17g", m->norm_eps);
 }
 
 ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char *out_path,
@@ -120,9 +141,9 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
             snprintf(domains + len, sizeof domains - len, "%s%s", len ? " " : "",
                      x.gating.domains[d]);
         }
-    char vals[9][32];
+    char vals[N_SHAPE_KEYS][32];
     shape_values(&x.cfg.model, vals);
-    const char *meta[2 * 15];
+    const char *meta[2 * (6 + N_SHAPE_KEYS)];
     size_t k = 0;
     meta[k++] = "ccoe.format";
     meta[k++] = "ccoe-expert";
@@ -136,8 +157,8 @@ ccoe_status ccoe_expert_pop(const char *model_path, const char *name, const char
     meta[k++] = domains;
     meta[k++] = "expert.form";
     meta[k++] = x.gating.ops ? x.gating.ops->file_kind : "blocks";
-    char keys[9][40];
-    for (int i = 0; i < 9; i++) {
+    char keys[N_SHAPE_KEYS][40];
+    for (int i = 0; i < N_SHAPE_KEYS; i++) {
         snprintf(keys[i], sizeof keys[i], "model.%s", k_shape_keys[i]);
         meta[k++] = keys[i];
         meta[k++] = vals[i];
@@ -231,12 +252,17 @@ ccoe_status ccoe_expert_push(const char *model_path, const char *expert_path,
     }
     if ((s = load_model(&x, model_path, err)) != CCOE_OK)
         goto done;
-    char vals[9][32];
+    char vals[N_SHAPE_KEYS][32];
     shape_values(&x.cfg.model, vals);
-    for (int i = 0; i < 9; i++) {
+    const ccoe_model_config legacy = legacy_config(&x.cfg.model);
+    char legacy_vals[N_SHAPE_KEYS][32];
+    shape_values(&legacy, legacy_vals);
+    for (int i = 0; i < N_SHAPE_KEYS; i++) {
         char key[40];
         snprintf(key, sizeof key, "model.%s", k_shape_keys[i]);
         const char *v = ccoe_st_meta(f, key);
+        if (!v && i >= 9) /* an expert file from before the key */
+            v = legacy_vals[i];
         if (!v || strcmp(v, vals[i]) != 0) {
             s = ccoe_error_set(err, CCOE_ERR_FORMAT,
                                "expert %s does not fit model %s: model.%s is %s in the expert "

@@ -1,7 +1,8 @@
 /* test_decode.c - incremental decoding (cached keys and values) against full forwards:
  * ccoe_attention_decode equals the last rows of the full attention; for a dense pre-LN and a
  * post-LN/RMSNorm/SwiGLU model, CCoE Eq. 4 (own heads), Eq. 5 and Eqs. 6-7, and MoE blocks
- * (top-k, softmax, domain gate), every decode step's logits equal the full forward's at the
+ * (top-k, softmax, domain gate), and LLaMA/Qwen2-style blocks (RoPE, GQA, q/k/v bias) under
+ * each of them, every decode step's logits equal the full forward's at the
  * same position, with sequences of different prompt lengths that leave the steps at different
  * times; greedy generation equals greedy decoding by full recomputation; the sampler (temperature,
  * top-k, top-p) picks tokens with exactly the probabilities it promises, and a sampled text
@@ -69,7 +70,7 @@ static void test_attention_decode_kernel(void **state)
 
 typedef struct model_case {
     const char *name;
-    const char *sets[12]; /* config overrides, NULL-terminated */
+    const char *sets[20]; /* config overrides, NULL-terminated */
 } model_case;
 
 static const model_case k_cases[] = {
@@ -91,6 +92,20 @@ static const model_case k_cases[] = {
      {"moe.gate=softmax", "moe.n_experts=3", "moe.top_k=3", "moe.every=2", NULL}},
     {"MoE domain gate",
      {"moe.gate=domain", "moe.n_experts=3", "moe.top_k=1", "moe.w_switch=0", "moe.w_z=0", NULL}},
+    /* LLaMA/Qwen2-style blocks: RoPE (rotation at each step's own position), GQA H 4 Hkv 2 (a
+     * cache of 2 Hkv hd per position), q/k/v-only bias, SwiGLU, RMSNorm, untied head */
+    {"rope gqa dense", {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", NULL}},
+    {"rope gqa post-LN", {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "model.block=post_ln", NULL}},
+    {"rope gqa Eq. 4 tail, own heads",
+     {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b",
+      "ccoe.own_head=true", NULL}},
+    {"rope gqa Eq. 5 prefix",
+     {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "ccoe.form=prefix", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,prose:b",
+      "ccoe.prefix_layers=1", NULL}},
+    {"rope gqa Eqs. 6-7 ffn post-LN",
+     {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "model.block=post_ln", "ccoe.form=ffn", "ccoe.experts=a:1,b:2",
+      "ccoe.routes=arith:a,code:b", NULL}},
+    {"rope gqa MoE top-2 of 4", {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "moe.gate=topk", "moe.n_experts=4", "moe.top_k=2", NULL}},
 };
 
 /* A 4-block model of the case for batches up to (maxB, Tm), random weights of std `std`. */

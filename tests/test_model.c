@@ -107,6 +107,66 @@ static void test_gradcheck_all_variants(void **state)
                 }
 }
 
+/* The blocks of LLaMA/Qwen2-style bases: RoPE on q and k, grouped-query attention (H 4, Hkv 2),
+ * biases on q/k/v only, SwiGLU, RMSNorm with its own epsilon, an untied head; pre- and post-LN,
+ * and with every linear layer biased too. Every tensor's gradient against finite differences;
+ * the layout has the GQA qkv shape and no position table. */
+static void test_gradcheck_rope_gqa(void **state)
+{
+    (void)state;
+    for (int k = 0; k < 3; k++) {
+        ccoe_gemm g;
+        ccoe_error err = {0};
+        assert_int_equal(ccoe_gemm_init(&g, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+        variant v = {k == 1 ? CCOE_BLOCK_POST_LN : CCOE_BLOCK_PRE_LN, CCOE_NORM_RMSNORM,
+                     CCOE_FFN_SWIGLU, 0, k == 2};
+        ccoe_model_config mc = tiny_config(&v);
+        mc.n_head = 4; /* head size 4 */
+        mc.n_kv_head = 2;
+        mc.pos = CCOE_POS_ROPE;
+        mc.rope_theta = 50.0; /* fast rotations over the 7 positions: the angles matter */
+        mc.qkv_bias = 1;
+        mc.norm_eps = 1e-3;
+        const int B = 3, T = 7;
+        ccoe_model m;
+        assert_int_equal(ccoe_model_init(&m, &mc, NULL, B, T, &g, 1, &err), CCOE_OK);
+        assert_null(ccoe_model_find_param(&m, "wpe"));
+        const ccoe_param *q = ccoe_model_find_param(&m, "blocks.0.attn.qkv.weight");
+        assert_non_null(q);
+        assert_int_equal(q->shape[0], (4 + 2 * 2) * 4);
+        assert_int_equal(q->shape[1], 16);
+        const ccoe_param *qb = ccoe_model_find_param(&m, "blocks.1.attn.qkv.bias");
+        assert_non_null(qb);
+        assert_int_equal(qb->numel, 32);
+        if (k == 2)
+            assert_non_null(ccoe_model_find_param(&m, "blocks.0.attn.proj.bias"));
+        else
+            assert_null(ccoe_model_find_param(&m, "blocks.0.attn.proj.bias"));
+        ccoe_model_init_weights(&m, 7, CCOE_INIT_RANDOM);
+        ccoe_rng r;
+        ccoe_rng_seed(&r, 99);
+        for (int i = 0; i < m.n_params; i++)
+            if (m.params[i].ndim == 1)
+                for (size_t j = 0; j < m.params[i].numel; j++)
+                    m.param_block[m.params[i].offset + j] += 0.2f * (ccoe_rng_uniform(&r) - 0.5f);
+        int32_t tok[21], tgt[21];
+        for (int i = 0; i < B * T; i++) {
+            tok[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)mc.vocab_size);
+            tgt[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)mc.vocab_size);
+        }
+        ccoe_model_zero_grad(&m);
+        long count = 0;
+        ccoe_model_forward(&m, tok, tgt, NULL, B, T, &count);
+        ccoe_model_backward(&m, 1.0f / (float)count, 1.0f);
+        char what[96];
+        snprintf(what, sizeof what, "rope gqa qkv_bias swiglu rmsnorm untied, case %d", k);
+        batch bt = {tok, tgt, B, T};
+        assert_int_equal(tu_model_gradcheck(&m, loss_at, &bt, 1234, 2e-3f, 2e-3, 2e-2, what), 0);
+
+        ccoe_model_free(&m);
+    }
+}
+
 /* The same weights and batch give bit-identical losses and gradients on a second run, and a
  * smaller batch shape than the allocated one works. */
 static void test_forward_deterministic(void **state)
@@ -281,6 +341,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_gradcheck_all_variants),
+        cmocka_unit_test(test_gradcheck_rope_gqa),
         cmocka_unit_test(test_forward_deterministic),
         cmocka_unit_test(test_bad_shape),
         cmocka_unit_test(test_adamw_fused_clip),

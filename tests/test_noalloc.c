@@ -168,7 +168,7 @@ static long steps_allocations(const char *const *sets, int n_sets, int isolated,
 
 typedef struct alloc_case {
     const char *name;
-    const char *sets[8];
+    const char *sets[12];
     int isolated; /* train CCoE expert 0 only (base frozen) */
 } alloc_case;
 
@@ -191,6 +191,14 @@ static const alloc_case k_cases[] = {
      {"model.block=post_ln", "ccoe.form=ffn", "ccoe.experts=a:2", "ccoe.routes=arith:a"}, 0},
     {"CCoE Eq. 4, isolated expert training",
      {"ccoe.form=tail", "ccoe.experts=a:2", "ccoe.routes=arith:a"}, 1},
+    {"RoPE GQA (H 4, Hkv 2) qkv_bias SwiGLU RMSNorm untied",
+     {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true",
+      "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false"},
+     0},
+    {"RoPE GQA, CCoE Eqs. 6-7, isolated expert training",
+     {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true",
+      "ccoe.form=ffn", "ccoe.experts=a:2", "ccoe.routes=arith:a"},
+     1},
 };
 
 static void test_step_allocates_nothing(void **state)
@@ -200,7 +208,7 @@ static void test_step_allocates_nothing(void **state)
     for (size_t i = 0; i < sizeof k_cases / sizeof k_cases[0]; i++) {
         const alloc_case *c = &k_cases[i];
         int n_sets = 0;
-        while (n_sets < 8 && c->sets[n_sets])
+        while (n_sets < 12 && c->sets[n_sets])
             n_sets++;
         char first[96];
         long lib = 0;
