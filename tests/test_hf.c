@@ -908,11 +908,22 @@ static void test_refusals(void **state)
 static void test_export_ccoe_paths(void **state)
 {
     (void)state;
+    /* GPT-2 bases, then a Qwen2-like (q/k/v biases, GQA) and a LLaMA-like base */
+    const char *qwen[] = {"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope",
+                          "model.bias=false", "model.qkv_bias=true", "model.n_head=4",
+                          "model.n_kv_head=2", NULL};
+    const char *llama[] = {"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope",
+                           "model.bias=false", "model.n_head=4", "model.n_kv_head=1",
+                           "model.norm_eps=1e-6", NULL};
+    const char *none[] = {NULL};
     const char *forms[][4] = {
         {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true"},
         {"ccoe.form=ffn", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=false"},
+        {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true"},
+        {"ccoe.form=ffn", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=false"},
     };
-    for (int fi = 0; fi < 2; fi++) {
+    const char *const *models[] = {none, none, qwen, llama};
+    for (int fi = 0; fi < 4; fi++) {
         ccoe_config cfg;
         ccoe_config_defaults(&cfg);
         const char *sets[] = {"model.n_layer=4", "model.n_embd=16", "model.n_head=2",
@@ -922,6 +933,8 @@ static void test_export_ccoe_paths(void **state)
             assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
         for (int i = 0; i < 4; i++)
             assert_int_equal(ccoe_config_set(&cfg, forms[fi][i], &err), CCOE_OK);
+        for (int i = 0; models[fi][i]; i++)
+            assert_int_equal(ccoe_config_set(&cfg, models[fi][i], &err), CCOE_OK);
         char tokcfg[1300];
         snprintf(tokcfg, sizeof tokcfg, "data.tokenizer=%s/tests/fixtures/hf-gpt2-tiny", g_src);
         assert_int_equal(ccoe_config_set(&cfg, tokcfg, &err), CCOE_OK);
@@ -961,7 +974,14 @@ static void test_export_ccoe_paths(void **state)
             assert_int_equal(c2.model.n_layer, pa->n_base + pa->n_own);
             const ccoe_head_view *hv = &m.w_heads[pa->head];
             assert_int_equal(c2.model.tied_head, hv->lm_head == m.wte);
-            const size_t C = 16, F = 64;
+            const size_t C = 16, F = (size_t)m.cfg.ffn_hidden *
+                                         (m.cfg.ffn == CCOE_FFN_SWIGLU ? 2 : 1);
+            const size_t W = (size_t)(m.cfg.n_head + 2 * ccoe_model_kv_heads(&m.cfg)) *
+                             (C / (size_t)m.cfg.n_head);
+            assert_int_equal(c2.model.pos, m.cfg.pos);
+            assert_int_equal(ccoe_model_kv_heads(&c2.model), ccoe_model_kv_heads(&m.cfg));
+            assert_int_equal(c2.model.qkv_bias, m.cfg.qkv_bias);
+            assert_true(c2.model.norm_eps == m.cfg.norm_eps);
             for (int l = 0; l < c2.model.n_layer; l++) {
                 const int inst = l < pa->n_base ? l : pa->first_inst + (l - pa->n_base);
                 const ccoe_block_view *b = &m.w_blocks[inst], *ffn = b;
@@ -969,13 +989,17 @@ static void test_export_ccoe_paths(void **state)
                     ffn = &m.w_xffn[m.xffn_first[pa->ffn_expert] + l - pa->ffn_from];
                 char nm[96];
                 snprintf(nm, sizeof nm, "blocks.%d.attn.qkv.weight", l);
-                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->qkv_w, 3 * C * C * 4);
-                snprintf(nm, sizeof nm, "blocks.%d.ln2.bias", l);
-                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->ln2_b, C * 4);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->qkv_w, W * C * 4);
+                snprintf(nm, sizeof nm, "blocks.%d.attn.qkv.bias", l);
+                if (b->qkv_b)
+                    assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->qkv_b, W * 4);
+                snprintf(nm, sizeof nm, "blocks.%d.ln2.weight", l);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->ln2_w, C * 4);
                 snprintf(nm, sizeof nm, "blocks.%d.mlp.fc.weight", l);
                 assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), ffn->fc_w, F * C * 4);
-                snprintf(nm, sizeof nm, "blocks.%d.mlp.proj.bias", l);
-                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), ffn->fcproj_b, C * 4);
+                snprintf(nm, sizeof nm, "blocks.%d.mlp.proj.weight", l);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), ffn->fcproj_w,
+                                    C * (size_t)m.cfg.ffn_hidden * 4);
             }
             assert_memory_equal(ccoe_st_find(f, "lnf.weight", NULL, NULL), hv->lnf_w, C * 4);
             if (hv->lm_head != m.wte)
