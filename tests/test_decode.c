@@ -73,6 +73,12 @@ typedef struct model_case {
     const char *sets[20]; /* config overrides, NULL-terminated */
 } model_case;
 
+/* LLaMA/Qwen2-style blocks (10 settings) */
+#define ROPE_SETS                                                                            \
+    "model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true",          \
+        "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", \
+        "model.rope_theta=50", "model.norm_eps=1e-6"
+
 static const model_case k_cases[] = {
     {"dense pre-LN", {NULL}},
     {"dense post-LN rmsnorm swiglu untied",
@@ -94,18 +100,19 @@ static const model_case k_cases[] = {
      {"moe.gate=domain", "moe.n_experts=3", "moe.top_k=1", "moe.w_switch=0", "moe.w_z=0", NULL}},
     /* LLaMA/Qwen2-style blocks: RoPE (rotation at each step's own position), GQA H 4 Hkv 2 (a
      * cache of 2 Hkv hd per position), q/k/v-only bias, SwiGLU, RMSNorm, untied head */
-    {"rope gqa dense", {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", NULL}},
-    {"rope gqa post-LN", {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "model.block=post_ln", NULL}},
+    {"rope gqa dense", {ROPE_SETS, NULL}},
+    {"rope gqa post-LN", {ROPE_SETS, "model.block=post_ln", NULL}},
     {"rope gqa Eq. 4 tail, own heads",
-     {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b",
+     {ROPE_SETS, "ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b",
       "ccoe.own_head=true", NULL}},
     {"rope gqa Eq. 5 prefix",
-     {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "ccoe.form=prefix", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,prose:b",
+     {ROPE_SETS, "ccoe.form=prefix", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,prose:b",
       "ccoe.prefix_layers=1", NULL}},
     {"rope gqa Eqs. 6-7 ffn post-LN",
-     {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "model.block=post_ln", "ccoe.form=ffn", "ccoe.experts=a:1,b:2",
+     {ROPE_SETS, "model.block=post_ln", "ccoe.form=ffn", "ccoe.experts=a:1,b:2",
       "ccoe.routes=arith:a,code:b", NULL}},
-    {"rope gqa MoE top-2 of 4", {"model.pos=rope", "model.n_head=4", "model.n_kv_head=2", "model.qkv_bias=true", "model.bias=false", "model.ffn=swiglu", "model.norm=rmsnorm", "model.tied_head=false", "model.rope_theta=50", "model.norm_eps=1e-6", "moe.gate=topk", "moe.n_experts=4", "moe.top_k=2", NULL}},
+    {"rope gqa MoE top-2 of 4",
+     {ROPE_SETS, "moe.gate=topk", "moe.n_experts=4", "moe.top_k=2", NULL}},
 };
 
 /* A 4-block model of the case for batches up to (maxB, Tm), random weights of std `std`. */

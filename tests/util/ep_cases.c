@@ -454,13 +454,14 @@ typedef struct mcase {
     const char *gate;
     int E, K;
     double cf, w_imp, w_load, w_switch, w_z, noise_eps;
+    int rope; /* LLaMA/Qwen2-style blocks: RoPE, GQA (H 4, Hkv 2), q/k/v bias, RMSNorm */
 } mcase;
 
 /* The model case of a registry layer case (its gate, E, K, capacity and loss weights). */
 static mcase mcase_of(const lcase *c)
 {
-    return (mcase){c->gate, c->E, c->K, c->cf, c->w_imp, c->w_load, c->w_switch, c->w_z,
-                   c->noise_eps};
+    return (mcase){c->gate,     c->E,   c->K,         c->cf, c->w_imp, c->w_load,
+                   c->w_switch, c->w_z, c->noise_eps, 0};
 }
 
 /* The registry's layer cases (moe_cases.c) with a given capacity factor (0: dropless), the
@@ -494,6 +495,15 @@ static ccoe_status open_model(ccoe_model *m, const mcase *mc, const ccoe_gemm *g
     c.model.seq_len = MT;
     c.model.tied_head = 0;
     c.model.init_std = 0.3;
+    if (mc->rope) {
+        c.model.pos = CCOE_POS_ROPE;
+        c.model.rope_theta = 50.0;
+        c.model.n_head = 4;
+        c.model.n_kv_head = 2;
+        c.model.qkv_bias = 1;
+        c.model.bias = 0;
+        c.model.norm = CCOE_NORM_RMSNORM;
+    }
     c.train.batch_size = MB;
     snprintf(c.moe.gate, sizeof c.moe.gate, "%s", mc->gate);
     c.moe.n_experts = mc->E;
@@ -535,8 +545,9 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
 {
     const int P = comm->size, r = comm->rank;
     char what[160];
-    snprintf(what, sizeof what, "model %s E=%d K=%d cf=%g B=%d P=%d placement %s", mc->gate,
-             mc->E, mc->K, mc->cf, mb, P, pl ? ccoe_placement_name(pl->policy) : "default");
+    snprintf(what, sizeof what, "model %s E=%d K=%d cf=%g B=%d P=%d placement %s%s", mc->gate,
+             mc->E, mc->K, mc->cf, mb, P, pl ? ccoe_placement_name(pl->policy) : "default",
+             mc->rope ? " rope gqa" : "");
     int fails = 0;
     ccoe_error err;
     ccoe_error_clear(&err);
@@ -632,10 +643,10 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
 int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
 {
     static const mcase cases[] = {
-        {"topk", 4, 2, 1.0, 0.1, 0, 0.05, 0.01, 0},
-        {"softmax", 3, 3, 0, 0.1, 0, 0, 0.01, 0},
-        {"noisy_topk", 4, 2, 1.25, 0.1, 0.1, 0.05, 0.01, 1e-2},
-        {"domain", 4, 1, 0, 0, 0, 0, 0, 0},
+        {"topk", 4, 2, 1.0, 0.1, 0, 0.05, 0.01, 0, 0},
+        {"softmax", 3, 3, 0, 0.1, 0, 0, 0.01, 0, 0},
+        {"noisy_topk", 4, 2, 1.25, 0.1, 0.1, 0.05, 0.01, 1e-2, 0},
+        {"domain", 4, 1, 0, 0, 0, 0, 0, 0, 0},
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -660,6 +671,12 @@ int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
     }
     for (int i = 0; i < n; i++)
         fails += model_case(comm, g, &reg[i], MB, NULL);
+    /* the same on RoPE + GQA blocks */
+    for (int i = 0; i < n; i++) {
+        mcase rc = reg[i];
+        rc.rope = 1;
+        fails += model_case(comm, g, &rc, MB, NULL);
+    }
     return fails;
 }
 
@@ -672,7 +689,8 @@ int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
 static int decode_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc)
 {
     char what[160];
-    snprintf(what, sizeof what, "decode %s E=%d K=%d P=%d", mc->gate, mc->E, mc->K, comm->size);
+    snprintf(what, sizeof what, "decode %s E=%d K=%d P=%d%s", mc->gate, mc->E, mc->K, comm->size,
+             mc->rope ? " rope gqa" : "");
     int fails = 0;
     ccoe_error err;
     ccoe_error_clear(&err);
@@ -726,9 +744,10 @@ static int decode_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc)
 int tu_ep_decode_cases(ccoe_comm *comm, const ccoe_gemm *g)
 {
     static const mcase cases[] = {
-        {"topk", 4, 2, 0, 0.1, 0, 0.05, 0.01, 0},
-        {"softmax", 3, 3, 0, 0.1, 0, 0, 0.01, 0},
-        {"domain", 4, 1, 0, 0, 0, 0, 0, 0},
+        {"topk", 4, 2, 0, 0.1, 0, 0.05, 0.01, 0, 0},
+        {"softmax", 3, 3, 0, 0.1, 0, 0, 0.01, 0, 0},
+        {"domain", 4, 1, 0, 0, 0, 0, 0, 0, 0},
+        {"topk", 4, 2, 0, 0.1, 0, 0.05, 0.01, 0, 1}, /* RoPE + GQA blocks */
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

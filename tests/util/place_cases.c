@@ -25,6 +25,7 @@ typedef struct pcase {
     const char *experts, *routes;
     ccoe_placement_kind policy; /* mpi.placement (0: contiguous) */
     int list[4];                /* policy list: mpi.map, each rank taken mod P */
+    int rope; /* LLaMA/Qwen2-style blocks: RoPE, GQA (H 4, Hkv 2), q/k/v bias, SwiGLU, RMSNorm */
 } pcase;
 
 #define CHECK(cond)                                                                          \
@@ -48,6 +49,17 @@ static ccoe_status open_model(ccoe_model *m, ccoe_gating *gt, ccoe_config *c, co
     c->model.seq_len = 5;
     c->model.block = pc->post_ln ? CCOE_BLOCK_POST_LN : CCOE_BLOCK_PRE_LN;
     c->model.init_std = 0.3;
+    if (pc->rope) {
+        c->model.pos = CCOE_POS_ROPE;
+        c->model.rope_theta = 50.0;
+        c->model.n_head = 4;
+        c->model.n_kv_head = 2;
+        c->model.qkv_bias = 1;
+        c->model.bias = 0;
+        c->model.ffn = CCOE_FFN_SWIGLU;
+        c->model.norm = CCOE_NORM_RMSNORM;
+        c->model.tied_head = 0;
+    }
     c->train.batch_size = pc->B;
     /* AdamW moves an element with gradient g by lr g / (|g| + eps): near |g| = eps a rounding
      * change of the gradient is amplified up to lr / (4 eps). The data-parallel gradient sum
@@ -126,8 +138,9 @@ static int place_case(ccoe_comm *comm, const ccoe_gemm *g, const pcase *pc)
 {
     const int P = comm->size, r = comm->rank, MB = pc->B, STEPS = 4;
     char what[160];
-    snprintf(what, sizeof what, "form %d post_ln %d own_head %d experts '%s' B=%d P=%d %s",
-             (int)pc->form, pc->post_ln, pc->own_head, pc->experts, MB, P,
+    snprintf(what, sizeof what,
+             "form %d post_ln %d own_head %d rope %d experts '%s' B=%d P=%d %s", (int)pc->form,
+             pc->post_ln, pc->own_head, pc->rope, pc->experts, MB, P,
              ccoe_placement_name(pc->policy));
     int fails = 0;
     ccoe_error err;
@@ -231,7 +244,7 @@ static int refusals(ccoe_comm *comm, const ccoe_gemm *g)
 {
     const char *what = "ffn + own_head";
     int fails = 0;
-    const pcase pc = {CCOE_FORM_FFN, 1, 1, 0, 4, "a:1", "arith:a", CCOE_PLACE_CONTIGUOUS, {0}};
+    const pcase pc = {CCOE_FORM_FFN, 1, 1, 0, 4, "a:1", "arith:a", CCOE_PLACE_CONTIGUOUS, {0}, 0};
     ccoe_config c;
     ccoe_gating gt;
     ccoe_model m;
@@ -276,7 +289,7 @@ int tu_place_comm_failure(const ccoe_gemm *g, int form)
     const char *what = "comm failure";
     int fails = 0;
     const pcase pc = {(ccoe_form)form, 1, 0, 0, 4, "a:2", "arith:a code:a", CCOE_PLACE_CONTIGUOUS,
-                      {0}};
+                      {0}, 0};
     ccoe_config c;
     ccoe_gating gt;
     ccoe_model m;
@@ -304,41 +317,41 @@ int tu_place_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
 {
     static const pcase cases[] = {
         {CCOE_FORM_TAIL, 0, 0, 0, 6, "a:1 b:2", "arith:a code:b sql:a", CCOE_PLACE_CONTIGUOUS,
-         {0}},
+         {0}, 0},
         {CCOE_FORM_TAIL, 1, 1, 0, 7, "a:1 b:2", "arith:a code:b sql:a", CCOE_PLACE_CONTIGUOUS,
-         {0}},
+         {0}, 0},
         /* expert c gets no rows (its owner receives nothing on P = 3, 4) */
         {CCOE_FORM_PREFIX, 0, 1, 1, 6, "a:2 b:1 c:1", "arith:a code:b", CCOE_PLACE_CONTIGUOUS,
-         {0}},
+         {0}, 0},
         {CCOE_FORM_PREFIX, 1, 0, 2, 5, "a:1 b:1 c:1", "arith:a code:b sql:a",
-         CCOE_PLACE_CONTIGUOUS, {0}},
+         CCOE_PLACE_CONTIGUOUS, {0}, 0},
         /* B < P on 4 ranks: a rank without rows still exchanges */
         {CCOE_FORM_TAIL, 0, 1, 0, 3, "a:2 b:1", "arith:a code:b prose:a", CCOE_PLACE_CONTIGUOUS,
-         {0}},
+         {0}, 0},
         /* non-contiguous placements (mpi.placement): round robin, and a list map (on 4 ranks
          * rank 1 owns nothing; on 2 ranks rank 0 owns a and c, rank 1 owns b) */
         {CCOE_FORM_TAIL, 0, 0, 0, 6, "a:1 b:2 c:1", "arith:a code:b sql:c",
-         CCOE_PLACE_ROUND_ROBIN, {0}},
+         CCOE_PLACE_ROUND_ROBIN, {0}, 0},
         {CCOE_FORM_PREFIX, 0, 1, 1, 6, "a:2 b:1 c:1", "arith:a code:b prose:c", CCOE_PLACE_LIST,
-         {2, 3, 0}},
+         {2, 3, 0}, 0},
         /* Eqs. 6-7: per-layer FFN exchange; expert c without rows; B < P; a list map */
         {CCOE_FORM_FFN, 0, 0, 0, 6, "a:1 b:2", "arith:a code:b sql:a", CCOE_PLACE_CONTIGUOUS,
-         {0}},
-        {CCOE_FORM_FFN, 1, 0, 0, 7, "a:2 b:1 c:1", "arith:a code:b", CCOE_PLACE_LIST, {1, 0, 1}},
+         {0}, 0},
+        {CCOE_FORM_FFN, 1, 0, 0, 7, "a:2 b:1 c:1", "arith:a code:b", CCOE_PLACE_LIST, {1, 0, 1}, 0},
         {CCOE_FORM_FFN, 1, 0, 0, 3, "a:2 b:1", "arith:a code:b prose:a", CCOE_PLACE_CONTIGUOUS,
-         {0}},
+         {0}, 0},
     };
     int fails = refusals(comm, g);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fails += place_case(comm, g, &cases[i]);
-    /* every registered form (variants/forms.def), pre- and post-LN, shared head: a new form is
-     * checked without edits here */
+    /* every registered form (variants/forms.def), pre- and post-LN, shared head, on GPT-2-style
+     * and on LLaMA/Qwen2-style blocks: a new form is checked without edits here */
     for (int f = 0; f < ccoe_form_count(); f++)
-        for (int post_ln = 0; post_ln < 2; post_ln++) {
+        for (int v = 0; v < 4; v++) {
             const ccoe_form_ops *fo = ccoe_form_at(f);
-            const pcase pc = {fo->id, post_ln, 0, (fo->flags & CCOE_FF_PREFIX_LAYERS) ? 1 : 0, 6,
+            const pcase pc = {fo->id, v & 1, 0, (fo->flags & CCOE_FF_PREFIX_LAYERS) ? 1 : 0, 6,
                               "a:1 b:2 c:1", "arith:a code:b sql:c", CCOE_PLACE_CONTIGUOUS,
-                              {0}};
+                              {0}, v >> 1};
             fails += place_case(comm, g, &pc);
         }
     return fails;
