@@ -602,7 +602,7 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
         s = check_arch(c, cpath, &kind, err);
     if (s == CCOE_OK)
         s = kind < 0 ? hf_gpt2_config(c, cpath, &cfg.model, err)
-                     : hf_llama_config(c, cpath, kind, &cfg, log, err);
+                     : hf_llama_config(c, cpath, kind, &cfg.model, log, err);
     if (s == CCOE_OK && (s = weights_open(w, o->hf_dir, err)) == CCOE_OK)
         have_w = 1;
     int tied = 1;
@@ -707,7 +707,7 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
                                                  1, err)) == CCOE_OK)
         have_model = 1;
     if (s == CCOE_OK)
-        s = kind < 0 ? hf_gpt2_fill(w, m, err) : hf_llama_fill(w, &cfg, m, err);
+        s = kind < 0 ? hf_gpt2_fill(w, m, err) : hf_llama_fill(w, m, err);
     if (s == CCOE_OK) {
         ccoe_train_state st;
         memset(&st, 0, sizeof st);
@@ -801,7 +801,7 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     const int llama = m->cfg.norm == CCOE_NORM_RMSNORM && m->cfg.ffn == CCOE_FFN_SWIGLU &&
                       hf_llama_model_is_rope(&m->cfg);
     if (llama)
-        CCOE_TRY(hf_llama_export(m, &x->cfg, p, eos, &t, &n, &buf, &config, log, err));
+        CCOE_TRY(hf_llama_export(m, p, eos, &t, &n, &buf, &config, log, err));
     else
         CCOE_TRY(hf_gpt2_export(m, p, eos, &t, &n, &buf, &config, log, err));
     char tmp[HF_PATH], path[HF_PATH];

@@ -20,9 +20,8 @@
  * ln2.weight, mlp.fc.weight (2F, C: gate_proj's rows then up_proj's, as ccoe's SwiGLU reads
  * silu(first half) * second half), mlp.proj.weight, lnf.weight, lm_head.weight.
  *
- * The RoPE / GQA options of the ccoe config (model.pos, model.rope_theta, model.n_kv_head,
- * model.qkv_bias, model.norm_eps) are set and read through the config key table, so that a
- * build without them says so instead of importing a different function.
+ * config.json -> ccoe: model.pos = rope, rope_theta, n_kv_head (num_key_value_heads),
+ * qkv_bias (Qwen2), norm_eps (rms_norm_eps), norm = rmsnorm, ffn = swiglu, bias = false.
  */
 #include <math.h>
 #include <stdio.h>
@@ -47,85 +46,11 @@ int hf_llama_kind(const char *model_type)
 
 const char *hf_llama_arch(int kind) { return k_kind_arch[kind]; }
 
-/* The config key section.key, or NULL when this build has no such key. */
-static const ccoe_config_key *cfg_key(const char *section, const char *key)
-{
-    size_t n;
-    const ccoe_config_key *k = ccoe_config_keys(&n);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(k[i].section, section) == 0 && strcmp(k[i].key, key) == 0)
-            return &k[i];
-    return NULL;
-}
+int hf_llama_model_is_rope(const ccoe_model_config *mc) { return mc->pos == CCOE_POS_ROPE; }
 
-/* The value of a numeric, boolean or enum key of c (enum: its index); def when absent. */
-static double cfg_value(const ccoe_config *c, const char *key, double def)
+ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
+                            ccoe_model_config *mc, FILE *log, ccoe_error *err)
 {
-    const ccoe_config_key *k = cfg_key("model", key);
-    if (!k)
-        return def;
-    const char *p = (const char *)c + k->offset;
-    int iv;
-    long lv;
-    double dv;
-    switch (k->type) {
-    case CCOE_CFG_INT:
-    case CCOE_CFG_BOOL:
-    case CCOE_CFG_ENUM:
-        memcpy(&iv, p, sizeof iv);
-        return iv;
-    case CCOE_CFG_LONG:
-        memcpy(&lv, p, sizeof lv);
-        return (double)lv;
-    case CCOE_CFG_DOUBLE:
-        memcpy(&dv, p, sizeof dv);
-        return dv;
-    default:
-        return def;
-    }
-}
-
-/* 1 if c's model.pos is rope (0 in a build without the key). */
-static int cfg_is_rope(const ccoe_config *c)
-{
-    const ccoe_config_key *k = cfg_key("model", "pos");
-    if (!k || k->type != CCOE_CFG_ENUM || !k->names)
-        return 0;
-    int v = (int)cfg_value(c, "pos", 0);
-    for (int i = 0; k->names[i]; i++)
-        if (i == v)
-            return strcmp(k->names[i], "rope") == 0;
-    return 0;
-}
-
-int hf_llama_model_is_rope(const ccoe_model_config *mc)
-{
-    ccoe_config c;
-    ccoe_config_defaults(&c);
-    c.model = *mc;
-    return cfg_is_rope(&c);
-}
-
-/* Sets model.KEY = value through the key table; a build without the key says what is missing. */
-static ccoe_status set_key(ccoe_config *cfg, const char *path, const char *arch, const char *key,
-                           const char *value, ccoe_error *err)
-{
-    if (!cfg_key("model", key))
-        return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "%s: %s needs the ccoe config key model.%s (RoPE, grouped-query "
-                              "attention, q/k/v biases, RMSNorm epsilon), which this build of "
-                              "ccoe does not have; build a version with RoPE/GQA blocks",
-                              path, arch, key);
-    char a[128];
-    snprintf(a, sizeof a, "model.%s=%s", key, value);
-    CCOE_TRY(ccoe_config_set(cfg, a, err));
-    return CCOE_OK;
-}
-
-ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind, ccoe_config *cfg,
-                            FILE *log, ccoe_error *err)
-{
-    const char *arch = k_kind_arch[kind];
     long L, C, H, Hkv, V, F, P;
     CCOE_TRY(hf_cfg_int(c, path, "num_hidden_layers", 1, 0, 1, 256, &L, err));
     CCOE_TRY(hf_cfg_int(c, path, "hidden_size", 1, 0, 8, 16384, &C, err));
@@ -205,13 +130,12 @@ ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind, ccoe_con
     double eps, theta;
     CCOE_TRY(hf_cfg_num(c, path, "rms_norm_eps", 1e-6, &eps, err));
     CCOE_TRY(hf_cfg_num(c, path, "rope_theta", 10000.0, &theta, err));
-    if (!(eps > 0 && eps < 1) || !(theta > 1))
+    const int eps_ok = eps > 0 && eps <= 1e-2;
+    if (!eps_ok || !(theta > 1 && isfinite(theta)))
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                              "%s: %s = %g is out of range (rms_norm_eps in (0, 1), rope_theta "
-                              "> 1)",
-                              path, eps > 0 && eps < 1 ? "rope_theta" : "rms_norm_eps",
-                              eps > 0 && eps < 1 ? theta : eps);
-    ccoe_model_config *mc = &cfg->model;
+                              "%s: %s = %g is not supported (ccoe takes rms_norm_eps in (0, "
+                              "0.01] and a finite rope_theta > 1); fix config.json",
+                              path, eps_ok ? "rope_theta" : "rms_norm_eps", eps_ok ? theta : eps);
     mc->n_layer = (int)L;
     mc->n_embd = (int)C;
     mc->n_head = (int)H;
@@ -222,15 +146,11 @@ ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind, ccoe_con
     mc->ffn = CCOE_FFN_SWIGLU;
     mc->block = CCOE_BLOCK_PRE_LN;
     mc->bias = 0;
-    char v[64];
-    CCOE_TRY(set_key(cfg, path, arch, "pos", "rope", err));
-    snprintf(v, sizeof v, "%.17g", theta);
-    CCOE_TRY(set_key(cfg, path, arch, "rope_theta", v, err));
-    snprintf(v, sizeof v, "%ld", Hkv);
-    CCOE_TRY(set_key(cfg, path, arch, "n_kv_head", v, err));
-    CCOE_TRY(set_key(cfg, path, arch, "qkv_bias", kind == 1 ? "true" : "false", err));
-    snprintf(v, sizeof v, "%.17g", eps);
-    CCOE_TRY(set_key(cfg, path, arch, "norm_eps", v, err));
+    mc->pos = CCOE_POS_ROPE;
+    mc->rope_theta = theta;
+    mc->n_kv_head = (int)Hkv;
+    mc->qkv_bias = kind == 1;
+    mc->norm_eps = eps;
     return CCOE_OK;
 }
 
@@ -340,15 +260,11 @@ ccoe_status hf_llama_head(const hf_weights *w, const cJSON *c, const char *cfg_p
     return CCOE_OK;
 }
 
-ccoe_status hf_llama_fill(const hf_weights *w, const ccoe_config *cfg, ccoe_model *m,
-                          ccoe_error *err)
+ccoe_status hf_llama_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err)
 {
     const ccoe_model_config *mc = &m->cfg;
     const int64_t C = mc->n_embd, F = mc->ffn_hidden, V = mc->vocab_size, H = mc->n_head;
-    const int64_t hd = C / H;
-    int64_t Hkv = (int64_t)cfg_value(cfg, "n_kv_head", 0);
-    if (Hkv <= 0)
-        Hkv = H;
+    const int64_t hd = C / H, Hkv = ccoe_model_kv_heads(mc);
     const int64_t Q = H * hd, K = Hkv * hd;
     const char *pre = name_prefix(w);
     char name[160];
@@ -392,16 +308,16 @@ ccoe_status hf_llama_fill(const hf_weights *w, const ccoe_config *cfg, ccoe_mode
     return CCOE_OK;
 }
 
-ccoe_status hf_llama_export(const ccoe_model *m, const ccoe_config *cfg, int p, int32_t eos,
-                            hf_out_tensor **out, size_t *n_out, float **buf_out, char **config,
-                            FILE *log, ccoe_error *err)
+ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out,
+                            size_t *n_out, float **buf_out, char **config, FILE *log,
+                            ccoe_error *err)
 {
     const ccoe_model_config *mc = &m->cfg;
     const ccoe_block_view *b0 = &m->w_blocks[0];
     const char *why = mc->norm != CCOE_NORM_RMSNORM  ? "model.norm = layernorm"
                       : mc->ffn != CCOE_FFN_SWIGLU   ? "model.ffn = gelu"
                       : mc->block != CCOE_BLOCK_PRE_LN ? "model.block = post_ln"
-                      : !cfg_is_rope(cfg)            ? "model.pos = learned"
+                      : mc->pos != CCOE_POS_ROPE     ? "model.pos = learned"
                       : b0->proj_b || b0->fc_b       ? "model.bias = true"
                       : m->n_moe > 0                 ? "MoE blocks"
                                                      : NULL;
@@ -415,10 +331,7 @@ ccoe_status hf_llama_export(const ccoe_model *m, const ccoe_config *cfg, int p, 
     const ccoe_path *pa = &m->paths[p];
     const int L = pa->n_base + pa->n_own;
     const int64_t C = mc->n_embd, F = mc->ffn_hidden, V = mc->vocab_size, H = mc->n_head;
-    const int64_t hd = C / H;
-    int64_t Hkv = (int64_t)cfg_value(cfg, "n_kv_head", 0);
-    if (Hkv <= 0)
-        Hkv = H;
+    const int64_t hd = C / H, Hkv = ccoe_model_kv_heads(mc);
     const int64_t Q = H * hd, K = Hkv * hd;
     const ccoe_head_view *hv = &m->w_heads[pa->head];
     const int tied = hv->lm_head == m->wte;
@@ -480,8 +393,8 @@ ccoe_status hf_llama_export(const ccoe_model *m, const ccoe_config *cfg, int p, 
         {"intermediate_size", (double)F},
         {"max_position_embeddings", mc->seq_len},
         {"vocab_size", (double)V},
-        {"rms_norm_eps", cfg_value(cfg, "norm_eps", 1e-5)},
-        {"rope_theta", cfg_value(cfg, "rope_theta", 10000.0)},
+        {"rms_norm_eps", mc->norm_eps},
+        {"rope_theta", mc->rope_theta},
         {"initializer_range", mc->init_std},
         {"attention_dropout", 0.0}};
     for (size_t i = 0; ok && i < N_OF(nums); i++)
