@@ -72,11 +72,10 @@ ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(c, "head_dim");
     if (hd && !cJSON_IsNull(hd) && (!cJSON_IsNumber(hd) || hd->valuedouble != (double)(C / H)))
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                              "%s: head_dim = %s is not supported: ccoe's heads have "
+                              "%s: head_dim = %.10g is not supported: ccoe's heads have "
                               "hidden_size / num_attention_heads = %ld channels; only configs "
                               "with head_dim absent, null or %ld import",
-                              path, cJSON_IsNumber(hd) ? "a different value" : "not a number",
-                              C / H, C / H);
+                              path, cJSON_IsNumber(hd) ? hd->valuedouble : NAN, C / H, C / H);
     const char *act = hf_cfg_str(c, "hidden_act");
     if (act && strcmp(act, "silu") != 0 && strcmp(act, "swish") != 0)
         return ccoe_error_set(err, CCOE_ERR_FORMAT,

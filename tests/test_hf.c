@@ -1473,7 +1473,7 @@ static void test_llama_refusals(void **state)
          "sliding_window = 4 is smaller than the context", "seq_len 8"},
         {"qwen2 sliding window in use", "\"use_sliding_window\": true, \"sliding_window\": 4",
          NULL, "qwen2", CCOE_ERR_FORMAT, "sliding_window = 4", "not supported"},
-        {"head_dim", "\"head_dim\": 8", NULL, "llama", CCOE_ERR_FORMAT, "head_dim",
+        {"head_dim", "\"head_dim\": 8", NULL, "llama", CCOE_ERR_FORMAT, "head_dim = 8",
          "hidden_size / num_attention_heads = 4"},
         {"gelu", "\"hidden_act\": \"gelu\"", NULL, "llama", CCOE_ERR_FORMAT,
          "hidden_act \"gelu\"", "silu"},
