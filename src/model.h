@@ -2,7 +2,7 @@
  *
  * All parameters live in one aligned block, gradients in a second block with the same layout,
  * activations in a third, each sized from the config and a maximum (B, T) before the first step.
- * Order: wte (V,C), wpe (T,C), base blocks 0..L-1, base final norm (pre-LN only), lm_head (V,C)
+ * Order: wte (V,C), wpe (T,C) (model.pos = learned only), base blocks 0..L-1, base final norm (pre-LN only), lm_head (V,C)
  * unless tied, then each CCoE expert contiguously (its blocks, then its own norm/head if
  * configured), so an expert is one copy, one send, one safetensors slice. Tensor names
  * ("wte", "blocks.3.attn.qkv.weight", "experts.arith.blocks.0.mlp.fc.weight", ...) are listed
@@ -58,7 +58,7 @@ typedef struct ccoe_param {
  * where the config has no such tensor (biases off, RMSNorm has no bias). */
 typedef struct ccoe_block_view {
     float *ln1_w, *ln1_b;     /* (C) */
-    float *qkv_w, *qkv_b;     /* (3C, C), (3C) */
+    float *qkv_w, *qkv_b;     /* (W, C), (W); W = (H + 2 Hkv) hd rows [q | k | v] */
     float *proj_w, *proj_b;   /* (C, C), (C) */
     float *ln2_w, *ln2_b;     /* (C) */
     float *fc_w, *fc_b;       /* (F or 2F for swiglu, C), (F or 2F) */
@@ -74,7 +74,7 @@ typedef struct ccoe_head_view {
 /* Saved activations of one block instance (capacity maxB*maxT rows). */
 typedef struct ccoe_block_acts {
     float *ln1, *ln1_mean, *ln1_rstd; /* (N,C), (N), (N); post-LN: LN(x + attn) */
-    float *qkv;                       /* (N, 3C) */
+    float *qkv;                       /* (N, W); q, k rotated with RoPE */
     float *atty;                      /* (N, C) attention output before projection */
     float *lse;                       /* (B, H, T) */
     float *res1;                      /* (N, C) x + attn */
@@ -120,7 +120,7 @@ typedef struct ccoe_model {
     ccoe_arena param_mem, grad_mem, act_mem;
     float *param_block;     /* (num_params) */
     float *grad_block;      /* (num_params) */
-    float *wte, *wpe;       /* params: (V, C), (T, C) */
+    float *wte, *wpe;       /* params: (V, C), (T, C) or NULL (RoPE) */
     float *dwte, *dwpe;     /* grads */
     ccoe_block_view *w_blocks, *g_blocks; /* (n_inst) */
     /* Eqs. 6-7 (form = ffn): expert e's FFN j (fc/fcproj members only) at xffn_first[e] + j */

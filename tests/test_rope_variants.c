@@ -81,6 +81,8 @@ static void open_run(run *r, const char *name, const char *const *sets)
         CCOE_OK)
         fail_msg("%s: %s", name, err.msg);
     ccoe_model_init_weights(&r->m, 17, CCOE_INIT_RANDOM);
+    r->m.train = 1; /* noisy gates draw their noise */
+    r->m.seed = 1234;
 }
 
 typedef struct only_expert {
@@ -137,6 +139,7 @@ static void train_and_check(run *r, int expert)
         if (s == STEPS)
             break;
         ccoe_model_backward(m, 1.0f / (float)n, 1.0f);
+        m->step = (uint64_t)s + 1;
         ccoe_adamw_step_scaled(&opt, m, &r->cfg.train, 1e-2, 1.0f, on_expert, &oe);
     }
     fprintf(stderr, "%-56s loss %.4f -> %.4f\n", r->name, first, last);
