@@ -1,5 +1,5 @@
-/* cmd_export.c - `ccoe export`: a ccoe model as Hugging Face GPT-2 directories (src/hf.c does the
- * work). Rank 0 only. */
+/* cmd_export.c - `ccoe export`: a ccoe model as Hugging Face GPT-2 / LLaMA / Qwen2 directories (src/hf.c
+ * does the work). Rank 0 only. */
 #include <stdio.h>
 
 #include "cli.h"
@@ -27,7 +27,8 @@ static int run_export(const ccoe_cli_args *a)
 const ccoe_cli_cmd ccoe_cmd_export = {
     .name = "export",
     .args = "MODEL",
-    .summary = "a ccoe model as a Hugging Face GPT-2 directory (GPT2LMHeadModel, F32)",
+    .summary = "a ccoe model as a Hugging Face directory (GPT2LMHeadModel, LlamaForCausalLM or "
+               "Qwen2ForCausalLM; F32)",
     .opts = k_export_opts,
     .n_opts = sizeof k_export_opts / sizeof k_export_opts[0],
     .min_pos = 1,

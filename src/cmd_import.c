@@ -32,7 +32,7 @@ static int run_import(const ccoe_cli_args *a)
 const ccoe_cli_cmd ccoe_cmd_import = {
     .name = "import",
     .args = "HF_DIR",
-    .summary = "a Hugging Face GPT-2 directory as a ccoe checkpoint",
+    .summary = "a Hugging Face GPT-2, LLaMA, Qwen2 or Mistral directory as a ccoe checkpoint",
     .details = "HF_DIR holds config.json and model.safetensors or its shards (F32/F16/BF16); "
                "its tokenizer\nfiles are copied to BASE.tokenizer/, which becomes "
                "data.tokenizer.\n",

@@ -1,5 +1,6 @@
 /* hf.c - Hugging Face directories: config.json, the weight files, the tokenizer files, and the
- * import/export drivers; the per-architecture mapping is in hf_gpt2.c. */
+ * import/export drivers; the per-architecture mapping is in hf_gpt2.c and
+ * hf_llama.c. */
 #include "hf.h"
 
 #include <dirent.h>
@@ -527,8 +528,9 @@ static ccoe_status manifest_domains(const ccoe_config *cfg, char (*names)[CCOE_N
     return s;
 }
 
-/* Which architecture config.json names; refuses the ones ccoe does not map. */
-static ccoe_status check_arch(const cJSON *c, const char *path, ccoe_error *err)
+/* Which architecture config.json names: *kind = -1 for GPT-2, else hf_llama_kind's value;
+ * refuses the ones ccoe does not map. */
+static ccoe_status check_arch(const cJSON *c, const char *path, int *kind, ccoe_error *err)
 {
     const char *type = hf_cfg_str(c, "model_type");
     const cJSON *archs = cJSON_GetObjectItemCaseSensitive(c, "architectures");
@@ -541,18 +543,25 @@ static ccoe_status check_arch(const cJSON *c, const char *path, ccoe_error *err)
                               "%s has no \"model_type\": it is not a transformers config.json; "
                               "use the model's own config.json",
                               path);
-    static const char *const later[] = {"llama", "qwen2", "mistral"};
-    for (int i = 0; i < 3; i++)
-        if (strcmp(type, later[i]) == 0)
+    *kind = hf_llama_kind(type);
+    if (*kind >= 0) {
+        const char *want = hf_llama_arch(*kind);
+        /* the bare *Model class has the same weights under the same names */
+        char bare[64];
+        snprintf(bare, sizeof bare, "%.*sModel", (int)(strlen(want) - strlen("ForCausalLM")),
+                 want);
+        if (arch && strcmp(arch, want) != 0 && strcmp(arch, bare) != 0)
             return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                                  "%s: model_type \"%s\" (%s) is not yet supported: it needs "
-                                  "RoPE, grouped-query attention, RMSNorm and SwiGLU blocks; "
-                                  "import supports model_type gpt2 (GPT2LMHeadModel) today",
-                                  path, type, arch ? arch : "no architectures entry");
+                                  "%s: architecture \"%.60s\" is not supported for model_type "
+                                  "%s: import supports %s (and %s weights)",
+                                  path, arch, type, want, bare);
+        return CCOE_OK;
+    }
     if (strcmp(type, "gpt2") != 0)
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
                               "%s: model_type \"%.40s\" is not supported: import supports "
-                              "model_type gpt2 (GPT2LMHeadModel)",
+                              "model_type gpt2 (GPT2LMHeadModel), llama (LlamaForCausalLM), "
+                              "qwen2 (Qwen2ForCausalLM) and mistral (MistralForCausalLM)",
                               path, type);
     if (arch && strcmp(arch, "GPT2LMHeadModel") != 0 && strcmp(arch, "GPT2Model") != 0)
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
@@ -588,15 +597,18 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
     int have_model = 0, have_w = 0, made_tok = 0;
     char tokdir[HF_PATH] = "", tmp[HF_PATH] = "";
     ccoe_status s = w && m ? CCOE_OK : ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory");
+    int kind = -1;
     if (s == CCOE_OK)
-        s = check_arch(c, cpath, err);
+        s = check_arch(c, cpath, &kind, err);
     if (s == CCOE_OK)
-        s = hf_gpt2_config(c, cpath, &cfg.model, err);
+        s = kind < 0 ? hf_gpt2_config(c, cpath, &cfg.model, err)
+                     : hf_llama_config(c, cpath, kind, &cfg.model, log, err);
     if (s == CCOE_OK && (s = weights_open(w, o->hf_dir, err)) == CCOE_OK)
         have_w = 1;
     int tied = 1;
     if (s == CCOE_OK)
-        s = hf_gpt2_head(w, c, cpath, &tied, log, err);
+        s = kind < 0 ? hf_gpt2_head(w, c, cpath, &tied, log, err)
+                     : hf_llama_head(w, c, cpath, kind, &tied, log, err);
     cfg.model.tied_head = tied;
     /* the tokenizer: its files go along into OUT.tokenizer/ */
     const char *tsrc = o->tokenizer ? o->tokenizer : o->hf_dir;
@@ -695,7 +707,7 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
                                                  1, err)) == CCOE_OK)
         have_model = 1;
     if (s == CCOE_OK)
-        s = hf_gpt2_fill(w, m, err);
+        s = kind < 0 ? hf_gpt2_fill(w, m, err) : hf_llama_fill(w, m, err);
     if (s == CCOE_OK) {
         ccoe_train_state st;
         memset(&st, 0, sizeof st);
@@ -703,9 +715,10 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
     }
     clock_gettime(CLOCK_MONOTONIC, &w1);
     if (s == CCOE_OK && log) {
-        fprintf(log, "imported %s (GPT2LMHeadModel, %zu parameters, %d file%s, head %s) -> %s "
+        fprintf(log, "imported %s (%s, %zu parameters, %d file%s, head %s) -> %s "
                      "in %.2f s (%.2f s CPU)\nderived config:\n",
-                o->hf_dir, m->num_params, w->n_files, w->n_files == 1 ? "" : "s",
+                o->hf_dir, kind < 0 ? "GPT2LMHeadModel" : hf_llama_arch(kind), m->num_params,
+                w->n_files, w->n_files == 1 ? "" : "s",
                 tied ? "tied to wte" : "untied", o->out,
                 (double)(w1.tv_sec - w0.tv_sec) + 1e-9 * (double)(w1.tv_nsec - w0.tv_nsec),
                 (double)(clock() - t0) / CLOCKS_PER_SEC);
@@ -783,7 +796,14 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     size_t n = 0;
     float *buf = NULL;
     char *config = NULL;
-    CCOE_TRY(hf_gpt2_export(m, p, eos, &t, &n, &buf, &config, log, err));
+    /* RMSNorm + SwiGLU + RoPE models are LLaMA / Qwen2; everything else goes to GPT-2's
+     * layout, which names what it cannot express */
+    const int llama = m->cfg.norm == CCOE_NORM_RMSNORM && m->cfg.ffn == CCOE_FFN_SWIGLU &&
+                      hf_llama_model_is_rope(&m->cfg);
+    if (llama)
+        CCOE_TRY(hf_llama_export(m, p, eos, &t, &n, &buf, &config, log, err));
+    else
+        CCOE_TRY(hf_gpt2_export(m, p, eos, &t, &n, &buf, &config, log, err));
     char tmp[HF_PATH], path[HF_PATH];
     ccoe_status s = make_temp_dir(dst, tmp, sizeof tmp, err);
     ccoe_st_tensor *st = calloc(n ? n : 1, sizeof *st);
@@ -815,11 +835,13 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     if (s != CCOE_OK && tmp[0])
         remove_tree_files(tmp);
     if (s == CCOE_OK && log)
-        fprintf(log, "exported %s path %s (%d blocks, head %s) -> %s (GPT2LMHeadModel, %zu "
-                     "tensors)\n",
+        fprintf(log, "exported %s path %s (%d blocks, head %s) -> %s (%s, %zu tensors)\n",
                 x->path, p == 0 ? "base" : m->taskmap.experts[p - 1].name,
                 m->paths[p].n_base + m->paths[p].n_own,
-                m->w_heads[m->paths[p].head].lm_head == m->wte ? "tied" : "untied", dst, n);
+                m->w_heads[m->paths[p].head].lm_head == m->wte ? "tied" : "untied", dst,
+                !llama ? "GPT2LMHeadModel"
+                : m->w_blocks[0].qkv_b ? "Qwen2ForCausalLM" : "LlamaForCausalLM",
+                n);
     free(st);
     free(t);
     free(buf);

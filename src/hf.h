@@ -6,15 +6,19 @@
  * checkpoint (step 0, no optimizer state) that every command taking a model accepts. The
  * tokenizer files next to config.json are copied into OUT's sibling directory
  * "<OUT without .safetensors>.tokenizer", which becomes data.tokenizer. Architectures: GPT-2
- * (GPT2LMHeadModel, model_type gpt2; hf_gpt2.c). LLaMA, Qwen2 and Mistral are recognised and
- * refused as not yet supported; anything else is refused naming what is supported.
+ * (GPT2LMHeadModel, model_type gpt2; hf_gpt2.c) and LLaMA, Qwen2, Mistral (LlamaForCausalLM,
+ * Qwen2ForCausalLM, MistralForCausalLM: RoPE, grouped-query attention, RMSNorm, SwiGLU, q/k/v
+ * biases for Qwen2; hf_llama.c); their options ccoe does not implement (rope_scaling, a sliding
+ * window shorter than the context, ...) are refused naming them; anything else is refused
+ * naming what is supported.
  *
  * Export writes one complete model (the base, or the base with one CCoE expert in place: the
  * paper's n + 1 complete LLMs) as a Hugging Face directory: config.json, model.safetensors
  * (plain F32, no ccoe checksum, metadata format = pt) and the tokenizer files, loadable by
- * transformers' GPT2LMHeadModel.from_pretrained. Every CCoE form is expressible: a tail or
- * prefix expert's path is a GPT-2 with n_base + l_i blocks, an FFN expert's path swaps the FFNs
- * of the blocks it covers, an own head is an untied lm_head.
+ * transformers' GPT2LMHeadModel.from_pretrained, or LlamaForCausalLM / Qwen2ForCausalLM for a
+ * RoPE + RMSNorm + SwiGLU model. Every CCoE form is expressible: a tail or prefix expert's path
+ * is the model with n_base + l_i blocks, an FFN expert's path swaps the FFNs of the blocks it
+ * covers, an own head is an untied lm_head.
  *
  * Nothing is left half-written: the checkpoint is written atomically, directories are built
  * under a temporary name and renamed into place.

@@ -239,26 +239,24 @@ ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tenso
                            ccoe_error *err)
 {
     const ccoe_model_config *mc = &m->cfg;
-    if (mc->norm != CCOE_NORM_LAYERNORM || mc->ffn != CCOE_FFN_GELU ||
-        mc->block != CCOE_BLOCK_PRE_LN || m->n_moe > 0)
+    const char *why = mc->norm != CCOE_NORM_LAYERNORM  ? "model.norm = rmsnorm"
+                      : mc->ffn != CCOE_FFN_GELU       ? "model.ffn = swiglu"
+                      : mc->block != CCOE_BLOCK_PRE_LN ? "model.block = post_ln"
+                      : mc->pos != CCOE_POS_LEARNED    ? "model.pos = rope"
+                      : ccoe_model_kv_heads(mc) != mc->n_head ? "model.n_kv_head < n_head"
+                      : mc->qkv_bias && !mc->bias      ? "model.qkv_bias without model.bias"
+                      : fabs(mc->norm_eps - 1e-5) > 1e-12 ? "model.norm_eps other than 1e-5"
+                      : m->n_moe > 0                   ? "MoE blocks"
+                                                       : NULL;
+    if (why)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "the model (%s) cannot be expressed as a GPT2LMHeadModel, which "
-                              "has pre-LN blocks with LayerNorm, GELU FFNs and no MoE layers; "
-                              "export supports those models only",
-                              mc->norm != CCOE_NORM_LAYERNORM ? "model.norm = rmsnorm"
-                              : mc->ffn != CCOE_FFN_GELU      ? "model.ffn = swiglu"
-                              : mc->block != CCOE_BLOCK_PRE_LN ? "model.block = post_ln"
-                                                               : "MoE blocks");
-    if (mc->pos != CCOE_POS_LEARNED || ccoe_model_kv_heads(mc) != mc->n_head ||
-        (float)mc->norm_eps != 1e-5f)
-        return ccoe_error_set(err, CCOE_ERR_CONFIG,
-                              "the model (%s) cannot be expressed as a GPT2LMHeadModel, which "
-                              "has learned positions, one key/value head per head and "
-                              "LayerNorm epsilon 1e-5; export supports those models only",
-                              mc->pos != CCOE_POS_LEARNED ? "model.pos = rope"
-                              : ccoe_model_kv_heads(mc) != mc->n_head
-                                  ? "model.n_kv_head != model.n_head"
-                                  : "model.norm_eps != 1e-5");
+                              "has pre-LN blocks with LayerNorm (eps 1e-5), learned positions, "
+                              "full multi-head attention, GELU FFNs and no MoE layers; a model "
+                              "with model.norm = rmsnorm, ffn = swiglu, pos = rope and bias = "
+                              "false exports as LlamaForCausalLM (Qwen2ForCausalLM with "
+                              "qkv_bias)",
+                              why);
     const ccoe_path *pa = &m->paths[p];
     const int L = pa->n_base + pa->n_own;
     const int64_t C = mc->n_embd, F = mc->ffn_hidden, V = mc->vocab_size, T = mc->seq_len;

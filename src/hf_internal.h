@@ -81,4 +81,29 @@ ccoe_status hf_gpt2_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err);
 ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out, size_t *n,
                            float **buf, char **config, FILE *log, ccoe_error *err);
 
+/* ---- LLaMA, Qwen2, Mistral (hf_llama.c) ---- */
+
+/* 0 llama, 1 qwen2, 2 mistral for a model_type; -1 otherwise. */
+int hf_llama_kind(const char *model_type);
+const char *hf_llama_arch(int kind); /* "LlamaForCausalLM", ... */
+
+/* Reads config.json into mc (RMSNorm, SwiGLU, RoPE, GQA, q/k/v biases for Qwen2),
+ * refusing what ccoe does not implement (rope_scaling, a sliding window shorter than the
+ * context, head_dim != hidden_size / heads, hidden_act other than silu, o_proj/MLP biases). */
+ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
+                            ccoe_model_config *mc, FILE *log, ccoe_error *err);
+
+/* As hf_gpt2_head / hf_gpt2_fill for this layout (copies without transposes). */
+ccoe_status hf_llama_head(const hf_weights *w, const cJSON *c, const char *cfg_path, int kind,
+                          int *tied, FILE *log, ccoe_error *err);
+ccoe_status hf_llama_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err);
+
+/* 1 if the model uses RoPE (model.pos = rope): the LLaMA layout exports it. */
+int hf_llama_model_is_rope(const ccoe_model_config *mc);
+
+/* Path p as a LlamaForCausalLM (Qwen2ForCausalLM when q/k/v have biases); *out point into m's
+ * tensors (*buf is NULL). */
+ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out,
+                            size_t *n, float **buf, char **config, FILE *log, ccoe_error *err);
+
 #endif

@@ -264,6 +264,8 @@ static void gpt2_tensors(const gpt2_opts *o, gpt2_dir *g)
     }
 }
 
+static void write_weights(const char *dir, const gpt2_dir *g, int dtype, int shards);
+
 /* Writes g as the directory dir with o's config (and the fixture's tokenizer files). */
 static void gpt2_write(const char *dir, const gpt2_opts *o, const gpt2_dir *g)
 {
@@ -284,20 +286,28 @@ static void gpt2_write(const char *dir, const gpt2_opts *o, const gpt2_dir *g)
              o->P, inner, o->V, o->tie ? "true" : "false");
     snprintf(p, sizeof p, "%s/config.json", dir);
     write_text(p, cfg);
-    if (o->shards <= 1) {
+    write_weights(dir, g, o->dtype, o->shards);
+}
+
+/* Writes g's tensors into dir (model.safetensors, or an index and that many shards) with the
+ * fixture's tokenizer files. */
+static void write_weights(const char *dir, const gpt2_dir *g, int dtype, int shards)
+{
+    char p[512];
+    if (shards <= 1) {
         snprintf(p, sizeof p, "%s/model.safetensors", dir);
-        write_st(p, g->t, g->n, o->dtype);
+        write_st(p, g->t, g->n, dtype);
     } else {
         char *idx = malloc(1 << 16);
         size_t len = (size_t)sprintf(idx, "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {");
-        int per = (g->n + o->shards - 1) / o->shards;
-        for (int k = 0; k < o->shards; k++) {
+        int per = (g->n + shards - 1) / shards;
+        for (int k = 0; k < shards; k++) {
             int a = k * per, b = a + per < g->n ? a + per : g->n;
-            snprintf(p, sizeof p, "%s/model-%05d-of-%05d.safetensors", dir, k + 1, o->shards);
-            write_st(p, g->t + a, b - a, o->dtype);
+            snprintf(p, sizeof p, "%s/model-%05d-of-%05d.safetensors", dir, k + 1, shards);
+            write_st(p, g->t + a, b - a, dtype);
             for (int i = a; i < b; i++)
                 len += (size_t)sprintf(idx + len, "%s\"%s\": \"model-%05d-of-%05d.safetensors\"",
-                                       i ? ", " : "", g->t[i].name, k + 1, o->shards);
+                                       i ? ", " : "", g->t[i].name, k + 1, shards);
         }
         sprintf(idx + len, "}}");
         snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
@@ -571,12 +581,12 @@ static void test_half_conversion(void **state)
 }
 
 /* Logits of the committed fixture against the independent float64 forward. */
-static void test_fixture_logits(void **state)
+/* The logits of fixture tests/fixtures/NAME against its float64 reference, to 1e-4. */
+static void fixture_logits(const char *name)
 {
-    (void)state;
     char hf[1200], ck[256], exp_path[1300];
-    snprintf(hf, sizeof hf, "%s/tests/fixtures/hf-gpt2-tiny", g_src);
-    snprintf(ck, sizeof ck, "%s/fixture.safetensors", g_dir);
+    snprintf(hf, sizeof hf, "%s/tests/fixtures/%s", g_src, name);
+    snprintf(ck, sizeof ck, "%s/fixture-%s.safetensors", g_dir, name);
     snprintf(exp_path, sizeof exp_path, "%s/expected_logits.txt", hf);
     ccoe_error err;
     ccoe_status s = import(hf, ck, &err);
@@ -634,11 +644,31 @@ static void test_fixture_logits(void **state)
         rows++;
     }
     fclose(e);
-    fprintf(stderr, "fixture: %d logit rows, largest |ccoe - float64 reference| = %.3g\n", rows,
-            worst);
+    fprintf(stderr, "fixture %s: %d logit rows, largest |ccoe - float64 reference| = %.3g\n",
+            name, rows, worst);
     assert_true(rows >= 5);
     assert_true(worst < 1e-4);
     ccoe_model_free(&m);
+}
+
+static void test_fixture_logits(void **state)
+{
+    (void)state;
+    fixture_logits("hf-gpt2-tiny");
+}
+
+/* LLaMA: GQA (4 heads over 2), untied head, rotary_emb.inv_freq buffers skipped; Qwen2: one
+ * key/value head, q/k/v biases, tied head, rope_theta 1e6 (gen_hf_llama_tiny.py). */
+static void test_fixture_logits_llama(void **state)
+{
+    (void)state;
+    fixture_logits("hf-llama-tiny");
+}
+
+static void test_fixture_logits_qwen2(void **state)
+{
+    (void)state;
+    fixture_logits("hf-qwen2-tiny");
 }
 
 /* ---- refusals: each names the problem, and nothing is written ---- */
@@ -669,7 +699,8 @@ static void m_llama(const char *dir, gpt2_opts *o, gpt2_dir *g)
 }
 static void m_qwen2(const char *dir, gpt2_opts *o, gpt2_dir *g)
 {
-    m_cfg(dir, "{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\"}");
+    m_cfg(dir, "{\"architectures\": [\"Qwen2ForTokenClassification\"], "
+                   "\"model_type\": \"qwen2\"}");
 }
 static void m_mistral(const char *dir, gpt2_opts *o, gpt2_dir *g)
 {
@@ -801,9 +832,12 @@ static void test_refusals(void **state)
     struct { const char *what; mutate_fn fn; ccoe_status st; const char *m1, *m2; } cases[] = {
         {"no config.json", m_no_config, CCOE_ERR_IO, "has no config.json", "Hugging Face"},
         {"config.json not JSON", m_bad_json, CCOE_ERR_FORMAT, "config.json", "not a JSON"},
-        {"llama", m_llama, CCOE_ERR_FORMAT, "\"llama\"", "not yet supported"},
-        {"qwen2", m_qwen2, CCOE_ERR_FORMAT, "Qwen2ForCausalLM", "not yet supported"},
-        {"mistral", m_mistral, CCOE_ERR_FORMAT, "\"mistral\"", "not yet supported"},
+        {"llama without its keys", m_llama, CCOE_ERR_FORMAT, "\"num_hidden_layers\"",
+         "required"},
+        {"qwen2 of another class", m_qwen2, CCOE_ERR_FORMAT, "Qwen2ForTokenClassification",
+         "Qwen2ForCausalLM"},
+        {"mistral without its keys", m_mistral, CCOE_ERR_FORMAT, "\"num_hidden_layers\"",
+         "required"},
         {"bert", m_bert, CCOE_ERR_FORMAT, "\"bert\"", "supports"},
         {"exact gelu", m_gelu, CCOE_ERR_FORMAT, "activation_function \"gelu\"", "tanh"},
         {"eps", m_eps, CCOE_ERR_FORMAT, "layer_norm_epsilon", "1e-5"},
@@ -874,11 +908,22 @@ static void test_refusals(void **state)
 static void test_export_ccoe_paths(void **state)
 {
     (void)state;
+    /* GPT-2 bases, then a Qwen2-like (q/k/v biases, GQA) and a LLaMA-like base */
+    const char *qwen[] = {"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope",
+                          "model.bias=false", "model.qkv_bias=true", "model.n_head=4",
+                          "model.n_kv_head=2", NULL};
+    const char *llama[] = {"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope",
+                           "model.bias=false", "model.n_head=4", "model.n_kv_head=1",
+                           "model.norm_eps=1e-6", NULL};
+    const char *none[] = {NULL};
     const char *forms[][4] = {
         {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true"},
         {"ccoe.form=ffn", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=false"},
+        {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true"},
+        {"ccoe.form=ffn", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=false"},
     };
-    for (int fi = 0; fi < 2; fi++) {
+    const char *const *models[] = {none, none, qwen, llama};
+    for (int fi = 0; fi < 4; fi++) {
         ccoe_config cfg;
         ccoe_config_defaults(&cfg);
         const char *sets[] = {"model.n_layer=4", "model.n_embd=16", "model.n_head=2",
@@ -888,6 +933,8 @@ static void test_export_ccoe_paths(void **state)
             assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
         for (int i = 0; i < 4; i++)
             assert_int_equal(ccoe_config_set(&cfg, forms[fi][i], &err), CCOE_OK);
+        for (int i = 0; models[fi][i]; i++)
+            assert_int_equal(ccoe_config_set(&cfg, models[fi][i], &err), CCOE_OK);
         char tokcfg[1300];
         snprintf(tokcfg, sizeof tokcfg, "data.tokenizer=%s/tests/fixtures/hf-gpt2-tiny", g_src);
         assert_int_equal(ccoe_config_set(&cfg, tokcfg, &err), CCOE_OK);
@@ -927,7 +974,14 @@ static void test_export_ccoe_paths(void **state)
             assert_int_equal(c2.model.n_layer, pa->n_base + pa->n_own);
             const ccoe_head_view *hv = &m.w_heads[pa->head];
             assert_int_equal(c2.model.tied_head, hv->lm_head == m.wte);
-            const size_t C = 16, F = 64;
+            const size_t C = 16, F = (size_t)m.cfg.ffn_hidden *
+                                         (m.cfg.ffn == CCOE_FFN_SWIGLU ? 2 : 1);
+            const size_t W = (size_t)(m.cfg.n_head + 2 * ccoe_model_kv_heads(&m.cfg)) *
+                             (C / (size_t)m.cfg.n_head);
+            assert_int_equal(c2.model.pos, m.cfg.pos);
+            assert_int_equal(ccoe_model_kv_heads(&c2.model), ccoe_model_kv_heads(&m.cfg));
+            assert_int_equal(c2.model.qkv_bias, m.cfg.qkv_bias);
+            assert_true(c2.model.norm_eps == m.cfg.norm_eps);
             for (int l = 0; l < c2.model.n_layer; l++) {
                 const int inst = l < pa->n_base ? l : pa->first_inst + (l - pa->n_base);
                 const ccoe_block_view *b = &m.w_blocks[inst], *ffn = b;
@@ -935,13 +989,17 @@ static void test_export_ccoe_paths(void **state)
                     ffn = &m.w_xffn[m.xffn_first[pa->ffn_expert] + l - pa->ffn_from];
                 char nm[96];
                 snprintf(nm, sizeof nm, "blocks.%d.attn.qkv.weight", l);
-                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->qkv_w, 3 * C * C * 4);
-                snprintf(nm, sizeof nm, "blocks.%d.ln2.bias", l);
-                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->ln2_b, C * 4);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->qkv_w, W * C * 4);
+                snprintf(nm, sizeof nm, "blocks.%d.attn.qkv.bias", l);
+                if (b->qkv_b)
+                    assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->qkv_b, W * 4);
+                snprintf(nm, sizeof nm, "blocks.%d.ln2.weight", l);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), b->ln2_w, C * 4);
                 snprintf(nm, sizeof nm, "blocks.%d.mlp.fc.weight", l);
                 assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), ffn->fc_w, F * C * 4);
-                snprintf(nm, sizeof nm, "blocks.%d.mlp.proj.bias", l);
-                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), ffn->fcproj_b, C * 4);
+                snprintf(nm, sizeof nm, "blocks.%d.mlp.proj.weight", l);
+                assert_memory_equal(ccoe_st_find(f, nm, NULL, NULL), ffn->fcproj_w,
+                                    C * (size_t)m.cfg.ffn_hidden * 4);
             }
             assert_memory_equal(ccoe_st_find(f, "lnf.weight", NULL, NULL), hv->lnf_w, C * 4);
             if (hv->lm_head != m.wte)
@@ -973,30 +1031,45 @@ static void test_export_ccoe_paths(void **state)
 static void test_export_refuses_other_blocks(void **state)
 {
     (void)state;
-    ccoe_config cfg;
-    ccoe_config_defaults(&cfg);
-    const char *sets[] = {"model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.seq_len=8",
-                          "model.vocab_size=272", "model.norm=rmsnorm"};
-    ccoe_error err = {0};
-    for (size_t i = 0; i < 6; i++)
-        assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
-    ccoe_gemm gemm;
-    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
-    static ccoe_model m;
-    assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err),
-                     CCOE_OK);
-    ccoe_model_init_weights(&m, 5, CCOE_INIT_RANDOM);
-    char ck[256], out[256];
-    snprintf(ck, sizeof ck, "%s/rms.safetensors", g_dir);
-    snprintf(out, sizeof out, "%s/rms-hf", g_dir);
-    assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
-    ccoe_model_free(&m);
-    ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
-    assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_CONFIG);
-    TU_ASSERT_MSG_HAS(err, "model.norm = rmsnorm");
-    TU_ASSERT_MSG_HAS(err, "GPT2LMHeadModel");
-    assert_false(exists(out));
+    struct { const char *sets[4]; const char *m1, *m2; } cases[] = {
+        {{"model.norm=rmsnorm"}, "model.norm = rmsnorm", "GPT2LMHeadModel"},
+        {{"model.pos=rope"}, "model.pos = rope", "LlamaForCausalLM"},
+        {{"model.n_kv_head=1"}, "model.n_kv_head < n_head", "GPT2LMHeadModel"},
+        {{"model.norm_eps=1e-6"}, "model.norm_eps", "GPT2LMHeadModel"},
+        {{"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope", "model.bias=true"},
+         "model.bias = true", "LlamaForCausalLM"},
+        {{"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope", "model.block=post_ln"},
+         "model.block = post_ln", "Qwen2ForCausalLM"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        fprintf(stderr, "export refusal %zu: %s\n", c, cases[c].m1);
+        ccoe_config cfg;
+        ccoe_config_defaults(&cfg);
+        const char *sets[] = {"model.n_layer=1", "model.n_embd=16", "model.n_head=2",
+                              "model.seq_len=8", "model.vocab_size=272"};
+        ccoe_error err = {0};
+        for (size_t i = 0; i < 5; i++)
+            assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+        for (size_t i = 0; i < 4 && cases[c].sets[i]; i++)
+            assert_int_equal(ccoe_config_set(&cfg, cases[c].sets[i], &err), CCOE_OK);
+        assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+        ccoe_gemm gemm;
+        assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+        static ccoe_model m;
+        assert_int_equal(
+            ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err), CCOE_OK);
+        ccoe_model_init_weights(&m, 5, CCOE_INIT_RANDOM);
+        char ck[256], out[256];
+        snprintf(ck, sizeof ck, "%s/other%zu.safetensors", g_dir, c);
+        snprintf(out, sizeof out, "%s/other%zu-hf", g_dir, c);
+        assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+        ccoe_model_free(&m);
+        ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_CONFIG);
+        TU_ASSERT_MSG_HAS(err, cases[c].m1);
+        TU_ASSERT_MSG_HAS(err, cases[c].m2);
+        assert_false(exists(out));
+    }
 }
 
 /* A byte-tokenizer model exports GPT-2 tokenizer files that encode every byte to ccoe's byte id
@@ -1054,12 +1127,410 @@ static void test_export_byte_tokenizer(void **state)
     ccoe_st_close(y);
 }
 
+/* ---- LLaMA / Qwen2 / Mistral directories ---- */
+
+typedef struct llama_opts {
+    const char *kind;      /* "llama", "qwen2" or "mistral" */
+    int L, C, H, Hkv, P, V, F;
+    const char *prefix;    /* "model." or "" */
+    int dtype;
+    int shards;
+    int tie;               /* tie_word_embeddings */
+    int store_head;        /* tied: lm_head.weight stored anyway (a copy) */
+    int inv_freq;          /* the old rotary_emb.inv_freq buffers */
+    const char *extra_cfg; /* members placed first in config.json, or NULL */
+    uint64_t seed;
+} llama_opts;
+
+static llama_opts llama_base(const char *kind)
+{
+    return (llama_opts){.kind = kind, .L = 2, .C = 16, .H = 4, .Hkv = 2, .P = 8, .V = 272,
+                        .F = 24, .prefix = "model.", .dtype = DT_F32, .shards = 1,
+                        .seed = 11};
+}
+
+static void llama_tensors(const llama_opts *o, gpt2_dir *g)
+{
+    memset(g, 0, sizeof *g);
+    const int C = o->C, hd = o->C / o->H, Q = o->H * hd, K = o->Hkv * hd, F = o->F;
+    const int qwen = strcmp(o->kind, "qwen2") == 0;
+    g->F = F;
+    uint64_t s = o->seed;
+    add(g, o->prefix, "embed_tokens.weight", 2, o->V, C, s++);
+    char nm[96];
+    for (int l = 0; l < o->L; l++) {
+#define B(suffix, nd, d0, d1)                               \
+    snprintf(nm, sizeof nm, "layers.%d." suffix, l);        \
+    add(g, o->prefix, nm, nd, d0, d1, s++)
+        B("input_layernorm.weight", 1, C, 0);
+        B("self_attn.q_proj.weight", 2, Q, C);
+        B("self_attn.k_proj.weight", 2, K, C);
+        B("self_attn.v_proj.weight", 2, K, C);
+        if (qwen) {
+            B("self_attn.q_proj.bias", 1, Q, 0);
+            B("self_attn.k_proj.bias", 1, K, 0);
+            B("self_attn.v_proj.bias", 1, K, 0);
+        }
+        B("self_attn.o_proj.weight", 2, C, Q);
+        B("post_attention_layernorm.weight", 1, C, 0);
+        B("mlp.gate_proj.weight", 2, F, C);
+        B("mlp.up_proj.weight", 2, F, C);
+        B("mlp.down_proj.weight", 2, C, F);
+        if (o->inv_freq) {
+            B("self_attn.rotary_emb.inv_freq", 1, hd / 2, 0);
+        }
+#undef B
+    }
+    add(g, o->prefix, "norm.weight", 1, C, 0, s++);
+    if (!o->tie || o->store_head) {
+        tt *h = add(g, "", "lm_head.weight", 2, o->V, C, s++);
+        if (o->tie)
+            memcpy(h->data, g->t[0].data, numel(h) * sizeof(float));
+    }
+}
+
+static void llama_write(const char *dir, const llama_opts *o, const gpt2_dir *g)
+{
+    mkdir(dir, 0777);
+    char p[512], cfg[2048];
+    const char *arch = strcmp(o->kind, "llama") == 0   ? "LlamaForCausalLM"
+                       : strcmp(o->kind, "qwen2") == 0 ? "Qwen2ForCausalLM"
+                                                       : "MistralForCausalLM";
+    snprintf(cfg, sizeof cfg,
+             "{%s%s\"architectures\": [\"%s\"], \"model_type\": \"%s\", \"hidden_act\": "
+             "\"silu\", \"num_hidden_layers\": %d, \"hidden_size\": %d, "
+             "\"num_attention_heads\": %d, \"num_key_value_heads\": %d, "
+             "\"intermediate_size\": %d, \"max_position_embeddings\": %d, \"vocab_size\": %d, "
+             "\"rms_norm_eps\": 1e-06, \"rope_theta\": 500000.0, \"rope_scaling\": null, "
+             "\"sliding_window\": null, \"tie_word_embeddings\": %s}",
+             o->extra_cfg ? o->extra_cfg : "", o->extra_cfg ? ", " : "", arch, o->kind, o->L,
+             o->C, o->H, o->Hkv, o->F, o->P, o->V, o->tie ? "true" : "false");
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    write_text(p, cfg);
+    write_weights(dir, g, o->dtype, o->shards);
+}
+
+/* The ccoe tensor cname (rows r0 .. r0 + rows of a (.., cols) matrix, or elements of a vector)
+ * equals HF tensor hname. */
+static void same_rows(ccoe_st_file *f, const char *cname, int64_t r0, const gpt2_dir *g,
+                      const char *hname)
+{
+    const tt *h = find_tt(g, hname);
+    int nd = 0;
+    int64_t sh[4];
+    const float *c = ccoe_st_find(f, cname, &nd, sh);
+    if (!h || !c)
+        fprintf(stderr, "missing %s / %s\n", hname, cname);
+    assert_non_null(h);
+    assert_non_null(c);
+    const int64_t cols = nd > 1 ? sh[1] : 1;
+    assert_true(r0 + h->shape[0] <= sh[0]);
+    if (h->ndim > 1)
+        assert_int_equal(h->shape[1], cols);
+    assert_memory_equal(c + r0 * cols, h->data, numel(h) * sizeof(float));
+}
+
+/* Every ccoe tensor of the checkpoint is its HF source: qkv = q | k | v rows, fc = gate | up. */
+static void llama_check(const char *ck, const llama_opts *o, const gpt2_dir *g)
+{
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
+    const int qwen = strcmp(o->kind, "qwen2") == 0;
+    assert_int_equal(cfg.model.n_layer, o->L);
+    assert_int_equal(cfg.model.n_embd, o->C);
+    assert_int_equal(cfg.model.n_head, o->H);
+    assert_int_equal(cfg.model.n_kv_head, o->Hkv);
+    assert_int_equal(cfg.model.ffn_hidden, o->F);
+    assert_int_equal(cfg.model.seq_len, o->P);
+    assert_int_equal(cfg.model.tied_head, o->tie);
+    assert_int_equal(cfg.model.pos, CCOE_POS_ROPE);
+    assert_int_equal(cfg.model.norm, CCOE_NORM_RMSNORM);
+    assert_int_equal(cfg.model.ffn, CCOE_FFN_SWIGLU);
+    assert_int_equal(cfg.model.bias, 0);
+    assert_int_equal(cfg.model.qkv_bias, qwen);
+    assert_true(cfg.model.rope_theta == 500000.0);
+    assert_true(cfg.model.norm_eps == 1e-6);
+    const int64_t hd = o->C / o->H, Q = o->H * hd, K = o->Hkv * hd;
+    char hn[160], cn[128];
+    const char *pre = o->prefix;
+    for (int l = 0; l < o->L; l++) {
+#define SAME(cname, r0, hname)                                                  \
+    do {                                                                        \
+        snprintf(cn, sizeof cn, "blocks.%d.%s", l, cname);                      \
+        snprintf(hn, sizeof hn, "%slayers.%d.%s", pre, l, hname);               \
+        same_rows(f, cn, r0, g, hn);                                            \
+    } while (0)
+        SAME("ln1.weight", 0, "input_layernorm.weight");
+        SAME("attn.qkv.weight", 0, "self_attn.q_proj.weight");
+        SAME("attn.qkv.weight", Q, "self_attn.k_proj.weight");
+        SAME("attn.qkv.weight", Q + K, "self_attn.v_proj.weight");
+        if (qwen) {
+            SAME("attn.qkv.bias", 0, "self_attn.q_proj.bias");
+            SAME("attn.qkv.bias", Q, "self_attn.k_proj.bias");
+            SAME("attn.qkv.bias", Q + K, "self_attn.v_proj.bias");
+        } else {
+            snprintf(cn, sizeof cn, "blocks.%d.attn.qkv.bias", l);
+            assert_null(ccoe_st_find(f, cn, NULL, NULL));
+        }
+        SAME("attn.proj.weight", 0, "self_attn.o_proj.weight");
+        SAME("ln2.weight", 0, "post_attention_layernorm.weight");
+        SAME("mlp.fc.weight", 0, "mlp.gate_proj.weight");
+        SAME("mlp.fc.weight", o->F, "mlp.up_proj.weight");
+        SAME("mlp.proj.weight", 0, "mlp.down_proj.weight");
+#undef SAME
+    }
+    snprintf(hn, sizeof hn, "%sembed_tokens.weight", pre);
+    same_rows(f, "wte", 0, g, hn);
+    snprintf(hn, sizeof hn, "%snorm.weight", pre);
+    same_rows(f, "lnf.weight", 0, g, hn);
+    assert_null(ccoe_st_find(f, "wpe", NULL, NULL));
+    if (o->tie)
+        assert_null(ccoe_st_find(f, "lm_head.weight", NULL, NULL));
+    else
+        same_rows(f, "lm_head.weight", 0, g, "lm_head.weight");
+    ccoe_st_close(f);
+}
+
+/* Each layout variant: import (the name map), export (HF names under "model.", the tensors
+ * themselves), import again (bit-identical parameters). */
+static void test_llama_layouts_and_round_trips(void **state)
+{
+    (void)state;
+    struct { const char *what; llama_opts o; } cases[8];
+    int n = 0;
+    llama_opts o = llama_base("llama");
+    cases[n++] = (typeof(cases[0])){"llama, GQA 4/2, untied, F32", o};
+    o = llama_base("llama");
+    o.tie = 1;
+    o.prefix = "";
+    o.inv_freq = 1;
+    o.dtype = DT_BF16;
+    o.Hkv = 4;
+    cases[n++] = (typeof(cases[0])){"llama, no prefix, tied, inv_freq buffers, BF16, MHA", o};
+    o = llama_base("qwen2");
+    o.shards = 3;
+    cases[n++] = (typeof(cases[0])){"qwen2, q/k/v biases, GQA 4/2, 3 shards", o};
+    o = llama_base("qwen2");
+    o.tie = 1;
+    o.store_head = 1;
+    o.Hkv = 1;
+    o.dtype = DT_F16;
+    cases[n++] = (typeof(cases[0])){"qwen2, tied with a stored copy, one kv head, F16", o};
+    o = llama_base("mistral");
+    o.extra_cfg = "\"sliding_window\": 4096";
+    o.shards = 2;
+    o.dtype = DT_BF16;
+    cases[n++] = (typeof(cases[0])){"mistral, window >= context, 2 BF16 shards", o};
+    for (int c = 0; c < n; c++) {
+        fprintf(stderr, "llama case %d: %s\n", c, cases[c].what);
+        const llama_opts *lo = &cases[c].o;
+        char hf[256], ck[256], ex[256], ck2[256], p[300];
+        snprintf(hf, sizeof hf, "%s/llama%d", g_dir, c);
+        snprintf(ck, sizeof ck, "%s/llama%d.safetensors", g_dir, c);
+        snprintf(ex, sizeof ex, "%s/llama%d-export", g_dir, c);
+        snprintf(ck2, sizeof ck2, "%s/llama%d-again.safetensors", g_dir, c);
+        gpt2_dir g;
+        llama_tensors(lo, &g);
+        llama_write(hf, lo, &g);
+        ccoe_error err;
+        ccoe_status s = import(hf, ck, &err);
+        if (s != CCOE_OK)
+            fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(s, CCOE_OK);
+        llama_check(ck, lo, &g);
+
+        ccoe_hf_export_opts eo = {.model = ck, .out_dir = ex};
+        s = ccoe_hf_export(&eo, NULL, &err);
+        if (s != CCOE_OK)
+            fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(s, CCOE_OK);
+        snprintf(p, sizeof p, "%s/model.safetensors", ex);
+        ccoe_st_file *f = NULL;
+        assert_int_equal(ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED, &f, &err), CCOE_OK);
+        size_t want = 0;
+        for (int i = 0; i < g.n; i++) {
+            const char *name = g.t[i].name;
+            if (strstr(name, "inv_freq"))
+                continue; /* buffers are not exported */
+            if (strcmp(name, "lm_head.weight") == 0 && lo->tie)
+                continue;
+            char en[160];
+            if (strcmp(name, "lm_head.weight") == 0 || lo->prefix[0])
+                snprintf(en, sizeof en, "%s", name);
+            else
+                snprintf(en, sizeof en, "model.%s", name);
+            int nd = 0;
+            int64_t sh[4];
+            const float *d = ccoe_st_find(f, en, &nd, sh);
+            if (!d)
+                fprintf(stderr, "export lacks %s\n", en);
+            assert_non_null(d);
+            assert_int_equal(nd, g.t[i].ndim);
+            for (int k = 0; k < nd; k++)
+                assert_int_equal(sh[k], g.t[i].shape[k]);
+            assert_memory_equal(d, g.t[i].data, numel(&g.t[i]) * sizeof(float));
+            want++;
+        }
+        assert_int_equal(ccoe_st_count(f), want);
+        ccoe_st_close(f);
+        /* config.json names the architecture and the RoPE / GQA settings */
+        snprintf(p, sizeof p, "%s/config.json", ex);
+        FILE *cf = fopen(p, "r");
+        assert_non_null(cf);
+        static char text[8192];
+        size_t len = fread(text, 1, sizeof text - 1, cf);
+        text[len] = '\0';
+        fclose(cf);
+        const int qwen = strcmp(lo->kind, "qwen2") == 0;
+        assert_non_null(strstr(text, qwen ? "\"Qwen2ForCausalLM\"" : "\"LlamaForCausalLM\""));
+        char kv[64];
+        snprintf(kv, sizeof kv, "\"num_key_value_heads\":\t%d", lo->Hkv);
+        if (!strstr(text, kv))
+            fprintf(stderr, "config.json lacks %s:\n%s\n", kv, text);
+        assert_non_null(strstr(text, kv));
+        assert_non_null(strstr(text, "\"rope_theta\":\t500000"));
+        assert_non_null(strstr(text, "\"rms_norm_eps\":\t1e-06"));
+
+        s = import(ex, ck2, &err);
+        if (s != CCOE_OK)
+            fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(s, CCOE_OK);
+        ccoe_st_file *a = NULL, *b = NULL;
+        assert_int_equal(ccoe_st_open(ck, &a, &err), CCOE_OK);
+        assert_int_equal(ccoe_st_open(ck2, &b, &err), CCOE_OK);
+        ccoe_compare_result r;
+        FILE *devnull = fopen("/dev/null", "w");
+        assert_int_equal(ccoe_checkpoint_compare(a, b, CCOE_CMP_PARAMS, devnull, &r), 1);
+        fclose(devnull);
+        assert_int_equal(r.differ + r.only_a + r.only_b, 0);
+        ccoe_st_close(a);
+        ccoe_st_close(b);
+        free_dir(&g);
+    }
+}
+
+/* A LLaMA mutation: change the options (before writing) or the directory (after). */
+typedef struct llama_bad {
+    const char *what;
+    const char *extra_cfg;            /* placed first in config.json */
+    void (*tensors)(gpt2_dir *g);     /* applied to the tensors before writing, or NULL */
+    const char *kind;
+    ccoe_status st;
+    const char *m1, *m2;
+} llama_bad;
+
+static void t_drop_up(gpt2_dir *g)
+{
+    for (int i = 0; i < g->n; i++)
+        if (strcmp(g->t[i].name, "model.layers.1.mlp.up_proj.weight") == 0) {
+            free(g->t[i].data);
+            g->t[i] = g->t[--g->n];
+            return;
+        }
+    fail();
+}
+
+static void t_k_full(gpt2_dir *g)
+{
+    /* k_proj with num_attention_heads rows: a config that lost num_key_value_heads */
+    for (int i = 0; i < g->n; i++)
+        if (strcmp(g->t[i].name, "model.layers.0.self_attn.k_proj.weight") == 0) {
+            g->t[i].shape[0] = 16;
+            free(g->t[i].data);
+            g->t[i].data = rand_k64(16 * 16, 5);
+            return;
+        }
+    fail();
+}
+
+static void t_qbias(gpt2_dir *g)
+{
+    add(g, "", "model.layers.0.self_attn.q_proj.bias", 1, 16, 0, 99);
+}
+
+static void t_drop_head(gpt2_dir *g)
+{
+    for (int i = 0; i < g->n; i++)
+        if (strcmp(g->t[i].name, "lm_head.weight") == 0) {
+            free(g->t[i].data);
+            g->t[i] = g->t[--g->n];
+            return;
+        }
+    fail();
+}
+
+static void test_llama_refusals(void **state)
+{
+    (void)state;
+    const llama_bad cases[] = {
+        {"rope_scaling linear", "\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}", NULL,
+         "llama", CCOE_ERR_FORMAT, "rope_scaling (type \"linear\")", "plain RoPE only"},
+        {"rope_scaling llama3", "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8}",
+         NULL, "llama", CCOE_ERR_FORMAT, "\"llama3\"", "not supported"},
+        {"mistral sliding window", "\"sliding_window\": 4", NULL, "mistral", CCOE_ERR_FORMAT,
+         "sliding_window = 4 is smaller than the context", "seq_len 8"},
+        {"qwen2 sliding window in use", "\"use_sliding_window\": true, \"sliding_window\": 4",
+         NULL, "qwen2", CCOE_ERR_FORMAT, "sliding_window = 4", "not supported"},
+        {"head_dim", "\"head_dim\": 8", NULL, "llama", CCOE_ERR_FORMAT, "head_dim = 8",
+         "hidden_size / num_attention_heads = 4"},
+        {"gelu", "\"hidden_act\": \"gelu\"", NULL, "llama", CCOE_ERR_FORMAT,
+         "hidden_act \"gelu\"", "silu"},
+        {"attention_bias", "\"attention_bias\": true", NULL, "llama", CCOE_ERR_FORMAT,
+         "attention_bias = true", "q/k/v only"},
+        {"mlp_bias", "\"mlp_bias\": true", NULL, "mistral", CCOE_ERR_FORMAT, "mlp_bias = true",
+         "not supported"},
+        {"kv heads do not divide", "\"num_key_value_heads\": 3", NULL, "llama", CCOE_ERR_FORMAT,
+         "num_key_value_heads = 3", "num_attention_heads = 4"},
+        {"missing tensor", NULL, t_drop_up, "llama", CCOE_ERR_FORMAT,
+         "'model.layers.1.mlp.up_proj.weight'", "missing"},
+        {"k_proj shape", NULL, t_k_full, "llama", CCOE_ERR_FORMAT,
+         "'model.layers.0.self_attn.k_proj.weight'", "has shape [16, 16] but config.json implies "
+         "[8, 16]"},
+        {"q bias in a llama", NULL, t_qbias, "llama", CCOE_ERR_FORMAT,
+         "'model.layers.0.self_attn.q_proj.bias'", "not part of a LlamaForCausalLM"},
+        {"untied without lm_head", NULL, t_drop_head, "qwen2", CCOE_ERR_FORMAT,
+         "tie_word_embeddings is false", "lm_head.weight"},
+        {"other class", "\"architectures\": [\"LlamaForSequenceClassification\"]", NULL, "llama",
+         CCOE_ERR_FORMAT, "LlamaForSequenceClassification", "LlamaForCausalLM"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        fprintf(stderr, "llama refusal %zu: %s\n", c, cases[c].what);
+        char hf[256], ck[256], tok[256];
+        snprintf(hf, sizeof hf, "%s/lbad%zu", g_dir, c);
+        snprintf(ck, sizeof ck, "%s/lbad%zu.safetensors", g_dir, c);
+        snprintf(tok, sizeof tok, "%s/lbad%zu.tokenizer", g_dir, c);
+        llama_opts o = llama_base(cases[c].kind);
+        o.extra_cfg = cases[c].extra_cfg;
+        gpt2_dir g;
+        llama_tensors(&o, &g);
+        if (cases[c].tensors)
+            cases[c].tensors(&g);
+        llama_write(hf, &o, &g);
+        ccoe_error err;
+        ccoe_status s = import(hf, ck, &err);
+        if (s != cases[c].st)
+            fprintf(stderr, "status %d, want %d: %s\n", s, cases[c].st, err.msg);
+        assert_int_equal(s, cases[c].st);
+        TU_ASSERT_MSG_HAS(err, cases[c].m1);
+        TU_ASSERT_MSG_HAS(err, cases[c].m2);
+        assert_false(exists(ck));
+        assert_false(exists(tok));
+        free_dir(&g);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_half_conversion),
         cmocka_unit_test(test_layouts_and_round_trips),
         cmocka_unit_test(test_fixture_logits),
+        cmocka_unit_test(test_fixture_logits_llama),
+        cmocka_unit_test(test_fixture_logits_qwen2),
+        cmocka_unit_test(test_llama_layouts_and_round_trips),
+        cmocka_unit_test(test_llama_refusals),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_export_ccoe_paths),
         cmocka_unit_test(test_export_refuses_other_blocks),

@@ -3,7 +3,8 @@
 # tokenizer; the derived config trains further (--init-from); train-expert trains an expert on
 # the imported base with the base frozen and pushes it; eval runs on both; export writes the
 # base and the expert's path as Hugging Face directories; importing the exported base gives the
-# same parameters bit for bit; bad input is refused with the file named and nothing written.
+# same parameters bit for bit; the same for the committed tiny Qwen2 and LLaMA fixtures; bad
+# input is refused with the file named and nothing written.
 source "$(dirname "$0")/lib/common.sh"
 cd "$WORK"
 HF="$SRC/tests/fixtures/hf-gpt2-tiny"
@@ -50,10 +51,44 @@ done
   && fail "the expert path exported as the base"
 pass "export base and expert path; import(export(base)) bit-identical"
 
+# the LLaMA / Qwen2 layouts: the Qwen2 fixture (GQA, q/k/v biases, tied) through import,
+# train-expert, eval, export of base and expert path, import of the export; LLaMA's round trip
+Q="$SRC/tests/fixtures/hf-qwen2-tiny"
+out=$("$CCOE" import "$Q" -o qbase.safetensors) || fail "import qwen2: $out"
+grep -q "^imported .* (Qwen2ForCausalLM, 9504 parameters, 1 file, head tied to wte)" <<<"$out" || fail "qwen2 summary: $out"
+for k in "pos = rope" "n_kv_head = 1" "qkv_bias = true" "rope_theta = 1000000" "norm_eps = 1e-06" "norm = rmsnorm" "ffn = swiglu"; do
+  grep -q "^  $k$" <<<"$out" || fail "qwen2 derived config lacks '$k': $out"
+done
+"$CCOE" train-expert qbase.safetensors --expert arith --domain arith --layers 1 --set train.steps=3 \
+  --set train.batch_size=2 --set train.eval_every=0 -o qex --push qwith.safetensors --quiet >qte.log 2>&1 \
+  || fail "train-expert on the qwen2 import: $(cat qte.log)"
+"$CCOE" compare qbase.safetensors qwith.safetensors --only-base >/dev/null || fail "the frozen qwen2 base changed"
+"$CCOE" eval qwith.safetensors --batches 1 --no-tasks >/dev/null || fail "eval of the qwen2 base + expert"
+"$CCOE" export qwith.safetensors -o hf-qbase >/dev/null || fail "export of the qwen2 base"
+"$CCOE" export qwith.safetensors --path arith -o hf-qarith >/dev/null || fail "export of the qwen2 expert path"
+grep -q '"Qwen2ForCausalLM"' hf-qbase/config.json || fail "hf-qbase/config.json: $(cat hf-qbase/config.json)"
+"$CCOE" import hf-qarith -o qarith.safetensors >/dev/null || fail "import of the qwen2 expert path"
+"$CCOE" compare qbase.safetensors qarith.safetensors --params >/dev/null \
+  && fail "the qwen2 expert path exported as the base"
+"$CCOE" import hf-qbase -o qagain.safetensors >/dev/null || fail "import of the qwen2 export"
+"$CCOE" compare qbase.safetensors qagain.safetensors --params >/dev/null || fail "import(export(qwen2)) differs"
+"$CCOE" import "$SRC/tests/fixtures/hf-llama-tiny" -o lbase.safetensors >/dev/null || fail "import llama"
+"$CCOE" export lbase.safetensors -o hf-lbase >/dev/null || fail "export llama"
+grep -q '"LlamaForCausalLM"' hf-lbase/config.json || fail "hf-lbase/config.json"
+"$CCOE" import hf-lbase -o lagain.safetensors >/dev/null || fail "import of the llama export"
+"$CCOE" compare lbase.safetensors lagain.safetensors --params >/dev/null || fail "import(export(llama)) differs"
+pass "Qwen2 and LLaMA: import, train-expert, eval, export base and expert path, round trips"
+mkdir mistral && cp "$SRC"/tests/fixtures/hf-llama-tiny/{model.safetensors,vocab.json,merges.txt} mistral/ \
+  && sed -e 's/"llama"/"mistral"/; s/LlamaForCausalLM/MistralForCausalLM/; s/^{/{"sliding_window": 4,/' \
+    "$SRC/tests/fixtures/hf-llama-tiny/config.json" >mistral/config.json
+expect_fail 1 "sliding_window = 4 is smaller than the context" -- "$CCOE" import mistral -o x.safetensors
+[[ ! -e x.safetensors && ! -e x.tokenizer ]] || fail "a refused mistral import left output"
+pass "a Mistral sliding window shorter than the context is refused"
+
 # bad input: nothing written
 expect_fail 1 "nodir has no config.json" -- "$CCOE" import nodir -o x.safetensors
 mkdir llama && echo '{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}' >llama/config.json
-expect_fail 1 'model_type "llama" .*not yet supported' -- "$CCOE" import llama -o x.safetensors
+expect_fail 1 'has no "num_hidden_layers": it is required' -- "$CCOE" import llama -o x.safetensors
 mkdir trunc && cp "$HF"/*.json "$HF"/merges.txt trunc/ && head -c 30000 "$HF/model.safetensors" >trunc/model.safetensors
 expect_fail 1 "trunc/model.safetensors.*(truncated|corrupt)" -- "$CCOE" import trunc -o x.safetensors
 [[ ! -e x.safetensors && ! -e x.tokenizer ]] || fail "a refused import left output"
