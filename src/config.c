@@ -198,9 +198,11 @@ static const ccoe_config_key key_table[] = {
     DBL("moe", "w_load", moe.w_load, 0, 0, 1e6, 0, "0",
         "weight of Shazeer's load loss CV(Load)^2 (noisy_topk with top_k < n_experts)"),
     DBL("moe", "w_switch", moe.w_switch, 0, 0, 1e6, 0, "0.01",
-        "weight of the Switch/GShard balance loss E sum_i f_i P_i (must be 0 for gate domain)"),
+        "weight of the Switch/GShard balance loss E sum_i f_i P_i (must be 0 for a gate "
+        "without a router: domain, hash)"),
     DBL("moe", "w_z", moe.w_z, 0, 0, 1e6, 0, "0.001",
-        "weight of the router z-loss mean logsumexp^2 (must be 0 for gate domain)"),
+        "weight of the router z-loss mean logsumexp^2 (must be 0 for a gate without a "
+        "router: domain, hash)"),
 
     ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
          "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "

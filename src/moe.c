@@ -117,10 +117,11 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
                    "selected, the load estimator is undefined; set w_load = 0 or top_k < %d",
                    c->w_load, E, E);
     }
+    if (!(g->flags & CCOE_GATE_ROUTER) &&
+        (c->w_importance != 0.0 || c->w_switch != 0.0 || c->w_z != 0.0))
+        return bad(err, "gate %s has no router: the aux losses (w_importance %g, w_switch "
+                   "%g, w_z %g) must be 0", g->name, c->w_importance, c->w_switch, c->w_z);
     if (g->flags & CCOE_GATE_DOMAIN) {
-        if (c->w_importance != 0.0 || c->w_switch != 0.0 || c->w_z != 0.0)
-            return bad(err, "gate %s has no router: the aux losses (w_importance %g, w_switch "
-                       "%g, w_z %g) must be 0", g->name, c->w_importance, c->w_switch, c->w_z);
         if (c->n_domains < 1 || c->n_domains > CCOE_MOE_MAX_DOMAINS)
             return bad(err, "gate %s needs a domain table with 1..%d entries, got %d", g->name,
                        CCOE_MOE_MAX_DOMAINS, c->n_domains);
@@ -557,6 +558,7 @@ ccoe_gate_args ccoe_moe_gate_args(const ccoe_moe *m, const ccoe_moe_acts *a,
     if (pass) {
         g.domains = pass->domains;
         g.T = pass->T;
+        g.tokens = pass->tokens;
     }
     g.domain_expert = m->cfg.domain_expert;
     g.n_domains = m->cfg.n_domains;
@@ -857,6 +859,7 @@ void ccoe_moe_route_forward(const ccoe_moe *m, ccoe_moe_acts *a, const float *in
         }
     }
     assert(!(m->gate->flags & CCOE_GATE_DOMAIN) || (pass && pass->domains && pass->T >= 1));
+    assert(!(m->gate->flags & CCOE_GATE_TOKEN) || (pass && (pass->tokens || N == 0)));
     ccoe_gate_args ga = ccoe_moe_gate_args(m, a, pass, N);
     m->gate->forward(a->ids, a->weights, a->kth, &ga);
 }

@@ -51,7 +51,7 @@ typedef enum ccoe_moe_expert_kind {
 
 /* Plain data (copyable, hashable). ccoe_moe_defaults fills it; ccoe_moe_validate checks it. */
 typedef struct ccoe_moe_config {
-    char gate[32];          /* softmax | topk | noisy_topk | domain */
+    char gate[32];          /* a name of the gate registry (variants/gates.def) */
     int n_experts;          /* E, 1..CCOE_MOE_MAX_EXPERTS */
     int top_k;              /* K: 1..E; softmax needs K = E, domain K = 1 */
     int ffn_hidden;         /* F of each expert, >= 1 (fine-grained experts: small F) */
@@ -127,6 +127,7 @@ typedef struct ccoe_moe_pass {
                                and micro-batch offset included) */
     const int32_t *domains; /* domain gate: (ceil(N / T)) domain of each sequence */
     int T;                  /* domain gate: rows per sequence (row n has domains[n / T]) */
+    const int32_t *tokens;  /* gates with CCOE_GATE_TOKEN (hash): (N) token id of each row */
 } ccoe_moe_pass;
 
 /* Statistics of one forward (and the timings of the backward that follows, if passed there). */

@@ -67,6 +67,7 @@ typedef struct fx {
     ccoe_moe_scratch s;
     float *params, *grads, *inp, *out, *dout, *dinp;
     int32_t domains[64];
+    int32_t *tokens; /* (N) token ids (gates with CCOE_GATE_TOKEN) */
     ccoe_moe_pass pass;
     int N;
 } fx;
@@ -119,6 +120,12 @@ static void fx_init(fx *f, const ccoe_moe_config *cfg, int C, int N, int train, 
     f->pass.token_offset = 0;
     f->pass.domains = f->domains;
     f->pass.T = 8;
+    /* token-id gates: ids spread over a vocabulary of 97 (every row gets one) */
+    f->tokens = malloc((size_t)N * sizeof(int32_t));
+    assert_non_null(f->tokens);
+    for (int n = 0; n < N; n++)
+        f->tokens[n] = (int32_t)(((uint64_t)n * 37u + seed) % 97u);
+    f->pass.tokens = f->tokens;
 }
 
 static void fx_free(fx *f)
@@ -130,6 +137,7 @@ static void fx_free(fx *f)
     free(f->out);
     free(f->dout);
     free(f->dinp);
+    free(f->tokens);
 }
 
 /* Double copies of what the reference needs: routing from the fast forward's acts. */
@@ -881,6 +889,64 @@ static void test_domain_gate(void **state)
     fx_free(&f);
 }
 
+/* Hash routing: each row goes to the expert of its token id, weight 1, no router; the map is
+ * a bijection on every block of E consecutive ids (balanced over any vocabulary to within one)
+ * and not the plain residue v mod E. */
+static void test_hash_gate(void **state)
+{
+    (void)state;
+    moe_case mc = {"hash", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0};
+    ccoe_moe_config cfg;
+    case_config(&mc, &cfg);
+    fx f;
+    fx_init(&f, &cfg, mc.C, mc.N, 1, 991);
+    ccoe_moe_stats st;
+    double aux = ccoe_moe_forward(&f.m, f.out, &f.a, &st, f.inp, f.params, &f.pass, f.N);
+    assert_true(aux == 0.0);
+    assert_int_equal(f.m.num_params, f.m.off_experts + 5 * f.m.expert_stride); /* no router */
+    assert_true(f.m.off_router == (size_t)-1);
+    int64_t per[CCOE_MOE_MAX_EXPERTS] = {0};
+    for (int n = 0; n < f.N; n++) {
+        int e = ccoe_gate_hash_expert(f.tokens[n], 5);
+        assert_int_equal(f.a.ids[n], e);
+        assert_true(f.a.weights[n] == 1.0f);
+        per[e]++;
+    }
+    for (int e = 0; e < 5; e++)
+        assert_true(per[e] == st.tokens_per_expert[e]);
+    assert_true(st.gate_entropy == 0.0 && st.router_entropy == 0.0);
+    fx_free(&f);
+    /* balance over vocabularies of several sizes and several E; not the identity residue map */
+    const int Es[] = {2, 3, 5, 8, 16}, Vs[] = {1, 7, 256, 1000, 50257};
+    for (size_t i = 0; i < sizeof Es / sizeof Es[0]; i++)
+        for (size_t j = 0; j < sizeof Vs / sizeof Vs[0]; j++) {
+            const int E = Es[i], V = Vs[j];
+            int64_t cnt[16] = {0}, mod_same = 0;
+            for (int v = 0; v < V; v++) {
+                int e = ccoe_gate_hash_expert(v, E);
+                assert_true(e >= 0 && e < E);
+                cnt[e]++;
+                mod_same += e == v % E;
+            }
+            int64_t lo = cnt[0], hi = cnt[0];
+            for (int e = 1; e < E; e++) {
+                lo = cnt[e] < lo ? cnt[e] : lo;
+                hi = cnt[e] > hi ? cnt[e] : hi;
+            }
+            assert_true(hi - lo <= 1);
+            if (V >= 256) /* the per-block shift varies: about 1/E of ids keep v mod E */
+                assert_true(E >= 3 ? mod_same < V / 2 : mod_same < (3 * V) / 4);
+        }
+    /* each block of E consecutive ids is a permutation of the experts */
+    for (int b = 0; b < 100; b++) {
+        int seen[8] = {0};
+        for (int k = 0; k < 8; k++)
+            seen[ccoe_gate_hash_expert(b * 8 + k, 8)]++;
+        for (int e = 0; e < 8; e++)
+            assert_int_equal(seen[e], 1);
+    }
+}
+
 /* Noise is keyed by the global token index: N rows at once == two halves with offsets. */
 static void test_noise_split(void **state)
 {
@@ -1327,6 +1393,7 @@ int main(void)
         cmocka_unit_test(test_identity_dispatch),
         cmocka_unit_test(test_dense_equivalence),
         cmocka_unit_test(test_domain_gate),
+        cmocka_unit_test(test_hash_gate),
         cmocka_unit_test(test_noise_split),
         cmocka_unit_test(test_balancing_lowers_cv),
         cmocka_unit_test(test_validate),

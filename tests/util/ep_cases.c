@@ -276,7 +276,8 @@ int tu_ep_round_trips(ccoe_comm *comm, const ccoe_gemm *g)
 
 /* ---- layer equivalence ---- */
 
-static ccoe_moe_pass make_pass(const lcase *c, const int32_t *domains, int64_t offset)
+static ccoe_moe_pass make_pass(const lcase *c, const int32_t *domains, const int32_t *tokens,
+                               int64_t offset)
 {
     ccoe_moe_pass p;
     memset(&p, 0, sizeof p);
@@ -287,6 +288,7 @@ static ccoe_moe_pass make_pass(const lcase *c, const int32_t *domains, int64_t o
     p.token_offset = offset;
     p.domains = domains;
     p.T = T_SEQ;
+    p.tokens = tokens;
     return p;
 }
 
@@ -332,12 +334,15 @@ static int layer_case(ccoe_comm *comm, const ccoe_gemm *g, const lcase *c, int i
     int32_t domains[64];
     for (int b = 0; b < nseq; b++)
         domains[b] = (int32_t)((b * 3 + 1) % 4);
+    int32_t tokens[12 * T_SEQ]; /* token-id gates: ids over a vocabulary of 97 */
+    for (int n = 0; n < Ntot; n++)
+        tokens[n] = (int32_t)((n * 37 + 5) % 97);
 
     /* the serial layer on the whole batch (every rank computes it) */
     float *out_ref = xcalloc(NC, sizeof(float)), *dinp_ref = xcalloc(NC, sizeof(float));
     float *g_ref = xcalloc(np, sizeof(float));
     ccoe_moe_stats st_ref;
-    ccoe_moe_pass pass = make_pass(c, domains, 0);
+    ccoe_moe_pass pass = make_pass(c, domains, tokens, 0);
     double aux_ref = ccoe_moe_forward(&S.m, out_ref, &S.a, &st_ref, inp, params, &pass, Ntot);
     ccoe_moe_backward(&S.m, dinp_ref, g_ref, &st_ref, &S.s, dout, &S.a, inp, params, 0.5f, Ntot);
 
@@ -349,7 +354,7 @@ static int layer_case(ccoe_comm *comm, const ccoe_gemm *g, const lcase *c, int i
     float *grads = xcalloc(np, sizeof(float));
     ccoe_moe_stats st;
     double aux = 0.0;
-    ccoe_moe_pass lp = make_pass(c, domains + row0 / T_SEQ, row0);
+    ccoe_moe_pass lp = make_pass(c, domains + row0 / T_SEQ, tokens + row0, row0);
     CHECK_OK(ccoe_moe_forward_ep(&L.m, comm, out, &aux, &L.a, &L.s, &st, inp + (size_t)row0 * C,
                                  params, &lp, N, &err));
     CHECK_OK(ccoe_moe_backward_ep(&L.m, comm, dinp, grads, &st, &L.s, dout + (size_t)row0 * C,
