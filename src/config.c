@@ -190,7 +190,11 @@ static const ccoe_config_key key_table[] = {
     BOOL("moe", "renormalize", moe.renormalize, "true",
          "topk: the kept gate weights sum to 1 (false: raw softmax probabilities)"),
     DBL("moe", "capacity_factor", moe.capacity_factor, 0, 0, 1e6, 0, "1.25",
-        "rows per expert = ceil(cf * N * K / E); 0 = dropless, else >= 1"),
+        "training: rows per expert = ceil(cf * N * K / E); 0 = dropless, else >= 1 (gate "
+        "domain is always dropless)"),
+    DBL("moe", "eval_capacity_factor", moe.eval_capacity_factor, 0, 0, 1e6, 0, "0",
+        "the same for evaluation, in-training evaluations and generation: 0 = dropless "
+        "(capacity is a training device), else >= 1"),
     DBL("moe", "noise_eps", moe.noise_eps, 0, 0, 1e6, 0, "0",
         "noisy_topk: sigma = softplus(h W_noise) + noise_eps"),
     DBL("moe", "w_importance", moe.w_importance, 0, 0, 1e6, 0, "0",

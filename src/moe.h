@@ -60,7 +60,9 @@ typedef struct ccoe_moe_config {
     int renormalize;        /* topk only: 1 (default) kept weights sum to 1, 0 = raw softmax
                                probabilities; the other gates require 1 */
     double capacity_factor; /* 0 = dropless, else >= 1: capacity = ceil(cf * N * K / E) rows
-                               per expert */
+                               per expert, in training passes (pass->train = 1) */
+    double eval_capacity_factor; /* the same for evaluation passes (pass->train = 0:
+                               evaluation, decoding); 0 = dropless (the default) */
     double noise_eps;       /* noisy_topk only: sigma = softplus(h W_noise) + noise_eps; 0 is
                                Eq. 3 exactly (tensor2tensor uses 1e-2) */
     double w_importance;    /* Shazeer: w * CV(Importance)^2 */
@@ -134,6 +136,10 @@ typedef struct ccoe_moe_pass {
 typedef struct ccoe_moe_stats {
     int N, E, K;
     int capacity;              /* rows per expert, 0 = dropless */
+    int64_t train_dropped_slots; /* the slots the TRAINING capacity (capacity_factor) drops on
+                                    this call's routing: sum_e max(0, routed_e - cap_train);
+                                    = dropped_slots in training passes */
+    double train_drop_rate;    /* train_dropped_slots / (N K) */
     int64_t tokens_per_expert[CCOE_MOE_MAX_EXPERTS]; /* kept slots per expert (after capacity) */
     int64_t routed_per_expert[CCOE_MOE_MAX_EXPERTS]; /* router choices per expert (before) */
     double mean_gate_weight[CCOE_MOE_MAX_EXPERTS];   /* Importance_i / N (before capacity) */
@@ -171,6 +177,8 @@ typedef struct ccoe_moe_stats {
 typedef struct ccoe_moe_acts {
     int N, rows;             /* rows of the last forward; packed rows R used */
     int capacity;            /* of the last forward, 0 = dropless */
+    int eval;                /* 1: the forward is an evaluation pass (eval_capacity_factor);
+                                0 (as carved): a training pass (capacity_factor) */
     float *logits;           /* (maxN, E) clean router logits (router gates) */
     float *noise_logits;     /* (maxN, E) h W_noise^T (noisy) */
     float *noise;            /* (maxN, E) the standard normals used; zeros in eval (noisy) */
@@ -277,14 +285,18 @@ void ccoe_moe_scratch_carve(ccoe_moe_scratch *s, const ccoe_moe *m, ccoe_arena *
 size_t ccoe_moe_acts_bytes(const ccoe_moe *m);
 size_t ccoe_moe_scratch_bytes(const ccoe_moe *m);
 
-/* Rows per expert for a call of N rows: ceil(capacity_factor N K / E), or 0 (dropless). */
+/* Rows per expert for a training call of N rows: ceil(capacity_factor N K / E), or 0
+ * (dropless). ccoe_moe_capacity_of: the same with eval_capacity_factor when eval = 1. */
 int ccoe_moe_capacity(const ccoe_moe *m, int N);
+int ccoe_moe_capacity_of(const ccoe_moe *m, int N, int eval);
+/* The largest rows per expert either kind of call can keep (0 = unbounded): buffer sizes. */
+int ccoe_moe_capacity_bound(const ccoe_moe *m, int N);
 
 /* ---- forward / backward ---- */
 
 /* out (N, C) = MoE(inp (N, C)); OVERWRITES out. params: the layer's region (layout above).
- * pass: noise keys and domains; NULL means evaluation without domains (not for the domain
- * gate). Saves in acts what backward needs (routing, stored noise, expert activations).
+ * pass: noise keys and domains; NULL means no noise, no domains (not for the domain
+ * gate) and the training capacity; pass->train = 0 uses eval_capacity_factor. Saves in acts what backward needs (routing, stored noise, expert activations).
  * stats (may be NULL) receives the statistics. Returns the weighted aux loss
  * (stats->loss_aux): means over the N rows of this call. 1 <= N <= maxN. Threads: OpenMP over
  * rows, GEMMs on m->gemm's threads (do not call from a parallel region). */
@@ -376,7 +388,8 @@ ccoe_status ccoe_moe_backward_ep(const ccoe_moe *m, ccoe_comm *comm, float *dinp
 
 /* The distributed dispatch primitives (used by forward/backward; public for tests).
  * ccoe_moe_ep_route: from acts->ids (N, K) of every rank, the global capacity decisions and
- * the plan: acts->slot (home row or -1), rows_home, ep_kept, N_total, capacity, and the
+ * the plan (capacity by acts->eval: eval_capacity_factor for evaluation passes):
+ * acts->slot (home row or -1), rows_home, ep_kept, N_total, capacity, and the
  * grouped layout of the rows this rank's experts receive (offsets (E + 1), rows). COLLECTIVE
  * (one allgather of K E + 1 int32 per rank). */
 ccoe_status ccoe_moe_ep_route(const ccoe_moe *m, ccoe_comm *comm, ccoe_moe_acts *acts,

@@ -466,7 +466,7 @@ static void fd_layer_case(const moe_case *mc, uint64_t seed)
     ccoe_moe_config cfg;
     case_config(mc, &cfg);
     fx f;
-    fx_init(&f, &cfg, mc->C, mc->N, mc->train, seed);
+    fx_init(&f, &cfg, mc->C, mc->N, mc->train > 0, seed);
     ccoe_moe_stats st;
     ccoe_moe_forward(&f.m, f.out, &f.a, &st, f.inp, f.params, &f.pass, f.N); /* the routing */
     if (mc->expect_drops)
@@ -523,7 +523,9 @@ static void test_fd_layer(void **state)
         {"noisy_topk",   9, 5, 5, 2, 3, 1, 0, 1, 0.0, 0.7, 0.0, 0.0, 0.0, 0.01, 1, 0},
         {"noisy_topk",  12, 4, 4, 2, 2, 0, 1, 1, 1.0, 0.5, 0.6, 0.4, 0.2, 0.0, 1, 1},
         {"noisy_topk",   6, 3, 3, 1, 2, 1, 1, 1, 0.0, 0.5, 0.6, 0.4, 0.2, 0.01, 0, 0},
-        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
+        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
+        /* fixed routing with drops: the hash gate (the domain gate is always dropless) */
+        {"hash",        16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fd_layer_case(&cases[i], 400 + 10 * i);
@@ -593,7 +595,7 @@ static void fast_case(const moe_case *mc, ccoe_moe_schedule sched, uint64_t seed
     ccoe_moe_config cfg;
     case_config(mc, &cfg);
     fx f;
-    fx_init(&f, &cfg, mc->C, mc->N, mc->train, seed);
+    fx_init(&f, &cfg, mc->C, mc->N, mc->train > 0, seed);
     f.m.schedule = sched;
     const ccoe_moe *m = &f.m;
     const int N = f.N;
@@ -677,7 +679,8 @@ static void test_fast_vs_ref(void **state)
         {"softmax",     29, 16, 3, 3, 20, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
         {"softmax",     29, 16, 4, 4, 20, 1, 0, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
         {"domain",      40, 16, 5, 1, 13, 0, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
-        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
+        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
+        {"hash",        40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
         /* odd shapes: N = 1, E = 1, K = 1, F = 1, C = 1 */
         {"topk",         1, 24, 3, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
         {"topk",         1, 24, 3, 2, 19, 1, 1, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
@@ -1096,6 +1099,8 @@ static void test_validate(void **state)
     expect_bad(&c, "top_k = -2");
     c = ok, c.capacity_factor = 0.5;
     expect_bad(&c, "capacity_factor = 0.5");
+    c = ok, c.eval_capacity_factor = 0.5;
+    expect_bad(&c, "eval_capacity_factor = 0.5");
     c = ok, c.capacity_factor = -1.0;
     expect_bad(&c, "capacity_factor");
     c = ok, c.capacity_factor = NAN;
@@ -1140,6 +1145,11 @@ static void test_validate(void **state)
     expect_bad(&c, "domain_expert[1] = 8");
     c.domain_expert[1] = 7;
     assert_int_equal(ccoe_moe_validate(&c, &err), CCOE_OK);
+    c.capacity_factor = 1.25; /* a rule-routed gate is always dropless */
+    expect_bad(&c, "always dropless");
+    c.capacity_factor = 0.0, c.eval_capacity_factor = 2.0;
+    expect_bad(&c, "always dropless");
+    c.eval_capacity_factor = 0.0;
     c.w_switch = 0.1;
     expect_bad(&c, "no router");
     c = ok, c.n_domains = 2;
@@ -1218,6 +1228,59 @@ static void test_layout(void **state)
     assert_int_equal(ccoe_moe_capacity(&m, 100), 32); /* ceil(1.25 * 100 * 2 / 8) */
     assert_int_equal(ccoe_moe_capacity(&m, 1), 1);
     assert_true(ccoe_moe_acts_bytes(&m) > 0 && ccoe_moe_scratch_bytes(&m) > 0);
+}
+
+/* Capacity is a training device: an evaluation pass (pass.train = 0) uses eval_capacity_factor
+ * (default 0: dropless) and reports what the training capacity would have dropped of the same
+ * routing; a training pass's train_dropped_slots equals its own drops. */
+static void test_eval_dropless(void **state)
+{
+    (void)state;
+    const int N = 40, C = 8, E = 4;
+    moe_case mc = {"topk", N, C, E, 2, 6, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1, 1};
+    ccoe_moe_config cfg, dl;
+    case_config(&mc, &cfg);
+    assert_true(cfg.capacity_factor == 1.0 && cfg.eval_capacity_factor == 0.0);
+    dl = cfg, dl.capacity_factor = 0.0; /* the same layer, dropless everywhere */
+    fx f, g;
+    fx_init(&f, &cfg, C, N, 1, 1400);
+    fx_init(&g, &dl, C, N, 1, 1400);
+    assert_true(f.m.max_rows == N * 2); /* buffers hold a dropless evaluation */
+    /* skew the inputs so that capacity bites: every token prefers the same experts */
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            f.inp[(size_t)n * C + c] = g.inp[(size_t)n * C + c] =
+                f.params[f.m.off_router + c] * 3.0f + 0.1f * f.inp[(size_t)n * C + c];
+    memcpy(g.params, f.params, f.m.num_params * sizeof(float));
+    ccoe_moe_stats tr, ev, ref;
+    ccoe_moe_forward(&f.m, f.out, &f.a, &tr, f.inp, f.params, &f.pass, N);
+    assert_true(tr.dropped_slots > 0 && tr.capacity > 0);
+    assert_true(tr.train_dropped_slots == tr.dropped_slots && tr.train_drop_rate == tr.drop_rate);
+    f.pass.train = 0;
+    ccoe_moe_forward(&f.m, f.out, &f.a, &ev, f.inp, f.params, &f.pass, N);
+    assert_int_equal(ev.capacity, 0);
+    assert_true(ev.dropped_slots == 0 && ev.drop_rate == 0.0);
+    assert_true(ev.train_dropped_slots == tr.dropped_slots); /* topk: same routing */
+    g.pass.train = 0;
+    ccoe_moe_forward(&g.m, g.out, &g.a, &ref, g.inp, g.params, &g.pass, N);
+    assert_memory_equal(f.out, g.out, (size_t)N * C * sizeof(float)); /* = dropless layer */
+    assert_true(ref.train_dropped_slots == 0); /* dropless training: nothing to drop */
+    char buf[4096];
+    ccoe_moe_stats_json(&ev, buf, sizeof buf);
+    assert_non_null(strstr(buf, "\"train_drop_rate\""));
+    fx_free(&g);
+    fx_free(&f);
+    /* asked otherwise: eval_capacity_factor = capacity_factor drops as training does (the same
+     * seed and skew: the same inputs and routing) */
+    cfg.eval_capacity_factor = 1.0;
+    fx_init(&f, &cfg, C, N, 0, 1400);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            f.inp[(size_t)n * C + c] =
+                f.params[f.m.off_router + c] * 3.0f + 0.1f * f.inp[(size_t)n * C + c];
+    ccoe_moe_forward(&f.m, f.out, &f.a, &ev, f.inp, f.params, &f.pass, N);
+    assert_true(ev.capacity == tr.capacity && ev.dropped_slots == tr.dropped_slots);
+    fx_free(&f);
 }
 
 static void test_stats_json(void **state)
@@ -1394,6 +1457,7 @@ int main(void)
         cmocka_unit_test(test_dense_equivalence),
         cmocka_unit_test(test_domain_gate),
         cmocka_unit_test(test_hash_gate),
+        cmocka_unit_test(test_eval_dropless),
         cmocka_unit_test(test_noise_split),
         cmocka_unit_test(test_balancing_lowers_cv),
         cmocka_unit_test(test_validate),

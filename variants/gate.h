@@ -43,6 +43,11 @@
 /* Routes by the token id of each row (ccoe_gate_args.tokens), no router: the MoE layer needs
  * the token ids of its rows (ccoe_moe_pass.tokens), as CCOE_GATE_DOMAIN needs the domains. */
 #define CCOE_GATE_TOKEN 128u
+/* Capacity does not apply: the assignment is a rule (domain -> expert), so a capacity would
+ * only skip the FFN of whatever the rule sends to a full expert (for a one-domain batch, most
+ * of it). The layer requires capacity_factor = eval_capacity_factor = 0; the [moe] section's
+ * capacity keys are ignored for such a gate (ccoe_moe_config_from_section). */
+#define CCOE_GATE_DROPLESS 256u
 
 /* The value of moe.gate that means "no MoE layer": the dense model. Not a gate of the
  * registry; ccoe_gate_is_none is the one place that tests for it. */
