@@ -3,7 +3,7 @@
  *   out (N, C) = sum over a token's kept slots j of  weight[n, j] * Expert_{ids[n, j]}(h[n])
  *
  * h -> router (logits = h W_g^T, noisy gates also h W_noise^T) -> gate (variants/gate.h:
- * softmax, topk, noisy_topk, domain) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
+ * softmax, topk, noisy_topk, domain, hash) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
  * biases optional) on contiguous per-expert row groups -> weighted combine. Auxiliary losses
  * (Shazeer importance and load, Switch/GShard, router z-loss) are computed in forward and their
  * gradients added in backward. Math and derivations: papers/moe.md.
@@ -231,21 +231,24 @@ typedef struct ccoe_moe_scratch {
 
 /* ---- setup ---- */
 
-/* Defaults: topk, E 8, K 2, F 0 (must be set), GELU, biases on, renormalize 1, dropless, no
+/* Defaults: topk, E 8, K 2, F 0 (must be set), GELU, biases on, renormalize 1, dropless
+ * (training and evaluation), no
  * noise_eps, every aux coefficient 0, no domains. */
 void ccoe_moe_defaults(ccoe_moe_config *cfg);
 
 /* Checks every field and the cross-field rules; messages name the field, the value and the fix.
  * Rejects (CCOE_ERR_CONFIG): unknown gate (lists the allowed names), E < 1 or too large, K < 1,
- * K > E, softmax with K != E, domain with K != 1, F < 1, capacity_factor < 1 and != 0 (or not
- * finite), negative or non-finite coefficients, noise options (noise_eps, w_load) on a gate
- * without noise, w_load with K = E, renormalize = 0 on a gate other than topk, aux losses on
- * the domain gate, a domain table that is empty or points outside [0, E). */
+ * K > E, softmax with K != E, a one-expert gate with K != 1, F < 1, capacity_factor or
+ * eval_capacity_factor < 1 and != 0 (or not finite), a capacity on a CCOE_GATE_DROPLESS gate,
+ * negative or non-finite coefficients, noise options (noise_eps, w_load) on a gate without
+ * noise, w_load with K = E, renormalize = 0 on a gate other than topk, aux losses on a gate
+ * without a router, a domain table that is empty or points outside [0, E). */
 ccoe_status ccoe_moe_validate(const ccoe_moe_config *cfg, ccoe_error *err);
 
 /* The MoE layer config of a [moe] section for a resolved model config (expert_hidden 0 ->
  * m->ffn_hidden, expert kind and biases from the model; a gate with CCOE_GATE_DOMAIN: the table
- * maps domain d to expert d for d < n_experts). Returns 0 (out untouched) when sec->gate is
+ * maps domain d to expert d for d < n_experts; a gate with CCOE_GATE_DROPLESS: both capacity
+ * factors 0, whatever the section says). Returns 0 (out untouched) when sec->gate is
  * none: a dense model; 1 otherwise. Does not validate (ccoe_moe_config_check does). */
 int ccoe_moe_config_from_section(const ccoe_moe_section *sec, const ccoe_model_config *m,
                                  ccoe_moe_config *out);
