@@ -52,10 +52,11 @@ static int run_eval(const ccoe_cli_args *a)
     for (int i = 0; i < n_sets; i++) {
         const char *s = sets[i];
         if (strncmp(s, "data.", 5) != 0 && strncmp(s, "run.", 4) != 0 &&
-            strncmp(s, "train.eval_batches", 18) != 0)
-            return ccoe_cli_usage_error(a, "eval can only override data.*, run.* and "
-                                           "train.eval_batches (the model comes from the "
-                                           "checkpoint), not",
+            strncmp(s, "train.eval_batches", 18) != 0 &&
+            strncmp(s, "moe.eval_capacity_factor", 24) != 0)
+            return ccoe_cli_usage_error(a, "eval can only override data.*, run.*, "
+                                           "train.eval_batches and moe.eval_capacity_factor "
+                                           "(the model comes from the checkpoint), not",
                                         s);
         if (i == MAX_EVAL_SETS)
             return ccoe_cli_usage_error(a, "eval takes at most 64 --set overrides, not more at",

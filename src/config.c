@@ -215,7 +215,11 @@ static const ccoe_config_key key_table[] = {
     BOOL("moe", "renormalize", moe.renormalize, "true",
          "topk: the kept gate weights sum to 1 (false: raw softmax probabilities)"),
     DBL("moe", "capacity_factor", moe.capacity_factor, 0, 0, 1e6, 0, "1.25",
-        "rows per expert = ceil(cf * N * K / E); 0 = dropless, else >= 1"),
+        "training: rows per expert = ceil(cf * N * K / E); 0 = dropless, else >= 1 (gate "
+        "domain is always dropless)"),
+    DBL("moe", "eval_capacity_factor", moe.eval_capacity_factor, 0, 0, 1e6, 0, "0",
+        "the same for evaluation, in-training evaluations and generation: 0 = dropless "
+        "(capacity is a training device), else >= 1"),
     DBL("moe", "noise_eps", moe.noise_eps, 0, 0, 1e6, 0, "0",
         "noisy_topk: sigma = softplus(h W_noise) + noise_eps"),
     DBL("moe", "w_importance", moe.w_importance, 0, 0, 1e6, 0, "0",
@@ -223,9 +227,11 @@ static const ccoe_config_key key_table[] = {
     DBL("moe", "w_load", moe.w_load, 0, 0, 1e6, 0, "0",
         "weight of Shazeer's load loss CV(Load)^2 (noisy_topk with top_k < n_experts)"),
     DBL("moe", "w_switch", moe.w_switch, 0, 0, 1e6, 0, "0.01",
-        "weight of the Switch/GShard balance loss E sum_i f_i P_i (must be 0 for gate domain)"),
+        "weight of the Switch/GShard balance loss E sum_i f_i P_i (must be 0 for a gate "
+        "without a router: domain, hash)"),
     DBL("moe", "w_z", moe.w_z, 0, 0, 1e6, 0, "0.001",
-        "weight of the router z-loss mean logsumexp^2 (must be 0 for gate domain)"),
+        "weight of the router z-loss mean logsumexp^2 (must be 0 for a gate without a "
+        "router: domain, hash)"),
 
     ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
          "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "

@@ -118,7 +118,8 @@ typedef struct ccoe_moe_section {
     int every;              /* [moe] every n-th base block is MoE, 1..256, default 1 */
     int expert_hidden;      /* [moe] F of each expert; 0 = model.ffn_hidden */
     int renormalize;        /* [moe] topk: kept weights sum to 1; default true */
-    double capacity_factor; /* [moe] 0 = dropless, else >= 1; default 1.25 */
+    double capacity_factor; /* [moe] 0 = dropless, else >= 1; default 1.25 (training) */
+    double eval_capacity_factor; /* [moe] the same for evaluation and decoding; default 0 */
     double noise_eps;       /* [moe] noisy_topk: sigma floor, default 0 */
     double w_importance;    /* [moe] Shazeer importance loss weight, default 0 */
     double w_load;          /* [moe] Shazeer load loss weight (noisy_topk, K < E), default 0 */

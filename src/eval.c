@@ -325,7 +325,7 @@ static ccoe_status reduce_counts(ccoe_comm *c, ccoe_model *m, ccoe_domain_eval *
         const size_t n = (size_t)m->n_moe, E = (size_t)m->moe.E;
         CCOE_TRY(c->ops->allreduce_i64(c, m->moe_tot_tokens, n * E, err));
         CCOE_TRY(c->ops->allreduce_i64(c, m->moe_tot_rows, n, err));
-        CCOE_TRY(c->ops->allreduce_i64(c, m->moe_tot_dropped, n * 2, err));
+        CCOE_TRY(c->ops->allreduce_i64(c, m->moe_tot_dropped, n * 3, err));
         CCOE_TRY(c->ops->allreduce_f64(c, m->moe_tot_entropy, n * 2, err));
     }
     return CCOE_OK;
@@ -432,11 +432,14 @@ ccoe_status ccoe_eval_domains(ccoe_model *m, const ccoe_dataset *ds, const ccoe_
 static void print_moe(FILE *f, const ccoe_model *m)
 {
     const int E = m->moe.E;
-    fprintf(f, "\nMoE experts (gate %s, E=%d, K=%d, capacity_factor %g; validation tokens, no "
-               "noise):\n",
-            m->moe.cfg.gate, E, m->moe.K, m->moe.cfg.capacity_factor);
-    fprintf(f, "%-6s %9s %9s %12s %14s %8s  %s\n", "layer", "tokens", "drop_rate", "gate_entropy",
-            "router_entropy", "load_cv", "tokens_per_expert");
+    /* drop_rate: the evaluation's own drops (eval_capacity_factor, 0 = dropless);
+     * train_drop: what the training capacity_factor drops of the same routing */
+    fprintf(f, "\nMoE experts (gate %s, E=%d, K=%d, capacity_factor %g, eval_capacity_factor %g; "
+               "validation tokens, no noise):\n",
+            m->moe.cfg.gate, E, m->moe.K, m->moe.cfg.capacity_factor,
+            m->moe.cfg.eval_capacity_factor);
+    fprintf(f, "%-6s %9s %9s %10s %12s %14s %8s  %s\n", "layer", "tokens", "drop_rate",
+            "train_drop", "gate_entropy", "router_entropy", "load_cv", "tokens_per_expert");
     for (int i = 0; i < m->n_moe; i++) {
         const int64_t *tok = m->moe_tot_tokens + (size_t)i * E;
         const double rows = (double)m->moe_tot_rows[i];
@@ -446,8 +449,9 @@ static void print_moe(FILE *f, const ccoe_model *m)
         for (int e = 0; e < E; e++)
             var += ((double)tok[e] - mean) * ((double)tok[e] - mean) / E;
         const double slots = rows * m->moe.K;
-        fprintf(f, "%-6d %9.0f %9.4f %12.4f %14.4f %8.4f  ", m->moe_layer[i], rows,
-                slots > 0 ? (double)m->moe_tot_dropped[2 * i] / slots : 0.0,
+        fprintf(f, "%-6d %9.0f %9.4f %10.4f %12.4f %14.4f %8.4f  ", m->moe_layer[i], rows,
+                slots > 0 ? (double)m->moe_tot_dropped[3 * i] / slots : 0.0,
+                slots > 0 ? (double)m->moe_tot_dropped[3 * i + 2] / slots : 0.0,
                 rows > 0 ? m->moe_tot_entropy[2 * i] / rows : 0.0,
                 rows > 0 ? m->moe_tot_entropy[2 * i + 1] / rows : 0.0,
                 mean > 0 ? sqrt(var) / mean : 0.0);
@@ -561,6 +565,21 @@ void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
         fputc('}', f);
     }
     fputc('}', f);
+}
+
+void ccoe_eval_moe_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev)
+{
+    const ccoe_model *m = ds->n_domains > 0 ? ev[0].model : NULL;
+    if (!m || m->n_moe == 0)
+        return;
+    fputs(",\"eval_moe\":[", f);
+    for (int i = 0; i < m->n_moe; i++) {
+        const double slots = (double)m->moe_tot_rows[i] * m->moe.K;
+        fprintf(f, "%s{\"layer\":%d,\"drop_rate\":%.6g,\"train_drop_rate\":%.6g}", i ? "," : "",
+                m->moe_layer[i], slots > 0 ? (double)m->moe_tot_dropped[3 * i] / slots : 0.0,
+                slots > 0 ? (double)m->moe_tot_dropped[3 * i + 2] / slots : 0.0);
+    }
+    fputc(']', f);
 }
 
 ccoe_status ccoe_eval_read_prompts(const char *path, const char ***prompts, int *n, char **text,

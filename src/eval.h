@@ -141,6 +141,11 @@ void ccoe_eval_print(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev
 /* Appends {"loss":..,"ppl":..,"acc":..,"kinds":{KIND:{"acc":..,"n":..}}} per domain as one JSON
  * object to f (no newline). */
 void ccoe_eval_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev);
+/* The MoE drops of the evaluation as a JSON member to append to an object,
+ * ,"eval_moe":[{"layer":l,"drop_rate":x,"train_drop_rate":y}, ...] (x: the evaluation's own
+ * drops under moe.eval_capacity_factor, 0 when dropless; y: what moe.capacity_factor would
+ * drop of the same routing); nothing for a model without MoE layers. */
+void ccoe_eval_moe_json(FILE *f, const ccoe_dataset *ds, const ccoe_domain_eval *ev);
 
 /* Each id's text bytes (the tokenizer's decode of it alone; 0 for specials and ids beyond the
  * tokenizer) for ids 0..V-1; malloc'd (NULL when out of memory). */

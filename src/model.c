@@ -130,7 +130,7 @@ static ccoe_status setup_moe(ccoe_model *m, const ccoe_moe_section *sec, ccoe_er
     m->moe_stats = ccoe_aligned_calloc(sizeof(ccoe_moe_stats) * n);
     m->moe_tot_tokens = ccoe_aligned_calloc(sizeof(int64_t) * n * E);
     m->moe_tot_rows = ccoe_aligned_calloc(sizeof(int64_t) * n);
-    m->moe_tot_dropped = ccoe_aligned_calloc(sizeof(int64_t) * n * 2);
+    m->moe_tot_dropped = ccoe_aligned_calloc(sizeof(int64_t) * n * 3);
     m->moe_tot_entropy = ccoe_aligned_calloc(sizeof(double) * n * 2);
     if (!m->moe_layer || !m->moe_offset || !m->moe_stats || !m->moe_tot_tokens ||
         !m->moe_tot_rows || !m->moe_tot_dropped || !m->moe_tot_entropy)
@@ -184,7 +184,7 @@ void ccoe_model_moe_reset_totals(ccoe_model *m)
         return;
     memset(m->moe_tot_tokens, 0, sizeof(int64_t) * n * E);
     memset(m->moe_tot_rows, 0, sizeof(int64_t) * n);
-    memset(m->moe_tot_dropped, 0, sizeof(int64_t) * n * 2);
+    memset(m->moe_tot_dropped, 0, sizeof(int64_t) * n * 3);
     memset(m->moe_tot_entropy, 0, sizeof(double) * n * 2);
 }
 
@@ -461,7 +461,8 @@ static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int 
                           .layer = m->moe_layer[i],
                           .token_offset = m->token_offset,
                           .domains = m->moe_domains,
-                          .T = T};
+                          .T = T,
+                          .tokens = m->tok_sorted};
     ccoe_moe_stats *st = &m->moe_stats[i];
     if (moe_distributed(m)) {
         if (m->comm_status != CCOE_OK)
@@ -485,8 +486,9 @@ static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int 
         for (int e = 0; e < E; e++)
             m->moe_tot_tokens[(size_t)i * E + e] += st->tokens_per_expert[e];
         m->moe_tot_rows[i] += st->N;
-        m->moe_tot_dropped[2 * i] += st->dropped_slots;
-        m->moe_tot_dropped[2 * i + 1] += st->dropped_tokens;
+        m->moe_tot_dropped[3 * i] += st->dropped_slots;
+        m->moe_tot_dropped[3 * i + 1] += st->dropped_tokens;
+        m->moe_tot_dropped[3 * i + 2] += st->train_dropped_slots;
         m->moe_tot_entropy[2 * i] += st->gate_entropy * st->N;
         m->moe_tot_entropy[2 * i + 1] += st->router_entropy * st->N;
     }

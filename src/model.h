@@ -202,7 +202,8 @@ typedef struct ccoe_model {
     int collect_moe;
     int64_t *moe_tot_tokens;  /* (n_moe, E) kept slots per expert */
     int64_t *moe_tot_rows;    /* (n_moe) tokens routed */
-    int64_t *moe_tot_dropped; /* (n_moe, 2) dropped slots, dropped tokens */
+    int64_t *moe_tot_dropped; /* (n_moe, 3) dropped slots, dropped tokens, and the slots the
+                                 training capacity would drop (ccoe_moe_stats) */
     double *moe_tot_entropy;  /* (n_moe, 2) token-weighted sums of gate and router entropy */
 } ccoe_model;
 

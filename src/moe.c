@@ -93,9 +93,16 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
     if (!c->renormalize && !(g->flags & CCOE_GATE_RENORM_OPT))
         return bad(err, "renormalize = false applies to gate topk only; gate %s defines its "
                    "own weights: leave renormalize = true", g->name);
-    double cf = c->capacity_factor;
+    double cf = c->capacity_factor, ecf = c->eval_capacity_factor;
     if (!isfinite(cf) || (cf != 0.0 && cf < 1.0))
         return bad(err, "capacity_factor = %g: use 0 (dropless) or a value >= 1", cf);
+    if (!isfinite(ecf) || (ecf != 0.0 && ecf < 1.0))
+        return bad(err, "eval_capacity_factor = %g: use 0 (dropless evaluation) or a value >= 1",
+                   ecf);
+    if ((g->flags & CCOE_GATE_DROPLESS) && (cf != 0.0 || ecf != 0.0))
+        return bad(err, "capacity_factor = %g, eval_capacity_factor = %g: gate %s routes by a "
+                   "rule and is always dropless (a capacity would skip the FFN of the tokens "
+                   "the rule sends to a full expert); set both to 0", cf, ecf, g->name);
     const struct {
         const char *name;
         double v;
@@ -117,10 +124,11 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
                    "selected, the load estimator is undefined; set w_load = 0 or top_k < %d",
                    c->w_load, E, E);
     }
+    if (!(g->flags & CCOE_GATE_ROUTER) &&
+        (c->w_importance != 0.0 || c->w_switch != 0.0 || c->w_z != 0.0))
+        return bad(err, "gate %s has no router: the aux losses (w_importance %g, w_switch "
+                   "%g, w_z %g) must be 0", g->name, c->w_importance, c->w_switch, c->w_z);
     if (g->flags & CCOE_GATE_DOMAIN) {
-        if (c->w_importance != 0.0 || c->w_switch != 0.0 || c->w_z != 0.0)
-            return bad(err, "gate %s has no router: the aux losses (w_importance %g, w_switch "
-                       "%g, w_z %g) must be 0", g->name, c->w_importance, c->w_switch, c->w_z);
         if (c->n_domains < 1 || c->n_domains > CCOE_MOE_MAX_DOMAINS)
             return bad(err, "gate %s needs a domain table with 1..%d entries, got %d", g->name,
                        CCOE_MOE_MAX_DOMAINS, c->n_domains);
@@ -151,6 +159,9 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_con
     out->bias = m->bias;
     out->renormalize = s->renormalize;
     out->capacity_factor = s->capacity_factor;
+    out->eval_capacity_factor = s->eval_capacity_factor;
+    if (g && (g->flags & CCOE_GATE_DROPLESS)) /* a rule-routed gate ignores capacity */
+        out->capacity_factor = out->eval_capacity_factor = 0.0;
     out->noise_eps = s->noise_eps;
     out->w_importance = s->w_importance;
     out->w_load = s->w_load;
@@ -193,7 +204,7 @@ ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
         return st;
     /* "moe: KEY = ..." -> "moe.KEY = ..." when KEY is a [moe] key */
     static const char *const keys[] = {"gate", "n_experts", "top_k", "renormalize",
-                                       "capacity_factor", "noise_eps", "w_importance",
+                                       "capacity_factor", "eval_capacity_factor", "noise_eps", "w_importance",
                                        "w_load", "w_switch", "w_z", NULL};
     if (strncmp(err->msg, "moe: ", 5) == 0)
         for (size_t i = 0; keys[i]; i++) {
@@ -207,13 +218,28 @@ ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
     return ccoe_error_wrap(err, "[moe] gate = %s", s->gate);
 }
 
-int ccoe_moe_capacity(const ccoe_moe *m, int N)
+static int capacity_at(const ccoe_moe *m, double cf, int N)
 {
-    double cf = m->cfg.capacity_factor;
     if (cf == 0.0)
         return 0;
     double c = ceil(cf * (double)N * (double)m->K / (double)m->E);
     return c > (double)N ? N : (int)c; /* an expert holds a token at most once */
+}
+
+int ccoe_moe_capacity(const ccoe_moe *m, int N)
+{
+    return capacity_at(m, m->cfg.capacity_factor, N);
+}
+
+int ccoe_moe_capacity_of(const ccoe_moe *m, int N, int eval)
+{
+    return capacity_at(m, eval ? m->cfg.eval_capacity_factor : m->cfg.capacity_factor, N);
+}
+
+int ccoe_moe_capacity_bound(const ccoe_moe *m, int N)
+{
+    int a = ccoe_moe_capacity_of(m, N, 0), b = ccoe_moe_capacity_of(m, N, 1);
+    return a == 0 || b == 0 ? 0 : a > b ? a : b;
 }
 
 ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int maxN,
@@ -237,7 +263,7 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
     m->F2 = cfg->expert == CCOE_MOE_SWIGLU ? 2 * m->F : m->F;
     m->maxN = maxN;
     long long rows = (long long)maxN * m->K;
-    int cap = ccoe_moe_capacity(m, maxN);
+    int cap = ccoe_moe_capacity_bound(m, maxN);
     if (cap > 0 && (long long)cap * m->E < rows)
         rows = (long long)cap * m->E;
     m->max_rows = (int)rows;
@@ -557,6 +583,7 @@ ccoe_gate_args ccoe_moe_gate_args(const ccoe_moe *m, const ccoe_moe_acts *a,
     if (pass) {
         g.domains = pass->domains;
         g.T = pass->T;
+        g.tokens = pass->tokens;
     }
     g.domain_expert = m->cfg.domain_expert;
     g.n_domains = m->cfg.n_domains;
@@ -816,6 +843,14 @@ void ccoe_moe_finish_stats(const ccoe_moe *m, const ccoe_moe_acts *a, ccoe_moe_s
     st->load_cv = mean > 0.0 ? sqrt(var / E) / mean : 0.0;
     st->dropped_slots = N * K - rows;
     st->drop_rate = (double)st->dropped_slots / ((double)N * K);
+    /* the capacity decision drops max(0, routed_e - cap) slots of expert e whatever the
+     * priority order, so the training capacity's drops follow from the routed counts */
+    const int cap_train = ccoe_moe_capacity(m, (int)N);
+    st->train_dropped_slots = 0;
+    for (int e = 0; cap_train > 0 && e < E; e++)
+        if (st->routed_per_expert[e] > cap_train)
+            st->train_dropped_slots += st->routed_per_expert[e] - cap_train;
+    st->train_drop_rate = (double)st->train_dropped_slots / ((double)N * K);
     st->dropped_tokens = dropped_tokens;
     st->gate_entropy = hg / N;
     st->router_entropy = hr / N;
@@ -857,6 +892,7 @@ void ccoe_moe_route_forward(const ccoe_moe *m, ccoe_moe_acts *a, const float *in
         }
     }
     assert(!(m->gate->flags & CCOE_GATE_DOMAIN) || (pass && pass->domains && pass->T >= 1));
+    assert(!(m->gate->flags & CCOE_GATE_TOKEN) || (pass && (pass->tokens || N == 0)));
     ccoe_gate_args ga = ccoe_moe_gate_args(m, a, pass, N);
     m->gate->forward(a->ids, a->weights, a->kth, &ga);
 }
@@ -898,7 +934,8 @@ double ccoe_moe_forward(const ccoe_moe *m, float *out, ccoe_moe_acts *a, ccoe_mo
 
     /* 2. dispatch: plan + gather */
     a->N = N;
-    a->capacity = ccoe_moe_capacity(m, N);
+    a->eval = pass && !pass->train;
+    a->capacity = ccoe_moe_capacity_of(m, N, a->eval);
     a->rows = ccoe_moe_plan(a->slot, a->row_token, a->offsets, a->cursor, a->ids, N, E, K,
                             a->capacity);
     a->rows_home = a->rows;
@@ -1129,11 +1166,11 @@ int ccoe_moe_stats_json(const ccoe_moe_stats *s, char *buf, size_t cap)
          "\"gate_entropy\":%.6g,\"router_entropy\":%.6g,\"load_cv\":%.6g,"
          "\"cv2_importance\":%.6g,\"cv2_load\":%.6g,\"switch_value\":%.6g,\"z_value\":%.6g,"
          "\"loss_importance\":%.6g,\"loss_load\":%.6g,\"loss_switch\":%.6g,\"loss_z\":%.6g,"
-         "\"loss_aux\":%.6g",
+         "\"loss_aux\":%.6g,\"train_drop_rate\":%.6g",
          (long long)s->dropped_slots, (long long)s->dropped_tokens, s->drop_rate,
          s->gate_entropy, s->router_entropy, s->load_cv, s->cv2_importance, s->cv2_load,
          s->switch_value, s->z_value, s->loss_importance, s->loss_load, s->loss_switch,
-         s->loss_z, s->loss_aux);
+         s->loss_z, s->loss_aux, s->train_drop_rate);
     if (s->ep_bytes_meta > 0) /* expert parallelism: this rank's share and its exchanges */
         jput(&b,
              ",\"N_local\":%d,\"ep_bytes_fwd\":%lld,\"ep_bytes_bwd\":%lld,"

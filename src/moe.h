@@ -3,7 +3,7 @@
  *   out (N, C) = sum over a token's kept slots j of  weight[n, j] * Expert_{ids[n, j]}(h[n])
  *
  * h -> router (logits = h W_g^T, noisy gates also h W_noise^T) -> gate (variants/gate.h:
- * softmax, topk, noisy_topk, domain) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
+ * softmax, topk, noisy_topk, domain, hash) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
  * biases optional) on contiguous per-expert row groups -> weighted combine. Auxiliary losses
  * (Shazeer importance and load, Switch/GShard, router z-loss) are computed in forward and their
  * gradients added in backward. Math and derivations: papers/moe.md.
@@ -51,7 +51,7 @@ typedef enum ccoe_moe_expert_kind {
 
 /* Plain data (copyable, hashable). ccoe_moe_defaults fills it; ccoe_moe_validate checks it. */
 typedef struct ccoe_moe_config {
-    char gate[32];          /* softmax | topk | noisy_topk | domain */
+    char gate[32];          /* a name of the gate registry (variants/gates.def) */
     int n_experts;          /* E, 1..CCOE_MOE_MAX_EXPERTS */
     int top_k;              /* K: 1..E; softmax needs K = E, domain K = 1 */
     int ffn_hidden;         /* F of each expert, >= 1 (fine-grained experts: small F) */
@@ -60,7 +60,9 @@ typedef struct ccoe_moe_config {
     int renormalize;        /* topk only: 1 (default) kept weights sum to 1, 0 = raw softmax
                                probabilities; the other gates require 1 */
     double capacity_factor; /* 0 = dropless, else >= 1: capacity = ceil(cf * N * K / E) rows
-                               per expert */
+                               per expert, in training passes (pass->train = 1) */
+    double eval_capacity_factor; /* the same for evaluation passes (pass->train = 0:
+                               evaluation, decoding); 0 = dropless (the default) */
     double noise_eps;       /* noisy_topk only: sigma = softplus(h W_noise) + noise_eps; 0 is
                                Eq. 3 exactly (tensor2tensor uses 1e-2) */
     double w_importance;    /* Shazeer: w * CV(Importance)^2 */
@@ -127,12 +129,17 @@ typedef struct ccoe_moe_pass {
                                and micro-batch offset included) */
     const int32_t *domains; /* domain gate: (ceil(N / T)) domain of each sequence */
     int T;                  /* domain gate: rows per sequence (row n has domains[n / T]) */
+    const int32_t *tokens;  /* gates with CCOE_GATE_TOKEN (hash): (N) token id of each row */
 } ccoe_moe_pass;
 
 /* Statistics of one forward (and the timings of the backward that follows, if passed there). */
 typedef struct ccoe_moe_stats {
     int N, E, K;
     int capacity;              /* rows per expert, 0 = dropless */
+    int64_t train_dropped_slots; /* the slots the TRAINING capacity (capacity_factor) drops on
+                                    this call's routing: sum_e max(0, routed_e - cap_train);
+                                    = dropped_slots in training passes */
+    double train_drop_rate;    /* train_dropped_slots / (N K) */
     int64_t tokens_per_expert[CCOE_MOE_MAX_EXPERTS]; /* kept slots per expert (after capacity) */
     int64_t routed_per_expert[CCOE_MOE_MAX_EXPERTS]; /* router choices per expert (before) */
     double mean_gate_weight[CCOE_MOE_MAX_EXPERTS];   /* Importance_i / N (before capacity) */
@@ -170,6 +177,8 @@ typedef struct ccoe_moe_stats {
 typedef struct ccoe_moe_acts {
     int N, rows;             /* rows of the last forward; packed rows R used */
     int capacity;            /* of the last forward, 0 = dropless */
+    int eval;                /* 1: the forward is an evaluation pass (eval_capacity_factor);
+                                0 (as carved): a training pass (capacity_factor) */
     float *logits;           /* (maxN, E) clean router logits (router gates) */
     float *noise_logits;     /* (maxN, E) h W_noise^T (noisy) */
     float *noise;            /* (maxN, E) the standard normals used; zeros in eval (noisy) */
@@ -222,21 +231,24 @@ typedef struct ccoe_moe_scratch {
 
 /* ---- setup ---- */
 
-/* Defaults: topk, E 8, K 2, F 0 (must be set), GELU, biases on, renormalize 1, dropless, no
+/* Defaults: topk, E 8, K 2, F 0 (must be set), GELU, biases on, renormalize 1, dropless
+ * (training and evaluation), no
  * noise_eps, every aux coefficient 0, no domains. */
 void ccoe_moe_defaults(ccoe_moe_config *cfg);
 
 /* Checks every field and the cross-field rules; messages name the field, the value and the fix.
  * Rejects (CCOE_ERR_CONFIG): unknown gate (lists the allowed names), E < 1 or too large, K < 1,
- * K > E, softmax with K != E, domain with K != 1, F < 1, capacity_factor < 1 and != 0 (or not
- * finite), negative or non-finite coefficients, noise options (noise_eps, w_load) on a gate
- * without noise, w_load with K = E, renormalize = 0 on a gate other than topk, aux losses on
- * the domain gate, a domain table that is empty or points outside [0, E). */
+ * K > E, softmax with K != E, a one-expert gate with K != 1, F < 1, capacity_factor or
+ * eval_capacity_factor < 1 and != 0 (or not finite), a capacity on a CCOE_GATE_DROPLESS gate,
+ * negative or non-finite coefficients, noise options (noise_eps, w_load) on a gate without
+ * noise, w_load with K = E, renormalize = 0 on a gate other than topk, aux losses on a gate
+ * without a router, a domain table that is empty or points outside [0, E). */
 ccoe_status ccoe_moe_validate(const ccoe_moe_config *cfg, ccoe_error *err);
 
 /* The MoE layer config of a [moe] section for a resolved model config (expert_hidden 0 ->
  * m->ffn_hidden, expert kind and biases from the model; a gate with CCOE_GATE_DOMAIN: the table
- * maps domain d to expert d for d < n_experts). Returns 0 (out untouched) when sec->gate is
+ * maps domain d to expert d for d < n_experts; a gate with CCOE_GATE_DROPLESS: both capacity
+ * factors 0, whatever the section says). Returns 0 (out untouched) when sec->gate is
  * none: a dense model; 1 otherwise. Does not validate (ccoe_moe_config_check does). */
 int ccoe_moe_config_from_section(const ccoe_moe_section *sec, const ccoe_model_config *m,
                                  ccoe_moe_config *out);
@@ -276,14 +288,18 @@ void ccoe_moe_scratch_carve(ccoe_moe_scratch *s, const ccoe_moe *m, ccoe_arena *
 size_t ccoe_moe_acts_bytes(const ccoe_moe *m);
 size_t ccoe_moe_scratch_bytes(const ccoe_moe *m);
 
-/* Rows per expert for a call of N rows: ceil(capacity_factor N K / E), or 0 (dropless). */
+/* Rows per expert for a training call of N rows: ceil(capacity_factor N K / E), or 0
+ * (dropless). ccoe_moe_capacity_of: the same with eval_capacity_factor when eval = 1. */
 int ccoe_moe_capacity(const ccoe_moe *m, int N);
+int ccoe_moe_capacity_of(const ccoe_moe *m, int N, int eval);
+/* The largest rows per expert either kind of call can keep (0 = unbounded): buffer sizes. */
+int ccoe_moe_capacity_bound(const ccoe_moe *m, int N);
 
 /* ---- forward / backward ---- */
 
 /* out (N, C) = MoE(inp (N, C)); OVERWRITES out. params: the layer's region (layout above).
- * pass: noise keys and domains; NULL means evaluation without domains (not for the domain
- * gate). Saves in acts what backward needs (routing, stored noise, expert activations).
+ * pass: noise keys and domains; NULL means no noise, no domains (not for the domain
+ * gate) and the training capacity; pass->train = 0 uses eval_capacity_factor. Saves in acts what backward needs (routing, stored noise, expert activations).
  * stats (may be NULL) receives the statistics. Returns the weighted aux loss
  * (stats->loss_aux): means over the N rows of this call. 1 <= N <= maxN. Threads: OpenMP over
  * rows, GEMMs on m->gemm's threads (do not call from a parallel region). */
@@ -375,7 +391,8 @@ ccoe_status ccoe_moe_backward_ep(const ccoe_moe *m, ccoe_comm *comm, float *dinp
 
 /* The distributed dispatch primitives (used by forward/backward; public for tests).
  * ccoe_moe_ep_route: from acts->ids (N, K) of every rank, the global capacity decisions and
- * the plan: acts->slot (home row or -1), rows_home, ep_kept, N_total, capacity, and the
+ * the plan (capacity by acts->eval: eval_capacity_factor for evaluation passes):
+ * acts->slot (home row or -1), rows_home, ep_kept, N_total, capacity, and the
  * grouped layout of the rows this rank's experts receive (offsets (E + 1), rows). COLLECTIVE
  * (one allgather of K E + 1 int32 per rank). */
 ccoe_status ccoe_moe_ep_route(const ccoe_moe *m, ccoe_comm *comm, ccoe_moe_acts *acts,

@@ -59,12 +59,12 @@ ccoe_status ccoe_moe_set_placement(ccoe_moe *m, int P, int rank, const int32_t *
      * reaches at most min(K, E_local) of them, and each expert keeps at most cap(P maxN) */
     m->max_home = m->maxN * K;
     long long recv = (long long)P * peer * (K < m->ep_local ? K : m->ep_local);
-    int cap = ccoe_moe_capacity(m, P * peer);
+    int cap = ccoe_moe_capacity_bound(m, P * peer);
     if (cap > 0 && (long long)cap * m->ep_local < recv)
         recv = (long long)cap * m->ep_local;
     m->max_recv = (int)recv;
     long long rows = (long long)m->maxN * K; /* the serial layer's bound (ccoe_moe_init) */
-    int cap1 = ccoe_moe_capacity(m, m->maxN);
+    int cap1 = ccoe_moe_capacity_bound(m, m->maxN);
     if (cap1 > 0 && (long long)cap1 * E < rows)
         rows = (long long)cap1 * E;
     m->max_rows = (int)(rows > recv ? rows : recv);
@@ -135,7 +135,7 @@ ccoe_status ccoe_moe_ep_route(const ccoe_moe *m, ccoe_comm *comm, ccoe_moe_acts 
                                   p, (int)Np, m->ep_max_peer);
         Ntot += Np;
     }
-    const int cap = ccoe_moe_capacity(m, (int)(Ntot > 0 ? Ntot : 1));
+    const int cap = ccoe_moe_capacity_of(m, (int)(Ntot > 0 ? Ntot : 1), a->eval);
 
     /* 2. global priority: round j of every rank before round j + 1; within a round, ranks in
      * order, then tokens. pos = the (round, rank) group's first position in expert e's queue;
@@ -334,6 +334,7 @@ ccoe_status ccoe_moe_forward_ep(const ccoe_moe *m, ccoe_comm *comm, float *out, 
 
     /* 1. router, noise and gate on this rank's rows; the global plan */
     ccoe_moe_route_forward(m, a, inp, params, pass, N);
+    a->eval = pass && !pass->train; /* evaluation passes use eval_capacity_factor */
     CCOE_TRY(ccoe_moe_ep_route(m, comm, a, s, st, N, err));
 
     /* 2. aux and statistics sums over every rank's rows (one allreduce), then their values */

@@ -249,7 +249,8 @@ static ccoe_status read_metrics(study *S, study_variant *v, ccoe_error *err)
 
 /* Per-expert load of an MoE variant on the validation split: for each domain, the share of
  * its expert slots each expert receives (averaged over MoE layers), plus load CV, the largest
- * expert's share, the drop rate and the mutual information between domain and expert. */
+ * expert's share, the drop rate the training capacity gives on these tokens (evaluation
+ * itself is dropless by default) and the mutual information between domain and expert. */
 static ccoe_status moe_load(study *S, study_variant *v, ccoe_error *err)
 {
     ccoe_session s;
@@ -287,7 +288,7 @@ static ccoe_status moe_load(study *S, study_variant *v, ccoe_error *err)
         for (int l = 0; l < nl; l++) {
             for (int e = 0; e < E; e++)
                 cnt[((size_t)d * nl + l) * E + e] = (double)m->moe_tot_tokens[(size_t)l * E + e];
-            dropped += (double)m->moe_tot_dropped[2 * l];
+            dropped += (double)m->moe_tot_dropped[3 * l + 2]; /* at the training capacity */
             slots += (double)m->moe_tot_rows[l] * v->K;
         }
     }

@@ -155,6 +155,7 @@ ccoe_status ccoe_train_run_eval(train_ctx *t, int with_tasks, int print_table, c
         return CCOE_OK;
     fprintf(t->metrics, "{\"step\":%ld,\"eval\":", t->st.step);
     ccoe_eval_json(t->metrics, &s->data, ev);
+    ccoe_eval_moe_json(t->metrics, &s->data, ev);
     fputs("}\n", t->metrics); /* the caller flushes (metrics_flush) */
     if (print_table) {
         printf("\nper-domain evaluation after %ld steps:\n", t->st.step);

@@ -67,6 +67,7 @@ typedef struct fx {
     ccoe_moe_scratch s;
     float *params, *grads, *inp, *out, *dout, *dinp;
     int32_t domains[64];
+    int32_t *tokens; /* (N) token ids (gates with CCOE_GATE_TOKEN) */
     ccoe_moe_pass pass;
     int N;
 } fx;
@@ -119,6 +120,12 @@ static void fx_init(fx *f, const ccoe_moe_config *cfg, int C, int N, int train, 
     f->pass.token_offset = 0;
     f->pass.domains = f->domains;
     f->pass.T = 8;
+    /* token-id gates: ids spread over a vocabulary of 97 (every row gets one) */
+    f->tokens = malloc((size_t)N * sizeof(int32_t));
+    assert_non_null(f->tokens);
+    for (int n = 0; n < N; n++)
+        f->tokens[n] = (int32_t)(((uint64_t)n * 37u + seed) % 97u);
+    f->pass.tokens = f->tokens;
 }
 
 static void fx_free(fx *f)
@@ -130,6 +137,7 @@ static void fx_free(fx *f)
     free(f->out);
     free(f->dout);
     free(f->dinp);
+    free(f->tokens);
 }
 
 /* Double copies of what the reference needs: routing from the fast forward's acts. */
@@ -458,7 +466,7 @@ static void fd_layer_case(const moe_case *mc, uint64_t seed)
     ccoe_moe_config cfg;
     case_config(mc, &cfg);
     fx f;
-    fx_init(&f, &cfg, mc->C, mc->N, mc->train, seed);
+    fx_init(&f, &cfg, mc->C, mc->N, mc->train > 0, seed);
     ccoe_moe_stats st;
     ccoe_moe_forward(&f.m, f.out, &f.a, &st, f.inp, f.params, &f.pass, f.N); /* the routing */
     if (mc->expect_drops)
@@ -515,7 +523,9 @@ static void test_fd_layer(void **state)
         {"noisy_topk",   9, 5, 5, 2, 3, 1, 0, 1, 0.0, 0.7, 0.0, 0.0, 0.0, 0.01, 1, 0},
         {"noisy_topk",  12, 4, 4, 2, 2, 0, 1, 1, 1.0, 0.5, 0.6, 0.4, 0.2, 0.0, 1, 1},
         {"noisy_topk",   6, 3, 3, 1, 2, 1, 1, 1, 0.0, 0.5, 0.6, 0.4, 0.2, 0.01, 0, 0},
-        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
+        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
+        /* fixed routing with drops: the hash gate (the domain gate is always dropless) */
+        {"hash",        16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fd_layer_case(&cases[i], 400 + 10 * i);
@@ -585,7 +595,7 @@ static void fast_case(const moe_case *mc, ccoe_moe_schedule sched, uint64_t seed
     ccoe_moe_config cfg;
     case_config(mc, &cfg);
     fx f;
-    fx_init(&f, &cfg, mc->C, mc->N, mc->train, seed);
+    fx_init(&f, &cfg, mc->C, mc->N, mc->train > 0, seed);
     f.m.schedule = sched;
     const ccoe_moe *m = &f.m;
     const int N = f.N;
@@ -669,7 +679,8 @@ static void test_fast_vs_ref(void **state)
         {"softmax",     29, 16, 3, 3, 20, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
         {"softmax",     29, 16, 4, 4, 20, 1, 0, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
         {"domain",      40, 16, 5, 1, 13, 0, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
-        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
+        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
+        {"hash",        40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
         /* odd shapes: N = 1, E = 1, K = 1, F = 1, C = 1 */
         {"topk",         1, 24, 3, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
         {"topk",         1, 24, 3, 2, 19, 1, 1, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
@@ -881,6 +892,64 @@ static void test_domain_gate(void **state)
     fx_free(&f);
 }
 
+/* Hash routing: each row goes to the expert of its token id, weight 1, no router; the map is
+ * a bijection on every block of E consecutive ids (balanced over any vocabulary to within one)
+ * and not the plain residue v mod E. */
+static void test_hash_gate(void **state)
+{
+    (void)state;
+    moe_case mc = {"hash", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0};
+    ccoe_moe_config cfg;
+    case_config(&mc, &cfg);
+    fx f;
+    fx_init(&f, &cfg, mc.C, mc.N, 1, 991);
+    ccoe_moe_stats st;
+    double aux = ccoe_moe_forward(&f.m, f.out, &f.a, &st, f.inp, f.params, &f.pass, f.N);
+    assert_true(aux == 0.0);
+    assert_int_equal(f.m.num_params, f.m.off_experts + 5 * f.m.expert_stride); /* no router */
+    assert_true(f.m.off_router == (size_t)-1);
+    int64_t per[CCOE_MOE_MAX_EXPERTS] = {0};
+    for (int n = 0; n < f.N; n++) {
+        int e = ccoe_gate_hash_expert(f.tokens[n], 5);
+        assert_int_equal(f.a.ids[n], e);
+        assert_true(f.a.weights[n] == 1.0f);
+        per[e]++;
+    }
+    for (int e = 0; e < 5; e++)
+        assert_true(per[e] == st.tokens_per_expert[e]);
+    assert_true(st.gate_entropy == 0.0 && st.router_entropy == 0.0);
+    fx_free(&f);
+    /* balance over vocabularies of several sizes and several E; not the identity residue map */
+    const int Es[] = {2, 3, 5, 8, 16}, Vs[] = {1, 7, 256, 1000, 50257};
+    for (size_t i = 0; i < sizeof Es / sizeof Es[0]; i++)
+        for (size_t j = 0; j < sizeof Vs / sizeof Vs[0]; j++) {
+            const int E = Es[i], V = Vs[j];
+            int64_t cnt[16] = {0}, mod_same = 0;
+            for (int v = 0; v < V; v++) {
+                int e = ccoe_gate_hash_expert(v, E);
+                assert_true(e >= 0 && e < E);
+                cnt[e]++;
+                mod_same += e == v % E;
+            }
+            int64_t lo = cnt[0], hi = cnt[0];
+            for (int e = 1; e < E; e++) {
+                lo = cnt[e] < lo ? cnt[e] : lo;
+                hi = cnt[e] > hi ? cnt[e] : hi;
+            }
+            assert_true(hi - lo <= 1);
+            if (V >= 256) /* the per-block shift varies: about 1/E of ids keep v mod E */
+                assert_true(E >= 3 ? mod_same < V / 2 : mod_same < (3 * V) / 4);
+        }
+    /* each block of E consecutive ids is a permutation of the experts */
+    for (int b = 0; b < 100; b++) {
+        int seen[8] = {0};
+        for (int k = 0; k < 8; k++)
+            seen[ccoe_gate_hash_expert(b * 8 + k, 8)]++;
+        for (int e = 0; e < 8; e++)
+            assert_int_equal(seen[e], 1);
+    }
+}
+
 /* Noise is keyed by the global token index: N rows at once == two halves with offsets. */
 static void test_noise_split(void **state)
 {
@@ -1030,6 +1099,8 @@ static void test_validate(void **state)
     expect_bad(&c, "top_k = -2");
     c = ok, c.capacity_factor = 0.5;
     expect_bad(&c, "capacity_factor = 0.5");
+    c = ok, c.eval_capacity_factor = 0.5;
+    expect_bad(&c, "eval_capacity_factor = 0.5");
     c = ok, c.capacity_factor = -1.0;
     expect_bad(&c, "capacity_factor");
     c = ok, c.capacity_factor = NAN;
@@ -1074,6 +1145,11 @@ static void test_validate(void **state)
     expect_bad(&c, "domain_expert[1] = 8");
     c.domain_expert[1] = 7;
     assert_int_equal(ccoe_moe_validate(&c, &err), CCOE_OK);
+    c.capacity_factor = 1.25; /* a rule-routed gate is always dropless */
+    expect_bad(&c, "always dropless");
+    c.capacity_factor = 0.0, c.eval_capacity_factor = 2.0;
+    expect_bad(&c, "always dropless");
+    c.eval_capacity_factor = 0.0;
     c.w_switch = 0.1;
     expect_bad(&c, "no router");
     c = ok, c.n_domains = 2;
@@ -1152,6 +1228,59 @@ static void test_layout(void **state)
     assert_int_equal(ccoe_moe_capacity(&m, 100), 32); /* ceil(1.25 * 100 * 2 / 8) */
     assert_int_equal(ccoe_moe_capacity(&m, 1), 1);
     assert_true(ccoe_moe_acts_bytes(&m) > 0 && ccoe_moe_scratch_bytes(&m) > 0);
+}
+
+/* Capacity is a training device: an evaluation pass (pass.train = 0) uses eval_capacity_factor
+ * (default 0: dropless) and reports what the training capacity would have dropped of the same
+ * routing; a training pass's train_dropped_slots equals its own drops. */
+static void test_eval_dropless(void **state)
+{
+    (void)state;
+    const int N = 40, C = 8, E = 4;
+    moe_case mc = {"topk", N, C, E, 2, 6, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1, 1};
+    ccoe_moe_config cfg, dl;
+    case_config(&mc, &cfg);
+    assert_true(cfg.capacity_factor == 1.0 && cfg.eval_capacity_factor == 0.0);
+    dl = cfg, dl.capacity_factor = 0.0; /* the same layer, dropless everywhere */
+    fx f, g;
+    fx_init(&f, &cfg, C, N, 1, 1400);
+    fx_init(&g, &dl, C, N, 1, 1400);
+    assert_true(f.m.max_rows == N * 2); /* buffers hold a dropless evaluation */
+    /* skew the inputs so that capacity bites: every token prefers the same experts */
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            f.inp[(size_t)n * C + c] = g.inp[(size_t)n * C + c] =
+                f.params[f.m.off_router + c] * 3.0f + 0.1f * f.inp[(size_t)n * C + c];
+    memcpy(g.params, f.params, f.m.num_params * sizeof(float));
+    ccoe_moe_stats tr, ev, ref;
+    ccoe_moe_forward(&f.m, f.out, &f.a, &tr, f.inp, f.params, &f.pass, N);
+    assert_true(tr.dropped_slots > 0 && tr.capacity > 0);
+    assert_true(tr.train_dropped_slots == tr.dropped_slots && tr.train_drop_rate == tr.drop_rate);
+    f.pass.train = 0;
+    ccoe_moe_forward(&f.m, f.out, &f.a, &ev, f.inp, f.params, &f.pass, N);
+    assert_int_equal(ev.capacity, 0);
+    assert_true(ev.dropped_slots == 0 && ev.drop_rate == 0.0);
+    assert_true(ev.train_dropped_slots == tr.dropped_slots); /* topk: same routing */
+    g.pass.train = 0;
+    ccoe_moe_forward(&g.m, g.out, &g.a, &ref, g.inp, g.params, &g.pass, N);
+    assert_memory_equal(f.out, g.out, (size_t)N * C * sizeof(float)); /* = dropless layer */
+    assert_true(ref.train_dropped_slots == 0); /* dropless training: nothing to drop */
+    char buf[4096];
+    ccoe_moe_stats_json(&ev, buf, sizeof buf);
+    assert_non_null(strstr(buf, "\"train_drop_rate\""));
+    fx_free(&g);
+    fx_free(&f);
+    /* asked otherwise: eval_capacity_factor = capacity_factor drops as training does (the same
+     * seed and skew: the same inputs and routing) */
+    cfg.eval_capacity_factor = 1.0;
+    fx_init(&f, &cfg, C, N, 0, 1400);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            f.inp[(size_t)n * C + c] =
+                f.params[f.m.off_router + c] * 3.0f + 0.1f * f.inp[(size_t)n * C + c];
+    ccoe_moe_forward(&f.m, f.out, &f.a, &ev, f.inp, f.params, &f.pass, N);
+    assert_true(ev.capacity == tr.capacity && ev.dropped_slots == tr.dropped_slots);
+    fx_free(&f);
 }
 
 static void test_stats_json(void **state)
@@ -1327,6 +1456,8 @@ int main(void)
         cmocka_unit_test(test_identity_dispatch),
         cmocka_unit_test(test_dense_equivalence),
         cmocka_unit_test(test_domain_gate),
+        cmocka_unit_test(test_hash_gate),
+        cmocka_unit_test(test_eval_dropless),
         cmocka_unit_test(test_noise_split),
         cmocka_unit_test(test_balancing_lowers_cv),
         cmocka_unit_test(test_validate),

@@ -40,6 +40,14 @@
  * CCOE_GATE_RENORM_OPT when renormalize = 1), so the router learns only from the balancing
  * losses; `ccoe train` warns about it. */
 #define CCOE_GATE_K1_CONSTANT 64u
+/* Routes by the token id of each row (ccoe_gate_args.tokens), no router: the MoE layer needs
+ * the token ids of its rows (ccoe_moe_pass.tokens), as CCOE_GATE_DOMAIN needs the domains. */
+#define CCOE_GATE_TOKEN 128u
+/* Capacity does not apply: the assignment is a rule (domain -> expert), so a capacity would
+ * only skip the FFN of whatever the rule sends to a full expert (for a one-domain batch, most
+ * of it). The layer requires capacity_factor = eval_capacity_factor = 0; the [moe] section's
+ * capacity keys are ignored for such a gate (ccoe_moe_config_from_section). */
+#define CCOE_GATE_DROPLESS 256u
 
 /* The value of moe.gate that means "no MoE layer": the dense model. Not a gate of the
  * registry; ccoe_gate_is_none is the one place that tests for it. */
@@ -57,6 +65,7 @@ typedef struct ccoe_gate_args {
     int T;                       /* rows per entry of domains: row n has domain domains[n / T] */
     const int32_t *domain_expert; /* (n_domains) expert index of each domain (domain gate) */
     int n_domains;
+    const int32_t *tokens;       /* (N) token id of each row (gates with CCOE_GATE_TOKEN) */
 } ccoe_gate_args;
 
 /* The same inputs for ONE token in double (references). */
@@ -135,5 +144,8 @@ float ccoe_gate_softplus(float x);
 float ccoe_gate_sigmoid(float x);
 double ccoe_gate_softplus_d(double x);
 double ccoe_gate_sigmoid_d(double x);
+/* The expert of token id v (>= 0) among E under the hash gate (gate_hash.c documents the
+ * hash); public for the tests. */
+int ccoe_gate_hash_expert(int32_t v, int E);
 
 #endif

@@ -4,7 +4,8 @@
  * Weight 1, no router parameters, no auxiliary losses, no backward. A domain that should run
  * the plain base FFN maps to the expert that holds the base FFN's weights (the caller includes
  * the base FFN as one of the E experts). Domain ids are checked against the table at setup
- * (ccoe_moe_check_domains); here an out-of-range id is an internal error.
+ * (ccoe_moe_check_domains); here an out-of-range id is an internal error. Always dropless
+ * (CCOE_GATE_DROPLESS): the rule decides where a token goes, a capacity would only skip it.
  */
 #include <assert.h>
 
@@ -29,7 +30,7 @@ static void domain_forward(int32_t *ids, float *weights, int32_t *kth, const cco
 const ccoe_gate_ops ccoe_gate_domain_ops = {
     .name = "domain",
     .help = "rule-based: domain -> expert table, weight 1, no router (CCoE Eqs. 6-7)",
-    .flags = CCOE_GATE_DOMAIN | CCOE_GATE_ONE_EXPERT,
+    .flags = CCOE_GATE_DOMAIN | CCOE_GATE_ONE_EXPERT | CCOE_GATE_DROPLESS,
     .forward = domain_forward,
     .backward = NULL,
     .load_forward = NULL,

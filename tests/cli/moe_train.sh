@@ -35,10 +35,21 @@ pass "metrics have aux_loss and expert statistics"
 
 out=$("$CCOE" eval "$WORK/a/run/checkpoint.safetensors" --batches 2 --no-tasks) || fail "eval: $out"
 grep -q "^MoE experts (gate noisy_topk, E=4, K=2" <<<"$out" || fail "eval lacks the MoE table: $out"
-grep -qE "^1 +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+  [0-9]+ [0-9]+ [0-9]+ [0-9]+$" <<<"$out" \
-  || fail "eval MoE line for layer 1 malformed: $out"
+# layer, tokens, drop_rate (0: evaluation is dropless by default), train_drop (what the
+# training capacity would drop), gate and router entropy, load CV, tokens per expert
+grep -qE "^1 +[0-9]+ +0\.0000 +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+  [0-9]+ [0-9]+ [0-9]+ [0-9]+$" <<<"$out" \
+  || fail "eval MoE line for layer 1 malformed (or not dropless): $out"
 grep -q "^sql " <<<"$out" || fail "eval lacks the domain table: $out"
 pass "eval prints expert statistics"
+
+# asked otherwise, evaluation runs under a capacity: the drop rate equals train_drop
+out=$("$CCOE" eval "$WORK/a/run/checkpoint.safetensors" --batches 2 --no-tasks \
+  --set moe.eval_capacity_factor=1.25) || fail "eval with a capacity: $out"
+grep -q "eval_capacity_factor 1.25" <<<"$out" || fail "eval ignores moe.eval_capacity_factor: $out"
+awk '/^MoE experts/ {t = 1; next} t && /^[0-9]+ / {n++; if ($3 != $4) bad = 1}
+     END {exit !(n == 2 && !bad)}' <<<"$out" \
+  || fail "eval under the training capacity: drop_rate differs from train_drop: $out"
+pass "eval --set moe.eval_capacity_factor drops as training would"
 
 cd "$WORK"
 expect_fail 2 "moe.top_k" -- "$CCOE" train "$TINY" --set moe.gate=topk --set moe.n_experts=4 \
@@ -50,6 +61,10 @@ expect_fail 2 "moe.noise_eps" -- "$CCOE" train "$TINY" --set moe.gate=topk \
 expect_fail 2 "moe.gate" -- "$CCOE" train "$TINY" --set moe.gate=switch --set train.out_dir=bad
 expect_fail 2 "moe.n_experts" -- "$CCOE" train "$TINY" --set moe.gate=domain --set moe.top_k=1 \
   --set moe.n_experts=2 --set moe.w_switch=0 --set moe.w_z=0 --set train.out_dir=bad
+expect_fail 2 "moe.eval_capacity_factor" -- "$CCOE" train "$TINY" --set moe.gate=topk \
+  --set moe.eval_capacity_factor=0.5 --set train.out_dir=bad
+expect_fail 2 "moe.w_switch" -- "$CCOE" train "$TINY" --set moe.gate=hash --set moe.top_k=1 \
+  --set train.out_dir=bad
 pass "bad [moe] settings exit 2 naming the key"
 
 # a large balancing coefficient lowers the load CV during a short training run (same seed,

@@ -15,6 +15,8 @@ void tu_moe_case_config(const tu_moe_case *c, ccoe_moe_config *cfg)
     cfg->bias = c->bias;
     cfg->renormalize = c->renorm;
     cfg->capacity_factor = c->cf;
+    /* evaluation passes keep the case's capacity unless the case asks for dropless ones */
+    cfg->eval_capacity_factor = c->train < 0 ? 0.0 : c->cf;
     cfg->w_importance = c->w_imp;
     cfg->w_load = c->w_load;
     cfg->w_switch = c->w_switch;
@@ -47,6 +49,8 @@ int tu_moe_registry_cases(tu_moe_case *out, int cap, int N, int C, int F)
         const int noisy = (g->flags & CCOE_GATE_NOISE) != 0;
         tu_moe_case base = {.gate = g->name, .N = N, .C = C, .E = E, .K = K, .F = F,
                             .swiglu = 0, .bias = 1, .renorm = 1, .cf = 1.25, .train = 1};
+        if (g->flags & CCOE_GATE_DROPLESS)
+            base.cf = 0.0; /* a rule-routed gate has no capacity */
         if (router) {
             base.w_imp = 0.1;
             base.w_switch = 0.05;
@@ -56,7 +60,7 @@ int tu_moe_registry_cases(tu_moe_case *out, int cap, int N, int C, int F)
             base.noise_eps = 0.01;
             base.w_load = K < E ? 0.1 : 0.0; /* the load estimator needs K < E */
         }
-        tu_moe_case v[4];
+        tu_moe_case v[5];
         int nv = 0;
         v[nv++] = base;
         v[nv] = base; /* dropless, SwiGLU, no biases */
@@ -70,6 +74,10 @@ int tu_moe_registry_cases(tu_moe_case *out, int cap, int N, int C, int F)
         if (noisy) {
             v[nv] = base; /* evaluation: no noise drawn */
             v[nv++].train = 0;
+        }
+        if (base.cf > 0.0) {
+            v[nv] = base; /* evaluation under a training capacity: dropless by default */
+            v[nv++].train = -1;
         }
         for (int j = 0; j < nv; j++) {
             if (n >= cap) {

@@ -24,11 +24,13 @@ typedef struct tu_moe_case {
     int swiglu, bias, renorm;
     double cf; /* capacity factor, 0 = dropless */
     double w_imp, w_load, w_switch, w_z, noise_eps;
-    int train;        /* 1: training pass (noisy gates draw noise) */
+    int train;        /* 1: training pass (noisy gates draw noise); 0: evaluation pass with the
+                         capacity cf; -1: evaluation pass, dropless (eval_capacity_factor 0) */
     int expect_drops; /* the case must drop slots (capacity actually bites) */
 } tu_moe_case;
 
-/* cfg = the layer config of c (ccoe_moe_defaults, then the case's fields). A gate with
+/* cfg = the layer config of c (ccoe_moe_defaults, then the case's fields; cf is the capacity
+ * of training and of evaluation passes alike). A gate with
  * CCOE_GATE_DOMAIN gets the table of 4 domains d -> (2d + 1) mod E (1, 3, 0, 2 for E = 5). */
 void tu_moe_case_config(const tu_moe_case *c, ccoe_moe_config *cfg);
 
@@ -38,9 +40,11 @@ int tu_gate_top_k(const ccoe_gate_ops *g, int E, int K);
 
 /* Writes into out (up to cap) the cases of every registered gate, N rows of C channels and
  * experts of hidden size F (N, C may be 0): for each gate, with E = 5 and K = 2 where the gate
- * chooses K: a training case with a capacity and every balancing loss the gate has; a dropless
+ * chooses K: a training case with a capacity (none for CCOE_GATE_DROPLESS) and every balancing
+ * loss the gate has; a dropless
  * SwiGLU case without biases; renormalize = 0 if the gate honours it; an evaluation pass (no
- * noise) for noisy gates. Every case passes ccoe_moe_validate (a gate whose rules its flags do
+ * noise) for noisy gates; an evaluation pass with the training capacity and dropless evaluation
+ * (train = -1) for gates with a capacity. Every case passes ccoe_moe_validate (a gate whose rules its flags do
  * not describe is reported on stderr). Returns the number of cases, -1 on such a report or when
  * cap is too small. */
 int tu_moe_registry_cases(tu_moe_case *out, int cap, int N, int C, int F);
