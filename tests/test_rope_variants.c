@@ -158,10 +158,10 @@ static void test_every_gate(void **state)
         snprintf(gate, sizeof gate, "moe.gate=%s", g->name);
         snprintf(k, sizeof k, "moe.top_k=%d", tu_gate_top_k(g, 4, 2));
         snprintf(name, sizeof name, "rope gqa, MoE gate %s", g->name);
-        const int domain = (g->flags & CCOE_GATE_DOMAIN) != 0;
+        const int router = (g->flags & CCOE_GATE_ROUTER) != 0; /* balancing losses need one */
         const char *sets[] = {gate, "moe.n_experts=4", k,
-                              domain ? "moe.w_switch=0" : "moe.w_switch=0.01",
-                              domain ? "moe.w_z=0" : "moe.w_z=0.001", NULL};
+                              router ? "moe.w_switch=0.01" : "moe.w_switch=0",
+                              router ? "moe.w_z=0.001" : "moe.w_z=0", NULL};
         run r;
         open_run(&r, name, sets);
         assert_true(r.m.n_moe > 0);
