@@ -50,8 +50,8 @@ static const char *const placement_names[] = {"contiguous", "round_robin", "bala
 static const char *moe_gate_names[MOE_GATE_NAMES_CAP + 2] = {CCOE_GATE_NONE, NULL};
 /* ccoe.form: "none" (id 0) and every form of the registry (variants/forms.def) at its stored
  * id, filled in by the same function. */
-#define CCOE_FORM_NAMES_CAP 16
-static const char *form_names[CCOE_FORM_NAMES_CAP + 2] = {"none", NULL};
+#define FORM_NAMES_CAP 16
+static const char *form_names[FORM_NAMES_CAP + 2] = {"none", NULL};
 static char form_help[1024] = "CCoE formulation"; /* and each form's own help */
 
 /* The help line of a moe.gate value: the gate's own (its ops table), or that of "none". */
@@ -71,8 +71,8 @@ static void gate_names_fill(void)
     for (int i = 0; i < n && i < MOE_GATE_NAMES_CAP; i++)
         moe_gate_names[1 + i] = ccoe_gate_at(i)->name;
     const int nf = ccoe_form_count();
-    assert(nf <= CCOE_FORM_NAMES_CAP && "raise CCOE_FORM_NAMES_CAP");
-    for (int i = 0; i < nf && i < CCOE_FORM_NAMES_CAP; i++) {
+    assert(nf <= FORM_NAMES_CAP && "raise FORM_NAMES_CAP");
+    for (int i = 0; i < nf && i < FORM_NAMES_CAP; i++) {
         const ccoe_form_ops *f = ccoe_form_at(i);
         assert((int)f->id == i + 1 && "forms.def lists the forms in the order of their ids");
         form_names[(int)f->id] = f->name;
