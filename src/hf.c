@@ -903,3 +903,32 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
     free(x);
     return s;
 }
+
+ccoe_status hf_tied_head(const hf_weights *w, const cJSON *c, const char *cfg_path,
+                         const char *emb_name, int def_tie, int *tied, FILE *log,
+                         ccoe_error *err)
+{
+    int tie = def_tie;
+    CCOE_TRY(hf_cfg_bool(c, cfg_path, "tie_word_embeddings", def_tie, &tie, err));
+    hf_tensor head, emb;
+    const int has_head = hf_find(w, "lm_head.weight", &head);
+    if (!tie && !has_head)
+        return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                              "%s: tie_word_embeddings is false%s but the weights have no "
+                              "'lm_head.weight': the untied head is missing; add it or set "
+                              "\"tie_word_embeddings\": true",
+                              w->dir, def_tie ? "" : " (the architecture's default)");
+    if (tie && has_head && log && hf_find(w, emb_name, &emb)) {
+        int same = head.ndim == emb.ndim && head.shape[0] == emb.shape[0] &&
+                   head.shape[1] == emb.shape[1] &&
+                   memcmp(head.data, emb.data,
+                          (size_t)emb.shape[0] * (size_t)emb.shape[1] * sizeof(float)) == 0;
+        if (!same)
+            fprintf(log, "note: %s stores an lm_head.weight that differs from %s but "
+                         "tie_word_embeddings is true: like transformers, the head is tied and "
+                         "the stored lm_head.weight is ignored\n",
+                    head.file, emb_name);
+    }
+    *tied = tie;
+    return CCOE_OK;
+}

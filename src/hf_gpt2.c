@@ -145,32 +145,9 @@ ccoe_status hf_gpt2_head(const hf_weights *w, const cJSON *c, const char *cfg_pa
                                   w->names[f], name, L,
                                   plen ? "start with \"transformer.\"" : "have no prefix");
         }
-    int tie = 1;
-    CCOE_TRY(hf_cfg_bool(c, cfg_path, "tie_word_embeddings", 1, &tie, err));
-    hf_tensor head, wte;
-    const int has_head = hf_find(w, "lm_head.weight", &head);
-    char wname[64];
-    snprintf(wname, sizeof wname, "%swte.weight", prefix);
-    hf_find(w, wname, &wte);
-    if (!tie && !has_head)
-        return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                              "%s: tie_word_embeddings is false but the weights have no "
-                              "'lm_head.weight': the untied head is missing; add it or set "
-                              "tie_word_embeddings to true",
-                              w->dir);
-    if (tie && has_head && log) {
-        int same = head.ndim == wte.ndim && head.shape[0] == wte.shape[0] &&
-                   head.shape[1] == wte.shape[1] &&
-                   memcmp(head.data, wte.data,
-                          (size_t)wte.shape[0] * (size_t)wte.shape[1] * sizeof(float)) == 0;
-        if (!same)
-            fprintf(log, "note: %s stores an lm_head.weight that differs from wte but "
-                         "tie_word_embeddings is true: like transformers, the head is tied to "
-                         "wte and the stored lm_head.weight is ignored\n",
-                    head.file);
-    }
-    *tied = tie;
-    return CCOE_OK;
+    char emb[64];
+    snprintf(emb, sizeof emb, "%swte.weight", prefix);
+    return hf_tied_head(w, c, cfg_path, emb, 1, tied, log, err);
 }
 
 /* dst (R, K) = src^T for src (K, R): Conv1D (in, out) -> Linear (out, in), and back. */

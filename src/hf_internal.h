@@ -52,6 +52,13 @@ ccoe_status hf_cfg_bool(const cJSON *c, const char *path, const char *key, int d
                         ccoe_error *err);
 const char *hf_cfg_str(const cJSON *c, const char *key);
 
+/* Whether the LM head is tied: config.json's tie_word_embeddings (absent: def_tie, the
+ * architecture's default); untied needs a stored lm_head.weight; tied with a stored head that
+ * differs from the embedding emb_name is noted on log (like transformers, the head is tied). */
+ccoe_status hf_tied_head(const hf_weights *w, const cJSON *c, const char *cfg_path,
+                         const char *emb_name, int def_tie, int *tied, FILE *log,
+                         ccoe_error *err);
+
 /* A tensor to export: name, shape, data (owned by the caller). */
 typedef struct hf_out_tensor {
     char name[128];

@@ -230,33 +230,10 @@ ccoe_status hf_llama_head(const hf_weights *w, const cJSON *c, const char *cfg_p
                                   w->names[f], name, arch, L,
                                   plen ? "start with \"model.\"" : "have no prefix");
         }
+    char emb[64];
+    snprintf(emb, sizeof emb, "%sembed_tokens.weight", prefix);
     /* transformers' LlamaConfig, Qwen2Config and MistralConfig default to an untied head */
-    int tie = 0;
-    CCOE_TRY(hf_cfg_bool(c, cfg_path, "tie_word_embeddings", 0, &tie, err));
-    hf_tensor head, wte;
-    const int has_head = hf_find(w, "lm_head.weight", &head);
-    char wname[64];
-    snprintf(wname, sizeof wname, "%sembed_tokens.weight", prefix);
-    hf_find(w, wname, &wte);
-    if (!tie && !has_head)
-        return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                              "%s: tie_word_embeddings is false (%s's default) but the weights "
-                              "have no 'lm_head.weight': the untied head is missing; add it or "
-                              "set \"tie_word_embeddings\": true",
-                              w->dir, arch);
-    if (tie && has_head && log) {
-        int same = head.ndim == wte.ndim && head.shape[0] == wte.shape[0] &&
-                   head.shape[1] == wte.shape[1] &&
-                   memcmp(head.data, wte.data,
-                          (size_t)wte.shape[0] * (size_t)wte.shape[1] * sizeof(float)) == 0;
-        if (!same)
-            fprintf(log, "note: %s stores an lm_head.weight that differs from embed_tokens but "
-                         "tie_word_embeddings is true: like transformers, the head is tied and "
-                         "the stored lm_head.weight is ignored\n",
-                    head.file);
-    }
-    *tied = tie;
-    return CCOE_OK;
+    return hf_tied_head(w, c, cfg_path, emb, 0, tied, log, err);
 }
 
 ccoe_status hf_llama_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err)
