@@ -25,6 +25,7 @@ static const ccoe_cli_cmd *const k_cmds[] = {
     &ccoe_cmd_study,    &ccoe_cmd_data_write_builtin,
     &ccoe_cmd_tokenizer_encode, &ccoe_cmd_tokenizer_decode, &ccoe_cmd_tokenizer_train,
     &ccoe_cmd_import,   &ccoe_cmd_export,
+    &ccoe_cmd_upcycle,  &ccoe_cmd_merge,
     &ccoe_cmd_help_config,
 };
 enum { N_CMDS = sizeof k_cmds / sizeof k_cmds[0] };
