@@ -56,6 +56,8 @@ static void print_report(const char *verb, const char *in, const char *out,
     if (!r->sums_to_one)
         printf("note: moe.renormalize = false: the combine weights do not sum to one, so the "
                "output's loss differs from the input's from the start\n");
+    if (r->note[0])
+        printf("note: %s\n", r->note);
     printf("continue training with: ccoe train CONFIG --init-from %s %s\n", out, r->sets);
 }
 

@@ -385,6 +385,28 @@ static ccoe_status merge_mean(merge_ctx *c, const ccoe_param *d, int *averaged, 
     return CCOE_OK;
 }
 
+/* The domain gate sends domain d to expert d: a note when the CCoE routes say otherwise (the
+ * merged model then does not run each domain's CCoE path). */
+static void domain_gate_note(const ccoe_taskmap *g, const ccoe_config *cfg, int with_base,
+                             ccoe_build_report *rep)
+{
+    const ccoe_gate_ops *gate = ccoe_gate_find(cfg->moe.gate);
+    if (!gate || !(gate->flags & CCOE_GATE_DOMAIN))
+        return;
+    for (int d = 0; d < g->n_domains; d++) {
+        const int want = g->route[d] >= 0 ? g->route[d] : with_base ? g->n_experts : -1;
+        if (want == d)
+            continue;
+        snprintf(rep->note, sizeof rep->note,
+                 "gate domain sends domain %d (%s) to expert %d, but its CCoE route is %s: the "
+                 "merged model runs the CCoE paths only when ccoe.routes sends domain d to "
+                 "expert d (the base: index %d with --with-base)",
+                 d, g->domains[d], d, g->route[d] >= 0 ? g->experts[g->route[d]].name : "the base",
+                 g->n_experts);
+        return;
+    }
+}
+
 ccoe_status ccoe_moe_merge(const char *in_path, const char *out_path, const ccoe_build_opts *o,
                            ccoe_build_report *rep, ccoe_error *err)
 {
@@ -467,6 +489,7 @@ ccoe_status ccoe_moe_merge(const char *in_path, const char *out_path, const ccoe
     if (s != CCOE_OK)
         goto done;
     describe(&cfg, &y.model, rep);
+    domain_gate_note(&x.taskmap, &cfg, o->with_base, rep);
     s = ccoe_checkpoint_save(out_path, &y.cfg, &y.model, NULL, NULL, err);
 done:
     free(is_moe);

@@ -45,6 +45,7 @@ typedef struct ccoe_build_report {
     int fresh;      /* tensors left at the MoE initialisation (routers) */
     int sums_to_one; /* the gate's combine weights sum to one: step-0 loss = the input's */
     char sets[512]; /* the --set assignments that describe the output's [moe] for --init-from */
+    char note[512]; /* a caveat worth printing ("" = none) */
 } ccoe_build_report;
 
 /* Sparse upcycling: the dense model at in_path (moe.gate = none; a `ccoe train` or `ccoe

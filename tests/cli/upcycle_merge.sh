@@ -131,6 +131,9 @@ fi
 out=$("$CCOE" merge ct/checkpoint.safetensors -o merged_tail.st) || fail "merge tail: $out"
 grep -q "2 experts, top-2; .*, 8 averaged" <<<"$out" || fail "tail merge did not average block 1: $out"
 "$CCOE" eval merged_tail.st --batches 1 --no-tasks >/dev/null || fail "eval of the merged tail model"
+out=$("$CCOE" merge ct/checkpoint.safetensors --gate domain -o merged_tail_dom.st) || fail "merge tail, domain gate: $out"
+grep -q "note: gate domain sends domain 1 (strings) to expert 1, but its CCoE route is the base" <<<"$out" \
+  || fail "no note on routes the domain gate cannot follow: $out"
 pass "tail experts merge (the FFNs as experts, the rest of their block averaged)"
 
 expect_fail 2 "has no CCoE experts" -- "$CCOE" merge "$D" -o bad.st
