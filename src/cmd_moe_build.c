@@ -4,16 +4,22 @@
 #include <string.h>
 
 #include "cli.h"
+#include "gate.h"
 #include "moe_build.h"
+
+/* The gates of the registry (variants/gates.def), without none: --gate's allowed values. */
+static void gate_choices(char *buf, size_t cap)
+{
+    ccoe_gate_list_names(buf, cap, 0);
+}
 
 #define BUILD_OPTS(what)                                                                       \
     {"-o", CCOE_OPT_PATH, "MOE_CKPT", .help = "write the MoE checkpoint here",                 \
      .flags = CCOE_OPT_REQUIRED},                                                              \
     {"--top-k", CCOE_OPT_INT, "K", 1, 1024, .takes = "a whole number 1..1024 (<= E)",          \
      .help = "experts per token (default: 2, or E for softmax, 1 for one-expert gates)"},      \
-    {"--gate", CCOE_OPT_STRING, "G", .def = "topk",                                            \
-     .help = "moe.gate of the output: a gate with a router (topk, noisy_topk, softmax) or "   \
-             "domain, hash"},                                                                  \
+    {"--gate", CCOE_OPT_STRING, "G", .def = "topk", .choices_fn = gate_choices,                \
+     .help = "moe.gate of the output (a gate of the registry)"},                               \
     {"--router", CCOE_OPT_STRING, "random|zero", .def = "random", .choices = "random|zero",    \
      .takes = "random or zero",                                                                \
      .help = "the router's start: the fresh MoE init N(0, model.init_std), or zero"},          \
