@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "gemm.h"
 #include "model.h"
 #include "rng.h"
 
@@ -36,6 +37,32 @@ void tu_to_float(float *dst, const double *src, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         dst[i] = (float)src[i];
+}
+
+void tu_fill_pair(float *f, double *d, size_t n, uint64_t seed, float scale)
+{
+    tu_fill_uniform(f, n, seed, scale);
+    tu_to_double(d, f, n);
+}
+
+void tu_twice_plus(double *want, const float *g0, const double *g, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        want[i] = (double)g0[i] + 2.0 * g[i];
+}
+
+int tu_gemm_contexts(struct ccoe_gemm *g_auto, struct ccoe_gemm *g_blis, struct ccoe_gemm *g_ref,
+                     int nthreads)
+{
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    if (ccoe_gemm_init(g_blis, CCOE_GEMM_BLIS, nthreads, &err) != CCOE_OK ||
+        ccoe_gemm_init(g_ref, CCOE_GEMM_REF, nthreads, &err) != CCOE_OK ||
+        ccoe_gemm_init(g_auto, CCOE_GEMM_AUTO, nthreads, &err) != CCOE_OK) {
+        fprintf(stderr, "gemm init: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
 }
 
 double tu_close_ratio(const char *what, const float *a, const double *b, size_t n, double atol,
