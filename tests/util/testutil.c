@@ -1,5 +1,9 @@
 /* testutil.c - shared test helpers. */
+#define _GNU_SOURCE /* nftw */
 #include "testutil.h"
+
+#include <ftw.h>
+#include <stdlib.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -230,4 +234,34 @@ void tu_tiny_train_config(ccoe_config *cfg, const char *out_dir, long steps)
     cfg->train.eval_batches = 1;
     cfg->data.task_examples = 0;
     snprintf(cfg->train.out_dir, sizeof cfg->train.out_dir, "%s", out_dir);
+}
+
+char *tu_mkdtemp(const char *tag)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "/tmp/ccoe_test_%s_XXXXXX", tag);
+    char *dir = strdup(buf);
+    assert_non_null(dir);
+    assert_non_null(mkdtemp(dir));
+    return dir;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void tu_rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+void tu_write_text(const char *dir, const char *name, const char *text)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
+    assert_int_equal(fclose(f), 0);
 }

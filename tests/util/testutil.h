@@ -87,6 +87,12 @@ double tu_ddot(const double *a, const double *b, size_t n);
  * if it cannot be read. */
 unsigned char *tu_slurp(const char *path, size_t *n);
 
+/* A fresh directory /tmp/ccoe_test_TAG_XXXXXX (malloc'd name; fails the test if it cannot be
+ * made), the whole tree below a directory removed, and a text file DIR/NAME written whole. */
+char *tu_mkdtemp(const char *tag);
+void tu_rm_tree(const char *dir);
+void tu_write_text(const char *dir, const char *name, const char *text);
+
 struct ccoe_config;
 /* A 1-layer, 16-wide model on the builtin data, `steps` steps into out_dir, evaluated on one
  * batch without task decoding at the end: the quickest run that trains and checkpoints. */
