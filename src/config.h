@@ -83,11 +83,10 @@ typedef struct ccoe_run_config {
 
 /* CCoE formulations (paper Section 4; papers/ccoe.md). */
 typedef enum ccoe_form {
-    CCOE_FORM_NONE = 0,  /* the base model alone */
-    CCOE_FORM_TAIL = 1,  /* Eq. 4: expert i replaces the last l_i base blocks */
-    CCOE_FORM_PREFIX = 2, /* Eq. 5: every expert follows the first prefix_layers base blocks */
-    CCOE_FORM_FFN = 3     /* Eqs. 6-7: expert i is the FFNs of the last l_i base blocks;
-                           * attention and norms stay shared (FFN-level, rule-gated) */
+    CCOE_FORM_NONE = 0, /* the base model alone */
+#define CCOE_FORM(name, ID) CCOE_FORM_##ID,
+#include "forms.def"
+#undef CCOE_FORM
 } ccoe_form;
 
 typedef enum ccoe_expert_init {
