@@ -4,9 +4,11 @@
 #include "hf.h"
 
 #include <dirent.h>
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -202,6 +204,166 @@ ccoe_status hf_get(const hf_weights *w, const char *name, int ndim, int64_t d0, 
                                   "%s: tensor '%s' holds %s at element %zu: the weights are "
                                   "damaged (or overflowed when converted); use an intact copy",
                                   t->file, name, isnan(t->data[i]) ? "NaN" : "Inf", i);
+    return CCOE_OK;
+}
+
+void hf_transpose(float *dst, const float *src, int64_t K, int64_t R)
+{
+    enum { TB = 32 };
+    for (int64_t k0 = 0; k0 < K; k0 += TB)
+        for (int64_t r0 = 0; r0 < R; r0 += TB)
+            for (int64_t k = k0; k < K && k < k0 + TB; k++)
+                for (int64_t r = r0; r < R && r < r0 + TB; r++)
+                    dst[r * K + k] = src[k * R + r];
+}
+
+ccoe_status hf_copy(const hf_weights *w, float *dst, int transpose, int ndim, int64_t d0,
+                    int64_t d1, ccoe_error *err, const char *fmt, ...)
+{
+    char name[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    hf_tensor t;
+    CCOE_TRY(hf_get(w, name, ndim, d0, d1, &t, err));
+    if (transpose)
+        hf_transpose(dst, t.data, d0, d1);
+    else
+        memcpy(dst, t.data, (size_t)d0 * (size_t)(ndim > 1 ? d1 : 1) * sizeof(float));
+    return CCOE_OK;
+}
+
+const char *hf_name_prefix(const hf_weights *w, const char *prefix, const char *emb)
+{
+    char name[160];
+    hf_tensor t;
+    snprintf(name, sizeof name, "%s%s", prefix, emb);
+    if (hf_find(w, name, &t))
+        return prefix;
+    if (hf_find(w, emb, &t))
+        return "";
+    return NULL;
+}
+
+int hf_in_list(const char *name, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(name, list[i]) == 0)
+            return 1;
+    return 0;
+}
+
+int hf_block_rest(const char *name, const char *word, long L)
+{
+    const size_t wl = strlen(word);
+    if (strncmp(name, word, wl) != 0 || name[wl] != '.')
+        return 0;
+    int l = -1, n = 0;
+    if (sscanf(name + wl + 1, "%d.%n", &l, &n) != 1 || n == 0 || l < 0 || l >= L)
+        return 0;
+    char back[32];
+    snprintf(back, sizeof back, "%d.", l);
+    if (strncmp(name + wl + 1, back, strlen(back)) != 0) /* "h.01." is not block 1's */
+        return 0;
+    return (int)wl + 1 + n;
+}
+
+ccoe_status hf_check_names(const hf_weights *w, const char *prefix,
+                           int (*known)(const char *name, long L, int flag), long L, int flag,
+                           const char *arch, const char *layer_key, ccoe_error *err)
+{
+    const size_t plen = strlen(prefix);
+    for (int f = 0; f < w->n_files; f++)
+        for (size_t i = 0; i < ccoe_st_count(w->files[f]); i++) {
+            const char *name = ccoe_st_name(w->files[f], i);
+            if (strcmp(name, "lm_head.weight") == 0)
+                continue;
+            if (strncmp(name, prefix, plen) == 0 && known(name + plen, L, flag))
+                continue;
+            return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                  "%s: tensor '%.100s' is not part of a %s with %s = %ld "
+                                  "(tensor names %s%s%s): another architecture or a "
+                                  "config.json that does not belong to these weights; use the "
+                                  "model's own config.json",
+                                  w->names[f], name, arch, layer_key, L,
+                                  plen ? "start with \"" : "have no prefix", plen ? prefix : "",
+                                  plen ? "\"" : "");
+        }
+    return CCOE_OK;
+}
+
+ccoe_status hf_out_init(hf_out_list *o, size_t cap, ccoe_error *err)
+{
+    memset(o, 0, sizeof *o);
+    o->t = calloc(cap ? cap : 1, sizeof *o->t);
+    o->cap = cap;
+    if (!o->t)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "exporting: out of memory");
+    return CCOE_OK;
+}
+
+void hf_put(hf_out_list *o, const float *data, int ndim, int64_t d0, int64_t d1,
+            const char *fmt, ...)
+{
+    assert(o->n < o->cap && (data || o->zero));
+    hf_out_tensor *t = &o->t[o->n++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->name, sizeof t->name, fmt, ap);
+    va_end(ap);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = d1;
+    t->data = data ? data : o->zero;
+}
+
+void hf_path_block(const ccoe_model *m, const ccoe_path *pa, int l, const ccoe_block_view **b,
+                   const ccoe_block_view **ffn)
+{
+    const int inst = l < pa->n_base ? l : pa->first_inst + (l - pa->n_base);
+    *b = &m->w_blocks[inst];
+    /* Eqs. 6-7: the expert's FFN replaces the base FFN in blocks ffn_from .. L-1 */
+    *ffn = *b;
+    if (pa->ffn_expert >= 0 && l >= pa->ffn_from)
+        *ffn = &m->w_xffn[m->xffn_first[pa->ffn_expert] + l - pa->ffn_from];
+}
+
+cJSON *hf_json_begin(const char *arch, const char *model_type)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON *a = j ? cJSON_AddArrayToObject(j, "architectures") : NULL;
+    if (!a || !cJSON_AddItemToArray(a, cJSON_CreateString(arch)) ||
+        !cJSON_AddStringToObject(j, "model_type", model_type)) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
+int hf_json_nums(cJSON *j, const hf_num *nums, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!cJSON_AddNumberToObject(j, nums[i].key, nums[i].v))
+            return 0;
+    return 1;
+}
+
+ccoe_status hf_json_end(cJSON *j, int ok, int tied, int32_t eos, int64_t V, char **config,
+                        ccoe_error *err)
+{
+    ok = ok && j && cJSON_AddBoolToObject(j, "tie_word_embeddings", tied);
+    ok = ok && cJSON_AddBoolToObject(j, "use_cache", 1);
+    ok = ok && cJSON_AddStringToObject(j, "torch_dtype", "float32");
+    if (ok && eos >= 0 && eos < V) {
+        ok = cJSON_AddNumberToObject(j, "bos_token_id", eos) != NULL;
+        ok = ok && cJSON_AddNumberToObject(j, "eos_token_id", eos) != NULL;
+    }
+    char *text = ok ? cJSON_Print(j) : NULL;
+    cJSON_Delete(j);
+    if (!text)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "exporting: out of memory building config.json");
+    *config = text;
     return CCOE_OK;
 }
 

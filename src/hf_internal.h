@@ -1,5 +1,5 @@
 /* hf_internal.h - what hf.c (directories, files, tokenizers) shares with the per-architecture
- * layouts (hf_gpt2.c). */
+ * layouts (hf_gpt2.c, hf_llama.c): lookups, checked copies, export lists and config.json. */
 #ifndef CCOE_HF_INTERNAL_H
 #define CCOE_HF_INTERNAL_H
 
@@ -59,6 +59,33 @@ ccoe_status hf_tied_head(const hf_weights *w, const cJSON *c, const char *cfg_pa
                          const char *emb_name, int def_tie, int *tied, FILE *log,
                          ccoe_error *err);
 
+/* Reads the tensor named by fmt, ... (checked as hf_get: ndim dims, d0 [, d1], finite) into
+ * dst: as stored, or with transpose a (d0, d1) tensor written as (d1, d0) (GPT-2's Conv1D
+ * (in, out) into ccoe's (out, in)). */
+ccoe_status hf_copy(const hf_weights *w, float *dst, int transpose, int ndim, int64_t d0,
+                    int64_t d1, ccoe_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
+
+/* dst (R, K) = src^T for src (K, R). */
+void hf_transpose(float *dst, const float *src, int64_t K, int64_t R);
+
+/* The prefix the layout's tensor names carry: prefix if prefix + emb is stored, "" if emb is
+ * stored bare, NULL if neither (not this layout's weights). */
+const char *hf_name_prefix(const hf_weights *w, const char *prefix, const char *emb);
+
+/* 1 if name is in list (n entries). */
+int hf_in_list(const char *name, const char *const *list, size_t n);
+
+/* For a block tensor name "<word>.<l>.<rest>" with 0 <= l < L (no leading zeros): the offset of
+ * <rest>; else 0. */
+int hf_block_rest(const char *name, const char *word, long L);
+
+/* Checks every tensor of w is lm_head.weight or prefix + a name known(name, L, flag) accepts;
+ * a stray tensor is refused naming it, arch and the layer count (config key layer_key). */
+ccoe_status hf_check_names(const hf_weights *w, const char *prefix,
+                           int (*known)(const char *name, long L, int flag), long L, int flag,
+                           const char *arch, const char *layer_key, ccoe_error *err);
+
 /* A tensor to export: name, shape, data (owned by the caller). */
 typedef struct hf_out_tensor {
     char name[128];
@@ -66,6 +93,37 @@ typedef struct hf_out_tensor {
     int64_t shape[2];
     const float *data;
 } hf_out_tensor;
+
+/* The tensors of an export in order; zero (may be NULL) stands for absent data. */
+typedef struct hf_out_list {
+    hf_out_tensor *t;
+    size_t n, cap;
+    const float *zero;
+} hf_out_list;
+
+/* Allocates room for cap tensors. */
+ccoe_status hf_out_init(hf_out_list *o, size_t cap, ccoe_error *err);
+/* Appends the tensor named by fmt, ... of shape (d0 [, d1]) (data NULL: o->zero). */
+void hf_put(hf_out_list *o, const float *data, int ndim, int64_t d0, int64_t d1,
+            const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* The weights block l of path pa runs: *b its block instance (a base block below n_base, else
+ * the expert's own), *ffn the FFN weights (Eqs. 6-7: the expert's FFN from ffn_from on). */
+void hf_path_block(const ccoe_model *m, const ccoe_path *pa, int l, const ccoe_block_view **b,
+                   const ccoe_block_view **ffn);
+
+/* config.json of an export: hf_json_begin makes the object with architectures = [arch] and
+ * model_type; hf_json_nums adds numbers; hf_json_end adds tie_word_embeddings, use_cache,
+ * torch_dtype float32 and, for 0 <= eos < V, bos/eos_token_id, and prints it into *config
+ * (malloc'd; ok = 0: an earlier addition failed). j is deleted either way. */
+typedef struct hf_num {
+    const char *key;
+    double v;
+} hf_num;
+cJSON *hf_json_begin(const char *arch, const char *model_type);
+int hf_json_nums(cJSON *j, const hf_num *nums, size_t n);
+ccoe_status hf_json_end(cJSON *j, int ok, int tied, int32_t eos, int64_t V, char **config,
+                        ccoe_error *err);
 
 /* ---- GPT-2 (hf_gpt2.c) ---- */
 
