@@ -2,8 +2,8 @@
  *
  * transformers' modeling_gpt2.py: wte (V, C), wpe (n_positions, C), blocks h.<l> with ln_1,
  * attn.c_attn (the fused q|k|v projection), attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, then
- * ln_f; pre-LN blocks, LayerNorm eps layer_norm_epsilon, activation gelu_new (the tanh
- * approximation), attention scaled by 1/sqrt(head_dim). Its linear layers are Conv1D
+ * ln_f; pre-LN blocks, LayerNorm eps layer_norm_epsilon (model.norm_eps), activation
+ * gelu_new (the tanh approximation), attention scaled by 1/sqrt(head_dim). Its linear layers are Conv1D
  * (pytorch_utils.py): weight (in, out), y = x W + b, the transpose of nn.Linear's (out, in),
  * which is ccoe's layout, so every matrix is transposed on the way in and out. The q, k, v
  * thirds of c_attn and the heads inside each third (head h at columns h*hd .. h*hd+hd-1) are in
@@ -55,10 +55,11 @@ ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *
                               path, act);
     double eps;
     CCOE_TRY(hf_cfg_num(c, path, "layer_norm_epsilon", 1e-5, &eps, err));
-    if (fabs(eps - 1e-5) > 1e-12)
+    if (!(eps > 0 && eps <= 1e-2))
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                              "%s: layer_norm_epsilon = %g is not supported: ccoe's LayerNorm "
-                              "uses 1e-5 (GPT-2's value)",
+                              "%s: layer_norm_epsilon = %g is not supported: ccoe's "
+                              "model.norm_eps takes values in (0, 0.01] (GPT-2's is 1e-5); fix "
+                              "config.json",
                               path, eps);
     int scale = 1, inv_layer = 0, cross = 0;
     CCOE_TRY(hf_cfg_bool(c, path, "scale_attn_weights", 1, &scale, err));
@@ -81,6 +82,7 @@ ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *
     mc->ffn = CCOE_FFN_GELU;
     mc->block = CCOE_BLOCK_PRE_LN;
     mc->bias = 1;
+    mc->norm_eps = eps;
     return CCOE_OK;
 }
 
@@ -170,13 +172,12 @@ ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tenso
                       : mc->pos != CCOE_POS_LEARNED    ? "model.pos = rope"
                       : ccoe_model_kv_heads(mc) != mc->n_head ? "model.n_kv_head < n_head"
                       : mc->qkv_bias && !mc->bias      ? "model.qkv_bias without model.bias"
-                      : fabs(mc->norm_eps - 1e-5) > 1e-12 ? "model.norm_eps other than 1e-5"
                       : m->n_moe > 0                   ? "MoE blocks"
                                                        : NULL;
     if (why)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "the model (%s) cannot be expressed as a GPT2LMHeadModel, which "
-                              "has pre-LN blocks with LayerNorm (eps 1e-5), learned positions, "
+                              "has pre-LN blocks with LayerNorm, learned positions, "
                               "full multi-head attention, GELU FFNs and no MoE layers; a model "
                               "with model.norm = rmsnorm, ffn = swiglu, pos = rope and bias = "
                               "false exports as LlamaForCausalLM (Qwen2ForCausalLM with "
@@ -245,7 +246,7 @@ ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tenso
     const hf_num nums[] = {
         {"n_layer", L},         {"n_embd", (double)C},     {"n_head", mc->n_head},
         {"n_inner", (double)F}, {"n_positions", (double)T}, {"n_ctx", (double)T},
-        {"vocab_size", (double)V}, {"layer_norm_epsilon", 1e-5},
+        {"vocab_size", (double)V}, {"layer_norm_epsilon", mc->norm_eps},
         {"initializer_range", mc->init_std}, {"attn_pdrop", 0.1}, {"embd_pdrop", 0.1},
         {"resid_pdrop", 0.1}};
     ok = ok && hf_json_nums(j, nums, N_OF(nums));

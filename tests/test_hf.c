@@ -724,7 +724,7 @@ static void m_gelu(const char *dir, gpt2_opts *o, gpt2_dir *g)
 }
 static void m_eps(const char *dir, gpt2_opts *o, gpt2_dir *g)
 {
-    o->extra_cfg = "\"layer_norm_epsilon\": 1e-06";
+    o->extra_cfg = "\"layer_norm_epsilon\": 0.5";
     rewrite(dir, o, g);
 }
 static void m_cross(const char *dir, gpt2_opts *o, gpt2_dir *g)
@@ -840,7 +840,7 @@ static void test_refusals(void **state)
          "required"},
         {"bert", m_bert, CCOE_ERR_FORMAT, "\"bert\"", "supports"},
         {"exact gelu", m_gelu, CCOE_ERR_FORMAT, "activation_function \"gelu\"", "tanh"},
-        {"eps", m_eps, CCOE_ERR_FORMAT, "layer_norm_epsilon", "1e-5"},
+        {"eps out of range", m_eps, CCOE_ERR_FORMAT, "layer_norm_epsilon = 0.5", "(0, 0.01]"},
         {"cross attention", m_cross, CCOE_ERR_FORMAT, "add_cross_attention", "not supported"},
         {"missing tensor", m_missing, CCOE_ERR_FORMAT, "'transformer.h.1.mlp.c_fc.bias'", "missing"},
         {"transposed c_attn", m_shape, CCOE_ERR_FORMAT, "'transformer.h.0.attn.c_attn.weight'",
@@ -916,13 +916,14 @@ static void test_export_ccoe_paths(void **state)
                            "model.bias=false", "model.n_head=4", "model.n_kv_head=1",
                            "model.norm_eps=1e-6", NULL};
     const char *none[] = {NULL};
+    const char *gpt2_eps[] = {"model.norm_eps=3e-6", NULL}; /* layer_norm_epsilon */
     const char *forms[][4] = {
         {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true"},
         {"ccoe.form=ffn", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=false"},
         {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true"},
         {"ccoe.form=ffn", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=false"},
     };
-    const char *const *models[] = {none, none, qwen, llama};
+    const char *const *models[] = {none, gpt2_eps, qwen, llama};
     for (int fi = 0; fi < 4; fi++) {
         ccoe_config cfg;
         ccoe_config_defaults(&cfg);
@@ -1035,7 +1036,6 @@ static void test_export_refuses_other_blocks(void **state)
         {{"model.norm=rmsnorm"}, "model.norm = rmsnorm", "GPT2LMHeadModel"},
         {{"model.pos=rope"}, "model.pos = rope", "LlamaForCausalLM"},
         {{"model.n_kv_head=1"}, "model.n_kv_head < n_head", "GPT2LMHeadModel"},
-        {{"model.norm_eps=1e-6"}, "model.norm_eps", "GPT2LMHeadModel"},
         {{"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope", "model.bias=true"},
          "model.bias = true", "LlamaForCausalLM"},
         {{"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope", "model.block=post_ln"},
@@ -1521,6 +1521,64 @@ static void test_llama_refusals(void **state)
     }
 }
 
+/* The norm epsilon travels: GPT-2's layer_norm_epsilon and LLaMA's rms_norm_eps become
+ * model.norm_eps on import and come back out on export, and the second import equals the
+ * first. */
+static void test_norm_eps_round_trip(void **state)
+{
+    (void)state;
+    for (int llama = 0; llama < 2; llama++) {
+        char hf[256], ck[256], out[256], ck2[256];
+        snprintf(hf, sizeof hf, "%s/eps%d", g_dir, llama);
+        snprintf(ck, sizeof ck, "%s/eps%d.safetensors", g_dir, llama);
+        snprintf(out, sizeof out, "%s/eps%d-hf", g_dir, llama);
+        snprintf(ck2, sizeof ck2, "%s/eps%d-again.safetensors", g_dir, llama);
+        gpt2_dir g;
+        if (llama) {
+            llama_opts o = llama_base("llama");
+            o.extra_cfg = "\"rms_norm_eps\": 2.5e-06";
+            llama_tensors(&o, &g);
+            llama_write(hf, &o, &g);
+        } else {
+            gpt2_opts o = base_opts();
+            o.extra_cfg = "\"layer_norm_epsilon\": 1e-06";
+            gpt2_tensors(&o, &g);
+            gpt2_write(hf, &o, &g);
+        }
+        const double want = llama ? 2.5e-6 : 1e-6;
+        ccoe_error err;
+        assert_int_equal(import(hf, ck, &err), CCOE_OK);
+        ccoe_config cfg;
+        ccoe_st_file *f = NULL;
+        assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
+        ccoe_st_close(f);
+        assert_true(cfg.model.norm_eps == want);
+        ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_OK);
+        char p[300], text[4096];
+        snprintf(p, sizeof p, "%s/config.json", out);
+        FILE *cf = fopen(p, "r");
+        assert_non_null(cf);
+        size_t n = fread(text, 1, sizeof text - 1, cf);
+        fclose(cf);
+        text[n] = '\0';
+        assert_non_null(strstr(text, llama ? "\"rms_norm_eps\":\t2.5e-06"
+                                           : "\"layer_norm_epsilon\":\t1e-06"));
+        assert_int_equal(import(out, ck2, &err), CCOE_OK);
+        assert_int_equal(ccoe_checkpoint_open(ck2, &cfg, &f, &err), CCOE_OK);
+        ccoe_st_close(f);
+        assert_true(cfg.model.norm_eps == want);
+        int same = 0;
+        FILE *devnull = fopen("/dev/null", "w");
+        assert_int_equal(
+            ccoe_checkpoint_compare_files(ck, ck2, CCOE_CMP_PARAMS, devnull, &same, &err),
+            CCOE_OK);
+        fclose(devnull);
+        assert_true(same);
+        free_dir(&g);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1535,6 +1593,7 @@ int main(void)
         cmocka_unit_test(test_export_ccoe_paths),
         cmocka_unit_test(test_export_refuses_other_blocks),
         cmocka_unit_test(test_export_byte_tokenizer),
+        cmocka_unit_test(test_norm_eps_round_trip),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
