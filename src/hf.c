@@ -676,8 +676,10 @@ static ccoe_status manifest_domains(const ccoe_config *cfg, char (*names)[CCOE_N
     ccoe_tokenizer byte;
     CCOE_TRY(ccoe_tokenizer_init(&byte, "byte", err));
     ccoe_dataset ds;
-    ccoe_status s = ccoe_data_load(&ds, cfg->data.manifest, &byte, cfg->model.seq_len,
-                                   cfg->data.val_fraction, 0, cfg->train.seed, err);
+    /* the names do not depend on the context either: sequences of one token, so that a long
+     * seq_len does not refuse a small corpus here (training says so when it needs more) */
+    ccoe_status s = ccoe_data_load(&ds, cfg->data.manifest, &byte, 1, cfg->data.val_fraction,
+                                   0, cfg->train.seed, err);
     if (s == CCOE_OK) {
         *n = ds.n_domains;
         for (int d = 0; d < ds.n_domains; d++)
@@ -688,6 +690,55 @@ static ccoe_status manifest_domains(const ccoe_config *cfg, char (*names)[CCOE_N
     }
     ccoe_tokenizer_free(&byte);
     return s;
+}
+
+/* Bytes of activations one training sequence of T tokens takes: what src/model.c's
+ * activation arena holds per row of the batch for a plain model (every block's saved
+ * activations, the head's, the logits and the backward scratch; CCoE experts and MoE layers add
+ * to it). The attention scratch, per thread and not per row, is left out. */
+static double train_bytes_per_seq(const ccoe_model_config *mc, int T)
+{
+    const double C = mc->n_embd, F = mc->ffn_hidden, H = mc->n_head, V = mc->vocab_size;
+    const double hd = C / H, W = (H + 2.0 * ccoe_model_kv_heads(mc)) * hd;
+    const double F2 = mc->ffn == CCOE_FFN_SWIGLU ? 2 * F : F;
+    const double block = 5 * C + W + F2 + F + 4 + H; /* ln1 .. res2, means, rstds, lse */
+    const double rest = C + (C + 2) + V + 1 + 4 * C + W + F2 + F + 2; /* emb, lnf, logits,
+                                                                    * losses, d-buffers, ids */
+    return 4.0 * T * (mc->n_layer * block + rest);
+}
+
+/* bytes as "12.3 MiB" / "4.56 GiB" */
+static const char *fmt_bytes(char *buf, size_t cap, double bytes)
+{
+    const double mib = 1024.0 * 1024.0;
+    if (bytes < 1024.0 * mib)
+        snprintf(buf, cap, "%.1f MiB", bytes / mib);
+    else
+        snprintf(buf, cap, "%.2f GiB", bytes / (1024.0 * mib));
+    return buf;
+}
+
+/* Says which context import chose and what it costs per training sequence. */
+static void report_context(const ccoe_model_config *mc, int want_T, FILE *log)
+{
+    char b1[32], b2[32];
+    const int T = mc->seq_len, P = mc->max_positions;
+    fprintf(log, "context: model.seq_len = %d (", T);
+    if (mc->pos == CCOE_POS_LEARNED)
+        fprintf(log, "n_positions: the learned position table keeps all its rows");
+    else if (want_T > 0)
+        fprintf(log, "--seq-len; max_position_embeddings = %d", P);
+    else if (T < P)
+        fprintf(log, "max_position_embeddings = %d capped at %d: RoPE has no position table, "
+                     "--seq-len N chooses up to %d",
+                P, HF_ROPE_SEQ_CAP, P);
+    else
+        fprintf(log, "max_position_embeddings");
+    fprintf(log, "); training activations about %s per sequence of the batch",
+            fmt_bytes(b1, sizeof b1, train_bytes_per_seq(mc, T)));
+    if (P > T)
+        fprintf(log, " (%s at %d)", fmt_bytes(b2, sizeof b2, train_bytes_per_seq(mc, P)), P);
+    fprintf(log, "\n");
 }
 
 /* Which architecture config.json names: *kind = -1 for GPT-2, else hf_llama_kind's value;
@@ -763,8 +814,10 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
     if (s == CCOE_OK)
         s = check_arch(c, cpath, &kind, err);
     if (s == CCOE_OK)
-        s = kind < 0 ? hf_gpt2_config(c, cpath, &cfg.model, err)
-                     : hf_llama_config(c, cpath, kind, &cfg.model, log, err);
+        s = kind < 0 ? hf_gpt2_config(c, cpath, o->seq_len, &cfg.model, err)
+                     : hf_llama_config(c, cpath, kind, o->seq_len, &cfg.model, log, err);
+    if (s == CCOE_OK && log)
+        report_context(&cfg.model, o->seq_len, log);
     if (s == CCOE_OK && (s = weights_open(w, o->hf_dir, err)) == CCOE_OK)
         have_w = 1;
     int tied = 1;

@@ -37,6 +37,8 @@ typedef struct ccoe_hf_import_opts {
     const char *manifest;  /* data.manifest of the checkpoint (NULL: builtin); its domains
                             * are recorded for routing experts */
     int force;             /* replace an existing OUT (and a differing tokenizer copy) */
+    int seq_len;           /* model.seq_len; 0: GPT-2's n_positions (its position table), or
+                            * for RoPE models min(max_position_embeddings, 2048) */
 } ccoe_hf_import_opts;
 
 /* Imports; says what it derived on log (NULL: nothing). */

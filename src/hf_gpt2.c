@@ -29,7 +29,7 @@ static const char *const k_top_params[] = {"wte.weight", "wpe.weight", "ln_f.wei
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
-ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *mc,
+ccoe_status hf_gpt2_config(const cJSON *c, const char *path, int want_T, ccoe_model_config *mc,
                            ccoe_error *err)
 {
     long L, C, H, P, V, F;
@@ -41,6 +41,12 @@ ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *
     CCOE_TRY(hf_cfg_int(c, path, "n_ctx", 0, 0, 0, 65536, &n_ctx, err));
     CCOE_TRY(hf_cfg_int(c, path, "n_positions", n_ctx == 0, n_ctx, 1, 65536, &P, err));
     CCOE_TRY(hf_cfg_int(c, path, "n_inner", 0, 4 * C, 1, 262144, &F, err));
+    if (want_T > 0 && want_T != P)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--seq-len %d: a GPT-2 has a learned position table of n_positions "
+                              "= %ld rows (%s), which model.seq_len must equal to keep them all; "
+                              "leave --seq-len out (a smaller train.batch_size saves memory)",
+                              want_T, P, path);
     if (C % H != 0)
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
                               "%s: n_head = %ld does not divide n_embd = %ld: the config is not "
@@ -78,6 +84,7 @@ ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *
     mc->ffn_hidden = (int)F;
     mc->vocab_size = (int)V;
     mc->seq_len = (int)P;
+    mc->max_positions = (int)P;
     mc->norm = CCOE_NORM_LAYERNORM;
     mc->ffn = CCOE_FFN_GELU;
     mc->block = CCOE_BLOCK_PRE_LN;

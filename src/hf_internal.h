@@ -127,9 +127,14 @@ ccoe_status hf_json_end(cJSON *j, int ok, int tied, int32_t eos, int64_t V, char
 
 /* ---- GPT-2 (hf_gpt2.c) ---- */
 
-/* Reads GPT-2's config.json into mc (norm, ffn, block, bias, shape), refusing options ccoe
- * does not implement. */
-ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *mc,
+/* The context import gives a RoPE model by default: max_position_embeddings, at most this
+ * (each training sequence's activations grow with it; --seq-len sets another). */
+#define HF_ROPE_SEQ_CAP 2048
+
+/* Reads GPT-2's config.json into mc (norm, ffn, block, bias, eps, shape; seq_len and
+ * max_positions = n_positions, the rows of the learned position table, which a seq_len (want_T
+ * > 0) other than it is refused for), refusing options ccoe does not implement. */
+ccoe_status hf_gpt2_config(const cJSON *c, const char *path, int want_T, ccoe_model_config *mc,
                            ccoe_error *err);
 
 /* Checks every tensor of w belongs to a GPT-2 of this config (known parameters, and the
@@ -152,10 +157,12 @@ ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tenso
 int hf_llama_kind(const char *model_type);
 const char *hf_llama_arch(int kind); /* "LlamaForCausalLM", ... */
 
-/* Reads config.json into mc (RMSNorm, SwiGLU, RoPE, GQA, q/k/v biases for Qwen2),
- * refusing what ccoe does not implement (rope_scaling, a sliding window shorter than the
- * context, head_dim != hidden_size / heads, hidden_act other than silu, o_proj/MLP biases). */
-ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
+/* Reads config.json into mc (RMSNorm, SwiGLU, RoPE, GQA, q/k/v biases for Qwen2; seq_len =
+ * want_T if > 0, else min(max_position_embeddings, HF_ROPE_SEQ_CAP); max_positions =
+ * max_position_embeddings), refusing what ccoe does not implement (rope_scaling, a sliding
+ * window shorter than the context, head_dim != hidden_size / heads, hidden_act other than
+ * silu, o_proj/MLP biases) and a want_T longer than max_position_embeddings. */
+ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind, int want_T,
                             ccoe_model_config *mc, FILE *log, ccoe_error *err);
 
 /* As hf_gpt2_head / hf_gpt2_fill for this layout (copies without transposes). */

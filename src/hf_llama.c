@@ -48,7 +48,7 @@ const char *hf_llama_arch(int kind) { return k_kind_arch[kind]; }
 
 int hf_llama_model_is_rope(const ccoe_model_config *mc) { return mc->pos == CCOE_POS_ROPE; }
 
-ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
+ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind, int want_T,
                             ccoe_model_config *mc, FILE *log, ccoe_error *err)
 {
     long L, C, H, Hkv, V, F, P;
@@ -103,12 +103,17 @@ ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
                               "%s: %s = true is not supported: ccoe maps biases on q/k/v only "
                               "(Qwen2's form), not on o_proj or the MLP",
                               path, ab ? "attention_bias" : "mlp_bias");
-    /* the context: max_position_embeddings, within ccoe's seq_len range */
-    const long T = P > 65536 ? 65536 : P;
-    if (T < P && log)
-        fprintf(log, "note: max_position_embeddings = %ld is more than ccoe's seq_len allows; "
-                     "model.seq_len = %ld (RoPE has no position table: change it freely)\n",
-                P, T);
+    /* the context ccoe trains at: RoPE has no position table, so any length up to the one
+     * the model was pretrained for is the same function; the default keeps the activations
+     * of a training sequence affordable (hf.c reports them) */
+    if (want_T > P)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--seq-len %d is longer than max_position_embeddings = %ld (%s), "
+                              "the context the model was pretrained for (rope_scaling, which "
+                              "would extend it, is not implemented): choose at most %ld",
+                              want_T, P, path, P);
+    const long T = want_T > 0 ? want_T : P < HF_ROPE_SEQ_CAP ? P : HF_ROPE_SEQ_CAP;
+    (void)log;
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(c, "sliding_window");
     int use_sw = kind == 2;
     if (kind == 1)
@@ -117,14 +122,17 @@ ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
         if (!cJSON_IsNumber(sw))
             return ccoe_error_set(err, CCOE_ERR_FORMAT,
                                   "%s: sliding_window is not a number or null", path);
-        if (sw->valuedouble < (double)T)
+        /* against the pretrained context, not only ccoe's: the export claims that context
+         * with full attention */
+        if (sw->valuedouble < (double)P)
             return ccoe_error_set(err, CCOE_ERR_FORMAT,
                                   "%s: sliding_window = %.0f is smaller than the context "
-                                  "(max_position_embeddings, seq_len %ld): sliding-window "
-                                  "attention is not supported, ccoe's attention is full causal; "
-                                  "only a window null or >= the context imports (set "
-                                  "sliding_window to null to accept full attention knowingly)",
-                                  path, sw->valuedouble, T);
+                                  "(max_position_embeddings %ld; ccoe's seq_len %ld): "
+                                  "sliding-window attention is not supported, ccoe's attention "
+                                  "is full causal; only a window null or >= the context imports "
+                                  "(set sliding_window to null to accept full attention "
+                                  "knowingly)",
+                                  path, sw->valuedouble, P, T);
     }
     double eps, theta;
     CCOE_TRY(hf_cfg_num(c, path, "rms_norm_eps", 1e-6, &eps, err));
@@ -141,6 +149,7 @@ ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
     mc->ffn_hidden = (int)F;
     mc->vocab_size = (int)V;
     mc->seq_len = (int)T;
+    mc->max_positions = (int)P;
     mc->norm = CCOE_NORM_RMSNORM;
     mc->ffn = CCOE_FFN_SWIGLU;
     mc->block = CCOE_BLOCK_PRE_LN;
@@ -283,6 +292,8 @@ ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tens
     const int64_t hd = C / H, Hkv = ccoe_model_kv_heads(mc);
     const ccoe_head_view *hv = &m->w_heads[pa->head];
     const int tied = hv->lm_head == m->wte;
+    /* the context the model was pretrained for, not the one ccoe trains at */
+    const double max_pos = mc->max_positions > 0 ? mc->max_positions : mc->seq_len;
     hf_out_list o;
     CCOE_TRY(hf_out_init(&o, 3 + (9 + 3 * (size_t)qwen) * (size_t)L, err));
     /* every tensor is a row range of a ccoe tensor: no copies */
@@ -310,7 +321,7 @@ ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tens
         {"num_key_value_heads", (double)Hkv},
         {"head_dim", (double)hd},
         {"intermediate_size", (double)F},
-        {"max_position_embeddings", mc->seq_len},
+        {"max_position_embeddings", max_pos},
         {"vocab_size", (double)V},
         {"rms_norm_eps", mc->norm_eps},
         {"rope_theta", mc->rope_theta},
@@ -320,7 +331,7 @@ ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tens
     ok = ok && cJSON_AddNullToObject(j, "rope_scaling");
     if (qwen) {
         ok = ok && cJSON_AddBoolToObject(j, "use_sliding_window", 0);
-        ok = ok && cJSON_AddNumberToObject(j, "sliding_window", mc->seq_len);
+        ok = ok && cJSON_AddNumberToObject(j, "sliding_window", max_pos);
         ok = ok && cJSON_AddNumberToObject(j, "max_window_layers", L);
     } else {
         ok = ok && cJSON_AddBoolToObject(j, "attention_bias", 0);

@@ -1579,6 +1579,79 @@ static void test_norm_eps_round_trip(void **state)
     }
 }
 
+/* The context: a RoPE model's seq_len defaults to min(max_position_embeddings, 2048) and
+ * --seq-len chooses up to max_position_embeddings; export writes the pretrained context back;
+ * a GPT-2 keeps its whole position table (another --seq-len is refused). */
+static void test_seq_len(void **state)
+{
+    (void)state;
+    char hf[256], ck[256], out[256], ck2[256];
+    snprintf(hf, sizeof hf, "%s/ctx", g_dir);
+    snprintf(out, sizeof out, "%s/ctx-hf", g_dir);
+    snprintf(ck2, sizeof ck2, "%s/ctx-again.safetensors", g_dir);
+    llama_opts o = llama_base("qwen2");
+    o.P = 32768;
+    gpt2_dir g;
+    llama_tensors(&o, &g);
+    llama_write(hf, &o, &g);
+    const struct { int want, seq; ccoe_status st; } cases[] = {
+        {0, 2048, CCOE_OK}, {16, 16, CCOE_OK}, {32768, 32768, CCOE_OK}, {32769, 0, CCOE_ERR_ARG}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        snprintf(ck, sizeof ck, "%s/ctx%zu.safetensors", g_dir, c);
+        ccoe_hf_import_opts io = {.hf_dir = hf, .out = ck, .seq_len = cases[c].want};
+        ccoe_error err = {0};
+        ccoe_status st = ccoe_hf_import(&io, NULL, &err);
+        if (st != cases[c].st)
+            fprintf(stderr, "case %zu: %s\n", c, err.msg);
+        assert_int_equal(st, cases[c].st);
+        if (cases[c].st != CCOE_OK) {
+            TU_ASSERT_MSG_HAS(err, "longer than max_position_embeddings = 32768");
+            assert_false(exists(ck));
+            continue;
+        }
+        ccoe_config cfg;
+        ccoe_st_file *f = NULL;
+        assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
+        ccoe_st_close(f);
+        assert_int_equal(cfg.model.seq_len, cases[c].seq);
+        assert_int_equal(cfg.model.max_positions, 32768);
+    }
+    /* the default import exports max_position_embeddings 32768 and imports back the same */
+    snprintf(ck, sizeof ck, "%s/ctx0.safetensors", g_dir);
+    ccoe_error err = {0};
+    ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
+    assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_OK);
+    char p[300], text[4096];
+    snprintf(p, sizeof p, "%s/config.json", out);
+    FILE *cf = fopen(p, "r");
+    assert_non_null(cf);
+    size_t n = fread(text, 1, sizeof text - 1, cf);
+    fclose(cf);
+    text[n] = '\0';
+    assert_non_null(strstr(text, "\"max_position_embeddings\":\t32768"));
+    assert_int_equal(import(out, ck2, &err), CCOE_OK);
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    assert_int_equal(ccoe_checkpoint_open(ck2, &cfg, &f, &err), CCOE_OK);
+    ccoe_st_close(f);
+    assert_int_equal(cfg.model.seq_len, 2048);
+    assert_int_equal(cfg.model.max_positions, 32768);
+    free_dir(&g);
+    /* GPT-2: the table's rows are the context */
+    gpt2_opts go = base_opts();
+    gpt2_tensors(&go, &g);
+    snprintf(hf, sizeof hf, "%s/ctx-gpt2", g_dir);
+    gpt2_write(hf, &go, &g);
+    snprintf(ck, sizeof ck, "%s/ctx-gpt2.safetensors", g_dir);
+    ccoe_hf_import_opts io = {.hf_dir = hf, .out = ck, .seq_len = 4};
+    assert_int_equal(ccoe_hf_import(&io, NULL, &err), CCOE_ERR_ARG);
+    TU_ASSERT_MSG_HAS(err, "n_positions = 8");
+    assert_false(exists(ck));
+    io.seq_len = 8;
+    assert_int_equal(ccoe_hf_import(&io, NULL, &err), CCOE_OK);
+    free_dir(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1594,6 +1667,7 @@ int main(void)
         cmocka_unit_test(test_export_refuses_other_blocks),
         cmocka_unit_test(test_export_byte_tokenizer),
         cmocka_unit_test(test_norm_eps_round_trip),
+        cmocka_unit_test(test_seq_len),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
