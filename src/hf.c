@@ -349,12 +349,12 @@ int hf_json_nums(cJSON *j, const hf_num *nums, size_t n)
     return 1;
 }
 
-ccoe_status hf_json_end(cJSON *j, int ok, int tied, int32_t eos, int64_t V, char **config,
-                        ccoe_error *err)
+ccoe_status hf_json_end(cJSON *j, int ok, int tied, int32_t eos, int64_t V,
+                        const char *torch_dtype, char **config, ccoe_error *err)
 {
     ok = ok && j && cJSON_AddBoolToObject(j, "tie_word_embeddings", tied);
     ok = ok && cJSON_AddBoolToObject(j, "use_cache", 1);
-    ok = ok && cJSON_AddStringToObject(j, "torch_dtype", "float32");
+    ok = ok && cJSON_AddStringToObject(j, "torch_dtype", torch_dtype);
     if (ok && eos >= 0 && eos < V) {
         ok = cJSON_AddNumberToObject(j, "bos_token_id", eos) != NULL;
         ok = ok && cJSON_AddNumberToObject(j, "eos_token_id", eos) != NULL;
@@ -984,9 +984,21 @@ static ccoe_status load_model(loaded *x, const char *path, ccoe_error *err)
     return s;
 }
 
+/* The weights' dtypes export writes: the option's name, safetensors', transformers'. */
+typedef struct export_dtype {
+    const char *opt;
+    ccoe_st_out_dtype st;
+    const char *torch;
+} export_dtype;
+static const export_dtype k_export_dtypes[] = {
+    {"f32", CCOE_ST_OUT_F32, "float32"},
+    {"bf16", CCOE_ST_OUT_BF16, "bfloat16"},
+    {"f16", CCOE_ST_OUT_F16, "float16"},
+};
+
 /* Writes path p of the model into a new directory dst. */
-static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *log,
-                               ccoe_error *err)
+static ccoe_status export_path(const loaded *x, int p, const char *dst, const export_dtype *dt,
+                               FILE *log, ccoe_error *err)
 {
     if (!dir_free(dst))
         return ccoe_error_set(err, CCOE_ERR_IO,
@@ -1016,9 +1028,9 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     const int llama = m->cfg.norm == CCOE_NORM_RMSNORM && m->cfg.ffn == CCOE_FFN_SWIGLU &&
                       hf_llama_model_is_rope(&m->cfg);
     if (llama)
-        CCOE_TRY(hf_llama_export(m, p, eos, &t, &n, &buf, &config, log, err));
+        CCOE_TRY(hf_llama_export(m, p, eos, dt->torch, &t, &n, &buf, &config, log, err));
     else
-        CCOE_TRY(hf_gpt2_export(m, p, eos, &t, &n, &buf, &config, log, err));
+        CCOE_TRY(hf_gpt2_export(m, p, eos, dt->torch, &t, &n, &buf, &config, log, err));
     char tmp[HF_PATH], path[HF_PATH];
     ccoe_status s = make_temp_dir(dst, tmp, sizeof tmp, err);
     ccoe_st_tensor *st = calloc(n ? n : 1, sizeof *st);
@@ -1034,7 +1046,7 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     if (s == CCOE_OK) {
         static const char *const meta[] = {"format", "pt"};
         join(path, sizeof path, tmp, "model.safetensors");
-        s = ccoe_st_write_plain(path, st, n, meta, 1, err);
+        s = ccoe_st_write_plain_as(path, st, n, meta, 1, dt->st, err);
     }
     if (s == CCOE_OK) {
         join(path, sizeof path, tmp, "config.json");
@@ -1050,13 +1062,13 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     if (s != CCOE_OK && tmp[0])
         remove_tree_files(tmp);
     if (s == CCOE_OK && log)
-        fprintf(log, "exported %s path %s (%d blocks, head %s) -> %s (%s, %zu tensors)\n",
+        fprintf(log, "exported %s path %s (%d blocks, head %s) -> %s (%s, %zu %s tensors)\n",
                 x->path, p == 0 ? "base" : m->taskmap.experts[p - 1].name,
                 m->paths[p].n_base + m->paths[p].n_own,
                 m->w_heads[m->paths[p].head].lm_head == m->wte ? "tied" : "untied", dst,
                 !llama ? "GPT2LMHeadModel"
                 : m->w_blocks[0].qkv_b ? "Qwen2ForCausalLM" : "LlamaForCausalLM",
-                n);
+                n, dt->opt);
     free(st);
     free(t);
     free(buf);
@@ -1070,6 +1082,16 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
     if (!x)
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory");
     x->path = o->model;
+    const char *want_dt = o->dtype ? o->dtype : "f32";
+    const export_dtype *dt = NULL;
+    for (size_t i = 0; i < sizeof k_export_dtypes / sizeof k_export_dtypes[0]; i++)
+        if (strcmp(want_dt, k_export_dtypes[i].opt) == 0)
+            dt = &k_export_dtypes[i];
+    if (!dt) {
+        free(x);
+        return ccoe_error_set(err, CCOE_ERR_ARG, "--dtype %s: export writes f32, bf16 or f16",
+                              want_dt);
+    }
     ccoe_status s = load_model(x, o->model, err);
     const char *want = o->path ? o->path : "base";
     const ccoe_model *m = &x->model;
@@ -1087,7 +1109,7 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
             if (!join(dst, sizeof dst, tmp, p == 0 ? "base" : m->taskmap.experts[p - 1].name))
                 s = ccoe_error_set(err, CCOE_ERR_ARG, "-o %s: path too long", o->out_dir);
             else
-                s = export_path(x, p, dst, log, err);
+                s = export_path(x, p, dst, dt, log, err);
         }
         if (s == CCOE_OK && rename(tmp, o->out_dir) != 0)
             s = ccoe_error_set(err, CCOE_ERR_IO, "cannot rename %s to %s: %s", tmp, o->out_dir,
@@ -1110,7 +1132,7 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
                                "%s has no expert '%s': --path takes base, all%s", o->model, want,
                                names);
         } else {
-            s = export_path(x, p, o->out_dir, log, err);
+            s = export_path(x, p, o->out_dir, dt, log, err);
         }
     }
     if (x->have_model)

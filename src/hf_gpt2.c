@@ -168,9 +168,9 @@ ccoe_status hf_gpt2_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err)
     return CCOE_OK;
 }
 
-ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out,
-                           size_t *n_out, float **buf_out, char **config, FILE *log,
-                           ccoe_error *err)
+ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, const char *torch_dtype,
+                           hf_out_tensor **out, size_t *n_out, float **buf_out, char **config,
+                           FILE *log, ccoe_error *err)
 {
     const ccoe_model_config *mc = &m->cfg;
     const char *why = mc->norm != CCOE_NORM_LAYERNORM  ? "model.norm = rmsnorm"
@@ -260,7 +260,7 @@ ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tenso
     ok = ok && cJSON_AddBoolToObject(j, "scale_attn_weights", 1);
     ok = ok && cJSON_AddBoolToObject(j, "scale_attn_by_inverse_layer_idx", 0);
     ok = ok && cJSON_AddBoolToObject(j, "reorder_and_upcast_attn", 0);
-    ccoe_status s = hf_json_end(j, ok, tied, eos, V, config, err);
+    ccoe_status s = hf_json_end(j, ok, tied, eos, V, torch_dtype, config, err);
     if (s != CCOE_OK) {
         free(buf);
         free(o.t);

@@ -114,7 +114,7 @@ void hf_path_block(const ccoe_model *m, const ccoe_path *pa, int l, const ccoe_b
 
 /* config.json of an export: hf_json_begin makes the object with architectures = [arch] and
  * model_type; hf_json_nums adds numbers; hf_json_end adds tie_word_embeddings, use_cache,
- * torch_dtype float32 and, for 0 <= eos < V, bos/eos_token_id, and prints it into *config
+ * torch_dtype ("float32", "bfloat16", "float16": the weights' dtype) and, for 0 <= eos < V, bos/eos_token_id, and prints it into *config
  * (malloc'd; ok = 0: an earlier addition failed). j is deleted either way. */
 typedef struct hf_num {
     const char *key;
@@ -122,8 +122,8 @@ typedef struct hf_num {
 } hf_num;
 cJSON *hf_json_begin(const char *arch, const char *model_type);
 int hf_json_nums(cJSON *j, const hf_num *nums, size_t n);
-ccoe_status hf_json_end(cJSON *j, int ok, int tied, int32_t eos, int64_t V, char **config,
-                        ccoe_error *err);
+ccoe_status hf_json_end(cJSON *j, int ok, int tied, int32_t eos, int64_t V,
+                        const char *torch_dtype, char **config, ccoe_error *err);
 
 /* ---- GPT-2 (hf_gpt2.c) ---- */
 
@@ -146,10 +146,12 @@ ccoe_status hf_gpt2_head(const hf_weights *w, const cJSON *c, const char *cfg_pa
                          int *tied, FILE *log, ccoe_error *err);
 ccoe_status hf_gpt2_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err);
 
-/* The tensors and config.json of path p of m as a GPT2LMHeadModel: *out (malloc'd, *n of
+/* The tensors (float32; the writer converts them) and config.json (torch_dtype as given) of
+ * path p of m as a GPT2LMHeadModel: *out (malloc'd, *n of
  * them) point into *buf (malloc'd); *config is the JSON text (malloc'd). */
-ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out, size_t *n,
-                           float **buf, char **config, FILE *log, ccoe_error *err);
+ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, const char *torch_dtype,
+                           hf_out_tensor **out, size_t *n, float **buf, char **config,
+                           FILE *log, ccoe_error *err);
 
 /* ---- LLaMA, Qwen2, Mistral (hf_llama.c) ---- */
 
@@ -175,7 +177,8 @@ int hf_llama_model_is_rope(const ccoe_model_config *mc);
 
 /* Path p as a LlamaForCausalLM (Qwen2ForCausalLM when q/k/v have biases); *out point into m's
  * tensors (*buf is NULL). */
-ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out,
-                            size_t *n, float **buf, char **config, FILE *log, ccoe_error *err);
+ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, const char *torch_dtype,
+                            hf_out_tensor **out, size_t *n, float **buf, char **config,
+                            FILE *log, ccoe_error *err);
 
 #endif

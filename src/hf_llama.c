@@ -266,9 +266,9 @@ ccoe_status hf_llama_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err)
     return CCOE_OK;
 }
 
-ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out,
-                            size_t *n_out, float **buf_out, char **config, FILE *log,
-                            ccoe_error *err)
+ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, const char *torch_dtype,
+                            hf_out_tensor **out, size_t *n_out, float **buf_out, char **config,
+                            FILE *log, ccoe_error *err)
 {
     const ccoe_model_config *mc = &m->cfg;
     const ccoe_block_view *b0 = &m->w_blocks[0];
@@ -337,7 +337,7 @@ ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tens
         ok = ok && cJSON_AddBoolToObject(j, "attention_bias", 0);
         ok = ok && cJSON_AddBoolToObject(j, "mlp_bias", 0);
     }
-    ccoe_status s = hf_json_end(j, ok, tied, eos, V, config, err);
+    ccoe_status s = hf_json_end(j, ok, tied, eos, V, torch_dtype, config, err);
     if (s != CCOE_OK) {
         free(o.t);
         return s;

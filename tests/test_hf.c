@@ -1652,6 +1652,103 @@ static void test_seq_len(void **state)
     free_dir(&g);
 }
 
+/* export --dtype bf16 / f16: the file holds that dtype, config.json says so, and importing it
+ * gives the model's tensors rounded to that dtype (nearest even), bit for bit; F16 refuses a
+ * weight beyond its range and leaves nothing. */
+static void test_export_dtypes(void **state)
+{
+    (void)state;
+    const char *gpt2[] = {NULL};
+    const char *qwen[] = {"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope",
+                          "model.bias=false", "model.qkv_bias=true", "model.n_kv_head=1", NULL};
+    const char *const *models[] = {gpt2, qwen};
+    const char *dts[] = {"bf16", "f16"};
+    for (int mi = 0; mi < 2; mi++) {
+        ccoe_config cfg;
+        ccoe_config_defaults(&cfg);
+        const char *sets[] = {"model.n_layer=2", "model.n_embd=16", "model.n_head=2",
+                              "model.seq_len=8", "model.vocab_size=272", "model.tied_head=false"};
+        ccoe_error err = {0};
+        for (size_t i = 0; i < 6; i++)
+            assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+        for (int i = 0; models[mi][i]; i++)
+            assert_int_equal(ccoe_config_set(&cfg, models[mi][i], &err), CCOE_OK);
+        assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+        ccoe_gemm gemm;
+        assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+        static ccoe_model m;
+        assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err),
+                         CCOE_OK);
+        ccoe_model_init_weights(&m, 9, CCOE_INIT_RANDOM);
+        for (size_t i = 0; i < m.num_params; i++) /* norms and biases away from 1 and 0 too */
+            m.param_block[i] += 0.001f * (float)(i % 7);
+        char ck[256];
+        snprintf(ck, sizeof ck, "%s/dt%d.safetensors", g_dir, mi);
+        assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+        for (int di = 0; di < 2; di++) {
+            char out[256], ck2[256], p[300], text[4096];
+            snprintf(out, sizeof out, "%s/dt%d-%s", g_dir, mi, dts[di]);
+            snprintf(ck2, sizeof ck2, "%s/dt%d-%s.safetensors", g_dir, mi, dts[di]);
+            ccoe_hf_export_opts eo = {.model = ck, .out_dir = out, .dtype = dts[di]};
+            ccoe_status s = ccoe_hf_export(&eo, NULL, &err);
+            if (s != CCOE_OK)
+                fprintf(stderr, "%s\n", err.msg);
+            assert_int_equal(s, CCOE_OK);
+            snprintf(p, sizeof p, "%s/config.json", out);
+            FILE *cf = fopen(p, "r");
+            assert_non_null(cf);
+            size_t n = fread(text, 1, sizeof text - 1, cf);
+            fclose(cf);
+            text[n] = '\0';
+            assert_non_null(strstr(text, di == 0 ? "\"torch_dtype\":\t\"bfloat16\""
+                                                 : "\"torch_dtype\":\t\"float16\""));
+            snprintf(p, sizeof p, "%s/model.safetensors", out);
+            ccoe_st_file *hf = NULL;
+            assert_int_equal(
+                ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF, &hf, &err),
+                CCOE_OK);
+            for (size_t i = 0; i < ccoe_st_count(hf); i++)
+                assert_string_equal(ccoe_st_dtype(hf, ccoe_st_name(hf, i)),
+                                    di == 0 ? "BF16" : "F16");
+            ccoe_st_close(hf);
+            assert_int_equal(import(out, ck2, &err), CCOE_OK);
+            ccoe_config c2;
+            ccoe_st_file *f = NULL;
+            assert_int_equal(ccoe_checkpoint_open(ck2, &c2, &f, &err), CCOE_OK);
+            size_t changed = 0;
+            for (int pi = 0; pi < m.n_params; pi++) {
+                const ccoe_param *pr = &m.params[pi];
+                const float *got = ccoe_st_find(f, pr->name, NULL, NULL);
+                if (!got && mi == 0 && strstr(pr->name, ".bias"))
+                    continue;
+                assert_non_null(got);
+                const float *src = m.param_block + pr->offset;
+                for (size_t k = 0; k < pr->numel; k++) {
+                    float want = di == 0 ? ccoe_bf16_to_f32(ccoe_f32_to_bf16(src[k]))
+                                         : ccoe_f16_to_f32(ccoe_f32_to_f16(src[k]));
+                    assert_memory_equal(&got[k], &want, sizeof want);
+                    changed += want != src[k];
+                }
+            }
+            assert_true(changed > m.num_params / 2); /* the rounding did happen */
+            ccoe_st_close(f);
+        }
+        /* beyond F16's range */
+        m.param_block[3] = 1e5f;
+        assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+        char out[256];
+        snprintf(out, sizeof out, "%s/dt%d-over", g_dir, mi);
+        ccoe_hf_export_opts eo = {.model = ck, .out_dir = out, .dtype = "f16"};
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_NUMERIC);
+        TU_ASSERT_MSG_HAS(err, "beyond the range of F16");
+        assert_false(exists(out));
+        eo.dtype = "f64";
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_ARG);
+        TU_ASSERT_MSG_HAS(err, "f32, bf16 or f16");
+        ccoe_model_free(&m);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1668,6 +1765,7 @@ int main(void)
         cmocka_unit_test(test_export_byte_tokenizer),
         cmocka_unit_test(test_norm_eps_round_trip),
         cmocka_unit_test(test_seq_len),
+        cmocka_unit_test(test_export_dtypes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
