@@ -918,8 +918,10 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
         s = ccoe_taskmap_build(&gating, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err);
     if (s == CCOE_OK)
         s = ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, err);
-    if (s == CCOE_OK && (s = ccoe_model_init_moe(m, &cfg.model, &gating, &cfg.moe, 1, 1, &gemm,
-                                                 1, err)) == CCOE_OK)
+    /* weights only: import never trains, so no gradient block (one copy of the weights less) */
+    if (s == CCOE_OK &&
+        (s = ccoe_model_init_weights_only(m, &cfg.model, &gating, &cfg.moe, &gemm, err)) ==
+            CCOE_OK)
         have_model = 1;
     if (s == CCOE_OK)
         s = kind < 0 ? hf_gpt2_fill(w, m, err) : hf_llama_fill(w, m, err);
@@ -974,9 +976,8 @@ static ccoe_status load_model(loaded *x, const char *path, ccoe_error *err)
                                       nd, err);
     if (s == CCOE_OK)
         s = ccoe_gemm_init(&x->gemm, CCOE_GEMM_REF, 1, err);
-    if (s == CCOE_OK &&
-        (s = ccoe_model_init_moe(&x->model, &x->cfg.model, &x->taskmap, &x->cfg.moe, 1, 1,
-                                 &x->gemm, 1, err)) == CCOE_OK)
+    if (s == CCOE_OK && (s = ccoe_model_init_weights_only(&x->model, &x->cfg.model, &x->taskmap,
+                                                          &x->cfg.moe, &x->gemm, err)) == CCOE_OK)
         x->have_model = 1;
     if (s == CCOE_OK)
         s = ccoe_checkpoint_load(f, path, &x->model, NULL, NULL, err);

@@ -1749,6 +1749,42 @@ static void test_export_dtypes(void **state)
     }
 }
 
+/* Import and export build weights-only models: no gradient block, the same layout and the
+ * same one-token forward as a full model. */
+static void test_weights_only_model(void **state)
+{
+    (void)state;
+    ccoe_config cfg;
+    ccoe_config_defaults(&cfg);
+    const char *sets[] = {"model.n_layer=2", "model.n_embd=16", "model.n_head=2",
+                          "model.seq_len=8", "model.vocab_size=272"};
+    ccoe_error err = {0};
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+    ccoe_gemm gemm;
+    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+    static ccoe_model full, w;
+    assert_int_equal(ccoe_model_init_moe(&full, &cfg.model, NULL, &cfg.moe, 1, 1, &gemm, 1, &err),
+                     CCOE_OK);
+    assert_int_equal(ccoe_model_init_weights_only(&w, &cfg.model, NULL, &cfg.moe, &gemm, &err),
+                     CCOE_OK);
+    assert_null(w.grad_block);
+    assert_null(w.g_blocks[0].qkv_w);
+    assert_int_equal(w.grad_mem.cap, 0);
+    assert_true(full.grad_mem.cap >= full.num_params * sizeof(float));
+    assert_int_equal(w.num_params, full.num_params);
+    ccoe_model_init_weights(&full, 3, CCOE_INIT_RANDOM);
+    memcpy(w.param_block, full.param_block, full.num_params * sizeof(float));
+    const int32_t tok = 42;
+    ccoe_model_forward(&full, &tok, NULL, NULL, 1, 1, NULL);
+    ccoe_model_forward(&w, &tok, NULL, NULL, 1, 1, NULL);
+    assert_memory_equal(ccoe_model_logits(&full, 0, 0), ccoe_model_logits(&w, 0, 0),
+                        272 * sizeof(float));
+    ccoe_model_free(&full);
+    ccoe_model_free(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1766,6 +1802,7 @@ int main(void)
         cmocka_unit_test(test_norm_eps_round_trip),
         cmocka_unit_test(test_seq_len),
         cmocka_unit_test(test_export_dtypes),
+        cmocka_unit_test(test_weights_only_model),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
