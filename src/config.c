@@ -143,6 +143,10 @@ static const ccoe_config_key key_table[] = {
         "epsilon of LayerNorm / RMSNorm (HF layer_norm_epsilon / rms_norm_eps)"),
     DBL("model", "init_std", model.init_std, 0, 1, 1, 0, "0.02",
         "standard deviation of the normal weight init"),
+    {.section = "model", .key = "max_positions", .type = CCOE_CFG_INT, FIELD(model.max_positions),
+     .min = 0, .max = 1 << 30, .def = "0", .quiet_default = 1,
+     .help = "the context the model was pretrained for (HF max_position_embeddings; 0 = "
+             "seq_len): `ccoe import` sets it, `ccoe export` writes it back"},
 
     INT("train", "batch_size", train.batch_size, 1, 65536, "8", "B: sequences per micro-batch"),
     INT("train", "grad_accum", train.grad_accum, 1, 4096, "1", "micro-batches per optimizer step"),
@@ -932,6 +936,8 @@ static void emit_ini(const ccoe_config *c, sink *s)
             sink_put(s, line);
         }
         format_value(k, c, value, sizeof value);
+        if (k->quiet_default && strcmp(value, k->def) == 0)
+            continue; /* configs that never set it keep their text and hash */
         snprintf(line, sizeof line, "%s = %s\n", k->key, value);
         sink_put(s, line);
     }

@@ -41,6 +41,9 @@ typedef struct ccoe_model_config {
     int qkv_bias;     /* [model] qkv_bias = true | false: biases on q/k/v only (Qwen2) */
     double norm_eps;  /* [model] norm_eps in (0, 1e-2], default 1e-5 (LayerNorm / RMSNorm) */
     double init_std;  /* [model] init_std > 0, default 0.02 */
+    int max_positions; /* [model] the context the model was pretrained for (HF
+                        * max_position_embeddings), 0 = seq_len; import sets it, export writes
+                        * it; nothing else reads it */
 } ccoe_model_config;
 
 /* Key/value heads of a model config: model.n_kv_head, 0 meaning n_head. */
@@ -213,6 +216,7 @@ typedef struct ccoe_config_key {
     const char *help;
     /* Optional: one line of help for each allowed name (help-config lists them), or NULL. */
     const char *(*name_help)(const char *name);
+    int quiet_default;        /* left out of the INI text (and its hash) while at its default */
 } ccoe_config_key;
 
 /* The table, in printing order; *n receives the number of keys. */

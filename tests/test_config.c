@@ -185,7 +185,8 @@ static void check_round_trip(const ccoe_config *c)
     for (size_t i = 0; i < n; i++) {
         char needle[128];
         snprintf(needle, sizeof needle, "\n%s = ", keys[i].key);
-        assert_non_null(strstr(ini, needle));
+        if (!keys[i].quiet_default) /* those appear only when set */
+            assert_non_null(strstr(ini, needle));
     }
     /* loading over a zeroed struct gives the same (every key is written) */
     ccoe_config z;
