@@ -92,10 +92,10 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
          * the checkpoint's recorded directory and that is gone or changed, the run uses the
          * copy the checkpoint carries (as eval does), so the session opens with it. The file
          * stays open (in *resume_file, closed by the caller) until the weights are loaded. */
-        ccoe_config other;
-        CCOE_TRY(ccoe_checkpoint_open_log(o->init_from, &other, resume_file, note, err));
+        ccoe_config other; /* its own config is not used: no note about its tokenizer */
+        CCOE_TRY(ccoe_checkpoint_open_log(o->init_from, &other, resume_file, NULL, err));
         CCOE_TRY(ccoe_ckpt_tok_check(*resume_file, o->init_from, cfg->data.tokenizer, err));
-        CCOE_TRY(ccoe_ckpt_tok_resolve(*resume_file, o->init_from, cfg, NULL, err));
+        CCOE_TRY(ccoe_ckpt_tok_resolve(*resume_file, o->init_from, cfg, note, err));
     }
     if (ccoe_train_test_hook(t, "file", -1))
         snprintf(cfg->data.manifest, sizeof cfg->data.manifest, "%s",
