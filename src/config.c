@@ -144,7 +144,7 @@ static const ccoe_config_key key_table[] = {
     DBL("model", "init_std", model.init_std, 0, 1, 1, 0, "0.02",
         "standard deviation of the normal weight init"),
     {.section = "model", .key = "max_positions", .type = CCOE_CFG_INT, FIELD(model.max_positions),
-     .min = 0, .max = 1 << 30, .def = "0", .quiet_default = 1,
+     .min = 0, .max = 1 << 30, .def = "0", .omit_default = 1,
      .help = "the context the model was pretrained for (HF max_position_embeddings; 0 = "
              "seq_len): `ccoe import` sets it, `ccoe export` writes it back"},
 
@@ -236,6 +236,10 @@ static const ccoe_config_key key_table[] = {
     DBL("moe", "w_z", moe.w_z, 0, 0, 1e6, 0, "0.001",
         "weight of the router z-loss mean logsumexp^2 (must be 0 for a gate without a "
         "router: domain, hash)"),
+    {.section = "moe", .key = "train_router_only", .type = CCOE_CFG_BOOL,
+     FIELD(moe.train_router_only), .def = "false", .omit_default = 1,
+     .help = "train only the routers (the MoE layers' tensors outside their experts), every "
+             "other tensor frozen: a merged or upcycled model's router phase"},
 
     ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
          "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "
@@ -936,8 +940,8 @@ static void emit_ini(const ccoe_config *c, sink *s)
             sink_put(s, line);
         }
         format_value(k, c, value, sizeof value);
-        if (k->quiet_default && strcmp(value, k->def) == 0)
-            continue; /* configs that never set it keep their text and hash */
+        if (k->omit_default && strcmp(value, k->def) == 0)
+            continue;
         snprintf(line, sizeof line, "%s = %s\n", k->key, value);
         sink_put(s, line);
     }

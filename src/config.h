@@ -127,6 +127,8 @@ typedef struct ccoe_moe_section {
     double w_load;          /* [moe] Shazeer load loss weight (noisy_topk, K < E), default 0 */
     double w_switch;        /* [moe] Switch/GShard balance loss weight, default 0.01 */
     double w_z;             /* [moe] router z-loss weight, default 0.001 */
+    int train_router_only;  /* [moe] train only the MoE layers' tensors outside their experts
+                             * (the routers), everything else frozen; default false */
 } ccoe_moe_section;
 
 /* Expert placement over MPI ranks (src/placement.h): which rank owns each expert, for the
@@ -216,7 +218,9 @@ typedef struct ccoe_config_key {
     const char *help;
     /* Optional: one line of help for each allowed name (help-config lists them), or NULL. */
     const char *(*name_help)(const char *name);
-    int quiet_default;        /* left out of the INI text (and its hash) while at its default */
+    /* 1: the resolved INI text (and so the hash stored in checkpoints) leaves the key out while
+     * it holds its default, so that configs written before the key existed keep their hash. */
+    int omit_default;
 } ccoe_config_key;
 
 /* The table, in printing order; *n receives the number of keys. */

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "gate.h"
 #include "checkpoint_tokenizer.h"
 #include "fs.h"
 #include "perf.h"
@@ -28,6 +29,56 @@ ccoe_status ccoe_train_save_checkpoint(train_ctx *t, ccoe_error *err)
         return CCOE_OK;
     t->st.data_pos = t->s->data.pos;
     return ccoe_checkpoint_save(t->ckpt_path, &t->s->cfg, &t->s->model, &t->opt, &t->st, err);
+}
+
+/* moe.train_router_only: every parameter is frozen but the tensors of the MoE layers that belong
+ * to no expert of the layer (ccoe_moe_tensor.expert < 0: router.weight, router.noise_weight and
+ * whatever else a gate keeps beside its experts), found through each layer's own tensor list. */
+ccoe_status ccoe_train_router_only_setup(train_ctx *t, ccoe_error *err)
+{
+    const ccoe_model *m = &t->s->model;
+    t->frozen = malloc((size_t)m->n_params);
+    if (!t->frozen)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the frozen-tensor table");
+    memset(t->frozen, 1, (size_t)m->n_params);
+    int trained = 0;
+    for (int i = 0; i < m->n_moe; i++)
+        for (int k = 0; k < m->moe.n_tensors; k++) {
+            ccoe_moe_tensor mt;
+            ccoe_moe_tensor_at(&m->moe, k, &mt);
+            if (mt.expert >= 0)
+                continue;
+            char name[CCOE_PARAM_NAME];
+            snprintf(name, sizeof name, "blocks.%d.moe.%s", m->moe_layer[i], mt.name);
+            const ccoe_param *p = ccoe_model_find_param(m, name);
+            if (p) {
+                t->frozen[p - m->params] = 0;
+                trained++;
+            }
+        }
+    if (trained == 0)
+        return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                              "moe.train_router_only = true, but the model has no router "
+                              "tensors (moe.gate = %s): nothing would train",
+                              t->s->cfg.moe.gate);
+    return CCOE_OK;
+}
+
+/* Zeroes the gradient of every frozen parameter (after the gradient sum, before the norm). */
+void ccoe_train_zero_frozen(train_ctx *t)
+{
+    const ccoe_model *m = &t->s->model;
+    for (int i = 0; i < m->n_params; i++)
+        if (t->frozen[i])
+            memset(m->grad_block + m->params[i].offset, 0, m->params[i].numel * sizeof(float));
+}
+
+/* AdamW filter of moe.train_router_only: the router tensors (replicated under expert
+ * parallelism: every rank updates them). */
+int ccoe_train_router_filter(const ccoe_param *p, void *ctx)
+{
+    const train_ctx *t = ctx;
+    return !t->frozen[p - t->s->model.params];
 }
 
 /* Sets up a run: the config (a resumed checkpoint's, with the knobs a resume may change), the
@@ -66,6 +117,19 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
         int32_t owner[CCOE_PLACE_MAX];
         CCOE_TRY(ccoe_placement_map(&cfg->mpi, ccoe_placement_expert_count(cfg), t->P, NULL,
                                     owner, err));
+    }
+    if (cfg->moe.train_router_only) {
+        const ccoe_gate_ops *g = ccoe_gate_find(cfg->moe.gate);
+        if (!g || !(g->flags & CCOE_GATE_ROUTER))
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "moe.train_router_only = true, but moe.gate = %s has no "
+                                  "router to train: use a gate with a router (topk, "
+                                  "noisy_topk, softmax) or moe.train_router_only = false",
+                                  cfg->moe.gate);
+        if (cfg->ccoe.train_expert[0] || o->train_experts)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "moe.train_router_only = true trains the routers alone; it "
+                                  "excludes ccoe.train_expert and --train-experts");
     }
     if (o->train_experts && (o->resume || cfg->ccoe.train_expert[0] || o->stop_at > 0 ||
                              o->time_limit > 0))
@@ -126,6 +190,8 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
         t->grad_begin = s->model.expert_begin[e];
         t->grad_end = s->model.expert_end[e];
     }
+    if (s->cfg.moe.train_router_only)
+        CCOE_TRY(ccoe_train_router_only_setup(t, err));
     ccoe_rng_seed(&t->st.rng, s->cfg.train.seed ^ 0x7261696eULL);
     if (o->resume) {
         ccoe_status st = ccoe_checkpoint_load(*resume_file, o->resume, &s->model, &t->opt, &t->st,
