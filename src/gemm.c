@@ -486,7 +486,12 @@ int ccoe_gemm_bf16_available(void)
 
 ccoe_status ccoe_gemm_set_precision(ccoe_gemm *g, ccoe_precision p, ccoe_error *err)
 {
+    static const char bf16_tag[] = "bf16:avx512bf16+";
+    const size_t tag = sizeof bf16_tag - 1;
+    const int tagged = strncmp(g->kernel_set, bf16_tag, tag) == 0;
     if (p == CCOE_PRECISION_FP32) {
+        if (tagged)
+            memmove(g->kernel_set, g->kernel_set + tag, strlen(g->kernel_set + tag) + 1);
         g->precision = p;
         return CCOE_OK;
     }
@@ -503,6 +508,11 @@ ccoe_status ccoe_gemm_set_precision(ccoe_gemm *g, ccoe_precision p, ccoe_error *
     if (!g->bf16 && !(g->bf16 = gemm_bf16_new(g->nthreads)))
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the bf16 GEMM's packing "
                               "scratch");
+    if (!tagged) { /* the kernel set names the bf16 kernels in front of the fp32 ones */
+        char rest[sizeof g->kernel_set];
+        snprintf(rest, sizeof rest, "%s", g->kernel_set);
+        snprintf(g->kernel_set, sizeof g->kernel_set, "%s%.63s", bf16_tag, rest);
+    }
     g->precision = p;
     return CCOE_OK;
 }
@@ -626,7 +636,8 @@ ccoe_status ccoe_gemm_backend_parse(const char *s, ccoe_gemm_backend *out, ccoe_
 /* ---- benchmark ---- */
 
 /* Returns 0.0 when n <= 0 or the three n x n buffers cannot be allocated. Allocates (benchmarks
- * only, never on a training path). */
+ * only, never on a training path). Measures ccoe_gemm_run_linear: the bf16 GEMM in a context
+ * whose linear-layer precision is bf16. */
 double ccoe_gemm_measure_gflops(const ccoe_gemm *g, int n, double seconds)
 {
     if (n <= 0)
@@ -639,11 +650,11 @@ double ccoe_gemm_measure_gflops(const ccoe_gemm *g, int n, double seconds)
             a[i] = (float)((i * 7 + 3) % 13) / 13.0f - 0.5f;
             b[i] = (float)((i * 5 + 1) % 11) / 11.0f - 0.5f;
         }
-        ccoe_gemm_run(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
+        ccoe_gemm_run_linear(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
         long reps = 0;
         double t0 = ccoe_now(), t = t0;
         do {
-            ccoe_gemm_run(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+            ccoe_gemm_run_linear(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
             reps++;
             t = ccoe_now();
         } while (t - t0 < seconds || reps < 2);

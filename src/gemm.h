@@ -54,7 +54,8 @@ typedef struct ccoe_gemm_bf16 ccoe_gemm_bf16; /* bf16 packing scratch (gemm_bf16
 typedef struct ccoe_gemm {
     ccoe_gemm_backend backend; /* resolved choice */
     int nthreads;              /* threads used by one (non-serial) call */
-    char kernel_set[80];       /* e.g. "blis:skx" - which kernels actually run */
+    char kernel_set[80];       /* e.g. "blis:skx" - which kernels actually run ("bf16:avx512bf16+"
+                                * in front once bf16 is the linear-layer precision) */
     ccoe_gemm_prof *prof;      /* NULL (the default): no timing; else every call is timed */
     ccoe_precision precision;  /* of ccoe_gemm_run_linear; FP32 unless set_precision changed it */
     ccoe_gemm_bf16 *bf16;      /* owned; non-NULL once bf16 is enabled (ccoe_gemm_free) */
@@ -129,8 +130,9 @@ void ccoe_gemm_ref(int transa, int transb, int M, int N, int K, float alpha, con
 const char *ccoe_gemm_backend_name(ccoe_gemm_backend b);
 ccoe_status ccoe_gemm_backend_parse(const char *s, ccoe_gemm_backend *out, ccoe_error *err);
 
-/* Measures this context's sgemm rate in GFLOP/s on an (n x n x n) problem for about `seconds`
- * (benchmarks only; used as the denominator of model-FLOP utilisation). */
+/* Measures this context's GEMM rate in GFLOP/s on an (n x n x n) problem for about `seconds`
+ * in its linear-layer precision (sgemm in fp32, the bf16 GEMM in bf16; benchmarks only; the
+ * denominator of model-FLOP utilisation). */
 double ccoe_gemm_measure_gflops(const ccoe_gemm *g, int n, double seconds);
 
 #endif
