@@ -41,6 +41,7 @@ static const char *const pos_names[] = {"learned", "rope", NULL};
 static const char *const ffn_names[] = {"gelu", "swiglu", NULL};
 static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
+static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
 static const char *const placement_names[] = {"contiguous", "round_robin", "balanced", "list",
                                               NULL};
@@ -186,6 +187,10 @@ static const ccoe_config_key key_table[] = {
 
     INT("run", "threads", run.threads, 1, 1024, "2", "threads per process"),
     STR("run", "gemm", run.gemm, 15, gemm_names, "auto", "matrix-multiply backend"),
+    STR("run", "precision", run.precision, 7, precision_names, "fp32",
+        "precision of the linear layers' GEMMs: fp32, or bf16 (CPUs with AVX512-BF16 only; "
+        "bf16 operands, fp32 sums; weights, optimizer, norms, softmax, losses and routers stay "
+        "fp32; papers/bf16.md)"),
 
     ENUM("ccoe", "form", ccoe.form, form_names, "none", form_help),
     STR("ccoe", "experts", ccoe.experts, PATH_MAX_LEN, NULL, "",

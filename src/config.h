@@ -82,6 +82,7 @@ typedef struct ccoe_data_config {
 typedef struct ccoe_run_config {
     int threads;              /* [run] threads per process 1..1024, default 2 */
     char gemm[16];            /* [run] auto | ref | blis | xsmm, default auto */
+    char precision[8];        /* [run] fp32 | bf16 (linear layers' GEMMs), default fp32 */
 } ccoe_run_config;
 
 /* CCoE formulations (paper Section 4; papers/ccoe.md). */
