@@ -86,16 +86,18 @@ int ccoe_train_router_filter(const ccoe_param *p, void *ctx)
 /* Sets up a run: the config (a resumed checkpoint's, with the knobs a resume may change), the
  * output directory, the session, the optimizer, isolated expert training's range, the weights
  * and data position (resume, --init-from or fresh), the metrics file (rank 0) and the machine
- * rates. Sets *have_session once the session is open (the caller closes it). */
+ * rates. Sets *have_session once the session is open (the caller closes it). *resume_file holds
+ * the --resume or --init-from checkpoint while it is needed; the caller closes what is left. */
 ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
                              const ccoe_train_opts *o, ccoe_st_file **resume_file,
                              int *have_session, ccoe_error *err)
 {
+    FILE *note = t->rank == 0 ? stderr : NULL; /* the tokenizer unpack note, printed once */
     if (o->resume) {
         /* the checkpoint's stored config wins over the command line for everything that shapes
          * the run; only the step budget, logging and output knobs may change */
         ccoe_config stored;
-        CCOE_TRY(ccoe_checkpoint_open(o->resume, &stored, resume_file, err));
+        CCOE_TRY(ccoe_checkpoint_open_log(o->resume, &stored, resume_file, note, err));
         CCOE_TRY(ccoe_ckpt_tok_check(*resume_file, o->resume, cfg->data.tokenizer, err));
         stored.train.steps = cfg->train.steps;
         stored.train.log_every = cfg->train.log_every;
@@ -151,6 +153,16 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
      * that are a minute old and whose writer is gone (before this run writes any) */
     if (t->rank == 0)
         ccoe_remove_stale_temps(t->ckpt_path, 60, stderr);
+    if (o->init_from && !o->resume) {
+        /* --init-from: the weights' tokenizer must be this run's. When data.tokenizer names
+         * the checkpoint's recorded directory and that is gone or changed, the run uses the
+         * copy the checkpoint carries (as eval does), so the session opens with it. The file
+         * stays open (in *resume_file, closed by the caller) until the weights are loaded. */
+        ccoe_config other; /* its own config is not used: no note about its tokenizer */
+        CCOE_TRY(ccoe_checkpoint_open_log(o->init_from, &other, resume_file, NULL, err));
+        CCOE_TRY(ccoe_ckpt_tok_check(*resume_file, o->init_from, cfg->data.tokenizer, err));
+        CCOE_TRY(ccoe_ckpt_tok_resolve(*resume_file, o->init_from, cfg, note, err));
+    }
     if (ccoe_train_test_hook(t, "file", -1))
         snprintf(cfg->data.manifest, sizeof cfg->data.manifest, "%s",
                  "/nonexistent/ccoe-test-hook/manifest.ini");
@@ -183,7 +195,7 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
     if (s->cfg.moe.train_router_only)
         CCOE_TRY(ccoe_train_router_only_setup(t, err));
     ccoe_rng_seed(&t->st.rng, s->cfg.train.seed ^ 0x7261696eULL);
-    if (*resume_file) {
+    if (o->resume) {
         ccoe_status st = ccoe_checkpoint_load(*resume_file, o->resume, &s->model, &t->opt, &t->st,
                                               err);
         ccoe_st_close(*resume_file);
@@ -191,16 +203,12 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
         CCOE_TRY(st);
         ccoe_data_seek(&s->data, t->st.data_pos);
     } else if (o->init_from) {
-        ccoe_config other;
-        ccoe_st_file *f = NULL;
         int missing[CCOE_MAX_EXPERTS] = {0};
         ccoe_model_init_weights(&s->model, s->cfg.train.seed, CCOE_INIT_RANDOM);
-        ccoe_status st = ccoe_checkpoint_open(o->init_from, &other, &f, err);
-        if (st == CCOE_OK)
-            st = ccoe_ckpt_tok_check(f, o->init_from, s->cfg.data.tokenizer, err);
-        if (st == CCOE_OK)
-            st = ccoe_checkpoint_load_init(f, o->init_from, &s->model, missing, err);
-        ccoe_st_close(f);
+        ccoe_status st =
+            ccoe_checkpoint_load_init(*resume_file, o->init_from, &s->model, missing, err);
+        ccoe_st_close(*resume_file);
+        *resume_file = NULL;
         CCOE_TRY(st);
         for (int e = 0; e < s->taskmap.n_experts; e++)
             if (missing[e] && s->cfg.ccoe.init == CCOE_INIT_COPY)
