@@ -243,8 +243,8 @@ static const ccoe_config_key key_table[] = {
         "router: domain, hash)"),
     {.section = "moe", .key = "train_router_only", .type = CCOE_CFG_BOOL,
      FIELD(moe.train_router_only), .def = "false", .omit_default = 1,
-     .help = "train only the routers (the MoE layers' tensors outside their experts), every "
-             "other tensor frozen: a merged or upcycled model's router phase"},
+     .help = "train only the routers (the MoE layers' router.* tensors), every other tensor "
+             "frozen: a merged or upcycled model's router phase"},
 
     ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
          "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "

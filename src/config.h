@@ -128,8 +128,8 @@ typedef struct ccoe_moe_section {
     double w_load;          /* [moe] Shazeer load loss weight (noisy_topk, K < E), default 0 */
     double w_switch;        /* [moe] Switch/GShard balance loss weight, default 0.01 */
     double w_z;             /* [moe] router z-loss weight, default 0.001 */
-    int train_router_only;  /* [moe] train only the MoE layers' tensors outside their experts
-                             * (the routers), everything else frozen; default false */
+    int train_router_only;  /* [moe] train only the MoE layers' router tensors (router.*),
+                             * everything else frozen; default false */
 } ccoe_moe_section;
 
 /* Expert placement over MPI ranks (src/placement.h): which rank owns each expert, for the

@@ -181,6 +181,25 @@ static int ffn_role(const char *moe_name, char *out, size_t cap)
 }
 
 static ccoe_status copy_into(ccoe_model *to, const ccoe_param *d, const ccoe_model *from,
+                             const char *src, const char *in_path, ccoe_error *err);
+
+/* An MoE expert tensor d from the FFN tensor src: of another size when the output's experts
+ * are not the FFN's width (an expert size or split the [moe] section sets). */
+static ccoe_status copy_ffn(ccoe_model *to, const ccoe_param *d, const ccoe_model *from,
+                            const char *src, const char *in_path, ccoe_error *err)
+{
+    const ccoe_param *s = ccoe_model_find_param(from, src);
+    if (s && s->numel != d->numel)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "%s: expert tensor %s holds %zu values but the FFN tensor %s it "
+                              "is copied from holds %zu: experts built from an FFN must have "
+                              "that FFN's width; leave moe.expert_hidden 0 and do not split "
+                              "the experts",
+                              in_path, d->name, d->numel, src, s->numel);
+    return copy_into(to, d, from, src, in_path, err);
+}
+
+static ccoe_status copy_into(ccoe_model *to, const ccoe_param *d, const ccoe_model *from,
                              const char *src, const char *in_path, ccoe_error *err)
 {
     const ccoe_param *s = ccoe_model_find_param(from, src);
@@ -251,7 +270,7 @@ static ccoe_status up_fill(void *vctx, const ccoe_param *d, int layer, int k, co
     up_ctx *c = vctx;
     char src[CCOE_PARAM_NAME + 64];
     snprintf(src, sizeof src, "blocks.%d.%s", layer, role);
-    return copy_into(c->out, d, &c->x->model, src, c->in_path, err);
+    return copy_ffn(c->out, d, &c->x->model, src, c->in_path, err);
 }
 
 ccoe_status ccoe_moe_upcycle(const char *in_path, const char *out_path, const ccoe_build_opts *o,
@@ -345,7 +364,7 @@ static ccoe_status merge_fill(void *vctx, const ccoe_param *d, int layer, int k,
     char name[CCOE_PARAM_NAME + 32], src[CCOE_PARAM_NAME + 96];
     snprintf(name, sizeof name, "blocks.%d.%s", layer, role);
     path_source(&c->x->taskmap, k, name, src, sizeof src);
-    return copy_into(c->out, d, &c->x->model, src, c->in_path, err);
+    return copy_ffn(c->out, d, &c->x->model, src, c->in_path, err);
 }
 
 /* d = the mean over the paths of their tensor for d's name; exactly the common value when the

@@ -31,9 +31,11 @@ ccoe_status ccoe_train_save_checkpoint(train_ctx *t, ccoe_error *err)
     return ccoe_checkpoint_save(t->ckpt_path, &t->s->cfg, &t->s->model, &t->opt, &t->st, err);
 }
 
-/* moe.train_router_only: every parameter is frozen but the tensors of the MoE layers that belong
- * to no expert of the layer (ccoe_moe_tensor.expert < 0: router.weight, router.noise_weight and
- * whatever else a gate keeps beside its experts), found through each layer's own tensor list. */
+/* moe.train_router_only: every parameter is frozen but the routers: the tensors of the MoE
+ * layers that belong to no expert (ccoe_moe_tensor.expert < 0) and are the router's
+ * ("router.*": router.weight, router.noise_weight, ...), found through each layer's own tensor
+ * list. A non-expert tensor that is not the router's (an always-on shared expert, say) stays
+ * frozen with the experts. */
 ccoe_status ccoe_train_router_only_setup(train_ctx *t, ccoe_error *err)
 {
     const ccoe_model *m = &t->s->model;
@@ -46,7 +48,7 @@ ccoe_status ccoe_train_router_only_setup(train_ctx *t, ccoe_error *err)
         for (int k = 0; k < m->moe.n_tensors; k++) {
             ccoe_moe_tensor mt;
             ccoe_moe_tensor_at(&m->moe, k, &mt);
-            if (mt.expert >= 0)
+            if (mt.expert >= 0 || strncmp(mt.name, "router.", 7) != 0)
                 continue;
             char name[CCOE_PARAM_NAME];
             snprintf(name, sizeof name, "blocks.%d.moe.%s", m->moe_layer[i], mt.name);

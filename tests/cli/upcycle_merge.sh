@@ -108,6 +108,20 @@ only_routers "$cmp_out" || fail "router-only training changed other tensors than
 info=$("$CCOE" info router/checkpoint.safetensors) || fail "info of the router-only run"
 grep -q "^train_router_only = true" <<<"$info" || fail "the run's stored config lacks moe.train_router_only"
 pass "moe.train_router_only changes the router tensors alone"
+# a router-only run stopped and resumed equals the uninterrupted one bit for bit (the same
+# train.out_dir, in two directories: the stored config names it)
+RO=(--set moe.gate=topk --set moe.n_experts=6 --set moe.top_k=2 --set moe.train_router_only=true
+    --set train.steps=6 --set train.out_dir=run "${quiet[@]}")
+mkdir ro_a ro_b
+(cd ro_a && "$CCOE" train "$TINY" "${RO[@]}" --init-from ../merged.st) || fail "router-only run"
+(cd ro_b && "$CCOE" train "$TINY" "${RO[@]}" --init-from ../merged.st --stop-at 3) \
+  || fail "router-only first half"
+(cd ro_b && "$CCOE" train "$TINY" "${RO[@]}" --resume run/checkpoint.safetensors) \
+  || fail "router-only resumed half"
+cmp ro_a/run/checkpoint.safetensors ro_b/run/checkpoint.safetensors \
+  || fail "the resumed router-only run differs from the uninterrupted one"
+pass "a resumed router-only run equals the uninterrupted one"
+
 if command -v mpirun >/dev/null; then
   OMP_NUM_THREADS=1 "$CCOE" train "$TINY" --set moe.gate=topk --set moe.n_experts=6 --set moe.top_k=2 \
     --set moe.train_router_only=true "${common[@]}" --set train.steps=6 --init-from merged.st \
