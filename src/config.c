@@ -232,6 +232,9 @@ static const ccoe_config_key key_table[] = {
     DBL("moe", "w_z", moe.w_z, 0, 0, 1e6, 0, "0.001",
         "weight of the router z-loss mean logsumexp^2 (must be 0 for a gate without a "
         "router: domain, hash)"),
+    DBL("moe", "bias_rate", moe.bias_rate, 0, 0, 1e6, 0, "0.001",
+        "lossfree: after each step the selection bias b_e += bias_rate * sign(mean load - "
+        "load_e); 0 = frozen bias (other gates ignore it)"),
 
     ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
          "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "

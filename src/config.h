@@ -125,6 +125,8 @@ typedef struct ccoe_moe_section {
     double w_load;          /* [moe] Shazeer load loss weight (noisy_topk, K < E), default 0 */
     double w_switch;        /* [moe] Switch/GShard balance loss weight, default 0.01 */
     double w_z;             /* [moe] router z-loss weight, default 0.001 */
+    /* DeepSeek-style routing (papers/moe.md) */
+    double bias_rate;       /* [moe] lossfree: selection-bias step per update, default 0.001 */
 } ccoe_moe_section;
 
 /* Expert placement over MPI ranks (src/placement.h): which rank owns each expert, for the

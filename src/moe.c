@@ -124,6 +124,11 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
                    "selected, the load estimator is undefined; set w_load = 0 or top_k < %d",
                    c->w_load, E, E);
     }
+    if (!isfinite(c->bias_rate) || c->bias_rate < 0.0)
+        return bad(err, "bias_rate = %g: must be finite and >= 0", c->bias_rate);
+    if (c->bias_rate != 0.0 && !(g->flags & CCOE_GATE_SCORE_BIAS))
+        return bad(err, "bias_rate = %g applies to a gate with a selection bias (lossfree), "
+                   "not %s: set it to 0 or use gate lossfree", c->bias_rate, g->name);
     if (!(g->flags & CCOE_GATE_ROUTER) &&
         (c->w_importance != 0.0 || c->w_switch != 0.0 || c->w_z != 0.0))
         return bad(err, "gate %s has no router: the aux losses (w_importance %g, w_switch "
@@ -167,6 +172,8 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_con
     out->w_load = s->w_load;
     out->w_switch = s->w_switch;
     out->w_z = s->w_z;
+    if (g && (g->flags & CCOE_GATE_SCORE_BIAS)) /* other gates have no bias to move */
+        out->bias_rate = s->bias_rate;
     if (g && (g->flags & CCOE_GATE_DOMAIN)) {
         /* expert index = domain id; the data's domain count is checked at session setup */
         out->n_domains = s->n_experts < CCOE_MOE_MAX_DOMAINS ? s->n_experts
@@ -205,7 +212,7 @@ ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
     /* "moe: KEY = ..." -> "moe.KEY = ..." when KEY is a [moe] key */
     static const char *const keys[] = {"gate", "n_experts", "top_k", "renormalize",
                                        "capacity_factor", "eval_capacity_factor", "noise_eps", "w_importance",
-                                       "w_load", "w_switch", "w_z", NULL};
+                                       "w_load", "w_switch", "w_z", "bias_rate", NULL};
     if (strncmp(err->msg, "moe: ", 5) == 0)
         for (size_t i = 0; keys[i]; i++) {
             size_t n = strlen(keys[i]);
@@ -270,7 +277,7 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
 
     const size_t EC = (size_t)m->E * C;
     size_t off = 0;
-    m->off_router = m->off_noise = ABSENT;
+    m->off_router = m->off_noise = m->off_score_bias = ABSENT;
     m->n_tensors = 0;
     if (m->gate->flags & CCOE_GATE_ROUTER) {
         m->off_router = off;
@@ -280,6 +287,11 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
     if (m->gate->flags & CCOE_GATE_NOISE) {
         m->off_noise = off;
         off += pad16(EC);
+        m->n_tensors++;
+    }
+    if (m->gate->flags & CCOE_GATE_SCORE_BIAS) {
+        m->off_score_bias = off;
+        off += pad16((size_t)m->E);
         m->n_tensors++;
     }
     m->off_experts = off;
@@ -335,6 +347,17 @@ void ccoe_moe_tensor_at(const ccoe_moe *m, int i, ccoe_moe_tensor *t)
         t->expert = -1;
         return;
     }
+    if (m->off_score_bias != ABSENT && i == nr) {
+        snprintf(t->name, sizeof t->name, "router.score_bias");
+        t->ndim = 1;
+        t->shape[0] = m->E;
+        t->offset = m->off_score_bias;
+        t->numel = (size_t)m->E;
+        t->decay = 0;
+        t->expert = -1;
+        return;
+    }
+    nr += m->off_score_bias != ABSENT;
     int per = m->cfg.bias ? 4 : 2;
     int e = (i - nr) / per, k = (i - nr) % per;
     if (!m->cfg.bias)
@@ -894,7 +917,26 @@ void ccoe_moe_route_forward(const ccoe_moe *m, ccoe_moe_acts *a, const float *in
     assert(!(m->gate->flags & CCOE_GATE_DOMAIN) || (pass && pass->domains && pass->T >= 1));
     assert(!(m->gate->flags & CCOE_GATE_TOKEN) || (pass && (pass->tokens || N == 0)));
     ccoe_gate_args ga = ccoe_moe_gate_args(m, a, pass, N);
+    if (m->off_score_bias != ABSENT)
+        ga.score_bias = params + m->off_score_bias;
     m->gate->forward(a->ids, a->weights, a->kth, &ga);
+}
+
+int ccoe_moe_has_score_bias(const ccoe_moe *m) { return m->off_score_bias != ABSENT; }
+
+void ccoe_moe_bias_update(const ccoe_moe *m, float *params, const double *load)
+{
+    if (m->off_score_bias == ABSENT || m->cfg.bias_rate == 0.0)
+        return;
+    const int E = m->E;
+    double mean = 0.0;
+    for (int e = 0; e < E; e++)
+        mean += load[e];
+    mean /= E;
+    const float rate = (float)m->cfg.bias_rate;
+    float *b = params + m->off_score_bias;
+    for (int e = 0; e < E; e++)
+        b[e] += load[e] < mean ? rate : load[e] > mean ? -rate : 0.0f;
 }
 
 /* The experts on acts' grouped rows (offsets, xin -> fch, fch_act, y). Returns 1 if they ran

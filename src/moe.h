@@ -3,7 +3,7 @@
  *   out (N, C) = sum over a token's kept slots j of  weight[n, j] * Expert_{ids[n, j]}(h[n])
  *
  * h -> router (logits = h W_g^T, noisy gates also h W_noise^T) -> gate (variants/gate.h:
- * softmax, topk, noisy_topk, domain, hash) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
+ * softmax, topk, noisy_topk, domain, hash, lossfree) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
  * biases optional) on contiguous per-expert row groups -> weighted combine. Auxiliary losses
  * (Shazeer importance and load, Switch/GShard, router z-loss) are computed in forward and their
  * gradients added in backward. Math and derivations: papers/moe.md.
@@ -69,6 +69,9 @@ typedef struct ccoe_moe_config {
     double w_load;          /* Shazeer: w * CV(Load)^2, smooth load; noisy_topk with K < E */
     double w_switch;        /* Switch/GShard: w * E * sum_i f_i P_i */
     double w_z;             /* router z-loss: w * mean_n logsumexp(logits_n)^2 */
+    double bias_rate;       /* gates with CCOE_GATE_SCORE_BIAS (lossfree): the step of the
+                               selection-bias update (ccoe_moe_bias_update); 0 = bias frozen;
+                               must be 0 for the other gates */
     int n_domains;          /* domain gate: entries of domain_expert */
     int32_t domain_expert[CCOE_MOE_MAX_DOMAINS]; /* domain gate: domain d -> expert index */
 } ccoe_moe_config;
@@ -92,6 +95,7 @@ typedef struct ccoe_moe {
     /* parameter layout, in floats from the start of the layer's region; every tensor starts
      * on a 16-float (64-byte) boundary */
     size_t off_router, off_noise; /* (E, C) each, or (size_t)-1 when absent */
+    size_t off_score_bias;        /* (E) selection bias (CCOE_GATE_SCORE_BIAS), or -1 */
     size_t off_experts;           /* expert e's tensors: [off_experts + e stride, + stride) */
     size_t expert_stride;
     size_t off_fc_w, off_fc_b, off_proj_w, off_proj_b; /* within an expert; -1 when absent */
@@ -108,14 +112,14 @@ typedef struct ccoe_moe {
 
 /* One parameter tensor of the layer's region. */
 typedef struct ccoe_moe_tensor {
-    char name[CCOE_MOE_NAME]; /* "router.weight", "router.noise_weight",
+    char name[CCOE_MOE_NAME]; /* "router.weight", "router.noise_weight", "router.score_bias",
                                  "experts.3.fc.weight", "experts.3.fc.bias",
                                  "experts.3.proj.weight", "experts.3.proj.bias" */
     int ndim;
     int64_t shape[2];
     size_t offset;            /* floats from the start of the layer's region */
     size_t numel;
-    int decay;                /* 1 for matrices (AdamW decay), 0 for biases */
+    int decay;                /* 1 for matrices (AdamW decay), 0 for biases and state */
     int expert;               /* owning expert, -1 for the router */
 } ccoe_moe_tensor;
 
@@ -268,7 +272,9 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
  * (domain gate only; other gates: OK). Call once at setup: forward asserts it. */
 ccoe_status ccoe_moe_check_domains(const ccoe_moe *m, int n_domains, ccoe_error *err);
 
-/* Parameter tensors, in layout order: router.weight, router.noise_weight (noisy), then for
+/* Parameter tensors, in layout order: router.weight, router.noise_weight (noisy),
+ * router.score_bias (gates with CCOE_GATE_SCORE_BIAS: state, not trained: its gradient is
+ * always 0, so AdamW leaves it unchanged; ccoe_moe_bias_update moves it), then for
  * e = 0..E-1: experts.e.fc.weight, experts.e.fc.bias, experts.e.proj.weight,
  * experts.e.proj.bias (biases when cfg.bias). i in [0, m->n_tensors). */
 void ccoe_moe_tensor_at(const ccoe_moe *m, int i, ccoe_moe_tensor *t);
@@ -294,6 +300,21 @@ int ccoe_moe_capacity(const ccoe_moe *m, int N);
 int ccoe_moe_capacity_of(const ccoe_moe *m, int N, int eval);
 /* The largest rows per expert either kind of call can keep (0 = unbounded): buffer sizes. */
 int ccoe_moe_capacity_bound(const ccoe_moe *m, int N);
+
+/* ---- auxiliary-loss-free balancing (papers/moe.md) ---- */
+
+/* 1 if the layer's gate selects with a per-expert bias (router.score_bias) that the trainer
+ * updates after each step with ccoe_moe_bias_update. */
+int ccoe_moe_has_score_bias(const ccoe_moe *m);
+
+/* DeepSeek-V3's update of the selection bias from the loads of one optimizer step:
+ *     b_e += rate * sign(mean_i load_i - load_e)   (sign(0) = 0),
+ * load (E) = the router choices of expert e over every token of the step (all micro-batches,
+ * all ranks: under data parallelism sum them over the ranks first; expert-parallel forwards
+ * already count every rank's tokens). params: the layer's region. Nothing for a layer without
+ * the bias or with bias_rate = 0. The arithmetic is in float, one add per expert, so every
+ * rank given the same loads computes the same bias bit for bit. */
+void ccoe_moe_bias_update(const ccoe_moe *m, float *params, const double *load);
 
 /* ---- forward / backward ---- */
 

@@ -1067,6 +1067,87 @@ static void test_balancing_lowers_cv(void **state)
 
 }
 
+/* Auxiliary-loss-free balancing (gate lossfree): the update rule exactly; the bias decides the
+ * selection but not the weights; the bias alone (no gradient, no aux loss) balances an
+ * unbalanced router on fixed inputs. */
+static void test_lossfree_bias(void **state)
+{
+    (void)state;
+    const int N = 512, C = 16, E = 8;
+    moe_case mc = {"lossfree", N, C, E, 2, 4, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0};
+    ccoe_moe_config cfg;
+    case_config(&mc, &cfg);
+    cfg.bias_rate = 0.01;
+    fx f;
+    fx_init(&f, &cfg, C, N, 1, 1300);
+    const ccoe_moe *m = &f.m;
+    assert_true(ccoe_moe_has_score_bias(m));
+    float *b = f.params + m->off_score_bias;
+
+    /* 1. b_e += rate * sign(mean load - load_e): mean 3 here, sign(0) = 0 */
+    const double load[8] = {0, 1, 2, 3, 3, 4, 5, 6};
+    memset(b, 0, (size_t)E * sizeof(float));
+    ccoe_moe_bias_update(m, f.params, load);
+    for (int e = 0; e < E; e++)
+        assert_true(b[e] == (load[e] < 3 ? 0.01f : load[e] > 3 ? -0.01f : 0.0f));
+    ccoe_moe_config frozen = cfg;
+    frozen.bias_rate = 0.0; /* rate 0: the bias stays */
+    ccoe_moe mf = *m;
+    mf.cfg = frozen;
+    ccoe_moe_bias_update(&mf, f.params, load);
+    assert_true(b[0] == 0.01f && b[7] == -0.01f);
+
+    /* 2. a large bias on expert 3 puts it in every token's selection; the weights stay the
+     * affinities normalised over the kept experts */
+    memset(b, 0, (size_t)E * sizeof(float));
+    b[3] = 5.0f;
+    ccoe_moe_forward(m, f.out, &f.a, NULL, f.inp, f.params, &f.pass, N);
+    for (int n = 0; n < N; n++) {
+        const int32_t *id = f.a.ids + (size_t)n * 2;
+        const float *w = f.a.weights + (size_t)n * 2;
+        assert_int_equal(id[0], 3);
+        float s0 = ccoe_gate_sigmoid(f.a.logits[(size_t)n * E + id[0]]);
+        float s1 = ccoe_gate_sigmoid(f.a.logits[(size_t)n * E + id[1]]);
+        assert_true(fabsf(w[0] - s0 / (s0 + s1)) <= 1e-6f);
+        assert_true(fabsf(w[1] - s1 / (s0 + s1)) <= 1e-6f);
+    }
+
+    /* 3. an unbalanced router (a shared input direction favours experts 0 and 1): the bias
+     * updates alone lower the load CV */
+    float u[16];
+    tu_fill_uniform(u, C, 1301, 1.0f);
+    float *g = tu_fnew((size_t)N * C);
+    tu_fill_uniform(g, (size_t)N * C, 1302, 1.0f);
+    for (size_t i = 0; i < (size_t)N * C; i++)
+        f.inp[i] = u[i % C] + 0.5f * g[i];
+    float *wg = f.params + m->off_router;
+    tu_fill_uniform(wg, (size_t)E * C, 1303, 0.1f);
+    for (int c = 0; c < C; c++) {
+        wg[0 * C + c] += 0.6f * u[c];
+        wg[1 * C + c] += 0.5f * u[c];
+    }
+    memset(b, 0, (size_t)E * sizeof(float));
+    ccoe_moe_stats st;
+    double cv0 = 0.0, tail = 0.0;
+    const int steps = 200;
+    for (int s = 0; s < steps; s++) {
+        ccoe_moe_forward(m, f.out, &f.a, &st, f.inp, f.params, &f.pass, N);
+        if (s == 0)
+            cv0 = st.load_cv;
+        if (s >= steps - 10)
+            tail += st.load_cv / 10.0;
+        double l[CCOE_MOE_MAX_EXPERTS];
+        for (int e = 0; e < E; e++)
+            l[e] = (double)st.routed_per_expert[e];
+        ccoe_moe_bias_update(m, f.params, l);
+    }
+    printf("balance lossfree (bias rate 0.01, no aux loss): load CV %.3f -> %.3f\n", cv0, tail);
+    assert_true(cv0 > 1.0);
+    assert_true(tail < 0.5 * cv0);
+    free(g);
+    fx_free(&f);
+}
+
 /* ======================= 6. configuration and layout ======================= */
 
 static void expect_bad(const ccoe_moe_config *cfg, const char *needle)
@@ -1109,6 +1190,10 @@ static void test_validate(void **state)
     expect_bad(&c, "noise_eps");
     c = ok, c.w_load = 0.1;
     expect_bad(&c, "w_load");
+    c = ok, c.bias_rate = 0.001; /* a selection bias only on gate lossfree */
+    expect_bad(&c, "bias_rate = 0.001 applies to a gate with a selection bias");
+    c = ok, snprintf(c.gate, sizeof c.gate, "lossfree"), c.bias_rate = -1.0;
+    expect_bad(&c, "bias_rate = -1");
     c = ok, c.n_experts = 0, c.top_k = 1;
     expect_bad(&c, "n_experts = 0");
     c = ok, c.n_experts = CCOE_MOE_MAX_EXPERTS + 1;
@@ -1460,6 +1545,7 @@ int main(void)
         cmocka_unit_test(test_eval_dropless),
         cmocka_unit_test(test_noise_split),
         cmocka_unit_test(test_balancing_lowers_cv),
+        cmocka_unit_test(test_lossfree_bias),
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_stats_json),

@@ -633,6 +633,21 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
         CHECK(P > 1 ? (q >= 0) == is_expert : q == -1);
         CHECK(ccoe_ep_param_is_local(&m.params[i], &m) == (q < 0 || q == r));
     }
+    /* auxiliary-loss-free balancing: the selection bias moves by the global loads, the same on
+     * every rank as in one process (the parameter comparison below covers it bit for bit) */
+    if (ccoe_moe_has_score_bias(&m.moe)) {
+        const ccoe_param *bp = ccoe_model_find_param(&m, "blocks.0.moe.router.score_bias");
+        CHECK(bp != NULL);
+        float before[CCOE_MOE_MAX_EXPERTS] = {0};
+        for (size_t j = 0; bp && j < bp->numel; j++)
+            before[j] = m.param_block[bp->offset + j];
+        CHECK_OK(ccoe_model_moe_bias_step(&S, NULL, &err));
+        CHECK_OK(ccoe_model_moe_bias_step(&m, NULL, &err));
+        int moved = 0;
+        for (size_t j = 0; bp && j < bp->numel; j++)
+            moved += m.param_block[bp->offset + j] != before[j];
+        CHECK(moved > 0 || mb == 0);
+    }
     /* spoil the experts this rank does not own, then sync them from their owners */
     for (int i = 0; i < m.n_params; i++)
         if (!ccoe_ep_param_is_local(&m.params[i], &m))
