@@ -127,6 +127,7 @@ typedef struct ccoe_moe_section {
     double w_z;             /* [moe] router z-loss weight, default 0.001 */
     /* DeepSeek-style routing (papers/moe.md) */
     double bias_rate;       /* [moe] lossfree: selection-bias step per update, default 0.001 */
+    int n_shared;           /* [moe] always-on shared experts beside the routed ones, default 0 */
 } ccoe_moe_section;
 
 /* Expert placement over MPI ranks (src/placement.h): which rank owns each expert, for the

@@ -84,6 +84,9 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
                    K);
     if (c->ffn_hidden < 1)
         return bad(err, "ffn_hidden = %d: each expert needs a hidden size >= 1", c->ffn_hidden);
+    if (c->n_shared < 0 || c->n_shared > E)
+        return bad(err, "n_shared = %d: shared experts are the always-on part of the layer, "
+                   "at most n_experts = %d of them (use 0..%d)", c->n_shared, E, E);
     if (c->expert != CCOE_MOE_GELU && c->expert != CCOE_MOE_SWIGLU)
         return bad(err, "expert kind %d is unknown (allowed: gelu, swiglu)", (int)c->expert);
     if (c->bias != 0 && c->bias != 1)
@@ -172,6 +175,7 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_con
     out->w_load = s->w_load;
     out->w_switch = s->w_switch;
     out->w_z = s->w_z;
+    out->n_shared = s->n_shared;
     if (g && (g->flags & CCOE_GATE_SCORE_BIAS)) /* other gates have no bias to move */
         out->bias_rate = s->bias_rate;
     if (g && (g->flags & CCOE_GATE_DOMAIN)) {
@@ -212,7 +216,7 @@ ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
     /* "moe: KEY = ..." -> "moe.KEY = ..." when KEY is a [moe] key */
     static const char *const keys[] = {"gate", "n_experts", "top_k", "renormalize",
                                        "capacity_factor", "eval_capacity_factor", "noise_eps", "w_importance",
-                                       "w_load", "w_switch", "w_z", "bias_rate", NULL};
+                                       "w_load", "w_switch", "w_z", "bias_rate", "n_shared", NULL};
     if (strncmp(err->msg, "moe: ", 5) == 0)
         for (size_t i = 0; keys[i]; i++) {
             size_t n = strlen(keys[i]);
@@ -277,7 +281,7 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
 
     const size_t EC = (size_t)m->E * C;
     size_t off = 0;
-    m->off_router = m->off_noise = m->off_score_bias = ABSENT;
+    m->off_router = m->off_noise = m->off_score_bias = m->off_shared = ABSENT;
     m->n_tensors = 0;
     if (m->gate->flags & CCOE_GATE_ROUTER) {
         m->off_router = off;
@@ -294,7 +298,6 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
         off += pad16((size_t)m->E);
         m->n_tensors++;
     }
-    m->off_experts = off;
     size_t o = 0;
     m->off_fc_w = o;
     o += pad16((size_t)m->F2 * C);
@@ -310,8 +313,13 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
         o += pad16((size_t)C);
     }
     m->expert_stride = o;
+    if (cfg->n_shared > 0) { /* shared experts: the routed experts' layout, before them */
+        m->off_shared = off;
+        off += (size_t)cfg->n_shared * o;
+    }
+    m->off_experts = off;
     m->num_params = off + (size_t)m->E * o;
-    m->n_tensors += m->E * (cfg->bias ? 4 : 2);
+    m->n_tensors += (cfg->n_shared + m->E) * (cfg->bias ? 4 : 2);
     return CCOE_OK;
 }
 
@@ -363,9 +371,17 @@ void ccoe_moe_tensor_at(const ccoe_moe *m, int i, ccoe_moe_tensor *t)
     if (!m->cfg.bias)
         k *= 2; /* 0 fc.weight, 2 proj.weight */
     static const char *const suffix[4] = {"fc.weight", "fc.bias", "proj.weight", "proj.bias"};
-    snprintf(t->name, sizeof t->name, "experts.%d.%s", e, suffix[k]);
-    size_t base = m->off_experts + (size_t)e * m->expert_stride;
-    t->expert = e;
+    size_t base;
+    if (e < m->cfg.n_shared) { /* shared experts first */
+        snprintf(t->name, sizeof t->name, "shared.%d.%s", e, suffix[k]);
+        base = m->off_shared + (size_t)e * m->expert_stride;
+        t->expert = -1;
+    } else {
+        e -= m->cfg.n_shared;
+        snprintf(t->name, sizeof t->name, "experts.%d.%s", e, suffix[k]);
+        base = m->off_experts + (size_t)e * m->expert_stride;
+        t->expert = e;
+    }
     t->decay = k == 0 || k == 2;
     t->ndim = t->decay ? 2 : 1;
     switch (k) {
@@ -439,6 +455,10 @@ void ccoe_moe_acts_carve(ccoe_moe_acts *a, const ccoe_moe *m, ccoe_arena *arena)
     const int ep = m->ep_size > 0;
     a->home = take(arena, (size_t)m->max_home * C, sizeof(float), ep);
     a->ep_kept = take(arena, (size_t)m->ep_size * E, sizeof(int32_t), ep);
+    const size_t S = (size_t)m->cfg.n_shared;
+    a->sh_fch = take(arena, S * N * m->F2, sizeof(float), S > 0);
+    a->sh_act = take(arena, S * N * m->F, sizeof(float), S > 0);
+    a->sh_y = take(arena, N * C, sizeof(float), S > 0);
 }
 
 void ccoe_moe_scratch_carve(ccoe_moe_scratch *s, const ccoe_moe *m, ccoe_arena *arena)
@@ -465,6 +485,9 @@ void ccoe_moe_scratch_carve(ccoe_moe_scratch *s, const ccoe_moe *m, ccoe_arena *
     s->recv_counts = take(arena, P, sizeof(size_t), ep);
     s->recv_displs = take(arena, P, sizeof(size_t), ep);
     s->cursor = take(arena, P, sizeof(int64_t), ep);
+    const int sh = m->cfg.n_shared > 0;
+    s->sh_dact = take(arena, N * m->F, sizeof(float), sh);
+    s->sh_dfch = take(arena, N * m->F2, sizeof(float), sh);
 }
 
 size_t ccoe_moe_acts_bytes(const ccoe_moe *m)
@@ -922,6 +945,60 @@ void ccoe_moe_route_forward(const ccoe_moe *m, ccoe_moe_acts *a, const float *in
     m->gate->forward(a->ids, a->weights, a->kth, &ga);
 }
 
+/* Shared experts: out (N, C) += sum_s Shared_s(inp), every row with weight 1 (s in order);
+ * keeps each one's fc outputs and activations in acts. GEMMs on all threads. */
+void ccoe_moe_shared_forward(const ccoe_moe *m, ccoe_moe_acts *a, float *out, const float *inp,
+                             const float *params, int N)
+{
+    const int C = m->C, F = m->F, F2 = m->F2;
+    const ccoe_gemm *g = m->gemm;
+    for (int sh = 0; sh < m->cfg.n_shared && N > 0; sh++) {
+        const size_t base = m->off_shared + (size_t)sh * m->expert_stride;
+        float *fch = a->sh_fch + (size_t)sh * m->maxN * F2;
+        float *act = a->sh_act + (size_t)sh * m->maxN * F;
+        ccoe_linear_forward(g, fch, inp, params + base + m->off_fc_w,
+                            m->off_fc_b == ABSENT ? NULL : params + base + m->off_fc_b, N, C, F2);
+        if (m->cfg.expert == CCOE_MOE_GELU)
+            ccoe_gelu_forward(act, fch, (size_t)N * F);
+        else
+            ccoe_swiglu_forward(act, fch, N, F);
+        ccoe_linear_forward(g, a->sh_y, act, params + base + m->off_proj_w,
+                            m->off_proj_b == ABSENT ? NULL : params + base + m->off_proj_b, N,
+                            F, C);
+        const float *y = a->sh_y;
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < (size_t)N * C; i++)
+            out[i] += y[i];
+    }
+}
+
+/* Backward of ccoe_moe_shared_forward: dinp (N, C) += and the shared experts' gradients +=
+ * (this rank's share under expert parallelism: they are replicated tensors). */
+void ccoe_moe_shared_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe_moe_scratch *s,
+                              const ccoe_moe_acts *a, const float *dout, const float *inp,
+                              const float *params, int N)
+{
+    const int C = m->C, F = m->F, F2 = m->F2;
+    const ccoe_gemm *g = m->gemm;
+    for (int sh = 0; sh < m->cfg.n_shared && N > 0; sh++) {
+        const size_t base = m->off_shared + (size_t)sh * m->expert_stride;
+        const float *fch = a->sh_fch + (size_t)sh * m->maxN * F2;
+        const float *act = a->sh_act + (size_t)sh * m->maxN * F;
+        /* proj: dact = dout W_proj (overwrite), dW_proj += dout^T act, db_proj += colsum */
+        linear_bwd(g, 0, s->sh_dact, grads + base + m->off_proj_w,
+                   m->off_proj_b == ABSENT ? NULL : grads + base + m->off_proj_b, dout, act,
+                   params + base + m->off_proj_w, N, F, C);
+        memset(s->sh_dfch, 0, (size_t)N * F2 * sizeof(float));
+        if (m->cfg.expert == CCOE_MOE_GELU)
+            ccoe_gelu_backward(s->sh_dfch, fch, s->sh_dact, (size_t)N * F);
+        else
+            ccoe_swiglu_backward(s->sh_dfch, fch, s->sh_dact, N, F);
+        ccoe_linear_backward(g, dinp, grads + base + m->off_fc_w,
+                             m->off_fc_b == ABSENT ? NULL : grads + base + m->off_fc_b,
+                             s->sh_dfch, inp, params + base + m->off_fc_w, N, C, F2);
+    }
+}
+
 int ccoe_moe_has_score_bias(const ccoe_moe *m) { return m->off_score_bias != ABSENT; }
 
 void ccoe_moe_bias_update(const ccoe_moe *m, float *params, const double *load)
@@ -989,8 +1066,9 @@ double ccoe_moe_forward(const ccoe_moe *m, float *out, ccoe_moe_acts *a, ccoe_mo
     st->expert_parallel = ccoe_moe_experts_forward(m, a, params);
     double t3 = omp_get_wtime();
 
-    /* 4. combine */
+    /* 4. combine, then the shared experts */
     ccoe_moe_combine(out, a->y, a->slot, a->weights, N, K, C);
+    ccoe_moe_shared_forward(m, a, out, inp, params, N);
     double t4 = omp_get_wtime();
 
     if (stats)
@@ -1162,8 +1240,9 @@ void ccoe_moe_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe_moe_st
     ccoe_moe_scatter_backward(dinp, s->dxin, a->slot, N, K, C);
     double t3 = omp_get_wtime();
 
-    /* 4. gate and router, with the aux-loss gradients */
+    /* 4. gate and router, with the aux-loss gradients; the shared experts */
     ccoe_moe_router_backward(m, dinp, grads, s, a, inp, params, aux_scale, N, N);
+    ccoe_moe_shared_backward(m, dinp, grads, s, a, dout, inp, params, N);
     double t4 = omp_get_wtime();
     if (stats)
         ccoe_moe_backward_times(stats, t0, t1, t2, t3, t4);

@@ -1,6 +1,7 @@
 /* moe.h - the Mixture-of-Experts layer: a drop-in replacement for a block's FFN.
  *
  *   out (N, C) = sum over a token's kept slots j of  weight[n, j] * Expert_{ids[n, j]}(h[n])
+ *                + sum over the n_shared shared experts s of Shared_s(h[n])   (DeepSeekMoE)
  *
  * h -> router (logits = h W_g^T, noisy gates also h W_noise^T) -> gate (variants/gate.h:
  * softmax, topk, noisy_topk, domain, hash, lossfree) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
@@ -72,6 +73,9 @@ typedef struct ccoe_moe_config {
     double bias_rate;       /* gates with CCOE_GATE_SCORE_BIAS (lossfree): the step of the
                                selection-bias update (ccoe_moe_bias_update); 0 = bias frozen;
                                must be 0 for the other gates */
+    int n_shared;           /* shared experts (DeepSeekMoE): FFNs of the routed experts' shape
+                               that every token passes through with weight 1, beside its K
+                               routed ones; 0..n_experts, default 0 */
     int n_domains;          /* domain gate: entries of domain_expert */
     int32_t domain_expert[CCOE_MOE_MAX_DOMAINS]; /* domain gate: domain d -> expert index */
 } ccoe_moe_config;
@@ -96,6 +100,8 @@ typedef struct ccoe_moe {
      * on a 16-float (64-byte) boundary */
     size_t off_router, off_noise; /* (E, C) each, or (size_t)-1 when absent */
     size_t off_score_bias;        /* (E) selection bias (CCOE_GATE_SCORE_BIAS), or -1 */
+    size_t off_shared;            /* shared expert s's tensors: [off_shared + s stride, + stride),
+                                     -1 when there are none */
     size_t off_experts;           /* expert e's tensors: [off_experts + e stride, + stride) */
     size_t expert_stride;
     size_t off_fc_w, off_fc_b, off_proj_w, off_proj_b; /* within an expert; -1 when absent */
@@ -113,6 +119,7 @@ typedef struct ccoe_moe {
 /* One parameter tensor of the layer's region. */
 typedef struct ccoe_moe_tensor {
     char name[CCOE_MOE_NAME]; /* "router.weight", "router.noise_weight", "router.score_bias",
+                                 "shared.0.fc.weight", ... (the routed experts' four names),
                                  "experts.3.fc.weight", "experts.3.fc.bias",
                                  "experts.3.proj.weight", "experts.3.proj.bias" */
     int ndim;
@@ -120,7 +127,8 @@ typedef struct ccoe_moe_tensor {
     size_t offset;            /* floats from the start of the layer's region */
     size_t numel;
     int decay;                /* 1 for matrices (AdamW decay), 0 for biases and state */
-    int expert;               /* owning expert, -1 for the router */
+    int expert;               /* owning routed expert, -1 for the router and shared experts
+                                 (replicated under expert parallelism) */
 } ccoe_moe_tensor;
 
 /* Per-call routing context. */
@@ -212,6 +220,10 @@ typedef struct ccoe_moe_acts {
     float *home;             /* (maxN K, C) this rank's kept slots in send order (owner rank,
                                 expert, token): the inputs sent, then the outputs received */
     int32_t *ep_kept;        /* (P, E) kept slots of rank p for expert e (every rank's) */
+    /* shared experts (cfg.n_shared > 0; this rank's rows under expert parallelism) */
+    float *sh_fch;           /* (n_shared, maxN, F2) fc outputs of every row */
+    float *sh_act;           /* (n_shared, maxN, F) activations */
+    float *sh_y;             /* (maxN, C) one shared expert's output (forward scratch) */
 } ccoe_moe_acts;
 
 /* Backward scratch (may be shared by all MoE layers of a model). */
@@ -231,6 +243,9 @@ typedef struct ccoe_moe_scratch {
     double *sums;            /* (4 E + 4) allreduced sums (aux losses, statistics) */
     size_t *send_counts, *send_displs, *recv_counts, *recv_displs; /* (P) each, in floats */
     int64_t *cursor;         /* (P) */
+    /* shared experts (cfg.n_shared > 0) */
+    float *sh_dact;          /* (maxN, F) */
+    float *sh_dfch;          /* (maxN, F2) */
 } ccoe_moe_scratch;
 
 /* ---- setup ---- */
@@ -274,7 +289,8 @@ ccoe_status ccoe_moe_check_domains(const ccoe_moe *m, int n_domains, ccoe_error 
 
 /* Parameter tensors, in layout order: router.weight, router.noise_weight (noisy),
  * router.score_bias (gates with CCOE_GATE_SCORE_BIAS: state, not trained: its gradient is
- * always 0, so AdamW leaves it unchanged; ccoe_moe_bias_update moves it), then for
+ * always 0, so AdamW leaves it unchanged; ccoe_moe_bias_update moves it), for
+ * s = 0..n_shared-1 the shared experts shared.s.* (the four names below), then for
  * e = 0..E-1: experts.e.fc.weight, experts.e.fc.bias, experts.e.proj.weight,
  * experts.e.proj.bias (biases when cfg.bias). i in [0, m->n_tensors). */
 void ccoe_moe_tensor_at(const ccoe_moe *m, int i, ccoe_moe_tensor *t);

@@ -382,6 +382,7 @@ ccoe_status ccoe_moe_forward_ep(const ccoe_moe *m, ccoe_comm *comm, float *out, 
     CCOE_TRY(ccoe_moe_ep_to_home(m, comm, a->home, a->y, a, s, &st->ep_bytes_fwd,
                                  &st->t_fwd_exchange, err));
     ccoe_moe_combine(out, a->home, a->slot, a->weights, N, K, C);
+    ccoe_moe_shared_forward(m, a, out, inp, params, N); /* replicated: this rank's rows */
     double t4 = omp_get_wtime();
 
     if (stats) {
@@ -433,6 +434,7 @@ ccoe_status ccoe_moe_backward_ep(const ccoe_moe *m, ccoe_comm *comm, float *dinp
 
     /* 4. gate and router on this rank's rows; the aux losses are means over all ranks' */
     ccoe_moe_router_backward(m, dinp, grads, s, a, inp, params, aux_scale, N, a->N_total);
+    ccoe_moe_shared_backward(m, dinp, grads, s, a, dout, inp, params, N);
     double t4 = omp_get_wtime();
     if (stats) {
         ccoe_moe_backward_times(stats, t0, t1, t2, t3, t4);

@@ -67,14 +67,21 @@ size_t ccoe_moe_ref_scratch_doubles(const ccoe_moe *m)
     return ref_layout(m, NULL, &b);
 }
 
+/* Expert e's tensor at off: routed experts e >= 0, shared expert s as e = -1 - s. */
+static size_t ebase(const ccoe_moe *m, int e)
+{
+    return e >= 0 ? m->off_experts + (size_t)e * m->expert_stride
+                  : m->off_shared + (size_t)(-1 - e) * m->expert_stride;
+}
+
 static const double *eparam(const ccoe_moe *m, const double *params, int e, size_t off)
 {
-    return off == ABSENT ? NULL : params + m->off_experts + (size_t)e * m->expert_stride + off;
+    return off == ABSENT ? NULL : params + ebase(m, e) + off;
 }
 
 static double *egrad(const ccoe_moe *m, double *grads, int e, size_t off)
 {
-    return off == ABSENT ? NULL : grads + m->off_experts + (size_t)e * m->expert_stride + off;
+    return off == ABSENT ? NULL : grads + ebase(m, e) + off;
 }
 
 static int has_router(const ccoe_moe *m) { return m->off_router != ABSENT; }
@@ -189,6 +196,11 @@ static double ref_pass(const ccoe_moe *m, double *out, const double *inp, const 
                 for (int c = 0; c < C; c++)
                     o[c] += b->w[j] * b->y[c];
             }
+            for (int sh = 0; sh < m->cfg.n_shared; sh++) { /* shared experts, weight 1 */
+                expert_forward(m, params, -1 - sh, h, b);
+                for (int c = 0; c < C; c++)
+                    o[c] += b->y[c];
+            }
         }
         for (int j = 0; j < K; j++) {
             b->imp[ids[j]] += b->w[j];
@@ -207,6 +219,37 @@ static double ref_pass(const ccoe_moe *m, double *out, const double *inp, const 
         }
     }
     return z;
+}
+
+/* One expert (e as ebase) on token h with weight w and output gradient d: dh (C) += and the
+ * expert's gradients += of w <d, Expert_e(h)>; returns <d, Expert_e(h)> (the weight's
+ * gradient). */
+static double expert_backward(const ccoe_moe *m, double *dh, double *dparams,
+                              const double *params, int e, double w, const double *h,
+                              const double *d, ref_bufs *b)
+{
+    const int C = m->C, F = m->F, F2 = m->F2;
+    expert_forward(m, params, e, h, b);
+    double dw = 0.0;
+    for (int c = 0; c < C; c++) {
+        dw += d[c] * b->y[c];
+        b->dyv[c] = w * d[c];
+    }
+    for (int f = 0; f < F; f++)
+        b->dact[f] = 0.0;
+    ccoe_ref_linear_backward(b->dact, egrad(m, dparams, e, m->off_proj_w),
+                             egrad(m, dparams, e, m->off_proj_b), b->dyv, b->act,
+                             eparam(m, params, e, m->off_proj_w), 1, F, C);
+    for (int f = 0; f < F2; f++)
+        b->dfch[f] = 0.0;
+    if (m->cfg.expert == CCOE_MOE_GELU)
+        ccoe_ref_gelu_backward(b->dfch, b->fch, b->dact, (size_t)F);
+    else
+        ccoe_ref_swiglu_backward(b->dfch, b->fch, b->dact, 1, F);
+    ccoe_ref_linear_backward(dh, egrad(m, dparams, e, m->off_fc_w),
+                             egrad(m, dparams, e, m->off_fc_b), b->dfch, h,
+                             eparam(m, params, e, m->off_fc_w), 1, C, F2);
+    return dw;
 }
 
 double ccoe_moe_ref_forward(const ccoe_moe *m, double *out, ccoe_moe_aux *aux, const double *inp,
@@ -238,7 +281,7 @@ void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, con
                            const double *inp, const double *params, const ccoe_moe_routing *r,
                            double aux_scale, double *scratch, int N)
 {
-    const int E = m->E, K = m->K, C = m->C, F = m->F, F2 = m->F2;
+    const int E = m->E, K = m->K, C = m->C;
     ref_bufs b;
     ref_layout(m, scratch, &b);
     ref_pass(m, NULL, inp, params, r, &b, N);
@@ -261,27 +304,10 @@ void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, con
             b.dw[j] = 0.0;
             if (!slot_kept(r, (size_t)n * K + j))
                 continue;
-            int e = ids[j];
-            expert_forward(m, params, e, h, &b);
-            for (int c = 0; c < C; c++) {
-                b.dw[j] += d[c] * b.y[c];
-                b.dyv[c] = b.w[j] * d[c];
-            }
-            for (int f = 0; f < F; f++)
-                b.dact[f] = 0.0;
-            ccoe_ref_linear_backward(b.dact, egrad(m, dparams, e, m->off_proj_w),
-                                     egrad(m, dparams, e, m->off_proj_b), b.dyv, b.act,
-                                     eparam(m, params, e, m->off_proj_w), 1, F, C);
-            for (int f = 0; f < F2; f++)
-                b.dfch[f] = 0.0;
-            if (m->cfg.expert == CCOE_MOE_GELU)
-                ccoe_ref_gelu_backward(b.dfch, b.fch, b.dact, (size_t)F);
-            else
-                ccoe_ref_swiglu_backward(b.dfch, b.fch, b.dact, 1, F);
-            ccoe_ref_linear_backward(dh, egrad(m, dparams, e, m->off_fc_w),
-                                     egrad(m, dparams, e, m->off_fc_b), b.dfch, h,
-                                     eparam(m, params, e, m->off_fc_w), 1, C, F2);
+            b.dw[j] = expert_backward(m, dh, dparams, params, ids[j], b.w[j], h, d, &b);
         }
+        for (int sh = 0; sh < m->cfg.n_shared; sh++)
+            expert_backward(m, dh, dparams, params, -1 - sh, 1.0, h, d, &b);
         if (!has_router(m))
             continue;
         for (int j = 0; j < K; j++) /* importance: Imp_i = sum of the gate values of i */

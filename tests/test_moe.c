@@ -512,20 +512,24 @@ static void test_fd_layer(void **state)
     (void)state;
     /*                 gate          N  C  E  K  F sw b rn  cf   imp  load sw   z   eps tr drops */
     const moe_case cases[] = {
-        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0},
-        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.8, 0.0, 0.0, 0.0, 0.0, 0, 0},
-        {"topk",         9, 5, 4, 2, 3, 1, 0, 0, 0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0, 0},
-        {"topk",         9, 5, 4, 2, 3, 0, 1, 0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 0, 0},
-        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1},
-        {"softmax",      7, 4, 3, 3, 3, 1, 1, 1, 0.0, 0.6, 0.0, 0.5, 0.2, 0.0, 0, 0},
-        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
-        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 1, 0},
-        {"noisy_topk",   9, 5, 5, 2, 3, 1, 0, 1, 0.0, 0.7, 0.0, 0.0, 0.0, 0.01, 1, 0},
-        {"noisy_topk",  12, 4, 4, 2, 2, 0, 1, 1, 1.0, 0.5, 0.6, 0.4, 0.2, 0.0, 1, 1},
-        {"noisy_topk",   6, 3, 3, 1, 2, 1, 1, 1, 0.0, 0.5, 0.6, 0.4, 0.2, 0.01, 0, 0},
-        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
+        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.8, 0.0, 0.0, 0.0, 0.0, 0, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 1, 0, 0, 0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 0, 1, 0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 0, 0, 0},
+        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1, 0},
+        {"softmax",      7, 4, 3, 3, 3, 1, 1, 1, 0.0, 0.6, 0.0, 0.5, 0.2, 0.0, 0, 0, 0},
+        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
+        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 1, 0, 0},
+        {"noisy_topk",   9, 5, 5, 2, 3, 1, 0, 1, 0.0, 0.7, 0.0, 0.0, 0.0, 0.01, 1, 0, 0},
+        {"noisy_topk",  12, 4, 4, 2, 2, 0, 1, 1, 1.0, 0.5, 0.6, 0.4, 0.2, 0.0, 1, 1, 0},
+        {"noisy_topk",   6, 3, 3, 1, 2, 1, 1, 1, 0.0, 0.5, 0.6, 0.4, 0.2, 0.01, 0, 0, 0},
+        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
         /* fixed routing with drops: the hash gate (the domain gate is always dropless) */
-        {"hash",        16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
+        {"hash",        16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0},
+        /* shared experts beside routed ones with drops; beside the domain rule; SwiGLU */
+        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1, 2},
+        {"domain",      16, 4, 5, 1, 3, 1, 0, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 1},
+        {"lossfree",     9, 5, 5, 2, 3, 1, 1, 1, 0.0, 0.0, 0.0, 0.3, 0.1, 0.0, 1, 0, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fd_layer_case(&cases[i], 400 + 10 * i);
@@ -579,8 +583,9 @@ static void check_invariants(const moe_case *mc, const fx *f, const ccoe_moe_sta
     assert_true(dropped_tokens == st->dropped_tokens);
     for (int e = 0; e < E; e++)
         assert_true(routed[e] == st->routed_per_expert[e]);
-    /* tokens whose slots all dropped output 0 (the residual carries them) */
-    for (int n = 0; n < N; n++) {
+    /* tokens whose slots all dropped output 0 (the residual carries them), or only the shared
+     * experts' sum */
+    for (int n = 0; n < N && m->cfg.n_shared == 0; n++) {
         int kept = 0;
         for (int j = 0; j < K; j++)
             kept += f->a.slot[(size_t)n * K + j] >= 0;
@@ -669,28 +674,28 @@ static void test_fast_vs_ref(void **state)
     (void)state;
     /*                 gate          N   C  E  K   F sw b rn  cf    imp  load sw   z    eps tr drops */
     const moe_case cases[] = {
-        {"topk",        37, 24, 4, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"topk",        40, 16, 5, 2, 21, 1, 0, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 1},
-        {"topk",        40, 16, 5, 2, 21, 0, 1, 0, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 0, 0},
-        {"topk",        40, 16, 5, 3, 21, 1, 1, 1, 1.0,  0.2, 0.0, 0.0, 0.0, 0.0, 0, 1},
-        {"noisy_topk",  33, 20, 6, 2, 17, 0, 1, 1, 1.25, 0.4, 0.6, 0.2, 0.1, 0.0, 1, 0},
-        {"noisy_topk",  33, 20, 7, 3, 18, 1, 1, 1, 0.0,  0.4, 0.6, 0.2, 0.1, 0.01, 0, 0},
-        {"noisy_topk",  48, 12, 6, 2, 9,  0, 0, 1, 1.0,  0.4, 0.6, 0.2, 0.1, 0.0, 1, 1},
-        {"softmax",     29, 16, 3, 3, 20, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"softmax",     29, 16, 4, 4, 20, 1, 0, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"domain",      40, 16, 5, 1, 13, 0, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
-        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
-        {"hash",        40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
+        {"topk",        37, 24, 4, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
+        {"topk",        40, 16, 5, 2, 21, 1, 0, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 1, 0},
+        {"topk",        40, 16, 5, 2, 21, 0, 1, 0, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0},
+        {"topk",        40, 16, 5, 3, 21, 1, 1, 1, 1.0,  0.2, 0.0, 0.0, 0.0, 0.0, 0, 1, 0},
+        {"noisy_topk",  33, 20, 6, 2, 17, 0, 1, 1, 1.25, 0.4, 0.6, 0.2, 0.1, 0.0, 1, 0, 0},
+        {"noisy_topk",  33, 20, 7, 3, 18, 1, 1, 1, 0.0,  0.4, 0.6, 0.2, 0.1, 0.01, 0, 0, 0},
+        {"noisy_topk",  48, 12, 6, 2, 9,  0, 0, 1, 1.0,  0.4, 0.6, 0.2, 0.1, 0.0, 1, 1, 0},
+        {"softmax",     29, 16, 3, 3, 20, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
+        {"softmax",     29, 16, 4, 4, 20, 1, 0, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
+        {"domain",      40, 16, 5, 1, 13, 0, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
+        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
+        {"hash",        40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0},
         /* odd shapes: N = 1, E = 1, K = 1, F = 1, C = 1 */
-        {"topk",         1, 24, 3, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"topk",         1, 24, 3, 2, 19, 1, 1, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"topk",        23, 17, 1, 1, 33, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"softmax",     23, 17, 1, 1, 33, 1, 1, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"noisy_topk",  23, 17, 4, 1, 1,  0, 1, 1, 1.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 1},
-        {"noisy_topk",  11, 1,  3, 2, 5,  1, 1, 1, 0.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 0},
+        {"topk",         1, 24, 3, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
+        {"topk",         1, 24, 3, 2, 19, 1, 1, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
+        {"topk",        23, 17, 1, 1, 33, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
+        {"softmax",     23, 17, 1, 1, 33, 1, 1, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
+        {"noisy_topk",  23, 17, 4, 1, 1,  0, 1, 1, 1.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 1, 0},
+        {"noisy_topk",  11, 1,  3, 2, 5,  1, 1, 1, 0.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 0, 0},
         /* enough rows for threaded GEMMs */
-        {"noisy_topk", 300, 48, 8, 2, 80, 0, 1, 1, 1.0,  0.3, 0.3, 0.3, 0.1, 0.0, 1, 1},
-        {"topk",       300, 40, 6, 2, 72, 1, 0, 1, 0.0,  0.3, 0.0, 0.3, 0.1, 0.0, 0, 0},
+        {"noisy_topk", 300, 48, 8, 2, 80, 0, 1, 1, 1.0,  0.3, 0.3, 0.3, 0.1, 0.0, 1, 1, 0},
+        {"topk",       300, 40, 6, 2, 72, 1, 0, 1, 0.0,  0.3, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
     };
     const ccoe_moe_schedule sched[3] = {CCOE_MOE_SCHED_AUTO, CCOE_MOE_SCHED_GEMM,
                                         CCOE_MOE_SCHED_EXPERTS};
@@ -797,7 +802,7 @@ static void test_identity_dispatch(void **state)
 static void dense_case(int swiglu, int bias)
 {
     const int N = 45, C = 24, F = 37, F2 = swiglu ? 2 * F : F;
-    moe_case mc = {"topk", N, C, 1, 1, F, swiglu, bias, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0};
+    moe_case mc = {"topk", N, C, 1, 1, F, swiglu, bias, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -864,7 +869,7 @@ static void test_dense_equivalence(void **state)
 static void test_domain_gate(void **state)
 {
     (void)state;
-    moe_case mc = {"domain", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0};
+    moe_case mc = {"domain", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -898,7 +903,7 @@ static void test_domain_gate(void **state)
 static void test_hash_gate(void **state)
 {
     (void)state;
-    moe_case mc = {"hash", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0};
+    moe_case mc = {"hash", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -955,7 +960,7 @@ static void test_noise_split(void **state)
 {
     (void)state;
     const int N = 22, C = 12, E = 6;
-    moe_case mc = {"noisy_topk", N, C, E, 2, 10, 0, 1, 1, 0.0, 0.1, 0.1, 0.0, 0.0, 0.0, 1, 0};
+    moe_case mc = {"noisy_topk", N, C, E, 2, 10, 0, 1, 1, 0.0, 0.1, 0.1, 0.0, 0.0, 0.0, 1, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1010,7 +1015,7 @@ static void balance_run(const char *gate, double w_imp, double w_load, double w_
                         double lr, double *cv0, double *cv1)
 {
     const int N = 512, C = 16, E = 8, steps = 50;
-    moe_case mc = {gate, N, C, E, 2, 4, 0, 1, 1, 0.0, w_imp, w_load, w_switch, 0.0, 0.0, 1, 0};
+    moe_case mc = {gate, N, C, E, 2, 4, 0, 1, 1, 0.0, w_imp, w_load, w_switch, 0.0, 0.0, 1, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1074,7 +1079,7 @@ static void test_lossfree_bias(void **state)
 {
     (void)state;
     const int N = 512, C = 16, E = 8;
-    moe_case mc = {"lossfree", N, C, E, 2, 4, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0};
+    moe_case mc = {"lossfree", N, C, E, 2, 4, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     cfg.bias_rate = 0.01;
@@ -1194,6 +1199,10 @@ static void test_validate(void **state)
     expect_bad(&c, "bias_rate = 0.001 applies to a gate with a selection bias");
     c = ok, snprintf(c.gate, sizeof c.gate, "lossfree"), c.bias_rate = -1.0;
     expect_bad(&c, "bias_rate = -1");
+    c = ok, c.n_shared = c.n_experts + 1; /* shared experts larger than the layer */
+    expect_bad(&c, "n_shared = ");
+    c = ok, c.n_shared = -1;
+    expect_bad(&c, "n_shared = -1");
     c = ok, c.n_experts = 0, c.top_k = 1;
     expect_bad(&c, "n_experts = 0");
     c = ok, c.n_experts = CCOE_MOE_MAX_EXPERTS + 1;
@@ -1313,6 +1322,29 @@ static void test_layout(void **state)
     assert_int_equal(ccoe_moe_capacity(&m, 100), 32); /* ceil(1.25 * 100 * 2 / 8) */
     assert_int_equal(ccoe_moe_capacity(&m, 1), 1);
     assert_true(ccoe_moe_acts_bytes(&m) > 0 && ccoe_moe_scratch_bytes(&m) > 0);
+    /* the lossfree gate's bias state and shared experts: after the router, before the routed
+     * experts, replicated (expert -1), the routed experts' names unchanged */
+    ccoe_moe_config c3 = cfg;
+    snprintf(c3.gate, sizeof c3.gate, "lossfree");
+    c3.noise_eps = 0.0;
+    c3.w_load = 0.0;
+    c3.n_shared = 2;
+    assert_int_equal(ccoe_moe_init(&m, &c3, 7, 10, &G, &err), CCOE_OK);
+    const char *want3[4] = {"router.weight", "router.score_bias", "shared.0.fc.weight",
+                            "shared.0.fc.bias"};
+    for (int i = 0; i < 4; i++) {
+        ccoe_moe_tensor t;
+        ccoe_moe_tensor_at(&m, i, &t);
+        assert_string_equal(t.name, want3[i]);
+        assert_int_equal(t.expert, -1);
+    }
+    ccoe_moe_tensor t3;
+    ccoe_moe_tensor_at(&m, 2 + 2 * 4, &t3); /* the first routed tensor */
+    assert_string_equal(t3.name, "experts.0.fc.weight");
+    assert_int_equal(t3.expert, 0);
+    assert_true(t3.offset == m.off_experts);
+    assert_true(m.off_shared + 2 * m.expert_stride == m.off_experts);
+    assert_int_equal(m.n_tensors, 2 + (2 + 3) * 4);
 }
 
 /* Capacity is a training device: an evaluation pass (pass.train = 0) uses eval_capacity_factor
@@ -1322,7 +1354,7 @@ static void test_eval_dropless(void **state)
 {
     (void)state;
     const int N = 40, C = 8, E = 4;
-    moe_case mc = {"topk", N, C, E, 2, 6, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1, 1};
+    moe_case mc = {"topk", N, C, E, 2, 6, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1, 1, 0};
     ccoe_moe_config cfg, dl;
     case_config(&mc, &cfg);
     assert_true(cfg.capacity_factor == 1.0 && cfg.eval_capacity_factor == 0.0);
@@ -1371,7 +1403,7 @@ static void test_eval_dropless(void **state)
 static void test_stats_json(void **state)
 {
     (void)state;
-    moe_case mc = {"noisy_topk", 30, 8, 4, 2, 6, 0, 1, 1, 1.0, 0.1, 0.1, 0.1, 0.1, 0.0, 1, 0};
+    moe_case mc = {"noisy_topk", 30, 8, 4, 2, 6, 0, 1, 1, 1.0, 0.1, 0.1, 0.1, 0.1, 0.0, 1, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1401,7 +1433,7 @@ static double bench_moe(const char *gate, int E, int K, int F, double cf,
                         ccoe_moe_schedule sched, int iters, ccoe_moe_stats *acc)
 {
     const int N = 1024, C = 256;
-    moe_case mc = {gate, N, C, E, K, F, 0, 1, 1, cf, 0.01, 0.0, 0.01, 0.001, 0.0, 1, 0};
+    moe_case mc = {gate, N, C, E, K, F, 0, 1, 1, cf, 0.01, 0.0, 0.01, 0.001, 0.0, 1, 0, 0};
     if (ccoe_gate_find(gate)->flags & CCOE_GATE_NOISE)
         mc.w_load = 0.01;
     ccoe_moe_config cfg;
@@ -1483,7 +1515,7 @@ static void test_bench(void **state)
     printf("gemm: %s, %d threads\n", G.kernel_set, G.nthreads);
     {
         ccoe_moe_config cfg;
-        moe_case mc = {"topk", 1024, 256, 8, 2, 1024, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0};
+        moe_case mc = {"topk", 1024, 256, 8, 2, 1024, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0};
         case_config(&mc, &cfg);
         ccoe_moe m;
         ccoe_error err;
