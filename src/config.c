@@ -238,6 +238,9 @@ static const ccoe_config_key key_table[] = {
     INT("moe", "n_shared", moe.n_shared, 0, CCOE_GATE_MAX_EXPERTS, "0",
         "shared experts (DeepSeekMoE): FFNs of the routed experts' size that every token "
         "passes through with weight 1, beside its top_k routed ones; 0..n_experts"),
+    INT("moe", "granularity", moe.granularity, 1, 64, "1",
+        "fine-grained experts (DeepSeekMoE): each expert split into m: the layer has "
+        "m * n_experts experts of expert hidden / m, each token takes m * top_k of them"),
 
     ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
          "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "

@@ -160,9 +160,12 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_con
     const ccoe_gate_ops *g = ccoe_gate_find(s->gate);
     ccoe_moe_defaults(out);
     snprintf(out->gate, sizeof out->gate, "%s", s->gate);
-    out->n_experts = s->n_experts;
-    out->top_k = s->top_k;
-    out->ffn_hidden = s->expert_hidden > 0 ? s->expert_hidden : m->ffn_hidden;
+    /* fine-grained experts (DeepSeekMoE): each expert split into g, top-k scaled by g, so the
+     * active expert parameters per token stay those of g = 1 */
+    const int gr = s->granularity > 1 ? s->granularity : 1;
+    out->n_experts = s->n_experts * gr;
+    out->top_k = s->top_k * gr;
+    out->ffn_hidden = (s->expert_hidden > 0 ? s->expert_hidden : m->ffn_hidden) / gr;
     out->expert = m->ffn == CCOE_FFN_SWIGLU ? CCOE_MOE_SWIGLU : CCOE_MOE_GELU;
     out->bias = m->bias;
     out->renormalize = s->renormalize;
@@ -210,6 +213,32 @@ ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
                               "set moe.w_switch = 0, moe.w_z = 0 and moe.w_importance = 0 (now "
                               "%g, %g, %g)",
                               g->name, s->w_switch, s->w_z, s->w_importance);
+    if (s->granularity > 1) {
+        const int F = s->expert_hidden > 0 ? s->expert_hidden : c->model.ffn_hidden;
+        if (g && (!(g->flags & CCOE_GATE_ROUTER) || (g->flags & CCOE_GATE_ONE_EXPERT)))
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "moe.granularity = %d splits the experts for a learned "
+                                  "router that picks top_k of them; gate %s %s: set "
+                                  "moe.granularity = 1",
+                                  s->granularity, g->name,
+                                  (g->flags & CCOE_GATE_ROUTER) ? "sends each token to one "
+                                                                  "expert"
+                                                                : "routes by a rule");
+        if (F % s->granularity != 0)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "moe.granularity = %d does not divide the expert hidden size "
+                                  "%d (moe.expert_hidden, or model.ffn_hidden when it is 0): "
+                                  "use a divisor of %d or set moe.expert_hidden to a multiple "
+                                  "of %d",
+                                  s->granularity, F, F, s->granularity);
+        if ((long long)s->n_experts * s->granularity > CCOE_MOE_MAX_EXPERTS)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "moe.granularity = %d times moe.n_experts = %d gives %lld "
+                                  "experts, more than %d: lower one of them",
+                                  s->granularity, s->n_experts,
+                                  (long long)s->n_experts * s->granularity,
+                                  CCOE_MOE_MAX_EXPERTS);
+    }
     ccoe_status st = ccoe_moe_validate(&mc, err);
     if (st == CCOE_OK || !err)
         return st;

@@ -265,7 +265,8 @@ void ccoe_moe_defaults(ccoe_moe_config *cfg);
 ccoe_status ccoe_moe_validate(const ccoe_moe_config *cfg, ccoe_error *err);
 
 /* The MoE layer config of a [moe] section for a resolved model config (expert_hidden 0 ->
- * m->ffn_hidden, expert kind and biases from the model; a gate with CCOE_GATE_DOMAIN: the table
+ * m->ffn_hidden, expert kind and biases from the model; fine-grained experts, granularity g > 1:
+ * n_experts g E, top_k g K, ffn_hidden F / g; a gate with CCOE_GATE_DOMAIN: the table
  * maps domain d to expert d for d < n_experts; a gate with CCOE_GATE_DROPLESS: both capacity
  * factors 0, whatever the section says). Returns 0 (out untouched) when sec->gate is
  * none: a dense model; 1 otherwise. Does not validate (ccoe_moe_config_check does). */
@@ -274,7 +275,8 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *sec, const ccoe_model_c
 
 /* The cross-field rules of the [moe] section of c (model.ffn_hidden resolved, every key in
  * range: after ccoe_config_validate): moe.every against model.n_layer, no balancing losses on
- * a gate without a router, then ccoe_moe_validate of the layer config with its messages
+ * a gate without a router, moe.granularity (a learned router with a choice of experts, a
+ * divisor of the expert hidden size, g * n_experts within the limit), then ccoe_moe_validate of the layer config with its messages
  * naming the keys ("moe.top_k = 9 ..."). OK when moe.gate = none. */
 ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err);
 

@@ -686,6 +686,11 @@ static void test_fast_vs_ref(void **state)
         {"domain",      40, 16, 5, 1, 13, 0, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
         {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
         {"hash",        40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0},
+        /* DeepSeekMoE shapes: fine-grained (granularity 4 of E 4, K 2, F 20: 16 experts of 5,
+         * top-8) with 2 shared experts; lossfree with drops and a shared expert */
+        {"topk",        40, 16, 16, 8, 5, 1, 1, 1, 1.0,  0.2, 0.0, 0.3, 0.1, 0.0, 1, 1, 2},
+        {"lossfree",    40, 16, 16, 8, 5, 0, 1, 1, 0.0,  0.0, 0.0, 0.3, 0.1, 0.0, 1, 0, 2},
+        {"lossfree",    40, 16, 5, 2, 21, 0, 1, 1, 1.0,  0.0, 0.0, 0.3, 0.1, 0.0, 1, 1, 1},
         /* odd shapes: N = 1, E = 1, K = 1, F = 1, C = 1 */
         {"topk",         1, 24, 3, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
         {"topk",         1, 24, 3, 2, 19, 1, 1, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
@@ -1153,6 +1158,57 @@ static void test_lossfree_bias(void **state)
     fx_free(&f);
 }
 
+/* Fine-grained experts (moe.granularity = g): the section's E, K, F become g E, g K, F / g (the
+ * active expert parameters per token unchanged); bad settings name the key and the fix. */
+static void test_granularity(void **state)
+{
+    (void)state;
+    ccoe_config c;
+    ccoe_config_defaults(&c);
+    c.model.ffn_hidden = 48;
+    snprintf(c.moe.gate, sizeof c.moe.gate, "topk");
+    c.moe.n_experts = 4;
+    c.moe.top_k = 2;
+    c.moe.granularity = 3;
+    c.moe.n_shared = 1;
+    ccoe_moe_config mc;
+    assert_int_equal(ccoe_moe_config_from_section(&c.moe, &c.model, &mc), 1);
+    assert_int_equal(mc.n_experts, 12);
+    assert_int_equal(mc.top_k, 6);
+    assert_int_equal(mc.ffn_hidden, 16);
+    assert_int_equal(mc.n_shared, 1); /* one shared expert of the fine-grained width */
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_OK);
+    c.moe.expert_hidden = 40; /* explicit expert width: 40 / 4 */
+    c.moe.granularity = 4;
+    assert_int_equal(ccoe_moe_config_from_section(&c.moe, &c.model, &mc), 1);
+    assert_int_equal(mc.ffn_hidden, 10);
+    assert_int_equal(mc.top_k, 8);
+    /* granularity 1 is the plain layer */
+    c.moe.granularity = 1;
+    assert_int_equal(ccoe_moe_config_from_section(&c.moe, &c.model, &mc), 1);
+    assert_true(mc.n_experts == 4 && mc.top_k == 2 && mc.ffn_hidden == 40);
+    /* bad input */
+    c.moe.granularity = 3; /* 40 % 3 != 0 */
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "moe.granularity = 3 does not divide the expert hidden size 40"));
+    c.moe.granularity = 2;
+    c.moe.n_experts = 300; /* 600 experts */
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "moe.granularity = 2 times moe.n_experts = 300"));
+    c.moe.n_experts = 4;
+    snprintf(c.moe.gate, sizeof c.moe.gate, "hash");
+    c.moe.top_k = 1;
+    c.moe.w_switch = c.moe.w_z = 0.0;
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "gate hash routes by a rule: set moe.granularity = 1"));
+    snprintf(c.moe.gate, sizeof c.moe.gate, "domain");
+    c.moe.capacity_factor = 0.0;
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "moe.granularity"));
+}
+
 /* ======================= 6. configuration and layout ======================= */
 
 static void expect_bad(const ccoe_moe_config *cfg, const char *needle)
@@ -1578,6 +1634,7 @@ int main(void)
         cmocka_unit_test(test_noise_split),
         cmocka_unit_test(test_balancing_lowers_cv),
         cmocka_unit_test(test_lossfree_bias),
+        cmocka_unit_test(test_granularity),
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_stats_json),

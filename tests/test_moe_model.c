@@ -55,6 +55,8 @@ static ccoe_config tiny_moe_config(const moe_case *mc)
     c.moe.w_switch = mc->w_switch;
     c.moe.w_z = mc->w_z;
     c.moe.n_shared = mc->n_shared;
+    if (mc->granularity > 0)
+        c.moe.granularity = mc->granularity;
     return c;
 }
 
@@ -145,6 +147,9 @@ static void test_gradcheck_gates(void **state)
         {"topk", 4, 2, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0, 0.1, 0.01, 0, 1, 0},
         {"lossfree", 4, 2, 1, CCOE_BLOCK_POST_LN, 1.0, 0, 0, 0.1, 0.01, 0, 2, 0},
         {"domain", 3, 1, 1, CCOE_BLOCK_PRE_LN, 0, 0, 0, 0, 0, 0, 1, 0},
+        /* fine-grained experts: 2 x 3 = 6 experts of width 6, top-4; with a shared one */
+        {"topk", 3, 2, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0, 0.1, 0.01, 0, 1, 2},
+        {"noisy_topk", 2, 1, 1, CCOE_BLOCK_PRE_LN, 1.0, 0.1, 0.1, 0.1, 0.01, 0.01, 0, 3},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         gradcheck_case(&cases[i]);

@@ -85,6 +85,10 @@ expect_fail 2 "moe.eval_capacity_factor" -- "$CCOE" train "$TINY" --set moe.gate
   --set moe.eval_capacity_factor=0.5 --set train.out_dir=bad
 expect_fail 2 "moe.w_switch" -- "$CCOE" train "$TINY" --set moe.gate=hash --set moe.top_k=1 \
   --set train.out_dir=bad
+expect_fail 2 "moe.n_shared" -- "$CCOE" train "$TINY" --set moe.gate=topk --set moe.n_experts=4 \
+  --set moe.n_shared=5 --set train.out_dir=bad
+expect_fail 2 "moe.granularity" -- "$CCOE" train "$TINY" --set moe.gate=hash --set moe.top_k=1 \
+  --set moe.w_switch=0 --set moe.w_z=0 --set moe.granularity=2 --set train.out_dir=bad
 pass "bad [moe] settings exit 2 naming the key"
 
 # a large balancing coefficient lowers the load CV during a short training run (same seed,

@@ -524,6 +524,8 @@ static ccoe_status open_model(ccoe_model *m, const mcase *mc, const ccoe_gemm *g
     c.moe.w_switch = mc->w_switch;
     c.moe.w_z = mc->w_z;
     c.moe.n_shared = mc->n_shared;
+    if (mc->granularity > 0)
+        c.moe.granularity = mc->granularity;
     CCOE_TRY(ccoe_session_validate(&c, err));
     CCOE_TRY(ccoe_model_init_moe(m, &c.model, NULL, &c.moe, maxB, MT, g, 1, err));
     ccoe_model_init_weights(m, 7, CCOE_INIT_RANDOM);
@@ -589,18 +591,19 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
     ccoe_model m;
     CHECK_OK(open_model(&m, mc, g, B > 0 ? B : 1, &err));
     int32_t owner[8];
+    const int LE = m.moe.E; /* the layer's experts (fine-grained: granularity * E) */
     if (pl) { /* the trainer's map function (src/placement.h) */
         ccoe_mpi_config mpi = {.placement = pl->policy};
         size_t used = 0;
-        for (int e = 0; e < mc->E && pl->policy == CCOE_PLACE_LIST; e++)
+        for (int e = 0; e < LE && pl->policy == CCOE_PLACE_LIST; e++)
             used += (size_t)snprintf(mpi.map + used, sizeof mpi.map - used, "%s%d", e ? "," : "",
                                      pl->list[e] % P);
-        CHECK_OK(ccoe_placement_map(&mpi, mc->E, P, NULL, owner, &err));
+        CHECK_OK(ccoe_placement_map(&mpi, LE, P, NULL, owner, &err));
     }
     CHECK_OK(ccoe_model_set_comm(&m, comm, pl ? owner : NULL, &err));
-    for (int e = 0; e < mc->E && P > 1; e++) /* the layer follows the map */
+    for (int e = 0; e < LE && P > 1; e++) /* the layer follows the map */
         CHECK(ccoe_moe_expert_owner(&m.moe, e) ==
-              (pl ? owner[e] : (int)(((long long)(e + 1) * P - 1) / mc->E)));
+              (pl ? owner[e] : (int)(((long long)(e + 1) * P - 1) / LE)));
     ccoe_model_zero_grad(&m);
     m.token_offset = (int64_t)b0 * MT;
     double sums[2] = {ccoe_model_forward(&m, tok + b0 * MT, tgt + b0 * MT, dom + b0, B, MT,
@@ -675,6 +678,10 @@ int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
          * with the aux-loss-free gate */
         {"topk", 4, 2, 1.0, 0.1, 0, 0.05, 0.01, 0, 0, 2, 0},
         {"lossfree", 4, 2, 1.25, 0, 0, 0, 0.01, 0, 0, 1, 0},
+        /* fine-grained experts: granularity 2 gives 8 experts of half width, top-4 (and
+         * with 1 shared expert of that width) */
+        {"topk", 4, 2, 1.0, 0.1, 0, 0.05, 0.01, 0, 0, 1, 2},
+        {"lossfree", 2, 1, 0, 0, 0, 0, 0.01, 0, 0, 0, 4},
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -691,6 +698,9 @@ int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
     fails += model_case(comm, g, &cases[3], 3, &list);
     fails += model_case(comm, g, &cases[4], 3, &rr);
     fails += model_case(comm, g, &cases[5], 3, &list);
+    fails += model_case(comm, g, &cases[6], MB, &rr);
+    fails += model_case(comm, g, &cases[6], 3, &list);
+    fails += model_case(comm, g, &cases[7], MB, NULL);
     /* every gate of the registry that has a capacity (not CCOE_GATE_DROPLESS), with one and
      * every balancing loss it has */
     mcase reg[TU_MOE_MAX_REGISTRY_CASES];
