@@ -235,6 +235,9 @@ static const ccoe_config_key key_table[] = {
     DBL("moe", "bias_rate", moe.bias_rate, 0, 0, 1e6, 0, "0.001",
         "lossfree: after each step the selection bias b_e += bias_rate * sign(mean load - "
         "load_e); 0 = frozen bias (other gates ignore it)"),
+    DBL("moe", "w_seq", moe.w_seq, 0, 0, 1e6, 0, "0",
+        "lossfree: weight of DeepSeek-V3's sequence-wise balance loss mean over sequences of "
+        "sum_i f_i P_i (0 = none; must be 0 for the other gates)"),
     INT("moe", "n_shared", moe.n_shared, 0, CCOE_GATE_MAX_EXPERTS, "0",
         "shared experts (DeepSeekMoE): FFNs of the routed experts' size that every token "
         "passes through with weight 1, beside its top_k routed ones; 0..n_experts"),

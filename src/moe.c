@@ -111,7 +111,7 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
         double v;
     } coef[] = {{"noise_eps", c->noise_eps},     {"w_importance", c->w_importance},
                 {"w_load", c->w_load},           {"w_switch", c->w_switch},
-                {"w_z", c->w_z}};
+                {"w_z", c->w_z},                 {"w_seq", c->w_seq}};
     for (size_t i = 0; i < sizeof coef / sizeof coef[0]; i++)
         if (!isfinite(coef[i].v) || coef[i].v < 0.0)
             return bad(err, "%s = %g: must be finite and >= 0", coef[i].name, coef[i].v);
@@ -129,6 +129,10 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
     }
     if (!isfinite(c->bias_rate) || c->bias_rate < 0.0)
         return bad(err, "bias_rate = %g: must be finite and >= 0", c->bias_rate);
+    if (c->w_seq != 0.0 && !(g->flags & CCOE_GATE_SCORE_BIAS))
+        return bad(err, "w_seq = %g is the sequence-wise balance loss of gate lossfree (on its "
+                   "sigmoid affinities), not of %s: set it to 0 or use gate lossfree", c->w_seq,
+                   g->name);
     if (c->bias_rate != 0.0 && !(g->flags & CCOE_GATE_SCORE_BIAS))
         return bad(err, "bias_rate = %g applies to a gate with a selection bias (lossfree), "
                    "not %s: set it to 0 or use gate lossfree", c->bias_rate, g->name);
@@ -179,6 +183,7 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_con
     out->w_switch = s->w_switch;
     out->w_z = s->w_z;
     out->n_shared = s->n_shared;
+    out->w_seq = s->w_seq;
     if (g && (g->flags & CCOE_GATE_SCORE_BIAS)) /* other gates have no bias to move */
         out->bias_rate = s->bias_rate;
     if (g && (g->flags & CCOE_GATE_DOMAIN)) {
@@ -245,7 +250,7 @@ ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
     /* "moe: KEY = ..." -> "moe.KEY = ..." when KEY is a [moe] key */
     static const char *const keys[] = {"gate", "n_experts", "top_k", "renormalize",
                                        "capacity_factor", "eval_capacity_factor", "noise_eps", "w_importance",
-                                       "w_load", "w_switch", "w_z", "bias_rate", "n_shared", NULL};
+                                       "w_load", "w_switch", "w_z", "bias_rate", "n_shared", "w_seq", NULL};
     if (strncmp(err->msg, "moe: ", 5) == 0)
         for (size_t i = 0; keys[i]; i++) {
             size_t n = strlen(keys[i]);
@@ -508,7 +513,7 @@ void ccoe_moe_scratch_carve(ccoe_moe_scratch *s, const ccoe_moe *m, ccoe_arena *
     s->home = take(arena, (size_t)m->max_home * C, sizeof(float), ep);
     s->stage = take(arena, (size_t)m->max_recv * C, sizeof(float), ep);
     s->counts = take(arena, (P + 1) * (1 + K * E), sizeof(int32_t), ep);
-    s->sums = take(arena, 4 * E + 4, sizeof(double), ep);
+    s->sums = take(arena, 4 * E + 6, sizeof(double), ep);
     s->send_counts = take(arena, P, sizeof(size_t), ep);
     s->send_displs = take(arena, P, sizeof(size_t), ep);
     s->recv_counts = take(arena, P, sizeof(size_t), ep);
@@ -800,6 +805,43 @@ static int expert_schedule(const ccoe_moe *m, const int32_t *offsets, int32_t *o
     return (double)makespan <= CCOE_MOE_PAR_SLACK * (double)total / nt;
 }
 
+/* DeepSeek-V3's sequence-wise balance (Eqs. 17-20) of one sequence, rows [r0, r1) of acts:
+ * f (E) = E / (K T) * router choices of each expert over the sequence's T rows; returns
+ * sum_i f_i P_i with P_i = mean over the rows of s_i / sum_j s_j, s = sigmoid(logits). */
+static double seq_balance_one(const ccoe_moe *m, const ccoe_moe_acts *a, int r0, int r1,
+                              double *f)
+{
+    const int E = m->E, K = m->K, T = r1 - r0;
+    for (int i = 0; i < E; i++)
+        f[i] = 0.0;
+    for (size_t t = (size_t)r0 * K; t < (size_t)r1 * K; t++)
+        f[a->ids[t]] += 1.0;
+    for (int i = 0; i < E; i++)
+        f[i] *= (double)E / ((double)K * T);
+    double v = 0.0;
+    for (int n = r0; n < r1; n++) {
+        const float *l = a->logits + (size_t)n * E;
+        double S = 0.0, d = 0.0;
+        for (int i = 0; i < E; i++) {
+            double s = ccoe_gate_sigmoid_d((double)l[i]);
+            S += s;
+            d += f[i] * s;
+        }
+        v += d / S / T;
+    }
+    return v;
+}
+
+/* Sum over this call's sequences (a->seq_T rows each, the last possibly shorter) of the
+ * sequence-wise balance value. */
+static double seq_balance_sum(const ccoe_moe *m, const ccoe_moe_acts *a, int N)
+{
+    double f[CCOE_MOE_MAX_EXPERTS], v = 0.0;
+    for (int r0 = 0; r0 < N; r0 += a->seq_T)
+        v += seq_balance_one(m, a, r0, r0 + a->seq_T < N ? r0 + a->seq_T : N, f);
+    return v;
+}
+
 /* The sums over this call's N rows behind the aux losses: acts' importance, frac (router
  * choices, not yet divided), pmean (sums of softmax(logits)) and load; fills probs, lse and
  * load_p. Returns sum_n lse_n^2. */
@@ -813,6 +855,9 @@ double ccoe_moe_aux_sums(const ccoe_moe *m, ccoe_moe_acts *a, const ccoe_gate_ar
         a->importance[a->ids[t]] += a->weights[t];
         a->frac[a->ids[t]] += 1.0;
     }
+    a->seq_T = ga->T > 0 ? ga->T : (N > 0 ? N : 1);
+    a->n_seq = (double)((N + a->seq_T - 1) / a->seq_T);
+    a->seq_sum = m->cfg.w_seq != 0.0 ? seq_balance_sum(m, a, N) : 0.0;
     if (!router)
         return 0.0;
     float *probs = a->probs, *lse = a->lse;
@@ -862,6 +907,11 @@ void ccoe_moe_aux_values(const ccoe_moe *m, ccoe_moe_acts *a, ccoe_moe_stats *st
     st->loss_switch = m->cfg.w_switch * st->switch_value;
     st->loss_z = m->cfg.w_z * st->z_value;
     st->loss_aux = st->loss_importance + st->loss_load + st->loss_switch + st->loss_z;
+    if (m->cfg.w_seq != 0.0) { /* sequence-wise balance (lossfree) */
+        st->seq_value = a->n_seq > 0.0 ? a->seq_sum / a->n_seq : 0.0;
+        st->loss_seq = m->cfg.w_seq * st->seq_value;
+        st->loss_aux += st->loss_seq;
+    }
 }
 
 /* Per-token statistics sums over this call's rows: tokens with every slot dropped, gate and
@@ -1224,6 +1274,35 @@ void ccoe_moe_router_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe
                 dl[i] += p[i] * (csw[i] - dot + zl);
         }
     }
+    if (m->cfg.w_seq != 0.0 && a->n_seq > 0.0) {
+        /* sequence-wise balance: for the rows t of sequence q, d/ds'_it = c_i = scale f_i / T_q
+         * (f held: it counts the selection); s' = s / S gives dL/ds_k = (c_k - sum_i c_i
+         * s'_i) / S, and ds/dlogit = s (1 - s) */
+        const double cs = sc * m->cfg.w_seq / a->n_seq;
+        const int T = a->seq_T, nq = (N + T - 1) / T;
+        float *dlogits = s->dlogits;
+#pragma omp parallel for schedule(static)
+        for (int q = 0; q < nq; q++) {
+            const int r0 = q * T, r1 = r0 + T < N ? r0 + T : N;
+            double f[CCOE_MOE_MAX_EXPERTS];
+            seq_balance_one(m, a, r0, r1, f);
+            for (int i = 0; i < E; i++)
+                f[i] *= cs / (r1 - r0);
+            for (int n = r0; n < r1; n++) {
+                const float *l = a->logits + (size_t)n * E;
+                float *dl = dlogits + (size_t)n * E;
+                double sg[CCOE_MOE_MAX_EXPERTS], S = 0.0, dot = 0.0;
+                for (int i = 0; i < E; i++) {
+                    sg[i] = ccoe_gate_sigmoid_d((double)l[i]);
+                    S += sg[i];
+                    dot += f[i] * sg[i];
+                }
+                dot /= S;
+                for (int i = 0; i < E; i++)
+                    dl[i] += (float)(sg[i] * (1.0 - sg[i]) * (f[i] - dot) / S);
+            }
+        }
+    }
     if (m->cfg.w_load != 0.0) {
         double dload[CCOE_MOE_MAX_EXPERTS];
         cv2_grad(dload, a->load, E, sc * m->cfg.w_load);
@@ -1321,6 +1400,8 @@ int ccoe_moe_stats_json(const ccoe_moe_stats *s, char *buf, size_t cap)
          s->gate_entropy, s->router_entropy, s->load_cv, s->cv2_importance, s->cv2_load,
          s->switch_value, s->z_value, s->loss_importance, s->loss_load, s->loss_switch,
          s->loss_z, s->loss_aux, s->train_drop_rate);
+    if (s->loss_seq != 0.0 || s->seq_value != 0.0) /* lossfree with the sequence-wise loss */
+        jput(&b, ",\"seq_value\":%.6g,\"loss_seq\":%.6g", s->seq_value, s->loss_seq);
     if (s->ep_bytes_meta > 0) /* expert parallelism: this rank's share and its exchanges */
         jput(&b,
              ",\"N_local\":%d,\"ep_bytes_fwd\":%lld,\"ep_bytes_bwd\":%lld,"

@@ -70,6 +70,9 @@ typedef struct ccoe_moe_config {
     double w_load;          /* Shazeer: w * CV(Load)^2, smooth load; noisy_topk with K < E */
     double w_switch;        /* Switch/GShard: w * E * sum_i f_i P_i */
     double w_z;             /* router z-loss: w * mean_n logsumexp(logits_n)^2 */
+    double w_seq;           /* gates with CCOE_GATE_SCORE_BIAS (lossfree): DeepSeek-V3's
+                               sequence-wise balance loss w * mean over sequences of
+                               sum_i f_i P_i on the sigmoid affinities; 0 for other gates */
     double bias_rate;       /* gates with CCOE_GATE_SCORE_BIAS (lossfree): the step of the
                                selection-bias update (ccoe_moe_bias_update); 0 = bias frozen;
                                must be 0 for the other gates */
@@ -167,7 +170,10 @@ typedef struct ccoe_moe_stats {
     double cv2_load;           /* CV(smooth Load)^2 (noisy_topk with K < E, else 0) */
     double switch_value;       /* E sum_i f_i P_i (unweighted) */
     double z_value;            /* mean_n logsumexp(logits_n)^2 (unweighted) */
+    double seq_value;          /* sequence-wise balance (lossfree): mean over sequences of
+                                  sum_i f_i P_i (unweighted; 0 for other gates) */
     double loss_importance, loss_load, loss_switch, loss_z; /* weighted by the coefficients */
+    double loss_seq;           /* w_seq * seq_value */
     double loss_aux;           /* their sum: the value ccoe_moe_forward returns */
     int expert_parallel;       /* 1 if the experts ran in parallel (ccoe_moe_schedule) */
     /* seconds: forward router+gate+aux, dispatch (plan+gather), experts, combine; backward
@@ -212,6 +218,9 @@ typedef struct ccoe_moe_acts {
     double *load;            /* (E) sum_n P(x_n, i) */
     double *frac;            /* (E) f_i: share of the N K router choices that pick i */
     double *pmean;           /* (E) P_i: mean of softmax(logits)_i */
+    int seq_T;               /* rows per sequence of the last forward (pass->T, or N) */
+    double seq_sum, n_seq;   /* sequence-wise balance: sum over sequences of sum_i f_i P_i and
+                                the number of sequences (global under expert parallelism) */
     /* expert parallelism (carved when m->ep_size > 0; the E-sized sums above are then global,
      * and xin .. y hold the rows this rank's experts received, grouped by expert, within an
      * expert by source rank and token: the global token order) */
@@ -240,7 +249,7 @@ typedef struct ccoe_moe_scratch {
     float *stage;            /* (max_recv, C) rows in arrival order (source rank, expert, token) */
     int32_t *counts;         /* (P, 1 + K E) allgathered: each rank's N and per-(round j,
                                 expert e) router choices */
-    double *sums;            /* (4 E + 4) allreduced sums (aux losses, statistics) */
+    double *sums;            /* (4 E + 6) allreduced sums (aux losses, statistics) */
     size_t *send_counts, *send_displs, *recv_counts, *recv_displs; /* (P) each, in floats */
     int64_t *cursor;         /* (P) */
     /* shared experts (cfg.n_shared > 0) */
@@ -462,11 +471,12 @@ typedef struct ccoe_moe_routing {
     const int32_t *ids;    /* (N, K) */
     const int32_t *slot;   /* (N, K) < 0 = slot dropped by capacity; NULL = nothing dropped */
     const int32_t *kth;    /* (N) noisy gates (load estimator) */
+    int T;                 /* rows per sequence (sequence-wise balance loss); 0 = all N rows */
     const double *noise;   /* (N, E) noisy gates */
 } ccoe_moe_routing;
 
 typedef struct ccoe_moe_aux {
-    double importance, load, switch_, z; /* weighted by the coefficients */
+    double importance, load, switch_, z, seq; /* weighted by the coefficients */
     double total;
 } ccoe_moe_aux;
 

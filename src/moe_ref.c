@@ -252,6 +252,51 @@ static double expert_backward(const ccoe_moe *m, double *dh, double *dparams,
     return dw;
 }
 
+/* DeepSeek-V3's sequence-wise balance from its definition: for each sequence q of r->T rows
+ * (the last possibly shorter), f_i = E / (K T_q) * #{(t, j): ids_tj = i}, P_i = (1 / T_q)
+ * sum_t sigmoid(l_ti) / sum_k sigmoid(l_tk); value = mean over sequences of sum_i f_i P_i.
+ * With dparams non-NULL instead: adds scale * d(value)/d(params) and to dinp (the router's
+ * backward of the logits' gradient), f held (it counts the fixed selection). */
+static double ref_seq_balance(const ccoe_moe *m, double *dinp, double *dparams,
+                              const double *inp, const double *params,
+                              const ccoe_moe_routing *r, double scale, ref_bufs *b, int N)
+{
+    const int E = m->E, K = m->K, C = m->C, T = r->T > 0 ? r->T : N;
+    const int nq = (N + T - 1) / T;
+    double v = 0.0;
+    for (int q = 0; q < nq; q++) {
+        const int r0 = q * T, r1 = r0 + T < N ? r0 + T : N, Tq = r1 - r0;
+        for (int i = 0; i < E; i++)
+            b->csw[i] = 0.0; /* f of this sequence */
+        for (int n = r0; n < r1; n++)
+            for (int j = 0; j < K; j++)
+                b->csw[r->ids[(size_t)n * K + j]] += (double)E / ((double)K * Tq);
+        for (int n = r0; n < r1; n++) {
+            const double *h = inp + (size_t)n * C;
+            ccoe_ref_linear_forward(b->logits, h, params + m->off_router, NULL, 1, C, E);
+            double S = 0.0;
+            for (int i = 0; i < E; i++) {
+                b->p[i] = 1.0 / (1.0 + exp(-b->logits[i]));
+                S += b->p[i];
+            }
+            for (int i = 0; i < E; i++)
+                v += b->csw[i] * b->p[i] / S / Tq / nq;
+            if (!dparams)
+                continue;
+            /* d/dl_k of sum_i c_i s_i / S, c_i = scale f_i / (T_q nq) */
+            double dot = 0.0;
+            for (int i = 0; i < E; i++)
+                dot += b->csw[i] * b->p[i] / S;
+            for (int k = 0; k < E; k++)
+                b->dl[k] = scale / ((double)Tq * nq) * b->p[k] * (1.0 - b->p[k]) *
+                           (b->csw[k] - dot) / S;
+            ccoe_ref_linear_backward(dinp + (size_t)n * C, dparams + m->off_router, NULL, b->dl,
+                                     h, params + m->off_router, 1, C, E);
+        }
+    }
+    return v;
+}
+
 double ccoe_moe_ref_forward(const ccoe_moe *m, double *out, ccoe_moe_aux *aux, const double *inp,
                             const double *params, const ccoe_moe_routing *r, double *scratch,
                             int N)
@@ -272,6 +317,10 @@ double ccoe_moe_ref_forward(const ccoe_moe *m, double *out, ccoe_moe_aux *aux, c
             a.load = m->cfg.w_load * cv2(b.load, m->E);
     }
     a.total = a.importance + a.load + a.switch_ + a.z;
+    if (m->cfg.w_seq != 0.0) {
+        a.seq = m->cfg.w_seq * ref_seq_balance(m, NULL, NULL, inp, params, r, 0.0, &b, N);
+        a.total += a.seq;
+    }
     if (aux)
         *aux = a;
     return a.total;
@@ -330,4 +379,6 @@ void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, con
             ccoe_ref_linear_backward(dh, dparams + m->off_noise, NULL, b.dnl, h,
                                      params + m->off_noise, 1, C, E);
     }
+    if (m->cfg.w_seq != 0.0) /* last: it reuses the per-token buffers and csw */
+        ref_seq_balance(m, dinp, dparams, inp, params, r, aux_scale * m->cfg.w_seq, &b, N);
 }

@@ -152,6 +152,7 @@ static void routing_from_acts(ref_routing *rr, const fx *f)
     rr->r.ids = f->a.ids;
     rr->r.slot = f->a.slot;
     rr->r.kth = f->a.kth;
+    rr->r.T = f->a.seq_T; /* the sequences of the fast forward (pass.T) */
     rr->r.noise = NULL;
     if (f->a.noise) {
         rr->noise = tu_dnew((size_t)f->N * f->m.E);
@@ -512,24 +513,24 @@ static void test_fd_layer(void **state)
     (void)state;
     /*                 gate          N  C  E  K  F sw b rn  cf   imp  load sw   z   eps tr drops */
     const moe_case cases[] = {
-        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0},
-        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.8, 0.0, 0.0, 0.0, 0.0, 0, 0, 0},
-        {"topk",         9, 5, 4, 2, 3, 1, 0, 0, 0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0, 0, 0},
-        {"topk",         9, 5, 4, 2, 3, 0, 1, 0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 0, 0, 0},
-        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1, 0},
-        {"softmax",      7, 4, 3, 3, 3, 1, 1, 1, 0.0, 0.6, 0.0, 0.5, 0.2, 0.0, 0, 0, 0},
-        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
-        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 1, 0, 0},
-        {"noisy_topk",   9, 5, 5, 2, 3, 1, 0, 1, 0.0, 0.7, 0.0, 0.0, 0.0, 0.01, 1, 0, 0},
-        {"noisy_topk",  12, 4, 4, 2, 2, 0, 1, 1, 1.0, 0.5, 0.6, 0.4, 0.2, 0.0, 1, 1, 0},
-        {"noisy_topk",   6, 3, 3, 1, 2, 1, 1, 1, 0.0, 0.5, 0.6, 0.4, 0.2, 0.01, 0, 0, 0},
-        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.8, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 1, 0, 0, 0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0, 0, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 0, 1, 0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 0, 0, 0, 0},
+        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1, 0, 0},
+        {"softmax",      7, 4, 3, 3, 3, 1, 1, 1, 0.0, 0.6, 0.0, 0.5, 0.2, 0.0, 0, 0, 0, 0},
+        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0},
+        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 1, 0, 0, 0},
+        {"noisy_topk",   9, 5, 5, 2, 3, 1, 0, 1, 0.0, 0.7, 0.0, 0.0, 0.0, 0.01, 1, 0, 0, 0},
+        {"noisy_topk",  12, 4, 4, 2, 2, 0, 1, 1, 1.0, 0.5, 0.6, 0.4, 0.2, 0.0, 1, 1, 0, 0},
+        {"noisy_topk",   6, 3, 3, 1, 2, 1, 1, 1, 0.0, 0.5, 0.6, 0.4, 0.2, 0.01, 0, 0, 0, 0},
+        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0},
         /* fixed routing with drops: the hash gate (the domain gate is always dropless) */
-        {"hash",        16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0},
+        {"hash",        16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0, 0},
         /* shared experts beside routed ones with drops; beside the domain rule; SwiGLU */
-        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1, 2},
-        {"domain",      16, 4, 5, 1, 3, 1, 0, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 1},
-        {"lossfree",     9, 5, 5, 2, 3, 1, 1, 1, 0.0, 0.0, 0.0, 0.3, 0.1, 0.0, 1, 0, 1},
+        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1, 2, 0},
+        {"domain",      16, 4, 5, 1, 3, 1, 0, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 1, 0},
+        {"lossfree",     9, 5, 5, 2, 3, 1, 1, 1, 0.0, 0.0, 0.0, 0.3, 0.1, 0.0, 1, 0, 1, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fd_layer_case(&cases[i], 400 + 10 * i);
@@ -674,33 +675,33 @@ static void test_fast_vs_ref(void **state)
     (void)state;
     /*                 gate          N   C  E  K   F sw b rn  cf    imp  load sw   z    eps tr drops */
     const moe_case cases[] = {
-        {"topk",        37, 24, 4, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
-        {"topk",        40, 16, 5, 2, 21, 1, 0, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 1, 0},
-        {"topk",        40, 16, 5, 2, 21, 0, 1, 0, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0},
-        {"topk",        40, 16, 5, 3, 21, 1, 1, 1, 1.0,  0.2, 0.0, 0.0, 0.0, 0.0, 0, 1, 0},
-        {"noisy_topk",  33, 20, 6, 2, 17, 0, 1, 1, 1.25, 0.4, 0.6, 0.2, 0.1, 0.0, 1, 0, 0},
-        {"noisy_topk",  33, 20, 7, 3, 18, 1, 1, 1, 0.0,  0.4, 0.6, 0.2, 0.1, 0.01, 0, 0, 0},
-        {"noisy_topk",  48, 12, 6, 2, 9,  0, 0, 1, 1.0,  0.4, 0.6, 0.2, 0.1, 0.0, 1, 1, 0},
-        {"softmax",     29, 16, 3, 3, 20, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
-        {"softmax",     29, 16, 4, 4, 20, 1, 0, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
-        {"domain",      40, 16, 5, 1, 13, 0, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
-        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0},
-        {"hash",        40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0},
+        {"topk",        37, 24, 4, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"topk",        40, 16, 5, 2, 21, 1, 0, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 1, 0, 0},
+        {"topk",        40, 16, 5, 2, 21, 0, 1, 0, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0},
+        {"topk",        40, 16, 5, 3, 21, 1, 1, 1, 1.0,  0.2, 0.0, 0.0, 0.0, 0.0, 0, 1, 0, 0},
+        {"noisy_topk",  33, 20, 6, 2, 17, 0, 1, 1, 1.25, 0.4, 0.6, 0.2, 0.1, 0.0, 1, 0, 0, 0},
+        {"noisy_topk",  33, 20, 7, 3, 18, 1, 1, 1, 0.0,  0.4, 0.6, 0.2, 0.1, 0.01, 0, 0, 0, 0},
+        {"noisy_topk",  48, 12, 6, 2, 9,  0, 0, 1, 1.0,  0.4, 0.6, 0.2, 0.1, 0.0, 1, 1, 0, 0},
+        {"softmax",     29, 16, 3, 3, 20, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"softmax",     29, 16, 4, 4, 20, 1, 0, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"domain",      40, 16, 5, 1, 13, 0, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0},
+        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0},
+        {"hash",        40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0, 0},
         /* DeepSeekMoE shapes: fine-grained (granularity 4 of E 4, K 2, F 20: 16 experts of 5,
          * top-8) with 2 shared experts; lossfree with drops and a shared expert */
-        {"topk",        40, 16, 16, 8, 5, 1, 1, 1, 1.0,  0.2, 0.0, 0.3, 0.1, 0.0, 1, 1, 2},
-        {"lossfree",    40, 16, 16, 8, 5, 0, 1, 1, 0.0,  0.0, 0.0, 0.3, 0.1, 0.0, 1, 0, 2},
-        {"lossfree",    40, 16, 5, 2, 21, 0, 1, 1, 1.0,  0.0, 0.0, 0.3, 0.1, 0.0, 1, 1, 1},
+        {"topk",        40, 16, 16, 8, 5, 1, 1, 1, 1.0,  0.2, 0.0, 0.3, 0.1, 0.0, 1, 1, 2, 0},
+        {"lossfree",    40, 16, 16, 8, 5, 0, 1, 1, 0.0,  0.0, 0.0, 0.3, 0.1, 0.0, 1, 0, 2, 0},
+        {"lossfree",    40, 16, 5, 2, 21, 0, 1, 1, 1.0,  0.0, 0.0, 0.3, 0.1, 0.0, 1, 1, 1, 0},
         /* odd shapes: N = 1, E = 1, K = 1, F = 1, C = 1 */
-        {"topk",         1, 24, 3, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
-        {"topk",         1, 24, 3, 2, 19, 1, 1, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
-        {"topk",        23, 17, 1, 1, 33, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
-        {"softmax",     23, 17, 1, 1, 33, 1, 1, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
-        {"noisy_topk",  23, 17, 4, 1, 1,  0, 1, 1, 1.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 1, 0},
-        {"noisy_topk",  11, 1,  3, 2, 5,  1, 1, 1, 0.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 0, 0},
+        {"topk",         1, 24, 3, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"topk",         1, 24, 3, 2, 19, 1, 1, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"topk",        23, 17, 1, 1, 33, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"softmax",     23, 17, 1, 1, 33, 1, 1, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"noisy_topk",  23, 17, 4, 1, 1,  0, 1, 1, 1.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 1, 0, 0},
+        {"noisy_topk",  11, 1,  3, 2, 5,  1, 1, 1, 0.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 0, 0, 0},
         /* enough rows for threaded GEMMs */
-        {"noisy_topk", 300, 48, 8, 2, 80, 0, 1, 1, 1.0,  0.3, 0.3, 0.3, 0.1, 0.0, 1, 1, 0},
-        {"topk",       300, 40, 6, 2, 72, 1, 0, 1, 0.0,  0.3, 0.0, 0.3, 0.1, 0.0, 0, 0, 0},
+        {"noisy_topk", 300, 48, 8, 2, 80, 0, 1, 1, 1.0,  0.3, 0.3, 0.3, 0.1, 0.0, 1, 1, 0, 0},
+        {"topk",       300, 40, 6, 2, 72, 1, 0, 1, 0.0,  0.3, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
     };
     const ccoe_moe_schedule sched[3] = {CCOE_MOE_SCHED_AUTO, CCOE_MOE_SCHED_GEMM,
                                         CCOE_MOE_SCHED_EXPERTS};
@@ -807,7 +808,7 @@ static void test_identity_dispatch(void **state)
 static void dense_case(int swiglu, int bias)
 {
     const int N = 45, C = 24, F = 37, F2 = swiglu ? 2 * F : F;
-    moe_case mc = {"topk", N, C, 1, 1, F, swiglu, bias, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0};
+    moe_case mc = {"topk", N, C, 1, 1, F, swiglu, bias, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -874,7 +875,7 @@ static void test_dense_equivalence(void **state)
 static void test_domain_gate(void **state)
 {
     (void)state;
-    moe_case mc = {"domain", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0};
+    moe_case mc = {"domain", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -908,7 +909,7 @@ static void test_domain_gate(void **state)
 static void test_hash_gate(void **state)
 {
     (void)state;
-    moe_case mc = {"hash", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0};
+    moe_case mc = {"hash", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -965,7 +966,7 @@ static void test_noise_split(void **state)
 {
     (void)state;
     const int N = 22, C = 12, E = 6;
-    moe_case mc = {"noisy_topk", N, C, E, 2, 10, 0, 1, 1, 0.0, 0.1, 0.1, 0.0, 0.0, 0.0, 1, 0, 0};
+    moe_case mc = {"noisy_topk", N, C, E, 2, 10, 0, 1, 1, 0.0, 0.1, 0.1, 0.0, 0.0, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1020,7 +1021,7 @@ static void balance_run(const char *gate, double w_imp, double w_load, double w_
                         double lr, double *cv0, double *cv1)
 {
     const int N = 512, C = 16, E = 8, steps = 50;
-    moe_case mc = {gate, N, C, E, 2, 4, 0, 1, 1, 0.0, w_imp, w_load, w_switch, 0.0, 0.0, 1, 0, 0};
+    moe_case mc = {gate, N, C, E, 2, 4, 0, 1, 1, 0.0, w_imp, w_load, w_switch, 0.0, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1084,7 +1085,7 @@ static void test_lossfree_bias(void **state)
 {
     (void)state;
     const int N = 512, C = 16, E = 8;
-    moe_case mc = {"lossfree", N, C, E, 2, 4, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0};
+    moe_case mc = {"lossfree", N, C, E, 2, 4, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     cfg.bias_rate = 0.01;
@@ -1410,7 +1411,7 @@ static void test_eval_dropless(void **state)
 {
     (void)state;
     const int N = 40, C = 8, E = 4;
-    moe_case mc = {"topk", N, C, E, 2, 6, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1, 1, 0};
+    moe_case mc = {"topk", N, C, E, 2, 6, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1, 1, 0, 0};
     ccoe_moe_config cfg, dl;
     case_config(&mc, &cfg);
     assert_true(cfg.capacity_factor == 1.0 && cfg.eval_capacity_factor == 0.0);
@@ -1459,7 +1460,7 @@ static void test_eval_dropless(void **state)
 static void test_stats_json(void **state)
 {
     (void)state;
-    moe_case mc = {"noisy_topk", 30, 8, 4, 2, 6, 0, 1, 1, 1.0, 0.1, 0.1, 0.1, 0.1, 0.0, 1, 0, 0};
+    moe_case mc = {"noisy_topk", 30, 8, 4, 2, 6, 0, 1, 1, 1.0, 0.1, 0.1, 0.1, 0.1, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1489,7 +1490,7 @@ static double bench_moe(const char *gate, int E, int K, int F, double cf,
                         ccoe_moe_schedule sched, int iters, ccoe_moe_stats *acc)
 {
     const int N = 1024, C = 256;
-    moe_case mc = {gate, N, C, E, K, F, 0, 1, 1, cf, 0.01, 0.0, 0.01, 0.001, 0.0, 1, 0, 0};
+    moe_case mc = {gate, N, C, E, K, F, 0, 1, 1, cf, 0.01, 0.0, 0.01, 0.001, 0.0, 1, 0, 0, 0};
     if (ccoe_gate_find(gate)->flags & CCOE_GATE_NOISE)
         mc.w_load = 0.01;
     ccoe_moe_config cfg;
@@ -1571,7 +1572,7 @@ static void test_bench(void **state)
     printf("gemm: %s, %d threads\n", G.kernel_set, G.nthreads);
     {
         ccoe_moe_config cfg;
-        moe_case mc = {"topk", 1024, 256, 8, 2, 1024, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0};
+        moe_case mc = {"topk", 1024, 256, 8, 2, 1024, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0, 0};
         case_config(&mc, &cfg);
         ccoe_moe m;
         ccoe_error err;

@@ -258,9 +258,9 @@ static int round_trip(ccoe_comm *comm, const ccoe_gemm *g, const lcase *c, const
 
 int tu_ep_round_trips(ccoe_comm *comm, const ccoe_gemm *g)
 {
-    static const lcase cap = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0, 0};
-    static const lcase dropless = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 0, 0, 0};
-    static const lcase three = {"topk", 0, 0, 3, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const lcase cap = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const lcase dropless = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const lcase three = {"topk", 0, 0, 3, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     int32_t map[5];
     for (int e = 0; e < 5; e++)
         map[e] = (e + 1) % comm->size; /* interleaved */
@@ -421,15 +421,15 @@ int tu_ep_layer_cases(ccoe_comm *comm, const ccoe_gemm *g)
     static const lcase cases[] = {
         /* gate, N, C (unused), E, K, F, swiglu, bias, renorm, cf, w_imp, w_load, w_switch,
          * w_z, noise_eps, train, expect_drops (unused) */
-        {"topk", 0, 0, 6, 2, 5, 0, 1, 1, 1.25, 0.1, 0, 0.05, 0.01, 0, 1, 0, 0},
-        {"topk", 0, 0, 5, 3, 4, 1, 0, 0, 0.0, 0, 0, 0.1, 0, 0, 1, 0, 0},
-        {"topk", 0, 0, 3, 1, 4, 0, 1, 1, 1.0, 0, 0, 0.1, 0.01, 0, 1, 0, 0},
-        {"softmax", 0, 0, 4, 4, 3, 0, 1, 1, 0.0, 0.1, 0, 0, 0.01, 0, 1, 0, 0},
-        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 1.0, 0.1, 0.1, 0.05, 0.01, 1e-2, 1, 0, 0},
-        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 0.0, 0.1, 0.1, 0, 0, 1e-2, 0, 0, 0}, /* evaluation */
-        {"domain", 0, 0, 5, 1, 4, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0},
-        {"domain", 0, 0, 5, 1, 4, 1, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0},
-        {"hash", 0, 0, 5, 1, 4, 1, 1, 1, 1.0, 0, 0, 0, 0, 0, 1, 0, 0}, /* fixed routing, drops */
+        {"topk", 0, 0, 6, 2, 5, 0, 1, 1, 1.25, 0.1, 0, 0.05, 0.01, 0, 1, 0, 0, 0},
+        {"topk", 0, 0, 5, 3, 4, 1, 0, 0, 0.0, 0, 0, 0.1, 0, 0, 1, 0, 0, 0},
+        {"topk", 0, 0, 3, 1, 4, 0, 1, 1, 1.0, 0, 0, 0.1, 0.01, 0, 1, 0, 0, 0},
+        {"softmax", 0, 0, 4, 4, 3, 0, 1, 1, 0.0, 0.1, 0, 0, 0.01, 0, 1, 0, 0, 0},
+        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 1.0, 0.1, 0.1, 0.05, 0.01, 1e-2, 1, 0, 0, 0},
+        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 0.0, 0.1, 0.1, 0, 0, 1e-2, 0, 0, 0, 0}, /* evaluation */
+        {"domain", 0, 0, 5, 1, 4, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0, 0},
+        {"domain", 0, 0, 5, 1, 4, 1, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0, 0},
+        {"hash", 0, 0, 5, 1, 4, 1, 1, 1, 1.0, 0, 0, 0, 0, 0, 1, 0, 0, 0}, /* fixed routing, drops */
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

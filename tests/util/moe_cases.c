@@ -23,6 +23,7 @@ void tu_moe_case_config(const tu_moe_case *c, ccoe_moe_config *cfg)
     cfg->w_z = c->w_z;
     cfg->noise_eps = c->noise_eps;
     cfg->n_shared = c->n_shared;
+    cfg->w_seq = c->w_seq;
     const ccoe_gate_ops *g = ccoe_gate_find(c->gate);
     if (g && (g->flags & CCOE_GATE_DOMAIN)) {
         cfg->n_domains = 4;
@@ -57,6 +58,8 @@ int tu_moe_registry_cases(tu_moe_case *out, int cap, int N, int C, int F)
             base.w_switch = 0.05;
             base.w_z = 0.01;
         }
+        if (g->flags & CCOE_GATE_SCORE_BIAS)
+            base.w_seq = 0.1; /* lossfree: its sequence-wise balance loss too */
         if (noisy) {
             base.noise_eps = 0.01;
             base.w_load = K < E ? 0.1 : 0.0; /* the load estimator needs K < E */

@@ -28,6 +28,7 @@ typedef struct tu_moe_case {
                          capacity cf; -1: evaluation pass, dropless (eval_capacity_factor 0) */
     int expect_drops; /* the case must drop slots (capacity actually bites) */
     int n_shared;     /* shared experts (0: none) */
+    double w_seq;     /* sequence-wise balance loss (gates with CCOE_GATE_SCORE_BIAS) */
 } tu_moe_case;
 
 /* cfg = the layer config of c (ccoe_moe_defaults, then the case's fields; cf is the capacity
