@@ -247,6 +247,12 @@ ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
     ccoe_status st = ccoe_moe_validate(&mc, err);
     if (st == CCOE_OK || !err)
         return st;
+    if (s->granularity > 1) { /* the layer's values are the split ones: say so */
+        size_t len = strlen(err->msg);
+        snprintf(err->msg + len, sizeof err->msg - len,
+                 " (with moe.granularity = %d the layer has n_experts = %d, top_k = %d)",
+                 s->granularity, mc.n_experts, mc.top_k);
+    }
     /* "moe: KEY = ..." -> "moe.KEY = ..." when KEY is a [moe] key */
     static const char *const keys[] = {"gate", "n_experts", "top_k", "renormalize",
                                        "capacity_factor", "eval_capacity_factor", "noise_eps", "w_importance",
