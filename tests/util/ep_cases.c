@@ -653,6 +653,21 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
         for (size_t j = 0; bp && j < bp->numel; j++)
             moved += m.param_block[bp->offset + j] != before[j];
         CHECK(moved > 0 || mb == 0);
+        /* data parallelism without expert parallelism: each rank's model counts its own rows
+         * only, and the update sums the counts over the ranks first. Block 0 only: a capacity
+         * decided per rank drops other tokens than the global one, which changes the inputs
+         * (and so the loads) of the later blocks */
+        ccoe_model D;
+        CHECK_OK(open_model(&D, mc, g, B > 0 ? B : 1, &err));
+        if (B > 0)
+            ccoe_model_forward(&D, tok + b0 * MT, tgt + b0 * MT, dom + b0, B, MT, &count);
+        CHECK_OK(ccoe_model_moe_bias_step(&D, comm, &err));
+        for (int i = 0; i < D.n_params; i++)
+            if (strcmp(D.params[i].name, "blocks.0.moe.router.score_bias") == 0)
+                CHECK(memcmp(D.param_block + D.params[i].offset,
+                             S.param_block + D.params[i].offset,
+                             D.params[i].numel * sizeof(float)) == 0);
+        ccoe_model_free(&D);
     }
     /* spoil the experts this rank does not own, then sync them from their owners */
     for (int i = 0; i < m.n_params; i++)
