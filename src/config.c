@@ -245,6 +245,18 @@ static const ccoe_config_key key_table[] = {
      FIELD(moe.train_router_only), .def = "false", .omit_default = 1,
      .help = "train only the routers (the MoE layers' router.* tensors), every other tensor "
              "frozen: a merged or upcycled model's router phase"},
+    DBL("moe", "bias_rate", moe.bias_rate, 0, 0, 1e6, 0, "0.001",
+        "lossfree: after each step the selection bias b_e += bias_rate * sign(mean load - "
+        "load_e); 0 = frozen bias (other gates ignore it)"),
+    DBL("moe", "w_seq", moe.w_seq, 0, 0, 1e6, 0, "0",
+        "lossfree: weight of DeepSeek-V3's sequence-wise balance loss mean over sequences of "
+        "sum_i f_i P_i (0 = none; must be 0 for the other gates)"),
+    INT("moe", "n_shared", moe.n_shared, 0, CCOE_GATE_MAX_EXPERTS, "0",
+        "shared experts (DeepSeekMoE): FFNs of the routed experts' size that every token "
+        "passes through with weight 1, beside its top_k routed ones; 0..n_experts"),
+    INT("moe", "granularity", moe.granularity, 1, 64, "1",
+        "fine-grained experts (DeepSeekMoE): each expert split into m: the layer has "
+        "m * n_experts experts of expert hidden / m, each token takes m * top_k of them"),
 
     ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
          "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "

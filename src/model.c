@@ -135,6 +135,11 @@ static ccoe_status setup_moe(ccoe_model *m, const ccoe_moe_section *sec, ccoe_er
     if (!m->moe_layer || !m->moe_offset || !m->moe_stats || !m->moe_tot_tokens ||
         !m->moe_tot_rows || !m->moe_tot_dropped || !m->moe_tot_entropy)
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MoE statistics");
+    if (ccoe_moe_has_score_bias(&m->moe)) {
+        m->moe_step_load = ccoe_aligned_calloc(sizeof(double) * n * E);
+        if (!m->moe_step_load)
+            return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MoE load counts");
+    }
     for (int l = 0; l < m->cfg.n_layer; l++)
         if (m->moe_of[l] >= 0)
             m->moe_layer[m->moe_of[l]] = l;
@@ -175,6 +180,20 @@ static int moe_distributed(const ccoe_model *m);
 int ccoe_model_forward_collective(const ccoe_model *m)
 {
     return (m->n_moe > 0 && moe_distributed(m)) || (m->place && m->place_active);
+}
+
+ccoe_status ccoe_model_moe_bias_step(ccoe_model *m, ccoe_comm *dp, ccoe_error *err)
+{
+    if (!m->moe_step_load)
+        return CCOE_OK;
+    const size_t n = (size_t)m->n_moe * (size_t)m->moe.E;
+    if (dp && dp->size > 1)
+        CCOE_TRY(dp->ops->allreduce_f64(dp, m->moe_step_load, n, err));
+    for (int i = 0; i < m->n_moe; i++)
+        ccoe_moe_bias_update(&m->moe, m->param_block + m->moe_offset[i],
+                             m->moe_step_load + (size_t)i * m->moe.E);
+    memset(m->moe_step_load, 0, sizeof(double) * n);
+    return CCOE_OK;
 }
 
 void ccoe_model_moe_reset_totals(ccoe_model *m)
@@ -316,6 +335,8 @@ void ccoe_model_free(ccoe_model *m)
     free(m->moe_tot_rows);
     free(m->moe_tot_dropped);
     free(m->moe_tot_entropy);
+    free(m->moe_step_load);
+    m->moe_step_load = NULL;
     m->moe_of = m->moe_layer = NULL;
     m->moe_offset = NULL;
     m->moe_stats = NULL;
@@ -505,6 +526,9 @@ static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int 
         m->aux_loss += ccoe_moe_forward(&m->moe, out, &m->moe_acts[i], st, inp,
                                         m->param_block + m->moe_offset[i], &pass, N);
     }
+    if (m->moe_step_load && m->train) /* the loads behind the selection-bias update */
+        for (int e = 0; e < m->moe.E; e++)
+            m->moe_step_load[(size_t)i * m->moe.E + e] += (double)st->routed_per_expert[e];
     if (m->collect_moe) { /* st->N: the tokens the statistics cover (every rank's under EP) */
         const int E = m->moe.E;
         for (int e = 0; e < E; e++)

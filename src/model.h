@@ -205,7 +205,19 @@ typedef struct ccoe_model {
     int64_t *moe_tot_dropped; /* (n_moe, 3) dropped slots, dropped tokens, and the slots the
                                  training capacity would drop (ccoe_moe_stats) */
     double *moe_tot_entropy;  /* (n_moe, 2) token-weighted sums of gate and router entropy */
+    /* auxiliary-loss-free balancing (gates with a selection bias): router choices per expert
+     * of the training forwards since the last ccoe_model_moe_bias_step; NULL for other gates */
+    double *moe_step_load;    /* (n_moe, E) */
 } ccoe_model;
+
+/* After an optimizer step: the selection-bias update of every MoE block whose gate has one
+ * (ccoe_moe_bias_update, papers/moe.md "Auxiliary-loss-free balancing") from the router
+ * choices the training forwards counted since the last call (every micro-batch of the step),
+ * then resets the counts. dp (may be NULL): the data-parallel ranks when each rank's forwards
+ * counted only its own tokens; the counts are summed over dp first, so every rank applies the
+ * same update (expert-parallel forwards count every rank's tokens already: pass NULL).
+ * COLLECTIVE on dp. Nothing (CCOE_OK) for a model without such a gate. */
+ccoe_status ccoe_model_moe_bias_step(ccoe_model *m, ccoe_comm *dp, ccoe_error *err);
 
 /* Builds the layout and allocates params, grads and activations for batches up to (maxB,maxT).
  * cfg must be validated and its vocab_size resolved. gating (may be NULL: a plain model)
