@@ -65,6 +65,7 @@ static void print_profile(ccoe_gemm_prof *p, int steps, double total, FILE *out)
 /* What one row measured (for the bf16/fp32 ratio line). */
 typedef struct bench_result {
     double tok_s, gflops;
+    double tok_cpu_s; /* tokens per CPU-second of the process */
 } bench_result;
 
 /* One row: `isolated` trains only CCoE expert 0 (o->ccoe set), else everything; linear layers
@@ -146,7 +147,10 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the GEMM profile");
     }
     m->train = 1;
+    double cpu0 = 0.0;
     for (int it = -2; it < o->steps; it++) {
+        if (it == 0)
+            cpu0 = ccoe_cpu_now();
         if (it == 0)
             s.gemm.prof = prof; /* time the measured steps only */
         double t0 = ccoe_now();
@@ -167,10 +171,12 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
             t_opt += t3 - t2;
         }
     }
+    const double cpu = ccoe_cpu_now() - cpu0;
     double total = t_fwd + t_bwd + t_opt;
     double tok_s = (double)N * o->steps / total;
     double gflops = flops / total * 1e-9; /* active model FLOPs actually computed */
     res->tok_s = tok_s;
+    res->tok_cpu_s = cpu > 0 ? (double)N * o->steps / cpu : 0.0;
     res->gflops = gflops;
     fprintf(out,
             "| %-9s%s%s | L%d C%d H%d V%d B%d T%d | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "
@@ -240,10 +246,11 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
             if (with_bf16)
                 CCOE_TRY(bench_one(&k_shapes[i], o, iso, "bf16", peak_bf16, &r16, out, err));
             if (both)
-                fprintf(out, "| %-9s%s bf16/fp32 | | | %.2fx | %.2fx | | | | |\n",
+                fprintf(out, "| %-9s%s bf16/fp32 | | | %.2fx | %.2fx | | | | per CPU-s %.2fx |\n",
                         k_shapes[i].name, !with_ccoe ? "" : iso ? " expert only" : " full",
                         r32.tok_s > 0 ? r16.tok_s / r32.tok_s : 0.0,
-                        r32.gflops > 0 ? r16.gflops / r32.gflops : 0.0);
+                        r32.gflops > 0 ? r16.gflops / r32.gflops : 0.0,
+                        r32.tok_cpu_s > 0 ? r16.tok_cpu_s / r32.tok_cpu_s : 0.0);
         }
     }
     fprintf(out, "(MFU/sgemm: model FLOP/s over the measured 1024^3 sgemm rate of the same "
@@ -251,5 +258,8 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
     if (with_bf16)
         fprintf(out, "(bf16 rows: linear layers in bf16 (run.precision = bf16); MFU/sgemm over "
                      "the 1024^3 bf16 GEMM rate, MFU/peak over the bf16 dot-product peak)\n");
+    if (both)
+        fprintf(out, "(bf16/fp32: ratios of tok/s and GFLOP/s; per CPU-s: of tokens per CPU-second "
+                     "of the process, the steadier figure on a loaded machine with 1 thread)\n");
     return CCOE_OK;
 }
