@@ -19,6 +19,7 @@
 static const ccoe_cli_cmd *const k_cmds[] = {
     &ccoe_cmd_train,    &ccoe_cmd_train_expert,
     &ccoe_cmd_eval,     &ccoe_cmd_generate,
+    &ccoe_cmd_train_router,
     &ccoe_cmd_info,     &ccoe_cmd_bench,
     &ccoe_cmd_push,     &ccoe_cmd_pop,
     &ccoe_cmd_compare,  &ccoe_cmd_reseal,

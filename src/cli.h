@@ -127,7 +127,7 @@ extern const ccoe_cli_cmd ccoe_cmd_train, ccoe_cmd_train_expert, ccoe_cmd_study,
     ccoe_cmd_generate, ccoe_cmd_info, ccoe_cmd_bench, ccoe_cmd_push, ccoe_cmd_pop,
     ccoe_cmd_compare, ccoe_cmd_reseal, ccoe_cmd_data_write_builtin, ccoe_cmd_tokenizer_encode,
     ccoe_cmd_tokenizer_decode, ccoe_cmd_tokenizer_train, ccoe_cmd_import, ccoe_cmd_export,
-    ccoe_cmd_help_config;
+    ccoe_cmd_help_config, ccoe_cmd_train_router;
 
 /* Test hooks (src/cmd_testhook.c, built with the CMake option CCOE_TEST_HOOKS, on by default):
  * fills the train options' injected failure from CCOE_TEST_FAIL_MODE / _RANK / _STEP
