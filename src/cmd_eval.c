@@ -78,6 +78,10 @@ static ccoe_status run_routed_eval(const ccoe_cli_args *a, ccoe_session *s, ccoe
         st = ccoe_error_set(err, CCOE_ERR_ARG, "--routing %s: '%s' is not a routing mode; give "
                             "%s, comma-separated, or all",
                             ccoe_cli_str(a, "--routing"), bad, CCOE_ROUTING_NAMES);
+    for (int i = 0; st == CCOE_OK && i < n; i++) { /* every mode's refusal before any output */
+        const ccoe_routing rt = {.mode = modes[i], .router = found ? &router : NULL};
+        st = ccoe_routing_check(&s->model, &rt, err);
+    }
     if (st == CCOE_OK && a->comm->rank == 0)
         printf("checkpoint %s, data %s%s\n", path, s->cfg.data.manifest,
                found ? ", with a domain router" : "");
