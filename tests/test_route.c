@@ -213,19 +213,23 @@ static void test_posterior_dominant_path(void **state)
     ccoe_route_batch(m, &am, &w, tokens, targets, B, T, loss_arg, path, NULL, &count);
     for (int t = 1; t < T - 1; t++)
         assert_true(loss_arg[t] < 1e-2);
-    /* generation: the prompt's likelihood already picks q; the argmax text is token 5s */
-    const char *prompts[1] = {"abc"};
+    /* generation: a prompt of byte 5s (the byte tokenizer's id 5) already picks q by its
+     * likelihood, and q's text is more 5s; under the mixture too */
+    const char *prompts[1] = {"\x05\x05\x05\x05"};
     char out0[64], *outs[1] = {out0};
     int paths[1] = {-1};
     const ccoe_gen_opts go = {.max_new = 4};
-    s.batch.maxB = 8;
     assert_int_equal(
         ccoe_generate_routed(m, &s.tok, &s.batch, prompts, 1, &am, &go, outs, 64, paths, &err),
         CCOE_OK);
-    /* the prompt's tokens are not 5, so every path explains them equally (the forced heads
-     * put the same mass on them): the tie goes to the base, whose head is uniform; after the
-     * first generated token (argmax of the base's uniform distribution) the posterior moves */
-    assert_true(paths[0] >= 0 && paths[0] < P);
+    assert_int_equal(paths[0], q);
+    assert_string_equal(out0, "\x05\x05\x05\x05");
+    paths[0] = -1;
+    assert_int_equal(
+        ccoe_generate_routed(m, &s.tok, &s.batch, prompts, 1, &mix, &go, outs, 64, paths, &err),
+        CCOE_OK);
+    assert_int_equal(paths[0], q);
+    assert_string_equal(out0, "\x05\x05\x05\x05");
     ccoe_route_ws_free(&w);
     ccoe_session_close(&s);
 }
@@ -354,6 +358,68 @@ static void test_classifier_learns_domains(void **state)
     ccoe_session_close(&s);
 }
 
+/* Routed generation runs each prompt down every path with its own cache rows: a router that
+ * always names domain code generates exactly what the rule generates for domain code, and the
+ * posterior's argmax over paths that all equal the base (experts initialised as copies) is the
+ * base path's text. */
+static void test_routed_generation_matches_rule(void **state)
+{
+    (void)state;
+    ccoe_session s;
+    open_session(&s, 0);
+    ccoe_model *m = &s.model;
+    ccoe_error err = {0};
+    const char *prompts[2] = {"12+30=", "def f(x):"};
+    char a0[64], a1[64], b0[64], b1[64];
+    char *ra[2] = {a0, a1}, *rb[2] = {b0, b1};
+    const ccoe_gen_opts go = {.max_new = 6};
+    const int code = ccoe_data_domain_index(&s.data, "code");
+    const int prose = ccoe_data_domain_index(&s.data, "prose");
+    assert_true(code >= 0 && prose >= 0);
+    assert_int_equal(m->taskmap.route[code] + 1, 2);
+    assert_int_equal(ccoe_generate(m, &s.tok, &s.batch, prompts, code, 2, &go, ra, 64, &err),
+                     CCOE_OK);
+    ccoe_domain_router r;
+    assert_int_equal(ccoe_router_init(&r, ccoe_route_feature_layer(m), m->cfg.n_embd, 0,
+                                      s.data.n_domains, 16, &err),
+                     CCOE_OK);
+    r.b2[code] = 10.0f; /* every position: domain code */
+    const ccoe_routing cls = {.mode = CCOE_ROUTING_CLASSIFIER, .router = &r};
+    int paths[2] = {-1, -1};
+    assert_int_equal(
+        ccoe_generate_routed(m, &s.tok, &s.batch, prompts, 2, &cls, &go, rb, 64, paths, &err),
+        CCOE_OK);
+    assert_int_equal(paths[0], 2);
+    assert_int_equal(paths[1], 2);
+    assert_string_equal(a0, b0);
+    assert_string_equal(a1, b1);
+    /* the base path's text differs from the code expert's (the test could fail) */
+    char c0[64], c1[64], *rc[2] = {c0, c1};
+    assert_int_equal(ccoe_generate(m, &s.tok, &s.batch, prompts, prose, 2, &go, rc, 64, &err),
+                     CCOE_OK);
+    assert_true(strcmp(a0, c0) != 0 || strcmp(a1, c1) != 0);
+    /* experts as copies of the base: every path is the base; the argmax posterior (ties to the
+     * base) generates the base's text */
+    ccoe_model_init_weights(m, 7, CCOE_INIT_COPY);
+    assert_int_equal(ccoe_generate(m, &s.tok, &s.batch, prompts, prose, 2, &go, rc, 64, &err),
+                     CCOE_OK);
+    const ccoe_routing am = {.mode = CCOE_ROUTING_POSTERIOR, .argmax = 1};
+    assert_int_equal(
+        ccoe_generate_routed(m, &s.tok, &s.batch, prompts, 2, &am, &go, rb, 64, paths, &err),
+        CCOE_OK);
+    assert_string_equal(c0, b0);
+    assert_string_equal(c1, b1);
+    /* more prompts than the batch holds rows for every path: refused, naming the fix */
+    const char *many[3] = {"a", "b", "c"};
+    char *rm[3] = {a0, a1, b0};
+    assert_int_equal(
+        ccoe_generate_routed(m, &s.tok, &s.batch, many, 3, &am, &go, rm, 64, NULL, &err),
+        CCOE_ERR_ARG);
+    TU_ASSERT_MSG_HAS(err, "raise train.batch_size");
+    ccoe_router_free(&r);
+    ccoe_session_close(&s);
+}
+
 static void test_rule_matches_eval(void **state)
 {
     (void)state;
@@ -405,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_posterior_dominant_path),
         cmocka_unit_test(test_posterior_causal_in_model),
         cmocka_unit_test(test_classifier_learns_domains),
+        cmocka_unit_test(test_routed_generation_matches_rule),
         cmocka_unit_test(test_rule_matches_eval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
