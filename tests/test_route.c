@@ -3,9 +3,11 @@
  * posterior over paths is causal (the weights used for the token at t do not move when the
  * tokens after t change, in the pure function and through the model) and follows a path whose
  * likelihood is forced dominant, in evaluation and in generation; the router trained on the
- * embedded data's domains (base frozen, random base weights) tells them apart; rule mode
- * through the routed evaluation gives exactly ccoe_eval_domains' losses; a router survives a
- * checkpoint round trip and one that does not fit is refused. */
+ * embedded data's domains (base frozen, random base weights) tells them apart; routed
+ * generation equals rule generation when the router names one domain, and the base's when every
+ * path equals the base; rule mode through the routed evaluation gives exactly
+ * ccoe_eval_domains' losses; a router survives a checkpoint round trip and one that does not
+ * fit is refused. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
