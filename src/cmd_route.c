@@ -14,10 +14,10 @@ static const ccoe_cli_opt k_train_router_opts[] = {
     {"-o", CCOE_OPT_PATH, "OUT", .help = "write the checkpoint with its router here (default: "
                                          "rewrite CHECKPOINT in place)"},
     {"--steps", CCOE_OPT_INT, "N", 1, 1 << 24, .def = "300", .takes = "a whole number >= 1",
-     .help = "Adam steps, one training batch (train.batch_size x seq_len positions) each"},
-    {"--hidden", CCOE_OPT_INT, "H", 0, CCOE_ROUTER_MAX, .def = "0",
+     .help = "Adam steps, each over 4 training batches (train.batch_size x seq_len positions)"},
+    {"--hidden", CCOE_OPT_INT, "H", 0, CCOE_ROUTER_MAX, .def = "64",
      .takes = "a whole number 0..4096", .help = "hidden units (tanh); 0 = a linear router"},
-    {"--lr", CCOE_OPT_DOUBLE, "X", 1e-6, 10, .def = "0.01", .takes = "a number in (0, 10]",
+    {"--lr", CCOE_OPT_DOUBLE, "X", 1e-6, 10, .def = "0.003", .takes = "a number in (0, 10]",
      .help = "Adam learning rate"},
     {"--seed", CCOE_OPT_UINT, "S", 0, 18446744073709551615.0, .def = "1",
      .takes = "a whole number >= 0", .help = "router initialisation"},
