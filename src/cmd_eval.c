@@ -30,7 +30,8 @@ static const ccoe_cli_opt k_eval_opts[] = {
                                                 "(default: the base path)"},
     {"--routing", CCOE_OPT_STRING, "MODES",
      .help = "instead: validation loss and routing accuracy per domain under each inference "
-             "routing mode (rule, posterior, classifier; comma-separated, or all)"},
+             "routing mode (rule, posterior, classifier; comma-separated, or all); without "
+             "it, a checkpoint whose ccoe.routing is not rule is evaluated under that mode"},
     {"--posterior", CCOE_OPT_STRING, "mix|argmax", .def = "mix", .choices = "mix|argmax",
      .help = "routing posterior: mix the paths' predictions by their posterior, or follow the "
              "most likely path"},
@@ -64,20 +65,20 @@ static int parse_modes(const char *list, int have_router, ccoe_routing_mode *mod
 }
 
 /* eval --routing: one routed table per mode (ccoe_route_eval_domains; collective). */
-static ccoe_status run_routed_eval(const ccoe_cli_args *a, ccoe_session *s, ccoe_st_file *f,
-                                   const char *path, ccoe_error *err)
+static ccoe_status run_routed_eval(const ccoe_cli_args *a, const char *list, ccoe_session *s,
+                                   ccoe_st_file *f, const char *path, ccoe_error *err)
 {
     ccoe_domain_router router;
     int found = 0;
     CCOE_TRY(ccoe_router_load(f, path, &s->model, &router, &found, err));
     ccoe_routing_mode modes[3];
     char bad[128] = "";
-    const int n = parse_modes(ccoe_cli_str(a, "--routing"), found, modes, bad, sizeof bad);
+    const int n = parse_modes(list, found, modes, bad, sizeof bad);
     ccoe_status st = CCOE_OK;
     if (n < 0)
         st = ccoe_error_set(err, CCOE_ERR_ARG, "--routing %s: '%s' is not a routing mode; give "
                             "%s, comma-separated, or all",
-                            ccoe_cli_str(a, "--routing"), bad, CCOE_ROUTING_NAMES);
+                            list, bad, CCOE_ROUTING_NAMES);
     for (int i = 0; st == CCOE_OK && i < n; i++) { /* every mode's refusal before any output */
         const ccoe_routing rt = {.mode = modes[i], .router = found ? &router : NULL};
         st = ccoe_routing_check(&s->model, &rt, err);
@@ -124,10 +125,12 @@ static int run_eval(const ccoe_cli_args *a)
         const char *s = sets[i];
         if (strncmp(s, "data.", 5) != 0 && strncmp(s, "run.", 4) != 0 &&
             strncmp(s, "train.eval_batches", 18) != 0 &&
-            strncmp(s, "moe.eval_capacity_factor", 24) != 0)
+            strncmp(s, "moe.eval_capacity_factor", 24) != 0 &&
+            strncmp(s, "ccoe.routing=", 13) != 0)
             return ccoe_cli_usage_error(a, "eval can only override data.*, run.*, "
-                                           "train.eval_batches and moe.eval_capacity_factor "
-                                           "(the model comes from the checkpoint), not",
+                                           "train.eval_batches, moe.eval_capacity_factor and "
+                                           "ccoe.routing (the model comes from the checkpoint), "
+                                           "not",
                                         s);
         if (i == MAX_EVAL_SETS)
             return ccoe_cli_usage_error(a, "eval takes at most 64 --set overrides, not more at",
@@ -173,8 +176,12 @@ static int run_eval(const ccoe_cli_args *a)
         ccoe_st_close(f);
         return rc;
     }
-    if (st == CCOE_OK && ccoe_cli_str(a, "--routing")) {
-        st = run_routed_eval(a, &s, f, path, &err);
+    /* --routing, else the checkpoint's (or --set) ccoe.routing when it is not the rule */
+    const char *routing = ccoe_cli_str(a, "--routing");
+    if (st == CCOE_OK && !routing && !text && s.cfg.ccoe.routing != CCOE_ROUTING_RULE)
+        routing = ccoe_routing_name((ccoe_routing_mode)s.cfg.ccoe.routing);
+    if (st == CCOE_OK && routing) {
+        st = run_routed_eval(a, routing, &s, f, path, &err);
         rc = st != CCOE_OK ? ccoe_cli_fail(a, &err) : 0;
         ccoe_session_close(&s);
         ccoe_st_close(f);
@@ -241,10 +248,10 @@ static const ccoe_cli_opt k_generate_opts[] = {
      .takes = "a whole number >= 0", .help = "the same seed, the same text"},
     {"--prompts", CCOE_OPT_PATH, "FILE|-",
      .help = "one more prompt per line of FILE (- = standard input)"},
-    {"--routing", CCOE_OPT_STRING, "rule|posterior|classifier", .def = "rule",
+    {"--routing", CCOE_OPT_STRING, "rule|posterior|classifier",
      .choices = "rule|posterior|classifier",
      .help = "rule: --domain picks the path; posterior, classifier: no domain label (each "
-             "prompt runs down every path)"},
+             "prompt runs down every path); default: the checkpoint's ccoe.routing"},
     {"--posterior", CCOE_OPT_STRING, "mix|argmax", .def = "mix", .choices = "mix|argmax",
      .help = "routing posterior: mix the paths' predictions, or follow the most likely path"},
 };
@@ -305,8 +312,12 @@ static int run_generate(const ccoe_cli_args *a)
         rc = ccoe_cli_fail(a, &err);
     if (rc == 0 && ccoe_checkpoint_load(f, path, &s.model, NULL, NULL, &err) != CCOE_OK)
         rc = ccoe_cli_fail(a, &err);
-    ccoe_routing_mode mode = CCOE_ROUTING_RULE;
-    ccoe_routing_parse(ccoe_cli_str(a, "--routing"), &mode);
+    /* --routing, else (without --domain) the checkpoint's ccoe.routing */
+    ccoe_routing_mode mode = have_session && !ccoe_cli_str(a, "--domain")
+                                 ? (ccoe_routing_mode)s.cfg.ccoe.routing
+                                 : CCOE_ROUTING_RULE;
+    if (ccoe_cli_str(a, "--routing"))
+        ccoe_routing_parse(ccoe_cli_str(a, "--routing"), &mode);
     if (rc == 0 && mode != CCOE_ROUTING_RULE && ccoe_cli_str(a, "--domain"))
         rc = ccoe_cli_usage_error(a, "generate --domain routes by the label; with --routing "
                                      "posterior or classifier the model picks the path: drop",

@@ -1,7 +1,8 @@
 # Routing without a domain label (src/route.h, papers/routing.md): `eval --routing rule` gives
 # the plain evaluation's losses; posterior and classifier tables report routing accuracy;
 # `train-router` adds only the router to the checkpoint (every model tensor bit-identical);
-# `generate --routing` runs; bad modes and a missing router stop with a message naming the fix;
+# `generate --routing` runs; ccoe.routing is left out of the config at its default and, set,
+# picks the mode of eval and generate; bad modes and a missing router stop with a message naming the fix;
 # a model trained with CCoE expert placement on 2 ranks evaluates under every mode on 2 ranks
 # exactly as on 1.
 source "$(dirname "$0")/lib/common.sh"
@@ -55,6 +56,22 @@ pass "train-router adds only the router; eval --routing all prints rule, posteri
   || fail "generate posterior"
 [[ $(wc -l < g2.txt) -eq 2 ]] || fail "two prompts, not two lines: $(cat g2.txt)"
 pass "generate --routing posterior / classifier"
+
+# ccoe.routing: left out of the stored config at its default (old hashes kept); set, it is the
+# mode eval and generate use without --routing
+"$CCOE" info "$M" | grep -q 'routing' && fail "ccoe.routing = rule is written into the config"
+"$CCOE" eval "$M" --set ccoe.routing=posterior > set.txt || fail "eval --set ccoe.routing"
+grep -q '^routing posterior, mixture' set.txt || fail "--set ccoe.routing=posterior: $(cat set.txt)"
+"$CCOE" train "$TINY" "${exp[@]}" --set train.steps=2 --set ccoe.routing=posterior \
+  --set train.out_dir=mp --quiet >/dev/null || fail "training with ccoe.routing = posterior"
+"$CCOE" info mp/checkpoint.safetensors | grep -q '^routing = posterior' \
+  || fail "ccoe.routing = posterior is not stored: $("$CCOE" info mp/checkpoint.safetensors)"
+"$CCOE" eval mp/checkpoint.safetensors | grep -q '^routing posterior, mixture' \
+  || fail "eval does not follow the stored ccoe.routing"
+"$CCOE" generate mp/checkpoint.safetensors --max-new 4 "12+" > g3.txt || fail "generate, stored mode"
+"$CCOE" generate mp/checkpoint.safetensors --domain arith --max-new 4 "12+" > g4.txt \
+  || fail "generate --domain with a stored posterior mode takes the rule"
+pass "ccoe.routing: omitted at its default, stored when set, followed by eval and generate"
 
 # CCoE expert placement over 2 ranks: train placed, then evaluate on 2 ranks = on 1
 if command -v mpirun >/dev/null; then
