@@ -43,6 +43,8 @@ static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
+/* ccoe.routing: in ccoe_routing_mode order (src/route.h) */
+static const char *const routing_names[] = {"rule", "posterior", "classifier", NULL};
 static const char *const placement_names[] = {"contiguous", "round_robin", "balanced", "list",
                                               NULL};
 /* moe.gate: "none" and every gate of the registry (variants/gates.def), filled in once
@@ -207,6 +209,11 @@ static const ccoe_config_key key_table[] = {
          "a new expert starts as a copy of the base blocks it replaces, or random"),
     STR("ccoe", "train_expert", ccoe.train_expert, 63, NULL, "",
         "train only this expert (base frozen) on its domains' data; empty = train everything"),
+    {.section = "ccoe", .key = "routing", .type = CCOE_CFG_ENUM, FIELD(ccoe.routing),
+     .names = routing_names, .def = "rule", .omit_default = 1,
+     .help = "inference routing of eval and generate: the domain label (rule), the posterior "
+             "over paths (posterior) or the domain router of `ccoe train-router` (classifier); "
+             "papers/routing.md"},
 
     {.section = "moe", .key = "gate", .type = CCOE_CFG_STRING, FIELD(moe.gate), .max_len = 31,
      .names = moe_gate_names, .def = CCOE_GATE_NONE, .name_help = gate_help,

@@ -108,6 +108,8 @@ typedef struct ccoe_ccoe_config {
     ccoe_expert_init init;     /* [ccoe] init = copy | random */
     char train_expert[64];     /* [ccoe] "" = train everything; NAME = train only that expert,
                                 * everything else frozen, on its domains' data */
+    int routing;               /* [ccoe] inference routing (src/route.h): 0 rule (default),
+                                * 1 posterior, 2 classifier; left out of the INI at its default */
 } ccoe_ccoe_config;
 
 /* Mixture-of-Experts FFNs in the base blocks (papers/moe.md, src/moe.h). gate = none is the

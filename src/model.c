@@ -743,8 +743,13 @@ void model_sort_rows(ccoe_model *m, const int32_t *domains, int B)
             int bp = 0;
             if (domains && m->n_paths > 1) {
                 int d = domains[b];
-                assert(d >= 0 && d < gt->n_domains);
-                bp = gt->route[d] + 1;
+                if (m->route_by_path) { /* the caller picked the path (src/route.h) */
+                    assert(d >= 0 && d < m->n_paths);
+                    bp = d;
+                } else {
+                    assert(d >= 0 && d < gt->n_domains);
+                    bp = gt->route[d] + 1;
+                }
             }
             if (bp != p)
                 continue;
@@ -951,3 +956,10 @@ const float *ccoe_model_logits(const ccoe_model *m, int b, int t)
     return m->logits + ((size_t)m->row_of[b] * m->last_T + t) * m->cfg.vocab_size;
 }
 
+
+const float *ccoe_model_base_hidden(const ccoe_model *m, int layer, int b, int t)
+{
+    assert(layer >= 0 && layer <= m->cfg.n_layer);
+    return model_inst_output(m, layer - 1, m->row_of[b], m->last_T) +
+           (size_t)t * m->cfg.n_embd;
+}

@@ -116,6 +116,10 @@ typedef struct ccoe_model {
     int n_paths;            /* 1 + n_experts */
     ccoe_path paths[CCOE_MAX_EXPERTS + 1];
     int train_path;         /* >= 0: isolated expert training; backward touches only this path */
+    /* 1: the domains passed to forward and prefill are path indices (0 = base, 1 + e = expert
+     * e), not data domains: inference routing without a domain label (src/route.h) runs a
+     * batch down a chosen path. 0 (default): the task-expert matrix routes each domain. */
+    int route_by_path;
 
     ccoe_arena param_mem, grad_mem, act_mem;
     float *param_block;     /* (num_params) */
@@ -343,6 +347,11 @@ void ccoe_model_zero_grad(ccoe_model *m);
 
 /* Logits row of (b, t) of the last forward: (V). */
 const float *ccoe_model_logits(const ccoe_model *m, int b, int t);
+
+/* The hidden state (C) of sequence b, position t of the last forward after the first `layer`
+ * base blocks (layer 0: the embedding): the output of base block layer - 1. Valid when b's path
+ * ran those blocks (every path runs the base blocks before its branch point). */
+const float *ccoe_model_base_hidden(const ccoe_model *m, int layer, int b, int t);
 
 /* Looks a parameter tensor up by name; NULL if absent. */
 const ccoe_param *ccoe_model_find_param(const ccoe_model *m, const char *name);
