@@ -1785,6 +1785,62 @@ static void test_weights_only_model(void **state)
     ccoe_model_free(&w);
 }
 
+/* Import records data.tokenizer relative to the checkpoint ("BASE.tokenizer"); opening the
+ * checkpoint finds it next to the file from any working directory (absolute path, no copy
+ * unpacked), also after moving both; the record's hash still guards it. */
+static void test_tokenizer_relative(void **state)
+{
+    (void)state;
+    char hf[256], sub[256], ck[300], moved[256], ck2[300];
+    snprintf(hf, sizeof hf, "%s/tokrel", g_dir);
+    snprintf(sub, sizeof sub, "%s/tr-a", g_dir);
+    snprintf(moved, sizeof moved, "%s/tr-b", g_dir);
+    snprintf(ck, sizeof ck, "%s/base.safetensors", sub);
+    snprintf(ck2, sizeof ck2, "%s/base.safetensors", moved);
+    gpt2_opts o = base_opts();
+    gpt2_dir g;
+    gpt2_tensors(&o, &g);
+    gpt2_write(hf, &o, &g);
+    mkdir(sub, 0777);
+    ccoe_error err = {0};
+    assert_int_equal(import(hf, ck, &err), CCOE_OK);
+    /* as stored */
+    ccoe_st_file *f = NULL;
+    assert_int_equal(ccoe_st_open(ck, &f, &err), CCOE_OK);
+    assert_non_null(strstr(ccoe_st_meta(f, "config"), "\ntokenizer = base.tokenizer\n"));
+    assert_string_equal(ccoe_st_meta(f, "ccoe.tokenizer.path"), "base.tokenizer");
+    ccoe_st_close(f);
+    char cwd[1024];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    for (int pass = 0; pass < 2; pass++) {
+        const char *dir = pass ? moved : sub, *path = pass ? ck2 : ck;
+        assert_int_equal(chdir("/"), 0); /* another working directory */
+        ccoe_config cfg;
+        assert_int_equal(ccoe_checkpoint_open(path, &cfg, &f, &err), CCOE_OK);
+        ccoe_st_close(f);
+        char want[512], abs[4096];
+        snprintf(want, sizeof want, "%s/base.tokenizer", dir);
+        assert_non_null(realpath(want, abs));
+        assert_string_equal(cfg.data.tokenizer, abs);
+        assert_int_equal(chdir(cwd), 0);
+        if (!pass)
+            assert_int_equal(rename(sub, moved), 0);
+    }
+    /* another tokenizer in its place is not taken: the checkpoint's own copy is */
+    char vocab[512];
+    snprintf(vocab, sizeof vocab, "%s/base.tokenizer/merges.txt", moved);
+    write_text(vocab, "#version: 0.2\n");
+    char cache[300];
+    snprintf(cache, sizeof cache, "%s/cache", g_dir);
+    setenv("CCOE_CACHE_DIR", cache, 1);
+    ccoe_config cfg;
+    assert_int_equal(ccoe_checkpoint_open(ck2, &cfg, &f, &err), CCOE_OK);
+    ccoe_st_close(f);
+    unsetenv("CCOE_CACHE_DIR");
+    assert_int_equal(strncmp(cfg.data.tokenizer, cache, strlen(cache)), 0);
+    free_dir(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1803,6 +1859,7 @@ int main(void)
         cmocka_unit_test(test_seq_len),
         cmocka_unit_test(test_export_dtypes),
         cmocka_unit_test(test_weights_only_model),
+        cmocka_unit_test(test_tokenizer_relative),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
