@@ -34,7 +34,22 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
     m->group_r1 = ccoe_arena_take(a, B * sizeof(int));
     m->emb = ccoe_arena_floats(a, N * C);
     m->acts = ccoe_arena_take(a, sizeof(ccoe_block_acts) * (size_t)m->n_inst);
+    /* the forward-only base blocks (0 .. fwd_only-1, ccoe_model_set_train_path): one set of
+     * activations for all of them, inside which each block works, and two outputs they
+     * alternate, each block reading the previous block's; nothing survives but the outputs,
+     * the last of which a path's expert reads (its rows are never written again: later base
+     * blocks run only on the rows of longer prefixes) */
+    ccoe_block_acts shared = {0};
+    float *out_res2[2] = {NULL, NULL}, *out_ln2[2] = {NULL, NULL};
     for (int k = 0; k < m->n_inst; k++) {
+        if (k < m->fwd_only && k > 0) {
+            ccoe_block_acts t = shared;
+            t.res2 = out_res2[k % 2];
+            t.ln2 = out_ln2[k % 2];
+            if (m->acts)
+                m->acts[k] = t;
+            continue;
+        }
         ccoe_block_acts t;
         t.ln1 = ccoe_arena_floats(a, N * C);
         t.ln1_mean = ccoe_arena_floats(a, N);
@@ -52,6 +67,13 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
             t.fch_act = ccoe_arena_floats(a, N * F);
         }
         t.res2 = ccoe_arena_floats(a, N * C);
+        if (k == 0 && m->fwd_only > 0) {
+            shared = t;
+            out_res2[0] = t.res2;
+            out_ln2[0] = t.ln2;
+            out_res2[1] = ccoe_arena_floats(a, N * C);
+            out_ln2[1] = ccoe_arena_floats(a, N * C);
+        }
         if (m->acts)
             m->acts[k] = t;
     }
@@ -171,6 +193,28 @@ ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, const int32_t *o
     double peer = (double)m->maxB * m->maxT;
     CCOE_TRY(comm->ops->allreduce_max_f64(comm, &peer, 1, err));
     CCOE_TRY(ccoe_moe_set_placement(&m->moe, comm->size, comm->rank, owner, (int)peer, err));
+    ccoe_arena_free(&m->act_mem);
+    return model_alloc_acts(m, err);
+}
+
+ccoe_status ccoe_model_set_train_path(ccoe_model *m, int p, ccoe_error *err)
+{
+    if (p < -1 || p >= m->n_paths || p == 0)
+        return ccoe_error_set(err, CCOE_ERR_ARG, "train path %d: -1 or an expert's 1..%d", p,
+                              m->n_paths - 1);
+    m->train_path = p;
+    /* the base blocks whose backward never runs under isolated training of p: all of them
+     * for a tail or prefix expert (the backward stops at its branch input), those below the
+     * expert's first FFN for an Eqs. 6-7 expert; not with MoE blocks (their activations are
+     * their own) nor under placement (which refuses isolated training) */
+    int fwd_only = 0;
+    if (p > 0 && m->n_moe == 0 && !m->place)
+        fwd_only = m->paths[p].ffn_expert >= 0 ? m->paths[p].ffn_from : m->cfg.n_layer;
+    if (fwd_only < 2)
+        fwd_only = 0; /* one block gains nothing */
+    if (fwd_only == m->fwd_only)
+        return CCOE_OK;
+    m->fwd_only = fwd_only;
     ccoe_arena_free(&m->act_mem);
     return model_alloc_acts(m, err);
 }
@@ -579,6 +623,8 @@ static void attn_forward(const ccoe_model *m, int k, int s0, const ccoe_block_vi
             ccoe_rope_forward(a->qkv, a->qkv, m->rope_cos, m->rope_sin, B, T, 0, H + m->Hkv,
                               m->hd, m->W);
     }
+    if (m->prefilling)
+        model_prefill_keep_kv(m, k, s0, B, T, a->qkv);
     if (m->decoding)
         model_attn_decode(m, k, s0, a, B);
     else
@@ -929,6 +975,9 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
             return;
         lowest = m->paths[only].ffn_from;
     }
+    /* forward-only blocks kept no activations to differentiate */
+    assert(m->fwd_only <= lowest && "backward below the forward-only blocks: "
+                                    "ccoe_model_set_train_path(m, -1) first");
     for (int l = m->cfg.n_layer - 1; l >= lowest; l--) {
         int rows = 0;
         while (rows < B && m->paths[m->row_path[rows]].n_base > l)

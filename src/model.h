@@ -120,6 +120,9 @@ typedef struct ccoe_model {
      * e), not data domains: inference routing without a domain label (src/route.h) runs a
      * batch down a chosen path. 0 (default): the task-expert matrix routes each domain. */
     int route_by_path;
+    int fwd_only;           /* base blocks 0..fwd_only-1 run forward only and share one set of
+                             * activations (ccoe_model_set_train_path); 0: every block keeps
+                             * its own */
 
     ccoe_arena param_mem, grad_mem, act_mem;
     float *param_block;     /* (num_params) */
@@ -196,6 +199,7 @@ typedef struct ccoe_model {
     float *kv_cache;
     int dec_maxB;
     int decoding;              /* a decode step runs: attention reads and extends kv_cache */
+    int prefilling;            /* a prefill's forward runs: attention fills kv_cache */
     int dec_B;                 /* sequences of the last prefill */
     int dec_has_domains;
     int *dec_row;              /* (dec_maxB) cache row of each prefilled sequence */
@@ -273,6 +277,16 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
  * papers/moe.md). With train_path >= 0 only that path's own parameters receive gradients (the
  * frozen base is not differentiated). */
 void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale);
+
+/* Isolated training of expert path p (1 + e) on the frozen base, or p = -1 for training
+ * everything: sets train_path and carves the activations again (setup only: it allocates) so
+ * that the base blocks whose backward never runs under p (every base block for a tail or
+ * prefix expert, those below the expert's first FFN for an Eqs. 6-7 expert) run forward only:
+ * they share one set of activations and alternate two output buffers, keeping nothing a
+ * backward would read. Forward on any path stays valid; backward below those blocks is not
+ * (asserted). No sharing with MoE blocks or placement. Setting train_path directly still
+ * works, keeping every block's activations. */
+ccoe_status ccoe_model_set_train_path(ccoe_model *m, int p, ccoe_error *err);
 
 /* Sets the communicator the model runs on (borrowed; NULL = serial). For an MoE model on more
  * than one rank this turns on expert parallelism: expert e of every MoE layer on rank owner[e]

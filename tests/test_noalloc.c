@@ -138,7 +138,8 @@ static long steps_allocations(const char *const *sets, int n_sets, int isolated,
     ccoe_model_init_weights(m, 1, CCOE_INIT_COPY);
     size_t g0 = 0, g1 = m->num_params;
     if (isolated) {
-        m->train_path = 1;
+        /* as train-expert: the frozen base's blocks forward-only, sharing their activations */
+        assert_int_equal(ccoe_model_set_train_path(m, 1, &err), CCOE_OK);
         g0 = m->expert_begin[0];
         g1 = m->expert_end[0];
     }
