@@ -305,7 +305,8 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
             if (with_bf16)
                 CCOE_TRY(bench_one(&k_shapes[i], o, iso, "bf16", peak_bf16, &r16, out, err));
             if (both)
-                fprintf(out, "| %-9s%s bf16/fp32 | | | %.2fx | %.2fx | | | | per CPU-s %.2fx | | | |\n",
+                fprintf(out,
+                        "| %-9s%s bf16/fp32 | | | %.2fx | %.2fx | | | | per CPU-s %.2fx | | | |\n",
                         k_shapes[i].name, !with_ccoe ? "" : iso ? " expert only" : " full",
                         r32.tok_s > 0 ? r16.tok_s / r32.tok_s : 0.0,
                         r32.gflops > 0 ? r16.gflops / r32.gflops : 0.0,
