@@ -408,10 +408,12 @@ ccoe_status ccoe_ckpt_tok_check(const ccoe_st_file *f, const char *path, const c
                           "checkpoint %s was trained with the %s tokenizer%s, but "
                           "data.tokenizer = %s is %s%s: the token ids of one do not mean "
                           "the same text in the other. Fix: use the checkpoint's tokenizer "
-                          "(data.tokenizer = %s, or leave data.tokenizer alone: the checkpoint "
-                          "carries it), or train a new model for %s (without --resume or "
+                          "(--set data.tokenizer=%s, or data.tokenizer = %s in the config; eval "
+                          "and train-expert take it from the checkpoint unless data.tokenizer "
+                          "is set), or train a new model for %s (without --resume or "
                           "--init-from)",
-                          path, r.kind, rec, tokenizer, what, cur_hash, r.path, tokenizer);
+                          path, r.kind, rec, tokenizer, what, cur_hash, r.path, r.path,
+                          tokenizer);
 }
 
 void ccoe_ckpt_tok_describe(const ccoe_st_file *f, char *buf, size_t cap)
