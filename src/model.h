@@ -192,6 +192,8 @@ typedef struct ccoe_model {
     float *kv_cache;
     int dec_maxB;
     int decoding;              /* a decode step runs: attention reads and extends kv_cache */
+    int moe_causal;            /* prefill or decode step: MoE rows are routed one by one
+                                  (expert choice falls back to per-token top-k) */
     int dec_B;                 /* sequences of the last prefill */
     int dec_has_domains;
     int *dec_row;              /* (dec_maxB) cache row of each prefilled sequence */

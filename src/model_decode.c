@@ -71,7 +71,9 @@ ccoe_status ccoe_model_decode_prefill(ccoe_model *m, const int32_t *tokens,
         }
         m->dec_maxB = m->maxB;
     }
+    m->moe_causal = 1; /* generation routes causally from the prompt on (papers/moe.md) */
     ccoe_model_forward(m, tokens, NULL, domains, B, T, NULL);
+    m->moe_causal = 0;
     /* every instance's keys and values of every row (rows an instance did not run on hold
      * stale values that their sequences never read: a sequence keeps its path) */
     for (int k = 0; k < m->n_inst; k++)
@@ -119,8 +121,8 @@ void ccoe_model_decode_step(ccoe_model *m, const int32_t *tok, const int *seq, c
         }
     }
     m->aux_loss = 0.0;
-    m->decoding = 1;
+    m->decoding = m->moe_causal = 1;
     model_base_forward(m, n, 1);
     model_groups_forward(m, 1);
-    m->decoding = 0;
+    m->decoding = m->moe_causal = 0;
 }

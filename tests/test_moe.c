@@ -429,7 +429,7 @@ static void test_registry_gates(void **state)
             continue;
         }
         const int E = 6;
-        const int K = (g->flags & CCOE_GATE_ALL_EXPERTS) ? E : (g->flags & CCOE_GATE_ONE_EXPERT) ? 1 : 2;
+        const int K = tu_gate_top_k(g, E, 2);
         for (uint64_t s = 0; s < 2; s++) {
             fd_gate_case(g->name, E, K, 1, 0.0, 0, 700 + 10 * (uint64_t)i + s);
             if (g->load_forward)
