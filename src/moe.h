@@ -454,5 +454,11 @@ double ccoe_moe_ref_forward(const ccoe_moe *m, double *out, ccoe_moe_aux *aux, c
 void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, const double *dout,
                            const double *inp, const double *params, const ccoe_moe_routing *r,
                            double aux_scale, double *scratch, int N);
+/* The expert-choice selection by its definition, for the tests: keep (N, E) in expert order,
+ * 0 if row n is among expert e's cap best rows of S (N, E) (its rank = the rows with a larger
+ * score, or an equal one and a lower index, is below cap; cap = 0 or >= N keeps all), or with
+ * k_causal >= 1 if e is among row n's k_causal best experts (ties to the lower expert). */
+void ccoe_moe_ref_expert_choice(int32_t *keep, const double *S, int64_t N, int E, int64_t cap,
+                                int k_causal);
 
 #endif
