@@ -15,13 +15,43 @@
 typedef struct bench_shape {
     const char *name;
     int L, C, H, V, B, T;
+    int llama; /* LLaMA / Qwen2 blocks: RoPE, RMSNorm, SwiGLU, q/k/v biases, tied head */
+    int Hkv, F; /* llama: key/value heads, FFN width */
 } bench_shape;
 
 static const bench_shape k_shapes[] = {
-    {"small", 4, 256, 4, 256, 8, 128},
-    {"tiny-wide", 6, 512, 8, 256, 8, 128},
-    {"gpt2-124m", 12, 768, 12, 50304, 4, 64},
+    {"small", 4, 256, 4, 256, 8, 128, 0, 0, 0},
+    {"tiny-wide", 6, 512, 8, 256, 8, 128, 0, 0, 0},
+    {"gpt2-124m", 12, 768, 12, 50304, 4, 64, 0, 0, 0},
+    /* Qwen2-0.5B's block (hidden 896, 14 heads over 2 key/value heads, intermediate 4864) and
+     * its real vocabulary at 4 of its 24 layers */
+    {"qwen2-0.5b-l4", 4, 896, 14, 151936, 4, 64, 1, 2, 4864},
 };
+
+/* The process's peak resident set (VmHWM) in bytes, or -1; reset_peak_rss starts it anew
+ * (Linux: clear_refs 5), so each shape reports its own. */
+static double peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    double v = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0)
+            v = strtod(line + 6, NULL) * 1024.0;
+    fclose(f);
+    return v;
+}
+
+static void reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
+}
 
 static int only_expert0(const ccoe_param *p, void *ctx)
 {
@@ -65,6 +95,7 @@ static void print_profile(ccoe_gemm_prof *p, int steps, double total, FILE *out)
 /* What one row measured (for the bf16/fp32 ratio line). */
 typedef struct bench_result {
     double tok_s, gflops;
+    double tok_cpu_s; /* tokens per CPU-second of the process */
 } bench_result;
 
 /* One row: `isolated` trains only CCoE expert 0 (o->ccoe set), else everything; linear layers
@@ -82,6 +113,17 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
     cfg.model.seq_len = sh->T;
     cfg.model.ffn_hidden = 0;
     cfg.model.ffn = strcmp(o->ffn, "swiglu") == 0 ? CCOE_FFN_SWIGLU : CCOE_FFN_GELU;
+    if (sh->llama) {
+        cfg.model.pos = CCOE_POS_ROPE;
+        cfg.model.norm = CCOE_NORM_RMSNORM;
+        cfg.model.ffn = CCOE_FFN_SWIGLU;
+        cfg.model.bias = 0;
+        cfg.model.qkv_bias = 1;
+        cfg.model.n_kv_head = sh->Hkv;
+        cfg.model.ffn_hidden = sh->F;
+        cfg.model.rope_theta = 1e6;
+        cfg.model.norm_eps = 1e-6;
+    }
     cfg.train.batch_size = sh->B;
     if (!ccoe_gate_is_none(o->moe)) {
         /* 8 experts; K as the gate allows (its flags), each expert 4C / K wide so that the K
@@ -112,6 +154,7 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
     snprintf(cfg.run.gemm, sizeof cfg.run.gemm, "%s", o->gemm);
     snprintf(cfg.run.precision, sizeof cfg.run.precision, "%s", prec);
     const int bf16 = strcmp(prec, "bf16") == 0;
+    reset_peak_rss();
     ccoe_session s;
     CCOE_TRY(ccoe_session_open(&s, &cfg, 0, err));
     ccoe_adamw opt;
@@ -124,7 +167,13 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
     ccoe_model_init_weights(m, 1, CCOE_INIT_COPY);
     size_t g0 = 0, g1 = m->num_params; /* the trained range */
     if (isolated) {
-        m->train_path = 1;
+        /* as train-expert does: the frozen base runs forward only */
+        st = ccoe_model_set_train_path(m, 1, err);
+        if (st != CCOE_OK) {
+            ccoe_adamw_free(&opt);
+            ccoe_session_close(&s);
+            return st;
+        }
         g0 = m->expert_begin[0];
         g1 = m->expert_end[0];
     }
@@ -146,7 +195,10 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the GEMM profile");
     }
     m->train = 1;
+    double cpu0 = 0.0;
     for (int it = -2; it < o->steps; it++) {
+        if (it == 0)
+            cpu0 = ccoe_cpu_now();
         if (it == 0)
             s.gemm.prof = prof; /* time the measured steps only */
         double t0 = ccoe_now();
@@ -167,18 +219,29 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
             t_opt += t3 - t2;
         }
     }
+    const double cpu = ccoe_cpu_now() - cpu0;
     double total = t_fwd + t_bwd + t_opt;
     double tok_s = (double)N * o->steps / total;
     double gflops = flops / total * 1e-9; /* active model FLOPs actually computed */
     res->tok_s = tok_s;
+    res->tok_cpu_s = cpu > 0 ? (double)N * o->steps / cpu : 0.0;
     res->gflops = gflops;
+    const double mib = 1024.0 * 1024.0;
+    const double acts = (double)m->act_mem.cap / mib;
+    const double mem = (double)(m->param_mem.cap + m->grad_mem.cap + m->act_mem.cap) / mib +
+                       2.0 * (double)opt.n * sizeof(float) / mib; /* + AdamW's two moments */
+    char dims[96];
+    snprintf(dims, sizeof dims, "L%d C%d H%d V%d B%d T%d", sh->L, sh->C, sh->H, sh->V, B, T);
+    if (sh->llama)
+        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), " Hkv%d F%d rope", sh->Hkv,
+                 sh->F);
     fprintf(out,
-            "| %-9s%s%s | L%d C%d H%d V%d B%d T%d | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "
-            "%4.0f/%4.0f/%3.0f | %s |\n",
+            "| %-9s%s%s | %s | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "
+            "%4.0f/%4.0f/%3.0f | %s | %.0f | %.0f | %.0f |\n",
             sh->name, !with_ccoe ? "" : isolated ? " expert only" : " full", bf16 ? " bf16" : "",
-            sh->L, sh->C, sh->H, sh->V, B, T, (double)m->num_params / 1e6, tok_s,
-            gflops, 100.0 * gflops / sgemm, 100.0 * gflops / peak, 100.0 * t_fwd / total,
-            100.0 * t_bwd / total, 100.0 * t_opt / total, s.gemm.kernel_set);
+            dims, (double)m->num_params / 1e6, tok_s, gflops, 100.0 * gflops / sgemm,
+            100.0 * gflops / peak, 100.0 * t_fwd / total, 100.0 * t_bwd / total,
+            100.0 * t_opt / total, s.gemm.kernel_set, acts, mem, peak_rss() / mib);
     if (prof)
         print_profile(prof, o->steps, total, out);
     fflush(out);
@@ -197,7 +260,8 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
         known |= strcmp(o->shape, k_shapes[i].name) == 0;
     if (!known)
         return ccoe_error_set(err, CCOE_ERR_ARG,
-                              "unknown bench shape '%s': allowed small, tiny-wide, gpt2-124m, all",
+                              "unknown bench shape '%s': allowed small, tiny-wide, gpt2-124m, "
+                              "qwen2-0.5b-l4, all",
                               o->shape);
     const char *prec = o->precision ? o->precision : "fp32";
     const int both = strcmp(prec, "both") == 0;
@@ -229,7 +293,8 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
                      "model vs isolated training of the expert (base frozen)\n",
                 o->ccoe);
     fprintf(out, "| shape | dims | params | tok/s | GFLOP/s | MFU/sgemm | MFU/peak | "
-                 "fwd/bwd/opt %% | gemm |\n|---|---|---|---|---|---|---|---|---|\n");
+                 "fwd/bwd/opt %% | gemm | acts MiB | model MiB | peak RSS MiB |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof k_shapes / sizeof k_shapes[0]; i++) {
         if (strcmp(o->shape, "all") != 0 && strcmp(o->shape, k_shapes[i].name) != 0)
             continue;
@@ -240,16 +305,23 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
             if (with_bf16)
                 CCOE_TRY(bench_one(&k_shapes[i], o, iso, "bf16", peak_bf16, &r16, out, err));
             if (both)
-                fprintf(out, "| %-9s%s bf16/fp32 | | | %.2fx | %.2fx | | | | |\n",
+                fprintf(out,
+                        "| %-9s%s bf16/fp32 | | | %.2fx | %.2fx | | | | per CPU-s %.2fx | | | |\n",
                         k_shapes[i].name, !with_ccoe ? "" : iso ? " expert only" : " full",
                         r32.tok_s > 0 ? r16.tok_s / r32.tok_s : 0.0,
-                        r32.gflops > 0 ? r16.gflops / r32.gflops : 0.0);
+                        r32.gflops > 0 ? r16.gflops / r32.gflops : 0.0,
+                        r32.tok_cpu_s > 0 ? r16.tok_cpu_s / r32.tok_cpu_s : 0.0);
         }
     }
     fprintf(out, "(MFU/sgemm: model FLOP/s over the measured 1024^3 sgemm rate of the same "
-                 "context; FLOPs per token = 6N + 12LCT)\n");
+                 "context; FLOPs per token = 6N + 12LCT; acts: the activation arena; model: "
+                 "parameters, gradients, activations and AdamW moments; peak RSS: the process "
+                 "during the shape's run)\n");
     if (with_bf16)
         fprintf(out, "(bf16 rows: linear layers in bf16 (run.precision = bf16); MFU/sgemm over "
                      "the 1024^3 bf16 GEMM rate, MFU/peak over the bf16 dot-product peak)\n");
+    if (both)
+        fprintf(out, "(bf16/fp32: ratios of tok/s and GFLOP/s; per CPU-s: of tokens per CPU-second "
+                     "of the process, the steadier figure on a loaded machine with 1 thread)\n");
     return CCOE_OK;
 }

@@ -9,7 +9,7 @@
 #include "status.h"
 
 typedef struct ccoe_bench_opts {
-    const char *shape; /* "small", "tiny-wide", "gpt2-124m" or "all" */
+    const char *shape; /* "small", "tiny-wide", "gpt2-124m", "qwen2-0.5b-l4" or "all" */
     int steps;         /* measured steps (after 2 warm-up steps) */
     int threads;
     const char *gemm;  /* backend name */

@@ -82,10 +82,15 @@ ccoe_status ccoe_checkpoint_save(const char *path, const ccoe_config *cfg, const
         "rng",         rng,               "optim.t",      ot,
         "optim.state", opt ? "adamw" : "none", "ccoe.domains", domains};
     /* the tokenizer travels with the model (checkpoint_tokenizer.h) */
-    if ((s = ccoe_tok_record_read(&tok, cfg->data.tokenizer, err)) != CCOE_OK) {
+    /* a data.tokenizer relative to the checkpoint (ccoe_tok_locate) is read there but
+     * recorded as written */
+    char tok_dir[4096];
+    ccoe_tok_locate(cfg->data.tokenizer, path, tok_dir, sizeof tok_dir);
+    if ((s = ccoe_tok_record_read(&tok, tok_dir, err)) != CCOE_OK) {
         ccoe_error_wrap(err, "writing checkpoint %s: data.tokenizer", path);
         goto done;
     }
+    snprintf(tok.path, sizeof tok.path, "%s", cfg->data.tokenizer);
     s = ccoe_st_write(path, t, n, meta, 10 + ccoe_tok_record_meta(&tok, meta + 20, 4 + CCOE_TOK_MAX_FILES), err);
 done:
     ccoe_tok_record_free(&tok);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -312,9 +313,40 @@ static ccoe_status unpack(const ccoe_tok_record *r, char *out, size_t cap, ccoe_
     return CCOE_OK;
 }
 
+static int is_dir(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+void ccoe_tok_locate(const char *tokenizer, const char *ckpt_path, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", tokenizer);
+    if (strcmp(tokenizer, "byte") == 0 || tokenizer[0] == '/' || is_dir(tokenizer))
+        return;
+    const char *slash = strrchr(ckpt_path, '/');
+    if (!slash)
+        return; /* the checkpoint is in the working directory: the same place */
+    char p[4096];
+    const int n = snprintf(p, sizeof p, "%.*s/%s", (int)(slash - ckpt_path), ckpt_path, tokenizer);
+    if (n > 0 && (size_t)n < sizeof p && (size_t)n < cap && is_dir(p))
+        snprintf(out, cap, "%s", p);
+}
+
 ccoe_status ccoe_ckpt_tok_resolve(const ccoe_st_file *f, const char *path, ccoe_config *cfg,
                                   FILE *log, ccoe_error *err)
 {
+    /* a tokenizer recorded relative to the checkpoint (import's BASE.tokenizer) is found from
+     * any working directory; named by its absolute path from then on, so that checkpoints
+     * written elsewhere by this run still find it */
+    char at[4096];
+    ccoe_tok_locate(cfg->data.tokenizer, path, at, sizeof at);
+    if (strcmp(at, cfg->data.tokenizer) != 0) {
+        char abs[4096];
+        const char *use = realpath(at, abs) ? abs : at;
+        if (strlen(use) < sizeof cfg->data.tokenizer && strlen(use) < 180)
+            snprintf(cfg->data.tokenizer, sizeof cfg->data.tokenizer, "%s", use);
+    }
     ccoe_tok_record r;
     int has = stored_record(f, path, &r, err);
     if (has < 0)

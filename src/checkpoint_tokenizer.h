@@ -52,8 +52,16 @@ void ccoe_tok_record_free(ccoe_tok_record *r);
  * many (at most 4 + CCOE_TOK_MAX_FILES). The strings point into r. */
 size_t ccoe_tok_record_meta(const ccoe_tok_record *r, const char **meta, size_t cap);
 
-/* After a checkpoint's config is read: if it records a BPE whose directory cfg->data.tokenizer
- * is missing or differs (by hash), unpacks the embedded files into the cache and points
+/* The directory a checkpoint's data.tokenizer names, into out: a relative path as given
+ * (relative to the working directory) if it is a directory there, else relative to the
+ * directory of the checkpoint ckpt_path (where `ccoe import` puts it: BASE.tokenizer next to
+ * BASE.safetensors, recorded as "BASE.tokenizer") if it is one there; "byte", absolute paths
+ * and paths found nowhere unchanged. */
+void ccoe_tok_locate(const char *tokenizer, const char *ckpt_path, char *out, size_t cap);
+
+/* After a checkpoint's config is read: a relative cfg->data.tokenizer found only next to the
+ * checkpoint (ccoe_tok_locate) becomes that directory's absolute path; then, if it records a
+ * BPE whose directory cfg->data.tokenizer is missing or differs (by hash), unpacks the embedded files into the cache and points
  * cfg->data.tokenizer there (saying so on log if non-NULL). No record: nothing changes. */
 ccoe_status ccoe_ckpt_tok_resolve(const ccoe_st_file *f, const char *path, ccoe_config *cfg,
                                   FILE *log, ccoe_error *err);

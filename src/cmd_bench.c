@@ -13,7 +13,7 @@ static void moe_choices(char *buf, size_t cap)
 }
 
 static const ccoe_cli_opt k_bench_opts[] = {
-    {"--shape", CCOE_OPT_STRING, "small|tiny-wide|gpt2-124m|all", .def = "all",
+    {"--shape", CCOE_OPT_STRING, "small|tiny-wide|gpt2-124m|qwen2-0.5b-l4|all", .def = "all",
      .help = "the reference shape(s) measured"},
     {"--steps", CCOE_OPT_INT, "N", 1, 100000, .def = "10", .help = "measured steps per shape"},
     {"--threads", CCOE_OPT_INT, "N", 1, 1024, .def = "2", .help = "OpenMP threads"},

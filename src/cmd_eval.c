@@ -9,6 +9,7 @@
 #include "checkpoint_tokenizer.h"
 #include "cli.h"
 #include "eval.h"
+#include "route.h"
 #include "taskmap.h"
 #include "session.h"
 
@@ -27,7 +28,78 @@ static const ccoe_cli_opt k_eval_opts[] = {
              "the model's own tokenizer"},
     {"--domain", CCOE_OPT_STRING, "D", .help = "with --text: route the text as domain D "
                                                 "(default: the base path)"},
+    {"--routing", CCOE_OPT_STRING, "MODES",
+     .help = "instead: validation loss and routing accuracy per domain under each inference "
+             "routing mode (rule, posterior, classifier; comma-separated, or all); without "
+             "it, a checkpoint whose ccoe.routing is not rule is evaluated under that mode"},
+    {"--posterior", CCOE_OPT_STRING, "mix|argmax", .def = "mix", .choices = "mix|argmax",
+     .help = "routing posterior: mix the paths' predictions by their posterior, or follow the "
+             "most likely path"},
 };
+
+/* Parses --routing's comma-separated modes ("all": rule, posterior and, with a router in the
+ * checkpoint, classifier) into modes (at most 3); returns how many, or -1 naming the bad one. */
+static int parse_modes(const char *list, int have_router, ccoe_routing_mode *modes,
+                       char *bad, size_t bad_cap)
+{
+    if (strcmp(list, "all") == 0) {
+        modes[0] = CCOE_ROUTING_RULE;
+        modes[1] = CCOE_ROUTING_POSTERIOR;
+        modes[2] = CCOE_ROUTING_CLASSIFIER;
+        return have_router ? 3 : 2;
+    }
+    int n = 0;
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *tok = buf, *end; tok; tok = end) {
+        end = strchr(tok, ',');
+        if (end)
+            *end++ = '\0';
+        if (n == 3 || ccoe_routing_parse(tok, &modes[n]) != 0) {
+            snprintf(bad, bad_cap, "%s", tok);
+            return -1;
+        }
+        n++;
+    }
+    return n;
+}
+
+/* eval --routing: one routed table per mode (ccoe_route_eval_domains; collective). */
+static ccoe_status run_routed_eval(const ccoe_cli_args *a, const char *list, ccoe_session *s,
+                                   ccoe_st_file *f, const char *path, ccoe_error *err)
+{
+    ccoe_domain_router router;
+    int found = 0;
+    CCOE_TRY(ccoe_router_load(f, path, &s->model, &router, &found, err));
+    ccoe_routing_mode modes[3];
+    char bad[128] = "";
+    const int n = parse_modes(list, found, modes, bad, sizeof bad);
+    ccoe_status st = CCOE_OK;
+    if (n < 0)
+        st = ccoe_error_set(err, CCOE_ERR_ARG, "--routing %s: '%s' is not a routing mode; give "
+                            "%s, comma-separated, or all",
+                            list, bad, CCOE_ROUTING_NAMES);
+    for (int i = 0; st == CCOE_OK && i < n; i++) { /* every mode's refusal before any output */
+        const ccoe_routing rt = {.mode = modes[i], .router = found ? &router : NULL};
+        st = ccoe_routing_check(&s->model, &rt, err);
+    }
+    if (st == CCOE_OK && a->comm->rank == 0)
+        printf("checkpoint %s, data %s%s\n", path, s->cfg.data.manifest,
+               found ? ", with a domain router" : "");
+    for (int i = 0; st == CCOE_OK && i < n; i++) {
+        const ccoe_routing rt = {.mode = modes[i],
+                                 .argmax = strcmp(ccoe_cli_str(a, "--posterior"), "argmax") == 0,
+                                 .router = found ? &router : NULL};
+        ccoe_route_eval ev[CCOE_MAX_DOMAINS];
+        st = ccoe_route_eval_domains(&s->model, &s->data, &s->tok, &s->batch,
+                                     s->cfg.train.eval_batches, &rt, a->comm, ev, err);
+        if (st == CCOE_OK && a->comm->rank == 0)
+            ccoe_route_eval_print(stdout, &s->data, &rt, ev);
+    }
+    if (found)
+        ccoe_router_free(&router);
+    return st;
+}
 
 /* Prints the inference cost of each domain's path (CCoE models). */
 static void print_paths(const ccoe_session *s)
@@ -53,10 +125,12 @@ static int run_eval(const ccoe_cli_args *a)
         const char *s = sets[i];
         if (strncmp(s, "data.", 5) != 0 && strncmp(s, "run.", 4) != 0 &&
             strncmp(s, "train.eval_batches", 18) != 0 &&
-            strncmp(s, "moe.eval_capacity_factor", 24) != 0)
+            strncmp(s, "moe.eval_capacity_factor", 24) != 0 &&
+            strncmp(s, "ccoe.routing=", 13) != 0)
             return ccoe_cli_usage_error(a, "eval can only override data.*, run.*, "
-                                           "train.eval_batches and moe.eval_capacity_factor "
-                                           "(the model comes from the checkpoint), not",
+                                           "train.eval_batches, moe.eval_capacity_factor and "
+                                           "ccoe.routing (the model comes from the checkpoint), "
+                                           "not",
                                         s);
         if (i == MAX_EVAL_SETS)
             return ccoe_cli_usage_error(a, "eval takes at most 64 --set overrides, not more at",
@@ -66,6 +140,9 @@ static int run_eval(const ccoe_cli_args *a)
                *text_domain = ccoe_cli_str(a, "--domain");
     if (text_domain && !text)
         return ccoe_cli_usage_error(a, "eval --domain D goes with --text FILE", text_domain);
+    if (text && ccoe_cli_str(a, "--routing"))
+        return ccoe_cli_usage_error(a, "eval --routing evaluates the validation data, not "
+                                       "--text; drop one of them:", ccoe_cli_str(a, "--routing"));
     /* set-up on every rank, then one agreement: a failure is printed once, nobody waits */
     ccoe_error err = {0};
     ccoe_config cfg;
@@ -95,6 +172,17 @@ static int run_eval(const ccoe_cli_args *a)
             if (a->comm->size > 1)
                 printf("evaluated on %d ranks (windows split between them)\n", a->comm->size);
         }
+        ccoe_session_close(&s);
+        ccoe_st_close(f);
+        return rc;
+    }
+    /* --routing, else the checkpoint's (or --set) ccoe.routing when it is not the rule */
+    const char *routing = ccoe_cli_str(a, "--routing");
+    if (st == CCOE_OK && !routing && !text && s.cfg.ccoe.routing != CCOE_ROUTING_RULE)
+        routing = ccoe_routing_name((ccoe_routing_mode)s.cfg.ccoe.routing);
+    if (st == CCOE_OK && routing) {
+        st = run_routed_eval(a, routing, &s, f, path, &err);
+        rc = st != CCOE_OK ? ccoe_cli_fail(a, &err) : 0;
         ccoe_session_close(&s);
         ccoe_st_close(f);
         return rc;
@@ -160,6 +248,12 @@ static const ccoe_cli_opt k_generate_opts[] = {
      .takes = "a whole number >= 0", .help = "the same seed, the same text"},
     {"--prompts", CCOE_OPT_PATH, "FILE|-",
      .help = "one more prompt per line of FILE (- = standard input)"},
+    {"--routing", CCOE_OPT_STRING, "rule|posterior|classifier",
+     .choices = "rule|posterior|classifier",
+     .help = "rule: --domain picks the path; posterior, classifier: no domain label (each "
+             "prompt runs down every path); default: the checkpoint's ccoe.routing"},
+    {"--posterior", CCOE_OPT_STRING, "mix|argmax", .def = "mix", .choices = "mix|argmax",
+     .help = "routing posterior: mix the paths' predictions, or follow the most likely path"},
 };
 
 /* The index of the domain named by --domain in s's data (0 without it), or -1 with err set. */
@@ -218,7 +312,37 @@ static int run_generate(const ccoe_cli_args *a)
         rc = ccoe_cli_fail(a, &err);
     if (rc == 0 && ccoe_checkpoint_load(f, path, &s.model, NULL, NULL, &err) != CCOE_OK)
         rc = ccoe_cli_fail(a, &err);
-    if (rc == 0) {
+    /* --routing, else (without --domain) the checkpoint's ccoe.routing */
+    ccoe_routing_mode mode = have_session && !ccoe_cli_str(a, "--domain")
+                                 ? (ccoe_routing_mode)s.cfg.ccoe.routing
+                                 : CCOE_ROUTING_RULE;
+    if (ccoe_cli_str(a, "--routing"))
+        ccoe_routing_parse(ccoe_cli_str(a, "--routing"), &mode);
+    if (rc == 0 && mode != CCOE_ROUTING_RULE && ccoe_cli_str(a, "--domain"))
+        rc = ccoe_cli_usage_error(a, "generate --domain routes by the label; with --routing "
+                                     "posterior or classifier the model picks the path: drop",
+                                  "--domain");
+    if (rc == 0 && mode != CCOE_ROUTING_RULE) {
+        ccoe_domain_router router;
+        int found = 0;
+        const ccoe_gen_opts go = {
+            .max_new = (int)ccoe_cli_int(a, "--max-new"),
+            .stop = !stop_arg                     ? s.data.domains[d].answer_stop
+                    : strcmp(stop_arg, "none") == 0 ? '\0'
+                                                    : stop_arg[0],
+            .sample = samp};
+        ccoe_status st = ccoe_router_load(f, path, &s.model, &router, &found, &err);
+        const ccoe_routing rt = {.mode = mode,
+                                 .argmax = strcmp(ccoe_cli_str(a, "--posterior"), "argmax") == 0,
+                                 .router = found ? &router : NULL};
+        if (st == CCOE_OK)
+            st = ccoe_generate_routed_print(&s.model, &s.tok, &s.batch, prompts, n, &rt, &go,
+                                            stdout, &err);
+        if (st != CCOE_OK)
+            rc = ccoe_cli_fail(a, &err);
+        if (found)
+            ccoe_router_free(&router);
+    } else if (rc == 0) {
         const ccoe_gen_opts go = {
             .max_new = (int)ccoe_cli_int(a, "--max-new"),
             .stop = !stop_arg                     ? s.data.domains[d].answer_stop

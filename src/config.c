@@ -43,6 +43,8 @@ static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
+/* ccoe.routing: in ccoe_routing_mode order (src/route.h) */
+static const char *const routing_names[] = {"rule", "posterior", "classifier", NULL};
 static const char *const placement_names[] = {"contiguous", "round_robin", "balanced", "list",
                                               NULL};
 /* moe.gate: "none" and every gate of the registry (variants/gates.def), filled in once
@@ -207,6 +209,11 @@ static const ccoe_config_key key_table[] = {
          "a new expert starts as a copy of the base blocks it replaces, or random"),
     STR("ccoe", "train_expert", ccoe.train_expert, 63, NULL, "",
         "train only this expert (base frozen) on its domains' data; empty = train everything"),
+    {.section = "ccoe", .key = "routing", .type = CCOE_CFG_ENUM, FIELD(ccoe.routing),
+     .names = routing_names, .def = "rule", .omit_default = 1,
+     .help = "inference routing of eval and generate: the domain label (rule), the posterior "
+             "over paths (posterior) or the domain router of `ccoe train-router` (classifier); "
+             "papers/routing.md"},
 
     {.section = "moe", .key = "gate", .type = CCOE_CFG_STRING, FIELD(moe.gate), .max_len = 31,
      .names = moe_gate_names, .def = CCOE_GATE_NONE, .name_help = gate_help,
@@ -246,6 +253,18 @@ static const ccoe_config_key key_table[] = {
      FIELD(moe.train_router_only), .def = "false", .omit_default = 1,
      .help = "train only the routers (the MoE layers' router.* tensors), every other tensor "
              "frozen: a merged or upcycled model's router phase"},
+    DBL("moe", "bias_rate", moe.bias_rate, 0, 0, 1e6, 0, "0.001",
+        "lossfree: after each step the selection bias b_e += bias_rate * sign(mean load - "
+        "load_e); 0 = frozen bias (other gates ignore it)"),
+    DBL("moe", "w_seq", moe.w_seq, 0, 0, 1e6, 0, "0",
+        "lossfree: weight of DeepSeek-V3's sequence-wise balance loss mean over sequences of "
+        "sum_i f_i P_i (0 = none; must be 0 for the other gates)"),
+    INT("moe", "n_shared", moe.n_shared, 0, CCOE_GATE_MAX_EXPERTS, "0",
+        "shared experts (DeepSeekMoE): FFNs of the routed experts' size that every token "
+        "passes through with weight 1, beside its top_k routed ones; 0..n_experts"),
+    INT("moe", "granularity", moe.granularity, 1, 64, "1",
+        "fine-grained experts (DeepSeekMoE): each expert split into m: the layer has "
+        "m * n_experts experts of expert hidden / m, each token takes m * top_k of them"),
 
     ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
          "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "

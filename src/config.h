@@ -108,6 +108,8 @@ typedef struct ccoe_ccoe_config {
     ccoe_expert_init init;     /* [ccoe] init = copy | random */
     char train_expert[64];     /* [ccoe] "" = train everything; NAME = train only that expert,
                                 * everything else frozen, on its domains' data */
+    int routing;               /* [ccoe] inference routing (src/route.h): 0 rule (default),
+                                * 1 posterior, 2 classifier; left out of the INI at its default */
 } ccoe_ccoe_config;
 
 /* Mixture-of-Experts FFNs in the base blocks (papers/moe.md, src/moe.h). gate = none is the
@@ -130,6 +132,12 @@ typedef struct ccoe_moe_section {
     double w_z;             /* [moe] router z-loss weight, default 0.001 */
     int train_router_only;  /* [moe] train only the MoE layers' router tensors (router.*),
                              * everything else frozen; default false */
+    /* DeepSeek-style routing (papers/moe.md) */
+    double bias_rate;       /* [moe] lossfree: selection-bias step per update, default 0.001 */
+    double w_seq;           /* [moe] lossfree: sequence-wise balance loss weight, default 0 */
+    int n_shared;           /* [moe] always-on shared experts beside the routed ones, default 0 */
+    int granularity;        /* [moe] fine-grained experts: m*E experts of F/m, top-k m*K;
+                               default 1 (ccoe_moe_config_from_section applies it) */
 } ccoe_moe_section;
 
 /* Expert placement over MPI ranks (src/placement.h): which rank owns each expert, for the

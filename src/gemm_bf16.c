@@ -2,9 +2,11 @@
  * products summed in fp32 by AVX512-BF16 dot-product instructions, fp32 output.
  *
  * Same row-major contract as ccoe_gemm_run (gemm.h). A GotoBLAS-style blocked driver: for each
- * (NC columns, KC depth) block, op(B) is rounded and packed into NR-column micro-panels shared
- * by the threads; each thread rounds and packs MC-row blocks of op(A) into MR-row micro-panels
- * of its own and runs an MR x NR micro-kernel over them. Packed panels hold bf16 pairs along K
+ * (NC columns, KC depth) block, op(B) is rounded and packed into NR-column micro-panels, then
+ * MC-row blocks of op(A) into MR-row micro-panels, and an MR x NR micro-kernel runs over them.
+ * Threads take disjoint column ranges of C (row ranges when C is narrow), each with its own
+ * packing buffers: no barriers and no shared scratch, so a descheduled thread delays only its
+ * own part. Packed panels hold bf16 pairs along K
  * (the "VNNI" layout vdpbf16ps reads: one 32-bit word = elements k and k+1, k even, the even one
  * in the low half); an odd K is padded with a zero. Rows and columns past the edge of a panel
  * are zero, so the micro-kernel always runs full size and stores only the valid part.
@@ -36,11 +38,13 @@
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 /* Micro-kernel tile and cache blocks (in elements of C / K). MR x NR = 8 x 32: 16 accumulator
- * registers, two B loads and eight broadcasts per K pair. KC keeps a B micro-panel (KC x NR
- * bf16, 16 KiB) in L1; MC x KC of A (96 KiB) stays in L2; KC x NC of B (1 MiB) in L2/L3. */
+ * registers, two B loads and eight broadcasts per K pair. A B micro-panel (KC x NR bf16, 32 KiB)
+ * stays in L1 while the 8-row A micro-panels stream past it; MC x KC of A (192 KiB) stays in L2;
+ * KC x NC of B (2 MiB) in L2/L3. KC = 512 measured a few per cent faster than 256 (fewer passes
+ * over C), NC = 2048 than 1024 (papers/bf16.md). */
 #define MR 8
 #define NR 32
-#define KC 256
+#define KC 512
 #define KCP (KC / 2) /* K pairs per block */
 #define MC_MAX 192
 #define NC 2048
@@ -293,66 +297,55 @@ typedef struct bf16_call {
     float *C;
 } bf16_call;
 
-/* The part of the call thread `tid` of `nt` runs (nt > 1: inside a parallel region of nt
- * threads, all of them running this with the same arguments). Bp is shared, Ap the thread's. */
-BF16_TARGET static void bf16_blocks(const bf16_call *c, int tid, int nt, uint32_t *Ap,
-                                    uint32_t *Bp)
+/* The whole call on the calling thread, with its own packing buffers Ap (an A block) and Bp (a
+ * B block). */
+BF16_TARGET static void bf16_blocks(const bf16_call *c, uint32_t *Ap, uint32_t *Bp)
 {
     const int M = c->M, N = c->N, K = c->K;
     /* op(A)[i][k] = A[i * a_i + k * a_k]; op(B)[k][j] = B[j * b_j + k * b_k] */
     const size_t a_i = c->transa ? 1 : (size_t)c->lda, a_k = c->transa ? (size_t)c->lda : 1;
     const size_t b_j = c->transb ? (size_t)c->ldb : 1, b_k = c->transb ? 1 : (size_t)c->ldb;
-    /* row blocks: as few as MC_MAX allows, a multiple of nt when threaded, MR-aligned */
-    int n_ic = (M + MC_MAX - 1) / MC_MAX;
-    if (nt > 1)
-        n_ic = (n_ic + nt - 1) / nt * nt;
-    int mc = (M + n_ic - 1) / n_ic;
-    mc = (mc + MR - 1) / MR * MR;
-    if (mc > MC_MAX)
-        mc = MC_MAX;
-    n_ic = (M + mc - 1) / mc;
-    /* with fewer row blocks than threads, each row block's columns are split too */
-    const int n_jsplit = n_ic < nt ? nt : 1;
-    const int jobs = n_ic * n_jsplit;
     for (int jc = 0; jc < N; jc += NC) {
         const int nc = N - jc < NC ? N - jc : NC, n_jr = (nc + NR - 1) / NR;
         for (int pc = 0; pc < K; pc += KC) {
             const int kc = K - pc < KC ? K - pc : KC, kp = (kc + 1) / 2;
             const float beta = pc == 0 ? c->beta : 1.0f;
-            /* pack op(B)[pc.., jc..] by groups of micro-panels, spread over the threads */
-            const int per = (n_jr + nt - 1) / nt;
-            for (int q = tid * per; q < n_jr && q < (tid + 1) * per; q += 4) {
-                const int q1 = q + 4 < (tid + 1) * per ? q + 4 : (tid + 1) * per;
-                const int j0 = q * NR, nj = (q1 < n_jr ? q1 * NR : nc) - j0;
-                pack(Bp + (size_t)q * kp * NR, NR, c->B + (size_t)(jc + j0) * b_j + (size_t)pc * b_k,
-                     b_j, b_k, nj, kc);
-            }
-            if (nt > 1) {
-#pragma omp barrier
-            }
-            for (int job = tid; job < jobs; job += nt) {
-                const int ib = job / n_jsplit, js = job % n_jsplit;
-                const int i0 = ib * mc, mcur = M - i0 < mc ? M - i0 : mc;
-                const int jr0 = (int)((long)n_jr * js / n_jsplit);
-                const int jr1 = (int)((long)n_jr * (js + 1) / n_jsplit);
-                if (jr0 >= jr1)
-                    continue;
-                pack(Ap, MR, c->A + (size_t)i0 * a_i + (size_t)pc * a_k, a_i, a_k, mcur, kc);
-                for (int jr = jr0; jr < jr1; jr++) {
+            pack(Bp, NR, c->B + (size_t)jc * b_j + (size_t)pc * b_k, b_j, b_k, nc, kc);
+            for (int i0 = 0; i0 < M; i0 += MC_MAX) {
+                const int mc = M - i0 < MC_MAX ? M - i0 : MC_MAX;
+                pack(Ap, MR, c->A + (size_t)i0 * a_i + (size_t)pc * a_k, a_i, a_k, mc, kc);
+                for (int jr = 0; jr < n_jr; jr++) {
                     const int j = jr * NR, nr = nc - j < NR ? nc - j : NR;
                     const uint32_t *bp = Bp + (size_t)jr * kp * NR;
-                    for (int ir = 0; ir * MR < mcur; ir++) {
-                        const int mr = mcur - ir * MR < MR ? mcur - ir * MR : MR;
+                    for (int ir = 0; ir * MR < mc; ir++) {
+                        const int mr = mc - ir * MR < MR ? mc - ir * MR : MR;
                         micro_kernel(kp, Ap + (size_t)ir * kp * MR, bp,
                                      c->C + (size_t)(i0 + ir * MR) * c->ldc + jc + j, c->ldc, mr,
                                      nr, c->alpha, beta);
                     }
                 }
             }
-            if (nt > 1) {
-#pragma omp barrier
-            }
         }
+    }
+}
+
+/* Part t of nt of the call: a contiguous range of columns of C (NR-aligned) when there are
+ * enough, else of rows (MR-aligned); *sub is that part as a call of its own (empty: M or N 0). */
+static void bf16_part(const bf16_call *c, int t, int nt, bf16_call *sub)
+{
+    *sub = *c;
+    if (c->N >= nt * 2 * NR) {
+        const int w = ((c->N + nt - 1) / nt + NR - 1) / NR * NR;
+        const int j0 = t * w < c->N ? t * w : c->N, j1 = j0 + w < c->N ? j0 + w : c->N;
+        sub->N = j1 - j0;
+        sub->B += (size_t)j0 * (c->transb ? (size_t)c->ldb : 1);
+        sub->C += j0;
+    } else {
+        const int h = ((c->M + nt - 1) / nt + MR - 1) / MR * MR;
+        const int i0 = t * h < c->M ? t * h : c->M, i1 = i0 + h < c->M ? i0 + h : c->M;
+        sub->M = i1 - i0;
+        sub->A += (size_t)i0 * (c->transa ? 1 : (size_t)c->lda);
+        sub->C += (size_t)i0 * c->ldc;
     }
 }
 
@@ -378,20 +371,27 @@ void gemm_bf16_run(const ccoe_gemm_bf16 *s, int nthreads, int transa, int transb
         /* a serial call may come from any thread of a caller's parallel region */
         const int tid = omp_in_parallel() ? omp_get_thread_num() : 0;
         if (tid < s->nslots) {
-            bf16_blocks(&c, 0, 1, slot_a(s, tid), slot_b(s, tid));
+            bf16_blocks(&c, slot_a(s, tid), slot_b(s, tid));
         } else { /* a team larger than the context was set up for: the shared slot, in turn */
             omp_lock_t *lk = (omp_lock_t *)&s->lock;
             omp_set_lock(lk);
-            bf16_blocks(&c, 0, 1, slot_a(s, s->nslots), slot_b(s, s->nslots));
+            bf16_blocks(&c, slot_a(s, s->nslots), slot_b(s, s->nslots));
             omp_unset_lock(lk);
         }
         return;
     }
 #pragma omp parallel num_threads(nt)
     {
-        /* a smaller team than asked for still covers every job: the loops use its real size */
+        /* no barriers: each thread packs what its part needs into its own slot (the other
+         * operand's packing is repeated per thread: O((M or N) K) beside O(M N K / nt)); a
+         * smaller team than asked for still covers every part */
         const int tn = omp_get_num_threads(), tid = omp_get_thread_num();
-        bf16_blocks(&c, tid, tn, slot_a(s, tid), slot_b(s, 0));
+        for (int t = tid; t < nt; t += tn) {
+            bf16_call sub;
+            bf16_part(&c, t, nt, &sub);
+            if (sub.M > 0 && sub.N > 0)
+                bf16_blocks(&sub, slot_a(s, tid), slot_b(s, tid));
+        }
     }
 }
 

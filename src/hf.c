@@ -889,16 +889,16 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
                 made_tok = 1;
             tmp[0] = '\0';
         }
-        char abs[PATH_MAX];
-        if (s == CCOE_OK && !realpath(tokdir, abs))
-            s = ccoe_error_set(err, CCOE_ERR_IO, "cannot resolve %s: %s", tokdir, strerror(errno));
-        if (s == CCOE_OK && strlen(abs) >= 180)
+        /* recorded relative to the checkpoint (its sibling): the pair can be moved or copied
+         * together and used from any working directory (ccoe_tok_locate finds it) */
+        const char *rel = strrchr(tokdir, '/') ? strrchr(tokdir, '/') + 1 : tokdir;
+        if (s == CCOE_OK && strlen(rel) >= 180)
             s = ccoe_error_set(err, CCOE_ERR_CONFIG,
-                               "the tokenizer directory's path %s is longer than data.tokenizer "
-                               "allows (179 characters): import to a shorter path",
-                               abs);
+                               "the tokenizer directory's name %s is longer than data.tokenizer "
+                               "allows (179 characters): import to a shorter file name",
+                               rel);
         if (s == CCOE_OK)
-            snprintf(cfg.data.tokenizer, sizeof cfg.data.tokenizer, "%s", abs);
+            snprintf(cfg.data.tokenizer, sizeof cfg.data.tokenizer, "%s", rel);
     }
     if (s == CCOE_OK && o->manifest) {
         if (strlen(o->manifest) >= 180)

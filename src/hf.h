@@ -5,7 +5,8 @@
  * maps the architecture onto a ccoe model config and its parameter names, and writes a ccoe
  * checkpoint (step 0, no optimizer state) that every command taking a model accepts. The
  * tokenizer files next to config.json are copied into OUT's sibling directory
- * "<OUT without .safetensors>.tokenizer", which becomes data.tokenizer. Architectures: GPT-2
+ * "<OUT without .safetensors>.tokenizer", which becomes data.tokenizer (recorded relative
+ * to the checkpoint: ccoe_tok_locate finds it next to the file). Architectures: GPT-2
  * (GPT2LMHeadModel, model_type gpt2; hf_gpt2.c) and LLaMA, Qwen2, Mistral (LlamaForCausalLM,
  * Qwen2ForCausalLM, MistralForCausalLM: RoPE, grouped-query attention, RMSNorm, SwiGLU, q/k/v
  * biases for Qwen2; hf_llama.c); their options ccoe does not implement (rope_scaling, a sliding

@@ -34,7 +34,22 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
     m->group_r1 = ccoe_arena_take(a, B * sizeof(int));
     m->emb = ccoe_arena_floats(a, N * C);
     m->acts = ccoe_arena_take(a, sizeof(ccoe_block_acts) * (size_t)m->n_inst);
+    /* the forward-only base blocks (0 .. fwd_only-1, ccoe_model_set_train_path): one set of
+     * activations for all of them, inside which each block works, and two outputs they
+     * alternate, each block reading the previous block's; nothing survives but the outputs,
+     * the last of which a path's expert reads (its rows are never written again: later base
+     * blocks run only on the rows of longer prefixes) */
+    ccoe_block_acts shared = {0};
+    float *out_res2[2] = {NULL, NULL}, *out_ln2[2] = {NULL, NULL};
     for (int k = 0; k < m->n_inst; k++) {
+        if (k < m->fwd_only && k > 0) {
+            ccoe_block_acts t = shared;
+            t.res2 = out_res2[k % 2];
+            t.ln2 = out_ln2[k % 2];
+            if (m->acts)
+                m->acts[k] = t;
+            continue;
+        }
         ccoe_block_acts t;
         t.ln1 = ccoe_arena_floats(a, N * C);
         t.ln1_mean = ccoe_arena_floats(a, N);
@@ -52,6 +67,13 @@ static void carve_acts(ccoe_model *m, ccoe_arena *a)
             t.fch_act = ccoe_arena_floats(a, N * F);
         }
         t.res2 = ccoe_arena_floats(a, N * C);
+        if (k == 0 && m->fwd_only > 0) {
+            shared = t;
+            out_res2[0] = t.res2;
+            out_ln2[0] = t.ln2;
+            out_res2[1] = ccoe_arena_floats(a, N * C);
+            out_ln2[1] = ccoe_arena_floats(a, N * C);
+        }
         if (m->acts)
             m->acts[k] = t;
     }
@@ -135,6 +157,11 @@ static ccoe_status setup_moe(ccoe_model *m, const ccoe_moe_section *sec, ccoe_er
     if (!m->moe_layer || !m->moe_offset || !m->moe_stats || !m->moe_tot_tokens ||
         !m->moe_tot_rows || !m->moe_tot_dropped || !m->moe_tot_entropy)
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MoE statistics");
+    if (ccoe_moe_has_score_bias(&m->moe)) {
+        m->moe_step_load = ccoe_aligned_calloc(sizeof(double) * n * E);
+        if (!m->moe_step_load)
+            return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate the MoE load counts");
+    }
     for (int l = 0; l < m->cfg.n_layer; l++)
         if (m->moe_of[l] >= 0)
             m->moe_layer[m->moe_of[l]] = l;
@@ -170,11 +197,47 @@ ccoe_status ccoe_model_set_comm(ccoe_model *m, ccoe_comm *comm, const int32_t *o
     return model_alloc_acts(m, err);
 }
 
+ccoe_status ccoe_model_set_train_path(ccoe_model *m, int p, ccoe_error *err)
+{
+    if (p < -1 || p >= m->n_paths || p == 0)
+        return ccoe_error_set(err, CCOE_ERR_ARG, "train path %d: -1 or an expert's 1..%d", p,
+                              m->n_paths - 1);
+    m->train_path = p;
+    /* the base blocks whose backward never runs under isolated training of p: all of them
+     * for a tail or prefix expert (the backward stops at its branch input), those below the
+     * expert's first FFN for an Eqs. 6-7 expert; not with MoE blocks (their activations are
+     * their own) nor under placement (which refuses isolated training) */
+    int fwd_only = 0;
+    if (p > 0 && m->n_moe == 0 && !m->place)
+        fwd_only = m->paths[p].ffn_expert >= 0 ? m->paths[p].ffn_from : m->cfg.n_layer;
+    if (fwd_only < 2)
+        fwd_only = 0; /* one block gains nothing */
+    if (fwd_only == m->fwd_only)
+        return CCOE_OK;
+    m->fwd_only = fwd_only;
+    ccoe_arena_free(&m->act_mem);
+    return model_alloc_acts(m, err);
+}
+
 static int moe_distributed(const ccoe_model *m);
 
 int ccoe_model_forward_collective(const ccoe_model *m)
 {
     return (m->n_moe > 0 && moe_distributed(m)) || (m->place && m->place_active);
+}
+
+ccoe_status ccoe_model_moe_bias_step(ccoe_model *m, ccoe_comm *dp, ccoe_error *err)
+{
+    if (!m->moe_step_load)
+        return CCOE_OK;
+    const size_t n = (size_t)m->n_moe * (size_t)m->moe.E;
+    if (dp && dp->size > 1)
+        CCOE_TRY(dp->ops->allreduce_f64(dp, m->moe_step_load, n, err));
+    for (int i = 0; i < m->n_moe; i++)
+        ccoe_moe_bias_update(&m->moe, m->param_block + m->moe_offset[i],
+                             m->moe_step_load + (size_t)i * m->moe.E);
+    memset(m->moe_step_load, 0, sizeof(double) * n);
+    return CCOE_OK;
 }
 
 void ccoe_model_moe_reset_totals(ccoe_model *m)
@@ -316,6 +379,8 @@ void ccoe_model_free(ccoe_model *m)
     free(m->moe_tot_rows);
     free(m->moe_tot_dropped);
     free(m->moe_tot_entropy);
+    free(m->moe_step_load);
+    m->moe_step_load = NULL;
     m->moe_of = m->moe_layer = NULL;
     m->moe_offset = NULL;
     m->moe_stats = NULL;
@@ -506,6 +571,9 @@ static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int 
         m->aux_loss += ccoe_moe_forward(&m->moe, out, &m->moe_acts[i], st, inp,
                                         m->param_block + m->moe_offset[i], &pass, N);
     }
+    if (m->moe_step_load && m->train) /* the loads behind the selection-bias update */
+        for (int e = 0; e < m->moe.E; e++)
+            m->moe_step_load[(size_t)i * m->moe.E + e] += (double)st->routed_per_expert[e];
     if (m->collect_moe) { /* st->N: the tokens the statistics cover (every rank's under EP) */
         const int E = m->moe.E;
         for (int e = 0; e < E; e++)
@@ -556,6 +624,8 @@ static void attn_forward(const ccoe_model *m, int k, int s0, const ccoe_block_vi
             ccoe_rope_forward(a->qkv, a->qkv, m->rope_cos, m->rope_sin, B, T, 0, H + m->Hkv,
                               m->hd, m->W);
     }
+    if (m->prefilling)
+        model_prefill_keep_kv(m, k, s0, B, T, a->qkv);
     if (m->decoding)
         model_attn_decode(m, k, s0, a, B);
     else
@@ -720,8 +790,13 @@ void model_sort_rows(ccoe_model *m, const int32_t *domains, int B)
             int bp = 0;
             if (domains && m->n_paths > 1) {
                 int d = domains[b];
-                assert(d >= 0 && d < gt->n_domains);
-                bp = gt->route[d] + 1;
+                if (m->route_by_path) { /* the caller picked the path (src/route.h) */
+                    assert(d >= 0 && d < m->n_paths);
+                    bp = d;
+                } else {
+                    assert(d >= 0 && d < gt->n_domains);
+                    bp = gt->route[d] + 1;
+                }
             }
             if (bp != p)
                 continue;
@@ -901,6 +976,9 @@ void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale)
             return;
         lowest = m->paths[only].ffn_from;
     }
+    /* forward-only blocks kept no activations to differentiate */
+    assert(m->fwd_only <= lowest && "backward below the forward-only blocks: "
+                                    "ccoe_model_set_train_path(m, -1) first");
     for (int l = m->cfg.n_layer - 1; l >= lowest; l--) {
         int rows = 0;
         while (rows < B && m->paths[m->row_path[rows]].n_base > l)
@@ -928,3 +1006,10 @@ const float *ccoe_model_logits(const ccoe_model *m, int b, int t)
     return m->logits + ((size_t)m->row_of[b] * m->last_T + t) * m->cfg.vocab_size;
 }
 
+
+const float *ccoe_model_base_hidden(const ccoe_model *m, int layer, int b, int t)
+{
+    assert(layer >= 0 && layer <= m->cfg.n_layer);
+    return model_inst_output(m, layer - 1, m->row_of[b], m->last_T) +
+           (size_t)t * m->cfg.n_embd;
+}

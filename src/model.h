@@ -116,6 +116,13 @@ typedef struct ccoe_model {
     int n_paths;            /* 1 + n_experts */
     ccoe_path paths[CCOE_MAX_EXPERTS + 1];
     int train_path;         /* >= 0: isolated expert training; backward touches only this path */
+    /* 1: the domains passed to forward and prefill are path indices (0 = base, 1 + e = expert
+     * e), not data domains: inference routing without a domain label (src/route.h) runs a
+     * batch down a chosen path. 0 (default): the task-expert matrix routes each domain. */
+    int route_by_path;
+    int fwd_only;           /* base blocks 0..fwd_only-1 run forward only and share one set of
+                             * activations (ccoe_model_set_train_path); 0: every block keeps
+                             * its own */
 
     ccoe_arena param_mem, grad_mem, act_mem;
     float *param_block;     /* (num_params) */
@@ -194,6 +201,7 @@ typedef struct ccoe_model {
     int decoding;              /* a decode step runs: attention reads and extends kv_cache */
     int moe_causal;            /* prefill or decode step: MoE rows are routed one by one
                                   (expert choice falls back to per-token top-k) */
+    int prefilling;            /* a prefill's forward runs: attention fills kv_cache */
     int dec_B;                 /* sequences of the last prefill */
     int dec_has_domains;
     int *dec_row;              /* (dec_maxB) cache row of each prefilled sequence */
@@ -207,7 +215,19 @@ typedef struct ccoe_model {
     int64_t *moe_tot_dropped; /* (n_moe, 3) dropped slots, dropped tokens, and the slots the
                                  training capacity would drop (ccoe_moe_stats) */
     double *moe_tot_entropy;  /* (n_moe, 2) token-weighted sums of gate and router entropy */
+    /* auxiliary-loss-free balancing (gates with a selection bias): router choices per expert
+     * of the training forwards since the last ccoe_model_moe_bias_step; NULL for other gates */
+    double *moe_step_load;    /* (n_moe, E) */
 } ccoe_model;
+
+/* After an optimizer step: the selection-bias update of every MoE block whose gate has one
+ * (ccoe_moe_bias_update, papers/moe.md "Auxiliary-loss-free balancing") from the router
+ * choices the training forwards counted since the last call (every micro-batch of the step),
+ * then resets the counts. dp (may be NULL): the data-parallel ranks when each rank's forwards
+ * counted only its own tokens; the counts are summed over dp first, so every rank applies the
+ * same update (expert-parallel forwards count every rank's tokens already: pass NULL).
+ * COLLECTIVE on dp. Nothing (CCOE_OK) for a model without such a gate. */
+ccoe_status ccoe_model_moe_bias_step(ccoe_model *m, ccoe_comm *dp, ccoe_error *err);
 
 /* Builds the layout and allocates params, grads and activations for batches up to (maxB,maxT).
  * cfg must be validated and its vocab_size resolved. gating (may be NULL: a plain model)
@@ -259,6 +279,16 @@ double ccoe_model_forward(ccoe_model *m, const int32_t *tokens, const int32_t *t
  * papers/moe.md). With train_path >= 0 only that path's own parameters receive gradients (the
  * frozen base is not differentiated). */
 void ccoe_model_backward(ccoe_model *m, float scale, float aux_scale);
+
+/* Isolated training of expert path p (1 + e) on the frozen base, or p = -1 for training
+ * everything: sets train_path and carves the activations again (setup only: it allocates) so
+ * that the base blocks whose backward never runs under p (every base block for a tail or
+ * prefix expert, those below the expert's first FFN for an Eqs. 6-7 expert) run forward only:
+ * they share one set of activations and alternate two output buffers, keeping nothing a
+ * backward would read. Forward on any path stays valid; backward below those blocks is not
+ * (asserted). No sharing with MoE blocks or placement. Setting train_path directly still
+ * works, keeping every block's activations. */
+ccoe_status ccoe_model_set_train_path(ccoe_model *m, int p, ccoe_error *err);
 
 /* Sets the communicator the model runs on (borrowed; NULL = serial). For an MoE model on more
  * than one rank this turns on expert parallelism: expert e of every MoE layer on rank owner[e]
@@ -333,6 +363,11 @@ void ccoe_model_zero_grad(ccoe_model *m);
 
 /* Logits row of (b, t) of the last forward: (V). */
 const float *ccoe_model_logits(const ccoe_model *m, int b, int t);
+
+/* The hidden state (C) of sequence b, position t of the last forward after the first `layer`
+ * base blocks (layer 0: the embedding): the output of base block layer - 1. Valid when b's path
+ * ran those blocks (every path runs the base blocks before its branch point). */
+const float *ccoe_model_base_hidden(const ccoe_model *m, int layer, int b, int t);
 
 /* Looks a parameter tensor up by name; NULL if absent. */
 const ccoe_param *ccoe_model_find_param(const ccoe_model *m, const char *name);

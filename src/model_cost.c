@@ -22,12 +22,13 @@ double ccoe_model_last_flops(const ccoe_model *m)
     const double C = c->n_embd, V = c->vocab_size, T = m->last_T, F = c->ffn_hidden;
     const double Wqkv = m->W; /* rows of the fused q|k|v projection */
     const double Pb = Wqkv * C + C * C + (double)m->F2 * C + C * F; /* matmul params/block */
-    /* an MoE block instead: the router matrices and K experts per token */
+    /* an MoE block instead: the router matrices, K routed and every shared expert per token */
     double Pmoe = Pb;
     if (m->n_moe > 0) {
         const ccoe_moe *x = &m->moe;
         const double routers = (x->off_router != (size_t)-1) + (x->off_noise != (size_t)-1);
-        Pmoe = Wqkv * C + C * C + routers * x->E * C + x->K * ((double)x->F2 * C + C * x->F);
+        Pmoe = Wqkv * C + C * C + routers * x->E * C +
+               (x->K + x->cfg.n_shared) * ((double)x->F2 * C + C * x->F);
     }
     double total = 0.0;
     for (int gi = 0; gi < m->n_groups; gi++) {

@@ -17,6 +17,15 @@ static float *kv_at(const ccoe_model *m, int k, int c, int t)
     return m->kv_cache + (((size_t)k * m->dec_maxB + c) * m->maxT + t) * C2;
 }
 
+void model_prefill_keep_kv(const ccoe_model *m, int k, int s0, int nb, int T, const float *qkv)
+{
+    const size_t C2 = 2 * (size_t)m->Hkv * m->hd, W = (size_t)m->W, C = m->cfg.n_embd;
+    for (int r = 0; r < nb; r++)
+        for (int t = 0; t < T; t++)
+            memcpy(kv_at(m, k, s0 + r, t), qkv + ((size_t)r * T + t) * W + C,
+                   C2 * sizeof(float));
+}
+
 /* Decode step: the new token of sorted rows [s0, s0 + nb) (T = 1) joins instance k's cache,
  * then attends to its sequence's cached positions. */
 void model_attn_decode(const ccoe_model *m, int k, int s0, ccoe_block_acts *a, int nb)
@@ -54,7 +63,7 @@ ccoe_status ccoe_model_decode_prefill(ccoe_model *m, const int32_t *tokens,
     if (B < 1 || B > m->maxB || T < 1 || T > m->maxT)
         return ccoe_error_set(err, CCOE_ERR_ARG, "decode batch (%d, %d) outside (%d, %d)", B, T,
                               m->maxB, m->maxT);
-    const size_t C2 = 2 * (size_t)m->Hkv * m->hd, C3 = (size_t)m->W, C = m->cfg.n_embd;
+    const size_t C2 = 2 * (size_t)m->Hkv * m->hd;
     if (m->dec_maxB != m->maxB) {
         model_decode_free(m);
         const size_t nb = (size_t)m->maxB;
@@ -71,16 +80,15 @@ ccoe_status ccoe_model_decode_prefill(ccoe_model *m, const int32_t *tokens,
         }
         m->dec_maxB = m->maxB;
     }
+    /* every instance keeps the keys and values of the rows it runs on as it runs
+     * (model_prefill_keep_kv: forward-only blocks share their activations, so they are gone
+     * afterwards); the rows an instance does not run on are never read: a sequence keeps its
+     * path */
+    m->prefilling = 1;
     m->moe_causal = 1; /* generation routes causally from the prompt on (papers/moe.md) */
     ccoe_model_forward(m, tokens, NULL, domains, B, T, NULL);
+    m->prefilling = 0;
     m->moe_causal = 0;
-    /* every instance's keys and values of every row (rows an instance did not run on hold
-     * stale values that their sequences never read: a sequence keeps its path) */
-    for (int k = 0; k < m->n_inst; k++)
-        for (int r = 0; r < B; r++)
-            for (int t = 0; t < T; t++)
-                memcpy(kv_at(m, k, r, t), m->acts[k].qkv + ((size_t)r * T + t) * C3 + C,
-                       C2 * sizeof(float));
     for (int b = 0; b < B; b++) {
         m->dec_row[b] = m->row_of[b];
         m->dec_domain[b] = domains ? domains[b] : 0;

@@ -83,6 +83,9 @@ void model_ffn_run_backward(ccoe_model *m, int k, int p, int r0, int r1, int s0,
 /* Decode step: the new token of sorted rows [s0, s0 + nb) joins instance k's cache, then
  * attends to its sequence's cached positions. */
 void model_attn_decode(const ccoe_model *m, int k, int s0, ccoe_block_acts *a, int nb);
+/* Prefill: the keys and values of instance k's sorted rows [s0, s0 + nb) (qkv at row s0,
+ * after RoPE) into the cache, at cache rows s0.. (a prefill's rows are its cache rows). */
+void model_prefill_keep_kv(const ccoe_model *m, int k, int s0, int nb, int T, const float *qkv);
 /* Frees the decoding cache. */
 void model_decode_free(ccoe_model *m);
 

@@ -98,6 +98,9 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
                    K);
     if (c->ffn_hidden < 1)
         return bad(err, "ffn_hidden = %d: each expert needs a hidden size >= 1", c->ffn_hidden);
+    if (c->n_shared < 0 || c->n_shared > E)
+        return bad(err, "n_shared = %d: shared experts are the always-on part of the layer, "
+                   "at most n_experts = %d of them (use 0..%d)", c->n_shared, E, E);
     if (c->expert != CCOE_MOE_GELU && c->expert != CCOE_MOE_SWIGLU)
         return bad(err, "expert kind %d is unknown (allowed: gelu, swiglu)", (int)c->expert);
     if (c->bias != 0 && c->bias != 1)
@@ -122,7 +125,7 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
         double v;
     } coef[] = {{"noise_eps", c->noise_eps},     {"w_importance", c->w_importance},
                 {"w_load", c->w_load},           {"w_switch", c->w_switch},
-                {"w_z", c->w_z}};
+                {"w_z", c->w_z},                 {"w_seq", c->w_seq}};
     for (size_t i = 0; i < sizeof coef / sizeof coef[0]; i++)
         if (!isfinite(coef[i].v) || coef[i].v < 0.0)
             return bad(err, "%s = %g: must be finite and >= 0", coef[i].name, coef[i].v);
@@ -138,6 +141,15 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
                    "selected, the load estimator is undefined; set w_load = 0 or top_k < %d",
                    c->w_load, E, E);
     }
+    if (!isfinite(c->bias_rate) || c->bias_rate < 0.0)
+        return bad(err, "bias_rate = %g: must be finite and >= 0", c->bias_rate);
+    if (c->w_seq != 0.0 && !(g->flags & CCOE_GATE_SCORE_BIAS))
+        return bad(err, "w_seq = %g is the sequence-wise balance loss of gate lossfree (on its "
+                   "sigmoid affinities), not of %s: set it to 0 or use gate lossfree", c->w_seq,
+                   g->name);
+    if (c->bias_rate != 0.0 && !(g->flags & CCOE_GATE_SCORE_BIAS))
+        return bad(err, "bias_rate = %g applies to a gate with a selection bias (lossfree), "
+                   "not %s: set it to 0 or use gate lossfree", c->bias_rate, g->name);
     if (!(g->flags & CCOE_GATE_ROUTER) &&
         (c->w_importance != 0.0 || c->w_switch != 0.0 || c->w_z != 0.0))
         return bad(err, "gate %s has no router: the aux losses (w_importance %g, w_switch "
@@ -166,9 +178,12 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_con
     const ccoe_gate_ops *g = ccoe_gate_find(s->gate);
     ccoe_moe_defaults(out);
     snprintf(out->gate, sizeof out->gate, "%s", s->gate);
-    out->n_experts = s->n_experts;
-    out->top_k = s->top_k;
-    out->ffn_hidden = s->expert_hidden > 0 ? s->expert_hidden : m->ffn_hidden;
+    /* fine-grained experts (DeepSeekMoE): each expert split into g, top-k scaled by g, so the
+     * active expert parameters per token stay those of g = 1 */
+    const int gr = s->granularity > 1 ? s->granularity : 1;
+    out->n_experts = s->n_experts * gr;
+    out->top_k = s->top_k * gr;
+    out->ffn_hidden = (s->expert_hidden > 0 ? s->expert_hidden : m->ffn_hidden) / gr;
     out->expert = m->ffn == CCOE_FFN_SWIGLU ? CCOE_MOE_SWIGLU : CCOE_MOE_GELU;
     out->bias = m->bias;
     out->renormalize = s->renormalize;
@@ -188,6 +203,10 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_con
     out->w_load = s->w_load;
     out->w_switch = s->w_switch;
     out->w_z = s->w_z;
+    out->n_shared = s->n_shared;
+    out->w_seq = s->w_seq;
+    if (g && (g->flags & CCOE_GATE_SCORE_BIAS)) /* other gates have no bias to move */
+        out->bias_rate = s->bias_rate;
     if (g && (g->flags & CCOE_GATE_DOMAIN)) {
         /* expert index = domain id; the data's domain count is checked at session setup */
         out->n_domains = s->n_experts < CCOE_MOE_MAX_DOMAINS ? s->n_experts
@@ -230,13 +249,45 @@ ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
                               "set moe.w_switch = 0, moe.w_z = 0 and moe.w_importance = 0 (now "
                               "%g, %g, %g)",
                               g->name, s->w_switch, s->w_z, s->w_importance);
+    if (s->granularity > 1) {
+        const int F = s->expert_hidden > 0 ? s->expert_hidden : c->model.ffn_hidden;
+        if (g && (!(g->flags & CCOE_GATE_ROUTER) || (g->flags & CCOE_GATE_ONE_EXPERT)))
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "moe.granularity = %d splits the experts for a learned "
+                                  "router that picks top_k of them; gate %s %s: set "
+                                  "moe.granularity = 1",
+                                  s->granularity, g->name,
+                                  (g->flags & CCOE_GATE_ROUTER) ? "sends each token to one "
+                                                                  "expert"
+                                                                : "routes by a rule");
+        if (F % s->granularity != 0)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "moe.granularity = %d does not divide the expert hidden size "
+                                  "%d (moe.expert_hidden, or model.ffn_hidden when it is 0): "
+                                  "use a divisor of %d or set moe.expert_hidden to a multiple "
+                                  "of %d",
+                                  s->granularity, F, F, s->granularity);
+        if ((long long)s->n_experts * s->granularity > CCOE_MOE_MAX_EXPERTS)
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "moe.granularity = %d times moe.n_experts = %d gives %lld "
+                                  "experts, more than %d: lower one of them",
+                                  s->granularity, s->n_experts,
+                                  (long long)s->n_experts * s->granularity,
+                                  CCOE_MOE_MAX_EXPERTS);
+    }
     ccoe_status st = ccoe_moe_validate(&mc, err);
     if (st == CCOE_OK || !err)
         return st;
+    if (s->granularity > 1) { /* the layer's values are the split ones: say so */
+        size_t len = strlen(err->msg);
+        snprintf(err->msg + len, sizeof err->msg - len,
+                 " (with moe.granularity = %d the layer has n_experts = %d, top_k = %d)",
+                 s->granularity, mc.n_experts, mc.top_k);
+    }
     /* "moe: KEY = ..." -> "moe.KEY = ..." when KEY is a [moe] key */
     static const char *const keys[] = {"gate", "n_experts", "top_k", "renormalize",
                                        "capacity_factor", "eval_capacity_factor", "noise_eps", "w_importance",
-                                       "w_load", "w_switch", "w_z", NULL};
+                                       "w_load", "w_switch", "w_z", "bias_rate", "n_shared", "w_seq", NULL};
     if (strncmp(err->msg, "moe: ", 5) == 0)
         for (size_t i = 0; keys[i]; i++) {
             size_t n = strlen(keys[i]);
@@ -314,7 +365,7 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
 
     const size_t EC = (size_t)m->E * C;
     size_t off = 0;
-    m->off_router = m->off_noise = ABSENT;
+    m->off_router = m->off_noise = m->off_score_bias = m->off_shared = ABSENT;
     m->n_tensors = 0;
     if (m->gate->flags & CCOE_GATE_ROUTER) {
         m->off_router = off;
@@ -326,7 +377,11 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
         off += pad16(EC);
         m->n_tensors++;
     }
-    m->off_experts = off;
+    if (m->gate->flags & CCOE_GATE_SCORE_BIAS) {
+        m->off_score_bias = off;
+        off += pad16((size_t)m->E);
+        m->n_tensors++;
+    }
     size_t o = 0;
     m->off_fc_w = o;
     o += pad16((size_t)m->F2 * C);
@@ -342,8 +397,13 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
         o += pad16((size_t)C);
     }
     m->expert_stride = o;
+    if (cfg->n_shared > 0) { /* shared experts: the routed experts' layout, before them */
+        m->off_shared = off;
+        off += (size_t)cfg->n_shared * o;
+    }
+    m->off_experts = off;
     m->num_params = off + (size_t)m->E * o;
-    m->n_tensors += m->E * (cfg->bias ? 4 : 2);
+    m->n_tensors += (cfg->n_shared + m->E) * (cfg->bias ? 4 : 2);
     return CCOE_OK;
 }
 
@@ -379,14 +439,33 @@ void ccoe_moe_tensor_at(const ccoe_moe *m, int i, ccoe_moe_tensor *t)
         t->expert = -1;
         return;
     }
+    if (m->off_score_bias != ABSENT && i == nr) {
+        snprintf(t->name, sizeof t->name, "router.score_bias");
+        t->ndim = 1;
+        t->shape[0] = m->E;
+        t->offset = m->off_score_bias;
+        t->numel = (size_t)m->E;
+        t->decay = 0;
+        t->expert = -1;
+        return;
+    }
+    nr += m->off_score_bias != ABSENT;
     int per = m->cfg.bias ? 4 : 2;
     int e = (i - nr) / per, k = (i - nr) % per;
     if (!m->cfg.bias)
         k *= 2; /* 0 fc.weight, 2 proj.weight */
     static const char *const suffix[4] = {"fc.weight", "fc.bias", "proj.weight", "proj.bias"};
-    snprintf(t->name, sizeof t->name, "experts.%d.%s", e, suffix[k]);
-    size_t base = m->off_experts + (size_t)e * m->expert_stride;
-    t->expert = e;
+    size_t base;
+    if (e < m->cfg.n_shared) { /* shared experts first */
+        snprintf(t->name, sizeof t->name, "shared.%d.%s", e, suffix[k]);
+        base = m->off_shared + (size_t)e * m->expert_stride;
+        t->expert = -1;
+    } else {
+        e -= m->cfg.n_shared;
+        snprintf(t->name, sizeof t->name, "experts.%d.%s", e, suffix[k]);
+        base = m->off_experts + (size_t)e * m->expert_stride;
+        t->expert = e;
+    }
     t->decay = k == 0 || k == 2;
     t->ndim = t->decay ? 2 : 1;
     switch (k) {
@@ -467,6 +546,10 @@ void ccoe_moe_acts_carve(ccoe_moe_acts *a, const ccoe_moe *m, ccoe_arena *arena)
     a->ec_work = take(arena, NG * E, sizeof(ccoe_gate_pick), ec);
     a->ec_scores = take(arena, (NG + (size_t)m->ep_max_peer) * E, sizeof(float), ec && ep);
     a->ec_keep = take(arena, NG * E, sizeof(int32_t), ec && ep);
+    const size_t S = (size_t)m->cfg.n_shared;
+    a->sh_fch = take(arena, S * N * m->F2, sizeof(float), S > 0);
+    a->sh_act = take(arena, S * N * m->F, sizeof(float), S > 0);
+    a->sh_y = take(arena, N * C, sizeof(float), S > 0);
 }
 
 void ccoe_moe_scratch_carve(ccoe_moe_scratch *s, const ccoe_moe *m, ccoe_arena *arena)
@@ -487,12 +570,15 @@ void ccoe_moe_scratch_carve(ccoe_moe_scratch *s, const ccoe_moe *m, ccoe_arena *
     s->home = take(arena, (size_t)m->max_home * C, sizeof(float), ep);
     s->stage = take(arena, (size_t)m->max_recv * C, sizeof(float), ep);
     s->counts = take(arena, (P + 1) * (1 + K * E), sizeof(int32_t), ep);
-    s->sums = take(arena, 4 * E + 4, sizeof(double), ep);
+    s->sums = take(arena, 4 * E + 6, sizeof(double), ep);
     s->send_counts = take(arena, P, sizeof(size_t), ep);
     s->send_displs = take(arena, P, sizeof(size_t), ep);
     s->recv_counts = take(arena, P, sizeof(size_t), ep);
     s->recv_displs = take(arena, P, sizeof(size_t), ep);
     s->cursor = take(arena, P, sizeof(int64_t), ep);
+    const int sh = m->cfg.n_shared > 0;
+    s->sh_dact = take(arena, N * m->F, sizeof(float), sh);
+    s->sh_dfch = take(arena, N * m->F2, sizeof(float), sh);
 }
 
 size_t ccoe_moe_acts_bytes(const ccoe_moe *m)
@@ -780,6 +866,43 @@ static int expert_schedule(const ccoe_moe *m, const int32_t *offsets, int32_t *o
     return (double)makespan <= CCOE_MOE_PAR_SLACK * (double)total / nt;
 }
 
+/* DeepSeek-V3's sequence-wise balance (Eqs. 17-20) of one sequence, rows [r0, r1) of acts:
+ * f (E) = E / (K T) * router choices of each expert over the sequence's T rows; returns
+ * sum_i f_i P_i with P_i = mean over the rows of s_i / sum_j s_j, s = sigmoid(logits). */
+static double seq_balance_one(const ccoe_moe *m, const ccoe_moe_acts *a, int r0, int r1,
+                              double *f)
+{
+    const int E = m->E, K = m->K, T = r1 - r0;
+    for (int i = 0; i < E; i++)
+        f[i] = 0.0;
+    for (size_t t = (size_t)r0 * K; t < (size_t)r1 * K; t++)
+        f[a->ids[t]] += 1.0;
+    for (int i = 0; i < E; i++)
+        f[i] *= (double)E / ((double)K * T);
+    double v = 0.0;
+    for (int n = r0; n < r1; n++) {
+        const float *l = a->logits + (size_t)n * E;
+        double S = 0.0, d = 0.0;
+        for (int i = 0; i < E; i++) {
+            double s = ccoe_gate_sigmoid_d((double)l[i]);
+            S += s;
+            d += f[i] * s;
+        }
+        v += d / S / T;
+    }
+    return v;
+}
+
+/* Sum over this call's sequences (a->seq_T rows each, the last possibly shorter) of the
+ * sequence-wise balance value. */
+static double seq_balance_sum(const ccoe_moe *m, const ccoe_moe_acts *a, int N)
+{
+    double f[CCOE_MOE_MAX_EXPERTS], v = 0.0;
+    for (int r0 = 0; r0 < N; r0 += a->seq_T)
+        v += seq_balance_one(m, a, r0, r0 + a->seq_T < N ? r0 + a->seq_T : N, f);
+    return v;
+}
+
 /* The sums over this call's N rows behind the aux losses: acts' importance, frac (router
  * choices, not yet divided), pmean (sums of softmax(logits)) and load; fills probs, lse and
  * load_p. Returns sum_n lse_n^2. */
@@ -793,6 +916,9 @@ double ccoe_moe_aux_sums(const ccoe_moe *m, ccoe_moe_acts *a, const ccoe_gate_ar
         a->importance[a->ids[t]] += a->weights[t];
         a->frac[a->ids[t]] += 1.0;
     }
+    a->seq_T = ga->T > 0 ? ga->T : (N > 0 ? N : 1);
+    a->n_seq = (double)((N + a->seq_T - 1) / a->seq_T);
+    a->seq_sum = m->cfg.w_seq != 0.0 ? seq_balance_sum(m, a, N) : 0.0;
     if (!router)
         return 0.0;
     float *probs = a->probs, *lse = a->lse;
@@ -842,6 +968,11 @@ void ccoe_moe_aux_values(const ccoe_moe *m, ccoe_moe_acts *a, ccoe_moe_stats *st
     st->loss_switch = m->cfg.w_switch * st->switch_value;
     st->loss_z = m->cfg.w_z * st->z_value;
     st->loss_aux = st->loss_importance + st->loss_load + st->loss_switch + st->loss_z;
+    if (m->cfg.w_seq != 0.0) { /* sequence-wise balance (lossfree) */
+        st->seq_value = a->n_seq > 0.0 ? a->seq_sum / a->n_seq : 0.0;
+        st->loss_seq = m->cfg.w_seq * st->seq_value;
+        st->loss_aux += st->loss_seq;
+    }
 }
 
 /* Per-token statistics sums over this call's rows: tokens with every slot dropped, gate and
@@ -950,7 +1081,80 @@ void ccoe_moe_route_forward(const ccoe_moe *m, ccoe_moe_acts *a, const float *in
     assert(!(m->gate->flags & CCOE_GATE_DOMAIN) || (pass && pass->domains && pass->T >= 1));
     assert(!(m->gate->flags & CCOE_GATE_TOKEN) || (pass && (pass->tokens || N == 0)));
     ccoe_gate_args ga = ccoe_moe_gate_args(m, a, pass, N);
+    if (m->off_score_bias != ABSENT)
+        ga.score_bias = params + m->off_score_bias;
     m->gate->forward(a->ids, a->weights, a->kth, &ga);
+}
+
+/* Shared experts: out (N, C) += sum_s Shared_s(inp), every row with weight 1 (s in order);
+ * keeps each one's fc outputs and activations in acts. GEMMs on all threads. */
+void ccoe_moe_shared_forward(const ccoe_moe *m, ccoe_moe_acts *a, float *out, const float *inp,
+                             const float *params, int N)
+{
+    const int C = m->C, F = m->F, F2 = m->F2;
+    const ccoe_gemm *g = m->gemm;
+    for (int sh = 0; sh < m->cfg.n_shared && N > 0; sh++) {
+        const size_t base = m->off_shared + (size_t)sh * m->expert_stride;
+        float *fch = a->sh_fch + (size_t)sh * m->maxN * F2;
+        float *act = a->sh_act + (size_t)sh * m->maxN * F;
+        ccoe_linear_forward(g, fch, inp, params + base + m->off_fc_w,
+                            m->off_fc_b == ABSENT ? NULL : params + base + m->off_fc_b, N, C, F2);
+        if (m->cfg.expert == CCOE_MOE_GELU)
+            ccoe_gelu_forward(act, fch, (size_t)N * F);
+        else
+            ccoe_swiglu_forward(act, fch, N, F);
+        ccoe_linear_forward(g, a->sh_y, act, params + base + m->off_proj_w,
+                            m->off_proj_b == ABSENT ? NULL : params + base + m->off_proj_b, N,
+                            F, C);
+        const float *y = a->sh_y;
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < (size_t)N * C; i++)
+            out[i] += y[i];
+    }
+}
+
+/* Backward of ccoe_moe_shared_forward: dinp (N, C) += and the shared experts' gradients +=
+ * (this rank's share under expert parallelism: they are replicated tensors). */
+void ccoe_moe_shared_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe_moe_scratch *s,
+                              const ccoe_moe_acts *a, const float *dout, const float *inp,
+                              const float *params, int N)
+{
+    const int C = m->C, F = m->F, F2 = m->F2;
+    const ccoe_gemm *g = m->gemm;
+    for (int sh = 0; sh < m->cfg.n_shared && N > 0; sh++) {
+        const size_t base = m->off_shared + (size_t)sh * m->expert_stride;
+        const float *fch = a->sh_fch + (size_t)sh * m->maxN * F2;
+        const float *act = a->sh_act + (size_t)sh * m->maxN * F;
+        /* proj: dact = dout W_proj (overwrite), dW_proj += dout^T act, db_proj += colsum */
+        linear_bwd(g, 0, s->sh_dact, grads + base + m->off_proj_w,
+                   m->off_proj_b == ABSENT ? NULL : grads + base + m->off_proj_b, dout, act,
+                   params + base + m->off_proj_w, N, F, C);
+        memset(s->sh_dfch, 0, (size_t)N * F2 * sizeof(float));
+        if (m->cfg.expert == CCOE_MOE_GELU)
+            ccoe_gelu_backward(s->sh_dfch, fch, s->sh_dact, (size_t)N * F);
+        else
+            ccoe_swiglu_backward(s->sh_dfch, fch, s->sh_dact, N, F);
+        ccoe_linear_backward(g, dinp, grads + base + m->off_fc_w,
+                             m->off_fc_b == ABSENT ? NULL : grads + base + m->off_fc_b,
+                             s->sh_dfch, inp, params + base + m->off_fc_w, N, C, F2);
+    }
+}
+
+int ccoe_moe_has_score_bias(const ccoe_moe *m) { return m->off_score_bias != ABSENT; }
+
+void ccoe_moe_bias_update(const ccoe_moe *m, float *params, const double *load)
+{
+    if (m->off_score_bias == ABSENT || m->cfg.bias_rate == 0.0)
+        return;
+    const int E = m->E;
+    double mean = 0.0;
+    for (int e = 0; e < E; e++)
+        mean += load[e];
+    mean /= E;
+    const float rate = (float)m->cfg.bias_rate;
+    float *b = params + m->off_score_bias;
+    for (int e = 0; e < E; e++)
+        b[e] += load[e] < mean ? rate : load[e] > mean ? -rate : 0.0f;
 }
 
 /* The experts on acts' grouped rows (offsets, xin -> fch, fch_act, y). Returns 1 if they ran
@@ -1009,8 +1213,9 @@ double ccoe_moe_forward(const ccoe_moe *m, float *out, ccoe_moe_acts *a, ccoe_mo
     st->expert_parallel = ccoe_moe_experts_forward(m, a, params);
     double t3 = omp_get_wtime();
 
-    /* 4. combine */
+    /* 4. combine, then the shared experts */
     ccoe_moe_combine(out, a->y, a->slot, a->weights, N, K, C);
+    ccoe_moe_shared_forward(m, a, out, inp, params, N);
     double t4 = omp_get_wtime();
 
     if (stats)
@@ -1137,6 +1342,35 @@ void ccoe_moe_router_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe
                 dl[i] += p[i] * (csw[i] - dot + zl);
         }
     }
+    if (m->cfg.w_seq != 0.0 && a->n_seq > 0.0) {
+        /* sequence-wise balance: for the rows t of sequence q, d/ds'_it = c_i = scale f_i / T_q
+         * (f held: it counts the selection); s' = s / S gives dL/ds_k = (c_k - sum_i c_i
+         * s'_i) / S, and ds/dlogit = s (1 - s) */
+        const double cs = sc * m->cfg.w_seq / a->n_seq;
+        const int T = a->seq_T, nq = (N + T - 1) / T;
+        float *dlogits = s->dlogits;
+#pragma omp parallel for schedule(static)
+        for (int q = 0; q < nq; q++) {
+            const int r0 = q * T, r1 = r0 + T < N ? r0 + T : N;
+            double f[CCOE_MOE_MAX_EXPERTS];
+            seq_balance_one(m, a, r0, r1, f);
+            for (int i = 0; i < E; i++)
+                f[i] *= cs / (r1 - r0);
+            for (int n = r0; n < r1; n++) {
+                const float *l = a->logits + (size_t)n * E;
+                float *dl = dlogits + (size_t)n * E;
+                double sg[CCOE_MOE_MAX_EXPERTS], S = 0.0, dot = 0.0;
+                for (int i = 0; i < E; i++) {
+                    sg[i] = ccoe_gate_sigmoid_d((double)l[i]);
+                    S += sg[i];
+                    dot += f[i] * sg[i];
+                }
+                dot /= S;
+                for (int i = 0; i < E; i++)
+                    dl[i] += (float)(sg[i] * (1.0 - sg[i]) * (f[i] - dot) / S);
+            }
+        }
+    }
     if (m->cfg.w_load != 0.0) {
         double dload[CCOE_MOE_MAX_EXPERTS];
         cv2_grad(dload, a->load, E, sc * m->cfg.w_load);
@@ -1182,8 +1416,9 @@ void ccoe_moe_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe_moe_st
     ccoe_moe_scatter_backward(dinp, s->dxin, a->slot, N, K, C);
     double t3 = omp_get_wtime();
 
-    /* 4. gate and router, with the aux-loss gradients */
+    /* 4. gate and router, with the aux-loss gradients; the shared experts */
     ccoe_moe_router_backward(m, dinp, grads, s, a, inp, params, aux_scale, N, N);
+    ccoe_moe_shared_backward(m, dinp, grads, s, a, dout, inp, params, N);
     double t4 = omp_get_wtime();
     if (stats)
         ccoe_moe_backward_times(stats, t0, t1, t2, t3, t4);
@@ -1233,6 +1468,8 @@ int ccoe_moe_stats_json(const ccoe_moe_stats *s, char *buf, size_t cap)
          s->gate_entropy, s->router_entropy, s->load_cv, s->cv2_importance, s->cv2_load,
          s->switch_value, s->z_value, s->loss_importance, s->loss_load, s->loss_switch,
          s->loss_z, s->loss_aux, s->train_drop_rate);
+    if (s->loss_seq != 0.0 || s->seq_value != 0.0) /* lossfree with the sequence-wise loss */
+        jput(&b, ",\"seq_value\":%.6g,\"loss_seq\":%.6g", s->seq_value, s->loss_seq);
     if (s->ep_bytes_meta > 0) /* expert parallelism: this rank's share and its exchanges */
         jput(&b,
              ",\"N_local\":%d,\"ep_bytes_fwd\":%lld,\"ep_bytes_bwd\":%lld,"

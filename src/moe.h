@@ -1,9 +1,10 @@
 /* moe.h - the Mixture-of-Experts layer: a drop-in replacement for a block's FFN.
  *
  *   out (N, C) = sum over a token's kept slots j of  weight[n, j] * Expert_{ids[n, j]}(h[n])
+ *                + sum over the n_shared shared experts s of Shared_s(h[n])   (DeepSeekMoE)
  *
  * h -> router (logits = h W_g^T, noisy gates also h W_noise^T) -> gate (variants/gate.h:
- * softmax, topk, noisy_topk, domain, hash) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
+ * softmax, topk, noisy_topk, domain, hash, lossfree) -> capacity -> experts (FFNs: GELU or SwiGLU, hidden F,
  * biases optional) on contiguous per-expert row groups -> weighted combine. Auxiliary losses
  * (Shazeer importance and load, Switch/GShard, router z-loss) are computed in forward and their
  * gradients added in backward. Math and derivations: papers/moe.md.
@@ -69,6 +70,15 @@ typedef struct ccoe_moe_config {
     double w_load;          /* Shazeer: w * CV(Load)^2, smooth load; noisy_topk with K < E */
     double w_switch;        /* Switch/GShard: w * E * sum_i f_i P_i */
     double w_z;             /* router z-loss: w * mean_n logsumexp(logits_n)^2 */
+    double w_seq;           /* gates with CCOE_GATE_SCORE_BIAS (lossfree): DeepSeek-V3's
+                               sequence-wise balance loss w * mean over sequences of
+                               sum_i f_i P_i on the sigmoid affinities; 0 for other gates */
+    double bias_rate;       /* gates with CCOE_GATE_SCORE_BIAS (lossfree): the step of the
+                               selection-bias update (ccoe_moe_bias_update); 0 = bias frozen;
+                               must be 0 for the other gates */
+    int n_shared;           /* shared experts (DeepSeekMoE): FFNs of the routed experts' shape
+                               that every token passes through with weight 1, beside its K
+                               routed ones; 0..n_experts, default 0 */
     int n_domains;          /* domain gate: entries of domain_expert */
     int32_t domain_expert[CCOE_MOE_MAX_DOMAINS]; /* domain gate: domain d -> expert index */
 } ccoe_moe_config;
@@ -92,6 +102,9 @@ typedef struct ccoe_moe {
     /* parameter layout, in floats from the start of the layer's region; every tensor starts
      * on a 16-float (64-byte) boundary */
     size_t off_router, off_noise; /* (E, C) each, or (size_t)-1 when absent */
+    size_t off_score_bias;        /* (E) selection bias (CCOE_GATE_SCORE_BIAS), or -1 */
+    size_t off_shared;            /* shared expert s's tensors: [off_shared + s stride, + stride),
+                                     -1 when there are none */
     size_t off_experts;           /* expert e's tensors: [off_experts + e stride, + stride) */
     size_t expert_stride;
     size_t off_fc_w, off_fc_b, off_proj_w, off_proj_b; /* within an expert; -1 when absent */
@@ -108,15 +121,17 @@ typedef struct ccoe_moe {
 
 /* One parameter tensor of the layer's region. */
 typedef struct ccoe_moe_tensor {
-    char name[CCOE_MOE_NAME]; /* "router.weight", "router.noise_weight",
+    char name[CCOE_MOE_NAME]; /* "router.weight", "router.noise_weight", "router.score_bias",
+                                 "shared.0.fc.weight", ... (the routed experts' four names),
                                  "experts.3.fc.weight", "experts.3.fc.bias",
                                  "experts.3.proj.weight", "experts.3.proj.bias" */
     int ndim;
     int64_t shape[2];
     size_t offset;            /* floats from the start of the layer's region */
     size_t numel;
-    int decay;                /* 1 for matrices (AdamW decay), 0 for biases */
-    int expert;               /* owning expert, -1 for the router */
+    int decay;                /* 1 for matrices (AdamW decay), 0 for biases and state */
+    int expert;               /* owning routed expert, -1 for the router and shared experts
+                                 (replicated under expert parallelism) */
 } ccoe_moe_tensor;
 
 /* Per-call routing context. */
@@ -157,7 +172,10 @@ typedef struct ccoe_moe_stats {
     double cv2_load;           /* CV(smooth Load)^2 (noisy_topk with K < E, else 0) */
     double switch_value;       /* E sum_i f_i P_i (unweighted) */
     double z_value;            /* mean_n logsumexp(logits_n)^2 (unweighted) */
+    double seq_value;          /* sequence-wise balance (lossfree): mean over sequences of
+                                  sum_i f_i P_i (unweighted; 0 for other gates) */
     double loss_importance, loss_load, loss_switch, loss_z; /* weighted by the coefficients */
+    double loss_seq;           /* w_seq * seq_value */
     double loss_aux;           /* their sum: the value ccoe_moe_forward returns */
     int expert_parallel;       /* 1 if the experts ran in parallel (ccoe_moe_schedule) */
     /* seconds: forward router+gate+aux, dispatch (plan+gather), experts, combine; backward
@@ -202,6 +220,9 @@ typedef struct ccoe_moe_acts {
     double *load;            /* (E) sum_n P(x_n, i) */
     double *frac;            /* (E) f_i: share of the N K router choices that pick i */
     double *pmean;           /* (E) P_i: mean of softmax(logits)_i */
+    int seq_T;               /* rows per sequence of the last forward (pass->T, or N) */
+    double seq_sum, n_seq;   /* sequence-wise balance: sum over sequences of sum_i f_i P_i and
+                                the number of sequences (global under expert parallelism) */
     /* expert parallelism (carved when m->ep_size > 0; the E-sized sums above are then global,
      * and xin .. y hold the rows this rank's experts received, grouped by expert, within an
      * expert by source rank and token: the global token order) */
@@ -216,6 +237,10 @@ typedef struct ccoe_moe_acts {
     float *ec_scores;        /* expert choice under EP: (P max_peer, E) every rank's scores,
                                 then (max_peer, E) this rank's send area */
     int32_t *ec_keep;        /* expert choice under EP: (P max_peer, E) their keep marks */
+    /* shared experts (cfg.n_shared > 0; this rank's rows under expert parallelism) */
+    float *sh_fch;           /* (n_shared, maxN, F2) fc outputs of every row */
+    float *sh_act;           /* (n_shared, maxN, F) activations */
+    float *sh_y;             /* (maxN, C) one shared expert's output (forward scratch) */
 } ccoe_moe_acts;
 
 /* Backward scratch (may be shared by all MoE layers of a model). */
@@ -232,9 +257,12 @@ typedef struct ccoe_moe_scratch {
     float *stage;            /* (max_recv, C) rows in arrival order (source rank, expert, token) */
     int32_t *counts;         /* (P, 1 + K E) allgathered: each rank's N and per-(round j,
                                 expert e) router choices */
-    double *sums;            /* (4 E + 4) allreduced sums (aux losses, statistics) */
+    double *sums;            /* (4 E + 6) allreduced sums (aux losses, statistics) */
     size_t *send_counts, *send_displs, *recv_counts, *recv_displs; /* (P) each, in floats */
     int64_t *cursor;         /* (P) */
+    /* shared experts (cfg.n_shared > 0) */
+    float *sh_dact;          /* (maxN, F) */
+    float *sh_dfch;          /* (maxN, F2) */
 } ccoe_moe_scratch;
 
 /* ---- setup ---- */
@@ -254,7 +282,8 @@ void ccoe_moe_defaults(ccoe_moe_config *cfg);
 ccoe_status ccoe_moe_validate(const ccoe_moe_config *cfg, ccoe_error *err);
 
 /* The MoE layer config of a [moe] section for a resolved model config (expert_hidden 0 ->
- * m->ffn_hidden, expert kind and biases from the model; a gate with CCOE_GATE_DOMAIN: the table
+ * m->ffn_hidden, expert kind and biases from the model; fine-grained experts, granularity g > 1:
+ * n_experts g E, top_k g K, ffn_hidden F / g; a gate with CCOE_GATE_DOMAIN: the table
  * maps domain d to expert d for d < n_experts; a gate with CCOE_GATE_DROPLESS: both capacity
  * factors 0, whatever the section says). Returns 0 (out untouched) when sec->gate is
  * none: a dense model; 1 otherwise. Does not validate (ccoe_moe_config_check does). */
@@ -263,7 +292,8 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *sec, const ccoe_model_c
 
 /* The cross-field rules of the [moe] section of c (model.ffn_hidden resolved, every key in
  * range: after ccoe_config_validate): moe.every against model.n_layer, no balancing losses on
- * a gate without a router, then ccoe_moe_validate of the layer config with its messages
+ * a gate without a router, moe.granularity (a learned router with a choice of experts, a
+ * divisor of the expert hidden size, g * n_experts within the limit), then ccoe_moe_validate of the layer config with its messages
  * naming the keys ("moe.top_k = 9 ..."). OK when moe.gate = none. */
 ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err);
 
@@ -276,7 +306,10 @@ ccoe_status ccoe_moe_init(ccoe_moe *m, const ccoe_moe_config *cfg, int C, int ma
  * (domain gate only; other gates: OK). Call once at setup: forward asserts it. */
 ccoe_status ccoe_moe_check_domains(const ccoe_moe *m, int n_domains, ccoe_error *err);
 
-/* Parameter tensors, in layout order: router.weight, router.noise_weight (noisy), then for
+/* Parameter tensors, in layout order: router.weight, router.noise_weight (noisy),
+ * router.score_bias (gates with CCOE_GATE_SCORE_BIAS: state, not trained: its gradient is
+ * always 0, so AdamW leaves it unchanged; ccoe_moe_bias_update moves it), for
+ * s = 0..n_shared-1 the shared experts shared.s.* (the four names below), then for
  * e = 0..E-1: experts.e.fc.weight, experts.e.fc.bias, experts.e.proj.weight,
  * experts.e.proj.bias (biases when cfg.bias). i in [0, m->n_tensors). */
 void ccoe_moe_tensor_at(const ccoe_moe *m, int i, ccoe_moe_tensor *t);
@@ -306,6 +339,21 @@ int ccoe_moe_causal_k(const ccoe_moe *m, const ccoe_moe_pass *pass);
 int ccoe_moe_capacity_of(const ccoe_moe *m, int N, int eval);
 /* The largest rows per expert either kind of call can keep (0 = unbounded): buffer sizes. */
 int ccoe_moe_capacity_bound(const ccoe_moe *m, int N);
+
+/* ---- auxiliary-loss-free balancing (papers/moe.md) ---- */
+
+/* 1 if the layer's gate selects with a per-expert bias (router.score_bias) that the trainer
+ * updates after each step with ccoe_moe_bias_update. */
+int ccoe_moe_has_score_bias(const ccoe_moe *m);
+
+/* DeepSeek-V3's update of the selection bias from the loads of one optimizer step:
+ *     b_e += rate * sign(mean_i load_i - load_e)   (sign(0) = 0),
+ * load (E) = the router choices of expert e over every token of the step (all micro-batches,
+ * all ranks: under data parallelism sum them over the ranks first; expert-parallel forwards
+ * already count every rank's tokens). params: the layer's region. Nothing for a layer without
+ * the bias or with bias_rate = 0. The arithmetic is in float, one add per expert, so every
+ * rank given the same loads computes the same bias bit for bit. */
+void ccoe_moe_bias_update(const ccoe_moe *m, float *params, const double *load);
 
 /* ---- forward / backward ---- */
 
@@ -435,11 +483,12 @@ typedef struct ccoe_moe_routing {
     const int32_t *ids;    /* (N, K) */
     const int32_t *slot;   /* (N, K) < 0 = slot dropped by capacity; NULL = nothing dropped */
     const int32_t *kth;    /* (N) noisy gates (load estimator) */
+    int T;                 /* rows per sequence (sequence-wise balance loss); 0 = all N rows */
     const double *noise;   /* (N, E) noisy gates */
 } ccoe_moe_routing;
 
 typedef struct ccoe_moe_aux {
-    double importance, load, switch_, z; /* weighted by the coefficients */
+    double importance, load, switch_, z, seq; /* weighted by the coefficients */
     double total;
 } ccoe_moe_aux;
 

@@ -415,11 +415,19 @@ ccoe_status ccoe_moe_forward_ep(const ccoe_moe *m, ccoe_comm *comm, float *out, 
     sums[4 * E + 1] = hg;
     sums[4 * E + 2] = hr;
     sums[4 * E + 3] = (double)dropped_tokens;
+    /* the sequence-wise balance loss (lossfree with w_seq) adds its sum and sequence count */
+    const size_t n_sums = 4 * (size_t)E + (m->cfg.w_seq != 0.0 ? 6 : 4);
+    sums[4 * E + 4] = a->seq_sum;
+    sums[4 * E + 5] = a->n_seq;
     double tx = omp_get_wtime();
-    if (comm->ops->allreduce_f64(comm, sums, 4 * (size_t)E + 4, err) != CCOE_OK)
+    if (comm->ops->allreduce_f64(comm, sums, n_sums, err) != CCOE_OK)
         return comm_failed(err, "aux-loss sums (allreduce)");
     st->t_fwd_exchange += omp_get_wtime() - tx;
-    st->ep_bytes_meta += (int64_t)(P - 1) * (int64_t)((4 * (size_t)E + 4) * sizeof(double));
+    st->ep_bytes_meta += (int64_t)(P - 1) * (int64_t)(n_sums * sizeof(double));
+    if (m->cfg.w_seq != 0.0) {
+        a->seq_sum = sums[4 * E + 4];
+        a->n_seq = sums[4 * E + 5];
+    }
     for (int i = 0; i < E; i++) {
         a->importance[i] = sums[i];
         a->frac[i] = sums[E + i];
@@ -443,6 +451,7 @@ ccoe_status ccoe_moe_forward_ep(const ccoe_moe *m, ccoe_comm *comm, float *out, 
     CCOE_TRY(ccoe_moe_ep_to_home(m, comm, a->home, a->y, a, s, &st->ep_bytes_fwd,
                                  &st->t_fwd_exchange, err));
     ccoe_moe_combine(out, a->home, a->slot, a->weights, N, K, C);
+    ccoe_moe_shared_forward(m, a, out, inp, params, N); /* replicated: this rank's rows */
     double t4 = omp_get_wtime();
 
     if (stats) {
@@ -494,6 +503,7 @@ ccoe_status ccoe_moe_backward_ep(const ccoe_moe *m, ccoe_comm *comm, float *dinp
 
     /* 4. gate and router on this rank's rows; the aux losses are means over all ranks' */
     ccoe_moe_router_backward(m, dinp, grads, s, a, inp, params, aux_scale, N, a->N_total);
+    ccoe_moe_shared_backward(m, dinp, grads, s, a, dout, inp, params, N);
     double t4 = omp_get_wtime();
     if (stats) {
         ccoe_moe_backward_times(stats, t0, t1, t2, t3, t4);

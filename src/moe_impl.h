@@ -16,6 +16,11 @@ ccoe_gate_args ccoe_moe_gate_args(const ccoe_moe *m, const ccoe_moe_acts *a,
 void ccoe_moe_route_forward(const ccoe_moe *m, ccoe_moe_acts *a, const float *inp,
                             const float *params, const ccoe_moe_pass *pass, int N);
 int ccoe_moe_experts_forward(const ccoe_moe *m, ccoe_moe_acts *a, const float *params);
+void ccoe_moe_shared_forward(const ccoe_moe *m, ccoe_moe_acts *a, float *out, const float *inp,
+                             const float *params, int N);
+void ccoe_moe_shared_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe_moe_scratch *s,
+                              const ccoe_moe_acts *a, const float *dout, const float *inp,
+                              const float *params, int N);
 
 /* ---- aux losses and statistics: sums (allreduced under expert parallelism), then values ---- */
 double ccoe_moe_aux_sums(const ccoe_moe *m, ccoe_moe_acts *a, const ccoe_gate_args *ga, int N);

@@ -67,14 +67,21 @@ size_t ccoe_moe_ref_scratch_doubles(const ccoe_moe *m)
     return ref_layout(m, NULL, &b);
 }
 
+/* Expert e's tensor at off: routed experts e >= 0, shared expert s as e = -1 - s. */
+static size_t ebase(const ccoe_moe *m, int e)
+{
+    return e >= 0 ? m->off_experts + (size_t)e * m->expert_stride
+                  : m->off_shared + (size_t)(-1 - e) * m->expert_stride;
+}
+
 static const double *eparam(const ccoe_moe *m, const double *params, int e, size_t off)
 {
-    return off == ABSENT ? NULL : params + m->off_experts + (size_t)e * m->expert_stride + off;
+    return off == ABSENT ? NULL : params + ebase(m, e) + off;
 }
 
 static double *egrad(const ccoe_moe *m, double *grads, int e, size_t off)
 {
-    return off == ABSENT ? NULL : grads + m->off_experts + (size_t)e * m->expert_stride + off;
+    return off == ABSENT ? NULL : grads + ebase(m, e) + off;
 }
 
 static int has_router(const ccoe_moe *m) { return m->off_router != ABSENT; }
@@ -189,6 +196,11 @@ static double ref_pass(const ccoe_moe *m, double *out, const double *inp, const 
                 for (int c = 0; c < C; c++)
                     o[c] += b->w[j] * b->y[c];
             }
+            for (int sh = 0; sh < m->cfg.n_shared; sh++) { /* shared experts, weight 1 */
+                expert_forward(m, params, -1 - sh, h, b);
+                for (int c = 0; c < C; c++)
+                    o[c] += b->y[c];
+            }
         }
         for (int j = 0; j < K; j++) {
             b->imp[ids[j]] += b->w[j];
@@ -207,6 +219,82 @@ static double ref_pass(const ccoe_moe *m, double *out, const double *inp, const 
         }
     }
     return z;
+}
+
+/* One expert (e as ebase) on token h with weight w and output gradient d: dh (C) += and the
+ * expert's gradients += of w <d, Expert_e(h)>; returns <d, Expert_e(h)> (the weight's
+ * gradient). */
+static double expert_backward(const ccoe_moe *m, double *dh, double *dparams,
+                              const double *params, int e, double w, const double *h,
+                              const double *d, ref_bufs *b)
+{
+    const int C = m->C, F = m->F, F2 = m->F2;
+    expert_forward(m, params, e, h, b);
+    double dw = 0.0;
+    for (int c = 0; c < C; c++) {
+        dw += d[c] * b->y[c];
+        b->dyv[c] = w * d[c];
+    }
+    for (int f = 0; f < F; f++)
+        b->dact[f] = 0.0;
+    ccoe_ref_linear_backward(b->dact, egrad(m, dparams, e, m->off_proj_w),
+                             egrad(m, dparams, e, m->off_proj_b), b->dyv, b->act,
+                             eparam(m, params, e, m->off_proj_w), 1, F, C);
+    for (int f = 0; f < F2; f++)
+        b->dfch[f] = 0.0;
+    if (m->cfg.expert == CCOE_MOE_GELU)
+        ccoe_ref_gelu_backward(b->dfch, b->fch, b->dact, (size_t)F);
+    else
+        ccoe_ref_swiglu_backward(b->dfch, b->fch, b->dact, 1, F);
+    ccoe_ref_linear_backward(dh, egrad(m, dparams, e, m->off_fc_w),
+                             egrad(m, dparams, e, m->off_fc_b), b->dfch, h,
+                             eparam(m, params, e, m->off_fc_w), 1, C, F2);
+    return dw;
+}
+
+/* DeepSeek-V3's sequence-wise balance from its definition: for each sequence q of r->T rows
+ * (the last possibly shorter), f_i = E / (K T_q) * #{(t, j): ids_tj = i}, P_i = (1 / T_q)
+ * sum_t sigmoid(l_ti) / sum_k sigmoid(l_tk); value = mean over sequences of sum_i f_i P_i.
+ * With dparams non-NULL instead: adds scale * d(value)/d(params) and to dinp (the router's
+ * backward of the logits' gradient), f held (it counts the fixed selection). */
+static double ref_seq_balance(const ccoe_moe *m, double *dinp, double *dparams,
+                              const double *inp, const double *params,
+                              const ccoe_moe_routing *r, double scale, ref_bufs *b, int N)
+{
+    const int E = m->E, K = m->K, C = m->C, T = r->T > 0 ? r->T : N;
+    const int nq = (N + T - 1) / T;
+    double v = 0.0;
+    for (int q = 0; q < nq; q++) {
+        const int r0 = q * T, r1 = r0 + T < N ? r0 + T : N, Tq = r1 - r0;
+        for (int i = 0; i < E; i++)
+            b->csw[i] = 0.0; /* f of this sequence */
+        for (int n = r0; n < r1; n++)
+            for (int j = 0; j < K; j++)
+                b->csw[r->ids[(size_t)n * K + j]] += (double)E / ((double)K * Tq);
+        for (int n = r0; n < r1; n++) {
+            const double *h = inp + (size_t)n * C;
+            ccoe_ref_linear_forward(b->logits, h, params + m->off_router, NULL, 1, C, E);
+            double S = 0.0;
+            for (int i = 0; i < E; i++) {
+                b->p[i] = 1.0 / (1.0 + exp(-b->logits[i]));
+                S += b->p[i];
+            }
+            for (int i = 0; i < E; i++)
+                v += b->csw[i] * b->p[i] / S / Tq / nq;
+            if (!dparams)
+                continue;
+            /* d/dl_k of sum_i c_i s_i / S, c_i = scale f_i / (T_q nq) */
+            double dot = 0.0;
+            for (int i = 0; i < E; i++)
+                dot += b->csw[i] * b->p[i] / S;
+            for (int k = 0; k < E; k++)
+                b->dl[k] = scale / ((double)Tq * nq) * b->p[k] * (1.0 - b->p[k]) *
+                           (b->csw[k] - dot) / S;
+            ccoe_ref_linear_backward(dinp + (size_t)n * C, dparams + m->off_router, NULL, b->dl,
+                                     h, params + m->off_router, 1, C, E);
+        }
+    }
+    return v;
 }
 
 double ccoe_moe_ref_forward(const ccoe_moe *m, double *out, ccoe_moe_aux *aux, const double *inp,
@@ -229,6 +317,10 @@ double ccoe_moe_ref_forward(const ccoe_moe *m, double *out, ccoe_moe_aux *aux, c
             a.load = m->cfg.w_load * cv2(b.load, m->E);
     }
     a.total = a.importance + a.load + a.switch_ + a.z;
+    if (m->cfg.w_seq != 0.0) {
+        a.seq = m->cfg.w_seq * ref_seq_balance(m, NULL, NULL, inp, params, r, 0.0, &b, N);
+        a.total += a.seq;
+    }
     if (aux)
         *aux = a;
     return a.total;
@@ -238,7 +330,7 @@ void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, con
                            const double *inp, const double *params, const ccoe_moe_routing *r,
                            double aux_scale, double *scratch, int N)
 {
-    const int E = m->E, K = m->K, C = m->C, F = m->F, F2 = m->F2;
+    const int E = m->E, K = m->K, C = m->C;
     ref_bufs b;
     ref_layout(m, scratch, &b);
     ref_pass(m, NULL, inp, params, r, &b, N);
@@ -261,27 +353,10 @@ void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, con
             b.dw[j] = 0.0;
             if (!slot_kept(r, (size_t)n * K + j))
                 continue;
-            int e = ids[j];
-            expert_forward(m, params, e, h, &b);
-            for (int c = 0; c < C; c++) {
-                b.dw[j] += d[c] * b.y[c];
-                b.dyv[c] = b.w[j] * d[c];
-            }
-            for (int f = 0; f < F; f++)
-                b.dact[f] = 0.0;
-            ccoe_ref_linear_backward(b.dact, egrad(m, dparams, e, m->off_proj_w),
-                                     egrad(m, dparams, e, m->off_proj_b), b.dyv, b.act,
-                                     eparam(m, params, e, m->off_proj_w), 1, F, C);
-            for (int f = 0; f < F2; f++)
-                b.dfch[f] = 0.0;
-            if (m->cfg.expert == CCOE_MOE_GELU)
-                ccoe_ref_gelu_backward(b.dfch, b.fch, b.dact, (size_t)F);
-            else
-                ccoe_ref_swiglu_backward(b.dfch, b.fch, b.dact, 1, F);
-            ccoe_ref_linear_backward(dh, egrad(m, dparams, e, m->off_fc_w),
-                                     egrad(m, dparams, e, m->off_fc_b), b.dfch, h,
-                                     eparam(m, params, e, m->off_fc_w), 1, C, F2);
+            b.dw[j] = expert_backward(m, dh, dparams, params, ids[j], b.w[j], h, d, &b);
         }
+        for (int sh = 0; sh < m->cfg.n_shared; sh++)
+            expert_backward(m, dh, dparams, params, -1 - sh, 1.0, h, d, &b);
         if (!has_router(m))
             continue;
         for (int j = 0; j < K; j++) /* importance: Imp_i = sum of the gate values of i */
@@ -304,6 +379,8 @@ void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, con
             ccoe_ref_linear_backward(dh, dparams + m->off_noise, NULL, b.dnl, h,
                                      params + m->off_noise, 1, C, E);
     }
+    if (m->cfg.w_seq != 0.0) /* last: it reuses the per-token buffers and csw */
+        ref_seq_balance(m, dinp, dparams, inp, params, r, aux_scale * m->cfg.w_seq, &b, N);
 }
 
 void ccoe_moe_ref_expert_choice(int32_t *keep, const double *S, int64_t N, int E, int64_t cap,

@@ -6,6 +6,9 @@
 /* Monotonic seconds. */
 double ccoe_now(void);
 
+/* CPU seconds used by the whole process so far (every thread; includes spin-waiting). */
+double ccoe_cpu_now(void);
+
 /* Measures the FP32 FMA peak of `nthreads` threads in GFLOP/s by running independent
  * vector FMA chains for about `seconds` (the widest vectors this build supports). */
 double ccoe_measure_fma_peak(int nthreads, double seconds);

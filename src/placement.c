@@ -75,8 +75,8 @@ ccoe_status ccoe_placement_parse_map(const char *map, int32_t *owner, int cap, i
 
 int ccoe_placement_expert_count(const ccoe_config *c)
 {
-    if (!ccoe_gate_is_none(c->moe.gate))
-        return c->moe.n_experts;
+    if (!ccoe_gate_is_none(c->moe.gate)) /* the layer's experts: fine-grained ones counted */
+        return c->moe.n_experts * (c->moe.granularity > 1 ? c->moe.granularity : 1);
     if (!ccoe_form_of(c))
         return 0;
     int n = 0;

@@ -200,6 +200,15 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
         ccoe_adamw_step_scaled(&t->opt, m, tc, lr, gs, only_expert, &t->expert);
     else
         ccoe_adamw_step_scaled(&t->opt, m, tc, lr, gs, NULL, NULL);
+    /* auxiliary-loss-free balancing: the selection bias follows the step's loads (summed over
+     * data-parallel ranks; expert-parallel statistics are global already). Training one CCoE
+     * expert freezes the base, the MoE blocks included. */
+    if (t->expert < 0) {
+        ccoe_comm_phase(c, "MoE load counts", step);
+        CCOE_TRY(ccoe_model_moe_bias_step(m, t->P > 1 && m->moe.ep_size != t->P ? c : NULL, err));
+    } else if (m->moe_step_load) { /* drop the counts */
+        memset(m->moe_step_load, 0, sizeof(double) * (size_t)m->n_moe * (size_t)m->moe.E);
+    }
     return CCOE_OK;
 }
 

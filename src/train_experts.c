@@ -68,7 +68,8 @@ static ccoe_status train_one_expert(train_ctx *t, int e, const ccoe_train_opts *
     CCOE_TRY(ccoe_data_restrict(&s->data, ccoe_train_expert_domains(&s->taskmap, e), err));
     ccoe_data_seek(&s->data, 0);
     t->expert = e;
-    m->train_path = 1 + e;
+    /* the frozen base runs forward only: its blocks share one set of activations */
+    CCOE_TRY(ccoe_model_set_train_path(m, 1 + e, err));
     t->grad_begin = m->expert_begin[e];
     t->grad_end = m->expert_end[e];
     t->opt.t = 0; /* the expert's moments are still zero: nothing else touched them */

@@ -188,7 +188,8 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
                                   s->cfg.ccoe.train_expert, s->cfg.ccoe.train_expert);
         CCOE_TRY(ccoe_data_restrict(&s->data, mask, err));
         t->expert = e;
-        s->model.train_path = 1 + e;
+        /* the frozen base runs forward only: its blocks share one set of activations */
+        CCOE_TRY(ccoe_model_set_train_path(&s->model, 1 + e, err));
         t->grad_begin = s->model.expert_begin[e];
         t->grad_end = s->model.expert_end[e];
     }

@@ -442,6 +442,104 @@ static void test_isolated_backward(void **state)
     ccoe_model_free(&m);
 }
 
+/* GEMM calls of one backward, counted by the profile. */
+static long backward_gemm_calls(ccoe_model *m)
+{
+    static ccoe_gemm_prof prof;
+    memset(&prof, 0, sizeof prof);
+    g_gemm.prof = &prof;
+    ccoe_model_backward(m, 1.0f, 1.0f);
+    g_gemm.prof = NULL;
+    long calls = prof.dropped;
+    for (int i = 0; i < prof.n; i++)
+        calls += prof.e[i].calls;
+    return calls;
+}
+
+/* Isolated training on a frozen base (ccoe_model_set_train_path): the base blocks below the
+ * expert run forward only. Checked: they share one set of activations (the arena is smaller by
+ * their qkv/FFN buffers at least), the loss and every gradient equal those of the model that
+ * keeps every block's activations, the backward's GEMM calls do not grow with the base's depth
+ * (tail, prefix: its backward never runs), and a prefill + decode step on the forward-only
+ * model gives the same logits. */
+static void test_frozen_prefix_forward_only(void **state)
+{
+    (void)state;
+    const int B = 6, T = 6;
+    const struct { ccoe_form form; ccoe_block_kind block; int prefix; int path, want_fwd; } cases[] = {
+        {CCOE_FORM_TAIL, CCOE_BLOCK_PRE_LN, 0, 2, 4},
+        {CCOE_FORM_PREFIX, CCOE_BLOCK_POST_LN, 1, 1, 4},
+        {CCOE_FORM_FFN, CCOE_BLOCK_PRE_LN, 0, 2, 2}, /* expert b covers blocks 2, 3 */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        long calls[2] = {0, 0};
+        for (int deep = 0; deep < 2; deep++) {
+            ccoe_config cfg = base_config(cases[c].block);
+            cfg.model.n_layer = deep ? 6 : 4;
+            set_ccoe(&cfg, cases[c].form, "a:1 b:2", "arith:a code:b", cases[c].prefix, 1);
+            if (cases[c].form == CCOE_FORM_FFN)
+                cfg.ccoe.own_head = 0;
+            ccoe_model ma, mb;
+            ccoe_taskmap gta, gtb;
+            build(&ma, &gta, &cfg, B);
+            build(&mb, &gtb, &cfg, B);
+            ccoe_model_init_weights(&ma, 31, CCOE_INIT_RANDOM);
+            copy_params(&mb, &ma);
+            ccoe_error err = {0};
+            ma.train_path = cases[c].path; /* every block keeps its activations */
+            assert_int_equal(ccoe_model_set_train_path(&mb, cases[c].path, &err), CCOE_OK);
+            const int fwd = cases[c].want_fwd + (deep ? 2 : 0);
+            assert_int_equal(mb.fwd_only, fwd);
+            const size_t N = (size_t)B * T, W = (size_t)mb.W, F = (size_t)cfg.model.ffn_hidden;
+            for (int k = 1; k < mb.fwd_only; k++) {
+                assert_ptr_equal(mb.acts[k].qkv, mb.acts[0].qkv);
+                assert_ptr_equal(mb.acts[k].fch, mb.acts[0].fch);
+                assert_ptr_equal(mb.acts[k].res2, mb.acts[k % 2].res2);
+            }
+            assert_ptr_not_equal(mb.acts[0].res2, mb.acts[1].res2);
+            assert_ptr_not_equal(mb.acts[mb.fwd_only].qkv, mb.acts[0].qkv);
+            assert_true(ma.act_floats - mb.act_floats >=
+                        (size_t)(mb.fwd_only - 1) * N * (W + 2 * F));
+            int32_t tok[64], tgt[64], dom[8];
+            fill_batch(tok, tgt, dom, B, T, cfg.model.vocab_size, 8);
+            long na, nb;
+            ccoe_model_zero_grad(&ma);
+            ccoe_model_zero_grad(&mb);
+            double la = ccoe_model_forward(&ma, tok, tgt, dom, B, T, &na);
+            double lb = ccoe_model_forward(&mb, tok, tgt, dom, B, T, &nb);
+            assert_true(la == lb);
+            ccoe_model_backward(&ma, 1.0f, 1.0f);
+            calls[deep] = backward_gemm_calls(&mb);
+            assert_memory_equal(ma.grad_block, mb.grad_block, ma.num_params * sizeof(float));
+            /* decoding on the forward-only model */
+            assert_int_equal(ccoe_model_decode_prefill(&ma, tok, dom, B, T - 1, &err), CCOE_OK);
+            assert_int_equal(ccoe_model_decode_prefill(&mb, tok, dom, B, T - 1, &err), CCOE_OK);
+            int32_t next[8];
+            int seq[8], pos[8];
+            for (int b = 0; b < B; b++) {
+                next[b] = tok[b * T + T - 1];
+                seq[b] = b;
+                pos[b] = T - 1;
+            }
+            ccoe_model_decode_step(&ma, next, seq, pos, B);
+            ccoe_model_decode_step(&mb, next, seq, pos, B);
+            for (int b = 0; b < B; b++)
+                assert_memory_equal(ccoe_model_logits(&ma, b, 0), ccoe_model_logits(&mb, b, 0),
+                                    (size_t)cfg.model.vocab_size * sizeof(float));
+            /* training everything again needs every block's activations back */
+            assert_int_equal(ccoe_model_set_train_path(&mb, -1, &err), CCOE_OK);
+            assert_int_equal(mb.fwd_only, 0);
+            assert_int_equal(mb.act_floats, ma.act_floats);
+            ccoe_model_free(&ma);
+            ccoe_model_free(&mb);
+        }
+        /* two more frozen blocks, not one GEMM call more in the backward (ffn: the expert's
+         * blocks move down with the base's end, the differentiated ones stay two) */
+        assert_true(calls[0] > 0);
+        assert_int_equal(calls[0], calls[1]);
+    }
+}
+
 static void test_gating_matrix(void **state)
 {
     (void)state;
@@ -532,6 +630,7 @@ int main(void)
         cmocka_unit_test(test_zero_layer_experts_equal_base),
         cmocka_unit_test(test_prefix_equals_tail),
         cmocka_unit_test(test_isolated_backward),
+        cmocka_unit_test(test_frozen_prefix_forward_only),
         cmocka_unit_test(test_gating_matrix),
         cmocka_unit_test(test_bad_gating),
     };

@@ -1521,6 +1521,29 @@ static void test_llama_refusals(void **state)
     }
 }
 
+/* dir/config.json's text. */
+static void read_hf_config(const char *dir, char *text, size_t cap)
+{
+    char p[320];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *cf = fopen(p, "r");
+    assert_non_null(cf);
+    size_t n = fread(text, 1, cap - 1, cf);
+    fclose(cf);
+    text[n] = '\0';
+}
+
+/* The config stored in checkpoint ck, as every command opens it. */
+static ccoe_config stored_config(const char *ck)
+{
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
+    ccoe_st_close(f);
+    return cfg;
+}
+
 /* The norm epsilon travels: GPT-2's layer_norm_epsilon and LLaMA's rms_norm_eps become
  * model.norm_eps on import and come back out on export, and the second import equals the
  * first. */
@@ -1548,26 +1571,15 @@ static void test_norm_eps_round_trip(void **state)
         const double want = llama ? 2.5e-6 : 1e-6;
         ccoe_error err;
         assert_int_equal(import(hf, ck, &err), CCOE_OK);
-        ccoe_config cfg;
-        ccoe_st_file *f = NULL;
-        assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
-        ccoe_st_close(f);
-        assert_true(cfg.model.norm_eps == want);
+        assert_true(stored_config(ck).model.norm_eps == want);
         ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
         assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_OK);
-        char p[300], text[4096];
-        snprintf(p, sizeof p, "%s/config.json", out);
-        FILE *cf = fopen(p, "r");
-        assert_non_null(cf);
-        size_t n = fread(text, 1, sizeof text - 1, cf);
-        fclose(cf);
-        text[n] = '\0';
+        char text[4096];
+        read_hf_config(out, text, sizeof text);
         assert_non_null(strstr(text, llama ? "\"rms_norm_eps\":\t2.5e-06"
                                            : "\"layer_norm_epsilon\":\t1e-06"));
         assert_int_equal(import(out, ck2, &err), CCOE_OK);
-        assert_int_equal(ccoe_checkpoint_open(ck2, &cfg, &f, &err), CCOE_OK);
-        ccoe_st_close(f);
-        assert_true(cfg.model.norm_eps == want);
+        assert_true(stored_config(ck2).model.norm_eps == want);
         int same = 0;
         FILE *devnull = fopen("/dev/null", "w");
         assert_int_equal(
@@ -1609,10 +1621,7 @@ static void test_seq_len(void **state)
             assert_false(exists(ck));
             continue;
         }
-        ccoe_config cfg;
-        ccoe_st_file *f = NULL;
-        assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
-        ccoe_st_close(f);
+        const ccoe_config cfg = stored_config(ck);
         assert_int_equal(cfg.model.seq_len, cases[c].seq);
         assert_int_equal(cfg.model.max_positions, 32768);
     }
@@ -1621,19 +1630,11 @@ static void test_seq_len(void **state)
     ccoe_error err = {0};
     ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
     assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_OK);
-    char p[300], text[4096];
-    snprintf(p, sizeof p, "%s/config.json", out);
-    FILE *cf = fopen(p, "r");
-    assert_non_null(cf);
-    size_t n = fread(text, 1, sizeof text - 1, cf);
-    fclose(cf);
-    text[n] = '\0';
+    char text[4096];
+    read_hf_config(out, text, sizeof text);
     assert_non_null(strstr(text, "\"max_position_embeddings\":\t32768"));
     assert_int_equal(import(out, ck2, &err), CCOE_OK);
-    ccoe_config cfg;
-    ccoe_st_file *f = NULL;
-    assert_int_equal(ccoe_checkpoint_open(ck2, &cfg, &f, &err), CCOE_OK);
-    ccoe_st_close(f);
+    const ccoe_config cfg = stored_config(ck2);
     assert_int_equal(cfg.model.seq_len, 2048);
     assert_int_equal(cfg.model.max_positions, 32768);
     free_dir(&g);
@@ -1652,34 +1653,43 @@ static void test_seq_len(void **state)
     free_dir(&g);
 }
 
+/* A small random model of base settings plus sets (NULL-terminated) in *m (static storage
+ * of the caller; maxB 1, maxT 8): its config in *cfg. */
+static void small_model(const char *const *sets, ccoe_config *cfg, ccoe_model *m)
+{
+    ccoe_config_defaults(cfg);
+    const char *base[] = {"model.n_layer=2", "model.n_embd=16", "model.n_head=2",
+                          "model.seq_len=8", "model.vocab_size=272"};
+    ccoe_error err = {0};
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(ccoe_config_set(cfg, base[i], &err), CCOE_OK);
+    for (int i = 0; sets[i]; i++)
+        assert_int_equal(ccoe_config_set(cfg, sets[i], &err), CCOE_OK);
+    assert_int_equal(ccoe_config_validate(cfg, &err), CCOE_OK);
+    static ccoe_gemm gemm;
+    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+    assert_int_equal(ccoe_model_init_moe(m, &cfg->model, NULL, &cfg->moe, 1, 8, &gemm, 1, &err),
+                     CCOE_OK);
+    ccoe_model_init_weights(m, 9, CCOE_INIT_RANDOM);
+}
+
 /* export --dtype bf16 / f16: the file holds that dtype, config.json says so, and importing it
  * gives the model's tensors rounded to that dtype (nearest even), bit for bit; F16 refuses a
  * weight beyond its range and leaves nothing. */
 static void test_export_dtypes(void **state)
 {
     (void)state;
-    const char *gpt2[] = {NULL};
-    const char *qwen[] = {"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope",
-                          "model.bias=false", "model.qkv_bias=true", "model.n_kv_head=1", NULL};
+    const char *gpt2[] = {"model.tied_head=false", NULL};
+    const char *qwen[] = {"model.tied_head=false", "model.norm=rmsnorm", "model.ffn=swiglu",
+                          "model.pos=rope", "model.bias=false", "model.qkv_bias=true",
+                          "model.n_kv_head=1", NULL};
     const char *const *models[] = {gpt2, qwen};
     const char *dts[] = {"bf16", "f16"};
     for (int mi = 0; mi < 2; mi++) {
         ccoe_config cfg;
-        ccoe_config_defaults(&cfg);
-        const char *sets[] = {"model.n_layer=2", "model.n_embd=16", "model.n_head=2",
-                              "model.seq_len=8", "model.vocab_size=272", "model.tied_head=false"};
-        ccoe_error err = {0};
-        for (size_t i = 0; i < 6; i++)
-            assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
-        for (int i = 0; models[mi][i]; i++)
-            assert_int_equal(ccoe_config_set(&cfg, models[mi][i], &err), CCOE_OK);
-        assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
-        ccoe_gemm gemm;
-        assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
         static ccoe_model m;
-        assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err),
-                         CCOE_OK);
-        ccoe_model_init_weights(&m, 9, CCOE_INIT_RANDOM);
+        small_model(models[mi], &cfg, &m);
+        ccoe_error err = {0};
         for (size_t i = 0; i < m.num_params; i++) /* norms and biases away from 1 and 0 too */
             m.param_block[i] += 0.001f * (float)(i % 7);
         char ck[256];
@@ -1694,12 +1704,7 @@ static void test_export_dtypes(void **state)
             if (s != CCOE_OK)
                 fprintf(stderr, "%s\n", err.msg);
             assert_int_equal(s, CCOE_OK);
-            snprintf(p, sizeof p, "%s/config.json", out);
-            FILE *cf = fopen(p, "r");
-            assert_non_null(cf);
-            size_t n = fread(text, 1, sizeof text - 1, cf);
-            fclose(cf);
-            text[n] = '\0';
+            read_hf_config(out, text, sizeof text);
             assert_non_null(strstr(text, di == 0 ? "\"torch_dtype\":\t\"bfloat16\""
                                                  : "\"torch_dtype\":\t\"float16\""));
             snprintf(p, sizeof p, "%s/model.safetensors", out);
@@ -1755,26 +1760,17 @@ static void test_weights_only_model(void **state)
 {
     (void)state;
     ccoe_config cfg;
-    ccoe_config_defaults(&cfg);
-    const char *sets[] = {"model.n_layer=2", "model.n_embd=16", "model.n_head=2",
-                          "model.seq_len=8", "model.vocab_size=272"};
-    ccoe_error err = {0};
-    for (size_t i = 0; i < 5; i++)
-        assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
-    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
-    ccoe_gemm gemm;
-    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
     static ccoe_model full, w;
-    assert_int_equal(ccoe_model_init_moe(&full, &cfg.model, NULL, &cfg.moe, 1, 1, &gemm, 1, &err),
-                     CCOE_OK);
-    assert_int_equal(ccoe_model_init_weights_only(&w, &cfg.model, NULL, &cfg.moe, &gemm, &err),
+    const char *none[] = {NULL};
+    small_model(none, &cfg, &full);
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_model_init_weights_only(&w, &cfg.model, NULL, &cfg.moe, full.gemm, &err),
                      CCOE_OK);
     assert_null(w.grad_block);
     assert_null(w.g_blocks[0].qkv_w);
     assert_int_equal(w.grad_mem.cap, 0);
     assert_true(full.grad_mem.cap >= full.num_params * sizeof(float));
     assert_int_equal(w.num_params, full.num_params);
-    ccoe_model_init_weights(&full, 3, CCOE_INIT_RANDOM);
     memcpy(w.param_block, full.param_block, full.num_params * sizeof(float));
     const int32_t tok = 42;
     ccoe_model_forward(&full, &tok, NULL, NULL, 1, 1, NULL);
@@ -1783,6 +1779,62 @@ static void test_weights_only_model(void **state)
                         272 * sizeof(float));
     ccoe_model_free(&full);
     ccoe_model_free(&w);
+}
+
+/* Import records data.tokenizer relative to the checkpoint ("BASE.tokenizer"); opening the
+ * checkpoint finds it next to the file from any working directory (absolute path, no copy
+ * unpacked), also after moving both; the record's hash still guards it. */
+static void test_tokenizer_relative(void **state)
+{
+    (void)state;
+    char hf[256], sub[256], ck[300], moved[256], ck2[300];
+    snprintf(hf, sizeof hf, "%s/tokrel", g_dir);
+    snprintf(sub, sizeof sub, "%s/tr-a", g_dir);
+    snprintf(moved, sizeof moved, "%s/tr-b", g_dir);
+    snprintf(ck, sizeof ck, "%s/base.safetensors", sub);
+    snprintf(ck2, sizeof ck2, "%s/base.safetensors", moved);
+    gpt2_opts o = base_opts();
+    gpt2_dir g;
+    gpt2_tensors(&o, &g);
+    gpt2_write(hf, &o, &g);
+    mkdir(sub, 0777);
+    ccoe_error err = {0};
+    assert_int_equal(import(hf, ck, &err), CCOE_OK);
+    /* as stored */
+    ccoe_st_file *f = NULL;
+    assert_int_equal(ccoe_st_open(ck, &f, &err), CCOE_OK);
+    assert_non_null(strstr(ccoe_st_meta(f, "config"), "\ntokenizer = base.tokenizer\n"));
+    assert_string_equal(ccoe_st_meta(f, "ccoe.tokenizer.path"), "base.tokenizer");
+    ccoe_st_close(f);
+    char cwd[1024];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    for (int pass = 0; pass < 2; pass++) {
+        const char *dir = pass ? moved : sub, *path = pass ? ck2 : ck;
+        assert_int_equal(chdir("/"), 0); /* another working directory */
+        ccoe_config cfg;
+        assert_int_equal(ccoe_checkpoint_open(path, &cfg, &f, &err), CCOE_OK);
+        ccoe_st_close(f);
+        char want[512], abs[4096];
+        snprintf(want, sizeof want, "%s/base.tokenizer", dir);
+        assert_non_null(realpath(want, abs));
+        assert_string_equal(cfg.data.tokenizer, abs);
+        assert_int_equal(chdir(cwd), 0);
+        if (!pass)
+            assert_int_equal(rename(sub, moved), 0);
+    }
+    /* another tokenizer in its place is not taken: the checkpoint's own copy is */
+    char vocab[512];
+    snprintf(vocab, sizeof vocab, "%s/base.tokenizer/merges.txt", moved);
+    write_text(vocab, "#version: 0.2\n");
+    char cache[300];
+    snprintf(cache, sizeof cache, "%s/cache", g_dir);
+    setenv("CCOE_CACHE_DIR", cache, 1);
+    ccoe_config cfg;
+    assert_int_equal(ccoe_checkpoint_open(ck2, &cfg, &f, &err), CCOE_OK);
+    ccoe_st_close(f);
+    unsetenv("CCOE_CACHE_DIR");
+    assert_int_equal(strncmp(cfg.data.tokenizer, cache, strlen(cache)), 0);
+    free_dir(&g);
 }
 
 int main(void)
@@ -1803,6 +1855,7 @@ int main(void)
         cmocka_unit_test(test_seq_len),
         cmocka_unit_test(test_export_dtypes),
         cmocka_unit_test(test_weights_only_model),
+        cmocka_unit_test(test_tokenizer_relative),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

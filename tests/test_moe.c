@@ -152,6 +152,7 @@ static void routing_from_acts(ref_routing *rr, const fx *f)
     rr->r.ids = f->a.ids;
     rr->r.slot = f->a.slot;
     rr->r.kth = f->a.kth;
+    rr->r.T = f->a.seq_T; /* the sequences of the fast forward (pass.T) */
     rr->r.noise = NULL;
     if (f->a.noise) {
         rr->noise = tu_dnew((size_t)f->N * f->m.E);
@@ -512,20 +513,24 @@ static void test_fd_layer(void **state)
     (void)state;
     /*                 gate          N  C  E  K  F sw b rn  cf   imp  load sw   z   eps tr drops */
     const moe_case cases[] = {
-        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0},
-        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.8, 0.0, 0.0, 0.0, 0.0, 0, 0},
-        {"topk",         9, 5, 4, 2, 3, 1, 0, 0, 0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0, 0},
-        {"topk",         9, 5, 4, 2, 3, 0, 1, 0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 0, 0},
-        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1},
-        {"softmax",      7, 4, 3, 3, 3, 1, 1, 1, 0.0, 0.6, 0.0, 0.5, 0.2, 0.0, 0, 0},
-        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
-        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 1, 0},
-        {"noisy_topk",   9, 5, 5, 2, 3, 1, 0, 1, 0.0, 0.7, 0.0, 0.0, 0.0, 0.01, 1, 0},
-        {"noisy_topk",  12, 4, 4, 2, 2, 0, 1, 1, 1.0, 0.5, 0.6, 0.4, 0.2, 0.0, 1, 1},
-        {"noisy_topk",   6, 3, 3, 1, 2, 1, 1, 1, 0.0, 0.5, 0.6, 0.4, 0.2, 0.01, 0, 0},
-        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
+        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 0, 1, 1, 0.0, 0.8, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 1, 0, 0, 0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0, 0, 0, 0},
+        {"topk",         9, 5, 4, 2, 3, 0, 1, 0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 0, 0, 0, 0},
+        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1, 0, 0},
+        {"softmax",      7, 4, 3, 3, 3, 1, 1, 1, 0.0, 0.6, 0.0, 0.5, 0.2, 0.0, 0, 0, 0, 0},
+        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0},
+        {"noisy_topk",   9, 5, 5, 2, 3, 0, 1, 1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 1, 0, 0, 0},
+        {"noisy_topk",   9, 5, 5, 2, 3, 1, 0, 1, 0.0, 0.7, 0.0, 0.0, 0.0, 0.01, 1, 0, 0, 0},
+        {"noisy_topk",  12, 4, 4, 2, 2, 0, 1, 1, 1.0, 0.5, 0.6, 0.4, 0.2, 0.0, 1, 1, 0, 0},
+        {"noisy_topk",   6, 3, 3, 1, 2, 1, 1, 1, 0.0, 0.5, 0.6, 0.4, 0.2, 0.01, 0, 0, 0, 0},
+        {"domain",      16, 4, 5, 1, 3, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0},
         /* fixed routing with drops: the hash gate (the domain gate is always dropless) */
-        {"hash",        16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
+        {"hash",        16, 4, 5, 1, 3, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0, 0},
+        /* shared experts beside routed ones with drops; beside the domain rule; SwiGLU */
+        {"topk",        12, 4, 3, 2, 2, 0, 1, 1, 1.0, 0.5, 0.0, 0.4, 0.2, 0.0, 0, 1, 2, 0},
+        {"domain",      16, 4, 5, 1, 3, 1, 0, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 1, 0},
+        {"lossfree",     9, 5, 5, 2, 3, 1, 1, 1, 0.0, 0.0, 0.0, 0.3, 0.1, 0.0, 1, 0, 1, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fd_layer_case(&cases[i], 400 + 10 * i);
@@ -579,8 +584,9 @@ static void check_invariants(const moe_case *mc, const fx *f, const ccoe_moe_sta
     assert_true(dropped_tokens == st->dropped_tokens);
     for (int e = 0; e < E; e++)
         assert_true(routed[e] == st->routed_per_expert[e]);
-    /* tokens whose slots all dropped output 0 (the residual carries them) */
-    for (int n = 0; n < N; n++) {
+    /* tokens whose slots all dropped output 0 (the residual carries them), or only the shared
+     * experts' sum */
+    for (int n = 0; n < N && m->cfg.n_shared == 0; n++) {
         int kept = 0;
         for (int j = 0; j < K; j++)
             kept += f->a.slot[(size_t)n * K + j] >= 0;
@@ -669,28 +675,33 @@ static void test_fast_vs_ref(void **state)
     (void)state;
     /*                 gate          N   C  E  K   F sw b rn  cf    imp  load sw   z    eps tr drops */
     const moe_case cases[] = {
-        {"topk",        37, 24, 4, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"topk",        40, 16, 5, 2, 21, 1, 0, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 1},
-        {"topk",        40, 16, 5, 2, 21, 0, 1, 0, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 0, 0},
-        {"topk",        40, 16, 5, 3, 21, 1, 1, 1, 1.0,  0.2, 0.0, 0.0, 0.0, 0.0, 0, 1},
-        {"noisy_topk",  33, 20, 6, 2, 17, 0, 1, 1, 1.25, 0.4, 0.6, 0.2, 0.1, 0.0, 1, 0},
-        {"noisy_topk",  33, 20, 7, 3, 18, 1, 1, 1, 0.0,  0.4, 0.6, 0.2, 0.1, 0.01, 0, 0},
-        {"noisy_topk",  48, 12, 6, 2, 9,  0, 0, 1, 1.0,  0.4, 0.6, 0.2, 0.1, 0.0, 1, 1},
-        {"softmax",     29, 16, 3, 3, 20, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"softmax",     29, 16, 4, 4, 20, 1, 0, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"domain",      40, 16, 5, 1, 13, 0, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
-        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0},
-        {"hash",        40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1},
+        {"topk",        37, 24, 4, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"topk",        40, 16, 5, 2, 21, 1, 0, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 1, 0, 0},
+        {"topk",        40, 16, 5, 2, 21, 0, 1, 0, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0},
+        {"topk",        40, 16, 5, 3, 21, 1, 1, 1, 1.0,  0.2, 0.0, 0.0, 0.0, 0.0, 0, 1, 0, 0},
+        {"noisy_topk",  33, 20, 6, 2, 17, 0, 1, 1, 1.25, 0.4, 0.6, 0.2, 0.1, 0.0, 1, 0, 0, 0},
+        {"noisy_topk",  33, 20, 7, 3, 18, 1, 1, 1, 0.0,  0.4, 0.6, 0.2, 0.1, 0.01, 0, 0, 0, 0},
+        {"noisy_topk",  48, 12, 6, 2, 9,  0, 0, 1, 1.0,  0.4, 0.6, 0.2, 0.1, 0.0, 1, 1, 0, 0},
+        {"softmax",     29, 16, 3, 3, 20, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"softmax",     29, 16, 4, 4, 20, 1, 0, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"domain",      40, 16, 5, 1, 13, 0, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0},
+        {"domain",      40, 16, 5, 1, 13, 1, 1, 1, 0.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0},
+        {"hash",        40, 16, 5, 1, 13, 1, 1, 1, 1.0,  0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0, 0},
+        /* DeepSeekMoE shapes: fine-grained (granularity 4 of E 4, K 2, F 20: 16 experts of 5,
+         * top-8) with 2 shared experts; lossfree with drops and a shared expert */
+        {"topk",        40, 16, 16, 8, 5, 1, 1, 1, 1.0,  0.2, 0.0, 0.3, 0.1, 0.0, 1, 1, 2, 0},
+        {"lossfree",    40, 16, 16, 8, 5, 0, 1, 1, 0.0,  0.0, 0.0, 0.3, 0.1, 0.0, 1, 0, 2, 0},
+        {"lossfree",    40, 16, 5, 2, 21, 0, 1, 1, 1.0,  0.0, 0.0, 0.3, 0.1, 0.0, 1, 1, 1, 0},
         /* odd shapes: N = 1, E = 1, K = 1, F = 1, C = 1 */
-        {"topk",         1, 24, 3, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"topk",         1, 24, 3, 2, 19, 1, 1, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"topk",        23, 17, 1, 1, 33, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"softmax",     23, 17, 1, 1, 33, 1, 1, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0},
-        {"noisy_topk",  23, 17, 4, 1, 1,  0, 1, 1, 1.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 1},
-        {"noisy_topk",  11, 1,  3, 2, 5,  1, 1, 1, 0.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 0},
+        {"topk",         1, 24, 3, 2, 19, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"topk",         1, 24, 3, 2, 19, 1, 1, 0, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"topk",        23, 17, 1, 1, 33, 0, 1, 1, 0.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"softmax",     23, 17, 1, 1, 33, 1, 1, 1, 1.0,  0.5, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
+        {"noisy_topk",  23, 17, 4, 1, 1,  0, 1, 1, 1.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 1, 0, 0},
+        {"noisy_topk",  11, 1,  3, 2, 5,  1, 1, 1, 0.0,  0.5, 0.5, 0.3, 0.1, 0.0, 1, 0, 0, 0},
         /* enough rows for threaded GEMMs */
-        {"noisy_topk", 300, 48, 8, 2, 80, 0, 1, 1, 1.0,  0.3, 0.3, 0.3, 0.1, 0.0, 1, 1},
-        {"topk",       300, 40, 6, 2, 72, 1, 0, 1, 0.0,  0.3, 0.0, 0.3, 0.1, 0.0, 0, 0},
+        {"noisy_topk", 300, 48, 8, 2, 80, 0, 1, 1, 1.0,  0.3, 0.3, 0.3, 0.1, 0.0, 1, 1, 0, 0},
+        {"topk",       300, 40, 6, 2, 72, 1, 0, 1, 0.0,  0.3, 0.0, 0.3, 0.1, 0.0, 0, 0, 0, 0},
     };
     const ccoe_moe_schedule sched[3] = {CCOE_MOE_SCHED_AUTO, CCOE_MOE_SCHED_GEMM,
                                         CCOE_MOE_SCHED_EXPERTS};
@@ -797,7 +808,7 @@ static void test_identity_dispatch(void **state)
 static void dense_case(int swiglu, int bias)
 {
     const int N = 45, C = 24, F = 37, F2 = swiglu ? 2 * F : F;
-    moe_case mc = {"topk", N, C, 1, 1, F, swiglu, bias, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0};
+    moe_case mc = {"topk", N, C, 1, 1, F, swiglu, bias, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -864,7 +875,7 @@ static void test_dense_equivalence(void **state)
 static void test_domain_gate(void **state)
 {
     (void)state;
-    moe_case mc = {"domain", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0};
+    moe_case mc = {"domain", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -898,7 +909,7 @@ static void test_domain_gate(void **state)
 static void test_hash_gate(void **state)
 {
     (void)state;
-    moe_case mc = {"hash", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0};
+    moe_case mc = {"hash", 64, 8, 5, 1, 6, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -955,7 +966,7 @@ static void test_noise_split(void **state)
 {
     (void)state;
     const int N = 22, C = 12, E = 6;
-    moe_case mc = {"noisy_topk", N, C, E, 2, 10, 0, 1, 1, 0.0, 0.1, 0.1, 0.0, 0.0, 0.0, 1, 0};
+    moe_case mc = {"noisy_topk", N, C, E, 2, 10, 0, 1, 1, 0.0, 0.1, 0.1, 0.0, 0.0, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1010,7 +1021,7 @@ static void balance_run(const char *gate, double w_imp, double w_load, double w_
                         double lr, double *cv0, double *cv1)
 {
     const int N = 512, C = 16, E = 8, steps = 50;
-    moe_case mc = {gate, N, C, E, 2, 4, 0, 1, 1, 0.0, w_imp, w_load, w_switch, 0.0, 0.0, 1, 0};
+    moe_case mc = {gate, N, C, E, 2, 4, 0, 1, 1, 0.0, w_imp, w_load, w_switch, 0.0, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1067,6 +1078,138 @@ static void test_balancing_lowers_cv(void **state)
 
 }
 
+/* Auxiliary-loss-free balancing (gate lossfree): the update rule exactly; the bias decides the
+ * selection but not the weights; the bias alone (no gradient, no aux loss) balances an
+ * unbalanced router on fixed inputs. */
+static void test_lossfree_bias(void **state)
+{
+    (void)state;
+    const int N = 512, C = 16, E = 8;
+    moe_case mc = {"lossfree", N, C, E, 2, 4, 0, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0, 0, 0};
+    ccoe_moe_config cfg;
+    case_config(&mc, &cfg);
+    cfg.bias_rate = 0.01;
+    fx f;
+    fx_init(&f, &cfg, C, N, 1, 1300);
+    const ccoe_moe *m = &f.m;
+    assert_true(ccoe_moe_has_score_bias(m));
+    float *b = f.params + m->off_score_bias;
+
+    /* 1. b_e += rate * sign(mean load - load_e): mean 3 here, sign(0) = 0 */
+    const double load[8] = {0, 1, 2, 3, 3, 4, 5, 6};
+    memset(b, 0, (size_t)E * sizeof(float));
+    ccoe_moe_bias_update(m, f.params, load);
+    for (int e = 0; e < E; e++)
+        assert_true(b[e] == (load[e] < 3 ? 0.01f : load[e] > 3 ? -0.01f : 0.0f));
+    ccoe_moe_config frozen = cfg;
+    frozen.bias_rate = 0.0; /* rate 0: the bias stays */
+    ccoe_moe mf = *m;
+    mf.cfg = frozen;
+    ccoe_moe_bias_update(&mf, f.params, load);
+    assert_true(b[0] == 0.01f && b[7] == -0.01f);
+
+    /* 2. a large bias on expert 3 puts it in every token's selection; the weights stay the
+     * affinities normalised over the kept experts */
+    memset(b, 0, (size_t)E * sizeof(float));
+    b[3] = 5.0f;
+    ccoe_moe_forward(m, f.out, &f.a, NULL, f.inp, f.params, &f.pass, N);
+    for (int n = 0; n < N; n++) {
+        const int32_t *id = f.a.ids + (size_t)n * 2;
+        const float *w = f.a.weights + (size_t)n * 2;
+        assert_int_equal(id[0], 3);
+        float s0 = ccoe_gate_sigmoid(f.a.logits[(size_t)n * E + id[0]]);
+        float s1 = ccoe_gate_sigmoid(f.a.logits[(size_t)n * E + id[1]]);
+        assert_true(fabsf(w[0] - s0 / (s0 + s1)) <= 1e-6f);
+        assert_true(fabsf(w[1] - s1 / (s0 + s1)) <= 1e-6f);
+    }
+
+    /* 3. an unbalanced router (a shared input direction favours experts 0 and 1): the bias
+     * updates alone lower the load CV */
+    float u[16];
+    tu_fill_uniform(u, C, 1301, 1.0f);
+    float *g = tu_fnew((size_t)N * C);
+    tu_fill_uniform(g, (size_t)N * C, 1302, 1.0f);
+    for (size_t i = 0; i < (size_t)N * C; i++)
+        f.inp[i] = u[i % C] + 0.5f * g[i];
+    float *wg = f.params + m->off_router;
+    tu_fill_uniform(wg, (size_t)E * C, 1303, 0.1f);
+    for (int c = 0; c < C; c++) {
+        wg[0 * C + c] += 0.6f * u[c];
+        wg[1 * C + c] += 0.5f * u[c];
+    }
+    memset(b, 0, (size_t)E * sizeof(float));
+    ccoe_moe_stats st;
+    double cv0 = 0.0, tail = 0.0;
+    const int steps = 200;
+    for (int s = 0; s < steps; s++) {
+        ccoe_moe_forward(m, f.out, &f.a, &st, f.inp, f.params, &f.pass, N);
+        if (s == 0)
+            cv0 = st.load_cv;
+        if (s >= steps - 10)
+            tail += st.load_cv / 10.0;
+        double l[CCOE_MOE_MAX_EXPERTS];
+        for (int e = 0; e < E; e++)
+            l[e] = (double)st.routed_per_expert[e];
+        ccoe_moe_bias_update(m, f.params, l);
+    }
+    printf("balance lossfree (bias rate 0.01, no aux loss): load CV %.3f -> %.3f\n", cv0, tail);
+    assert_true(cv0 > 1.0);
+    assert_true(tail < 0.5 * cv0);
+    free(g);
+    fx_free(&f);
+}
+
+/* Fine-grained experts (moe.granularity = g): the section's E, K, F become g E, g K, F / g (the
+ * active expert parameters per token unchanged); bad settings name the key and the fix. */
+static void test_granularity(void **state)
+{
+    (void)state;
+    ccoe_config c;
+    ccoe_config_defaults(&c);
+    c.model.ffn_hidden = 48;
+    snprintf(c.moe.gate, sizeof c.moe.gate, "topk");
+    c.moe.n_experts = 4;
+    c.moe.top_k = 2;
+    c.moe.granularity = 3;
+    c.moe.n_shared = 1;
+    ccoe_moe_config mc;
+    assert_int_equal(ccoe_moe_config_from_section(&c.moe, &c.model, &mc), 1);
+    assert_int_equal(mc.n_experts, 12);
+    assert_int_equal(mc.top_k, 6);
+    assert_int_equal(mc.ffn_hidden, 16);
+    assert_int_equal(mc.n_shared, 1); /* one shared expert of the fine-grained width */
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_OK);
+    c.moe.expert_hidden = 40; /* explicit expert width: 40 / 4 */
+    c.moe.granularity = 4;
+    assert_int_equal(ccoe_moe_config_from_section(&c.moe, &c.model, &mc), 1);
+    assert_int_equal(mc.ffn_hidden, 10);
+    assert_int_equal(mc.top_k, 8);
+    /* granularity 1 is the plain layer */
+    c.moe.granularity = 1;
+    assert_int_equal(ccoe_moe_config_from_section(&c.moe, &c.model, &mc), 1);
+    assert_true(mc.n_experts == 4 && mc.top_k == 2 && mc.ffn_hidden == 40);
+    /* bad input */
+    c.moe.granularity = 3; /* 40 % 3 != 0 */
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "moe.granularity = 3 does not divide the expert hidden size 40"));
+    c.moe.granularity = 2;
+    c.moe.n_experts = 300; /* 600 experts */
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "moe.granularity = 2 times moe.n_experts = 300"));
+    c.moe.n_experts = 4;
+    snprintf(c.moe.gate, sizeof c.moe.gate, "hash");
+    c.moe.top_k = 1;
+    c.moe.w_switch = c.moe.w_z = 0.0;
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "gate hash routes by a rule: set moe.granularity = 1"));
+    snprintf(c.moe.gate, sizeof c.moe.gate, "domain");
+    c.moe.capacity_factor = 0.0;
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "moe.granularity"));
+}
+
 /* ======================= 6. configuration and layout ======================= */
 
 static void expect_bad(const ccoe_moe_config *cfg, const char *needle)
@@ -1109,6 +1252,14 @@ static void test_validate(void **state)
     expect_bad(&c, "noise_eps");
     c = ok, c.w_load = 0.1;
     expect_bad(&c, "w_load");
+    c = ok, c.bias_rate = 0.001; /* a selection bias only on gate lossfree */
+    expect_bad(&c, "bias_rate = 0.001 applies to a gate with a selection bias");
+    c = ok, snprintf(c.gate, sizeof c.gate, "lossfree"), c.bias_rate = -1.0;
+    expect_bad(&c, "bias_rate = -1");
+    c = ok, c.n_shared = c.n_experts + 1; /* shared experts larger than the layer */
+    expect_bad(&c, "n_shared = ");
+    c = ok, c.n_shared = -1;
+    expect_bad(&c, "n_shared = -1");
     c = ok, c.n_experts = 0, c.top_k = 1;
     expect_bad(&c, "n_experts = 0");
     c = ok, c.n_experts = CCOE_MOE_MAX_EXPERTS + 1;
@@ -1228,6 +1379,29 @@ static void test_layout(void **state)
     assert_int_equal(ccoe_moe_capacity(&m, 100), 32); /* ceil(1.25 * 100 * 2 / 8) */
     assert_int_equal(ccoe_moe_capacity(&m, 1), 1);
     assert_true(ccoe_moe_acts_bytes(&m) > 0 && ccoe_moe_scratch_bytes(&m) > 0);
+    /* the lossfree gate's bias state and shared experts: after the router, before the routed
+     * experts, replicated (expert -1), the routed experts' names unchanged */
+    ccoe_moe_config c3 = cfg;
+    snprintf(c3.gate, sizeof c3.gate, "lossfree");
+    c3.noise_eps = 0.0;
+    c3.w_load = 0.0;
+    c3.n_shared = 2;
+    assert_int_equal(ccoe_moe_init(&m, &c3, 7, 10, &G, &err), CCOE_OK);
+    const char *want3[4] = {"router.weight", "router.score_bias", "shared.0.fc.weight",
+                            "shared.0.fc.bias"};
+    for (int i = 0; i < 4; i++) {
+        ccoe_moe_tensor t;
+        ccoe_moe_tensor_at(&m, i, &t);
+        assert_string_equal(t.name, want3[i]);
+        assert_int_equal(t.expert, -1);
+    }
+    ccoe_moe_tensor t3;
+    ccoe_moe_tensor_at(&m, 2 + 2 * 4, &t3); /* the first routed tensor */
+    assert_string_equal(t3.name, "experts.0.fc.weight");
+    assert_int_equal(t3.expert, 0);
+    assert_true(t3.offset == m.off_experts);
+    assert_true(m.off_shared + 2 * m.expert_stride == m.off_experts);
+    assert_int_equal(m.n_tensors, 2 + (2 + 3) * 4);
 }
 
 /* Capacity is a training device: an evaluation pass (pass.train = 0) uses eval_capacity_factor
@@ -1237,7 +1411,7 @@ static void test_eval_dropless(void **state)
 {
     (void)state;
     const int N = 40, C = 8, E = 4;
-    moe_case mc = {"topk", N, C, E, 2, 6, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1, 1};
+    moe_case mc = {"topk", N, C, E, 2, 6, 0, 1, 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1, 1, 0, 0};
     ccoe_moe_config cfg, dl;
     case_config(&mc, &cfg);
     assert_true(cfg.capacity_factor == 1.0 && cfg.eval_capacity_factor == 0.0);
@@ -1328,7 +1502,7 @@ static void test_expert_choice(void **state)
 
     /* the layer: cf = 1.25 over E = 4 experts of N = 40 rows, cap = ceil(1.25 40 / 4) = 13 */
     const int L = 40, C = 8;
-    moe_case mc = {"expert_choice", L, C, 4, 4, 6, 0, 1, 1, 1.25, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1};
+    moe_case mc = {"expert_choice", L, C, 4, 4, 6, 0, 1, 1, 1.25, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1397,7 +1571,7 @@ static void test_expert_choice(void **state)
 static void test_stats_json(void **state)
 {
     (void)state;
-    moe_case mc = {"noisy_topk", 30, 8, 4, 2, 6, 0, 1, 1, 1.0, 0.1, 0.1, 0.1, 0.1, 0.0, 1, 0};
+    moe_case mc = {"noisy_topk", 30, 8, 4, 2, 6, 0, 1, 1, 1.0, 0.1, 0.1, 0.1, 0.1, 0.0, 1, 0, 0, 0};
     ccoe_moe_config cfg;
     case_config(&mc, &cfg);
     fx f;
@@ -1427,7 +1601,7 @@ static double bench_moe(const char *gate, int E, int K, int F, double cf,
                         ccoe_moe_schedule sched, int iters, ccoe_moe_stats *acc)
 {
     const int N = 1024, C = 256;
-    moe_case mc = {gate, N, C, E, K, F, 0, 1, 1, cf, 0.01, 0.0, 0.01, 0.001, 0.0, 1, 0};
+    moe_case mc = {gate, N, C, E, K, F, 0, 1, 1, cf, 0.01, 0.0, 0.01, 0.001, 0.0, 1, 0, 0, 0};
     if (ccoe_gate_find(gate)->flags & CCOE_GATE_NOISE)
         mc.w_load = 0.01;
     ccoe_moe_config cfg;
@@ -1509,7 +1683,7 @@ static void test_bench(void **state)
     printf("gemm: %s, %d threads\n", G.kernel_set, G.nthreads);
     {
         ccoe_moe_config cfg;
-        moe_case mc = {"topk", 1024, 256, 8, 2, 1024, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0};
+        moe_case mc = {"topk", 1024, 256, 8, 2, 1024, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0, 0};
         case_config(&mc, &cfg);
         ccoe_moe m;
         ccoe_error err;
@@ -1572,6 +1746,8 @@ int main(void)
         cmocka_unit_test(test_expert_choice),
         cmocka_unit_test(test_noise_split),
         cmocka_unit_test(test_balancing_lowers_cv),
+        cmocka_unit_test(test_lossfree_bias),
+        cmocka_unit_test(test_granularity),
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_stats_json),

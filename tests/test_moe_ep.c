@@ -56,7 +56,7 @@ static void test_placement(void **state)
 {
     (void)state;
     ccoe_moe_config cfg;
-    lcase c = {"topk", 0, 0, 8, 2, 4, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
+    lcase c = {"topk", 0, 0, 8, 2, 4, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     case_config(&c, &cfg);
     ccoe_error err;
     ccoe_error_clear(&err);

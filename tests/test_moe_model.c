@@ -26,6 +26,7 @@ typedef struct moe_case {
     ccoe_block_kind block;
     double capacity;
     double w_importance, w_load, w_switch, w_z, noise_eps;
+    int n_shared, granularity; /* DeepSeekMoE: shared experts, fine-grained experts (0 = 1) */
 } moe_case;
 
 static ccoe_config tiny_moe_config(const moe_case *mc)
@@ -53,6 +54,9 @@ static ccoe_config tiny_moe_config(const moe_case *mc)
     c.moe.w_load = mc->w_load;
     c.moe.w_switch = mc->w_switch;
     c.moe.w_z = mc->w_z;
+    c.moe.n_shared = mc->n_shared;
+    if (mc->granularity > 0)
+        c.moe.granularity = mc->granularity;
     return c;
 }
 
@@ -116,8 +120,8 @@ static void gradcheck_case(const moe_case *mc)
 
     batch bt = {tok, tgt, dom};
     char what[96];
-    snprintf(what, sizeof what, "gate %s E=%d K=%d every=%d block=%d", mc->gate, mc->E, mc->K,
-             mc->every, mc->block);
+    snprintf(what, sizeof what, "gate %s E=%d K=%d every=%d block=%d shared=%d granularity=%d",
+             mc->gate, mc->E, mc->K, mc->every, mc->block, mc->n_shared, mc->granularity);
     assert_int_equal(tu_model_gradcheck(&m, objective, &bt, 99, 1e-3f, 3e-3, 2e-2, what), 0);
     int checked_moe = 0;
     for (int i = 0; i < m.n_params; i++)
@@ -133,12 +137,19 @@ static void test_gradcheck_gates(void **state)
     (void)state;
     const moe_case cases[] = {
         /* gate, E, K, every, block, capacity, w_imp, w_load, w_switch, w_z, noise_eps */
-        {"softmax", 3, 3, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0, 0.1, 0.01, 0},
-        {"topk", 4, 2, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0, 0.1, 0.01, 0},
-        {"topk", 4, 2, 1, CCOE_BLOCK_POST_LN, 1.0, 0, 0, 0.1, 0.01, 0}, /* capacity drops */
-        {"noisy_topk", 4, 2, 2, CCOE_BLOCK_PRE_LN, 0, 0.1, 0.1, 0.1, 0.01, 0.01},
-        {"noisy_topk", 4, 1, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0.1, 0.1, 0.01, 0},
-        {"domain", 3, 1, 1, CCOE_BLOCK_PRE_LN, 0, 0, 0, 0, 0, 0},
+        {"softmax", 3, 3, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0, 0.1, 0.01, 0, 0, 0},
+        {"topk", 4, 2, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0, 0.1, 0.01, 0, 0, 0},
+        {"topk", 4, 2, 1, CCOE_BLOCK_POST_LN, 1.0, 0, 0, 0.1, 0.01, 0, 0, 0}, /* capacity drops */
+        {"noisy_topk", 4, 2, 2, CCOE_BLOCK_PRE_LN, 0, 0.1, 0.1, 0.1, 0.01, 0.01, 0, 0},
+        {"noisy_topk", 4, 1, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0.1, 0.1, 0.01, 0, 0, 0},
+        {"domain", 3, 1, 1, CCOE_BLOCK_PRE_LN, 0, 0, 0, 0, 0, 0, 0, 0},
+        /* DeepSeekMoE: shared experts, also with the domain rule and under a capacity */
+        {"topk", 4, 2, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0, 0.1, 0.01, 0, 1, 0},
+        {"lossfree", 4, 2, 1, CCOE_BLOCK_POST_LN, 1.0, 0, 0, 0.1, 0.01, 0, 2, 0},
+        {"domain", 3, 1, 1, CCOE_BLOCK_PRE_LN, 0, 0, 0, 0, 0, 0, 1, 0},
+        /* fine-grained experts: 2 x 3 = 6 experts of width 6, top-4; with a shared one */
+        {"topk", 3, 2, 1, CCOE_BLOCK_PRE_LN, 0, 0.1, 0, 0.1, 0.01, 0, 1, 2},
+        {"noisy_topk", 2, 1, 1, CCOE_BLOCK_PRE_LN, 1.0, 0.1, 0.1, 0.1, 0.01, 0.01, 0, 3},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         gradcheck_case(&cases[i]);
@@ -160,7 +171,7 @@ static void test_gradcheck_registry(void **state)
             continue;
         last = c->gate;
         moe_case mc = {c->gate, c->E, c->K, 1, CCOE_BLOCK_PRE_LN, 0.0, c->w_imp, c->w_load,
-                       c->w_switch, c->w_z, c->noise_eps};
+                       c->w_switch, c->w_z, c->noise_eps, c->n_shared, 0};
         gradcheck_case(&mc);
         gates++;
     }
@@ -172,7 +183,7 @@ static void test_gradcheck_registry(void **state)
 static void test_one_expert_is_dense(void **state)
 {
     (void)state;
-    moe_case mc = {"topk", 1, 1, 1, CCOE_BLOCK_PRE_LN, 0, 0, 0, 0, 0, 0};
+    moe_case mc = {"topk", 1, 1, 1, CCOE_BLOCK_PRE_LN, 0, 0, 0, 0, 0, 0, 0, 0};
     ccoe_config c = tiny_moe_config(&mc);
     c.moe.expert_hidden = 0; /* = model.ffn_hidden */
     ccoe_gemm g;
@@ -237,7 +248,7 @@ static void test_one_expert_is_dense(void **state)
 static void test_noise_and_stats(void **state)
 {
     (void)state;
-    moe_case mc = {"noisy_topk", 4, 2, 1, CCOE_BLOCK_PRE_LN, 1.25, 0, 0, 0.01, 0.001, 0.5};
+    moe_case mc = {"noisy_topk", 4, 2, 1, CCOE_BLOCK_PRE_LN, 1.25, 0, 0, 0.01, 0.001, 0.5, 0, 0};
     ccoe_config c = tiny_moe_config(&mc);
     ccoe_gemm g;
     ccoe_model m;
@@ -289,7 +300,7 @@ static void test_noise_and_stats(void **state)
 static void test_layout(void **state)
 {
     (void)state;
-    moe_case mc = {"noisy_topk", 4, 2, 2, CCOE_BLOCK_PRE_LN, 1.25, 0, 0, 0.01, 0.001, 0};
+    moe_case mc = {"noisy_topk", 4, 2, 2, CCOE_BLOCK_PRE_LN, 1.25, 0, 0, 0.01, 0.001, 0, 0, 0};
     ccoe_config c = tiny_moe_config(&mc);
     ccoe_gemm g;
     ccoe_model m;

@@ -138,7 +138,8 @@ static long steps_allocations(const char *const *sets, int n_sets, int isolated,
     ccoe_model_init_weights(m, 1, CCOE_INIT_COPY);
     size_t g0 = 0, g1 = m->num_params;
     if (isolated) {
-        m->train_path = 1;
+        /* as train-expert: the frozen base's blocks forward-only, sharing their activations */
+        assert_int_equal(ccoe_model_set_train_path(m, 1, &err), CCOE_OK);
         g0 = m->expert_begin[0];
         g1 = m->expert_end[0];
     }
@@ -184,6 +185,10 @@ static const alloc_case k_cases[] = {
     {"MoE noisy top-2 (Eq. 3)",
      {"moe.gate=noisy_topk", "moe.n_experts=4", "moe.top_k=2", "moe.w_importance=0.01",
       "moe.w_load=0.01"},
+     0},
+    {"MoE lossfree, fine-grained 2 x 4, 1 shared, sequence-wise loss (DeepSeek)",
+     {"moe.gate=lossfree", "moe.n_experts=4", "moe.top_k=2", "moe.granularity=2",
+      "moe.n_shared=1", "moe.w_seq=0.001", "moe.bias_rate=0.01"},
      0},
     {"CCoE Eq. 4 tail", {"ccoe.form=tail", "ccoe.experts=a:2,b:1", "ccoe.routes=arith:a,code:b"}, 0},
     {"CCoE Eq. 5 prefix",

@@ -48,12 +48,18 @@
  * of it). The layer requires capacity_factor = eval_capacity_factor = 0; the [moe] section's
  * capacity keys are ignored for such a gate (ccoe_moe_config_from_section). */
 #define CCOE_GATE_DROPLESS 256u
+/* Selection adds a per-expert bias to the scores (DeepSeek-V3's auxiliary-loss-free
+ * balancing): the layer carries the state tensor router.score_bias (E), passed to forward as
+ * ccoe_gate_args.score_bias. The bias decides which experts are chosen, never their weights,
+ * so it has no gradient; the trainer moves it after each step by ccoe_moe_bias_update
+ * (src/moe.h) from the step's expert loads. */
+#define CCOE_GATE_SCORE_BIAS 512u
 /* Expert choice (Zhou et al. 2022, gate_expert_choice.c): each expert picks its top-cap rows of
  * the batch, so a token is processed by 0..E experts. The layer runs with K = E slots per token
  * (weights = the token-expert scores) and the gate's `choose` hook decides
  * which slots are kept, in place of the capacity rule; cap = ceil(capacity_factor * N / E).
  * Incompatible with CCOE_GATE_DOMAIN, _TOKEN, _DROPLESS, _ONE_EXPERT and _NOISE. */
-#define CCOE_GATE_EXPERT_CHOICE 512u
+#define CCOE_GATE_EXPERT_CHOICE 1024u
 
 /* The value of moe.gate that means "no MoE layer": the dense model. Not a gate of the
  * registry; ccoe_gate_is_none is the one place that tests for it. */
@@ -72,6 +78,7 @@ typedef struct ccoe_gate_args {
     const int32_t *domain_expert; /* (n_domains) expert index of each domain (domain gate) */
     int n_domains;
     const int32_t *tokens;       /* (N) token id of each row (gates with CCOE_GATE_TOKEN) */
+    const float *score_bias;     /* (E) selection bias (CCOE_GATE_SCORE_BIAS); NULL = zeros */
 } ccoe_gate_args;
 
 /* The same inputs for ONE token in double (references). */

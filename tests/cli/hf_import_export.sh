@@ -12,10 +12,18 @@ HF="$SRC/tests/fixtures/hf-gpt2-tiny"
 out=$("$CCOE" import "$HF" -o base.safetensors) || fail "import: $out"
 grep -q "^imported .* (GPT2LMHeadModel, 11088 parameters, 1 file, head tied to wte)" <<<"$out" || fail "import summary: $out"
 grep -q "^  vocab_size = 265$" <<<"$out" || fail "derived vocab_size: $out"
-grep -q "^  tokenizer = $(realpath "$WORK")/base.tokenizer$" <<<"$out" || fail "derived tokenizer: $out"
+grep -q "^  tokenizer = base.tokenizer$" <<<"$out" || fail "derived tokenizer (relative to the checkpoint): $out"
 cmp -s "$HF/vocab.json" base.tokenizer/vocab.json || fail "vocab.json not copied"
 cmp -s "$HF/merges.txt" base.tokenizer/merges.txt || fail "merges.txt not copied"
 pass "import: derived config printed, tokenizer copied"
+
+# the checkpoint and its tokenizer move together and work from any directory, with no copy
+# unpacked from the checkpoint
+mkdir -p moved/deep && "$CCOE" import "$HF" -o moved/deep/m.safetensors >/dev/null || fail "import into a subdirectory"
+mv moved/deep moved/deeper
+ev=$(cd / && "$CCOE" eval "$WORK/moved/deeper/m.safetensors" --batches 1 --no-tasks 2>&1) || fail "eval of the moved import: $ev"
+grep -q "using the copy the checkpoint carries" <<<"$ev" && fail "the moved tokenizer was not found: $ev"
+pass "data.tokenizer relative to the checkpoint: found after moving both, from another directory"
 
 # the printed [model] section is a config: train the imported base a few steps further
 { sed -n 's/^  //p' <<<"$out" | sed -n '/^\[model\]/,/^\[data\]/p' | grep -v '^\[data\]'

@@ -18,6 +18,26 @@ cmp "$WORK/a/run/checkpoint.safetensors" "$WORK/b/run/checkpoint.safetensors" \
   || fail "resumed MoE run differs from the uninterrupted one"
 pass "MoE resume is bitwise equal"
 
+# auxiliary-loss-free balancing: the selection bias is state in the checkpoint, so a resumed
+# lossfree run equals the uninterrupted one; with moe.bias_rate = 0 the run differs (the bias
+# moved)
+LF=(--set moe.gate=lossfree --set moe.n_experts=4 --set moe.top_k=2 --set moe.w_switch=0
+    --set moe.bias_rate=0.01 --set train.steps=12 --quiet)
+mkdir -p "$WORK/lfa" "$WORK/lfb" "$WORK/lfc"
+(cd "$WORK/lfa" && "$CCOE" train "$TINY" "${LF[@]}" --set train.out_dir=run) || fail "lossfree run"
+(cd "$WORK/lfb" && "$CCOE" train "$TINY" "${LF[@]}" --set train.out_dir=run --stop-at 5) \
+  || fail "lossfree first half"
+(cd "$WORK/lfb" && "$CCOE" train "$TINY" "${LF[@]}" --set train.out_dir=run \
+   --resume run/checkpoint.safetensors) || fail "lossfree resumed half"
+cmp "$WORK/lfa/run/checkpoint.safetensors" "$WORK/lfb/run/checkpoint.safetensors" \
+  || fail "resumed lossfree run differs from the uninterrupted one"
+(cd "$WORK/lfc" && "$CCOE" train "$TINY" "${LF[@]}" --set moe.bias_rate=0 \
+   --set train.out_dir=run) || fail "lossfree run with a frozen bias"
+if cmp -s "$WORK/lfa/run/checkpoint.safetensors" "$WORK/lfc/run/checkpoint.safetensors"; then
+  fail "moe.bias_rate has no effect"
+fi
+pass "lossfree resume is bitwise equal, and the bias moves"
+
 m="$WORK/a/run/metrics.jsonl"
 first=$(grep -m1 '"loss"' "$m" | sed -E 's/.*"loss":([0-9.eE+-]+).*/\1/')
 last=$(grep '"loss"' "$m" | tail -n 5 | sed -E 's/.*"loss":([0-9.eE+-]+).*/\1/' |
@@ -65,6 +85,10 @@ expect_fail 2 "moe.eval_capacity_factor" -- "$CCOE" train "$TINY" --set moe.gate
   --set moe.eval_capacity_factor=0.5 --set train.out_dir=bad
 expect_fail 2 "moe.w_switch" -- "$CCOE" train "$TINY" --set moe.gate=hash --set moe.top_k=1 \
   --set train.out_dir=bad
+expect_fail 2 "moe.n_shared" -- "$CCOE" train "$TINY" --set moe.gate=topk --set moe.n_experts=4 \
+  --set moe.n_shared=5 --set train.out_dir=bad
+expect_fail 2 "moe.granularity" -- "$CCOE" train "$TINY" --set moe.gate=hash --set moe.top_k=1 \
+  --set moe.w_switch=0 --set moe.w_z=0 --set moe.granularity=2 --set train.out_dir=bad
 pass "bad [moe] settings exit 2 naming the key"
 
 # a large balancing coefficient lowers the load CV during a short training run (same seed,

@@ -258,9 +258,9 @@ static int round_trip(ccoe_comm *comm, const ccoe_gemm *g, const lcase *c, const
 
 int tu_ep_round_trips(ccoe_comm *comm, const ccoe_gemm *g)
 {
-    static const lcase cap = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0};
-    static const lcase dropless = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 0, 0};
-    static const lcase three = {"topk", 0, 0, 3, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0};
+    static const lcase cap = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const lcase dropless = {"topk", 0, 0, 5, 2, 1, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const lcase three = {"topk", 0, 0, 3, 2, 1, 0, 1, 1, 1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     int32_t map[5];
     for (int e = 0; e < 5; e++)
         map[e] = (e + 1) % comm->size; /* interleaved */
@@ -421,15 +421,15 @@ int tu_ep_layer_cases(ccoe_comm *comm, const ccoe_gemm *g)
     static const lcase cases[] = {
         /* gate, N, C (unused), E, K, F, swiglu, bias, renorm, cf, w_imp, w_load, w_switch,
          * w_z, noise_eps, train, expect_drops (unused) */
-        {"topk", 0, 0, 6, 2, 5, 0, 1, 1, 1.25, 0.1, 0, 0.05, 0.01, 0, 1, 0},
-        {"topk", 0, 0, 5, 3, 4, 1, 0, 0, 0.0, 0, 0, 0.1, 0, 0, 1, 0},
-        {"topk", 0, 0, 3, 1, 4, 0, 1, 1, 1.0, 0, 0, 0.1, 0.01, 0, 1, 0},
-        {"softmax", 0, 0, 4, 4, 3, 0, 1, 1, 0.0, 0.1, 0, 0, 0.01, 0, 1, 0},
-        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 1.0, 0.1, 0.1, 0.05, 0.01, 1e-2, 1, 0},
-        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 0.0, 0.1, 0.1, 0, 0, 1e-2, 0, 0}, /* evaluation */
-        {"domain", 0, 0, 5, 1, 4, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0},
-        {"domain", 0, 0, 5, 1, 4, 1, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0},
-        {"hash", 0, 0, 5, 1, 4, 1, 1, 1, 1.0, 0, 0, 0, 0, 0, 1, 0}, /* fixed routing, drops */
+        {"topk", 0, 0, 6, 2, 5, 0, 1, 1, 1.25, 0.1, 0, 0.05, 0.01, 0, 1, 0, 0, 0},
+        {"topk", 0, 0, 5, 3, 4, 1, 0, 0, 0.0, 0, 0, 0.1, 0, 0, 1, 0, 0, 0},
+        {"topk", 0, 0, 3, 1, 4, 0, 1, 1, 1.0, 0, 0, 0.1, 0.01, 0, 1, 0, 0, 0},
+        {"softmax", 0, 0, 4, 4, 3, 0, 1, 1, 0.0, 0.1, 0, 0, 0.01, 0, 1, 0, 0, 0},
+        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 1.0, 0.1, 0.1, 0.05, 0.01, 1e-2, 1, 0, 0, 0},
+        {"noisy_topk", 0, 0, 6, 2, 4, 0, 1, 1, 0.0, 0.1, 0.1, 0, 0, 1e-2, 0, 0, 0, 0}, /* evaluation */
+        {"domain", 0, 0, 5, 1, 4, 0, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0, 0},
+        {"domain", 0, 0, 5, 1, 4, 1, 1, 1, 0.0, 0, 0, 0, 0, 0, 1, 0, 0, 0},
+        {"hash", 0, 0, 5, 1, 4, 1, 1, 1, 1.0, 0, 0, 0, 0, 0, 1, 0, 0, 0}, /* fixed routing, drops */
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -461,13 +461,14 @@ typedef struct mcase {
     int E, K;
     double cf, w_imp, w_load, w_switch, w_z, noise_eps;
     int rope; /* LLaMA/Qwen2-style blocks: RoPE, GQA (H 4, Hkv 2), q/k/v bias, RMSNorm */
+    int n_shared, granularity; /* DeepSeekMoE: shared experts, fine-grained experts (0 = 1) */
 } mcase;
 
 /* The model case of a registry layer case (its gate, E, K, capacity and loss weights). */
 static mcase mcase_of(const lcase *c)
 {
     return (mcase){c->gate,     c->E,   c->K,         c->cf, c->w_imp, c->w_load,
-                   c->w_switch, c->w_z, c->noise_eps, 0};
+                   c->w_switch, c->w_z, c->noise_eps, 0, c->n_shared, 0};
 }
 
 /* The registry's layer cases (moe_cases.c) with a given capacity factor (0: dropless), the
@@ -522,6 +523,9 @@ static ccoe_status open_model(ccoe_model *m, const mcase *mc, const ccoe_gemm *g
     c.moe.w_load = mc->w_load;
     c.moe.w_switch = mc->w_switch;
     c.moe.w_z = mc->w_z;
+    c.moe.n_shared = mc->n_shared;
+    if (mc->granularity > 0)
+        c.moe.granularity = mc->granularity;
     CCOE_TRY(ccoe_session_validate(&c, err));
     CCOE_TRY(ccoe_model_init_moe(m, &c.model, NULL, &c.moe, maxB, MT, g, 1, err));
     ccoe_model_init_weights(m, 7, CCOE_INIT_RANDOM);
@@ -551,9 +555,10 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
 {
     const int P = comm->size, r = comm->rank;
     char what[160];
-    snprintf(what, sizeof what, "model %s E=%d K=%d cf=%g B=%d P=%d placement %s%s", mc->gate,
-             mc->E, mc->K, mc->cf, mb, P, pl ? ccoe_placement_name(pl->policy) : "default",
-             mc->rope ? " rope gqa" : "");
+    snprintf(what, sizeof what, "model %s E=%d K=%d cf=%g B=%d P=%d placement %s%s shared %d "
+             "granularity %d", mc->gate, mc->E, mc->K, mc->cf, mb, P,
+             pl ? ccoe_placement_name(pl->policy) : "default", mc->rope ? " rope gqa" : "",
+             mc->n_shared, mc->granularity);
     int fails = 0;
     ccoe_error err;
     ccoe_error_clear(&err);
@@ -586,18 +591,19 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
     ccoe_model m;
     CHECK_OK(open_model(&m, mc, g, B > 0 ? B : 1, &err));
     int32_t owner[8];
+    const int LE = m.moe.E; /* the layer's experts (fine-grained: granularity * E) */
     if (pl) { /* the trainer's map function (src/placement.h) */
         ccoe_mpi_config mpi = {.placement = pl->policy};
         size_t used = 0;
-        for (int e = 0; e < mc->E && pl->policy == CCOE_PLACE_LIST; e++)
+        for (int e = 0; e < LE && pl->policy == CCOE_PLACE_LIST; e++)
             used += (size_t)snprintf(mpi.map + used, sizeof mpi.map - used, "%s%d", e ? "," : "",
                                      pl->list[e] % P);
-        CHECK_OK(ccoe_placement_map(&mpi, mc->E, P, NULL, owner, &err));
+        CHECK_OK(ccoe_placement_map(&mpi, LE, P, NULL, owner, &err));
     }
     CHECK_OK(ccoe_model_set_comm(&m, comm, pl ? owner : NULL, &err));
-    for (int e = 0; e < mc->E && P > 1; e++) /* the layer follows the map */
+    for (int e = 0; e < LE && P > 1; e++) /* the layer follows the map */
         CHECK(ccoe_moe_expert_owner(&m.moe, e) ==
-              (pl ? owner[e] : (int)(((long long)(e + 1) * P - 1) / mc->E)));
+              (pl ? owner[e] : (int)(((long long)(e + 1) * P - 1) / LE)));
     ccoe_model_zero_grad(&m);
     m.token_offset = (int64_t)b0 * MT;
     double sums[2] = {ccoe_model_forward(&m, tok + b0 * MT, tgt + b0 * MT, dom + b0, B, MT,
@@ -633,6 +639,36 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
         CHECK(P > 1 ? (q >= 0) == is_expert : q == -1);
         CHECK(ccoe_ep_param_is_local(&m.params[i], &m) == (q < 0 || q == r));
     }
+    /* auxiliary-loss-free balancing: the selection bias moves by the global loads, the same on
+     * every rank as in one process (the parameter comparison below covers it bit for bit) */
+    if (ccoe_moe_has_score_bias(&m.moe)) {
+        const ccoe_param *bp = ccoe_model_find_param(&m, "blocks.0.moe.router.score_bias");
+        CHECK(bp != NULL);
+        float before[CCOE_MOE_MAX_EXPERTS] = {0};
+        for (size_t j = 0; bp && j < bp->numel; j++)
+            before[j] = m.param_block[bp->offset + j];
+        CHECK_OK(ccoe_model_moe_bias_step(&S, NULL, &err));
+        CHECK_OK(ccoe_model_moe_bias_step(&m, NULL, &err));
+        int moved = 0;
+        for (size_t j = 0; bp && j < bp->numel; j++)
+            moved += m.param_block[bp->offset + j] != before[j];
+        CHECK(moved > 0 || mb == 0);
+        /* data parallelism without expert parallelism: each rank's model counts its own rows
+         * only, and the update sums the counts over the ranks first. Block 0 only: a capacity
+         * decided per rank drops other tokens than the global one, which changes the inputs
+         * (and so the loads) of the later blocks */
+        ccoe_model D;
+        CHECK_OK(open_model(&D, mc, g, B > 0 ? B : 1, &err));
+        if (B > 0)
+            ccoe_model_forward(&D, tok + b0 * MT, tgt + b0 * MT, dom + b0, B, MT, &count);
+        CHECK_OK(ccoe_model_moe_bias_step(&D, comm, &err));
+        for (int i = 0; i < D.n_params; i++)
+            if (strcmp(D.params[i].name, "blocks.0.moe.router.score_bias") == 0)
+                CHECK(memcmp(D.param_block + D.params[i].offset,
+                             S.param_block + D.params[i].offset,
+                             D.params[i].numel * sizeof(float)) == 0);
+        ccoe_model_free(&D);
+    }
     /* spoil the experts this rank does not own, then sync them from their owners */
     for (int i = 0; i < m.n_params; i++)
         if (!ccoe_ep_param_is_local(&m.params[i], &m))
@@ -649,10 +685,18 @@ static int model_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc, int 
 int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
 {
     static const mcase cases[] = {
-        {"topk", 4, 2, 1.0, 0.1, 0, 0.05, 0.01, 0, 0},
-        {"softmax", 3, 3, 0, 0.1, 0, 0, 0.01, 0, 0},
-        {"noisy_topk", 4, 2, 1.25, 0.1, 0.1, 0.05, 0.01, 1e-2, 0},
-        {"domain", 4, 1, 0, 0, 0, 0, 0, 0, 0},
+        {"topk", 4, 2, 1.0, 0.1, 0, 0.05, 0.01, 0, 0, 0, 0},
+        {"softmax", 3, 3, 0, 0.1, 0, 0, 0.01, 0, 0, 0, 0},
+        {"noisy_topk", 4, 2, 1.25, 0.1, 0.1, 0.05, 0.01, 1e-2, 0, 0, 0},
+        {"domain", 4, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+        /* DeepSeekMoE: shared experts (replicated, this rank's rows), with a capacity and
+         * with the aux-loss-free gate */
+        {"topk", 4, 2, 1.0, 0.1, 0, 0.05, 0.01, 0, 0, 2, 0},
+        {"lossfree", 4, 2, 1.25, 0, 0, 0, 0.01, 0, 0, 1, 0},
+        /* fine-grained experts: granularity 2 gives 8 experts of half width, top-4 (and
+         * with 1 shared expert of that width) */
+        {"topk", 4, 2, 1.0, 0.1, 0, 0.05, 0.01, 0, 0, 1, 2},
+        {"lossfree", 2, 1, 0, 0, 0, 0, 0.01, 0, 0, 0, 4},
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -667,6 +711,11 @@ int tu_ep_model_cases(ccoe_comm *comm, const ccoe_gemm *g)
     fails += model_case(comm, g, &cases[0], MB, &rr);
     fails += model_case(comm, g, &cases[2], MB, &list);
     fails += model_case(comm, g, &cases[3], 3, &list);
+    fails += model_case(comm, g, &cases[4], 3, &rr);
+    fails += model_case(comm, g, &cases[5], 3, &list);
+    fails += model_case(comm, g, &cases[6], MB, &rr);
+    fails += model_case(comm, g, &cases[6], 3, &list);
+    fails += model_case(comm, g, &cases[7], MB, NULL);
     /* every gate of the registry that has a capacity (not CCOE_GATE_DROPLESS), with one and
      * every balancing loss it has */
     mcase reg[TU_MOE_MAX_REGISTRY_CASES];
@@ -753,10 +802,10 @@ static int decode_case(ccoe_comm *comm, const ccoe_gemm *g, const mcase *mc)
 int tu_ep_decode_cases(ccoe_comm *comm, const ccoe_gemm *g)
 {
     static const mcase cases[] = {
-        {"topk", 4, 2, 0, 0.1, 0, 0.05, 0.01, 0, 0},
-        {"softmax", 3, 3, 0, 0.1, 0, 0, 0.01, 0, 0},
-        {"domain", 4, 1, 0, 0, 0, 0, 0, 0, 0},
-        {"topk", 4, 2, 0, 0.1, 0, 0.05, 0.01, 0, 1}, /* RoPE + GQA blocks */
+        {"topk", 4, 2, 0, 0.1, 0, 0.05, 0.01, 0, 0, 0, 0},
+        {"softmax", 3, 3, 0, 0.1, 0, 0, 0.01, 0, 0, 0, 0},
+        {"domain", 4, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+        {"topk", 4, 2, 0, 0.1, 0, 0.05, 0.01, 0, 1, 0, 0}, /* RoPE + GQA blocks */
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

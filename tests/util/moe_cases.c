@@ -22,6 +22,8 @@ void tu_moe_case_config(const tu_moe_case *c, ccoe_moe_config *cfg)
     cfg->w_switch = c->w_switch;
     cfg->w_z = c->w_z;
     cfg->noise_eps = c->noise_eps;
+    cfg->n_shared = c->n_shared;
+    cfg->w_seq = c->w_seq;
     const ccoe_gate_ops *g = ccoe_gate_find(c->gate);
     if (g && (g->flags & CCOE_GATE_DOMAIN)) {
         cfg->n_domains = 4;
@@ -56,11 +58,13 @@ int tu_moe_registry_cases(tu_moe_case *out, int cap, int N, int C, int F)
             base.w_switch = 0.05;
             base.w_z = 0.01;
         }
+        if (g->flags & CCOE_GATE_SCORE_BIAS)
+            base.w_seq = 0.1; /* lossfree: its sequence-wise balance loss too */
         if (noisy) {
             base.noise_eps = 0.01;
             base.w_load = K < E ? 0.1 : 0.0; /* the load estimator needs K < E */
         }
-        tu_moe_case v[5];
+        tu_moe_case v[6];
         int nv = 0;
         v[nv++] = base;
         v[nv] = base; /* dropless, SwiGLU, no biases */
@@ -79,6 +83,8 @@ int tu_moe_registry_cases(tu_moe_case *out, int cap, int N, int C, int F)
             v[nv] = base; /* evaluation under a training capacity: dropless by default */
             v[nv++].train = -1;
         }
+        v[nv] = base; /* shared experts (DeepSeekMoE) beside the routed ones */
+        v[nv++].n_shared = 2;
         for (int j = 0; j < nv; j++) {
             if (n >= cap) {
                 fprintf(stderr, "tu_moe_registry_cases: more than %d cases: raise the cap\n",

@@ -27,6 +27,8 @@ typedef struct tu_moe_case {
     int train;        /* 1: training pass (noisy gates draw noise); 0: evaluation pass with the
                          capacity cf; -1: evaluation pass, dropless (eval_capacity_factor 0) */
     int expect_drops; /* the case must drop slots (capacity actually bites) */
+    int n_shared;     /* shared experts (0: none) */
+    double w_seq;     /* sequence-wise balance loss (gates with CCOE_GATE_SCORE_BIAS) */
 } tu_moe_case;
 
 /* cfg = the layer config of c (ccoe_moe_defaults, then the case's fields; cf is the capacity
@@ -44,7 +46,7 @@ int tu_gate_top_k(const ccoe_gate_ops *g, int E, int K);
  * loss the gate has; a dropless
  * SwiGLU case without biases; renormalize = 0 if the gate honours it; an evaluation pass (no
  * noise) for noisy gates; an evaluation pass with the training capacity and dropless evaluation
- * (train = -1) for gates with a capacity. Every case passes ccoe_moe_validate (a gate whose rules its flags do
+ * (train = -1) for gates with a capacity; the training case with 2 shared experts. Every case passes ccoe_moe_validate (a gate whose rules its flags do
  * not describe is reported on stderr). Returns the number of cases, -1 on such a report or when
  * cap is too small. */
 int tu_moe_registry_cases(tu_moe_case *out, int cap, int N, int C, int F);
