@@ -193,8 +193,11 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_con
         out->capacity_factor = out->eval_capacity_factor = 0.0;
     if (g && (g->flags & CCOE_GATE_EXPERT_CHOICE)) {
         /* K = E slots per token (the experts choose among them); evaluation chooses as
-         * training does unless eval_capacity_factor says otherwise */
-        out->top_k = s->n_experts;
+         * training does unless eval_capacity_factor says otherwise; fine-grained experts
+         * scale the experts per token by g as top_k is scaled above */
+        out->top_k = out->n_experts;
+        out->capacity_factor *= gr;
+        out->eval_capacity_factor *= gr;
         if (out->eval_capacity_factor == 0.0)
             out->eval_capacity_factor = out->capacity_factor;
     }
