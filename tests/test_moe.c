@@ -1566,6 +1566,12 @@ static void test_expert_choice(void **state)
     ccoe_moe_config_from_section(&c.moe, &c.model, &cfg);
     assert_int_equal(cfg.top_k, c.moe.n_experts);
     assert_true(cfg.eval_capacity_factor == cfg.capacity_factor); /* eval chooses as training */
+    c.moe.granularity = 2; /* fine-grained: K = the 2E split experts, experts per token x 2 */
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_OK);
+    ccoe_moe_config_from_section(&c.moe, &c.model, &cfg);
+    assert_int_equal(cfg.n_experts, 2 * c.moe.n_experts);
+    assert_int_equal(cfg.top_k, cfg.n_experts);
+    assert_true(cfg.capacity_factor == 2.0 * c.moe.capacity_factor);
 }
 
 static void test_stats_json(void **state)
