@@ -223,7 +223,7 @@ static const ccoe_config_key key_table[] = {
         "E: experts per MoE layer"),
     INT("moe", "top_k", moe.top_k, 1, CCOE_GATE_MAX_EXPERTS, "2",
         "K: experts per token (= n_experts for a gate that weights every expert, 1 for a "
-        "one-expert gate)"),
+        "one-expert gate; leave unset for expert_choice)"),
     INT("moe", "every", moe.every, 1, 256, "1",
         "base block l is MoE when (l + 1) % every == 0; 1 = every block"),
     INT("moe", "expert_hidden", moe.expert_hidden, 0, 262144, "0",
@@ -232,10 +232,11 @@ static const ccoe_config_key key_table[] = {
          "topk: the kept gate weights sum to 1 (false: raw softmax probabilities)"),
     DBL("moe", "capacity_factor", moe.capacity_factor, 0, 0, 1e6, 0, "1.25",
         "training: rows per expert = ceil(cf * N * K / E); 0 = dropless, else >= 1 (gate "
-        "domain is always dropless)"),
+        "domain is always dropless; expert_choice: each expert's top ceil(cf * N / E) "
+        "tokens, cf = average experts per token)"),
     DBL("moe", "eval_capacity_factor", moe.eval_capacity_factor, 0, 0, 1e6, 0, "0",
         "the same for evaluation, in-training evaluations and generation: 0 = dropless "
-        "(capacity is a training device), else >= 1"),
+        "(capacity is a training device), else >= 1 (expert_choice: 0 = capacity_factor)"),
     DBL("moe", "noise_eps", moe.noise_eps, 0, 0, 1e6, 0, "0",
         "noisy_topk: sigma = softplus(h W_noise) + noise_eps"),
     DBL("moe", "w_importance", moe.w_importance, 0, 0, 1e6, 0, "0",

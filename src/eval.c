@@ -438,6 +438,14 @@ static void print_moe(FILE *f, const ccoe_model *m)
                "validation tokens, no noise):\n",
             m->moe.cfg.gate, E, m->moe.K, m->moe.cfg.capacity_factor,
             m->moe.cfg.eval_capacity_factor);
+    if (m->moe.gate->flags & CCOE_GATE_EXPERT_CHOICE) { /* say how the leak is handled */
+        const ccoe_moe_pass causal = {.causal = 1};
+        fprintf(f, "routing: val_loss by batch-level expert choice (each expert's top "
+                   "ceil(%g N / E) tokens of each eval batch, as training; it reads later "
+                   "tokens: causality leak); task decoding and generate by per-token top-%d "
+                   "of the same router scores (causal)\n",
+                m->moe.cfg.eval_capacity_factor, ccoe_moe_causal_k(&m->moe, &causal));
+    }
     fprintf(f, "%-6s %9s %9s %10s %12s %14s %8s  %s\n", "layer", "tokens", "drop_rate",
             "train_drop", "gate_entropy", "router_entropy", "load_cv", "tokens_per_expert");
     for (int i = 0; i < m->n_moe; i++) {

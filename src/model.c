@@ -551,7 +551,8 @@ static void moe_forward(ccoe_model *m, int i, float *out, const float *inp, int 
                           .token_offset = m->token_offset,
                           .domains = m->moe_domains,
                           .T = T,
-                          .tokens = m->tok_sorted};
+                          .tokens = m->tok_sorted,
+                          .causal = m->moe_causal};
     ccoe_moe_stats *st = &m->moe_stats[i];
     if (moe_distributed(m)) {
         if (m->comm_status != CCOE_OK)

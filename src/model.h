@@ -199,6 +199,8 @@ typedef struct ccoe_model {
     float *kv_cache;
     int dec_maxB;
     int decoding;              /* a decode step runs: attention reads and extends kv_cache */
+    int moe_causal;            /* prefill or decode step: MoE rows are routed one by one
+                                  (expert choice falls back to per-token top-k) */
     int prefilling;            /* a prefill's forward runs: attention fills kv_cache */
     int dec_B;                 /* sequences of the last prefill */
     int dec_has_domains;

@@ -85,8 +85,10 @@ ccoe_status ccoe_model_decode_prefill(ccoe_model *m, const int32_t *tokens,
      * afterwards); the rows an instance does not run on are never read: a sequence keeps its
      * path */
     m->prefilling = 1;
+    m->moe_causal = 1; /* generation routes causally from the prompt on (papers/moe.md) */
     ccoe_model_forward(m, tokens, NULL, domains, B, T, NULL);
     m->prefilling = 0;
+    m->moe_causal = 0;
     for (int b = 0; b < B; b++) {
         m->dec_row[b] = m->row_of[b];
         m->dec_domain[b] = domains ? domains[b] : 0;
@@ -127,8 +129,8 @@ void ccoe_model_decode_step(ccoe_model *m, const int32_t *tok, const int *seq, c
         }
     }
     m->aux_loss = 0.0;
-    m->decoding = 1;
+    m->decoding = m->moe_causal = 1;
     model_base_forward(m, n, 1);
     model_groups_forward(m, 1);
-    m->decoding = 0;
+    m->decoding = m->moe_causal = 0;
 }

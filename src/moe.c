@@ -79,6 +79,20 @@ ccoe_status ccoe_moe_validate(const ccoe_moe_config *c, ccoe_error *err)
     if ((g->flags & CCOE_GATE_ALL_EXPERTS) && K != E)
         return bad(err, "gate %s weights every expert: set top_k = n_experts (%d), not %d",
                    g->name, E, K);
+    if (g->flags & CCOE_GATE_EXPERT_CHOICE) {
+        const unsigned clash = g->flags & (CCOE_GATE_DOMAIN | CCOE_GATE_TOKEN |
+                                           CCOE_GATE_DROPLESS | CCOE_GATE_ONE_EXPERT |
+                                           CCOE_GATE_NOISE);
+        if (clash || !g->choose)
+            return bad(err, "gate %s: expert choice (CCOE_GATE_EXPERT_CHOICE) needs a choose hook "
+                       "and excludes the domain, token, dropless, one-expert and noise flags "
+                       "(flags 0x%x): drop them from its ops table (variants/gate.h)", g->name,
+                       clash);
+        if (K != E)
+            return bad(err, "top_k = %d: under gate %s each expert picks its tokens (top_k is "
+                       "n_experts = %d internally); leave moe.top_k unset and set the average "
+                       "experts per token with moe.capacity_factor", K, g->name, E);
+    }
     if ((g->flags & CCOE_GATE_ONE_EXPERT) && K != 1)
         return bad(err, "gate %s sends each token to one expert: set top_k = 1, not %d", g->name,
                    K);
@@ -177,6 +191,16 @@ int ccoe_moe_config_from_section(const ccoe_moe_section *s, const ccoe_model_con
     out->eval_capacity_factor = s->eval_capacity_factor;
     if (g && (g->flags & CCOE_GATE_DROPLESS)) /* a rule-routed gate ignores capacity */
         out->capacity_factor = out->eval_capacity_factor = 0.0;
+    if (g && (g->flags & CCOE_GATE_EXPERT_CHOICE)) {
+        /* K = E slots per token (the experts choose among them); evaluation chooses as
+         * training does unless eval_capacity_factor says otherwise; fine-grained experts
+         * scale the experts per token by g as top_k is scaled above */
+        out->top_k = out->n_experts;
+        out->capacity_factor *= gr;
+        out->eval_capacity_factor *= gr;
+        if (out->eval_capacity_factor == 0.0)
+            out->eval_capacity_factor = out->capacity_factor;
+    }
     out->noise_eps = s->noise_eps;
     out->w_importance = s->w_importance;
     out->w_load = s->w_load;
@@ -206,6 +230,16 @@ ccoe_status ccoe_moe_config_check(const ccoe_config *c, ccoe_error *err)
     if (!ccoe_moe_config_from_section(s, &c->model, &mc))
         return CCOE_OK;
     const ccoe_gate_ops *g = ccoe_gate_find(s->gate);
+    if (g && (g->flags & CCOE_GATE_EXPERT_CHOICE)) {
+        ccoe_moe_config d;
+        ccoe_moe_defaults(&d);
+        if (s->top_k != d.top_k && s->top_k != s->n_experts) /* n_experts: the layer's K */
+            return ccoe_error_set(err, CCOE_ERR_CONFIG,
+                                  "moe.top_k = %d does not apply to moe.gate = %s: each expert "
+                                  "picks its own tokens; remove moe.top_k and set the average "
+                                  "experts per token with moe.capacity_factor (now %g)",
+                                  s->top_k, g->name, s->capacity_factor);
+    }
     if (s->every > c->model.n_layer)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "moe.every = %d exceeds model.n_layer = %d: no block would be MoE; "
@@ -273,8 +307,21 @@ static int capacity_at(const ccoe_moe *m, double cf, int N)
 {
     if (cf == 0.0)
         return 0;
-    double c = ceil(cf * (double)N * (double)m->K / (double)m->E);
+    /* expert choice: cap = ceil(cf N / E) rows per expert, cf = average experts per token */
+    const double k = (m->gate->flags & CCOE_GATE_EXPERT_CHOICE) ? 1.0 : (double)m->K;
+    double c = ceil(cf * (double)N * k / (double)m->E);
     return c > (double)N ? N : (int)c; /* an expert holds a token at most once */
+}
+
+int ccoe_moe_causal_k(const ccoe_moe *m, const ccoe_moe_pass *pass)
+{
+    if (!(m->gate->flags & CCOE_GATE_EXPERT_CHOICE) || !pass || !pass->causal)
+        return 0;
+    /* the average experts per token under batch-level choice (the capacity factor in use),
+     * rounded down (so the rows stay within the batch-level bound cap E) into 1..E */
+    const double cf = pass->train ? m->cfg.capacity_factor : m->cfg.eval_capacity_factor;
+    long k = cf == 0.0 ? m->E : (long)floor(cf);
+    return (int)(k < 1 ? 1 : k > m->E ? m->E : k);
 }
 
 int ccoe_moe_capacity(const ccoe_moe *m, int N)
@@ -495,6 +542,13 @@ void ccoe_moe_acts_carve(ccoe_moe_acts *a, const ccoe_moe *m, ccoe_arena *arena)
     const int ep = m->ep_size > 0;
     a->home = take(arena, (size_t)m->max_home * C, sizeof(float), ep);
     a->ep_kept = take(arena, (size_t)m->ep_size * E, sizeof(int32_t), ep);
+    /* expert choice: the picks of one expert; under expert parallelism also every rank's
+     * scores and keep marks (the choice is over the global batch, moe_ep.c) */
+    const int ec = m->gate->choose != NULL;
+    const size_t NG = ep ? (size_t)m->ep_size * m->ep_max_peer : N;
+    a->ec_work = take(arena, NG * E, sizeof(ccoe_gate_pick), ec);
+    a->ec_scores = take(arena, (NG + (size_t)m->ep_max_peer) * E, sizeof(float), ec && ep);
+    a->ec_keep = take(arena, NG * E, sizeof(int32_t), ec && ep);
     const size_t S = (size_t)m->cfg.n_shared;
     a->sh_fch = take(arena, S * N * m->F2, sizeof(float), S > 0);
     a->sh_act = take(arena, S * N * m->F, sizeof(float), S > 0);
@@ -553,14 +607,17 @@ size_t ccoe_moe_scratch_bytes(const ccoe_moe *m)
 int ccoe_moe_plan(int32_t *slot, int32_t *row_token, int32_t *offsets, int32_t *cursor,
                   const int32_t *ids, int N, int E, int K, int cap)
 {
-    /* 1. kept rows per expert, by priority (slot rank, then token); mark kept slots 0 */
+    /* 1. kept rows per expert, by priority (slot rank, then token); mark kept slots 0.
+     * cap < 0: slot[] already marks the kept slots (0) and the dropped ones (-1) */
     for (int e = 0; e <= E; e++)
         offsets[e] = 0;
     for (int j = 0; j < K; j++)
         for (int n = 0; n < N; n++) {
             int32_t e = ids[(size_t)n * K + j];
             assert(e >= 0 && e < E);
-            if (cap > 0 && offsets[e + 1] >= cap) {
+            if (cap < 0) {
+                offsets[e + 1] += slot[(size_t)n * K + j] == 0;
+            } else if (cap > 0 && offsets[e + 1] >= cap) {
                 slot[(size_t)n * K + j] = -1;
             } else {
                 offsets[e + 1]++;
@@ -1142,8 +1199,14 @@ double ccoe_moe_forward(const ccoe_moe *m, float *out, ccoe_moe_acts *a, ccoe_mo
     a->N = N;
     a->eval = pass && !pass->train;
     a->capacity = ccoe_moe_capacity_of(m, N, a->eval);
+    int plan_cap = a->capacity;
+    if (m->gate->choose) { /* expert choice: the experts pick their rows (cap < 0: marked) */
+        a->ec_k = ccoe_moe_causal_k(m, pass);
+        m->gate->choose(a->slot, a->ids, a->weights, N, E, a->capacity, a->ec_k, a->ec_work);
+        plan_cap = -1;
+    }
     a->rows = ccoe_moe_plan(a->slot, a->row_token, a->offsets, a->cursor, a->ids, N, E, K,
-                            a->capacity);
+                            plan_cap);
     a->rows_home = a->rows;
     assert(a->rows <= m->max_rows);
     ccoe_moe_gather(a->xin, inp, a->row_token, a->rows, C);

@@ -145,6 +145,8 @@ typedef struct ccoe_moe_pass {
     const int32_t *domains; /* domain gate: (ceil(N / T)) domain of each sequence */
     int T;                  /* domain gate: rows per sequence (row n has domains[n / T]) */
     const int32_t *tokens;  /* gates with CCOE_GATE_TOKEN (hash): (N) token id of each row */
+    int causal;             /* 1: route each row without reading the others (decoding); expert
+                               choice then falls back to per-token top-k (ccoe_moe_causal_k) */
 } ccoe_moe_pass;
 
 /* Statistics of one forward (and the timings of the backward that follows, if passed there). */
@@ -229,6 +231,12 @@ typedef struct ccoe_moe_acts {
     float *home;             /* (maxN K, C) this rank's kept slots in send order (owner rank,
                                 expert, token): the inputs sent, then the outputs received */
     int32_t *ep_kept;        /* (P, E) kept slots of rank p for expert e (every rank's) */
+    int ec_k;                /* expert choice: 0 = batch-level choice, else the per-token
+                                top-k of a causal pass (ccoe_moe_causal_k) */
+    ccoe_gate_pick *ec_work; /* expert choice: (P max_peer, E) the experts' picks */
+    float *ec_scores;        /* expert choice under EP: (P max_peer, E) every rank's scores,
+                                then (max_peer, E) this rank's send area */
+    int32_t *ec_keep;        /* expert choice under EP: (P max_peer, E) their keep marks */
     /* shared experts (cfg.n_shared > 0; this rank's rows under expert parallelism) */
     float *sh_fch;           /* (n_shared, maxN, F2) fc outputs of every row */
     float *sh_act;           /* (n_shared, maxN, F) activations */
@@ -324,6 +332,10 @@ size_t ccoe_moe_scratch_bytes(const ccoe_moe *m);
 /* Rows per expert for a training call of N rows: ceil(capacity_factor N K / E), or 0
  * (dropless). ccoe_moe_capacity_of: the same with eval_capacity_factor when eval = 1. */
 int ccoe_moe_capacity(const ccoe_moe *m, int N);
+/* Expert choice in a causal pass (pass->causal): the experts per token of the per-token top-k
+ * fallback, floor(capacity factor in use) in 1..E (E when it is 0); 0 otherwise (batch-level
+ * choice, or another gate). */
+int ccoe_moe_causal_k(const ccoe_moe *m, const ccoe_moe_pass *pass);
 int ccoe_moe_capacity_of(const ccoe_moe *m, int N, int eval);
 /* The largest rows per expert either kind of call can keep (0 = unbounded): buffer sizes. */
 int ccoe_moe_capacity_bound(const ccoe_moe *m, int N);
@@ -491,5 +503,11 @@ double ccoe_moe_ref_forward(const ccoe_moe *m, double *out, ccoe_moe_aux *aux, c
 void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, const double *dout,
                            const double *inp, const double *params, const ccoe_moe_routing *r,
                            double aux_scale, double *scratch, int N);
+/* The expert-choice selection by its definition, for the tests: keep (N, E) in expert order,
+ * 0 if row n is among expert e's cap best rows of S (N, E) (its rank = the rows with a larger
+ * score, or an equal one and a lower index, is below cap; cap = 0 or >= N keeps all), or with
+ * k_causal >= 1 if e is among row n's k_causal best experts (ties to the lower expert). */
+void ccoe_moe_ref_expert_choice(int32_t *keep, const double *S, int64_t N, int E, int64_t cap,
+                                int k_causal);
 
 #endif

@@ -62,6 +62,15 @@ ccoe_status ccoe_moe_set_placement(ccoe_moe *m, int P, int rank, const int32_t *
     int cap = ccoe_moe_capacity_bound(m, P * peer);
     if (cap > 0 && (long long)cap * m->ep_local < recv)
         recv = (long long)cap * m->ep_local;
+    if (m->gate->choose) { /* a causal pass picks floor(cf) experts per token, any expert */
+        ccoe_moe_pass causal = {.causal = 1, .train = 1};
+        int kc = ccoe_moe_causal_k(m, &causal);
+        causal.train = 0;
+        int ke = ccoe_moe_causal_k(m, &causal);
+        kc = kc > ke ? kc : ke;
+        long long rc = (long long)P * peer * (kc < m->ep_local ? kc : m->ep_local);
+        recv = rc > recv ? rc : recv;
+    }
     m->max_recv = (int)recv;
     long long rows = (long long)m->maxN * K; /* the serial layer's bound (ccoe_moe_init) */
     int cap1 = ccoe_moe_capacity_bound(m, m->maxN);
@@ -104,6 +113,52 @@ static ccoe_status comm_failed(ccoe_error *err, const char *what)
     return ccoe_error_wrap(err, "moe %s", what);
 }
 
+/* Expert choice over the global batch: every rank's scores (allgathered, rows of rank p
+ * after those of ranks < p: the one-process row order), the same choice on every rank, then
+ * this rank's slot marks (0 kept, -1 dropped) and every rank's kept counts per expert. */
+static ccoe_status ep_expert_choice(const ccoe_moe *m, ccoe_comm *comm, ccoe_moe_acts *a,
+                                    ccoe_moe_scratch *s, ccoe_moe_stats *stats, int N,
+                                    int64_t Ntot, int cap, ccoe_error *err)
+{
+    const int P = m->ep_size, rank = m->ep_rank, E = m->E;
+    const size_t W = 1 + (size_t)m->K * E, blk = (size_t)m->ep_max_peer * E;
+    float *all = a->ec_scores, *mine = a->ec_scores + (size_t)P * blk;
+    memset(mine, 0, blk * sizeof(float)); /* this rank's scores in expert order */
+    for (size_t t = 0; t < (size_t)N * E; t++)
+        mine[(t / E) * E + a->ids[t]] = a->weights[t];
+    double t0 = omp_get_wtime();
+    if (comm->ops->allgather(comm, mine, all, blk * sizeof(float), err) != CCOE_OK)
+        return comm_failed(err, "expert-choice scores (allgather)");
+    if (stats) {
+        stats->t_fwd_exchange += omp_get_wtime() - t0;
+        stats->ep_bytes_meta += (int64_t)(P - 1) * (int64_t)(blk * sizeof(float));
+    }
+    /* compact the blocks into Ntot consecutive rows (each moves down or stays) */
+    int64_t row0 = 0, my0 = 0;
+    for (int p = 0; p < P; p++) {
+        const int32_t Np = s->counts[(size_t)p * W];
+        if (p == rank)
+            my0 = row0;
+        memmove(all + (size_t)row0 * E, all + (size_t)p * blk, (size_t)Np * E * sizeof(float));
+        row0 += Np;
+    }
+    assert(row0 == Ntot);
+    m->gate->choose(a->ec_keep, NULL, all, Ntot, E, cap, a->ec_k, a->ec_work);
+    int64_t r = 0;
+    for (int p = 0; p < P; p++) {
+        const int32_t Np = s->counts[(size_t)p * W];
+        for (int e = 0; e < E; e++)
+            a->ep_kept[(size_t)p * E + e] = 0;
+        for (int64_t n = r; n < r + Np; n++)
+            for (int e = 0; e < E; e++)
+                a->ep_kept[(size_t)p * E + e] += a->ec_keep[(size_t)n * E + e] == 0;
+        r += Np;
+    }
+    for (size_t t = 0; t < (size_t)N * E; t++) /* back to this rank's slot order */
+        a->slot[t] = a->ec_keep[((size_t)my0 + t / E) * E + a->ids[t]];
+    return CCOE_OK;
+}
+
 ccoe_status ccoe_moe_ep_route(const ccoe_moe *m, ccoe_comm *comm, ccoe_moe_acts *a,
                               ccoe_moe_scratch *s, ccoe_moe_stats *stats, int N,
                               ccoe_error *err)
@@ -136,12 +191,16 @@ ccoe_status ccoe_moe_ep_route(const ccoe_moe *m, ccoe_comm *comm, ccoe_moe_acts 
         Ntot += Np;
     }
     const int cap = ccoe_moe_capacity_of(m, (int)(Ntot > 0 ? Ntot : 1), a->eval);
+    int32_t *kept = a->ep_kept;
+    if (m->gate->choose) {
+        CCOE_TRY(ep_expert_choice(m, comm, a, s, stats, N, Ntot, cap, err));
+        goto home_rows;
+    }
 
     /* 2. global priority: round j of every rank before round j + 1; within a round, ranks in
      * order, then tokens. pos = the (round, rank) group's first position in expert e's queue;
      * a slot is kept while its position is below cap (the serial plan on the concatenation) */
     int64_t run[CCOE_MOE_MAX_EXPERTS], cur[CCOE_MOE_MAX_EXPERTS];
-    int32_t *kept = a->ep_kept;
     memset(kept, 0, (size_t)P * E * sizeof(int32_t));
     for (int e = 0; e < E; e++)
         run[e] = 0;
@@ -169,6 +228,7 @@ ccoe_status ccoe_moe_ep_route(const ccoe_moe *m, ccoe_comm *comm, ccoe_moe_acts 
         }
     }
 
+home_rows:;
     /* 3. home rows in send order: by owner rank, then expert, then token */
     int64_t *qstart = s->cursor;
     for (int q = 0; q < P; q++)
@@ -335,6 +395,7 @@ ccoe_status ccoe_moe_forward_ep(const ccoe_moe *m, ccoe_comm *comm, float *out, 
     /* 1. router, noise and gate on this rank's rows; the global plan */
     ccoe_moe_route_forward(m, a, inp, params, pass, N);
     a->eval = pass && !pass->train; /* evaluation passes use eval_capacity_factor */
+    a->ec_k = ccoe_moe_causal_k(m, pass);
     CCOE_TRY(ccoe_moe_ep_route(m, comm, a, s, st, N, err));
 
     /* 2. aux and statistics sums over every rank's rows (one allreduce), then their values */

@@ -382,3 +382,22 @@ void ccoe_moe_ref_backward(const ccoe_moe *m, double *dinp, double *dparams, con
     if (m->cfg.w_seq != 0.0) /* last: it reuses the per-token buffers and csw */
         ref_seq_balance(m, dinp, dparams, inp, params, r, aux_scale * m->cfg.w_seq, &b, N);
 }
+
+void ccoe_moe_ref_expert_choice(int32_t *keep, const double *S, int64_t N, int E, int64_t cap,
+                                int k_causal)
+{
+    for (int64_t n = 0; n < N; n++)
+        for (int e = 0; e < E; e++) {
+            const double s = S[n * E + e];
+            int64_t rank = 0;
+            if (k_causal >= 1) {
+                for (int f = 0; f < E; f++)
+                    rank += S[n * E + f] > s || (S[n * E + f] == s && f < e);
+                keep[n * E + e] = rank < k_causal ? 0 : -1;
+            } else {
+                for (int64_t o = 0; o < N; o++)
+                    rank += S[o * E + e] > s || (S[o * E + e] == s && o < n);
+                keep[n * E + e] = (cap <= 0 || rank < cap) ? 0 : -1;
+            }
+        }
+}

@@ -430,7 +430,7 @@ static void test_registry_gates(void **state)
             continue;
         }
         const int E = 6;
-        const int K = (g->flags & CCOE_GATE_ALL_EXPERTS) ? E : (g->flags & CCOE_GATE_ONE_EXPERT) ? 1 : 2;
+        const int K = tu_gate_top_k(g, E, 2);
         for (uint64_t s = 0; s < 2; s++) {
             fd_gate_case(g->name, E, K, 1, 0.0, 0, 700 + 10 * (uint64_t)i + s);
             if (g->load_forward)
@@ -1457,6 +1457,123 @@ static void test_eval_dropless(void **state)
     fx_free(&f);
 }
 
+/* Expert choice: the gate's selection against its definition (ccoe_moe_ref_expert_choice),
+ * ties included, in slot and in expert order; the layer keeps exactly cap rows per expert,
+ * gives a token picked by no expert output 0, and in a causal pass routes each row alone. */
+static void test_expert_choice(void **state)
+{
+    (void)state;
+    const ccoe_gate_ops *g = ccoe_gate_find("expert_choice");
+    assert_non_null(g);
+    assert_true(g->choose && (g->flags & CCOE_GATE_EXPERT_CHOICE));
+    enum { N = 37, E = 5 };
+    float logits[N * E], w[N * E], byx[N * E];
+    int32_t ids[N * E], keep[N * E], keep2[N * E], want[N * E];
+    double S[N * E];
+    tu_fill_uniform(logits, N * E, 77, 2.0f);
+    for (int t = 0; t < N * E; t++) /* coarse values: ties between rows and between experts */
+        logits[t] = roundf(logits[t] * 2.0f) * 0.5f;
+    ccoe_gate_args a = {.N = N, .E = E, .K = E, .renormalize = 1, .logits = logits};
+    g->forward(ids, w, NULL, &a);
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < E; j++)
+            byx[n * E + ids[n * E + j]] = w[n * E + j];
+    for (int t = 0; t < N * E; t++)
+        S[t] = byx[t];
+    ccoe_gate_pick work[N * E];
+    const int64_t caps[] = {1, 7, 12, 36, 37, 0};
+    for (int c = 0; c < 8; c++) {
+        const int64_t cap = c < 6 ? caps[c] : 3;
+        const int kc = c < 6 ? 0 : c - 5; /* the last two: causal top-1 and top-2 */
+        ccoe_moe_ref_expert_choice(want, S, N, E, cap, kc);
+        g->choose(keep2, NULL, byx, N, E, cap, kc, work);
+        assert_memory_equal(keep2, want, sizeof want);
+        g->choose(keep, ids, w, N, E, cap, kc, work);
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < E; j++)
+                assert_int_equal(keep[n * E + j], want[n * E + ids[n * E + j]]);
+        for (int e = 0; e < E && kc == 0 && cap > 0; e++) {
+            int kept = 0;
+            for (int n = 0; n < N; n++)
+                kept += want[n * E + e] == 0;
+            assert_int_equal(kept, cap < N ? cap : N);
+        }
+    }
+
+    /* the layer: cf = 1.25 over E = 4 experts of N = 40 rows, cap = ceil(1.25 40 / 4) = 13 */
+    const int L = 40, C = 8;
+    moe_case mc = {"expert_choice", L, C, 4, 4, 6, 0, 1, 1, 1.25, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 1, 0, 0};
+    ccoe_moe_config cfg;
+    case_config(&mc, &cfg);
+    fx f;
+    fx_init(&f, &cfg, C, L, 1, 1500);
+    assert_int_equal(ccoe_moe_capacity(&f.m, L), 13);
+    ccoe_moe_stats st;
+    ccoe_moe_forward(&f.m, f.out, &f.a, &st, f.inp, f.params, &f.pass, L);
+    assert_int_equal(st.capacity, 13);
+    int64_t picked_by_none = 0;
+    for (int e = 0; e < 4; e++)
+        assert_int_equal(st.tokens_per_expert[e], 13);
+    for (int n = 0; n < L; n++) {
+        int kept = 0;
+        for (int j = 0; j < 4; j++)
+            kept += f.a.slot[n * 4 + j] >= 0;
+        if (kept == 0) {
+            picked_by_none++;
+            for (int c = 0; c < C; c++) /* residual only: the layer adds nothing */
+                assert_true(f.out[(size_t)n * C + c] == 0.0f);
+        }
+    }
+    assert_int_equal(st.dropped_tokens, picked_by_none);
+    /* causal: floor(1.25) = 1 expert per row, and row 5 alone routes as within the batch */
+    f.pass.causal = 1;
+    assert_int_equal(ccoe_moe_causal_k(&f.m, &f.pass), 1);
+    ccoe_moe_forward(&f.m, f.out, &f.a, &st, f.inp, f.params, &f.pass, L);
+    assert_int_equal(st.dropped_tokens, 0);
+    float row5[8];
+    memcpy(row5, f.out + 5 * C, sizeof row5);
+    for (int n = 0; n < L; n++) {
+        int kept = 0;
+        for (int j = 0; j < 4; j++)
+            kept += f.a.slot[n * 4 + j] >= 0;
+        assert_int_equal(kept, 1);
+    }
+    ccoe_moe_forward(&f.m, f.out, &f.a, &st, f.inp + 5 * C, f.params, &f.pass, 1);
+    assert_memory_equal(f.out, row5, sizeof row5);
+    fx_free(&f);
+
+    /* bad input: a top_k of its own, a domain table */
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    cfg.top_k = 2;
+    assert_int_equal(ccoe_moe_validate(&cfg, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "top_k"));
+    assert_non_null(strstr(err.msg, "capacity_factor"));
+    case_config(&mc, &cfg);
+    cfg.n_domains = 2;
+    assert_int_equal(ccoe_moe_validate(&cfg, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "domain"));
+    ccoe_config c;
+    ccoe_config_defaults(&c);
+    c.model.ffn_hidden = 32;
+    snprintf(c.moe.gate, sizeof c.moe.gate, "expert_choice");
+    c.moe.top_k = 3;
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "moe.top_k = 3"));
+    assert_non_null(strstr(err.msg, "moe.capacity_factor"));
+    c.moe.top_k = 2; /* the default: accepted, the layer runs with K = E */
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_OK);
+    ccoe_moe_config_from_section(&c.moe, &c.model, &cfg);
+    assert_int_equal(cfg.top_k, c.moe.n_experts);
+    assert_true(cfg.eval_capacity_factor == cfg.capacity_factor); /* eval chooses as training */
+    c.moe.granularity = 2; /* fine-grained: K = the 2E split experts, experts per token x 2 */
+    assert_int_equal(ccoe_moe_config_check(&c, &err), CCOE_OK);
+    ccoe_moe_config_from_section(&c.moe, &c.model, &cfg);
+    assert_int_equal(cfg.n_experts, 2 * c.moe.n_experts);
+    assert_int_equal(cfg.top_k, cfg.n_experts);
+    assert_true(cfg.capacity_factor == 2.0 * c.moe.capacity_factor);
+}
+
 static void test_stats_json(void **state)
 {
     (void)state;
@@ -1632,6 +1749,7 @@ int main(void)
         cmocka_unit_test(test_domain_gate),
         cmocka_unit_test(test_hash_gate),
         cmocka_unit_test(test_eval_dropless),
+        cmocka_unit_test(test_expert_choice),
         cmocka_unit_test(test_noise_split),
         cmocka_unit_test(test_balancing_lowers_cv),
         cmocka_unit_test(test_lossfree_bias),

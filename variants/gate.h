@@ -54,6 +54,12 @@
  * so it has no gradient; the trainer moves it after each step by ccoe_moe_bias_update
  * (src/moe.h) from the step's expert loads. */
 #define CCOE_GATE_SCORE_BIAS 512u
+/* Expert choice (Zhou et al. 2022, gate_expert_choice.c): each expert picks its top-cap rows of
+ * the batch, so a token is processed by 0..E experts. The layer runs with K = E slots per token
+ * (weights = the token-expert scores) and the gate's `choose` hook decides
+ * which slots are kept, in place of the capacity rule; cap = ceil(capacity_factor * N / E).
+ * Incompatible with CCOE_GATE_DOMAIN, _TOKEN, _DROPLESS, _ONE_EXPERT and _NOISE. */
+#define CCOE_GATE_EXPERT_CHOICE 1024u
 
 /* The value of moe.gate that means "no MoE layer": the dense model. Not a gate of the
  * registry; ccoe_gate_is_none is the one place that tests for it. */
@@ -84,6 +90,12 @@ typedef struct ccoe_gate_ref_args {
     const double *noise_logits;  /* (E) noisy */
     const double *noise;         /* (E) noisy */
 } ccoe_gate_ref_args;
+
+/* One candidate of a batch-level selection (choose): its score and global row. */
+typedef struct ccoe_gate_pick {
+    float s;
+    int64_t n;
+} ccoe_gate_pick;
 
 typedef struct ccoe_gate_ops {
     const char *name; /* "softmax", ... */
@@ -120,6 +132,17 @@ typedef struct ccoe_gate_ops {
     /* dlogits (E), dnoise_logits (E) += d/d(.) of sum_i dP[i] * P_i. */
     void (*ref_load_backward)(double *dlogits, double *dnoise_logits, const double *dP,
                               const int32_t *ids, int32_t kth, const ccoe_gate_ref_args *a);
+
+    /* Batch-level selection (CCOE_GATE_EXPERT_CHOICE only, else NULL): keep (N, E) = 0 for a
+     * kept slot, -1 for a dropped one, from scores (N, E) of EVERY row of the batch routed
+     * together (all ranks' rows under expert parallelism, in global row order): with ids
+     * (N, E) the forward's slots (ids, weights); with ids NULL slot j is expert j (keep and
+     * scores in expert order). k_causal = 0: each expert keeps its cap best rows (higher score
+     * first, ties to the lower row; cap = 0 or >= N keeps all); k_causal >= 1: each row keeps
+     * its k_causal best experts instead, a choice that reads no other row (decoding). work:
+     * E cap picks. OVERWRITES. */
+    void (*choose)(int32_t *keep, const int32_t *ids, const float *scores, int64_t N, int E,
+                   int64_t cap, int k_causal, ccoe_gate_pick *work);
 } ccoe_gate_ops;
 
 /* The variants (one file each), declared from the list in gates.def. */

@@ -118,3 +118,22 @@ grep -q "router learns only from the balancing losses" <<<"$out" || fail "no noi
 out=$("$CCOE" train "$TINY" --set moe.gate=topk --set moe.renormalize=false "${k1[@]}" --set train.out_dir="$WORK/k1c" 2>&1) || fail "switch run: $out"
 if grep -q "warning: moe.gate" <<<"$out"; then fail "Switch top-1 warned: $out"; fi
 pass "top-1 gates with a constant weight are warned about"
+
+# expert choice: a resumed run equals the uninterrupted one bit for bit, `ccoe eval` says how it
+# routes (batch-level for val_loss, per-token top-k for decoding), a top_k of its own stops
+EC=(--set moe.gate=expert_choice --set moe.n_experts=4 --set moe.capacity_factor=2
+    --set train.steps=12 --set train.eval_every=0 --set data.task_examples=2 --quiet)
+mkdir -p "$WORK/eca" "$WORK/ecb"
+(cd "$WORK/eca" && "$CCOE" train "$TINY" "${EC[@]}" --set train.out_dir=run) || fail "ec run"
+(cd "$WORK/ecb" && "$CCOE" train "$TINY" "${EC[@]}" --set train.out_dir=run --stop-at 5) \
+  || fail "ec first part"
+(cd "$WORK/ecb" && "$CCOE" train "$TINY" "${EC[@]}" --set train.out_dir=run \
+   --resume run/checkpoint.safetensors) || fail "ec resumed part"
+cmp "$WORK/eca/run/checkpoint.safetensors" "$WORK/ecb/run/checkpoint.safetensors" \
+  || fail "resumed expert-choice run differs from the uninterrupted one"
+out=$("$CCOE" eval "$WORK/eca/run/checkpoint.safetensors" 2>&1) || fail "ec eval: $out"
+grep -q "routing: val_loss by batch-level expert choice" <<<"$out" || fail "ec eval routing: $out"
+grep -q "per-token top-2" <<<"$out" || fail "ec eval decoding routing: $out"
+expect_fail 2 "moe.top_k = 3 does not apply" -- "$CCOE" train "$TINY" \
+  --set moe.gate=expert_choice --set moe.top_k=3 --set train.out_dir="$WORK/ecbad"
+pass "expert choice: resume bitwise equal, eval names its routing, top_k rejected"

@@ -34,8 +34,8 @@ void tu_moe_case_config(const tu_moe_case *c, ccoe_moe_config *cfg)
 
 int tu_gate_top_k(const ccoe_gate_ops *g, int E, int K)
 {
-    if (g->flags & CCOE_GATE_ALL_EXPERTS)
-        return E;
+    if (g->flags & (CCOE_GATE_ALL_EXPERTS | CCOE_GATE_EXPERT_CHOICE))
+        return E; /* expert choice: E slots per token, the experts choose among them */
     if (g->flags & CCOE_GATE_ONE_EXPERT)
         return 1;
     return K < E ? K : E;
