@@ -185,8 +185,9 @@ static const ccoe_config_key key_table[] = {
 
     {.section = "run", .key = "threads", .type = CCOE_CFG_INT, FIELD(run.threads), .min = 1,
      .max = 1024, .names = threads_names, .def = "2",
-     .help = "threads per process; auto: measured while training, switches between the CPUs of "
-             "this process and 1 (papers/threads.md; results do not depend on it)"},
+     .help = "threads per process; auto: re-chosen while training from measured step times "
+             "(all CPUs of the process, one fewer, or 1); results do not depend on the count "
+             "(papers/threads.md)"},
     STR("run", "gemm", run.gemm, 15, gemm_names, "auto", "matrix-multiply backend"),
 
     ENUM("ccoe", "form", ccoe.form, form_names, "none", form_help),
