@@ -50,8 +50,9 @@ static void print_profile(ccoe_gemm_prof *p, int steps, double total, FILE *out)
     for (int i = 0; i < p->n; i++) {
         const ccoe_gemm_prof_entry *e = &p->e[i];
         double fl = 2.0 * e->M * e->N * e->K * (double)e->calls;
-        fprintf(out, "  | %s%s | %d | %d | %d | %.1f | %.2f | %.1f | %.1f%% |\n",
-                e->transa ? "At" : "A", e->transb ? "Bt" : "B", e->M, e->N, e->K,
+        fprintf(out, "  | %s%s%s | %d | %d | %d | %.1f | %.2f | %.1f | %.1f%% |\n",
+                e->transa ? "At" : "A", e->transb ? "Bt" : "B", e->bf16 ? " bf16" : "", e->M,
+                e->N, e->K,
                 (double)e->calls / steps, 1e3 * e->seconds / steps,
                 e->seconds > 0 ? fl / e->seconds * 1e-9 : 0.0, 100.0 * e->seconds / total);
     }
@@ -62,9 +63,16 @@ static void print_profile(ccoe_gemm_prof *p, int steps, double total, FILE *out)
     fprintf(out, "\n  (serial GEMMs inside parallel regions count each thread's time)\n\n");
 }
 
-/* One row: `isolated` trains only CCoE expert 0 (o->ccoe set), else everything. */
+/* What one row measured (for the bf16/fp32 ratio line). */
+typedef struct bench_result {
+    double tok_s, gflops;
+} bench_result;
+
+/* One row: `isolated` trains only CCoE expert 0 (o->ccoe set), else everything; linear layers
+ * in precision `prec` ("fp32" or "bf16"), utilisation against `peak` (the matching one). */
 static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, int isolated,
-                             double peak, FILE *out, ccoe_error *err)
+                             const char *prec, double peak, bench_result *res, FILE *out,
+                             ccoe_error *err)
 {
     ccoe_config cfg;
     ccoe_config_defaults(&cfg);
@@ -103,6 +111,8 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
     }
     cfg.run.threads = o->threads;
     snprintf(cfg.run.gemm, sizeof cfg.run.gemm, "%s", o->gemm);
+    snprintf(cfg.run.precision, sizeof cfg.run.precision, "%s", prec);
+    const int bf16 = strcmp(prec, "bf16") == 0;
     ccoe_session s;
     CCOE_TRY(ccoe_session_open(&s, &cfg, 0, err));
     ccoe_adamw opt;
@@ -187,10 +197,13 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
     }
     double tok_s = (double)N * o->steps / total;
     double gflops = flops / total * 1e-9; /* active model FLOPs actually computed */
+    res->tok_s = tok_s;
+    res->gflops = gflops;
     fprintf(out,
-            "| %-9s%s | L%d C%d H%d V%d B%d T%d | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "
+            "| %-9s%s%s | L%d C%d H%d V%d B%d T%d | %6.2fM | %9.0f | %6.1f | %5.1f%% | %5.1f%% | "
             "%4.0f/%4.0f/%3.0f | %s |\n",
-            sh->name, !with_ccoe ? "" : isolated ? " expert only" : " full", sh->L, sh->C, sh->H, sh->V, B, T, (double)m->num_params / 1e6, tok_s,
+            sh->name, !with_ccoe ? "" : isolated ? " expert only" : " full", bf16 ? " bf16" : "",
+            sh->L, sh->C, sh->H, sh->V, B, T, (double)m->num_params / 1e6, tok_s,
             gflops, 100.0 * gflops / sgemm, 100.0 * gflops / peak, 100.0 * t_fwd / total,
             100.0 * t_bwd / total, 100.0 * t_opt / total, gemm);
     if (prof)
@@ -213,20 +226,37 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
         return ccoe_error_set(err, CCOE_ERR_ARG,
                               "unknown bench shape '%s': allowed small, tiny-wide, gpt2-124m, all",
                               o->shape);
+    const char *prec = o->precision ? o->precision : "fp32";
+    const int both = strcmp(prec, "both") == 0;
+    if (!both && strcmp(prec, "fp32") != 0 && strcmp(prec, "bf16") != 0)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "unknown bench precision '%s': allowed fp32, bf16, both", prec);
+    const int with_bf16 = both || strcmp(prec, "bf16") == 0;
+    const int with_fp32 = both || strcmp(prec, "fp32") == 0;
     ccoe_gemm_backend backend;
     ccoe_gemm check;
     CCOE_TRY(ccoe_gemm_backend_parse(o->gemm, &backend, err));
     const int nt = o->threads > 0 ? o->threads : ccoe_threads_available();
     CCOE_TRY(ccoe_gemm_init(&check, backend, nt, err));
+    if (with_bf16) {
+        ccoe_status st = ccoe_gemm_set_precision(&check, CCOE_PRECISION_BF16, err);
+        ccoe_gemm_free(&check);
+        if (st != CCOE_OK)
+            return ccoe_error_wrap(err, "bench --precision %s", prec);
+    }
     double peak = ccoe_measure_fma_peak(nt, 0.6);
+    double peak_bf16 = with_bf16 ? ccoe_measure_bf16_peak(nt, 0.6) : 0.0;
     const int with_ccoe = o->ccoe && strcmp(o->ccoe, "none") != 0;
     char threads[32];
     if (o->threads > 0)
         snprintf(threads, sizeof threads, "%d", o->threads);
     else
         snprintf(threads, sizeof threads, "auto (1..%d)", nt);
-    fprintf(out, "threads %s, ffn %s, moe %s, ccoe %s, measured fp32 FMA peak %.0f GFLOP/s (%s)\n",
+    fprintf(out, "threads %s, ffn %s, moe %s, ccoe %s, measured fp32 FMA peak %.0f GFLOP/s (%s)",
             threads, o->ffn, o->moe, o->ccoe ? o->ccoe : "none", peak, ccoe_simd_name());
+    if (with_bf16)
+        fprintf(out, ", bf16 dot-product peak %.0f GFLOP/s (vdpbf16ps)", peak_bf16);
+    fprintf(out, "\n");
     if (with_ccoe)
         fprintf(out, "one %s expert of L/2 layers serves every sequence: full training of the "
                      "model vs isolated training of the expert (base frozen)\n",
@@ -236,11 +266,23 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
     for (size_t i = 0; i < sizeof k_shapes / sizeof k_shapes[0]; i++) {
         if (strcmp(o->shape, "all") != 0 && strcmp(o->shape, k_shapes[i].name) != 0)
             continue;
-        CCOE_TRY(bench_one(&k_shapes[i], o, 0, peak, out, err));
-        if (with_ccoe)
-            CCOE_TRY(bench_one(&k_shapes[i], o, 1, peak, out, err));
+        for (int iso = 0; iso <= with_ccoe; iso++) {
+            bench_result r32 = {0}, r16 = {0};
+            if (with_fp32)
+                CCOE_TRY(bench_one(&k_shapes[i], o, iso, "fp32", peak, &r32, out, err));
+            if (with_bf16)
+                CCOE_TRY(bench_one(&k_shapes[i], o, iso, "bf16", peak_bf16, &r16, out, err));
+            if (both)
+                fprintf(out, "| %-9s%s bf16/fp32 | | | %.2fx | %.2fx | | | | |\n",
+                        k_shapes[i].name, !with_ccoe ? "" : iso ? " expert only" : " full",
+                        r32.tok_s > 0 ? r16.tok_s / r32.tok_s : 0.0,
+                        r32.gflops > 0 ? r16.gflops / r32.gflops : 0.0);
+        }
     }
     fprintf(out, "(MFU/sgemm: model FLOP/s over the measured 1024^3 sgemm rate of the same "
                  "context; FLOPs per token = 6N + 12LCT)\n");
+    if (with_bf16)
+        fprintf(out, "(bf16 rows: linear layers in bf16 (run.precision = bf16); MFU/sgemm over "
+                     "the 1024^3 bf16 GEMM rate, MFU/peak over the bf16 dot-product peak)\n");
     return CCOE_OK;
 }

@@ -21,6 +21,8 @@ typedef struct ccoe_bench_opts {
                         * isolated training of the expert (base frozen) */
     int profile;       /* nonzero: after each shape, a table of its GEMM calls by shape (calls
                         * and time per step, GFLOP/s, share of the step) */
+    const char *precision; /* run.precision of the measured runs: "fp32" (NULL too), "bf16", or
+                            * "both": each shape in fp32, then in bf16, then their ratio */
 } ccoe_bench_opts;
 
 ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err);

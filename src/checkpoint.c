@@ -159,8 +159,14 @@ static ccoe_status open_flags(const char *path, unsigned flags, ccoe_config *cfg
 ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_file **out,
                                  ccoe_error *err)
 {
+    return ccoe_checkpoint_open_log(path, cfg, out, stderr, err);
+}
+
+ccoe_status ccoe_checkpoint_open_log(const char *path, ccoe_config *cfg, ccoe_st_file **out,
+                                     FILE *log, ccoe_error *err)
+{
     CCOE_TRY(open_flags(path, 0, cfg, out, err));
-    ccoe_status s = ccoe_ckpt_tok_resolve(*out, path, cfg, stderr, err);
+    ccoe_status s = ccoe_ckpt_tok_resolve(*out, path, cfg, log, err);
     if (s != CCOE_OK) {
         ccoe_st_close(*out);
         *out = NULL;

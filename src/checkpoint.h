@@ -35,9 +35,14 @@ ccoe_status ccoe_checkpoint_save(const char *path, const ccoe_config *cfg, const
                                  ccoe_error *err);
 
 /* Opens and validates a checkpoint and parses its stored config into cfg (defaults first).
- * The caller closes *out with ccoe_st_close. */
+ * The caller closes *out with ccoe_st_close. A note goes to stderr when the checkpoint's
+ * tokenizer is unpacked from its embedded copy (ccoe_ckpt_tok_resolve). */
 ccoe_status ccoe_checkpoint_open(const char *path, ccoe_config *cfg, ccoe_st_file **out,
                                  ccoe_error *err);
+/* The same, with that note on log (NULL: none; under MPI ranks other than 0 pass NULL so that
+ * the note is printed once). */
+ccoe_status ccoe_checkpoint_open_log(const char *path, ccoe_config *cfg, ccoe_st_file **out,
+                                     FILE *log, ccoe_error *err);
 
 /* Copies every parameter of m from f (shapes must match), the optimizer state if opt != NULL
  * (an error if the file has none), and the train state if st != NULL. */

@@ -15,17 +15,11 @@
 
 #include "gate.h"
 
-/* The commands in the order `ccoe help` lists them. Adding one: one line here. */
+/* The commands in the order `ccoe help` lists them (commands.def). */
 static const ccoe_cli_cmd *const k_cmds[] = {
-    &ccoe_cmd_train,    &ccoe_cmd_train_expert,
-    &ccoe_cmd_eval,     &ccoe_cmd_generate,
-    &ccoe_cmd_info,     &ccoe_cmd_bench,
-    &ccoe_cmd_push,     &ccoe_cmd_pop,
-    &ccoe_cmd_compare,  &ccoe_cmd_reseal,
-    &ccoe_cmd_study,    &ccoe_cmd_data_write_builtin,
-    &ccoe_cmd_tokenizer_encode, &ccoe_cmd_tokenizer_decode, &ccoe_cmd_tokenizer_train,
-    &ccoe_cmd_import,   &ccoe_cmd_export,
-    &ccoe_cmd_help_config,
+#define CCOE_COMMAND(name) &ccoe_cmd_##name,
+#include "commands.def"
+#undef CCOE_COMMAND
 };
 enum { N_CMDS = sizeof k_cmds / sizeof k_cmds[0] };
 

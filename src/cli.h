@@ -6,8 +6,8 @@
  * What it is not: a command's work (each handler calls its module: train.c, eval.c, ...) nor
  * the launch (MPI start and end, the abort policy: main.c).
  *
- * Adding a command: a file src/cmd_NAME.c defining `const ccoe_cli_cmd ccoe_cmd_NAME`, one
- * `extern` line below and one line in the table of cli.c. Its options are checked before the
+ * Adding a command: a file src/cmd_NAME.c defining `const ccoe_cli_cmd ccoe_cmd_NAME` and the
+ * line CCOE_COMMAND(NAME) in src/commands.def (where `ccoe help` should list it). Its options are checked before the
  * handler runs (unknown flags, missing values, numbers out of range, required options); the
  * handler reads them with ccoe_cli_flag / _str / _int / _uint / _double / _all.
  */
@@ -122,12 +122,10 @@ int ccoe_cli_usage_error(const ccoe_cli_args *a, const char *what, const char *a
  * rank agreed on only by rank 0 and the failing rank) and returns its exit code. */
 int ccoe_cli_fail(const ccoe_cli_args *a, const ccoe_error *err);
 
-/* The commands (src/cmd_*.c). */
-extern const ccoe_cli_cmd ccoe_cmd_train, ccoe_cmd_train_expert, ccoe_cmd_study, ccoe_cmd_eval,
-    ccoe_cmd_generate, ccoe_cmd_info, ccoe_cmd_bench, ccoe_cmd_push, ccoe_cmd_pop,
-    ccoe_cmd_compare, ccoe_cmd_reseal, ccoe_cmd_data_write_builtin, ccoe_cmd_tokenizer_encode,
-    ccoe_cmd_tokenizer_decode, ccoe_cmd_tokenizer_train, ccoe_cmd_import, ccoe_cmd_export,
-    ccoe_cmd_help_config;
+/* The commands (src/cmd_*.c), from commands.def. */
+#define CCOE_COMMAND(name) extern const ccoe_cli_cmd ccoe_cmd_##name;
+#include "commands.def"
+#undef CCOE_COMMAND
 
 /* Test hooks (src/cmd_testhook.c, built with the CMake option CCOE_TEST_HOOKS, on by default):
  * fills the train options' injected failure from CCOE_TEST_FAIL_MODE / _RANK / _STEP

@@ -39,6 +39,9 @@ static const ccoe_cli_opt k_bench_opts[] = {
      .help = "every block an MoE of 8 experts, top-2, with this gate"},
     {"--ccoe", CCOE_OPT_STRING, "none|tail|prefix|ffn", .def = "none",
      .help = "one CCoE expert of this form: full vs isolated expert training"},
+    {"--precision", CCOE_OPT_STRING, "fp32|bf16|both", .def = "fp32",
+     .choices = "fp32|bf16|both", .takes = "fp32, bf16 or both",
+     .help = "run.precision of the measured runs; both: fp32 and bf16 rows and their ratio"},
     {"--profile", CCOE_OPT_FLAG,
      .help = "each shape's GEMM calls by size (time per step, GFLOP/s, share of the step)"},
 };
@@ -54,7 +57,8 @@ static int run_bench(const ccoe_cli_args *a)
                                .ffn = ccoe_cli_str(a, "--ffn"),
                                .moe = ccoe_cli_str(a, "--moe"),
                                .ccoe = ccoe_cli_str(a, "--ccoe"),
-                               .profile = ccoe_cli_flag(a, "--profile") > 0};
+                               .profile = ccoe_cli_flag(a, "--profile") > 0,
+                               .precision = ccoe_cli_str(a, "--precision")};
     ccoe_error err = {0};
     if (ccoe_bench_run(&o, stdout, &err) != CCOE_OK)
         return ccoe_cli_fail(a, &err);

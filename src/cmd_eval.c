@@ -72,7 +72,8 @@ static int run_eval(const ccoe_cli_args *a)
     ccoe_st_file *f = NULL;
     ccoe_session s;
     int have_session = 0;
-    ccoe_status st = ccoe_checkpoint_open(path, &cfg, &f, &err);
+    ccoe_status st =
+        ccoe_checkpoint_open_log(path, &cfg, &f, a->comm->rank == 0 ? stderr : NULL, &err);
     for (int i = 0; st == CCOE_OK && i < n_sets; i++)
         st = ccoe_config_set(&cfg, sets[i], &err);
     if (st == CCOE_OK && ccoe_cli_flag(a, "--batches"))
@@ -86,11 +87,14 @@ static int run_eval(const ccoe_cli_args *a)
     st = ccoe_comm_agree(a->comm, st, &err); /* collective */
     if (st == CCOE_OK && text) { /* one text file's loss and bits per byte (ccoe_eval_text) */
         ccoe_text_eval te;
-        st = ccoe_eval_text_file(&s.model, &s.tok, &s.batch, &s.data, text, text_domain, &te,
-                                 &err);
+        st = ccoe_eval_text_file(&s.model, &s.tok, &s.batch, &s.data, text, text_domain,
+                                 a->comm, &te, &err); /* collective: the windows are split */
         rc = st != CCOE_OK ? ccoe_cli_fail(a, &err) : 0;
-        if (st == CCOE_OK && a->comm->rank == 0)
+        if (st == CCOE_OK && a->comm->rank == 0) {
             ccoe_eval_text_print(stdout, text, text_domain, s.cfg.data.tokenizer, &te);
+            if (a->comm->size > 1)
+                printf("evaluated on %d ranks (windows split between them)\n", a->comm->size);
+        }
         ccoe_session_close(&s);
         ccoe_st_close(f);
         return rc;

@@ -12,6 +12,9 @@ static const ccoe_cli_opt k_import_opts[] = {
      .help = "the tokenizer (default: the files next to config.json)"},
     {"--data", CCOE_OPT_PATH, "MANIFEST", .def = "builtin",
      .help = "data.manifest of the checkpoint: the domains experts route from"},
+    {"--seq-len", CCOE_OPT_INT, "N", 1, 65536,
+     .help = "model.seq_len (default: GPT-2's n_positions; RoPE models min(max_position_"
+             "embeddings, 2048))"},
     {"--force", CCOE_OPT_FLAG, .help = "replace an existing output"},
 };
 
@@ -23,6 +26,7 @@ static int run_import(const ccoe_cli_args *a)
     o.tokenizer = ccoe_cli_str(a, "--tokenizer");
     o.manifest = ccoe_cli_val_of(a, "--data")->count ? ccoe_cli_str(a, "--data") : NULL;
     o.force = ccoe_cli_flag(a, "--force") > 0;
+    o.seq_len = ccoe_cli_val_of(a, "--seq-len")->count ? (int)ccoe_cli_int(a, "--seq-len") : 0;
     ccoe_error err = {0};
     if (ccoe_hf_import(&o, stdout, &err) != CCOE_OK)
         return ccoe_cli_fail(a, &err);

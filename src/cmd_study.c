@@ -31,7 +31,8 @@ const ccoe_cli_cmd ccoe_cmd_study = {
                "flops:N, out_dir,\nvariants, and [variant.NAME] section.key = value overrides. "
                "Writes OUT_DIR/study.md,\nstudy.csv and plot data (scripts/plot_study.sh "
                "OUT_DIR draws the PNGs); finished runs of the\nsame config are reused "
-               "(--force retrains).\n",
+               "(--force retrains).\n[study] init_from = CKPT starts every variant from "
+               "a checkpoint (an imported base: its config too).\n",
     .opts = k_study_opts,
     .n_opts = sizeof k_study_opts / sizeof k_study_opts[0],
     .min_pos = 1,

@@ -44,6 +44,7 @@ static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
 /* An INT key with names accepts its one name as a value too, stored as 0 (below its minimum):
  * run.threads = auto. */
 static const char *const threads_names[] = {"auto", NULL};
+static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
 static const char *const placement_names[] = {"contiguous", "round_robin", "balanced", "list",
                                               NULL};
@@ -146,6 +147,10 @@ static const ccoe_config_key key_table[] = {
         "epsilon of LayerNorm / RMSNorm (HF layer_norm_epsilon / rms_norm_eps)"),
     DBL("model", "init_std", model.init_std, 0, 1, 1, 0, "0.02",
         "standard deviation of the normal weight init"),
+    {.section = "model", .key = "max_positions", .type = CCOE_CFG_INT, FIELD(model.max_positions),
+     .min = 0, .max = 1 << 30, .def = "0", .omit_default = 1,
+     .help = "the context the model was pretrained for (HF max_position_embeddings; 0 = "
+             "seq_len): `ccoe import` sets it, `ccoe export` writes it back"},
 
     INT("train", "batch_size", train.batch_size, 1, 65536, "8", "B: sequences per micro-batch"),
     INT("train", "grad_accum", train.grad_accum, 1, 4096, "1", "micro-batches per optimizer step"),
@@ -189,6 +194,10 @@ static const ccoe_config_key key_table[] = {
              "(all CPUs of the process, one fewer, or 1); results do not depend on the count "
              "(papers/threads.md)"},
     STR("run", "gemm", run.gemm, 15, gemm_names, "auto", "matrix-multiply backend"),
+    STR("run", "precision", run.precision, 7, precision_names, "fp32",
+        "precision of the linear layers' GEMMs: fp32, or bf16 (CPUs with AVX512-BF16 only; "
+        "bf16 operands, fp32 sums; weights, optimizer, norms, softmax, losses and routers stay "
+        "fp32; papers/bf16.md)"),
 
     ENUM("ccoe", "form", ccoe.form, form_names, "none", form_help),
     STR("ccoe", "experts", ccoe.experts, PATH_MAX_LEN, NULL, "",
@@ -239,6 +248,10 @@ static const ccoe_config_key key_table[] = {
     DBL("moe", "w_z", moe.w_z, 0, 0, 1e6, 0, "0.001",
         "weight of the router z-loss mean logsumexp^2 (must be 0 for a gate without a "
         "router: domain, hash)"),
+    {.section = "moe", .key = "train_router_only", .type = CCOE_CFG_BOOL,
+     FIELD(moe.train_router_only), .def = "false", .omit_default = 1,
+     .help = "train only the routers (the MoE layers' router.* tensors), every other tensor "
+             "frozen: a merged or upcycled model's router phase"},
 
     ENUM("mpi", "placement", mpi.placement, placement_names, "contiguous",
          "experts over MPI ranks: contiguous blocks, round_robin (e on rank e mod P), balanced "
@@ -953,6 +966,8 @@ static void emit_ini(const ccoe_config *c, sink *s)
             sink_put(s, line);
         }
         format_value(k, c, value, sizeof value);
+        if (k->omit_default && strcmp(value, k->def) == 0)
+            continue;
         snprintf(line, sizeof line, "%s = %s\n", k->key, value);
         sink_put(s, line);
     }

@@ -41,6 +41,9 @@ typedef struct ccoe_model_config {
     int qkv_bias;     /* [model] qkv_bias = true | false: biases on q/k/v only (Qwen2) */
     double norm_eps;  /* [model] norm_eps in (0, 1e-2], default 1e-5 (LayerNorm / RMSNorm) */
     double init_std;  /* [model] init_std > 0, default 0.02 */
+    int max_positions; /* [model] the context the model was pretrained for (HF
+                        * max_position_embeddings), 0 = seq_len; import sets it, export writes
+                        * it; nothing else reads it */
 } ccoe_model_config;
 
 /* Key/value heads of a model config: model.n_kv_head, 0 meaning n_head. */
@@ -79,15 +82,15 @@ typedef struct ccoe_data_config {
 typedef struct ccoe_run_config {
     int threads;              /* [run] threads per process 1..1024, 0 = auto; default 2 */
     char gemm[16];            /* [run] auto | ref | blis | xsmm, default auto */
+    char precision[8];        /* [run] fp32 | bf16 (linear layers' GEMMs), default fp32 */
 } ccoe_run_config;
 
 /* CCoE formulations (paper Section 4; papers/ccoe.md). */
 typedef enum ccoe_form {
-    CCOE_FORM_NONE = 0,  /* the base model alone */
-    CCOE_FORM_TAIL = 1,  /* Eq. 4: expert i replaces the last l_i base blocks */
-    CCOE_FORM_PREFIX = 2, /* Eq. 5: every expert follows the first prefix_layers base blocks */
-    CCOE_FORM_FFN = 3     /* Eqs. 6-7: expert i is the FFNs of the last l_i base blocks;
-                           * attention and norms stay shared (FFN-level, rule-gated) */
+    CCOE_FORM_NONE = 0, /* the base model alone */
+#define CCOE_FORM(name, ID) CCOE_FORM_##ID,
+#include "forms.def"
+#undef CCOE_FORM
 } ccoe_form;
 
 typedef enum ccoe_expert_init {
@@ -125,6 +128,8 @@ typedef struct ccoe_moe_section {
     double w_load;          /* [moe] Shazeer load loss weight (noisy_topk, K < E), default 0 */
     double w_switch;        /* [moe] Switch/GShard balance loss weight, default 0.01 */
     double w_z;             /* [moe] router z-loss weight, default 0.001 */
+    int train_router_only;  /* [moe] train only the MoE layers' router tensors (router.*),
+                             * everything else frozen; default false */
 } ccoe_moe_section;
 
 /* Expert placement over MPI ranks (src/placement.h): which rank owns each expert, for the
@@ -214,6 +219,9 @@ typedef struct ccoe_config_key {
     const char *help;
     /* Optional: one line of help for each allowed name (help-config lists them), or NULL. */
     const char *(*name_help)(const char *name);
+    /* 1: the resolved INI text (and so the hash stored in checkpoints) leaves the key out while
+     * it holds its default, so that configs written before the key existed keep their hash. */
+    int omit_default;
 } ccoe_config_key;
 
 /* The table, in printing order; *n receives the number of keys. */

@@ -652,23 +652,25 @@ ccoe_status ccoe_generate_print(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_b
 /* ---- held-out loss of one text ---- */
 
 ccoe_status ccoe_eval_text(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
-                           const char *text, size_t len, int domain, ccoe_text_eval *out,
-                           ccoe_error *err)
+                           const char *text, size_t len, int domain, ccoe_comm *comm,
+                           ccoe_text_eval *out, ccoe_error *err)
 {
     memset(out, 0, sizeof *out);
     out->text_bytes = len;
     const int B = b->maxB, T = b->maxT, V = m->cfg.vocab_size;
+    const int P = comm ? comm->size : 1, r = comm ? comm->rank : 0;
+    ccoe_status st = CCOE_OK;
     /* ids: the start-of-text id (so the first token is predicted too), then the text's */
     const size_t cap = len + 2;
     int32_t *ids = malloc(cap * sizeof *ids);
     int32_t *tok_bytes = ccoe_eval_token_bytes(tok, V);
+    double *slot = NULL; /* (n_chunk, 3): each chunk's loss sum, targets counted, their bytes */
+    size_t n = 0, n_win = 0, n_chunk = 0;
     if (!ids || !tok_bytes) {
-        free(ids);
-        free(tok_bytes);
-        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory encoding the text (%zu bytes)",
-                              len);
+        st = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory encoding the text (%zu bytes)",
+                            len);
+        goto reduce;
     }
-    size_t n = 0;
     if (tok->bos >= 0)
         ids[n++] = tok->bos;
     size_t need = tok->ops->encode(tok->self, text, len, ids + n, cap - n);
@@ -677,41 +679,74 @@ ccoe_status ccoe_eval_text(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch 
     out->n_ids = n;
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V) {
-            free(ids);
-            free(tok_bytes);
-            return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                                  "the tokenizer produced id %ld, beyond the model's vocabulary "
-                                  "(%d): the model was not trained with this tokenizer",
-                                  (long)ids[i], V);
+            st = ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                "the tokenizer produced id %ld, beyond the model's vocabulary "
+                                "(%d): the model was not trained with this tokenizer",
+                                (long)ids[i], V);
+            goto reduce;
         }
     /* windows of T targets, side by side (stride T): window w predicts ids[w*T+1 .. w*T+T]
-     * from ids[w*T ..]; the first token of each window sees only its own window */
-    const size_t n_pred = n > 0 ? n - 1 : 0, n_win = (n_pred + (size_t)T - 1) / (size_t)T;
+     * from ids[w*T ..]; the first token of each window sees only its own window. Chunks of B
+     * windows are one forward each; chunk k belongs to rank k % P. Each chunk's figures land
+     * in its own slot (zero on the other ranks), so the sum over ranks is exact and the slots
+     * are added in chunk order: the totals are one process's bit for bit. */
+    n_win = ((n > 0 ? n - 1 : 0) + (size_t)T - 1) / (size_t)T;
+    n_chunk = (n_win + (size_t)B - 1) / (size_t)B;
+    slot = calloc(3 * (n_chunk > 0 ? n_chunk : 1), sizeof *slot);
+    if (!slot) {
+        st = ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for %zu text windows", n_win);
+        goto reduce;
+    }
+    /* a model whose forward exchanges rows runs every round on every rank (zero rows when its
+     * round has no chunk) */
+    const int lockstep = P > 1 && ccoe_model_forward_collective(m);
     const int was_train = m->train;
     m->train = 0;
-    double sum = 0.0, bytes = 0.0;
-    long count = 0;
-    for (size_t w0 = 0; w0 < n_win; w0 += (size_t)B) {
-        int rows = (int)(n_win - w0 < (size_t)B ? n_win - w0 : (size_t)B);
-        for (int r = 0; r < rows; r++) {
-            const size_t s0 = (w0 + (size_t)r) * (size_t)T;
+    for (size_t k0 = 0; k0 < n_chunk; k0 += (size_t)P) {
+        const size_t k = k0 + (size_t)r;
+        if (k >= n_chunk && !lockstep)
+            break;
+        const size_t w0 = k * (size_t)B;
+        int rows = 0;
+        if (k < n_chunk)
+            rows = (int)(n_win - w0 < (size_t)B ? n_win - w0 : (size_t)B);
+        for (int q = 0; q < rows; q++) {
+            const size_t s0 = (w0 + (size_t)q) * (size_t)T;
             for (int t = 0; t < T; t++) {
                 const size_t i = s0 + (size_t)t;
                 const int ok = i + 1 < n;
-                b->tokens[(size_t)r * T + t] = i < n ? ids[i] : (tok->pad >= 0 ? tok->pad : 0);
-                b->targets[(size_t)r * T + t] = ok ? ids[i + 1] : -1;
+                b->tokens[(size_t)q * T + t] = i < n ? ids[i] : (tok->pad >= 0 ? tok->pad : 0);
+                b->targets[(size_t)q * T + t] = ok ? ids[i + 1] : -1;
             }
-            b->domains[r] = domain >= 0 ? domain : 0;
+            b->domains[q] = domain >= 0 ? domain : 0;
         }
         long c = 0;
-        sum += ccoe_model_forward(m, b->tokens, b->targets, domain >= 0 ? b->domains : NULL,
-                                  rows, T, &c);
-        count += c;
-        bytes += target_bytes(tok_bytes, V, b->targets, rows, T);
+        const double loss = ccoe_model_forward(m, b->tokens, b->targets,
+                                               domain >= 0 ? b->domains : NULL, rows, T, &c);
+        if (k < n_chunk) {
+            slot[3 * k] = loss;
+            slot[3 * k + 1] = (double)c;
+            slot[3 * k + 2] = target_bytes(tok_bytes, V, b->targets, rows, T);
+        }
     }
     m->train = was_train;
+reduce:
     free(ids);
     free(tok_bytes);
+    if (P > 1) { /* a rank that failed alone (memory) stops the others before the sum */
+        st = ccoe_comm_agree(comm, st, err);
+        if (st == CCOE_OK)
+            st = comm->ops->allreduce_f64(comm, slot, 3 * n_chunk, err);
+    }
+    double sum = 0.0, bytes = 0.0;
+    long count = 0;
+    for (size_t k = 0; st == CCOE_OK && k < n_chunk; k++) {
+        sum += slot[3 * k];
+        count += (long)slot[3 * k + 1];
+        bytes += slot[3 * k + 2];
+    }
+    free(slot);
+    CCOE_TRY(st);
     out->tokens = count;
     out->nats = sum;
     out->bytes = bytes;
@@ -726,9 +761,29 @@ ccoe_status ccoe_eval_text(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch 
     return CCOE_OK;
 }
 
+/* The --text file's contents (non-empty) in *text (malloc'd), or an error naming the file. */
+static ccoe_status read_text_file(const char *path, char **text, size_t *len, ccoe_error *err)
+{
+    *text = NULL;
+    *len = 0;
+    FILE *f = ccoe_fs_fopen_input(path, "--text file", err);
+    if (!f)
+        return err->status;
+    int e = ccoe_fs_read_stream(f, (size_t)1 << 32, text, len);
+    fclose(f);
+    if (e)
+        return ccoe_error_set(err, e == ENOMEM ? CCOE_ERR_NOMEM : CCOE_ERR_IO,
+                              "--text: cannot read '%s': %s", path,
+                              e == EFBIG ? "larger than 4 GB" : strerror(e));
+    if (*len == 0)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--text %s is empty: give a file with text to score", path);
+    return CCOE_OK;
+}
+
 ccoe_status ccoe_eval_text_file(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
                                 const ccoe_dataset *ds, const char *path, const char *domain,
-                                ccoe_text_eval *out, ccoe_error *err)
+                                ccoe_comm *comm, ccoe_text_eval *out, ccoe_error *err)
 {
     int d = -1;
     if (domain) {
@@ -744,25 +799,13 @@ ccoe_status ccoe_eval_text_file(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_b
                                   domain, names[0] ? names : "(none)");
         }
     }
-    FILE *f = ccoe_fs_fopen_input(path, "--text file", err);
-    if (!f)
-        return err->status;
     char *text = NULL;
     size_t len = 0;
-    int e = ccoe_fs_read_stream(f, (size_t)1 << 32, &text, &len);
-    fclose(f);
-    if (e) {
-        free(text);
-        return ccoe_error_set(err, e == ENOMEM ? CCOE_ERR_NOMEM : CCOE_ERR_IO,
-                              "--text: cannot read '%s': %s", path,
-                              e == EFBIG ? "larger than 4 GB" : strerror(e));
-    }
-    if (len == 0) {
-        free(text);
-        return ccoe_error_set(err, CCOE_ERR_ARG,
-                              "--text %s is empty: give a file with text to score", path);
-    }
-    ccoe_status st = ccoe_eval_text(m, tok, b, text, len, d, out, err);
+    ccoe_status st = read_text_file(path, &text, &len, err);
+    if (comm && comm->size > 1) /* a file one rank cannot read stops them all */
+        st = ccoe_comm_agree(comm, st, err);
+    if (st == CCOE_OK)
+        st = ccoe_eval_text(m, tok, b, text, len, d, comm, out, err);
     free(text);
     return st;
 }

@@ -165,16 +165,19 @@ typedef struct ccoe_text_eval {
 
 /* Encodes text (with the tokenizer's start-of-text id first, when it has one, so every text
  * token is predicted) and scores it in windows of b->maxT targets side by side, b->maxB at a
- * time, routed as domain (< 0: the base path). Evaluation mode; not collective (every rank
- * that calls it computes the same). */
+ * time, routed as domain (< 0: the base path). Evaluation mode. COLLECTIVE over comm (NULL or
+ * one rank: serial): the chunks of b->maxB windows are split over the ranks and every rank
+ * gets the totals, bit-identical to one process's. */
 ccoe_status ccoe_eval_text(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
-                           const char *text, size_t len, int domain, ccoe_text_eval *out,
-                           ccoe_error *err);
+                           const char *text, size_t len, int domain, ccoe_comm *comm,
+                           ccoe_text_eval *out, ccoe_error *err);
 
-/* ccoe_eval_text of the file path, domain named (NULL: the base path) among ds's domains. */
+/* ccoe_eval_text of the file path, domain named (NULL: the base path) among ds's domains.
+ * COLLECTIVE over comm; an error reading the file is every rank's (they read the same file)
+ * but is not agreed on: the caller agrees before its next collective. */
 ccoe_status ccoe_eval_text_file(ccoe_model *m, const ccoe_tokenizer *tok, ccoe_batch *b,
                                 const ccoe_dataset *ds, const char *path, const char *domain,
-                                ccoe_text_eval *out, ccoe_error *err);
+                                ccoe_comm *comm, ccoe_text_eval *out, ccoe_error *err);
 
 /* Prints the text's figures: tokens, nats/token, bits per byte, perplexity. */
 void ccoe_eval_text_print(FILE *f, const char *path, const char *domain, const char *tokenizer,

@@ -349,7 +349,8 @@ static ccoe_status expert_train_config(const ccoe_expert_train_opts *o, ccoe_con
     /* the name becomes a folder (runs/expert-NAME) and a file (NAME.expert): check it before
      * anything is created */
     CCOE_TRY(ccoe_taskmap_check_name(o->name, err));
-    CCOE_TRY(ccoe_checkpoint_open(o->model, &cfg, &f, err));
+    FILE *note = !o->comm || o->comm->rank == 0 ? stderr : NULL; /* printed once */
+    CCOE_TRY(ccoe_checkpoint_open_log(o->model, &cfg, &f, note, err));
     char names[CCOE_MAX_DOMAINS][CCOE_NAME_LEN];
     int nd = ccoe_checkpoint_domains(f, &cfg, names);
     ccoe_st_close(f);

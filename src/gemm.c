@@ -12,7 +12,10 @@
  * AMD Zen 5) and then silently runs its reference kernels, several times slower. BLIS reads BLIS_ARCH_TYPE once, when it first initialises, so the first ccoe_gemm_init
  * sets it (unless the user already did) before BLIS's first call, and reports what BLIS chose.
  *
- * Not here: batched/grouped GEMM, bf16, anything allocating memory on the call path.
+ * The bf16 GEMM (packing and AVX512-BF16 kernels) lives in gemm_bf16.c; this file dispatches
+ * to it, times it and owns the precision setting.
+ *
+ * Not here: batched/grouped GEMM, anything allocating memory on the call path.
  */
 #define _GNU_SOURCE /* setenv */
 #include "gemm.h"
@@ -34,6 +37,7 @@
 #pragma GCC diagnostic pop
 #include <libxsmm.h>
 
+#include "gemm_bf16.h"
 #include "perf.h"
 
 /* ---- AUTO policy (see gemm_auto_uses_xsmm; papers/kernels.md has the measurements) ---- */
@@ -387,16 +391,18 @@ static void gemm_dispatch(const ccoe_gemm *g, int nthreads, int transa, int tran
 }
 
 /* Adds one timed call to the profile table (serial calls may come from several threads). */
-static void prof_add(ccoe_gemm_prof *p, int transa, int transb, int M, int N, int K, double sec)
+static void prof_add(ccoe_gemm_prof *p, int bf16, int transa, int transb, int M, int N, int K,
+                     double sec)
 {
 #pragma omp critical(ccoe_gemm_prof)
     {
         int i = 0;
         while (i < p->n && !(p->e[i].transa == transa && p->e[i].transb == transb &&
-                             p->e[i].M == M && p->e[i].N == N && p->e[i].K == K))
+                             p->e[i].M == M && p->e[i].N == N && p->e[i].K == K &&
+                             p->e[i].bf16 == bf16))
             i++;
         if (i == p->n && p->n < CCOE_GEMM_PROF_MAX)
-            p->e[p->n++] = (ccoe_gemm_prof_entry){transa, transb, M, N, K, 0, 0.0};
+            p->e[p->n++] = (ccoe_gemm_prof_entry){transa, transb, M, N, K, bf16, 0, 0.0};
         if (i < p->n) {
             p->e[i].calls++;
             p->e[i].seconds += sec;
@@ -416,7 +422,125 @@ static void gemm_call(const ccoe_gemm *g, int nthreads, int transa, int transb, 
     }
     double t0 = ccoe_now();
     gemm_dispatch(g, nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    prof_add(g->prof, transa, transb, M, N, K, ccoe_now() - t0);
+    prof_add(g->prof, 0, transa, transb, M, N, K, ccoe_now() - t0);
+}
+
+static void gemm_call_bf16(const ccoe_gemm *g, int nthreads, int transa, int transb, int M, int N,
+                           int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                           float beta, float *C, int ldc)
+{
+    assert(g->bf16); /* ccoe_gemm_set_precision(BF16) first */
+    if (gemm_trivial(transa, transb, M, N, K, alpha, lda, ldb, beta, C, ldc))
+        return;
+    double t0 = g->prof ? ccoe_now() : 0.0;
+    gemm_bf16_run(g->bf16, nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                  ldc);
+    if (g->prof)
+        prof_add(g->prof, 1, transa, transb, M, N, K, ccoe_now() - t0);
+}
+
+void ccoe_gemm_run_bf16(const ccoe_gemm *g, int transa, int transb, int M, int N, int K,
+                        float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                        float *C, int ldc)
+{
+    gemm_call_bf16(g, g->nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void ccoe_gemm_run_bf16_serial(const ccoe_gemm *g, int transa, int transb, int M, int N, int K,
+                               float alpha, const float *A, int lda, const float *B, int ldb,
+                               float beta, float *C, int ldc)
+{
+    gemm_call_bf16(g, 1, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void ccoe_gemm_run_linear(const ccoe_gemm *g, int transa, int transb, int M, int N, int K,
+                          float alpha, const float *A, int lda, const float *B, int ldb,
+                          float beta, float *C, int ldc)
+{
+    if (g->precision == CCOE_PRECISION_BF16)
+        gemm_call_bf16(g, g->nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                       ldc);
+    else
+        gemm_call(g, g->nthreads, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void ccoe_gemm_run_linear_serial(const ccoe_gemm *g, int transa, int transb, int M, int N, int K,
+                                 float alpha, const float *A, int lda, const float *B, int ldb,
+                                 float beta, float *C, int ldc)
+{
+    if (g->precision == CCOE_PRECISION_BF16)
+        gemm_call_bf16(g, 1, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        gemm_call(g, 1, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* ---- precision ---- */
+
+int ccoe_gemm_bf16_available(void)
+{
+    const char *off = getenv("CCOE_GEMM_NO_BF16");
+    if (off && off[0] && strcmp(off, "0") != 0)
+        return 0;
+    return gemm_bf16_cpu_ok();
+}
+
+ccoe_status ccoe_gemm_set_precision(ccoe_gemm *g, ccoe_precision p, ccoe_error *err)
+{
+    static const char bf16_tag[] = "bf16:avx512bf16+";
+    const size_t tag = sizeof bf16_tag - 1;
+    const int tagged = strncmp(g->kernel_set, bf16_tag, tag) == 0;
+    if (p == CCOE_PRECISION_FP32) {
+        if (tagged)
+            memmove(g->kernel_set, g->kernel_set + tag, strlen(g->kernel_set + tag) + 1);
+        g->precision = p;
+        return CCOE_OK;
+    }
+    if (p != CCOE_PRECISION_BF16)
+        return ccoe_error_set(err, CCOE_ERR_ARG, "unknown precision id %d (allowed: fp32, bf16)",
+                              (int)p);
+    if (!ccoe_gemm_bf16_available())
+        return ccoe_error_set(err, CCOE_ERR_BACKEND,
+                              "precision bf16 needs a CPU with the AVX512-BF16 instructions "
+                              "(avx512_bf16 in /proc/cpuinfo, with AVX-512 F/BW/VL/DQ)%s; this "
+                              "one has none, and ccoe does not emulate them (slower than fp32): "
+                              "set run.precision = fp32",
+                              getenv("CCOE_GEMM_NO_BF16") ? " (CCOE_GEMM_NO_BF16 is set)" : "");
+    if (!g->bf16 && !(g->bf16 = gemm_bf16_new(g->nthreads)))
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory for the bf16 GEMM's packing "
+                              "scratch");
+    if (!tagged) { /* the kernel set names the bf16 kernels in front of the fp32 ones */
+        char rest[sizeof g->kernel_set];
+        snprintf(rest, sizeof rest, "%s", g->kernel_set);
+        snprintf(g->kernel_set, sizeof g->kernel_set, "%s%.63s", bf16_tag, rest);
+    }
+    g->precision = p;
+    return CCOE_OK;
+}
+
+void ccoe_gemm_free(ccoe_gemm *g)
+{
+    gemm_bf16_free(g->bf16);
+    g->bf16 = NULL;
+    g->precision = CCOE_PRECISION_FP32;
+}
+
+const char *ccoe_precision_name(ccoe_precision p)
+{
+    return p == CCOE_PRECISION_BF16 ? "bf16" : p == CCOE_PRECISION_FP32 ? "fp32" : "unknown";
+}
+
+ccoe_status ccoe_precision_parse(const char *s, ccoe_precision *out, ccoe_error *err)
+{
+    if (s && strcmp(s, "fp32") == 0) {
+        *out = CCOE_PRECISION_FP32;
+        return CCOE_OK;
+    }
+    if (s && strcmp(s, "bf16") == 0) {
+        *out = CCOE_PRECISION_BF16;
+        return CCOE_OK;
+    }
+    return ccoe_error_set(err, CCOE_ERR_ARG, "unknown precision '%s' (allowed: fp32, bf16)",
+                          s ? s : "(null)");
 }
 
 void ccoe_gemm_run(const ccoe_gemm *g, int transa, int transb, int M, int N, int K, float alpha,
@@ -519,7 +643,8 @@ ccoe_status ccoe_gemm_backend_parse(const char *s, ccoe_gemm_backend *out, ccoe_
 /* ---- benchmark ---- */
 
 /* Returns 0.0 when n <= 0 or the three n x n buffers cannot be allocated. Allocates (benchmarks
- * only, never on a training path). */
+ * only, never on a training path). Measures ccoe_gemm_run_linear: the bf16 GEMM in a context
+ * whose linear-layer precision is bf16. */
 double ccoe_gemm_measure_gflops(const ccoe_gemm *g, int n, double seconds)
 {
     if (n <= 0)
@@ -532,11 +657,11 @@ double ccoe_gemm_measure_gflops(const ccoe_gemm *g, int n, double seconds)
             a[i] = (float)((i * 7 + 3) % 13) / 13.0f - 0.5f;
             b[i] = (float)((i * 5 + 1) % 11) / 11.0f - 0.5f;
         }
-        ccoe_gemm_run(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
+        ccoe_gemm_run_linear(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
         long reps = 0;
         double t0 = ccoe_now(), t = t0;
         do {
-            ccoe_gemm_run(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+            ccoe_gemm_run_linear(g, 0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
             reps++;
             t = ccoe_now();
         } while (t - t0 < seconds || reps < 2);

@@ -4,9 +4,11 @@
 #include "hf.h"
 
 #include <dirent.h>
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -202,6 +204,166 @@ ccoe_status hf_get(const hf_weights *w, const char *name, int ndim, int64_t d0, 
                                   "%s: tensor '%s' holds %s at element %zu: the weights are "
                                   "damaged (or overflowed when converted); use an intact copy",
                                   t->file, name, isnan(t->data[i]) ? "NaN" : "Inf", i);
+    return CCOE_OK;
+}
+
+void hf_transpose(float *dst, const float *src, int64_t K, int64_t R)
+{
+    enum { TB = 32 };
+    for (int64_t k0 = 0; k0 < K; k0 += TB)
+        for (int64_t r0 = 0; r0 < R; r0 += TB)
+            for (int64_t k = k0; k < K && k < k0 + TB; k++)
+                for (int64_t r = r0; r < R && r < r0 + TB; r++)
+                    dst[r * K + k] = src[k * R + r];
+}
+
+ccoe_status hf_copy(const hf_weights *w, float *dst, int transpose, int ndim, int64_t d0,
+                    int64_t d1, ccoe_error *err, const char *fmt, ...)
+{
+    char name[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    hf_tensor t;
+    CCOE_TRY(hf_get(w, name, ndim, d0, d1, &t, err));
+    if (transpose)
+        hf_transpose(dst, t.data, d0, d1);
+    else
+        memcpy(dst, t.data, (size_t)d0 * (size_t)(ndim > 1 ? d1 : 1) * sizeof(float));
+    return CCOE_OK;
+}
+
+const char *hf_name_prefix(const hf_weights *w, const char *prefix, const char *emb)
+{
+    char name[160];
+    hf_tensor t;
+    snprintf(name, sizeof name, "%s%s", prefix, emb);
+    if (hf_find(w, name, &t))
+        return prefix;
+    if (hf_find(w, emb, &t))
+        return "";
+    return NULL;
+}
+
+int hf_in_list(const char *name, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(name, list[i]) == 0)
+            return 1;
+    return 0;
+}
+
+int hf_block_rest(const char *name, const char *word, long L)
+{
+    const size_t wl = strlen(word);
+    if (strncmp(name, word, wl) != 0 || name[wl] != '.')
+        return 0;
+    int l = -1, n = 0;
+    if (sscanf(name + wl + 1, "%d.%n", &l, &n) != 1 || n == 0 || l < 0 || l >= L)
+        return 0;
+    char back[32];
+    snprintf(back, sizeof back, "%d.", l);
+    if (strncmp(name + wl + 1, back, strlen(back)) != 0) /* "h.01." is not block 1's */
+        return 0;
+    return (int)wl + 1 + n;
+}
+
+ccoe_status hf_check_names(const hf_weights *w, const char *prefix,
+                           int (*known)(const char *name, long L, int flag), long L, int flag,
+                           const char *arch, const char *layer_key, ccoe_error *err)
+{
+    const size_t plen = strlen(prefix);
+    for (int f = 0; f < w->n_files; f++)
+        for (size_t i = 0; i < ccoe_st_count(w->files[f]); i++) {
+            const char *name = ccoe_st_name(w->files[f], i);
+            if (strcmp(name, "lm_head.weight") == 0)
+                continue;
+            if (strncmp(name, prefix, plen) == 0 && known(name + plen, L, flag))
+                continue;
+            return ccoe_error_set(err, CCOE_ERR_FORMAT,
+                                  "%s: tensor '%.100s' is not part of a %s with %s = %ld "
+                                  "(tensor names %s%s%s): another architecture or a "
+                                  "config.json that does not belong to these weights; use the "
+                                  "model's own config.json",
+                                  w->names[f], name, arch, layer_key, L,
+                                  plen ? "start with \"" : "have no prefix", plen ? prefix : "",
+                                  plen ? "\"" : "");
+        }
+    return CCOE_OK;
+}
+
+ccoe_status hf_out_init(hf_out_list *o, size_t cap, ccoe_error *err)
+{
+    memset(o, 0, sizeof *o);
+    o->t = calloc(cap ? cap : 1, sizeof *o->t);
+    o->cap = cap;
+    if (!o->t)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "exporting: out of memory");
+    return CCOE_OK;
+}
+
+void hf_put(hf_out_list *o, const float *data, int ndim, int64_t d0, int64_t d1,
+            const char *fmt, ...)
+{
+    assert(o->n < o->cap && (data || o->zero));
+    hf_out_tensor *t = &o->t[o->n++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->name, sizeof t->name, fmt, ap);
+    va_end(ap);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = d1;
+    t->data = data ? data : o->zero;
+}
+
+void hf_path_block(const ccoe_model *m, const ccoe_path *pa, int l, const ccoe_block_view **b,
+                   const ccoe_block_view **ffn)
+{
+    const int inst = l < pa->n_base ? l : pa->first_inst + (l - pa->n_base);
+    *b = &m->w_blocks[inst];
+    /* Eqs. 6-7: the expert's FFN replaces the base FFN in blocks ffn_from .. L-1 */
+    *ffn = *b;
+    if (pa->ffn_expert >= 0 && l >= pa->ffn_from)
+        *ffn = &m->w_xffn[m->xffn_first[pa->ffn_expert] + l - pa->ffn_from];
+}
+
+cJSON *hf_json_begin(const char *arch, const char *model_type)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON *a = j ? cJSON_AddArrayToObject(j, "architectures") : NULL;
+    if (!a || !cJSON_AddItemToArray(a, cJSON_CreateString(arch)) ||
+        !cJSON_AddStringToObject(j, "model_type", model_type)) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
+int hf_json_nums(cJSON *j, const hf_num *nums, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!cJSON_AddNumberToObject(j, nums[i].key, nums[i].v))
+            return 0;
+    return 1;
+}
+
+ccoe_status hf_json_end(cJSON *j, int ok, int tied, int32_t eos, int64_t V,
+                        const char *torch_dtype, char **config, ccoe_error *err)
+{
+    ok = ok && j && cJSON_AddBoolToObject(j, "tie_word_embeddings", tied);
+    ok = ok && cJSON_AddBoolToObject(j, "use_cache", 1);
+    ok = ok && cJSON_AddStringToObject(j, "torch_dtype", torch_dtype);
+    if (ok && eos >= 0 && eos < V) {
+        ok = cJSON_AddNumberToObject(j, "bos_token_id", eos) != NULL;
+        ok = ok && cJSON_AddNumberToObject(j, "eos_token_id", eos) != NULL;
+    }
+    char *text = ok ? cJSON_Print(j) : NULL;
+    cJSON_Delete(j);
+    if (!text)
+        return ccoe_error_set(err, CCOE_ERR_NOMEM, "exporting: out of memory building config.json");
+    *config = text;
     return CCOE_OK;
 }
 
@@ -514,8 +676,10 @@ static ccoe_status manifest_domains(const ccoe_config *cfg, char (*names)[CCOE_N
     ccoe_tokenizer byte;
     CCOE_TRY(ccoe_tokenizer_init(&byte, "byte", err));
     ccoe_dataset ds;
-    ccoe_status s = ccoe_data_load(&ds, cfg->data.manifest, &byte, cfg->model.seq_len,
-                                   cfg->data.val_fraction, 0, cfg->train.seed, err);
+    /* the names do not depend on the context either: sequences of one token, so that a long
+     * seq_len does not refuse a small corpus here (training says so when it needs more) */
+    ccoe_status s = ccoe_data_load(&ds, cfg->data.manifest, &byte, 1, cfg->data.val_fraction,
+                                   0, cfg->train.seed, err);
     if (s == CCOE_OK) {
         *n = ds.n_domains;
         for (int d = 0; d < ds.n_domains; d++)
@@ -526,6 +690,55 @@ static ccoe_status manifest_domains(const ccoe_config *cfg, char (*names)[CCOE_N
     }
     ccoe_tokenizer_free(&byte);
     return s;
+}
+
+/* Bytes of activations one training sequence of T tokens takes: what src/model.c's
+ * activation arena holds per row of the batch for a plain model (every block's saved
+ * activations, the head's, the logits and the backward scratch; CCoE experts and MoE layers add
+ * to it). The attention scratch, per thread and not per row, is left out. */
+static double train_bytes_per_seq(const ccoe_model_config *mc, int T)
+{
+    const double C = mc->n_embd, F = mc->ffn_hidden, H = mc->n_head, V = mc->vocab_size;
+    const double hd = C / H, W = (H + 2.0 * ccoe_model_kv_heads(mc)) * hd;
+    const double F2 = mc->ffn == CCOE_FFN_SWIGLU ? 2 * F : F;
+    const double block = 5 * C + W + F2 + F + 4 + H; /* ln1 .. res2, means, rstds, lse */
+    const double rest = C + (C + 2) + V + 1 + 4 * C + W + F2 + F + 2; /* emb, lnf, logits,
+                                                                    * losses, d-buffers, ids */
+    return 4.0 * T * (mc->n_layer * block + rest);
+}
+
+/* bytes as "12.3 MiB" / "4.56 GiB" */
+static const char *fmt_bytes(char *buf, size_t cap, double bytes)
+{
+    const double mib = 1024.0 * 1024.0;
+    if (bytes < 1024.0 * mib)
+        snprintf(buf, cap, "%.1f MiB", bytes / mib);
+    else
+        snprintf(buf, cap, "%.2f GiB", bytes / (1024.0 * mib));
+    return buf;
+}
+
+/* Says which context import chose and what it costs per training sequence. */
+static void report_context(const ccoe_model_config *mc, int want_T, FILE *log)
+{
+    char b1[32], b2[32];
+    const int T = mc->seq_len, P = mc->max_positions;
+    fprintf(log, "context: model.seq_len = %d (", T);
+    if (mc->pos == CCOE_POS_LEARNED)
+        fprintf(log, "n_positions: the learned position table keeps all its rows");
+    else if (want_T > 0)
+        fprintf(log, "--seq-len; max_position_embeddings = %d", P);
+    else if (T < P)
+        fprintf(log, "max_position_embeddings = %d capped at %d: RoPE has no position table, "
+                     "--seq-len N chooses up to %d",
+                P, HF_ROPE_SEQ_CAP, P);
+    else
+        fprintf(log, "max_position_embeddings");
+    fprintf(log, "); training activations about %s per sequence of the batch",
+            fmt_bytes(b1, sizeof b1, train_bytes_per_seq(mc, T)));
+    if (P > T)
+        fprintf(log, " (%s at %d)", fmt_bytes(b2, sizeof b2, train_bytes_per_seq(mc, P)), P);
+    fprintf(log, "\n");
 }
 
 /* Which architecture config.json names: *kind = -1 for GPT-2, else hf_llama_kind's value;
@@ -601,8 +814,10 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
     if (s == CCOE_OK)
         s = check_arch(c, cpath, &kind, err);
     if (s == CCOE_OK)
-        s = kind < 0 ? hf_gpt2_config(c, cpath, &cfg.model, err)
-                     : hf_llama_config(c, cpath, kind, &cfg.model, log, err);
+        s = kind < 0 ? hf_gpt2_config(c, cpath, o->seq_len, &cfg.model, err)
+                     : hf_llama_config(c, cpath, kind, o->seq_len, &cfg.model, log, err);
+    if (s == CCOE_OK && log)
+        report_context(&cfg.model, o->seq_len, log);
     if (s == CCOE_OK && (s = weights_open(w, o->hf_dir, err)) == CCOE_OK)
         have_w = 1;
     int tied = 1;
@@ -703,8 +918,10 @@ ccoe_status ccoe_hf_import(const ccoe_hf_import_opts *o, FILE *log, ccoe_error *
         s = ccoe_taskmap_build(&gating, &cfg, (const char(*)[CCOE_NAME_LEN])names, nd, err);
     if (s == CCOE_OK)
         s = ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, err);
-    if (s == CCOE_OK && (s = ccoe_model_init_moe(m, &cfg.model, &gating, &cfg.moe, 1, 1, &gemm,
-                                                 1, err)) == CCOE_OK)
+    /* weights only: import never trains, so no gradient block (one copy of the weights less) */
+    if (s == CCOE_OK &&
+        (s = ccoe_model_init_weights_only(m, &cfg.model, &gating, &cfg.moe, &gemm, err)) ==
+            CCOE_OK)
         have_model = 1;
     if (s == CCOE_OK)
         s = kind < 0 ? hf_gpt2_fill(w, m, err) : hf_llama_fill(w, m, err);
@@ -759,9 +976,8 @@ static ccoe_status load_model(loaded *x, const char *path, ccoe_error *err)
                                       nd, err);
     if (s == CCOE_OK)
         s = ccoe_gemm_init(&x->gemm, CCOE_GEMM_REF, 1, err);
-    if (s == CCOE_OK &&
-        (s = ccoe_model_init_moe(&x->model, &x->cfg.model, &x->taskmap, &x->cfg.moe, 1, 1,
-                                 &x->gemm, 1, err)) == CCOE_OK)
+    if (s == CCOE_OK && (s = ccoe_model_init_weights_only(&x->model, &x->cfg.model, &x->taskmap,
+                                                          &x->cfg.moe, &x->gemm, err)) == CCOE_OK)
         x->have_model = 1;
     if (s == CCOE_OK)
         s = ccoe_checkpoint_load(f, path, &x->model, NULL, NULL, err);
@@ -769,9 +985,21 @@ static ccoe_status load_model(loaded *x, const char *path, ccoe_error *err)
     return s;
 }
 
+/* The weights' dtypes export writes: the option's name, safetensors', transformers'. */
+typedef struct export_dtype {
+    const char *opt;
+    ccoe_st_out_dtype st;
+    const char *torch;
+} export_dtype;
+static const export_dtype k_export_dtypes[] = {
+    {"f32", CCOE_ST_OUT_F32, "float32"},
+    {"bf16", CCOE_ST_OUT_BF16, "bfloat16"},
+    {"f16", CCOE_ST_OUT_F16, "float16"},
+};
+
 /* Writes path p of the model into a new directory dst. */
-static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *log,
-                               ccoe_error *err)
+static ccoe_status export_path(const loaded *x, int p, const char *dst, const export_dtype *dt,
+                               FILE *log, ccoe_error *err)
 {
     if (!dir_free(dst))
         return ccoe_error_set(err, CCOE_ERR_IO,
@@ -801,9 +1029,9 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     const int llama = m->cfg.norm == CCOE_NORM_RMSNORM && m->cfg.ffn == CCOE_FFN_SWIGLU &&
                       hf_llama_model_is_rope(&m->cfg);
     if (llama)
-        CCOE_TRY(hf_llama_export(m, p, eos, &t, &n, &buf, &config, log, err));
+        CCOE_TRY(hf_llama_export(m, p, eos, dt->torch, &t, &n, &buf, &config, log, err));
     else
-        CCOE_TRY(hf_gpt2_export(m, p, eos, &t, &n, &buf, &config, log, err));
+        CCOE_TRY(hf_gpt2_export(m, p, eos, dt->torch, &t, &n, &buf, &config, log, err));
     char tmp[HF_PATH], path[HF_PATH];
     ccoe_status s = make_temp_dir(dst, tmp, sizeof tmp, err);
     ccoe_st_tensor *st = calloc(n ? n : 1, sizeof *st);
@@ -819,7 +1047,7 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     if (s == CCOE_OK) {
         static const char *const meta[] = {"format", "pt"};
         join(path, sizeof path, tmp, "model.safetensors");
-        s = ccoe_st_write_plain(path, st, n, meta, 1, err);
+        s = ccoe_st_write_plain_as(path, st, n, meta, 1, dt->st, err);
     }
     if (s == CCOE_OK) {
         join(path, sizeof path, tmp, "config.json");
@@ -835,13 +1063,13 @@ static ccoe_status export_path(const loaded *x, int p, const char *dst, FILE *lo
     if (s != CCOE_OK && tmp[0])
         remove_tree_files(tmp);
     if (s == CCOE_OK && log)
-        fprintf(log, "exported %s path %s (%d blocks, head %s) -> %s (%s, %zu tensors)\n",
+        fprintf(log, "exported %s path %s (%d blocks, head %s) -> %s (%s, %zu %s tensors)\n",
                 x->path, p == 0 ? "base" : m->taskmap.experts[p - 1].name,
                 m->paths[p].n_base + m->paths[p].n_own,
                 m->w_heads[m->paths[p].head].lm_head == m->wte ? "tied" : "untied", dst,
                 !llama ? "GPT2LMHeadModel"
                 : m->w_blocks[0].qkv_b ? "Qwen2ForCausalLM" : "LlamaForCausalLM",
-                n);
+                n, dt->opt);
     free(st);
     free(t);
     free(buf);
@@ -855,6 +1083,16 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
     if (!x)
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "out of memory");
     x->path = o->model;
+    const char *want_dt = o->dtype ? o->dtype : "f32";
+    const export_dtype *dt = NULL;
+    for (size_t i = 0; i < sizeof k_export_dtypes / sizeof k_export_dtypes[0]; i++)
+        if (strcmp(want_dt, k_export_dtypes[i].opt) == 0)
+            dt = &k_export_dtypes[i];
+    if (!dt) {
+        free(x);
+        return ccoe_error_set(err, CCOE_ERR_ARG, "--dtype %s: export writes f32, bf16 or f16",
+                              want_dt);
+    }
     ccoe_status s = load_model(x, o->model, err);
     const char *want = o->path ? o->path : "base";
     const ccoe_model *m = &x->model;
@@ -872,7 +1110,7 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
             if (!join(dst, sizeof dst, tmp, p == 0 ? "base" : m->taskmap.experts[p - 1].name))
                 s = ccoe_error_set(err, CCOE_ERR_ARG, "-o %s: path too long", o->out_dir);
             else
-                s = export_path(x, p, dst, log, err);
+                s = export_path(x, p, dst, dt, log, err);
         }
         if (s == CCOE_OK && rename(tmp, o->out_dir) != 0)
             s = ccoe_error_set(err, CCOE_ERR_IO, "cannot rename %s to %s: %s", tmp, o->out_dir,
@@ -895,7 +1133,7 @@ ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *
                                "%s has no expert '%s': --path takes base, all%s", o->model, want,
                                names);
         } else {
-            s = export_path(x, p, o->out_dir, log, err);
+            s = export_path(x, p, o->out_dir, dt, log, err);
         }
     }
     if (x->have_model)

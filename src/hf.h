@@ -14,8 +14,8 @@
  *
  * Export writes one complete model (the base, or the base with one CCoE expert in place: the
  * paper's n + 1 complete LLMs) as a Hugging Face directory: config.json, model.safetensors
- * (plain F32, no ccoe checksum, metadata format = pt) and the tokenizer files, loadable by
- * transformers' GPT2LMHeadModel.from_pretrained, or LlamaForCausalLM / Qwen2ForCausalLM for a
+ * (plain F32, or BF16 / F16 with --dtype; no ccoe checksum, metadata format = pt) and the
+ * tokenizer files, loadable by transformers' GPT2LMHeadModel.from_pretrained, or LlamaForCausalLM / Qwen2ForCausalLM for a
  * RoPE + RMSNorm + SwiGLU model. Every CCoE form is expressible: a tail or prefix expert's path
  * is the model with n_base + l_i blocks, an FFN expert's path swaps the FFNs of the blocks it
  * covers, an own head is an untied lm_head.
@@ -37,6 +37,8 @@ typedef struct ccoe_hf_import_opts {
     const char *manifest;  /* data.manifest of the checkpoint (NULL: builtin); its domains
                             * are recorded for routing experts */
     int force;             /* replace an existing OUT (and a differing tokenizer copy) */
+    int seq_len;           /* model.seq_len; 0: GPT-2's n_positions (its position table), or
+                            * for RoPE models min(max_position_embeddings, 2048) */
 } ccoe_hf_import_opts;
 
 /* Imports; says what it derived on log (NULL: nothing). */
@@ -46,6 +48,8 @@ typedef struct ccoe_hf_export_opts {
     const char *model;   /* a ccoe checkpoint */
     const char *path;    /* "base" (NULL too), an expert's name, or "all" (OUT/base, OUT/NAME) */
     const char *out_dir; /* the directory to create; must not exist or be empty */
+    const char *dtype;   /* the weights' dtype: "f32" (NULL too), "bf16" or "f16" (rounded to
+                          * nearest even; a value beyond F16's range is refused) */
 } ccoe_hf_export_opts;
 
 ccoe_status ccoe_hf_export(const ccoe_hf_export_opts *o, FILE *log, ccoe_error *err);

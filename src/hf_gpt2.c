@@ -2,8 +2,8 @@
  *
  * transformers' modeling_gpt2.py: wte (V, C), wpe (n_positions, C), blocks h.<l> with ln_1,
  * attn.c_attn (the fused q|k|v projection), attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, then
- * ln_f; pre-LN blocks, LayerNorm eps layer_norm_epsilon, activation gelu_new (the tanh
- * approximation), attention scaled by 1/sqrt(head_dim). Its linear layers are Conv1D
+ * ln_f; pre-LN blocks, LayerNorm eps layer_norm_epsilon (model.norm_eps), activation
+ * gelu_new (the tanh approximation), attention scaled by 1/sqrt(head_dim). Its linear layers are Conv1D
  * (pytorch_utils.py): weight (in, out), y = x W + b, the transpose of nn.Linear's (out, in),
  * which is ccoe's layout, so every matrix is transposed on the way in and out. The q, k, v
  * thirds of c_attn and the heads inside each third (head h at columns h*hd .. h*hd+hd-1) are in
@@ -29,7 +29,7 @@ static const char *const k_top_params[] = {"wte.weight", "wpe.weight", "ln_f.wei
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
-ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *mc,
+ccoe_status hf_gpt2_config(const cJSON *c, const char *path, int want_T, ccoe_model_config *mc,
                            ccoe_error *err)
 {
     long L, C, H, P, V, F;
@@ -41,6 +41,12 @@ ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *
     CCOE_TRY(hf_cfg_int(c, path, "n_ctx", 0, 0, 0, 65536, &n_ctx, err));
     CCOE_TRY(hf_cfg_int(c, path, "n_positions", n_ctx == 0, n_ctx, 1, 65536, &P, err));
     CCOE_TRY(hf_cfg_int(c, path, "n_inner", 0, 4 * C, 1, 262144, &F, err));
+    if (want_T > 0 && want_T != P)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--seq-len %d: a GPT-2 has a learned position table of n_positions "
+                              "= %ld rows (%s), which model.seq_len must equal to keep them all; "
+                              "leave --seq-len out (a smaller train.batch_size saves memory)",
+                              want_T, P, path);
     if (C % H != 0)
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
                               "%s: n_head = %ld does not divide n_embd = %ld: the config is not "
@@ -55,10 +61,11 @@ ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *
                               path, act);
     double eps;
     CCOE_TRY(hf_cfg_num(c, path, "layer_norm_epsilon", 1e-5, &eps, err));
-    if (fabs(eps - 1e-5) > 1e-12)
+    if (!(eps > 0 && eps <= 1e-2))
         return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                              "%s: layer_norm_epsilon = %g is not supported: ccoe's LayerNorm "
-                              "uses 1e-5 (GPT-2's value)",
+                              "%s: layer_norm_epsilon = %g is not supported: ccoe's "
+                              "model.norm_eps takes values in (0, 0.01] (GPT-2's is 1e-5); fix "
+                              "config.json",
                               path, eps);
     int scale = 1, inv_layer = 0, cross = 0;
     CCOE_TRY(hf_cfg_bool(c, path, "scale_attn_weights", 1, &scale, err));
@@ -77,10 +84,12 @@ ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *
     mc->ffn_hidden = (int)F;
     mc->vocab_size = (int)V;
     mc->seq_len = (int)P;
+    mc->max_positions = (int)P;
     mc->norm = CCOE_NORM_LAYERNORM;
     mc->ffn = CCOE_FFN_GELU;
     mc->block = CCOE_BLOCK_PRE_LN;
     mc->bias = 1;
+    mc->norm_eps = eps;
     return CCOE_OK;
 }
 
@@ -88,34 +97,18 @@ ccoe_status hf_gpt2_config(const cJSON *c, const char *path, ccoe_model_config *
  * (GPT2Model, and the original gpt2 checkpoint). */
 static const char *name_prefix(const hf_weights *w)
 {
-    hf_tensor t;
-    if (hf_find(w, "transformer.wte.weight", &t))
-        return "transformer.";
-    if (hf_find(w, "wte.weight", &t))
-        return "";
-    return NULL;
+    return hf_name_prefix(w, "transformer.", "wte.weight");
 }
 
 /* 1 if name (without prefix) is a GPT-2 parameter or buffer of a model with L blocks. */
-static int known_name(const char *name, long L)
+static int known_name(const char *name, long L, int flag)
 {
-    for (size_t i = 0; i < N_OF(k_top_params); i++)
-        if (strcmp(name, k_top_params[i]) == 0)
-            return 1;
-    int l = -1, n = 0;
-    if (sscanf(name, "h.%d.%n", &l, &n) != 1 || n == 0 || l < 0 || l >= L)
-        return 0;
-    char back[32];
-    snprintf(back, sizeof back, "h.%d.", l);
-    if (strncmp(name, back, strlen(back)) != 0) /* "h.01." is not block 1's */
-        return 0;
-    for (size_t i = 0; i < N_OF(k_block_params); i++)
-        if (strcmp(name + n, k_block_params[i]) == 0)
-            return 1;
-    for (size_t i = 0; i < N_OF(k_block_buffers); i++)
-        if (strcmp(name + n, k_block_buffers[i]) == 0)
-            return 1;
-    return 0;
+    (void)flag;
+    if (hf_in_list(name, k_top_params, N_OF(k_top_params)))
+        return 1;
+    const int n = hf_block_rest(name, "h", L);
+    return n > 0 && (hf_in_list(name + n, k_block_params, N_OF(k_block_params)) ||
+                     hf_in_list(name + n, k_block_buffers, N_OF(k_block_buffers)));
 }
 
 ccoe_status hf_gpt2_head(const hf_weights *w, const cJSON *c, const char *cfg_path, int *tied,
@@ -129,36 +122,10 @@ ccoe_status hf_gpt2_head(const hf_weights *w, const cJSON *c, const char *cfg_pa
                               w->dir, w->n_files == 1 ? w->names[0] : "the shards");
     long L;
     CCOE_TRY(hf_cfg_int(c, cfg_path, "n_layer", 1, 0, 1, 256, &L, err));
-    const size_t plen = strlen(prefix);
-    for (int f = 0; f < w->n_files; f++)
-        for (size_t i = 0; i < ccoe_st_count(w->files[f]); i++) {
-            const char *name = ccoe_st_name(w->files[f], i);
-            if (strcmp(name, "lm_head.weight") == 0)
-                continue;
-            if (strncmp(name, prefix, plen) == 0 && known_name(name + plen, L))
-                continue;
-            return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                                  "%s: tensor '%.100s' is not part of a GPT2LMHeadModel with "
-                                  "n_layer = %ld (tensor names %s): another architecture or a "
-                                  "config.json that does not belong to these weights; use the "
-                                  "model's own config.json",
-                                  w->names[f], name, L,
-                                  plen ? "start with \"transformer.\"" : "have no prefix");
-        }
+    CCOE_TRY(hf_check_names(w, prefix, known_name, L, 0, "GPT2LMHeadModel", "n_layer", err));
     char emb[64];
     snprintf(emb, sizeof emb, "%swte.weight", prefix);
     return hf_tied_head(w, c, cfg_path, emb, 1, tied, log, err);
-}
-
-/* dst (R, K) = src^T for src (K, R): Conv1D (in, out) -> Linear (out, in), and back. */
-static void transpose(float *dst, const float *src, int64_t K, int64_t R)
-{
-    enum { TB = 32 };
-    for (int64_t k0 = 0; k0 < K; k0 += TB)
-        for (int64_t r0 = 0; r0 < R; r0 += TB)
-            for (int64_t k = k0; k < K && k < k0 + TB; k++)
-                for (int64_t r = r0; r < R && r < r0 + TB; r++)
-                    dst[r * K + k] = src[k * R + r];
 }
 
 ccoe_status hf_gpt2_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err)
@@ -166,54 +133,44 @@ ccoe_status hf_gpt2_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err)
     const ccoe_model_config *mc = &m->cfg;
     const int64_t C = mc->n_embd, F = mc->ffn_hidden, V = mc->vocab_size, P = mc->seq_len;
     const char *pre = name_prefix(w);
-    char name[160];
-    hf_tensor t;
-#define GET(nd, d0, d1, fmt, ...)                                                           \
-    do {                                                                                    \
-        snprintf(name, sizeof name, "%s" fmt, pre, __VA_ARGS__);                            \
-        CCOE_TRY(hf_get(w, name, nd, d0, d1, &t, err));                                     \
-    } while (0)
-#define COPY(dst, nd, d0, d1, fmt, ...)                                                     \
-    do {                                                                                    \
-        GET(nd, d0, d1, fmt, __VA_ARGS__);                                                  \
-        memcpy(dst, t.data, (size_t)(d0) * (size_t)((nd) > 1 ? (d1) : 1) * sizeof(float));  \
-    } while (0)
-    COPY(m->wte, 2, V, C, "%s", "wte.weight");
-    COPY(m->wpe, 2, P, C, "%s", "wpe.weight");
+    CCOE_TRY(hf_copy(w, m->wte, 0, 2, V, C, err, "%swte.weight", pre));
+    CCOE_TRY(hf_copy(w, m->wpe, 0, 2, P, C, err, "%swpe.weight", pre));
     for (int l = 0; l < mc->n_layer; l++) {
         const ccoe_block_view *b = &m->w_blocks[l];
-        COPY(b->ln1_w, 1, C, 0, "h.%d.ln_1.weight", l);
-        COPY(b->ln1_b, 1, C, 0, "h.%d.ln_1.bias", l);
-        GET(2, C, 3 * C, "h.%d.attn.c_attn.weight", l);
-        transpose(b->qkv_w, t.data, C, 3 * C);
-        COPY(b->qkv_b, 1, 3 * C, 0, "h.%d.attn.c_attn.bias", l);
-        GET(2, C, C, "h.%d.attn.c_proj.weight", l);
-        transpose(b->proj_w, t.data, C, C);
-        COPY(b->proj_b, 1, C, 0, "h.%d.attn.c_proj.bias", l);
-        COPY(b->ln2_w, 1, C, 0, "h.%d.ln_2.weight", l);
-        COPY(b->ln2_b, 1, C, 0, "h.%d.ln_2.bias", l);
-        GET(2, C, F, "h.%d.mlp.c_fc.weight", l);
-        transpose(b->fc_w, t.data, C, F);
-        COPY(b->fc_b, 1, F, 0, "h.%d.mlp.c_fc.bias", l);
-        GET(2, F, C, "h.%d.mlp.c_proj.weight", l);
-        transpose(b->fcproj_w, t.data, F, C);
-        COPY(b->fcproj_b, 1, C, 0, "h.%d.mlp.c_proj.bias", l);
+        const struct {
+            float *dst;
+            int tr, nd;
+            int64_t d0, d1;
+            const char *name;
+        } k[] = {
+            {b->ln1_w, 0, 1, C, 0, "ln_1.weight"},
+            {b->ln1_b, 0, 1, C, 0, "ln_1.bias"},
+            {b->qkv_w, 1, 2, C, 3 * C, "attn.c_attn.weight"},
+            {b->qkv_b, 0, 1, 3 * C, 0, "attn.c_attn.bias"},
+            {b->proj_w, 1, 2, C, C, "attn.c_proj.weight"},
+            {b->proj_b, 0, 1, C, 0, "attn.c_proj.bias"},
+            {b->ln2_w, 0, 1, C, 0, "ln_2.weight"},
+            {b->ln2_b, 0, 1, C, 0, "ln_2.bias"},
+            {b->fc_w, 1, 2, C, F, "mlp.c_fc.weight"},
+            {b->fc_b, 0, 1, F, 0, "mlp.c_fc.bias"},
+            {b->fcproj_w, 1, 2, F, C, "mlp.c_proj.weight"},
+            {b->fcproj_b, 0, 1, C, 0, "mlp.c_proj.bias"},
+        };
+        for (size_t i = 0; i < N_OF(k); i++)
+            CCOE_TRY(hf_copy(w, k[i].dst, k[i].tr, k[i].nd, k[i].d0, k[i].d1, err, "%sh.%d.%s",
+                             pre, l, k[i].name));
     }
     const ccoe_head_view *h = &m->w_heads[0];
-    COPY(h->lnf_w, 1, C, 0, "%s", "ln_f.weight");
-    COPY(h->lnf_b, 1, C, 0, "%s", "ln_f.bias");
-    if (!mc->tied_head) {
-        pre = ""; /* lm_head sits outside the transformer. prefix */
-        COPY(h->lm_head, 2, V, C, "%s", "lm_head.weight");
-    }
-#undef COPY
-#undef GET
+    CCOE_TRY(hf_copy(w, h->lnf_w, 0, 1, C, 0, err, "%sln_f.weight", pre));
+    CCOE_TRY(hf_copy(w, h->lnf_b, 0, 1, C, 0, err, "%sln_f.bias", pre));
+    if (!mc->tied_head) /* lm_head sits outside the transformer. prefix */
+        CCOE_TRY(hf_copy(w, h->lm_head, 0, 2, V, C, err, "lm_head.weight"));
     return CCOE_OK;
 }
 
-ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out,
-                           size_t *n_out, float **buf_out, char **config, FILE *log,
-                           ccoe_error *err)
+ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, const char *torch_dtype,
+                           hf_out_tensor **out, size_t *n_out, float **buf_out, char **config,
+                           FILE *log, ccoe_error *err)
 {
     const ccoe_model_config *mc = &m->cfg;
     const char *why = mc->norm != CCOE_NORM_LAYERNORM  ? "model.norm = rmsnorm"
@@ -222,13 +179,12 @@ ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tenso
                       : mc->pos != CCOE_POS_LEARNED    ? "model.pos = rope"
                       : ccoe_model_kv_heads(mc) != mc->n_head ? "model.n_kv_head < n_head"
                       : mc->qkv_bias && !mc->bias      ? "model.qkv_bias without model.bias"
-                      : fabs(mc->norm_eps - 1e-5) > 1e-12 ? "model.norm_eps other than 1e-5"
                       : m->n_moe > 0                   ? "MoE blocks"
                                                        : NULL;
     if (why)
         return ccoe_error_set(err, CCOE_ERR_CONFIG,
                               "the model (%s) cannot be expressed as a GPT2LMHeadModel, which "
-                              "has pre-LN blocks with LayerNorm (eps 1e-5), learned positions, "
+                              "has pre-LN blocks with LayerNorm, learned positions, "
                               "full multi-head attention, GELU FFNs and no MoE layers; a model "
                               "with model.norm = rmsnorm, ffn = swiglu, pos = rope and bias = "
                               "false exports as LlamaForCausalLM (Qwen2ForCausalLM with "
@@ -245,92 +201,73 @@ ccoe_status hf_gpt2_export(const ccoe_model *m, int p, int32_t eos, hf_out_tenso
     /* transposed matrices per block, then one zero vector for absent biases */
     const size_t per = (size_t)(3 * C * C + C * C + 2 * F * C);
     const size_t zeros = (size_t)(3 * C > F ? 3 * C : F);
-    const size_t nt = 4 + 12 * (size_t)L + 1;
+    hf_out_list o;
+    CCOE_TRY(hf_out_init(&o, 4 + 12 * (size_t)L + 1, err));
     float *buf = calloc(per * (size_t)L + zeros, sizeof *buf);
-    hf_out_tensor *t = calloc(nt, sizeof *t);
-    if (!buf || !t) {
-        free(buf);
-        free(t);
+    if (!buf) {
+        free(o.t);
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "exporting: out of memory");
     }
-    const float *zero = buf + per * (size_t)L;
-    size_t n = 0;
-#define PUT(data_, nd, d0, d1, ...)                                                  \
-    do {                                                                             \
-        snprintf(t[n].name, sizeof t[n].name, __VA_ARGS__);                          \
-        t[n].ndim = nd;                                                              \
-        t[n].shape[0] = d0;                                                          \
-        t[n].shape[1] = d1;                                                          \
-        t[n].data = (data_) ? (data_) : zero;                                        \
-        n++;                                                                         \
-    } while (0)
-    PUT(m->wte, 2, V, C, "transformer.wte.weight");
-    PUT(m->wpe, 2, T, C, "transformer.wpe.weight");
+    o.zero = buf + per * (size_t)L;
+    hf_put(&o, m->wte, 2, V, C, "transformer.wte.weight");
+    hf_put(&o, m->wpe, 2, T, C, "transformer.wpe.weight");
     for (int l = 0; l < L; l++) {
-        const int inst = l < pa->n_base ? l : pa->first_inst + (l - pa->n_base);
-        const ccoe_block_view *b = &m->w_blocks[inst];
-        /* Eqs. 6-7: the expert's FFN replaces the base FFN in blocks ffn_from .. L-1 */
-        const ccoe_block_view *ffn = b;
-        if (pa->ffn_expert >= 0 && l >= pa->ffn_from)
-            ffn = &m->w_xffn[m->xffn_first[pa->ffn_expert] + l - pa->ffn_from];
+        const ccoe_block_view *b, *ffn;
+        hf_path_block(m, pa, l, &b, &ffn);
         float *qkv = buf + per * (size_t)l, *proj = qkv + 3 * C * C, *fc = proj + C * C,
               *fcp = fc + F * C;
-        transpose(qkv, b->qkv_w, 3 * C, C);
-        transpose(proj, b->proj_w, C, C);
-        transpose(fc, ffn->fc_w, F, C);
-        transpose(fcp, ffn->fcproj_w, C, F);
-        PUT(b->ln1_w, 1, C, 0, "transformer.h.%d.ln_1.weight", l);
-        PUT(b->ln1_b, 1, C, 0, "transformer.h.%d.ln_1.bias", l);
-        PUT(qkv, 2, C, 3 * C, "transformer.h.%d.attn.c_attn.weight", l);
-        PUT(b->qkv_b, 1, 3 * C, 0, "transformer.h.%d.attn.c_attn.bias", l);
-        PUT(proj, 2, C, C, "transformer.h.%d.attn.c_proj.weight", l);
-        PUT(b->proj_b, 1, C, 0, "transformer.h.%d.attn.c_proj.bias", l);
-        PUT(b->ln2_w, 1, C, 0, "transformer.h.%d.ln_2.weight", l);
-        PUT(b->ln2_b, 1, C, 0, "transformer.h.%d.ln_2.bias", l);
-        PUT(fc, 2, C, F, "transformer.h.%d.mlp.c_fc.weight", l);
-        PUT(ffn->fc_b, 1, F, 0, "transformer.h.%d.mlp.c_fc.bias", l);
-        PUT(fcp, 2, F, C, "transformer.h.%d.mlp.c_proj.weight", l);
-        PUT(ffn->fcproj_b, 1, C, 0, "transformer.h.%d.mlp.c_proj.bias", l);
+        hf_transpose(qkv, b->qkv_w, 3 * C, C);
+        hf_transpose(proj, b->proj_w, C, C);
+        hf_transpose(fc, ffn->fc_w, F, C);
+        hf_transpose(fcp, ffn->fcproj_w, C, F);
+        const struct {
+            const float *data;
+            int nd;
+            int64_t d0, d1;
+            const char *name;
+        } k[] = {
+            {b->ln1_w, 1, C, 0, "ln_1.weight"},
+            {b->ln1_b, 1, C, 0, "ln_1.bias"},
+            {qkv, 2, C, 3 * C, "attn.c_attn.weight"},
+            {b->qkv_b, 1, 3 * C, 0, "attn.c_attn.bias"},
+            {proj, 2, C, C, "attn.c_proj.weight"},
+            {b->proj_b, 1, C, 0, "attn.c_proj.bias"},
+            {b->ln2_w, 1, C, 0, "ln_2.weight"},
+            {b->ln2_b, 1, C, 0, "ln_2.bias"},
+            {fc, 2, C, F, "mlp.c_fc.weight"},
+            {ffn->fc_b, 1, F, 0, "mlp.c_fc.bias"},
+            {fcp, 2, F, C, "mlp.c_proj.weight"},
+            {ffn->fcproj_b, 1, C, 0, "mlp.c_proj.bias"},
+        };
+        for (size_t i = 0; i < N_OF(k); i++)
+            hf_put(&o, k[i].data, k[i].nd, k[i].d0, k[i].d1, "transformer.h.%d.%s", l,
+                   k[i].name);
     }
-    PUT(hv->lnf_w, 1, C, 0, "transformer.ln_f.weight");
-    PUT(hv->lnf_b, 1, C, 0, "transformer.ln_f.bias");
+    hf_put(&o, hv->lnf_w, 1, C, 0, "transformer.ln_f.weight");
+    hf_put(&o, hv->lnf_b, 1, C, 0, "transformer.ln_f.bias");
     if (!tied)
-        PUT(hv->lm_head, 2, V, C, "lm_head.weight");
-#undef PUT
+        hf_put(&o, hv->lm_head, 2, V, C, "lm_head.weight");
 
-    cJSON *j = cJSON_CreateObject();
-    cJSON *arch = j ? cJSON_AddArrayToObject(j, "architectures") : NULL;
-    int ok = arch && cJSON_AddItemToArray(arch, cJSON_CreateString("GPT2LMHeadModel"));
-    ok = ok && cJSON_AddStringToObject(j, "model_type", "gpt2");
-    ok = ok && cJSON_AddStringToObject(j, "activation_function", "gelu_new");
-    const struct { const char *k; double v; } nums[] = {
+    cJSON *j = hf_json_begin("GPT2LMHeadModel", "gpt2");
+    int ok = j && cJSON_AddStringToObject(j, "activation_function", "gelu_new");
+    const hf_num nums[] = {
         {"n_layer", L},         {"n_embd", (double)C},     {"n_head", mc->n_head},
         {"n_inner", (double)F}, {"n_positions", (double)T}, {"n_ctx", (double)T},
-        {"vocab_size", (double)V}, {"layer_norm_epsilon", 1e-5},
+        {"vocab_size", (double)V}, {"layer_norm_epsilon", mc->norm_eps},
         {"initializer_range", mc->init_std}, {"attn_pdrop", 0.1}, {"embd_pdrop", 0.1},
         {"resid_pdrop", 0.1}};
-    for (size_t i = 0; ok && i < N_OF(nums); i++)
-        ok = cJSON_AddNumberToObject(j, nums[i].k, nums[i].v) != NULL;
-    ok = ok && cJSON_AddBoolToObject(j, "tie_word_embeddings", tied);
+    ok = ok && hf_json_nums(j, nums, N_OF(nums));
     ok = ok && cJSON_AddBoolToObject(j, "scale_attn_weights", 1);
     ok = ok && cJSON_AddBoolToObject(j, "scale_attn_by_inverse_layer_idx", 0);
     ok = ok && cJSON_AddBoolToObject(j, "reorder_and_upcast_attn", 0);
-    ok = ok && cJSON_AddBoolToObject(j, "use_cache", 1);
-    ok = ok && cJSON_AddStringToObject(j, "torch_dtype", "float32");
-    if (ok && eos >= 0 && eos < V) {
-        ok = cJSON_AddNumberToObject(j, "bos_token_id", eos) != NULL;
-        ok = ok && cJSON_AddNumberToObject(j, "eos_token_id", eos) != NULL;
-    }
-    char *text = ok ? cJSON_Print(j) : NULL;
-    cJSON_Delete(j);
-    if (!text) {
+    ccoe_status s = hf_json_end(j, ok, tied, eos, V, torch_dtype, config, err);
+    if (s != CCOE_OK) {
         free(buf);
-        free(t);
-        return ccoe_error_set(err, CCOE_ERR_NOMEM, "exporting: out of memory building config.json");
+        free(o.t);
+        return s;
     }
-    *out = t;
-    *n_out = n;
+    *out = o.t;
+    *n_out = o.n;
     *buf_out = buf;
-    *config = text;
     return CCOE_OK;
 }

@@ -48,7 +48,7 @@ const char *hf_llama_arch(int kind) { return k_kind_arch[kind]; }
 
 int hf_llama_model_is_rope(const ccoe_model_config *mc) { return mc->pos == CCOE_POS_ROPE; }
 
-ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
+ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind, int want_T,
                             ccoe_model_config *mc, FILE *log, ccoe_error *err)
 {
     long L, C, H, Hkv, V, F, P;
@@ -103,12 +103,17 @@ ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
                               "%s: %s = true is not supported: ccoe maps biases on q/k/v only "
                               "(Qwen2's form), not on o_proj or the MLP",
                               path, ab ? "attention_bias" : "mlp_bias");
-    /* the context: max_position_embeddings, within ccoe's seq_len range */
-    const long T = P > 65536 ? 65536 : P;
-    if (T < P && log)
-        fprintf(log, "note: max_position_embeddings = %ld is more than ccoe's seq_len allows; "
-                     "model.seq_len = %ld (RoPE has no position table: change it freely)\n",
-                P, T);
+    /* the context ccoe trains at: RoPE has no position table, so any length up to the one
+     * the model was pretrained for is the same function; the default keeps the activations
+     * of a training sequence affordable (hf.c reports them) */
+    if (want_T > P)
+        return ccoe_error_set(err, CCOE_ERR_ARG,
+                              "--seq-len %d is longer than max_position_embeddings = %ld (%s), "
+                              "the context the model was pretrained for (rope_scaling, which "
+                              "would extend it, is not implemented): choose at most %ld",
+                              want_T, P, path, P);
+    const long T = want_T > 0 ? want_T : P < HF_ROPE_SEQ_CAP ? P : HF_ROPE_SEQ_CAP;
+    (void)log;
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(c, "sliding_window");
     int use_sw = kind == 2;
     if (kind == 1)
@@ -117,14 +122,17 @@ ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
         if (!cJSON_IsNumber(sw))
             return ccoe_error_set(err, CCOE_ERR_FORMAT,
                                   "%s: sliding_window is not a number or null", path);
-        if (sw->valuedouble < (double)T)
+        /* against the pretrained context, not only ccoe's: the export claims that context
+         * with full attention */
+        if (sw->valuedouble < (double)P)
             return ccoe_error_set(err, CCOE_ERR_FORMAT,
                                   "%s: sliding_window = %.0f is smaller than the context "
-                                  "(max_position_embeddings, seq_len %ld): sliding-window "
-                                  "attention is not supported, ccoe's attention is full causal; "
-                                  "only a window null or >= the context imports (set "
-                                  "sliding_window to null to accept full attention knowingly)",
-                                  path, sw->valuedouble, T);
+                                  "(max_position_embeddings %ld; ccoe's seq_len %ld): "
+                                  "sliding-window attention is not supported, ccoe's attention "
+                                  "is full causal; only a window null or >= the context imports "
+                                  "(set sliding_window to null to accept full attention "
+                                  "knowingly)",
+                                  path, sw->valuedouble, P, T);
     }
     double eps, theta;
     CCOE_TRY(hf_cfg_num(c, path, "rms_norm_eps", 1e-6, &eps, err));
@@ -141,6 +149,7 @@ ccoe_status hf_llama_config(const cJSON *c, const char *path, int kind,
     mc->ffn_hidden = (int)F;
     mc->vocab_size = (int)V;
     mc->seq_len = (int)T;
+    mc->max_positions = (int)P;
     mc->norm = CCOE_NORM_RMSNORM;
     mc->ffn = CCOE_FFN_SWIGLU;
     mc->block = CCOE_BLOCK_PRE_LN;
@@ -168,37 +177,19 @@ static const char *const k_top_params[] = {"embed_tokens.weight", "norm.weight"}
 /* "model." (save_pretrained of *ForCausalLM) or "" (the bare *Model). */
 static const char *name_prefix(const hf_weights *w)
 {
-    hf_tensor t;
-    if (hf_find(w, "model.embed_tokens.weight", &t))
-        return "model.";
-    if (hf_find(w, "embed_tokens.weight", &t))
-        return "";
-    return NULL;
+    return hf_name_prefix(w, "model.", "embed_tokens.weight");
 }
 
-static int in_list(const char *name, const char *const *list, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(name, list[i]) == 0)
-            return 1;
-    return 0;
-}
-
-/* 1 if name (without prefix) is a parameter or buffer of this layout with L blocks. */
+/* 1 if name (without prefix) is a parameter or buffer of this layout with L blocks (qwen:
+ * with the q/k/v biases). */
 static int known_name(const char *name, long L, int qwen)
 {
-    if (in_list(name, k_top_params, N_OF(k_top_params)))
+    if (hf_in_list(name, k_top_params, N_OF(k_top_params)))
         return 1;
-    int l = -1, n = 0;
-    if (sscanf(name, "layers.%d.%n", &l, &n) != 1 || n == 0 || l < 0 || l >= L)
-        return 0;
-    char back[32];
-    snprintf(back, sizeof back, "layers.%d.", l);
-    if (strncmp(name, back, strlen(back)) != 0)
-        return 0;
-    return in_list(name + n, k_block_params, N_OF(k_block_params)) ||
-           in_list(name + n, k_block_buffers, N_OF(k_block_buffers)) ||
-           (qwen && in_list(name + n, k_qkv_bias, N_OF(k_qkv_bias)));
+    const int n = hf_block_rest(name, "layers", L);
+    return n > 0 && (hf_in_list(name + n, k_block_params, N_OF(k_block_params)) ||
+                     hf_in_list(name + n, k_block_buffers, N_OF(k_block_buffers)) ||
+                     (qwen && hf_in_list(name + n, k_qkv_bias, N_OF(k_qkv_bias))));
 }
 
 ccoe_status hf_llama_head(const hf_weights *w, const cJSON *c, const char *cfg_path, int kind,
@@ -214,79 +205,70 @@ ccoe_status hf_llama_head(const hf_weights *w, const cJSON *c, const char *cfg_p
                               w->dir, w->n_files == 1 ? w->names[0] : "the shards", arch);
     long L;
     CCOE_TRY(hf_cfg_int(c, cfg_path, "num_hidden_layers", 1, 0, 1, 256, &L, err));
-    const size_t plen = strlen(prefix);
-    for (int f = 0; f < w->n_files; f++)
-        for (size_t i = 0; i < ccoe_st_count(w->files[f]); i++) {
-            const char *name = ccoe_st_name(w->files[f], i);
-            if (strcmp(name, "lm_head.weight") == 0)
-                continue;
-            if (strncmp(name, prefix, plen) == 0 && known_name(name + plen, L, kind == 1))
-                continue;
-            return ccoe_error_set(err, CCOE_ERR_FORMAT,
-                                  "%s: tensor '%.100s' is not part of a %s with "
-                                  "num_hidden_layers = %ld (tensor names %s): another "
-                                  "architecture or a config.json that does not belong to these "
-                                  "weights; use the model's own config.json",
-                                  w->names[f], name, arch, L,
-                                  plen ? "start with \"model.\"" : "have no prefix");
-        }
+    CCOE_TRY(hf_check_names(w, prefix, known_name, L, kind == 1, arch, "num_hidden_layers", err));
     char emb[64];
     snprintf(emb, sizeof emb, "%sembed_tokens.weight", prefix);
     /* transformers' LlamaConfig, Qwen2Config and MistralConfig default to an untied head */
     return hf_tied_head(w, c, cfg_path, emb, 0, tied, log, err);
 }
 
+/* One HF tensor of a block: a row range of a ccoe tensor (import and export). */
+typedef struct llama_part {
+    float *at;        /* its first float inside the ccoe tensor */
+    int nd;
+    int64_t d0, d1;
+    const char *name; /* after "layers.<l>." */
+} llama_part;
+
+/* The HF tensors of a block in save_pretrained's order: attention and norms in b, the MLP in
+ * ffn (the block's own, or an Eqs. 6-7 expert's). Returns how many (at most 12). */
+static size_t llama_parts(const ccoe_model_config *mc, const ccoe_block_view *b,
+                          const ccoe_block_view *ffn, llama_part *k)
+{
+    const int64_t C = mc->n_embd, F = mc->ffn_hidden, H = mc->n_head;
+    const int64_t hd = C / H, Hkv = ccoe_model_kv_heads(mc);
+    const int64_t Q = H * hd, K = Hkv * hd;
+    size_t n = 0;
+    k[n++] = (llama_part){b->ln1_w, 1, C, 0, "input_layernorm.weight"};
+    k[n++] = (llama_part){b->qkv_w, 2, Q, C, "self_attn.q_proj.weight"};
+    k[n++] = (llama_part){b->qkv_w + Q * C, 2, K, C, "self_attn.k_proj.weight"};
+    k[n++] = (llama_part){b->qkv_w + (Q + K) * C, 2, K, C, "self_attn.v_proj.weight"};
+    if (b->qkv_b) { /* Qwen2 */
+        k[n++] = (llama_part){b->qkv_b, 1, Q, 0, "self_attn.q_proj.bias"};
+        k[n++] = (llama_part){b->qkv_b + Q, 1, K, 0, "self_attn.k_proj.bias"};
+        k[n++] = (llama_part){b->qkv_b + Q + K, 1, K, 0, "self_attn.v_proj.bias"};
+    }
+    k[n++] = (llama_part){b->proj_w, 2, C, Q, "self_attn.o_proj.weight"};
+    k[n++] = (llama_part){b->ln2_w, 1, C, 0, "post_attention_layernorm.weight"};
+    k[n++] = (llama_part){ffn->fc_w, 2, F, C, "mlp.gate_proj.weight"};
+    k[n++] = (llama_part){ffn->fc_w + F * C, 2, F, C, "mlp.up_proj.weight"};
+    k[n++] = (llama_part){ffn->fcproj_w, 2, C, F, "mlp.down_proj.weight"};
+    return n;
+}
+
 ccoe_status hf_llama_fill(const hf_weights *w, ccoe_model *m, ccoe_error *err)
 {
     const ccoe_model_config *mc = &m->cfg;
-    const int64_t C = mc->n_embd, F = mc->ffn_hidden, V = mc->vocab_size, H = mc->n_head;
-    const int64_t hd = C / H, Hkv = ccoe_model_kv_heads(mc);
-    const int64_t Q = H * hd, K = Hkv * hd;
+    const int64_t C = mc->n_embd, V = mc->vocab_size;
     const char *pre = name_prefix(w);
-    char name[160];
-    hf_tensor t;
-#define GET(nd, d0, d1, fmt, ...)                                                           \
-    do {                                                                                    \
-        snprintf(name, sizeof name, "%s" fmt, pre, __VA_ARGS__);                            \
-        CCOE_TRY(hf_get(w, name, nd, d0, d1, &t, err));                                     \
-    } while (0)
-#define COPY(dst, nd, d0, d1, fmt, ...)                                                     \
-    do {                                                                                    \
-        GET(nd, d0, d1, fmt, __VA_ARGS__);                                                  \
-        memcpy(dst, t.data, (size_t)(d0) * (size_t)((nd) > 1 ? (d1) : 1) * sizeof(float));  \
-    } while (0)
-    COPY(m->wte, 2, V, C, "%s", "embed_tokens.weight");
+    CCOE_TRY(hf_copy(w, m->wte, 0, 2, V, C, err, "%sembed_tokens.weight", pre));
     for (int l = 0; l < mc->n_layer; l++) {
-        const ccoe_block_view *b = &m->w_blocks[l];
-        COPY(b->ln1_w, 1, C, 0, "layers.%d.input_layernorm.weight", l);
-        COPY(b->qkv_w, 2, Q, C, "layers.%d.self_attn.q_proj.weight", l);
-        COPY(b->qkv_w + Q * C, 2, K, C, "layers.%d.self_attn.k_proj.weight", l);
-        COPY(b->qkv_w + (Q + K) * C, 2, K, C, "layers.%d.self_attn.v_proj.weight", l);
-        if (b->qkv_b) {
-            COPY(b->qkv_b, 1, Q, 0, "layers.%d.self_attn.q_proj.bias", l);
-            COPY(b->qkv_b + Q, 1, K, 0, "layers.%d.self_attn.k_proj.bias", l);
-            COPY(b->qkv_b + Q + K, 1, K, 0, "layers.%d.self_attn.v_proj.bias", l);
-        }
-        COPY(b->proj_w, 2, C, Q, "layers.%d.self_attn.o_proj.weight", l);
-        COPY(b->ln2_w, 1, C, 0, "layers.%d.post_attention_layernorm.weight", l);
-        COPY(b->fc_w, 2, F, C, "layers.%d.mlp.gate_proj.weight", l);
-        COPY(b->fc_w + F * C, 2, F, C, "layers.%d.mlp.up_proj.weight", l);
-        COPY(b->fcproj_w, 2, C, F, "layers.%d.mlp.down_proj.weight", l);
+        llama_part k[12];
+        const size_t nk = llama_parts(mc, &m->w_blocks[l], &m->w_blocks[l], k);
+        for (size_t i = 0; i < nk; i++)
+            CCOE_TRY(hf_copy(w, k[i].at, 0, k[i].nd, k[i].d0, k[i].d1, err, "%slayers.%d.%s",
+                             pre, l, k[i].name));
     }
     const ccoe_head_view *h = &m->w_heads[0];
-    COPY(h->lnf_w, 1, C, 0, "%s", "norm.weight");
-    if (!mc->tied_head) {
-        pre = "";
-        COPY(h->lm_head, 2, V, C, "%s", "lm_head.weight");
-    }
-#undef COPY
-#undef GET
+    CCOE_TRY(hf_copy(w, h->lnf_w, 0, 1, C, 0, err, "%snorm.weight", pre));
+    if (!mc->tied_head)
+        CCOE_TRY(hf_copy(w, h->lm_head, 0, 2, V, C, err, "lm_head.weight"));
     return CCOE_OK;
 }
 
-ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tensor **out,
-                            size_t *n_out, float **buf_out, char **config, FILE *log,
-                            ccoe_error *err)
+ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, const char *torch_dtype,
+                            hf_out_tensor **out, size_t *n_out, float **buf_out, char **config,
+                            FILE *log, ccoe_error *err)
 {
     const ccoe_model_config *mc = &m->cfg;
     const ccoe_block_view *b0 = &m->w_blocks[0];
@@ -308,98 +290,60 @@ ccoe_status hf_llama_export(const ccoe_model *m, int p, int32_t eos, hf_out_tens
     const int L = pa->n_base + pa->n_own;
     const int64_t C = mc->n_embd, F = mc->ffn_hidden, V = mc->vocab_size, H = mc->n_head;
     const int64_t hd = C / H, Hkv = ccoe_model_kv_heads(mc);
-    const int64_t Q = H * hd, K = Hkv * hd;
     const ccoe_head_view *hv = &m->w_heads[pa->head];
     const int tied = hv->lm_head == m->wte;
-    const size_t nt = 3 + (9 + 3 * (size_t)qwen) * (size_t)L;
-    hf_out_tensor *t = calloc(nt, sizeof *t);
-    if (!t)
-        return ccoe_error_set(err, CCOE_ERR_NOMEM, "exporting: out of memory");
-    size_t n = 0;
+    /* the context the model was pretrained for, not the one ccoe trains at */
+    const double max_pos = mc->max_positions > 0 ? mc->max_positions : mc->seq_len;
+    hf_out_list o;
+    CCOE_TRY(hf_out_init(&o, 3 + (9 + 3 * (size_t)qwen) * (size_t)L, err));
     /* every tensor is a row range of a ccoe tensor: no copies */
-#define PUT(data_, nd, d0, d1, ...)                                                  \
-    do {                                                                             \
-        snprintf(t[n].name, sizeof t[n].name, __VA_ARGS__);                          \
-        t[n].ndim = nd;                                                              \
-        t[n].shape[0] = d0;                                                          \
-        t[n].shape[1] = d1;                                                          \
-        t[n].data = data_;                                                           \
-        n++;                                                                         \
-    } while (0)
-    PUT(m->wte, 2, V, C, "model.embed_tokens.weight");
+    hf_put(&o, m->wte, 2, V, C, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) {
-        const int inst = l < pa->n_base ? l : pa->first_inst + (l - pa->n_base);
-        const ccoe_block_view *b = &m->w_blocks[inst];
-        /* Eqs. 6-7: the expert's FFN replaces the base FFN in blocks ffn_from .. L-1 */
-        const ccoe_block_view *ffn = b;
-        if (pa->ffn_expert >= 0 && l >= pa->ffn_from)
-            ffn = &m->w_xffn[m->xffn_first[pa->ffn_expert] + l - pa->ffn_from];
-        PUT(b->ln1_w, 1, C, 0, "model.layers.%d.input_layernorm.weight", l);
-        PUT(b->qkv_w, 2, Q, C, "model.layers.%d.self_attn.q_proj.weight", l);
-        PUT(b->qkv_w + Q * C, 2, K, C, "model.layers.%d.self_attn.k_proj.weight", l);
-        PUT(b->qkv_w + (Q + K) * C, 2, K, C, "model.layers.%d.self_attn.v_proj.weight", l);
-        if (qwen) {
-            PUT(b->qkv_b, 1, Q, 0, "model.layers.%d.self_attn.q_proj.bias", l);
-            PUT(b->qkv_b + Q, 1, K, 0, "model.layers.%d.self_attn.k_proj.bias", l);
-            PUT(b->qkv_b + Q + K, 1, K, 0, "model.layers.%d.self_attn.v_proj.bias", l);
-        }
-        PUT(b->proj_w, 2, C, Q, "model.layers.%d.self_attn.o_proj.weight", l);
-        PUT(b->ln2_w, 1, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-        PUT(ffn->fc_w, 2, F, C, "model.layers.%d.mlp.gate_proj.weight", l);
-        PUT(ffn->fc_w + F * C, 2, F, C, "model.layers.%d.mlp.up_proj.weight", l);
-        PUT(ffn->fcproj_w, 2, C, F, "model.layers.%d.mlp.down_proj.weight", l);
+        const ccoe_block_view *b, *ffn;
+        hf_path_block(m, pa, l, &b, &ffn);
+        llama_part k[12];
+        const size_t nk = llama_parts(mc, b, ffn, k);
+        for (size_t i = 0; i < nk; i++)
+            hf_put(&o, k[i].at, k[i].nd, k[i].d0, k[i].d1, "model.layers.%d.%s", l,
+                   k[i].name);
     }
-    PUT(hv->lnf_w, 1, C, 0, "model.norm.weight");
+    hf_put(&o, hv->lnf_w, 1, C, 0, "model.norm.weight");
     if (!tied)
-        PUT(hv->lm_head, 2, V, C, "lm_head.weight");
-#undef PUT
+        hf_put(&o, hv->lm_head, 2, V, C, "lm_head.weight");
     (void)log;
-    cJSON *j = cJSON_CreateObject();
-    cJSON *arch = j ? cJSON_AddArrayToObject(j, "architectures") : NULL;
-    int ok = arch && cJSON_AddItemToArray(
-                         arch, cJSON_CreateString(qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
-    ok = ok && cJSON_AddStringToObject(j, "model_type", qwen ? "qwen2" : "llama");
-    ok = ok && cJSON_AddStringToObject(j, "hidden_act", "silu");
-    const struct { const char *k; double v; } nums[] = {
+    cJSON *j = hf_json_begin(qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM",
+                             qwen ? "qwen2" : "llama");
+    int ok = j && cJSON_AddStringToObject(j, "hidden_act", "silu");
+    const hf_num nums[] = {
         {"num_hidden_layers", L},
         {"hidden_size", (double)C},
         {"num_attention_heads", (double)H},
         {"num_key_value_heads", (double)Hkv},
         {"head_dim", (double)hd},
         {"intermediate_size", (double)F},
-        {"max_position_embeddings", mc->seq_len},
+        {"max_position_embeddings", max_pos},
         {"vocab_size", (double)V},
         {"rms_norm_eps", mc->norm_eps},
         {"rope_theta", mc->rope_theta},
         {"initializer_range", mc->init_std},
         {"attention_dropout", 0.0}};
-    for (size_t i = 0; ok && i < N_OF(nums); i++)
-        ok = cJSON_AddNumberToObject(j, nums[i].k, nums[i].v) != NULL;
-    ok = ok && cJSON_AddBoolToObject(j, "tie_word_embeddings", tied);
+    ok = ok && hf_json_nums(j, nums, N_OF(nums));
     ok = ok && cJSON_AddNullToObject(j, "rope_scaling");
     if (qwen) {
         ok = ok && cJSON_AddBoolToObject(j, "use_sliding_window", 0);
-        ok = ok && cJSON_AddNumberToObject(j, "sliding_window", mc->seq_len);
+        ok = ok && cJSON_AddNumberToObject(j, "sliding_window", max_pos);
         ok = ok && cJSON_AddNumberToObject(j, "max_window_layers", L);
     } else {
         ok = ok && cJSON_AddBoolToObject(j, "attention_bias", 0);
         ok = ok && cJSON_AddBoolToObject(j, "mlp_bias", 0);
     }
-    ok = ok && cJSON_AddBoolToObject(j, "use_cache", 1);
-    ok = ok && cJSON_AddStringToObject(j, "torch_dtype", "float32");
-    if (ok && eos >= 0 && eos < V) {
-        ok = cJSON_AddNumberToObject(j, "bos_token_id", eos) != NULL;
-        ok = ok && cJSON_AddNumberToObject(j, "eos_token_id", eos) != NULL;
+    ccoe_status s = hf_json_end(j, ok, tied, eos, V, torch_dtype, config, err);
+    if (s != CCOE_OK) {
+        free(o.t);
+        return s;
     }
-    char *text = ok ? cJSON_Print(j) : NULL;
-    cJSON_Delete(j);
-    if (!text) {
-        free(t);
-        return ccoe_error_set(err, CCOE_ERR_NOMEM, "exporting: out of memory building config.json");
-    }
-    *out = t;
-    *n_out = n;
+    *out = o.t;
+    *n_out = o.n;
     *buf_out = NULL;
-    *config = text;
     return CCOE_OK;
 }

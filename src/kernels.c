@@ -255,24 +255,59 @@ void ccoe_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const
 
 /* ---- linear ---- */
 
-void ccoe_linear_forward(const ccoe_gemm *g, float *out, const float *inp, const float *weight,
-                         const float *bias, int N, int IC, int OC)
+/* The GEMMs of a linear layer: in the context's linear-layer precision (ccoe_gemm_run_linear),
+ * or in fp32 whatever it is (routers). */
+typedef void (*gemm_fn)(const ccoe_gemm *, int, int, int, int, int, float, const float *, int,
+                        const float *, int, float, float *, int);
+
+static void linear_forward(gemm_fn run, const ccoe_gemm *g, float *out, const float *inp,
+                           const float *weight, const float *bias, int N, int IC, int OC)
 {
     if (bias) {
 #pragma omp parallel for schedule(static)
         for (int n = 0; n < N; n++)
             memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof(float));
     }
-    ccoe_gemm_run(g, 0, 1, N, OC, IC, 1.0f, inp, IC, weight, IC, bias ? 1.0f : 0.0f, out, OC);
+    run(g, 0, 1, N, OC, IC, 1.0f, inp, IC, weight, IC, bias ? 1.0f : 0.0f, out, OC);
 }
+
+void ccoe_linear_forward(const ccoe_gemm *g, float *out, const float *inp, const float *weight,
+                         const float *bias, int N, int IC, int OC)
+{
+    linear_forward(ccoe_gemm_run_linear, g, out, inp, weight, bias, N, IC, OC);
+}
+
+void ccoe_linear_forward_fp32(const ccoe_gemm *g, float *out, const float *inp,
+                              const float *weight, const float *bias, int N, int IC, int OC)
+{
+    linear_forward(ccoe_gemm_run, g, out, inp, weight, bias, N, IC, OC);
+}
+
+static void linear_backward(gemm_fn run, const ccoe_gemm *g, float *dinp, float *dweight,
+                            float *dbias, const float *dout, const float *inp,
+                            const float *weight, int N, int IC, int OC);
 
 void ccoe_linear_backward(const ccoe_gemm *g, float *dinp, float *dweight, float *dbias,
                           const float *dout, const float *inp, const float *weight, int N,
                           int IC, int OC)
 {
+    linear_backward(ccoe_gemm_run_linear, g, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+}
+
+void ccoe_linear_backward_fp32(const ccoe_gemm *g, float *dinp, float *dweight, float *dbias,
+                               const float *dout, const float *inp, const float *weight, int N,
+                               int IC, int OC)
+{
+    linear_backward(ccoe_gemm_run, g, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+}
+
+static void linear_backward(gemm_fn run, const ccoe_gemm *g, float *dinp, float *dweight,
+                            float *dbias, const float *dout, const float *inp,
+                            const float *weight, int N, int IC, int OC)
+{
     if (dinp)
-        ccoe_gemm_run(g, 0, 0, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
-    ccoe_gemm_run(g, 1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
+        run(g, 0, 0, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+    run(g, 1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
     if (dbias) {
 #pragma omp parallel
         {

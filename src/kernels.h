@@ -51,6 +51,13 @@ void ccoe_linear_forward(const ccoe_gemm *g, float *out, const float *inp, const
 void ccoe_linear_backward(const ccoe_gemm *g, float *dinp, float *dweight, float *dbias,
                           const float *dout, const float *inp, const float *weight, int N,
                           int IC, int OC);
+/* The same two in fp32 whatever the context's linear-layer precision (g->precision): for the
+ * MoE routers, whose logits decide the routing (papers/bf16.md). */
+void ccoe_linear_forward_fp32(const ccoe_gemm *g, float *out, const float *inp,
+                              const float *weight, const float *bias, int N, int IC, int OC);
+void ccoe_linear_backward_fp32(const ccoe_gemm *g, float *dinp, float *dweight, float *dbias,
+                               const float *dout, const float *inp, const float *weight, int N,
+                               int IC, int OC);
 
 /* Causal multi-head self-attention. qkv (B,T,3C): q = [0,C), k = [C,2C), v = [2C,3C), head h
  * owns columns [h*hd, (h+1)*hd) of each. out (B,T,C); lse (B,H,T) the row log-sum-exp of the

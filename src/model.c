@@ -195,9 +195,30 @@ ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg,
     return ccoe_model_init_moe(m, cfg, gating, NULL, maxB, maxT, g, nthreads, err);
 }
 
+static ccoe_status model_init(ccoe_model *m, const ccoe_model_config *cfg,
+                              const ccoe_taskmap *gating, const ccoe_moe_section *moe, int maxB,
+                              int maxT, const ccoe_gemm *g, int nthreads, int grads,
+                              ccoe_error *err);
+
 ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
                                 const ccoe_taskmap *gating, const ccoe_moe_section *moe, int maxB,
                                 int maxT, const ccoe_gemm *g, int nthreads, ccoe_error *err)
+{
+    return model_init(m, cfg, gating, moe, maxB, maxT, g, nthreads, 1, err);
+}
+
+ccoe_status ccoe_model_init_weights_only(ccoe_model *m, const ccoe_model_config *cfg,
+                                         const ccoe_taskmap *gating,
+                                         const ccoe_moe_section *moe, const ccoe_gemm *g,
+                                         ccoe_error *err)
+{
+    return model_init(m, cfg, gating, moe, 1, 1, g, 1, 0, err);
+}
+
+static ccoe_status model_init(ccoe_model *m, const ccoe_model_config *cfg,
+                              const ccoe_taskmap *gating, const ccoe_moe_section *moe, int maxB,
+                              int maxT, const ccoe_gemm *g, int nthreads, int grads,
+                              ccoe_error *err)
 {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
@@ -244,7 +265,8 @@ ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
                               m->n_params, CCOE_MAX_PARAMS);
 
     CCOE_TRY(ccoe_arena_alloc(&m->param_mem, m->num_params * sizeof(float), "parameters", err));
-    CCOE_TRY(ccoe_arena_alloc(&m->grad_mem, m->num_params * sizeof(float), "gradients", err));
+    if (grads) /* a weights-only model has no gradient block (grad_block and g_* views NULL) */
+        CCOE_TRY(ccoe_arena_alloc(&m->grad_mem, m->num_params * sizeof(float), "gradients", err));
     m->param_block = (float *)m->param_mem.base;
     m->grad_block = (float *)m->grad_mem.base;
     m->w_blocks = ccoe_aligned_calloc(sizeof(ccoe_block_view) * (size_t)m->n_inst);
@@ -259,11 +281,13 @@ ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "cannot allocate model views");
     model_build_paths(m);
     model_make_views(m, m->param_block, m->w_blocks, m->w_heads, m->w_xffn);
-    model_make_views(m, m->grad_block, m->g_blocks, m->g_heads, m->g_xffn);
     m->wte = model_tensor_at(m, m->param_block, "", "wte");
     m->wpe = model_tensor_at(m, m->param_block, "", "wpe");
-    m->dwte = model_tensor_at(m, m->grad_block, "", "wte");
-    m->dwpe = model_tensor_at(m, m->grad_block, "", "wpe");
+    if (grads) {
+        model_make_views(m, m->grad_block, m->g_blocks, m->g_heads, m->g_xffn);
+        m->dwte = model_tensor_at(m, m->grad_block, "", "wte");
+        m->dwpe = model_tensor_at(m, m->grad_block, "", "wpe");
+    }
 
     return model_alloc_acts(m, err);
 }

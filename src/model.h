@@ -220,6 +220,14 @@ ccoe_status ccoe_model_init(ccoe_model *m, const ccoe_model_config *cfg,
 ccoe_status ccoe_model_init_moe(ccoe_model *m, const ccoe_model_config *cfg,
                                 const ccoe_taskmap *gating, const ccoe_moe_section *moe, int maxB,
                                 int maxT, const ccoe_gemm *g, int nthreads, ccoe_error *err);
+/* A model that only holds weights, for converting or inspecting them (import, export): the
+ * layout and parameters of ccoe_model_init_moe, no gradient block (grad_block and the gradient
+ * views NULL) and activations for one token only. Forward on B = T = 1 works; backward,
+ * zero_grad and the optimizer must not be called. */
+ccoe_status ccoe_model_init_weights_only(ccoe_model *m, const ccoe_model_config *cfg,
+                                         const ccoe_taskmap *gating,
+                                         const ccoe_moe_section *moe, const ccoe_gemm *g,
+                                         ccoe_error *err);
 void ccoe_model_free(ccoe_model *m);
 
 /* GPT-2 initialisation from seed: N(0, init_std), residual projections scaled by 1/sqrt(2L),

@@ -617,7 +617,8 @@ static void linear_fwd(const ccoe_gemm *g, int serial, float *out, const float *
     if (b)
         for (int r = 0; r < n; r++)
             memcpy(out + (size_t)r * OC, b, (size_t)OC * sizeof(float));
-    ccoe_gemm_run_serial(g, 0, 1, n, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out, OC);
+    ccoe_gemm_run_linear_serial(g, 0, 1, n, OC, IC, 1.0f, inp, IC, w, IC, b ? 1.0f : 0.0f, out,
+                                OC);
 }
 
 /* dinp (n, IC) = dout W (OVERWRITES); dw += dout^T inp; db += colsum(dout) (db may be NULL). */
@@ -625,12 +626,12 @@ static void linear_bwd(const ccoe_gemm *g, int serial, float *dinp, float *dw, f
                        const float *dout, const float *inp, const float *w, int n, int IC, int OC)
 {
     if (!serial) {
-        ccoe_gemm_run(g, 0, 0, n, IC, OC, 1.0f, dout, OC, w, IC, 0.0f, dinp, IC);
+        ccoe_gemm_run_linear(g, 0, 0, n, IC, OC, 1.0f, dout, OC, w, IC, 0.0f, dinp, IC);
         ccoe_linear_backward(g, NULL, dw, db, dout, inp, w, n, IC, OC);
         return;
     }
-    ccoe_gemm_run_serial(g, 0, 0, n, IC, OC, 1.0f, dout, OC, w, IC, 0.0f, dinp, IC);
-    ccoe_gemm_run_serial(g, 1, 0, OC, IC, n, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+    ccoe_gemm_run_linear_serial(g, 0, 0, n, IC, OC, 1.0f, dout, OC, w, IC, 0.0f, dinp, IC);
+    ccoe_gemm_run_linear_serial(g, 1, 0, OC, IC, n, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
     if (db)
         for (int r = 0; r < n; r++) {
             const float *restrict d = dout + (size_t)r * OC;
@@ -874,10 +875,11 @@ void ccoe_moe_route_forward(const ccoe_moe *m, ccoe_moe_acts *a, const float *in
     const int C = m->C, E = m->E;
     const ccoe_gemm *g = m->gemm;
     if (m->off_router != ABSENT && N > 0)
-        ccoe_linear_forward(g, a->logits, inp, params + m->off_router, NULL, N, C, E);
+        ccoe_linear_forward_fp32(g, a->logits, inp, params + m->off_router, NULL, N, C, E);
     if (m->off_noise != ABSENT) {
         if (N > 0)
-            ccoe_linear_forward(g, a->noise_logits, inp, params + m->off_noise, NULL, N, C, E);
+            ccoe_linear_forward_fp32(g, a->noise_logits, inp, params + m->off_noise, NULL, N, C,
+                                     E);
         float *noise = a->noise;
         if (pass && pass->train) {
             const uint64_t seed = pass->seed, step = pass->step, layer = (uint64_t)pass->layer;
@@ -1082,11 +1084,11 @@ void ccoe_moe_router_backward(const ccoe_moe *m, float *dinp, float *grads, ccoe
     }
     if (N == 0)
         return;
-    ccoe_linear_backward(g, dinp, grads + m->off_router, NULL, s->dlogits, inp,
-                         params + m->off_router, N, C, E);
+    ccoe_linear_backward_fp32(g, dinp, grads + m->off_router, NULL, s->dlogits, inp,
+                              params + m->off_router, N, C, E);
     if (m->off_noise != ABSENT)
-        ccoe_linear_backward(g, dinp, grads + m->off_noise, NULL, s->dnoise_logits, inp,
-                             params + m->off_noise, N, C, E);
+        ccoe_linear_backward_fp32(g, dinp, grads + m->off_noise, NULL, s->dnoise_logits, inp,
+                                  params + m->off_noise, N, C, E);
 }
 
 /* The backward phase times of st from the clock at the start (t0) and at the end of each phase:

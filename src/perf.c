@@ -4,9 +4,7 @@
 #include <omp.h>
 #include <time.h>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
-#endif
 
 double ccoe_now(void)
 {
@@ -71,7 +69,27 @@ static double fma_chains(long iters, float *sink)
 #endif
 }
 
-double ccoe_measure_fma_peak(int nthreads, double seconds)
+/* Runs `iters` rounds of 12 independent vdpbf16ps chains; returns flops done. Built for
+ * AVX512-BF16 whatever the build flags: called only after a cpuid check. */
+__attribute__((target("avx512f,avx512bf16"))) static double bf16_chains(long iters, float *sink)
+{
+    __m512 a[12];
+    const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f); /* pairs of 0.996 */
+    const __m512bh y = (__m512bh)_mm512_set1_epi32(0x33d633d6); /* pairs of 1e-7 */
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++)
+            a[i] = _mm512_dpbf16_ps(a[i], x, y);
+    __m512 s = a[0];
+    for (int i = 1; i < 12; i++)
+        s = _mm512_add_ps(s, a[i]);
+    *sink += _mm512_reduce_add_ps(s);
+    return (double)iters * 12.0 * 16.0 * 4.0;
+}
+
+/* The best of three rounds of `chains` on nthreads threads for about `seconds` in all. */
+static double measure_peak(double (*chains)(long, float *), int nthreads, double seconds)
 {
     if (nthreads < 1)
         nthreads = 1;
@@ -88,7 +106,7 @@ double ccoe_measure_fma_peak(int nthreads, double seconds)
             double start = ccoe_now();
             long iters = 1L << 20;
             while (ccoe_now() - start < seconds / 3.0)
-                f += fma_chains(iters, &s);
+                f += chains(iters, &s);
             flops += f;
             sink += s;
         }
@@ -101,4 +119,17 @@ double ccoe_measure_fma_peak(int nthreads, double seconds)
     if (sink == 12345.678f)
         best += 0.0;
     return best;
+}
+
+double ccoe_measure_fma_peak(int nthreads, double seconds)
+{
+    return measure_peak(fma_chains, nthreads, seconds);
+}
+
+double ccoe_measure_bf16_peak(int nthreads, double seconds)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bf16"))
+        return 0.0;
+    return measure_peak(bf16_chains, nthreads, seconds);
 }

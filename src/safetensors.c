@@ -11,7 +11,8 @@
  * CCOE_ST_ALLOW_UNCHECKED reads foreign files (Python's safetensors writes none) and those of
  * older ccoe versions, which carried "ccoe.crc32" over the data section only (still checked).
  *
- * What this is not: a general safetensors library. Only F32 is written; F32 is read, and with
+ * What this is not: a general safetensors library. F32 is written (plain exports also F16 and
+ * BF16, rounded to nearest even); F32 is read, and with
  * CCOE_ST_ALLOW_HALF also F16 and BF16 (converted to float32 once, at open, exactly: every half
  * value is a float). At most CCOE_ST_MAX_DIMS dimensions; the whole file is held in memory while
  * open.
@@ -23,6 +24,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -361,7 +363,7 @@ static ccoe_status check_tensor_arg(const ccoe_st_tensor *t, size_t i, uint64_t 
     if (numel > 0 && !t->data)
         return ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': tensor '%s' has no data", path,
                               t->name);
-    *bytes = numel * 4;
+    *bytes = numel * 4; /* F32; st_write scales it for 16-bit dtypes */
     return CCOE_OK;
 }
 
@@ -377,14 +379,17 @@ static int add_int(cJSON *arr, uint64_t v)
 
 static ccoe_status st_write(const char *path, const ccoe_st_tensor *tensors, size_t n,
                             const char *const *meta, size_t nmeta, int with_crc,
-                            ccoe_error *err)
+                            ccoe_st_out_dtype dt, ccoe_error *err)
 {
+    static const char *const dt_name[] = {"F32", "F16", "BF16"};
+    const unsigned elsize = dt == CCOE_ST_OUT_F32 ? 4 : 2;
     uint64_t *bytes = calloc(n ? n : 1, sizeof *bytes);
     if (!bytes)
         return ccoe_error_set(err, CCOE_ERR_NOMEM, "writing '%s': out of memory", path);
     ccoe_status st = CCOE_OK;
     for (size_t i = 0; i < n && st == CCOE_OK; i++) {
         st = check_tensor_arg(&tensors[i], i, &bytes[i], path, err);
+        bytes[i] = bytes[i] / 4 * elsize;
         for (size_t j = 0; j < i && st == CCOE_OK; j++)
             if (strcmp(tensors[i].name, tensors[j].name) == 0)
                 st = ccoe_error_set(err, CCOE_ERR_ARG, "writing '%s': tensor name '%s' is used twice",
@@ -420,7 +425,7 @@ static ccoe_status st_write(const char *path, const ccoe_st_tensor *tensors, siz
     uint64_t offset = 0;
     for (size_t i = 0; i < n && ok; i++) {
         cJSON *t = cJSON_AddObjectToObject(root, tensors[i].name);
-        cJSON *shape = t && cJSON_AddStringToObject(t, "dtype", "F32")
+        cJSON *shape = t && cJSON_AddStringToObject(t, "dtype", dt_name[dt])
                            ? cJSON_AddArrayToObject(t, "shape")
                            : NULL;
         cJSON *offs = shape ? cJSON_AddArrayToObject(t, "data_offsets") : NULL;
@@ -479,11 +484,39 @@ static ccoe_status st_write(const char *path, const ccoe_st_tensor *tensors, siz
     sizes[1] = json_len;
     parts[2] = spaces;
     sizes[2] = hlen - json_len;
-    for (size_t i = 0; i < n; i++) {
+    /* 16-bit dtypes: each tensor rounded to nearest (ties to even) into its own buffer; a value
+     * the dtype cannot hold (F16 beyond 65504) is refused rather than written as Inf */
+    uint16_t **half = dt == CCOE_ST_OUT_F32 ? NULL : calloc(n ? n : 1, sizeof *half);
+    if (dt != CCOE_ST_OUT_F32 && !half)
+        st = ccoe_error_set(err, CCOE_ERR_NOMEM, "writing '%s': out of memory", path);
+    for (size_t i = 0; i < n && st == CCOE_OK; i++) {
         parts[3 + i] = tensors[i].data;
         sizes[3 + i] = (size_t)bytes[i];
+        if (!half)
+            continue;
+        const size_t numel = (size_t)bytes[i] / 2;
+        if (!(half[i] = malloc(numel ? numel * 2 : 2))) {
+            st = ccoe_error_set(err, CCOE_ERR_NOMEM, "writing '%s': out of memory", path);
+            break;
+        }
+        for (size_t k = 0; k < numel && st == CCOE_OK; k++) {
+            const float v = tensors[i].data[k];
+            half[i][k] = dt == CCOE_ST_OUT_F16 ? ccoe_f32_to_f16(v) : ccoe_f32_to_bf16(v);
+            const float back = dt == CCOE_ST_OUT_F16 ? ccoe_f16_to_f32(half[i][k])
+                                                     : ccoe_bf16_to_f32(half[i][k]);
+            if (isfinite(v) && !isfinite(back))
+                st = ccoe_error_set(err, CCOE_ERR_NUMERIC,
+                                    "writing '%s': tensor '%s' holds %g at element %zu, beyond "
+                                    "the range of %s: write F32 (or BF16, float32's range)",
+                                    path, tensors[i].name, (double)v, k, dt_name[dt]);
+        }
+        parts[3 + i] = half[i];
     }
-    st = ccoe_write_file_atomic(path, parts, sizes, nparts, err);
+    if (st == CCOE_OK)
+        st = ccoe_write_file_atomic(path, parts, sizes, nparts, err);
+    for (size_t i = 0; half && i < n; i++)
+        free(half[i]);
+    free(half);
     free(parts);
     free(sizes);
     free(json);
@@ -494,13 +527,20 @@ static ccoe_status st_write(const char *path, const ccoe_st_tensor *tensors, siz
 ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_t n,
                           const char *const *meta, size_t nmeta, ccoe_error *err)
 {
-    return st_write(path, tensors, n, meta, nmeta, 1, err);
+    return st_write(path, tensors, n, meta, nmeta, 1, CCOE_ST_OUT_F32, err);
 }
 
 ccoe_status ccoe_st_write_plain(const char *path, const ccoe_st_tensor *tensors, size_t n,
                                 const char *const *meta, size_t nmeta, ccoe_error *err)
 {
-    return st_write(path, tensors, n, meta, nmeta, 0, err);
+    return st_write(path, tensors, n, meta, nmeta, 0, CCOE_ST_OUT_F32, err);
+}
+
+ccoe_status ccoe_st_write_plain_as(const char *path, const ccoe_st_tensor *tensors, size_t n,
+                                   const char *const *meta, size_t nmeta, ccoe_st_out_dtype dt,
+                                   ccoe_error *err)
+{
+    return st_write(path, tensors, n, meta, nmeta, 0, dt, err);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -896,6 +936,38 @@ float ccoe_bf16_to_f32(uint16_t h)
     float v;
     memcpy(&v, &bits, sizeof v);
     return v;
+}
+
+uint16_t ccoe_f32_to_bf16(float v)
+{
+    uint32_t x;
+    memcpy(&x, &v, sizeof x);
+    if ((x & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a (quiet) NaN */
+        return (uint16_t)((x >> 16) | 0x40);
+    x += 0x7fffu + ((x >> 16) & 1); /* round to nearest, ties to even */
+    return (uint16_t)(x >> 16);
+}
+
+uint16_t ccoe_f32_to_f16(float v)
+{
+    uint32_t x;
+    memcpy(&x, &v, sizeof x);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    const uint32_t a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) /* NaN */
+        return (uint16_t)(sign | 0x7e00 | ((a >> 13) & 0x3ff));
+    if (a >= 0x477ff000u) /* 65520 and up round to Inf (the largest half is 65504) */
+        return (uint16_t)(sign | 0x7c00);
+    if (a < 0x38800000u) { /* below 2^-14: a subnormal half, a * 2^24 units (exact product) */
+        float f;
+        memcpy(&f, &a, sizeof f);
+        return (uint16_t)(sign | (uint16_t)lrintf(f * 16777216.0f));
+    }
+    uint32_t h = ((a >> 23) - 112) << 10 | ((a >> 13) & 0x3ff); /* rebias 127 -> 15 */
+    const uint32_t rem = a & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+        h++; /* a carry out of the mantissa steps the exponent, as it should */
+    return (uint16_t)(sign | h);
 }
 
 /* Converts every F16/BF16 tensor to float32 into one buffer, so lookups return floats. */

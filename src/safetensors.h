@@ -38,6 +38,16 @@ ccoe_status ccoe_st_write(const char *path, const ccoe_st_tensor *tensors, size_
 ccoe_status ccoe_st_write_plain(const char *path, const ccoe_st_tensor *tensors, size_t n,
                                 const char *const *meta, size_t nmeta, ccoe_error *err);
 
+/* The dtypes the plain writer can store: F32 as given, or each value rounded to nearest (ties
+ * to even) into IEEE half or bfloat16 (exports a smaller model; ccoe reads them back widened). */
+typedef enum { CCOE_ST_OUT_F32 = 0, CCOE_ST_OUT_F16 = 1, CCOE_ST_OUT_BF16 = 2 } ccoe_st_out_dtype;
+
+/* ccoe_st_write_plain in dtype dt; a finite value the dtype cannot hold (F16 beyond 65504) is
+ * refused (CCOE_ERR_NUMERIC naming the tensor) rather than written as Inf. */
+ccoe_status ccoe_st_write_plain_as(const char *path, const ccoe_st_tensor *tensors, size_t n,
+                                   const char *const *meta, size_t nmeta, ccoe_st_out_dtype dt,
+                                   ccoe_error *err);
+
 typedef struct ccoe_st_file ccoe_st_file;
 
 /* Opens and fully validates a file (held in memory until close); a file without the whole-file
@@ -75,6 +85,10 @@ const char *ccoe_st_dtype(const ccoe_st_file *f, const char *name);
 /* IEEE half and bfloat16 (their bits) to float: exact, Inf and NaN kept. */
 float ccoe_f16_to_f32(uint16_t h);
 float ccoe_bf16_to_f32(uint16_t h);
+/* float to IEEE half / bfloat16, rounded to nearest with ties to even; NaN stays NaN, F16
+ * overflows to Inf (the writer refuses it). */
+uint16_t ccoe_f32_to_f16(float v);
+uint16_t ccoe_f32_to_bf16(float v);
 
 /* Copies tensor `name` into dst after checking it exists and has exactly this shape; the error
  * names the tensor, the expected and the found shape. */

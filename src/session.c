@@ -46,6 +46,14 @@ ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_
     s->max_threads = s->cfg.run.threads > 0 ? s->cfg.run.threads : ccoe_threads_available();
     if ((st = ccoe_gemm_init(&s->gemm, be, s->max_threads, err)) != CCOE_OK)
         goto fail;
+    {
+        ccoe_precision prec;
+        if ((st = ccoe_precision_parse(s->cfg.run.precision, &prec, err)) != CCOE_OK ||
+            (st = ccoe_gemm_set_precision(&s->gemm, prec, err)) != CCOE_OK) {
+            ccoe_error_wrap(err, "run.precision");
+            goto fail;
+        }
+    }
     const ccoe_config *c = &s->cfg;
     if (with_data) {
         st = ccoe_data_load(&s->data, c->data.manifest, &s->tok, c->model.seq_len,
@@ -94,4 +102,5 @@ void ccoe_session_close(ccoe_session *s)
         ccoe_data_free(&s->data);
     s->have_data = 0;
     ccoe_tokenizer_free(&s->tok);
+    ccoe_gemm_free(&s->gemm);
 }

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "comm.h"
 #include "config.h"
 #include "fs.h"
@@ -107,8 +108,30 @@ static ccoe_status study_setup(study *S, const char *path, const ccoe_study_opts
     if ((st = ccoe_study_parse_budget(S, err)) != CCOE_OK)
         return st;
 
-    /* the base config: defaults, base file (relative to the study file), inline sections */
+    /* the base config: defaults, base file (relative to the study file), inline sections;
+     * without a base file but with study.init_from, the checkpoint's own config (its model,
+     * tokenizer and data: an imported base's derived config) */
     ccoe_config_defaults(base);
+    if (S->init_from[0]) {
+        if (S->init_from[0] == '/')
+            snprintf(S->init_path, sizeof S->init_path, "%s", S->init_from);
+        else
+            snprintf(S->init_path, sizeof S->init_path, "%s%s", S->dir, S->init_from);
+        ccoe_config stored;
+        ccoe_st_file *f = NULL;
+        FILE *note = !o->comm || o->comm->rank == 0 ? stderr : NULL;
+        st = ccoe_checkpoint_open_log(S->init_path, &stored, &f, note, err);
+        ccoe_st_close(f);
+        if (st != CCOE_OK) {
+            st = ccoe_error_wrap(err, "study %s line %d (init_from = %s)", path,
+                                 S->init_from_line, S->init_from);
+            if (st == CCOE_ERR_IO)
+                err->status = st = CCOE_ERR_CONFIG;
+            return st;
+        }
+        if (!S->base[0])
+            *base = stored;
+    }
     if (S->base[0]) {
         char bpath[2 * CCOE_STR];
         if (S->base[0] == '/')

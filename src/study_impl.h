@@ -56,6 +56,7 @@ typedef struct study_variant {
     double active_params;     /* per token, mean over the domain mix */
     double tok_s, train_s, wall_s, comm_share;
     double loss[CCOE_MAX_DOMAINS], ppl[CCOE_MAX_DOMAINS], acc[CCOE_MAX_DOMAINS]; /* NAN = none */
+    double bpb[CCOE_MAX_DOMAINS]; /* bits per byte (runs with a BPE tokenizer), NAN = none */
     double mean_loss, mean_ppl;
     dvec c_step, c_loss;      /* training loss per step */
     dvec v_step, v_loss;      /* mean validation loss at each evaluation */
@@ -74,6 +75,9 @@ typedef struct study {
     char name[64];
     char base[CCOE_STR];
     int base_line;
+    char init_from[CCOE_STR];      /* study.init_from as written ("" = none) */
+    char init_path[2 * CCOE_STR];  /* it, relative to the study file's directory */
+    int init_from_line;
     char budget[128];
     int budget_line;
     budget_kind bkind;
@@ -124,6 +128,7 @@ ccoe_status ccoe_study_run_variant(study *S, study_variant *v, int idx, const cc
                                    ccoe_error *err);
 
 /* ---- study_report.c ---- */
+int ccoe_study_has_bpb(const study *S);
 void ccoe_study_human(char *buf, size_t cap, double x);
 void ccoe_study_write_markdown(const study *S, FILE *f, const char *machine);
 void ccoe_study_write_csv(const study *S, FILE *f);

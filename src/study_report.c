@@ -34,6 +34,17 @@ static void fmt_or_dash(char *buf, size_t cap, int digits, int plus, const char 
         snprintf(buf, cap, "-");
 }
 
+/* 1 if a variant that ran has bits per byte (its tokenizer is a BPE): the tables then add
+ * them; byte-level studies print as before (bpb = loss / ln 2 there). */
+int ccoe_study_has_bpb(const study *S)
+{
+    for (int i = 0; i < S->n_run; i++)
+        for (int d = 0; !S->run[i].skipped && d < S->n_domains; d++)
+            if (isfinite(S->run[i].bpb[d]))
+                return 1;
+    return 0;
+}
+
 /* The Markdown report (study.md, and stdout): the comparison table, the held-out loss per
  * domain, and where they apply the expert load and sweep tables and the notes per variant. */
 void ccoe_study_write_markdown(const study *S, FILE *f, const char *machine)
@@ -97,6 +108,27 @@ void ccoe_study_write_markdown(const study *S, FILE *f, const char *machine)
                 fprintf(f, " %s |", a);
             }
         fputc('\n', f);
+    }
+    if (ccoe_study_has_bpb(S)) { /* the figure that compares models with other tokenizers */
+        fprintf(f, "\nBits per byte per domain (held-out nats / ln 2 / the text bytes of the "
+                   "scored tokens):\n\n| variant |");
+        for (int dd = 0; dd < S->n_domains; dd++)
+            fprintf(f, " %s |", S->domains[dd]);
+        fprintf(f, "\n|---|");
+        for (int dd = 0; dd < S->n_domains; dd++)
+            fputs("---:|", f);
+        fputc('\n', f);
+        for (int i = 0; i < S->n_run; i++) {
+            const study_variant *v = &S->run[i];
+            if (v->skipped)
+                continue;
+            fprintf(f, "| %s |", v->name);
+            for (int dd = 0; dd < S->n_domains; dd++) {
+                fmt_or_dash(a, sizeof a, 4, 0, "", v->bpb[dd]);
+                fprintf(f, " %s |", a);
+            }
+            fputc('\n', f);
+        }
     }
     /* expert load */
     int any_moe = 0;
@@ -194,7 +226,11 @@ void ccoe_study_write_csv(const study *S, FILE *f)
         if (S->dom_task[d])
             fprintf(f, ",acc_%s", S->domains[d]);
     fprintf(f, ",gate,n_experts,top_k,load_cv,max_load_share,drop_rate,domain_expert_mi_bits,"
-               "sweep_layers,gain_per_param\n");
+               "sweep_layers,gain_per_param");
+    const int bpb = ccoe_study_has_bpb(S); /* bpb_<domain> last, with a BPE tokenizer only */
+    for (int d = 0; bpb && d < S->n_domains; d++)
+        fprintf(f, ",bpb_%s", S->domains[d]);
+    fputc('\n', f);
     for (int i = 0; i < S->n_run; i++) {
         const study_variant *v = &S->run[i];
         char label[sizeof v->label]; /* no commas or quotes: plain split-on-comma CSV */
@@ -204,7 +240,7 @@ void ccoe_study_write_csv(const study *S, FILE *f)
                 *p = ';';
         fprintf(f, "%s,%s,%s", v->name, label, v->skipped ? "skipped" : "ok");
         if (v->skipped) {
-            int cols = 11 + 2 * S->n_domains + 8;
+            int cols = 11 + 2 * S->n_domains + 8 + (bpb ? S->n_domains : 0);
             for (int d = 0; d < S->n_domains; d++)
                 cols += S->dom_task[d];
             for (int k = 0; k < cols; k++)
@@ -236,9 +272,15 @@ void ccoe_study_write_csv(const study *S, FILE *f)
         else
             fputc(',', f);
         if (isfinite(v->gain))
-            fprintf(f, ",%.6g\n", v->gain);
+            fprintf(f, ",%.6g", v->gain);
         else
-            fprintf(f, ",\n");
+            fputc(',', f);
+        for (int d = 0; bpb && d < S->n_domains; d++)
+            if (isfinite(v->bpb[d]))
+                fprintf(f, ",%.6f", v->bpb[d]);
+            else
+                fputc(',', f);
+        fputc('\n', f);
     }
 }
 

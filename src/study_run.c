@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
@@ -171,7 +172,7 @@ static ccoe_status read_metrics(study *S, study_variant *v, ccoe_error *err)
     long n_steps = 0, final_step = -1;
     v->c_step.n = v->c_loss.n = v->v_step.n = v->v_loss.n = 0;
     for (int d = 0; d < CCOE_MAX_DOMAINS; d++)
-        v->loss[d] = v->ppl[d] = v->acc[d] = NAN;
+        v->loss[d] = v->ppl[d] = v->acc[d] = v->bpb[d] = NAN;
     int oom = 0;
     while (getline(&line, &cap, f) > 0) {
         cJSON *j = cJSON_Parse(line);
@@ -200,6 +201,7 @@ static ccoe_status read_metrics(study *S, study_variant *v, ccoe_error *err)
                     v->loss[d] = jnum(o, "loss");
                     v->ppl[d] = jnum(o, "ppl");
                     v->acc[d] = jnum(o, "acc");
+                    v->bpb[d] = jnum(o, "bpb"); /* written with a BPE tokenizer only */
                 }
             }
         } else if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "loss"))) {
@@ -338,6 +340,18 @@ static ccoe_status moe_load(study *S, study_variant *v, ccoe_error *err)
     return CCOE_OK;
 }
 
+/* 1 if the file at path was modified after OUT/checkpoint.safetensors (or either is gone). */
+static int newer_file(const char *path, const study_variant *v)
+{
+    char ck[CCOE_STR + 64];
+    snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", v->cfg.train.out_dir);
+    struct stat a, b;
+    if (stat(path, &a) != 0 || stat(ck, &b) != 0)
+        return 1;
+    return a.st_mtim.tv_sec > b.st_mtim.tv_sec ||
+           (a.st_mtim.tv_sec == b.st_mtim.tv_sec && a.st_mtim.tv_nsec > b.st_mtim.tv_nsec);
+}
+
 /* 1 if OUT/checkpoint.safetensors holds a finished run of exactly v->cfg. */
 static int finished_run(const study_variant *v, int *exists)
 {
@@ -377,11 +391,16 @@ ccoe_status ccoe_study_run_variant(study *S, study_variant *v, int idx, const cc
     const study_variant *src =
         v->init_from[0] ? ccoe_study_find_variant(S->run, S->n_run, v->init_from) : NULL;
     int src_new = src && !src->reused; /* its start weights changed: retrain */
-    int have[2] = {0, 0};             /* finished run of this config, directory holds a run */
-    if (rank0)
+    /* finished run of this config, directory holds a run, the study's start checkpoint is
+     * newer than the run (which started from other weights: retrain) */
+    int have[3] = {0, 0, 0};
+    if (rank0) {
         have[0] = finished_run(v, &have[1]);
+        have[2] = have[1] && !v->init_from[0] && S->init_path[0] && newer_file(S->init_path, v);
+    }
     if (c)
         CCOE_TRY(c->ops->bcast(c, have, sizeof have, 0, err));
+    src_new |= have[2];
     if (have[0] && !o->force && !src_new) {
         v->reused = 1;
         if (rank0)
@@ -407,6 +426,8 @@ ccoe_status ccoe_study_run_variant(study *S, study_variant *v, int idx, const cc
         ccoe_train_opts to = {.force = 1, .progress = o->verbose ? o->progress : 0,
                               .quiet = !o->verbose, .comm = c};
         char from[CCOE_STR + 96];
+        if (!v->init_from[0] && S->init_path[0])
+            to.init_from = S->init_path; /* study.init_from: every variant's start weights */
         if (v->init_from[0]) {
             if (src->skipped) {
                 v->skipped = 1;

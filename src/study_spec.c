@@ -154,6 +154,10 @@ int ccoe_study_on_key(void *user, const char *section, const char *key, const ch
             S->base_line = S->line;
             return copy_value(S, S->base, sizeof S->base, key, value);
         }
+        if (strcmp(key, "init_from") == 0) {
+            S->init_from_line = S->line;
+            return copy_value(S, S->init_from, sizeof S->init_from, key, value);
+        }
         if (strcmp(key, "budget") == 0) {
             S->budget_line = S->line;
             return copy_value(S, S->budget, sizeof S->budget, key, value);
@@ -173,8 +177,9 @@ int ccoe_study_on_key(void *user, const char *section, const char *key, const ch
         if (strcmp(key, "gain_reference") == 0)
             return copy_value(S, S->gain_ref, sizeof S->gain_ref, key, value);
         return parse_fail(S, CCOE_ERR_CONFIG,
-                          "unknown key study.%s: [study] takes name, description, base, budget, "
-                          "out_dir, variants, sweep, sweep_layers, gain_reference",
+                          "unknown key study.%s: [study] takes name, description, base, "
+                          "init_from, budget, out_dir, variants, sweep, sweep_layers, "
+                          "gain_reference",
                           key);
     }
     if (strncmp(section, "variant.", 8) == 0) {

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bytemap.h"
 #include "fs.h"
 #include "tokenizer.h"
 
@@ -38,122 +39,22 @@ enum {
     CACHE_MAX_ENTRIES = 1 << 20 /* the cache is emptied when it holds more */
 };
 
-/* ---- an open-addressing map from byte strings to a 64-bit value ---- */
+/* ---- byte strings -> 64-bit values (bytemap.h): the vocabulary and the encode cache ---- */
 
-typedef struct strmap {
-    uint32_t *slot;   /* (cap) entry index + 1; 0 = empty */
-    size_t cap;       /* power of two, at least twice n */
-    uint64_t *off;    /* (n) key offset in pool */
-    uint32_t *len;    /* (n) key length */
-    uint64_t *val;    /* (n) */
-    size_t n, ecap;
-    char *pool;
-    size_t pool_n, pool_cap;
-} strmap;
-
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h ^ (h >> 29);
-}
-
-static void strmap_free(strmap *m)
-{
-    free(m->slot);
-    free(m->off);
-    free(m->len);
-    free(m->val);
-    free(m->pool);
-    memset(m, 0, sizeof *m);
-}
-
-static void strmap_clear(strmap *m)
-{
-    if (m->slot)
-        memset(m->slot, 0, m->cap * sizeof *m->slot);
-    m->n = 0;
-    m->pool_n = 0;
-}
+typedef ccoe_bytemap strmap;
 
 static uint64_t *strmap_find(const strmap *m, const char *k, size_t n)
 {
-    if (!m->cap)
-        return NULL;
-    for (size_t i = hash_bytes(k, n) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        uint32_t e = m->slot[i];
-        if (!e)
-            return NULL;
-        e--;
-        if (m->len[e] == n && memcmp(m->pool + m->off[e], k, n) == 0)
-            return &m->val[e];
-    }
-}
-
-static int strmap_grow(strmap *m)
-{
-    size_t cap = m->cap ? 2 * m->cap : 1024;
-    uint32_t *slot = calloc(cap, sizeof *slot);
-    if (!slot)
-        return 0;
-    for (size_t e = 0; e < m->n; e++) {
-        size_t i = hash_bytes(m->pool + m->off[e], m->len[e]) & (cap - 1);
-        while (slot[i])
-            i = (i + 1) & (cap - 1);
-        slot[i] = (uint32_t)e + 1;
-    }
-    free(m->slot);
-    m->slot = slot;
-    m->cap = cap;
-    return 1;
+    long e = ccoe_bytemap_find(m, k, n);
+    return e < 0 ? NULL : &m->val[e];
 }
 
 /* Inserts k -> v. Returns 1, 2 if k was present (its value unchanged), 0 when out of memory. */
 static int strmap_put(strmap *m, const char *k, size_t n, uint64_t v)
 {
-    if (strmap_find(m, k, n))
+    if (ccoe_bytemap_find(m, k, n) >= 0)
         return 2;
-    if (2 * (m->n + 1) > m->cap && !strmap_grow(m))
-        return 0;
-    if (m->n == m->ecap) {
-        size_t c = m->ecap ? 2 * m->ecap : 1024;
-        uint64_t *o = realloc(m->off, c * sizeof *o);
-        if (o)
-            m->off = o;
-        uint32_t *l = realloc(m->len, c * sizeof *l);
-        if (l)
-            m->len = l;
-        uint64_t *va = realloc(m->val, c * sizeof *va);
-        if (va)
-            m->val = va;
-        if (!o || !l || !va)
-            return 0;
-        m->ecap = c;
-    }
-    if (m->pool_n + n + 1 > m->pool_cap) {
-        size_t c = m->pool_cap ? m->pool_cap : 1 << 16;
-        while (c < m->pool_n + n + 1)
-            c *= 2;
-        char *p = realloc(m->pool, c);
-        if (!p)
-            return 0;
-        m->pool = p;
-        m->pool_cap = c;
-    }
-    memcpy(m->pool + m->pool_n, k, n);
-    size_t e = m->n++;
-    m->off[e] = m->pool_n;
-    m->len[e] = (uint32_t)n;
-    m->val[e] = v;
-    m->pool_n += n;
-    size_t i = hash_bytes(k, n) & (m->cap - 1);
-    while (m->slot[i])
-        i = (i + 1) & (m->cap - 1);
-    m->slot[i] = (uint32_t)e + 1;
-    return 1;
+    return ccoe_bytemap_add(m, k, n, v) < 0 ? 0 : 1;
 }
 
 /* ---- the merge table: (left id, right id) -> rank and merged id ---- */
@@ -163,19 +64,6 @@ typedef struct merge_entry {
     uint32_t rank;
     int32_t id;
 } merge_entry;
-
-static uint64_t pair_key(int32_t a, int32_t b)
-{
-    return (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-}
-
-static size_t pair_slot(uint64_t k, size_t cap)
-{
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    return (size_t)k & (cap - 1);
-}
 
 typedef struct special {
     char *text;
@@ -464,7 +352,7 @@ static ccoe_status add_merge(bpe *t, const char *a, size_t na, const char *b, si
         for (size_t i = 0; i < t->merge_cap; i++) {
             if (t->merges[i].key == UINT64_MAX)
                 continue;
-            size_t j = pair_slot(t->merges[i].key, cap);
+            size_t j = ccoe_pair_slot(t->merges[i].key, cap);
             while (nm[j].key != UINT64_MAX)
                 j = (j + 1) & (cap - 1);
             nm[j] = t->merges[i];
@@ -473,8 +361,8 @@ static ccoe_status add_merge(bpe *t, const char *a, size_t na, const char *b, si
         t->merges = nm;
         t->merge_cap = cap;
     }
-    uint64_t key = pair_key(ia, ib);
-    size_t j = pair_slot(key, t->merge_cap);
+    uint64_t key = ccoe_pair_key(ia, ib);
+    size_t j = ccoe_pair_slot(key, t->merge_cap);
     while (t->merges[j].key != UINT64_MAX && t->merges[j].key != key)
         j = (j + 1) & (t->merge_cap - 1);
     if (t->merges[j].key == key)
@@ -488,8 +376,8 @@ static const merge_entry *find_merge(const bpe *t, int32_t a, int32_t b)
 {
     if (t->merge_cap == 0) /* a vocabulary without merges (byte-level ids only) */
         return NULL;
-    uint64_t key = pair_key(a, b);
-    for (size_t j = pair_slot(key, t->merge_cap);; j = (j + 1) & (t->merge_cap - 1)) {
+    uint64_t key = ccoe_pair_key(a, b);
+    for (size_t j = ccoe_pair_slot(key, t->merge_cap);; j = (j + 1) & (t->merge_cap - 1)) {
         if (t->merges[j].key == key)
             return &t->merges[j];
         if (t->merges[j].key == UINT64_MAX)
@@ -805,14 +693,14 @@ static void bpe_destroy(void *self)
     free(t->tok_off);
     free(t->tok_len);
     free(t->tok_pool);
-    strmap_free(&t->vocab);
+    ccoe_bytemap_free(&t->vocab);
     free(t->merges);
     for (int i = 0; i < t->n_specials; i++)
         free(t->specials[i].text);
     free(t->specials);
     pcre2_match_data_free(t->md);
     pcre2_code_free(t->re);
-    strmap_free(&t->cache);
+    ccoe_bytemap_free(&t->cache);
     free(t->cache_ids);
     free(t->word);
     free(t);
@@ -951,7 +839,7 @@ static void encode_word(bpe *t, const char *w, size_t n, sink *s)
     if (n > CACHE_MAX_WORD)
         return;
     if (t->cache.n >= CACHE_MAX_ENTRIES) {
-        strmap_clear(&t->cache);
+        ccoe_bytemap_clear(&t->cache);
         t->cache_n = 0;
     }
     if (t->cache_n + m + 1 > t->cache_cap) {

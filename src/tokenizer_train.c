@@ -23,112 +23,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bytemap.h"
 #include "fs.h"
 #include "tokenizer.h"
-
-/* ---- a map from byte strings to a 64-bit value (words, tokens) ---- */
-
-typedef struct bmap {
-    uint32_t *slot; /* (cap) entry + 1; 0 = empty */
-    size_t cap;
-    uint64_t *off;  /* (n) key offset in pool */
-    uint32_t *len;  /* (n) */
-    uint64_t *val;  /* (n) */
-    size_t n, ecap;
-    char *pool;
-    size_t pool_n, pool_cap;
-} bmap;
-
-static uint64_t fnv(const char *s, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h ^ (h >> 29);
-}
-
-static void bmap_free(bmap *m)
-{
-    free(m->slot);
-    free(m->off);
-    free(m->len);
-    free(m->val);
-    free(m->pool);
-    memset(m, 0, sizeof *m);
-}
-
-/* The entry of key k, or -1. */
-static long bmap_find(const bmap *m, const char *k, size_t n)
-{
-    if (!m->cap)
-        return -1;
-    for (size_t i = fnv(k, n) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        uint32_t e = m->slot[i];
-        if (!e)
-            return -1;
-        e--;
-        if (m->len[e] == n && memcmp(m->pool + m->off[e], k, n) == 0)
-            return (long)e;
-    }
-}
-
-/* Adds key k (absent) with value v; returns its entry, -1 when out of memory. */
-static long bmap_add(bmap *m, const char *k, size_t n, uint64_t v)
-{
-    if (2 * (m->n + 1) > m->cap) {
-        size_t cap = m->cap ? 2 * m->cap : 1 << 12;
-        uint32_t *slot = calloc(cap, sizeof *slot);
-        if (!slot)
-            return -1;
-        for (size_t e = 0; e < m->n; e++) {
-            size_t i = fnv(m->pool + m->off[e], m->len[e]) & (cap - 1);
-            while (slot[i])
-                i = (i + 1) & (cap - 1);
-            slot[i] = (uint32_t)e + 1;
-        }
-        free(m->slot);
-        m->slot = slot;
-        m->cap = cap;
-    }
-    if (m->n == m->ecap) {
-        size_t c = m->ecap ? 2 * m->ecap : 1 << 12;
-        uint64_t *o = realloc(m->off, c * sizeof *o);
-        if (o)
-            m->off = o;
-        uint32_t *l = realloc(m->len, c * sizeof *l);
-        if (l)
-            m->len = l;
-        uint64_t *va = realloc(m->val, c * sizeof *va);
-        if (va)
-            m->val = va;
-        if (!o || !l || !va)
-            return -1;
-        m->ecap = c;
-    }
-    if (m->pool_n + n > m->pool_cap) {
-        size_t c = m->pool_cap ? m->pool_cap : 1 << 16;
-        while (c < m->pool_n + n)
-            c *= 2;
-        char *p = realloc(m->pool, c);
-        if (!p)
-            return -1;
-        m->pool = p;
-        m->pool_cap = c;
-    }
-    memcpy(m->pool + m->pool_n, k, n);
-    size_t e = m->n++;
-    m->off[e] = m->pool_n;
-    m->len[e] = (uint32_t)n;
-    m->val[e] = v;
-    m->pool_n += n;
-    size_t i = fnv(k, n) & (m->cap - 1);
-    while (m->slot[i])
-        i = (i + 1) & (m->cap - 1);
-    m->slot[i] = (uint32_t)e + 1;
-    return (long)e;
-}
 
 /* ---- the trainer ---- */
 
@@ -144,7 +41,7 @@ struct ccoe_bpe_trainer {
     ccoe_bpe_train_opts opts;
     char **specials;     /* (opts.n_specials) copies */
     ccoe_pretok *pre;
-    bmap words;          /* pre-token bytes -> count */
+    ccoe_bytemap words;          /* pre-token bytes -> count */
     ccoe_bpe_train_stats stats;
     int trained;
     ccoe_status feed_status; /* out of memory inside a pre-tokenizer callback */
@@ -154,7 +51,7 @@ struct ccoe_bpe_trainer {
     char *tok_pool;
     size_t tok_pool_n, tok_pool_cap;
     int n_tok, tok_cap;
-    bmap tok_map;
+    ccoe_bytemap tok_map;
     int32_t (*merges)[2]; /* (n_merges) left, right ids in learned order */
     int n_merges;
     /* words as id sequences */
@@ -247,11 +144,11 @@ void ccoe_bpe_trainer_free(ccoe_bpe_trainer *t)
         free(t->specials[i]);
     free(t->specials);
     ccoe_pretok_free(t->pre);
-    bmap_free(&t->words);
+    ccoe_bytemap_free(&t->words);
     free(t->tok_off);
     free(t->tok_len);
     free(t->tok_pool);
-    bmap_free(&t->tok_map);
+    ccoe_bytemap_free(&t->tok_map);
     free(t->merges);
     free(t->sym);
     free(t->w_off);
@@ -275,12 +172,12 @@ static void count_word(void *ctx, const char *w, size_t n)
     if (t->feed_status != CCOE_OK)
         return;
     t->stats.pretokens++;
-    long e = bmap_find(&t->words, w, n);
+    long e = ccoe_bytemap_find(&t->words, w, n);
     if (e >= 0) {
         t->words.val[e]++;
         return;
     }
-    if (n > UINT32_MAX || bmap_add(&t->words, w, n, 1) < 0)
+    if (n > UINT32_MAX || ccoe_bytemap_add(&t->words, w, n, 1) < 0)
         t->feed_status = CCOE_ERR_NOMEM;
 }
 
@@ -369,7 +266,7 @@ static int32_t add_token(ccoe_bpe_trainer *t, const char *b, size_t n, int map)
         t->tok_pool_cap = c;
     }
     int32_t id = t->n_tok;
-    if (map && bmap_add(&t->tok_map, b, n, (uint64_t)id) < 0)
+    if (map && ccoe_bytemap_add(&t->tok_map, b, n, (uint64_t)id) < 0)
         return -1;
     memcpy(t->tok_pool + t->tok_pool_n, b, n);
     t->tok_off[id] = t->tok_pool_n;
@@ -447,25 +344,12 @@ static void sift_down(ccoe_bpe_trainer *t, uint32_t pos)
     heap_set(t, pos, i);
 }
 
-static uint64_t pkey(int32_t a, int32_t b)
-{
-    return (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-}
-
-static size_t pslot(uint64_t k, size_t cap)
-{
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    return (size_t)k & (cap - 1);
-}
-
 /* The index of pair (a, b), created with count 0 if new; -1 when out of memory. */
 static long pair_get(ccoe_bpe_trainer *t, int32_t a, int32_t b)
 {
-    uint64_t k = pkey(a, b);
+    uint64_t k = ccoe_pair_key(a, b);
     if (t->pk_cap) {
-        for (size_t i = pslot(k, t->pk_cap);; i = (i + 1) & (t->pk_cap - 1)) {
+        for (size_t i = ccoe_pair_slot(k, t->pk_cap);; i = (i + 1) & (t->pk_cap - 1)) {
             if (t->pk[i] == k)
                 return t->pv[i];
             if (t->pk[i] == UINT64_MAX)
@@ -486,7 +370,7 @@ static long pair_get(ccoe_bpe_trainer *t, int32_t a, int32_t b)
         for (size_t i = 0; i < t->pk_cap; i++) {
             if (t->pk[i] == UINT64_MAX)
                 continue;
-            size_t j = pslot(t->pk[i], cap);
+            size_t j = ccoe_pair_slot(t->pk[i], cap);
             while (pk[j] != UINT64_MAX)
                 j = (j + 1) & (cap - 1);
             pk[j] = t->pk[i];
@@ -512,7 +396,7 @@ static long pair_get(ccoe_bpe_trainer *t, int32_t a, int32_t b)
             return -1;
         t->pairs_cap = c;
     }
-    size_t i = pslot(k, t->pk_cap);
+    size_t i = ccoe_pair_slot(k, t->pk_cap);
     while (t->pk[i] != UINT64_MAX)
         i = (i + 1) & (t->pk_cap - 1);
     uint32_t idx = (uint32_t)t->n_pairs++;
@@ -623,7 +507,7 @@ ccoe_status ccoe_bpe_trainer_run(ccoe_bpe_trainer *t, ccoe_bpe_train_stats *stat
         for (uint32_t i = 0; i < t->words.len[w]; i++)
             t->sym[t->w_off[w] + i] = s[i];
     }
-    bmap_free(&t->words);
+    ccoe_bytemap_free(&t->words);
     for (size_t w = 0; w < W; w++) {
         const int32_t *x = t->sym + t->w_off[w];
         for (uint32_t i = 0; i + 1 < t->w_len[w]; i++)
@@ -646,7 +530,7 @@ ccoe_status ccoe_bpe_trainer_run(ccoe_bpe_trainer *t, ccoe_bpe_train_stats *stat
         const size_t la = t->tok_len[a], lb = t->tok_len[b];
         memcpy(buf, tok_bytes(t, a), la);
         memcpy(buf + la, tok_bytes(t, b), lb);
-        long e = bmap_find(&t->tok_map, buf, la + lb);
+        long e = ccoe_bytemap_find(&t->tok_map, buf, la + lb);
         int32_t z = e >= 0 ? (int32_t)t->tok_map.val[e] : add_token(t, buf, la + lb, 1);
         if (z < 0)
             return nomem(err);

@@ -165,6 +165,8 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
     t->step_flops = sums[2];
     double gnorm;
     ccoe_comm_phase(c, "gradient norm", step);
+    if (t->frozen)
+        ccoe_train_zero_frozen(t); /* the norm and clipping see the trained tensors alone */
     CCOE_TRY(ccoe_train_grad_norm(t, &gnorm, err));
     t->aux = aux;
     *loss_out = loss;
@@ -190,7 +192,9 @@ static ccoe_status train_step(train_ctx *t, double *loss_out, double *gnorm_out,
     }
     /* clipping is fused into the update (the gradient block itself stays unscaled) */
     float gs = tc->grad_clip > 0 && gnorm > tc->grad_clip ? (float)(tc->grad_clip / gnorm) : 1.0f;
-    if (t->n_ep > 0)
+    if (t->frozen)
+        ccoe_adamw_step_scaled(&t->opt, m, tc, lr, gs, ccoe_train_router_filter, t);
+    else if (t->n_ep > 0)
         ccoe_adamw_step_scaled(&t->opt, m, tc, lr, gs, ccoe_train_update_filter, t);
     else if (t->expert >= 0)
         ccoe_adamw_step_scaled(&t->opt, m, tc, lr, gs, only_expert, &t->expert);
@@ -466,6 +470,7 @@ done:
     free(t.buckets);
     free(t.ep_span);
     free(t.ep_owner);
+    free(t.frozen);
     if (have_session)
         ccoe_session_close(&s);
     return st;

@@ -65,10 +65,18 @@ typedef struct train_ctx {
     /* run.threads = auto with more than one CPU: the policy choosing each step's count */
     int thr_auto;
     ccoe_threads_auto thr;
+    /* moe.train_router_only: frozen[i] = 1 for every parameter i outside the MoE layers'
+     * router tensors (its gradient is zeroed before the norm, AdamW skips it); NULL: off */
+    unsigned char *frozen;
     ccoe_status hook_st;     /* first failure inside the grad_ready hook */
     ccoe_error hook_err;
     const ccoe_train_opts *o;
 } train_ctx;
+
+/* ---- train_state.c ---- */
+ccoe_status ccoe_train_router_only_setup(train_ctx *t, ccoe_error *err);
+void ccoe_train_zero_frozen(train_ctx *t);
+int ccoe_train_router_filter(const ccoe_param *p, void *ctx);
 
 /* ---- train.c ---- */
 int ccoe_train_test_hook(const train_ctx *t, const char *mode, long step);

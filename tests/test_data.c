@@ -4,7 +4,6 @@
  * manifest databases (sqlite, sqlite_script).
  */
 #define _GNU_SOURCE
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,34 +31,6 @@ static ccoe_tokenizer byte_tok(void)
     ccoe_error err;
     assert_int_equal(ccoe_tokenizer_init(&tok, "byte", &err), CCOE_OK);
     return tok;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static char *make_tmpdir(void)
-{
-    char *dir = strdup("/tmp/ccoe_test_data_XXXXXX");
-    assert_non_null(dir);
-    assert_non_null(mkdtemp(dir));
-    return dir;
-}
-
-static void write_text(const char *dir, const char *name, const char *text)
-{
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
-    assert_int_equal(fclose(f), 0);
 }
 
 static char *read_text(const char *dir, const char *name, size_t *len)
@@ -316,7 +287,7 @@ static void test_builtin_sequences_match_text(void **state)
     (void)state;
     const ccoe_dataset *ds = &g_ds;
     ccoe_tokenizer tok = byte_tok();
-    char *dir = make_tmpdir();
+    char *dir = tu_mkdtemp("data");
     ccoe_error err;
     assert_int_equal(ccoe_data_write_builtin(dir, &err), CCOE_OK);
     for (int d = 0; d < ds->n_domains; d++) {
@@ -352,7 +323,7 @@ static void test_builtin_sequences_match_text(void **state)
         free(val);
         free(text);
     }
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -405,7 +376,7 @@ static void test_write_builtin_roundtrip(void **state)
 {
     (void)state;
     ccoe_tokenizer tok = byte_tok();
-    char *dir = make_tmpdir();
+    char *dir = tu_mkdtemp("data");
     char manifest[512];
     snprintf(manifest, sizeof manifest, "%s/manifest.ini", dir);
     ccoe_error err;
@@ -424,7 +395,7 @@ static void test_write_builtin_roundtrip(void **state)
     check_builtin_tasks(&x, 0); /* every held-out task, not only the first 200 */
     ccoe_data_free(&x);
     ccoe_data_free(&y);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -745,9 +716,9 @@ static void test_builtin_tasks(void **state)
 static void test_manifest_load(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = tu_mkdtemp("data");
     char *a = filler_text(3000, "alpha");
-    write_text(dir, "a.txt", a);
+    tu_write_text(dir, "a.txt", a);
     /* jsonl: documents with escapes, extra fields, a blank line and an empty text */
     char *jl = malloc(20000);
     assert_non_null(jl);
@@ -755,14 +726,14 @@ static void test_manifest_load(void **state)
     for (int i = 0; i < 60; i++)
         n += (size_t)sprintf(jl + n, "{\"id\": %d, \"text\": \"beta \\\"%d\\\"\\nline two\"}\n%s",
                              i, i, i == 7 ? "\n{\"text\": \"\"}\n" : "");
-    write_text(dir, "b.jsonl", jl);
-    write_text(dir, "b_tasks.jsonl",
+    tu_write_text(dir, "b.jsonl", jl);
+    tu_write_text(dir, "b_tasks.jsonl",
                "{\"prompt\": \"2+2=\", \"answer\": \"4\"}\n\n"
                "{\"prompt\": \"q\", \"answer\": \"a b\", \"extra\": 1}\n"
                "{\"prompt\": \"x\", \"answer\": \"y\"}\n");
     char man[256];
     snprintf(man, sizeof man, "%s/m.ini", dir);
-    write_text(dir, "m.ini",
+    tu_write_text(dir, "m.ini",
                "# a comment\n"
                "; another\n"
                "[domain alpha]\n"
@@ -809,30 +780,30 @@ static void test_manifest_load(void **state)
     /* absolute paths work too */
     char man2[600];
     snprintf(man2, sizeof man2, "[domain abs]\ntext = %s/a.txt\n", dir);
-    write_text(dir, "abs.ini", man2);
+    tu_write_text(dir, "abs.ini", man2);
     snprintf(man2, sizeof man2, "%s/abs.ini", dir);
     assert_int_equal(ccoe_data_load(&ds, man2, &tok, 16, 0.2, 2, SEED, &err), CCOE_OK);
     ccoe_data_free(&ds);
     free(a);
     free(jl);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
 static void test_manifest_errors(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = tu_mkdtemp("data");
     char *big = filler_text(4000, "text");
-    write_text(dir, "ok.txt", big);
-    write_text(dir, "tiny.txt", "tiny\n");
-    write_text(dir, "bad.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"thr\n");
-    write_text(dir, "notext.jsonl", "{\"text\": \"one\"}\n{\"body\": \"two\"}\n");
-    write_text(dir, "badtask.jsonl", "{\"prompt\": \"1+1=\", \"answer\": \"2\\n\"}\n");
-    write_text(dir, "baddoc.jsonl", "{\"prompt\": \"1+1=\", \"answer\": \"2\", \"doc\": 9999}\n");
+    tu_write_text(dir, "ok.txt", big);
+    tu_write_text(dir, "tiny.txt", "tiny\n");
+    tu_write_text(dir, "bad.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"thr\n");
+    tu_write_text(dir, "notext.jsonl", "{\"text\": \"one\"}\n{\"body\": \"two\"}\n");
+    tu_write_text(dir, "badtask.jsonl", "{\"prompt\": \"1+1=\", \"answer\": \"2\\n\"}\n");
+    tu_write_text(dir, "baddoc.jsonl", "{\"prompt\": \"1+1=\", \"answer\": \"2\", \"doc\": 9999}\n");
     char path[512];
 #define MANIFEST(text) \
-    (write_text(dir, "m.ini", (text)), snprintf(path, sizeof path, "%s/m.ini", dir), path)
+    (tu_write_text(dir, "m.ini", (text)), snprintf(path, sizeof path, "%s/m.ini", dir), path)
 
     snprintf(path, sizeof path, "%s/missing.ini", dir);
     expect_load_error(path, CCOE_ERR_IO, "missing.ini", "builtin");
@@ -884,7 +855,7 @@ static void test_manifest_errors(void **state)
     assert_non_null(strstr(err.msg, "'arith'"));
     ccoe_data_free(&ds);
     free(big);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -893,12 +864,12 @@ static void test_manifest_errors(void **state)
 static void test_manifest_sql_tasks(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = tu_mkdtemp("data");
     char *big = filler_text(4000, "select");
-    write_text(dir, "q.txt", big);
-    write_text(dir, "db.sql", "CREATE TABLE t (id INTEGER, city TEXT);\n"
+    tu_write_text(dir, "q.txt", big);
+    tu_write_text(dir, "db.sql", "CREATE TABLE t (id INTEGER, city TEXT);\n"
                               "INSERT INTO t VALUES (1, 'Oslo'), (2, 'Rome'), (3, 'Oslo');\n");
-    write_text(dir, "q_tasks.jsonl",
+    tu_write_text(dir, "q_tasks.jsonl",
                "{\"prompt\": \"-- Q: How many rows are in Oslo?\\n\", \"answer\": \"SELECT "
                "COUNT(*) FROM t WHERE city = 'Oslo';\", \"kind\": \"sql_count\", \"match\": "
                "\"sql\"}\n"
@@ -924,7 +895,7 @@ static void test_manifest_sql_tasks(void **state)
         char text[256];
         snprintf(text, sizeof text, "[domain sql]\ntext = q.txt\ntasks = q_tasks.jsonl\n%s",
                  db_lines[k]);
-        write_text(dir, "m.ini", text);
+        tu_write_text(dir, "m.ini", text);
         snprintf(man, sizeof man, "%s/m.ini", dir);
         ccoe_dataset ds;
         ccoe_error err;
@@ -954,15 +925,15 @@ static void test_manifest_sql_tasks(void **state)
         ccoe_sqldb_close(&db);
         ccoe_data_free(&ds);
     }
-    write_text(dir, "gold_bad.jsonl",
+    tu_write_text(dir, "gold_bad.jsonl",
                "{\"prompt\": \"q\", \"answer\": \"SELECT nope FROM t;\", \"match\": \"sql\"}\n");
-    write_text(dir, "kind_bad.jsonl", "{\"prompt\": \"q\", \"answer\": \"a\", \"kind\": \"a b\"}\n");
-    write_text(dir, "match_bad.jsonl",
+    tu_write_text(dir, "kind_bad.jsonl", "{\"prompt\": \"q\", \"answer\": \"a\", \"kind\": \"a b\"}\n");
+    tu_write_text(dir, "match_bad.jsonl",
                "{\"prompt\": \"q\", \"answer\": \"a\", \"match\": \"fuzzy\"}\n");
-    write_text(dir, "notadb.sqlite", "this is text, not a database; long enough to be read...\n");
+    tu_write_text(dir, "notadb.sqlite", "this is text, not a database; long enough to be read...\n");
     char path[512];
 #define MANIFEST(text) \
-    (write_text(dir, "m.ini", (text)), snprintf(path, sizeof path, "%s/m.ini", dir), path)
+    (tu_write_text(dir, "m.ini", (text)), snprintf(path, sizeof path, "%s/m.ini", dir), path)
     expect_load_error(MANIFEST("[domain a]\ntext = q.txt\ntasks = q_tasks.jsonl\n"),
                       CCOE_ERR_CONFIG, "q_tasks.jsonl:1", "sqlite");
     expect_load_error(MANIFEST("[domain a]\ntext = q.txt\nsqlite_script = db.sql\n"
@@ -985,7 +956,7 @@ static void test_manifest_sql_tasks(void **state)
                       "has no text", NULL);
 #undef MANIFEST
     free(big);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 

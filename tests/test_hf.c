@@ -724,7 +724,7 @@ static void m_gelu(const char *dir, gpt2_opts *o, gpt2_dir *g)
 }
 static void m_eps(const char *dir, gpt2_opts *o, gpt2_dir *g)
 {
-    o->extra_cfg = "\"layer_norm_epsilon\": 1e-06";
+    o->extra_cfg = "\"layer_norm_epsilon\": 0.5";
     rewrite(dir, o, g);
 }
 static void m_cross(const char *dir, gpt2_opts *o, gpt2_dir *g)
@@ -840,7 +840,7 @@ static void test_refusals(void **state)
          "required"},
         {"bert", m_bert, CCOE_ERR_FORMAT, "\"bert\"", "supports"},
         {"exact gelu", m_gelu, CCOE_ERR_FORMAT, "activation_function \"gelu\"", "tanh"},
-        {"eps", m_eps, CCOE_ERR_FORMAT, "layer_norm_epsilon", "1e-5"},
+        {"eps out of range", m_eps, CCOE_ERR_FORMAT, "layer_norm_epsilon = 0.5", "(0, 0.01]"},
         {"cross attention", m_cross, CCOE_ERR_FORMAT, "add_cross_attention", "not supported"},
         {"missing tensor", m_missing, CCOE_ERR_FORMAT, "'transformer.h.1.mlp.c_fc.bias'", "missing"},
         {"transposed c_attn", m_shape, CCOE_ERR_FORMAT, "'transformer.h.0.attn.c_attn.weight'",
@@ -916,13 +916,14 @@ static void test_export_ccoe_paths(void **state)
                            "model.bias=false", "model.n_head=4", "model.n_kv_head=1",
                            "model.norm_eps=1e-6", NULL};
     const char *none[] = {NULL};
+    const char *gpt2_eps[] = {"model.norm_eps=3e-6", NULL}; /* layer_norm_epsilon */
     const char *forms[][4] = {
         {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true"},
         {"ccoe.form=ffn", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=false"},
         {"ccoe.form=tail", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=true"},
         {"ccoe.form=ffn", "ccoe.experts=a:1,b:2", "ccoe.routes=arith:a,code:b", "ccoe.own_head=false"},
     };
-    const char *const *models[] = {none, none, qwen, llama};
+    const char *const *models[] = {none, gpt2_eps, qwen, llama};
     for (int fi = 0; fi < 4; fi++) {
         ccoe_config cfg;
         ccoe_config_defaults(&cfg);
@@ -1035,7 +1036,6 @@ static void test_export_refuses_other_blocks(void **state)
         {{"model.norm=rmsnorm"}, "model.norm = rmsnorm", "GPT2LMHeadModel"},
         {{"model.pos=rope"}, "model.pos = rope", "LlamaForCausalLM"},
         {{"model.n_kv_head=1"}, "model.n_kv_head < n_head", "GPT2LMHeadModel"},
-        {{"model.norm_eps=1e-6"}, "model.norm_eps", "GPT2LMHeadModel"},
         {{"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope", "model.bias=true"},
          "model.bias = true", "LlamaForCausalLM"},
         {{"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope", "model.block=post_ln"},
@@ -1521,6 +1521,270 @@ static void test_llama_refusals(void **state)
     }
 }
 
+/* The norm epsilon travels: GPT-2's layer_norm_epsilon and LLaMA's rms_norm_eps become
+ * model.norm_eps on import and come back out on export, and the second import equals the
+ * first. */
+static void test_norm_eps_round_trip(void **state)
+{
+    (void)state;
+    for (int llama = 0; llama < 2; llama++) {
+        char hf[256], ck[256], out[256], ck2[256];
+        snprintf(hf, sizeof hf, "%s/eps%d", g_dir, llama);
+        snprintf(ck, sizeof ck, "%s/eps%d.safetensors", g_dir, llama);
+        snprintf(out, sizeof out, "%s/eps%d-hf", g_dir, llama);
+        snprintf(ck2, sizeof ck2, "%s/eps%d-again.safetensors", g_dir, llama);
+        gpt2_dir g;
+        if (llama) {
+            llama_opts o = llama_base("llama");
+            o.extra_cfg = "\"rms_norm_eps\": 2.5e-06";
+            llama_tensors(&o, &g);
+            llama_write(hf, &o, &g);
+        } else {
+            gpt2_opts o = base_opts();
+            o.extra_cfg = "\"layer_norm_epsilon\": 1e-06";
+            gpt2_tensors(&o, &g);
+            gpt2_write(hf, &o, &g);
+        }
+        const double want = llama ? 2.5e-6 : 1e-6;
+        ccoe_error err;
+        assert_int_equal(import(hf, ck, &err), CCOE_OK);
+        ccoe_config cfg;
+        ccoe_st_file *f = NULL;
+        assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
+        ccoe_st_close(f);
+        assert_true(cfg.model.norm_eps == want);
+        ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_OK);
+        char p[300], text[4096];
+        snprintf(p, sizeof p, "%s/config.json", out);
+        FILE *cf = fopen(p, "r");
+        assert_non_null(cf);
+        size_t n = fread(text, 1, sizeof text - 1, cf);
+        fclose(cf);
+        text[n] = '\0';
+        assert_non_null(strstr(text, llama ? "\"rms_norm_eps\":\t2.5e-06"
+                                           : "\"layer_norm_epsilon\":\t1e-06"));
+        assert_int_equal(import(out, ck2, &err), CCOE_OK);
+        assert_int_equal(ccoe_checkpoint_open(ck2, &cfg, &f, &err), CCOE_OK);
+        ccoe_st_close(f);
+        assert_true(cfg.model.norm_eps == want);
+        int same = 0;
+        FILE *devnull = fopen("/dev/null", "w");
+        assert_int_equal(
+            ccoe_checkpoint_compare_files(ck, ck2, CCOE_CMP_PARAMS, devnull, &same, &err),
+            CCOE_OK);
+        fclose(devnull);
+        assert_true(same);
+        free_dir(&g);
+    }
+}
+
+/* The context: a RoPE model's seq_len defaults to min(max_position_embeddings, 2048) and
+ * --seq-len chooses up to max_position_embeddings; export writes the pretrained context back;
+ * a GPT-2 keeps its whole position table (another --seq-len is refused). */
+static void test_seq_len(void **state)
+{
+    (void)state;
+    char hf[256], ck[256], out[256], ck2[256];
+    snprintf(hf, sizeof hf, "%s/ctx", g_dir);
+    snprintf(out, sizeof out, "%s/ctx-hf", g_dir);
+    snprintf(ck2, sizeof ck2, "%s/ctx-again.safetensors", g_dir);
+    llama_opts o = llama_base("qwen2");
+    o.P = 32768;
+    gpt2_dir g;
+    llama_tensors(&o, &g);
+    llama_write(hf, &o, &g);
+    const struct { int want, seq; ccoe_status st; } cases[] = {
+        {0, 2048, CCOE_OK}, {16, 16, CCOE_OK}, {32768, 32768, CCOE_OK}, {32769, 0, CCOE_ERR_ARG}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        snprintf(ck, sizeof ck, "%s/ctx%zu.safetensors", g_dir, c);
+        ccoe_hf_import_opts io = {.hf_dir = hf, .out = ck, .seq_len = cases[c].want};
+        ccoe_error err = {0};
+        ccoe_status st = ccoe_hf_import(&io, NULL, &err);
+        if (st != cases[c].st)
+            fprintf(stderr, "case %zu: %s\n", c, err.msg);
+        assert_int_equal(st, cases[c].st);
+        if (cases[c].st != CCOE_OK) {
+            TU_ASSERT_MSG_HAS(err, "longer than max_position_embeddings = 32768");
+            assert_false(exists(ck));
+            continue;
+        }
+        ccoe_config cfg;
+        ccoe_st_file *f = NULL;
+        assert_int_equal(ccoe_checkpoint_open(ck, &cfg, &f, &err), CCOE_OK);
+        ccoe_st_close(f);
+        assert_int_equal(cfg.model.seq_len, cases[c].seq);
+        assert_int_equal(cfg.model.max_positions, 32768);
+    }
+    /* the default import exports max_position_embeddings 32768 and imports back the same */
+    snprintf(ck, sizeof ck, "%s/ctx0.safetensors", g_dir);
+    ccoe_error err = {0};
+    ccoe_hf_export_opts eo = {.model = ck, .out_dir = out};
+    assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_OK);
+    char p[300], text[4096];
+    snprintf(p, sizeof p, "%s/config.json", out);
+    FILE *cf = fopen(p, "r");
+    assert_non_null(cf);
+    size_t n = fread(text, 1, sizeof text - 1, cf);
+    fclose(cf);
+    text[n] = '\0';
+    assert_non_null(strstr(text, "\"max_position_embeddings\":\t32768"));
+    assert_int_equal(import(out, ck2, &err), CCOE_OK);
+    ccoe_config cfg;
+    ccoe_st_file *f = NULL;
+    assert_int_equal(ccoe_checkpoint_open(ck2, &cfg, &f, &err), CCOE_OK);
+    ccoe_st_close(f);
+    assert_int_equal(cfg.model.seq_len, 2048);
+    assert_int_equal(cfg.model.max_positions, 32768);
+    free_dir(&g);
+    /* GPT-2: the table's rows are the context */
+    gpt2_opts go = base_opts();
+    gpt2_tensors(&go, &g);
+    snprintf(hf, sizeof hf, "%s/ctx-gpt2", g_dir);
+    gpt2_write(hf, &go, &g);
+    snprintf(ck, sizeof ck, "%s/ctx-gpt2.safetensors", g_dir);
+    ccoe_hf_import_opts io = {.hf_dir = hf, .out = ck, .seq_len = 4};
+    assert_int_equal(ccoe_hf_import(&io, NULL, &err), CCOE_ERR_ARG);
+    TU_ASSERT_MSG_HAS(err, "n_positions = 8");
+    assert_false(exists(ck));
+    io.seq_len = 8;
+    assert_int_equal(ccoe_hf_import(&io, NULL, &err), CCOE_OK);
+    free_dir(&g);
+}
+
+/* export --dtype bf16 / f16: the file holds that dtype, config.json says so, and importing it
+ * gives the model's tensors rounded to that dtype (nearest even), bit for bit; F16 refuses a
+ * weight beyond its range and leaves nothing. */
+static void test_export_dtypes(void **state)
+{
+    (void)state;
+    const char *gpt2[] = {NULL};
+    const char *qwen[] = {"model.norm=rmsnorm", "model.ffn=swiglu", "model.pos=rope",
+                          "model.bias=false", "model.qkv_bias=true", "model.n_kv_head=1", NULL};
+    const char *const *models[] = {gpt2, qwen};
+    const char *dts[] = {"bf16", "f16"};
+    for (int mi = 0; mi < 2; mi++) {
+        ccoe_config cfg;
+        ccoe_config_defaults(&cfg);
+        const char *sets[] = {"model.n_layer=2", "model.n_embd=16", "model.n_head=2",
+                              "model.seq_len=8", "model.vocab_size=272", "model.tied_head=false"};
+        ccoe_error err = {0};
+        for (size_t i = 0; i < 6; i++)
+            assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+        for (int i = 0; models[mi][i]; i++)
+            assert_int_equal(ccoe_config_set(&cfg, models[mi][i], &err), CCOE_OK);
+        assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+        ccoe_gemm gemm;
+        assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+        static ccoe_model m;
+        assert_int_equal(ccoe_model_init_moe(&m, &cfg.model, NULL, &cfg.moe, 1, 8, &gemm, 1, &err),
+                         CCOE_OK);
+        ccoe_model_init_weights(&m, 9, CCOE_INIT_RANDOM);
+        for (size_t i = 0; i < m.num_params; i++) /* norms and biases away from 1 and 0 too */
+            m.param_block[i] += 0.001f * (float)(i % 7);
+        char ck[256];
+        snprintf(ck, sizeof ck, "%s/dt%d.safetensors", g_dir, mi);
+        assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+        for (int di = 0; di < 2; di++) {
+            char out[256], ck2[256], p[300], text[4096];
+            snprintf(out, sizeof out, "%s/dt%d-%s", g_dir, mi, dts[di]);
+            snprintf(ck2, sizeof ck2, "%s/dt%d-%s.safetensors", g_dir, mi, dts[di]);
+            ccoe_hf_export_opts eo = {.model = ck, .out_dir = out, .dtype = dts[di]};
+            ccoe_status s = ccoe_hf_export(&eo, NULL, &err);
+            if (s != CCOE_OK)
+                fprintf(stderr, "%s\n", err.msg);
+            assert_int_equal(s, CCOE_OK);
+            snprintf(p, sizeof p, "%s/config.json", out);
+            FILE *cf = fopen(p, "r");
+            assert_non_null(cf);
+            size_t n = fread(text, 1, sizeof text - 1, cf);
+            fclose(cf);
+            text[n] = '\0';
+            assert_non_null(strstr(text, di == 0 ? "\"torch_dtype\":\t\"bfloat16\""
+                                                 : "\"torch_dtype\":\t\"float16\""));
+            snprintf(p, sizeof p, "%s/model.safetensors", out);
+            ccoe_st_file *hf = NULL;
+            assert_int_equal(
+                ccoe_st_open_flags(p, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF, &hf, &err),
+                CCOE_OK);
+            for (size_t i = 0; i < ccoe_st_count(hf); i++)
+                assert_string_equal(ccoe_st_dtype(hf, ccoe_st_name(hf, i)),
+                                    di == 0 ? "BF16" : "F16");
+            ccoe_st_close(hf);
+            assert_int_equal(import(out, ck2, &err), CCOE_OK);
+            ccoe_config c2;
+            ccoe_st_file *f = NULL;
+            assert_int_equal(ccoe_checkpoint_open(ck2, &c2, &f, &err), CCOE_OK);
+            size_t changed = 0;
+            for (int pi = 0; pi < m.n_params; pi++) {
+                const ccoe_param *pr = &m.params[pi];
+                const float *got = ccoe_st_find(f, pr->name, NULL, NULL);
+                if (!got && mi == 0 && strstr(pr->name, ".bias"))
+                    continue;
+                assert_non_null(got);
+                const float *src = m.param_block + pr->offset;
+                for (size_t k = 0; k < pr->numel; k++) {
+                    float want = di == 0 ? ccoe_bf16_to_f32(ccoe_f32_to_bf16(src[k]))
+                                         : ccoe_f16_to_f32(ccoe_f32_to_f16(src[k]));
+                    assert_memory_equal(&got[k], &want, sizeof want);
+                    changed += want != src[k];
+                }
+            }
+            assert_true(changed > m.num_params / 2); /* the rounding did happen */
+            ccoe_st_close(f);
+        }
+        /* beyond F16's range */
+        m.param_block[3] = 1e5f;
+        assert_int_equal(ccoe_checkpoint_save(ck, &cfg, &m, NULL, NULL, &err), CCOE_OK);
+        char out[256];
+        snprintf(out, sizeof out, "%s/dt%d-over", g_dir, mi);
+        ccoe_hf_export_opts eo = {.model = ck, .out_dir = out, .dtype = "f16"};
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_NUMERIC);
+        TU_ASSERT_MSG_HAS(err, "beyond the range of F16");
+        assert_false(exists(out));
+        eo.dtype = "f64";
+        assert_int_equal(ccoe_hf_export(&eo, NULL, &err), CCOE_ERR_ARG);
+        TU_ASSERT_MSG_HAS(err, "f32, bf16 or f16");
+        ccoe_model_free(&m);
+    }
+}
+
+/* Import and export build weights-only models: no gradient block, the same layout and the
+ * same one-token forward as a full model. */
+static void test_weights_only_model(void **state)
+{
+    (void)state;
+    ccoe_config cfg;
+    ccoe_config_defaults(&cfg);
+    const char *sets[] = {"model.n_layer=2", "model.n_embd=16", "model.n_head=2",
+                          "model.seq_len=8", "model.vocab_size=272"};
+    ccoe_error err = {0};
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(ccoe_config_set(&cfg, sets[i], &err), CCOE_OK);
+    assert_int_equal(ccoe_config_validate(&cfg, &err), CCOE_OK);
+    ccoe_gemm gemm;
+    assert_int_equal(ccoe_gemm_init(&gemm, CCOE_GEMM_REF, 1, &err), CCOE_OK);
+    static ccoe_model full, w;
+    assert_int_equal(ccoe_model_init_moe(&full, &cfg.model, NULL, &cfg.moe, 1, 1, &gemm, 1, &err),
+                     CCOE_OK);
+    assert_int_equal(ccoe_model_init_weights_only(&w, &cfg.model, NULL, &cfg.moe, &gemm, &err),
+                     CCOE_OK);
+    assert_null(w.grad_block);
+    assert_null(w.g_blocks[0].qkv_w);
+    assert_int_equal(w.grad_mem.cap, 0);
+    assert_true(full.grad_mem.cap >= full.num_params * sizeof(float));
+    assert_int_equal(w.num_params, full.num_params);
+    ccoe_model_init_weights(&full, 3, CCOE_INIT_RANDOM);
+    memcpy(w.param_block, full.param_block, full.num_params * sizeof(float));
+    const int32_t tok = 42;
+    ccoe_model_forward(&full, &tok, NULL, NULL, 1, 1, NULL);
+    ccoe_model_forward(&w, &tok, NULL, NULL, 1, 1, NULL);
+    assert_memory_equal(ccoe_model_logits(&full, 0, 0), ccoe_model_logits(&w, 0, 0),
+                        272 * sizeof(float));
+    ccoe_model_free(&full);
+    ccoe_model_free(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1535,6 +1799,10 @@ int main(void)
         cmocka_unit_test(test_export_ccoe_paths),
         cmocka_unit_test(test_export_refuses_other_blocks),
         cmocka_unit_test(test_export_byte_tokenizer),
+        cmocka_unit_test(test_norm_eps_round_trip),
+        cmocka_unit_test(test_seq_len),
+        cmocka_unit_test(test_export_dtypes),
+        cmocka_unit_test(test_weights_only_model),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -47,32 +47,10 @@ static void fill_tokens(int32_t *t, size_t n, int V, uint64_t seed)
         t[i] = (int32_t)ccoe_rng_below(&r, (uint64_t)V);
 }
 
-/* Random float input and its exact double copy. */
-static void fill_pair(float *f, double *d, size_t n, uint64_t seed, float scale)
-{
-    tu_fill_uniform(f, n, seed, scale);
-    tu_to_double(d, f, n);
-}
-
-/* want[i] = g0[i] + 2 * g[i]: the expected gradient after two accumulating calls. */
-static void twice_plus(double *want, const float *g0, const double *g, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        want[i] = (double)g0[i] + 2.0 * g[i];
-}
-
 static int setup_group(void **state)
 {
     (void)state;
-    ccoe_error err;
-    ccoe_error_clear(&err);
-    if (ccoe_gemm_init(&G_BLIS, CCOE_GEMM_BLIS, 2, &err) != CCOE_OK ||
-        ccoe_gemm_init(&G_REF, CCOE_GEMM_REF, 2, &err) != CCOE_OK ||
-        ccoe_gemm_init(&G, CCOE_GEMM_AUTO, 2, &err) != CCOE_OK) {
-        fprintf(stderr, "gemm init: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return tu_gemm_contexts(&G, &G_BLIS, &G_REF, 2);
 }
 
 /* ======================= 1. finite differences of the references ======================= */
@@ -393,9 +371,9 @@ static void fast_embed_case(int B, int T, int C, int V, uint64_t seed)
     fill_tokens(tok, (size_t)B * T, V, seed);
     float *wte = tu_fnew(nte), *wpe = tu_fnew(npe), *out = tu_fnew(n), *dout = tu_fnew(n);
     double *wte_d = tu_dnew(nte), *wpe_d = tu_dnew(npe), *out_d = tu_dnew(n), *dout_d = tu_dnew(n);
-    fill_pair(wte, wte_d, nte, seed + 1, 1.0f);
-    fill_pair(wpe, wpe_d, npe, seed + 2, 1.0f);
-    fill_pair(dout, dout_d, n, seed + 3, 1.0f);
+    tu_fill_pair(wte, wte_d, nte, seed + 1, 1.0f);
+    tu_fill_pair(wpe, wpe_d, npe, seed + 2, 1.0f);
+    tu_fill_pair(dout, dout_d, n, seed + 3, 1.0f);
     tu_fill_uniform(out, n, seed + 4, 9.0f); /* garbage: forward overwrites */
     ccoe_embed_forward(out, tok, wte, wpe, B, T, C);
     ccoe_ref_embed_forward(out_d, tok, wte_d, wpe_d, B, T, C);
@@ -411,9 +389,9 @@ static void fast_embed_case(int B, int T, int C, int V, uint64_t seed)
     ccoe_embed_backward(dwte, dwpe, dout, tok, B, T, C);
     ccoe_embed_backward(dwte, dwpe, dout, tok, B, T, C);
     ccoe_ref_embed_backward(dwte_d, dwpe_d, dout_d, tok, B, T, C);
-    twice_plus(want, dwte0, dwte_d, nte);
+    tu_twice_plus(want, dwte0, dwte_d, nte);
     TU_ASSERT_CLOSE("embed dwte", dwte, want, nte, F_ATOL, F_RTOL);
-    twice_plus(want, dwpe0, dwpe_d, npe);
+    tu_twice_plus(want, dwpe0, dwpe_d, npe);
     TU_ASSERT_CLOSE("embed dwpe", dwpe, want, npe, F_ATOL, F_RTOL);
     free(tok);
     free(wte);
@@ -451,16 +429,16 @@ static void fast_norm_case(int rms, int N, int C, uint64_t seed)
           *rstd = tu_fnew(N), *dout = tu_fnew(n);
     double *inp_d = tu_dnew(n), *w_d = tu_dnew(C), *b_d = tu_dnew(C), *out_d = tu_dnew(n), *mean_d = tu_dnew(N),
            *rstd_d = tu_dnew(N), *dout_d = tu_dnew(n);
-    fill_pair(inp, inp_d, n, seed, 2.0f);
+    tu_fill_pair(inp, inp_d, n, seed, 2.0f);
     /* a common offset per row exercises the two-pass variance */
     for (int r = 0; r < N; r++)
         for (int c = 0; c < C; c++) {
             inp[(size_t)r * C + c] += 3.0f;
             inp_d[(size_t)r * C + c] = inp[(size_t)r * C + c];
         }
-    fill_pair(w, w_d, C, seed + 1, 1.5f);
-    fill_pair(b, b_d, C, seed + 2, 1.0f);
-    fill_pair(dout, dout_d, n, seed + 3, 1.0f);
+    tu_fill_pair(w, w_d, C, seed + 1, 1.5f);
+    tu_fill_pair(b, b_d, C, seed + 2, 1.0f);
+    tu_fill_pair(dout, dout_d, n, seed + 3, 1.0f);
     tu_fill_uniform(out, n, seed + 4, 9.0f);
     if (rms) {
         ccoe_rmsnorm_forward(out, rstd, inp, w, N, C);
@@ -496,14 +474,14 @@ static void fast_norm_case(int rms, int N, int C, uint64_t seed)
     else
         ccoe_ref_layernorm_backward(dinp_d, dw_d, db_d, dout_d, inp_d, w_d, mean_d, rstd_d, N, C);
     /* the input gradient is a difference of O(1) terms: allow a little more absolute error */
-    twice_plus(want, dinp0, dinp_d, n);
+    tu_twice_plus(want, dinp0, dinp_d, n);
     snprintf(what, sizeof what, "%s dinp N%d C%d", name, N, C);
     TU_ASSERT_CLOSE(what, dinp, want, n, 4 * F_ATOL, F_RTOL);
-    twice_plus(want, dw0, dw_d, C);
+    tu_twice_plus(want, dw0, dw_d, C);
     snprintf(what, sizeof what, "%s dweight N%d C%d", name, N, C);
     TU_ASSERT_CLOSE(what, dw, want, C, F_ATOL_SUM(2 * N), F_RTOL);
     if (!rms) {
-        twice_plus(want, db0, db_d, C);
+        tu_twice_plus(want, db0, db_d, C);
         snprintf(what, sizeof what, "%s dbias N%d C%d", name, N, C);
         TU_ASSERT_CLOSE(what, db, want, C, F_ATOL_SUM(2 * N), F_RTOL);
     }
@@ -542,10 +520,10 @@ static void fast_linear_case_g(const ccoe_gemm *g, int N, int IC, int OC, int wi
     float *inp = tu_fnew(ni), *w = tu_fnew(nw), *b = tu_fnew(OC), *out = tu_fnew(no), *dout = tu_fnew(no);
     double *inp_d = tu_dnew(ni), *w_d = tu_dnew(nw), *b_d = tu_dnew(OC), *out_d = tu_dnew(no),
            *dout_d = tu_dnew(no);
-    fill_pair(inp, inp_d, ni, seed, 1.0f);
-    fill_pair(w, w_d, nw, seed + 1, 1.0f);
-    fill_pair(b, b_d, OC, seed + 2, 1.0f);
-    fill_pair(dout, dout_d, no, seed + 3, 1.0f);
+    tu_fill_pair(inp, inp_d, ni, seed, 1.0f);
+    tu_fill_pair(w, w_d, nw, seed + 1, 1.0f);
+    tu_fill_pair(b, b_d, OC, seed + 2, 1.0f);
+    tu_fill_pair(dout, dout_d, no, seed + 3, 1.0f);
     tu_fill_uniform(out, no, seed + 4, 9.0f);
     ccoe_linear_forward(g, out, inp, w, with_bias ? b : NULL, N, IC, OC);
     ccoe_ref_linear_forward(out_d, inp_d, w_d, with_bias ? b_d : NULL, N, IC, OC);
@@ -568,17 +546,17 @@ static void fast_linear_case_g(const ccoe_gemm *g, int N, int IC, int OC, int wi
                              N, IC, OC);
     ccoe_ref_linear_backward(dinp_d, dw_d, db_d, dout_d, inp_d, w_d, N, IC, OC);
     if (with_dinp) {
-        twice_plus(want, dinp0, dinp_d, ni);
+        tu_twice_plus(want, dinp0, dinp_d, ni);
         snprintf(what, sizeof what, "linear dinp N%d IC%d OC%d", N, IC, OC);
         TU_ASSERT_CLOSE(what, dinp, want, ni, F_ATOL, F_RTOL);
     } else {
         assert_memory_equal(dinp, dinp0, ni * sizeof(float));
     }
-    twice_plus(want, dw0, dw_d, nw);
+    tu_twice_plus(want, dw0, dw_d, nw);
     snprintf(what, sizeof what, "linear dweight N%d IC%d OC%d", N, IC, OC);
     TU_ASSERT_CLOSE(what, dw, want, nw, F_ATOL_SUM(2 * N), F_RTOL);
     if (with_bias) {
-        twice_plus(want, db0, db_d, OC);
+        tu_twice_plus(want, db0, db_d, OC);
         snprintf(what, sizeof what, "linear dbias N%d IC%d OC%d", N, IC, OC);
         TU_ASSERT_CLOSE(what, db, want, OC, F_ATOL_SUM(2 * N), F_RTOL);
     } else {
@@ -621,8 +599,8 @@ static void fast_attention_case_g(const ccoe_gemm *g, int B, int T, int C, int H
            *dqkv_d = tu_dnew(nq), *want = tu_dnew(nq);
     size_t ns = ccoe_attention_scratch_floats(B, T, C, H, g->nthreads);
     float *scratch = tu_fnew(ns);
-    fill_pair(qkv, qkv_d, nq, seed, qscale);
-    fill_pair(dout, dout_d, no, seed + 1, 1.0f);
+    tu_fill_pair(qkv, qkv_d, nq, seed, qscale);
+    tu_fill_pair(dout, dout_d, no, seed + 1, 1.0f);
     tu_fill_uniform(out, no, seed + 2, 9.0f);
     tu_fill_uniform(lse, nl, seed + 3, 9.0f);
     tu_fill_uniform(scratch, ns, seed + 4, 9.0f);
@@ -639,7 +617,7 @@ static void fast_attention_case_g(const ccoe_gemm *g, int B, int T, int C, int H
     for (int k = 0; k < 2; k++)
         ccoe_attention_backward(g, dqkv, dout, qkv, out, lse, scratch, B, T, C, H);
     ccoe_ref_attention_backward(dqkv_d, dout_d, qkv_d, out_d, lse_d, B, T, C, H);
-    twice_plus(want, dqkv0, dqkv_d, nq);
+    tu_twice_plus(want, dqkv0, dqkv_d, nq);
     snprintf(what, sizeof what, "attention dqkv B%d T%d C%d H%d %s", B, T, C, H, g->kernel_set);
     TU_ASSERT_CLOSE(what, dqkv, want, nq, F_ATOL, F_RTOL);
     float *fl[] = {qkv, out, lse, dout, dqkv, dqkv0, scratch};
@@ -772,9 +750,9 @@ static void fast_pointwise_case(int kind, int N, int F, float scale, uint64_t se
           *dinp = tu_fnew(nin), *dinp2 = tu_fnew(nin), *dinp0 = tu_fnew(nin), *dinp20 = tu_fnew(nin);
     double *inp_d = tu_dnew(nin), *out_d = tu_dnew(nout), *dout_d = tu_dnew(nout), *dinp_d = tu_dnew(nin),
            *want = tu_dnew(nin);
-    fill_pair(inp, inp_d, nin, seed, scale);
+    tu_fill_pair(inp, inp_d, nin, seed, scale);
     tu_fill_uniform(inp2, nin, seed + 1, scale);
-    fill_pair(dout, dout_d, nout, seed + 2, 1.0f);
+    tu_fill_pair(dout, dout_d, nout, seed + 2, 1.0f);
     tu_fill_uniform(out, nout, seed + 3, 9.0f);
     tu_fill_uniform(dinp, nin, seed + 4, 1.0f);
     tu_fill_uniform(dinp2, nin, seed + 5, 1.0f);
@@ -799,13 +777,13 @@ static void fast_pointwise_case(int kind, int N, int F, float scale, uint64_t se
         for (int k = 0; k < 2; k++)
             ccoe_residual_backward(dinp, dinp2, dout, nin);
         memcpy(dinp_d, dout_d, nin * sizeof(double));
-        twice_plus(want, dinp20, dinp_d, nin);
+        tu_twice_plus(want, dinp20, dinp_d, nin);
         snprintf(what, sizeof what, "%s db N%d", name, N);
         TU_ASSERT_CLOSE(what, dinp2, want, nin, F_ATOL, F_RTOL);
     }
     snprintf(what, sizeof what, "%s out N%d F%d", name, N, F);
     TU_ASSERT_CLOSE(what, out, out_d, nout, F_ATOL, F_RTOL);
-    twice_plus(want, dinp0, dinp_d, nin);
+    tu_twice_plus(want, dinp0, dinp_d, nin);
     snprintf(what, sizeof what, "%s dinp N%d F%d", name, N, F);
     TU_ASSERT_CLOSE(what, dinp, want, nin, F_ATOL, F_RTOL);
     float *fl[] = {inp, inp2, out, dout, dinp, dinp2, dinp0, dinp20};
@@ -854,7 +832,7 @@ static void fast_crossentropy_case(int N, int V, float scale, int alias, uint64_
     float *logits = tu_fnew(n), *probs = alias ? logits : tu_fnew(n), *losses = tu_fnew(N);
     float *dl = alias ? probs : tu_fnew(n);
     double *logits_d = tu_dnew(n), *probs_d = tu_dnew(n), *losses_d = tu_dnew(N), *dl_d = tu_dnew(n);
-    fill_pair(logits, logits_d, n, seed + 1, scale);
+    tu_fill_pair(logits, logits_d, n, seed + 1, scale);
     if (!alias)
         tu_fill_uniform(probs, n, seed + 2, 9.0f);
     double loss = ccoe_crossentropy_forward(losses, probs, logits, tgt, N, V);

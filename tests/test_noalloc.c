@@ -20,6 +20,7 @@
 
 #include "config.h"
 #include "form.h"
+#include "gemm.h"
 #include "model.h"
 #include "optim.h"
 #include "session.h"
@@ -251,6 +252,38 @@ static void test_forms_allocate_nothing(void **state)
     assert_int_equal(fails, 0);
 }
 
+/* run.precision = bf16: the packing scratch is allocated when the session opens, never in a
+ * step (dense, MoE with the expert-parallel schedule's serial GEMMs, a CCoE form). */
+static void test_bf16_allocates_nothing(void **state)
+{
+    (void)state;
+    if (!ccoe_gemm_bf16_available())
+        skip();
+    static const alloc_case cases[] = {
+        {"bf16 dense", {"run.precision=bf16"}, 0},
+        {"bf16 MoE noisy top-2",
+         {"run.precision=bf16", "moe.gate=noisy_topk", "moe.n_experts=4", "moe.top_k=2"}, 0},
+        {"bf16 CCoE Eq. 4 isolated",
+         {"run.precision=bf16", "ccoe.form=tail", "ccoe.experts=a:2", "ccoe.routes=arith:a"}, 1},
+    };
+    int fails = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const alloc_case *c = &cases[i];
+        int n_sets = 0;
+        while (n_sets < 12 && c->sets[n_sets])
+            n_sets++;
+        char first[96];
+        long lib = 0;
+        long n = steps_allocations(c->sets, n_sets, c->isolated, first, sizeof first, &lib);
+        if (n != 0) {
+            fprintf(stderr, "%s: %ld allocations in 3 training steps (first: %s)\n", c->name, n,
+                    first);
+            fails++;
+        }
+    }
+    assert_int_equal(fails, 0);
+}
+
 /* The counters see ccoe's calls as ccoe's (or the test above could never fail). */
 static void test_wrappers_count(void **state)
 {
@@ -273,6 +306,7 @@ int main(void)
         cmocka_unit_test(test_wrappers_count),
         cmocka_unit_test(test_step_allocates_nothing),
         cmocka_unit_test(test_forms_allocate_nothing),
+        cmocka_unit_test(test_bf16_allocates_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,27 +34,7 @@ static ccoe_gemm G, G_BLIS, G_REF;
 static int setup_group(void **state)
 {
     (void)state;
-    ccoe_error err;
-    ccoe_error_clear(&err);
-    if (ccoe_gemm_init(&G_BLIS, CCOE_GEMM_BLIS, 2, &err) != CCOE_OK ||
-        ccoe_gemm_init(&G_REF, CCOE_GEMM_REF, 2, &err) != CCOE_OK ||
-        ccoe_gemm_init(&G, CCOE_GEMM_AUTO, 2, &err) != CCOE_OK) {
-        fprintf(stderr, "gemm init: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
-}
-
-static void fill_pair(float *f, double *d, size_t n, uint64_t seed, float scale)
-{
-    tu_fill_uniform(f, n, seed, scale);
-    tu_to_double(d, f, n);
-}
-
-static void twice_plus(double *want, const float *g0, const double *g, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        want[i] = (double)g0[i] + 2.0 * g[i];
+    return tu_gemm_contexts(&G, &G_BLIS, &G_REF, 2);
 }
 
 /* Float tables for (Tmax, hd, theta) and their exact double copies (the same angles). */
@@ -343,7 +323,7 @@ static void fast_rope_case(int B, int T, int pos0, int nh, int hd, int stride, d
     rope_tables(&cf, &sf, &cd, &sd, Tmax, hd, theta);
     float *inp = tu_fnew(n), *out = tu_fnew(n), *ip = tu_fnew(n), *garbage = tu_fnew(n);
     double *inp_d = tu_dnew(n), *out_d = tu_dnew(n);
-    fill_pair(inp, inp_d, n, seed, 2.0f);
+    tu_fill_pair(inp, inp_d, n, seed, 2.0f);
     tu_fill_uniform(garbage, n, seed + 1, 9.0f);
     memcpy(out, garbage, n * sizeof(float));
     ccoe_rope_forward(out, inp, cf, sf, B, T, pos0, nh, hd, stride);
@@ -365,13 +345,13 @@ static void fast_rope_case(int B, int T, int pos0, int nh, int hd, int stride, d
     /* backward: accumulates twice; in place it replaces; inverse of the forward */
     float *dout = tu_fnew(n), *dinp = tu_fnew(n), *dinp0 = tu_fnew(n);
     double *dout_d = tu_dnew(n), *dinp_d = tu_dnew(n), *want = tu_dnew(n);
-    fill_pair(dout, dout_d, n, seed + 2, 1.0f);
+    tu_fill_pair(dout, dout_d, n, seed + 2, 1.0f);
     tu_fill_uniform(dinp, n, seed + 3, 1.0f);
     memcpy(dinp0, dinp, n * sizeof(float));
     for (int k = 0; k < 2; k++)
         ccoe_rope_backward(dinp, dout, cf, sf, B, T, pos0, nh, hd, stride);
     ccoe_ref_rope_backward(dinp_d, dout_d, cd, sd, B, T, pos0, nh, hd, stride);
-    twice_plus(want, dinp0, dinp_d, n);
+    tu_twice_plus(want, dinp0, dinp_d, n);
     snprintf(what, sizeof what, "rope dinp B%d T%d pos0 %d nh%d hd%d", B, T, pos0, nh, hd);
     TU_ASSERT_CLOSE(what, dinp, want, n, F_ATOL, F_RTOL);
     ccoe_rope_backward(dout, dout, cf, sf, B, T, pos0, nh, hd, stride);
@@ -430,8 +410,8 @@ static void fast_gqa_case_g(const ccoe_gemm *g, int B, int T, int H, int Hkv, in
            *dqkv_d = tu_dnew(nq), *want = tu_dnew(nq);
     size_t ns = ccoe_gqa_scratch_floats(B, T, H, Hkv, hd, g->nthreads);
     float *scratch = tu_fnew(ns);
-    fill_pair(qkv, qkv_d, nq, seed, qscale);
-    fill_pair(dout, dout_d, no, seed + 1, 1.0f);
+    tu_fill_pair(qkv, qkv_d, nq, seed, qscale);
+    tu_fill_pair(dout, dout_d, no, seed + 1, 1.0f);
     tu_fill_uniform(out, no, seed + 2, 9.0f);
     tu_fill_uniform(lse, nl, seed + 3, 9.0f);
     tu_fill_uniform(scratch, ns, seed + 4, 9.0f);
@@ -448,7 +428,7 @@ static void fast_gqa_case_g(const ccoe_gemm *g, int B, int T, int H, int Hkv, in
     for (int k = 0; k < 2; k++)
         ccoe_gqa_backward(g, dqkv, dout, qkv, out, lse, scratch, B, T, H, Hkv, hd);
     ccoe_ref_gqa_backward(dqkv_d, dout_d, qkv_d, out_d, lse_d, B, T, H, Hkv, hd);
-    twice_plus(want, dqkv0, dqkv_d, nq);
+    tu_twice_plus(want, dqkv0, dqkv_d, nq);
     snprintf(what, sizeof what, "gqa dqkv B%d T%d H%d Hkv%d hd%d %s", B, T, H, Hkv, hd,
              g->kernel_set);
     /* dk, dv sum over H / Hkv heads and up to T rows: allow for the longer sums */
@@ -681,9 +661,9 @@ static void fast_norm_eps_case(int rms, int N, int C, float eps, uint64_t seed)
           *out2 = tu_fnew(n), *mean = tu_fnew(N), *rstd = tu_fnew(N), *rstd2 = tu_fnew(N);
     double *inp_d = tu_dnew(n), *w_d = tu_dnew(C), *b_d = tu_dnew(C), *out_d = tu_dnew(n),
            *mean_d = tu_dnew(N), *rstd_d = tu_dnew(N);
-    fill_pair(inp, inp_d, n, seed, 0.01f); /* variance ~3e-5: eps 1e-6 vs 1e-5 matters */
-    fill_pair(w, w_d, C, seed + 1, 1.5f);
-    fill_pair(b, b_d, C, seed + 2, 1.0f);
+    tu_fill_pair(inp, inp_d, n, seed, 0.01f); /* variance ~3e-5: eps 1e-6 vs 1e-5 matters */
+    tu_fill_pair(w, w_d, C, seed + 1, 1.5f);
+    tu_fill_pair(b, b_d, C, seed + 2, 1.0f);
     if (rms) {
         ccoe_rmsnorm_forward_eps(out, rstd, inp, w, N, C, eps);
         ccoe_ref_rmsnorm_forward_eps(out_d, rstd_d, inp_d, w_d, N, C, (double)eps);

@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -835,6 +836,137 @@ static void test_stale_temps(void **state)
     open_expect(p, CCOE_OK, NULL);
 }
 
+/* ---- F16 / BF16 writing: rounding against a plain reference ---- */
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* The reference: the finite positive values of a 16-bit format (bits -> float), sorted with
+ * their bits; round(v) is the nearest of them, a tie going to the even bit pattern, and past
+ * the largest by half an ulp of it or more (F16) Inf. */
+typedef struct half_table {
+    float v[65536];
+    uint16_t bits[65536];
+    int n;
+} half_table;
+
+static void half_table_fill(half_table *t, int bf16)
+{
+    t->n = 0;
+    for (uint32_t h = 0; h < 0x8000; h++) {
+        float v = bf16 ? ccoe_bf16_to_f32((uint16_t)h) : ccoe_f16_to_f32((uint16_t)h);
+        if (isfinite(v))
+            t->v[t->n++] = v;
+    }
+    qsort(t->v, (size_t)t->n, sizeof t->v[0], cmp_float);
+    for (int i = 0; i < t->n; i++) /* positive values' bits grow with the value */
+        t->bits[i] = (uint16_t)i;
+}
+
+static uint16_t ref_round(const half_table *t, float v)
+{
+    const uint16_t sign = signbit(v) ? 0x8000 : 0;
+    const double a = fabs((double)v);
+    int lo = 0, hi = t->n - 1;
+    if (a >= t->v[hi]) {
+        /* beyond the largest: Inf from half an ulp above it (the next step's midpoint) */
+        const double ulp = (double)t->v[hi] - (double)t->v[hi - 1];
+        return a >= (double)t->v[hi] + ulp / 2 ? (uint16_t)(sign | (t->bits[hi] + 1))
+                                                : (uint16_t)(sign | t->bits[hi]);
+    }
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if ((double)t->v[mid] <= a)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    const double dl = a - t->v[lo], dh = t->v[hi] - a;
+    int pick = dl < dh ? lo : dh < dl ? hi : (t->bits[lo] & 1) ? hi : lo;
+    return (uint16_t)(sign | t->bits[pick]);
+}
+
+static void test_half_rounding(void **state)
+{
+    (void)state;
+    static half_table t;
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        half_table_fill(&t, bf16);
+        uint16_t (*to)(float) = bf16 ? ccoe_f32_to_bf16 : ccoe_f32_to_f16;
+        float (*from)(uint16_t) = bf16 ? ccoe_bf16_to_f32 : ccoe_f16_to_f32;
+        /* every value of the format comes back to its own bits; NaN stays NaN */
+        for (uint32_t h = 0; h < 0x10000; h++) {
+            float v = from((uint16_t)h);
+            if (isnan(v))
+                assert_true(isnan(from(to(v))));
+            else
+                assert_int_equal(to(v), h);
+        }
+        /* the midpoints between neighbours (ties: to even), and random floats from the
+         * subnormals to past the largest value, against the reference */
+        for (int i = 0; i + 1 < t.n; i++) {
+            float mid = (float)(((double)t.v[i] + (double)t.v[i + 1]) / 2);
+            assert_int_equal(to(mid), ref_round(&t, mid));
+            assert_int_equal(to(-mid), ref_round(&t, -mid));
+        }
+        uint64_t r = 12345;
+        for (int i = 0; i < 200000; i++) {
+            r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+            uint32_t bits = (uint32_t)(r >> 32);
+            if (!bf16) /* exponents around half's range: 2^-30 .. 2^20 */
+                bits = (bits & 0x807fffffu) | ((uint32_t)(97 + (r >> 20) % 51) << 23);
+            float v;
+            memcpy(&v, &bits, sizeof v);
+            if (!isfinite(v))
+                continue;
+            uint16_t want = ref_round(&t, v), got = to(v);
+            if (got != want)
+                fprintf(stderr, "%s(%.9g): got 0x%04x, want 0x%04x\n", bf16 ? "bf16" : "f16",
+                        (double)v, got, want);
+            assert_int_equal(got, want);
+        }
+    }
+    assert_int_equal(ccoe_f32_to_f16(65519.99f), 0x7bff);
+    assert_int_equal(ccoe_f32_to_f16(65520.0f), 0x7c00);
+
+    /* the writer: BF16 and F16 files read back as the rounded values; F16 refuses a value
+     * beyond its range and leaves no file */
+    float data[6] = {0.1f, -3.14159265f, 1e-6f, 65504.0f, 1.0f / 3.0f, 0.0f};
+    ccoe_st_tensor tt = {.name = "w", .ndim = 2, .shape = {2, 3}, .data = data};
+    for (int dt = CCOE_ST_OUT_F16; dt <= CCOE_ST_OUT_BF16; dt++) {
+        char path[PATH_MAX];
+        path_in_dir(path, sizeof path, dt == CCOE_ST_OUT_F16 ? "h.safetensors" : "b.safetensors");
+        ccoe_error err = {0};
+        assert_int_equal(ccoe_st_write_plain_as(path, &tt, 1, NULL, 0, dt, &err), CCOE_OK);
+        ccoe_st_file *f = NULL;
+        assert_int_equal(
+            ccoe_st_open_flags(path, CCOE_ST_ALLOW_UNCHECKED | CCOE_ST_ALLOW_HALF, &f, &err),
+            CCOE_OK);
+        assert_string_equal(ccoe_st_dtype(f, "w"), dt == CCOE_ST_OUT_F16 ? "F16" : "BF16");
+        const float *back = ccoe_st_find(f, "w", NULL, NULL);
+        for (int i = 0; i < 6; i++) {
+            float want = dt == CCOE_ST_OUT_F16 ? ccoe_f16_to_f32(ccoe_f32_to_f16(data[i]))
+                                               : ccoe_bf16_to_f32(ccoe_f32_to_bf16(data[i]));
+            assert_memory_equal(&back[i], &want, sizeof want);
+        }
+        ccoe_st_close(f);
+    }
+    data[5] = 70000.0f;
+    char path[PATH_MAX];
+    path_in_dir(path, sizeof path, "over.safetensors");
+    ccoe_error err = {0};
+    assert_int_equal(ccoe_st_write_plain_as(path, &tt, 1, NULL, 0, CCOE_ST_OUT_F16, &err),
+                     CCOE_ERR_NUMERIC);
+    TU_ASSERT_MSG_HAS(err, "'w' holds 70000 at element 5");
+    TU_ASSERT_MSG_HAS(err, "range of F16");
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(ccoe_st_write_plain_as(path, &tt, 1, NULL, 0, CCOE_ST_OUT_BF16, &err),
+                     CCOE_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -849,6 +981,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_errors, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_atomic_write, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_stale_temps, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_half_rounding, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,7 +6,6 @@
  * GPT-2's real tokenizer is tests/cli/tokenizer_gpt2.sh.
  */
 #define _GNU_SOURCE
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,34 +15,6 @@
 #include "tokenizer.h"
 
 /* ---- helpers ---- */
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static char *make_tmpdir(void)
-{
-    char *dir = strdup("/tmp/ccoe_test_bpe_XXXXXX");
-    assert_non_null(dir);
-    assert_non_null(mkdtemp(dir));
-    return dir;
-}
-
-static void write_text(const char *dir, const char *name, const char *text)
-{
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
-    assert_int_equal(fclose(f), 0);
-}
 
 /* GPT-2's code point for byte b (printable Latin-1 stands for itself, the rest 256 + n). */
 static int cp_of(int b)
@@ -137,10 +108,10 @@ static char *merges_txt(void)
 /* A GPT-2 style directory (vocab.json + merges.txt). */
 static char *gpt2_dir(void)
 {
-    char *dir = make_tmpdir();
+    char *dir = tu_mkdtemp("bpe");
     char *v = vocab_json(1, -1), *m = merges_txt();
-    write_text(dir, "vocab.json", v);
-    write_text(dir, "merges.txt", m);
+    tu_write_text(dir, "vocab.json", v);
+    tu_write_text(dir, "merges.txt", m);
     free(v);
     free(m);
     return dir;
@@ -151,7 +122,7 @@ static char *gpt2_dir(void)
  * Split pattern that takes digits three at a time. */
 static char *hf_dir(void)
 {
-    char *dir = make_tmpdir();
+    char *dir = tu_mkdtemp("bpe");
     char *v = vocab_json(0, -1);
     char *j = calloc(1, 1 << 17);
     assert_non_null(j);
@@ -178,7 +149,7 @@ static char *hf_dir(void)
             sprintf(j + strlen(j), "[\"%s\", \"%s\"]%s", a, b, m + 1 < N_MERGES ? ", " : "");
     }
     strcat(j, "]}}");
-    write_text(dir, "tokenizer.json", j);
+    tu_write_text(dir, "tokenizer.json", j);
     free(v);
     free(j);
     return dir;
@@ -247,7 +218,7 @@ static void test_byte_mapping(void **state)
         assert_int_equal((unsigned char)out[0], b);
     }
     ccoe_tokenizer_free(&tok);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -278,7 +249,7 @@ static void test_merges_by_rank(void **state)
     assert_int_equal(two[0], 257);
     assert_int_equal(two[1], -1);
     ccoe_tokenizer_free(&tok);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -303,7 +274,7 @@ static void test_special_tokens(void **state)
     assert_int_equal(ccoe_tokenizer_decode(&tok, ids, 3, out, sizeof out, &len, &err), CCOE_OK);
     assert_string_equal(out, "ab<|endoftext|>abc");
     ccoe_tokenizer_free(&tok);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -329,7 +300,7 @@ static void test_tokenizer_json(void **state)
                      CCOE_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "unknown token id 280"));
     ccoe_tokenizer_free(&tok);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -374,7 +345,7 @@ static void test_random_bytes_round_trip(void **state)
             assert_memory_equal(back, text, n);
         }
         ccoe_tokenizer_free(&tok);
-        rm_tree(dirs[d]);
+        tu_rm_tree(dirs[d]);
         free(dirs[d]);
     }
     free(text);
@@ -408,65 +379,65 @@ static void test_unknown_ids(void **state)
     assert_int_equal(len, 4);
     assert_string_equal(small, "abca");
     ccoe_tokenizer_free(&tok);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
 static void test_corrupt_files(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = tu_mkdtemp("bpe");
     char path[1100];
     expect_open_fails(dir, CCOE_ERR_IO, "neither tokenizer.json nor vocab.json", NULL);
     snprintf(path, sizeof path, "%s/nothing", dir);
     expect_open_fails(path, CCOE_ERR_CONFIG, "unknown tokenizer", "allowed values are byte");
 
-    write_text(dir, "vocab.json", "{\"a\": 0, \"b\": ");
+    tu_write_text(dir, "vocab.json", "{\"a\": 0, \"b\": ");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "vocab.json is not valid JSON", NULL);
 
     char *v = vocab_json(1, -1);
-    write_text(dir, "vocab.json", v);
+    tu_write_text(dir, "vocab.json", v);
     free(v);
     expect_open_fails(dir, CCOE_ERR_IO, "merges.txt", "cannot open");
 
     char *m = merges_txt();
     strcat(m, "a zz\n");
-    write_text(dir, "merges.txt", m);
+    tu_write_text(dir, "merges.txt", m);
     free(m);
     expect_open_fails(dir, CCOE_ERR_FORMAT, "merges.txt line 10", "unknown token 'zz'");
 
-    write_text(dir, "merges.txt", "#version: 0.2\nc d\n");
+    tu_write_text(dir, "merges.txt", "#version: 0.2\nc d\n");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "merges.txt line 2",
                       "makes a token the vocabulary does not have");
-    write_text(dir, "merges.txt", "#version: 0.2\nabc\n");
+    tu_write_text(dir, "merges.txt", "#version: 0.2\nabc\n");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "merges.txt line 2", "is not a merge");
 
     v = vocab_json(1, 'q');
-    write_text(dir, "vocab.json", v);
+    tu_write_text(dir, "vocab.json", v);
     free(v);
-    write_text(dir, "merges.txt", "#version: 0.2\n");
+    tu_write_text(dir, "merges.txt", "#version: 0.2\n");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "vocab.json", "no token for byte 0x71");
 
-    write_text(dir, "vocab.json", "{\"a\": 1, \"\xe4\xb8\xad\": 2}");
+    tu_write_text(dir, "vocab.json", "{\"a\": 1, \"\xe4\xb8\xad\": 2}");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "vocab.json", "outside GPT-2's byte-level alphabet");
-    write_text(dir, "vocab.json", "{\"a\": 1, \"b\": 1}");
+    tu_write_text(dir, "vocab.json", "{\"a\": 1, \"b\": 1}");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "vocab.json", "id 1 is given to two tokens");
-    write_text(dir, "vocab.json", "[1, 2]");
+    tu_write_text(dir, "vocab.json", "[1, 2]");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "vocab.json", "not a JSON object");
 
-    write_text(dir, "tokenizer.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}");
+    tu_write_text(dir, "tokenizer.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "tokenizer.json", "not BPE");
-    write_text(dir, "tokenizer.json",
+    tu_write_text(dir, "tokenizer.json",
                "{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []},"
                " \"pre_tokenizer\": {\"type\": \"Metaspace\"}}");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "tokenizer.json", "Metaspace");
-    write_text(dir, "tokenizer.json",
+    tu_write_text(dir, "tokenizer.json",
                "{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []},"
                " \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"}}}");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "tokenizer.json", "ByteLevel");
-    write_text(dir, "tokenizer.json", "{\"model\": ");
+    tu_write_text(dir, "tokenizer.json", "{\"model\": ");
     expect_open_fails(dir, CCOE_ERR_FORMAT, "tokenizer.json is not valid JSON", NULL);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 
     /* a bad Split regex names PCRE2's complaint */
@@ -481,10 +452,10 @@ static void test_corrupt_files(void **state)
     char *at = strstr(j, "\\\\p{N}{1,3}");
     assert_non_null(at);
     memcpy(at, "((((((((((", 10);
-    write_text(dir, "tokenizer.json", j);
+    tu_write_text(dir, "tokenizer.json", j);
     free(j);
     expect_open_fails(dir, CCOE_ERR_FORMAT, "tokenizer.json", "does not compile (PCRE2");
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 

@@ -7,7 +7,6 @@
  * on real corpora is tests/cli/tokenizer_train.sh.
  */
 #define _GNU_SOURCE
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,24 +16,6 @@
 
 #include "tokenizer.h"
 #include "tokenizer_train.h"
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static char *make_tmpdir(void)
-{
-    char *dir = strdup("/tmp/ccoe_test_bpe_train_XXXXXX");
-    assert_non_null(dir);
-    assert_non_null(mkdtemp(dir));
-    return dir;
-}
 
 static char *slurp(const char *dir, const char *name)
 {
@@ -64,7 +45,7 @@ static char *train(const char *text, int vocab, uint64_t minf, const char *const
     if (text)
         assert_int_equal(ccoe_bpe_trainer_feed(tr, text, strlen(text), &err), CCOE_OK);
     assert_int_equal(ccoe_bpe_trainer_run(tr, st, &err), CCOE_OK);
-    char *dir = make_tmpdir();
+    char *dir = tu_mkdtemp("bpe_train");
     assert_int_equal(ccoe_bpe_trainer_write(tr, dir, &err), CCOE_OK);
     ccoe_bpe_trainer_free(tr);
     return dir;
@@ -124,7 +105,7 @@ static void test_bad_options(void **state)
     char *dir = train("abababab", 257, 1, k_eot, 1, &st);
     assert_int_equal(st.vocab_size, 257);
     assert_int_equal(st.n_merges, 0);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -153,7 +134,7 @@ static void test_empty_and_one_char(void **state)
         char *m = slurp(dir, "merges.txt");
         assert_string_equal(m, "#version: 0.2\n");
         free(m);
-        rm_tree(dir);
+        tu_rm_tree(dir);
         free(dir);
     }
 }
@@ -173,14 +154,14 @@ static void test_runs_and_min_frequency(void **state)
     assert_int_equal(ids[0], 257);
     assert_int_equal(encode_check(dir, "aaaaa", ids, 64), 2); /* aaaa a */
     free(m);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
     /* min frequency 1 also merges the pairs seen twice: (Ġ, aaaa) */
     dir = train("aaaa aaaa aaaa", 1000, 1, NULL, 0, &st);
     m = slurp(dir, "merges.txt");
     assert_string_equal(m, "#version: 0.2\na a\naa aa\nĠ aaaa\n");
     free(m);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -200,7 +181,7 @@ static void test_ties_and_specials(void **state)
     int32_t ids[64];
     assert_int_equal(encode_check(dir, "cd<|endoftext|>ef", ids, 64), 4);
     assert_int_equal(ids[2], 256);
-    rm_tree(dir);
+    tu_rm_tree(dir);
     free(dir);
 }
 
@@ -231,8 +212,8 @@ static void test_deterministic_and_both_formats(void **state)
     assert_int_equal(n_hf, n_g2);
     assert_memory_equal(ids_hf, ids_g2, n_hf * sizeof *ids_hf);
     assert_true(n_hf < strlen(text) / 3); /* the merges compress the text they came from */
-    rm_tree(d1);
-    rm_tree(d2);
+    tu_rm_tree(d1);
+    tu_rm_tree(d2);
     free(d1);
     free(d2);
 }

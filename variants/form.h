@@ -65,7 +65,7 @@ typedef struct ccoe_form_ops {
 } ccoe_form_ops;
 
 /* The forms (one file each), from forms.def. */
-#define CCOE_FORM(name) extern const ccoe_form_ops ccoe_form_##name##_ops;
+#define CCOE_FORM(name, ID) extern const ccoe_form_ops ccoe_form_##name##_ops;
 #include "forms.def"
 #undef CCOE_FORM
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 static const ccoe_form_ops *const forms[] = {
-#define CCOE_FORM(name) &ccoe_form_##name##_ops,
+#define CCOE_FORM(name, ID) &ccoe_form_##name##_ops,
 #include "forms.def"
 #undef CCOE_FORM
 };

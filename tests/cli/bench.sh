@@ -31,3 +31,24 @@ out=$(CCOE_BLIS_SUP=fast "$CCOE" bench --shape small --steps 1 2>&1) && fail "su
 grep -q "CCOE_BLIS_SUP='fast'" <<<"$out" || fail "CCOE_BLIS_SUP=fast: not named: $out"
 ! grep -q '^| shape' <<<"$out" || fail "CCOE_BLIS_SUP=fast printed a table: $out"
 pass "unknown shape, backend and CCOE_BLIS_SUP value: an error naming it, before any output"
+
+# --precision both: an fp32 row, a bf16 row and their ratio per shape (on a CPU without
+# AVX512-BF16: an error naming it, before any table); a bad value names itself
+out=$("$CCOE" bench --shape small --steps 1 --precision both --profile 2>&1) || {
+  grep -q "AVX512-BF16" <<<"$out" || fail "bench --precision both: $out"
+  ! grep -q '^| shape' <<<"$out" || fail "bench without bf16 printed a table: $out"
+  pass "bench --precision both without AVX512-BF16: an error before any output"
+  out=""
+}
+if [[ -n $out ]]; then
+  grep -qE '^\| small +\| .*\| xsmm:|^\| small +\| .*\| blis:' <<<"$out" || fail "no fp32 row: $out"
+  grep -qE '^\| small +bf16 \| .*\| bf16:avx512bf16\+' <<<"$out" || fail "no bf16 row: $out"
+  grep -qE '^\| small +bf16/fp32 \| \| \| [0-9.]+x \| [0-9.]+x \|' <<<"$out" || fail "no ratio row: $out"
+  grep -qE 'bf16 dot-product peak [0-9]+ GFLOP/s' <<<"$out" || fail "no bf16 peak: $out"
+  grep -qE '^  \| ABt bf16 \| 1024 \| 768 \| 256 \| 4\.0 \|' <<<"$out" \
+    || fail "--profile has no bf16 row for the QKV projection: $out"
+  pass "bench --precision both: fp32 and bf16 rows, their ratio, bf16 GEMMs in the profile"
+fi
+out=$("$CCOE" bench --precision fp16 2>&1) && fail "bench --precision fp16 succeeded: $out"
+grep -q "fp16" <<<"$out" || fail "bench --precision fp16: not named: $out"
+pass "bench --precision fp16: an error naming it"

@@ -51,6 +51,15 @@ done
   && fail "the expert path exported as the base"
 pass "export base and expert path; import(export(base)) bit-identical"
 
+out=$("$CCOE" export with.safetensors --dtype bf16 -o hf-bf16) || fail "export --dtype bf16: $out"
+grep -q "bf16 tensors" <<<"$out" || fail "export --dtype bf16 summary: $out"
+grep -q '"torch_dtype":.*"bfloat16"' hf-bf16/config.json || fail "hf-bf16/config.json: $(cat hf-bf16/config.json)"
+"$CCOE" import hf-bf16 -o bf16.safetensors >/dev/null || fail "import of the bf16 export"
+"$CCOE" eval bf16.safetensors --batches 1 --no-tasks >/dev/null || fail "eval of the bf16 import"
+expect_fail 2 "f32, bf16 or f16" -- "$CCOE" export with.safetensors --dtype f64 -o hf-f64
+[[ ! -e hf-f64 ]] || fail "a refused export left output"
+pass "export --dtype bf16 imports back"
+
 # the LLaMA / Qwen2 layouts: the Qwen2 fixture (GQA, q/k/v biases, tied) through import,
 # train-expert, eval, export of base and expert path, import of the export; LLaMA's round trip
 Q="$SRC/tests/fixtures/hf-qwen2-tiny"

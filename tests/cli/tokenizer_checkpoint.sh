@@ -4,8 +4,9 @@
 # nats/token, bpb and perplexity consistent with each other; generate decodes; an interrupted
 # run resumes bit for bit; a different data.tokenizer (eval --set, train --resume, --init-from,
 # train-expert) is an error naming both; with the tokenizer directory gone everything still
-# runs from the copy unpacked into $CCOE_CACHE_DIR (same figures, files byte-identical); a
-# checkpoint without the record (older ccoe) loads byte-level; a damaged record is refused.
+# runs from the copy unpacked into $CCOE_CACHE_DIR (same figures, files byte-identical;
+# train --init-from with data.tokenizer naming the gone directory too); a checkpoint without
+# the record (older ccoe) loads byte-level; a damaged record is refused.
 source "$(dirname "$0")/lib/common.sh"
 cd "$WORK"
 export CCOE_CACHE_DIR=$WORK/cache
@@ -134,8 +135,21 @@ out=$("$CCOE" train-expert $CK --expert code --domain code "${X[@]}" -o exp --qu
 "$CCOE" compare $CK exp/checkpoint.safetensors --only-base >/dev/null || fail "train-expert changed the base"
 out=$("$CCOE" info exp/checkpoint.safetensors 2>/dev/null)
 grep -q "hash $want" <<<"$out" || fail "the expert run lost the tokenizer record"
+# train --init-from with data.tokenizer naming the recorded (gone) directory: the copy is used
+# before the session opens, and the run equals one with the directory in place
+"$CCOE" train "$TINY" --set data.tokenizer=tok --set train.out_dir=init_gone "${X[@]}" \
+  --set train.steps=4 --quiet --init-from $CK 2>note2.txt ||
+  fail "train --init-from with the tokenizer dir gone: $(cat note2.txt)"
+grep -q "its tokenizer tok is gone; using the copy" note2.txt ||
+  fail "train --init-from: no note about the unpacked tokenizer: $(cat note2.txt)"
+grep -q "hash $want" <<<"$("$CCOE" info init_gone/checkpoint.safetensors 2>/dev/null)" ||
+  fail "the --init-from run lost the tokenizer record"
 mv tok.away tok
-pass "with the tokenizer dir gone: eval, generate, resume, train-expert use the unpacked copy"
+"$CCOE" train "$TINY" --set data.tokenizer=tok --set train.out_dir=init_here "${X[@]}" \
+  --set train.steps=4 --quiet --init-from $CK || fail "train --init-from with the tokenizer dir"
+"$CCOE" compare init_here/checkpoint.safetensors init_gone/checkpoint.safetensors --params \
+  >/dev/null || fail "--init-from with the unpacked tokenizer trains differently"
+pass "with the tokenizer dir gone: eval, generate, resume, train-expert, train --init-from use the unpacked copy"
 
 # ---- older checkpoints and damaged records ----
 strip() { # strip IN OUT [KEY=VALUE]: the record removed (or one key changed), then resealed

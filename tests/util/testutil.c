@@ -1,5 +1,9 @@
 /* testutil.c - shared test helpers. */
+#define _GNU_SOURCE /* nftw */
 #include "testutil.h"
+
+#include <ftw.h>
+#include <stdlib.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -7,6 +11,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "gemm.h"
 #include "model.h"
 #include "rng.h"
 
@@ -36,6 +41,32 @@ void tu_to_float(float *dst, const double *src, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         dst[i] = (float)src[i];
+}
+
+void tu_fill_pair(float *f, double *d, size_t n, uint64_t seed, float scale)
+{
+    tu_fill_uniform(f, n, seed, scale);
+    tu_to_double(d, f, n);
+}
+
+void tu_twice_plus(double *want, const float *g0, const double *g, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        want[i] = (double)g0[i] + 2.0 * g[i];
+}
+
+int tu_gemm_contexts(struct ccoe_gemm *g_auto, struct ccoe_gemm *g_blis, struct ccoe_gemm *g_ref,
+                     int nthreads)
+{
+    ccoe_error err;
+    ccoe_error_clear(&err);
+    if (ccoe_gemm_init(g_blis, CCOE_GEMM_BLIS, nthreads, &err) != CCOE_OK ||
+        ccoe_gemm_init(g_ref, CCOE_GEMM_REF, nthreads, &err) != CCOE_OK ||
+        ccoe_gemm_init(g_auto, CCOE_GEMM_AUTO, nthreads, &err) != CCOE_OK) {
+        fprintf(stderr, "gemm init: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
 }
 
 double tu_close_ratio(const char *what, const float *a, const double *b, size_t n, double atol,
@@ -203,4 +234,34 @@ void tu_tiny_train_config(ccoe_config *cfg, const char *out_dir, long steps)
     cfg->train.eval_batches = 1;
     cfg->data.task_examples = 0;
     snprintf(cfg->train.out_dir, sizeof cfg->train.out_dir, "%s", out_dir);
+}
+
+char *tu_mkdtemp(const char *tag)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "/tmp/ccoe_test_%s_XXXXXX", tag);
+    char *dir = strdup(buf);
+    assert_non_null(dir);
+    assert_non_null(mkdtemp(dir));
+    return dir;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void tu_rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+void tu_write_text(const char *dir, const char *name, const char *text)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
+    assert_int_equal(fclose(f), 0);
 }

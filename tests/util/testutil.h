@@ -17,6 +17,18 @@ void tu_fill_uniform(float *x, size_t n, uint64_t seed, float scale);
 void tu_fill_uniform_d(double *x, size_t n, uint64_t seed, double scale);
 void tu_to_double(double *dst, const float *src, size_t n);
 void tu_to_float(float *dst, const double *src, size_t n);
+/* Uniform float input in [-scale, scale) and its exact double copy. */
+void tu_fill_pair(float *f, double *d, size_t n, uint64_t seed, float scale);
+/* want[i] = g0[i] + 2 * g[i]: the expected gradient after two accumulating backward calls on
+ * a gradient pre-filled with g0. */
+void tu_twice_plus(double *want, const float *g0, const double *g, size_t n);
+
+/* The three GEMM contexts kernel tests compare: AUTO (what the trainer uses), BLIS only and the
+ * plain reference, each with `nthreads` threads. Returns 0, or -1 after printing the error (a
+ * CMocka group setup's failure value). */
+struct ccoe_gemm;
+int tu_gemm_contexts(struct ccoe_gemm *g_auto, struct ccoe_gemm *g_blis, struct ccoe_gemm *g_ref,
+                     int nthreads);
 
 /* Largest |a - b| / (atol + rtol * |b|) over n elements; <= 1 means "close". Prints the worst
  * index with `what` when it exceeds 1. */
@@ -74,6 +86,12 @@ double tu_ddot(const double *a, const double *b, size_t n);
 /* The whole file at path (malloc'd, caller frees; one spare byte); *n its size. Fails the test
  * if it cannot be read. */
 unsigned char *tu_slurp(const char *path, size_t *n);
+
+/* A fresh directory /tmp/ccoe_test_TAG_XXXXXX (malloc'd name; fails the test if it cannot be
+ * made), the whole tree below a directory removed, and a text file DIR/NAME written whole. */
+char *tu_mkdtemp(const char *tag);
+void tu_rm_tree(const char *dir);
+void tu_write_text(const char *dir, const char *name, const char *text);
 
 struct ccoe_config;
 /* A 1-layer, 16-wide model on the builtin data, `steps` steps into out_dir, evaluated on one
