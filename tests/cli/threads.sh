@@ -29,14 +29,15 @@ same_weights() { # A B
 }
 run t1 1
 run t2 2
-run slow auto CCOE_TEST_THREADS_SLOW=20
-run fast auto CCOE_TEST_THREADS_SLOW=0.05
+run slow auto CCOE_TEST_THREADS_SLOW=1000
+run fast auto CCOE_TEST_THREADS_SLOW=0.001
 cmp -s "$WORK/t1.curve" "$WORK/t2.curve" || fail "1 and 2 threads differ: $(diff "$WORK/t1.curve" "$WORK/t2.curve" | head -4)"
 same_weights t1 t2
 pass "1 and 2 threads: the same losses, gradient norms and weights"
 
 # the slowed run probes both counts, then stays on 1 thread; the other stays mostly on 2 (the
-# checks allow for a loaded machine, whose step times jump and cause extra probes)
+# checks allow for a loaded machine, whose step times jump and cause extra probes; the factors
+# are extreme because 2 threads on a 2-core machine with a load of 20 run 10-20 times slower)
 grep -q "threads auto (1..[0-9]*, measured)" "$WORK/slow.log" || fail "no auto in the start line"
 grep -q '"threads":2' "$WORK/slow/metrics.jsonl" || fail "slow: never probed 2 threads"
 tail -n 4 "$WORK/slow/metrics.jsonl" | grep -q '"threads":1' || fail "slow: did not end on 1 thread"
@@ -44,7 +45,7 @@ grep -qE "threads auto: [0-9]+ probes, [0-9]+ switches, ending on 1 of" "$WORK/s
   || fail "slow: $(grep 'threads auto:' "$WORK/slow.log")"
 grep -qE "step +16/16 .*\| 1 thr" "$WORK/slow.log" || fail "slow: the log line lacks the count"
 on2=$(grep -c '"threads":2' "$WORK/fast/metrics.jsonl" || true)
-[[ $on2 -ge 10 ]] || fail "fast: only $on2 of 16 steps on 2 threads"
+[[ $on2 -ge 8 ]] || fail "fast: only $on2 of 16 steps on 2 threads"
 for r in slow fast; do
   cmp -s "$WORK/t2.curve" "$WORK/$r.curve" || fail "auto ($r) differs from 2 threads: $(diff "$WORK/t2.curve" "$WORK/$r.curve" | head -4)"
   same_weights t2 $r
