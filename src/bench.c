@@ -11,6 +11,7 @@
 #include "perf.h"
 #include "rng.h"
 #include "session.h"
+#include "threads.h"
 
 typedef struct bench_shape {
     const char *name;
@@ -196,7 +197,15 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
     }
     m->train = 1;
     double cpu0 = 0.0;
+    /* --threads auto: the policy of training; its first probe runs in the warm-up (extended
+     * until it has decided), later probes are measured like any step */
+    ccoe_threads_auto thr;
+    const int autoth = cfg.run.threads == 0 && s.max_threads > 1;
+    long on[4] = {0}; /* measured steps on 1, 2, 3, more threads */
+    if (autoth)
+        ccoe_threads_auto_init(&thr, s.max_threads);
     for (int it = -2; it < o->steps; it++) {
+        const int step_threads = s.gemm.nthreads;
         if (it == 0)
             cpu0 = ccoe_cpu_now();
         if (it == 0)
@@ -212,6 +221,15 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
         ccoe_adamw_step_scaled(&opt, m, &cfg.train, 1e-4, gn > 1.0 ? (float)(1.0 / gn) : 1.0f,
                                isolated ? only_expert0 : NULL, NULL);
         double t3 = ccoe_now();
+        if (autoth) {
+            int next = ccoe_threads_auto_step(&thr, t3 - t0);
+            if (next != step_threads)
+                ccoe_gemm_set_threads(&s.gemm, next);
+            if (it == -1 && thr.probes == 0)
+                it--; /* one more warm-up step */
+        }
+        if (it >= 0)
+            on[step_threads < 4 ? step_threads - 1 : 3]++;
         if (it >= 0) {
             flops += ccoe_model_last_flops(m);
             t_fwd += t1 - t0;
@@ -221,6 +239,15 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
     }
     const double cpu = ccoe_cpu_now() - cpu0;
     double total = t_fwd + t_bwd + t_opt;
+    char gemm[160];
+    snprintf(gemm, sizeof gemm, "%s", s.gemm.kernel_set);
+    if (autoth) { /* how many measured steps ran on each count: "auto 1t:28 2t:2" */
+        snprintf(gemm + strlen(gemm), sizeof gemm - strlen(gemm), ", auto");
+        for (int k = 0; k < 4; k++)
+            if (on[k])
+                snprintf(gemm + strlen(gemm), sizeof gemm - strlen(gemm), " %s%dt:%ld",
+                         k < 3 ? "" : ">", k < 3 ? k + 1 : 3, on[k]);
+    }
     double tok_s = (double)N * o->steps / total;
     double gflops = flops / total * 1e-9; /* active model FLOPs actually computed */
     res->tok_s = tok_s;
@@ -241,7 +268,7 @@ static ccoe_status bench_one(const bench_shape *sh, const ccoe_bench_opts *o, in
             sh->name, !with_ccoe ? "" : isolated ? " expert only" : " full", bf16 ? " bf16" : "",
             dims, (double)m->num_params / 1e6, tok_s, gflops, 100.0 * gflops / sgemm,
             100.0 * gflops / peak, 100.0 * t_fwd / total, 100.0 * t_bwd / total,
-            100.0 * t_opt / total, s.gemm.kernel_set, acts, mem, peak_rss() / mib);
+            100.0 * t_opt / total, gemm, acts, mem, peak_rss() / mib);
     if (prof)
         print_profile(prof, o->steps, total, out);
     fflush(out);
@@ -273,18 +300,24 @@ ccoe_status ccoe_bench_run(const ccoe_bench_opts *o, FILE *out, ccoe_error *err)
     ccoe_gemm_backend backend;
     ccoe_gemm check;
     CCOE_TRY(ccoe_gemm_backend_parse(o->gemm, &backend, err));
-    CCOE_TRY(ccoe_gemm_init(&check, backend, o->threads, err));
+    const int nt = o->threads > 0 ? o->threads : ccoe_threads_available();
+    CCOE_TRY(ccoe_gemm_init(&check, backend, nt, err));
     if (with_bf16) {
         ccoe_status st = ccoe_gemm_set_precision(&check, CCOE_PRECISION_BF16, err);
         ccoe_gemm_free(&check);
         if (st != CCOE_OK)
             return ccoe_error_wrap(err, "bench --precision %s", prec);
     }
-    double peak = ccoe_measure_fma_peak(o->threads, 0.6);
-    double peak_bf16 = with_bf16 ? ccoe_measure_bf16_peak(o->threads, 0.6) : 0.0;
+    double peak = ccoe_measure_fma_peak(nt, 0.6);
+    double peak_bf16 = with_bf16 ? ccoe_measure_bf16_peak(nt, 0.6) : 0.0;
     const int with_ccoe = o->ccoe && strcmp(o->ccoe, "none") != 0;
-    fprintf(out, "threads %d, ffn %s, moe %s, ccoe %s, measured fp32 FMA peak %.0f GFLOP/s (%s)",
-            o->threads, o->ffn, o->moe, o->ccoe ? o->ccoe : "none", peak, ccoe_simd_name());
+    char threads[32];
+    if (o->threads > 0)
+        snprintf(threads, sizeof threads, "%d", o->threads);
+    else
+        snprintf(threads, sizeof threads, "auto (1..%d)", nt);
+    fprintf(out, "threads %s, ffn %s, moe %s, ccoe %s, measured fp32 FMA peak %.0f GFLOP/s (%s)",
+            threads, o->ffn, o->moe, o->ccoe ? o->ccoe : "none", peak, ccoe_simd_name());
     if (with_bf16)
         fprintf(out, ", bf16 dot-product peak %.0f GFLOP/s (vdpbf16ps)", peak_bf16);
     fprintf(out, "\n");

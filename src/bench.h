@@ -11,7 +11,7 @@
 typedef struct ccoe_bench_opts {
     const char *shape; /* "small", "tiny-wide", "gpt2-124m", "qwen2-0.5b-l4" or "all" */
     int steps;         /* measured steps (after 2 warm-up steps) */
-    int threads;
+    int threads;       /* 0 = auto (run.threads = auto, threads.h) */
     const char *gemm;  /* backend name */
     const char *ffn;   /* "gelu" or "swiglu" */
     const char *moe;   /* "none", or a gate: every block becomes E=8, k=2 experts of hidden F/2

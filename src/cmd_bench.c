@@ -1,10 +1,22 @@
 /* cmd_bench.c - `ccoe bench`: training throughput and model-FLOP utilisation on reference
  * shapes (bench.c). Rank 0 only. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "bench.h"
 #include "cli.h"
 #include "gate.h"
+
+/* --threads: auto or 1..1024 */
+static int threads_ok(const char *v)
+{
+    if (strcmp(v, "auto") == 0)
+        return 1;
+    char *end = NULL;
+    long n = strtol(v, &end, 10);
+    return end != v && *end == '\0' && n >= 1 && n <= 1024;
+}
 
 /* --moe: none or a registered gate (variants/gate_registry.c). */
 static void moe_choices(char *buf, size_t cap)
@@ -16,7 +28,10 @@ static const ccoe_cli_opt k_bench_opts[] = {
     {"--shape", CCOE_OPT_STRING, "small|tiny-wide|gpt2-124m|qwen2-0.5b-l4|all", .def = "all",
      .help = "the reference shape(s) measured"},
     {"--steps", CCOE_OPT_INT, "N", 1, 100000, .def = "10", .help = "measured steps per shape"},
-    {"--threads", CCOE_OPT_INT, "N", 1, 1024, .def = "2", .help = "OpenMP threads"},
+    {"--threads", CCOE_OPT_STRING, "N|auto", .def = "2", .check = threads_ok,
+     .takes = "a thread count 1..1024 or auto",
+     .help = "OpenMP threads; auto: measured and switched as in training (run.threads = auto; "
+             "its first probe runs in the warm-up)"},
     {"--gemm", CCOE_OPT_STRING, "B", .def = "auto", .help = "the GEMM backend"},
     {"--ffn", CCOE_OPT_STRING, "gelu|swiglu", .def = "gelu", .choices = "gelu|swiglu",
      .takes = "gelu or swiglu", .help = "the FFN of every block"},
@@ -35,7 +50,9 @@ static int run_bench(const ccoe_cli_args *a)
 {
     const ccoe_bench_opts o = {.shape = ccoe_cli_str(a, "--shape"),
                                .steps = (int)ccoe_cli_int(a, "--steps"),
-                               .threads = (int)ccoe_cli_int(a, "--threads"),
+                               .threads = strcmp(ccoe_cli_str(a, "--threads"), "auto") == 0
+                                              ? 0
+                                              : atoi(ccoe_cli_str(a, "--threads")),
                                .gemm = ccoe_cli_str(a, "--gemm"),
                                .ffn = ccoe_cli_str(a, "--ffn"),
                                .moe = ccoe_cli_str(a, "--moe"),

@@ -11,6 +11,9 @@
  * see ccoe_train_opts.test_fail_mode. */
 void ccoe_cli_test_hooks_train(ccoe_train_opts *o)
 {
+    /* CCOE_TEST_THREADS_SLOW=F: see ccoe_train_opts.test_threads_slow */
+    if (getenv("CCOE_TEST_THREADS_SLOW"))
+        o->test_threads_slow = atof(getenv("CCOE_TEST_THREADS_SLOW"));
     const char *mode = getenv("CCOE_TEST_FAIL_MODE");
     if (!mode)
         return;

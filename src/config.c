@@ -41,6 +41,9 @@ static const char *const pos_names[] = {"learned", "rope", NULL};
 static const char *const ffn_names[] = {"gelu", "swiglu", NULL};
 static const char *const block_names[] = {"pre_ln", "post_ln", NULL};
 static const char *const gemm_names[] = {"auto", "ref", "blis", "xsmm", NULL};
+/* An INT key with names accepts its one name as a value too, stored as 0 (below its minimum):
+ * run.threads = auto. */
+static const char *const threads_names[] = {"auto", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const init_names[] = {"copy", "random", NULL};
 /* ccoe.routing: in ccoe_routing_mode order (src/route.h) */
@@ -187,7 +190,11 @@ static const ccoe_config_key key_table[] = {
     INT("data", "task_examples", data.task_examples, 0, 1000000, "200",
         "exact-answer task examples per domain at evaluation; 0 = none"),
 
-    INT("run", "threads", run.threads, 1, 1024, "2", "threads per process"),
+    {.section = "run", .key = "threads", .type = CCOE_CFG_INT, FIELD(run.threads), .min = 1,
+     .max = 1024, .names = threads_names, .def = "2",
+     .help = "threads per process; auto: re-chosen while training from measured step times "
+             "(all CPUs of the process, one fewer, or 1); results do not depend on the count "
+             "(papers/threads.md)"},
     STR("run", "gemm", run.gemm, 15, gemm_names, "auto", "matrix-multiply backend"),
     STR("run", "precision", run.precision, 7, precision_names, "fp32",
         "precision of the linear layers' GEMMs: fp32, or bf16 (CPUs with AVX512-BF16 only; "
@@ -333,7 +340,8 @@ static void fmt_range(char *buf, size_t cap, const ccoe_config_key *k)
         fmt_double(hi, sizeof hi, k->max);
         snprintf(buf, cap, "%c%s, %s%c", k->min_open ? '(' : '[', lo, hi, k->max_open ? ')' : ']');
     } else {
-        snprintf(buf, cap, "%.0f..%.0f", k->min, k->max);
+        snprintf(buf, cap, "%.0f..%.0f%s%s", k->min, k->max, k->names ? " or " : "",
+                 k->names ? k->names[0] : "");
     }
 }
 
@@ -550,6 +558,10 @@ static ccoe_status parse_value(const ccoe_config_key *k, ccoe_config *c, const c
     case CCOE_CFG_LONG:
     case CCOE_CFG_U64: {
         const char *what = k->type == CCOE_CFG_U64 ? "a non-negative integer" : "an integer";
+        if (k->type == CCOE_CFG_INT && k->names && strcmp(v, k->names[0]) == 0) {
+            *(int *)field(c, k) = 0;
+            return CCOE_OK;
+        }
         if (!*v)
             return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s is empty: expected %s%s", sec, key,
                                   what, ws);
@@ -566,8 +578,9 @@ static ccoe_status parse_value(const ccoe_config_key *k, ccoe_config *c, const c
             sv = strtoll(v, &end, 10);
         int range_err = errno == ERANGE;
         if (end == v || isspace((unsigned char)*v))
-            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = '%.80s' is not a number%s", sec,
-                                  key, v, ws);
+            return ccoe_error_set(err, CCOE_ERR_CONFIG, "%s.%s = '%.80s' is not a number%s%s%s",
+                                  sec, key, v, k->names ? " or " : "", k->names ? k->names[0] : "",
+                                  ws);
         if (*end)
             return ccoe_error_set(err, CCOE_ERR_CONFIG,
                                   "%s.%s = '%.80s' is not %s (trailing '%.40s')%s", sec, key, v,
@@ -661,7 +674,10 @@ static ccoe_status parse_value(const ccoe_config_key *k, ccoe_config *c, const c
 static ccoe_status check_stored(const ccoe_config_key *k, const ccoe_config *c, ccoe_error *err)
 {
     switch (k->type) {
-    case CCOE_CFG_INT: return check_integer(k, *(const int *)cfield(c, k), NULL, err);
+    case CCOE_CFG_INT:
+        if (k->names && *(const int *)cfield(c, k) == 0) /* the named value (auto) */
+            return CCOE_OK;
+        return check_integer(k, *(const int *)cfield(c, k), NULL, err);
     case CCOE_CFG_LONG: return check_integer(k, *(const long *)cfield(c, k), NULL, err);
     case CCOE_CFG_DOUBLE: return check_double(k, *(const double *)cfield(c, k), NULL, err);
     case CCOE_CFG_U64: return CCOE_OK;
@@ -698,7 +714,12 @@ static ccoe_status check_stored(const ccoe_config_key *k, const ccoe_config *c, 
 static void format_value(const ccoe_config_key *k, const ccoe_config *c, char *buf, size_t cap)
 {
     switch (k->type) {
-    case CCOE_CFG_INT: snprintf(buf, cap, "%d", *(const int *)cfield(c, k)); return;
+    case CCOE_CFG_INT:
+        if (k->names && *(const int *)cfield(c, k) == 0)
+            snprintf(buf, cap, "%s", k->names[0]);
+        else
+            snprintf(buf, cap, "%d", *(const int *)cfield(c, k));
+        return;
     case CCOE_CFG_LONG: snprintf(buf, cap, "%ld", *(const long *)cfield(c, k)); return;
     case CCOE_CFG_U64: snprintf(buf, cap, "%" PRIu64, *(const uint64_t *)cfield(c, k)); return;
     case CCOE_CFG_DOUBLE: fmt_double(buf, cap, *(const double *)cfield(c, k)); return;

@@ -80,7 +80,7 @@ typedef struct ccoe_data_config {
 } ccoe_data_config;
 
 typedef struct ccoe_run_config {
-    int threads;              /* [run] threads per process 1..1024, default 2 */
+    int threads;              /* [run] threads per process 1..1024, 0 = auto; default 2 */
     char gemm[16];            /* [run] auto | ref | blis | xsmm, default auto */
     char precision[8];        /* [run] fp32 | bf16 (linear layers' GEMMs), default fp32 */
 } ccoe_run_config;

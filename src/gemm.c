@@ -604,6 +604,13 @@ ccoe_status ccoe_gemm_init(ccoe_gemm *g, ccoe_gemm_backend backend, int nthreads
     return CCOE_OK;
 }
 
+void ccoe_gemm_set_threads(ccoe_gemm *g, int nthreads)
+{
+    g->nthreads = nthreads > 0 ? nthreads : 1;
+    bli_thread_set_num_threads(g->nthreads);
+    omp_set_num_threads(g->nthreads);
+}
+
 const char *ccoe_gemm_backend_name(ccoe_gemm_backend b)
 {
     switch (b) {

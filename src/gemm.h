@@ -65,6 +65,11 @@ typedef struct ccoe_gemm {
  * nthreads <= 0 means 1. Fails with CCOE_ERR_BACKEND if the backend cannot run here. */
 ccoe_status ccoe_gemm_init(ccoe_gemm *g, ccoe_gemm_backend backend, int nthreads, ccoe_error *err);
 
+/* Changes the thread count of later calls (and of OpenMP's parallel regions) to nthreads (<= 0
+ * means 1), e.g. between training steps under run.threads = auto; the results of a call do not
+ * depend on it. Not from inside a parallel region. */
+void ccoe_gemm_set_threads(ccoe_gemm *g, int nthreads);
+
 /* C(M,N) = alpha * op(A)(M,K) * op(B)(K,N) + beta * C, all row-major.
  * transa = 0: A is stored (M,K) with row stride lda; transa = 1: A is stored (K,M).
  * transb = 0: B is stored (K,N) with row stride ldb; transb = 1: B is stored (N,K).

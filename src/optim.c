@@ -50,8 +50,8 @@ static double sum_squares(const float *g, long long n)
     return acc[0];
 }
 
-/* Thread t of nt's part of the sum of squares of g[0..n): contiguous chunks aligned to 16
- * floats, so the result depends only on the count nt. */
+/* Part t of nt of the sum of squares of g[0..n): contiguous chunks aligned to 16 floats, so
+ * the result depends only on the count nt. */
 static double grad_norm_part(const float *g, long long n, int t, int nt)
 {
     long long per = ((n + nt - 1) / nt + 15) / 16 * 16;
@@ -63,28 +63,24 @@ static double grad_norm_part(const float *g, long long n, int t, int nt)
     return sum_squares(g + lo, hi - lo);
 }
 
+/* Above OPTIM_SERIAL_MAX floats the sum of squares is split into this many parts whatever the
+ * thread count (the threads share them), so that the norm, and with it the clipping, is the
+ * same for every thread count: run.threads = auto may change the count during a run. */
+#define GRAD_NORM_PARTS 64
+
 double ccoe_grad_norm(const float *grads, size_t begin, size_t end)
 {
-    enum { MAX_PARTS = 256 };
-    double part[MAX_PARTS] = {0};
+    double part[GRAD_NORM_PARTS];
     long long n = (long long)(end - begin);
     const float *g = grads + begin;
     if (n <= OPTIM_SERIAL_MAX)
         return sqrt(grad_norm_part(g, n, 0, 1));
-    int used = 1;
-#pragma omp parallel
-    {
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        if (nt > MAX_PARTS)
-            nt = MAX_PARTS;
-#pragma omp single
-        used = nt;
-        if (t < nt)
-            part[t] = grad_norm_part(g, n, t, nt);
-    }
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < GRAD_NORM_PARTS; p++)
+        part[p] = grad_norm_part(g, n, p, GRAD_NORM_PARTS);
     double s = 0.0;
-    for (int t = 0; t < used; t++) /* fixed order: deterministic for a fixed thread count */
-        s += part[t];
+    for (int p = 0; p < GRAD_NORM_PARTS; p++) /* fixed order */
+        s += part[p];
     return sqrt(s);
 }
 

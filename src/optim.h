@@ -1,7 +1,8 @@
 /* optim.h - AdamW with decoupled weight decay, global-norm clipping, warm-up + cosine schedule.
  *
  * The optimizer state (m, v) has the parameter block's layout. Weight decay applies only to
- * tensors marked `decay` (matrices). Everything is deterministic for a fixed thread count.
+ * tensors marked `decay` (matrices). Everything is deterministic and the same for every
+ * thread count.
  */
 #ifndef CCOE_OPTIM_H
 #define CCOE_OPTIM_H

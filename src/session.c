@@ -5,6 +5,7 @@
 
 #include "moe.h"
 #include "placement.h"
+#include "threads.h"
 
 ccoe_status ccoe_session_validate(ccoe_config *cfg, ccoe_error *err)
 {
@@ -42,7 +43,8 @@ ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_
         s->cfg.model.vocab_size = (s->tok.ops->vocab_size(s->tok.self) + 63) / 64 * 64;
     if ((st = ccoe_config_resolve(&s->cfg, with_data ? &s->tok : NULL, err)) != CCOE_OK)
         goto fail;
-    if ((st = ccoe_gemm_init(&s->gemm, be, s->cfg.run.threads, err)) != CCOE_OK)
+    s->max_threads = s->cfg.run.threads > 0 ? s->cfg.run.threads : ccoe_threads_available();
+    if ((st = ccoe_gemm_init(&s->gemm, be, s->max_threads, err)) != CCOE_OK)
         goto fail;
     {
         ccoe_precision prec;
@@ -71,7 +73,7 @@ ccoe_status ccoe_session_open(ccoe_session *s, const ccoe_config *cfg, int with_
             goto fail;
     }
     st = ccoe_model_init_moe(&s->model, &c->model, &s->taskmap, &c->moe, c->train.batch_size,
-                             c->model.seq_len, &s->gemm, c->run.threads, err);
+                             c->model.seq_len, &s->gemm, s->max_threads, err);
     if (st != CCOE_OK)
         goto fail;
     if (s->model.n_moe > 0 && s->have_data &&

@@ -16,6 +16,8 @@
 typedef struct ccoe_session {
     ccoe_config cfg;  /* resolved: vocab_size and ffn_hidden filled in */
     ccoe_gemm gemm;
+    int max_threads;  /* what buffers are sized for: run.threads, or under auto (0) the CPUs of
+                       * this process (the trainer then switches gemm's count, threads.h) */
     ccoe_tokenizer tok;
     ccoe_dataset data;
     int have_data;

@@ -480,10 +480,12 @@ void ccoe_study_machine_line(char *buf, size_t cap, int threads, int ranks)
         fclose(f);
     }
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    char th[16] = "auto"; /* run.threads = 0 */
+    if (threads > 0)
+        snprintf(th, sizeof th, "%d", threads);
     if (ranks > 1)
-        snprintf(buf, cap, "Machine: %s, %ld CPUs online (rank 0's node), %d MPI ranks x %d "
-                 "threads per run", model, ncpu, ranks, threads);
+        snprintf(buf, cap, "Machine: %s, %ld CPUs online (rank 0's node), %d MPI ranks x %s "
+                 "threads per run", model, ncpu, ranks, th);
     else
-        snprintf(buf, cap, "Machine: %s, %ld CPUs online, %d threads per run", model, ncpu,
-                 threads);
+        snprintf(buf, cap, "Machine: %s, %ld CPUs online, %s threads per run", model, ncpu, th);
 }

@@ -288,6 +288,17 @@ ccoe_status ccoe_train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error *
         double ex = (c1.exchange_s - c0.exchange_s) * 1e3;
         double wt = (c1.wait_s - c0.wait_s) * 1e3;
         double compute = dt * 1e3 - ar - ex - wt;
+        const int step_threads = s->gemm.nthreads;
+        if (t->thr_auto) {
+            /* the next step's count from this one's compute time (waits for other ranks are
+             * not this rank's speed); buffers are sized for the most, so no allocation */
+            double sec = (compute > 0 ? compute : dt * 1e3) * 1e-3;
+            if (o->test_threads_slow > 0 && step_threads > 1)
+                sec *= o->test_threads_slow;
+            int next = ccoe_threads_auto_step(&t->thr, sec);
+            if (next != step_threads)
+                ccoe_gemm_set_threads(&s->gemm, next);
+        }
         if (t->metrics) {
             fprintf(t->metrics,
                     "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tok_per_s\":%.1f,"
@@ -298,6 +309,8 @@ ccoe_status ccoe_train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error *
                     dt * 1e3, compute > 0 ? compute : 0.0, ar, ex, wt,
                     (unsigned long long)(c1.bytes_allreduce - c0.bytes_allreduce),
                     (unsigned long long)(c1.bytes_exchanged - c0.bytes_exchanged));
+            if (t->thr_auto)
+                fprintf(t->metrics, ",\"threads\":%d", step_threads);
             if (s->model.n_moe > 0) {
                 /* loss stays the CE (perplexity); the trained objective adds the aux losses */
                 fprintf(t->metrics, ",\"aux_loss\":%.6g,\"objective\":%.6f", t->aux,
@@ -333,11 +346,14 @@ ccoe_status ccoe_train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error *
                 if (last)
                     fputc('\n', stderr);
             } else {
+                char thr[32] = "";
+                if (t->thr_auto)
+                    snprintf(thr, sizeof thr, " | %d thr", step_threads);
                 fprintf(stderr,
                         "%s%sstep %6ld/%ld | loss %.4f | lr %.3g | grad %.3f | %.0f tok/s | MFU "
-                        "%.1f%% | ETA %s\n",
+                        "%.1f%% | ETA %s%s\n",
                         who ? who : "", who ? ": " : "", t->st.step, tc->steps, loss, lr, gnorm,
-                        tok_s, 100.0 * mfu_w, eta);
+                        tok_s, 100.0 * mfu_w, eta, thr);
             }
             fflush(stderr);
             window_t0 = ccoe_now();
@@ -360,6 +376,9 @@ ccoe_status ccoe_train_loop(train_ctx *t, const ccoe_train_opts *o, ccoe_error *
                 t->expert_mode ? s->taskmap.experts[t->expert].name : "",
                 t->expert_mode ? ": " : "", t->st.step - first_step, total,
                 (double)(t->st.step - first_step) * (double)tokens_per_step / total);
+    if (!t->quiet && t->thr_auto)
+        fprintf(stderr, "threads auto: %ld probes, %ld switches, ending on %d of %d\n",
+                t->thr.probes, t->thr.switches, s->gemm.nthreads, s->max_threads);
     if (t->expert_mode)
         return CCOE_OK;
     CCOE_TRY(ccoe_train_check_replicas(t, err));
@@ -432,7 +451,7 @@ ccoe_status ccoe_train_run(const ccoe_config *cfg_in, const ccoe_train_opts *o, 
                 "\"peak_gflops\":%.1f,\"sgemm_gflops\":%.1f,\"threads\":%d,\"ranks\":%d,"
                 "\"gemm\":\"%s\",\"config_hash\":\"%016llx\"}\n",
                 t.st.step, s.model.num_params, t.flops_per_token, t.peak_gflops, t.gemm_gflops,
-                s.cfg.run.threads, t.P, s.gemm.kernel_set,
+                s.max_threads, t.P, s.gemm.kernel_set,
                 (unsigned long long)ccoe_config_hash(&s.cfg));
     if (t.metrics && t.n_place > 0) {
         fprintf(t.metrics, "{\"event\":\"placement\",\"step\":%ld,\"experts\":\"%s\","

@@ -54,6 +54,10 @@ typedef struct ccoe_train_opts {
     const char *test_fail_mode;
     int test_fail_rank;
     long test_fail_step;
+    /* Test hook (CCOE_TEST_THREADS_SLOW, same build option): under run.threads = auto, the
+     * policy sees every step that ran on more than one thread as this many times slower (a
+     * busy neighbour on demand); 0 = off. */
+    double test_threads_slow;
 } ccoe_train_opts;
 
 /* Trains per cfg. Writes out_dir/metrics.jsonl and out_dir/checkpoint.safetensors, prints the

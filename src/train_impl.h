@@ -13,6 +13,7 @@
 #include "optim.h"
 #include "placement.h"
 #include "session.h"
+#include "threads.h"
 #include "train.h"
 
 #define DP_BUCKET_FLOATS ((size_t)1 << 19) /* 2 MiB buckets: several per model to overlap */
@@ -61,6 +62,9 @@ typedef struct train_ctx {
      * at start and recorded in the metrics; n_place = 0: nothing placed */
     int32_t place_map[CCOE_PLACE_MAX];
     int n_place;
+    /* run.threads = auto with more than one CPU: the policy choosing each step's count */
+    int thr_auto;
+    ccoe_threads_auto thr;
     /* moe.train_router_only: frozen[i] = 1 for every parameter i outside the MoE layers'
      * router tensors (its gradient is zeroed before the norm, AdamW skips it); NULL: off */
     unsigned char *frozen;

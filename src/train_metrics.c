@@ -173,13 +173,18 @@ void ccoe_train_print_start(train_ctx *t, const ccoe_train_opts *o)
     char *ini = ccoe_config_to_ini(&s->cfg);
     fprintf(stderr, "# resolved config\n%s", ini ? ini : "");
     free(ini);
+    char threads[48];
+    if (s->cfg.run.threads > 0)
+        snprintf(threads, sizeof threads, "%d", s->cfg.run.threads);
+    else
+        snprintf(threads, sizeof threads, "auto (1..%d, measured)", s->max_threads);
     fprintf(stderr,
             "model: %.2fM parameters, %.1f MFLOP/token (train) | data: %d domains, %zu train "
             "/ %zu val sequences of %d tokens\n"
-            "threads %d | gemm %s | fp32 peak %.0f GFLOP/s (%s, measured) | sgemm %.0f "
+            "threads %s | gemm %s | fp32 peak %.0f GFLOP/s (%s, measured) | sgemm %.0f "
             "GFLOP/s (measured)\n",
             (double)s->model.num_params / 1e6, t->flops_per_token / 1e6, s->data.n_domains,
-            s->data.n_train, s->data.n_val, s->cfg.model.seq_len, s->cfg.run.threads,
+            s->data.n_train, s->data.n_val, s->cfg.model.seq_len, threads,
             s->gemm.kernel_set, t->peak_gflops, ccoe_simd_name(), t->gemm_gflops);
     if (t->P > 1)
         fprintf(stderr,

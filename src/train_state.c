@@ -230,7 +230,11 @@ ccoe_status ccoe_train_setup(train_ctx *t, ccoe_session *s, ccoe_config *cfg,
     }
     t->flops_per_token =
         ccoe_model_train_flops_per_token(&s->cfg.model, s->cfg.model.n_layer, s->cfg.model.seq_len);
-    t->peak_gflops = ccoe_measure_fma_peak(s->cfg.run.threads, 0.15);
+    t->peak_gflops = ccoe_measure_fma_peak(s->max_threads, 0.15);
+    /* run.threads = auto: every step's count from its measured speed (threads.h) */
+    t->thr_auto = s->cfg.run.threads == 0 && s->max_threads > 1;
+    if (t->thr_auto)
+        ccoe_threads_auto_init(&t->thr, s->max_threads);
     t->gemm_gflops = ccoe_gemm_measure_gflops(&s->gemm, 768, 0.2);
     return CCOE_OK;
 }
