@@ -36,7 +36,7 @@ expect_fail 2 "--force takes no value" -- "$CCOE" train "$TINY" --force=1
 # out of range and not a number: the option, the value and the range named
 expect_fail 2 "--steps takes a whole number 1\.\.100000, not: 0" -- "$CCOE" bench --steps 0
 expect_fail 2 "--steps takes a whole number 1\.\.100000, not: ten" -- "$CCOE" bench --steps ten
-expect_fail 2 "--threads takes a whole number 1\.\.1024, not: 2x" -- "$CCOE" bench --threads 2x
+expect_fail 2 "--threads takes a thread count 1\.\.1024 or auto, not: 2x" -- "$CCOE" bench --threads 2x
 expect_fail 2 "--stop-at takes a step number >= 1, not: -3" -- "$CCOE" train "$TINY" --stop-at -3
 expect_fail 2 "--top-p takes a number in \(0, 1\] \(1: off\), not: inf" -- \
   "$CCOE" generate x.safetensors --top-p inf p

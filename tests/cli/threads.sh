@@ -64,9 +64,9 @@ expect_fail 2 "run.threads = 0 is out of range: allowed 1..1024 or auto" -- \
   "$CCOE" train "$TINY" --set run.threads=0
 expect_fail 2 "run.threads = 'automatic' is not a number or auto" -- \
   "$CCOE" train "$TINY" --set run.threads=automatic
-"$CCOE" help-config | grep -q "run.threads .*integer 1..1024 or auto" || fail "help-config"
+grep -q "run.threads .*integer 1..1024 or auto" <<<"$("$CCOE" help-config)" || fail "help-config"
 expect_fail 2 "thread count 1..1024 or auto" -- "$CCOE" bench --threads 0
 out=$("$CCOE" bench --shape small --steps 3 --threads auto) || fail "bench --threads auto: $out"
 grep -q "^threads auto (1..[0-9]*)" <<<"$out" || fail "bench header: $out"
-grep -qE "^\| small .*, auto( [0-9]t:[0-9]+)+ \|$" <<<"$out" || fail "bench row: $out"
+grep -qE "^\| small .*, auto( [0-9]t:[0-9]+)+ \| [0-9]+ \| [0-9]+ \| [0-9]+ \|$" <<<"$out" || fail "bench row: $out"
 pass "bad values are errors; bench --threads auto"
