@@ -191,7 +191,7 @@ static const ccoe_config_key key_table[] = {
         "exact-answer task examples per domain at evaluation; 0 = none"),
 
     {.section = "run", .key = "threads", .type = CCOE_CFG_INT, FIELD(run.threads), .min = 1,
-     .max = 1024, .names = threads_names, .def = "2",
+     .max = 1024, .names = threads_names, .def = "auto",
      .help = "threads per process; auto: re-chosen while training from measured step times "
              "(all CPUs of the process, one fewer, or 1); results do not depend on the count "
              "(papers/threads.md)"},
