@@ -23,71 +23,30 @@
 
 #include "gate.h"
 
+/* Scores, combine weights and their backward over all K = E slots are exactly the softmax
+ * gate's (Eq. 2: every expert, descending logit); only `choose` differs. */
 static void ec_forward(int32_t *ids, float *weights, int32_t *kth, const ccoe_gate_args *a)
 {
-    const int E = a->E;
-    assert(a->K == E && E <= CCOE_GATE_MAX_EXPERTS);
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < a->N; n++) {
-        const float *l = a->logits + (size_t)n * E;
-        int32_t *id = ids + (size_t)n * E;
-        float p[CCOE_GATE_MAX_EXPERTS];
-        ccoe_gate_softmax(p, l, E);
-        ccoe_gate_select(id, NULL, l, E, E);
-        for (int j = 0; j < E; j++)
-            weights[(size_t)n * E + j] = p[id[j]];
-        if (kth)
-            kth[n] = -1;
-    }
+    assert(a->K == a->E && a->E <= CCOE_GATE_MAX_EXPERTS);
+    ccoe_gate_softmax_ops.forward(ids, weights, kth, a);
 }
 
 static void ec_backward(float *dlogits, float *dnoise_logits, const float *dweights,
                         const int32_t *ids, const float *weights, const ccoe_gate_args *a)
 {
-    (void)dnoise_logits;
-    const int E = a->E;
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < a->N; n++) {
-        const float *w = weights + (size_t)n * E, *dw = dweights + (size_t)n * E;
-        const int32_t *id = ids + (size_t)n * E;
-        float *dl = dlogits + (size_t)n * E;
-        float s = 0.0f;
-        for (int j = 0; j < E; j++)
-            s += w[j] * dw[j];
-        for (int j = 0; j < E; j++)
-            dl[id[j]] += w[j] * (dw[j] - s);
-    }
+    ccoe_gate_softmax_ops.backward(dlogits, dnoise_logits, dweights, ids, weights, a);
 }
 
 static void ec_ref_weights(double *w, const int32_t *ids, const ccoe_gate_ref_args *a)
 {
-    const double *l = a->logits;
-    double mx = l[0], z = 0.0;
-    for (int i = 1; i < a->E; i++)
-        mx = l[i] > mx ? l[i] : mx;
-    for (int i = 0; i < a->E; i++)
-        z += exp(l[i] - mx);
-    for (int j = 0; j < a->K; j++)
-        w[j] = exp(l[ids[j]] - mx) / z;
+    assert(a->K == a->E);
+    ccoe_gate_softmax_ops.ref_weights(w, ids, a);
 }
 
 static void ec_ref_backward(double *dlogits, double *dnoise_logits, const double *dw,
                             const int32_t *ids, const ccoe_gate_ref_args *a)
 {
-    (void)dnoise_logits;
-    const double *l = a->logits;
-    double mx = l[0], z = 0.0;
-    for (int i = 1; i < a->E; i++)
-        mx = l[i] > mx ? l[i] : mx;
-    for (int i = 0; i < a->E; i++)
-        z += exp(l[i] - mx);
-    double s = 0.0;
-    for (int j = 0; j < a->K; j++)
-        s += exp(l[ids[j]] - mx) / z * dw[j];
-    for (int i = 0; i < a->E; i++)
-        dlogits[i] -= exp(l[i] - mx) / z * s;
-    for (int j = 0; j < a->K; j++)
-        dlogits[ids[j]] += exp(l[ids[j]] - mx) / z * dw[j];
+    ccoe_gate_softmax_ops.ref_backward(dlogits, dnoise_logits, dw, ids, a);
 }
 
 /* 1 if pick x ranks above pick y: the higher score, ties (and NaN against NaN) to the lower
