@@ -87,9 +87,10 @@ long ccoe_bytemap_add(ccoe_bytemap *m, const char *k, size_t n, uint64_t v)
             return -1;
         m->ecap = c;
     }
-    if (m->pool_n + n > m->pool_cap) {
+    /* one spare byte, so the pool exists even when every key so far is empty */
+    if (m->pool_n + n + 1 > m->pool_cap) {
         size_t c = m->pool_cap ? m->pool_cap : 1 << 16;
-        while (c < m->pool_n + n)
+        while (c < m->pool_n + n + 1)
             c *= 2;
         char *p = realloc(m->pool, c);
         if (!p)
