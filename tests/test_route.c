@@ -336,6 +336,7 @@ static void test_classifier_learns_domains(void **state)
     assert_int_equal(found, 1);
     assert_int_equal(r2.n, r.n);
     assert_memory_equal(r2.params, r.params, (r.n + 2 * (size_t)r.Tn * r.C) * sizeof(float));
+    ccoe_router_free(&r2);
     ccoe_st_close(f);
     /* a file without a router: found = 0 */
     assert_int_equal(ccoe_checkpoint_open(a, &cfg2, &f, &err), CCOE_OK);
